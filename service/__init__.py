@@ -1,0 +1,1 @@
+"""stepd server: gRPC handlers, engine and store."""

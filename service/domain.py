@@ -1,0 +1,164 @@
+"""Plain data shared by the engine and the store: statuses, rows, outcomes.
+
+Nothing here talks to gRPC or to a database. Times are integer milliseconds
+since the Unix epoch (UTC) throughout the server.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+
+def now_ms() -> int:
+    """Return the current wall-clock time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class RunStatus(enum.StrEnum):
+    """A run's status, stored as its lower-case name."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for statuses a run never leaves."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class FailureReason(enum.StrEnum):
+    """Why a failed run failed, stored as its lower-case name."""
+
+    WORKFLOW_ERROR = "workflow_error"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    EXECUTION_TIMEOUT = "execution_timeout"
+    MAX_ENTRIES_EXCEEDED = "max_entries_exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDetails:
+    """An error raised by workflow or step code."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    step_key: str = ""
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """Everything needed to insert a run."""
+
+    run_id: str
+    workflow_name: str
+    workflow_version: str
+    input_json: str
+    create_time: int
+    idempotency_key: str | None = None
+    parent_run_id: str | None = None
+    root_run_id: str | None = None
+    deadline: int | None = None
+    start_time_not_before: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A run as stored."""
+
+    run_id: str
+    seq: int
+    workflow_name: str
+    workflow_version: str
+    status: RunStatus
+    input_json: str
+    result_json: str | None
+    error: ErrorDetails | None
+    failure_reason: FailureReason | None
+    parent_run_id: str | None
+    root_run_id: str | None
+    idempotency_key: str | None
+    create_time: int
+    update_time: int
+    start_time: int | None
+    end_time: int | None
+    deadline: int | None
+    start_time_not_before: int | None
+    dispatch_count: int
+    lease_id: int
+    lease_owner: str | None
+    cancel_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """One recorded step outcome: a result (JSON) or an error."""
+
+    step_key: str
+    attempt: int
+    result_json: str | None = None
+    error: ErrorDetails | None = None
+    start_time: int | None = None
+    end_time: int | None = None
+    sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRunOutcome:
+    """What create_run did: inserted a new run, or found the key's run."""
+
+    run: RunRecord
+    created: bool
+
+
+class RecordStepStatus(enum.Enum):
+    """Outcome of recording a step."""
+
+    RECORDED = "recorded"
+    DUPLICATE = "duplicate"
+    LEASE_LOST = "lease_lost"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStepOutcome:
+    """What record_step did; ``existing`` is set for DUPLICATE."""
+
+    status: RecordStepStatus
+    existing: StepRow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """A run handed to a worker under a new lease, with its journal."""
+
+    run: RunRecord
+    journal: list[StepRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """ListRuns filters; None means no filter."""
+
+    workflow_name: str | None = None
+    statuses: frozenset[RunStatus] | None = None
+    parent_run_id: str | None = None
+    create_time_after: int | None = None
+    create_time_before: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowVersion:
+    """A workflow version that some worker has registered."""
+
+    name: str
+    version: str
+    first_seen: int

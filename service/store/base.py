@@ -1,0 +1,111 @@
+"""The one interface the engine uses to reach durable state.
+
+Every write is one transaction (implementations may group concurrent writes
+into one database transaction: group commit). Conditional writes encode the
+run state machine's guards: ``transition_run`` changes a run only when it is in
+one of ``from_statuses`` (and, when given, holds ``lease_id``), so a stale or
+illegal change affects no row and reports False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from service.domain import (
+    ClaimedRun,
+    CreateRunOutcome,
+    NewRun,
+    RecordStepOutcome,
+    RunFilter,
+    RunRecord,
+    RunStatus,
+    StepRow,
+    WorkflowVersion,
+)
+
+
+class RunConflictError(Exception):
+    """A custom run id already exists (and the idempotency key does not match)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+class Store(Protocol):
+    """Durable state of runs, journals and the workflow registry."""
+
+    async def open(self) -> None:
+        """Connect, apply pending migrations, start the writer."""
+
+    async def close(self) -> None:
+        """Flush pending writes and disconnect."""
+
+    # -- writes -----------------------------------------------------------
+
+    async def create_run(self, new: NewRun) -> CreateRunOutcome:
+        """Insert a PENDING run.
+
+        With an idempotency key that already names a run, return that run
+        with ``created=False``. A run_id that already exists without the
+        same idempotency key raises RunConflictError.
+        """
+
+    async def claim_run(self, run_id: str, owner: str, lease_expires_at: int) -> ClaimedRun | None:
+        """Move a PENDING run to RUNNING under a new lease and return it.
+
+        Increments dispatch_count; the new lease_id equals the new
+        dispatch_count. Sets start_time on the first claim. Loads the
+        journal only when the run was dispatched before (a fresh run has
+        none). Returns None when the run is not PENDING (someone else took it,
+        or it was cancelled).
+        """
+
+    async def record_step(self, run_id: str, lease_id: int, step: StepRow) -> RecordStepOutcome:
+        """Store a step outcome once per (run_id, step_key).
+
+        Only when the run is RUNNING under ``lease_id``; otherwise LEASE_LOST.
+        A second write for the same key returns DUPLICATE with the stored
+        row and changes nothing.
+        """
+
+    async def transition_run(
+        self,
+        run_id: str,
+        from_statuses: Iterable[RunStatus],
+        to_status: RunStatus,
+        *,
+        lease_id: int | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> RunRecord | None:
+        """Set a run's status (and other columns in ``values``) atomically.
+
+        Applies only when the run's status is in ``from_statuses`` and, if
+        ``lease_id`` is given, the run's lease_id equals it. Sets update_time;
+        sets end_time when ``to_status`` is terminal. Returns the updated run,
+        or None when the guard did not match.
+        """
+
+    async def register_workflows(self, versions: Iterable[tuple[str, str]]) -> None:
+        """Remember (name, version) pairs a worker serves; known pairs are kept."""
+
+    # -- reads ------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """Return one run, or None."""
+
+    async def list_runs(
+        self, run_filter: RunFilter, limit: int, before_seq: int | None
+    ) -> list[RunRecord]:
+        """Return up to ``limit`` runs matching the filter, newest (highest seq) first,
+        only those with seq < before_seq when it is given."""
+
+    async def load_journal(self, run_id: str) -> list[StepRow]:
+        """Return a run's recorded steps in recording order."""
+
+    async def runs_in_status(self, statuses: Iterable[RunStatus]) -> list[RunRecord]:
+        """Return every run in one of the statuses (used for recovery at start)."""
+
+    async def workflow_versions(self) -> list[WorkflowVersion]:
+        """Return every registered workflow version, oldest first."""

@@ -1,0 +1,1 @@
+"""stepd worker SDK."""
