@@ -1,1 +1,3 @@
-"""stepd server: gRPC handlers, engine and store."""
+"""stepd server: gRPC handlers, the engine, and the store."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""gRPC edge: thin servicers that decode, call the engine, and encode."""

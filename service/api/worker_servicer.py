@@ -1,0 +1,92 @@
+"""stepd.v1.WorkerService: the PollTask stream between a worker and the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from stepd.v1 import worker_service_pb2 as pb
+from stepd.v1 import worker_service_pb2_grpc
+
+from service.api.convert import command_from_proto, outgoing_to_proto
+from service.api.errors import status_code
+from service.engine.commands import Command
+from service.engine.engine import Engine
+from service.engine.errors import EngineError
+from service.engine.sessions import WorkerSession
+
+log = logging.getLogger("stepd.api")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+HELLO_TIMEOUT_SECONDS = 30.0
+
+
+class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
+    """The worker-facing API: one long-lived bidirectional stream per worker."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def PollTask(
+        self, request_iterator: AsyncIterator[pb.PollTaskRequest], context: Context
+    ) -> AsyncIterator[pb.PollTaskResponse]:
+        requests = aiter(request_iterator)
+        try:
+            first = await asyncio.wait_for(anext(requests), HELLO_TIMEOUT_SECONDS)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"send a hello as the first PollTask message within {HELLO_TIMEOUT_SECONDS:g} s",
+            )
+        if first.WhichOneof("message") != "hello":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first PollTask message must be a hello"
+            )
+        hello = first.hello
+        try:
+            session = await self._engine.connect_worker(
+                hello.worker_id,
+                hello.identity,
+                [(w.name, w.version) for w in hello.workflows],
+                hello.capacity,
+            )
+        except EngineError as exc:
+            await context.abort(status_code(exc), str(exc))
+        reader = asyncio.create_task(self._read(requests, session))
+        try:
+            while (batch := await session.next_batch()) is not None:
+                yield outgoing_to_proto(batch)
+        finally:
+            reader.cancel()
+            await self._engine.disconnect_worker(session)
+
+    async def _read(
+        self, requests: AsyncIterator[pb.PollTaskRequest], session: WorkerSession
+    ) -> None:
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("message")
+                if kind == "commands":
+                    commands = [command_from_proto(c) for c in request.commands.commands]
+                    task = asyncio.create_task(self._apply(session, commands))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                elif kind == "hello":
+                    log.warning("worker %s sent a second hello; ignored", session.identity)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        except Exception:
+            log.exception("reading from worker %s failed", session.identity)
+        finally:
+            session.close()
+
+    async def _apply(self, session: WorkerSession, commands: list[Command]) -> None:
+        results = await asyncio.gather(*(self._engine.apply(session, c) for c in commands))
+        for result in results:
+            session.send(result)

@@ -1,0 +1,104 @@
+"""stepd.v1.WorkflowService: decode, call the engine, encode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from stepd.v1 import workflow_service_pb2 as pb
+from stepd.v1 import workflow_service_pb2_grpc
+
+from service import __version__
+from service.api import page_tokens
+from service.api.convert import STATUS_FROM_PROTO, millis, run_to_proto
+from service.api.errors import maps_errors
+from service.domain import RunFilter
+from service.engine.engine import Engine, TriggerParams
+from service.engine.errors import InvalidArgument, Unimplemented
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+FEATURES = ("json-payloads", "command-batches", "get-run-wait")
+
+
+class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
+    """The client-facing API."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @maps_errors
+    async def Trigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerResponse:
+        run, existed = await self._engine.trigger(
+            TriggerParams(
+                workflow_name=request.workflow_name,
+                workflow_version=request.workflow_version,
+                input_json=request.input.json,
+                input_encoding=request.input.encoding,
+                run_id=request.run_id,
+                idempotency_key=request.idempotency_key,
+                deadline=millis(request.deadline, request.HasField("deadline")),
+                start_time_not_before=millis(request.start_time, request.HasField("start_time")),
+            )
+        )
+        return pb.TriggerResponse(run=run_to_proto(run), already_existed=existed)
+
+    @maps_errors
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        timeout = request.wait_timeout.ToTimedelta().total_seconds()
+        if timeout < 0:
+            raise InvalidArgument("wait_timeout must not be negative")
+        run = await self._engine.get_run(request.run_id, wait=request.wait, wait_seconds=timeout)
+        return pb.GetRunResponse(run=run_to_proto(run))
+
+    @maps_errors
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        statuses = set()
+        for value in request.statuses:
+            if value not in STATUS_FROM_PROTO:
+                raise InvalidArgument(f"statuses contains an unknown status {value}")
+            statuses.add(STATUS_FROM_PROTO[value])
+        run_filter = RunFilter(
+            workflow_name=request.workflow_name or None,
+            statuses=frozenset(statuses) or None,
+            parent_run_id=request.parent_run_id or None,
+            create_time_after=millis(
+                request.create_time_after, request.HasField("create_time_after")
+            ),
+            create_time_before=millis(
+                request.create_time_before, request.HasField("create_time_before")
+            ),
+        )
+        cursor = page_tokens.decode(request.page_token, run_filter)
+        runs, next_cursor = await self._engine.list_runs(run_filter, request.page_size, cursor)
+        token = page_tokens.encode(next_cursor, run_filter) if next_cursor is not None else ""
+        return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
+
+    @maps_errors
+    async def CancelRun(
+        self, request: pb.CancelRunRequest, context: Context
+    ) -> pb.CancelRunResponse:
+        run, already = await self._engine.cancel_run(request.run_id, request.reason)
+        return pb.CancelRunResponse(run=run_to_proto(run), already_cancelled=already)
+
+    @maps_errors
+    async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
+        raise Unimplemented("Signal is part of the contract but not served by this version yet")
+
+    @maps_errors
+    async def ExecuteHook(
+        self, request: pb.ExecuteHookRequest, context: Context
+    ) -> pb.ExecuteHookResponse:
+        raise Unimplemented(
+            "ExecuteHook is part of the contract but not served by this version yet"
+        )
+
+    @maps_errors
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: Context
+    ) -> pb.GetServerInfoResponse:
+        return pb.GetServerInfoResponse(
+            server_version=__version__,
+            max_payload_bytes=self._engine.config.max_payload_bytes,
+            features=list(FEATURES),
+        )

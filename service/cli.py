@@ -1,0 +1,76 @@
+"""The ``stepd`` command: ``stepd serve``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from service.config import DEFAULT_ADDRESS, DEFAULT_DATABASE, ServerConfig
+from service.server import create_server
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stepd", description="stepd durable workflow server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument(
+        "--address",
+        default=os.environ.get("STEPD_ADDRESS", DEFAULT_ADDRESS),
+        help="host:port to listen on; port 0 picks a free port (env STEPD_ADDRESS)",
+    )
+    serve.add_argument(
+        "--database",
+        default=os.environ.get("STEPD_DATABASE", DEFAULT_DATABASE),
+        help="SQLite file path or sqlite:///path URL (env STEPD_DATABASE)",
+    )
+    serve.add_argument(
+        "--sqlite-synchronous",
+        choices=("FULL", "NORMAL"),
+        default=os.environ.get("STEPD_SQLITE_SYNCHRONOUS", "FULL"),
+        help="FULL survives power loss (default); NORMAL survives a process crash",
+    )
+    serve.add_argument("--log-level", default=os.environ.get("STEPD_LOG_LEVEL", "INFO"))
+    return parser
+
+
+async def serve(config: ServerConfig) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully."""
+    running = await create_server(config)
+    host = config.address.rsplit(":", 1)[0]
+    print(f"stepd serving on {host}:{running.port} (database {config.database})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("stepd.server").info("stopping")
+    await running.stop(config.shutdown_grace_seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``stepd`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = ServerConfig(
+        address=args.address,
+        database=args.database,
+        sqlite_synchronous=args.sqlite_synchronous,
+    )
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"stepd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Server settings, from command-line flags or environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_DATABASE = "stepd.db"
+MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything a server process needs to start."""
+
+    address: str = DEFAULT_ADDRESS
+    database: str = DEFAULT_DATABASE
+    # SQLite durability: FULL survives power loss, NORMAL survives a process crash.
+    sqlite_synchronous: str = "FULL"
+    # The largest input, result or step payload accepted, in bytes.
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    # The longest GetRun(wait=true) holds a call before answering, in seconds.
+    max_wait_seconds: float = 60.0
+    # How long a run task's lease lasts without the worker's stream, in ms.
+    lease_ms: int = 30_000
+    # Seconds a stopping server gives in-flight calls to finish.
+    shutdown_grace_seconds: float = 5.0

@@ -1,0 +1,1 @@
+"""The engine: run state machine, dispatch to workers, and waiting on runs."""

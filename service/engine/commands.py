@@ -1,0 +1,85 @@
+"""What workers ask the engine to record, and what the engine answers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from service.domain import ErrorDetails, StepRow
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadIn:
+    """A payload as it arrived: JSON text, or an encoding the server may reject."""
+
+    json: str
+    encoding: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStep:
+    """Record one step outcome; ``result`` is None when ``step.error`` is set."""
+
+    step: StepRow
+    result: PayloadIn | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteRun:
+    """Finish the run with a result."""
+
+    result: PayloadIn
+
+
+@dataclass(frozen=True, slots=True)
+class FailRun:
+    """Finish the run with an error."""
+
+    error: ErrorDetails
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRun:
+    """Give the run back to the queue unchanged."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SuspendRun:
+    """Suspend the run until a wait is met (wait kinds arrive with durable waits)."""
+
+    wait_count: int
+
+
+Action = RecordStep | CompleteRun | FailRun | ReleaseRun | SuspendRun
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One worker command for one run under one lease."""
+
+    command_id: int
+    run_id: str
+    lease_id: int
+    action: Action | None
+
+
+class CommandStatus(enum.Enum):
+    """How a command ended (mirrors stepd.v1.CommandStatus)."""
+
+    OK = "ok"
+    DUPLICATE = "duplicate"
+    LEASE_LOST = "lease_lost"
+    INVALID = "invalid"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """The answer to one command."""
+
+    command_id: int
+    status: CommandStatus
+    message: str = ""
+    recorded_step: StepRow | None = None

@@ -1,0 +1,99 @@
+"""Matching ready runs to connected workers, never past their capacity.
+
+Ready runs wait in memory, in one FIFO per (workflow, version); version ""
+means "any version of the workflow". The store's claim (a conditional
+PENDING -> RUNNING write) is what makes a hand-out final, so a run that sits in
+two queues, or was cancelled meanwhile, is still handed out at most once.
+Nothing here polls the database: a dispatch pass runs when a run becomes
+ready or a worker gets room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from service.engine.sessions import WorkerSession
+
+log = logging.getLogger("stepd.dispatch")
+
+QueueKey = tuple[str, str]
+ClaimFn = Callable[[WorkerSession, str], Coroutine[Any, Any, None]]
+
+
+class Dispatcher:
+    """Ready queues plus the set of worker sessions, and the pass that pairs them."""
+
+    def __init__(self, claim: ClaimFn) -> None:
+        self._claim = claim
+        self._queues: dict[QueueKey, deque[str]] = {}
+        self._sessions: list[WorkerSession] = []
+        self._rotation = itertools.count()
+        self._pending_pass = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- ready runs --------------------------------------------------------
+
+    def push(self, workflow_name: str, version: str, run_id: str) -> None:
+        """Make a run ready for workers serving (workflow_name, version)."""
+        self._queues.setdefault((workflow_name, version), deque()).append(run_id)
+        self.kick()
+
+    def ready_count(self) -> int:
+        """How many runs wait in the ready queues (stale entries included)."""
+        return sum(len(q) for q in self._queues.values())
+
+    # -- sessions ------------------------------------------------------------
+
+    def add_session(self, session: WorkerSession) -> None:
+        """Start dispatching to a worker."""
+        self._sessions.append(session)
+        self.kick()
+
+    def remove_session(self, session: WorkerSession) -> None:
+        """Stop dispatching to a worker."""
+        if session in self._sessions:
+            self._sessions.remove(session)
+
+    # -- the pass ------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Schedule a dispatch pass soon (several kicks share one pass)."""
+        if not self._pending_pass:
+            self._pending_pass = True
+            asyncio.get_running_loop().call_soon(self._dispatch_pass)
+
+    def _dispatch_pass(self) -> None:
+        self._pending_pass = False
+        if not self._sessions:
+            return
+        start = next(self._rotation) % len(self._sessions)
+        ordered = self._sessions[start:] + self._sessions[:start]
+        for session in ordered:
+            while session.free_slots > 0:
+                run_id = self._pop_for(session)
+                if run_id is None:
+                    break
+                session.held[run_id] = 0
+                task = asyncio.create_task(self._claim(session, run_id))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _pop_for(self, session: WorkerSession) -> str | None:
+        for name, version in session.serves:
+            for key in ((name, version), (name, "")):
+                queue = self._queues.get(key)
+                while queue:
+                    run_id = queue.popleft()
+                    if run_id not in session.held:
+                        return run_id
+        return None
+
+    async def close(self) -> None:
+        """Wait for claims in flight to settle."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

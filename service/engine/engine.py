@@ -1,0 +1,444 @@
+"""The engine: owns run state changes, worker sessions, and waiting on runs.
+
+Handlers call the engine; the engine calls the store. Every status change
+goes through the transition table (``transitions.py``) as a conditional store
+write, and every answer to a caller or worker is sent only after its write
+committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from service.config import ServerConfig
+from service.domain import (
+    FailureReason,
+    NewRun,
+    RecordStepStatus,
+    RunFilter,
+    RunRecord,
+    RunStatus,
+    now_ms,
+)
+from service.engine import transitions
+from service.engine.commands import (
+    Command,
+    CommandResult,
+    CommandStatus,
+    CompleteRun,
+    FailRun,
+    RecordStep,
+    ReleaseRun,
+    SuspendRun,
+)
+from service.engine.dispatcher import Dispatcher
+from service.engine.errors import (
+    AlreadyExists,
+    EngineError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from service.engine.payloads import check_json_payload
+from service.engine.registry import WorkflowRegistry
+from service.engine.sessions import Cancellation, WorkerSession
+from service.engine.transitions import RunEvent
+from service.store.base import RunConflictError, Store
+
+log = logging.getLogger("stepd.engine")
+
+MAX_ID_LENGTH = 200
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerParams:
+    """A Trigger request, decoded."""
+
+    workflow_name: str
+    workflow_version: str
+    input_json: str
+    input_encoding: str = ""
+    run_id: str = ""
+    idempotency_key: str = ""
+    deadline: int | None = None
+    start_time_not_before: int | None = None
+
+
+def _check_id(field: str, value: str) -> None:
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"{field} is {len(value)} characters; at most {MAX_ID_LENGTH}")
+    if not _ID_PATTERN.match(value):
+        raise InvalidArgument(
+            f"{field} {value!r} may contain only letters, digits and . _ : @ / + = -"
+        )
+
+
+class Engine:
+    """Runs' life cycle on one server process over one store."""
+
+    def __init__(self, store: Store, config: ServerConfig) -> None:
+        self.store = store
+        self.config = config
+        self.registry = WorkflowRegistry()
+        self.dispatcher = Dispatcher(self._claim_for)
+        self._holders: dict[str, WorkerSession] = {}
+        self._run_waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
+        self._delayed: dict[str, asyncio.TimerHandle] = {}
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the registry and recover every unfinished run."""
+        self.registry.load(await self.store.workflow_versions())
+        recovered = 0
+        for run in await self.store.runs_in_status([RunStatus.RUNNING]):
+            # No worker holds a run across a restart of this server.
+            released = await self.store.transition_run(
+                run.run_id,
+                transitions.sources(RunEvent.RELEASE),
+                transitions.target(RunEvent.RELEASE),
+                lease_id=run.lease_id,
+                values={"lease_owner": None},
+            )
+            if released is not None:
+                self._make_ready(released)
+                recovered += 1
+        for run in await self.store.runs_in_status([RunStatus.PENDING]):
+            self._make_ready(run)
+            recovered += 1
+        if recovered:
+            log.info("recovered %d unfinished runs", recovered)
+
+    async def close(self) -> None:
+        """Stop timers, end worker sessions and settle claims in flight."""
+        for handle in self._delayed.values():
+            handle.cancel()
+        self._delayed.clear()
+        for session in list(self._holders.values()):
+            session.close()
+        await self.dispatcher.close()
+        for waiters in self._run_waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.cancel()
+
+    # -- client API ------------------------------------------------------------
+
+    async def trigger(self, params: TriggerParams) -> tuple[RunRecord, bool]:
+        """Create a run (or find the idempotency key's run); return it and
+        whether it already existed."""
+        name = params.workflow_name.strip()
+        if not name:
+            raise InvalidArgument("workflow_name is required")
+        if len(name) > MAX_ID_LENGTH:
+            raise InvalidArgument(f"workflow_name is longer than {MAX_ID_LENGTH} characters")
+        if params.run_id:
+            _check_id("run_id", params.run_id)
+        if len(params.idempotency_key) > MAX_ID_LENGTH:
+            raise InvalidArgument(f"idempotency_key is longer than {MAX_ID_LENGTH} characters")
+        input_json = check_json_payload(
+            "input", params.input_json, params.input_encoding, self.config.max_payload_bytes
+        )
+        version = params.workflow_version or self.registry.newest(name) or ""
+        run_id = params.run_id or uuid.uuid4().hex
+        now = now_ms()
+        new = NewRun(
+            run_id=run_id,
+            workflow_name=name,
+            workflow_version=version,
+            input_json=input_json,
+            create_time=now,
+            idempotency_key=params.idempotency_key or None,
+            root_run_id=run_id,
+            deadline=params.deadline,
+            start_time_not_before=params.start_time_not_before,
+        )
+        try:
+            outcome = await self.store.create_run(new)
+        except RunConflictError:
+            raise AlreadyExists(
+                f"run_id {run_id!r} already exists; pick another id, or send the "
+                "idempotency key that created it to get that run back"
+            ) from None
+        if outcome.created:
+            self._make_ready(outcome.run)
+        return outcome.run, not outcome.created
+
+    async def get_run(
+        self, run_id: str, *, wait: bool = False, wait_seconds: float = 0
+    ) -> RunRecord:
+        """Return a run; with ``wait``, first wait up to ``wait_seconds``
+        for it to reach a terminal status (capped by config.max_wait_seconds)."""
+        if not run_id:
+            raise InvalidArgument("run_id is required")
+        if not wait:
+            return await self._existing(run_id)
+        waiter: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
+        waiters = self._run_waiters.setdefault(run_id, [])
+        waiters.append(waiter)
+        try:
+            run = await self._existing(run_id)
+            if run.status.is_terminal:
+                return run
+            limit = self.config.max_wait_seconds
+            timeout = min(wait_seconds or limit, limit)
+            try:
+                return await asyncio.wait_for(waiter, timeout)
+            except TimeoutError:
+                return await self._existing(run_id)
+        finally:
+            waiters.remove(waiter)
+            if not waiters:
+                self._run_waiters.pop(run_id, None)
+
+    async def list_runs(
+        self, run_filter: RunFilter, page_size: int, before_seq: int | None
+    ) -> tuple[list[RunRecord], int | None]:
+        """Return one page of runs, newest first, and the cursor of the next page."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        runs = await self.store.list_runs(run_filter, size + 1, before_seq)
+        if len(runs) > size:
+            return runs[:size], runs[size - 1].seq
+        return runs, None
+
+    async def cancel_run(self, run_id: str, reason: str) -> tuple[RunRecord, bool]:
+        """Cancel an unfinished run; return it and whether it was already cancelled."""
+        if not run_id:
+            raise InvalidArgument("run_id is required")
+        for _ in range(10):
+            run = await self.store.transition_run(
+                run_id,
+                transitions.sources(RunEvent.CANCEL),
+                transitions.target(RunEvent.CANCEL),
+                values={"cancel_reason": reason or "cancelled", "lease_owner": None},
+            )
+            if run is not None:
+                self._after_cancel(run, reason or "cancelled")
+                return run, False
+            current = await self._existing(run_id)
+            if current.status is RunStatus.CANCELLED:
+                return current, True
+            if current.status.is_terminal:
+                raise FailedPrecondition(
+                    f"run {run_id} is already {current.status.value}; "
+                    "only unfinished runs can be cancelled"
+                )
+            # The run moved between two of its statuses meanwhile: try again.
+        raise FailedPrecondition(f"run {run_id} kept changing; try cancelling again")
+
+    # -- worker API --------------------------------------------------------------
+
+    async def connect_worker(
+        self,
+        worker_id: str,
+        identity: str,
+        serves: Iterable[tuple[str, str]],
+        capacity: int,
+    ) -> WorkerSession:
+        """Register a worker's stream and start handing it runs."""
+        pairs = frozenset(serves)
+        if not worker_id:
+            raise InvalidArgument("hello.worker_id is required")
+        if capacity <= 0:
+            raise InvalidArgument("hello.capacity must be at least 1")
+        if not pairs:
+            raise InvalidArgument("hello.workflows must name at least one workflow")
+        for name, version in pairs:
+            if not name or not version:
+                raise InvalidArgument("hello.workflows entries need a name and a version")
+        new_pairs = [p for p in pairs if not self.registry.knows(*p)]
+        if new_pairs:
+            await self.store.register_workflows(new_pairs)
+            self.registry.add(new_pairs, now_ms())
+        session = WorkerSession(worker_id, identity or worker_id, pairs, capacity)
+        self.dispatcher.add_session(session)
+        log.info("worker %s connected (capacity %d)", session.identity, capacity)
+        return session
+
+    async def disconnect_worker(self, session: WorkerSession) -> None:
+        """Forget a worker's stream and re-queue every run it held."""
+        session.close()
+        self.dispatcher.remove_session(session)
+        held = [(run_id, lease) for run_id, lease in session.held.items() if lease]
+        session.held.clear()
+        for run_id, lease_id in held:
+            if self._holders.get(run_id) is session:
+                del self._holders[run_id]
+            await self._requeue(run_id, lease_id)
+        log.info("worker %s disconnected; re-queued %d runs", session.identity, len(held))
+
+    async def apply(self, session: WorkerSession, command: Command) -> CommandResult:
+        """Apply one worker command and return its result (after commit)."""
+        try:
+            return await self._apply(session, command)
+        except EngineError as exc:
+            return CommandResult(command.command_id, CommandStatus.INVALID, str(exc))
+        except Exception:
+            log.exception("command %d for run %s failed", command.command_id, command.run_id)
+            return CommandResult(
+                command.command_id,
+                CommandStatus.INTERNAL_ERROR,
+                "the server could not record the command; the run will be retried",
+            )
+
+    # -- internals -------------------------------------------------------------
+
+    async def _apply(self, session: WorkerSession, command: Command) -> CommandResult:
+        cid, run_id, lease_id = command.command_id, command.run_id, command.lease_id
+        action = command.action
+        if action is None:
+            return CommandResult(cid, CommandStatus.INVALID, "command has no action")
+        if not lease_id or session.held.get(run_id) != lease_id:
+            return self._lease_lost(cid, run_id)
+        limit = self.config.max_payload_bytes
+        if isinstance(action, RecordStep):
+            step = action.step
+            if not step.step_key:
+                raise InvalidArgument("record_step.step.step_key is required")
+            if action.result is not None:
+                result_json = check_json_payload(
+                    "record_step.step.result", action.result.json, action.result.encoding, limit
+                )
+                step = replace(step, result_json=result_json)
+            outcome = await self.store.record_step(run_id, lease_id, step)
+            if outcome.status is RecordStepStatus.LEASE_LOST:
+                return self._lease_lost(cid, run_id, session)
+            if outcome.status is RecordStepStatus.DUPLICATE:
+                return CommandResult(cid, CommandStatus.DUPLICATE, "", outcome.existing)
+            return CommandResult(cid, CommandStatus.OK)
+        if isinstance(action, CompleteRun):
+            result_json = check_json_payload(
+                "complete_run.result", action.result.json, action.result.encoding, limit
+            )
+            run = await self._finish(
+                run_id, lease_id, RunEvent.COMPLETE, {"result_json": result_json}
+            )
+        elif isinstance(action, FailRun):
+            err = action.error
+            run = await self._finish(
+                run_id,
+                lease_id,
+                RunEvent.FAIL,
+                {
+                    "error_type": err.type,
+                    "error_message": err.message,
+                    "error_traceback": err.traceback,
+                    "error_step_key": err.step_key,
+                    "error_attempt": err.attempt,
+                    "failure_reason": FailureReason.WORKFLOW_ERROR.value,
+                },
+            )
+        elif isinstance(action, ReleaseRun):
+            run = await self._finish(run_id, lease_id, RunEvent.RELEASE, {})
+            if run is not None:
+                self._make_ready(run)
+        elif isinstance(action, SuspendRun):
+            raise InvalidArgument("suspend_run: this server does not support durable waits yet")
+        else:
+            raise InvalidArgument(f"unknown command {type(action).__name__}")
+        if run is None:
+            return self._lease_lost(cid, run_id, session)
+        self._let_go(session, run_id)
+        if run.status.is_terminal:
+            self._notify_terminal(run)
+        return CommandResult(cid, CommandStatus.OK)
+
+    async def _finish(
+        self, run_id: str, lease_id: int, event: RunEvent, values: dict[str, object]
+    ) -> RunRecord | None:
+        return await self.store.transition_run(
+            run_id,
+            transitions.sources(event),
+            transitions.target(event),
+            lease_id=lease_id,
+            values={"lease_owner": None, **values},
+        )
+
+    def _lease_lost(
+        self, cid: int, run_id: str, session: WorkerSession | None = None
+    ) -> CommandResult:
+        if session is not None:
+            self._let_go(session, run_id)
+        return CommandResult(
+            cid,
+            CommandStatus.LEASE_LOST,
+            f"this worker no longer holds run {run_id} (cancelled, finished or re-queued)",
+        )
+
+    def _let_go(self, session: WorkerSession, run_id: str) -> None:
+        if session.held.pop(run_id, None) is not None:
+            self.dispatcher.kick()
+        if self._holders.get(run_id) is session:
+            del self._holders[run_id]
+
+    async def _claim_for(self, session: WorkerSession, run_id: str) -> None:
+        """Claim a ready run for a session and send it the task."""
+        try:
+            claimed = await self.store.claim_run(
+                run_id, session.worker_id, now_ms() + self.config.lease_ms
+            )
+        except Exception:
+            log.exception("claiming run %s failed", run_id)
+            claimed = None
+        if claimed is None:
+            session.held.pop(run_id, None)
+            self.dispatcher.kick()
+            return
+        lease_id = claimed.run.lease_id
+        if session.closed:
+            session.held.pop(run_id, None)
+            await self._requeue(run_id, lease_id)
+            return
+        session.held[run_id] = lease_id
+        self._holders[run_id] = session
+        session.send(claimed)
+
+    async def _requeue(self, run_id: str, lease_id: int) -> None:
+        run = await self._finish(run_id, lease_id, RunEvent.RELEASE, {})
+        if run is not None:
+            self._make_ready(run)
+
+    def _make_ready(self, run: RunRecord) -> None:
+        not_before = run.start_time_not_before
+        if not_before is not None and not_before > now_ms():
+            loop = asyncio.get_running_loop()
+            delay = (not_before - now_ms()) / 1000
+            self._delayed[run.run_id] = loop.call_later(delay, self._start_delayed, run)
+            return
+        self.dispatcher.push(run.workflow_name, run.workflow_version, run.run_id)
+
+    def _start_delayed(self, run: RunRecord) -> None:
+        self._delayed.pop(run.run_id, None)
+        self.dispatcher.push(run.workflow_name, run.workflow_version, run.run_id)
+
+    def _after_cancel(self, run: RunRecord, reason: str) -> None:
+        delayed = self._delayed.pop(run.run_id, None)
+        if delayed is not None:
+            delayed.cancel()
+        session = self._holders.pop(run.run_id, None)
+        if session is not None:
+            lease_id = session.held.pop(run.run_id, 0)
+            session.send(Cancellation(run.run_id, lease_id, reason))
+            self.dispatcher.kick()
+        self._notify_terminal(run)
+
+    def _notify_terminal(self, run: RunRecord) -> None:
+        for waiter in self._run_waiters.get(run.run_id, ()):
+            if not waiter.done():
+                waiter.set_result(run)
+
+    async def _existing(self, run_id: str) -> RunRecord:
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"run {run_id!r} not found")
+        return run

@@ -1,0 +1,73 @@
+"""A connected worker's stream, as the engine sees it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from service.domain import ClaimedRun
+from service.engine.commands import CommandResult
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """Tell the worker to stop executing a run it holds."""
+
+    run_id: str
+    lease_id: int
+    reason: str
+
+
+Outgoing = ClaimedRun | CommandResult | Cancellation
+
+
+class WorkerSession:
+    """One PollTask stream: what the worker serves, holds, and is sent next.
+
+    ``held`` maps each run handed to (or being claimed for) this worker to its
+    lease id (0 while the claim is in flight); its size never exceeds
+    ``capacity``. Outgoing items are queued and drained in batches, so one
+    stream message carries everything that became ready meanwhile.
+    """
+
+    def __init__(
+        self,
+        worker_id: str,
+        identity: str,
+        serves: frozenset[tuple[str, str]],
+        capacity: int,
+    ) -> None:
+        self.worker_id = worker_id
+        self.identity = identity
+        self.serves = serves
+        self.capacity = capacity
+        self.held: dict[str, int] = {}
+        self.closed = False
+        self._outbox: list[Outgoing] = []
+        self._wakeup = asyncio.Event()
+
+    @property
+    def free_slots(self) -> int:
+        """How many more runs this worker can take now."""
+        return 0 if self.closed else self.capacity - len(self.held)
+
+    def send(self, item: Outgoing) -> None:
+        """Queue an item for the worker (dropped once the session is closed)."""
+        if not self.closed:
+            self._outbox.append(item)
+            self._wakeup.set()
+
+    async def next_batch(self) -> list[Outgoing] | None:
+        """Wait for queued items and return them all; None once closed."""
+        while not self._outbox:
+            if self.closed:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch, self._outbox = self._outbox, []
+        return batch
+
+    def close(self) -> None:
+        """Stop sending; the stream ends after the current batch."""
+        self.closed = True
+        self._wakeup.set()

@@ -1,0 +1,89 @@
+"""Builds the gRPC server: servicers, health, reflection, limits; and stops it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from stepd.v1 import (
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
+
+from service.api.worker_servicer import WorkerServicer
+from service.api.workflow_servicer import WorkflowServicer
+from service.config import ServerConfig
+from service.engine.engine import Engine
+from service.store.sql_store import open_store
+
+log = logging.getLogger("stepd.server")
+
+SERVICE_NAMES = (
+    workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+)
+# gRPC's own message limit sits above the payload limit, so that an oversized
+# payload gets stepd's RESOURCE_EXHAUSTED message rather than a transport error.
+GRPC_MESSAGE_LIMIT = 64 * 1024 * 1024
+
+
+@dataclass
+class RunningServer:
+    """A started server, its engine, and the port it listens on."""
+
+    server: grpc.aio.Server
+    engine: Engine
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (the package has no type hints)
+    port: int
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls, let calls in flight finish for ``grace`` seconds, close."""
+        await self.health.enter_graceful_shutdown()
+        await self.engine.close()
+        await self.server.stop(grace)
+        await self.engine.store.close()
+
+
+async def create_server(config: ServerConfig) -> RunningServer:
+    """Open the store, recover runs, and start serving on ``config.address``."""
+    store = await open_store(config.database, synchronous=config.sqlite_synchronous)
+    engine = Engine(store, config)
+    await engine.start()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(
+        WorkflowServicer(engine), server
+    )
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(engine), server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # no stubs for aio
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(config.address)
+    if port == 0:
+        await store.close()
+        raise OSError(f"cannot listen on {config.address}")
+    await server.start()
+    return RunningServer(server, engine, health_servicer, port)
