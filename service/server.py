@@ -20,7 +20,7 @@ from service.api.worker_servicer import WorkerServicer
 from service.api.workflow_servicer import WorkflowServicer
 from service.config import ServerConfig
 from service.engine.engine import Engine
-from service.store.sql_store import open_store
+from service.store import open_store
 
 log = logging.getLogger("stepd.server")
 

@@ -1,0 +1,36 @@
+"""The run state machine table."""
+
+import pytest
+
+from service.domain import RunStatus
+from service.engine import transitions
+from service.engine.transitions import RunEvent
+
+
+def test_terminal_statuses_have_no_way_out() -> None:
+    for status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
+        for event in RunEvent:
+            assert not transitions.allowed(status, event)
+
+
+@pytest.mark.parametrize(
+    ("status", "event", "expected"),
+    [
+        (RunStatus.PENDING, RunEvent.DISPATCH, RunStatus.RUNNING),
+        (RunStatus.RUNNING, RunEvent.COMPLETE, RunStatus.COMPLETED),
+        (RunStatus.RUNNING, RunEvent.FAIL, RunStatus.FAILED),
+        (RunStatus.RUNNING, RunEvent.RELEASE, RunStatus.PENDING),
+        (RunStatus.RUNNING, RunEvent.SUSPEND, RunStatus.SUSPENDED),
+        (RunStatus.SUSPENDED, RunEvent.WAKE, RunStatus.PENDING),
+        (RunStatus.SUSPENDED, RunEvent.CANCEL, RunStatus.CANCELLED),
+    ],
+)
+def test_allowed_moves(status: RunStatus, event: RunEvent, expected: RunStatus) -> None:
+    assert transitions.allowed(status, event)
+    assert status in transitions.sources(event)
+    assert transitions.target(event) is expected
+
+
+def test_a_pending_run_cannot_complete() -> None:
+    assert not transitions.allowed(RunStatus.PENDING, RunEvent.COMPLETE)
+    assert RunStatus.PENDING not in transitions.sources(RunEvent.COMPLETE)

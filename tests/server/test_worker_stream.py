@@ -1,0 +1,223 @@
+"""The PollTask stream against a real in-process server and SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+from stepd.v1 import types_pb2, worker_service_pb2
+from stepd.v1 import workflow_service_pb2 as wf
+
+from tests.server.conftest import Harness, start_harness
+
+OK = worker_service_pb2.COMMAND_STATUS_OK
+DUPLICATE = worker_service_pb2.COMMAND_STATUS_DUPLICATE
+LEASE_LOST = worker_service_pb2.COMMAND_STATUS_LEASE_LOST
+
+
+async def test_run_is_handed_out_recorded_and_completed(harness: Harness) -> None:
+    worker = harness.worker("greet")
+    run_id = await harness.trigger("greet", '{"name": "Ada"}')
+    task = await worker.next_task()
+    assert (task.run_id, task.lease_id, task.dispatch_count) == (run_id, 1, 1)
+    assert json.loads(task.input.json) == {"name": "Ada"}
+    assert list(task.journal) == []
+    assert (await harness.get(run_id)).status == types_pb2.RUN_STATUS_RUNNING
+
+    waiting = asyncio.create_task(harness.get(run_id, wait=True))
+    assert (await worker.record(task, "hello", '"Hello, Ada"')).status == OK
+    assert (await worker.complete(task, '"done"')).status == OK
+    run = await waiting
+    assert run.status == types_pb2.RUN_STATUS_COMPLETED
+    assert run.result.json == '"done"'
+    assert run.HasField("end_time")
+
+
+async def test_first_step_write_wins(harness: Harness) -> None:
+    worker = harness.worker("w")
+    await harness.trigger("w")
+    task = await worker.next_task()
+    assert (await worker.record(task, "s", "1")).status == OK
+    again = await worker.record(task, "s", "2")
+    assert again.status == DUPLICATE
+    assert again.recorded_step.result.json == "1"
+
+
+async def test_never_more_tasks_than_capacity(harness: Harness) -> None:
+    worker = harness.worker("w", capacity=2)
+    for _ in range(5):
+        await harness.trigger("w")
+    first = [await worker.next_task(), await worker.next_task()]
+    with pytest.raises(TimeoutError):
+        await worker.next_task(seconds=0.3)
+    await worker.complete(first[0], "null")
+    third = await worker.next_task()
+    assert third.run_id not in {t.run_id for t in first}
+
+
+async def test_broken_stream_requeues_with_journal(harness: Harness) -> None:
+    first = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await first.next_task()
+    await first.record(task, "charge", '{"paid": true}')
+    await first.close()
+
+    second = harness.worker("w")
+    retry = await second.next_task()
+    assert retry.run_id == run_id
+    assert retry.lease_id == 2
+    assert [e.step.step_key for e in retry.journal] == ["charge"]
+    assert retry.journal[0].step.result.json == '{"paid": true}'
+
+
+async def test_cancel_running_run_reaches_worker_and_fences_it(harness: Harness) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    response = await harness.client.CancelRun(wf.CancelRunRequest(run_id=run_id, reason="user"))
+    assert response.run.status == types_pb2.RUN_STATUS_CANCELLED
+    assert not response.already_cancelled
+    cancellation = await asyncio.wait_for(worker.cancellations.get(), 5)
+    assert (cancellation.run_id, cancellation.lease_id) == (run_id, task.lease_id)
+    assert (await worker.record(task, "late", "1")).status == LEASE_LOST
+    assert (await worker.complete(task, "1")).status == LEASE_LOST
+    again = await harness.client.CancelRun(wf.CancelRunRequest(run_id=run_id))
+    assert again.already_cancelled
+    run = await harness.get(run_id)
+    assert (run.status, run.cancel_reason) == (types_pb2.RUN_STATUS_CANCELLED, "user")
+
+
+async def test_cancel_pending_then_cancel_finished(harness: Harness) -> None:
+    run_id = await harness.trigger("nobody-serves-this")
+    response = await harness.client.CancelRun(wf.CancelRunRequest(run_id=run_id))
+    assert response.run.status == types_pb2.RUN_STATUS_CANCELLED
+
+    worker = harness.worker("w")
+    done_id = await harness.trigger("w")
+    await worker.complete(await worker.next_task(), "null")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await harness.client.CancelRun(wf.CancelRunRequest(run_id=done_id))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already completed" in (err.value.details() or "")
+
+
+async def test_restart_recovers_running_runs(harness: Harness) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    await worker.record(task, "a", "1")
+    database = harness.database
+    await harness.close()
+
+    restarted = await start_harness(database)
+    try:
+        assert (await restarted.get(run_id)).status == types_pb2.RUN_STATUS_PENDING
+        second = restarted.worker("w")
+        retry = await second.next_task()
+        assert retry.run_id == run_id
+        assert [e.step.step_key for e in retry.journal] == ["a"]
+        assert (await second.complete(retry, "2")).status == OK
+        assert (await restarted.get(run_id, wait=True)).result.json == "2"
+    finally:
+        await restarted.close()
+
+
+async def test_idempotency_key_and_custom_run_id(harness: Harness) -> None:
+    req = wf.TriggerRequest(workflow_name="w", idempotency_key="order-7", run_id="order-7-run")
+    first = await harness.client.Trigger(req)
+    second = await harness.client.Trigger(req)
+    assert first.run.run_id == second.run.run_id == "order-7-run"
+    assert (first.already_existed, second.already_existed) == (False, True)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await harness.client.Trigger(wf.TriggerRequest(workflow_name="w", run_id="order-7-run"))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "code", "text"),
+    [
+        ({"workflow_name": ""}, grpc.StatusCode.INVALID_ARGUMENT, "workflow_name"),
+        (
+            {"workflow_name": "w", "input": types_pb2.Payload(json="{nope")},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not valid JSON",
+        ),
+        (
+            {"workflow_name": "w", "input": types_pb2.Payload(encoding="avro", data=b"x")},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "encoding",
+        ),
+        (
+            {"workflow_name": "w", "input": types_pb2.Payload(json='"' + "x" * 3_000_000 + '"')},
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "limit",
+        ),
+        ({"workflow_name": "w", "run_id": "has space"}, grpc.StatusCode.INVALID_ARGUMENT, "run_id"),
+    ],
+)
+async def test_bad_trigger_input(
+    harness: Harness, request_fields: dict[str, object], code: grpc.StatusCode, text: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await harness.client.Trigger(wf.TriggerRequest(**request_fields))  # type: ignore[arg-type]
+    assert err.value.code() == code
+    assert text in (err.value.details() or "")
+    listed = await harness.client.ListRuns(wf.ListRunsRequest())
+    assert list(listed.runs) == []
+    assert await harness.trigger("still-serving")
+
+
+async def test_unknown_run_is_not_found(harness: Harness) -> None:
+    for call in (
+        harness.client.GetRun(wf.GetRunRequest(run_id="nope")),
+        harness.client.CancelRun(wf.CancelRunRequest(run_id="nope")),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "nope" in (err.value.details() or "")
+
+
+async def test_list_runs_filters_and_pages(harness: Harness) -> None:
+    ids = [await harness.trigger("a") for _ in range(7)]
+    await harness.trigger("b")
+    await harness.client.CancelRun(wf.CancelRunRequest(run_id=ids[0]))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await harness.client.ListRuns(
+            wf.ListRunsRequest(workflow_name="a", page_size=3, page_token=token)
+        )
+        assert len(page.runs) <= 3
+        seen += [r.run_id for r in page.runs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+    cancelled = await harness.client.ListRuns(
+        wf.ListRunsRequest(statuses=[types_pb2.RUN_STATUS_CANCELLED])
+    )
+    assert [r.run_id for r in cancelled.runs] == [ids[0]]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await harness.client.ListRuns(
+            wf.ListRunsRequest(workflow_name="b", page_token=token or "x")
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_hello_must_come_first(harness: Harness) -> None:
+    from stepd.v1 import worker_service_pb2_grpc
+
+    stub = worker_service_pb2_grpc.WorkerServiceStub(harness.channel)
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield worker_service_pb2.PollTaskRequest(heartbeat=worker_service_pb2.WorkerHeartbeat())
+
+    call = stub.PollTask(requests())
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call:
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hello" in (err.value.details() or "")
