@@ -54,6 +54,11 @@ class Dispatcher:
         self._sessions.append(session)
         self.kick()
 
+    @property
+    def sessions(self) -> list[WorkerSession]:
+        """The connected worker sessions."""
+        return list(self._sessions)
+
     def remove_session(self, session: WorkerSession) -> None:
         """Stop dispatching to a worker."""
         if session in self._sessions:

@@ -122,7 +122,7 @@ class Engine:
         for handle in self._delayed.values():
             handle.cancel()
         self._delayed.clear()
-        for session in list(self._holders.values()):
+        for session in self.dispatcher.sessions:
             session.close()
         await self.dispatcher.close()
         for waiters in self._run_waiters.values():
