@@ -1,0 +1,1 @@
+"""stepd benchmarks: ``python bench/run.py``."""

@@ -1,0 +1,39 @@
+"""Benchmark workflows, served by ``stepd-worker bench.workflows``.
+
+The steps do no I/O, so the numbers measure stepd itself: dispatch, the
+worker stream, recording each step durably, and completing the run.
+"""
+
+from worker_sdk import WorkflowContext, step, workflow
+
+
+@step
+async def fetch(value: int) -> int:
+    return value + 1
+
+
+@step
+async def transform(value: int) -> int:
+    return value * 2
+
+
+@step
+async def store(value: int) -> int:
+    return value - 1
+
+
+@workflow(name="bench.three_steps")
+async def three_steps(ctx: WorkflowContext, value: int) -> int:
+    """W1: three sequential steps; returns 2 * value + 1."""
+    return await store(await transform(await fetch(value)))
+
+
+@step
+async def echo(value: int) -> int:
+    return value
+
+
+@workflow(name="bench.one_step")
+async def one_step(ctx: WorkflowContext, value: int) -> int:
+    """W2: a single step; returns value."""
+    return await echo(value)
