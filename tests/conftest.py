@@ -1,0 +1,117 @@
+"""Shared pytest fixtures: real stepd server and worker processes.
+
+``stack`` starts processes for one test and stops them all afterwards;
+``server`` is a fresh server (own SQLite file, free port); ``worker`` serves
+``tests.e2e.workflows``; ``client`` is a connected ``worker_sdk.Client`` and
+``workflow_stub`` / ``worker_stub`` are the raw generated gRPC stubs.
+
+Tests under ``tests/e2e/`` are marked ``slow`` (several processes): select
+them with ``-m slow`` or skip them with ``-m "not slow"``; they run by default.
+When a test fails, the logs of its processes are added to the report.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Generator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+
+from tests.e2e.harness import ManagedProcess, Server, Stack
+
+if TYPE_CHECKING:
+    from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceStub
+
+    from worker_sdk import Client
+
+STACK_KEY = pytest.StashKey[Stack]()
+E2E_DIR = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e as ``slow`` (multi-process)."""
+    for item in items:
+        if E2E_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the logs of the test's processes to a failed test's report."""
+    report = yield
+    if report.failed:
+        stack = item.stash.get(STACK_KEY, None)
+        if stack is not None:
+            for process in stack.processes:
+                report.sections.append(
+                    (f"{process.name} (pid {process.pid}) log", process.log_tail(80))
+                )
+    return report
+
+
+@pytest.fixture
+def marks(tmp_path: Path) -> Path:
+    """The directory where test steps record each execution."""
+    path = tmp_path / "marks"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def stack(tmp_path: Path, marks: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """Starts processes for this test; stops them all (bounded) afterwards."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    started = Stack(logs, marks_dir=marks)
+    request.node.stash[STACK_KEY] = started
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture
+def server(stack: Stack, tmp_path: Path) -> Server:
+    """A fresh ``stepd serve`` on a free port with its own SQLite file."""
+    return stack.start_server(tmp_path / "stepd.db")
+
+
+@pytest.fixture
+def worker(stack: Stack, server: Server) -> ManagedProcess:
+    """A ``stepd-worker tests.e2e.workflows`` connected to ``server``."""
+    return stack.start_worker(server)
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[Client]:
+    """A connected SDK client."""
+    from worker_sdk import Client
+
+    async with Client(server.address) as connected:
+        yield connected
+
+
+@pytest.fixture
+async def channel(server: Server) -> AsyncIterator[grpc.aio.Channel]:
+    """A raw gRPC channel to ``server``."""
+    async with grpc.aio.insecure_channel(server.address) as opened:
+        yield opened
+
+
+@pytest.fixture
+def workflow_stub(channel: grpc.aio.Channel) -> WorkflowServiceStub:
+    """The generated WorkflowService stub."""
+    from stepd.v1 import workflow_service_pb2_grpc
+
+    return workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+
+
+@pytest.fixture
+def tag() -> str:
+    """A unique label for this test's side effects."""
+    return uuid.uuid4().hex[:12]

@@ -1,0 +1,1 @@
+"""End-to-end tests: real server and worker processes over real gRPC."""

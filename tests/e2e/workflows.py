@@ -1,0 +1,323 @@
+"""Workflows the end-to-end tests run in real worker processes.
+
+Served by ``stepd-worker tests.e2e.workflows``. Steps record each execution
+as a line in ``$STEPD_E2E_MARKS/<tag>.log``, so a test can count how often a
+step body really ran. Blocking steps wait for ``<tag>.release`` in that
+directory.
+"""
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from worker_sdk import WorkflowContext, step, workflow
+
+MARKS_ENV = "STEPD_E2E_MARKS"
+BLOCK_TIMEOUT = 60.0
+
+
+def marks_dir() -> Path:
+    """The side-effect directory given by the test harness."""
+    return Path(os.environ[MARKS_ENV])
+
+
+def mark(tag: str, event: str) -> None:
+    """Append one line for ``tag``: proof that a step body ran."""
+    with (marks_dir() / f"{tag}.log").open("a") as file:
+        file.write(event + "\n")
+
+
+def _marked(tag: str) -> list[str]:
+    path = marks_dir() / f"{tag}.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _released(tag: str) -> bool:
+    return (marks_dir() / f"{tag}.release").exists()
+
+
+async def wait_until_released(tag: str) -> None:
+    """Poll for the release file; give up after BLOCK_TIMEOUT seconds."""
+    deadline = time.monotonic() + BLOCK_TIMEOUT
+    while not _released(tag):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{tag} was never released")
+        await asyncio.sleep(0.02)
+
+
+class Job(BaseModel):
+    """Input of most test workflows."""
+
+    tag: str
+    value: int = 0
+
+
+class PaymentDeclinedError(Exception):
+    """Raised by the simulated payment step."""
+
+
+class FlakyError(Exception):
+    """Raised by a step whose error must come back the same on replay."""
+
+
+# -- sequential ---------------------------------------------------------------
+
+
+@step
+async def add_one(tag: str, value: int) -> int:
+    mark(tag, "add_one")
+    return value + 1
+
+
+@step
+async def double(tag: str, value: int) -> int:
+    mark(tag, "double")
+    return value * 2
+
+
+@step(name="describe")
+def describe_chain(tag: str, values: list[int]) -> str:
+    """A sync step with a custom name."""
+    mark(tag, "describe")
+    return " -> ".join(str(v) for v in values)
+
+
+@workflow(name="e2e.sequential")
+async def sequential(ctx: WorkflowContext, job: Job) -> str:
+    a = await add_one(job.tag, job.value)
+    b = await double(job.tag, a)
+    return await describe_chain(job.tag, [job.value, a, b])
+
+
+# -- parallel -----------------------------------------------------------------
+
+
+class FanOut(BaseModel):
+    tag: str
+    width: int
+
+
+@step
+async def rendezvous(tag: str, index: int, width: int) -> int:
+    """Start, then wait until all ``width`` siblings have started: only
+    concurrent execution gets past this."""
+    mark(tag, f"start:{index}")
+    deadline = time.monotonic() + 15
+    while sum(line.startswith("start:") for line in _marked(tag)) < width:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"step {index} waited alone: the steps did not run concurrently")
+        await asyncio.sleep(0.01)
+    return index * index
+
+
+@step
+async def total(tag: str, values: list[int]) -> int:
+    mark(tag, "total")
+    return sum(values)
+
+
+@workflow(name="e2e.parallel")
+async def parallel(ctx: WorkflowContext, job: FanOut) -> dict[str, Any]:
+    squares = await asyncio.gather(*(rendezvous(job.tag, i, job.width) for i in range(job.width)))
+    return {"squares": list(squares), "total": await total(job.tag, list(squares))}
+
+
+# -- conditional and loops ----------------------------------------------------
+
+
+class Delivery(BaseModel):
+    tag: str
+    kind: Literal["express", "standard", "digital"]
+    weight_kg: float = 1.0
+
+
+@step
+async def ship_express(tag: str, weight_kg: float) -> str:
+    mark(tag, "ship_express")
+    return f"courier:{weight_kg}"
+
+
+@step
+async def ship_standard(tag: str, weight_kg: float) -> str:
+    mark(tag, "ship_standard")
+    return f"post:{weight_kg}"
+
+
+@step
+async def email_link(tag: str) -> str:
+    mark(tag, "email_link")
+    return "download-link"
+
+
+@workflow(name="e2e.conditional")
+async def conditional(ctx: WorkflowContext, delivery: Delivery) -> str:
+    if delivery.kind == "digital":
+        return await email_link(delivery.tag)
+    if delivery.kind == "express" or delivery.weight_kg < 0.5:
+        return await ship_express(delivery.tag, delivery.weight_kg)
+    return await ship_standard(delivery.tag, delivery.weight_kg)
+
+
+@step
+async def accumulate(tag: str, subtotal: int, index: int) -> int:
+    mark(tag, f"accumulate:{index}")
+    return subtotal + index
+
+
+@step
+async def halve(tag: str, value: int) -> int:
+    mark(tag, "halve")
+    return value // 2
+
+
+@workflow(name="e2e.loop")
+async def loop(ctx: WorkflowContext, job: Job) -> dict[str, int]:
+    """A for loop of ``job.value`` steps, then a while loop until below 10."""
+    subtotal = 0
+    for index in range(job.value):
+        subtotal = await accumulate(job.tag, subtotal, index)
+    remaining, halvings = subtotal, 0
+    while remaining >= 10:
+        remaining = await halve(job.tag, remaining)
+        halvings += 1
+    return {"sum": subtotal, "remaining": remaining, "halvings": halvings}
+
+
+# -- compensation -------------------------------------------------------------
+
+
+class Purchase(BaseModel):
+    tag: str
+    decline: bool = False
+    reraise: bool = False
+
+
+@step
+async def reserve_stock(tag: str) -> str:
+    mark(tag, "reserve")
+    return f"reservation-{tag}"
+
+
+@step
+async def charge(tag: str, decline: bool) -> str:
+    mark(tag, "charge")
+    if decline:
+        raise PaymentDeclinedError(f"card declined for {tag}")
+    return f"payment-{tag}"
+
+
+@step
+async def release_stock(tag: str, reservation: str) -> None:
+    mark(tag, f"release:{reservation}")
+
+
+@step
+async def ship(tag: str, reservation: str) -> str:
+    mark(tag, "ship")
+    return f"shipped {reservation}"
+
+
+@workflow(name="e2e.compensate")
+async def compensate(ctx: WorkflowContext, purchase: Purchase) -> str:
+    reservation = await reserve_stock(purchase.tag)
+    try:
+        await charge(purchase.tag, purchase.decline)
+    except PaymentDeclinedError as declined:
+        await release_stock(purchase.tag, reservation)
+        if purchase.reraise:
+            raise
+        return f"declined: {declined}"
+    return await ship(purchase.tag, reservation)
+
+
+# -- crash, replay and cancellation -------------------------------------------
+
+
+@step
+async def first(tag: str) -> str:
+    mark(tag, "first")
+    return f"first-{tag}"
+
+
+@step
+async def hold(tag: str, label: str) -> str:
+    """Block until the test releases ``tag``; record start, end and cancellation."""
+    mark(tag, f"{label}:start")
+    try:
+        await wait_until_released(tag)
+    except asyncio.CancelledError:
+        mark(tag, f"{label}:cancelled")
+        raise
+    mark(tag, f"{label}:end")
+    return label
+
+
+@step
+async def after(tag: str) -> str:
+    mark(tag, "after")
+    return "after"
+
+
+@workflow(name="e2e.crash_resume")
+async def crash_resume(ctx: WorkflowContext, job: Job) -> str:
+    done = await first(job.tag)
+    held = await hold(job.tag, "hold")
+    return f"{done}+{held}+{await after(job.tag)}"
+
+
+@step
+async def always_fails(tag: str) -> int:
+    mark(tag, "always_fails")
+    raise FlakyError(f"flaky failure for {tag}")
+
+
+@workflow(name="e2e.replay_error")
+async def replay_error(ctx: WorkflowContext, job: Job) -> str:
+    """Catch a step's error, then block: a replay must re-raise the same error."""
+    try:
+        await always_fails(job.tag)
+    except FlakyError as error:
+        caught = f"{type(error).__module__}.{type(error).__qualname__}: {error}"
+    await hold(job.tag, "hold")
+    return caught
+
+
+@workflow(name="e2e.cancellable")
+async def cancellable(ctx: WorkflowContext, job: Job) -> str:
+    await hold(job.tag, "hold")
+    return await after(job.tag)
+
+
+# -- plain ones ---------------------------------------------------------------
+
+
+@step
+async def echo_step(value: Any) -> Any:
+    return value
+
+
+@workflow(name="e2e.echo")
+async def echo(ctx: WorkflowContext, value: Any) -> Any:
+    """Return the input unchanged (through one recorded step)."""
+    return await echo_step(value)
+
+
+@step
+async def square(value: int) -> int:
+    return value * value
+
+
+@workflow(name="e2e.square")
+async def square_workflow(ctx: WorkflowContext, value: int) -> int:
+    return await square(value)
+
+
+@workflow(name="e2e.fail")
+async def fail(ctx: WorkflowContext, job: Job) -> int:
+    """Raise from workflow code after one step."""
+    await add_one(job.tag, job.value)
+    raise ValueError(f"boom {job.tag}")
