@@ -1,0 +1,67 @@
+"""``open_store``: build and open the store named by a path or URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.store.sql_store import SqlStore
+from service.store.sqlite import (
+    DEFAULT_READERS,
+    create_reader_engine,
+    create_writer_engine,
+    parse_synchronous,
+)
+
+_SQLITE_PREFIXES = ("sqlite+aiosqlite:///", "sqlite:///")
+_POSTGRES_PREFIXES = ("postgresql:", "postgresql+", "postgres:")
+
+
+def sqlite_path(database: str) -> Path:
+    """Return the file path named by ``database`` (a path or ``sqlite:///path``).
+
+    Raises ValueError for in-memory databases and for a missing directory.
+    """
+    for prefix in _SQLITE_PREFIXES:
+        if database.startswith(prefix):
+            database = database[len(prefix) :]
+            break
+    else:
+        if database.startswith("sqlite:"):
+            raise ValueError(f"expected sqlite:///<path>, got {database!r}")
+    if not database or database == ":memory:" or database.startswith("file:"):
+        raise ValueError(
+            f"stepd needs a database file path (for example stepd.db), got {database!r}"
+        )
+    path = Path(database)
+    if not path.parent.is_dir():
+        raise ValueError(f"the directory of the database file does not exist: {path.parent}")
+    return path
+
+
+async def open_store(
+    database: str,
+    *,
+    synchronous: str = "FULL",
+    readers: int = DEFAULT_READERS,
+    max_batch: int = 500,
+) -> SqlStore:
+    """Open (creating and migrating if needed) the store at ``database``.
+
+    ``database`` is a file path (``stepd.db``) or ``sqlite:///path``; the file
+    and its schema are created when missing, but not its directory.
+    ``synchronous`` is ``FULL`` (an acknowledged write survives power loss) or
+    ``NORMAL`` (it survives a crash of the process); see ``service.store.sqlite``.
+    """
+    if database.startswith(_POSTGRES_PREFIXES):
+        raise ValueError("PostgreSQL support arrives in a later release")
+    path = sqlite_path(database)
+    mode = parse_synchronous(synchronous)
+    writer = create_writer_engine(path, synchronous=mode)
+    reader = create_reader_engine(path, readers=readers)
+    store = SqlStore(writer, reader, max_batch=max_batch)
+    try:
+        await store.open()
+    except BaseException:
+        await store.close()
+        raise
+    return store

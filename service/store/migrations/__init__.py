@@ -1,0 +1,77 @@
+"""Versioned, append-only schema migrations, applied when the store opens.
+
+Each migration is a module ``vNNNN_<name>.py`` with a ``DESCRIPTION`` and an
+``upgrade(conn)`` function; once released it never changes. To change the
+schema, add the next module to ``MIGRATIONS`` and update
+``service.store.schema`` to match (a test compares the two).
+
+The applied versions are rows of ``schema_migrations``. ``migrate`` runs every
+pending migration and records it inside the caller's transaction (the store
+runs it as one write), so a crash leaves the database at the old version or
+the new one. On SQLite the transaction starts
+with ``BEGIN IMMEDIATE``, which also keeps two processes opening one file at
+once from migrating it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, func, insert, select
+
+from service.domain import now_ms
+from service.store import schema
+from service.store.migrations import v0001_initial
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema change: its version number and how to apply it."""
+
+    version: int
+    description: str
+    upgrade: Callable[[Connection], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, v0001_initial.DESCRIPTION, v0001_initial.upgrade),
+)
+
+#: The schema version this code expects.
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+class SchemaVersionError(Exception):
+    """The database was migrated by a newer stepd than this one."""
+
+
+def current_version(conn: Connection) -> int:
+    """Return the database's schema version (0 for an empty database)."""
+    schema.schema_migrations.create(conn, checkfirst=True)
+    version = conn.execute(select(func.max(schema.schema_migrations.c.version))).scalar()
+    return int(version or 0)
+
+
+def migrate(conn: Connection) -> list[int]:
+    """Apply pending migrations inside the caller's transaction; return their versions."""
+    version = current_version(conn)
+    if version > LATEST_VERSION:
+        raise SchemaVersionError(
+            f"the database schema is at version {version}, but this stepd only knows "
+            f"versions up to {LATEST_VERSION}; upgrade stepd"
+        )
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version <= version:
+            continue
+        migration.upgrade(conn)
+        conn.execute(
+            insert(schema.schema_migrations).values(
+                version=migration.version,
+                description=migration.description,
+                applied_at=now_ms(),
+            )
+        )
+        applied.append(migration.version)
+    return applied

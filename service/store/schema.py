@@ -1,0 +1,125 @@
+"""The current database schema as SQLAlchemy Core tables, for SQLite and PostgreSQL.
+
+This module describes the schema the newest migration produces; it is what the
+store's queries are written against. It never creates anything: databases are
+built and upgraded by ``service.store.migrations`` only, and a test checks that
+the migrations produce exactly these tables. Change both together.
+
+Conventions: times are ``BigInteger`` epoch milliseconds; strings are ``Text``;
+statuses and reasons are stored as their lower-case enum values; autoincrement
+keys are ``BIGINT`` on PostgreSQL and ``INTEGER`` (the rowid) on SQLite.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+#: Portable autoincrement key type: BIGINT on PostgreSQL, the rowid on SQLite.
+AutoIncrementKey = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("seq", AutoIncrementKey, primary_key=True, autoincrement=True),
+    Column("run_id", Text, nullable=False),
+    Column("workflow_name", Text, nullable=False),
+    Column("workflow_version", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("input_json", Text, nullable=False),
+    Column("result_json", Text),
+    Column("error_type", Text),
+    Column("error_message", Text),
+    Column("error_traceback", Text),
+    Column("error_step_key", Text),
+    Column("error_attempt", Integer),
+    Column("failure_reason", Text),
+    Column("parent_run_id", Text),
+    Column("root_run_id", Text),
+    Column("idempotency_key", Text),
+    Column("create_time", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    Column("start_time", BigInteger),
+    Column("end_time", BigInteger),
+    Column("deadline", BigInteger),
+    Column("start_time_not_before", BigInteger),
+    Column("dispatch_count", Integer, nullable=False),
+    Column("lease_id", Integer, nullable=False),
+    Column("lease_owner", Text),
+    Column("lease_expires_at", BigInteger),
+    Column("cancel_reason", Text),
+    UniqueConstraint("run_id"),
+    Index("ix_runs_status_seq", "status", "seq"),
+    Index("ix_runs_workflow_name_seq", "workflow_name", "seq"),
+    Index("ix_runs_parent_run_id_seq", "parent_run_id", "seq"),
+    # Unique only where set: runs without a key cost no index entry.
+    Index(
+        "ux_runs_idempotency_key",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    sqlite_autoincrement=True,
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("sequence", AutoIncrementKey, primary_key=True, autoincrement=True),
+    Column("run_id", Text, ForeignKey("runs.run_id"), nullable=False),
+    Column("step_key", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("result_json", Text),
+    Column("error_type", Text),
+    Column("error_message", Text),
+    Column("error_traceback", Text),
+    Column("error_step_key", Text),
+    Column("error_attempt", Integer),
+    Column("start_time", BigInteger),
+    Column("end_time", BigInteger),
+    Column("record_time", BigInteger, nullable=False),
+    # Exactly-once recording: the first write for a key wins.
+    UniqueConstraint("run_id", "step_key"),
+    Index("ix_steps_run_id_sequence", "run_id", "sequence"),
+    sqlite_autoincrement=True,
+)
+
+workflow_versions = Table(
+    "workflow_versions",
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("first_seen", BigInteger, nullable=False),
+    PrimaryKeyConstraint("name", "version"),
+)
+
+#: Migration bookkeeping, created by the migration runner before migration 1.
+#: Its shape never changes.
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", Text, nullable=False),
+    Column("applied_at", BigInteger, nullable=False),
+)

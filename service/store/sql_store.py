@@ -1,0 +1,376 @@
+"""``SqlStore``: the ``Store`` interface on SQLAlchemy Core, for SQLite and PostgreSQL.
+
+Writes are operations handed to the group committer (one writer connection
+on its own thread, many operations per transaction); each is answered only
+after its commit. Reads use a separate async engine (on SQLite a pool of WAL
+readers).
+
+Every write on the hot path (create, claim, record step, transition) is one
+indexed statement in the common case, with ``RETURNING`` instead of a second
+read; none of them reads a run's journal, except ``claim_run`` of a run that
+was dispatched before, which must hand the journal to the worker.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Integer,
+    Text,
+    bindparam,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import Select
+
+from service.domain import (
+    ClaimedRun,
+    CreateRunOutcome,
+    NewRun,
+    RecordStepOutcome,
+    RecordStepStatus,
+    RunFilter,
+    RunRecord,
+    RunStatus,
+    StepRow,
+    WorkflowVersion,
+    now_ms,
+)
+from service.store import rows
+from service.store.base import RunConflictError
+from service.store.dialects import insert_for
+from service.store.group_commit import GroupCommitter
+from service.store.migrations import migrate
+from service.store.schema import runs, steps, workflow_versions
+
+if TYPE_CHECKING:
+    from service.store.base import Store
+
+#: Columns ``transition_run`` may set through ``values``. Identity, status,
+#: update_time and the lease counters are maintained by the store itself.
+TRANSITION_COLUMNS = frozenset(
+    {
+        "result_json",
+        "error_type",
+        "error_message",
+        "error_traceback",
+        "error_step_key",
+        "error_attempt",
+        "failure_reason",
+        "cancel_reason",
+        "lease_owner",
+        "lease_expires_at",
+        "deadline",
+        "start_time_not_before",
+        "start_time",
+        "end_time",
+    }
+)
+
+_PENDING = RunStatus.PENDING.value
+_RUNNING = RunStatus.RUNNING.value
+_STEP_PARAMS = (
+    ("step_key", Text),
+    ("attempt", Integer),
+    ("result_json", Text),
+    ("error_type", Text),
+    ("error_message", Text),
+    ("error_traceback", Text),
+    ("error_step_key", Text),
+    ("error_attempt", Integer),
+    ("start_time", BigInteger),
+    ("end_time", BigInteger),
+    ("record_time", BigInteger),
+)
+
+
+class SqlStore:
+    """A ``Store`` over a SQLAlchemy writer engine and async reader engine.
+
+    ``writer`` (synchronous) is used through one connection on the group
+    committer's thread; ``reader`` serves the read methods. Use
+    ``open_store`` to build one for a path or URL.
+    """
+
+    def __init__(self, writer: Engine, reader: AsyncEngine, *, max_batch: int = 500) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._committer = GroupCommitter(writer, max_batch=max_batch)
+        self._opened = False
+        insert = insert_for(writer.dialect.name)
+
+        self._insert_run = insert(runs).on_conflict_do_nothing().returning(*runs.c)
+        self._claim = (
+            update(runs)
+            .where(runs.c.run_id == bindparam("p_run_id"), runs.c.status == _PENDING)
+            .values(
+                status=_RUNNING,
+                dispatch_count=runs.c.dispatch_count + 1,
+                lease_id=runs.c.dispatch_count + 1,
+                lease_owner=bindparam("p_owner"),
+                lease_expires_at=bindparam("p_expires"),
+                start_time=func.coalesce(runs.c.start_time, bindparam("p_now")),
+                update_time=bindparam("p_now"),
+            )
+            .returning(*runs.c)
+        )
+        # INSERT INTO steps SELECT <values> FROM runs WHERE <lease holds>
+        # ON CONFLICT DO NOTHING: one statement for the common case.
+        leased_values = select(
+            runs.c.run_id,
+            *(bindparam(f"p_{name}", type_=type_) for name, type_ in _STEP_PARAMS),
+        ).where(
+            runs.c.run_id == bindparam("p_run_id"),
+            runs.c.status == _RUNNING,
+            runs.c.lease_id == bindparam("p_lease_id"),
+        )
+        self._insert_step = (
+            insert(steps)
+            .from_select(["run_id", *(name for name, _ in _STEP_PARAMS)], leased_values)
+            .on_conflict_do_nothing()
+            .returning(steps.c.sequence)
+        )
+        self._insert_versions = insert(workflow_versions).on_conflict_do_nothing()
+
+    @property
+    def committer(self) -> GroupCommitter:
+        """The group committer (its ``commits`` counter is useful in tests and metrics)."""
+        return self._committer
+
+    @property
+    def writer_engine(self) -> Engine:
+        """The engine all writes go through."""
+        return self._writer
+
+    @property
+    def reader_engine(self) -> AsyncEngine:
+        """The engine reads go through."""
+        return self._reader
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def open(self) -> None:
+        """Apply pending migrations and start the writer."""
+        if self._opened:
+            raise RuntimeError("the store is already open")
+        await self._committer.start()
+        self._opened = True
+        await self._committer.submit(migrate)
+
+    async def close(self) -> None:
+        """Finish queued writes, then release every connection."""
+        await self._committer.close()
+        self._writer.dispose()
+        await self._reader.dispose()
+
+    # -- writes -----------------------------------------------------------
+
+    async def create_run(self, new: NewRun) -> CreateRunOutcome:
+        """Insert a PENDING run, or return the run that already has its idempotency key."""
+        values = rows.new_run_values(new)
+
+        def op(conn: Connection) -> CreateRunOutcome | RunConflictError:
+            inserted = (conn.execute(self._insert_run, values)).mappings().first()
+            if inserted is not None:
+                return CreateRunOutcome(rows.run_from_row(inserted), created=True)
+            if new.idempotency_key is not None:
+                existing = _first(
+                    conn, select(runs).where(runs.c.idempotency_key == new.idempotency_key)
+                )
+                if existing is not None:
+                    return CreateRunOutcome(rows.run_from_row(existing), created=False)
+            # Returned, not raised: raising would roll back the whole batch.
+            return RunConflictError(new.run_id)
+
+        outcome = await self._committer.submit(op)
+        if isinstance(outcome, RunConflictError):
+            raise outcome
+        return outcome
+
+    async def claim_run(self, run_id: str, owner: str, lease_expires_at: int) -> ClaimedRun | None:
+        """Move a PENDING run to RUNNING under a new lease; None when it is not PENDING."""
+        params = {
+            "p_run_id": run_id,
+            "p_owner": owner,
+            "p_expires": lease_expires_at,
+            "p_now": now_ms(),
+        }
+
+        def op(conn: Connection) -> ClaimedRun | None:
+            row = (conn.execute(self._claim, params)).mappings().first()
+            if row is None:
+                return None
+            run = rows.run_from_row(row)
+            if run.dispatch_count == 1:  # first dispatch: no journal yet
+                return ClaimedRun(run)
+            return ClaimedRun(run, _journal(conn, run_id))
+
+        return await self._committer.submit(op)
+
+    async def record_step(self, run_id: str, lease_id: int, step: StepRow) -> RecordStepOutcome:
+        """Record a step outcome once per key, only under the run's current lease."""
+        params = {f"p_{k}": v for k, v in rows.step_values(run_id, step, now_ms()).items()}
+        params["p_lease_id"] = lease_id
+
+        def op(conn: Connection) -> RecordStepOutcome:
+            inserted = (conn.execute(self._insert_step, params)).first()
+            if inserted is not None:
+                return RecordStepOutcome(RecordStepStatus.RECORDED)
+            # Nothing inserted: the lease is gone, or the key was recorded before.
+            lease = conn.execute(
+                select(runs.c.status, runs.c.lease_id).where(runs.c.run_id == run_id)
+            ).first()
+            if lease is None or lease.status != _RUNNING or lease.lease_id != lease_id:
+                return RecordStepOutcome(RecordStepStatus.LEASE_LOST)
+            existing = _first(
+                conn,
+                select(steps).where(steps.c.run_id == run_id, steps.c.step_key == step.step_key),
+            )
+            if existing is None:
+                raise RuntimeError(f"step {step.step_key!r} of run {run_id!r} was not inserted")
+            return RecordStepOutcome(RecordStepStatus.DUPLICATE, rows.step_from_row(existing))
+
+        return await self._committer.submit(op)
+
+    async def transition_run(
+        self,
+        run_id: str,
+        from_statuses: Iterable[RunStatus],
+        to_status: RunStatus,
+        *,
+        lease_id: int | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> RunRecord | None:
+        """Set a run's status and ``values`` when the guard matches; else None."""
+        columns = _transition_values(values or {})
+        sources = sorted({RunStatus(s).value for s in from_statuses})
+        if not sources:
+            return None
+        now = now_ms()
+        target = RunStatus(to_status)
+        columns["status"] = target.value
+        columns["update_time"] = now
+        if target.is_terminal:
+            columns.setdefault("end_time", now)
+        stmt = update(runs).where(runs.c.run_id == run_id, runs.c.status.in_(sources))
+        if lease_id is not None:
+            stmt = stmt.where(runs.c.lease_id == lease_id)
+        stmt = stmt.values(columns).returning(*runs.c)
+
+        def op(conn: Connection) -> RunRecord | None:
+            row = conn.execute(stmt).mappings().first()
+            return rows.run_from_row(row) if row is not None else None
+
+        return await self._committer.submit(op)
+
+    async def register_workflows(self, versions: Iterable[tuple[str, str]]) -> None:
+        """Remember (name, version) pairs; pairs already known keep their first_seen."""
+        now = now_ms()
+        params = [
+            {"name": name, "version": version, "first_seen": now}
+            for name, version in sorted(set(versions))
+        ]
+        if not params:
+            return
+
+        def op(conn: Connection) -> None:
+            conn.execute(self._insert_versions, params)
+
+        await self._committer.submit(op)
+
+    # -- reads ------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """Return one run, or None."""
+        stmt = select(runs).where(runs.c.run_id == run_id)
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        return rows.run_from_row(row) if row is not None else None
+
+    async def list_runs(
+        self, run_filter: RunFilter, limit: int, before_seq: int | None
+    ) -> list[RunRecord]:
+        """Return up to ``limit`` matching runs, newest first, with seq < before_seq."""
+        if limit <= 0:
+            return []
+        stmt = select(runs)
+        if run_filter.workflow_name is not None:
+            stmt = stmt.where(runs.c.workflow_name == run_filter.workflow_name)
+        if run_filter.statuses is not None:
+            stmt = stmt.where(runs.c.status.in_(sorted(s.value for s in run_filter.statuses)))
+        if run_filter.parent_run_id is not None:
+            stmt = stmt.where(runs.c.parent_run_id == run_filter.parent_run_id)
+        if run_filter.create_time_after is not None:
+            stmt = stmt.where(runs.c.create_time >= run_filter.create_time_after)
+        if run_filter.create_time_before is not None:
+            stmt = stmt.where(runs.c.create_time < run_filter.create_time_before)
+        if before_seq is not None:
+            stmt = stmt.where(runs.c.seq < before_seq)
+        stmt = stmt.order_by(runs.c.seq.desc()).limit(limit)
+        async with self._reader.connect() as conn:
+            result = await conn.execute(stmt)
+            return [rows.run_from_row(row) for row in result.mappings()]
+
+    async def load_journal(self, run_id: str) -> list[StepRow]:
+        """Return a run's recorded steps in recording order."""
+        async with self._reader.connect() as conn:
+            result = await conn.execute(_journal_query(run_id))
+            return [rows.step_from_row(row) for row in result.mappings()]
+
+    async def runs_in_status(self, statuses: Iterable[RunStatus]) -> list[RunRecord]:
+        """Return every run in one of the statuses, oldest first."""
+        values = sorted({RunStatus(s).value for s in statuses})
+        if not values:
+            return []
+        stmt = select(runs).where(runs.c.status.in_(values)).order_by(runs.c.seq)
+        async with self._reader.connect() as conn:
+            result = await conn.execute(stmt)
+            return [rows.run_from_row(row) for row in result.mappings()]
+
+    async def workflow_versions(self) -> list[WorkflowVersion]:
+        """Return every registered workflow version, oldest first."""
+        t = workflow_versions
+        stmt = select(t).order_by(t.c.first_seen, t.c.name, t.c.version)
+        async with self._reader.connect() as conn:
+            result = await conn.execute(stmt)
+            return [
+                WorkflowVersion(name=r["name"], version=r["version"], first_seen=r["first_seen"])
+                for r in result.mappings()
+            ]
+
+
+def _transition_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(values) - TRANSITION_COLUMNS)
+    if unknown:
+        raise ValueError(
+            f"transition_run cannot set {', '.join(unknown)}; "
+            f"settable columns: {', '.join(sorted(TRANSITION_COLUMNS))}"
+        )
+    return {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
+
+
+def _first(conn: Connection, stmt: Any) -> RowMapping | None:
+    return conn.execute(stmt).mappings().first()
+
+
+def _journal_query(run_id: str) -> Select[Any]:
+    return select(steps).where(steps.c.run_id == run_id).order_by(steps.c.sequence)
+
+
+def _journal(conn: Connection, run_id: str) -> list[StepRow]:
+    return [rows.step_from_row(row) for row in conn.execute(_journal_query(run_id)).mappings()]
+
+
+if TYPE_CHECKING:
+
+    def _implements_store(store: SqlStore) -> Store:
+        return store

@@ -1,0 +1,122 @@
+"""SQLite engine setup: one writer connection and a small pool of readers over one file.
+
+The database runs in WAL mode, so readers never block the writer and the
+writer never blocks readers. Write transactions start with ``BEGIN IMMEDIATE``
+(taking the write lock up front, so a transaction never fails half-way on a
+lock upgrade); this uses SQLAlchemy's documented event-hook recipe for
+pysqlite/aiosqlite: the driver's own transaction handling is switched off in a
+``connect`` hook and SQLAlchemy emits the BEGIN in a ``begin`` hook.
+
+The writer is a synchronous pysqlite engine, driven from the group
+committer's dedicated thread (see ``group_commit``); the readers are an
+async aiosqlite engine used from the event loop.
+
+Durability (``synchronous``):
+
+* ``FULL`` (default): every commit is fsynced before it is acknowledged; an
+  acknowledged write survives a power loss or OS crash.
+* ``NORMAL``: commits are fsynced at WAL checkpoints only; an acknowledged
+  write survives a crash of the stepd process, but the last commits may be
+  lost on power loss or OS crash. The database is never corrupted either way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+Synchronous = Literal["FULL", "NORMAL"]
+SYNCHRONOUS_MODES: tuple[Synchronous, ...] = ("FULL", "NORMAL")
+
+DEFAULT_BUSY_TIMEOUT_MS = 5_000
+DEFAULT_READERS = 4
+
+
+def parse_synchronous(value: str) -> Synchronous:
+    """Validate a ``synchronous`` setting (case-insensitive)."""
+    upper = value.upper()
+    if upper not in SYNCHRONOUS_MODES:
+        choices = ", ".join(SYNCHRONOUS_MODES)
+        raise ValueError(f"synchronous must be one of {choices}, not {value!r}")
+    return upper
+
+
+def _pragmas(dbapi_connection: DBAPIConnection, statements: list[str]) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        for statement in statements:
+            cursor.execute(statement)
+    finally:
+        cursor.close()
+
+
+def create_writer_engine(
+    path: Path,
+    *,
+    synchronous: Synchronous = "FULL",
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+) -> Engine:
+    """Return a (synchronous) engine with exactly one connection, for all writes.
+
+    Its transactions begin with ``BEGIN IMMEDIATE``; the connection sets WAL
+    mode, the ``synchronous`` level, ``busy_timeout`` and ``foreign_keys``.
+    """
+    engine = create_engine(f"sqlite+pysqlite:///{path}", pool_size=1, max_overflow=0)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        # Stop the driver from emitting its own BEGIN; the "begin" hook does it.
+        cast(Any, dbapi_connection).isolation_level = None
+        _pragmas(
+            dbapi_connection,
+            [
+                f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
+                "PRAGMA journal_mode = WAL",
+                f"PRAGMA synchronous = {parse_synchronous(synchronous)}",
+                "PRAGMA foreign_keys = ON",
+            ],
+        )
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def create_reader_engine(
+    path: Path,
+    *,
+    readers: int = DEFAULT_READERS,
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+) -> AsyncEngine:
+    """Return an engine with a small pool of read-only connections.
+
+    Each statement runs in its own implicit read transaction (driver-level
+    autocommit): a WAL reader sees the last commit and never blocks the writer.
+    """
+    engine = create_async_engine(
+        f"sqlite+aiosqlite:///{path}",
+        isolation_level="AUTOCOMMIT",
+        pool_size=readers,
+        max_overflow=0,
+        pool_reset_on_return=None,
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        _pragmas(
+            dbapi_connection,
+            [
+                f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
+                "PRAGMA foreign_keys = ON",
+                "PRAGMA query_only = ON",
+            ],
+        )
+
+    return engine

@@ -1,0 +1,294 @@
+"""claim_run, record_step, load_journal and transition_run with their guards."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from service.domain import (
+    ErrorDetails,
+    FailureReason,
+    RecordStepStatus,
+    RunStatus,
+    StepRow,
+)
+from service.store import SqlStore
+from service.store.rows import error_columns
+
+from .conftest import new_run
+
+
+async def running(store: SqlStore, run_id: str = "r1") -> int:
+    """Create and claim a run; return its lease id."""
+    await store.create_run(new_run(run_id))
+    claimed = await store.claim_run(run_id, "worker-1", 60_000)
+    assert claimed is not None
+    return claimed.run.lease_id
+
+
+async def requeue(store: SqlStore, run_id: str, lease_id: int) -> None:
+    moved = await store.transition_run(
+        run_id, [RunStatus.RUNNING], RunStatus.PENDING, lease_id=lease_id
+    )
+    assert moved is not None
+
+
+# -- claim_run -------------------------------------------------------------
+
+
+async def test_claim_run_takes_a_pending_run_once(store: SqlStore) -> None:
+    created = (await store.create_run(new_run("r1"))).run
+
+    claimed = await store.claim_run("r1", "worker-1", 99_000)
+    assert claimed is not None
+    run = claimed.run
+    assert run.status is RunStatus.RUNNING
+    assert (run.dispatch_count, run.lease_id, run.lease_owner) == (1, 1, "worker-1")
+    assert run.start_time is not None and run.start_time >= created.create_time
+    assert run.update_time == run.start_time
+    assert claimed.journal == []
+    assert await store.get_run("r1") == run
+
+    assert await store.claim_run("r1", "worker-2", 99_000) is None
+    assert await store.get_run("r1") == run
+
+
+async def test_claim_run_of_unknown_or_cancelled_run_is_none(store: SqlStore) -> None:
+    assert await store.claim_run("nope", "w", 1) is None
+    await store.create_run(new_run("r1"))
+    await store.transition_run("r1", [RunStatus.PENDING], RunStatus.CANCELLED)
+    assert await store.claim_run("r1", "w", 1) is None
+
+
+async def test_concurrent_claims_hand_out_one_lease(store: SqlStore) -> None:
+    await store.create_run(new_run("r1"))
+    claims = await asyncio.gather(*(store.claim_run("r1", f"w{i}", 1) for i in range(10)))
+    winners = [c for c in claims if c is not None]
+    assert len(winners) == 1
+    assert winners[0].run.lease_id == 1
+
+
+async def test_reclaim_gets_a_new_lease_and_the_journal(store: SqlStore) -> None:
+    lease = await running(store)
+    first_start = (await store.get_run("r1")).start_time  # type: ignore[union-attr]
+    await store.record_step("r1", lease, StepRow("a", 1, '"A"'))
+    await store.record_step("r1", lease, StepRow("b", 2, '"B"'))
+    await requeue(store, "r1", lease)
+
+    claimed = await store.claim_run("r1", "worker-2", 5)
+    assert claimed is not None
+    assert (claimed.run.dispatch_count, claimed.run.lease_id) == (2, 2)
+    assert claimed.run.lease_owner == "worker-2"
+    assert claimed.run.start_time == first_start
+    assert [(s.step_key, s.attempt, s.result_json) for s in claimed.journal] == [
+        ("a", 1, '"A"'),
+        ("b", 2, '"B"'),
+    ]
+
+
+async def test_first_claim_does_not_read_the_journal(store: SqlStore) -> None:
+    await store.create_run(new_run("r1"))
+    statements: list[str] = []
+
+    def capture(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(store.writer_engine, "before_cursor_execute", capture)
+    try:
+        assert await store.claim_run("r1", "w", 1) is not None
+    finally:
+        event.remove(store.writer_engine, "before_cursor_execute", capture)
+    assert statements, "the claim ran no statement on the writer"
+    assert not [s for s in statements if "steps" in s]
+
+
+# -- record_step -------------------------------------------------------------
+
+
+async def test_record_step_stores_result_and_error(store: SqlStore) -> None:
+    lease = await running(store)
+    error = ErrorDetails("ValueError", "bad", "Traceback...", "charge", 3)
+
+    ok = await store.record_step("r1", lease, StepRow("charge", 1, '{"ok": 1}', None, 10, 20))
+    failed = await store.record_step("r1", lease, StepRow("refund", 3, None, error, 30, 40))
+
+    assert ok.status is RecordStepStatus.RECORDED and ok.existing is None
+    assert failed.status is RecordStepStatus.RECORDED
+    journal = await store.load_journal("r1")
+    assert [(s.step_key, s.attempt, s.result_json, s.error) for s in journal] == [
+        ("charge", 1, '{"ok": 1}', None),
+        ("refund", 3, None, error),
+    ]
+    assert [(s.start_time, s.end_time) for s in journal] == [(10, 20), (30, 40)]
+    assert 0 < journal[0].sequence < journal[1].sequence
+
+
+async def test_duplicate_step_returns_the_first_row_unchanged(store: SqlStore) -> None:
+    lease = await running(store)
+    await store.record_step("r1", lease, StepRow("a", 1, '"first"', None, 1, 2))
+    stored = await store.load_journal("r1")
+
+    again = await store.record_step("r1", lease, StepRow("a", 2, '"second"', None, 3, 4))
+
+    assert again.status is RecordStepStatus.DUPLICATE
+    assert again.existing == stored[0]
+    assert again.existing is not None and again.existing.result_json == '"first"'
+    assert await store.load_journal("r1") == stored
+
+
+async def test_stale_lease_is_refused_even_for_a_recorded_key(store: SqlStore) -> None:
+    old_lease = await running(store)
+    await store.record_step("r1", old_lease, StepRow("a", 1, '"A"'))
+    await requeue(store, "r1", old_lease)
+    claimed = await store.claim_run("r1", "worker-2", 1)
+    assert claimed is not None
+
+    zombie_new = await store.record_step("r1", old_lease, StepRow("b", 1, '"zombie"'))
+    zombie_dup = await store.record_step("r1", old_lease, StepRow("a", 1, '"zombie"'))
+
+    assert zombie_new.status is RecordStepStatus.LEASE_LOST
+    assert zombie_dup.status is RecordStepStatus.LEASE_LOST and zombie_dup.existing is None
+    assert [s.step_key for s in await store.load_journal("r1")] == ["a"]
+    fresh = await store.record_step("r1", claimed.run.lease_id, StepRow("b", 1, '"B"'))
+    assert fresh.status is RecordStepStatus.RECORDED
+
+
+@pytest.mark.parametrize("status", [RunStatus.PENDING, RunStatus.SUSPENDED, RunStatus.COMPLETED])
+async def test_record_step_needs_a_running_run(store: SqlStore, status: RunStatus) -> None:
+    lease = await running(store)
+    await store.transition_run("r1", [RunStatus.RUNNING], status)
+
+    outcome = await store.record_step("r1", lease, StepRow("a", 1, "1"))
+
+    assert outcome.status is RecordStepStatus.LEASE_LOST
+    assert await store.load_journal("r1") == []
+
+
+async def test_record_step_for_unknown_run_is_lease_lost(store: SqlStore) -> None:
+    outcome = await store.record_step("nope", 1, StepRow("a", 1, "1"))
+    assert outcome.status is RecordStepStatus.LEASE_LOST
+
+
+async def test_load_journal_of_unknown_run_is_empty(store: SqlStore) -> None:
+    assert await store.load_journal("nope") == []
+
+
+# -- transition_run ------------------------------------------------------------
+
+
+async def test_complete_sets_result_and_end_time(store: SqlStore) -> None:
+    lease = await running(store)
+    before = await store.get_run("r1")
+    assert before is not None
+
+    done = await store.transition_run(
+        "r1",
+        [RunStatus.RUNNING],
+        RunStatus.COMPLETED,
+        lease_id=lease,
+        values={"result_json": "42", "lease_owner": None},
+    )
+
+    assert done is not None
+    assert done.status is RunStatus.COMPLETED
+    assert done.result_json == "42"
+    assert done.lease_owner is None
+    assert done.end_time is not None and done.end_time == done.update_time
+    assert done.update_time >= before.update_time
+    assert (done.lease_id, done.dispatch_count, done.start_time) == (
+        before.lease_id,
+        before.dispatch_count,
+        before.start_time,
+    )
+    assert await store.get_run("r1") == done
+
+
+async def test_fail_stores_error_and_reason(store: SqlStore) -> None:
+    lease = await running(store)
+    error = ErrorDetails("app.Boom", "boom", "tb", "step-1", 2)
+
+    failed = await store.transition_run(
+        "r1",
+        [RunStatus.RUNNING],
+        RunStatus.FAILED,
+        lease_id=lease,
+        values={**error_columns(error), "failure_reason": FailureReason.WORKFLOW_ERROR},
+    )
+
+    assert failed is not None
+    assert failed.error == error
+    assert failed.failure_reason is FailureReason.WORKFLOW_ERROR
+    assert await store.get_run("r1") == failed
+
+
+async def test_non_terminal_transition_keeps_end_time_empty(store: SqlStore) -> None:
+    lease = await running(store)
+    suspended = await store.transition_run(
+        "r1", [RunStatus.RUNNING], RunStatus.SUSPENDED, lease_id=lease
+    )
+    assert suspended is not None
+    assert suspended.status is RunStatus.SUSPENDED and suspended.end_time is None
+
+
+async def test_illegal_transition_returns_none_and_changes_nothing(store: SqlStore) -> None:
+    await store.create_run(new_run("r1"))
+    before = await store.get_run("r1")
+
+    result = await store.transition_run(
+        "r1",
+        [RunStatus.RUNNING, RunStatus.SUSPENDED],
+        RunStatus.COMPLETED,
+        values={"result_json": "1"},
+    )
+
+    assert result is None
+    assert await store.get_run("r1") == before
+
+
+async def test_transition_with_stale_lease_changes_nothing(store: SqlStore) -> None:
+    lease = await running(store)
+    before = await store.get_run("r1")
+
+    result = await store.transition_run(
+        "r1", [RunStatus.RUNNING], RunStatus.COMPLETED, lease_id=lease + 1
+    )
+
+    assert result is None
+    assert await store.get_run("r1") == before
+
+
+async def test_transition_of_unknown_run_or_no_sources_is_none(store: SqlStore) -> None:
+    assert await store.transition_run("nope", [RunStatus.PENDING], RunStatus.CANCELLED) is None
+    await store.create_run(new_run("r1"))
+    assert await store.transition_run("r1", [], RunStatus.CANCELLED) is None
+    run = await store.get_run("r1")
+    assert run is not None and run.status is RunStatus.PENDING
+
+
+async def test_cancel_reason_and_explicit_end_time(store: SqlStore) -> None:
+    await store.create_run(new_run("r1"))
+    cancelled = await store.transition_run(
+        "r1",
+        [RunStatus.PENDING],
+        RunStatus.CANCELLED,
+        values={"cancel_reason": "user asked", "end_time": 7},
+    )
+    assert cancelled is not None
+    assert cancelled.cancel_reason == "user asked"
+    assert cancelled.end_time == 7
+
+
+@pytest.mark.parametrize("column", ["status", "run_id", "lease_id", "seq", "nonsense"])
+async def test_transition_refuses_protected_or_unknown_columns(
+    store: SqlStore, column: str
+) -> None:
+    await store.create_run(new_run("r1"))
+    before = await store.get_run("r1")
+    with pytest.raises(ValueError, match=column):
+        await store.transition_run(
+            "r1", [RunStatus.PENDING], RunStatus.CANCELLED, values={column: "x"}
+        )
+    assert await store.get_run("r1") == before
