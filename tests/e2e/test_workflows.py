@@ -80,6 +80,15 @@ async def test_loops_record_a_step_per_iteration(
     assert read_marks(marks, tag) == [f"accumulate:{i}" for i in range(12)] + ["halve"] * 3
 
 
+async def test_ctx_step_wraps_and_decorates_functions(
+    client: Client, worker: ManagedProcess, marks: Path, tag: str
+) -> None:
+    run_id, result = await run(client, wf.ctx_steps, wf.Job(tag=tag, value=30))
+
+    assert result == {"rate": 0.5, "converted": 15, "run_id": run_id}
+    assert read_marks(marks, tag) == ["lookup_rate:EUR", "convert"]
+
+
 async def test_compensation_after_a_failing_step_returns_an_outcome(
     client: Client, worker: ManagedProcess, marks: Path, tag: str
 ) -> None:

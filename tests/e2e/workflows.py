@@ -292,6 +292,27 @@ async def cancellable(ctx: WorkflowContext, job: Job) -> str:
     return await after(job.tag)
 
 
+# -- ctx.step -----------------------------------------------------------------
+
+
+def lookup_rate(tag: str, currency: str) -> float:
+    """A plain function, made a step at the call site with ctx.step."""
+    mark(tag, f"lookup_rate:{currency}")
+    return {"EUR": 0.5, "GBP": 0.25}[currency]
+
+
+@workflow(name="e2e.ctx_steps")
+async def ctx_steps(ctx: WorkflowContext, job: Job) -> dict[str, Any]:
+    rate = await ctx.step(lookup_rate)(job.tag, "EUR")
+
+    @ctx.step(name="convert")
+    async def convert(amount: int) -> int:
+        mark(job.tag, "convert")
+        return round(amount * rate)
+
+    return {"rate": rate, "converted": await convert(job.value), "run_id": ctx.run_id}
+
+
 # -- plain ones ---------------------------------------------------------------
 
 
