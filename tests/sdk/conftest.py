@@ -1,0 +1,117 @@
+"""Fakes for SDK unit tests: an in-memory command channel and run-task builders."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+
+from stepd.v1 import types_pb2, worker_service_pb2
+from worker_sdk._serde import error_info
+
+OK = worker_service_pb2.COMMAND_STATUS_OK
+Responder = Callable[[worker_service_pb2.WorkerCommand], worker_service_pb2.CommandResult | None]
+
+
+class FakeChannel:
+    """A CommandChannel that records commands and answers them in memory.
+
+    ``respond`` returns the result for a command (default OK); returning None
+    leaves the command unanswered until ``resolve`` is called.
+    """
+
+    def __init__(self, respond: Responder | None = None) -> None:
+        self.commands: list[worker_service_pb2.WorkerCommand] = []
+        self.respond: Responder = respond or (lambda _: ok())
+        self.waiting: dict[int, asyncio.Future[worker_service_pb2.CommandResult]] = {}
+
+    def submit(
+        self, command: worker_service_pb2.WorkerCommand
+    ) -> asyncio.Future[worker_service_pb2.CommandResult]:
+        copy = worker_service_pb2.WorkerCommand()
+        copy.CopyFrom(command)
+        copy.command_id = len(self.commands) + 1
+        self.commands.append(copy)
+        future = asyncio.get_running_loop().create_future()
+        result = self.respond(copy)
+        if result is None:
+            self.waiting[copy.command_id] = future
+        else:
+            result.command_id = copy.command_id
+            future.set_result(result)
+        return future
+
+    def resolve(self, command_id: int, result: worker_service_pb2.CommandResult) -> None:
+        self.waiting.pop(command_id).set_result(result)
+
+    # -- views ---------------------------------------------------------------
+
+    def kinds(self) -> list[str]:
+        return [str(c.WhichOneof("command")) for c in self.commands]
+
+    def step_keys(self) -> list[str]:
+        return [c.record_step.step.step_key for c in self.commands if c.HasField("record_step")]
+
+    def recorded(self) -> dict[str, types_pb2.StepRecord]:
+        return {
+            c.record_step.step.step_key: c.record_step.step
+            for c in self.commands
+            if c.HasField("record_step")
+        }
+
+    def final(self) -> worker_service_pb2.WorkerCommand:
+        return self.commands[-1]
+
+
+def ok() -> worker_service_pb2.CommandResult:
+    return worker_service_pb2.CommandResult(status=OK)
+
+
+def result_record(key: str, value: Any) -> types_pb2.StepRecord:
+    return types_pb2.StepRecord(
+        step_key=key, result=types_pb2.Payload(json=json.dumps(value)), attempt=1
+    )
+
+
+def error_record(key: str, exc: BaseException) -> types_pb2.StepRecord:
+    return types_pb2.StepRecord(
+        step_key=key, error=error_info(exc, step_key=key, attempt=1), attempt=1
+    )
+
+
+def make_task(
+    workflow_name: str = "wf",
+    version: str = "1",
+    *,
+    input: Any = None,
+    input_json: str | None = None,
+    journal: Mapping[str, Any] | None = None,
+    run_id: str = "run-1",
+    lease_id: int = 7,
+) -> worker_service_pb2.RunTask:
+    """A RunTask; journal maps step keys to results, exceptions, or StepRecords."""
+    task = worker_service_pb2.RunTask(
+        run_id=run_id,
+        lease_id=lease_id,
+        workflow_name=workflow_name,
+        workflow_version=version,
+        input=types_pb2.Payload(json=json.dumps(input) if input_json is None else input_json),
+        dispatch_count=1,
+    )
+    for sequence, (key, value) in enumerate((journal or {}).items(), start=1):
+        if isinstance(value, types_pb2.StepRecord):
+            record = value
+        elif isinstance(value, BaseException):
+            record = error_record(key, value)
+        else:
+            record = result_record(key, value)
+        task.journal.add(sequence=sequence, step=record)
+    return task
+
+
+@pytest.fixture
+def channel() -> FakeChannel:
+    return FakeChannel()

@@ -1,0 +1,191 @@
+"""The @workflow and @step decorators, ctx.step, and Worker's definition checks."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from worker_sdk import Worker, WorkflowContext, step, workflow
+from worker_sdk._definitions import Step, Workflow
+from worker_sdk.errors import StepdError, WorkflowDefinitionError
+
+
+@dataclass
+class Order:
+    id: int
+
+
+@step
+async def charge(order: Order, amount: int = 1) -> int:
+    """Charge the card."""
+    return order.id * amount
+
+
+@step(name="reserve-stock")
+def reserve(order: Order) -> str:
+    return f"reserved {order.id}"
+
+
+@workflow
+async def process(ctx: WorkflowContext, order: Order) -> int:
+    return await charge(order)
+
+
+@workflow(name="orders.process", version=2)
+async def process_v2(ctx: WorkflowContext) -> None:
+    return None
+
+
+def test_step_bare_and_named() -> None:
+    assert isinstance(charge, Step)
+    assert charge.name == "charge"
+    assert charge.is_async
+    assert reserve.name == "reserve-stock"
+    assert not reserve.is_async
+
+
+def test_step_keeps_signature_and_metadata() -> None:
+    assert charge.__name__ == "charge"
+    assert charge.__doc__ == "Charge the card."
+    assert str(inspect.signature(charge)) == "(order: 'Order', amount: 'int' = 1) -> 'int'"
+
+
+async def test_step_outside_a_workflow_just_runs() -> None:
+    assert await charge(Order(3), amount=2) == 6
+    assert await reserve(Order(4)) == "reserved 4"
+
+
+def test_workflow_bare_and_with_options() -> None:
+    assert isinstance(process, Workflow)
+    assert (process.name, process.version) == ("process", "1")
+    assert process.input_param == "order"
+    assert (process_v2.name, process_v2.version) == ("orders.process", "2")
+    assert process_v2.input_param is None
+    assert process.__name__ == "process"
+
+
+async def test_workflow_call_runs_the_function() -> None:
+    ctx = WorkflowContext("r", "process", "1")
+    assert await process(ctx, Order(5)) == 5
+
+
+def test_workflow_type_adapters_follow_annotations() -> None:
+    assert process.input_adapter.validate_python({"id": 1}) == Order(1)
+    assert process.result_adapter.validate_python(3) == 3
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def wf(ctx):\n    pass", "async def"),
+        ("async def wf():\n    pass", "first parameter"),
+        ("async def wf(*, ctx):\n    pass", "first parameter"),
+        ("async def wf(ctx: int):\n    pass", "must be the WorkflowContext"),
+        ("async def wf(ctx, a, b):\n    pass", "at most one input"),
+        ("async def wf(ctx, *args):\n    pass", "at most one input"),
+        ("async def wf(ctx, **kw):\n    pass", "at most one input"),
+        ("async def wf(ctx, *, a=1):\n    pass", "at most one input"),
+    ],
+)
+def test_workflow_definition_errors(source: str, message: str) -> None:
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)
+    with pytest.raises(WorkflowDefinitionError, match=message):
+        workflow(namespace["wf"])
+
+
+def test_workflow_annotations_accepted() -> None:
+    async def as_string(ctx: WorkflowContext, x: int = 0) -> None: ...
+
+    async def unannotated(ctx, x):  # type: ignore[no-untyped-def]
+        ...
+
+    assert workflow(as_string).input_optional
+    assert not workflow(unannotated).input_optional
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"name": ""}, "non-empty"),
+        ({"version": ""}, "version must not be empty"),
+        ({"version": 1.5}, "version must be a str or int"),
+        ({"version": True}, "version must be a str or int"),
+    ],
+)
+def test_workflow_option_errors(options: dict[str, Any], message: str) -> None:
+    async def wf(ctx: WorkflowContext) -> None: ...
+
+    with pytest.raises(WorkflowDefinitionError, match=message):
+        workflow(**options)(wf)
+
+
+def test_definition_error_is_a_stepd_error() -> None:
+    assert issubclass(WorkflowDefinitionError, StepdError)
+
+
+def test_step_definition_errors() -> None:
+    async def f() -> None: ...
+
+    async def agen():  # type: ignore[no-untyped-def]
+        yield 1
+
+    with pytest.raises(WorkflowDefinitionError, match="'#'"):
+        step(name="a#2")(f)
+    with pytest.raises(WorkflowDefinitionError, match="non-empty"):
+        step(name=" ")(f)
+    with pytest.raises(WorkflowDefinitionError, match="generator"):
+        step(agen)
+    with pytest.raises(WorkflowDefinitionError, match="is a workflow"):
+        step(process)
+    with pytest.raises(WorkflowDefinitionError, match="callable"):
+        step(42)  # type: ignore[call-overload]
+    with pytest.raises(WorkflowDefinitionError, match="already decorated"):
+        workflow(process)  # type: ignore[arg-type]
+
+
+def test_context_step_forms() -> None:
+    ctx = WorkflowContext("run", "wf", "3")
+    assert (ctx.run_id, ctx.workflow_name, ctx.version) == ("run", "wf", "3")
+
+    def plain(x: int) -> int:
+        return x
+
+    assert ctx.step(plain).name == "plain"
+
+    @ctx.step
+    async def notify() -> None: ...
+
+    @ctx.step(name="notify-2")
+    async def notify_again() -> None: ...
+
+    assert notify.name == "notify"
+    assert notify_again.name == "notify-2"
+    assert ctx.step(charge).fn is charge.fn  # an existing step keeps its function
+
+
+def test_worker_rejects_duplicate_versions() -> None:
+    async def first(ctx: WorkflowContext) -> None: ...
+
+    async def second(ctx: WorkflowContext) -> None: ...
+
+    a = workflow(name="same", version=1)(first)
+    b = workflow(name="same", version="1")(second)
+    with pytest.raises(WorkflowDefinitionError, match="two workflows"):
+        Worker("127.0.0.1:1", workflows=[a, b])
+    worker = Worker("127.0.0.1:1", workflows=[a, a, process])  # the same object twice is fine
+    assert len(worker.workflows) == 2
+
+
+def test_worker_rejects_bad_arguments() -> None:
+    async def plain(ctx: WorkflowContext) -> None: ...
+
+    with pytest.raises(WorkflowDefinitionError, match="not a workflow"):
+        Worker("127.0.0.1:1", workflows=[plain])  # type: ignore[list-item]
+    with pytest.raises(WorkflowDefinitionError, match="at least one"):
+        Worker("127.0.0.1:1", workflows=[])
+    with pytest.raises(ValueError, match="concurrency"):
+        Worker("127.0.0.1:1", workflows=[process], concurrency=0)

@@ -1,0 +1,384 @@
+"""``Client`` and ``RunHandle``: start runs, wait for them, inspect, list and cancel them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
+
+import grpc
+from google.protobuf import duration_pb2
+from pydantic import TypeAdapter, ValidationError
+from stepd.v1 import types_pb2, workflow_service_pb2, workflow_service_pb2_grpc
+
+from worker_sdk._definitions import Workflow
+from worker_sdk._rpc import CHANNEL_OPTIONS, sdk_error
+from worker_sdk._runs import RunInfo, RunStatus, status_to_proto, to_timestamp
+from worker_sdk._serde import ANY_ADAPTER, dumps, loads, payload_text
+from worker_sdk.errors import (
+    PayloadError,
+    RunCancelledError,
+    RunFailedError,
+    ServerUnavailableError,
+    StepdError,
+)
+
+if TYPE_CHECKING:
+    from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub
+
+I = TypeVar("I")  # noqa: E741 - the workflow's input type
+R = TypeVar("R")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+_WAIT_SLICE = 30.0  # seconds per GetRun(wait=True) call
+_RPC_MARGIN = 10.0  # the RPC deadline beyond the server-side wait
+_RETRY_MAX = 2.0
+
+
+class RunHandle(Generic[R]):
+    """A started run: its id, and ``result()`` to wait for its outcome."""
+
+    __slots__ = ("_adapter", "_client", "already_existed", "run_id")
+
+    def __init__(
+        self,
+        client: Client,
+        run_id: str,
+        *,
+        already_existed: bool = False,
+        result_adapter: TypeAdapter[Any] = ANY_ADAPTER,
+    ) -> None:
+        self._client = client
+        self._adapter = result_adapter
+        self.run_id = run_id
+        """The run's id."""
+        self.already_existed = already_existed
+        """True when the idempotency key named a run that existed before the trigger."""
+
+    async def result(self, timeout: float | None = None) -> R:  # noqa: ASYNC109
+        """Wait until the run finishes and return its result.
+
+        The result is validated into the workflow's return annotation (plain
+        JSON values for a run triggered by name). Raises RunFailedError or
+        RunCancelledError, and TimeoutError when ``timeout`` seconds pass first.
+        Waiting happens on the server (``GetRun`` with ``wait``); while the
+        server is unreachable the call is retried.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        pause = 0.1
+        while True:
+            wait = _WAIT_SLICE
+            if deadline is not None:
+                wait = min(wait, deadline - loop.time())
+                if wait <= 0:
+                    raise TimeoutError(f"run {self.run_id} did not finish within {timeout} s")
+            try:
+                run = await self._client._get_run(self.run_id, wait=wait)
+            except StepdError as exc:
+                if not isinstance(exc, ServerUnavailableError) and exc.code != "DEADLINE_EXCEEDED":
+                    raise  # only an unreachable or slow server is worth waiting out
+                await asyncio.sleep(pause if deadline is None else min(pause, wait))
+                pause = min(pause * 2, _RETRY_MAX)
+                continue
+            pause = 0.1
+            if run.status == types_pb2.RUN_STATUS_COMPLETED:
+                return loads(payload_text(run.result), self._adapter)  # type: ignore[no-any-return]
+            if run.status == types_pb2.RUN_STATUS_FAILED:
+                raise RunFailedError(RunInfo.from_proto(run))
+            if run.status == types_pb2.RUN_STATUS_CANCELLED:
+                raise RunCancelledError(RunInfo.from_proto(run))
+
+    async def info(self) -> RunInfo:
+        """Fetch the run as it stands now."""
+        return await self._client.get_run(self.run_id)
+
+    async def cancel(self, reason: str = "") -> RunInfo:
+        """Cancel the run (see ``Client.cancel``)."""
+        return await self._client.cancel(self.run_id, reason=reason)
+
+    def __repr__(self) -> str:
+        return f"RunHandle(run_id={self.run_id!r}, already_existed={self.already_existed})"
+
+
+class Client:
+    """Talks to a stepd server: trigger runs, wait for results, inspect, list, cancel.
+
+    Use as ``async with Client(address) as client:`` (or call ``close()``).
+    Server errors are raised as ``StepdError`` subclasses (see
+    ``worker_sdk.errors``).
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS) -> None:
+        self._address = address
+        self._channel: grpc.aio.Channel | None = None
+        self._stub_instance: WorkflowServiceAsyncStub | None = None
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        """The server address this client talks to."""
+        return self._address
+
+    async def __aenter__(self) -> Self:
+        self._stub()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection; the client cannot be used afterwards."""
+        self._closed = True
+        channel, self._channel, self._stub_instance = self._channel, None, None
+        if channel is not None:
+            await channel.close(None)
+
+    # -- starting runs -------------------------------------------------------
+
+    @overload
+    async def trigger(
+        self,
+        workflow: Workflow[[I], R],
+        input: I,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | int | None = None,
+    ) -> RunHandle[R]: ...
+    @overload
+    async def trigger(
+        self,
+        workflow: Workflow[[], R],
+        input: None = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | int | None = None,
+    ) -> RunHandle[R]: ...
+    @overload
+    async def trigger(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | int | None = None,
+    ) -> RunHandle[Any]: ...
+    async def trigger(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | int | None = None,
+    ) -> RunHandle[Any]:
+        """Start a run of a workflow (a ``@workflow`` object or a name) with an input.
+
+        A workflow object pins the run to its version and types the result; a
+        name runs the newest version a worker registered (or ``version``).
+        ``run_id`` sets a custom id; a second trigger with the same
+        ``idempotency_key`` returns the first run (``handle.already_existed``).
+        """
+        if isinstance(workflow, Workflow):
+            name = workflow.name
+            pinned = workflow.version if version is None else str(version)
+            if workflow.input_param is None and input is not None:
+                raise TypeError(f"workflow {name!r} takes no input")
+            input_json = _dump_input(input, workflow.input_adapter)
+            adapter = workflow.result_adapter
+        elif isinstance(workflow, str):
+            name, pinned = workflow, "" if version is None else str(version)
+            input_json, adapter = dumps(input), ANY_ADAPTER
+        else:
+            raise TypeError(f"expected a @workflow or a workflow name, got {workflow!r}")
+        request = workflow_service_pb2.TriggerRequest(
+            workflow_name=name,
+            workflow_version=pinned,
+            input=types_pb2.Payload(json=input_json),
+            run_id=run_id or "",
+            idempotency_key=idempotency_key or "",
+        )
+        response = await _call(self._stub().Trigger, request)
+        return RunHandle(
+            self,
+            response.run.run_id,
+            already_existed=response.already_existed,
+            result_adapter=adapter,
+        )
+
+    @overload
+    async def execute(
+        self,
+        workflow: Workflow[[I], R],
+        input: I,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> R: ...
+    @overload
+    async def execute(
+        self,
+        workflow: Workflow[[], R],
+        input: None = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> R: ...
+    @overload
+    async def execute(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Any: ...
+    async def execute(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Any:
+        """Trigger a run and wait for its result (``trigger`` then ``handle.result``)."""
+        handle = await self.trigger(
+            workflow,
+            input,
+            run_id=run_id,
+            idempotency_key=idempotency_key,
+            version=version,
+        )
+        return await handle.result(timeout=timeout)
+
+    @overload
+    def get_handle(self, run_id: str) -> RunHandle[Any]: ...
+    @overload
+    def get_handle(self, run_id: str, workflow: Workflow[Any, R]) -> RunHandle[R]: ...
+    def get_handle(self, run_id: str, workflow: Workflow[Any, Any] | None = None) -> RunHandle[Any]:
+        """A handle on an existing run; pass its workflow to type the result."""
+        adapter = ANY_ADAPTER if workflow is None else workflow.result_adapter
+        return RunHandle(self, run_id, result_adapter=adapter)
+
+    # -- inspecting runs -----------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunInfo:
+        """Fetch a run; raises NotFoundError for an unknown id."""
+        return RunInfo.from_proto(await self._get_run(run_id))
+
+    async def cancel(self, run_id: str, *, reason: str = "") -> RunInfo:
+        """Cancel a run that has not finished; return it (now cancelled).
+
+        Raises NotFoundError for an unknown id and FailedPreconditionError when
+        the run already finished.
+        """
+        request = workflow_service_pb2.CancelRunRequest(run_id=run_id, reason=reason)
+        response = await _call(self._stub().CancelRun, request)
+        return RunInfo.from_proto(response.run)
+
+    async def list_runs(
+        self,
+        *,
+        workflow: Workflow[Any, Any] | str | None = None,
+        statuses: Iterable[RunStatus | str] | None = None,
+        parent_run_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[RunInfo]:
+        """Iterate over runs, newest first, following the server's pages.
+
+        Filters: a workflow (object or name), statuses, a parent run, and a
+        creation time range (``created_after`` inclusive, ``created_before``
+        exclusive).
+        """
+        request = workflow_service_pb2.ListRunsRequest(
+            workflow_name=workflow.name if isinstance(workflow, Workflow) else workflow or "",
+            statuses=[status_to_proto(s) for s in statuses or ()],
+            parent_run_id=parent_run_id or "",
+            page_size=page_size,
+        )
+        if created_after is not None:
+            request.create_time_after.CopyFrom(to_timestamp(created_after))
+        if created_before is not None:
+            request.create_time_before.CopyFrom(to_timestamp(created_before))
+        while True:
+            response = await _call(self._stub().ListRuns, request)
+            for run in response.runs:
+                yield RunInfo.from_proto(run)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    # -- internals -----------------------------------------------------------
+
+    def _stub(self) -> WorkflowServiceAsyncStub:
+        stub = self._stub_instance
+        if stub is None:
+            if self._closed:
+                raise StepdError("the client is closed")
+            self._channel = grpc.aio.insecure_channel(self._address, options=CHANNEL_OPTIONS)
+            stub = self._stub_instance = workflow_service_pb2_grpc.WorkflowServiceStub(
+                self._channel
+            )
+        return stub
+
+    async def _get_run(self, run_id: str, *, wait: float | None = None) -> types_pb2.Run:
+        request = workflow_service_pb2.GetRunRequest(run_id=run_id)
+        rpc_timeout = None
+        if wait is not None:
+            request.wait = True
+            request.wait_timeout.CopyFrom(_duration(wait))
+            rpc_timeout = wait + _RPC_MARGIN
+        response = await _call(self._stub().GetRun, request, rpc_timeout=rpc_timeout)
+        return response.run
+
+
+async def _call(
+    method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+    request: Req,
+    *,
+    rpc_timeout: float | None = None,
+) -> Resp:
+    try:
+        return await method(request, timeout=rpc_timeout)
+    except grpc.aio.AioRpcError as exc:
+        raise sdk_error(exc) from exc
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(max(1_000_000, int(seconds * 1e9)))
+    return duration
+
+
+def _dump_input(value: Any, adapter: TypeAdapter[Any]) -> str:
+    """Validate a typed workflow's input (clear error before any run exists), then serialize."""
+    if adapter is not ANY_ADAPTER:
+        try:
+            value = adapter.validate_python(value)
+        except ValidationError as exc:
+            raise PayloadError(
+                f"the input does not match the workflow's input type: {exc}"
+            ) from exc
+    return dumps(value, adapter)

@@ -1,0 +1,332 @@
+"""The ``@workflow`` and ``@step`` decorators and the objects they make.
+
+Both decorators keep the decorated function's signature for type checkers,
+work bare and with keyword options, and check the definition when applied.
+A ``Step`` called inside a running workflow is handed to that run's step
+scheduler (the replay engine, found through a context variable); called
+anywhere else, it just runs the function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
+
+from pydantic import TypeAdapter
+
+from worker_sdk._serde import adapter_for
+from worker_sdk.errors import WorkflowDefinitionError
+
+if TYPE_CHECKING:
+    from worker_sdk._context import WorkflowContext
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class StepScheduler(Protocol):
+    """Runs or replays the steps a workflow calls (implemented by the replay engine)."""
+
+    def call_step(
+        self, step: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """Assign the call its step key now; return the coroutine that yields its result."""
+        ...
+
+
+current_scheduler: contextvars.ContextVar[StepScheduler | None] = contextvars.ContextVar(
+    "stepd_current_scheduler", default=None
+)
+"""The scheduler of the workflow run executing in this context (None outside runs and
+inside step bodies)."""
+
+
+class _Hints:
+    """A function's type hints, resolved when first needed (forward references)."""
+
+    __slots__ = ("_fn", "_hints", "_owner")
+
+    def __init__(self, fn: Callable[..., Any], owner: str) -> None:
+        self._fn = fn
+        self._owner = owner
+        self._hints: dict[str, Any] | None = None
+        try:
+            self._hints = typing.get_type_hints(_hint_target(fn), include_extras=True)
+        except NameError:
+            pass  # a forward reference not defined yet: retry on first use
+        except Exception:
+            self._hints = {}
+
+    def get(self, name: str) -> Any:
+        if self._hints is None:
+            try:
+                self._hints = typing.get_type_hints(_hint_target(self._fn), include_extras=True)
+            except Exception as exc:
+                raise WorkflowDefinitionError(
+                    f"cannot resolve the type annotations of {self._owner}: {exc}"
+                ) from exc
+        return self._hints.get(name, Any)
+
+
+def _hint_target(fn: Callable[..., Any]) -> Any:
+    if isinstance(fn, functools.partial):
+        return _hint_target(fn.func)
+    if inspect.isfunction(fn) or inspect.ismethod(fn):
+        return fn
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - a callable object's method
+    return call if call is not None else fn
+
+
+def _is_async_callable(fn: Callable[..., Any]) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(fn), "__call__", None)  # noqa: B004
+    return not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
+
+
+def _callable_name(fn: Callable[..., Any]) -> str:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
+
+
+class Step(Generic[P, R]):
+    """A function whose calls inside a workflow are recorded as durable steps.
+
+    Calling it returns a coroutine. Inside a workflow run the call gets its
+    step key at once (``name``, then ``name#2``, ...); a step already in the
+    run's journal returns the recorded result (or raises the recorded error)
+    without running. Outside a workflow, the function just runs.
+    """
+
+    def __init__(self, fn: Callable[P, Any], name: str | None = None) -> None:
+        if isinstance(fn, Workflow):
+            raise WorkflowDefinitionError(f"{fn.name!r} is a workflow; it cannot be a step")
+        if isinstance(fn, Step):
+            fn = fn.fn
+        if not callable(fn):
+            raise WorkflowDefinitionError(f"a step must be callable, got {fn!r}")
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            raise WorkflowDefinitionError(
+                f"step {_callable_name(fn)!r} is a generator; a step must return a value"
+            )
+        step_name = _callable_name(fn) if name is None else name
+        _check_name(step_name, "step")
+        if "#" in step_name:
+            raise WorkflowDefinitionError(
+                f"step name {step_name!r} must not contain '#' (it marks repeated calls)"
+            )
+        self.name = step_name
+        """The step's name: the first part of its step keys."""
+        self.fn: Callable[P, Any] = fn
+        """The decorated function."""
+        self.is_async = _is_async_callable(fn)
+        """True for ``async def`` steps; others run in a thread via ``asyncio.to_thread``."""
+        self._hints = _Hints(fn, f"step {step_name!r}")
+        self._adapter: TypeAdapter[Any] | None = None
+        functools.update_wrapper(self, fn)
+
+    @property
+    def result_adapter(self) -> TypeAdapter[Any]:
+        """The TypeAdapter of the step's return annotation (``Any`` when absent)."""
+        adapter = self._adapter
+        if adapter is None:
+            adapter = self._adapter = adapter_for(self._hints.get("return"))
+        return adapter
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        scheduler = current_scheduler.get()
+        if scheduler is not None:
+            return scheduler.call_step(self, args, kwargs)
+        if self.is_async:
+            return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        return self._call_sync(*args, **kwargs)
+
+    async def _call_sync(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+
+    async def invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run the function once, as a step body: a sync function in a thread."""
+        token = current_scheduler.set(None)  # steps called inside a step are plain calls
+        try:
+            if self.is_async:
+                return await self.fn(*args, **kwargs)
+            return await asyncio.to_thread(self.fn, *args, **kwargs)
+        finally:
+            current_scheduler.reset(token)
+
+    def __repr__(self) -> str:
+        return f"<step {self.name!r}>"
+
+
+class Workflow(Generic[P, R]):
+    """A workflow definition made by ``@workflow``: a name, a version and an async function.
+
+    Calling it calls the function directly (no run is created); use
+    ``Client.trigger`` to start a run and ``Worker`` to serve it.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]],
+        name: str | None = None,
+        version: str | int = "1",
+    ) -> None:
+        if isinstance(fn, (Workflow, Step)):
+            raise WorkflowDefinitionError(f"{fn!r} is already decorated")
+        fn_name = _callable_name(fn)
+        if not inspect.iscoroutinefunction(fn):
+            raise WorkflowDefinitionError(f"workflow {fn_name!r} must be defined with 'async def'")
+        workflow_name = fn_name if name is None else name
+        _check_name(workflow_name, "workflow")
+        if isinstance(version, bool) or not isinstance(version, (str, int)):
+            raise WorkflowDefinitionError(
+                f"workflow {workflow_name!r}: version must be a str or int, got {version!r}"
+            )
+        version_text = str(version)
+        if not version_text.strip():
+            raise WorkflowDefinitionError(f"workflow {workflow_name!r}: version must not be empty")
+        self.name = workflow_name
+        """The workflow's name."""
+        self.version = version_text
+        """The workflow's version, as a string."""
+        self.fn = fn
+        """The decorated function."""
+        self.input_param, self.input_optional = _check_workflow_signature(fn, workflow_name)
+        self._hints = _Hints(fn, f"workflow {workflow_name!r}")
+        self._input_adapter: TypeAdapter[Any] | None = None
+        self._result_adapter: TypeAdapter[Any] | None = None
+        functools.update_wrapper(self, fn)
+
+    @property
+    def input_adapter(self) -> TypeAdapter[Any]:
+        """The TypeAdapter of the input parameter's annotation (``Any`` when absent)."""
+        adapter = self._input_adapter
+        if adapter is None:
+            tp = self._hints.get(self.input_param) if self.input_param else type(None)
+            adapter = self._input_adapter = adapter_for(tp)
+        return adapter
+
+    @property
+    def result_adapter(self) -> TypeAdapter[Any]:
+        """The TypeAdapter of the return annotation (``Any`` when absent)."""
+        adapter = self._result_adapter
+        if adapter is None:
+            adapter = self._result_adapter = adapter_for(self._hints.get("return"))
+        return adapter
+
+    def __call__(
+        self, ctx: WorkflowContext, /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, R]:
+        return self.fn(ctx, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name!r} version {self.version!r}>"
+
+
+def _check_name(name: object, what: str) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise WorkflowDefinitionError(f"{what} name must be a non-empty string, got {name!r}")
+
+
+def _check_workflow_signature(fn: Callable[..., Any], name: str) -> tuple[str | None, bool]:
+    """Check ``(ctx[, input])``; return the input parameter's name and whether it has a default."""
+    from worker_sdk._context import WorkflowContext
+
+    params = list(inspect.signature(fn).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not params or params[0].kind not in positional:
+        raise WorkflowDefinitionError(
+            f"workflow {name!r} must take the WorkflowContext as its first parameter"
+        )
+    annotation = params[0].annotation
+    if annotation is not inspect.Parameter.empty and not (
+        (isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == "WorkflowContext")
+        or (isinstance(annotation, type) and issubclass(annotation, WorkflowContext))
+    ):
+        raise WorkflowDefinitionError(
+            f"workflow {name!r}: the first parameter must be the WorkflowContext, "
+            f"annotated {annotation!r}"
+        )
+    rest = params[1:]
+    if len(rest) > 1 or any(p.kind not in positional for p in rest):
+        raise WorkflowDefinitionError(
+            f"workflow {name!r} must take (ctx) or (ctx, input): at most one input "
+            "parameter, no *args, **kwargs or keyword-only parameters "
+            "(put several values in one model or dataclass)"
+        )
+    if not rest:
+        return None, True
+    return rest[0].name, rest[0].default is not inspect.Parameter.empty
+
+
+class _StepDecorator:
+    """``step(name=...)``: applies the options to the function it decorates."""
+
+    def __init__(self, name: str | None) -> None:
+        self._name = name
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Step[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Step[P, R]: ...
+    def __call__(self, fn: Callable[..., Any], /) -> Step[Any, Any]:
+        return Step(fn, name=self._name)
+
+
+@overload
+def step(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Step[P, R]: ...
+@overload
+def step(fn: Callable[P, R], /) -> Step[P, R]: ...
+@overload
+def step(*, name: str | None = None) -> _StepDecorator: ...
+def step(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
+    """Make a function a durable step: bare ``@step`` or ``@step(name="charge")``.
+
+    ``async def`` and plain functions are allowed (plain ones run in a thread).
+    Inside a workflow each call is recorded; its result must be JSON-serializable
+    as its return annotation says. Outside a workflow the function just runs.
+    """
+    if fn is None:
+        return _StepDecorator(name)
+    return Step(fn, name=name)
+
+
+class _WorkflowDecorator:
+    """``workflow(name=..., version=...)``: applies the options to the function."""
+
+    def __init__(self, name: str | None, version: str | int) -> None:
+        self._name = name
+        self._version = version
+
+    def __call__(
+        self, fn: Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]], /
+    ) -> Workflow[P, R]:
+        return Workflow(fn, name=self._name, version=self._version)
+
+
+@overload
+def workflow(
+    fn: Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]], /
+) -> Workflow[P, R]: ...
+@overload
+def workflow(*, name: str | None = None, version: str | int = "1") -> _WorkflowDecorator: ...
+def workflow(
+    fn: Callable[..., Any] | None = None, /, *, name: str | None = None, version: str | int = "1"
+) -> Any:
+    """Define a workflow: bare ``@workflow`` or ``@workflow(name=..., version=2)``.
+
+    The function must be ``async def (ctx: WorkflowContext[, input])``. The name
+    defaults to the function's name and the version to ``"1"``.
+    """
+    if fn is None:
+        return _WorkflowDecorator(name, version)
+    return Workflow(fn, name=name, version=version)

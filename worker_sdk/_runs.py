@@ -1,0 +1,130 @@
+"""``RunStatus`` and ``RunInfo``: a run as the client sees it, decoded from the wire."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from stepd.v1 import types_pb2
+
+from worker_sdk._serde import loads, payload_text
+from worker_sdk.errors import StepdError
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run stands in its life cycle."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the statuses a run never leaves: completed, failed, cancelled."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+_FROM_PROTO: dict[types_pb2.RunStatus.ValueType, RunStatus] = {
+    types_pb2.RUN_STATUS_PENDING: RunStatus.PENDING,
+    types_pb2.RUN_STATUS_RUNNING: RunStatus.RUNNING,
+    types_pb2.RUN_STATUS_SUSPENDED: RunStatus.SUSPENDED,
+    types_pb2.RUN_STATUS_COMPLETED: RunStatus.COMPLETED,
+    types_pb2.RUN_STATUS_FAILED: RunStatus.FAILED,
+    types_pb2.RUN_STATUS_CANCELLED: RunStatus.CANCELLED,
+}
+_TO_PROTO: dict[RunStatus, types_pb2.RunStatus.ValueType] = {
+    status: number for number, status in _FROM_PROTO.items()
+}
+
+
+def status_to_proto(status: RunStatus | str) -> types_pb2.RunStatus.ValueType:
+    """Return the wire enum value of a status (a RunStatus or its lower-case name)."""
+    try:
+        return _TO_PROTO[RunStatus(status)]
+    except ValueError:
+        raise ValueError(
+            f"unknown run status {status!r}; expected one of {', '.join(RunStatus)}"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A run as stored by the server.
+
+    ``input`` and ``result`` are plain JSON values (dicts, lists, ...); use
+    ``RunHandle.result()`` to get the result as the workflow's annotated type.
+    The ``error_*`` fields are set when the run failed.
+    """
+
+    run_id: str
+    workflow_name: str
+    workflow_version: str
+    status: RunStatus
+    input: Any
+    result: Any
+    error_type: str | None
+    error_message: str | None
+    error_traceback: str | None
+    parent_run_id: str | None
+    create_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
+    dispatch_count: int
+    failure_reason: str | None = None
+    """Why a failed run failed: workflow_error, deadline_exceeded, execution_timeout, ..."""
+    cancel_reason: str | None = None
+    """The reason given when the run was cancelled."""
+
+    @classmethod
+    def from_proto(cls, run: types_pb2.Run) -> RunInfo:
+        """Decode a ``stepd.v1.Run``."""
+        status = _FROM_PROTO.get(run.status)
+        if status is None:
+            raise StepdError(f"run {run.run_id} has an unknown status {run.status}")
+        has_error = run.HasField("error") and bool(run.error.type or run.error.message)
+        reason = None
+        if run.failure_reason != types_pb2.FAILURE_REASON_UNSPECIFIED:
+            name = types_pb2.FailureReason.Name(run.failure_reason)
+            reason = name.removeprefix("FAILURE_REASON_").lower()
+        return cls(
+            run_id=run.run_id,
+            workflow_name=run.workflow_name,
+            workflow_version=run.workflow_version,
+            status=status,
+            input=loads(payload_text(run.input)),
+            result=loads(payload_text(run.result)) if status is RunStatus.COMPLETED else None,
+            error_type=run.error.type if has_error else None,
+            error_message=run.error.message if has_error else None,
+            error_traceback=run.error.traceback if has_error else None,
+            parent_run_id=run.parent_run_id or None,
+            create_time=_time(run, "create_time"),
+            start_time=_time(run, "start_time"),
+            end_time=_time(run, "end_time"),
+            dispatch_count=run.dispatch_count,
+            failure_reason=reason,
+            cancel_reason=run.cancel_reason or None,
+        )
+
+
+def _time(run: types_pb2.Run, field: str) -> datetime | None:
+    if not run.HasField(field):  # type: ignore[arg-type]
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(run, field)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """Encode an aware datetime (naive ones are taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp

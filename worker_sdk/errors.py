@@ -1,0 +1,147 @@
+"""Errors raised by the stepd SDK.
+
+Every error the SDK raises on purpose derives from one base class::
+
+    StepdError
+    ├── WorkflowDefinitionError    a @workflow, @step or Worker is defined wrongly
+    │                              (raised when the decorator is applied)
+    ├── PayloadError               a value cannot be turned into JSON or back into
+    │                              its annotated type
+    ├── StepFailedError            a recorded step error whose type cannot be rebuilt
+    ├── NonDeterminismError        replay met a journal the workflow code cannot have
+    │                              produced
+    ├── RunFailedError             the awaited run finished with an error
+    ├── RunCancelledError          the awaited run was cancelled
+    │   (the server answered a call with an error status:)
+    ├── NotFoundError              NOT_FOUND: no run (or other object) with that id
+    ├── InvalidArgumentError       INVALID_ARGUMENT: a field of the request is wrong
+    ├── AlreadyExistsError         ALREADY_EXISTS: e.g. a custom run id already used
+    ├── FailedPreconditionError    FAILED_PRECONDITION: e.g. cancelling a finished run
+    ├── ResourceExhaustedError     RESOURCE_EXHAUSTED: e.g. a payload over the limit
+    └── ServerUnavailableError     UNAVAILABLE: the server cannot be reached
+
+Any other gRPC status is raised as a plain ``StepdError``; ``code`` holds the
+status name (``"DEADLINE_EXCEEDED"``, ...) for errors that came from the server.
+
+The worker also uses internal control-flow signals (a lost lease, a run the
+server took back). They derive from ``BaseException``, not from ``StepdError``,
+so that a workflow's ``except Exception`` cannot swallow them; cancellation by
+the server reaches workflow code as ``asyncio.CancelledError``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker_sdk._runs import RunInfo
+
+__all__ = [
+    "AlreadyExistsError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "NonDeterminismError",
+    "NotFoundError",
+    "PayloadError",
+    "ResourceExhaustedError",
+    "RunCancelledError",
+    "RunFailedError",
+    "ServerUnavailableError",
+    "StepFailedError",
+    "StepdError",
+    "WorkflowDefinitionError",
+]
+
+
+class StepdError(Exception):
+    """Base class of every error the stepd SDK raises."""
+
+    code: str | None = None
+    """The gRPC status name when the error came from the server, else None."""
+
+
+class WorkflowDefinitionError(StepdError):
+    """A workflow, step or worker is defined wrongly."""
+
+
+class PayloadError(StepdError):
+    """A value cannot be serialized to JSON or validated back into its type."""
+
+
+class StepFailedError(StepdError):
+    """A recorded step error whose exception type cannot be rebuilt.
+
+    Raised on replay in place of the original exception; ``error_type`` is the
+    qualified type name (``module.QualName``) and ``error_message`` its message.
+    """
+
+    def __init__(self, error_type: str, error_message: str) -> None:
+        super().__init__(f"{error_type}: {error_message}")
+        self.error_type = error_type
+        self.error_message = error_message
+
+    def __reduce__(self) -> tuple[type[StepFailedError], tuple[str, str]]:
+        return type(self), (self.error_type, self.error_message)
+
+
+class NonDeterminismError(StepdError):
+    """Replay met a journal the workflow code cannot have produced.
+
+    The worker keeps such a run (it is neither failed nor completed) and logs
+    this error until a worker with matching code picks the run up.
+    """
+
+
+class RunFailedError(StepdError):
+    """The run finished with an error.
+
+    ``error_type``, ``error_message`` and ``error_traceback`` describe the error
+    the workflow raised; ``failure_reason`` says why the run failed
+    (``"workflow_error"``, ``"deadline_exceeded"``, ...); ``info`` is the run.
+    """
+
+    def __init__(self, info: RunInfo) -> None:
+        reason = info.failure_reason or "failed"
+        detail = f"{info.error_type}: {info.error_message}" if info.error_type else reason
+        super().__init__(f"run {info.run_id} failed ({reason}): {detail}")
+        self.info = info
+        self.run_id = info.run_id
+        self.error_type = info.error_type
+        self.error_message = info.error_message
+        self.error_traceback = info.error_traceback
+        self.failure_reason = info.failure_reason
+
+
+class RunCancelledError(StepdError):
+    """The run was cancelled; ``reason`` is the reason given, ``info`` the run."""
+
+    def __init__(self, info: RunInfo) -> None:
+        suffix = f": {info.cancel_reason}" if info.cancel_reason else ""
+        super().__init__(f"run {info.run_id} was cancelled{suffix}")
+        self.info = info
+        self.run_id = info.run_id
+        self.reason = info.cancel_reason
+
+
+class NotFoundError(StepdError):
+    """The server has no object with the given id (NOT_FOUND)."""
+
+
+class InvalidArgumentError(StepdError):
+    """The server rejected a field of the request (INVALID_ARGUMENT)."""
+
+
+class AlreadyExistsError(StepdError):
+    """The object to create already exists (ALREADY_EXISTS)."""
+
+
+class FailedPreconditionError(StepdError):
+    """The call does not fit the object's state (FAILED_PRECONDITION)."""
+
+
+class ResourceExhaustedError(StepdError):
+    """A limit was exceeded, e.g. the payload size (RESOURCE_EXHAUSTED)."""
+
+
+class ServerUnavailableError(StepdError):
+    """The server cannot be reached or is shutting down (UNAVAILABLE)."""
