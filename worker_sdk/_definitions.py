@@ -107,6 +107,10 @@ class Step(Generic[P, R]):
     without running. Outside a workflow, the function just runs.
     """
 
+    __name__: str
+    __qualname__: str
+    __wrapped__: Callable[..., Any]
+
     def __init__(self, fn: Callable[P, Any], name: str | None = None) -> None:
         if isinstance(fn, Workflow):
             raise WorkflowDefinitionError(f"{fn.name!r} is a workflow; it cannot be a step")
@@ -173,6 +177,10 @@ class Workflow(Generic[P, R]):
     Calling it calls the function directly (no run is created); use
     ``Client.trigger`` to start a run and ``Worker`` to serve it.
     """
+
+    __name__: str
+    __qualname__: str
+    __wrapped__: Callable[..., Any]
 
     def __init__(
         self,

@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-
 from stepd.v1 import types_pb2, worker_service_pb2
+
 from worker_sdk._serde import error_info
 
 OK = worker_service_pb2.COMMAND_STATUS_OK

@@ -144,7 +144,7 @@ def test_step_definition_errors() -> None:
     with pytest.raises(WorkflowDefinitionError, match="callable"):
         step(42)  # type: ignore[call-overload]
     with pytest.raises(WorkflowDefinitionError, match="already decorated"):
-        workflow(process)  # type: ignore[arg-type]
+        workflow(process)
 
 
 def test_context_step_forms() -> None:

@@ -43,7 +43,7 @@ def test_run_status_values() -> None:
         "failed",
         "cancelled",
     ]
-    assert worker_sdk.RunStatus.COMPLETED == "completed"
+    assert str(worker_sdk.RunStatus.COMPLETED) == "completed"
     assert worker_sdk.RunStatus("failed").is_terminal
     assert not worker_sdk.RunStatus.SUSPENDED.is_terminal
 

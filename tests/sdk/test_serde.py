@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-
 from stepd.v1 import types_pb2
+
 from worker_sdk._serde import (
     adapter_for,
     dumps,
