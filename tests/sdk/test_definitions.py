@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,7 @@ def test_workflow_definition_errors(source: str, message: str) -> None:
 def test_workflow_annotations_accepted() -> None:
     async def as_string(ctx: WorkflowContext, x: int = 0) -> None: ...
 
-    async def unannotated(ctx, x):  # type: ignore[no-untyped-def]
+    async def unannotated(ctx, x):  # type: ignore[no-untyped-def,unused-ignore]
         ...
 
     assert workflow(as_string).input_optional
@@ -130,7 +131,7 @@ def test_definition_error_is_a_stepd_error() -> None:
 def test_step_definition_errors() -> None:
     async def f() -> None: ...
 
-    async def agen():  # type: ignore[no-untyped-def]
+    async def agen() -> AsyncIterator[int]:
         yield 1
 
     with pytest.raises(WorkflowDefinitionError, match="'#'"):
