@@ -11,6 +11,7 @@ this module knows nothing about gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -29,6 +30,11 @@ logger = logging.getLogger("stepd.worker")
 _OK = worker_service_pb2.COMMAND_STATUS_OK
 _DUPLICATE = worker_service_pb2.COMMAND_STATUS_DUPLICATE
 _LEASE_LOST = worker_service_pb2.COMMAND_STATUS_LEASE_LOST
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 class CommandChannel(Protocol):
@@ -123,7 +129,15 @@ class RunExecutor:
             command = worker_service_pb2.WorkerCommand()
             try:
                 ctx = WorkflowContext(self.run_id, workflow.name, workflow.version)
-                value = await workflow.fn(*self._arguments(ctx))
+                try:
+                    value = await workflow.fn(*self._arguments(ctx))
+                except asyncio.CancelledError as cancelled:
+                    if _being_cancelled():
+                        raise
+                    # Raised by workflow code, not a cancellation of the run: an error.
+                    raise RuntimeError(f"CancelledError escaped the workflow: {cancelled}") from (
+                        cancelled
+                    )
                 result_json = dumps(value, workflow.result_adapter)
             except Exception as exc:
                 if self._journal:

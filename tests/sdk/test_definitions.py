@@ -190,3 +190,24 @@ def test_worker_rejects_bad_arguments() -> None:
         Worker("127.0.0.1:1", workflows=[])
     with pytest.raises(ValueError, match="concurrency"):
         Worker("127.0.0.1:1", workflows=[process], concurrency=0)
+
+
+@step
+async def returns_later() -> Later:
+    return Later(1)
+
+
+@dataclass
+class Later:
+    v: int
+
+
+@step
+async def returns_unknown() -> NoSuchType:  # type: ignore[name-defined]  # noqa: F821
+    return None
+
+
+def test_forward_references_resolve_on_first_use() -> None:
+    assert returns_later.result_adapter.validate_python({"v": 2}) == Later(2)
+    with pytest.raises(WorkflowDefinitionError, match="cannot resolve the type annotations"):
+        returns_unknown.result_adapter  # noqa: B018

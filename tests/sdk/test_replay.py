@@ -476,3 +476,20 @@ async def test_cancellation_propagates(channel: FakeChannel) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert channel.commands == []
+
+
+@step
+async def stray_cancel() -> None:
+    raise asyncio.CancelledError("not a real cancellation")
+
+
+@workflow
+async def stray(ctx: WorkflowContext) -> None:
+    await stray_cancel()
+
+
+async def test_a_stray_cancelled_error_fails_the_run(channel: FakeChannel) -> None:
+    outcome, final = await run(stray, channel)
+    assert outcome is RunOutcome.FAILED
+    assert final.fail_run.error.type == "builtins.RuntimeError"
+    assert "CancelledError escaped the workflow" in final.fail_run.error.message
