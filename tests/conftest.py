@@ -23,7 +23,7 @@ import pytest
 from tests.e2e.harness import ManagedProcess, Server, Stack
 
 if TYPE_CHECKING:
-    from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceStub
+    from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub
 
     from worker_sdk import Client
 
@@ -104,7 +104,7 @@ async def channel(server: Server) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def workflow_stub(channel: grpc.aio.Channel) -> WorkflowServiceStub:
+def workflow_stub(channel: grpc.aio.Channel) -> WorkflowServiceAsyncStub:
     """The generated WorkflowService stub."""
     from stepd.v1 import workflow_service_pb2_grpc
 

@@ -4,13 +4,14 @@ These use the raw generated stubs, so they see the codes on the wire.
 """
 
 import asyncio
+from collections.abc import Awaitable
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stepd.v1 import types_pb2
 from stepd.v1 import workflow_service_pb2 as api
-from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceStub
+from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub
 
 from tests.e2e.harness import ManagedProcess
 
@@ -29,7 +30,7 @@ def trigger(workflow: str = "e2e.square", json: str = "3", **fields) -> api.Trig
     return api.TriggerRequest(workflow_name=workflow, input=types_pb2.Payload(json=json), **fields)
 
 
-async def test_unknown_run_id_is_not_found(workflow_stub: WorkflowServiceStub) -> None:
+async def test_unknown_run_id_is_not_found(workflow_stub: WorkflowServiceAsyncStub) -> None:
     message = await expect_code(
         workflow_stub.GetRun(api.GetRunRequest(run_id="no-such-run")), grpc.StatusCode.NOT_FOUND
     )
@@ -40,7 +41,7 @@ async def test_unknown_run_id_is_not_found(workflow_stub: WorkflowServiceStub) -
     )
 
 
-async def test_invalid_arguments_name_the_problem(workflow_stub: WorkflowServiceStub) -> None:
+async def test_invalid_arguments_name_the_problem(workflow_stub: WorkflowServiceAsyncStub) -> None:
     message = await expect_code(
         workflow_stub.Trigger(trigger(workflow="")), grpc.StatusCode.INVALID_ARGUMENT
     )
@@ -65,7 +66,7 @@ async def test_invalid_arguments_name_the_problem(workflow_stub: WorkflowService
 
 
 async def test_payload_over_the_limit_is_resource_exhausted(
-    workflow_stub: WorkflowServiceStub,
+    workflow_stub: WorkflowServiceAsyncStub,
 ) -> None:
     info = await workflow_stub.GetServerInfo(api.GetServerInfoRequest())
     assert info.max_payload_bytes == MAX_PAYLOAD
@@ -83,7 +84,7 @@ async def test_payload_over_the_limit_is_resource_exhausted(
 
 
 async def test_custom_run_id_conflict_is_already_exists(
-    workflow_stub: WorkflowServiceStub,
+    workflow_stub: WorkflowServiceAsyncStub,
 ) -> None:
     await workflow_stub.Trigger(trigger(run_id="twice"))
     await expect_code(
@@ -96,10 +97,10 @@ async def test_custom_run_id_conflict_is_already_exists(
 
 
 async def test_server_keeps_serving_after_bad_input(
-    worker: ManagedProcess, channel: grpc.aio.Channel, workflow_stub: WorkflowServiceStub
+    worker: ManagedProcess, channel: grpc.aio.Channel, workflow_stub: WorkflowServiceAsyncStub
 ) -> None:
     too_big = '"' + "y" * (MAX_PAYLOAD + 1) + '"'
-    bad = [
+    bad: list[Awaitable[object]] = [
         workflow_stub.Trigger(trigger(workflow="")),
         workflow_stub.Trigger(trigger(json="{nope")),
         workflow_stub.Trigger(trigger(workflow="e2e.echo", json=too_big)),

@@ -7,7 +7,7 @@ import grpc
 import pytest
 from stepd.v1 import types_pb2
 from stepd.v1 import workflow_service_pb2 as api
-from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceStub
+from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub
 
 from tests.e2e import workflows as wf
 from tests.e2e.harness import ManagedProcess, Server, Stack, eventually, read_marks, release
@@ -16,7 +16,9 @@ from worker_sdk import Client, RunCancelledError, RunStatus
 RESULT_TIMEOUT = 30
 
 
-async def list_all(stub: WorkflowServiceStub, page_size: int, **filters) -> list[types_pb2.Run]:
+async def list_all(
+    stub: WorkflowServiceAsyncStub, page_size: int, **filters
+) -> list[types_pb2.Run]:
     """Page through ListRuns; check every page's size and token."""
     runs: list[types_pb2.Run] = []
     request = api.ListRunsRequest(page_size=page_size, **filters)
@@ -32,7 +34,7 @@ async def list_all(stub: WorkflowServiceStub, page_size: int, **filters) -> list
 
 
 async def test_list_runs_filters_and_pagination(
-    stack: Stack, server: Server, client: Client, workflow_stub: WorkflowServiceStub, tag: str
+    stack: Stack, server: Server, client: Client, workflow_stub: WorkflowServiceAsyncStub, tag: str
 ) -> None:
     worker = stack.start_worker(server)
     squares = [(await client.trigger(wf.square_workflow, i)).run_id for i in range(23)]
@@ -81,7 +83,7 @@ async def test_list_runs_filters_and_pagination(
     assert {info.status for info in waiting} == {RunStatus.PENDING}
 
 
-async def test_list_runs_rejects_a_bad_page_token(workflow_stub: WorkflowServiceStub) -> None:
+async def test_list_runs_rejects_a_bad_page_token(workflow_stub: WorkflowServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await workflow_stub.ListRuns(api.ListRunsRequest(page_token="not-a-token"))
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -91,7 +93,7 @@ async def test_cancel_a_pending_run(
     stack: Stack,
     server: Server,
     client: Client,
-    workflow_stub: WorkflowServiceStub,
+    workflow_stub: WorkflowServiceAsyncStub,
     marks: Path,
     tag: str,
 ) -> None:
@@ -122,7 +124,7 @@ async def test_cancel_a_running_run(
     server: Server,
     worker: ManagedProcess,
     client: Client,
-    workflow_stub: WorkflowServiceStub,
+    workflow_stub: WorkflowServiceAsyncStub,
     marks: Path,
     tag: str,
 ) -> None:
@@ -150,7 +152,7 @@ async def test_cancel_a_running_run(
 
 
 async def test_cancel_a_finished_run_is_a_failed_precondition(
-    worker: ManagedProcess, client: Client, workflow_stub: WorkflowServiceStub
+    worker: ManagedProcess, client: Client, workflow_stub: WorkflowServiceAsyncStub
 ) -> None:
     handle = await client.trigger(wf.square_workflow, 6)
     assert await asyncio.wait_for(handle.result(), RESULT_TIMEOUT) == 36

@@ -2,6 +2,7 @@
 
 import asyncio
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -58,7 +59,7 @@ async def test_conditional_runs_only_the_chosen_branch(
     worker: ManagedProcess,
     marks: Path,
     tag: str,
-    kind: str,
+    kind: Literal["express", "standard", "digital"],
     weight: float,
     expected: str,
     step: str,
