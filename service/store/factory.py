@@ -58,7 +58,7 @@ async def open_store(
     mode = parse_synchronous(synchronous)
     writer = create_writer_engine(path, synchronous=mode)
     reader = create_reader_engine(path, readers=readers)
-    store = SqlStore(writer, reader, max_batch=max_batch)
+    store = SqlStore(writer, reader, readers=readers, max_batch=max_batch)
     try:
         await store.open()
     except BaseException:

@@ -2,8 +2,10 @@
 
 Writes are operations handed to the group committer (one writer connection
 on its own thread, many operations per transaction); each is answered only
-after its commit. Reads use a separate async engine (on SQLite a pool of WAL
-readers).
+after its commit. Reads run on a small thread pool over a separate engine (on
+SQLite, WAL readers that never block the writer). Statements are SQLAlchemy
+Core, run synchronously on those store-owned threads; the public methods are
+async and never block the event loop.
 
 Every write on the hot path (create, claim, record step, transition) is one
 indexed statement in the common case, with ``RETURNING`` instead of a second
@@ -14,7 +16,7 @@ was dispatched before, which must hand the journal to the worker.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -29,8 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Select, Update
 
 from service.domain import (
     ClaimedRun,
@@ -50,6 +51,7 @@ from service.store.base import RunConflictError
 from service.store.dialects import insert_for
 from service.store.group_commit import GroupCommitter
 from service.store.migrations import migrate
+from service.store.read_pool import ReadPool
 from service.store.schema import runs, steps, workflow_versions
 
 if TYPE_CHECKING:
@@ -94,17 +96,20 @@ _STEP_PARAMS = (
 
 
 class SqlStore:
-    """A ``Store`` over a SQLAlchemy writer engine and async reader engine.
+    """A ``Store`` over a SQLAlchemy writer engine and reader engine.
 
-    ``writer`` (synchronous) is used through one connection on the group
-    committer's thread; ``reader`` serves the read methods. Use
-    ``open_store`` to build one for a path or URL.
+    ``writer`` is used through one connection on the group committer's
+    thread, at most ``max_batch`` writes per transaction; ``reader`` serves
+    the read methods on ``readers`` threads. The store owns both engines and
+    disposes of them on ``close``. Use ``open_store`` to build one for a path.
     """
 
-    def __init__(self, writer: Engine, reader: AsyncEngine, *, max_batch: int = 500) -> None:
+    def __init__(
+        self, writer: Engine, reader: Engine, *, readers: int = 4, max_batch: int = 500
+    ) -> None:
         self._writer = writer
-        self._reader = reader
         self._committer = GroupCommitter(writer, max_batch=max_batch)
+        self._reads = ReadPool(reader, threads=readers)
         self._opened = False
         insert = insert_for(writer.dialect.name)
 
@@ -140,6 +145,8 @@ class SqlStore:
             .returning(steps.c.sequence)
         )
         self._insert_versions = insert(workflow_versions).on_conflict_do_nothing()
+        self._get_run = select(runs).where(runs.c.run_id == bindparam("p_run_id"))
+        self._transitions: dict[tuple[tuple[str, ...], bool], Update] = {}
 
     @property
     def committer(self) -> GroupCommitter:
@@ -152,9 +159,9 @@ class SqlStore:
         return self._writer
 
     @property
-    def reader_engine(self) -> AsyncEngine:
+    def reader_engine(self) -> Engine:
         """The engine reads go through."""
-        return self._reader
+        return self._reads.engine
 
     # -- lifecycle --------------------------------------------------------
 
@@ -170,7 +177,7 @@ class SqlStore:
         """Finish queued writes, then release every connection."""
         await self._committer.close()
         self._writer.dispose()
-        await self._reader.dispose()
+        await self._reads.close()
 
     # -- writes -----------------------------------------------------------
 
@@ -261,16 +268,31 @@ class SqlStore:
         columns["update_time"] = now
         if target.is_terminal:
             columns.setdefault("end_time", now)
-        stmt = update(runs).where(runs.c.run_id == run_id, runs.c.status.in_(sources))
-        if lease_id is not None:
-            stmt = stmt.where(runs.c.lease_id == lease_id)
-        stmt = stmt.values(columns).returning(*runs.c)
+        stmt = self._transition_statement(tuple(sorted(columns)), lease_id is not None)
+        params = {f"v_{name}": value for name, value in columns.items()}
+        params.update(p_run_id=run_id, p_sources=sources, p_lease_id=lease_id)
 
         def op(conn: Connection) -> RunRecord | None:
-            row = conn.execute(stmt).mappings().first()
+            row = conn.execute(stmt, params).mappings().first()
             return rows.run_from_row(row) if row is not None else None
 
         return await self._committer.submit(op)
+
+    def _transition_statement(self, columns: tuple[str, ...], with_lease: bool) -> Update:
+        """Build (once per shape) the guarded UPDATE ... RETURNING of transition_run."""
+        key = (columns, with_lease)
+        stmt = self._transitions.get(key)
+        if stmt is None:
+            stmt = update(runs).where(
+                runs.c.run_id == bindparam("p_run_id"),
+                runs.c.status.in_(bindparam("p_sources", expanding=True)),
+            )
+            if with_lease:
+                stmt = stmt.where(runs.c.lease_id == bindparam("p_lease_id"))
+            stmt = stmt.values({name: bindparam(f"v_{name}") for name in columns})
+            stmt = stmt.returning(*runs.c)
+            self._transitions[key] = stmt
+        return stmt
 
     async def register_workflows(self, versions: Iterable[tuple[str, str]]) -> None:
         """Remember (name, version) pairs; pairs already known keep their first_seen."""
@@ -291,10 +313,13 @@ class SqlStore:
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """Return one run, or None."""
-        stmt = select(runs).where(runs.c.run_id == run_id)
-        async with self._reader.connect() as conn:
-            row = (await conn.execute(stmt)).mappings().first()
-        return rows.run_from_row(row) if row is not None else None
+        params = {"p_run_id": run_id}
+
+        def read(conn: Connection) -> RunRecord | None:
+            row = conn.execute(self._get_run, params).mappings().first()
+            return rows.run_from_row(row) if row is not None else None
+
+        return await self._reads.run(read)
 
     async def list_runs(
         self, run_filter: RunFilter, limit: int, before_seq: int | None
@@ -315,16 +340,11 @@ class SqlStore:
             stmt = stmt.where(runs.c.create_time < run_filter.create_time_before)
         if before_seq is not None:
             stmt = stmt.where(runs.c.seq < before_seq)
-        stmt = stmt.order_by(runs.c.seq.desc()).limit(limit)
-        async with self._reader.connect() as conn:
-            result = await conn.execute(stmt)
-            return [rows.run_from_row(row) for row in result.mappings()]
+        return await self._reads.run(_runs_reader(stmt.order_by(runs.c.seq.desc()).limit(limit)))
 
     async def load_journal(self, run_id: str) -> list[StepRow]:
         """Return a run's recorded steps in recording order."""
-        async with self._reader.connect() as conn:
-            result = await conn.execute(_journal_query(run_id))
-            return [rows.step_from_row(row) for row in result.mappings()]
+        return await self._reads.run(lambda conn: _journal(conn, run_id))
 
     async def runs_in_status(self, statuses: Iterable[RunStatus]) -> list[RunRecord]:
         """Return every run in one of the statuses, oldest first."""
@@ -332,20 +352,27 @@ class SqlStore:
         if not values:
             return []
         stmt = select(runs).where(runs.c.status.in_(values)).order_by(runs.c.seq)
-        async with self._reader.connect() as conn:
-            result = await conn.execute(stmt)
-            return [rows.run_from_row(row) for row in result.mappings()]
+        return await self._reads.run(_runs_reader(stmt))
 
     async def workflow_versions(self) -> list[WorkflowVersion]:
         """Return every registered workflow version, oldest first."""
         t = workflow_versions
         stmt = select(t).order_by(t.c.first_seen, t.c.name, t.c.version)
-        async with self._reader.connect() as conn:
-            result = await conn.execute(stmt)
+
+        def read(conn: Connection) -> list[WorkflowVersion]:
             return [
                 WorkflowVersion(name=r["name"], version=r["version"], first_seen=r["first_seen"])
-                for r in result.mappings()
+                for r in conn.execute(stmt).mappings()
             ]
+
+        return await self._reads.run(read)
+
+
+def _runs_reader(stmt: Select[Any]) -> Callable[[Connection], list[RunRecord]]:
+    def read(conn: Connection) -> list[RunRecord]:
+        return [rows.run_from_row(row) for row in conn.execute(stmt).mappings()]
+
+    return read
 
 
 def _transition_values(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,11 +42,15 @@ async def test_synchronous_normal(db_path: Path) -> None:
 
 
 async def test_readers_are_read_only(store: SqlStore) -> None:
-    async with store.reader_engine.connect() as conn:
-        assert (await conn.exec_driver_sql("PRAGMA query_only")).scalar() == 1
-        assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
-        with pytest.raises(OperationalError, match="readonly"):
-            await conn.exec_driver_sql("DELETE FROM runs")
+    def check() -> None:
+        with store.reader_engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA query_only").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            with pytest.raises(OperationalError, match="readonly"):
+                conn.exec_driver_sql("DELETE FROM runs")
+
+    await asyncio.to_thread(check)
 
 
 async def test_write_transactions_take_the_write_lock_at_begin(
@@ -192,7 +196,7 @@ async def test_filtered_lists_use_indexes(store: SqlStore, db_path: Path) -> Non
     def capture(*args: Any) -> None:
         statements.append((args[2], args[3]))
 
-    event.listen(store.reader_engine.sync_engine, "before_cursor_execute", capture)
+    event.listen(store.reader_engine, "before_cursor_execute", capture)
     try:
         await store.list_runs(RunFilter(workflow_name="orders"), 10, 100)
         await store.list_runs(RunFilter(parent_run_id="p"), 10, None)
@@ -201,7 +205,7 @@ async def test_filtered_lists_use_indexes(store: SqlStore, db_path: Path) -> Non
         await store.load_journal("r1")
         await store.get_run("r1")
     finally:
-        event.remove(store.reader_engine.sync_engine, "before_cursor_execute", capture)
+        event.remove(store.reader_engine, "before_cursor_execute", capture)
 
     assert len(statements) == 6
     assert full_scans(db_path, statements) == []

@@ -1,0 +1,50 @@
+"""Reads on a small pool of threads, each read on a pooled connection.
+
+A read is a function that takes a connection and returns a value; it runs on
+one of ``threads`` threads so the event loop never blocks on the database,
+and costs one hand-off to a thread and back (an async driver such as
+aiosqlite costs several per statement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine
+
+T = TypeVar("T")
+
+#: A read: runs statements on a reader connection.
+ReadOp = Callable[[Connection], T]
+
+
+class ReadPool:
+    """Runs read operations on ``threads`` threads over ``engine``'s connections."""
+
+    def __init__(self, engine: Engine, *, threads: int) -> None:
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        self._engine = engine
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepd-reader")
+
+    @property
+    def engine(self) -> Engine:
+        """The engine reads run on."""
+        return self._engine
+
+    async def run(self, op: ReadOp[T]) -> T:
+        """Run ``op`` on a reader connection and return its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, self._call, op)
+
+    def _call(self, op: ReadOp[T]) -> T:
+        with self._engine.connect() as conn:
+            return op(conn)
+
+    async def close(self) -> None:
+        """Wait for reads in flight, then close every connection."""
+        await asyncio.get_running_loop().run_in_executor(None, self._threads.shutdown, True)
+        self._engine.dispose()
