@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -64,7 +65,14 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 yield outgoing_to_proto(batch)
         finally:
             reader.cancel()
-            await self._engine.disconnect_worker(session)
+            # grpc cancels this handler when the worker's connection drops; the
+            # re-queue of the worker's runs must still finish, so it runs as
+            # its own task that the cancellation cannot interrupt.
+            cleanup = asyncio.create_task(self._engine.disconnect_worker(session))
+            self._tasks.add(cleanup)
+            cleanup.add_done_callback(self._tasks.discard)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(cleanup)
 
     async def _read(
         self, requests: AsyncIterator[pb.PollTaskRequest], session: WorkerSession
