@@ -5,8 +5,8 @@ Open a store with ``await open_store("stepd.db")``; the engine codes against
 """
 
 from service.store.base import RunConflictError, Store
+from service.store.errors import StoreClosedError
 from service.store.factory import open_store
-from service.store.group_commit import StoreClosedError
 from service.store.migrations import SchemaVersionError
 from service.store.sql_store import SqlStore
 

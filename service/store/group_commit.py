@@ -30,16 +30,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
+from service.store.errors import StoreClosedError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 #: A write: runs statements on the writer connection inside a transaction.
 WriteOp = Callable[[Connection], T]
-
-
-class StoreClosedError(Exception):
-    """A write was submitted after the store started closing."""
 
 
 @dataclass(slots=True)

@@ -15,6 +15,8 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 
+from service.store.errors import StoreClosedError
+
 T = TypeVar("T")
 
 #: A read: runs statements on a reader connection.
@@ -29,6 +31,7 @@ class ReadPool:
             raise ValueError("threads must be at least 1")
         self._engine = engine
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepd-reader")
+        self._closed = False
 
     @property
     def engine(self) -> Engine:
@@ -37,6 +40,8 @@ class ReadPool:
 
     async def run(self, op: ReadOp[T]) -> T:
         """Run ``op`` on a reader connection and return its result."""
+        if self._closed:
+            raise StoreClosedError("the store is closed")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, self._call, op)
 
@@ -46,5 +51,8 @@ class ReadPool:
 
     async def close(self) -> None:
         """Wait for reads in flight, then close every connection."""
+        if self._closed:
+            return
+        self._closed = True
         await asyncio.get_running_loop().run_in_executor(None, self._threads.shutdown, True)
         self._engine.dispose()

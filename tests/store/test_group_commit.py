@@ -120,6 +120,20 @@ async def test_answers_come_only_after_the_commit(store: SqlStore) -> None:
     assert all(await asyncio.gather(*(record_and_check(i) for i in range(50))))
 
 
+async def test_a_broken_writer_connection_is_replaced(store: SqlStore) -> None:
+    def break_connection(conn: Connection) -> None:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.close()
+        raise Boom("connection gone")
+
+    with pytest.raises(Boom):
+        await store.committer.submit(break_connection)
+
+    await store.register_workflows([("after", "v")])
+    assert await stored_names(store) == {"after"}
+
+
 async def test_batches_are_capped(tmp_path: Path) -> None:
     engine = create_writer_engine(tmp_path / "cap.db")
     committer = GroupCommitter(engine, max_batch=7)
@@ -162,6 +176,9 @@ async def test_close_drains_queued_writes(db_path: Path) -> None:
     assert all(t.done() and t.result().created for t in tasks)
     with pytest.raises(StoreClosedError):
         await store.create_run(new_run("late"))
+    with pytest.raises(StoreClosedError):
+        await store.get_run("r1")
+    await store.close()  # closing twice is harmless
     reopened = await open_store(str(db_path))
     try:
         assert all([await reopened.get_run(f"r{i}") for i in range(100)])

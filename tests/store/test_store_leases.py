@@ -73,7 +73,8 @@ async def test_concurrent_claims_hand_out_one_lease(store: SqlStore) -> None:
 
 async def test_reclaim_gets_a_new_lease_and_the_journal(store: SqlStore) -> None:
     lease = await running(store)
-    first_start = (await store.get_run("r1")).start_time  # type: ignore[union-attr]
+    first = await store.get_run("r1")
+    assert first is not None
     await store.record_step("r1", lease, StepRow("a", 1, '"A"'))
     await store.record_step("r1", lease, StepRow("b", 2, '"B"'))
     await requeue(store, "r1", lease)
@@ -82,7 +83,7 @@ async def test_reclaim_gets_a_new_lease_and_the_journal(store: SqlStore) -> None
     assert claimed is not None
     assert (claimed.run.dispatch_count, claimed.run.lease_id) == (2, 2)
     assert claimed.run.lease_owner == "worker-2"
-    assert claimed.run.start_time == first_start
+    assert claimed.run.start_time == first.start_time
     assert [(s.step_key, s.attempt, s.result_json) for s in claimed.journal] == [
         ("a", 1, '"A"'),
         ("b", 2, '"B"'),
