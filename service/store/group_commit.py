@@ -75,7 +75,8 @@ class GroupCommitter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepd-writer")
         self._conn: Connection | None = None  # used on the writer thread only
         self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._closing = False  # no new writes
+        self._closed = False
         self.stats = CommitStats()
 
     @property
@@ -99,12 +100,15 @@ class GroupCommitter:
 
     async def close(self) -> None:
         """Stop taking writes, finish every queued one, and release the connection."""
-        if self._closing:
+        if self._closed:
             return
-        self._closing = True
+        self._closed = self._closing = True
         if self._task is not None:
             self._queue.put_nowait(None)
-            await self._task
+            try:
+                await self._task
+            except Exception:
+                log.exception("the group commit writer failed")
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._close_connection)
         self._thread.shutdown(wait=True)

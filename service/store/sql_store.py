@@ -186,7 +186,7 @@ class SqlStore:
         values = rows.new_run_values(new)
 
         def op(conn: Connection) -> CreateRunOutcome | RunConflictError:
-            inserted = (conn.execute(self._insert_run, values)).mappings().first()
+            inserted = conn.execute(self._insert_run, values).mappings().first()
             if inserted is not None:
                 return CreateRunOutcome(rows.run_from_row(inserted), created=True)
             if new.idempotency_key is not None:
@@ -213,7 +213,7 @@ class SqlStore:
         }
 
         def op(conn: Connection) -> ClaimedRun | None:
-            row = (conn.execute(self._claim, params)).mappings().first()
+            row = conn.execute(self._claim, params).mappings().first()
             if row is None:
                 return None
             run = rows.run_from_row(row)
@@ -229,7 +229,7 @@ class SqlStore:
         params["p_lease_id"] = lease_id
 
         def op(conn: Connection) -> RecordStepOutcome:
-            inserted = (conn.execute(self._insert_step, params)).first()
+            inserted = conn.execute(self._insert_step, params).first()
             if inserted is not None:
                 return RecordStepOutcome(RecordStepStatus.RECORDED)
             # Nothing inserted: the lease is gone, or the key was recorded before.
