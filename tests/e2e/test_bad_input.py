@@ -3,17 +3,22 @@
 These use the raw generated stubs, so they see the codes on the wire.
 """
 
+from __future__ import annotations
+
 import asyncio
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stepd.v1 import types_pb2
 from stepd.v1 import workflow_service_pb2 as api
-from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub
 
 from tests.e2e.harness import ManagedProcess
+
+if TYPE_CHECKING:
+    from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub
 
 MAX_PAYLOAD = 2 * 1024 * 1024
 
