@@ -64,7 +64,10 @@ def marks(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def stack(tmp_path: Path, marks: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    """Starts processes for this test; stops them all (bounded) afterwards."""
+    """Starts processes for this test; stops them all (bounded) afterwards.
+
+    Every process still running at the end must exit 0 on SIGTERM.
+    """
     logs = tmp_path / "logs"
     logs.mkdir()
     started = Stack(logs, marks_dir=marks)
@@ -72,7 +75,9 @@ def stack(tmp_path: Path, marks: Path, request: pytest.FixtureRequest) -> Iterat
     try:
         yield started
     finally:
-        started.close()
+        codes = started.close()
+    unclean = {name: code for name, code in codes.items() if code != 0}
+    assert not unclean, f"processes did not stop cleanly on SIGTERM (exit codes): {unclean}"
 
 
 @pytest.fixture

@@ -241,13 +241,20 @@ class Stack:
         return process
 
     def close(self) -> dict[str, int]:
-        """Stop every live process (workers first); return their exit codes."""
+        """Stop every live process (workers first).
+
+        Returns the exit codes of the processes that were still running, by
+        ``name-pid``: 0 for each one that stopped cleanly on SIGTERM.
+        """
         codes: dict[str, int] = {}
         ordered = [p for p in self.processes if p.name != "server"] + [
             p for p in self.processes if p.name == "server"
         ]
         for process in ordered:
-            codes[f"{process.name}-{process.pid}"] = process.stop()
+            running = process.returncode is None
+            code = process.stop()
+            if running:
+                codes[f"{process.name}-{process.pid}"] = code
         return codes
 
 
