@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -50,6 +51,13 @@ def console_script(name: str, module: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the parent dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class ProcessStartError(RuntimeError):
     """A process exited or stayed silent before printing its ready line."""
 
@@ -78,6 +86,7 @@ class ManagedProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # no leaks even if this process is SIGKILLed
         )
         _LIVE.add(self)
 
