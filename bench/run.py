@@ -14,7 +14,7 @@ separate processes, then measures
   other; p50/p99 of trigger -> result in milliseconds.
 
 Prints JSON (every repetition and the medians) and writes it to
-``bench/results/latest.json``. Exits 1 when a run failed or a target was missed
+``bench/results/latest.json`` (or ``--output``). Exits 1 when a run failed or a target was missed
 with ``--check-targets``.
 """
 
@@ -204,6 +204,7 @@ def main() -> int:
     parser.add_argument(
         "--check-targets", action="store_true", help="exit 1 when a target is missed"
     )
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON too")
     args = parser.parse_args()
 
     reps: list[dict[str, Any]] = []
@@ -251,8 +252,8 @@ def main() -> int:
     }
     text = json.dumps(report, indent=2)
     print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text + "\n")
     if failures or (args.check_targets and not all(met.values())):
         return 1
     return 0

@@ -1,0 +1,25 @@
+"""The benchmark command works end to end (a tiny run, not a measurement)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.harness import ROOT
+
+
+def test_bench_runs_and_reports_json(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--runs", "60", "--repeat", "1"]
+    argv += ["--latency-runs", "10", "--warmup", "2", "--in-flight", "20", "--output", str(output)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert json.loads(output.read_text()) == report
+    assert report["failures"] == 0
+    (rep,) = report["repetitions"]
+    assert rep["w1"]["runs"] == 60 and rep["w1"]["steps"] == 180
+    assert rep["w1"]["runs_per_s"] > 0 and rep["w2"]["runs"] == 10
+    assert set(report["median"]) == {"w1_runs_per_s", "w1_steps_per_s", "w2_p50_ms", "w2_p99_ms"}
+    assert 0 < report["median"]["w2_p50_ms"] <= report["median"]["w2_p99_ms"]
