@@ -14,8 +14,8 @@ separate processes, then measures
   other; p50/p99 of trigger -> result in milliseconds.
 
 Prints JSON (every repetition and the medians) and writes it to
-``bench/results/latest.json`` (or ``--output``). Exits 1 when a run failed or a target was missed
-with ``--check-targets``.
+``bench/results/latest.json`` (or ``--output``). Exits 1 when a run failed, or
+when a target was missed with ``--check-targets``.
 """
 
 import argparse
