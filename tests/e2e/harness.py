@@ -210,16 +210,17 @@ class Stack:
         self,
         database: Path | None = None,
         *,
+        address: str = "127.0.0.1:0",
         args: Iterable[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> Server:
-        """Start ``stepd serve`` on a free port and wait until it listens."""
+        """Start ``stepd serve`` (on a free port by default) and wait until it listens."""
         database = database or self.workdir / "stepd.db"
         argv = [
             *console_script("stepd", "service.cli"),
             "serve",
             "--address",
-            "127.0.0.1:0",
+            address,
             "--database",
             str(database),
             *args,

@@ -51,6 +51,30 @@ async def test_replay_reraises_a_recorded_step_error_without_running_the_step(
     assert read_marks(marks, tag).count("always_fails") == 1
 
 
+async def test_a_crashed_server_loses_nothing_it_acknowledged(
+    stack: Stack, server: Server, marks: Path, tag: str
+) -> None:
+    stack.start_worker(server)  # it reconnects to the same address after the crash
+    async with Client(server.address) as client:
+        handle = await client.trigger(wf.crash_resume, wf.Job(tag=tag))
+        queued = await client.trigger(wf.sequential, wf.Job(tag=f"{tag}-later", value=2))
+        await eventually(lambda: "hold:start" in read_marks(marks, tag), what="the blocking step")
+
+    assert server.process.kill() == -signal.SIGKILL  # no graceful shutdown
+    again = stack.start_server(server.database, address=server.address)
+    release(marks, tag)
+    async with Client(again.address) as client:
+        resumed = client.get_handle(handle.run_id, wf.crash_resume)
+        result = await asyncio.wait_for(resumed.result(), RESULT_TIMEOUT)
+        later = await asyncio.wait_for(
+            client.get_handle(queued.run_id, wf.sequential).result(), RESULT_TIMEOUT
+        )
+
+    assert result == f"first-{tag}+hold+after"
+    assert later == "2 -> 3 -> 6"
+    assert read_marks(marks, tag).count("first") == 1
+
+
 async def test_runs_survive_a_server_restart(
     stack: Stack, server: Server, marks: Path, tag: str
 ) -> None:
