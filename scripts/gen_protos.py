@@ -30,6 +30,7 @@ def generate(out_root: Path) -> None:
 
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    scripts_dir = Path(sys.executable).parent  # mypy-protobuf's plugins live beside python
     out_root.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -37,6 +38,8 @@ def generate(out_root: Path) -> None:
         "grpc_tools.protoc",
         f"--proto_path={PROTO_ROOT}",
         f"--proto_path={well_known}",
+        f"--plugin=protoc-gen-mypy={scripts_dir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={scripts_dir / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out_root}",
         f"--grpc_python_out={out_root}",
         f"--mypy_out={out_root}",

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -74,6 +75,7 @@ class PollTaskRequest(_message.Message):
     HELLO_FIELD_NUMBER: _builtins.int
     COMMANDS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    DRAIN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___WorkerHello:
         """The first message on every stream."""
@@ -86,18 +88,23 @@ class PollTaskRequest(_message.Message):
     def heartbeat(self) -> Global___WorkerHeartbeat:
         """Keeps the worker's leases alive while nothing else is sent."""
 
+    @_builtins.property
+    def drain(self) -> Global___WorkerDrain:
+        """The worker is shutting down: send it no more tasks."""
+
     def __init__(
         self,
         *,
         hello: Global___WorkerHello | None = ...,
         commands: Global___WorkerCommandBatch | None = ...,
         heartbeat: Global___WorkerHeartbeat | None = ...,
+        drain: Global___WorkerDrain | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "drain", b"drain", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "commands", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "commands", "heartbeat", "drain"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -192,6 +199,30 @@ class WorkerHeartbeat(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerHeartbeat: _TypeAlias = WorkerHeartbeat  # noqa: Y015
+
+@_typing.final
+class WorkerDrain(_message.Message):
+    """WorkerDrain asks the server to stop sending tasks to this stream. The
+    worker finishes or releases the runs it holds, then closes the stream.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, for the server log (e.g. "SIGTERM")."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerDrain: _TypeAlias = WorkerDrain  # noqa: Y015
 
 @_typing.final
 class WorkerCommandBatch(_message.Message):
@@ -460,6 +491,7 @@ class PollTaskResponse(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     CANCELLATIONS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunTask]:
         """Run tasks handed to the worker."""
@@ -472,20 +504,61 @@ class PollTaskResponse(_message.Message):
     def cancellations(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunCancellation]:
         """Runs the worker holds that it must stop executing."""
 
+    @_builtins.property
+    def settings(self) -> Global___StreamSettings:
+        """Set in the first response of every stream: how the worker keeps its
+        leases alive.
+        """
+
     def __init__(
         self,
         *,
         tasks: _abc.Iterable[Global___RunTask] | None = ...,
         results: _abc.Iterable[Global___CommandResult] | None = ...,
         cancellations: _abc.Iterable[Global___RunCancellation] | None = ...,
+        settings: Global___StreamSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancellations", b"cancellations", "results", b"results", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancellations", b"cancellations", "results", b"results", "settings", b"settings", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PollTaskResponse: _TypeAlias = PollTaskResponse  # noqa: Y015
+
+@_typing.final
+class StreamSettings(_message.Message):
+    """StreamSettings tells a worker the lease rules of its stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    LEASE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
+        """Send a message (a heartbeat when there is nothing else) at least this
+        often.
+        """
+
+    @_builtins.property
+    def lease_timeout(self) -> _duration_pb2.Duration:
+        """A worker silent for this long loses its stream and every run it holds;
+        the runs are handed to other workers and its late writes are refused.
+        """
+
+    def __init__(
+        self,
+        *,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
+        lease_timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSettings: _TypeAlias = StreamSettings  # noqa: Y015
 
 @_typing.final
 class RunTask(_message.Message):
