@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("STEPD_SQLITE_SYNCHRONOUS", "FULL"),
         help="FULL survives power loss (default); NORMAL survives a process crash",
     )
+    serve.add_argument(
+        "--lease-timeout",
+        type=float,
+        default=float(os.environ.get("STEPD_LEASE_TIMEOUT", "30")),
+        help="seconds a silent worker keeps its runs before they go to another worker "
+        "(env STEPD_LEASE_TIMEOUT; default 30)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("STEPD_LOG_LEVEL", "INFO"))
     return parser
 
@@ -53,7 +60,10 @@ async def serve(config: ServerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stepd`` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.lease_timeout <= 0:
+        parser.error("--lease-timeout must be a positive number of seconds")
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -63,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         address=args.address,
         database=args.database,
         sqlite_synchronous=args.sqlite_synchronous,
+        lease_timeout_ms=int(args.lease_timeout * 1000),
     )
     try:
         asyncio.run(serve(config))

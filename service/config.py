@@ -21,7 +21,13 @@ class ServerConfig:
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     # The longest GetRun(wait=true) holds a call before answering, in seconds.
     max_wait_seconds: float = 60.0
-    # How long a run task's lease lasts without the worker's stream, in ms.
-    lease_ms: int = 30_000
+    # A worker silent this long (no heartbeat or other message) loses its
+    # stream and every run it holds, in milliseconds.
+    lease_timeout_ms: int = 30_000
     # Seconds a stopping server gives in-flight calls to finish.
     shutdown_grace_seconds: float = 5.0
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        """How often workers are asked to send a message: a third of the lease."""
+        return max(self.lease_timeout_ms // 3, 1)

@@ -97,6 +97,7 @@ class RunRecord:
     lease_id: int
     lease_owner: str | None
     cancel_reason: str | None
+    lease_expires_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

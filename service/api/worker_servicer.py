@@ -61,6 +61,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             await context.abort(status_code(exc), str(exc))
         reader = asyncio.create_task(self._read(requests, session))
         try:
+            yield pb.PollTaskResponse(settings=self._settings())
             while (batch := await session.next_batch()) is not None:
                 yield outgoing_to_proto(batch)
         finally:
@@ -79,12 +80,15 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     ) -> None:
         try:
             async for request in requests:
+                session.touch()
                 kind = request.WhichOneof("message")
                 if kind == "commands":
                     commands = [command_from_proto(c) for c in request.commands.commands]
                     task = asyncio.create_task(self._apply(session, commands))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                elif kind == "drain":
+                    self._engine.drain_worker(session, request.drain.reason or "no reason given")
                 elif kind == "hello":
                     log.warning("worker %s sent a second hello; ignored", session.identity)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
@@ -93,6 +97,12 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             log.exception("reading from worker %s failed", session.identity)
         finally:
             session.close()
+
+    def _settings(self) -> pb.StreamSettings:
+        settings = pb.StreamSettings()
+        settings.heartbeat_interval.FromMilliseconds(self._engine.config.heartbeat_interval_ms)
+        settings.lease_timeout.FromMilliseconds(self._engine.config.lease_timeout_ms)
+        return settings
 
     async def _apply(self, session: WorkerSession, commands: list[Command]) -> None:
         results = await asyncio.gather(*(self._engine.apply(session, c) for c in commands))

@@ -9,8 +9,10 @@ committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -56,6 +58,8 @@ MAX_ID_LENGTH = 200
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+#: Most runs with an expired lease re-queued by one sweep.
+EXPIRY_SWEEP_LIMIT = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,7 @@ class Engine:
         self._holders: dict[str, WorkerSession] = {}
         self._run_waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
         self._delayed: dict[str, asyncio.TimerHandle] = {}
+        self._lease_monitor: asyncio.Task[None] | None = None
 
     # -- life cycle ----------------------------------------------------------
 
@@ -116,9 +121,14 @@ class Engine:
             recovered += 1
         if recovered:
             log.info("recovered %d unfinished runs", recovered)
+        self._lease_monitor = asyncio.create_task(self._watch_leases())
 
     async def close(self) -> None:
         """Stop timers, end worker sessions and settle claims in flight."""
+        if self._lease_monitor is not None:
+            self._lease_monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_monitor
         for handle in self._delayed.values():
             handle.cancel()
         self._delayed.clear()
@@ -277,6 +287,29 @@ class Engine:
             await self._requeue(run_id, lease_id)
         log.info("worker %s disconnected; re-queued %d runs", session.identity, len(held))
 
+    def drain_worker(self, session: WorkerSession, reason: str) -> None:
+        """Send a worker no more tasks; it finishes or releases what it holds."""
+        session.draining = True
+        log.info(
+            "worker %s draining (%s); holds %d runs", session.identity, reason, len(session.held)
+        )
+
+    async def expire_worker(self, session: WorkerSession) -> None:
+        """End the stream of a worker that went silent and re-queue its runs.
+
+        The worker is told (cancellations, then the end of its stream) in case
+        it is only slow; whatever it sends later carries a lost lease.
+        """
+        log.warning(
+            "worker %s sent nothing for %.1f s; its lease expired",
+            session.identity,
+            session.silent_for(),
+        )
+        for run_id, lease_id in session.held.items():
+            if lease_id:
+                session.send(Cancellation(run_id, lease_id, "lease expired"))
+        await self.disconnect_worker(session)
+
     async def apply(self, session: WorkerSession, command: Command) -> CommandResult:
         """Apply one worker command and return its result (after commit)."""
         try:
@@ -290,6 +323,41 @@ class Engine:
                 CommandStatus.INTERNAL_ERROR,
                 "the server could not record the command; the run will be retried",
             )
+
+    # -- leases ------------------------------------------------------------------
+
+    async def _watch_leases(self) -> None:
+        period = min(1.0, self.config.lease_timeout_ms / 4000)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._check_leases()
+            except Exception:
+                log.exception("lease check failed")
+
+    async def _check_leases(self) -> None:
+        """Expire silent workers, keep live workers' stored leases ahead of
+        time, and re-queue stored leases that nobody here holds any more (a
+        previous server process, or a replica, that died)."""
+        timeout = self.config.lease_timeout_ms / 1000
+        heartbeat = self.config.heartbeat_interval_ms / 1000
+        for session in self.dispatcher.sessions:
+            if session.silent_for() > timeout:
+                await self.expire_worker(session)
+                continue
+            if time.monotonic() - session.leases_extended_at >= heartbeat:
+                session.leases_extended_at = time.monotonic()
+                held = [run_id for run_id, lease in session.held.items() if lease]
+                if held:
+                    await self.store.extend_leases(
+                        session.worker_id, held, now_ms() + self.config.lease_timeout_ms
+                    )
+        for run in await self.store.expired_leases(now_ms(), EXPIRY_SWEEP_LIMIT):
+            holder = self._holders.get(run.run_id)
+            if holder is not None and not holder.closed:
+                continue
+            log.info("lease %d of run %s expired; re-queueing it", run.lease_id, run.run_id)
+            await self._requeue(run.run_id, run.lease_id)
 
     # -- internals -------------------------------------------------------------
 
@@ -385,7 +453,7 @@ class Engine:
         """Claim a ready run for a session and send it the task."""
         try:
             claimed = await self.store.claim_run(
-                run_id, session.worker_id, now_ms() + self.config.lease_ms
+                run_id, session.worker_id, now_ms() + self.config.lease_timeout_ms
             )
         except Exception:
             log.exception("claiming run %s failed", run_id)

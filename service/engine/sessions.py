@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 from service.domain import ClaimedRun
@@ -43,13 +44,26 @@ class WorkerSession:
         self.capacity = capacity
         self.held: dict[str, int] = {}
         self.closed = False
+        self.draining = False
+        self.last_seen = time.monotonic()
+        self.leases_extended_at = self.last_seen
         self._outbox: list[Outgoing] = []
         self._wakeup = asyncio.Event()
 
     @property
     def free_slots(self) -> int:
         """How many more runs this worker can take now."""
-        return 0 if self.closed else self.capacity - len(self.held)
+        if self.closed or self.draining:
+            return 0
+        return self.capacity - len(self.held)
+
+    def touch(self) -> None:
+        """Note that the worker just sent something (it is alive)."""
+        self.last_seen = time.monotonic()
+
+    def silent_for(self) -> float:
+        """Seconds since the worker last sent anything."""
+        return time.monotonic() - self.last_seen
 
     def send(self, item: Outgoing) -> None:
         """Queue an item for the worker (dropped once the session is closed)."""

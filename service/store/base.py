@@ -90,7 +90,15 @@ class Store(Protocol):
     async def register_workflows(self, versions: Iterable[tuple[str, str]]) -> None:
         """Remember (name, version) pairs a worker serves; known pairs are kept."""
 
+    async def extend_leases(self, owner: str, run_ids: Iterable[str], expires_at: int) -> int:
+        """Set lease_expires_at of the RUNNING runs among ``run_ids`` that ``owner``
+        holds; return how many rows changed."""
+
     # -- reads ------------------------------------------------------------
+
+    async def expired_leases(self, now: int, limit: int) -> list[RunRecord]:
+        """Return up to ``limit`` RUNNING runs whose lease_expires_at is before
+        ``now``, soonest-expired first."""
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """Return one run, or None."""

@@ -95,6 +95,7 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         dispatch_count=row["dispatch_count"],
         lease_id=row["lease_id"],
         lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
         cancel_reason=row["cancel_reason"],
     )
 

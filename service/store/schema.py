@@ -72,6 +72,8 @@ runs = Table(
     Index("ix_runs_status_seq", "status", "seq"),
     Index("ix_runs_workflow_name_seq", "workflow_name", "seq"),
     Index("ix_runs_parent_run_id_seq", "parent_run_id", "seq"),
+    # Migration 2: the lease expiry sweep.
+    Index("ix_runs_status_lease_expires_at", "status", "lease_expires_at"),
     # Unique only where set: runs without a key cost no index entry.
     Index(
         "ux_runs_idempotency_key",

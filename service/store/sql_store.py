@@ -309,7 +309,37 @@ class SqlStore:
 
         await self._committer.submit(op)
 
+    async def extend_leases(self, owner: str, run_ids: Iterable[str], expires_at: int) -> int:
+        """Push back the lease expiry of runs ``owner`` holds; return how many changed."""
+        ids = sorted(set(run_ids))
+        if not ids:
+            return 0
+        stmt = (
+            update(runs)
+            .where(
+                runs.c.run_id.in_(ids),
+                runs.c.status == _RUNNING,
+                runs.c.lease_owner == owner,
+            )
+            .values(lease_expires_at=expires_at)
+        )
+
+        def op(conn: Connection) -> int:
+            return int(conn.execute(stmt).rowcount)
+
+        return await self._committer.submit(op)
+
     # -- reads ------------------------------------------------------------
+
+    async def expired_leases(self, now: int, limit: int) -> list[RunRecord]:
+        """Return up to ``limit`` RUNNING runs whose lease expired before ``now``."""
+        stmt = (
+            select(runs)
+            .where(runs.c.status == _RUNNING, runs.c.lease_expires_at < now)
+            .order_by(runs.c.lease_expires_at)
+            .limit(limit)
+        )
+        return await self._reads.run(_runs_reader(stmt))
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """Return one run, or None."""

@@ -31,6 +31,10 @@ class RawWorker:
         self._pending: dict[int, asyncio.Future[worker_service_pb2.CommandResult]] = {}
         self.tasks: asyncio.Queue[worker_service_pb2.RunTask] = asyncio.Queue()
         self.cancellations: asyncio.Queue[worker_service_pb2.RunCancellation] = asyncio.Queue()
+        self.settings: asyncio.Future[worker_service_pb2.StreamSettings] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.ended = asyncio.Event()
         hello = worker_service_pb2.WorkerHello(
             worker_id=f"raw-{id(self)}",
             identity="raw-worker",
@@ -49,7 +53,15 @@ class RawWorker:
             yield item
 
     async def _read(self) -> None:
+        try:
+            await self._read_responses()
+        finally:
+            self.ended.set()
+
+    async def _read_responses(self) -> None:
         async for response in self.call:
+            if response.HasField("settings") and not self.settings.done():
+                self.settings.set_result(response.settings)
             for task in response.tasks:
                 self.tasks.put_nowait(task)
             for result in response.results:
@@ -89,6 +101,10 @@ class RawWorker:
     ) -> worker_service_pb2.CommandResult:
         cmd = worker_service_pb2.CompleteRunCommand(result=types_pb2.Payload(json=result_json))
         return await self.send(task, complete_run=cmd)
+
+    async def put(self, request: worker_service_pb2.PollTaskRequest) -> None:
+        """Send a raw request on the stream."""
+        await self._queue.put(request)
 
     async def close(self) -> None:
         await self._queue.put(None)
@@ -130,12 +146,13 @@ class Harness:
     async def close(self) -> None:
         for w in self.workers:
             await w.close()
-        await self.channel.close()
+        await self.channel.close(None)
         await self.running.stop(0)
 
 
-async def start_harness(database: Path) -> Harness:
-    running = await create_server(ServerConfig(address="127.0.0.1:0", database=str(database)))
+async def start_harness(database: Path, **settings: Any) -> Harness:
+    config = ServerConfig(address="127.0.0.1:0", database=str(database), **settings)
+    running = await create_server(config)
     return Harness(running, database)
 
 

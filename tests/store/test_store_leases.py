@@ -293,3 +293,29 @@ async def test_transition_refuses_protected_or_unknown_columns(
             "r1", [RunStatus.PENDING], RunStatus.CANCELLED, values={column: "x"}
         )
     assert await store.get_run("r1") == before
+
+
+# -- lease expiry -------------------------------------------------------------
+
+
+async def test_extend_leases_only_for_the_owner_of_running_runs(store: SqlStore) -> None:
+    await running(store, "r1")  # worker-1, expires at 60_000
+    await running(store, "r2")
+    await store.create_run(new_run("r3"))  # pending
+    changed = await store.extend_leases("worker-1", ["r1", "r2", "r3", "nope"], 90_000)
+    assert changed == 2
+    assert await store.extend_leases("worker-2", ["r1"], 120_000) == 0
+    r1, r3 = await store.get_run("r1"), await store.get_run("r3")
+    assert r1 is not None and r1.lease_expires_at == 90_000
+    assert r3 is not None and r3.lease_expires_at is None
+
+
+async def test_expired_leases_lists_running_runs_past_their_expiry(store: SqlStore) -> None:
+    await running(store, "r1")
+    await running(store, "r2")
+    await store.extend_leases("worker-1", ["r2"], 200_000)
+    await store.create_run(new_run("r3"))
+    expired = await store.expired_leases(now=100_000, limit=10)
+    assert [r.run_id for r in expired] == ["r1"]
+    assert await store.expired_leases(now=60_000, limit=10) == []
+    assert [r.run_id for r in await store.expired_leases(now=300_000, limit=1)] == ["r1"]

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, func, insert, select
 
 from service.domain import now_ms
 from service.store import schema
-from service.store.migrations import v0001_initial
+from service.store.migrations import v0001_initial, v0002_lease_expiry_index
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,7 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, v0001_initial.DESCRIPTION, v0001_initial.upgrade),
+    Migration(2, v0002_lease_expiry_index.DESCRIPTION, v0002_lease_expiry_index.upgrade),
 )
 
 #: The schema version this code expects.
