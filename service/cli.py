@@ -46,13 +46,13 @@ def _parser() -> argparse.ArgumentParser:
 
 async def serve(config: ServerConfig) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully."""
-    running = await create_server(config)
-    host = config.address.rsplit(":", 1)[0]
-    print(f"stepd serving on {host}:{running.port} (database {config.database})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    running = await create_server(config)
+    host = config.address.rsplit(":", 1)[0]
+    print(f"stepd serving on {host}:{running.port} (database {config.database})", flush=True)
     await stop.wait()
     logging.getLogger("stepd.server").info("stopping")
     await running.stop(config.shutdown_grace_seconds)
