@@ -331,24 +331,68 @@ class JournalEntry(_message.Message):
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The entry's position in the run's journal (increasing, not dense)."""
     @_builtins.property
     def step(self) -> Global___StepRecord:
         """A step's recorded outcome."""
 
+    @_builtins.property
+    def wait(self) -> Global___WaitResult:
+        """A wait of a suspended run that was met."""
+
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
         step: Global___StepRecord | None = ...,
+        wait: Global___WaitResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "step", b"step"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "step", b"step", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "sequence", b"sequence", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "sequence", b"sequence", "step", b"step", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_entry: _TypeAlias = _typing.Literal["step"]  # noqa: Y015
+    _WhichOneofReturnType_entry: _TypeAlias = _typing.Literal["step", "wait"]  # noqa: Y015
     _WhichOneofArgType_entry: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_entry) -> _WhichOneofReturnType_entry | None: ...
 
 Global___JournalEntry: _TypeAlias = JournalEntry  # noqa: Y015
+
+@_typing.final
+class WaitResult(_message.Message):
+    """WaitResult records that one wait of a suspended run was met."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAIT_KEY_FIELD_NUMBER: _builtins.int
+    MET_TIME_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    wait_key: _builtins.str
+    """The wait's key, as the worker named it when it suspended the run."""
+    timed_out: _builtins.bool
+    """True when the wait ended because its timeout passed."""
+    @_builtins.property
+    def met_time(self) -> _timestamp_pb2.Timestamp:
+        """When the wait was met."""
+
+    @_builtins.property
+    def payload(self) -> Global___Payload:
+        """What the wait delivered (a signal's or event's payload); empty for a timer."""
+
+    def __init__(
+        self,
+        *,
+        wait_key: _builtins.str = ...,
+        met_time: _timestamp_pb2.Timestamp | None = ...,
+        payload: Global___Payload | None = ...,
+        timed_out: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["met_time", b"met_time", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["met_time", b"met_time", "payload", b"payload", "timed_out", b"timed_out", "wait_key", b"wait_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitResult: _TypeAlias = WaitResult  # noqa: Y015
