@@ -137,12 +137,73 @@ class RecordStepOutcome:
     existing: StepRow | None = None
 
 
+class WaitKind(enum.StrEnum):
+    """What a suspended run waits for, stored as its lower-case name."""
+
+    TIMER = "timer"
+
+
+class WaitStatus(enum.StrEnum):
+    """Where one wait stands."""
+
+    OPEN = "open"  # the run waits for it
+    MET = "met"  # it happened; it is in the run's journal
+    ABANDONED = "abandoned"  # the run suspended again without it
+
+
+@dataclass(frozen=True, slots=True)
+class WaitSpec:
+    """One wait a worker names when it suspends a run."""
+
+    wait_key: str
+    kind: WaitKind
+    fire_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitRow:
+    """A met wait, as the journal carries it."""
+
+    wait_key: str
+    met_time: int
+    payload_json: str | None = None
+    timed_out: bool = False
+    sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DueTimer:
+    """An open timer wait and when it fires."""
+
+    run_id: str
+    wait_key: str
+    fire_time: int
+
+
+class SuspendStatus(enum.Enum):
+    """Outcome of suspending a run."""
+
+    SUSPENDED = "suspended"
+    WOKEN = "woken"  # one of its waits was already met: the run is pending again
+    LEASE_LOST = "lease_lost"
+
+
+@dataclass(frozen=True, slots=True)
+class SuspendOutcome:
+    """What suspend_run did, the run after it, and the run's open timers."""
+
+    status: SuspendStatus
+    run: RunRecord | None = None
+    timers: list[DueTimer] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedRun:
     """A run handed to a worker under a new lease, with its journal."""
 
     run: RunRecord
     journal: list[StepRow] = field(default_factory=list)
+    waits: list[WaitRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,18 +9,21 @@ illegal change affects no row and reports False.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from service.domain import (
     ClaimedRun,
     CreateRunOutcome,
+    DueTimer,
     NewRun,
     RecordStepOutcome,
     RunFilter,
     RunRecord,
     RunStatus,
     StepRow,
+    SuspendOutcome,
+    WaitSpec,
     WorkflowVersion,
 )
 
@@ -90,6 +93,21 @@ class Store(Protocol):
     async def register_workflows(self, versions: Iterable[tuple[str, str]]) -> None:
         """Remember (name, version) pairs a worker serves; known pairs are kept."""
 
+    async def suspend_run(
+        self, run_id: str, lease_id: int, wait_specs: Sequence[WaitSpec]
+    ) -> SuspendOutcome:
+        """Move a RUNNING run under ``lease_id`` to SUSPENDED with its waits.
+
+        A wait key the run registered before keeps its first fire_time; open
+        waits not named again are abandoned. When a named wait was met
+        already, the run goes back to PENDING at once (WOKEN). LEASE_LOST when
+        the run is not RUNNING under that lease.
+        """
+
+    async def fire_timer(self, run_id: str, wait_key: str) -> RunRecord | None:
+        """Mark an open timer wait met and, if its run is SUSPENDED, move it to
+        PENDING; return the woken run, else None."""
+
     async def extend_leases(self, owner: str, run_ids: Iterable[str], expires_at: int) -> int:
         """Set lease_expires_at of the RUNNING runs among ``run_ids`` that ``owner``
         holds; return how many rows changed."""
@@ -99,6 +117,9 @@ class Store(Protocol):
     async def expired_leases(self, now: int, limit: int) -> list[RunRecord]:
         """Return up to ``limit`` RUNNING runs whose lease_expires_at is before
         ``now``, soonest-expired first."""
+
+    async def due_timers(self, until: int, limit: int) -> list[DueTimer]:
+        """Return up to ``limit`` open timer waits firing at or before ``until``."""
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """Return one run, or None."""

@@ -107,6 +107,26 @@ steps = Table(
     sqlite_autoincrement=True,
 )
 
+# Migration 3: what suspended runs wait for. A wait is inserted once per
+# (run, key), keeping the first fire_time, so a replayed sleep keeps its time.
+run_waits = Table(
+    "run_waits",
+    metadata,
+    Column("sequence", AutoIncrementKey, primary_key=True, autoincrement=True),
+    Column("run_id", Text, ForeignKey("runs.run_id"), nullable=False),
+    Column("wait_key", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("fire_time", BigInteger),
+    Column("create_time", BigInteger, nullable=False),
+    Column("met_time", BigInteger),
+    Column("payload_json", Text),
+    Column("timed_out", Integer, nullable=False),
+    UniqueConstraint("run_id", "wait_key"),
+    Index("ix_run_waits_status_fire_time", "status", "fire_time"),
+    sqlite_autoincrement=True,
+)
+
 workflow_versions = Table(
     "workflow_versions",
     metadata,

@@ -16,7 +16,7 @@ was dispatched before, which must hand the journal to the worker.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -36,6 +36,7 @@ from sqlalchemy.sql import Select, Update
 from service.domain import (
     ClaimedRun,
     CreateRunOutcome,
+    DueTimer,
     NewRun,
     RecordStepOutcome,
     RecordStepStatus,
@@ -43,10 +44,12 @@ from service.domain import (
     RunRecord,
     RunStatus,
     StepRow,
+    SuspendOutcome,
+    WaitSpec,
     WorkflowVersion,
     now_ms,
 )
-from service.store import rows
+from service.store import rows, waits
 from service.store.base import RunConflictError
 from service.store.dialects import insert_for
 from service.store.group_commit import GroupCommitter
@@ -219,7 +222,7 @@ class SqlStore:
             run = rows.run_from_row(row)
             if run.dispatch_count == 1:  # first dispatch: no journal yet
                 return ClaimedRun(run)
-            return ClaimedRun(run, _journal(conn, run_id))
+            return ClaimedRun(run, _journal(conn, run_id), waits.met_waits(conn, run_id))
 
         return await self._committer.submit(op)
 
@@ -308,6 +311,30 @@ class SqlStore:
             conn.execute(self._insert_versions, params)
 
         await self._committer.submit(op)
+
+    async def suspend_run(
+        self, run_id: str, lease_id: int, wait_specs: Sequence[WaitSpec]
+    ) -> SuspendOutcome:
+        """Suspend a RUNNING run under its lease until one of its waits is met."""
+        now = now_ms()
+
+        def op(conn: Connection) -> SuspendOutcome:
+            return waits.suspend(conn, run_id, lease_id, wait_specs, now)
+
+        return await self._committer.submit(op)
+
+    async def fire_timer(self, run_id: str, wait_key: str) -> RunRecord | None:
+        """Mark an open timer met; return the run when that woke it."""
+        now = now_ms()
+
+        def op(conn: Connection) -> RunRecord | None:
+            return waits.fire_timer(conn, run_id, wait_key, now)
+
+        return await self._committer.submit(op)
+
+    async def due_timers(self, until: int, limit: int) -> list[DueTimer]:
+        """Open timers firing at or before ``until``, soonest first."""
+        return await self._reads.run(lambda conn: waits.due_timers(conn, until, limit))
 
     async def extend_leases(self, owner: str, run_ids: Iterable[str], expires_at: int) -> int:
         """Push back the lease expiry of runs ``owner`` holds; return how many changed."""

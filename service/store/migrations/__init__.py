@@ -22,7 +22,11 @@ from sqlalchemy import Connection, func, insert, select
 
 from service.domain import now_ms
 from service.store import schema
-from service.store.migrations import v0001_initial, v0002_lease_expiry_index
+from service.store.migrations import (
+    v0001_initial,
+    v0002_lease_expiry_index,
+    v0003_run_waits,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, v0001_initial.DESCRIPTION, v0001_initial.upgrade),
     Migration(2, v0002_lease_expiry_index.DESCRIPTION, v0002_lease_expiry_index.upgrade),
+    Migration(3, v0003_run_waits.DESCRIPTION, v0003_run_waits.upgrade),
 )
 
 #: The schema version this code expects.

@@ -1,0 +1,177 @@
+"""The waits of suspended runs: suspend, fire a timer, find due timers.
+
+Each function runs inside one write (or read) transaction on the caller's
+connection. They implement two moves of the run state machine
+(``service.engine.transitions``): SUSPEND (running -> suspended, under the
+run's lease) and WAKE (suspended -> pending).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, func, select, update
+
+from service.domain import (
+    DueTimer,
+    RunRecord,
+    RunStatus,
+    SuspendOutcome,
+    SuspendStatus,
+    WaitKind,
+    WaitRow,
+    WaitSpec,
+    WaitStatus,
+)
+from service.store import rows
+from service.store.dialects import insert_for
+from service.store.schema import run_waits, runs
+
+_OPEN, _MET, _ABANDONED = WaitStatus.OPEN.value, WaitStatus.MET.value, WaitStatus.ABANDONED.value
+
+
+def suspend(
+    conn: Connection, run_id: str, lease_id: int, waits: Sequence[WaitSpec], now: int
+) -> SuspendOutcome:
+    """Suspend a RUNNING run under ``lease_id`` until one of ``waits`` is met.
+
+    A wait key seen before keeps its first fire_time (a replayed sleep keeps
+    its time). Open waits left out of this set are abandoned. When one of
+    the waits was met already, the run goes straight back to PENDING (WOKEN).
+    """
+    row = (
+        conn.execute(
+            update(runs)
+            .where(
+                runs.c.run_id == run_id,
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.lease_id == lease_id,
+            )
+            .values(
+                status=RunStatus.SUSPENDED.value,
+                update_time=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            .returning(*runs.c)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return SuspendOutcome(SuspendStatus.LEASE_LOST)
+    keys = [w.wait_key for w in waits]
+    mine = (run_waits.c.run_id == run_id,)
+    conn.execute(
+        update(run_waits)
+        .where(*mine, run_waits.c.status == _OPEN, run_waits.c.wait_key.not_in(keys))
+        .values(status=_ABANDONED)
+    )
+    insert = insert_for(conn.dialect.name)
+    conn.execute(
+        insert(run_waits).on_conflict_do_nothing(),
+        [
+            {
+                "run_id": run_id,
+                "wait_key": w.wait_key,
+                "kind": w.kind.value,
+                "status": _OPEN,
+                "fire_time": w.fire_time,
+                "create_time": now,
+                "timed_out": 0,
+            }
+            for w in waits
+        ],
+    )
+    conn.execute(
+        update(run_waits)
+        .where(*mine, run_waits.c.wait_key.in_(keys), run_waits.c.status == _ABANDONED)
+        .values(status=_OPEN)
+    )
+    already_met = conn.execute(
+        select(func.count())
+        .select_from(run_waits)
+        .where(*mine, run_waits.c.wait_key.in_(keys), run_waits.c.status == _MET)
+    ).scalar()
+    if already_met:
+        woken = _wake(conn, run_id, now)
+        return SuspendOutcome(SuspendStatus.WOKEN, woken)
+    timers = [
+        DueTimer(run_id, t.wait_key, t.fire_time)
+        for t in conn.execute(
+            select(run_waits.c.wait_key, run_waits.c.fire_time).where(
+                *mine,
+                run_waits.c.status == _OPEN,
+                run_waits.c.kind == WaitKind.TIMER.value,
+            )
+        )
+    ]
+    return SuspendOutcome(SuspendStatus.SUSPENDED, rows.run_from_row(row), timers)
+
+
+def fire_timer(conn: Connection, run_id: str, wait_key: str, now: int) -> RunRecord | None:
+    """Mark an open timer met and wake its run; return the run when it woke.
+
+    A timer of a run that is not suspended (running, cancelled) is still
+    marked met: a running run sees it in its journal next time.
+    """
+    fired = conn.execute(
+        update(run_waits)
+        .where(
+            run_waits.c.run_id == run_id,
+            run_waits.c.wait_key == wait_key,
+            run_waits.c.status == _OPEN,
+        )
+        .values(status=_MET, met_time=now)
+    ).rowcount
+    if not fired:
+        return None
+    return _wake(conn, run_id, now)
+
+
+def due_timers(conn: Connection, until: int, limit: int) -> list[DueTimer]:
+    """Open timers firing at or before ``until``, soonest first."""
+    stmt = (
+        select(run_waits.c.run_id, run_waits.c.wait_key, run_waits.c.fire_time)
+        .where(
+            run_waits.c.status == _OPEN,
+            run_waits.c.fire_time <= until,
+            run_waits.c.kind == WaitKind.TIMER.value,
+        )
+        .order_by(run_waits.c.fire_time)
+        .limit(limit)
+    )
+    return [DueTimer(r.run_id, r.wait_key, r.fire_time) for r in conn.execute(stmt)]
+
+
+def met_waits(conn: Connection, run_id: str) -> list[WaitRow]:
+    """The met waits of a run, in the order they were first registered."""
+    stmt = (
+        select(run_waits)
+        .where(run_waits.c.run_id == run_id, run_waits.c.status == _MET)
+        .order_by(run_waits.c.sequence)
+    )
+    return [
+        WaitRow(
+            wait_key=r["wait_key"],
+            met_time=r["met_time"],
+            payload_json=r["payload_json"],
+            timed_out=bool(r["timed_out"]),
+            sequence=r["sequence"],
+        )
+        for r in conn.execute(stmt).mappings()
+    ]
+
+
+def _wake(conn: Connection, run_id: str, now: int) -> RunRecord | None:
+    row = (
+        conn.execute(
+            update(runs)
+            .where(runs.c.run_id == run_id, runs.c.status == RunStatus.SUSPENDED.value)
+            .values(status=RunStatus.PENDING.value, update_time=now)
+            .returning(*runs.c)
+        )
+        .mappings()
+        .first()
+    )
+    return rows.run_from_row(row) if row is not None else None

@@ -1,0 +1,84 @@
+"""suspend_run, fire_timer and due_timers: the waits of suspended runs."""
+
+from __future__ import annotations
+
+from service.domain import RunStatus, SuspendStatus, WaitKind, WaitSpec
+from service.store import SqlStore
+
+from .test_store_leases import running
+
+
+def timer(key: str, at: int) -> WaitSpec:
+    return WaitSpec(key, WaitKind.TIMER, at)
+
+
+async def test_suspend_fire_and_journal(store: SqlStore) -> None:
+    lease = await running(store, "r1")
+    outcome = await store.suspend_run("r1", lease, [timer("sleep", 5_000)])
+    assert outcome.status is SuspendStatus.SUSPENDED
+    assert outcome.run is not None and outcome.run.status is RunStatus.SUSPENDED
+    assert [(t.wait_key, t.fire_time) for t in outcome.timers] == [("sleep", 5_000)]
+    assert [t.run_id for t in await store.due_timers(until=5_000, limit=10)] == ["r1"]
+    assert await store.due_timers(until=4_999, limit=10) == []
+
+    woken = await store.fire_timer("r1", "sleep")
+    assert woken is not None and woken.status is RunStatus.PENDING
+    assert await store.fire_timer("r1", "sleep") is None  # fires once
+    assert await store.due_timers(until=10_000, limit=10) == []
+    claimed = await store.claim_run("r1", "worker-2", 60_000)
+    assert claimed is not None
+    assert [w.wait_key for w in claimed.waits] == ["sleep"]
+    assert claimed.waits[0].met_time > 0
+
+
+async def test_a_wait_keeps_its_first_fire_time(store: SqlStore) -> None:
+    lease = await running(store, "r1")
+    await store.suspend_run("r1", lease, [timer("sleep", 5_000), timer("other", 9_000)])
+    # Woken by "other"; the workflow replays and suspends on "sleep" again,
+    # computing a later time: the stored one stands.
+    await store.fire_timer("r1", "other")
+    claimed = await store.claim_run("r1", "w", 60_000)
+    assert claimed is not None
+    again = await store.suspend_run("r1", claimed.run.lease_id, [timer("sleep", 7_000)])
+    assert [(t.wait_key, t.fire_time) for t in again.timers] == [("sleep", 5_000)]
+
+
+async def test_suspending_on_a_met_wait_wakes_at_once(store: SqlStore) -> None:
+    lease = await running(store, "r1")
+    await store.suspend_run("r1", lease, [timer("a", 1_000), timer("b", 2_000)])
+    await store.fire_timer("r1", "a")
+    claimed = await store.claim_run("r1", "w", 60_000)
+    assert claimed is not None
+    # Meanwhile "b" fires while the run is running: marked met, nothing woken.
+    assert await store.fire_timer("r1", "b") is None
+    outcome = await store.suspend_run("r1", claimed.run.lease_id, [timer("b", 2_000)])
+    assert outcome.status is SuspendStatus.WOKEN
+    assert outcome.run is not None and outcome.run.status is RunStatus.PENDING
+
+
+async def test_abandoned_waits_do_not_fire(store: SqlStore) -> None:
+    lease = await running(store, "r1")
+    await store.suspend_run("r1", lease, [timer("a", 1_000), timer("b", 50_000)])
+    await store.fire_timer("r1", "a")
+    claimed = await store.claim_run("r1", "w", 60_000)
+    assert claimed is not None
+    await store.suspend_run("r1", claimed.run.lease_id, [timer("c", 3_000)])
+    assert [t.wait_key for t in await store.due_timers(until=100_000, limit=10)] == ["c"]
+
+
+async def test_suspend_needs_the_lease(store: SqlStore) -> None:
+    lease = await running(store, "r1")
+    stale = await store.suspend_run("r1", lease + 1, [timer("s", 1)])
+    assert stale.status is SuspendStatus.LEASE_LOST
+    run = await store.get_run("r1")
+    assert run is not None and run.status is RunStatus.RUNNING
+    assert await store.due_timers(until=10, limit=10) == []
+
+
+async def test_a_cancelled_run_is_not_woken(store: SqlStore) -> None:
+    lease = await running(store, "r1")
+    await store.suspend_run("r1", lease, [timer("s", 1)])
+    await store.transition_run("r1", [RunStatus.SUSPENDED], RunStatus.CANCELLED)
+    assert await store.fire_timer("r1", "s") is None
+    run = await store.get_run("r1")
+    assert run is not None and run.status is RunStatus.CANCELLED
