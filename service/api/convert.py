@@ -5,7 +5,17 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 from stepd.v1 import types_pb2, worker_service_pb2
 
-from service.domain import ClaimedRun, ErrorDetails, FailureReason, RunRecord, RunStatus, StepRow
+from service.domain import (
+    ClaimedRun,
+    ErrorDetails,
+    FailureReason,
+    RunRecord,
+    RunStatus,
+    StepRow,
+    WaitKind,
+    WaitRow,
+    WaitSpec,
+)
 from service.engine.commands import (
     Action,
     Command,
@@ -125,6 +135,16 @@ def step_to_proto(step: StepRow) -> types_pb2.StepRecord:
     return msg
 
 
+def wait_to_proto(wait: WaitRow) -> types_pb2.WaitResult:
+    """A met wait to a WaitResult."""
+    msg = types_pb2.WaitResult(
+        wait_key=wait.wait_key, met_time=timestamp(wait.met_time), timed_out=wait.timed_out
+    )
+    if wait.payload_json is not None:
+        msg.payload.json = wait.payload_json
+    return msg
+
+
 def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
     """A claimed run to the RunTask a worker executes."""
     run = claimed.run
@@ -135,8 +155,14 @@ def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
         workflow_version=run.workflow_version,
         input=types_pb2.Payload(json=run.input_json),
         journal=[
-            types_pb2.JournalEntry(sequence=step.sequence, step=step_to_proto(step))
-            for step in claimed.journal
+            *(
+                types_pb2.JournalEntry(sequence=step.sequence, step=step_to_proto(step))
+                for step in claimed.journal
+            ),
+            *(
+                types_pb2.JournalEntry(sequence=wait.sequence, wait=wait_to_proto(wait))
+                for wait in claimed.waits
+            ),
         ],
         deadline=timestamp(run.deadline),
         dispatch_count=run.dispatch_count,
@@ -170,6 +196,14 @@ def _payload_in(payload: types_pb2.Payload) -> PayloadIn:
     return PayloadIn(json=payload.json, encoding=payload.encoding)
 
 
+def _wait_from_proto(wait: worker_service_pb2.WaitCondition) -> WaitSpec:
+    """A WaitCondition to a WaitSpec. A condition this server does not know
+    becomes a timer without a time, which the engine rejects as INVALID."""
+    if wait.WhichOneof("condition") == "timer":
+        return WaitSpec(wait.wait_key, WaitKind.TIMER, wait.timer.fire_time.ToMilliseconds())
+    return WaitSpec(wait.wait_key, WaitKind.TIMER, None)
+
+
 def command_from_proto(msg: worker_service_pb2.WorkerCommand) -> Command:
     """A WorkerCommand to the engine's Command (action None when unset)."""
     kind = msg.WhichOneof("command")
@@ -194,5 +228,5 @@ def command_from_proto(msg: worker_service_pb2.WorkerCommand) -> Command:
     elif kind == "release_run":
         action = ReleaseRun(msg.release_run.reason)
     elif kind == "suspend_run":
-        action = SuspendRun(len(msg.suspend_run.waits))
+        action = SuspendRun(tuple(_wait_from_proto(w) for w in msg.suspend_run.waits))
     return Command(msg.command_id, msg.run_id, msg.lease_id, action)

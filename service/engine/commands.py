@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from service.domain import ErrorDetails, StepRow
+from service.domain import ErrorDetails, StepRow, WaitSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +47,9 @@ class ReleaseRun:
 
 @dataclass(frozen=True, slots=True)
 class SuspendRun:
-    """Suspend the run until a wait is met (wait kinds arrive with durable waits)."""
+    """Suspend the run until one of its waits is met."""
 
-    wait_count: int
+    waits: tuple[WaitSpec, ...]
 
 
 Action = RecordStep | CompleteRun | FailRun | ReleaseRun | SuspendRun

@@ -25,6 +25,8 @@ from service.domain import (
     RunFilter,
     RunRecord,
     RunStatus,
+    SuspendStatus,
+    WaitSpec,
     now_ms,
 )
 from service.engine import transitions
@@ -49,6 +51,7 @@ from service.engine.errors import (
 from service.engine.payloads import check_json_payload
 from service.engine.registry import WorkflowRegistry
 from service.engine.sessions import Cancellation, WorkerSession
+from service.engine.timers import TimerSchedule
 from service.engine.transitions import RunEvent
 from service.store.base import RunConflictError, Store
 
@@ -76,6 +79,22 @@ class TriggerParams:
     start_time_not_before: int | None = None
 
 
+def _check_waits(waits: tuple[WaitSpec, ...]) -> None:
+    if not waits:
+        raise InvalidArgument("suspend_run.waits must name at least one wait")
+    keys = [w.wait_key for w in waits]
+    if "" in keys:
+        raise InvalidArgument("suspend_run.waits: every wait needs a wait_key")
+    if len(set(keys)) != len(keys):
+        raise InvalidArgument("suspend_run.waits: wait keys must be unique")
+    for wait in waits:
+        if wait.fire_time is None:
+            raise InvalidArgument(
+                f"suspend_run.waits[{wait.wait_key}]: this server serves timer waits "
+                "with a fire_time"
+            )
+
+
 def _check_id(field: str, value: str) -> None:
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(f"{field} is {len(value)} characters; at most {MAX_ID_LENGTH}")
@@ -97,6 +116,7 @@ class Engine:
         self._run_waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
         self._delayed: dict[str, asyncio.TimerHandle] = {}
         self._lease_monitor: asyncio.Task[None] | None = None
+        self.timers = TimerSchedule(store, self._fire_timer)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -122,6 +142,7 @@ class Engine:
         if recovered:
             log.info("recovered %d unfinished runs", recovered)
         self._lease_monitor = asyncio.create_task(self._watch_leases())
+        self.timers.start()
 
     async def close(self) -> None:
         """Stop timers, end worker sessions and settle claims in flight."""
@@ -129,6 +150,7 @@ class Engine:
             self._lease_monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lease_monitor
+        await self.timers.close()
         for handle in self._delayed.values():
             handle.cancel()
         self._delayed.clear()
@@ -411,7 +433,7 @@ class Engine:
             if run is not None:
                 self._make_ready(run)
         elif isinstance(action, SuspendRun):
-            raise InvalidArgument("suspend_run: this server does not support durable waits yet")
+            return await self._suspend(session, cid, run_id, lease_id, action.waits)
         else:
             raise InvalidArgument(f"unknown command {type(action).__name__}")
         if run is None:
@@ -420,6 +442,30 @@ class Engine:
         if run.status.is_terminal:
             self._notify_terminal(run)
         return CommandResult(cid, CommandStatus.OK)
+
+    async def _suspend(
+        self,
+        session: WorkerSession,
+        cid: int,
+        run_id: str,
+        lease_id: int,
+        waits: tuple[WaitSpec, ...],
+    ) -> CommandResult:
+        _check_waits(waits)
+        outcome = await self.store.suspend_run(run_id, lease_id, waits)
+        if outcome.status is SuspendStatus.LEASE_LOST:
+            return self._lease_lost(cid, run_id, session)
+        self._let_go(session, run_id)
+        if outcome.status is SuspendStatus.WOKEN and outcome.run is not None:
+            self._make_ready(outcome.run)
+        for timer in outcome.timers:
+            self.timers.schedule(timer)
+        return CommandResult(cid, CommandStatus.OK)
+
+    async def _fire_timer(self, run_id: str, wait_key: str) -> None:
+        woken = await self.store.fire_timer(run_id, wait_key)
+        if woken is not None:
+            self._make_ready(woken)
 
     async def _finish(
         self, run_id: str, lease_id: int, event: RunEvent, values: dict[str, object]

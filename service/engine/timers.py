@@ -1,0 +1,88 @@
+"""Durable timers: the store's timer index plus an in-memory schedule.
+
+Timers due within ``horizon_ms`` are held as event-loop handles; later ones
+stay only in the store and are loaded by a refill every half horizon. So a
+timer fires within milliseconds of its time, the process holds only the near
+future in memory, and nothing scans all runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from service.domain import DueTimer, now_ms
+from service.store.base import Store
+
+log = logging.getLogger("stepd.timers")
+
+FireFn = Callable[[str, str], Coroutine[Any, Any, None]]
+REFILL_LIMIT = 10_000
+
+
+class TimerSchedule:
+    """Fires each stored timer once, at its time, through ``fire(run_id, wait_key)``."""
+
+    def __init__(self, store: Store, fire: FireFn, horizon_ms: int = 60_000) -> None:
+        self._store = store
+        self._fire = fire
+        self._horizon_ms = horizon_ms
+        self._handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refiller: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Load the near future from the store now and every half horizon."""
+        self._refiller = asyncio.create_task(self._refill_forever())
+
+    async def close(self) -> None:
+        """Forget scheduled handles (the store keeps every timer) and stop."""
+        if self._refiller is not None:
+            self._refiller.cancel()
+            await asyncio.gather(self._refiller, return_exceptions=True)
+        for handle in self._handles.values():
+            handle.cancel()
+        self._handles.clear()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def schedule(self, timer: DueTimer) -> None:
+        """Hold a timer in memory if it is due within the horizon."""
+        key = (timer.run_id, timer.wait_key)
+        if key in self._handles:
+            return
+        delay_ms = timer.fire_time - now_ms()
+        if delay_ms > self._horizon_ms:
+            return  # a later refill loads it
+        loop = asyncio.get_running_loop()
+        self._handles[key] = loop.call_later(max(delay_ms, 0) / 1000, self._due, key)
+
+    def scheduled_count(self) -> int:
+        """How many timers are held in memory."""
+        return len(self._handles)
+
+    def _due(self, key: tuple[str, str]) -> None:
+        self._handles.pop(key, None)
+        task = asyncio.create_task(self._fire_safely(*key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fire_safely(self, run_id: str, wait_key: str) -> None:
+        try:
+            await self._fire(run_id, wait_key)
+        except Exception:
+            log.exception(
+                "timer %s of run %s failed to fire; retrying at the next refill", wait_key, run_id
+            )
+
+    async def _refill_forever(self) -> None:
+        while True:
+            try:
+                for timer in await self._store.due_timers(
+                    now_ms() + self._horizon_ms, REFILL_LIMIT
+                ):
+                    self.schedule(timer)
+            except Exception:
+                log.exception("loading timers failed")
+            await asyncio.sleep(self._horizon_ms / 2000)
