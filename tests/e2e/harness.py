@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -51,11 +50,19 @@ def console_script(name: str, module: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the parent dies, even by SIGKILL (Linux)."""
+# Runs first in each child: ask Linux to SIGKILL it when the parent dies (even by
+# SIGKILL), then exec the real command. (A preexec_fn would do the same, but runs
+# Python's at-fork hooks in the child, where grpc's poller threads can abort.)
+_DIE_WITH_PARENT = (
+    "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+def _launcher() -> list[str]:
+    """The argv prefix that makes a child die with this process (Linux only)."""
     if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        return [sys.executable, "-S", "-c", _DIE_WITH_PARENT]
+    return []
 
 
 class ProcessStartError(RuntimeError):
@@ -78,15 +85,15 @@ class ManagedProcess:
         self.argv = list(argv)
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("ab")
+        self._start_offset = self._log.tell()  # ready lines count only from here
         self.popen = subprocess.Popen(
-            self.argv,
+            [*_launcher(), *self.argv],
             cwd=cwd,
             env=dict(env) if env is not None else None,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # no leaks even if this process is SIGKILLed
         )
         _LIVE.add(self)
 
@@ -103,7 +110,9 @@ class ManagedProcess:
     def log_text(self) -> str:
         """Everything the process printed so far."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as file:
+                file.seek(self._start_offset)
+                return file.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 
