@@ -47,6 +47,7 @@ from service.engine.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
 )
 from service.engine.payloads import check_json_payload
 from service.engine.registry import WorkflowRegistry
@@ -117,6 +118,7 @@ class Engine:
         self._delayed: dict[str, asyncio.TimerHandle] = {}
         self._lease_monitor: asyncio.Task[None] | None = None
         self.timers = TimerSchedule(store, self._fire_timer)
+        self._closing = False
 
     # -- life cycle ----------------------------------------------------------
 
@@ -146,6 +148,7 @@ class Engine:
 
     async def close(self) -> None:
         """Stop timers, end worker sessions and settle claims in flight."""
+        self._closing = True
         if self._lease_monitor is not None:
             self._lease_monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -278,6 +281,8 @@ class Engine:
         capacity: int,
     ) -> WorkerSession:
         """Register a worker's stream and start handing it runs."""
+        if self._closing:
+            raise Unavailable("the server is shutting down; reconnect to another or retry")
         pairs = frozenset(serves)
         if not worker_id:
             raise InvalidArgument("hello.worker_id is required")

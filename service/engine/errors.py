@@ -36,5 +36,9 @@ class ResourceExhausted(EngineError):
     """A size or count limit was exceeded."""
 
 
+class Unavailable(EngineError):
+    """The server is shutting down and takes no new work."""
+
+
 class Unimplemented(EngineError):
     """The server does not implement this part of the contract yet."""
