@@ -21,12 +21,13 @@ from tests.faults.checker import (
     trigger_all,
 )
 from worker_sdk import Client, RunStatus, StepdError
+from worker_sdk.errors import ServerUnavailableError
 
 pytestmark = pytest.mark.slow
 
 MODULES = ("tests.faults.workflows",)
 CRASHES = 2
-RUNS_PER_CYCLE = 1000  # the producers' cap; the crash comes long before
+RUNS_PER_CYCLE = 3000  # the producers' cap; the crash comes long before
 PARALLEL_TRIGGERS = 8
 LOAD_TIMEOUT = 30.0
 
@@ -73,27 +74,50 @@ async def _load_then_crash(
     in flight. Return what was committed right before the kill."""
     seeds = iter(range(cycle * RUNS_PER_CYCLE, (cycle + 1) * RUNS_PER_CYCLE))
 
+    crashed = False
+
     async def produce(client: Client) -> None:
         for seed in seeds:
-            try:
-                handle = await client.trigger(wf.chain, wf.Chain(seed=seed, steps=4, delay_ms=10))
-            except StepdError:  # the server is gone: this trigger was not acknowledged
-                return
+            job = wf.Chain(seed=seed, steps=4, delay_ms=10)
+            while True:
+                try:
+                    # The key makes a retry safe: it returns the run a lost answer created.
+                    handle = await client.trigger(wf.chain, job, idempotency_key=f"seed-{seed}")
+                    break
+                except StepdError as exc:
+                    if crashed:  # the server is gone: this trigger was not acknowledged
+                        return
+                    if not isinstance(exc, ServerUnavailableError):
+                        raise
+                    # Not crashed yet: the client's channel still backs off from the
+                    # previous crash (its first calls fail fast).
+                    await asyncio.sleep(0.05)
             acknowledged.append(handle.run_id)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.02)
 
-    completed_at_start = _count(server, "completed")
     deadline = time.monotonic() + LOAD_TIMEOUT
     async with Client(server.address) as client:
+        # A run completes: a worker is (re)connected. Then the load starts.
+        probe = wf.Chain(seed=-1000 - cycle, steps=1, delay_ms=1)
+        [probe_id] = await trigger_all(
+            client, wf.chain, [probe], key_prefix=f"probe{cycle}", retry_for=20
+        )
+        acknowledged.append(probe_id)
+        await settle(server.database, [probe_id], within=20, only_these=True)
+        completed_at_start = _count(server, "completed")
         producers = [asyncio.create_task(produce(client)) for _ in range(PARALLEL_TRIGGERS)]
         while not (
             _count(server, "completed") >= completed_at_start + 100
             and _count(server, "running") >= 20
         ):
-            assert not any(p.done() for p in producers), "a producer stopped before the crash"
+            for producer in producers:
+                if producer.done():
+                    producer.result()  # raises what stopped it
+                    raise AssertionError("a producer ran out of runs before the crash")
             assert time.monotonic() < deadline, "the load never reached the crash point"
             await asyncio.sleep(0.05)
         snapshot = take_snapshot(server.database, marks)
+        crashed = True
         assert server.process.kill() == -signal.SIGKILL  # runs and triggers in flight
         await asyncio.gather(*producers)
     return snapshot
