@@ -281,9 +281,13 @@ async def settle(
             return
         if time.monotonic() > deadline:
             counts = Counter(r.status for r in open_runs)
+            examples = [
+                f"{r.run_id} ({r.status}, dispatched {r.dispatch_count}x)" for r in open_runs
+            ]
             raise AssertionError(
-                f"runs did not settle within {within:.0f}s: {len(missing)} missing, "
-                f"unfinished by status {dict(counts)}, e.g. {open_runs[:5]}"
+                f"runs did not settle within {within:.0f}s: {len(missing)} missing "
+                f"(e.g. {sorted(missing)[:5]}), "
+                f"unfinished by status {dict(counts)}, e.g. {examples[:5]}"
             )
         await asyncio.sleep(0.1)
 
