@@ -82,8 +82,9 @@ async def test_cancelled_runs_stop_and_the_others_complete(
         }
         report = await check_guarantees(client, server.database, marks, expected)
 
-        with pytest.raises(FailedPreconditionError, match="already completed"):
+        with pytest.raises(FailedPreconditionError, match="already completed") as refused:
             await client.cancel(kept[0])
+        assert refused.value.code == "FAILED_PRECONDITION"
         with pytest.raises(NotFoundError):
             await client.cancel("no-such-run")
         assert (await client.get_run(kept[0])).status is RunStatus.COMPLETED
