@@ -493,3 +493,260 @@ async def test_a_stray_cancelled_error_fails_the_run(channel: FakeChannel) -> No
     assert outcome is RunOutcome.FAILED
     assert final.fail_run.error.type == "builtins.RuntimeError"
     assert "CancelledError escaped the workflow" in final.fail_run.error.message
+
+
+# -- the run's lifetime: abandon, drain, release --------------------------------------
+
+RELEASE = "worker shutting down"
+
+
+class Gates:
+    """Step bodies that wait for a gate and log what happens to them."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, asyncio.Event] = {}
+        self.log: list[str] = []
+
+    def gate(self, label: str) -> asyncio.Event:
+        return self.open.setdefault(label, asyncio.Event())
+
+    async def until(self, entry: str) -> None:
+        async with asyncio.timeout(5):
+            while entry not in self.log:  # noqa: ASYNC110 - polling the log
+                await asyncio.sleep(0.001)
+
+
+gates = Gates()
+
+
+@pytest.fixture(autouse=True)
+def _reset_gates() -> None:
+    gates.open.clear()
+    gates.log.clear()
+
+
+@step
+async def gated(label: str) -> str:
+    gates.log.append(f"{label}:start")
+    try:
+        await gates.gate(label).wait()
+    except asyncio.CancelledError:
+        gates.log.append(f"{label}:cancelled")
+        raise
+    gates.log.append(f"{label}:end")
+    return label
+
+
+@step
+async def stubborn(label: str) -> str:
+    """Swallows one cancellation and returns a value anyway."""
+    gates.log.append(f"{label}:start")
+    try:
+        await gates.gate(label).wait()
+    except asyncio.CancelledError:
+        gates.log.append(f"{label}:cancelled")
+        async with asyncio.timeout(5):
+            await gates.gate(label).wait()
+    gates.log.append(f"{label}:end")
+    return label
+
+
+thread_gate = threading.Event()
+
+
+@step
+def gated_in_thread(label: str) -> str:
+    gates.log.append(f"{label}:start")
+    thread_gate.wait(5)
+    gates.log.append(f"{label}:end")
+    return label
+
+
+@workflow
+async def two_in_a_row(ctx: WorkflowContext) -> list[str]:
+    return [await gated("first"), await gated("second")]
+
+
+@workflow
+async def fan(ctx: WorkflowContext) -> list[str]:
+    async def chain() -> str:
+        await gated("a1")
+        return await gated("a2")
+
+    return list(await asyncio.gather(chain(), gated("b")))
+
+
+@workflow
+async def fan_with_thread(ctx: WorkflowContext) -> list[str]:
+    return list(await asyncio.gather(gated("a"), stubborn("s"), gated_in_thread("t")))
+
+
+def started(executor: RunExecutor) -> asyncio.Task[RunOutcome]:
+    return asyncio.create_task(executor.execute())
+
+
+async def test_drain_records_the_step_in_flight_then_releases_at_the_next_one(
+    channel: FakeChannel,
+) -> None:
+    executor = RunExecutor(two_in_a_row, make_task("two_in_a_row"), channel)
+    task = started(executor)
+    await gates.until("first:start")
+    executor.drain()
+    await asyncio.sleep(0.01)
+    assert channel.commands == []  # the step in flight goes on
+    gates.gate("first").set()
+    assert await asyncio.wait_for(task, 5) is RunOutcome.RELEASED
+    assert channel.kinds() == ["record_step", "release_run"]
+    assert channel.step_keys() == ["gated"]
+    assert channel.final().release_run.reason == RELEASE
+    assert "second:start" not in gates.log  # never started
+    assert executor.released and executor.abandoned
+
+
+async def test_drain_in_gather_waits_for_every_step_in_flight(channel: FakeChannel) -> None:
+    executor = RunExecutor(fan, make_task("fan"), channel)
+    task = started(executor)
+    await gates.until("b:start")
+    await gates.until("a1:start")
+    executor.drain()
+    gates.gate("a1").set()
+    await asyncio.sleep(0.02)
+    # a1 is recorded; a2 is not started; b is still running, so no release yet.
+    assert channel.kinds() == ["record_step"]
+    assert "a2:start" not in gates.log
+    gates.gate("b").set()
+    with pytest.raises(asyncio.CancelledError):  # the release cancels the workflow
+        await asyncio.wait_for(task, 5)
+    assert channel.kinds() == ["record_step", "record_step", "release_run"]
+    assert sorted(channel.step_keys()) == ["gated", "gated#2"]  # b, then a1 (call order)
+    assert "a2:start" not in gates.log
+
+
+async def test_a_run_that_finishes_after_drain_completes(channel: FakeChannel) -> None:
+    journal = {"gated": "first"}
+    executor = RunExecutor(two_in_a_row, make_task("two_in_a_row", journal=journal), channel)
+    task = started(executor)
+    await gates.until("second:start")
+    executor.drain()
+    gates.gate("second").set()
+    assert await asyncio.wait_for(task, 5) is RunOutcome.COMPLETED
+    assert channel.kinds() == ["record_step", "complete_run"]
+
+
+async def test_drain_replays_journaled_steps(channel: FakeChannel) -> None:
+    journal = {"gated": "first", "gated#2": "second"}
+    executor = RunExecutor(two_in_a_row, make_task("two_in_a_row", journal=journal), channel)
+    executor.drain()
+    assert await asyncio.wait_for(started(executor), 5) is RunOutcome.COMPLETED
+    assert channel.kinds() == ["complete_run"]
+
+
+async def test_release_cancels_the_steps_in_flight_and_sends_only_release(
+    channel: FakeChannel,
+) -> None:
+    executor = RunExecutor(fan, make_task("fan"), channel)
+    task = started(executor)
+    await gates.until("b:start")
+    await gates.until("a1:start")
+    assert executor.release() is True
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert sorted(gates.log) == ["a1:cancelled", "a1:start", "b:cancelled", "b:start"]
+    assert channel.kinds() == ["release_run"]
+    assert executor.release() is False  # once only
+    assert channel.kinds() == ["release_run"]
+
+
+async def test_release_after_the_final_command_sends_nothing() -> None:
+    channel = FakeChannel(lambda _: None)  # complete_run stays unanswered
+    journal = {"gated": "first", "gated#2": "second"}
+    executor = RunExecutor(two_in_a_row, make_task("two_in_a_row", journal=journal), channel)
+    task = started(executor)
+    await asyncio.sleep(0.01)
+    assert channel.kinds() == ["complete_run"]
+    assert executor.release() is False
+    channel.resolve(1, ok())
+    assert await asyncio.wait_for(task, 5) is RunOutcome.COMPLETED
+    assert channel.kinds() == ["complete_run"]
+
+
+async def test_abandon_cancels_every_step_of_a_gather_and_drops_late_results(
+    channel: FakeChannel,
+) -> None:
+    thread_gate.clear()
+    executor = RunExecutor(fan_with_thread, make_task("fan_with_thread"), channel)
+    task = started(executor)
+    for label in ("a", "s", "t"):
+        await gates.until(f"{label}:start")
+    executor.abandon()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert "a:cancelled" in gates.log and "s:cancelled" in gates.log
+    # The stubborn step and the thread both finish later: neither is recorded.
+    gates.gate("s").set()
+    thread_gate.set()
+    await gates.until("s:end")
+    await gates.until("t:end")
+    await asyncio.sleep(0.02)
+    assert channel.commands == []
+
+
+async def test_lease_lost_in_one_branch_cancels_the_others() -> None:
+    thread_gate.clear()
+
+    def respond(command: worker_service_pb2.WorkerCommand) -> worker_service_pb2.CommandResult:
+        return worker_service_pb2.CommandResult(
+            status=worker_service_pb2.COMMAND_STATUS_LEASE_LOST, message="re-queued"
+        )
+
+    channel = FakeChannel(respond)
+    executor = RunExecutor(fan_with_thread, make_task("fan_with_thread"), channel)
+    task = started(executor)
+    for label in ("a", "s", "t"):
+        await gates.until(f"{label}:start")
+    gates.gate("a").set()  # a is recorded: LEASE_LOST
+    try:
+        outcome: RunOutcome | None = await asyncio.wait_for(task, 5)
+    except asyncio.CancelledError:
+        outcome = None  # the workflow was cancelled rather than unwound: both are fine
+    assert outcome in (RunOutcome.ABANDONED, None)
+    assert executor.abandoned
+    assert "s:cancelled" in gates.log
+    gates.gate("s").set()
+    thread_gate.set()
+    await gates.until("s:end")
+    await gates.until("t:end")
+    await asyncio.sleep(0.02)
+    assert channel.step_keys() == ["gated"]  # a; nothing after the lost lease
+
+
+async def test_drain_releases_a_held_non_deterministic_run(channel: FakeChannel) -> None:
+    executor = RunExecutor(renamed, make_task("renamed", journal={"old_step": 1}), channel)
+    assert await asyncio.wait_for(started(executor), 5) is RunOutcome.NON_DETERMINISTIC
+    executor.drain()
+    assert channel.kinds() == ["record_step", "release_run"]
+
+
+async def test_drain_during_a_non_deterministic_run_releases_it(channel: FakeChannel) -> None:
+    executor = RunExecutor(renamed, make_task("renamed", journal={"old_step": 1}), channel)
+    executor.drain()
+    assert await asyncio.wait_for(started(executor), 5) is RunOutcome.RELEASED
+    # send("x") was called after the drain: it is not run, and the run is given back.
+    assert channel.kinds() == ["release_run"]
+    assert calls == []
+
+
+@workflow
+async def shielded(ctx: WorkflowContext) -> str:
+    return await asyncio.shield(gated("x"))  # the step runs in a task of its own
+
+
+async def test_abandon_cancels_steps_out_of_the_workflows_reach(channel: FakeChannel) -> None:
+    executor = RunExecutor(shielded, make_task("shielded"), channel)
+    task = started(executor)
+    await gates.until("x:start")
+    executor.abandon()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    await gates.until("x:cancelled")
+    assert channel.commands == []
