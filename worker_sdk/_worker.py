@@ -3,30 +3,39 @@
 A ``_Session`` is one stream: it sends the hello, runs each received run task
 as an asyncio task (a ``RunExecutor``), batches every queued command into one
 ``WorkerCommandBatch`` per message, resolves command futures from the results,
-cancels runs the server takes back, and heartbeats when idle. When the stream
-ends, every run it held is abandoned (cancelled, nothing sent) and the worker
-reconnects with jittered exponential backoff.
+cancels runs the server takes back, and sends a heartbeat whenever nothing
+else was sent for the ``heartbeat_interval`` the server announced in its
+``StreamSettings``. When the stream ends, every run it held is abandoned
+(cancelled, nothing sent) and the worker reconnects with jittered exponential
+backoff.
+
+``Worker.stop()`` shuts down gracefully: the session sends ``drain`` (no more
+tasks), every held run finishes the step bodies it has in flight and is
+released (``release_run``) at its next new step, runs still busy when the
+grace period ends are cancelled and released, and then the stream is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import importlib.metadata
 import logging
 import os
 import random
 import socket
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
+from google.protobuf import duration_pb2
 from stepd.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 from worker_sdk._definitions import Workflow
-from worker_sdk._replay import RunAbandoned, RunExecutor, RunOutcome
+from worker_sdk._replay import RELEASE_REASON, RunAbandoned, RunExecutor, RunOutcome
 from worker_sdk._rpc import CHANNEL_OPTIONS
 from worker_sdk.errors import WorkflowDefinitionError
 
@@ -36,12 +45,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger("stepd.worker")
 
 HEARTBEAT_INTERVAL = 10.0
-"""Seconds without any message after which the worker sends a heartbeat."""
+"""Seconds without any message after which the worker sends a heartbeat, when the
+server's StreamSettings do not say."""
+SHUTDOWN_GRACE = 30.0
+"""Default seconds ``stop()`` lets runs finish their step bodies in flight."""
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 _STABLE_SESSION = 1.0  # a stream that lived this long resets the backoff
 _MAX_BATCH_BYTES = 3 * 1024 * 1024  # split larger batches across messages
-_STOP_GRACE = 5.0  # seconds stop() waits for cancelled runs to unwind
+_STOP_GRACE = 5.0  # seconds run() waits for cancelled runs to unwind
+_CLOSE_TIMEOUT = 2.0  # seconds a shutdown waits for the last acks, then for the stream end
+_POLL = 0.01  # seconds between checks while shutting down
+_MIN_HEARTBEAT = 0.01
+
+# The channel reconnects on the same schedule as the worker (grpc's default
+# backoff grows to 120 s, which would outlast a server restart by minutes).
+_WORKER_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    *CHANNEL_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", int(BACKOFF_INITIAL * 1000)),
+    ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX * 1000)),
+]
 
 _PollCall = grpc.aio.StreamStreamCall[
     worker_service_pb2.PollTaskRequest, worker_service_pb2.PollTaskResponse
@@ -58,6 +81,16 @@ def _sdk_version() -> str:
 SDK_VERSION = _sdk_version()
 
 
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def _check_grace(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
 class Worker:
     """Executes runs of the given workflows, taken from a stepd server.
 
@@ -65,6 +98,16 @@ class Worker:
     declares). Use as ``async with Worker(address, workflows=[...]) as worker:
     await worker.run()``; ``run()`` serves until ``stop()`` is called or it is
     cancelled, reconnecting whenever the stream breaks.
+
+    ``shutdown_grace`` is how many seconds ``stop()`` lets the runs it holds
+    finish the step bodies they are executing (see ``stop()``).
+
+    The worker keeps its leases alive with heartbeats sent from an asyncio task,
+    so the event loop must not be blocked for long: ``async def`` steps must
+    await rather than block, and plain (sync) step functions run in a thread
+    (``asyncio.to_thread``) precisely so that they do not stall the loop. A
+    loop blocked for longer than the server's lease timeout loses the stream
+    and every run the worker holds.
     """
 
     def __init__(
@@ -74,6 +117,7 @@ class Worker:
         *,
         concurrency: int = 100,
         identity: str | None = None,
+        shutdown_grace: float = SHUTDOWN_GRACE,
     ) -> None:
         registry: dict[tuple[str, str], Workflow[Any, Any]] = {}
         for workflow in workflows:
@@ -92,6 +136,7 @@ class Worker:
             raise WorkflowDefinitionError("a worker needs at least one workflow")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+        self._shutdown_grace = _check_grace(shutdown_grace, "shutdown_grace")
         self._address = address
         self._workflows = registry
         self._concurrency = concurrency
@@ -100,7 +145,10 @@ class Worker:
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._stop_reason = ""
+        self._deadline: float | None = None  # loop time when the shutdown grace ends
         self._running = False
+        self._session: _Session | None = None
         self._session_task: asyncio.Task[None] | None = None
         self._run_tasks: set[asyncio.Task[None]] = set()
 
@@ -118,6 +166,11 @@ class Worker:
     def concurrency(self) -> int:
         """How many runs the worker executes at once."""
         return self._concurrency
+
+    @property
+    def shutdown_grace(self) -> float:
+        """Seconds ``stop()`` lets runs finish the step bodies they are executing."""
+        return self._shutdown_grace
 
     @property
     def identity(self) -> str:
@@ -145,24 +198,28 @@ class Worker:
         await self._ready.wait()
 
     async def run(self) -> None:
-        """Serve until ``stop()`` is called or the calling task is cancelled."""
+        """Serve until ``stop()`` is called or the calling task is cancelled.
+
+        Cancelling the task that runs it stops at once, without the graceful
+        drain: the runs held are abandoned and the server re-queues them.
+        """
         if self._running:
             raise RuntimeError("this worker is already running")
         self._running = True
-        self._stop.clear()
         self._stopped.clear()
         loop = asyncio.get_running_loop()
-        channel = grpc.aio.insecure_channel(self._address, options=CHANNEL_OPTIONS)
+        channel = grpc.aio.insecure_channel(self._address, options=_WORKER_CHANNEL_OPTIONS)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         failures = 0
         try:
             while not self._stop.is_set():
                 started = loop.time()
-                session = _Session(self, stub)
+                session = self._session = _Session(self, stub)
                 self._session_task = asyncio.create_task(session.run())
                 try:
                     await self._session_task
-                    logger.info("the server closed the stream; reconnecting")
+                    if not self._stop.is_set():
+                        logger.info("the server closed the stream; reconnecting")
                 except asyncio.CancelledError:
                     current = asyncio.current_task()
                     if self._stop.is_set() and current is not None and not current.cancelling():
@@ -181,6 +238,7 @@ class Worker:
                     logger.exception("stream to %s failed", self._address)
                 finally:
                     self._session_task = None
+                    self._session = None
                 if self._stop.is_set():
                     break
                 if session.connected and loop.time() - started >= _STABLE_SESSION:
@@ -195,19 +253,37 @@ class Worker:
             if self._run_tasks:  # cancelled with their session; let them unwind
                 await asyncio.wait(set(self._run_tasks), timeout=_STOP_GRACE)
             await channel.close(None)
+            self._stop.clear()
+            self._deadline = None
             self._stopped.set()
 
-    async def stop(self) -> None:
-        """Stop serving and wait until ``run()`` returns.
+    async def stop(self, grace: float | None = None, *, reason: str = "worker stopping") -> None:
+        """Stop serving gracefully and wait until ``run()`` returns.
 
-        The stream is closed at once and runs in progress are cancelled; the
-        server re-queues them for another worker (steps already recorded are
-        not run again).
+        The worker tells the server at once to send it no more tasks (``drain``).
+        Each run it holds may finish the step bodies it is executing, and their
+        outcomes are recorded; a run that then calls a new step does not start
+        it but is released (given back to the queue unchanged) so that another
+        worker continues it at once, and a run that finishes is completed as
+        usual. Runs still busy after ``grace`` seconds (default: the worker's
+        ``shutdown_grace``) have their steps cancelled and are released too;
+        then the stream is closed. ``reason`` goes to the server's log.
+
+        Calling ``stop()`` again with a shorter ``grace`` (e.g. ``0`` on a second
+        SIGTERM) shortens the wait. Called before ``run()``, it makes that
+        ``run()`` return at once. A step body running in a thread (a sync step)
+        cannot be interrupted: it is abandoned and its result is dropped.
         """
-        self._stop.set()
-        session = self._session_task
-        if session is not None:
-            session.cancel()
+        grace = self._shutdown_grace if grace is None else _check_grace(grace, "grace")
+        deadline = asyncio.get_running_loop().time() + grace
+        if self._deadline is None or deadline < self._deadline:
+            self._deadline = deadline
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+        session, task = self._session, self._session_task
+        if task is not None and (session is None or not session.connected):
+            task.cancel()  # still connecting: nothing is held, nothing to drain
         if self._running:
             await self._stopped.wait()
 
@@ -240,6 +316,12 @@ class _HeldRun:
         self.task.cancel()
 
 
+class _Wait(enum.Enum):
+    DONE = "done"  # the condition holds
+    TIMEOUT = "timeout"
+    STREAM_ENDED = "stream_ended"
+
+
 class _Session:
     """One PollTask stream; the command channel of the runs it received."""
 
@@ -254,14 +336,32 @@ class _Session:
         self._wake = asyncio.Event()
         self._next_id = 1
         self._last_write = self._loop.time()
+        self._heartbeat_interval = HEARTBEAT_INTERVAL
         self._heartbeat_due = False
+        self._retime = asyncio.Event()  # the heartbeat interval changed
+        self._draining = False
+        self._drain_due: str | None = None  # the reason of a drain message to send
+        self._half_close = False  # end our side of the stream once the outbox is sent
+        self._stream_tasks: set[asyncio.Task[None]] = set()
+        self._reader: asyncio.Task[None] | None = None
         self._closed = False
         self.connected = False
+        self.lease_timeout: float | None = None
+        """The server's lease timeout in seconds, once its StreamSettings arrived."""
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds of silence after which a heartbeat is sent."""
+        return self._heartbeat_interval
 
     async def run(self) -> None:
-        """Open the stream and serve it until it ends; raise on a stream error."""
+        """Open the stream and serve it until it ends; raise on a stream error.
+
+        When the worker is asked to stop, shut the stream down gracefully.
+        """
         call = self._call = self._stub.PollTask(None)
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self._stream_tasks
+        stopping: asyncio.Task[Any] | None = None
         try:
             await call.write(self._worker._hello())
             await call.wait_for_connection()
@@ -269,20 +369,87 @@ class _Session:
             self._last_write = self._loop.time()
             logger.info("worker %s connected to %s", self._worker.identity, self._worker.address)
             self._worker._ready.set()
-            tasks = {
-                asyncio.create_task(self._read_loop()),
-                asyncio.create_task(self._write_loop()),
-                asyncio.create_task(self._heartbeat_loop()),
-            }
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
+            self._reader = asyncio.create_task(self._read_loop())
+            tasks.update(
+                (
+                    self._reader,
+                    asyncio.create_task(self._write_loop()),
+                    asyncio.create_task(self._heartbeat_loop()),
+                )
+            )
+            stopping = asyncio.create_task(self._worker._stop.wait())
+            done, _ = await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            ended = done & tasks
+            for task in ended:
                 task.result()  # a stream error propagates; a clean end returns
+            if not ended:
+                await self._shut_down()
         finally:
-            for task in tasks:
+            everything: set[asyncio.Task[Any]] = set(tasks)
+            if stopping is not None:
+                everything.add(stopping)
+            for task in everything:
                 task.cancel()
             self._close()
-            if tasks:
-                await asyncio.wait(tasks)
+            if everything:
+                await asyncio.wait(everything)
+                for task in tasks:  # mark errors seen: the first one was raised above
+                    if not task.cancelled():
+                        task.exception()
+
+    # -- graceful shutdown ---------------------------------------------------
+
+    async def _shut_down(self) -> None:
+        """Drain, let held runs finish their steps in flight (or release them at
+        the grace deadline), wait for the last acks, then end the stream."""
+        worker = self._worker
+        reason = worker._stop_reason or "worker stopping"
+        logger.info(
+            "worker %s draining (%s): %d runs held", worker.identity, reason, len(self._runs)
+        )
+        self._draining = True
+        self._drain_due = reason
+        self._wake.set()
+        for held in list(self._runs.values()):
+            held.executor.drain()
+        state = await self._wait_until(lambda: not self._runs, lambda: worker._deadline)
+        if state is _Wait.STREAM_ENDED:
+            return
+        if state is _Wait.TIMEOUT:
+            logger.warning(
+                "worker %s: %d runs still busy at the end of the shutdown grace; "
+                "cancelling their steps and releasing them",
+                worker.identity,
+                len(self._runs),
+            )
+            for held in list(self._runs.values()):
+                held.executor.release()  # a run whose final command is out keeps waiting
+        close_by = self._loop.time() + _CLOSE_TIMEOUT
+        state = await self._wait_until(
+            lambda: not self._runs and not self._pending and not self._outbox, lambda: close_by
+        )
+        if state is _Wait.STREAM_ENDED:
+            return
+        self._half_close = True  # the writer ends our side; the server then ends the stream
+        self._wake.set()
+        assert self._reader is not None
+        await asyncio.wait({self._reader}, timeout=_CLOSE_TIMEOUT)
+
+    async def _wait_until(
+        self, condition: Callable[[], bool], deadline: Callable[[], float | None]
+    ) -> _Wait:
+        """Poll ``condition`` until it holds, the stream ends, or ``deadline()`` passes
+        (read on each poll: a second stop() may move it)."""
+        loop = self._loop
+        while True:
+            if condition():
+                return _Wait.DONE
+            if any(task.done() for task in self._stream_tasks):
+                return _Wait.STREAM_ENDED
+            end = deadline()
+            if end is not None and loop.time() >= end:
+                return _Wait.TIMEOUT
+            await asyncio.sleep(_POLL)
 
     # -- the command channel (used by RunExecutor) ---------------------------
 
@@ -308,10 +475,10 @@ class _Session:
         read = self._call.read
         pending = self._pending
         response_type = worker_service_pb2.PollTaskResponse
-        while True:
-            message = await read()
-            if not isinstance(message, response_type):
-                return  # EOF: the server ended the stream
+        message = await read()
+        if isinstance(message, response_type) and message.HasField("settings"):
+            self._apply_settings(message.settings)  # sent in the first response
+        while isinstance(message, response_type):  # anything else is EOF: the stream ended
             for result in message.results:
                 future = pending.pop(result.command_id, None)
                 if future is not None and not future.done():
@@ -320,6 +487,24 @@ class _Session:
                 self._start(task)
             for cancellation in message.cancellations:
                 self._cancel(cancellation)
+            message = await read()
+
+    def _apply_settings(self, settings: worker_service_pb2.StreamSettings) -> None:
+        interval = _seconds(settings.heartbeat_interval)
+        if interval <= 0:
+            interval = HEARTBEAT_INTERVAL
+        lease = _seconds(settings.lease_timeout)
+        if lease > 0:
+            self.lease_timeout = lease
+            if interval >= lease:  # a heartbeat that late would always lose the lease
+                interval = lease / 3
+        self._heartbeat_interval = max(interval, _MIN_HEARTBEAT)
+        self._retime.set()
+        logger.debug(
+            "stream settings: heartbeat every %.3g s, lease timeout %s s",
+            self._heartbeat_interval,
+            f"{lease:.3g}" if lease > 0 else "-",
+        )
 
     async def _write_loop(self) -> None:
         try:
@@ -329,12 +514,20 @@ class _Session:
 
     async def _write_batches(self) -> None:
         assert self._call is not None
-        write = self._call.write
+        call = self._call
+        write = call.write
         wake = self._wake
         loop = self._loop
         while True:
             await wake.wait()
             wake.clear()
+            if self._drain_due is not None:
+                request = worker_service_pb2.PollTaskRequest()
+                request.drain.reason = self._drain_due
+                self._drain_due = None
+                self._heartbeat_due = False
+                self._last_write = loop.time()
+                await write(request)
             if self._outbox:
                 commands, self._outbox = self._outbox, []
                 for batch in _batches(commands):
@@ -349,20 +542,36 @@ class _Session:
                 self._heartbeat_due = False
                 self._last_write = loop.time()
                 await write(request)
+            if self._half_close and not self._outbox:
+                await call.done_writing()
+                return
 
     async def _heartbeat_loop(self) -> None:
+        """Flag a heartbeat whenever nothing was written for a heartbeat interval.
+
+        Any message written counts (the writer stamps ``_last_write``), so while
+        commands flow no heartbeat is sent; each check is O(1).
+        """
         loop = self._loop
+        retime = self._retime
         while True:
-            delay = self._last_write + HEARTBEAT_INTERVAL - loop.time()
+            interval = self._heartbeat_interval
+            delay = self._last_write + interval - loop.time()
             if delay <= 0:
                 self._heartbeat_due = True
                 self._wake.set()
-                delay = HEARTBEAT_INTERVAL
-            await asyncio.sleep(delay)
+                delay = interval
+            retime.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await retime.wait()
 
     # -- runs ----------------------------------------------------------------
 
     def _start(self, task: worker_service_pb2.RunTask) -> None:
+        if self._draining:  # sent before the server saw our drain: give it straight back
+            self._release_unstarted(task, RELEASE_REASON)
+            return
         workflow = self._worker._workflows.get((task.workflow_name, task.workflow_version))
         if workflow is None:
             logger.error(
@@ -371,9 +580,7 @@ class _Session:
                 task.workflow_name,
                 task.workflow_version,
             )
-            command = worker_service_pb2.WorkerCommand(run_id=task.run_id, lease_id=task.lease_id)
-            command.release_run.reason = "workflow version not served by this worker"
-            self.submit(command)
+            self._release_unstarted(task, "workflow version not served by this worker")
             return
         previous = self._runs.pop(task.run_id, None)
         if previous is not None:  # a new lease on a run we still hold: the old one is void
@@ -385,12 +592,18 @@ class _Session:
         run_tasks.add(run_task)
         run_task.add_done_callback(run_tasks.discard)
 
+    def _release_unstarted(self, task: worker_service_pb2.RunTask, reason: str) -> None:
+        command = worker_service_pb2.WorkerCommand(run_id=task.run_id, lease_id=task.lease_id)
+        command.release_run.reason = reason
+        self.submit(command)
+
     async def _drive(self, executor: RunExecutor) -> None:
         try:
             outcome = await executor.execute()
-            if outcome is RunOutcome.NON_DETERMINISTIC:
+            if outcome is RunOutcome.NON_DETERMINISTIC and not executor.abandoned:
                 # Hold the run (neither failed nor completed) until the server takes
-                # it back or the stream ends; a worker with matching code then gets it.
+                # it back, the stream ends, or a shutdown releases it; a worker with
+                # matching code then gets it.
                 await self._loop.create_future()
         except Exception:
             logger.exception("run %s: unexpected worker error", executor.run_id)

@@ -1,8 +1,10 @@
 """In-process fake stepd services on a real grpc.aio server (port 0), for SDK tests.
 
-``FakeWorkerService`` records every stream and message and lets a test push
-run tasks and cancellations; commands are answered OK unless ``answer`` says
-otherwise. ``FakeWorkflowService`` serves canned runs for Client tests.
+``FakeWorkerService`` records every stream and message (with its arrival
+time) and lets a test push run tasks and cancellations; commands are answered
+OK unless ``answer`` says otherwise, and ``settings``, when set, is sent as the
+first response of every stream, like the real server's StreamSettings.
+``FakeWorkflowService`` serves canned runs for Client tests.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ class FakeStream:
 
     def __init__(self) -> None:
         self.requests: list[worker_service_pb2.PollTaskRequest] = []
+        self.times: list[float] = []  # loop time at which each request arrived
         self.outbox: asyncio.Queue[worker_service_pb2.PollTaskResponse | None] = asyncio.Queue()
         self.ended = asyncio.Event()
+        self.half_closed = False  # the worker ended its side (after a graceful shutdown)
 
     @property
     def hello(self) -> worker_service_pb2.WorkerHello:
@@ -43,6 +47,21 @@ class FakeStream:
 
     def heartbeats(self) -> int:
         return sum(1 for r in self.requests if r.HasField("heartbeat"))
+
+    def times_of(self, kind: str) -> list[float]:
+        """Arrival times of the requests of one kind (hello, commands, heartbeat, drain)."""
+        return [
+            t
+            for r, t in zip(self.requests, self.times, strict=True)
+            if r.WhichOneof("message") == kind
+        ]
+
+    def drains(self) -> list[worker_service_pb2.WorkerDrain]:
+        return [r.drain for r in self.requests if r.HasField("drain")]
+
+    def kinds(self, run_id: str) -> list[str]:
+        """The kinds of the commands received for one run, in order."""
+        return [str(c.WhichOneof("command")) for c in self.commands() if c.run_id == run_id]
 
     def push(self, **fields: Any) -> None:
         self.outbox.put_nowait(worker_service_pb2.PollTaskResponse(**fields))
@@ -61,6 +80,7 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         self.answer: Answer = lambda _: worker_service_pb2.CommandResult(
             status=worker_service_pb2.COMMAND_STATUS_OK
         )
+        self.settings: worker_service_pb2.StreamSettings | None = None
 
     async def PollTask(
         self,
@@ -70,6 +90,8 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         stream = FakeStream()
         reader = asyncio.create_task(self._read(stream, request_iterator))
         try:
+            if self.settings is not None:
+                yield worker_service_pb2.PollTaskResponse(settings=self.settings)
             while True:
                 response = await stream.outbox.get()
                 if response is None:
@@ -85,8 +107,10 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         requests: AsyncIterator[worker_service_pb2.PollTaskRequest],
     ) -> None:
         first = True
+        loop = asyncio.get_running_loop()
         async for request in requests:
             stream.requests.append(request)
+            stream.times.append(loop.time())
             if first:
                 first = False
                 async with self.stream_opened:
@@ -101,6 +125,8 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                         results.append(result)
                 if results:
                     stream.push(results=results)
+        stream.half_closed = True
+        stream.close()  # like the real server: the worker's half-close ends the stream
 
     async def wait_streams(self, count: int, within: float = 5.0) -> FakeStream:
         """Wait until ``count`` streams have said hello; return the last one."""
@@ -184,14 +210,22 @@ class FakeWorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
         return workflow_service_pb2.GetServerInfoResponse(server_version="fake")
 
 
-async def start_server(*servicers: Any) -> tuple[grpc.aio.Server, str]:
-    """Start a grpc.aio server on a free port with the given fake servicers."""
+def settings(heartbeat: float, lease: float) -> worker_service_pb2.StreamSettings:
+    """StreamSettings with the given heartbeat interval and lease timeout (seconds)."""
+    result = worker_service_pb2.StreamSettings()
+    result.heartbeat_interval.FromMilliseconds(round(heartbeat * 1000))
+    result.lease_timeout.FromMilliseconds(round(lease * 1000))
+    return result
+
+
+async def start_server(*servicers: Any, port: int = 0) -> tuple[grpc.aio.Server, str]:
+    """Start a grpc.aio server with the given fake servicers, on a free port by default."""
     server = grpc.aio.server()
     for servicer in servicers:
         if isinstance(servicer, worker_service_pb2_grpc.WorkerServiceServicer):
             worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
         else:
             workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server, f"127.0.0.1:{port}"
