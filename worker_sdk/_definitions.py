@@ -158,7 +158,15 @@ class Step(Generic[P, R]):
         return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run the function once, as a step body: a sync function in a thread."""
+        """Run the function once, as a step body: a sync function in a thread.
+
+        The thread (``asyncio.to_thread``) is what keeps a sync step from blocking
+        the event loop, which also runs the worker's heartbeat timer: a step body
+        that blocks the loop (``time.sleep`` in an ``async def``, say) starves the
+        heartbeats, and a loop blocked longer than the server's lease timeout
+        loses every run the worker holds. A cancelled sync step's thread cannot
+        be stopped; it is abandoned and its result is never recorded.
+        """
         token = current_scheduler.set(None)  # steps called inside a step are plain calls
         try:
             if self.is_async:

@@ -1,12 +1,20 @@
 """``stepd-worker``: serve the workflows defined in some modules.
 
     stepd-worker MODULE [MODULE ...] [--server HOST:PORT] [--concurrency N]
+                 [--shutdown-grace SECONDS]
 
 Imports each module (the current directory is on ``sys.path``; a ``.py`` path
 works too), serves every ``@workflow`` found as a module attribute, prints
 ``stepd worker ready (<n> workflows, server <address>)`` once the first stream
-is open, and runs until SIGINT or SIGTERM. ``STEPD_SERVER`` and
-``STEPD_WORKER_CONCURRENCY`` set the defaults of the two options.
+is open, and runs until SIGINT or SIGTERM. ``STEPD_SERVER``,
+``STEPD_WORKER_CONCURRENCY`` and ``STEPD_WORKER_SHUTDOWN_GRACE`` set the
+defaults of the options.
+
+The first SIGINT or SIGTERM shuts down gracefully (``Worker.stop()``): no more
+tasks, the runs held finish their step bodies in flight and are given back to
+the queue, for at most the shutdown grace; a second one skips the grace. The
+exit code is 0 either way, even when a sync step's thread is still running
+(it cannot be stopped, so the process exits without waiting for it).
 """
 
 from __future__ import annotations
@@ -16,17 +24,25 @@ import asyncio
 import importlib
 import importlib.util
 import logging
+import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from worker_sdk._client import DEFAULT_ADDRESS
 from worker_sdk._definitions import Workflow
-from worker_sdk._worker import Worker
+from worker_sdk._worker import SHUTDOWN_GRACE, Worker
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+logger = logging.getLogger("stepd.worker")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,7 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workflows.append(workflow)
     if not workflows:
         parser.error(f"no @workflow found in {', '.join(args.modules)}")
-    worker = Worker(args.server, workflows, concurrency=args.concurrency)
+    worker = Worker(
+        args.server,
+        workflows,
+        concurrency=args.concurrency,
+        shutdown_grace=args.shutdown_grace,
+    )
     asyncio.run(_serve(worker))
     return 0
 
@@ -66,6 +87,15 @@ def _parser() -> argparse.ArgumentParser:
         help="runs executed at once (env STEPD_WORKER_CONCURRENCY; default %(default)s)",
     )
     parser.add_argument(
+        "--shutdown-grace",
+        type=_grace,
+        metavar="SECONDS",
+        default=_grace(os.environ.get("STEPD_WORKER_SHUTDOWN_GRACE", f"{SHUTDOWN_GRACE:g}")),
+        help="on SIGTERM/SIGINT, how long runs may finish the steps they are executing "
+        "before they are cancelled and given back (env STEPD_WORKER_SHUTDOWN_GRACE; "
+        "default %(default)g)",
+    )
+    parser.add_argument(
         "--log-level",
         default="warning",
         choices=["debug", "info", "warning", "error"],
@@ -81,6 +111,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _grace(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
     return value
 
 
@@ -101,29 +141,76 @@ def _workflows_in(module: ModuleType) -> list[Workflow[Any, Any]]:
     return [value for value in vars(module).values() if isinstance(value, Workflow)]
 
 
+class _StepThreads(ThreadPoolExecutor):
+    """The loop's default executor (where sync steps run): counts the calls in progress."""
+
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix="stepd-step")
+        self._lock = threading.Lock()
+        self.busy = 0
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        with self._lock:
+            self.busy += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._done(None)
+            raise
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: object) -> None:
+        with self._lock:
+            self.busy -= 1
+
+
 async def _serve(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    threads = _StepThreads()
+    loop.set_default_executor(threads)
+    stops: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        if not stops:
+            logger.warning(
+                "%s: shutting down; runs in progress have up to %g s to finish their "
+                "steps (send it again to stop at once)",
+                signum.name,
+                worker.shutdown_grace,
+            )
+            stops.append(loop.create_task(worker.stop(reason=signum.name)))
+        else:
+            logger.warning("%s again: releasing every run now", signum.name)
+            stops.append(loop.create_task(worker.stop(0, reason=signum.name)))
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with worker:
-        running = asyncio.create_task(worker.run())
-        ready = asyncio.create_task(worker.wait_ready())
-        stopping = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait({running, ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if ready.done():
-                print(
-                    f"stepd worker ready ({len(worker.workflows)} workflows, "
-                    f"server {worker.address})",
-                    flush=True,
-                )
-                await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ready.cancel()
-            stopping.cancel()
-            await worker.stop()
-            await running
+        loop.add_signal_handler(signum, on_signal, signum)
+    running = asyncio.create_task(worker.run())
+    ready = asyncio.create_task(worker.wait_ready())
+    try:
+        await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done() and not stops:
+            print(
+                f"stepd worker ready ({len(worker.workflows)} workflows, server {worker.address})",
+                flush=True,
+            )
+        await running
+    finally:
+        ready.cancel()
+        for task in stops:
+            await task
+        await worker.stop()
+    if threads.busy:
+        # asyncio.run() would wait for the executor's threads, and the interpreter
+        # joins them at exit: a stuck sync step would keep the process alive.
+        logger.warning(
+            "%d sync step(s) still running in threads; exiting without them", threads.busy
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
