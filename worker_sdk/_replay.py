@@ -213,6 +213,8 @@ class RunExecutor:
         Run it in a task of its own: ``abandon()`` and ``release()`` cancel that
         task (the CancelledError propagates out of ``execute()``).
         """
+        if self._abandoned:  # given up (or released) before it started
+            return RunOutcome.RELEASED if self._released else RunOutcome.ABANDONED
         workflow = self._workflow
         self._task = asyncio.current_task()
         token = current_scheduler.set(self)

@@ -405,7 +405,7 @@ class _Session:
         worker = self._worker
         reason = worker._stop_reason or "worker stopping"
         logger.info(
-            "worker %s draining (%s): %d runs held", worker.identity, reason, len(self._runs)
+            "worker %s draining (%s): %d run(s) held", worker.identity, reason, len(self._runs)
         )
         self._draining = True
         self._drain_due = reason
@@ -417,7 +417,7 @@ class _Session:
             return
         if state is _Wait.TIMEOUT:
             logger.warning(
-                "worker %s: %d runs still busy at the end of the shutdown grace; "
+                "worker %s: %d run(s) still busy at the end of the shutdown grace; "
                 "cancelling their steps and releasing them",
                 worker.identity,
                 len(self._runs),

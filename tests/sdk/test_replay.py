@@ -750,3 +750,12 @@ async def test_abandon_cancels_steps_out_of_the_workflows_reach(channel: FakeCha
         await asyncio.wait_for(task, 5)
     await gates.until("x:cancelled")
     assert channel.commands == []
+
+
+async def test_a_run_released_before_it_started_runs_nothing(channel: FakeChannel) -> None:
+    executor = RunExecutor(two_in_a_row, make_task("two_in_a_row"), channel)
+    executor.drain()
+    assert executor.release() is True
+    assert await asyncio.wait_for(started(executor), 5) is RunOutcome.RELEASED
+    assert channel.kinds() == ["release_run"]
+    assert gates.log == []
