@@ -89,13 +89,16 @@ class Dispatcher:
                 task.add_done_callback(self._tasks.discard)
 
     def _pop_for(self, session: WorkerSession) -> str | None:
-        for name, version in session.serves:
-            for key in ((name, version), (name, "")):
-                queue = self._queues.get(key)
-                while queue:
-                    run_id = queue.popleft()
-                    if run_id not in session.held:
-                        return run_id
+        """Take the next ready run for ``session``, visiting its queues in turn."""
+        keys = session.queue_keys
+        for offset in range(len(keys)):
+            index = (session.next_queue + offset) % len(keys)
+            queue = self._queues.get(keys[index])
+            while queue:
+                run_id = queue.popleft()
+                if run_id not in session.held:
+                    session.next_queue = index + 1
+                    return run_id
         return None
 
     async def close(self) -> None:

@@ -303,7 +303,9 @@ class Engine:
         return session
 
     async def disconnect_worker(self, session: WorkerSession) -> None:
-        """Forget a worker's stream and re-queue every run it held."""
+        """Forget a worker's stream and re-queue every run it held (idempotent)."""
+        if session.closed and session not in self.dispatcher.sessions and not session.held:
+            return
         session.close()
         self.dispatcher.remove_session(session)
         held = [(run_id, lease) for run_id, lease in session.held.items() if lease]

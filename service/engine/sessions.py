@@ -41,6 +41,12 @@ class WorkerSession:
         self.worker_id = worker_id
         self.identity = identity
         self.serves = serves
+        # The ready queues this worker draws from, in a fixed order that the
+        # dispatcher rotates through so that no workflow's backlog starves another.
+        self.queue_keys: tuple[tuple[str, str], ...] = tuple(
+            sorted({key for name, version in serves for key in ((name, version), (name, ""))})
+        )
+        self.next_queue = 0
         self.capacity = capacity
         self.held: dict[str, int] = {}
         self.closed = False

@@ -221,3 +221,17 @@ async def test_hello_must_come_first(harness: Harness) -> None:
             pass
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "hello" in (err.value.details() or "")
+
+
+async def test_one_workflows_backlog_does_not_starve_another(harness: Harness) -> None:
+    worker = harness.worker("busy", "rare", capacity=1)
+    for _ in range(20):
+        await harness.trigger("busy")
+    rare_id = await harness.trigger("rare")
+    handed = []
+    for _ in range(3):
+        task = await worker.next_task()
+        handed.append(task.workflow_name)
+        await worker.complete(task, "null")
+    assert "rare" in handed, handed
+    assert rare_id
