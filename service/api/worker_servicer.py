@@ -14,7 +14,7 @@ from stepd.v1 import worker_service_pb2_grpc
 
 from service.api.convert import command_from_proto, outgoing_to_proto
 from service.api.errors import status_code
-from service.engine.commands import Command
+from service.engine.commands import Command, RecordStep
 from service.engine.engine import Engine
 from service.engine.errors import EngineError
 from service.engine.sessions import WorkerSession
@@ -105,6 +105,26 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         return settings
 
     async def _apply(self, session: WorkerSession, commands: list[Command]) -> None:
+        """Apply a batch: runs side by side, each run's commands in the order sent."""
+        by_run: dict[str, list[Command]] = {}
+        for command in commands:
+            by_run.setdefault(command.run_id, []).append(command)
+        await asyncio.gather(*(self._apply_in_order(session, cmds) for cmds in by_run.values()))
+
+    async def _apply_in_order(self, session: WorkerSession, commands: list[Command]) -> None:
+        """Apply one run's commands: consecutive step records together (they
+        share a commit), anything else only after everything sent before it."""
+        records: list[Command] = []
+        for command in commands:
+            if isinstance(command.action, RecordStep):
+                records.append(command)
+                continue
+            await self._apply_all(session, records)
+            records = []
+            session.send(await self._engine.apply(session, command))
+        await self._apply_all(session, records)
+
+    async def _apply_all(self, session: WorkerSession, commands: list[Command]) -> None:
         results = await asyncio.gather(*(self._engine.apply(session, c) for c in commands))
         for result in results:
             session.send(result)

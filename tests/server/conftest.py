@@ -76,17 +76,30 @@ class RawWorker:
         self, task: worker_service_pb2.RunTask, **command: Any
     ) -> worker_service_pb2.CommandResult:
         """Send one command for ``task`` (e.g. complete_run=...) and await its result."""
-        self._next_id += 1
-        future: asyncio.Future[worker_service_pb2.CommandResult] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._pending[self._next_id] = future
-        msg = worker_service_pb2.WorkerCommand(
-            command_id=self._next_id, run_id=task.run_id, lease_id=task.lease_id, **command
-        )
-        batch = worker_service_pb2.WorkerCommandBatch(commands=[msg])
+        (result,) = await self.send_batch(task, command)
+        return result
+
+    async def send_batch(
+        self, task: worker_service_pb2.RunTask, *commands: dict[str, Any]
+    ) -> list[worker_service_pb2.CommandResult]:
+        """Send several commands for ``task`` in one stream message; await their results."""
+        futures = []
+        messages = []
+        for command in commands:
+            self._next_id += 1
+            future: asyncio.Future[worker_service_pb2.CommandResult] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._pending[self._next_id] = future
+            futures.append(future)
+            messages.append(
+                worker_service_pb2.WorkerCommand(
+                    command_id=self._next_id, run_id=task.run_id, lease_id=task.lease_id, **command
+                )
+            )
+        batch = worker_service_pb2.WorkerCommandBatch(commands=messages)
         await self._queue.put(worker_service_pb2.PollTaskRequest(commands=batch))
-        return await asyncio.wait_for(future, 5)
+        return list(await asyncio.wait_for(asyncio.gather(*futures), 5))
 
     async def record(
         self, task: worker_service_pb2.RunTask, key: str, result_json: str

@@ -235,3 +235,27 @@ async def test_one_workflows_backlog_does_not_starve_another(harness: Harness) -
         await worker.complete(task, "null")
     assert "rare" in handed, handed
     assert rare_id
+
+
+def _step(key: str, value: str) -> dict[str, object]:
+    step = types_pb2.StepRecord(step_key=key, attempt=1, result=types_pb2.Payload(json=value))
+    return {"record_step": worker_service_pb2.RecordStepCommand(step=step)}
+
+
+async def test_one_runs_commands_apply_in_the_order_sent(harness: Harness) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    complete = {"complete_run": worker_service_pb2.CompleteRunCommand()}
+    results = await worker.send_batch(task, _step("a", "1"), _step("b", "2"), complete)
+    assert [r.status for r in results] == [OK, OK, OK]
+    assert (await harness.get(run_id)).status == types_pb2.RUN_STATUS_COMPLETED
+
+    other_id = await harness.trigger("w")
+    task = await worker.next_task()
+    release = {"release_run": worker_service_pb2.ReleaseRunCommand(reason="stop")}
+    results = await worker.send_batch(task, release, _step("late", "3"))
+    assert [r.status for r in results] == [OK, LEASE_LOST]
+    again = await worker.next_task()  # released, so handed out anew
+    assert (again.run_id, again.lease_id) == (other_id, 2)
+    assert list(again.journal) == []  # the late record was refused
