@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Environment variable naming the directory where test steps record side effects.
 MARKS_ENV = "STEPD_E2E_MARKS"
+#: Seconds a test worker lets in-flight steps finish on SIGTERM.
+WORKER_SHUTDOWN_GRACE = 3.0
 
 SERVER_READY = re.compile(r"^stepd serving on (\S+):(\d+) \(database (.*)\)$")
 WORKER_READY = re.compile(r"^stepd worker ready \((\d+) workflows?, server (\S+)\)$")
@@ -251,6 +253,8 @@ class Stack:
         """Start ``stepd-worker MODULES --server ADDRESS`` and wait until it is ready."""
         address = server.address if isinstance(server, Server) else server
         argv = [*console_script("stepd-worker", "worker_sdk.cli"), *modules, "--server", address]
+        # Shorter than close()'s SIGTERM wait, so a drained worker always exits by itself.
+        argv += ["--shutdown-grace", str(WORKER_SHUTDOWN_GRACE)]
         if concurrency is not None:
             argv += ["--concurrency", str(concurrency)]
         process = ManagedProcess("worker", argv, self._log_path("worker"), env=self.env(env))
