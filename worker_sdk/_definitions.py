@@ -30,12 +30,20 @@ R = TypeVar("R")
 
 
 class StepScheduler(Protocol):
-    """Runs or replays the steps a workflow calls (implemented by the replay engine)."""
+    """Runs or replays the steps and sleeps a workflow calls (implemented by the replay
+    engine)."""
 
     def call_step(
         self, step: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Coroutine[Any, Any, Any]:
         """Assign the call its step key now; return the coroutine that yields its result."""
+        ...
+
+    def call_sleep(
+        self, *, duration_ns: int | None = None, until_ns: int | None = None
+    ) -> Coroutine[Any, Any, None]:
+        """Assign the call its wait key now; return the coroutine that sleeps durably
+        for ``duration_ns`` from now, or until ``until_ns`` (Unix time)."""
         ...
 
 
@@ -44,6 +52,11 @@ current_scheduler: contextvars.ContextVar[StepScheduler | None] = contextvars.Co
 )
 """The scheduler of the workflow run executing in this context (None outside runs and
 inside step bodies)."""
+
+current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "stepd_current_step", default=None
+)
+"""The name of the step whose body is executing in this context (None elsewhere)."""
 
 
 class _Hints:
@@ -168,11 +181,13 @@ class Step(Generic[P, R]):
         be stopped; it is abandoned and its result is never recorded.
         """
         token = current_scheduler.set(None)  # steps called inside a step are plain calls
+        step_token = current_step.set(self.name)  # ctx.sleep() refuses to run here
         try:
             if self.is_async:
                 return await self.fn(*args, **kwargs)
             return await asyncio.to_thread(self.fn, *args, **kwargs)
         finally:
+            current_step.reset(step_token)
             current_scheduler.reset(token)
 
     def __repr__(self) -> str:

@@ -8,6 +8,17 @@ The run ends with ``complete_run`` or ``fail_run``. Commands go through a
 ``CommandChannel`` (the worker's stream, or an in-memory fake in tests), so
 this module knows nothing about gRPC.
 
+Durable sleeps (``ctx.sleep``) get wait keys the same way (``sleep:1``,
+``sleep:2``, ...). A sleep whose ``WaitResult`` is in the journal returns at
+once; any other sleep waits for the server. When the run is *quiescent* —
+at least one sleep pending, no step body running and no step outcome waiting
+for its acknowledgement, and ``SETTLE_HOPS`` turns of the event loop went by
+without the workflow calling a step or a sleep — the executor sends
+``suspend_run`` with every pending sleep and, once the server acknowledges it,
+unwinds the workflow's coroutine by raising ``RunSuspended`` where it sleeps.
+Nothing is sent for the run after that: a ``finally`` block that calls a step
+or a sleep gets ``RunSuspended`` again.
+
 The executor also owns the run's lifetime on the worker: ``abandon()`` (lease
 lost, cancelled by the server, stream gone) cancels the workflow's coroutine
 and every step body in flight and sends nothing more; ``drain()`` (shutdown)
@@ -22,7 +33,8 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stepd.v1 import types_pb2, worker_service_pb2
@@ -71,6 +83,33 @@ class CommandRejected(RunAbandoned):
     """The server answered INVALID or INTERNAL_ERROR to a command of the run."""
 
 
+class RunSuspended(RunAbandoned):
+    """The run is suspended: the server holds its sleeps and wakes it when one is due.
+
+    Raised where the workflow's coroutine sleeps once the server acknowledged
+    ``suspend_run`` (and by any step or sleep called after that, e.g. in a
+    ``finally`` block), so that the coroutine unwinds without recording
+    anything. A ``BaseException``: ``except Exception`` does not catch it.
+    """
+
+
+SETTLE_HOPS = 32
+"""Turns of the event loop (``call_soon`` hops, no timers) a run must stay quiescent
+before it is suspended: every callback the run had ready runs first, and so do
+chains of up to this many callbacks (task wake-ups, ``gather`` results) that
+lead from a finished step or sleep to the workflow's next call."""
+
+
+@dataclass(slots=True)
+class _Sleep:
+    """A durable sleep the workflow is waiting on."""
+
+    key: str
+    index: int
+    fire_ns: int
+    future: asyncio.Future[None]
+
+
 RELEASE_REASON = "worker shutting down"
 """The ``release_run`` reason of a run given back because its worker stops."""
 
@@ -88,6 +127,8 @@ class RunOutcome(enum.Enum):
     """The run was given back to the queue (``release_run``, on shutdown)."""
     NON_DETERMINISTIC = "non_deterministic"
     """The journal holds steps the code never called; nothing was sent to finish it."""
+    SUSPENDED = "suspended"
+    """``suspend_run`` was acknowledged: the server wakes the run when a sleep is due."""
 
 
 class RunExecutor:
@@ -95,16 +136,23 @@ class RunExecutor:
 
     __slots__ = (
         "_abandoned",
+        "_activity",
         "_channel",
         "_counts",
         "_draining",
         "_finishing",
         "_input",
         "_journal",
+        "_met",
         "_parked",
         "_released",
+        "_settling",
+        "_sleep_count",
+        "_sleeping",
         "_step_errors",
         "_step_tasks",
+        "_suspended",
+        "_suspending",
         "_task",
         "_workflow",
         "lease_id",
@@ -125,10 +173,21 @@ class RunExecutor:
         self._workflow = workflow
         self._channel = channel
         self._input = task.input
-        self._journal: dict[str, types_pb2.StepRecord] = {
-            entry.step.step_key: entry.step for entry in task.journal if entry.HasField("step")
-        }
+        self._journal: dict[str, types_pb2.StepRecord] = {}
+        self._met: dict[str, types_pb2.WaitResult] = {}  # met waits, by wait key
+        for entry in task.journal:
+            kind = entry.WhichOneof("entry")
+            if kind == "step":
+                self._journal[entry.step.step_key] = entry.step
+            elif kind == "wait":
+                self._met[entry.wait.wait_key] = entry.wait
         self._counts: dict[str, int] = {}
+        self._sleep_count = 0
+        self._sleeping: dict[str, _Sleep] = {}  # sleeps the workflow awaits, by wait key
+        self._activity = 0  # bumped by every step or sleep call and every step or sleep end
+        self._settling = False  # a quiescence check is scheduled
+        self._suspending = False  # suspend_run submitted
+        self._suspended = False  # suspend_run acknowledged
         self._step_errors: dict[int, tuple[BaseException, str, int]] = {}
         self._abandoned = False
         self._draining = False
@@ -147,6 +206,11 @@ class RunExecutor:
     def released(self) -> bool:
         """True once ``release_run`` was sent for the run."""
         return self._released
+
+    @property
+    def suspended(self) -> bool:
+        """True once the server acknowledged ``suspend_run`` for the run."""
+        return self._suspended
 
     def abandon(self) -> None:
         """Give the run up silently: send nothing more for it (not even what its running
@@ -176,9 +240,10 @@ class RunExecutor:
         and cancel its coroutine and step bodies.
 
         Returns False, sending nothing, when the run was already given up or its
-        ``complete_run`` / ``fail_run`` is on its way (the server decides that one).
+        ``complete_run`` / ``fail_run`` / ``suspend_run`` is on its way (the server
+        decides that one).
         """
-        if self._abandoned or self._finishing:
+        if self._abandoned or self._finishing or self._suspending:
             return False
         self._abandoned = True
         command = worker_service_pb2.WorkerCommand(run_id=self.run_id, lease_id=self.lease_id)
@@ -206,6 +271,8 @@ class RunExecutor:
         for step_task in self._step_tasks:
             if step_task is not current:
                 step_task.cancel()
+        for sleep in self._sleeping.values():
+            sleep.future.cancel()  # a sleeping task of its own (create_task) is cancelled too
 
     async def execute(self) -> RunOutcome:
         """Run the workflow to its end and send ``complete_run`` or ``fail_run``.
@@ -220,8 +287,10 @@ class RunExecutor:
         token = current_scheduler.set(self)
         try:
             command = worker_service_pb2.WorkerCommand()
+            failure: Exception | None = None
+            result_json = ""
             try:
-                ctx = WorkflowContext(self.run_id, workflow.name, workflow.version)
+                ctx = WorkflowContext(self.run_id, workflow.name, workflow.version, self)
                 try:
                     value = await workflow.fn(*self._arguments(ctx))
                 except asyncio.CancelledError as cancelled:
@@ -233,17 +302,17 @@ class RunExecutor:
                     )
                 result_json = dumps(value, workflow.result_adapter)
             except Exception as exc:
-                if self._journal:
-                    return self._non_deterministic()
-                command.fail_run.error.CopyFrom(self._describe(exc))
+                failure = exc
+            if self._abandoned:  # e.g. a finally block returned after the run was suspended
+                raise RunAbandoned
+            if self._journal or self._met:
+                return self._non_deterministic()
+            if failure is not None:
+                command.fail_run.error.CopyFrom(self._describe(failure))
                 outcome = RunOutcome.FAILED
             else:
-                if self._journal:
-                    return self._non_deterministic()
                 command.complete_run.result.json = result_json
                 outcome = RunOutcome.COMPLETED
-            if self._abandoned:
-                raise RunAbandoned
             self._finishing = True
             await self._submit(command)
             return outcome
@@ -251,9 +320,22 @@ class RunExecutor:
             logger.error("run %s: abandoned: %s", self.run_id, exc)
             return RunOutcome.ABANDONED
         except RunAbandoned:
+            if self._suspended:
+                return RunOutcome.SUSPENDED
             return RunOutcome.RELEASED if self._released else RunOutcome.ABANDONED
+        except asyncio.CancelledError:
+            if not self._suspended:
+                raise
+            # Cancelled after the suspension was acknowledged (the coroutine was stuck
+            # on something other than a sleep): the run is safe with the server.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return RunOutcome.SUSPENDED
         finally:
             current_scheduler.reset(token)
+            for sleep in list(self._sleeping.values()):
+                sleep.future.cancel()  # left behind in a task the workflow never awaited
 
     def _arguments(self, ctx: WorkflowContext) -> tuple[Any, ...]:
         workflow = self._workflow
@@ -265,12 +347,12 @@ class RunExecutor:
         return (ctx, loads(text, workflow.input_adapter))
 
     def _non_deterministic(self) -> RunOutcome:
-        keys = ", ".join(sorted(self._journal))
+        keys = ", ".join([*sorted(self._journal), *sorted(self._met)])
         self.non_determinism = NonDeterminismError(
             f"run {self.run_id} of workflow {self._workflow.name!r} version "
-            f"{self._workflow.version!r}: the journal holds steps this code never called "
-            f"({keys}); the code changed under a running version. The run is held until a "
-            "worker with matching code picks it up."
+            f"{self._workflow.version!r}: the journal holds steps or sleeps this code never "
+            f"called ({keys}); the code changed under a running version. The run is held "
+            "until a worker with matching code picks it up."
         )
         logger.error("%s", self.non_determinism)
         if self._draining:
@@ -295,6 +377,7 @@ class RunExecutor:
         count = self._counts.get(name, 0) + 1
         self._counts[name] = count
         key = name if count == 1 else f"{name}#{count}"
+        self._activity += 1
         record = self._journal.pop(key, None)
         if record is not None:
             return self._replay_step(step, key, record)
@@ -303,15 +386,15 @@ class RunExecutor:
     async def _replay_step(
         self, step: Step[Any, Any], key: str, record: types_pb2.StepRecord
     ) -> Any:
+        self._check_live()
         return self._outcome(step, key, record)
 
     async def _run_step(
         self, step: Step[Any, Any], key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if self._draining:
+        if self._draining or self._suspending:
             await self._park()
-        if self._abandoned:
-            raise RunAbandoned
+        self._check_live()
         # The task is tracked until the outcome is acknowledged: abandon() cancels
         # it, and drain() waits for it before releasing the run.
         task = asyncio.current_task()
@@ -328,6 +411,8 @@ class RunExecutor:
             step_tasks.discard(task)
             if self._parked is not None and not step_tasks:
                 self.release()  # the last step in flight is recorded: give the run back
+            self._activity += 1
+            self._maybe_settle()
         if result.status == _DUPLICATE:
             return self._outcome(step, key, result.recorded_step)
         if error is not None:
@@ -338,13 +423,17 @@ class RunExecutor:
     async def _park(self) -> None:
         """A new step called after drain(): never start it. Release the run when no
         step body of it is in flight any more (now, or when the last one is
-        recorded); release() cancels the parked call's task."""
+        recorded); release() cancels the parked call's task.
+
+        A step called while ``suspend_run`` is on its way waits here too; the
+        answer raises it out (suspended, or given up)."""
         if self._parked is None:
             self._parked = asyncio.get_running_loop().create_future()
         if not self._step_tasks:
-            self.release()
+            self.release()  # does nothing while suspend_run is on its way
         if not self._abandoned:
             await self._parked
+        self._check_live()
         raise RunAbandoned
 
     async def _attempt(
@@ -383,6 +472,149 @@ class RunExecutor:
             self._step_errors[id(error)] = (error, key, record.attempt)
             raise error
         return loads(payload_text(record.result), step.result_adapter)
+
+    def _check_live(self) -> None:
+        """Raise when the run was suspended or given up: nothing more runs or is sent."""
+        if self._suspended:
+            raise RunSuspended(f"run {self.run_id} is suspended")
+        if self._abandoned:
+            raise RunAbandoned
+
+    # -- sleeps and suspension ---------------------------------------------------
+
+    def call_sleep(
+        self, *, duration_ns: int | None = None, until_ns: int | None = None
+    ) -> Coroutine[Any, Any, None]:
+        """Assign the call its wait key now (``sleep:N``); a sleep met in the journal, or
+        one that ends now or earlier, returns at once; any other waits for the server."""
+        index = self._sleep_count = self._sleep_count + 1
+        key = f"sleep:{index}"
+        self._activity += 1
+        if self._met.pop(key, None) is not None:
+            return self._no_sleep()
+        now = time.time_ns()
+        fire_ns = until_ns if until_ns is not None else now + (duration_ns or 0)
+        if fire_ns <= now:
+            return self._no_sleep()
+        return self._sleep(key, index, fire_ns)
+
+    async def _no_sleep(self) -> None:
+        self._check_live()
+
+    async def _sleep(self, key: str, index: int, fire_ns: int) -> None:
+        self._check_live()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleeping[key] = _Sleep(key, index, fire_ns, future)
+        self._activity += 1
+        self._maybe_settle()
+        try:
+            # Never resolved with a value: the wake-up is a new run task that replays
+            # this sleep from the journal. It ends with RunSuspended once the run is
+            # suspended, or is cancelled with the run.
+            await future
+        finally:
+            self._sleeping.pop(key, None)
+            self._activity += 1
+            self._maybe_settle()
+
+    def _quiescent(self) -> bool:
+        """True when the run waits on sleeps only: no step body running, no step outcome
+        waiting for its acknowledgement, no step call parked, nothing final sent."""
+        return (
+            bool(self._sleeping)
+            and not self._step_tasks
+            and self._parked is None
+            and not (self._abandoned or self._finishing or self._suspending)
+            and self.non_determinism is None
+        )
+
+    def _maybe_settle(self) -> None:
+        """Start the quiescence check when the run just became quiescent."""
+        if self._settling or not self._quiescent():
+            return
+        self._settling = True
+        asyncio.get_running_loop().call_soon(self._settle, self._activity, 0)
+
+    def _settle(self, stamp: int, hops: int) -> None:
+        """One hop of the quiescence check: suspend once the run stayed quiescent, with
+        no step or sleep called or ended, for SETTLE_HOPS turns of the event loop."""
+        if not self._quiescent():
+            self._settling = False
+            return
+        if self._activity != stamp:  # something moved: count again from here
+            stamp, hops = self._activity, 0
+        elif hops >= SETTLE_HOPS:
+            self._settling = False
+            self._suspend()
+            return
+        else:
+            hops += 1
+        asyncio.get_running_loop().call_soon(self._settle, stamp, hops)
+
+    def _suspend(self) -> None:
+        """Send ``suspend_run`` with every pending sleep; the answer unwinds the run."""
+        sleeps = sorted(self._sleeping.values(), key=lambda sleep: sleep.index)
+        command = worker_service_pb2.WorkerCommand(run_id=self.run_id, lease_id=self.lease_id)
+        waits = command.suspend_run.waits
+        for sleep in sleeps:
+            wait = waits.add(wait_key=sleep.key)
+            wait.timer.fire_time.FromNanoseconds(sleep.fire_ns)
+        self._suspending = True
+        try:
+            answer = self._channel.submit(command)
+        except RunAbandoned:  # the channel is closed: the run is lost to this worker anyway
+            self._unwind(RunAbandoned)
+            return
+        answer.add_done_callback(self._suspend_answered)
+        logger.debug(
+            "run %s: suspending on %s", self.run_id, ", ".join(sleep.key for sleep in sleeps)
+        )
+
+    def _suspend_answered(self, answer: asyncio.Future[worker_service_pb2.CommandResult]) -> None:
+        if answer.cancelled() or self._abandoned:  # dropped with the run: abandon() ran
+            return
+        result = answer.result()
+        status = result.status
+        if status == _OK:
+            self._suspended = True
+            logger.debug("run %s: suspended", self.run_id)
+            self._unwind(lambda: RunSuspended(f"run {self.run_id} is suspended"))
+            return
+        if status == _LEASE_LOST:
+            self._unwind(lambda: LeaseLost(result.message))
+            return
+        name = worker_service_pb2.CommandStatus.Name(status)
+        logger.error(
+            "run %s: abandoned: the server answered %s to suspend_run: %s",
+            self.run_id,
+            name,
+            result.message,
+        )
+        self._unwind(RunAbandoned)
+
+    def _unwind(self, signal: Callable[[], RunAbandoned]) -> None:
+        """Give the run up after a suspension: raise ``signal()`` where it sleeps (and
+        in parked step calls), so that the coroutine unwinds through the user's
+        ``finally`` blocks; cancel what is still running SETTLE_HOPS hops later."""
+        self._abandoned = True
+        parked = self._parked
+        if parked is not None and not parked.done():
+            parked.set_result(None)  # parked step calls raise
+        for sleep in list(self._sleeping.values()):
+            if not sleep.future.done():
+                sleep.future.set_exception(signal())
+        asyncio.get_running_loop().call_soon(self._reap, 0)
+
+    def _reap(self, hops: int) -> None:
+        """Cancel the run's coroutine if it is still running: it awaits something that
+        is neither a step nor a sleep (so it never saw the suspension)."""
+        task = self._task
+        if task is None or task.done():
+            return
+        if hops < SETTLE_HOPS:
+            asyncio.get_running_loop().call_soon(self._reap, hops + 1)
+            return
+        self._cancel_tasks()
 
     async def _submit(
         self, command: worker_service_pb2.WorkerCommand

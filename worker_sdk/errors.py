@@ -10,6 +10,8 @@ Every error the SDK raises on purpose derives from one base class::
     ├── StepFailedError            a recorded step error whose type cannot be rebuilt
     ├── NonDeterminismError        replay met a journal the workflow code cannot have
     │                              produced
+    ├── WorkflowContextError       a WorkflowContext helper was used where it cannot
+    │                              work (e.g. ctx.sleep inside a step body)
     ├── RunFailedError             the awaited run finished with an error
     ├── RunCancelledError          the awaited run was cancelled
     │   (the server answered a call with an error status:)
@@ -24,9 +26,10 @@ Any other gRPC status is raised as a plain ``StepdError``; ``code`` holds the
 status name (``"DEADLINE_EXCEEDED"``, ...) for errors that came from the server.
 
 The worker also uses internal control-flow signals (a lost lease, a run the
-server took back). They derive from ``BaseException``, not from ``StepdError``,
-so that a workflow's ``except Exception`` cannot swallow them; cancellation by
-the server reaches workflow code as ``asyncio.CancelledError``.
+server took back, a run suspended while it sleeps). They derive from
+``BaseException``, not from ``StepdError``, so that a workflow's
+``except Exception`` cannot swallow them; cancellation by the server reaches
+workflow code as ``asyncio.CancelledError``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ __all__ = [
     "ServerUnavailableError",
     "StepFailedError",
     "StepdError",
+    "WorkflowContextError",
     "WorkflowDefinitionError",
 ]
 
@@ -89,6 +93,15 @@ class NonDeterminismError(StepdError):
 
     The worker keeps such a run (it is neither failed nor completed) and logs
     this error until a worker with matching code picks the run up.
+    """
+
+
+class WorkflowContextError(StepdError):
+    """A ``WorkflowContext`` helper was used where it cannot work.
+
+    ``ctx.sleep()`` and ``ctx.sleep_until()`` inside a step body raise it (a step
+    body runs once, outside the replay: it cannot suspend its run), and so does
+    a ``ctx`` used by code that is not running its own workflow run.
     """
 
 

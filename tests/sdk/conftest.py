@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -65,6 +65,14 @@ class FakeChannel:
     def final(self) -> worker_service_pb2.WorkerCommand:
         return self.commands[-1]
 
+    def suspensions(self) -> list[dict[str, int]]:
+        """Each suspend_run sent: its waits' fire times (ns), by wait key, in order."""
+        return [
+            {w.wait_key: w.timer.fire_time.ToNanoseconds() for w in c.suspend_run.waits}
+            for c in self.commands
+            if c.HasField("suspend_run")
+        ]
+
 
 def ok() -> worker_service_pb2.CommandResult:
     return worker_service_pb2.CommandResult(status=OK)
@@ -89,10 +97,12 @@ def make_task(
     input: Any = None,
     input_json: str | None = None,
     journal: Mapping[str, Any] | None = None,
+    met: Iterable[str] = (),
     run_id: str = "run-1",
     lease_id: int = 7,
 ) -> worker_service_pb2.RunTask:
-    """A RunTask; journal maps step keys to results, exceptions, or StepRecords."""
+    """A RunTask; journal maps step keys to results, exceptions, or StepRecords; met
+    names the wait keys whose WaitResult follows them in the journal."""
     task = worker_service_pb2.RunTask(
         run_id=run_id,
         lease_id=lease_id,
@@ -109,6 +119,10 @@ def make_task(
         else:
             record = result_record(key, value)
         task.journal.add(sequence=sequence, step=record)
+    for sequence, key in enumerate(met, start=len(task.journal) + 1):
+        wait = types_pb2.WaitResult(wait_key=key)
+        wait.met_time.GetCurrentTime()
+        task.journal.add(sequence=sequence, wait=wait)
     return task
 
 

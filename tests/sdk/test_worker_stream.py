@@ -184,6 +184,40 @@ async def test_stream_end_abandons_runs_and_reconnects(running: Running) -> None
     await until(lambda: "s2" in finals(second))
 
 
+@workflow(name="napper")
+async def napper(ctx: WorkflowContext, x: int) -> int:
+    a = await double(x)
+    await ctx.sleep(60)
+    return a + 1
+
+
+async def test_a_sleeping_run_is_suspended_and_woken_by_a_new_task(
+    service: tuple[FakeWorkerService, str],
+) -> None:
+    fake, address = service
+    worker = Worker(address, [napper], concurrency=1, shutdown_grace=5)
+    task = asyncio.create_task(worker.run())
+    stream = await fake.wait_streams(1)
+    stream.push(tasks=[task_for("napper", "1", "n1", 5, lease=1)])
+    await until(lambda: stream.kinds("n1") == ["record_step", "suspend_run"])
+    [suspend] = [c for c in stream.commands() if c.HasField("suspend_run")]
+    assert suspend.lease_id == 1
+    assert [w.wait_key for w in suspend.suspend_run.waits] == ["sleep:1"]
+    session = worker._session
+    assert session is not None
+    await until(lambda: not session._runs)  # the worker holds nothing for the run
+    # The timer fired: the server hands the run out again, the wait met in its journal.
+    woken = make_task(
+        "napper", "1", input=5, run_id="n1", lease_id=2, journal={"double": 10}, met=["sleep:1"]
+    )
+    stream.push(tasks=[woken])
+    await until(lambda: "n1" in finals(stream))
+    assert stream.kinds("n1") == ["record_step", "suspend_run", "complete_run"]
+    assert finals(stream)["n1"].complete_run.result.json == "11"
+    await worker.stop()
+    await asyncio.wait_for(task, 5)
+
+
 async def test_heartbeats_when_idle(
     service: tuple[FakeWorkerService, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
