@@ -342,3 +342,51 @@ async def fail(ctx: WorkflowContext, job: Job) -> int:
     """Raise from workflow code after one step."""
     await add_one(job.tag, job.value)
     raise ValueError(f"boom {job.tag}")
+
+
+# -- durable sleep --------------------------------------------------------------
+
+
+class Nap(BaseModel):
+    """Input of ``e2e.nap``: sleep ``seconds`` between two steps."""
+
+    tag: str
+    seconds: float = 1.0
+
+
+@step
+async def clock(tag: str, label: str) -> float:
+    """Mark that it ran; return when (Unix time)."""
+    mark(tag, label)
+    return time.time()
+
+
+@workflow(name="e2e.nap")
+async def nap(ctx: WorkflowContext, job: Nap) -> dict[str, float]:
+    before = await clock(job.tag, "before")
+    await ctx.sleep(job.seconds)  # the run is suspended: no worker holds it meanwhile
+    after = await clock(job.tag, "after")
+    return {"before": before, "after": after, "slept": after - before}
+
+
+class Ticks(BaseModel):
+    """Input of ``e2e.ticker``: ``count`` rounds of a step and a sleep of ``seconds``."""
+
+    tag: str
+    count: int
+    seconds: float = 0.01
+
+
+@step
+async def tick(tag: str, index: int) -> int:
+    mark(tag, f"tick:{index}")
+    return index
+
+
+@workflow(name="e2e.ticker")
+async def ticker(ctx: WorkflowContext, job: Ticks) -> int:
+    total = 0
+    for index in range(job.count):
+        total += await tick(job.tag, index)
+        await ctx.sleep(job.seconds)
+    return total
