@@ -1,16 +1,24 @@
-"""Scenario 4: cancelling running and pending runs while other runs go on."""
+"""Scenario 4: cancelling running, pending and suspended runs while other runs go on."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.harness import Stack, eventually
 from tests.faults import workflows as wf
-from tests.faults.checker import check_guarantees, read_log, ready, settle, trigger_all
+from tests.faults.checker import (
+    check_guarantees,
+    read_log,
+    read_runs,
+    ready,
+    settle,
+    trigger_all,
+)
 from worker_sdk import Client, RunStatus
 from worker_sdk.errors import FailedPreconditionError, NotFoundError
 
@@ -20,10 +28,8 @@ MODULES = ("tests.faults.workflows",)
 CAPACITY = 8
 QUEUED = 12  # blocking runs triggered once every slot is taken: they stay pending
 CHAIN_RUNS = 100
-
-# TODO(durable-sleep): cancel *suspended* runs too (a run asleep in ctx.sleep:
-# cancelled at once, its timer never fires, its later steps never run). Needs
-# durable sleep in the SDK; add that scenario here when it lands.
+SLEEPERS = 24  # runs asleep in ctx.sleep (suspended) when half of them are cancelled
+SLEEP_S = 3.0
 
 
 @pytest.mark.timeout(60)
@@ -100,3 +106,55 @@ async def test_cancelled_runs_stop_and_the_others_complete(
     for run_id in cancel_pending:
         assert report.executions_of(run_id) == []
         assert report.runs[run_id].dispatch_count == 0
+
+
+@pytest.mark.timeout(60)
+async def test_cancelled_suspended_runs_never_wake(
+    stack: Stack, tmp_path: Path, marks: Path
+) -> None:
+    server = stack.start_server(tmp_path / "stepd.db")
+    await ready(stack.start_worker(server, MODULES, concurrency=CAPACITY, wait=False))
+
+    def statuses(run_ids: list[str]) -> set[str]:
+        runs = read_runs(server.database)
+        return {runs[r].status if r in runs else "missing" for r in run_ids}
+
+    async with Client(server.address) as client:
+        # More sleepers than slots: asleep, they hold none, so all of them get to sleep.
+        inputs = [wf.Sleepy(seed=n, sleep_s=SLEEP_S) for n in range(SLEEPERS)]
+        sleepers = await trigger_all(client, wf.sleepy, inputs)
+        await eventually(
+            lambda: statuses(sleepers) == {"suspended"}, within=15, what="every sleeper asleep"
+        )
+        asleep_at = time.monotonic()  # every sleeper's timer is due by asleep_at + SLEEP_S
+
+        # Cancel half of them while a load of other runs goes through the worker.
+        inputs_chain = [wf.Chain(seed=n, steps=3, delay_ms=5) for n in range(CHAIN_RUNS)]
+        load = asyncio.create_task(trigger_all(client, wf.chain, inputs_chain))
+        cancelled = sleepers[::2]
+        first = await asyncio.gather(*(client.cancel(r, reason="fault") for r in cancelled))
+        again = await asyncio.gather(*(client.cancel(r, reason="again") for r in cancelled))
+        for info in (*first, *again):
+            assert info.status is RunStatus.CANCELLED, info
+            assert info.cancel_reason == "fault", info
+        chain_ids = await load
+
+        # Past every timer: the cancelled runs' timers came due and woke nothing.
+        kept = [r for r in sleepers if r not in cancelled]
+        await settle(server.database, [*kept, *chain_ids], within=30)
+        await asyncio.sleep(max(0.0, asleep_at + SLEEP_S + 0.5 - time.monotonic()))
+        expected = {
+            **dict.fromkeys([*kept, *chain_ids], RunStatus.COMPLETED),
+            **dict.fromkeys(cancelled, RunStatus.CANCELLED),
+        }
+        report = await check_guarantees(client, server.database, marks, expected)
+
+    for run_id in cancelled:
+        # Dispatched once (to go to sleep), never again; the step after the sleep never ran.
+        assert report.runs[run_id].dispatch_count == 1, report.runs[run_id]
+        assert [x.step_key for x in report.executions_of(run_id)] == ["link"]
+        seed = json.loads(report.runs[run_id].input_json)["seed"]
+        assert report.recorded(run_id) == {"link": wf.next_value(seed, 1)}
+    for run_id in kept:
+        assert report.runs[run_id].dispatch_count == 2  # to sleep, then woken
+        assert [x.step_key for x in report.executions_of(run_id)] == ["link", "link#2"]

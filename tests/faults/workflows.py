@@ -145,6 +145,23 @@ async def blocking(ctx: WorkflowContext, job: Blocking) -> dict[str, int]:
     return {"last": await link(ctx.run_id, 2, held, 1)}
 
 
+# -- sleepy: a step, a durable sleep, a step ------------------------------------
+
+
+class Sleepy(BaseModel):
+    """Input of ``faults.sleepy``: the run sleeps ``sleep_s`` between its two links."""
+
+    seed: int
+    sleep_s: float = 2.0
+
+
+@workflow(name="faults.sleepy")
+async def sleepy(ctx: WorkflowContext, job: Sleepy) -> dict[str, int]:
+    first = await link(ctx.run_id, 1, job.seed, 1)
+    await ctx.sleep(job.sleep_s)  # suspended: no worker holds the run meanwhile
+    return {"last": await link(ctx.run_id, 2, first, 1)}
+
+
 # -- what every run must have recorded -------------------------------------------
 
 
@@ -204,4 +221,9 @@ def expected(workflow_name: str, input_value: Any) -> Expected:
             {"link": first, "block": first, "link#2": last},
             lambda _: {"last": last},
         )
+    if workflow_name == sleepy.name:
+        job_s = Sleepy.model_validate(input_value)
+        first = next_value(job_s.seed, 1)
+        last = next_value(first, 2)
+        return Expected({"link": first, "link#2": last}, lambda _: {"last": last})
     raise AssertionError(f"no expectations for workflow {workflow_name!r}")
