@@ -61,6 +61,19 @@ async def test_a_sleeping_run_is_suspended_and_holds_no_worker_slot(
     assert read_marks(marks, tag) == ["before", "after"]
 
 
+async def test_two_sleeps_at_once_keep_their_first_wake_up_times(
+    server: Server, worker: object, client: Client, marks: Path, tag: str
+) -> None:
+    handle = await client.trigger(wf.two_naps, wf.Nap(tag=tag, seconds=1.0))
+    result = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
+
+    # Woken at 1 s by the short sleep, the run re-sent the long one (3 s from then,
+    # by the clock of the replay); the server kept its first time: 3 s, not 4 s.
+    assert 3.0 - MS <= result["slept"] < 3.8
+    assert read_marks(marks, tag) == ["before", "after"]
+    assert (await client.get_run(handle.run_id)).dispatch_count == 3
+
+
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 async def test_a_sleep_survives_a_server_restart(
     stack: Stack, server: Server, marks: Path, tag: str, how: str

@@ -369,6 +369,15 @@ async def nap(ctx: WorkflowContext, job: Nap) -> dict[str, float]:
     return {"before": before, "after": after, "slept": after - before}
 
 
+@workflow(name="e2e.two_naps")
+async def two_naps(ctx: WorkflowContext, job: Nap) -> dict[str, float]:
+    """Two sleeps at once: the shorter wakes the run, which sleeps on for the longer."""
+    before = await clock(job.tag, "before")
+    await asyncio.gather(ctx.sleep(job.seconds), ctx.sleep(3 * job.seconds))
+    after = await clock(job.tag, "after")
+    return {"before": before, "after": after, "slept": after - before}
+
+
 class Ticks(BaseModel):
     """Input of ``e2e.ticker``: ``count`` rounds of a step and a sleep of ``seconds``."""
 
