@@ -200,7 +200,9 @@ def _wait_from_proto(wait: worker_service_pb2.WaitCondition) -> WaitSpec:
     """A WaitCondition to a WaitSpec. A condition this server does not know
     becomes a timer without a time, which the engine rejects as INVALID."""
     if wait.WhichOneof("condition") == "timer":
-        return WaitSpec(wait.wait_key, WaitKind.TIMER, wait.timer.fire_time.ToMilliseconds())
+        fire = wait.timer.fire_time  # rounded up: a timer never fires early
+        fire_ms = fire.seconds * 1000 + (fire.nanos + 999_999) // 1_000_000
+        return WaitSpec(wait.wait_key, WaitKind.TIMER, fire_ms)
     return WaitSpec(wait.wait_key, WaitKind.TIMER, None)
 
 

@@ -259,6 +259,8 @@ class Engine:
             )
             if run is not None:
                 self._after_cancel(run, reason or "cancelled")
+                self.timers.forget_run(run_id)
+                await self.store.abandon_waits(run_id)
                 return run, False
             current = await self._existing(run_id)
             if current.status is RunStatus.CANCELLED:

@@ -30,6 +30,7 @@ class TimerSchedule:
         self._fire = fire
         self._horizon_ms = horizon_ms
         self._handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._keys_by_run: dict[str, set[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._refiller: asyncio.Task[None] | None = None
 
@@ -45,6 +46,7 @@ class TimerSchedule:
         for handle in self._handles.values():
             handle.cancel()
         self._handles.clear()
+        self._keys_by_run.clear()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def schedule(self, timer: DueTimer) -> None:
@@ -57,6 +59,14 @@ class TimerSchedule:
             return  # a later refill loads it
         loop = asyncio.get_running_loop()
         self._handles[key] = loop.call_later(max(delay_ms, 0) / 1000, self._due, key)
+        self._keys_by_run.setdefault(timer.run_id, set()).add(timer.wait_key)
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop the in-memory timers of a run that finished."""
+        for wait_key in self._keys_by_run.pop(run_id, ()):
+            handle = self._handles.pop((run_id, wait_key), None)
+            if handle is not None:
+                handle.cancel()
 
     def scheduled_count(self) -> int:
         """How many timers are held in memory."""
@@ -64,6 +74,11 @@ class TimerSchedule:
 
     def _due(self, key: tuple[str, str]) -> None:
         self._handles.pop(key, None)
+        keys = self._keys_by_run.get(key[0])
+        if keys is not None:
+            keys.discard(key[1])
+            if not keys:
+                del self._keys_by_run[key[0]]
         task = asyncio.create_task(self._fire_safely(*key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

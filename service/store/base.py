@@ -108,6 +108,9 @@ class Store(Protocol):
         """Mark an open timer wait met and, if its run is SUSPENDED, move it to
         PENDING; return the woken run, else None."""
 
+    async def abandon_waits(self, run_id: str) -> int:
+        """Mark a finished run's open waits abandoned; return how many."""
+
     async def extend_leases(self, owner: str, run_ids: Iterable[str], expires_at: int) -> int:
         """Set lease_expires_at of the RUNNING runs among ``run_ids`` that ``owner``
         holds; return how many rows changed."""

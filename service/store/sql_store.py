@@ -332,6 +332,14 @@ class SqlStore:
 
         return await self._committer.submit(op)
 
+    async def abandon_waits(self, run_id: str) -> int:
+        """Abandon a finished run's open waits so that none of them fires."""
+
+        def op(conn: Connection) -> int:
+            return waits.abandon_open(conn, run_id)
+
+        return await self._committer.submit(op)
+
     async def due_timers(self, until: int, limit: int) -> list[DueTimer]:
         """Open timers firing at or before ``until``, soonest first."""
         return await self._reads.run(lambda conn: waits.due_timers(conn, until, limit))

@@ -163,6 +163,17 @@ def met_waits(conn: Connection, run_id: str) -> list[WaitRow]:
     ]
 
 
+def abandon_open(conn: Connection, run_id: str) -> int:
+    """Abandon every open wait of a run (it finished); return how many."""
+    return int(
+        conn.execute(
+            update(run_waits)
+            .where(run_waits.c.run_id == run_id, run_waits.c.status == _OPEN)
+            .values(status=_ABANDONED)
+        ).rowcount
+    )
+
+
 def _wake(conn: Connection, run_id: str, now: int) -> RunRecord | None:
     row = (
         conn.execute(

@@ -58,7 +58,10 @@ async def test_cancel_a_suspended_run(harness: Harness) -> None:
     await suspend(worker, task, ("sleep", now_ms() + 200))
     response = await harness.client.CancelRun(wf.CancelRunRequest(run_id=run_id))
     assert response.run.status == types_pb2.RUN_STATUS_CANCELLED
-    await asyncio.sleep(0.4)  # the timer comes due and must wake nothing
+    engine = harness.running.engine
+    assert engine.timers.scheduled_count() == 0
+    assert await engine.store.due_timers(now_ms() + 10_000, 10) == []
+    await asyncio.sleep(0.4)  # the timer's time passes and must wake nothing
     assert (await harness.get(run_id)).status == types_pb2.RUN_STATUS_CANCELLED
     with pytest.raises(TimeoutError):
         await worker.next_task(seconds=0.2)
@@ -107,3 +110,16 @@ async def test_bad_suspensions_are_invalid(
     assert result.status == INVALID
     assert "suspend_run.waits" in result.message
     assert (await harness.get(run_id)).status == types_pb2.RUN_STATUS_RUNNING
+
+
+async def test_fire_times_round_up_to_the_millisecond(harness: Harness) -> None:
+    worker = harness.worker("w")
+    await harness.trigger("w")
+    task = await worker.next_task()
+    wait = worker_service_pb2.WaitCondition(wait_key="sleep")
+    wait.timer.fire_time.seconds = int(time.time()) + 60
+    wait.timer.fire_time.nanos = 1_500_000  # 1.5 ms past the second
+    command = worker_service_pb2.SuspendRunCommand(waits=[wait])
+    assert (await worker.send(task, suspend_run=command)).status == OK
+    (timer,) = await harness.running.engine.store.due_timers(now_ms() + 120_000, 10)
+    assert timer.fire_time == wait.timer.fire_time.seconds * 1000 + 2
