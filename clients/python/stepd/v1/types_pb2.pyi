@@ -90,6 +90,70 @@ FAILURE_REASON_MAX_ENTRIES_EXCEEDED: FailureReason.ValueType  # 4
 """The run's journal reached its maximum number of entries."""
 Global___FailureReason: _TypeAlias = FailureReason  # noqa: Y015
 
+class _RunEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_EVENT_TYPE_UNSPECIFIED: _RunEventType.ValueType  # 0
+    """Not set."""
+    RUN_EVENT_TYPE_TRIGGERED: _RunEventType.ValueType  # 1
+    """The run was created by Trigger."""
+    RUN_EVENT_TYPE_DISPATCHED: _RunEventType.ValueType  # 2
+    """The run was handed to a worker (detail names the worker; attempt is the lease)."""
+    RUN_EVENT_TYPE_STEP_COMPLETED: _RunEventType.ValueType  # 3
+    """A step attempt was recorded with a result."""
+    RUN_EVENT_TYPE_STEP_FAILED: _RunEventType.ValueType  # 4
+    """A step attempt was recorded with an error."""
+    RUN_EVENT_TYPE_SUSPENDED: _RunEventType.ValueType  # 5
+    """The run suspended; detail lists the wait keys."""
+    RUN_EVENT_TYPE_WAIT_MET: _RunEventType.ValueType  # 6
+    """A wait was met and the run woke (key names the wait)."""
+    RUN_EVENT_TYPE_SIGNAL_RECEIVED: _RunEventType.ValueType  # 7
+    """A signal was sent to the run (name, payload)."""
+    RUN_EVENT_TYPE_RELEASED: _RunEventType.ValueType  # 8
+    """The run went back to the queue (worker gone, lease expired, released)."""
+    RUN_EVENT_TYPE_COMPLETED: _RunEventType.ValueType  # 9
+    """The run completed (payload is the result)."""
+    RUN_EVENT_TYPE_FAILED: _RunEventType.ValueType  # 10
+    """The run failed (error)."""
+    RUN_EVENT_TYPE_CANCELLED: _RunEventType.ValueType  # 11
+    """The run was cancelled (detail is the reason)."""
+    RUN_EVENT_TYPE_CUSTOM: _RunEventType.ValueType  # 12
+    """A custom entry written by the workflow (name, payload)."""
+
+class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper):
+    """RunEventType is the kind of one entry of a run's history."""
+
+RUN_EVENT_TYPE_UNSPECIFIED: RunEventType.ValueType  # 0
+"""Not set."""
+RUN_EVENT_TYPE_TRIGGERED: RunEventType.ValueType  # 1
+"""The run was created by Trigger."""
+RUN_EVENT_TYPE_DISPATCHED: RunEventType.ValueType  # 2
+"""The run was handed to a worker (detail names the worker; attempt is the lease)."""
+RUN_EVENT_TYPE_STEP_COMPLETED: RunEventType.ValueType  # 3
+"""A step attempt was recorded with a result."""
+RUN_EVENT_TYPE_STEP_FAILED: RunEventType.ValueType  # 4
+"""A step attempt was recorded with an error."""
+RUN_EVENT_TYPE_SUSPENDED: RunEventType.ValueType  # 5
+"""The run suspended; detail lists the wait keys."""
+RUN_EVENT_TYPE_WAIT_MET: RunEventType.ValueType  # 6
+"""A wait was met and the run woke (key names the wait)."""
+RUN_EVENT_TYPE_SIGNAL_RECEIVED: RunEventType.ValueType  # 7
+"""A signal was sent to the run (name, payload)."""
+RUN_EVENT_TYPE_RELEASED: RunEventType.ValueType  # 8
+"""The run went back to the queue (worker gone, lease expired, released)."""
+RUN_EVENT_TYPE_COMPLETED: RunEventType.ValueType  # 9
+"""The run completed (payload is the result)."""
+RUN_EVENT_TYPE_FAILED: RunEventType.ValueType  # 10
+"""The run failed (error)."""
+RUN_EVENT_TYPE_CANCELLED: RunEventType.ValueType  # 11
+"""The run was cancelled (detail is the reason)."""
+RUN_EVENT_TYPE_CUSTOM: RunEventType.ValueType  # 12
+"""A custom entry written by the workflow (name, payload)."""
+Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
+
 @_typing.final
 class Payload(_message.Message):
     """Payload is one value crossing the wire: a workflow input or result, a step
@@ -396,3 +460,63 @@ class WaitResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WaitResult: _TypeAlias = WaitResult  # noqa: Y015
+
+@_typing.final
+class RunEvent(_message.Message):
+    """RunEvent is one entry of a run's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The entry's position in the run's history (increasing, not dense)."""
+    type: Global___RunEventType.ValueType
+    """What happened."""
+    key: _builtins.str
+    """The step, wait or custom entry key, when there is one."""
+    name: _builtins.str
+    """The signal's or custom entry's name, when there is one."""
+    attempt: _builtins.int
+    """The step attempt, or the lease of a dispatch."""
+    detail: _builtins.str
+    """A human-readable detail (worker identity, reason, wait keys)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened, by the server's clock."""
+
+    @_builtins.property
+    def payload(self) -> Global___Payload:
+        """The step result, signal payload, custom entry content or run result."""
+
+    @_builtins.property
+    def error(self) -> Global___ErrorInfo:
+        """The error of a failed step or run."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        type: Global___RunEventType.ValueType = ...,
+        key: _builtins.str = ...,
+        name: _builtins.str = ...,
+        payload: Global___Payload | None = ...,
+        error: Global___ErrorInfo | None = ...,
+        attempt: _builtins.int = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "payload", b"payload", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "detail", b"detail", "error", b"error", "key", b"key", "name", b"name", "payload", b"payload", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015

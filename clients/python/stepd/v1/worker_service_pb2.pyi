@@ -262,6 +262,7 @@ class WorkerCommand(_message.Message):
     COMPLETE_RUN_FIELD_NUMBER: _builtins.int
     FAIL_RUN_FIELD_NUMBER: _builtins.int
     RELEASE_RUN_FIELD_NUMBER: _builtins.int
+    RECORD_EVENT_FIELD_NUMBER: _builtins.int
     command_id: _builtins.int
     """Chosen by the worker, unique on its stream; echoed in the CommandResult."""
     run_id: _builtins.str
@@ -288,6 +289,10 @@ class WorkerCommand(_message.Message):
     def release_run(self) -> Global___ReleaseRunCommand:
         """Give the run back to the queue unchanged (e.g. on shutdown)."""
 
+    @_builtins.property
+    def record_event(self) -> Global___RecordEventCommand:
+        """Append a custom entry (progress, a log line) to the run's history."""
+
     def __init__(
         self,
         *,
@@ -299,16 +304,51 @@ class WorkerCommand(_message.Message):
         complete_run: Global___CompleteRunCommand | None = ...,
         fail_run: Global___FailRunCommand | None = ...,
         release_run: Global___ReleaseRunCommand | None = ...,
+        record_event: Global___RecordEventCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "complete_run", b"complete_run", "fail_run", b"fail_run", "record_step", b"record_step", "release_run", b"release_run", "suspend_run", b"suspend_run"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "complete_run", b"complete_run", "fail_run", b"fail_run", "record_event", b"record_event", "record_step", b"record_step", "release_run", b"release_run", "suspend_run", b"suspend_run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_id", b"command_id", "complete_run", b"complete_run", "fail_run", b"fail_run", "lease_id", b"lease_id", "record_step", b"record_step", "release_run", b"release_run", "run_id", b"run_id", "suspend_run", b"suspend_run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_id", b"command_id", "complete_run", b"complete_run", "fail_run", b"fail_run", "lease_id", b"lease_id", "record_event", b"record_event", "record_step", b"record_step", "release_run", b"release_run", "run_id", b"run_id", "suspend_run", b"suspend_run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["record_step", "suspend_run", "complete_run", "fail_run", "release_run"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["record_step", "suspend_run", "complete_run", "fail_run", "release_run", "record_event"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___WorkerCommand: _TypeAlias = WorkerCommand  # noqa: Y015
+
+@_typing.final
+class RecordEventCommand(_message.Message):
+    """RecordEventCommand appends a custom entry to the run's history, once per
+    entry_key (a replay that sends it again changes nothing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_KEY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    entry_key: _builtins.str
+    """The entry's key in the run, assigned like step keys."""
+    name: _builtins.str
+    """A short name for the entry, e.g. "progress" or "log"."""
+    @_builtins.property
+    def payload(self) -> _types_pb2.Payload:
+        """The entry's content."""
+
+    def __init__(
+        self,
+        *,
+        entry_key: _builtins.str = ...,
+        name: _builtins.str = ...,
+        payload: _types_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_key", b"entry_key", "name", b"name", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordEventCommand: _TypeAlias = RecordEventCommand  # noqa: Y015
 
 @_typing.final
 class RecordStepCommand(_message.Message):
@@ -366,27 +406,57 @@ class WaitCondition(_message.Message):
 
     WAIT_KEY_FIELD_NUMBER: _builtins.int
     TIMER_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
     wait_key: _builtins.str
     """The wait's key in the run's journal."""
     @_builtins.property
     def timer(self) -> Global___TimerWait:
         """A durable timer."""
 
+    @_builtins.property
+    def signal(self) -> Global___SignalWait:
+        """The next signal of a name sent to this run."""
+
     def __init__(
         self,
         *,
         wait_key: _builtins.str = ...,
         timer: Global___TimerWait | None = ...,
+        signal: Global___SignalWait | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "timer", b"timer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "timer", b"timer", "wait_key", b"wait_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "signal", b"signal", "timer", b"timer", "wait_key", b"wait_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["timer"]  # noqa: Y015
+    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["timer", "signal"]  # noqa: Y015
     _WhichOneofArgType_condition: _TypeAlias = _typing.Literal["condition", b"condition"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_condition) -> _WhichOneofReturnType_condition | None: ...
 
 Global___WaitCondition: _TypeAlias = WaitCondition  # noqa: Y015
+
+@_typing.final
+class SignalWait(_message.Message):
+    """SignalWait waits for the oldest signal of a name that no earlier wait of
+    the run consumed (signals sent before the wait began are buffered).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The signal's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalWait: _TypeAlias = SignalWait  # noqa: Y015
 
 @_typing.final
 class TimerWait(_message.Message):

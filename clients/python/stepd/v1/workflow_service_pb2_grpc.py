@@ -66,6 +66,11 @@ class WorkflowServiceStub:
                 request_serializer=stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookRequest.SerializeToString,
                 response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookResponse.FromString,
                 _registered_method=True)
+        self.ListRunEvents = channel.unary_unary(
+                '/stepd.v1.WorkflowService/ListRunEvents',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.ListRunEventsRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.ListRunEventsResponse.FromString,
+                _registered_method=True)
         self.GetServerInfo = channel.unary_unary(
                 '/stepd.v1.WorkflowService/GetServerInfo',
                 request_serializer=stepd_dot_v1_dot_workflow__service__pb2.GetServerInfoRequest.SerializeToString,
@@ -121,6 +126,13 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRunEvents(self, request, context):
+        """ListRunEvents returns a run's history in order, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetServerInfo(self, request, context):
         """GetServerInfo tells an SDK the server's version, features and limits.
         """
@@ -160,6 +172,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ExecuteHook,
                     request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookRequest.FromString,
                     response_serializer=stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookResponse.SerializeToString,
+            ),
+            'ListRunEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunEvents,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.ListRunEventsRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.ListRunEventsResponse.SerializeToString,
             ),
             'GetServerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerInfo,
@@ -331,6 +348,33 @@ class WorkflowService:
             '/stepd.v1.WorkflowService/ExecuteHook',
             stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookRequest.SerializeToString,
             stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/ListRunEvents',
+            stepd_dot_v1_dot_workflow__service__pb2.ListRunEventsRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.ListRunEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,8 @@ class WorkflowServiceStub:
     """Signal delivers a named signal with a payload to one run."""
     ExecuteHook: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ExecuteHookRequest, _workflow_service_pb2.ExecuteHookResponse]
     """ExecuteHook resumes the run waiting on the hook that the token names."""
+    ListRunEvents: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ListRunEventsRequest, _workflow_service_pb2.ListRunEventsResponse]
+    """ListRunEvents returns a run's history in order, paginated."""
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.GetServerInfoRequest, _workflow_service_pb2.GetServerInfoResponse]
     """GetServerInfo tells an SDK the server's version, features and limits."""
 
@@ -73,6 +75,8 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Signal delivers a named signal with a payload to one run."""
     ExecuteHook: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ExecuteHookRequest, _workflow_service_pb2.ExecuteHookResponse]  # type: ignore[assignment]
     """ExecuteHook resumes the run waiting on the hook that the token names."""
+    ListRunEvents: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ListRunEventsRequest, _workflow_service_pb2.ListRunEventsResponse]  # type: ignore[assignment]
+    """ListRunEvents returns a run's history in order, paginated."""
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.GetServerInfoRequest, _workflow_service_pb2.GetServerInfoResponse]  # type: ignore[assignment]
     """GetServerInfo tells an SDK the server's version, features and limits."""
 
@@ -130,6 +134,14 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_service_pb2.ExecuteHookResponse, _abc.Awaitable[_workflow_service_pb2.ExecuteHookResponse]]:
         """ExecuteHook resumes the run waiting on the hook that the token names."""
+
+    @_abc_1.abstractmethod
+    def ListRunEvents(
+        self,
+        request: _workflow_service_pb2.ListRunEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.ListRunEventsResponse, _abc.Awaitable[_workflow_service_pb2.ListRunEventsResponse]]:
+        """ListRunEvents returns a run's history in order, paginated."""
 
     @_abc_1.abstractmethod
     def GetServerInfo(
