@@ -141,6 +141,7 @@ class WaitKind(enum.StrEnum):
     """What a suspended run waits for, stored as its lower-case name."""
 
     TIMER = "timer"
+    SIGNAL = "signal"
 
 
 class WaitStatus(enum.StrEnum):
@@ -158,6 +159,8 @@ class WaitSpec:
     wait_key: str
     kind: WaitKind
     fire_time: int | None = None
+    # What a signal wait waits for: the signal's name.
+    target: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,3 +227,53 @@ class WorkflowVersion:
     name: str
     version: str
     first_seen: int
+
+
+class HistoryType(enum.StrEnum):
+    """The kind of one entry of a run's history."""
+
+    TRIGGERED = "triggered"
+    DISPATCHED = "dispatched"
+    STEP_COMPLETED = "step_completed"
+    STEP_FAILED = "step_failed"
+    SUSPENDED = "suspended"
+    WAIT_MET = "wait_met"
+    SIGNAL_RECEIVED = "signal_received"
+    RELEASED = "released"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    CUSTOM = "custom"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One entry of a run's history."""
+
+    time: int
+    type: HistoryType
+    key: str = ""
+    name: str = ""
+    payload_json: str | None = None
+    error: ErrorDetails | None = None
+    attempt: int = 0
+    detail: str = ""
+
+
+class SignalStatus(enum.Enum):
+    """What sending a signal did."""
+
+    DELIVERED = "delivered"  # a waiting run took it and woke
+    BUFFERED = "buffered"  # stored for the run's next wait on that name
+    DUPLICATE = "duplicate"  # the request_id was seen before: nothing stored
+    UNKNOWN_RUN = "unknown_run"
+    FINISHED_RUN = "finished_run"
+
+
+@dataclass(frozen=True, slots=True)
+class SignalOutcome:
+    """The outcome of sending a signal, the woken run, and the run's status."""
+
+    status: SignalStatus
+    woken: RunRecord | None = None
+    run_status: RunStatus | None = None

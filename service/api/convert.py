@@ -9,6 +9,8 @@ from service.domain import (
     ClaimedRun,
     ErrorDetails,
     FailureReason,
+    HistoryEntry,
+    HistoryType,
     RunRecord,
     RunStatus,
     StepRow,
@@ -24,6 +26,7 @@ from service.engine.commands import (
     CompleteRun,
     FailRun,
     PayloadIn,
+    RecordEvent,
     RecordStep,
     ReleaseRun,
     SuspendRun,
@@ -145,6 +148,29 @@ def wait_to_proto(wait: WaitRow) -> types_pb2.WaitResult:
     return msg
 
 
+HISTORY_TO_PROTO = {
+    t: types_pb2.RunEventType.Value(f"RUN_EVENT_TYPE_{t.name}") for t in HistoryType
+}
+
+
+def history_to_proto(sequence: int, entry: HistoryEntry) -> types_pb2.RunEvent:
+    """One history entry (at its position in the run's history) to a RunEvent."""
+    msg = types_pb2.RunEvent(
+        sequence=sequence,
+        time=timestamp(entry.time),
+        type=HISTORY_TO_PROTO[entry.type],
+        key=entry.key,
+        name=entry.name,
+        attempt=entry.attempt,
+        detail=entry.detail,
+    )
+    if entry.payload_json is not None:
+        msg.payload.json = entry.payload_json
+    if entry.error is not None:
+        msg.error.CopyFrom(error_to_proto(entry.error))
+    return msg
+
+
 def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
     """A claimed run to the RunTask a worker executes."""
     run = claimed.run
@@ -199,6 +225,8 @@ def _payload_in(payload: types_pb2.Payload) -> PayloadIn:
 def _wait_from_proto(wait: worker_service_pb2.WaitCondition) -> WaitSpec:
     """A WaitCondition to a WaitSpec. A condition this server does not know
     becomes a timer without a time, which the engine rejects as INVALID."""
+    if wait.WhichOneof("condition") == "signal":
+        return WaitSpec(wait.wait_key, WaitKind.SIGNAL, target=wait.signal.name)
     if wait.WhichOneof("condition") == "timer":
         fire = wait.timer.fire_time  # rounded up: a timer never fires early
         fire_ms = fire.seconds * 1000 + (fire.nanos + 999_999) // 1_000_000
@@ -229,6 +257,9 @@ def command_from_proto(msg: worker_service_pb2.WorkerCommand) -> Command:
         action = FailRun(error_from_proto(msg.fail_run.error))
     elif kind == "release_run":
         action = ReleaseRun(msg.release_run.reason)
+    elif kind == "record_event":
+        event = msg.record_event
+        action = RecordEvent(event.entry_key, event.name, _payload_in(event.payload))
     elif kind == "suspend_run":
         action = SuspendRun(tuple(_wait_from_proto(w) for w in msg.suspend_run.waits))
     return Command(msg.command_id, msg.run_id, msg.lease_id, action)

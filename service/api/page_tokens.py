@@ -48,3 +48,26 @@ def decode(token: str, run_filter: RunFilter) -> int | None:
             "page_token was made for different filters; send the same filters with it"
         )
     return cursor
+
+
+def encode_offset(offset: int, scope: str) -> str:
+    """A token for the page of an append-only list starting at ``offset``."""
+    digest = hashlib.sha256(scope.encode()).hexdigest()[:16]
+    raw = f"o1:{offset}:{digest}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_offset(token: str, scope: str) -> int:
+    """The offset in ``token`` (0 for an empty token); InvalidArgument when malformed
+    or made for another list."""
+    if not token:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        version, offset, digest = raw.split(":")
+        value = int(offset)
+    except ValueError:
+        raise InvalidArgument("page_token is malformed; pass a next_page_token unchanged") from None
+    if version != "o1" or value < 0 or digest != hashlib.sha256(scope.encode()).hexdigest()[:16]:
+        raise InvalidArgument("page_token was made for another run; send the same run_id")
+    return value

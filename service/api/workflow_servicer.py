@@ -10,7 +10,7 @@ from stepd.v1 import workflow_service_pb2_grpc
 
 from service import __version__
 from service.api import page_tokens
-from service.api.convert import STATUS_FROM_PROTO, millis, run_to_proto
+from service.api.convert import STATUS_FROM_PROTO, history_to_proto, millis, run_to_proto
 from service.api.errors import maps_errors
 from service.domain import RunFilter
 from service.engine.engine import Engine, TriggerParams
@@ -18,7 +18,7 @@ from service.engine.errors import InvalidArgument, Unimplemented
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-FEATURES = ("json-payloads", "command-batches", "get-run-wait")
+FEATURES = ("json-payloads", "command-batches", "get-run-wait", "timers", "signals", "history")
 
 
 class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
@@ -83,7 +83,28 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
     @maps_errors
     async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
-        raise Unimplemented("Signal is part of the contract but not served by this version yet")
+        await self._engine.signal(
+            request.run_id,
+            request.name,
+            request.payload.json,
+            request.payload.encoding,
+            request.request_id,
+        )
+        return pb.SignalResponse(run_id=request.run_id)
+
+    @maps_errors
+    async def ListRunEvents(
+        self, request: pb.ListRunEventsRequest, context: Context
+    ) -> pb.ListRunEventsResponse:
+        offset = page_tokens.decode_offset(request.page_token, request.run_id)
+        page, next_offset = await self._engine.run_history(
+            request.run_id, request.page_size, offset
+        )
+        token = page_tokens.encode_offset(next_offset, request.run_id) if next_offset else ""
+        return pb.ListRunEventsResponse(
+            events=[history_to_proto(position, entry) for position, entry in page],
+            next_page_token=token,
+        )
 
     @maps_errors
     async def ExecuteHook(

@@ -52,7 +52,16 @@ class SuspendRun:
     waits: tuple[WaitSpec, ...]
 
 
-Action = RecordStep | CompleteRun | FailRun | ReleaseRun | SuspendRun
+@dataclass(frozen=True, slots=True)
+class RecordEvent:
+    """Append a custom entry to the run's history, once per key."""
+
+    entry_key: str
+    name: str
+    payload: PayloadIn
+
+
+Action = RecordStep | CompleteRun | FailRun | ReleaseRun | SuspendRun | RecordEvent
 
 
 @dataclass(frozen=True, slots=True)

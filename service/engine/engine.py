@@ -20,12 +20,15 @@ from dataclasses import dataclass, replace
 from service.config import ServerConfig
 from service.domain import (
     FailureReason,
+    HistoryEntry,
     NewRun,
     RecordStepStatus,
     RunFilter,
     RunRecord,
     RunStatus,
+    SignalStatus,
     SuspendStatus,
+    WaitKind,
     WaitSpec,
     now_ms,
 )
@@ -36,6 +39,7 @@ from service.engine.commands import (
     CommandStatus,
     CompleteRun,
     FailRun,
+    RecordEvent,
     RecordStep,
     ReleaseRun,
     SuspendRun,
@@ -89,10 +93,15 @@ def _check_waits(waits: tuple[WaitSpec, ...]) -> None:
     if len(set(keys)) != len(keys):
         raise InvalidArgument("suspend_run.waits: wait keys must be unique")
     for wait in waits:
-        if wait.fire_time is None:
+        if wait.kind is WaitKind.SIGNAL:
+            if not wait.target:
+                raise InvalidArgument(
+                    f"suspend_run.waits[{wait.wait_key}]: a signal wait needs the signal's name"
+                )
+        elif wait.fire_time is None:
             raise InvalidArgument(
                 f"suspend_run.waits[{wait.wait_key}]: this server serves timer waits "
-                "with a fire_time"
+                "with a fire_time and signal waits with a name"
             )
 
 
@@ -273,6 +282,46 @@ class Engine:
             # The run moved between two of its statuses meanwhile: try again.
         raise FailedPrecondition(f"run {run_id} kept changing; try cancelling again")
 
+    async def signal(
+        self, run_id: str, name: str, payload_json: str, encoding: str, request_id: str
+    ) -> None:
+        """Store a signal for a run (waking it when it waits for that name)."""
+        if not run_id:
+            raise InvalidArgument("run_id is required")
+        if not name:
+            raise InvalidArgument("name is required")
+        if len(name) > MAX_ID_LENGTH or len(request_id) > MAX_ID_LENGTH:
+            raise InvalidArgument(f"name and request_id are at most {MAX_ID_LENGTH} characters")
+        payload = check_json_payload(
+            "payload", payload_json, encoding, self.config.max_payload_bytes
+        )
+        outcome = await self.store.send_signal(run_id, name, payload, request_id or None)
+        if outcome.status is SignalStatus.UNKNOWN_RUN:
+            raise NotFound(f"run {run_id!r} not found")
+        if outcome.status is SignalStatus.FINISHED_RUN:
+            status = outcome.run_status.value if outcome.run_status else "finished"
+            raise FailedPrecondition(
+                f"run {run_id} is already {status}; signals go to unfinished runs"
+            )
+        if outcome.woken is not None:
+            self._make_ready(outcome.woken)
+
+    async def run_history(
+        self, run_id: str, page_size: int, offset: int
+    ) -> tuple[list[tuple[int, HistoryEntry]], int | None]:
+        """One page of a run's history as (position, entry), and the next offset."""
+        if not run_id:
+            raise InvalidArgument("run_id is required")
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        entries = await self.store.run_history(run_id)
+        if entries is None:
+            raise NotFound(f"run {run_id!r} not found")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page = list(enumerate(entries[offset : offset + size], start=offset + 1))
+        more = offset + size < len(entries)
+        return page, (offset + size if more else None)
+
     # -- worker API --------------------------------------------------------------
 
     async def connect_worker(
@@ -443,6 +492,17 @@ class Engine:
                 self._make_ready(run)
         elif isinstance(action, SuspendRun):
             return await self._suspend(session, cid, run_id, lease_id, action.waits)
+        elif isinstance(action, RecordEvent):
+            if not action.entry_key or not action.name:
+                raise InvalidArgument("record_event needs an entry_key and a name")
+            payload = check_json_payload(
+                "record_event.payload", action.payload.json, action.payload.encoding, limit
+            )
+            if not await self.store.record_event(
+                run_id, lease_id, action.entry_key, action.name, payload
+            ):
+                return self._lease_lost(cid, run_id, session)
+            return CommandResult(cid, CommandStatus.OK)
         else:
             raise InvalidArgument(f"unknown command {type(action).__name__}")
         if run is None:

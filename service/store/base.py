@@ -16,11 +16,13 @@ from service.domain import (
     ClaimedRun,
     CreateRunOutcome,
     DueTimer,
+    HistoryEntry,
     NewRun,
     RecordStepOutcome,
     RunFilter,
     RunRecord,
     RunStatus,
+    SignalOutcome,
     StepRow,
     SuspendOutcome,
     WaitSpec,
@@ -108,6 +110,19 @@ class Store(Protocol):
         """Mark an open timer wait met and, if its run is SUSPENDED, move it to
         PENDING; return the woken run, else None."""
 
+    async def send_signal(
+        self, run_id: str, name: str, payload_json: str, request_id: str | None
+    ) -> SignalOutcome:
+        """Buffer a signal for an unfinished run and hand it to the run's oldest
+        open wait for that name (meeting it, abandoning the run's other waits
+        and waking the run). A request_id seen before for the run stores nothing."""
+
+    async def record_event(
+        self, run_id: str, lease_id: int, key: str, name: str, payload_json: str
+    ) -> bool:
+        """Append a custom history entry once per key; False when the run is not
+        RUNNING under ``lease_id``."""
+
     async def abandon_waits(self, run_id: str) -> int:
         """Mark a finished run's open waits abandoned; return how many."""
 
@@ -120,6 +135,9 @@ class Store(Protocol):
     async def expired_leases(self, now: int, limit: int) -> list[RunRecord]:
         """Return up to ``limit`` RUNNING runs whose lease_expires_at is before
         ``now``, soonest-expired first."""
+
+    async def run_history(self, run_id: str) -> list[HistoryEntry] | None:
+        """Return a run's whole history, oldest first; None for an unknown run."""
 
     async def due_timers(self, until: int, limit: int) -> list[DueTimer]:
         """Return up to ``limit`` open timer waits firing at or before ``until``."""

@@ -122,8 +122,61 @@ run_waits = Table(
     Column("met_time", BigInteger),
     Column("payload_json", Text),
     Column("timed_out", Integer, nullable=False),
+    # Migration 4: what a signal wait waits for (the signal's name).
+    Column("target", Text),
     UniqueConstraint("run_id", "wait_key"),
     Index("ix_run_waits_status_fire_time", "status", "fire_time"),
+    sqlite_autoincrement=True,
+)
+
+# Migration 4: each run's signal inbox, in send order; consumed_by names the
+# wait that took the signal.
+signals = Table(
+    "signals",
+    metadata,
+    Column("sequence", AutoIncrementKey, primary_key=True, autoincrement=True),
+    Column("run_id", Text, ForeignKey("runs.run_id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("payload_json", Text, nullable=False),
+    Column("request_id", Text),
+    Column("send_time", BigInteger, nullable=False),
+    Column("consumed_by", Text),
+    Index("ix_signals_run_id_name_sequence", "run_id", "name", "sequence"),
+    Index(
+        "ux_signals_run_id_request_id",
+        "run_id",
+        "request_id",
+        unique=True,
+        sqlite_where=text("request_id IS NOT NULL"),
+        postgresql_where=text("request_id IS NOT NULL"),
+    ),
+    sqlite_autoincrement=True,
+)
+
+# Migration 4: history entries that no other table holds (dispatches,
+# suspensions, met waits, signals, releases, cancellations, custom entries).
+# Triggered, step and completion entries are read from runs and steps.
+run_events = Table(
+    "run_events",
+    metadata,
+    Column("sequence", AutoIncrementKey, primary_key=True, autoincrement=True),
+    Column("run_id", Text, ForeignKey("runs.run_id"), nullable=False),
+    Column("time", BigInteger, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("key", Text),
+    Column("name", Text),
+    Column("payload_json", Text),
+    Column("attempt", Integer),
+    Column("detail", Text),
+    Index("ix_run_events_run_id_sequence", "run_id", "sequence"),
+    Index(
+        "ux_run_events_custom_key",
+        "run_id",
+        "key",
+        unique=True,
+        sqlite_where=text("type = 'custom'"),
+        postgresql_where=text("type = 'custom'"),
+    ),
     sqlite_autoincrement=True,
 )
 

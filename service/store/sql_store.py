@@ -37,19 +37,22 @@ from service.domain import (
     ClaimedRun,
     CreateRunOutcome,
     DueTimer,
+    HistoryEntry,
+    HistoryType,
     NewRun,
     RecordStepOutcome,
     RecordStepStatus,
     RunFilter,
     RunRecord,
     RunStatus,
+    SignalOutcome,
     StepRow,
     SuspendOutcome,
     WaitSpec,
     WorkflowVersion,
     now_ms,
 )
-from service.store import rows, waits
+from service.store import history, rows, waits
 from service.store.base import RunConflictError
 from service.store.dialects import insert_for
 from service.store.group_commit import GroupCommitter
@@ -208,11 +211,12 @@ class SqlStore:
 
     async def claim_run(self, run_id: str, owner: str, lease_expires_at: int) -> ClaimedRun | None:
         """Move a PENDING run to RUNNING under a new lease; None when it is not PENDING."""
+        now = now_ms()
         params = {
             "p_run_id": run_id,
             "p_owner": owner,
             "p_expires": lease_expires_at,
-            "p_now": now_ms(),
+            "p_now": now,
         }
 
         def op(conn: Connection) -> ClaimedRun | None:
@@ -220,6 +224,14 @@ class SqlStore:
             if row is None:
                 return None
             run = rows.run_from_row(row)
+            history.add(
+                conn,
+                run_id,
+                HistoryType.DISPATCHED,
+                now,
+                attempt=run.lease_id,
+                detail=owner,
+            )
             if run.dispatch_count == 1:  # first dispatch: no journal yet
                 return ClaimedRun(run)
             return ClaimedRun(run, _journal(conn, run_id), waits.met_waits(conn, run_id))
@@ -277,7 +289,14 @@ class SqlStore:
 
         def op(conn: Connection) -> RunRecord | None:
             row = conn.execute(stmt, params).mappings().first()
-            return rows.run_from_row(row) if row is not None else None
+            if row is None:
+                return None
+            run = rows.run_from_row(row)
+            if target is RunStatus.PENDING:
+                history.add(conn, run_id, HistoryType.RELEASED, now)
+            elif target is RunStatus.CANCELLED:
+                history.add(conn, run_id, HistoryType.CANCELLED, now, detail=run.cancel_reason)
+            return run
 
         return await self._committer.submit(op)
 
@@ -331,6 +350,42 @@ class SqlStore:
             return waits.fire_timer(conn, run_id, wait_key, now)
 
         return await self._committer.submit(op)
+
+    async def send_signal(
+        self, run_id: str, name: str, payload_json: str, request_id: str | None
+    ) -> SignalOutcome:
+        """Buffer a signal for a run, or hand it to the run's open wait for it."""
+        now = now_ms()
+
+        def op(conn: Connection) -> SignalOutcome:
+            return waits.send_signal(conn, run_id, name, payload_json, request_id, now)
+
+        return await self._committer.submit(op)
+
+    async def record_event(
+        self, run_id: str, lease_id: int, key: str, name: str, payload_json: str
+    ) -> bool:
+        """Append a custom history entry once per key, under the run's lease."""
+        now = now_ms()
+
+        def op(conn: Connection) -> bool:
+            holds = conn.execute(
+                select(runs.c.run_id).where(
+                    runs.c.run_id == run_id,
+                    runs.c.status == _RUNNING,
+                    runs.c.lease_id == lease_id,
+                )
+            ).first()
+            if holds is None:
+                return False
+            history.add_custom(conn, run_id, key, name, payload_json, now)
+            return True
+
+        return await self._committer.submit(op)
+
+    async def run_history(self, run_id: str) -> list[HistoryEntry] | None:
+        """A run's whole history, oldest first; None for an unknown run."""
+        return await self._reads.run(lambda conn: history.read(conn, run_id))
 
     async def abandon_waits(self, run_id: str) -> int:
         """Abandon a finished run's open waits so that none of them fires."""

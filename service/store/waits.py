@@ -14,8 +14,11 @@ from sqlalchemy import Connection, func, select, update
 
 from service.domain import (
     DueTimer,
+    HistoryType,
     RunRecord,
     RunStatus,
+    SignalOutcome,
+    SignalStatus,
     SuspendOutcome,
     SuspendStatus,
     WaitKind,
@@ -23,7 +26,7 @@ from service.domain import (
     WaitSpec,
     WaitStatus,
 )
-from service.store import rows
+from service.store import history, rows, signals
 from service.store.dialects import insert_for
 from service.store.schema import run_waits, runs
 
@@ -77,12 +80,14 @@ def suspend(
                 "kind": w.kind.value,
                 "status": _OPEN,
                 "fire_time": w.fire_time,
+                "target": w.target,
                 "create_time": now,
                 "timed_out": 0,
             }
             for w in waits
         ],
     )
+    history.add(conn, run_id, HistoryType.SUSPENDED, now, detail=", ".join(keys))
     conn.execute(
         update(run_waits)
         .where(*mine, run_waits.c.wait_key.in_(keys), run_waits.c.status == _ABANDONED)
@@ -94,8 +99,16 @@ def suspend(
         .where(*mine, run_waits.c.wait_key.in_(keys), run_waits.c.status == _MET)
     ).scalar()
     if already_met:
+        _abandon_others(conn, run_id, None)
         woken = _wake(conn, run_id, now)
         return SuspendOutcome(SuspendStatus.WOKEN, woken)
+    for wait in waits:
+        if wait.kind is WaitKind.SIGNAL and wait.target is not None:
+            signal = signals.oldest_unconsumed(conn, run_id, wait.target)
+            if signal is not None:
+                signals.consume(conn, signal.sequence, wait.wait_key)
+                woken = meet(conn, run_id, wait.wait_key, now, signal.payload_json)
+                return SuspendOutcome(SuspendStatus.WOKEN, woken)
     timers = [
         DueTimer(run_id, t.wait_key, t.fire_time)
         for t in conn.execute(
@@ -115,18 +128,85 @@ def fire_timer(conn: Connection, run_id: str, wait_key: str, now: int) -> RunRec
     A timer of a run that is not suspended (running, cancelled) is still
     marked met: a running run sees it in its journal next time.
     """
-    fired = conn.execute(
+    return meet(conn, run_id, wait_key, now, None)
+
+
+def meet(
+    conn: Connection, run_id: str, wait_key: str, now: int, payload_json: str | None
+) -> RunRecord | None:
+    """Mark an open wait met (with what it delivered), abandon the run's other
+    open waits (first of wins), and wake the run if it is suspended.
+
+    Returns the woken run; None when the wait was not open or the run was
+    not suspended.
+    """
+    met = conn.execute(
         update(run_waits)
         .where(
             run_waits.c.run_id == run_id,
             run_waits.c.wait_key == wait_key,
             run_waits.c.status == _OPEN,
         )
-        .values(status=_MET, met_time=now)
+        .values(status=_MET, met_time=now, payload_json=payload_json)
     ).rowcount
-    if not fired:
+    if not met:
         return None
+    _abandon_others(conn, run_id, wait_key)
+    history.add(conn, run_id, HistoryType.WAIT_MET, now, key=wait_key)
     return _wake(conn, run_id, now)
+
+
+def send_signal(
+    conn: Connection,
+    run_id: str,
+    name: str,
+    payload_json: str,
+    request_id: str | None,
+    now: int,
+) -> SignalOutcome:
+    """Store a signal for an unfinished run and hand it to the run's oldest open
+    wait for that name, if there is one (which wakes the run)."""
+    status = conn.execute(select(runs.c.status).where(runs.c.run_id == run_id)).scalar()
+    if status is None:
+        return SignalOutcome(SignalStatus.UNKNOWN_RUN)
+    run_status = RunStatus(status)
+    if run_status.is_terminal:
+        return SignalOutcome(SignalStatus.FINISHED_RUN, run_status=run_status)
+    sequence = signals.insert(conn, run_id, name, payload_json, request_id, now)
+    if sequence is None:
+        return SignalOutcome(SignalStatus.DUPLICATE, run_status=run_status)
+    history.add(
+        conn, run_id, HistoryType.SIGNAL_RECEIVED, now, name=name, payload_json=payload_json
+    )
+    wait_key = open_signal_wait(conn, run_id, name)
+    if wait_key is None:
+        return SignalOutcome(SignalStatus.BUFFERED, run_status=run_status)
+    signals.consume(conn, sequence, wait_key)
+    woken = meet(conn, run_id, wait_key, now, payload_json)
+    return SignalOutcome(SignalStatus.DELIVERED, woken=woken, run_status=run_status)
+
+
+def open_signal_wait(conn: Connection, run_id: str, name: str) -> str | None:
+    """The key of the run's oldest open wait for a signal of ``name``, if any."""
+    row = conn.execute(
+        select(run_waits.c.wait_key)
+        .where(
+            run_waits.c.run_id == run_id,
+            run_waits.c.status == _OPEN,
+            run_waits.c.kind == WaitKind.SIGNAL.value,
+            run_waits.c.target == name,
+        )
+        .order_by(run_waits.c.sequence)
+        .limit(1)
+    ).first()
+    return None if row is None else str(row.wait_key)
+
+
+def _abandon_others(conn: Connection, run_id: str, keep: str | None) -> None:
+    stmt = update(run_waits).where(run_waits.c.run_id == run_id, run_waits.c.status == _OPEN)
+    if keep is not None:
+        stmt = stmt.where(run_waits.c.wait_key != keep)
+    conn.execute(stmt.values(status=_ABANDONED))
 
 
 def due_timers(conn: Connection, until: int, limit: int) -> list[DueTimer]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.domain import RunStatus, SuspendStatus, WaitKind, WaitSpec
+from service.domain import RunStatus, SignalStatus, SuspendStatus, WaitKind, WaitSpec
 from service.store import SqlStore
 
 from .test_store_leases import running
@@ -43,17 +43,62 @@ async def test_a_wait_keeps_its_first_fire_time(store: SqlStore) -> None:
     assert [(t.wait_key, t.fire_time) for t in again.timers] == [("sleep", 5_000)]
 
 
-async def test_suspending_on_a_met_wait_wakes_at_once(store: SqlStore) -> None:
+async def test_first_wait_met_abandons_the_others(store: SqlStore) -> None:
     lease = await running(store, "r1")
     await store.suspend_run("r1", lease, [timer("a", 1_000), timer("b", 2_000)])
     await store.fire_timer("r1", "a")
     claimed = await store.claim_run("r1", "w", 60_000)
     assert claimed is not None
-    # Meanwhile "b" fires while the run is running: marked met, nothing woken.
+    assert [w.wait_key for w in claimed.waits] == ["a"]
+    # "b" lost the race: it does not fire while the run runs...
     assert await store.fire_timer("r1", "b") is None
-    outcome = await store.suspend_run("r1", claimed.run.lease_id, [timer("b", 2_000)])
+    # ...and suspending on it again reopens it with its first time.
+    outcome = await store.suspend_run("r1", claimed.run.lease_id, [timer("b", 9_000)])
+    assert outcome.status is SuspendStatus.SUSPENDED
+    assert [(t.wait_key, t.fire_time) for t in outcome.timers] == [("b", 2_000)]
+
+
+async def test_a_buffered_signal_wakes_a_suspension_at_once(store: SqlStore) -> None:
+    lease = await running(store, "r1")
+    sent = await store.send_signal("r1", "approve", '{"ok": true}', None)
+    assert sent.status is SignalStatus.BUFFERED
+    waits = [WaitSpec("signal:1", WaitKind.SIGNAL, target="approve"), timer("t", 99_000)]
+    outcome = await store.suspend_run("r1", lease, waits)
     assert outcome.status is SuspendStatus.WOKEN
-    assert outcome.run is not None and outcome.run.status is RunStatus.PENDING
+    claimed = await store.claim_run("r1", "w", 60_000)
+    assert claimed is not None
+    assert [(w.wait_key, w.payload_json) for w in claimed.waits] == [("signal:1", '{"ok": true}')]
+    assert await store.due_timers(until=100_000, limit=10) == []  # "t" was abandoned
+
+
+async def test_signals_go_one_per_wait_in_order(store: SqlStore) -> None:
+    lease = await running(store, "r1")
+    for n in (1, 2):
+        await store.send_signal("r1", "tick", str(n), f"req-{n}")
+    duplicate = await store.send_signal("r1", "tick", "1", "req-1")
+    assert duplicate.status is SignalStatus.DUPLICATE
+    got = []
+    for n in (1, 2, 3):
+        wait = WaitSpec(f"signal:{n}", WaitKind.SIGNAL, target="tick")
+        outcome = await store.suspend_run("r1", lease, [wait])
+        if outcome.status is SuspendStatus.SUSPENDED:
+            break
+        claimed = await store.claim_run("r1", "w", 60_000)
+        assert claimed is not None
+        lease = claimed.run.lease_id
+        got.append(next(w.payload_json for w in claimed.waits if w.wait_key == f"signal:{n}"))
+    assert got == ["1", "2"]
+    delivered = await store.send_signal("r1", "tick", "3", None)
+    assert delivered.status is SignalStatus.DELIVERED
+    assert delivered.woken is not None and delivered.woken.status is RunStatus.PENDING
+
+
+async def test_signal_to_unknown_or_finished_run(store: SqlStore) -> None:
+    assert (await store.send_signal("nope", "x", "1", None)).status is SignalStatus.UNKNOWN_RUN
+    lease = await running(store, "r1")
+    await store.transition_run("r1", [RunStatus.RUNNING], RunStatus.COMPLETED, lease_id=lease)
+    finished = await store.send_signal("r1", "x", "1", None)
+    assert finished.status is SignalStatus.FINISHED_RUN
 
 
 async def test_abandoned_waits_do_not_fire(store: SqlStore) -> None:

@@ -26,6 +26,7 @@ from service.store.migrations import (
     v0001_initial,
     v0002_lease_expiry_index,
     v0003_run_waits,
+    v0004_signals_and_history,
 )
 
 
@@ -42,6 +43,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, v0001_initial.DESCRIPTION, v0001_initial.upgrade),
     Migration(2, v0002_lease_expiry_index.DESCRIPTION, v0002_lease_expiry_index.upgrade),
     Migration(3, v0003_run_waits.DESCRIPTION, v0003_run_waits.upgrade),
+    Migration(4, v0004_signals_and_history.DESCRIPTION, v0004_signals_and_history.upgrade),
 )
 
 #: The schema version this code expects.

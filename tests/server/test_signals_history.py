@@ -1,0 +1,165 @@
+"""Signals, first-of waits, custom entries and ListRunEvents through real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from stepd.v1 import types_pb2, worker_service_pb2
+from stepd.v1 import workflow_service_pb2 as wf
+
+from service.domain import now_ms
+from tests.server.conftest import Harness, RawWorker
+
+OK = worker_service_pb2.COMMAND_STATUS_OK
+
+
+def signal_wait(key: str, name: str) -> worker_service_pb2.WaitCondition:
+    return worker_service_pb2.WaitCondition(
+        wait_key=key, signal=worker_service_pb2.SignalWait(name=name)
+    )
+
+
+def timer_wait(key: str, fire_ms: int) -> worker_service_pb2.WaitCondition:
+    wait = worker_service_pb2.WaitCondition(wait_key=key)
+    wait.timer.fire_time.FromMilliseconds(fire_ms)
+    return wait
+
+
+async def suspend(
+    worker: RawWorker, task: worker_service_pb2.RunTask, *waits: worker_service_pb2.WaitCondition
+) -> int:
+    command = worker_service_pb2.SuspendRunCommand(waits=list(waits))
+    return int((await worker.send(task, suspend_run=command)).status)
+
+
+async def send_signal(harness: Harness, run_id: str, name: str, json: str, req: str = "") -> None:
+    await harness.client.Signal(
+        wf.SignalRequest(
+            run_id=run_id, name=name, payload=types_pb2.Payload(json=json), request_id=req
+        )
+    )
+
+
+def met(task: worker_service_pb2.RunTask) -> dict[str, str]:
+    return {e.wait.wait_key: e.wait.payload.json for e in task.journal if e.HasField("wait")}
+
+
+async def test_a_signal_wakes_the_run_waiting_for_it(harness: Harness) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    assert await suspend(worker, task, signal_wait("signal:1", "approve")) == OK
+    await send_signal(harness, run_id, "other", "0")  # another name wakes nothing
+    with pytest.raises(TimeoutError):
+        await worker.next_task(seconds=0.2)
+    await send_signal(harness, run_id, "approve", '{"by": "ann"}')
+    woken = await worker.next_task()
+    assert met(woken) == {"signal:1": '{"by": "ann"}'}
+
+
+async def test_signals_sent_early_are_buffered_in_order(harness: Harness) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    await send_signal(harness, run_id, "tick", "1", req="a")
+    await send_signal(harness, run_id, "tick", "1", req="a")  # a retried call
+    await send_signal(harness, run_id, "tick", "2", req="b")
+    await suspend(worker, task, signal_wait("signal:1", "tick"))
+    task = await worker.next_task()
+    await suspend(worker, task, signal_wait("signal:2", "tick"))
+    task = await worker.next_task()
+    assert met(task) == {"signal:1": "1", "signal:2": "2"}
+    await suspend(worker, task, signal_wait("signal:3", "tick"))
+    with pytest.raises(TimeoutError):  # the duplicate was not stored
+        await worker.next_task(seconds=0.2)
+
+
+@pytest.mark.parametrize("signal_first", [True, False])
+async def test_sleep_or_signal_whichever_comes_first(harness: Harness, signal_first: bool) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    delay = 5_000 if signal_first else 150
+    await suspend(
+        worker, task, timer_wait("sleep:1", now_ms() + delay), signal_wait("signal:1", "go")
+    )
+    if signal_first:
+        await send_signal(harness, run_id, "go", '"now"')
+    woken = await worker.next_task(seconds=5)
+    if signal_first:
+        assert met(woken) == {"signal:1": '"now"'}
+    else:
+        assert met(woken) == {"sleep:1": ""}
+        # The abandoned signal wait does not take a signal sent later...
+        await send_signal(harness, run_id, "go", '"late"')
+        with pytest.raises(TimeoutError):
+            await worker.next_task(seconds=0.2)
+        # ...the next wait on the name does.
+        await suspend(worker, woken, signal_wait("signal:2", "go"))
+        again = await worker.next_task()
+        assert met(again)["signal:2"] == '"late"'
+
+
+async def test_signal_errors(harness: Harness) -> None:
+    worker = harness.worker("w")
+    done_id = await harness.trigger("w")
+    await worker.complete(await worker.next_task(), "null")
+    cases = [
+        ("nope", "x", grpc.StatusCode.NOT_FOUND),
+        (done_id, "x", grpc.StatusCode.FAILED_PRECONDITION),
+        (done_id, "", grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for run_id, name, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await send_signal(harness, run_id, name, "1")
+        assert err.value.code() == code
+
+
+async def test_history_in_order_with_custom_entries_once(harness: Harness) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    await worker.record(task, "charge", '"paid"')
+    event = worker_service_pb2.RecordEventCommand(
+        entry_key="log:1", name="log", payload=types_pb2.Payload(json='"half way"')
+    )
+    assert (await worker.send(task, record_event=event)).status == OK
+    assert (await worker.send(task, record_event=event)).status == OK  # replayed: kept once
+    await suspend(worker, task, signal_wait("signal:1", "approve"))
+    await asyncio.sleep(0.01)
+    await send_signal(harness, run_id, "approve", "true")
+    task = await worker.next_task()
+    await worker.complete(task, '"done"')
+
+    events: list[types_pb2.RunEvent] = []
+    token = ""
+    while True:
+        page = await harness.client.ListRunEvents(
+            wf.ListRunEventsRequest(run_id=run_id, page_size=3, page_token=token)
+        )
+        events += page.events
+        token = page.next_page_token
+        if not token:
+            break
+    names = [types_pb2.RunEventType.Name(e.type).removeprefix("RUN_EVENT_TYPE_") for e in events]
+    assert names == [
+        "TRIGGERED",
+        "DISPATCHED",
+        "STEP_COMPLETED",
+        "CUSTOM",
+        "SUSPENDED",
+        "SIGNAL_RECEIVED",
+        "WAIT_MET",
+        "DISPATCHED",
+        "COMPLETED",
+    ]
+    assert [e.sequence for e in events] == list(range(1, 10))
+    assert events[2].key == "charge" and events[2].payload.json == '"paid"'
+    assert events[3].payload.json == '"half way"'
+    assert events[5].name == "approve" and events[6].key == "signal:1"
+    assert events[7].attempt == 2 and events[8].payload.json == '"done"'
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await harness.client.ListRunEvents(wf.ListRunEventsRequest(run_id="nope"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
