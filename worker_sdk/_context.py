@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -16,10 +16,12 @@ from worker_sdk._definitions import (
     current_scheduler,
     current_step,
 )
-from worker_sdk.errors import WorkflowContextError
+from worker_sdk._serde import ANY_ADAPTER, adapter_for, dumps
+from worker_sdk.errors import WaitTimeoutError, WorkflowContextError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -32,12 +34,16 @@ class WorkflowContext:
 
     Made by the worker for each execution of a run; workflow code reads
     ``run_id``, ``workflow_name`` and ``version``, wraps ad-hoc functions as
-    steps with ``ctx.step``, and waits durably with ``ctx.sleep`` and
-    ``ctx.sleep_until``.
+    steps with ``ctx.step``, waits durably with ``ctx.sleep``,
+    ``ctx.sleep_until`` and ``ctx.wait_for_signal`` (several at once with
+    ``ctx.first``), and writes custom entries to the run's history with
+    ``ctx.log`` and ``ctx.record``.
 
     A context made by hand (``WorkflowContext("run", "wf", "1")``, e.g. to call a
     workflow function directly in a test) belongs to no run: its steps are plain
-    calls and its sleeps are plain ``asyncio.sleep`` calls.
+    calls, its sleeps are plain ``asyncio.sleep`` calls, no signal ever comes
+    (``wait_for_signal`` times out, or waits forever without a timeout), and its
+    history entries go nowhere.
     """
 
     __slots__ = ("_run_id", "_scheduler", "_version", "_workflow_name")
@@ -135,14 +141,122 @@ class WorkflowContext:
             return asyncio.sleep(max(until_ns - time.time_ns(), 0) / 1e9)
         return scheduler.call_sleep(until_ns=until_ns)
 
+    @overload
+    def wait_for_signal(
+        self, name: str, /, *, timeout: float | timedelta | None = None
+    ) -> Coroutine[Any, Any, Any]: ...
+    @overload
+    def wait_for_signal(
+        self, name: str, /, *, timeout: float | timedelta | None = None, type: type[T]
+    ) -> Coroutine[Any, Any, T]: ...
+    def wait_for_signal(
+        self, name: str, /, *, timeout: float | timedelta | None = None, type: Any = None
+    ) -> Coroutine[Any, Any, Any]:
+        """Wait durably for the next signal ``name`` sent to this run; return its payload.
+
+        ``approval = await ctx.wait_for_signal("approve", timeout=timedelta(days=3),
+        type=Approval)``: a client sends it with ``client.signal(run_id, "approve",
+        payload)``. Signals wait in a per-run inbox in the order they were sent: each
+        call takes the oldest signal of that name that no earlier call took, so a
+        signal sent before the workflow got here is not lost, and two signals serve
+        two calls, in order. While nothing else runs, the run is *suspended* (no
+        worker slot) until the signal comes.
+
+        The payload is plain JSON values, or validated into ``type`` (a pydantic
+        model, dataclass, ``int``, ...) when given; a payload that does not fit
+        raises ``PayloadError`` here. With ``timeout`` (seconds or a ``timedelta``,
+        greater than 0) the call raises ``WaitTimeoutError`` (a ``TimeoutError``)
+        when no signal came in time; a signal that comes later is left for the next
+        call.
+
+        Wait keys: the call takes ``signal:N`` (N counts this run's
+        ``wait_for_signal`` calls from 1, in call order, assigned when it is called)
+        and, with a timeout, the timer ``signal:N:timeout``; the first of the two
+        to be met wins and the other is dropped.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"ctx.wait_for_signal() needs a non-empty signal name, got {name!r}")
+        timeout_ns = None if timeout is None else _timeout_ns(timeout)
+        adapter = ANY_ADAPTER if type is None else adapter_for(type)
+        scheduler = self._scheduler_for("wait_for_signal")
+        if scheduler is None:
+            return _no_signal(name, timeout_ns)
+        return scheduler.call_signal(name, timeout_ns=timeout_ns, adapter=adapter)
+
+    async def first(self, *awaitables: Awaitable[Any]) -> tuple[int, Any]:
+        """Wait for the first of several awaitables; return ``(index, value)``.
+
+        ``index, value = await ctx.first(ctx.sleep(3600), ctx.wait_for_signal("approve"))``
+        waits for whichever comes first — here a signal or an hour — and cancels
+        the others (a cancelled wait is dropped: it is not waited for again and
+        consumes no signal). ``index`` is the winner's position among the
+        arguments. An exception of the winner is raised here
+        (e.g. ``WaitTimeoutError``).
+
+        Pass durable waits (``ctx.sleep``, ``ctx.sleep_until``,
+        ``ctx.wait_for_signal``; steps work too). While the run has nothing else
+        to do it is suspended with all of them, and it wakes when the first one
+        is met; a replay picks the same winner. Plain ``asyncio.wait(...,
+        return_when=FIRST_COMPLETED)`` over tasks of the same calls works as well,
+        if you want to keep the losers waiting.
+        """
+        if not awaitables:
+            raise ValueError("ctx.first() needs at least one awaitable")
+        tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            await _cancel_all(tasks)
+            raise
+        index = next(i for i, task in enumerate(tasks) if task in done)
+        winner = tasks[index]
+        await _cancel_all(tasks)  # the losers; each unwinds (its waits are dropped) first
+        for task in tasks:  # only the winner's outcome counts
+            if task is not winner and not task.cancelled():
+                task.exception()
+        return index, winner.result()
+
+    def log(self, message: str, **fields: Any) -> None:
+        """Write a log line to the run's history: ``ctx.log("approved", by="ada")``.
+
+        Shorthand for ``ctx.record("log", {"message": message, **fields})``.
+        """
+        if not isinstance(message, str):
+            raise TypeError(f"ctx.log() takes a message string, got {message!r}")
+        self._record("log", "log", {"message": message, **fields})
+
+    def record(self, name: str, payload: Any = None) -> None:
+        """Write a custom entry to the run's history: ``ctx.record("progress", {"done": 3})``.
+
+        The entry (``CUSTOM``, with ``name`` and ``payload`` as JSON) shows in
+        ``client.list_run_events(run_id)`` and in ``ListRunEvents``. It is written
+        once per run however often the workflow is replayed: each call takes the
+        key ``entry:N`` (N counts this run's ``record``/``log`` calls from 1, in call
+        order) and the server keeps the first entry of each key. The call does not
+        wait for the server; the run completes, fails or suspends only once every
+        entry is stored. Nothing is written after the run was suspended (e.g. in a
+        ``finally`` block around a wait): the execution that reaches that point
+        again writes it.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"ctx.record() needs a non-empty entry name, got {name!r}")
+        self._record("record", name, payload)
+
+    def _record(self, helper: str, name: str, payload: Any) -> None:
+        payload_json = dumps(payload)
+        scheduler = self._scheduler_for(helper)
+        if scheduler is not None:
+            scheduler.call_record(name, payload_json)
+
     def _scheduler_for(self, helper: str) -> StepScheduler | None:
         """The run's scheduler, checking that the caller is the run's workflow code."""
         step_name = current_step.get()
         if step_name is not None:
             raise WorkflowContextError(
                 f"ctx.{helper}() was called inside the body of step {step_name!r}: a step "
-                "body runs once and is not replayed, so it cannot sleep durably. Sleep in "
-                "the workflow between steps (or use asyncio.sleep inside the step)."
+                "body runs once and is not replayed, so it cannot wait durably or write "
+                "the run's history. Call it in the workflow between steps (or use "
+                "asyncio.sleep inside the step)."
             )
         scheduler = self._scheduler
         if scheduler is not None and current_scheduler.get() is not scheduler:
@@ -157,3 +271,45 @@ class WorkflowContext:
             f"WorkflowContext(run_id={self._run_id!r}, workflow_name={self._workflow_name!r}, "
             f"version={self._version!r})"
         )
+
+
+def _timeout_ns(timeout: object) -> int:
+    """A wait's timeout in nanoseconds (> 0); raise on anything else."""
+    if isinstance(timeout, timedelta):
+        timeout_ns = (timeout // _MICROSECOND) * 1000
+    elif isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        if math.isnan(timeout) or math.isinf(timeout):
+            raise ValueError(f"a wait's timeout must be a finite number of seconds, not {timeout}")
+        timeout_ns = round(timeout * 1e9)
+    else:
+        raise TypeError(
+            f"a wait's timeout is seconds (int or float) or a timedelta, got {timeout!r}"
+        )
+    if timeout_ns <= 0:
+        raise ValueError(f"a wait's timeout must be greater than 0, got {timeout!r}")
+    if timeout_ns > _MAX_TIME_NS - time.time_ns():
+        raise ValueError(f"timeout={timeout!r}: a wait must end before the year 10000")
+    return timeout_ns
+
+
+async def _no_signal(name: str, timeout_ns: int | None) -> Any:
+    """``wait_for_signal`` outside a run: no signal ever comes."""
+    if timeout_ns is None:
+        return await asyncio.get_running_loop().create_future()  # never resolved
+    timeout = timeout_ns / 1e9
+    await asyncio.sleep(timeout)
+    raise WaitTimeoutError(
+        f"no signal {name!r} came within {timeout:g} s (a context made by hand belongs to "
+        "no run and receives no signals)",
+        signal=name,
+        timeout=timeout,
+    )
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel the tasks that are not done and wait until they are."""
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)

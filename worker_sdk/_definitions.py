@@ -46,6 +46,17 @@ class StepScheduler(Protocol):
         for ``duration_ns`` from now, or until ``until_ns`` (Unix time)."""
         ...
 
+    def call_signal(
+        self, name: str, *, timeout_ns: int | None, adapter: TypeAdapter[Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """Assign the call its wait keys now; return the coroutine that waits durably for
+        the next signal ``name`` (at most ``timeout_ns``) and yields its payload."""
+        ...
+
+    def call_record(self, name: str, payload_json: str) -> None:
+        """Assign the entry its key now and send it to the run's history (not awaited)."""
+        ...
+
 
 current_scheduler: contextvars.ContextVar[StepScheduler | None] = contextvars.ContextVar(
     "stepd_current_scheduler", default=None

@@ -8,16 +8,34 @@ The run ends with ``complete_run`` or ``fail_run``. Commands go through a
 ``CommandChannel`` (the worker's stream, or an in-memory fake in tests), so
 this module knows nothing about gRPC.
 
-Durable sleeps (``ctx.sleep``) get wait keys the same way (``sleep:1``,
-``sleep:2``, ...). A sleep whose ``WaitResult`` is in the journal returns at
-once; any other sleep waits for the server. When the run is *quiescent* —
-at least one sleep pending, no step body running and no step outcome waiting
-for its acknowledgement, and ``SETTLE_HOPS`` turns of the event loop went by
-without the workflow calling a step or a sleep — the executor sends
-``suspend_run`` with every pending sleep and, once the server acknowledges it,
-unwinds the workflow's coroutine by raising ``RunSuspended`` where it sleeps.
-Nothing is sent for the run after that: a ``finally`` block that calls a step
-or a sleep gets ``RunSuspended`` again.
+Durable waits get wait keys the same way: sleeps (``ctx.sleep``) ``sleep:1``,
+``sleep:2``, ...; signal waits (``ctx.wait_for_signal``) ``signal:1``, ... and,
+with a timeout, the timer ``signal:N:timeout`` beside the signal wait. A call
+registers its waits as *pending*. When the run is *quiescent* — at least one
+wait pending, no step body running, no step outcome waiting for its
+acknowledgement, and ``SETTLE_HOPS`` turns of the event loop went by without
+the workflow calling or finishing a step or a wait — the executor either
+delivers the next met wait of the journal or, once every custom entry is
+acknowledged, suspends the run:
+
+- Met waits (``WaitResult`` entries) are delivered one at a time, in journal
+  order, each at a quiescent point: just as the server met them, one per
+  suspension. So ``asyncio.wait`` over several waits sees on replay the same
+  winner as on the first execution, even when a loser it kept was met later.
+- With no met wait left, it sends ``suspend_run`` with every pending wait and,
+  once the server acknowledges it, unwinds the workflow's coroutine by
+  raising ``RunSuspended`` where it waits. Nothing is sent for the run after
+  that: a ``finally`` block that calls a step or a wait gets ``RunSuspended``
+  again.
+
+A met wait that is not pending when its turn comes (the code changed) holds the
+run as non-deterministic, like a recorded step the code never calls.
+
+Custom history entries (``ctx.record`` / ``ctx.log``) get keys ``entry:1``,
+``entry:2``, ... and are sent at once (``record_event``) without blocking the
+workflow; the run completes, fails or suspends only once every one of them is
+acknowledged. A replay sends them again under the same keys; the server keeps
+the first.
 
 The executor also owns the run's lifetime on the worker: ``abandon()`` (lease
 lost, cancelled by the server, stream gone) cancels the workflow's coroutine
@@ -33,16 +51,18 @@ import asyncio
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pydantic import TypeAdapter
 from stepd.v1 import types_pb2, worker_service_pb2
 
 from worker_sdk._context import WorkflowContext
 from worker_sdk._definitions import Step, Workflow, current_scheduler
 from worker_sdk._serde import dumps, error_info, loads, payload_text, rebuild_error
-from worker_sdk.errors import NonDeterminismError
+from worker_sdk.errors import NonDeterminismError, WaitTimeoutError
 
 logger = logging.getLogger("stepd.worker")
 
@@ -84,30 +104,55 @@ class CommandRejected(RunAbandoned):
 
 
 class RunSuspended(RunAbandoned):
-    """The run is suspended: the server holds its sleeps and wakes it when one is due.
+    """The run is suspended: the server holds its waits and wakes it when one is met.
 
-    Raised where the workflow's coroutine sleeps once the server acknowledged
-    ``suspend_run`` (and by any step or sleep called after that, e.g. in a
+    Raised where the workflow's coroutine waits once the server acknowledged
+    ``suspend_run`` (and by any step or wait called after that, e.g. in a
     ``finally`` block), so that the coroutine unwinds without recording
     anything. A ``BaseException``: ``except Exception`` does not catch it.
     """
 
 
+class RunHeld(RunAbandoned):
+    """Replay met a wait in the journal that the code is not waiting on: the run is held
+    as non-deterministic. Raised where the workflow's coroutine waits, so it unwinds
+    without recording anything; the worker keeps the run until it is taken back or
+    released."""
+
+
 SETTLE_HOPS = 32
 """Turns of the event loop (``call_soon`` hops, no timers) a run must stay quiescent
-before it is suspended: every callback the run had ready runs first, and so do
-chains of up to this many callbacks (task wake-ups, ``gather`` results) that
-lead from a finished step or sleep to the workflow's next call."""
+before the next met wait is delivered or the run is suspended: every callback the run
+had ready runs first, and so do chains of up to this many callbacks (task wake-ups,
+``gather`` results) that lead from a finished step or wait to the workflow's next
+call."""
+
+_Met = tuple[str, types_pb2.WaitResult]
 
 
-@dataclass(slots=True)
-class _Sleep:
-    """A durable sleep the workflow is waiting on."""
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """One wait of a call, described when the call is made (its key and order fixed)."""
 
     key: str
     index: int
     fire_ns: int
-    future: asyncio.Future[None]
+    signal: str | None
+
+
+@dataclass(slots=True)
+class _Wait:
+    """A durable wait the workflow is waiting on: a timer or a signal.
+
+    The waits of one call (a signal wait and its timeout) share ``future``, which
+    resolves with the key of the one that was met and its ``WaitResult``.
+    """
+
+    key: str
+    index: int  # call order: the order of the waits in suspend_run
+    fire_ns: int  # a timer's fire time (Unix ns); 0 for a signal wait
+    signal: str | None  # a signal wait's signal name; None for a timer
+    future: asyncio.Future[_Met]
 
 
 RELEASE_REASON = "worker shutting down"
@@ -140,20 +185,26 @@ class RunExecutor:
         "_channel",
         "_counts",
         "_draining",
+        "_entry_count",
+        "_events",
         "_finishing",
+        "_held",
         "_input",
         "_journal",
         "_met",
+        "_met_order",
         "_parked",
         "_released",
         "_settling",
+        "_signal_count",
         "_sleep_count",
-        "_sleeping",
         "_step_errors",
         "_step_tasks",
         "_suspended",
         "_suspending",
         "_task",
+        "_wait_count",
+        "_waits",
         "_workflow",
         "lease_id",
         "non_determinism",
@@ -174,17 +225,24 @@ class RunExecutor:
         self._channel = channel
         self._input = task.input
         self._journal: dict[str, types_pb2.StepRecord] = {}
-        self._met: dict[str, types_pb2.WaitResult] = {}  # met waits, by wait key
+        self._met: dict[str, types_pb2.WaitResult] = {}  # met waits not delivered, by key
+        self._met_order: deque[str] = deque()  # their keys, in journal order
         for entry in task.journal:
             kind = entry.WhichOneof("entry")
             if kind == "step":
                 self._journal[entry.step.step_key] = entry.step
-            elif kind == "wait":
+            elif kind == "wait" and entry.wait.wait_key not in self._met:
                 self._met[entry.wait.wait_key] = entry.wait
+                self._met_order.append(entry.wait.wait_key)
         self._counts: dict[str, int] = {}
         self._sleep_count = 0
-        self._sleeping: dict[str, _Sleep] = {}  # sleeps the workflow awaits, by wait key
-        self._activity = 0  # bumped by every step or sleep call and every step or sleep end
+        self._signal_count = 0
+        self._wait_count = 0  # every wait registered so far: orders the waits
+        self._waits: dict[str, _Wait] = {}  # pending waits the workflow awaits, by wait key
+        self._entry_count = 0
+        self._events: set[asyncio.Future[worker_service_pb2.CommandResult]] = set()  # unacked
+        self._held = False  # held as non-deterministic while it waited
+        self._activity = 0  # bumped by every step or wait call and every step or wait end
         self._settling = False  # a quiescence check is scheduled
         self._suspending = False  # suspend_run submitted
         self._suspended = False  # suspend_run acknowledged
@@ -271,8 +329,8 @@ class RunExecutor:
         for step_task in self._step_tasks:
             if step_task is not current:
                 step_task.cancel()
-        for sleep in self._sleeping.values():
-            sleep.future.cancel()  # a sleeping task of its own (create_task) is cancelled too
+        for wait in self._waits.values():
+            wait.future.cancel()  # a waiting task of its own (create_task) is cancelled too
 
     async def execute(self) -> RunOutcome:
         """Run the workflow to its end and send ``complete_run`` or ``fail_run``.
@@ -303,10 +361,10 @@ class RunExecutor:
                 result_json = dumps(value, workflow.result_adapter)
             except Exception as exc:
                 failure = exc
-            if self._abandoned:  # e.g. a finally block returned after the run was suspended
-                raise RunAbandoned
+            self._check_live()  # e.g. a finally block returned after the run was suspended
             if self._journal or self._met:
                 return self._non_deterministic()
+            await self._events_acknowledged()  # custom entries are durable before the end
             if failure is not None:
                 command.fail_run.error.CopyFrom(self._describe(failure))
                 outcome = RunOutcome.FAILED
@@ -322,20 +380,22 @@ class RunExecutor:
         except RunAbandoned:
             if self._suspended:
                 return RunOutcome.SUSPENDED
+            if self._held:
+                return self._held_outcome()
             return RunOutcome.RELEASED if self._released else RunOutcome.ABANDONED
         except asyncio.CancelledError:
-            if not self._suspended:
+            if not (self._suspended or self._held):
                 raise
             # Cancelled after the suspension was acknowledged (the coroutine was stuck
-            # on something other than a sleep): the run is safe with the server.
+            # on something other than a wait): the run is safe with the server.
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            return RunOutcome.SUSPENDED
+            return RunOutcome.SUSPENDED if self._suspended else self._held_outcome()
         finally:
             current_scheduler.reset(token)
-            for sleep in list(self._sleeping.values()):
-                sleep.future.cancel()  # left behind in a task the workflow never awaited
+            for wait in list(self._waits.values()):
+                wait.future.cancel()  # left behind in a task the workflow never awaited
 
     def _arguments(self, ctx: WorkflowContext) -> tuple[Any, ...]:
         workflow = self._workflow
@@ -348,13 +408,21 @@ class RunExecutor:
 
     def _non_deterministic(self) -> RunOutcome:
         keys = ", ".join([*sorted(self._journal), *sorted(self._met)])
+        self._describe_non_determinism(
+            f"the journal holds steps or waits this code never called ({keys})"
+        )
+        return self._held_outcome()
+
+    def _describe_non_determinism(self, what: str) -> None:
         self.non_determinism = NonDeterminismError(
             f"run {self.run_id} of workflow {self._workflow.name!r} version "
-            f"{self._workflow.version!r}: the journal holds steps or sleeps this code never "
-            f"called ({keys}); the code changed under a running version. The run is held "
-            "until a worker with matching code picks it up."
+            f"{self._workflow.version!r}: {what}; the code changed under a running version. "
+            "The run is held until a worker with matching code picks it up."
         )
         logger.error("%s", self.non_determinism)
+
+    def _held_outcome(self) -> RunOutcome:
+        """A run held for non-determinism: give it back at once when draining."""
         if self._draining:
             self.release()
             return RunOutcome.RELEASED
@@ -474,57 +542,103 @@ class RunExecutor:
         return loads(payload_text(record.result), step.result_adapter)
 
     def _check_live(self) -> None:
-        """Raise when the run was suspended or given up: nothing more runs or is sent."""
+        """Raise when the run was suspended, held or given up: nothing more runs or is
+        sent."""
         if self._suspended:
             raise RunSuspended(f"run {self.run_id} is suspended")
         if self._abandoned:
             raise RunAbandoned
+        if self._held:
+            raise RunHeld(f"run {self.run_id} is held: {self.non_determinism}")
 
-    # -- sleeps and suspension ---------------------------------------------------
+    # -- waits: sleeps, signals, and what ends them ------------------------------
 
     def call_sleep(
         self, *, duration_ns: int | None = None, until_ns: int | None = None
     ) -> Coroutine[Any, Any, None]:
-        """Assign the call its wait key now (``sleep:N``); a sleep met in the journal, or
-        one that ends now or earlier, returns at once; any other waits for the server."""
+        """Assign the call its wait key now (``sleep:N``). A sleep that ends now or earlier
+        returns at once, unless the journal holds it as met; any other is a pending wait."""
         index = self._sleep_count = self._sleep_count + 1
         key = f"sleep:{index}"
         self._activity += 1
-        if self._met.pop(key, None) is not None:
-            return self._no_sleep()
         now = time.time_ns()
         fire_ns = until_ns if until_ns is not None else now + (duration_ns or 0)
-        if fire_ns <= now:
-            return self._no_sleep()
-        return self._sleep(key, index, fire_ns)
+        if fire_ns <= now and key not in self._met:
+            return self._no_wait()
+        return self._sleep(self._spec(key, fire_ns=fire_ns))
 
-    async def _no_sleep(self) -> None:
+    def call_signal(
+        self, name: str, *, timeout_ns: int | None, adapter: TypeAdapter[Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """Assign the call its wait keys now: ``signal:N`` for the signal and, with a
+        timeout, ``signal:N:timeout`` for a timer beside it (first of the two wins)."""
+        index = self._signal_count = self._signal_count + 1
+        key = f"signal:{index}"
+        self._activity += 1
+        specs = [self._spec(key, signal=name)]
+        if timeout_ns is not None:
+            specs.append(self._spec(f"{key}:timeout", fire_ns=time.time_ns() + timeout_ns))
+        return self._signal(key, name, specs, timeout_ns, adapter)
+
+    def _spec(self, key: str, *, fire_ns: int = 0, signal: str | None = None) -> _Spec:
+        """A wait's description, numbered in call order."""
+        index = self._wait_count = self._wait_count + 1
+        return _Spec(key, index, fire_ns, signal)
+
+    async def _no_wait(self) -> None:
         self._check_live()
 
-    async def _sleep(self, key: str, index: int, fire_ns: int) -> None:
+    async def _sleep(self, spec: _Spec) -> None:
+        await self._wait((spec,))
+
+    async def _signal(
+        self,
+        key: str,
+        name: str,
+        specs: list[_Spec],
+        timeout_ns: int | None,
+        adapter: TypeAdapter[Any],
+    ) -> Any:
+        met_key, result = await self._wait(specs)
+        if met_key != key or result.timed_out:
+            timeout = None if timeout_ns is None else timeout_ns / 1e9
+            within = "in time" if timeout is None else f"within {timeout:g} s"
+            raise WaitTimeoutError(
+                f"no signal {name!r} came {within} (wait {key})",
+                wait_key=key,
+                signal=name,
+                timeout=timeout,
+            )
+        return loads(payload_text(result.payload), adapter)
+
+    async def _wait(self, specs: tuple[_Spec, ...] | list[_Spec]) -> _Met:
+        """Register the waits of one call as pending and wait until one of them is met."""
         self._check_live()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleeping[key] = _Sleep(key, index, fire_ns, future)
+        future: asyncio.Future[_Met] = asyncio.get_running_loop().create_future()
+        waits = self._waits
+        for spec in specs:
+            waits[spec.key] = _Wait(spec.key, spec.index, spec.fire_ns, spec.signal, future)
         self._activity += 1
         self._maybe_settle()
         try:
-            # Never resolved with a value: the wake-up is a new run task that replays
-            # this sleep from the journal. It ends with RunSuspended once the run is
-            # suspended, or is cancelled with the run.
-            await future
+            # Resolved by _deliver() with a met wait of the journal. Otherwise it ends
+            # with RunSuspended once the run is suspended (the wake-up is a new run task
+            # that replays it), or is cancelled with the run or by the workflow.
+            return await future
         finally:
-            self._sleeping.pop(key, None)
+            for spec in specs:
+                waits.pop(spec.key, None)
             self._activity += 1
             self._maybe_settle()
 
     def _quiescent(self) -> bool:
-        """True when the run waits on sleeps only: no step body running, no step outcome
-        waiting for its acknowledgement, no step call parked, nothing final sent."""
+        """True when the run only waits: no step body running, no step outcome waiting
+        for its acknowledgement, no step call parked, nothing final sent."""
         return (
-            bool(self._sleeping)
+            bool(self._waits)
             and not self._step_tasks
             and self._parked is None
-            and not (self._abandoned or self._finishing or self._suspending)
+            and not (self._abandoned or self._finishing or self._suspending or self._held)
             and self.non_determinism is None
         )
 
@@ -536,8 +650,8 @@ class RunExecutor:
         asyncio.get_running_loop().call_soon(self._settle, self._activity, 0)
 
     def _settle(self, stamp: int, hops: int) -> None:
-        """One hop of the quiescence check: suspend once the run stayed quiescent, with
-        no step or sleep called or ended, for SETTLE_HOPS turns of the event loop."""
+        """One hop of the quiescence check: act once the run stayed quiescent, with no
+        step or wait called or ended, for SETTLE_HOPS turns of the event loop."""
         if not self._quiescent():
             self._settling = False
             return
@@ -545,20 +659,47 @@ class RunExecutor:
             stamp, hops = self._activity, 0
         elif hops >= SETTLE_HOPS:
             self._settling = False
-            self._suspend()
+            if self._met_order:
+                self._deliver()
+            elif not self._events:  # else the last acknowledgement checks again
+                self._suspend()
             return
         else:
             hops += 1
         asyncio.get_running_loop().call_soon(self._settle, stamp, hops)
 
+    def _deliver(self) -> None:
+        """Replay the journal's next met wait: the server met it while the run waited as
+        it does now. Not pending (the code waits on something else): hold the run."""
+        key = self._met_order[0]
+        wait = self._waits.get(key)
+        if wait is None or wait.future.done():
+            self._hold(key)
+            return
+        self._met_order.popleft()
+        self._activity += 1
+        wait.future.set_result((key, self._met.pop(key)))
+
+    def _hold(self, key: str) -> None:
+        """Hold the run as non-deterministic and unwind its coroutine where it waits."""
+        pending = ", ".join(sorted(self._waits, key=lambda k: self._waits[k].index))
+        self._describe_non_determinism(
+            f"the journal's next met wait is {key}, but the code waits on {pending}"
+        )
+        self._held = True
+        self._unwind(lambda: RunHeld(f"run {self.run_id} is held: {key} was met"), abandon=False)
+
     def _suspend(self) -> None:
-        """Send ``suspend_run`` with every pending sleep; the answer unwinds the run."""
-        sleeps = sorted(self._sleeping.values(), key=lambda sleep: sleep.index)
+        """Send ``suspend_run`` with every pending wait; the answer unwinds the run."""
+        waits = sorted(self._waits.values(), key=lambda wait: wait.index)
         command = worker_service_pb2.WorkerCommand(run_id=self.run_id, lease_id=self.lease_id)
-        waits = command.suspend_run.waits
-        for sleep in sleeps:
-            wait = waits.add(wait_key=sleep.key)
-            wait.timer.fire_time.FromNanoseconds(sleep.fire_ns)
+        conditions = command.suspend_run.waits
+        for wait in waits:
+            condition = conditions.add(wait_key=wait.key)
+            if wait.signal is not None:
+                condition.signal.name = wait.signal
+            else:
+                condition.timer.fire_time.FromNanoseconds(wait.fire_ns)
         self._suspending = True
         try:
             answer = self._channel.submit(command)
@@ -566,9 +707,7 @@ class RunExecutor:
             self._unwind(RunAbandoned)
             return
         answer.add_done_callback(self._suspend_answered)
-        logger.debug(
-            "run %s: suspending on %s", self.run_id, ", ".join(sleep.key for sleep in sleeps)
-        )
+        logger.debug("run %s: suspending on %s", self.run_id, ", ".join(wait.key for wait in waits))
 
     def _suspend_answered(self, answer: asyncio.Future[worker_service_pb2.CommandResult]) -> None:
         if answer.cancelled() or self._abandoned:  # dropped with the run: abandon() ran
@@ -592,22 +731,23 @@ class RunExecutor:
         )
         self._unwind(RunAbandoned)
 
-    def _unwind(self, signal: Callable[[], RunAbandoned]) -> None:
-        """Give the run up after a suspension: raise ``signal()`` where it sleeps (and
-        in parked step calls), so that the coroutine unwinds through the user's
+    def _unwind(self, signal: Callable[[], RunAbandoned], *, abandon: bool = True) -> None:
+        """Stop the run after a suspension (or a hold): raise ``signal()`` where it waits
+        (and in parked step calls), so that the coroutine unwinds through the user's
         ``finally`` blocks; cancel what is still running SETTLE_HOPS hops later."""
-        self._abandoned = True
+        if abandon:
+            self._abandoned = True
         parked = self._parked
         if parked is not None and not parked.done():
             parked.set_result(None)  # parked step calls raise
-        for sleep in list(self._sleeping.values()):
-            if not sleep.future.done():
-                sleep.future.set_exception(signal())
+        for wait in list(self._waits.values()):
+            if not wait.future.done():  # the waits of one call share their future
+                wait.future.set_exception(signal())
         asyncio.get_running_loop().call_soon(self._reap, 0)
 
     def _reap(self, hops: int) -> None:
         """Cancel the run's coroutine if it is still running: it awaits something that
-        is neither a step nor a sleep (so it never saw the suspension)."""
+        is neither a step nor a wait (so it never saw the suspension)."""
         task = self._task
         if task is None or task.done():
             return
@@ -615,6 +755,53 @@ class RunExecutor:
             asyncio.get_running_loop().call_soon(self._reap, hops + 1)
             return
         self._cancel_tasks()
+
+    # -- custom history entries ------------------------------------------------------
+
+    def call_record(self, name: str, payload_json: str) -> None:
+        """Assign the entry its key now (``entry:N``) and send ``record_event`` without
+        waiting for the answer; the run ends or suspends only once it is acknowledged.
+
+        Nothing is sent once the run is suspended, held, finishing or given up: the
+        execution that replays this point sends it (the key is the same)."""
+        index = self._entry_count = self._entry_count + 1
+        self._activity += 1
+        if self._abandoned or self._suspending or self._finishing or self._held:
+            return
+        command = worker_service_pb2.WorkerCommand(run_id=self.run_id, lease_id=self.lease_id)
+        event = command.record_event
+        event.entry_key = f"entry:{index}"
+        event.name = name
+        event.payload.json = payload_json
+        try:
+            answer = self._channel.submit(command)
+        except RunAbandoned:  # the channel is closed: the run is lost to this worker
+            return
+        self._events.add(answer)
+        answer.add_done_callback(self._event_answered)
+
+    def _event_answered(self, answer: asyncio.Future[worker_service_pb2.CommandResult]) -> None:
+        self._events.discard(answer)
+        if answer.cancelled() or self._abandoned:
+            return
+        result = answer.result()
+        if result.status in (_OK, _DUPLICATE):
+            self._maybe_settle()  # the run may have been waiting only for this answer
+            return
+        if result.status != _LEASE_LOST:
+            logger.error(
+                "run %s: abandoned: the server answered %s to record_event: %s",
+                self.run_id,
+                worker_service_pb2.CommandStatus.Name(result.status),
+                result.message,
+            )
+        self.abandon()
+
+    async def _events_acknowledged(self) -> None:
+        """Wait until every custom entry sent is acknowledged (each failure abandons)."""
+        while self._events:
+            await asyncio.wait(set(self._events))
+        self._check_live()
 
     async def _submit(
         self, command: worker_service_pb2.WorkerCommand

@@ -12,6 +12,8 @@ Every error the SDK raises on purpose derives from one base class::
     │                              produced
     ├── WorkflowContextError       a WorkflowContext helper was used where it cannot
     │                              work (e.g. ctx.sleep inside a step body)
+    ├── WaitTimeoutError           a durable wait (ctx.wait_for_signal with a timeout)
+    │                              timed out; also a builtin TimeoutError
     ├── RunFailedError             the awaited run finished with an error
     ├── RunCancelledError          the awaited run was cancelled
     │   (the server answered a call with an error status:)
@@ -52,6 +54,7 @@ __all__ = [
     "ServerUnavailableError",
     "StepFailedError",
     "StepdError",
+    "WaitTimeoutError",
     "WorkflowContextError",
     "WorkflowDefinitionError",
 ]
@@ -103,6 +106,30 @@ class WorkflowContextError(StepdError):
     body runs once, outside the replay: it cannot suspend its run), and so does
     a ``ctx`` used by code that is not running its own workflow run.
     """
+
+
+class WaitTimeoutError(StepdError, TimeoutError):
+    """A durable wait timed out: ``ctx.wait_for_signal(name, timeout=...)`` got no signal
+    in time.
+
+    Raised in workflow code, on the first execution and on every replay, so the
+    workflow can catch it and take another path (``except WaitTimeoutError`` or
+    ``except TimeoutError``). ``wait_key`` is the wait's key (``signal:N``),
+    ``signal`` the signal's name and ``timeout`` the timeout in seconds, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        wait_key: str | None = None,
+        signal: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.wait_key = wait_key
+        self.signal = signal
+        self.timeout = timeout
 
 
 class RunFailedError(StepdError):

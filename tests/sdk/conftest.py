@@ -73,6 +73,32 @@ class FakeChannel:
             if c.HasField("suspend_run")
         ]
 
+    def waits(self) -> list[dict[str, str | int]]:
+        """Each suspend_run sent: by wait key in order, the signal name of a signal wait
+        or the fire time (ns) of a timer."""
+        return [
+            {
+                w.wait_key: w.signal.name
+                if w.HasField("signal")
+                else w.timer.fire_time.ToNanoseconds()
+                for w in c.suspend_run.waits
+            }
+            for c in self.commands
+            if c.HasField("suspend_run")
+        ]
+
+    def events(self) -> list[tuple[str, str, Any]]:
+        """Each record_event sent: (entry key, name, payload as JSON values)."""
+        return [
+            (
+                c.record_event.entry_key,
+                c.record_event.name,
+                json.loads(c.record_event.payload.json or "null"),
+            )
+            for c in self.commands
+            if c.HasField("record_event")
+        ]
+
 
 def ok() -> worker_service_pb2.CommandResult:
     return worker_service_pb2.CommandResult(status=OK)
@@ -97,12 +123,13 @@ def make_task(
     input: Any = None,
     input_json: str | None = None,
     journal: Mapping[str, Any] | None = None,
-    met: Iterable[str] = (),
+    met: Iterable[str | tuple[str, Any] | types_pb2.WaitResult] = (),
     run_id: str = "run-1",
     lease_id: int = 7,
 ) -> worker_service_pb2.RunTask:
     """A RunTask; journal maps step keys to results, exceptions, or StepRecords; met
-    names the wait keys whose WaitResult follows them in the journal."""
+    lists the waits whose WaitResult follows them in the journal, in order: a wait key,
+    a (wait key, payload) pair (a met signal wait), or a WaitResult."""
     task = worker_service_pb2.RunTask(
         run_id=run_id,
         lease_id=lease_id,
@@ -119,9 +146,17 @@ def make_task(
         else:
             record = result_record(key, value)
         task.journal.add(sequence=sequence, step=record)
-    for sequence, key in enumerate(met, start=len(task.journal) + 1):
-        wait = types_pb2.WaitResult(wait_key=key)
-        wait.met_time.GetCurrentTime()
+    for sequence, item in enumerate(met, start=len(task.journal) + 1):
+        if isinstance(item, types_pb2.WaitResult):
+            wait = item
+        elif isinstance(item, tuple):
+            wait = types_pb2.WaitResult(
+                wait_key=item[0], payload=types_pb2.Payload(json=json.dumps(item[1]))
+            )
+        else:
+            wait = types_pb2.WaitResult(wait_key=item)
+        if not wait.HasField("met_time"):
+            wait.met_time.GetCurrentTime()
         task.journal.add(sequence=sequence, wait=wait)
     return task
 

@@ -131,11 +131,29 @@ async def test_wait_keys_count_every_sleep_call_apart_from_step_keys(
     assert suspension["sleep:4"] == WHEN_NS
 
 
-async def test_met_keys_replay_in_call_order(channel: FakeChannel) -> None:
+async def test_met_keys_replay_in_journal_order(channel: FakeChannel) -> None:
+    # sleep:2 was met when its time was still to come; on replay it is in the past, but
+    # it is met: it waits for its turn like any met wait, then sleep:4 is delivered.
     journal = {"sleep": "step"}
-    outcome = await run(numbered, channel, journal=journal, met=["sleep:4", "sleep:2"])
+    outcome = await run(numbered, channel, journal=journal, met=["sleep:2", "sleep:4"])
     assert outcome is RunOutcome.SUSPENDED
     assert channel.suspensions() == [{"sleep:3": channel.suspensions()[0]["sleep:3"]}]
+
+
+async def test_a_met_wait_out_of_turn_holds_the_run(channel: FakeChannel) -> None:
+    # sleep:4 cannot have been met before sleep:2, which the code awaits first.
+    executor = executor_for(
+        numbered, channel, journal={"sleep": "step"}, met=["sleep:4", "sleep:2"]
+    )
+    assert await asyncio.wait_for(executor.execute(), 5) is RunOutcome.NON_DETERMINISTIC
+    assert channel.commands == []
+    assert executor.non_determinism is not None
+    assert "next met wait is sleep:4, but the code waits on sleep:2" in str(
+        executor.non_determinism
+    )
+    assert not executor.abandoned  # held: a drain gives it back
+    executor.drain()
+    assert channel.kinds() == ["release_run"]
 
 
 @workflow
@@ -537,8 +555,12 @@ async def test_a_met_sleep_the_code_never_calls_is_non_deterministic(
     channel: FakeChannel,
 ) -> None:
     executor = executor_for(nap, channel, input=30, journal={"note": "before"}, met=["sleep:7"])
-    # sleep:1 is not met: the run suspends; the stray sleep:7 is never looked at.
-    assert await asyncio.wait_for(executor.execute(), 5) is RunOutcome.SUSPENDED
+    # The code waits on sleep:1 where the journal says sleep:7 was met: held, nothing sent.
+    assert await asyncio.wait_for(executor.execute(), 5) is RunOutcome.NON_DETERMINISTIC
+    assert channel.commands == []
+    assert "next met wait is sleep:7, but the code waits on sleep:1" in str(
+        executor.non_determinism
+    )
 
     @workflow(name="no_sleep")
     async def no_sleep(ctx: WorkflowContext) -> str:
