@@ -1,4 +1,5 @@
-"""``Client`` and ``RunHandle``: start runs, wait for them, inspect, list and cancel them."""
+"""``Client`` and ``RunHandle``: start runs, wait for them, inspect, list, signal and
+cancel them, and read their history."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from worker_sdk.errors import (
     ServerUnavailableError,
     StepdError,
 )
+from worker_sdk.history import RunEvent
 
 if TYPE_CHECKING:
     from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub
@@ -101,12 +103,23 @@ class RunHandle(Generic[R]):
         """Cancel the run (see ``Client.cancel``)."""
         return await self._client.cancel(self.run_id, reason=reason)
 
+    async def signal(
+        self, name: str, payload: Any = None, *, request_id: str | None = None
+    ) -> None:
+        """Send the run a signal (see ``Client.signal``)."""
+        await self._client.signal(self.run_id, name, payload, request_id=request_id)
+
+    def events(self, *, page_size: int = 100) -> AsyncIterator[RunEvent]:
+        """Iterate over the run's history (see ``Client.list_run_events``)."""
+        return self._client.list_run_events(self.run_id, page_size=page_size)
+
     def __repr__(self) -> str:
         return f"RunHandle(run_id={self.run_id!r}, already_existed={self.already_existed})"
 
 
 class Client:
-    """Talks to a stepd server: trigger runs, wait for results, inspect, list, cancel.
+    """Talks to a stepd server: trigger runs, wait for results, inspect, list, signal,
+    cancel, and read a run's history.
 
     Use as ``async with Client(address) as client:`` (or call ``close()``).
     Server errors are raised as ``StepdError`` subclasses (see
@@ -295,6 +308,48 @@ class Client:
         request = workflow_service_pb2.CancelRunRequest(run_id=run_id, reason=reason)
         response = await _call(self._stub().CancelRun, request)
         return RunInfo.from_proto(response.run)
+
+    async def signal(
+        self, run_id: str, name: str, payload: Any = None, *, request_id: str | None = None
+    ) -> None:
+        """Send a signal to a run: ``await client.signal(run_id, "approve", {"by": "ada"})``.
+
+        The run gets it from ``ctx.wait_for_signal(name)``: signals of one run wait in
+        an inbox in the order they were stored, each taken by one wait, so a signal
+        sent before the workflow waits for it is kept. The payload is any
+        JSON-serializable value (pydantic models and dataclasses too). Returns once
+        the signal is stored. A ``request_id`` makes a retried call harmless: the
+        same non-empty id twice for one run stores one signal.
+
+        Raises NotFoundError for an unknown run, FailedPreconditionError for a run
+        that finished, InvalidArgumentError for an empty name.
+        """
+        request = workflow_service_pb2.SignalRequest(
+            run_id=run_id,
+            name=name,
+            payload=types_pb2.Payload(json=dumps(payload)),
+            request_id=request_id or "",
+        )
+        await _call(self._stub().Signal, request)
+
+    async def list_run_events(
+        self, run_id: str, *, page_size: int = 100
+    ) -> AsyncIterator[RunEvent]:
+        """Iterate over a run's history, oldest first, following the server's pages.
+
+        Yields ``worker_sdk.history.RunEvent`` entries: triggered, dispatched, step
+        outcomes, suspensions, signals and met waits, custom entries (``ctx.log``,
+        ``ctx.record``) and how the run ended. Raises NotFoundError for an unknown
+        run.
+        """
+        request = workflow_service_pb2.ListRunEventsRequest(run_id=run_id, page_size=page_size)
+        while True:
+            response = await _call(self._stub().ListRunEvents, request)
+            for event in response.events:
+                yield RunEvent.from_proto(event)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
 
     async def list_runs(
         self,

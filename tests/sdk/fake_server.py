@@ -143,6 +143,7 @@ class FakeWorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self.requests: list[Any] = []
         self.errors: dict[str, tuple[grpc.StatusCode, str]] = {}
         self.pages: list[workflow_service_pb2.ListRunsResponse] = []
+        self.event_pages: list[workflow_service_pb2.ListRunEventsResponse] = []
 
     async def _maybe_fail(self, key: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if key in self.errors:
@@ -195,8 +196,16 @@ class FakeWorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def Signal(
         self, request: workflow_service_pb2.SignalRequest, context: Any
     ) -> workflow_service_pb2.SignalResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
-        raise AssertionError("unreachable")
+        self.requests.append(request)
+        await self._maybe_fail(request.run_id, context)
+        return workflow_service_pb2.SignalResponse(run_id=request.run_id)
+
+    async def ListRunEvents(
+        self, request: workflow_service_pb2.ListRunEventsRequest, context: Any
+    ) -> workflow_service_pb2.ListRunEventsResponse:
+        self.requests.append(request)
+        await self._maybe_fail(request.run_id, context)
+        return self.event_pages[int(request.page_token or "0")]
 
     async def ExecuteHook(
         self, request: workflow_service_pb2.ExecuteHookRequest, context: Any

@@ -268,3 +268,117 @@ async def test_closed_client_refuses_calls() -> None:
     await client.close()
     with pytest.raises(StepdError, match="closed"):
         await client.get_run("x")
+
+
+# -- signals and history ----------------------------------------------------------------
+
+
+async def test_signal_sends_name_payload_and_request_id(
+    fake: tuple[FakeWorkflowService, Client],
+) -> None:
+    service, client = fake
+    await client.signal("r1", "approve", Order(5), request_id="once")
+    await client.get_handle("r2").signal("reject")
+    first, second = service.requests
+    assert (first.run_id, first.name, first.payload.json, first.request_id) == (
+        "r1",
+        "approve",
+        '{"id":5}',
+        "once",
+    )
+    assert (second.run_id, second.name, second.payload.json, second.request_id) == (
+        "r2",
+        "reject",
+        "null",
+        "",
+    )
+
+
+async def test_signal_errors_are_mapped(fake: tuple[FakeWorkflowService, Client]) -> None:
+    service, client = fake
+    service.errors["done"] = (grpc.StatusCode.FAILED_PRECONDITION, "run done has finished")
+    service.errors["nope"] = (grpc.StatusCode.NOT_FOUND, "no run nope")
+    with pytest.raises(sdk_errors.FailedPreconditionError, match="finished"):
+        await client.signal("done", "approve")
+    with pytest.raises(NotFoundError, match="no run nope"):
+        await client.signal("nope", "approve")
+    with pytest.raises(PayloadError):
+        await client.signal("r", "approve", object())
+
+
+def event(sequence: int, kind: int, **fields: object) -> types_pb2.RunEvent:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC))
+    return types_pb2.RunEvent(sequence=sequence, type=kind, time=stamp, **fields)  # type: ignore[arg-type]
+
+
+async def test_list_run_events_decodes_and_follows_pages(
+    fake: tuple[FakeWorkflowService, Client],
+) -> None:
+    from worker_sdk.history import RunEvent, RunEventType
+
+    service, client = fake
+    service.event_pages = [
+        workflow_service_pb2.ListRunEventsResponse(
+            events=[
+                event(1, types_pb2.RUN_EVENT_TYPE_TRIGGERED),
+                event(2, types_pb2.RUN_EVENT_TYPE_DISPATCHED, detail="host:1", attempt=3),
+            ],
+            next_page_token="1",
+        ),
+        workflow_service_pb2.ListRunEventsResponse(
+            events=[
+                event(
+                    4,
+                    types_pb2.RUN_EVENT_TYPE_STEP_FAILED,
+                    key="charge",
+                    attempt=1,
+                    error=types_pb2.ErrorInfo(type="builtins.ValueError", message="no"),
+                ),
+                event(
+                    5,
+                    types_pb2.RUN_EVENT_TYPE_CUSTOM,
+                    key="entry:1",
+                    name="log",
+                    payload=types_pb2.Payload(json='{"message": "hi"}'),
+                ),
+                event(9, 99),
+            ]
+        ),
+    ]
+    events = [e async for e in client.list_run_events("r1", page_size=2)]
+    assert [e.type for e in events] == [
+        RunEventType.TRIGGERED,
+        RunEventType.DISPATCHED,
+        RunEventType.STEP_FAILED,
+        RunEventType.CUSTOM,
+        RunEventType.UNKNOWN,
+    ]
+    assert [r.page_token for r in service.requests] == ["", "1"]
+    assert {r.page_size for r in service.requests} == {2}
+    assert events[0] == RunEvent(
+        sequence=1, type=RunEventType.TRIGGERED, time=datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    )
+    assert (events[1].detail, events[1].attempt, events[1].key) == ("host:1", 3, None)
+    assert (events[2].key, events[2].error_type, events[2].error_message) == (
+        "charge",
+        "builtins.ValueError",
+        "no",
+    )
+    assert (events[3].key, events[3].name, events[3].payload) == (
+        "entry:1",
+        "log",
+        {"message": "hi"},
+    )
+    assert events[3].type == "custom"  # a StrEnum
+    with pytest.raises(AttributeError):
+        events[0].key = "x"  # type: ignore[misc]
+
+
+async def test_list_run_events_of_an_unknown_run(
+    fake: tuple[FakeWorkflowService, Client],
+) -> None:
+    service, client = fake
+    service.errors["ghost"] = (grpc.StatusCode.NOT_FOUND, "no run ghost")
+    with pytest.raises(NotFoundError):
+        [e async for e in client.get_handle("ghost").events()]

@@ -56,9 +56,9 @@ def test_every_error_derives_from_stepd_error() -> None:
 
 
 def test_internal_signals_escape_except_exception() -> None:
-    from worker_sdk._replay import CommandRejected, LeaseLost, RunAbandoned
+    from worker_sdk._replay import CommandRejected, LeaseLost, RunAbandoned, RunHeld, RunSuspended
 
-    for cls in (RunAbandoned, LeaseLost, CommandRejected):
+    for cls in (RunAbandoned, LeaseLost, CommandRejected, RunSuspended, RunHeld):
         assert issubclass(cls, BaseException)
         assert not issubclass(cls, Exception)
 
@@ -76,3 +76,31 @@ def test_sdk_does_not_import_service() -> None:
     for path in root.rglob("*.py"):
         text = path.read_text()
         assert "import service" not in text and "from service" not in text, path
+
+
+def test_history_module_exports_run_event_types() -> None:
+    from worker_sdk import history
+
+    assert sorted(history.__all__) == ["RunEvent", "RunEventType"]
+    for name in history.__all__:
+        assert inspect.getdoc(getattr(history, name)), name
+    assert [t.value for t in history.RunEventType] == [
+        "triggered",
+        "dispatched",
+        "step_completed",
+        "step_failed",
+        "suspended",
+        "wait_met",
+        "signal_received",
+        "released",
+        "completed",
+        "failed",
+        "cancelled",
+        "custom",
+        "unknown",
+    ]
+
+
+def test_wait_timeout_error_is_a_timeout_error() -> None:
+    assert issubclass(errors.WaitTimeoutError, TimeoutError)
+    assert issubclass(errors.WaitTimeoutError, worker_sdk.StepdError)
