@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from worker_sdk import WorkflowContext, step, workflow
+from worker_sdk.errors import WaitTimeoutError
 
 MARKS_ENV = "STEPD_E2E_MARKS"
 BLOCK_TIMEOUT = 60.0
@@ -399,3 +400,78 @@ async def ticker(ctx: WorkflowContext, job: Ticks) -> int:
         total += await tick(job.tag, index)
         await ctx.sleep(job.seconds)
     return total
+
+
+# -- signals, several waits at once, history ---------------------------------------
+
+
+class Awaiting(BaseModel):
+    """Input of the signal workflows: wait for signal ``name`` (``seconds`` bounds a
+    timeout or a race, and ``hold`` blocks a step before the wait until released)."""
+
+    tag: str
+    name: str = "go"
+    seconds: float = 60.0
+    hold: bool = False
+
+
+@workflow(name="e2e.await_signal")
+async def await_signal(ctx: WorkflowContext, job: Awaiting) -> Any:
+    """Wait for one signal (after a step that may block) and return its payload."""
+    await clock(job.tag, "before")
+    if job.hold:
+        await hold(job.tag, "hold")
+    payload = await ctx.wait_for_signal(job.name)
+    await clock(job.tag, "after")
+    return payload
+
+
+@workflow(name="e2e.two_signals")
+async def two_signals(ctx: WorkflowContext, job: Awaiting) -> list[Any]:
+    """Two waits for the same signal name, one after the other."""
+    first = await ctx.wait_for_signal(job.name)
+    await clock(job.tag, "first")
+    second = await ctx.wait_for_signal(job.name)
+    return [first, second]
+
+
+@workflow(name="e2e.signal_timeout")
+async def signal_timeout(ctx: WorkflowContext, job: Awaiting) -> dict[str, Any]:
+    """Wait for a signal at most ``seconds``; on a timeout, wait for the next one."""
+    try:
+        return {"got": await ctx.wait_for_signal(job.name, timeout=job.seconds)}
+    except WaitTimeoutError as timeout:
+        await clock(job.tag, "timed out")
+        return {"timed_out": timeout.wait_key, "then": await ctx.wait_for_signal(job.name)}
+
+
+@workflow(name="e2e.sleep_or_signal")
+async def sleep_or_signal(ctx: WorkflowContext, job: Awaiting) -> dict[str, Any]:
+    """Race a sleep against a signal; after the sleep wins, wait for the signal again."""
+    index, value = await ctx.first(ctx.sleep(job.seconds), ctx.wait_for_signal(job.name))
+    if index == 1:
+        return {"winner": "signal", "value": value}
+    await clock(job.tag, "slept")
+    # The lost signal wait (signal:1) was dropped; this one (signal:2) gets the signal.
+    return {"winner": "sleep", "later": await ctx.wait_for_signal(job.name)}
+
+
+@step
+async def prepare(tag: str) -> str:
+    mark(tag, "prepare")
+    return "ready"
+
+
+@step
+async def finish(tag: str, value: Any) -> str:
+    mark(tag, "finish")
+    return f"finished with {value}"
+
+
+@workflow(name="e2e.chronicle")
+async def chronicle(ctx: WorkflowContext, job: Awaiting) -> str:
+    """A step, a log entry, a signal wait, another step: a run with a full history."""
+    state = await prepare(job.tag)
+    ctx.log("waiting for a signal", state=state, signal=job.name)
+    value = await ctx.wait_for_signal(job.name)
+    return await finish(job.tag, value)
