@@ -37,3 +37,20 @@ async def echo(value: int) -> int:
 async def one_step(ctx: WorkflowContext, value: int) -> int:
     """W2: a single step; returns value."""
     return await echo(value)
+
+
+@step
+async def stamp() -> float:
+    """The worker's wall clock, recorded (so a replay returns the first value)."""
+    import time
+
+    return time.time()
+
+
+@workflow(name="bench.sleeper")
+async def sleeper(ctx: WorkflowContext, seconds: float) -> float:
+    """Sleep durably; return how late the run resumed, in seconds."""
+    start = await stamp()
+    await ctx.sleep(seconds)
+    woke = await stamp()
+    return woke - start - seconds
