@@ -101,3 +101,22 @@ def test_server_info(server: Server) -> None:
     info = call(server, "GetServerInfo", {})
     assert info["max_payload_bytes"] == 2 * 1024 * 1024
     assert info["server_version"]
+
+
+def test_signal_and_history(server: Server) -> None:
+    # No worker serves this workflow: the run stays pending and buffers the signal.
+    run = call(server, "Trigger", {"workflow_name": "ops.unserved"})["run"]
+    reply = call(
+        server,
+        "Signal",
+        {"run_id": run["run_id"], "name": "approve", "payload": {"json": '{"by": "ann"}'}},
+    )
+    assert reply == {"run_id": run["run_id"]}
+    history = call(server, "ListRunEvents", {"run_id": run["run_id"], "page_size": 10})
+    events = history["events"]
+    assert [e["type"] for e in events] == [
+        "RUN_EVENT_TYPE_TRIGGERED",
+        "RUN_EVENT_TYPE_SIGNAL_RECEIVED",
+    ]
+    assert events[1]["name"] == "approve"
+    assert json.loads(events[1]["payload"]["json"]) == {"by": "ann"}
