@@ -18,10 +18,11 @@ the workflow calling or finishing a step or a wait — the executor either
 delivers the next met wait of the journal or, once every custom entry is
 acknowledged, suspends the run:
 
-- Met waits (``WaitResult`` entries) are delivered one at a time, in journal
-  order, each at a quiescent point: just as the server met them, one per
-  suspension. So ``asyncio.wait`` over several waits sees on replay the same
-  winner as on the first execution, even when a loser it kept was met later.
+- Met waits (``WaitResult`` entries) are delivered one at a time, in the
+  order they were met (``met_time``, then journal order), each at a quiescent
+  point: just as the server met them, one per suspension. So ``asyncio.wait``
+  over several waits sees on replay the same winner as on the first
+  execution, even when a loser it kept was met later.
 - With no met wait left, it sends ``suspend_run`` with every pending wait and,
   once the server acknowledges it, unwinds the workflow's coroutine by
   raising ``RunSuspended`` where it waits. Nothing is sent for the run after
@@ -155,6 +156,10 @@ class _Wait:
     future: asyncio.Future[_Met]
 
 
+def _met_time_ns(wait: types_pb2.WaitResult) -> int:
+    return wait.met_time.ToNanoseconds() if wait.HasField("met_time") else 0
+
+
 RELEASE_REASON = "worker shutting down"
 """The ``release_run`` reason of a run given back because its worker stops."""
 
@@ -226,14 +231,17 @@ class RunExecutor:
         self._input = task.input
         self._journal: dict[str, types_pb2.StepRecord] = {}
         self._met: dict[str, types_pb2.WaitResult] = {}  # met waits not delivered, by key
-        self._met_order: deque[str] = deque()  # their keys, in journal order
+        met: list[types_pb2.WaitResult] = []
         for entry in task.journal:
             kind = entry.WhichOneof("entry")
             if kind == "step":
                 self._journal[entry.step.step_key] = entry.step
             elif kind == "wait" and entry.wait.wait_key not in self._met:
                 self._met[entry.wait.wait_key] = entry.wait
-                self._met_order.append(entry.wait.wait_key)
+                met.append(entry.wait)
+        # Their keys in the order they were met: by met_time, then journal order.
+        met.sort(key=_met_time_ns)  # stable
+        self._met_order: deque[str] = deque(wait.wait_key for wait in met)
         self._counts: dict[str, int] = {}
         self._sleep_count = 0
         self._signal_count = 0

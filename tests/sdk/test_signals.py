@@ -377,6 +377,24 @@ async def test_met_waits_replay_in_journal_order_even_when_a_loser_was_met_later
     assert result_of(channel) == "1"
 
 
+def met_at(key: str, ms: int, payload: Any = None) -> types_pb2.WaitResult:
+    wait = types_pb2.WaitResult(wait_key=key, payload=types_pb2.Payload(json=json.dumps(payload)))
+    wait.met_time.FromMilliseconds(ms)
+    return wait
+
+
+async def test_met_waits_replay_in_the_order_they_were_met_whatever_the_journal_order(
+    channel: FakeChannel,
+) -> None:
+    # A server may list met waits in the order they were first registered (signal:1
+    # was registered before sleep:1 and sleep:2); met_time says what came first.
+    journal = {"note": "reminder 1", "note#2": "reminder 2"}
+    met = [met_at("signal:1", 3000), met_at("sleep:1", 1000), met_at("sleep:2", 2000)]
+    assert await run(reminders, channel, journal=journal, met=met) is RunOutcome.COMPLETED
+    assert calls == []
+    assert result_of(channel) == "2"
+
+
 async def test_the_reminder_loop_suspends_with_the_signal_and_the_next_timer(
     channel: FakeChannel,
 ) -> None:
