@@ -3,6 +3,7 @@ worker processes."""
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -157,6 +158,41 @@ async def test_sleep_or_signal_when_the_sleep_comes_first(
     assert len(suspensions) == 2
     assert "sleep:1" in str(suspensions[0]) and "signal:1" in str(suspensions[0])
     assert "signal:2" in str(suspensions[1]) and "signal:1" not in str(suspensions[1])
+
+
+async def test_a_kept_signal_wait_outlasts_several_timers(
+    server: Server, worker: object, client: Client, marks: Path, tag: str
+) -> None:
+    """asyncio.wait keeps the losing signal wait: each suspension sends it again (the
+    server reopens it) beside a new timer, until the signal comes."""
+    handle = await client.trigger(wf.reminders, wf.Awaiting(tag=tag, seconds=0.5))
+    await eventually(lambda: len(read_marks(marks, tag)) >= 2, what="two reminders")
+    await client.signal(handle.run_id, "go", "ok")
+
+    result = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
+    assert result["signal"] == "ok" and result["reminders"] >= 2
+    count = result["reminders"]
+    assert read_marks(marks, tag) == [f"reminder {i}" for i in range(1, count + 1)]
+    met = await met_waits(client, handle.run_id)
+    assert met == [*(f"sleep:{i}" for i in range(1, count + 1)), "signal:1"]
+
+
+async def test_a_signal_wait_survives_a_server_restart(
+    stack: Stack, server: Server, marks: Path, tag: str
+) -> None:
+    stack.start_worker(server)  # it reconnects to the same address after the restart
+    async with Client(server.address) as client:
+        handle = await client.trigger(wf.signal_timeout, wf.Awaiting(tag=tag, seconds=60))
+        await wait_for_status(client, handle.run_id, RunStatus.SUSPENDED)
+    assert server.process.kill() == -signal.SIGKILL
+
+    again = stack.start_server(server.database, address=server.address)
+    async with Client(again.address) as client:
+        assert (await client.get_run(handle.run_id)).status is RunStatus.SUSPENDED
+        await client.signal(handle.run_id, "go", "after the restart")
+        resumed = client.get_handle(handle.run_id, wf.signal_timeout)
+        result = await asyncio.wait_for(resumed.result(), RESULT_TIMEOUT)
+    assert result == {"got": "after the restart"}
 
 
 # -- bad signals ----------------------------------------------------------------------------

@@ -475,3 +475,19 @@ async def chronicle(ctx: WorkflowContext, job: Awaiting) -> str:
     ctx.log("waiting for a signal", state=state, signal=job.name)
     value = await ctx.wait_for_signal(job.name)
     return await finish(job.tag, value)
+
+
+@workflow(name="e2e.reminders")
+async def reminders(ctx: WorkflowContext, job: Awaiting) -> dict[str, Any]:
+    """Remind every ``seconds`` until a signal comes: the signal wait is one task kept
+    across the rounds (asyncio.wait), each round adds a new sleep."""
+    approved = asyncio.create_task(ctx.wait_for_signal(job.name))
+    reminders = 0
+    while True:
+        timer = asyncio.create_task(ctx.sleep(job.seconds))
+        done, _ = await asyncio.wait({approved, timer}, return_when=asyncio.FIRST_COMPLETED)
+        if approved in done:
+            timer.cancel()
+            return {"reminders": reminders, "signal": approved.result()}
+        reminders += 1
+        await clock(job.tag, f"reminder {reminders}")
