@@ -365,7 +365,7 @@ async def reminders(ctx: WorkflowContext) -> int:
         await note(f"reminder {count}")
 
 
-async def test_met_waits_replay_in_journal_order_even_when_a_loser_was_met_later(
+async def test_met_waits_replay_one_by_one_even_when_a_kept_loser_was_met_later(
     channel: FakeChannel,
 ) -> None:
     # The first suspension woke on sleep:1; the signal came during the second one. Both
