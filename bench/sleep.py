@@ -115,10 +115,12 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="stepd-sleep-bench-"))
     stack = Stack(workdir)
     database = workdir / "sleep.db"
+    failed = True
     try:
         server = stack.start_server(database)
         stack.start_worker(server, ["bench.workflows"], concurrency=args.concurrency)
         result = asyncio.run(load(server.address, database, args.runs, args.seconds))
+        failed = False
         timer_ms = timer_lateness_ms(database)
         result.update(
             runs=args.runs,
@@ -135,7 +137,12 @@ def main() -> int:
         return 0
     finally:
         stack.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if failed:
+            for process in stack.processes:
+                print(f"--- {process.name} log ({workdir}) ---", file=sys.stderr)
+                print(process.log_tail(40), file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

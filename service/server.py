@@ -63,6 +63,11 @@ async def create_server(config: ServerConfig) -> RunningServer:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # grpc-core cancels calls that arrive while more than 3,000 wait to
+            # be picked up by a handler (e.g. 5,000 GetRun waits sent at once);
+            # stepd serves that many long waits, so it raises the limit.
+            ("grpc.server.max_pending_requests", 20_000),
+            ("grpc.server.max_pending_requests_hard_limit", 100_000),
         ]
     )
     workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(

@@ -259,3 +259,16 @@ async def test_one_runs_commands_apply_in_the_order_sent(harness: Harness) -> No
     again = await worker.next_task()  # released, so handed out anew
     assert (again.run_id, again.lease_id) == (other_id, 2)
     assert list(again.journal) == []  # the late record was refused
+
+
+async def test_thousands_of_concurrent_waits_are_all_served(harness: Harness) -> None:
+    # grpc-core's default cancels calls beyond 3,000 waiting for a handler.
+    run_ids = [await harness.trigger("nobody-serves-this") for _ in range(40)]
+
+    async def wait(run_id: str) -> int:
+        request = wf.GetRunRequest(run_id=run_id, wait=True)
+        request.wait_timeout.FromMilliseconds(500)
+        return int((await harness.client.GetRun(request)).run.status)
+
+    statuses = await asyncio.gather(*(wait(run_ids[i % 40]) for i in range(4000)))
+    assert set(statuses) == {types_pb2.RUN_STATUS_PENDING}
