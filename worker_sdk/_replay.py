@@ -36,7 +36,8 @@ Custom history entries (``ctx.record`` / ``ctx.log``) get keys ``entry:1``,
 ``entry:2``, ... and are sent at once (``record_event``) without blocking the
 workflow; the run completes, fails or suspends only once every one of them is
 acknowledged. A replay sends them again under the same keys; the server keeps
-the first.
+the first. An entry the server refuses as INVALID (e.g. over the payload limit)
+is dropped with an error in the log; the run goes on.
 
 The executor also owns the run's lifetime on the worker: ``abandon()`` (lease
 lost, cancelled by the server, stream gone) cancels the workflow's coroutine
@@ -70,6 +71,7 @@ logger = logging.getLogger("stepd.worker")
 _OK = worker_service_pb2.COMMAND_STATUS_OK
 _DUPLICATE = worker_service_pb2.COMMAND_STATUS_DUPLICATE
 _LEASE_LOST = worker_service_pb2.COMMAND_STATUS_LEASE_LOST
+_INVALID = worker_service_pb2.COMMAND_STATUS_INVALID
 
 
 def _being_cancelled() -> bool:
@@ -793,14 +795,24 @@ class RunExecutor:
         if answer.cancelled() or self._abandoned:
             return
         result = answer.result()
-        if result.status in (_OK, _DUPLICATE):
+        status = result.status
+        if status == _INVALID:
+            # A refused entry (e.g. over the payload limit) is dropped: a log line must
+            # not wedge the run. Every replay sends it again and is refused again.
+            logger.error(
+                "run %s: custom entry dropped: the server answered INVALID to record_event: %s",
+                self.run_id,
+                result.message,
+            )
+            status = _OK
+        if status in (_OK, _DUPLICATE):
             self._maybe_settle()  # the run may have been waiting only for this answer
             return
-        if result.status != _LEASE_LOST:
+        if status != _LEASE_LOST:
             logger.error(
                 "run %s: abandoned: the server answered %s to record_event: %s",
                 self.run_id,
-                worker_service_pb2.CommandStatus.Name(result.status),
+                worker_service_pb2.CommandStatus.Name(status),
                 result.message,
             )
         self.abandon()

@@ -541,17 +541,17 @@ async def test_a_step_body_cannot_write_history(channel: FakeChannel) -> None:
     ("status", "logged"),
     [
         (worker_service_pb2.COMMAND_STATUS_LEASE_LOST, False),
-        (worker_service_pb2.COMMAND_STATUS_INVALID, True),
+        (worker_service_pb2.COMMAND_STATUS_INTERNAL_ERROR, True),
     ],
 )
-async def test_a_refused_entry_abandons_the_run(
+async def test_a_lost_or_failed_entry_abandons_the_run(
     status: worker_service_pb2.CommandStatus.ValueType,
     logged: bool,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     def respond(command: worker_service_pb2.WorkerCommand) -> worker_service_pb2.CommandResult:
         if command.HasField("record_event"):
-            return worker_service_pb2.CommandResult(status=status, message="too big")
+            return worker_service_pb2.CommandResult(status=status, message="gone")
         return ok()
 
     channel = FakeChannel(respond)
@@ -567,4 +567,22 @@ async def test_a_refused_entry_abandons_the_run(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert bool(errors) is logged
     if logged:
-        assert "INVALID to record_event: too big" in errors[0]
+        assert "INTERNAL_ERROR to record_event: gone" in errors[0]
+
+
+async def test_an_invalid_entry_is_dropped_and_the_run_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def respond(command: worker_service_pb2.WorkerCommand) -> worker_service_pb2.CommandResult:
+        if command.record_event.name == "progress":
+            return worker_service_pb2.CommandResult(
+                status=worker_service_pb2.COMMAND_STATUS_INVALID, message="payload too big"
+            )
+        return ok()
+
+    channel = FakeChannel(respond)
+    with caplog.at_level(logging.ERROR, logger="stepd.worker"):
+        assert await run(chatty, channel) is RunOutcome.SUSPENDED
+    assert channel.kinds()[-1] == "suspend_run"
+    [error] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "custom entry dropped" in error and "payload too big" in error
