@@ -31,6 +31,9 @@ class Dispatcher:
     def __init__(self, claim: ClaimFn) -> None:
         self._claim = claim
         self._queues: dict[QueueKey, deque[str]] = {}
+        # Runs that already started (woken from a wait, or re-queued) go first:
+        # a run that waited should resume promptly, not behind every new run.
+        self._resumed: dict[QueueKey, deque[str]] = {}
         self._sessions: list[WorkerSession] = []
         self._rotation = itertools.count()
         self._pending_pass = False
@@ -38,14 +41,16 @@ class Dispatcher:
 
     # -- ready runs --------------------------------------------------------
 
-    def push(self, workflow_name: str, version: str, run_id: str) -> None:
-        """Make a run ready for workers serving (workflow_name, version)."""
-        self._queues.setdefault((workflow_name, version), deque()).append(run_id)
+    def push(self, workflow_name: str, version: str, run_id: str, *, resumed: bool = False) -> None:
+        """Make a run ready for workers serving (workflow_name, version); a
+        ``resumed`` run is handed out before runs that have not started."""
+        lanes = self._resumed if resumed else self._queues
+        lanes.setdefault((workflow_name, version), deque()).append(run_id)
         self.kick()
 
     def ready_count(self) -> int:
         """How many runs wait in the ready queues (stale entries included)."""
-        return sum(len(q) for q in self._queues.values())
+        return sum(len(q) for lanes in (self._queues, self._resumed) for q in lanes.values())
 
     # -- sessions ------------------------------------------------------------
 
@@ -91,14 +96,15 @@ class Dispatcher:
     def _pop_for(self, session: WorkerSession) -> str | None:
         """Take the next ready run for ``session``, visiting its queues in turn."""
         keys = session.queue_keys
-        for offset in range(len(keys)):
-            index = (session.next_queue + offset) % len(keys)
-            queue = self._queues.get(keys[index])
-            while queue:
-                run_id = queue.popleft()
-                if run_id not in session.held:
-                    session.next_queue = index + 1
-                    return run_id
+        for lanes in (self._resumed, self._queues):
+            for offset in range(len(keys)):
+                index = (session.next_queue + offset) % len(keys)
+                queue = lanes.get(keys[index])
+                while queue:
+                    run_id = queue.popleft()
+                    if run_id not in session.held:
+                        session.next_queue = index + 1
+                        return run_id
         return None
 
     async def close(self) -> None:

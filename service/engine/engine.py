@@ -598,7 +598,8 @@ class Engine:
             delay = (not_before - now_ms()) / 1000
             self._delayed[run.run_id] = loop.call_later(delay, self._start_delayed, run)
             return
-        self.dispatcher.push(run.workflow_name, run.workflow_version, run.run_id)
+        resumed = run.dispatch_count > 0
+        self.dispatcher.push(run.workflow_name, run.workflow_version, run.run_id, resumed=resumed)
 
     def _start_delayed(self, run: RunRecord) -> None:
         self._delayed.pop(run.run_id, None)

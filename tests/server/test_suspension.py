@@ -123,3 +123,16 @@ async def test_fire_times_round_up_to_the_millisecond(harness: Harness) -> None:
     assert (await worker.send(task, suspend_run=command)).status == OK
     (timer,) = await harness.running.engine.store.due_timers(now_ms() + 120_000, 10)
     assert timer.fire_time == wait.timer.fire_time.seconds * 1000 + 2
+
+
+async def test_a_woken_run_goes_before_runs_that_never_started(harness: Harness) -> None:
+    worker = harness.worker("w", capacity=1)
+    sleeper_id = await harness.trigger("w")
+    sleeper = await worker.next_task()
+    fresh_ids = [await harness.trigger("w") for _ in range(3)]
+    await suspend(worker, sleeper, ("sleep", now_ms() + 100))
+    busy = await worker.next_task()  # the slot went to the oldest fresh run
+    assert busy.run_id == fresh_ids[0]
+    await asyncio.sleep(0.3)  # the sleeper's timer fires meanwhile
+    await worker.complete(busy, "null")
+    assert (await worker.next_task()).run_id == sleeper_id
