@@ -178,9 +178,10 @@ class RunOutcome(enum.Enum):
     RELEASED = "released"
     """The run was given back to the queue (``release_run``, on shutdown)."""
     NON_DETERMINISTIC = "non_deterministic"
-    """The journal holds steps the code never called; nothing was sent to finish it."""
+    """The journal holds steps or waits the code never called (or not in that order);
+    nothing was sent to finish it."""
     SUSPENDED = "suspended"
-    """``suspend_run`` was acknowledged: the server wakes the run when a sleep is due."""
+    """``suspend_run`` was acknowledged: the server wakes the run when a wait is met."""
 
 
 class RunExecutor:

@@ -28,7 +28,7 @@ Any other gRPC status is raised as a plain ``StepdError``; ``code`` holds the
 status name (``"DEADLINE_EXCEEDED"``, ...) for errors that came from the server.
 
 The worker also uses internal control-flow signals (a lost lease, a run the
-server took back, a run suspended while it sleeps). They derive from
+server took back, a run suspended while it waits). They derive from
 ``BaseException``, not from ``StepdError``, so that a workflow's
 ``except Exception`` cannot swallow them; cancellation by the server reaches
 workflow code as ``asyncio.CancelledError``.
