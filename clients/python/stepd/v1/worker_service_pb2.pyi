@@ -407,6 +407,7 @@ class WaitCondition(_message.Message):
     WAIT_KEY_FIELD_NUMBER: _builtins.int
     TIMER_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
     wait_key: _builtins.str
     """The wait's key in the run's journal."""
     @_builtins.property
@@ -417,22 +418,65 @@ class WaitCondition(_message.Message):
     def signal(self) -> Global___SignalWait:
         """The next signal of a name sent to this run."""
 
+    @_builtins.property
+    def event(self) -> Global___EventWait:
+        """The first event of a name, published after the wait began, that matches."""
+
     def __init__(
         self,
         *,
         wait_key: _builtins.str = ...,
         timer: Global___TimerWait | None = ...,
         signal: Global___SignalWait | None = ...,
+        event: Global___EventWait | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "event", b"event", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "signal", b"signal", "timer", b"timer", "wait_key", b"wait_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "event", b"event", "signal", b"signal", "timer", b"timer", "wait_key", b"wait_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["timer", "signal"]  # noqa: Y015
+    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["timer", "signal", "event"]  # noqa: Y015
     _WhichOneofArgType_condition: _TypeAlias = _typing.Literal["condition", b"condition"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_condition) -> _WhichOneofReturnType_condition | None: ...
 
 Global___WaitCondition: _TypeAlias = WaitCondition  # noqa: Y015
+
+@_typing.final
+class EventWait(_message.Message):
+    """EventWait waits for the first event of a name published at or after
+    `since` whose payload has every field of `match_json` with an equal value.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MATCH_JSON_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The event's name."""
+    match_json: _builtins.str
+    """A JSON object of top-level payload fields that must be equal; empty or
+    "{}" matches every event of the name.
+    """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """When the wait began (the workflow's call); the server keeps the first
+        value it sees for a wait key, so a replay keeps it.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        match_json: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_json", b"match_json", "name", b"name", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventWait: _TypeAlias = EventWait  # noqa: Y015
 
 @_typing.final
 class SignalWait(_message.Message):

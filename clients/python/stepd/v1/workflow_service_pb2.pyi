@@ -511,3 +511,67 @@ class ListRunEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRunEventsResponse: _TypeAlias = ListRunEventsResponse  # noqa: Y015
+
+@_typing.final
+class PublishEventRequest(_message.Message):
+    """PublishEventRequest publishes one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The event's name, e.g. "order.paid". Required."""
+    event_id: _builtins.str
+    """An optional id: publishing the same id again delivers nothing new."""
+    @_builtins.property
+    def payload(self) -> _types_pb2.Payload:
+        """The event's payload (a JSON object to be matched on)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        payload: _types_pb2.Payload | None = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "name", b"name", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventRequest: _TypeAlias = PublishEventRequest  # noqa: Y015
+
+@_typing.final
+class PublishEventResponse(_message.Message):
+    """PublishEventResponse says what the event did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    ALREADY_PUBLISHED_FIELD_NUMBER: _builtins.int
+    WOKEN_RUN_IDS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event's id (the given one, or one the server assigned)."""
+    already_published: _builtins.bool
+    """True when an event with this id was published before (nothing was done)."""
+    @_builtins.property
+    def woken_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The runs that were waiting for it and woke."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        already_published: _builtins.bool = ...,
+        woken_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_published", b"already_published", "event_id", b"event_id", "woken_run_ids", b"woken_run_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventResponse: _TypeAlias = PublishEventResponse  # noqa: Y015

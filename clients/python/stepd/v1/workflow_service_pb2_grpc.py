@@ -66,6 +66,11 @@ class WorkflowServiceStub:
                 request_serializer=stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookRequest.SerializeToString,
                 response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookResponse.FromString,
                 _registered_method=True)
+        self.PublishEvent = channel.unary_unary(
+                '/stepd.v1.WorkflowService/PublishEvent',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.PublishEventRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.PublishEventResponse.FromString,
+                _registered_method=True)
         self.ListRunEvents = channel.unary_unary(
                 '/stepd.v1.WorkflowService/ListRunEvents',
                 request_serializer=stepd_dot_v1_dot_workflow__service__pb2.ListRunEventsRequest.SerializeToString,
@@ -126,6 +131,14 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishEvent(self, request, context):
+        """PublishEvent publishes a named event: every run waiting for a matching
+        event of that name wakes with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRunEvents(self, request, context):
         """ListRunEvents returns a run's history in order, paginated.
         """
@@ -172,6 +185,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ExecuteHook,
                     request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookRequest.FromString,
                     response_serializer=stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookResponse.SerializeToString,
+            ),
+            'PublishEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishEvent,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.PublishEventRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.PublishEventResponse.SerializeToString,
             ),
             'ListRunEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRunEvents,
@@ -348,6 +366,33 @@ class WorkflowService:
             '/stepd.v1.WorkflowService/ExecuteHook',
             stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookRequest.SerializeToString,
             stepd_dot_v1_dot_workflow__service__pb2.ExecuteHookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/PublishEvent',
+            stepd_dot_v1_dot_workflow__service__pb2.PublishEventRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.PublishEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class WorkflowServiceStub:
     """Signal delivers a named signal with a payload to one run."""
     ExecuteHook: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ExecuteHookRequest, _workflow_service_pb2.ExecuteHookResponse]
     """ExecuteHook resumes the run waiting on the hook that the token names."""
+    PublishEvent: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.PublishEventRequest, _workflow_service_pb2.PublishEventResponse]
+    """PublishEvent publishes a named event: every run waiting for a matching
+    event of that name wakes with it.
+    """
     ListRunEvents: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ListRunEventsRequest, _workflow_service_pb2.ListRunEventsResponse]
     """ListRunEvents returns a run's history in order, paginated."""
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.GetServerInfoRequest, _workflow_service_pb2.GetServerInfoResponse]
@@ -75,6 +79,10 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Signal delivers a named signal with a payload to one run."""
     ExecuteHook: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ExecuteHookRequest, _workflow_service_pb2.ExecuteHookResponse]  # type: ignore[assignment]
     """ExecuteHook resumes the run waiting on the hook that the token names."""
+    PublishEvent: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.PublishEventRequest, _workflow_service_pb2.PublishEventResponse]  # type: ignore[assignment]
+    """PublishEvent publishes a named event: every run waiting for a matching
+    event of that name wakes with it.
+    """
     ListRunEvents: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ListRunEventsRequest, _workflow_service_pb2.ListRunEventsResponse]  # type: ignore[assignment]
     """ListRunEvents returns a run's history in order, paginated."""
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.GetServerInfoRequest, _workflow_service_pb2.GetServerInfoResponse]  # type: ignore[assignment]
@@ -134,6 +142,16 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_service_pb2.ExecuteHookResponse, _abc.Awaitable[_workflow_service_pb2.ExecuteHookResponse]]:
         """ExecuteHook resumes the run waiting on the hook that the token names."""
+
+    @_abc_1.abstractmethod
+    def PublishEvent(
+        self,
+        request: _workflow_service_pb2.PublishEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.PublishEventResponse, _abc.Awaitable[_workflow_service_pb2.PublishEventResponse]]:
+        """PublishEvent publishes a named event: every run waiting for a matching
+        event of that name wakes with it.
+        """
 
     @_abc_1.abstractmethod
     def ListRunEvents(
