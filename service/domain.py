@@ -142,6 +142,7 @@ class WaitKind(enum.StrEnum):
 
     TIMER = "timer"
     SIGNAL = "signal"
+    EVENT = "event"
 
 
 class WaitStatus(enum.StrEnum):
@@ -159,8 +160,11 @@ class WaitSpec:
     wait_key: str
     kind: WaitKind
     fire_time: int | None = None
-    # What a signal wait waits for: the signal's name.
+    # What a signal or event wait waits for: its name.
     target: str | None = None
+    # An event wait's match (a JSON object of fields) and when it began.
+    match_json: str | None = None
+    since_time: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,3 +281,11 @@ class SignalOutcome:
     status: SignalStatus
     woken: RunRecord | None = None
     run_status: RunStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOutcome:
+    """What publishing an event did: whether its id was seen, and who woke."""
+
+    already_published: bool
+    woken: list[RunRecord] = field(default_factory=list)

@@ -225,6 +225,16 @@ def _payload_in(payload: types_pb2.Payload) -> PayloadIn:
 def _wait_from_proto(wait: worker_service_pb2.WaitCondition) -> WaitSpec:
     """A WaitCondition to a WaitSpec. A condition this server does not know
     becomes a timer without a time, which the engine rejects as INVALID."""
+    if wait.WhichOneof("condition") == "event":
+        event = wait.event
+        since = event.since.ToMilliseconds() if wait.event.HasField("since") else None
+        return WaitSpec(
+            wait.wait_key,
+            WaitKind.EVENT,
+            target=event.name,
+            match_json=event.match_json or None,
+            since_time=since,
+        )
     if wait.WhichOneof("condition") == "signal":
         return WaitSpec(wait.wait_key, WaitKind.SIGNAL, target=wait.signal.name)
     if wait.WhichOneof("condition") == "timer":

@@ -18,7 +18,15 @@ from service.engine.errors import InvalidArgument, Unimplemented
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-FEATURES = ("json-payloads", "command-batches", "get-run-wait", "timers", "signals", "history")
+FEATURES = (
+    "json-payloads",
+    "command-batches",
+    "get-run-wait",
+    "timers",
+    "signals",
+    "events",
+    "history",
+)
 
 
 class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
@@ -91,6 +99,17 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             request.request_id,
         )
         return pb.SignalResponse(run_id=request.run_id)
+
+    @maps_errors
+    async def PublishEvent(
+        self, request: pb.PublishEventRequest, context: Context
+    ) -> pb.PublishEventResponse:
+        event_id, already, woken = await self._engine.publish_event(
+            request.name, request.payload.json, request.payload.encoding, request.event_id
+        )
+        return pb.PublishEventResponse(
+            event_id=event_id, already_published=already, woken_run_ids=woken
+        )
 
     @maps_errors
     async def ListRunEvents(

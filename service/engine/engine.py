@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -93,7 +94,9 @@ def _check_waits(waits: tuple[WaitSpec, ...]) -> None:
     if len(set(keys)) != len(keys):
         raise InvalidArgument("suspend_run.waits: wait keys must be unique")
     for wait in waits:
-        if wait.kind is WaitKind.SIGNAL:
+        if wait.kind is WaitKind.EVENT:
+            _check_event_wait(wait)
+        elif wait.kind is WaitKind.SIGNAL:
             if not wait.target:
                 raise InvalidArgument(
                     f"suspend_run.waits[{wait.wait_key}]: a signal wait needs the signal's name"
@@ -103,6 +106,21 @@ def _check_waits(waits: tuple[WaitSpec, ...]) -> None:
                 f"suspend_run.waits[{wait.wait_key}]: this server serves timer waits "
                 "with a fire_time and signal waits with a name"
             )
+
+
+def _check_event_wait(wait: WaitSpec) -> None:
+    where = f"suspend_run.waits[{wait.wait_key}]"
+    if not wait.target:
+        raise InvalidArgument(f"{where}: an event wait needs the event's name")
+    if wait.since_time is None:
+        raise InvalidArgument(f"{where}: an event wait needs `since`, when the wait began")
+    if wait.match_json:
+        try:
+            match = json.loads(wait.match_json)
+        except ValueError:
+            raise InvalidArgument(f"{where}: match_json is not valid JSON") from None
+        if not isinstance(match, dict):
+            raise InvalidArgument(f"{where}: match_json must be a JSON object of fields")
 
 
 def _check_id(field: str, value: str) -> None:
@@ -305,6 +323,26 @@ class Engine:
             )
         if outcome.woken is not None:
             self._make_ready(outcome.woken)
+
+    async def publish_event(
+        self, name: str, payload_json: str, encoding: str, event_id: str
+    ) -> tuple[str, bool, list[str]]:
+        """Publish an event; return its id, whether the id was seen before, and
+        the runs it woke."""
+        if not name:
+            raise InvalidArgument("name is required")
+        if len(name) > MAX_ID_LENGTH:
+            raise InvalidArgument(f"name is longer than {MAX_ID_LENGTH} characters")
+        if event_id:
+            _check_id("event_id", event_id)
+        payload = check_json_payload(
+            "payload", payload_json, encoding, self.config.max_payload_bytes
+        )
+        event_id = event_id or uuid.uuid4().hex
+        outcome = await self.store.publish_event(event_id, name, payload)
+        for run in outcome.woken:
+            self._make_ready(run)
+        return event_id, outcome.already_published, [r.run_id for r in outcome.woken]
 
     async def run_history(
         self, run_id: str, page_size: int, offset: int

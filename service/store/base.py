@@ -18,6 +18,7 @@ from service.domain import (
     DueTimer,
     HistoryEntry,
     NewRun,
+    PublishOutcome,
     RecordStepOutcome,
     RunFilter,
     RunRecord,
@@ -116,6 +117,10 @@ class Store(Protocol):
         """Buffer a signal for an unfinished run and hand it to the run's oldest
         open wait for that name (meeting it, abandoning the run's other waits
         and waking the run). A request_id seen before for the run stores nothing."""
+
+    async def publish_event(self, event_id: str, name: str, payload_json: str) -> PublishOutcome:
+        """Store an event (once per event_id) and meet every open wait for it
+        that began before it and whose match fits, waking those runs."""
 
     async def record_event(
         self, run_id: str, lease_id: int, key: str, name: str, payload_json: str

@@ -122,10 +122,14 @@ run_waits = Table(
     Column("met_time", BigInteger),
     Column("payload_json", Text),
     Column("timed_out", Integer, nullable=False),
-    # Migration 4: what a signal wait waits for (the signal's name).
+    # Migration 4: what a signal or event wait waits for (its name).
     Column("target", Text),
+    # Migration 5: an event wait's match (JSON object) and when it began.
+    Column("match_json", Text),
+    Column("since_time", BigInteger),
     UniqueConstraint("run_id", "wait_key"),
     Index("ix_run_waits_status_fire_time", "status", "fire_time"),
+    Index("ix_run_waits_kind_target_status", "kind", "target", "status"),
     sqlite_autoincrement=True,
 )
 
@@ -177,6 +181,21 @@ run_events = Table(
         sqlite_where=text("type = 'custom'"),
         postgresql_where=text("type = 'custom'"),
     ),
+    sqlite_autoincrement=True,
+)
+
+# Migration 5: published events. A run waiting for an event takes the first
+# one of its name published at or after the wait began that matches.
+events = Table(
+    "events",
+    metadata,
+    Column("sequence", AutoIncrementKey, primary_key=True, autoincrement=True),
+    Column("event_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("payload_json", Text, nullable=False),
+    Column("publish_time", BigInteger, nullable=False),
+    Index("ux_events_event_id", "event_id", unique=True),
+    Index("ix_events_name_publish_time", "name", "publish_time"),
     sqlite_autoincrement=True,
 )
 

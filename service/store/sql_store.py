@@ -40,6 +40,7 @@ from service.domain import (
     HistoryEntry,
     HistoryType,
     NewRun,
+    PublishOutcome,
     RecordStepOutcome,
     RecordStepStatus,
     RunFilter,
@@ -359,6 +360,15 @@ class SqlStore:
 
         def op(conn: Connection) -> SignalOutcome:
             return waits.send_signal(conn, run_id, name, payload_json, request_id, now)
+
+        return await self._committer.submit(op)
+
+    async def publish_event(self, event_id: str, name: str, payload_json: str) -> PublishOutcome:
+        """Store an event and wake the runs waiting for it."""
+        now = now_ms()
+
+        def op(conn: Connection) -> PublishOutcome:
+            return waits.publish_event(conn, event_id, name, payload_json, now)
 
         return await self._committer.submit(op)
 

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, func, select, update
 from service.domain import (
     DueTimer,
     HistoryType,
+    PublishOutcome,
     RunRecord,
     RunStatus,
     SignalOutcome,
@@ -26,7 +27,7 @@ from service.domain import (
     WaitSpec,
     WaitStatus,
 )
-from service.store import history, rows, signals
+from service.store import events, history, rows, signals
 from service.store.dialects import insert_for
 from service.store.schema import run_waits, runs
 
@@ -81,6 +82,8 @@ def suspend(
                 "status": _OPEN,
                 "fire_time": w.fire_time,
                 "target": w.target,
+                "match_json": w.match_json,
+                "since_time": w.since_time,
                 "create_time": now,
                 "timed_out": 0,
             }
@@ -108,6 +111,18 @@ def suspend(
             if signal is not None:
                 signals.consume(conn, signal.sequence, wait.wait_key)
                 woken = meet(conn, run_id, wait.wait_key, now, signal.payload_json)
+                return SuspendOutcome(SuspendStatus.WOKEN, woken)
+        elif wait.kind is WaitKind.EVENT and wait.target is not None:
+            # An event published since the wait began (perhaps while the run was
+            # still running) is not missed: the stored (first) since_time counts.
+            stored = conn.execute(
+                select(run_waits.c.since_time, run_waits.c.match_json).where(
+                    *mine, run_waits.c.wait_key == wait.wait_key
+                )
+            ).one()
+            event = events.first_match(conn, wait.target, stored.since_time or 0, stored.match_json)
+            if event is not None:
+                woken = meet(conn, run_id, wait.wait_key, now, event.payload_json)
                 return SuspendOutcome(SuspendStatus.WOKEN, woken)
     timers = [
         DueTimer(run_id, t.wait_key, t.fire_time)
@@ -184,6 +199,36 @@ def send_signal(
     signals.consume(conn, sequence, wait_key)
     woken = meet(conn, run_id, wait_key, now, payload_json)
     return SignalOutcome(SignalStatus.DELIVERED, woken=woken, run_status=run_status)
+
+
+def publish_event(
+    conn: Connection, event_id: str, name: str, payload_json: str, now: int
+) -> PublishOutcome:
+    """Store an event and meet every open wait for it whose match fits and that
+    began at or before now; a repeated event_id does nothing."""
+    if not events.insert(conn, event_id, name, payload_json, now):
+        return PublishOutcome(already_published=True)
+    waiting = conn.execute(
+        select(
+            run_waits.c.run_id,
+            run_waits.c.wait_key,
+            run_waits.c.match_json,
+            run_waits.c.since_time,
+        )
+        .where(
+            run_waits.c.kind == WaitKind.EVENT.value,
+            run_waits.c.target == name,
+            run_waits.c.status == _OPEN,
+        )
+        .order_by(run_waits.c.sequence)
+    ).all()
+    woken: list[RunRecord] = []
+    for wait in waiting:
+        if (wait.since_time or 0) <= now and events.matches(wait.match_json, payload_json):
+            run = meet(conn, wait.run_id, wait.wait_key, now, payload_json)
+            if run is not None:
+                woken.append(run)
+    return PublishOutcome(already_published=False, woken=woken)
 
 
 def open_signal_wait(conn: Connection, run_id: str, name: str) -> str | None:

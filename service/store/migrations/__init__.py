@@ -27,6 +27,7 @@ from service.store.migrations import (
     v0002_lease_expiry_index,
     v0003_run_waits,
     v0004_signals_and_history,
+    v0005_events,
 )
 
 
@@ -44,6 +45,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, v0002_lease_expiry_index.DESCRIPTION, v0002_lease_expiry_index.upgrade),
     Migration(3, v0003_run_waits.DESCRIPTION, v0003_run_waits.upgrade),
     Migration(4, v0004_signals_and_history.DESCRIPTION, v0004_signals_and_history.upgrade),
+    Migration(5, v0005_events.DESCRIPTION, v0005_events.upgrade),
 )
 
 #: The schema version this code expects.

@@ -1,0 +1,57 @@
+"""Published events, and matching them against event waits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, select
+
+from service.store.schema import events
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One published event."""
+
+    sequence: int
+    payload_json: str
+
+
+def matches(match_json: str | None, payload_json: str) -> bool:
+    """Whether every field of the match object is in the payload with an equal value."""
+    match = json.loads(match_json) if match_json else {}
+    if not match:
+        return True
+    payload = json.loads(payload_json)
+    if not isinstance(payload, dict):
+        return False
+    return all(key in payload and payload[key] == value for key, value in match.items())
+
+
+def insert(conn: Connection, event_id: str, name: str, payload_json: str, now: int) -> bool:
+    """Store an event; False when its id was published before."""
+    seen = conn.execute(select(events.c.sequence).where(events.c.event_id == event_id)).first()
+    if seen is not None:
+        return False
+    conn.execute(
+        events.insert().values(
+            event_id=event_id, name=name, payload_json=payload_json, publish_time=now
+        )
+    )
+    return True
+
+
+def first_match(
+    conn: Connection, name: str, since: int, match_json: str | None
+) -> StoredEvent | None:
+    """The first event of ``name`` published at or after ``since`` that matches."""
+    stmt = (
+        select(events.c.sequence, events.c.payload_json)
+        .where(events.c.name == name, events.c.publish_time >= since)
+        .order_by(events.c.sequence)
+    )
+    for row in conn.execute(stmt):
+        if matches(match_json, row.payload_json):
+            return StoredEvent(row.sequence, row.payload_json)
+    return None
