@@ -180,16 +180,19 @@ def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
         workflow_name=run.workflow_name,
         workflow_version=run.workflow_version,
         input=types_pb2.Payload(json=run.input_json),
-        journal=[
-            *(
-                types_pb2.JournalEntry(sequence=step.sequence, step=step_to_proto(step))
-                for step in claimed.journal
-            ),
-            *(
-                types_pb2.JournalEntry(sequence=wait.sequence, wait=wait_to_proto(wait))
-                for wait in claimed.waits
-            ),
-        ],
+        journal=sorted(
+            [
+                *(
+                    types_pb2.JournalEntry(sequence=step.sequence, step=step_to_proto(step))
+                    for step in claimed.journal
+                ),
+                *(
+                    types_pb2.JournalEntry(sequence=wait.sequence, wait=wait_to_proto(wait))
+                    for wait in claimed.waits
+                ),
+            ],
+            key=lambda entry: entry.sequence,
+        ),
         deadline=timestamp(run.deadline),
         dispatch_count=run.dispatch_count,
         parent_run_id=run.parent_run_id or "",

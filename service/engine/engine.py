@@ -468,7 +468,7 @@ class Engine:
                 held = [run_id for run_id, lease in session.held.items() if lease]
                 if held:
                     await self.store.extend_leases(
-                        session.worker_id, held, now_ms() + self.config.lease_timeout_ms
+                        session.lease_owner, held, now_ms() + self.config.lease_timeout_ms
                     )
         for run in await self.store.expired_leases(now_ms(), EXPIRY_SWEEP_LIMIT):
             holder = self._holders.get(run.run_id)
@@ -606,7 +606,7 @@ class Engine:
         """Claim a ready run for a session and send it the task."""
         try:
             claimed = await self.store.claim_run(
-                run_id, session.worker_id, now_ms() + self.config.lease_timeout_ms
+                run_id, session.lease_owner, now_ms() + self.config.lease_timeout_ms
             )
         except Exception:
             log.exception("claiming run %s failed", run_id)

@@ -57,6 +57,11 @@ class WorkerSession:
         self._wakeup = asyncio.Event()
 
     @property
+    def lease_owner(self) -> str:
+        """How leases name this worker: its identity, and its unique id."""
+        return f"{self.identity} ({self.worker_id})"
+
+    @property
     def free_slots(self) -> int:
         """How many more runs this worker can take now."""
         if self.closed or self.draining:

@@ -101,6 +101,8 @@ steps = Table(
     Column("start_time", BigInteger),
     Column("end_time", BigInteger),
     Column("record_time", BigInteger, nullable=False),
+    # Migration 6: the lease the step was recorded under (journal order).
+    Column("lease_id", BigInteger),
     # Exactly-once recording: the first write for a key wins.
     UniqueConstraint("run_id", "step_key"),
     Index("ix_steps_run_id_sequence", "run_id", "sequence"),
@@ -127,6 +129,8 @@ run_waits = Table(
     # Migration 5: an event wait's match (JSON object) and when it began.
     Column("match_json", Text),
     Column("since_time", BigInteger),
+    # Migration 6: the run's lease when the wait was met (journal order).
+    Column("met_lease_id", BigInteger),
     UniqueConstraint("run_id", "wait_key"),
     Index("ix_run_waits_status_fire_time", "status", "fire_time"),
     Index("ix_run_waits_kind_target_status", "kind", "target", "status"),

@@ -140,6 +140,7 @@ class SqlStore:
         leased_values = select(
             runs.c.run_id,
             *(bindparam(f"p_{name}", type_=type_) for name, type_ in _STEP_PARAMS),
+            runs.c.lease_id,
         ).where(
             runs.c.run_id == bindparam("p_run_id"),
             runs.c.status == _RUNNING,
@@ -147,7 +148,7 @@ class SqlStore:
         )
         self._insert_step = (
             insert(steps)
-            .from_select(["run_id", *(name for name, _ in _STEP_PARAMS)], leased_values)
+            .from_select(["run_id", *(name for name, _ in _STEP_PARAMS), "lease_id"], leased_values)
             .on_conflict_do_nothing()
             .returning(steps.c.sequence)
         )
@@ -235,7 +236,7 @@ class SqlStore:
             )
             if run.dispatch_count == 1:  # first dispatch: no journal yet
                 return ClaimedRun(run)
-            return ClaimedRun(run, _journal(conn, run_id), waits.met_waits(conn, run_id))
+            return ClaimedRun(run, *waits.ordered_journal(conn, run_id))
 
         return await self._committer.submit(op)
 

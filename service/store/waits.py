@@ -9,6 +9,7 @@ run's lease) and WAKE (suspended -> pending).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from sqlalchemy import Connection, func, select, update
 
@@ -20,6 +21,7 @@ from service.domain import (
     RunStatus,
     SignalOutcome,
     SignalStatus,
+    StepRow,
     SuspendOutcome,
     SuspendStatus,
     WaitKind,
@@ -29,7 +31,7 @@ from service.domain import (
 )
 from service.store import events, history, rows, signals
 from service.store.dialects import insert_for
-from service.store.schema import run_waits, runs
+from service.store.schema import run_waits, runs, steps
 
 _OPEN, _MET, _ABANDONED = WaitStatus.OPEN.value, WaitStatus.MET.value, WaitStatus.ABANDONED.value
 
@@ -162,7 +164,12 @@ def meet(
             run_waits.c.wait_key == wait_key,
             run_waits.c.status == _OPEN,
         )
-        .values(status=_MET, met_time=now, payload_json=payload_json)
+        .values(
+            status=_MET,
+            met_time=now,
+            payload_json=payload_json,
+            met_lease_id=select(runs.c.lease_id).where(runs.c.run_id == run_id).scalar_subquery(),
+        )
     ).rowcount
     if not met:
         return None
@@ -269,23 +276,37 @@ def due_timers(conn: Connection, until: int, limit: int) -> list[DueTimer]:
     return [DueTimer(r.run_id, r.wait_key, r.fire_time) for r in conn.execute(stmt)]
 
 
-def met_waits(conn: Connection, run_id: str) -> list[WaitRow]:
-    """The met waits of a run, in the order they were first registered."""
-    stmt = (
+def ordered_journal(conn: Connection, run_id: str) -> tuple[list[StepRow], list[WaitRow]]:
+    """A run's recorded steps and met waits, each numbered by its place in the
+    one journal order: by lease, steps of a lease before the wait met after it."""
+    step_rows = conn.execute(
+        select(steps).where(steps.c.run_id == run_id).order_by(steps.c.sequence)
+    ).mappings()
+    keyed: list[tuple[tuple[int, int, int, int], StepRow | WaitRow]] = [
+        ((row["lease_id"] or 0, 0, 0, row["sequence"]), rows.step_from_row(row))
+        for row in step_rows
+    ]
+    for row in conn.execute(
         select(run_waits)
         .where(run_waits.c.run_id == run_id, run_waits.c.status == _MET)
         .order_by(run_waits.c.sequence)
-    )
-    return [
-        WaitRow(
-            wait_key=r["wait_key"],
-            met_time=r["met_time"],
-            payload_json=r["payload_json"],
-            timed_out=bool(r["timed_out"]),
-            sequence=r["sequence"],
+    ).mappings():
+        wait = WaitRow(
+            wait_key=row["wait_key"],
+            met_time=row["met_time"],
+            payload_json=row["payload_json"],
+            timed_out=bool(row["timed_out"]),
         )
-        for r in conn.execute(stmt).mappings()
-    ]
+        keyed.append(((row["met_lease_id"] or 0, 1, row["met_time"], row["sequence"]), wait))
+    keyed.sort(key=lambda item: item[0])
+    ordered_steps: list[StepRow] = []
+    ordered_waits: list[WaitRow] = []
+    for position, (_, entry) in enumerate(keyed, start=1):
+        if isinstance(entry, StepRow):
+            ordered_steps.append(replace(entry, sequence=position))
+        else:
+            ordered_waits.append(replace(entry, sequence=position))
+    return ordered_steps, ordered_waits
 
 
 def abandon_open(conn: Connection, run_id: str) -> int:

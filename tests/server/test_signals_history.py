@@ -163,3 +163,24 @@ async def test_history_in_order_with_custom_entries_once(harness: Harness) -> No
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await harness.client.ListRunEvents(wf.ListRunEventsRequest(run_id="nope"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_journal_lists_entries_in_the_order_they_happened(harness: Harness) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    await worker.record(task, "s1", "1")
+    # A signal wait registered first, kept across rounds that timers win.
+    await suspend(worker, task, signal_wait("signal:1", "x"), timer_wait("sleep:1", now_ms()))
+    task = await worker.next_task()
+    await worker.record(task, "s2", "2")
+    await suspend(worker, task, signal_wait("signal:1", "x"), timer_wait("sleep:2", now_ms()))
+    task = await worker.next_task()
+    await worker.record(task, "s3", "3")
+    await suspend(worker, task, signal_wait("signal:1", "x"))
+    await send_signal(harness, run_id, "x", '"late"')
+    task = await worker.next_task()
+
+    order = [e.step.step_key if e.HasField("step") else e.wait.wait_key for e in task.journal]
+    assert order == ["s1", "sleep:1", "s2", "sleep:2", "s3", "signal:1"]
+    assert [e.sequence for e in task.journal] == list(range(1, 7))

@@ -28,6 +28,7 @@ from service.store.migrations import (
     v0003_run_waits,
     v0004_signals_and_history,
     v0005_events,
+    v0006_journal_order,
 )
 
 
@@ -46,6 +47,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, v0003_run_waits.DESCRIPTION, v0003_run_waits.upgrade),
     Migration(4, v0004_signals_and_history.DESCRIPTION, v0004_signals_and_history.upgrade),
     Migration(5, v0005_events.DESCRIPTION, v0005_events.upgrade),
+    Migration(6, v0006_journal_order.DESCRIPTION, v0006_journal_order.upgrade),
 )
 
 #: The schema version this code expects.
