@@ -408,6 +408,7 @@ class WaitCondition(_message.Message):
     TIMER_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    HOOK_FIELD_NUMBER: _builtins.int
     wait_key: _builtins.str
     """The wait's key in the run's journal."""
     @_builtins.property
@@ -422,6 +423,10 @@ class WaitCondition(_message.Message):
     def event(self) -> Global___EventWait:
         """The first event of a name, published after the wait began, that matches."""
 
+    @_builtins.property
+    def hook(self) -> Global___HookWait:
+        """The execution of the hook whose key is this wait's key."""
+
     def __init__(
         self,
         *,
@@ -429,16 +434,37 @@ class WaitCondition(_message.Message):
         timer: Global___TimerWait | None = ...,
         signal: Global___SignalWait | None = ...,
         event: Global___EventWait | None = ...,
+        hook: Global___HookWait | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "event", b"event", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "event", b"event", "hook", b"hook", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "event", b"event", "signal", b"signal", "timer", b"timer", "wait_key", b"wait_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "event", b"event", "hook", b"hook", "signal", b"signal", "timer", b"timer", "wait_key", b"wait_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["timer", "signal", "event"]  # noqa: Y015
+    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["timer", "signal", "event", "hook"]  # noqa: Y015
     _WhichOneofArgType_condition: _TypeAlias = _typing.Literal["condition", b"condition"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_condition) -> _WhichOneofReturnType_condition | None: ...
 
 Global___WaitCondition: _TypeAlias = WaitCondition  # noqa: Y015
+
+@_typing.final
+class HookWait(_message.Message):
+    """HookWait waits until the hook named by the wait key is executed
+    (ExecuteHook with its token). An execution that came before the wait is
+    delivered when the run waits.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HookWait: _TypeAlias = HookWait  # noqa: Y015
 
 @_typing.final
 class EventWait(_message.Message):
@@ -690,6 +716,7 @@ class RunTask(_message.Message):
     DISPATCH_COUNT_FIELD_NUMBER: _builtins.int
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     ROOT_RUN_ID_FIELD_NUMBER: _builtins.int
+    HOOK_SECRET_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     lease_id: _builtins.int
@@ -704,6 +731,10 @@ class RunTask(_message.Message):
     """The parent run, for a child run."""
     root_run_id: _builtins.str
     """The root of the run's tree."""
+    hook_secret: _builtins.bytes
+    """The run's hook secret: the SDK derives each hook's token from it (see
+    docs/protocol.md), so a hook has the same token on every replay.
+    """
     @_builtins.property
     def input(self) -> _types_pb2.Payload:
         """The run's input."""
@@ -729,10 +760,11 @@ class RunTask(_message.Message):
         dispatch_count: _builtins.int = ...,
         parent_run_id: _builtins.str = ...,
         root_run_id: _builtins.str = ...,
+        hook_secret: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "dispatch_count", b"dispatch_count", "input", b"input", "journal", b"journal", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "dispatch_count", b"dispatch_count", "hook_secret", b"hook_secret", "input", b"input", "journal", b"journal", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
