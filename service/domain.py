@@ -143,6 +143,7 @@ class WaitKind(enum.StrEnum):
     TIMER = "timer"
     SIGNAL = "signal"
     EVENT = "event"
+    HOOK = "hook"
 
 
 class WaitStatus(enum.StrEnum):
@@ -211,6 +212,8 @@ class ClaimedRun:
     run: RunRecord
     journal: list[StepRow] = field(default_factory=list)
     waits: list[WaitRow] = field(default_factory=list)
+    # The run's hook secret (set by the engine, not stored).
+    hook_secret: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,3 +292,21 @@ class PublishOutcome:
 
     already_published: bool
     woken: list[RunRecord] = field(default_factory=list)
+
+
+class HookStatus(enum.Enum):
+    """What executing a hook did."""
+
+    DELIVERED = "delivered"  # the run waited on it and woke
+    BUFFERED = "buffered"  # kept until the run waits on it
+    ALREADY_EXECUTED = "already_executed"
+    EXPIRED = "expired"  # the run finished, or stopped waiting (e.g. timed out)
+    UNKNOWN_RUN = "unknown_run"
+
+
+@dataclass(frozen=True, slots=True)
+class HookOutcome:
+    """The outcome of executing a hook, and the run it woke."""
+
+    status: HookStatus
+    woken: RunRecord | None = None

@@ -197,6 +197,7 @@ def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
         dispatch_count=run.dispatch_count,
         parent_run_id=run.parent_run_id or "",
         root_run_id=run.root_run_id or run.run_id,
+        hook_secret=claimed.hook_secret,
     )
 
 
@@ -228,6 +229,8 @@ def _payload_in(payload: types_pb2.Payload) -> PayloadIn:
 def _wait_from_proto(wait: worker_service_pb2.WaitCondition) -> WaitSpec:
     """A WaitCondition to a WaitSpec. A condition this server does not know
     becomes a timer without a time, which the engine rejects as INVALID."""
+    if wait.WhichOneof("condition") == "hook":
+        return WaitSpec(wait.wait_key, WaitKind.HOOK)
     if wait.WhichOneof("condition") == "event":
         event = wait.event
         since = event.since.ToMilliseconds() if wait.event.HasField("since") else None

@@ -14,7 +14,7 @@ from service.api.convert import STATUS_FROM_PROTO, history_to_proto, millis, run
 from service.api.errors import maps_errors
 from service.domain import RunFilter
 from service.engine.engine import Engine, TriggerParams
-from service.engine.errors import InvalidArgument, Unimplemented
+from service.engine.errors import InvalidArgument
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -25,6 +25,7 @@ FEATURES = (
     "timers",
     "signals",
     "events",
+    "hooks",
     "history",
 )
 
@@ -129,9 +130,10 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def ExecuteHook(
         self, request: pb.ExecuteHookRequest, context: Context
     ) -> pb.ExecuteHookResponse:
-        raise Unimplemented(
-            "ExecuteHook is part of the contract but not served by this version yet"
+        run_id = await self._engine.execute_hook(
+            request.token, request.payload.json, request.payload.encoding
         )
+        return pb.ExecuteHookResponse(run_id=run_id)
 
     @maps_errors
     async def GetServerInfo(

@@ -22,6 +22,7 @@ from service.config import ServerConfig
 from service.domain import (
     FailureReason,
     HistoryEntry,
+    HookStatus,
     NewRun,
     RecordStepStatus,
     RunFilter,
@@ -33,7 +34,7 @@ from service.domain import (
     WaitSpec,
     now_ms,
 )
-from service.engine import transitions
+from service.engine import hook_tokens, transitions
 from service.engine.commands import (
     Command,
     CommandResult,
@@ -101,10 +102,10 @@ def _check_waits(waits: tuple[WaitSpec, ...]) -> None:
                 raise InvalidArgument(
                     f"suspend_run.waits[{wait.wait_key}]: a signal wait needs the signal's name"
                 )
-        elif wait.fire_time is None:
+        elif wait.kind is WaitKind.TIMER and wait.fire_time is None:
             raise InvalidArgument(
                 f"suspend_run.waits[{wait.wait_key}]: this server serves timer waits "
-                "with a fire_time and signal waits with a name"
+                "with a fire_time, signal and event waits with a name, and hook waits"
             )
 
 
@@ -146,12 +147,14 @@ class Engine:
         self._lease_monitor: asyncio.Task[None] | None = None
         self.timers = TimerSchedule(store, self._fire_timer)
         self._closing = False
+        self._hook_key = b""
 
     # -- life cycle ----------------------------------------------------------
 
     async def start(self) -> None:
         """Load the registry and recover every unfinished run."""
         self.registry.load(await self.store.workflow_versions())
+        self._hook_key = await self.store.server_secret("hook_key")
         recovered = 0
         for run in await self.store.runs_in_status([RunStatus.RUNNING]):
             # No worker holds a run across a restart of this server.
@@ -323,6 +326,31 @@ class Engine:
             )
         if outcome.woken is not None:
             self._make_ready(outcome.woken)
+
+    async def execute_hook(self, token: str, payload_json: str, encoding: str) -> str:
+        """Execute the hook a token names; return its run's id."""
+        if not token:
+            raise InvalidArgument("token is required")
+        ref = hook_tokens.verify(self._hook_key, token)
+        if ref is None:
+            raise NotFound("no hook has this token; check that it was copied whole")
+        payload = check_json_payload(
+            "payload", payload_json, encoding, self.config.max_payload_bytes
+        )
+        outcome = await self.store.execute_hook(
+            ref.run_id, ref.wait_key, hook_tokens.token_hash(token), payload
+        )
+        if outcome.status is HookStatus.UNKNOWN_RUN:
+            raise NotFound("no hook has this token; its run no longer exists")
+        if outcome.status is HookStatus.ALREADY_EXECUTED:
+            raise FailedPrecondition("this hook was already executed; a hook executes once")
+        if outcome.status is HookStatus.EXPIRED:
+            raise FailedPrecondition(
+                "this hook expired: its run finished or stopped waiting for it"
+            )
+        if outcome.woken is not None:
+            self._make_ready(outcome.woken)
+        return ref.run_id
 
     async def publish_event(
         self, name: str, payload_json: str, encoding: str, event_id: str
@@ -622,7 +650,7 @@ class Engine:
             return
         session.held[run_id] = lease_id
         self._holders[run_id] = session
-        session.send(claimed)
+        session.send(replace(claimed, hook_secret=hook_tokens.run_secret(self._hook_key, run_id)))
 
     async def _requeue(self, run_id: str, lease_id: int) -> None:
         run = await self._finish(run_id, lease_id, RunEvent.RELEASE, {})

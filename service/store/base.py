@@ -17,6 +17,7 @@ from service.domain import (
     CreateRunOutcome,
     DueTimer,
     HistoryEntry,
+    HookOutcome,
     NewRun,
     PublishOutcome,
     RecordStepOutcome,
@@ -117,6 +118,16 @@ class Store(Protocol):
         """Buffer a signal for an unfinished run and hand it to the run's oldest
         open wait for that name (meeting it, abandoning the run's other waits
         and waking the run). A request_id seen before for the run stores nothing."""
+
+    async def execute_hook(
+        self, run_id: str, wait_key: str, token_hash: str, payload_json: str
+    ) -> HookOutcome:
+        """Execute a hook once: deliver to the run waiting on it, or keep it
+        until the run waits; ALREADY_EXECUTED for a second execution; EXPIRED
+        when the run finished or stopped waiting on it."""
+
+    async def server_secret(self, name: str) -> bytes:
+        """A per-database secret created by the migrations."""
 
     async def publish_event(self, event_id: str, name: str, payload_json: str) -> PublishOutcome:
         """Store an event (once per event_id) and meet every open wait for it

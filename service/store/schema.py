@@ -203,6 +203,27 @@ events = Table(
     sqlite_autoincrement=True,
 )
 
+# Migration 7: per-database secrets (the key hook tokens are derived from).
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# Migration 7: hook executions, keyed by the SHA-256 of the token (the token
+# itself is never stored). "pending" until the run waits on the hook.
+hooks = Table(
+    "hooks",
+    metadata,
+    Column("token_hash", Text, primary_key=True),
+    Column("run_id", Text, nullable=False),
+    Column("wait_key", Text, nullable=False),
+    Column("payload_json", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("execute_time", BigInteger, nullable=False),
+)
+
 workflow_versions = Table(
     "workflow_versions",
     metadata,

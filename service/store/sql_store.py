@@ -39,6 +39,7 @@ from service.domain import (
     DueTimer,
     HistoryEntry,
     HistoryType,
+    HookOutcome,
     NewRun,
     PublishOutcome,
     RecordStepOutcome,
@@ -59,7 +60,7 @@ from service.store.dialects import insert_for
 from service.store.group_commit import GroupCommitter
 from service.store.migrations import migrate
 from service.store.read_pool import ReadPool
-from service.store.schema import runs, steps, workflow_versions
+from service.store.schema import runs, server_secrets, steps, workflow_versions
 
 if TYPE_CHECKING:
     from service.store.base import Store
@@ -363,6 +364,26 @@ class SqlStore:
             return waits.send_signal(conn, run_id, name, payload_json, request_id, now)
 
         return await self._committer.submit(op)
+
+    async def execute_hook(
+        self, run_id: str, wait_key: str, token_hash: str, payload_json: str
+    ) -> HookOutcome:
+        """Execute a hook once (deliver now, or keep until the run waits on it)."""
+        now = now_ms()
+
+        def op(conn: Connection) -> HookOutcome:
+            return waits.execute_hook(conn, run_id, wait_key, token_hash, payload_json, now)
+
+        return await self._committer.submit(op)
+
+    async def server_secret(self, name: str) -> bytes:
+        """A per-database secret created by the migrations (e.g. "hook_key")."""
+        value = await self._reads.run(
+            lambda conn: conn.execute(
+                select(server_secrets.c.value).where(server_secrets.c.name == name)
+            ).scalar_one()
+        )
+        return bytes.fromhex(value)
 
     async def publish_event(self, event_id: str, name: str, payload_json: str) -> PublishOutcome:
         """Store an event and wake the runs waiting for it."""

@@ -16,6 +16,8 @@ from sqlalchemy import Connection, func, select, update
 from service.domain import (
     DueTimer,
     HistoryType,
+    HookOutcome,
+    HookStatus,
     PublishOutcome,
     RunRecord,
     RunStatus,
@@ -31,7 +33,7 @@ from service.domain import (
 )
 from service.store import events, history, rows, signals
 from service.store.dialects import insert_for
-from service.store.schema import run_waits, runs, steps
+from service.store.schema import hooks, run_waits, runs, steps
 
 _OPEN, _MET, _ABANDONED = WaitStatus.OPEN.value, WaitStatus.MET.value, WaitStatus.ABANDONED.value
 
@@ -113,6 +115,22 @@ def suspend(
             if signal is not None:
                 signals.consume(conn, signal.sequence, wait.wait_key)
                 woken = meet(conn, run_id, wait.wait_key, now, signal.payload_json)
+                return SuspendOutcome(SuspendStatus.WOKEN, woken)
+        elif wait.kind is WaitKind.HOOK:
+            pending = conn.execute(
+                select(hooks.c.token_hash, hooks.c.payload_json).where(
+                    hooks.c.run_id == run_id,
+                    hooks.c.wait_key == wait.wait_key,
+                    hooks.c.status == "pending",
+                )
+            ).first()
+            if pending is not None:
+                conn.execute(
+                    update(hooks)
+                    .where(hooks.c.token_hash == pending.token_hash)
+                    .values(status="delivered")
+                )
+                woken = meet(conn, run_id, wait.wait_key, now, pending.payload_json)
                 return SuspendOutcome(SuspendStatus.WOKEN, woken)
         elif wait.kind is WaitKind.EVENT and wait.target is not None:
             # An event published since the wait began (perhaps while the run was
@@ -206,6 +224,45 @@ def send_signal(
     signals.consume(conn, sequence, wait_key)
     woken = meet(conn, run_id, wait_key, now, payload_json)
     return SignalOutcome(SignalStatus.DELIVERED, woken=woken, run_status=run_status)
+
+
+def execute_hook(
+    conn: Connection, run_id: str, wait_key: str, token_hash: str, payload_json: str, now: int
+) -> HookOutcome:
+    """Execute a hook once: deliver its payload to the run waiting on it, or
+    keep it until the run waits; refuse a second execution and a hook whose
+    run no longer waits for it."""
+    status = conn.execute(select(runs.c.status).where(runs.c.run_id == run_id)).scalar()
+    if status is None:
+        return HookOutcome(HookStatus.UNKNOWN_RUN)
+    seen = conn.execute(select(hooks.c.status).where(hooks.c.token_hash == token_hash)).first()
+    if seen is not None:
+        return HookOutcome(HookStatus.ALREADY_EXECUTED)
+    if RunStatus(status).is_terminal:
+        return HookOutcome(HookStatus.EXPIRED)
+    wait = conn.execute(
+        select(run_waits.c.status).where(
+            run_waits.c.run_id == run_id, run_waits.c.wait_key == wait_key
+        )
+    ).first()
+    if wait is not None and wait.status == _MET:
+        return HookOutcome(HookStatus.ALREADY_EXECUTED)
+    if wait is not None and wait.status == _ABANDONED:
+        return HookOutcome(HookStatus.EXPIRED)
+    delivered = wait is not None  # open: the run waits on it now
+    conn.execute(
+        hooks.insert().values(
+            token_hash=token_hash,
+            run_id=run_id,
+            wait_key=wait_key,
+            payload_json=payload_json,
+            status="delivered" if delivered else "pending",
+            execute_time=now,
+        )
+    )
+    if not delivered:
+        return HookOutcome(HookStatus.BUFFERED)
+    return HookOutcome(HookStatus.DELIVERED, meet(conn, run_id, wait_key, now, payload_json))
 
 
 def publish_event(

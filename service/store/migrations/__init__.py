@@ -29,6 +29,7 @@ from service.store.migrations import (
     v0004_signals_and_history,
     v0005_events,
     v0006_journal_order,
+    v0007_hooks,
 )
 
 
@@ -48,6 +49,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, v0004_signals_and_history.DESCRIPTION, v0004_signals_and_history.upgrade),
     Migration(5, v0005_events.DESCRIPTION, v0005_events.upgrade),
     Migration(6, v0006_journal_order.DESCRIPTION, v0006_journal_order.upgrade),
+    Migration(7, v0007_hooks.DESCRIPTION, v0007_hooks.upgrade),
 )
 
 #: The schema version this code expects.
