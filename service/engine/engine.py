@@ -461,6 +461,8 @@ class Engine:
         try:
             return await self._apply(session, command)
         except EngineError as exc:
+            if not isinstance(command.action, RecordEvent):
+                await self._fail_invalid(session, command, str(exc))
             return CommandResult(command.command_id, CommandStatus.INVALID, str(exc))
         except Exception:
             log.exception("command %d for run %s failed", command.command_id, command.run_id)
@@ -469,6 +471,31 @@ class Engine:
                 CommandStatus.INTERNAL_ERROR,
                 "the server could not record the command; the run will be retried",
             )
+
+    async def _fail_invalid(self, session: WorkerSession, command: Command, reason: str) -> None:
+        """A run whose worker sent a command that can never be recorded (e.g. a
+        result over the payload limit) would fail the same way on every retry:
+        fail it with the reason, and tell the worker to stop it."""
+        step_key = command.action.step.step_key if isinstance(command.action, RecordStep) else ""
+        run = await self._finish(
+            command.run_id,
+            command.lease_id,
+            RunEvent.FAIL,
+            {
+                "error_type": "stepd.InvalidCommand",
+                "error_message": reason,
+                "error_traceback": "",
+                "error_step_key": step_key,
+                "error_attempt": 0,
+                "failure_reason": FailureReason.WORKFLOW_ERROR.value,
+            },
+        )
+        if run is None:
+            return
+        log.warning("run %s failed: its worker sent an invalid command: %s", run.run_id, reason)
+        self._let_go(session, run.run_id)
+        session.send(Cancellation(run.run_id, command.lease_id, f"run failed: {reason}"))
+        self._notify_terminal(run)
 
     # -- leases ------------------------------------------------------------------
 

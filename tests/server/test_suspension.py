@@ -109,7 +109,14 @@ async def test_bad_suspensions_are_invalid(
     result = await suspend(worker, task, *timers)
     assert result.status == INVALID
     assert "suspend_run.waits" in result.message
-    assert (await harness.get(run_id)).status == types_pb2.RUN_STATUS_RUNNING
+    # Retrying would fail the same way: the run fails with the reason, and
+    # the worker is told to stop it.
+    run = await harness.get(run_id)
+    assert run.status == types_pb2.RUN_STATUS_FAILED
+    assert run.error.type == "stepd.InvalidCommand"
+    assert "suspend_run.waits" in run.error.message
+    cancellation = await asyncio.wait_for(worker.cancellations.get(), 5)
+    assert cancellation.run_id == run_id
 
 
 async def test_fire_times_round_up_to_the_millisecond(harness: Harness) -> None:
@@ -136,3 +143,15 @@ async def test_a_woken_run_goes_before_runs_that_never_started(harness: Harness)
     await asyncio.sleep(0.3)  # the sleeper's timer fires meanwhile
     await worker.complete(busy, "null")
     assert (await worker.next_task()).run_id == sleeper_id
+
+
+async def test_a_step_result_over_the_limit_fails_the_run(harness: Harness) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    result = await worker.record(task, "big", '"' + "x" * 3_000_000 + '"')
+    assert result.status == INVALID
+    run = await harness.get(run_id)
+    assert run.status == types_pb2.RUN_STATUS_FAILED
+    assert (run.error.type, run.error.step_key) == ("stepd.InvalidCommand", "big")
+    assert "limit" in run.error.message
