@@ -1,10 +1,11 @@
 """``Client`` and ``RunHandle``: start runs, wait for them, inspect, list, signal and
-cancel them, and read their history."""
+cancel them, read their history, and publish events."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
@@ -39,6 +40,21 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 _WAIT_SLICE = 30.0  # seconds per GetRun(wait=True) call
 _RPC_MARGIN = 10.0  # the RPC deadline beyond the server-side wait
 _RETRY_MAX = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedEvent:
+    """What ``Client.publish_event`` did.
+
+    ``event_id`` is the event's id (the one given, or one the server assigned);
+    ``already_published`` is True when an event with that id was published before,
+    in which case nothing was done; ``woken_run_ids`` are the runs that were waiting
+    for it and woke.
+    """
+
+    event_id: str
+    already_published: bool
+    woken_run_ids: tuple[str, ...]
 
 
 class RunHandle(Generic[R]):
@@ -119,7 +135,7 @@ class RunHandle(Generic[R]):
 
 class Client:
     """Talks to a stepd server: trigger runs, wait for results, inspect, list, signal,
-    cancel, and read a run's history.
+    cancel, read a run's history, and publish events.
 
     Use as ``async with Client(address) as client:`` (or call ``close()``).
     Server errors are raised as ``StepdError`` subclasses (see
@@ -331,6 +347,33 @@ class Client:
             request_id=request_id or "",
         )
         await _call(self._stub().Signal, request)
+
+    async def publish_event(
+        self, name: str, payload: Any = None, *, event_id: str | None = None
+    ) -> PublishedEvent:
+        """Publish an event: ``await client.publish_event("order.paid", {"order": 7})``.
+
+        Every run waiting in ``ctx.wait_for_event(name, match=...)`` whose wait began at
+        or before now and whose ``match`` fields the payload has with equal values wakes
+        with the payload; runs that start waiting later do not get it. The payload is a
+        JSON object to be matched on (a dict, pydantic model or dataclass). An
+        ``event_id`` makes a retried call harmless: an id published before does nothing
+        (``already_published``). Returns a ``PublishedEvent`` with the id and the runs
+        that woke.
+
+        Raises InvalidArgumentError for an empty name.
+        """
+        request = workflow_service_pb2.PublishEventRequest(
+            name=name,
+            payload=types_pb2.Payload(json=dumps(payload)),
+            event_id=event_id or "",
+        )
+        response = await _call(self._stub().PublishEvent, request)
+        return PublishedEvent(
+            event_id=response.event_id,
+            already_published=response.already_published,
+            woken_run_ids=tuple(response.woken_run_ids),
+        )
 
     async def list_run_events(
         self, run_id: str, *, page_size: int = 100

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -35,15 +35,15 @@ class WorkflowContext:
     Made by the worker for each execution of a run; workflow code reads
     ``run_id``, ``workflow_name`` and ``version``, wraps ad-hoc functions as
     steps with ``ctx.step``, waits durably with ``ctx.sleep``,
-    ``ctx.sleep_until`` and ``ctx.wait_for_signal`` (several at once with
-    ``ctx.first``), and writes custom entries to the run's history with
-    ``ctx.log`` and ``ctx.record``.
+    ``ctx.sleep_until``, ``ctx.wait_for_signal`` and ``ctx.wait_for_event``
+    (several at once with ``ctx.first``), and writes custom entries to the run's
+    history with ``ctx.log`` and ``ctx.record``.
 
     A context made by hand (``WorkflowContext("run", "wf", "1")``, e.g. to call a
     workflow function directly in a test) belongs to no run: its steps are plain
-    calls, its sleeps are plain ``asyncio.sleep`` calls, no signal ever comes
-    (``wait_for_signal`` times out, or waits forever without a timeout), and its
-    history entries go nowhere.
+    calls, its sleeps are plain ``asyncio.sleep`` calls, no signal or event ever
+    comes (``wait_for_signal`` and ``wait_for_event`` time out, or wait forever
+    without a timeout), and its history entries go nowhere.
     """
 
     __slots__ = ("_run_id", "_scheduler", "_version", "_workflow_name")
@@ -180,8 +180,73 @@ class WorkflowContext:
         adapter = ANY_ADAPTER if type is None else adapter_for(type)
         scheduler = self._scheduler_for("wait_for_signal")
         if scheduler is None:
-            return _no_signal(name, timeout_ns)
+            return _nothing_comes(f"signal {name!r}", timeout_ns, signal=name)
         return scheduler.call_signal(name, timeout_ns=timeout_ns, adapter=adapter)
+
+    @overload
+    def wait_for_event(
+        self,
+        name: str,
+        /,
+        *,
+        match: Mapping[str, Any] | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> Coroutine[Any, Any, Any]: ...
+    @overload
+    def wait_for_event(
+        self,
+        name: str,
+        /,
+        *,
+        match: Mapping[str, Any] | None = None,
+        timeout: float | timedelta | None = None,
+        type: type[T],
+    ) -> Coroutine[Any, Any, T]: ...
+    def wait_for_event(
+        self,
+        name: str,
+        /,
+        *,
+        match: Mapping[str, Any] | None = None,
+        timeout: float | timedelta | None = None,
+        type: Any = None,
+    ) -> Coroutine[Any, Any, Any]:
+        """Wait durably for an event ``name`` published from now on; return its payload.
+
+        ``paid = await ctx.wait_for_event("order.paid", match={"order": order_id},
+        timeout=timedelta(days=3), type=Payment)``: anyone publishes it with
+        ``client.publish_event("order.paid", payload)``. Unlike a signal, an event is
+        sent to no run in particular: every run waiting for a matching event of that
+        name gets it. The wait takes the first event of ``name`` published at or after
+        this call whose payload (a JSON object) has every top-level field of ``match``
+        with an equal value (no ``match``: any event of the name). An event published
+        before the call is not delivered; one published after the call but while the
+        workflow still runs (a step gathered with the wait) is. While nothing else
+        runs, the run is *suspended* (no worker slot) until the event comes.
+
+        The payload is plain JSON values, or validated into ``type`` (a pydantic
+        model, dataclass, ...) when given; a payload that does not fit raises
+        ``PayloadError`` here. With ``timeout`` (seconds or a ``timedelta``, greater
+        than 0) the call raises ``WaitTimeoutError`` (a ``TimeoutError``) when no
+        matching event came in time.
+
+        Wait keys: the call takes ``event:N`` (N counts this run's
+        ``wait_for_event`` calls from 1, in call order, assigned when it is called)
+        and, with a timeout, the timer ``event:N:timeout``; the first of the two to
+        be met wins and the other is dropped. The time the wait began is taken at
+        the call; the server keeps the first one it is sent, so a replay keeps it.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"ctx.wait_for_event() needs a non-empty event name, got {name!r}")
+        match_json = _match_json(match)
+        timeout_ns = None if timeout is None else _timeout_ns(timeout)
+        adapter = ANY_ADAPTER if type is None else adapter_for(type)
+        scheduler = self._scheduler_for("wait_for_event")
+        if scheduler is None:
+            return _nothing_comes(f"event {name!r}", timeout_ns, event=name)
+        return scheduler.call_event(
+            name, match_json=match_json, timeout_ns=timeout_ns, adapter=adapter
+        )
 
     async def first(self, *awaitables: Awaitable[Any]) -> tuple[int, Any]:
         """Wait for the first of several awaitables; return ``(index, value)``.
@@ -189,16 +254,16 @@ class WorkflowContext:
         ``index, value = await ctx.first(ctx.sleep(3600), ctx.wait_for_signal("approve"))``
         waits for whichever comes first — here a signal or an hour — and cancels
         the others (a cancelled wait is dropped: it is not waited for again and
-        consumes no signal). ``index`` is the winner's position among the
+        consumes no signal or event). ``index`` is the winner's position among the
         arguments. An exception of the winner is raised here
         (e.g. ``WaitTimeoutError``).
 
         Pass durable waits (``ctx.sleep``, ``ctx.sleep_until``,
-        ``ctx.wait_for_signal``; steps work too). While the run has nothing else
-        to do it is suspended with all of them, and it wakes when the first one
-        is met; a replay picks the same winner. Plain ``asyncio.wait(...,
-        return_when=FIRST_COMPLETED)`` over tasks of the same calls works as well,
-        if you want to keep the losers waiting.
+        ``ctx.wait_for_signal``, ``ctx.wait_for_event``; steps work too). While
+        the run has nothing else to do it is suspended with all of them, and it
+        wakes when the first one is met; a replay picks the same winner. Plain
+        ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` over tasks of the same
+        calls works as well, if you want to keep the losers waiting.
         """
         if not awaitables:
             raise ValueError("ctx.first() needs at least one awaitable")
@@ -292,17 +357,28 @@ def _timeout_ns(timeout: object) -> int:
     return timeout_ns
 
 
-async def _no_signal(name: str, timeout_ns: int | None) -> Any:
-    """``wait_for_signal`` outside a run: no signal ever comes."""
+def _match_json(match: object) -> str:
+    """An event wait's ``match`` as a JSON object ("" for none or an empty one)."""
+    if match is None:
+        return ""
+    if not isinstance(match, Mapping) or not all(isinstance(key, str) for key in match):
+        raise TypeError(
+            f"ctx.wait_for_event(match=...) takes a dict of payload fields by name, got {match!r}"
+        )
+    return dumps(dict(match)) if match else ""
+
+
+async def _nothing_comes(what: str, timeout_ns: int | None, **names: str) -> Any:
+    """``wait_for_signal`` / ``wait_for_event`` outside a run: nothing ever comes."""
     if timeout_ns is None:
         return await asyncio.get_running_loop().create_future()  # never resolved
     timeout = timeout_ns / 1e9
     await asyncio.sleep(timeout)
     raise WaitTimeoutError(
-        f"no signal {name!r} came within {timeout:g} s (a context made by hand belongs to "
-        "no run and receives no signals)",
-        signal=name,
+        f"no {what} came within {timeout:g} s (a context made by hand belongs to no run "
+        "and receives no signals or events)",
         timeout=timeout,
+        **names,
     )
 
 

@@ -30,7 +30,7 @@ R = TypeVar("R")
 
 
 class StepScheduler(Protocol):
-    """Runs or replays the steps and sleeps a workflow calls (implemented by the replay
+    """Runs or replays the steps and waits a workflow calls (implemented by the replay
     engine)."""
 
     def call_step(
@@ -51,6 +51,14 @@ class StepScheduler(Protocol):
     ) -> Coroutine[Any, Any, Any]:
         """Assign the call its wait keys now; return the coroutine that waits durably for
         the next signal ``name`` (at most ``timeout_ns``) and yields its payload."""
+        ...
+
+    def call_event(
+        self, name: str, *, match_json: str, timeout_ns: int | None, adapter: TypeAdapter[Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """Assign the call its wait keys now; return the coroutine that waits durably for
+        the first event ``name`` published from now on whose payload has the fields of
+        ``match_json`` (at most ``timeout_ns``) and yields its payload."""
         ...
 
     def call_record(self, name: str, payload_json: str) -> None:

@@ -10,7 +10,9 @@ this module knows nothing about gRPC.
 
 Durable waits get wait keys the same way: sleeps (``ctx.sleep``) ``sleep:1``,
 ``sleep:2``, ...; signal waits (``ctx.wait_for_signal``) ``signal:1``, ... and,
-with a timeout, the timer ``signal:N:timeout`` beside the signal wait. A call
+with a timeout, the timer ``signal:N:timeout`` beside the signal wait; event
+waits (``ctx.wait_for_event``) ``event:1``, ... (and ``event:N:timeout``), with
+``since`` taken at the call (the server keeps the first one it sees). A call
 registers its waits as *pending*. When the run is *quiescent* — at least one
 wait pending, no step body running, no step outcome waiting for its
 acknowledgement, and ``SETTLE_HOPS`` turns of the event loop went by without
@@ -134,6 +136,16 @@ _Met = tuple[str, types_pb2.WaitResult]
 
 
 @dataclass(frozen=True, slots=True)
+class _EventWait:
+    """What an event wait waits for: the event's name, the payload fields it must
+    have (a JSON object, or empty for any) and when the wait began (Unix ns)."""
+
+    name: str
+    match_json: str
+    since_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Spec:
     """One wait of a call, described when the call is made (its key and order fixed)."""
 
@@ -141,20 +153,22 @@ class _Spec:
     index: int
     fire_ns: int
     signal: str | None
+    event: _EventWait | None
 
 
 @dataclass(slots=True)
 class _Wait:
-    """A durable wait the workflow is waiting on: a timer or a signal.
+    """A durable wait the workflow is waiting on: a timer, a signal or an event.
 
-    The waits of one call (a signal wait and its timeout) share ``future``, which
-    resolves with the key of the one that was met and its ``WaitResult``.
+    The waits of one call (a signal or event wait and its timeout) share ``future``,
+    which resolves with the key of the one that was met and its ``WaitResult``.
     """
 
     key: str
     index: int  # call order: the order of the waits in suspend_run
-    fire_ns: int  # a timer's fire time (Unix ns); 0 for a signal wait
-    signal: str | None  # a signal wait's signal name; None for a timer
+    fire_ns: int  # a timer's fire time (Unix ns); 0 for a signal or event wait
+    signal: str | None  # a signal wait's signal name; None otherwise
+    event: _EventWait | None  # an event wait's condition; None otherwise
     future: asyncio.Future[_Met]
 
 
@@ -194,6 +208,7 @@ class RunExecutor:
         "_counts",
         "_draining",
         "_entry_count",
+        "_event_count",
         "_events",
         "_finishing",
         "_held",
@@ -248,6 +263,7 @@ class RunExecutor:
         self._counts: dict[str, int] = {}
         self._sleep_count = 0
         self._signal_count = 0
+        self._event_count = 0
         self._wait_count = 0  # every wait registered so far: orders the waits
         self._waits: dict[str, _Wait] = {}  # pending waits the workflow awaits, by wait key
         self._entry_count = 0
@@ -562,7 +578,7 @@ class RunExecutor:
         if self._held:
             raise RunHeld(f"run {self.run_id} is held: {self.non_determinism}")
 
-    # -- waits: sleeps, signals, and what ends them ------------------------------
+    # -- waits: sleeps, signals, events, and what ends them ----------------------
 
     def call_sleep(
         self, *, duration_ns: int | None = None, until_ns: int | None = None
@@ -591,10 +607,34 @@ class RunExecutor:
             specs.append(self._spec(f"{key}:timeout", fire_ns=time.time_ns() + timeout_ns))
         return self._signal(key, name, specs, timeout_ns, adapter)
 
-    def _spec(self, key: str, *, fire_ns: int = 0, signal: str | None = None) -> _Spec:
+    def call_event(
+        self, name: str, *, match_json: str, timeout_ns: int | None, adapter: TypeAdapter[Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """Assign the call its wait keys now: ``event:N`` for the event, with ``since`` the
+        time of this call, and, with a timeout, the timer ``event:N:timeout`` beside it.
+
+        A replay computes a later ``since``; the server keeps the first one it saw for
+        the key, so the wait still begins where the first execution began it."""
+        index = self._event_count = self._event_count + 1
+        key = f"event:{index}"
+        self._activity += 1
+        now = time.time_ns()
+        specs = [self._spec(key, event=_EventWait(name, match_json, now))]
+        if timeout_ns is not None:
+            specs.append(self._spec(f"{key}:timeout", fire_ns=now + timeout_ns))
+        return self._event(key, name, match_json, specs, timeout_ns, adapter)
+
+    def _spec(
+        self,
+        key: str,
+        *,
+        fire_ns: int = 0,
+        signal: str | None = None,
+        event: _EventWait | None = None,
+    ) -> _Spec:
         """A wait's description, numbered in call order."""
         index = self._wait_count = self._wait_count + 1
-        return _Spec(key, index, fire_ns, signal)
+        return _Spec(key, index, fire_ns, signal, event)
 
     async def _no_wait(self) -> None:
         self._check_live()
@@ -622,13 +662,37 @@ class RunExecutor:
             )
         return loads(payload_text(result.payload), adapter)
 
+    async def _event(
+        self,
+        key: str,
+        name: str,
+        match_json: str,
+        specs: list[_Spec],
+        timeout_ns: int | None,
+        adapter: TypeAdapter[Any],
+    ) -> Any:
+        met_key, result = await self._wait(specs)
+        if met_key != key or result.timed_out:
+            timeout = None if timeout_ns is None else timeout_ns / 1e9
+            within = "in time" if timeout is None else f"within {timeout:g} s"
+            matching = f" matching {match_json}" if match_json else ""
+            raise WaitTimeoutError(
+                f"no event {name!r}{matching} came {within} (wait {key})",
+                wait_key=key,
+                event=name,
+                timeout=timeout,
+            )
+        return loads(payload_text(result.payload), adapter)
+
     async def _wait(self, specs: tuple[_Spec, ...] | list[_Spec]) -> _Met:
         """Register the waits of one call as pending and wait until one of them is met."""
         self._check_live()
         future: asyncio.Future[_Met] = asyncio.get_running_loop().create_future()
         waits = self._waits
         for spec in specs:
-            waits[spec.key] = _Wait(spec.key, spec.index, spec.fire_ns, spec.signal, future)
+            waits[spec.key] = _Wait(
+                spec.key, spec.index, spec.fire_ns, spec.signal, spec.event, future
+            )
         self._activity += 1
         self._maybe_settle()
         try:
@@ -709,6 +773,10 @@ class RunExecutor:
             condition = conditions.add(wait_key=wait.key)
             if wait.signal is not None:
                 condition.signal.name = wait.signal
+            elif wait.event is not None:
+                condition.event.name = wait.event.name
+                condition.event.match_json = wait.event.match_json
+                condition.event.since.FromNanoseconds(wait.event.since_ns)
             else:
                 condition.timer.fire_time.FromNanoseconds(wait.fire_ns)
         self._suspending = True

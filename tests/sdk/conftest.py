@@ -74,14 +74,29 @@ class FakeChannel:
         ]
 
     def waits(self) -> list[dict[str, str | int]]:
-        """Each suspend_run sent: by wait key in order, the signal name of a signal wait
-        or the fire time (ns) of a timer."""
+        """Each suspend_run sent: by wait key in order, the signal name of a signal wait,
+        the event name of an event wait or the fire time (ns) of a timer."""
         return [
             {
                 w.wait_key: w.signal.name
                 if w.HasField("signal")
+                else w.event.name
+                if w.HasField("event")
                 else w.timer.fire_time.ToNanoseconds()
                 for w in c.suspend_run.waits
+            }
+            for c in self.commands
+            if c.HasField("suspend_run")
+        ]
+
+    def event_waits(self) -> list[dict[str, tuple[str, str, int]]]:
+        """Each suspend_run sent: its event waits' (name, match_json, since in ns), by
+        wait key in order."""
+        return [
+            {
+                w.wait_key: (w.event.name, w.event.match_json, w.event.since.ToNanoseconds())
+                for w in c.suspend_run.waits
+                if w.HasField("event")
             }
             for c in self.commands
             if c.HasField("suspend_run")
@@ -129,7 +144,7 @@ def make_task(
 ) -> worker_service_pb2.RunTask:
     """A RunTask; journal maps step keys to results, exceptions, or StepRecords; met
     lists the waits whose WaitResult follows them in the journal, in order: a wait key,
-    a (wait key, payload) pair (a met signal wait), or a WaitResult."""
+    a (wait key, payload) pair (a met signal or event wait), or a WaitResult."""
     task = worker_service_pb2.RunTask(
         run_id=run_id,
         lease_id=lease_id,

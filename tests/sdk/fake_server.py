@@ -144,6 +144,7 @@ class FakeWorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self.errors: dict[str, tuple[grpc.StatusCode, str]] = {}
         self.pages: list[workflow_service_pb2.ListRunsResponse] = []
         self.event_pages: list[workflow_service_pb2.ListRunEventsResponse] = []
+        self.published: set[str] = set()  # event ids seen by PublishEvent
 
     async def _maybe_fail(self, key: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if key in self.errors:
@@ -199,6 +200,19 @@ class FakeWorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self.requests.append(request)
         await self._maybe_fail(request.run_id, context)
         return workflow_service_pb2.SignalResponse(run_id=request.run_id)
+
+    async def PublishEvent(
+        self, request: workflow_service_pb2.PublishEventRequest, context: Any
+    ) -> workflow_service_pb2.PublishEventResponse:
+        self.requests.append(request)
+        await self._maybe_fail(request.name, context)
+        already = request.event_id in self.published
+        self.published.add(request.event_id)
+        return workflow_service_pb2.PublishEventResponse(
+            event_id=request.event_id or "assigned-1",
+            already_published=already,
+            woken_run_ids=[] if already else ["r1", "r2"],
+        )
 
     async def ListRunEvents(
         self, request: workflow_service_pb2.ListRunEventsRequest, context: Any

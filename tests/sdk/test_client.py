@@ -306,6 +306,37 @@ async def test_signal_errors_are_mapped(fake: tuple[FakeWorkflowService, Client]
         await client.signal("r", "approve", object())
 
 
+async def test_publish_event_sends_name_payload_and_event_id(
+    fake: tuple[FakeWorkflowService, Client],
+) -> None:
+    from worker_sdk._client import PublishedEvent
+
+    service, client = fake
+    first = await client.publish_event("order.paid", Order(5), event_id="pay-5")
+    again = await client.publish_event("order.paid", {"id": 5}, event_id="pay-5")
+    bare = await client.publish_event("tick")
+    assert first == PublishedEvent("pay-5", already_published=False, woken_run_ids=("r1", "r2"))
+    assert again == PublishedEvent("pay-5", already_published=True, woken_run_ids=())
+    assert bare.event_id == "assigned-1"
+    sent = [(r.name, r.payload.json, r.event_id) for r in service.requests]
+    assert sent == [
+        ("order.paid", '{"id":5}', "pay-5"),
+        ("order.paid", '{"id":5}', "pay-5"),
+        ("tick", "null", ""),
+    ]
+    with pytest.raises(AttributeError):
+        first.event_id = "other"  # type: ignore[misc]
+
+
+async def test_publish_event_errors_are_mapped(fake: tuple[FakeWorkflowService, Client]) -> None:
+    service, client = fake
+    service.errors[""] = (grpc.StatusCode.INVALID_ARGUMENT, "an event needs a name")
+    with pytest.raises(sdk_errors.InvalidArgumentError, match="needs a name"):
+        await client.publish_event("")
+    with pytest.raises(PayloadError):
+        await client.publish_event("x", object())
+
+
 def event(sequence: int, kind: int, **fields: object) -> types_pb2.RunEvent:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC))
