@@ -491,3 +491,73 @@ async def reminders(ctx: WorkflowContext, job: Awaiting) -> dict[str, Any]:
             return {"reminders": reminders, "signal": approved.result()}
         reminders += 1
         await clock(job.tag, f"reminder {reminders}")
+
+
+# -- events ------------------------------------------------------------------------
+
+
+class Order(BaseModel):
+    """Input of ``e2e.order_paid``: wait for order ``order`` to be paid within ``seconds``."""
+
+    tag: str
+    order: int
+    seconds: float = 60.0
+
+
+class Paid(BaseModel):
+    """The payload of an ``order.paid`` event."""
+
+    order: int
+    amount: int
+
+
+@workflow(name="e2e.order_paid")
+async def order_paid(ctx: WorkflowContext, job: Order) -> dict[str, Any]:
+    """Send an invoice, then wait for the event that says this order was paid."""
+    await clock(job.tag, "invoiced")
+    try:
+        paid = await ctx.wait_for_event(
+            "order.paid", match={"order": job.order}, timeout=job.seconds, type=Paid
+        )
+    except WaitTimeoutError as timeout:
+        return {"timed_out": timeout.wait_key}
+    return {"order": paid.order, "paid": paid.amount}
+
+
+class Listening(BaseModel):
+    """Input of ``e2e.await_event``: wait for event ``name``; ``hold`` blocks a step
+    ``"before"`` the wait begins or ``"during"`` it (gathered with the wait)."""
+
+    tag: str
+    name: str = "ping"
+    hold: Literal["no", "before", "during"] = "no"
+
+
+@workflow(name="e2e.await_event")
+async def await_event(ctx: WorkflowContext, job: Listening) -> Any:
+    """Wait for one event of any payload (around a step that may block)."""
+    if job.hold == "before":
+        await hold(job.tag, "hold")
+    waiting = ctx.wait_for_event(job.name)  # the wait begins here
+    if job.hold == "during":
+        _, payload = await asyncio.gather(hold(job.tag, "hold"), waiting)
+    else:
+        payload = await waiting
+    await clock(job.tag, "after")
+    return payload
+
+
+@workflow(name="e2e.event_reminders")
+async def event_reminders(ctx: WorkflowContext, job: Awaiting) -> dict[str, Any]:
+    """Remind every ``seconds`` until event ``name`` comes: the event wait is one task
+    kept across the rounds (asyncio.wait), each round adds a new sleep."""
+    event = asyncio.create_task(ctx.wait_for_event(job.name))
+    reminders = 0
+    while True:
+        timer = asyncio.create_task(ctx.sleep(job.seconds))
+        done, _ = await asyncio.wait({event, timer}, return_when=asyncio.FIRST_COMPLETED)
+        if event in done:
+            timer.cancel()
+            return {"reminders": reminders, "event": event.result()}
+        reminders += 1
+        await clock(job.tag, f"reminder {reminders}")
