@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tests.e2e import workflows as wf
 from tests.e2e.harness import Server, Stack, eventually, read_marks, release
+from tests.e2e.test_grpcurl import call
 from tests.e2e.test_signals import RESULT_TIMEOUT, met_waits, wait_for_status
 from worker_sdk import Client, RunStatus
 
@@ -152,3 +153,26 @@ async def test_a_kept_event_wait_keeps_its_start_across_a_replay(
     result = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
     assert result == {"reminders": 1, "event": {"n": 1}}
     assert await met_waits(client, handle.run_id) == ["sleep:1", "event:1"]
+
+
+# -- grpcurl ------------------------------------------------------------------------------
+
+
+async def test_publish_event_with_grpcurl(
+    server: Server, worker: object, client: Client, tag: str
+) -> None:
+    # As docs/operations.md shows it.
+    handle = await client.trigger(wf.order_paid, wf.Order(tag=tag, order=7))
+    await wait_for_status(client, handle.run_id, RunStatus.SUSPENDED)
+    request = {
+        "name": "order.paid",
+        "payload": {"json": '{"order": 7, "amount": 30}'},
+        "event_id": f"pay-{tag}",
+    }
+
+    published = await asyncio.to_thread(call, server, "PublishEvent", request)
+    again = await asyncio.to_thread(call, server, "PublishEvent", request)
+
+    assert published == {"event_id": f"pay-{tag}", "woken_run_ids": [handle.run_id]}
+    assert again == {"event_id": f"pay-{tag}", "already_published": True}
+    assert await asyncio.wait_for(handle.result(), RESULT_TIMEOUT) == {"order": 7, "paid": 30}
