@@ -26,7 +26,20 @@ def matches(match_json: str | None, payload_json: str) -> bool:
     payload = json.loads(payload_json)
     if not isinstance(payload, dict):
         return False
-    return all(key in payload and payload[key] == value for key, value in match.items())
+    return all(key in payload and json_equal(payload[key], value) for key, value in match.items())
+
+
+def json_equal(left: object, right: object) -> bool:
+    """JSON equality: true and 1 differ (Python's == says they are equal)."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return type(left) is type(right) and left == right
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(json_equal(left[k], right[k]) for k in left)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(map(json_equal, left, right))
+    if isinstance(left, (dict, list)) or isinstance(right, (dict, list)):
+        return False
+    return left == right
 
 
 def insert(conn: Connection, event_id: str, name: str, payload_json: str, now: int) -> bool:
