@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -30,7 +28,6 @@ from service.domain import (
     RunStatus,
     SignalStatus,
     SuspendStatus,
-    WaitKind,
     WaitSpec,
     now_ms,
 )
@@ -60,12 +57,11 @@ from service.engine.registry import WorkflowRegistry
 from service.engine.sessions import Cancellation, WorkerSession
 from service.engine.timers import TimerSchedule
 from service.engine.transitions import RunEvent
+from service.engine.validation import MAX_ID_LENGTH, check_id, check_waits
 from service.store.base import RunConflictError, Store
 
 log = logging.getLogger("stepd.engine")
 
-MAX_ID_LENGTH = 200
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 #: Most runs with an expired lease re-queued by one sweep.
@@ -84,53 +80,6 @@ class TriggerParams:
     idempotency_key: str = ""
     deadline: int | None = None
     start_time_not_before: int | None = None
-
-
-def _check_waits(waits: tuple[WaitSpec, ...]) -> None:
-    if not waits:
-        raise InvalidArgument("suspend_run.waits must name at least one wait")
-    keys = [w.wait_key for w in waits]
-    if "" in keys:
-        raise InvalidArgument("suspend_run.waits: every wait needs a wait_key")
-    if len(set(keys)) != len(keys):
-        raise InvalidArgument("suspend_run.waits: wait keys must be unique")
-    for wait in waits:
-        if wait.kind is WaitKind.EVENT:
-            _check_event_wait(wait)
-        elif wait.kind is WaitKind.SIGNAL:
-            if not wait.target:
-                raise InvalidArgument(
-                    f"suspend_run.waits[{wait.wait_key}]: a signal wait needs the signal's name"
-                )
-        elif wait.kind is WaitKind.TIMER and wait.fire_time is None:
-            raise InvalidArgument(
-                f"suspend_run.waits[{wait.wait_key}]: this server serves timer waits "
-                "with a fire_time, signal and event waits with a name, and hook waits"
-            )
-
-
-def _check_event_wait(wait: WaitSpec) -> None:
-    where = f"suspend_run.waits[{wait.wait_key}]"
-    if not wait.target:
-        raise InvalidArgument(f"{where}: an event wait needs the event's name")
-    if wait.since_time is None:
-        raise InvalidArgument(f"{where}: an event wait needs `since`, when the wait began")
-    if wait.match_json:
-        try:
-            match = json.loads(wait.match_json)
-        except ValueError:
-            raise InvalidArgument(f"{where}: match_json is not valid JSON") from None
-        if not isinstance(match, dict):
-            raise InvalidArgument(f"{where}: match_json must be a JSON object of fields")
-
-
-def _check_id(field: str, value: str) -> None:
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidArgument(f"{field} is {len(value)} characters; at most {MAX_ID_LENGTH}")
-    if not _ID_PATTERN.match(value):
-        raise InvalidArgument(
-            f"{field} {value!r} may contain only letters, digits and . _ : @ / + = -"
-        )
 
 
 class Engine:
@@ -206,7 +155,7 @@ class Engine:
         if len(name) > MAX_ID_LENGTH:
             raise InvalidArgument(f"workflow_name is longer than {MAX_ID_LENGTH} characters")
         if params.run_id:
-            _check_id("run_id", params.run_id)
+            check_id("run_id", params.run_id)
         if len(params.idempotency_key) > MAX_ID_LENGTH:
             raise InvalidArgument(f"idempotency_key is longer than {MAX_ID_LENGTH} characters")
         input_json = check_json_payload(
@@ -362,7 +311,7 @@ class Engine:
         if len(name) > MAX_ID_LENGTH:
             raise InvalidArgument(f"name is longer than {MAX_ID_LENGTH} characters")
         if event_id:
-            _check_id("event_id", event_id)
+            check_id("event_id", event_id)
         payload = check_json_payload(
             "payload", payload_json, encoding, self.config.max_payload_bytes
         )
@@ -613,7 +562,7 @@ class Engine:
         lease_id: int,
         waits: tuple[WaitSpec, ...],
     ) -> CommandResult:
-        _check_waits(waits)
+        check_waits(waits)
         outcome = await self.store.suspend_run(run_id, lease_id, waits)
         if outcome.status is SuspendStatus.LEASE_LOST:
             return self._lease_lost(cid, run_id, session)
