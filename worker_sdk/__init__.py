@@ -8,12 +8,14 @@ Define workflows with ``@workflow`` and steps with ``@step``, serve them with
 from worker_sdk._client import Client, RunHandle
 from worker_sdk._context import WorkflowContext
 from worker_sdk._definitions import step, workflow
+from worker_sdk._hooks import Hook
 from worker_sdk._runs import RunInfo, RunStatus
 from worker_sdk._worker import Worker
 from worker_sdk.errors import NotFoundError, RunCancelledError, RunFailedError, StepdError
 
 __all__ = [
     "Client",
+    "Hook",
     "NotFoundError",
     "RunCancelledError",
     "RunFailedError",

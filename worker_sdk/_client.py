@@ -1,5 +1,5 @@
 """``Client`` and ``RunHandle``: start runs, wait for them, inspect, list, signal and
-cancel them, read their history, and publish events."""
+cancel them, read their history, publish events and execute hooks."""
 
 from __future__ import annotations
 
@@ -347,6 +347,25 @@ class Client:
             request_id=request_id or "",
         )
         await _call(self._stub().Signal, request)
+
+    async def execute_hook(self, token: str, payload: Any = None) -> str:
+        """Execute a hook: ``await client.execute_hook(token, {"approved": True})``.
+
+        ``token`` is a hook's token (``ctx.create_hook().token``, handed out by the
+        workflow). The run waiting on it (``ctx.wait_for_hook``) resumes with
+        ``payload`` (any JSON-serializable value); an execution that comes before the
+        run waits is kept until it does. Returns the run's id.
+
+        A hook executes once. Raises NotFoundError for an unknown or mangled token,
+        FailedPreconditionError for a hook that was executed already or has expired
+        (its wait timed out or lost, or its run ended), InvalidArgumentError for an
+        empty token.
+        """
+        request = workflow_service_pb2.ExecuteHookRequest(
+            token=token, payload=types_pb2.Payload(json=dumps(payload))
+        )
+        response = await _call(self._stub().ExecuteHook, request)
+        return response.run_id
 
     async def publish_event(
         self, name: str, payload: Any = None, *, event_id: str | None = None

@@ -16,6 +16,7 @@ from worker_sdk._definitions import (
     current_scheduler,
     current_step,
 )
+from worker_sdk._hooks import Hook, hook_token
 from worker_sdk._serde import ANY_ADAPTER, adapter_for, dumps
 from worker_sdk.errors import WaitTimeoutError, WorkflowContextError
 
@@ -35,18 +36,20 @@ class WorkflowContext:
     Made by the worker for each execution of a run; workflow code reads
     ``run_id``, ``workflow_name`` and ``version``, wraps ad-hoc functions as
     steps with ``ctx.step``, waits durably with ``ctx.sleep``,
-    ``ctx.sleep_until``, ``ctx.wait_for_signal`` and ``ctx.wait_for_event``
-    (several at once with ``ctx.first``), and writes custom entries to the run's
-    history with ``ctx.log`` and ``ctx.record``.
+    ``ctx.sleep_until``, ``ctx.wait_for_signal``, ``ctx.wait_for_event`` and
+    ``ctx.wait_for_hook`` (several at once with ``ctx.first``), makes hooks with
+    ``ctx.create_hook``, and writes custom entries to the run's history with
+    ``ctx.log`` and ``ctx.record``.
 
     A context made by hand (``WorkflowContext("run", "wf", "1")``, e.g. to call a
     workflow function directly in a test) belongs to no run: its steps are plain
-    calls, its sleeps are plain ``asyncio.sleep`` calls, no signal or event ever
-    comes (``wait_for_signal`` and ``wait_for_event`` time out, or wait forever
-    without a timeout), and its history entries go nowhere.
+    calls, its sleeps are plain ``asyncio.sleep`` calls, no signal, event or hook
+    execution ever comes (``wait_for_signal``, ``wait_for_event`` and
+    ``wait_for_hook`` time out, or wait forever without a timeout), its hooks'
+    tokens are valid for no server, and its history entries go nowhere.
     """
 
-    __slots__ = ("_run_id", "_scheduler", "_version", "_workflow_name")
+    __slots__ = ("_hook_count", "_run_id", "_scheduler", "_version", "_workflow_name")
 
     def __init__(
         self,
@@ -59,6 +62,7 @@ class WorkflowContext:
         self._workflow_name = workflow_name
         self._version = version
         self._scheduler = scheduler
+        self._hook_count = 0  # hooks made by a context of no run
 
     @property
     def run_id(self) -> str:
@@ -248,6 +252,75 @@ class WorkflowContext:
             name, match_json=match_json, timeout_ns=timeout_ns, adapter=adapter
         )
 
+    def create_hook(self) -> Hook:
+        """Make a hook: a token with which someone outside the run resumes it.
+
+        ``hook = ctx.create_hook()`` returns at once (no round trip) a ``Hook`` whose
+        ``token`` you hand out — in an approval link, as a webhook URL — from a step
+        (``await send_approval_email(hook.token)``); then ``await
+        ctx.wait_for_hook(hook)`` waits until someone calls
+        ``client.execute_hook(hook.token, payload)`` and returns the payload.
+
+        Each call takes the wait key ``hook:N`` (N counts this run's ``create_hook``
+        calls from 1, in call order) and derives the token from the key and the run's
+        secret, so a replay makes the same token. A hook executes once; an execution
+        that comes before the run waits is kept until it does. A hook expires when
+        its wait is dropped (its timeout or another wait of ``ctx.first`` won) or the
+        run ends; executing it then raises ``FailedPreconditionError``.
+        """
+        scheduler = self._scheduler_for("create_hook")
+        if scheduler is None:
+            self._hook_count += 1
+            key = f"hook:{self._hook_count}"
+            return Hook(key=key, token=hook_token(b"", self._run_id, key), run_id=self._run_id)
+        return scheduler.create_hook()
+
+    @overload
+    def wait_for_hook(
+        self, hook: Hook, /, *, timeout: float | timedelta | None = None
+    ) -> Coroutine[Any, Any, Any]: ...
+    @overload
+    def wait_for_hook(
+        self, hook: Hook, /, *, timeout: float | timedelta | None = None, type: type[T]
+    ) -> Coroutine[Any, Any, T]: ...
+    def wait_for_hook(
+        self, hook: Hook, /, *, timeout: float | timedelta | None = None, type: Any = None
+    ) -> Coroutine[Any, Any, Any]:
+        """Wait durably until ``hook`` is executed; return the payload it was executed with.
+
+        ``decision = await ctx.wait_for_hook(hook, timeout=timedelta(days=3),
+        type=Decision)``. An execution that came before this call (while a step ran)
+        is delivered now. While nothing else runs, the run is *suspended* (no worker
+        slot) until the hook is executed.
+
+        The payload is plain JSON values, or validated into ``type`` when given (a
+        payload that does not fit raises ``PayloadError`` here). With ``timeout``
+        (seconds or a ``timedelta``, greater than 0) the call raises
+        ``WaitTimeoutError`` when the hook was not executed in time; the hook has then
+        expired, and executing it raises ``FailedPreconditionError``.
+
+        Wait keys: the hook's own key ``hook:N`` and, with a timeout, the timer
+        ``hook:N:timeout``. Wait on a hook once: a second call for the same hook raises
+        ``WorkflowContextError`` (make a new hook instead). Works with ``ctx.first``
+        and ``asyncio.wait`` like the other waits; a hook whose wait lost a
+        ``ctx.first`` has expired.
+        """
+        if not isinstance(hook, Hook):
+            raise TypeError(
+                f"ctx.wait_for_hook() takes a Hook from ctx.create_hook(), got {hook!r}"
+            )
+        if hook.run_id != self._run_id:
+            raise WorkflowContextError(
+                f"{hook.key} belongs to run {hook.run_id}, not to run {self._run_id}: "
+                "wait on a hook in the run that created it"
+            )
+        timeout_ns = None if timeout is None else _timeout_ns(timeout)
+        adapter = ANY_ADAPTER if type is None else adapter_for(type)
+        scheduler = self._scheduler_for("wait_for_hook")
+        if scheduler is None:
+            return _nothing_comes(f"execution of {hook.key}", timeout_ns, wait_key=hook.key)
+        return scheduler.call_hook(hook, timeout_ns=timeout_ns, adapter=adapter)
+
     async def first(self, *awaitables: Awaitable[Any]) -> tuple[int, Any]:
         """Wait for the first of several awaitables; return ``(index, value)``.
 
@@ -259,7 +332,8 @@ class WorkflowContext:
         (e.g. ``WaitTimeoutError``).
 
         Pass durable waits (``ctx.sleep``, ``ctx.sleep_until``,
-        ``ctx.wait_for_signal``, ``ctx.wait_for_event``; steps work too). While
+        ``ctx.wait_for_signal``, ``ctx.wait_for_event``, ``ctx.wait_for_hook``;
+        steps work too). While
         the run has nothing else to do it is suspended with all of them, and it
         wakes when the first one is met; a replay picks the same winner. Plain
         ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` over tasks of the same
@@ -369,14 +443,15 @@ def _match_json(match: object) -> str:
 
 
 async def _nothing_comes(what: str, timeout_ns: int | None, **names: str) -> Any:
-    """``wait_for_signal`` / ``wait_for_event`` outside a run: nothing ever comes."""
+    """``wait_for_signal`` / ``wait_for_event`` / ``wait_for_hook`` outside a run: nothing
+    ever comes."""
     if timeout_ns is None:
         return await asyncio.get_running_loop().create_future()  # never resolved
     timeout = timeout_ns / 1e9
     await asyncio.sleep(timeout)
     raise WaitTimeoutError(
         f"no {what} came within {timeout:g} s (a context made by hand belongs to no run "
-        "and receives no signals or events)",
+        "and receives no signals, events or hook executions)",
         timeout=timeout,
         **names,
     )

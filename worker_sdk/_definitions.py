@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import re
 import typing
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
@@ -24,9 +25,14 @@ from worker_sdk.errors import WorkflowDefinitionError
 
 if TYPE_CHECKING:
     from worker_sdk._context import WorkflowContext
+    from worker_sdk._hooks import Hook
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+_RESERVED_KEY = re.compile(r"(?:sleep|signal|event|hook|entry):[0-9]+(?::[a-z]+)?")
+"""Keys of the SDK's own journal entries (``event:N:since``) and their look-alikes:
+not a step name, so that no step key can be one."""
 
 
 class StepScheduler(Protocol):
@@ -59,6 +65,17 @@ class StepScheduler(Protocol):
         """Assign the call its wait keys now; return the coroutine that waits durably for
         the first event ``name`` published from now on whose payload has the fields of
         ``match_json`` (at most ``timeout_ns``) and yields its payload."""
+        ...
+
+    def create_hook(self) -> Hook:
+        """Assign the run's next hook its wait key now and derive its token."""
+        ...
+
+    def call_hook(
+        self, hook: Hook, *, timeout_ns: int | None, adapter: TypeAdapter[Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """Return the coroutine that waits durably until ``hook`` is executed (at most
+        ``timeout_ns``) and yields its payload."""
         ...
 
     def call_record(self, name: str, payload_json: str) -> None:
@@ -159,6 +176,11 @@ class Step(Generic[P, R]):
         if "#" in step_name:
             raise WorkflowDefinitionError(
                 f"step name {step_name!r} must not contain '#' (it marks repeated calls)"
+            )
+        if _RESERVED_KEY.fullmatch(step_name):
+            raise WorkflowDefinitionError(
+                f"step name {step_name!r} has the form of the SDK's own keys "
+                "(e.g. 'event:1:since', recorded beside the steps); choose another name"
             )
         self.name = step_name
         """The step's name: the first part of its step keys."""

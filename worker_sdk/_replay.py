@@ -12,8 +12,14 @@ Durable waits get wait keys the same way: sleeps (``ctx.sleep``) ``sleep:1``,
 ``sleep:2``, ...; signal waits (``ctx.wait_for_signal``) ``signal:1``, ... and,
 with a timeout, the timer ``signal:N:timeout`` beside the signal wait; event
 waits (``ctx.wait_for_event``) ``event:1``, ... (and ``event:N:timeout``), with
-``since`` taken at the call (the server keeps the first one it sees). A call
-registers its waits as *pending*. When the run is *quiescent* — at least one
+``since`` taken at the call and recorded at once as the internal journal entry
+``event:N:since`` (a ``record_step`` whose result is ``since`` in Unix ms): the wait
+proceeds only once the server acknowledged it, and a replay reads it back, so
+the wait begins where it first began even when the run is handed out again
+before it was ever suspended. Hook waits (``ctx.wait_for_hook``) use the key
+``hook:N`` that ``ctx.create_hook`` gave the hook (and ``hook:N:timeout``); the
+hook's token is derived from the RunTask's ``hook_secret`` and the key, the same
+on every replay. A call registers its waits as *pending*. When the run is *quiescent* — at least one
 wait pending, no step body running, no step outcome waiting for its
 acknowledgement, and ``SETTLE_HOPS`` turns of the event loop went by without
 the workflow calling or finishing a step or a wait — the executor either
@@ -57,7 +63,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter
@@ -65,8 +71,14 @@ from stepd.v1 import types_pb2, worker_service_pb2
 
 from worker_sdk._context import WorkflowContext
 from worker_sdk._definitions import Step, Workflow, current_scheduler
+from worker_sdk._hooks import Hook, hook_token
 from worker_sdk._serde import dumps, error_info, loads, payload_text, rebuild_error
-from worker_sdk.errors import NonDeterminismError, WaitTimeoutError
+from worker_sdk.errors import (
+    NonDeterminismError,
+    StepdError,
+    WaitTimeoutError,
+    WorkflowContextError,
+)
 
 logger = logging.getLogger("stepd.worker")
 
@@ -154,6 +166,18 @@ class _Spec:
     fire_ns: int
     signal: str | None
     event: _EventWait | None
+    hook: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Since:
+    """When an event wait began (Unix ns, whole ms) and, when this execution recorded
+    it, the answer to its ``record_step`` (``event:N:since``); ``unsent`` when it could
+    not be sent (the run was ending)."""
+
+    ns: int
+    answer: asyncio.Future[worker_service_pb2.CommandResult] | None = None
+    unsent: bool = False
 
 
 @dataclass(slots=True)
@@ -169,7 +193,22 @@ class _Wait:
     fire_ns: int  # a timer's fire time (Unix ns); 0 for a signal or event wait
     signal: str | None  # a signal wait's signal name; None otherwise
     event: _EventWait | None  # an event wait's condition; None otherwise
+    hook: bool  # a hook wait
     future: asyncio.Future[_Met]
+
+
+def _since_ns(key: str, record: types_pb2.StepRecord) -> int:
+    """The start of an event wait (Unix ns) from its ``event:N:since`` record (Unix ms)."""
+    try:
+        since_ms = loads(payload_text(record.result))
+        if isinstance(since_ms, bool) or not isinstance(since_ms, int):
+            raise ValueError(since_ms)
+    except (ValueError, StepdError) as exc:
+        raise NonDeterminismError(
+            f"the journal entry {key} holds {payload_text(record.result)!r}, not the start "
+            "of an event wait in Unix ms"
+        ) from exc
+    return since_ms * 1_000_000
 
 
 def _met_time_ns(wait: types_pb2.WaitResult) -> int:
@@ -212,6 +251,9 @@ class RunExecutor:
         "_events",
         "_finishing",
         "_held",
+        "_hook_count",
+        "_hook_secret",
+        "_hooks_waited",
         "_input",
         "_journal",
         "_met",
@@ -220,6 +262,7 @@ class RunExecutor:
         "_released",
         "_settling",
         "_signal_count",
+        "_since_records",
         "_sleep_count",
         "_step_errors",
         "_step_tasks",
@@ -264,6 +307,11 @@ class RunExecutor:
         self._sleep_count = 0
         self._signal_count = 0
         self._event_count = 0
+        self._hook_count = 0
+        self._hook_secret = task.hook_secret
+        self._hooks_waited: set[str] = set()  # hooks a wait_for_hook call took
+        # record_step of event:N:since not yet answered: the run is not quiescent.
+        self._since_records: set[asyncio.Future[worker_service_pb2.CommandResult]] = set()
         self._wait_count = 0  # every wait registered so far: orders the waits
         self._waits: dict[str, _Wait] = {}  # pending waits the workflow awaits, by wait key
         self._entry_count = 0
@@ -610,19 +658,99 @@ class RunExecutor:
     def call_event(
         self, name: str, *, match_json: str, timeout_ns: int | None, adapter: TypeAdapter[Any]
     ) -> Coroutine[Any, Any, Any]:
-        """Assign the call its wait keys now: ``event:N`` for the event, with ``since`` the
-        time of this call, and, with a timeout, the timer ``event:N:timeout`` beside it.
+        """Assign the call its wait keys now: ``event:N`` for the event and, with a
+        timeout, the timer ``event:N:timeout`` beside it (fired ``timeout`` after
+        ``since``).
 
-        A replay computes a later ``since``; the server keeps the first one it saw for
-        the key, so the wait still begins where the first execution began it."""
+        ``since`` is the time of this call, recorded at once as ``event:N:since``
+        (``record_step``, not awaited here; the wait proceeds once it is
+        acknowledged), or read back from the journal on a replay."""
         index = self._event_count = self._event_count + 1
         key = f"event:{index}"
         self._activity += 1
-        now = time.time_ns()
-        specs = [self._spec(key, event=_EventWait(name, match_json, now))]
+        specs = [self._spec(key, event=_EventWait(name, match_json, 0))]
         if timeout_ns is not None:
-            specs.append(self._spec(f"{key}:timeout", fire_ns=now + timeout_ns))
-        return self._event(key, name, match_json, specs, timeout_ns, adapter)
+            specs.append(self._spec(f"{key}:timeout"))
+        since = self._event_since(f"{key}:since")
+        return self._event(key, name, match_json, specs, timeout_ns, adapter, since)
+
+    def _event_since(self, since_key: str) -> _Since:
+        """The recorded start of an event wait, or now (whole ms) with its record_step
+        sent."""
+        record = self._journal.pop(since_key, None)
+        if record is not None:
+            return _Since(_since_ns(since_key, record))
+        since_ns = time.time_ns() // 1_000_000 * 1_000_000
+        if self._abandoned or self._suspending or self._finishing or self._held:
+            return _Since(since_ns, unsent=True)  # the run is ending: nothing is sent
+        command = worker_service_pb2.WorkerCommand(run_id=self.run_id, lease_id=self.lease_id)
+        step = command.record_step.step
+        step.step_key = since_key
+        step.attempt = 1
+        step.start_time.FromNanoseconds(since_ns)
+        step.end_time.FromNanoseconds(since_ns)
+        step.result.json = str(since_ns // 1_000_000)
+        try:
+            answer = self._channel.submit(command)
+        except RunAbandoned:  # the channel is closed: the run is lost to this worker
+            return _Since(since_ns, unsent=True)
+        self._since_records.add(answer)
+        answer.add_done_callback(self._since_answered)
+        return _Since(since_ns, answer)
+
+    def _since_answered(self, answer: asyncio.Future[worker_service_pb2.CommandResult]) -> None:
+        self._since_records.discard(answer)
+        self._activity += 1
+        if answer.cancelled() or self._abandoned:
+            return
+        result = answer.result()
+        if result.status in (_OK, _DUPLICATE):
+            self._maybe_settle()  # the run may have been waiting only for this answer
+            return
+        if result.status != _LEASE_LOST:
+            logger.error(
+                "run %s: abandoned: the server answered %s to record_step (an event wait's "
+                "start): %s",
+                self.run_id,
+                worker_service_pb2.CommandStatus.Name(result.status),
+                result.message,
+            )
+        self.abandon()  # the call awaiting the answer (if any) raises too
+
+    def create_hook(self) -> Hook:
+        """Assign the hook its wait key now (``hook:N``) and derive its token from the
+        run's hook secret: the same key and token on every replay."""
+        index = self._hook_count = self._hook_count + 1
+        key = f"hook:{index}"
+        self._activity += 1
+        if not self._hook_secret:
+            raise StepdError(
+                f"run {self.run_id}: the server sent no hook secret, so it does not serve "
+                "hooks; upgrade the stepd server"
+            )
+        return Hook(
+            key=key, token=hook_token(self._hook_secret, self.run_id, key), run_id=self.run_id
+        )
+
+    def call_hook(
+        self, hook: Hook, *, timeout_ns: int | None, adapter: TypeAdapter[Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """Wait on the hook's key (``hook:N``) and, with a timeout, the timer
+        ``hook:N:timeout`` beside it (first of the two wins). A hook is waited on once."""
+        key = hook.key
+        if hook.run_id != self.run_id or not key.startswith("hook:"):
+            raise WorkflowContextError(f"{key} of run {hook.run_id} is not a hook of this run")
+        if key in self._hooks_waited:
+            raise WorkflowContextError(
+                f"{key} was waited on already: a hook executes once and expires when its "
+                "wait ends; create a new hook to wait again"
+            )
+        self._hooks_waited.add(key)
+        self._activity += 1
+        specs = [self._spec(key, hook=True)]
+        if timeout_ns is not None:
+            specs.append(self._spec(f"{key}:timeout", fire_ns=time.time_ns() + timeout_ns))
+        return self._hook(key, specs, timeout_ns, adapter)
 
     def _spec(
         self,
@@ -631,10 +759,11 @@ class RunExecutor:
         fire_ns: int = 0,
         signal: str | None = None,
         event: _EventWait | None = None,
+        hook: bool = False,
     ) -> _Spec:
         """A wait's description, numbered in call order."""
         index = self._wait_count = self._wait_count + 1
-        return _Spec(key, index, fire_ns, signal, event)
+        return _Spec(key, index, fire_ns, signal, event, hook)
 
     async def _no_wait(self) -> None:
         self._check_live()
@@ -670,7 +799,12 @@ class RunExecutor:
         specs: list[_Spec],
         timeout_ns: int | None,
         adapter: TypeAdapter[Any],
+        since: _Since,
     ) -> Any:
+        since_ns = await self._since_recorded(since)
+        specs[0] = replace(specs[0], event=_EventWait(name, match_json, since_ns))
+        if timeout_ns is not None:
+            specs[1] = replace(specs[1], fire_ns=since_ns + timeout_ns)
         met_key, result = await self._wait(specs)
         if met_key != key or result.timed_out:
             timeout = None if timeout_ns is None else timeout_ns / 1e9
@@ -684,6 +818,45 @@ class RunExecutor:
             )
         return loads(payload_text(result.payload), adapter)
 
+    async def _since_recorded(self, since: _Since) -> int:
+        """Wait until the start of an event wait is durable; return it (Unix ns). A
+        DUPLICATE answer carries the start recorded first, which wins."""
+        if since.unsent:
+            if self._suspending:
+                await self._park()  # suspend_run is on its way: its answer unwinds us
+            self._check_live()
+            raise RunAbandoned
+        answer = since.answer
+        if answer is None:
+            self._check_live()
+            return since.ns
+        result = await answer
+        status = result.status
+        if status == _DUPLICATE:
+            self._check_live()
+            return _since_ns(result.recorded_step.step_key, result.recorded_step)
+        if status == _OK:
+            self._check_live()
+            return since.ns
+        self.abandon()  # done already by _since_answered
+        if status == _LEASE_LOST:
+            raise LeaseLost(result.message)
+        raise RunAbandoned
+
+    async def _hook(
+        self, key: str, specs: list[_Spec], timeout_ns: int | None, adapter: TypeAdapter[Any]
+    ) -> Any:
+        met_key, result = await self._wait(specs)
+        if met_key != key or result.timed_out:
+            timeout = None if timeout_ns is None else timeout_ns / 1e9
+            within = "in time" if timeout is None else f"within {timeout:g} s"
+            raise WaitTimeoutError(
+                f"hook {key} was not executed {within}; it has expired",
+                wait_key=key,
+                timeout=timeout,
+            )
+        return loads(payload_text(result.payload), adapter)
+
     async def _wait(self, specs: tuple[_Spec, ...] | list[_Spec]) -> _Met:
         """Register the waits of one call as pending and wait until one of them is met."""
         self._check_live()
@@ -691,7 +864,7 @@ class RunExecutor:
         waits = self._waits
         for spec in specs:
             waits[spec.key] = _Wait(
-                spec.key, spec.index, spec.fire_ns, spec.signal, spec.event, future
+                spec.key, spec.index, spec.fire_ns, spec.signal, spec.event, spec.hook, future
             )
         self._activity += 1
         self._maybe_settle()
@@ -707,11 +880,13 @@ class RunExecutor:
             self._maybe_settle()
 
     def _quiescent(self) -> bool:
-        """True when the run only waits: no step body running, no step outcome waiting
-        for its acknowledgement, no step call parked, nothing final sent."""
+        """True when the run only waits: no step body running, no step outcome (or event
+        wait start) waiting for its acknowledgement, no step call parked, nothing final
+        sent."""
         return (
             bool(self._waits)
             and not self._step_tasks
+            and not self._since_records
             and self._parked is None
             and not (self._abandoned or self._finishing or self._suspending or self._held)
             and self.non_determinism is None
@@ -777,6 +952,8 @@ class RunExecutor:
                 condition.event.name = wait.event.name
                 condition.event.match_json = wait.event.match_json
                 condition.event.since.FromNanoseconds(wait.event.since_ns)
+            elif wait.hook:
+                condition.hook.SetInParent()
             else:
                 condition.timer.fire_time.FromNanoseconds(wait.fire_ns)
         self._suspending = True

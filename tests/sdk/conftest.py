@@ -13,6 +13,7 @@ from stepd.v1 import types_pb2, worker_service_pb2
 from worker_sdk._serde import error_info
 
 OK = worker_service_pb2.COMMAND_STATUS_OK
+HOOK_SECRET = bytes(range(32))  # the run's hook secret in every task of make_task
 Responder = Callable[[worker_service_pb2.WorkerCommand], worker_service_pb2.CommandResult | None]
 
 
@@ -141,6 +142,7 @@ def make_task(
     met: Iterable[str | tuple[str, Any] | types_pb2.WaitResult] = (),
     run_id: str = "run-1",
     lease_id: int = 7,
+    hook_secret: bytes = HOOK_SECRET,
 ) -> worker_service_pb2.RunTask:
     """A RunTask; journal maps step keys to results, exceptions, or StepRecords; met
     lists the waits whose WaitResult follows them in the journal, in order: a wait key,
@@ -152,6 +154,7 @@ def make_task(
         workflow_version=version,
         input=types_pb2.Payload(json=json.dumps(input) if input_json is None else input_json),
         dispatch_count=1,
+        hook_secret=hook_secret,
     )
     for sequence, (key, value) in enumerate((journal or {}).items(), start=1):
         if isinstance(value, types_pb2.StepRecord):

@@ -224,8 +224,9 @@ class FakeWorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def ExecuteHook(
         self, request: workflow_service_pb2.ExecuteHookRequest, context: Any
     ) -> workflow_service_pb2.ExecuteHookResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
-        raise AssertionError("unreachable")
+        self.requests.append(request)
+        await self._maybe_fail(request.token, context)
+        return workflow_service_pb2.ExecuteHookResponse(run_id=f"run-of-{request.token}")
 
     async def GetServerInfo(
         self, request: workflow_service_pb2.GetServerInfoRequest, context: Any

@@ -413,3 +413,28 @@ async def test_list_run_events_of_an_unknown_run(
     service.errors["ghost"] = (grpc.StatusCode.NOT_FOUND, "no run ghost")
     with pytest.raises(NotFoundError):
         [e async for e in client.get_handle("ghost").events()]
+
+
+async def test_execute_hook_sends_token_and_payload(
+    fake: tuple[FakeWorkflowService, Client],
+) -> None:
+    service, client = fake
+    assert await client.execute_hook("h1.abc", Order(5)) == "run-of-h1.abc"
+    assert await client.execute_hook("h1.def") == "run-of-h1.def"
+    sent = [(r.token, r.payload.json) for r in service.requests]
+    assert sent == [("h1.abc", '{"id":5}'), ("h1.def", "null")]
+
+
+async def test_execute_hook_errors_are_mapped(fake: tuple[FakeWorkflowService, Client]) -> None:
+    service, client = fake
+    service.errors["forged"] = (grpc.StatusCode.NOT_FOUND, "no hook has this token")
+    service.errors["used"] = (grpc.StatusCode.FAILED_PRECONDITION, "already executed")
+    service.errors[""] = (grpc.StatusCode.INVALID_ARGUMENT, "a token is required")
+    with pytest.raises(NotFoundError, match="no hook"):
+        await client.execute_hook("forged")
+    with pytest.raises(sdk_errors.FailedPreconditionError, match="already executed"):
+        await client.execute_hook("used", {"ok": True})
+    with pytest.raises(sdk_errors.InvalidArgumentError):
+        await client.execute_hook("")
+    with pytest.raises(PayloadError):
+        await client.execute_hook("h1.x", object())

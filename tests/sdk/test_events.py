@@ -1,5 +1,6 @@
-"""Event waits in the replay engine (no gRPC): wait keys, ``since`` taken at the call,
-``match`` as a JSON object, payloads, timeouts and first-of."""
+"""Event waits in the replay engine (no gRPC): wait keys, ``since`` taken at the call and
+recorded as ``event:N:since``, ``match`` as a JSON object, payloads, timeouts and
+first-of."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from stepd.v1 import types_pb2
+from stepd.v1 import types_pb2, worker_service_pb2
 
 from worker_sdk import WorkflowContext, step, workflow
 from worker_sdk._replay import RunExecutor, RunOutcome
-from worker_sdk.errors import PayloadError, WaitTimeoutError
+from worker_sdk.errors import PayloadError, WaitTimeoutError, WorkflowDefinitionError
 
-from .conftest import FakeChannel, make_task
+from .conftest import FakeChannel, make_task, ok, result_record
+
+MS = 1_000_000
 
 calls: list[str] = []
 started: list[int] = []
@@ -39,6 +42,15 @@ async def note(label: str) -> str:
 async def run(wf: Any, channel: FakeChannel, **task: Any) -> RunOutcome:
     executor = RunExecutor(wf, make_task(wf.name, wf.version, **task), channel)
     return await asyncio.wait_for(executor.execute(), 5)
+
+
+def since_of(channel: FakeChannel) -> dict[str, int]:
+    """The event wait starts recorded (``event:N:since``, Unix ms), by key in order."""
+    return {
+        key: json.loads(record.result.json)
+        for key, record in channel.recorded().items()
+        if key.endswith(":since")
+    }
 
 
 def result_of(channel: FakeChannel) -> str:
@@ -91,7 +103,12 @@ async def test_wait_keys_match_and_since_of_event_waits(channel: FakeChannel) ->
         "event:3": ("a", ""),  # an empty match matches every event of the name
     }
     for _, _, since in events.values():
-        assert start <= since <= end
+        assert start // MS * MS <= since <= end  # whole milliseconds
+    # Each start is recorded at the call, before the run suspends, in call order.
+    assert channel.kinds() == ["record_step"] * 3 + ["suspend_run"]
+    assert since_of(channel) == {
+        f"{key}:since": since // MS for key, (_, _, since) in events.items()
+    }
     # The timeout's timer starts from the same instant as the wait.
     assert waits["event:2:timeout"] == events["event:2"][2] + 60 * 10**9
     assert waits["event:3:timeout"] == events["event:3"][2] + 120 * 10**9
@@ -116,24 +133,96 @@ async def test_since_is_the_time_of_the_call_not_of_the_suspension(
 ) -> None:
     before = time.time_ns()
     assert await run(wait_during_a_step, channel) is RunOutcome.SUSPENDED
-    assert channel.kinds() == ["record_step", "suspend_run"]
+    # The start is recorded at the call, before the step body even began.
+    assert channel.step_keys() == ["event:1:since", "slow"]
+    assert channel.kinds() == ["record_step", "record_step", "suspend_run"]
     [[(_, _, since)]] = [list(w.values()) for w in channel.event_waits()]
     recorded = channel.recorded()["slow"]
-    assert before <= since <= started[0] < recorded.end_time.ToNanoseconds()
+    assert before // MS * MS <= since <= started[0] < recorded.end_time.ToNanoseconds()
+    assert since_of(channel) == {"event:1:since": since // MS}
 
 
-async def test_a_replay_sends_the_same_key_and_match_with_a_later_since() -> None:
-    # The SDK cannot know the first since on a replay; the server keeps the first one
-    # it saw for the key, so the replay's later value does not move the wait's start.
+async def test_a_replay_reads_the_recorded_since_back_and_sends_nothing_for_it() -> None:
     first, second = FakeChannel(), FakeChannel()
     assert await run(keyed, first) is RunOutcome.SUSPENDED
-    await asyncio.sleep(0.002)
-    assert await run(keyed, second, met=["sleep:1"]) is RunOutcome.SUSPENDED
+    await asyncio.sleep(0.005)
+    journal = since_of(first)  # the starts, as the server keeps them
+    assert await run(keyed, second, journal=journal, met=["sleep:1"]) is RunOutcome.SUSPENDED
+    assert second.kinds() == ["suspend_run"]  # no start recorded again
     [before], [after] = first.event_waits(), second.event_waits()
-    assert list(after) == list(before)
-    for key, (name, match, since) in after.items():
-        assert (name, match) == before[key][:2]
-        assert since > before[key][2]
+    assert after == before  # same keys, matches and starts
+    assert second.waits()[0]["event:2:timeout"] == first.waits()[0]["event:2:timeout"]
+
+
+async def test_a_journal_without_the_start_records_it_on_the_replay() -> None:
+    # A run whose wait began before its start was recorded (an older SDK): the replay
+    # records the time of its own call, once, and later replays keep that one.
+    old = FakeChannel()
+    assert await run(keyed, old, met=["sleep:1"]) is RunOutcome.SUSPENDED
+    assert list(since_of(old)) == ["event:1:since", "event:2:since", "event:3:since"]
+
+
+@workflow
+async def ping_wait(ctx: WorkflowContext) -> Any:
+    return await ctx.wait_for_event("ping")
+
+
+async def test_the_wait_is_sent_only_once_its_start_is_acknowledged() -> None:
+    channel = FakeChannel(lambda c: None if c.HasField("record_step") else ok())
+    executor = RunExecutor(ping_wait, make_task(ping_wait.name, ping_wait.version), channel)
+    running = asyncio.create_task(executor.execute())
+    for _ in range(200):  # many SETTLE_HOPS: quiescence must not be reached
+        await asyncio.sleep(0)
+    assert channel.kinds() == ["record_step"]
+    channel.resolve(1, ok())
+    assert await asyncio.wait_for(running, 5) is RunOutcome.SUSPENDED
+    assert channel.kinds() == ["record_step", "suspend_run"]
+
+
+async def test_the_start_recorded_first_wins_over_this_execution_s() -> None:
+    stored = 1_700_000_000_123
+
+    def respond(command: worker_service_pb2.WorkerCommand) -> worker_service_pb2.CommandResult:
+        if command.HasField("record_step"):
+            return worker_service_pb2.CommandResult(
+                status=worker_service_pb2.COMMAND_STATUS_DUPLICATE,
+                recorded_step=result_record("event:1:since", stored),
+            )
+        return ok()
+
+    channel = FakeChannel(respond)
+    assert await run(ping_wait, channel) is RunOutcome.SUSPENDED
+    assert channel.event_waits() == [{"event:1": ("ping", "", stored * MS)}]
+
+
+async def test_a_lost_lease_on_the_start_abandons_the_run() -> None:
+    lost = worker_service_pb2.CommandResult(
+        status=worker_service_pb2.COMMAND_STATUS_LEASE_LOST, message="re-queued"
+    )
+    channel = FakeChannel(lambda c: lost if c.HasField("record_step") else ok())
+    assert await run(ping_wait, channel) is RunOutcome.ABANDONED
+    assert channel.kinds() == ["record_step"]
+
+
+async def test_a_recorded_start_the_code_never_reaches_holds_the_run(
+    channel: FakeChannel,
+) -> None:
+    @workflow(name="no_wait")
+    async def no_wait(ctx: WorkflowContext) -> str:
+        return "done"
+
+    journal = {"event:1:since": 1_700_000_000_000}
+    assert await run(no_wait, channel, journal=journal) is RunOutcome.NON_DETERMINISTIC
+    assert channel.commands == []
+
+
+@pytest.mark.parametrize("name", ["event:1:since", "event:2", "sleep:1", "hook:3:timeout"])
+def test_a_step_cannot_take_the_name_of_an_sdk_key(name: str) -> None:
+    async def body() -> None:
+        return None
+
+    with pytest.raises(WorkflowDefinitionError, match="the SDK's own keys"):
+        step(name=name)(body)
 
 
 @pytest.mark.parametrize(
@@ -196,10 +285,12 @@ async def order_paid(ctx: WorkflowContext, order: int) -> str:
 
 async def test_a_met_event_wait_returns_its_typed_payload(channel: FakeChannel) -> None:
     met = [("event:1", {"order": 7, "amount": 30, "currency": "EUR"})]
-    outcome = await run(order_paid, channel, input=7, journal={"note": "invoiced"}, met=met)
+    journal = {"note": "invoiced", "event:1:since": 1_700_000_000_000}
+    outcome = await run(order_paid, channel, input=7, journal=journal, met=met)
     assert outcome is RunOutcome.COMPLETED
     assert calls == ["paid 30"]
     assert channel.kinds() == ["record_step", "complete_run"]
+    assert channel.step_keys() == ["note#2"]
 
 
 async def test_the_timeout_branch_on_replay(channel: FakeChannel) -> None:
@@ -242,7 +333,8 @@ async def test_the_first_execution_suspends_with_the_event_and_its_timer(
     channel: FakeChannel,
 ) -> None:
     assert await run(order_paid, channel, input=7) is RunOutcome.SUSPENDED
-    assert channel.kinds() == ["record_step", "suspend_run"]
+    assert channel.step_keys() == ["note", "event:1:since"]
+    assert channel.kinds() == ["record_step", "record_step", "suspend_run"]
     [waits] = channel.waits()
     assert list(waits) == ["event:1", "event:1:timeout"]
     [[(name, match, _)]] = [list(w.values()) for w in channel.event_waits()]

@@ -13,6 +13,7 @@ PINNED = [
     "WorkflowContext",
     "Worker",
     "Client",
+    "Hook",
     "RunHandle",
     "RunInfo",
     "RunStatus",
