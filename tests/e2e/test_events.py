@@ -2,14 +2,18 @@
 ``Client.publish_event``."""
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
 from tests.e2e import workflows as wf
 from tests.e2e.harness import Server, Stack, eventually, read_marks, release
 from tests.e2e.test_grpcurl import call
-from tests.e2e.test_signals import RESULT_TIMEOUT, met_waits, wait_for_status
+from tests.e2e.test_signals import RESULT_TIMEOUT, history, met_waits, wait_for_status
 from worker_sdk import Client, RunStatus
+from worker_sdk.history import RunEventType
+
+STEP_COMPLETED = RunEventType.STEP_COMPLETED
 
 QUIET = 0.3  # seconds to watch a suspended run stay suspended
 
@@ -153,6 +157,44 @@ async def test_a_kept_event_wait_keeps_its_start_across_a_replay(
     result = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
     assert result == {"reminders": 1, "event": {"n": 1}}
     assert await met_waits(client, handle.run_id) == ["sleep:1", "event:1"]
+
+
+async def test_a_killed_worker_does_not_move_the_start_of_an_event_wait(
+    stack: Stack, server: Server, client: Client, marks: Path, tag: str
+) -> None:
+    # The wait begins with the gather, beside a step that blocks; its start is recorded
+    # (event:1:since) before the run ever suspends. The worker dies during the step and
+    # the event is published before another worker replays the run: the replay reads
+    # the recorded start back, which is earlier than the event, so the run gets it.
+    name = f"ping-{tag}"
+    doomed = stack.start_worker(server)
+    handle = await client.trigger(wf.await_event, wf.Listening(tag=tag, name=name, hold="during"))
+    await eventually(lambda: "hold:start" in read_marks(marks, tag), what="the held step")
+    await recorded(client, handle.run_id, "event:1:since")
+    assert doomed.kill() == -signal.SIGKILL
+
+    published = await client.publish_event(name, {"n": 1})
+    assert published.woken_run_ids == ()  # no suspension named the wait yet
+    release(marks, tag)
+    stack.start_worker(server)
+
+    assert await asyncio.wait_for(handle.result(), RESULT_TIMEOUT) == {"n": 1}
+    assert await met_waits(client, handle.run_id) == ["event:1"]
+    lines = read_marks(marks, tag)
+    assert lines.count("hold:start") == 2, lines  # interrupted once, then run again
+    steps = [e.key for e in await history(client, handle.run_id) if e.type is STEP_COMPLETED]
+    assert steps.count("event:1:since") == 1, steps  # the replay read it, not re-recorded
+
+
+async def recorded(client: Client, run_id: str, key: str) -> None:
+    """Wait until the run's history holds a completed step ``key``."""
+    deadline = time.monotonic() + RESULT_TIMEOUT
+    while True:
+        events = await history(client, run_id)
+        if any(e.type is STEP_COMPLETED and e.key == key for e in events):
+            return
+        assert time.monotonic() < deadline, f"{key} was never recorded"
+        await asyncio.sleep(0.02)
 
 
 # -- grpcurl ------------------------------------------------------------------------------
