@@ -561,3 +561,37 @@ async def event_reminders(ctx: WorkflowContext, job: Awaiting) -> dict[str, Any]
             return {"reminders": reminders, "event": event.result()}
         reminders += 1
         await clock(job.tag, f"reminder {reminders}")
+
+
+# -- hooks -------------------------------------------------------------------------
+
+
+class Approval(BaseModel):
+    """Input of ``e2e.approval``: wait at most ``seconds`` for the approval hook; ``slow``
+    blocks a step between making the hook and waiting on it, until released."""
+
+    tag: str
+    seconds: float = 60.0
+    slow: bool = False
+
+
+@step
+async def send_approval_email(tag: str, token: str) -> str:
+    """Stands for an email with an approval link: the token goes to ``<tag>.token``."""
+    mark(tag, "email")
+    (marks_dir() / f"{tag}.token").write_text(token)
+    return "sent"
+
+
+@workflow(name="e2e.approval")
+async def approval(ctx: WorkflowContext, job: Approval) -> dict[str, Any]:
+    """Send an approval link, then wait for someone to follow it (execute the hook)."""
+    hook = ctx.create_hook()
+    await send_approval_email(job.tag, hook.token)
+    if job.slow:
+        await hold(job.tag, "hold")
+    try:
+        decision = await ctx.wait_for_hook(hook, timeout=job.seconds)
+    except WaitTimeoutError as timeout:
+        return {"timed_out": timeout.wait_key}
+    return {"decision": decision, "token": hook.token}
