@@ -66,6 +66,27 @@ async def test_an_event_that_does_not_match_leaves_the_run_waiting(
     assert await asyncio.wait_for(handle.result(), RESULT_TIMEOUT) == {"order": 7, "paid": 12}
 
 
+async def test_matching_compares_json_values_with_their_types(
+    server: Server, worker: object, client: Client, tag: str
+) -> None:
+    name = f"review-{tag}"
+    match = {"approved": True, "score": 1, "tags": [True]}
+    handle = await client.trigger(wf.await_event, wf.Listening(tag=tag, name=name, match=match))
+    await wait_for_status(client, handle.run_id, RunStatus.SUSPENDED)
+
+    for wrong in (
+        {"approved": 1, "score": 1, "tags": [True]},  # 1 is not true
+        {"approved": True, "score": True, "tags": [True]},  # true is not 1
+        {"approved": True, "score": 1, "tags": [1]},  # nor inside a list
+    ):
+        assert (await client.publish_event(name, wrong)).woken_run_ids == ()
+    await stays_suspended(client, handle.run_id)
+
+    right = {"approved": True, "score": 1.0, "tags": [True], "by": "ada"}  # 1.0 is 1
+    assert (await client.publish_event(name, right)).woken_run_ids == (handle.run_id,)
+    assert await asyncio.wait_for(handle.result(), RESULT_TIMEOUT) == right
+
+
 async def test_a_duplicate_event_id_wakes_nothing_more(
     server: Server, worker: object, client: Client, tag: str
 ) -> None:

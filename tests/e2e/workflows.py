@@ -525,12 +525,14 @@ async def order_paid(ctx: WorkflowContext, job: Order) -> dict[str, Any]:
 
 
 class Listening(BaseModel):
-    """Input of ``e2e.await_event``: wait for event ``name``; ``hold`` blocks a step
-    ``"before"`` the wait begins or ``"during"`` it (gathered with the wait)."""
+    """Input of ``e2e.await_event``: wait for event ``name`` (with payload fields
+    ``match``, if given); ``hold`` blocks a step ``"before"`` the wait begins or
+    ``"during"`` it (gathered with the wait)."""
 
     tag: str
     name: str = "ping"
     hold: Literal["no", "before", "during"] = "no"
+    match: dict[str, Any] | None = None
 
 
 @workflow(name="e2e.await_event")
@@ -538,7 +540,7 @@ async def await_event(ctx: WorkflowContext, job: Listening) -> Any:
     """Wait for one event of any payload (around a step that may block)."""
     if job.hold == "before":
         await hold(job.tag, "hold")
-    waiting = ctx.wait_for_event(job.name)  # the wait begins here
+    waiting = ctx.wait_for_event(job.name, match=job.match)  # the wait begins here
     if job.hold == "during":
         _, payload = await asyncio.gather(hold(job.tag, "hold"), waiting)
     else:
