@@ -179,7 +179,7 @@ async def test_the_wait_is_sent_only_once_its_start_is_acknowledged() -> None:
     assert channel.kinds() == ["record_step", "suspend_run"]
 
 
-async def test_the_start_recorded_first_wins_over_this_execution_s() -> None:
+async def test_the_start_recorded_first_wins() -> None:
     stored = 1_700_000_000_123
 
     def respond(command: worker_service_pb2.WorkerCommand) -> worker_service_pb2.CommandResult:
