@@ -12,9 +12,9 @@ Every error the SDK raises on purpose derives from one base class::
     │                              produced
     ├── WorkflowContextError       a WorkflowContext helper was used where it cannot
     │                              work (e.g. ctx.sleep inside a step body)
-    ├── WaitTimeoutError           a durable wait (ctx.wait_for_signal or
-    │                              ctx.wait_for_event with a timeout) timed out;
-    │                              also a builtin TimeoutError
+    ├── WaitTimeoutError           a durable wait (ctx.wait_for_signal,
+    │                              ctx.wait_for_event or ctx.wait_for_hook with a
+    │                              timeout) timed out; also a builtin TimeoutError
     ├── RunFailedError             the awaited run finished with an error
     ├── RunCancelledError          the awaited run was cancelled
     │   (the server answered a call with an error status:)
@@ -111,12 +111,13 @@ class WorkflowContextError(StepdError):
 
 class WaitTimeoutError(StepdError, TimeoutError):
     """A durable wait timed out: ``ctx.wait_for_signal(name, timeout=...)`` got no signal
-    in time, or ``ctx.wait_for_event(name, timeout=...)`` no matching event.
+    in time, ``ctx.wait_for_event(name, timeout=...)`` no matching event, or the hook of
+    ``ctx.wait_for_hook(hook, timeout=...)`` was not executed (it has expired).
 
     Raised in workflow code, on the first execution and on every replay, so the
     workflow can catch it and take another path (``except WaitTimeoutError`` or
-    ``except TimeoutError``). ``wait_key`` is the wait's key (``signal:N`` or
-    ``event:N``), ``signal`` the signal's name or ``event`` the event's name, and
+    ``except TimeoutError``). ``wait_key`` is the wait's key (``signal:N``,
+    ``event:N`` or ``hook:N``), ``signal`` the signal's name or ``event`` the event's name, and
     ``timeout`` the timeout in seconds, when known.
     """
 
