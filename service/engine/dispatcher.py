@@ -22,7 +22,9 @@ from service.engine.sessions import WorkerSession
 log = logging.getLogger("stepd.dispatch")
 
 QueueKey = tuple[str, str]
-ClaimFn = Callable[[WorkerSession, str], Coroutine[Any, Any, None]]
+#: Claims a run for a session; the third argument is the version to pin a run
+#: stored without one to ("" when the run has its version).
+ClaimFn = Callable[[WorkerSession, str, str], Coroutine[Any, Any, None]]
 
 
 class Dispatcher:
@@ -85,16 +87,18 @@ class Dispatcher:
         ordered = self._sessions[start:] + self._sessions[:start]
         for session in ordered:
             while session.free_slots > 0:
-                run_id = self._pop_for(session)
-                if run_id is None:
+                popped = self._pop_for(session)
+                if popped is None:
                     break
+                run_id, pin_version = popped
                 session.held[run_id] = 0
-                task = asyncio.create_task(self._claim(session, run_id))
+                task = asyncio.create_task(self._claim(session, run_id, pin_version))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    def _pop_for(self, session: WorkerSession) -> str | None:
-        """Take the next ready run for ``session``, visiting its queues in turn."""
+    def _pop_for(self, session: WorkerSession) -> tuple[str, str] | None:
+        """Take the next ready run for ``session``, visiting its queues in turn;
+        return it with the version to pin it to when it has none."""
         keys = session.queue_keys
         for lanes in (self._resumed, self._queues):
             for offset in range(len(keys)):
@@ -104,7 +108,9 @@ class Dispatcher:
                     run_id = queue.popleft()
                     if run_id not in session.held:
                         session.next_queue = index + 1
-                        return run_id
+                        name, version = keys[index]
+                        pin = session.newest_version(name) if version == "" else ""
+                        return run_id, pin
         return None
 
     async def close(self) -> None:

@@ -606,11 +606,14 @@ class Engine:
         if self._holders.get(run_id) is session:
             del self._holders[run_id]
 
-    async def _claim_for(self, session: WorkerSession, run_id: str) -> None:
+    async def _claim_for(self, session: WorkerSession, run_id: str, pin_version: str) -> None:
         """Claim a ready run for a session and send it the task."""
         try:
             claimed = await self.store.claim_run(
-                run_id, session.lease_owner, now_ms() + self.config.lease_timeout_ms
+                run_id,
+                session.lease_owner,
+                now_ms() + self.config.lease_timeout_ms,
+                pin_version,
             )
         except Exception:
             log.exception("claiming run %s failed", run_id)

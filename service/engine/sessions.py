@@ -56,6 +56,11 @@ class WorkerSession:
         self._outbox: list[Outgoing] = []
         self._wakeup = asyncio.Event()
 
+    def newest_version(self, name: str) -> str:
+        """The version of ``name`` this worker serves (the greatest, if several)."""
+        versions = [v for n, v in self.serves if n == name]
+        return max(versions, key=_version_order, default="")
+
     @property
     def lease_owner(self) -> str:
         """How leases name this worker: its identity, and its unique id."""
@@ -96,3 +101,8 @@ class WorkerSession:
         """Stop sending; the stream ends after the current batch."""
         self.closed = True
         self._wakeup.set()
+
+
+def _version_order(version: str) -> tuple[int, int, str]:
+    """Numeric versions by number ("10" after "9"), then other names."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)

@@ -59,8 +59,14 @@ class Store(Protocol):
         same idempotency key raises RunConflictError.
         """
 
-    async def claim_run(self, run_id: str, owner: str, lease_expires_at: int) -> ClaimedRun | None:
+    async def claim_run(
+        self, run_id: str, owner: str, lease_expires_at: int, version: str = ""
+    ) -> ClaimedRun | None:
         """Move a PENDING run to RUNNING under a new lease and return it.
+
+        A run stored with workflow version "" (triggered before any worker
+        registered the workflow) is pinned to ``version``, the claiming
+        worker's.
 
         Increments dispatch_count; the new lease_id equals the new
         dispatch_count. Sets start_time on the first claim. Loads the

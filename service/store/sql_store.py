@@ -130,6 +130,11 @@ class SqlStore:
                 dispatch_count=runs.c.dispatch_count + 1,
                 lease_id=runs.c.dispatch_count + 1,
                 lease_owner=bindparam("p_owner"),
+                # A run triggered before any worker registered its workflow
+                # has version "": the first claim pins it to the worker's.
+                workflow_version=func.coalesce(
+                    func.nullif(runs.c.workflow_version, ""), bindparam("p_version")
+                ),
                 lease_expires_at=bindparam("p_expires"),
                 start_time=func.coalesce(runs.c.start_time, bindparam("p_now")),
                 update_time=bindparam("p_now"),
@@ -212,10 +217,13 @@ class SqlStore:
             raise outcome
         return outcome
 
-    async def claim_run(self, run_id: str, owner: str, lease_expires_at: int) -> ClaimedRun | None:
+    async def claim_run(
+        self, run_id: str, owner: str, lease_expires_at: int, version: str = ""
+    ) -> ClaimedRun | None:
         """Move a PENDING run to RUNNING under a new lease; None when it is not PENDING."""
         now = now_ms()
         params = {
+            "p_version": version,
             "p_run_id": run_id,
             "p_owner": owner,
             "p_expires": lease_expires_at,

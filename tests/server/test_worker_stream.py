@@ -272,3 +272,23 @@ async def test_thousands_of_concurrent_waits_are_all_served(harness: Harness) ->
 
     statuses = await asyncio.gather(*(wait(run_ids[i % 40]) for i in range(4000)))
     assert set(statuses) == {types_pb2.RUN_STATUS_PENDING}
+
+
+async def test_a_run_triggered_before_any_worker_registered_is_pinned_on_claim(
+    harness: Harness,
+) -> None:
+    run_id = await harness.trigger("late")  # no worker has registered "late" yet
+    assert (await harness.get(run_id)).workflow_version == ""
+    worker = harness.worker("late")  # serves version "1"
+    task = await worker.next_task()
+    assert (task.run_id, task.workflow_version) == (run_id, "1")
+    assert (await harness.get(run_id)).workflow_version == "1"
+
+
+def test_newest_served_version_is_numeric_when_it_can_be() -> None:
+    from service.engine.sessions import WorkerSession
+
+    session = WorkerSession("id", "w", frozenset({("a", "9"), ("a", "10"), ("b", "x")}), 1)
+    assert session.newest_version("a") == "10"
+    assert session.newest_version("b") == "x"
+    assert session.newest_version("c") == ""
