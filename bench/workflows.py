@@ -54,3 +54,22 @@ async def sleeper(ctx: WorkflowContext, seconds: float) -> float:
     await ctx.sleep(seconds)
     woke = await stamp()
     return woke - start - seconds
+
+
+@workflow(name="bench.long_steps")
+async def long_steps(ctx: WorkflowContext, count: int) -> int:
+    """``count`` sequential steps; returns their sum."""
+    total = 0
+    for i in range(count):
+        total += await echo(i)
+    return total
+
+
+@workflow(name="bench.step_sleep_loop")
+async def step_sleep_loop(ctx: WorkflowContext, count: int) -> int:
+    """``count`` times: a step, then a durable 10 ms sleep; returns the steps' sum."""
+    total = 0
+    for i in range(count):
+        total += await echo(i)
+        await ctx.sleep(0.01)
+    return total

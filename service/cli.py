@@ -9,8 +9,12 @@ import os
 import signal
 import sys
 
-from service.config import DEFAULT_ADDRESS, DEFAULT_DATABASE, ServerConfig
+from sqlalchemy.exc import DBAPIError
+
+from service.config import DEFAULT_ADDRESS, DEFAULT_DATABASE, DEFAULT_DB_POOL_SIZE, ServerConfig
 from service.server import create_server
+from service.store import SchemaVersionError
+from service.store.postgres import display_url
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--database",
         default=os.environ.get("STEPD_DATABASE", DEFAULT_DATABASE),
-        help="SQLite file path or sqlite:///path URL (env STEPD_DATABASE)",
+        help="SQLite file path, sqlite:///path, or postgresql://user@host:port/dbname "
+        "(env STEPD_DATABASE)",
+    )
+    serve.add_argument(
+        "--db-pool-size",
+        type=int,
+        default=int(os.environ.get("STEPD_DB_POOL_SIZE", str(DEFAULT_DB_POOL_SIZE))),
+        help="PostgreSQL: the most connections this server opens "
+        f"(env STEPD_DB_POOL_SIZE; default {DEFAULT_DB_POOL_SIZE})",
     )
     serve.add_argument(
         "--sqlite-synchronous",
@@ -40,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a silent worker keeps its runs before they go to another worker "
         "(env STEPD_LEASE_TIMEOUT; default 30)",
     )
+    serve.add_argument(
+        "--max-journal-entries",
+        type=int,
+        default=int(os.environ.get("STEPD_MAX_JOURNAL_ENTRIES", "10000")),
+        help="the most journal entries a run may record when its workflow sets no "
+        "max_entries (env STEPD_MAX_JOURNAL_ENTRIES; default 10000)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("STEPD_LOG_LEVEL", "INFO"))
     return parser
 
@@ -52,7 +71,8 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     running = await create_server(config)
     host = config.address.rsplit(":", 1)[0]
-    print(f"stepd serving on {host}:{running.port} (database {config.database})", flush=True)
+    database = display_url(config.database)
+    print(f"stepd serving on {host}:{running.port} (database {database})", flush=True)
     await stop.wait()
     logging.getLogger("stepd.server").info("stopping")
     await running.stop(config.shutdown_grace_seconds)
@@ -64,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.lease_timeout <= 0:
         parser.error("--lease-timeout must be a positive number of seconds")
+    if args.max_journal_entries < 1:
+        parser.error("--max-journal-entries must be at least 1")
+    if args.db_pool_size < 1:
+        parser.error("--db-pool-size must be at least 1")
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -73,12 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         address=args.address,
         database=args.database,
         sqlite_synchronous=args.sqlite_synchronous,
+        db_pool_size=args.db_pool_size,
         lease_timeout_ms=int(args.lease_timeout * 1000),
+        max_journal_entries=args.max_journal_entries,
     )
     try:
         asyncio.run(serve(config))
-    except OSError as exc:
+    except (OSError, ValueError, SchemaVersionError) as exc:
         print(f"stepd: {exc}", file=sys.stderr)
+        return 1
+    except DBAPIError as exc:  # e.g. PostgreSQL refused the login or has no such database
+        print(f"stepd: cannot open the database: {exc.orig}", file=sys.stderr)
         return 1
     return 0
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.store.postgres import DEFAULT_POOL_SIZE
+
+DEFAULT_DB_POOL_SIZE = DEFAULT_POOL_SIZE
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE = "stepd.db"
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
@@ -14,7 +18,10 @@ class ServerConfig:
     """Everything a server process needs to start."""
 
     address: str = DEFAULT_ADDRESS
+    # A SQLite file path, sqlite:///path, or postgresql://user@host:port/dbname.
     database: str = DEFAULT_DATABASE
+    # PostgreSQL only: the most connections this server opens.
+    db_pool_size: int = DEFAULT_DB_POOL_SIZE
     # SQLite durability: FULL survives power loss, NORMAL survives a process crash.
     sqlite_synchronous: str = "FULL"
     # The largest input, result or step payload accepted, in bytes.
@@ -24,6 +31,9 @@ class ServerConfig:
     # A worker silent this long (no heartbeat or other message) loses its
     # stream and every run it holds, in milliseconds.
     lease_timeout_ms: int = 30_000
+    # The most journal entries (steps, failed attempts, met waits) a run may
+    # record when its workflow sets no max_entries of its own.
+    max_journal_entries: int = 10_000
     # Seconds a stopping server gives in-flight calls to finish.
     shutdown_grace_seconds: float = 5.0
 

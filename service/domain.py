@@ -69,6 +69,9 @@ class NewRun:
     root_run_id: str | None = None
     deadline: int | None = None
     start_time_not_before: int | None = None
+    schedule_id: str | None = None
+    schedule_time: int | None = None
+    detached: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,15 @@ class RunRecord:
     lease_id: int
     lease_owner: str | None
     cancel_reason: str | None
+    execution_deadline: int | None = None
+    expire_time: int | None = None
     lease_expires_at: int | None = None
+    schedule_id: str | None = None
+    schedule_time: int | None = None
+    # Set while the run is held for non-determinism (a worker's code refused it).
+    held_error: ErrorDetails | None = None
+    # A child run that outlives its parent.
+    detached: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +122,8 @@ class StepRow:
     start_time: int | None = None
     end_time: int | None = None
     sequence: int = 0
+    # A failed attempt that is not the step's outcome (another attempt follows).
+    attempt_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +157,7 @@ class WaitKind(enum.StrEnum):
     SIGNAL = "signal"
     EVENT = "event"
     HOOK = "hook"
+    CHILD = "child"
 
 
 class WaitStatus(enum.StrEnum):
@@ -179,13 +193,26 @@ class WaitRow:
     sequence: int = 0
 
 
+RUN_EXPIRY_KEY = ""
+"""The ``DueTimer.wait_key`` of a run's expiry (its deadline or execution timeout);
+wait keys are never empty."""
+
+
 @dataclass(frozen=True, slots=True)
 class DueTimer:
-    """An open timer wait and when it fires."""
+    """An open timer wait (or a run's expiry, ``RUN_EXPIRY_KEY``) and when it fires."""
 
     run_id: str
     wait_key: str
     fire_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowLimits:
+    """What a worker's hello says about one workflow version's runs."""
+
+    execution_timeout_ms: int | None = None
+    max_entries: int | None = None
 
 
 class SuspendStatus(enum.Enum):
@@ -251,6 +278,8 @@ class HistoryType(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     CUSTOM = "custom"
+    HELD = "held"
+    CHILD_STARTED = "child_started"
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,10 +317,12 @@ class SignalOutcome:
 
 @dataclass(frozen=True, slots=True)
 class PublishOutcome:
-    """What publishing an event did: whether its id was seen, and who woke."""
+    """What publishing an event did: whether its id was seen, who woke, what started."""
 
     already_published: bool
     woken: list[RunRecord] = field(default_factory=list)
+    # The runs it started (workflows that declare the event as a trigger).
+    started: list[RunRecord] = field(default_factory=list)
 
 
 class HookStatus(enum.Enum):

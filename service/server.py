@@ -52,7 +52,9 @@ class RunningServer:
 
 async def create_server(config: ServerConfig) -> RunningServer:
     """Open the store, recover runs, and start serving on ``config.address``."""
-    store = await open_store(config.database, synchronous=config.sqlite_synchronous)
+    store = await open_store(
+        config.database, synchronous=config.sqlite_synchronous, pool_size=config.db_pool_size
+    )
     engine = Engine(store, config)
     await engine.start()
     server = grpc.aio.server(

@@ -1,7 +1,9 @@
 """Shared pytest fixtures: real stepd server and worker processes.
 
+``database`` is a fresh database per test, once per backend (SQLite, and
+PostgreSQL when ``STEPD_TEST_POSTGRES_URL`` is set: see ``tests.backends``);
 ``stack`` starts processes for one test and stops them all afterwards;
-``server`` is a fresh server (own SQLite file, free port); ``worker`` serves
+``server`` is a fresh server (own database, free port); ``worker`` serves
 ``tests.e2e.workflows``; ``client`` is a connected ``worker_sdk.Client`` and
 ``workflow_stub`` / ``worker_stub`` are the raw generated gRPC stubs.
 
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
+from tests.backends import BACKENDS, SKIP_POSTGRES, PostgresDatabases, postgres_url
 from tests.e2e.harness import ManagedProcess, Server, Stack
 
 if TYPE_CHECKING:
@@ -29,6 +32,70 @@ if TYPE_CHECKING:
 
 STACK_KEY = pytest.StashKey[Stack]()
 E2E_DIR = Path(__file__).parent / "e2e"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses a database once per backend.
+
+    A test (or module) marked ``sqlite_only`` runs on SQLite alone; without
+    ``STEPD_TEST_POSTGRES_URL`` the PostgreSQL cases are skipped.
+    """
+    if "backend" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        backends = [BACKENDS[0]]
+    else:
+        backends = list(BACKENDS)
+    skip = () if postgres_url() else (pytest.mark.skip(reason=SKIP_POSTGRES),)
+    params = [pytest.param(b, marks=skip if b == "postgres" else ()) for b in backends]
+    metafunc.parametrize("backend", params, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend of this test case: "sqlite" or "postgres"."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    """Makes a fresh PostgreSQL database per test (created on first use)."""
+    url = postgres_url()
+    if url is None:
+        pytest.skip(SKIP_POSTGRES)
+    databases = PostgresDatabases(url)
+    try:
+        yield databases
+    finally:
+        databases.close()
+
+
+@pytest.fixture
+def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, migrated database for this test: a SQLite path or a PostgreSQL URL."""
+    if backend == "sqlite":
+        yield str(tmp_path / "stepd.db")
+        return
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    url = databases.create()
+    try:
+        yield url
+    finally:
+        databases.drop(url)
+
+
+@pytest.fixture
+def empty_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database without any schema: a SQLite path or a PostgreSQL URL."""
+    if backend == "sqlite":
+        yield str(tmp_path / "empty.db")
+        return
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    url = databases.create(migrated=False)
+    try:
+        yield url
+    finally:
+        databases.drop(url)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -81,9 +148,9 @@ def stack(tmp_path: Path, marks: Path, request: pytest.FixtureRequest) -> Iterat
 
 
 @pytest.fixture
-def server(stack: Stack, tmp_path: Path) -> Server:
-    """A fresh ``stepd serve`` on a free port with its own SQLite file."""
-    return stack.start_server(tmp_path / "stepd.db")
+def server(stack: Stack, database: str) -> Server:
+    """A fresh ``stepd serve`` on a free port with its own database."""
+    return stack.start_server(database)
 
 
 @pytest.fixture

@@ -12,21 +12,21 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 import grpc
 from google.protobuf import duration_pb2
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from stepd.v1 import types_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 
 from worker_sdk._definitions import Workflow
 from worker_sdk._rpc import CHANNEL_OPTIONS, sdk_error
 from worker_sdk._runs import RunInfo, RunStatus, status_to_proto, to_timestamp
-from worker_sdk._serde import ANY_ADAPTER, dumps, loads, payload_text
+from worker_sdk._serde import ANY_ADAPTER, dump_input, dumps, loads, payload_text
 from worker_sdk.errors import (
-    PayloadError,
     RunCancelledError,
     RunFailedError,
     ServerUnavailableError,
     StepdError,
 )
 from worker_sdk.history import RunEvent
+from worker_sdk.schedules import Schedule, ScheduleInfo
 
 if TYPE_CHECKING:
     from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub
@@ -49,12 +49,14 @@ class PublishedEvent:
     ``event_id`` is the event's id (the one given, or one the server assigned);
     ``already_published`` is True when an event with that id was published before,
     in which case nothing was done; ``woken_run_ids`` are the runs that were waiting
-    for it and woke.
+    for it and woke; ``started_run_ids`` the runs it started.
     """
 
     event_id: str
     already_published: bool
     woken_run_ids: tuple[str, ...]
+    started_run_ids: tuple[str, ...] = ()
+    """The runs it started: one per workflow declaring the event in ``@workflow(events=...)``."""
 
 
 class RunHandle(Generic[R]):
@@ -183,6 +185,8 @@ class Client:
         run_id: str | None = None,
         idempotency_key: str | None = None,
         version: str | int | None = None,
+        deadline: datetime | None = None,
+        start_at: datetime | None = None,
     ) -> RunHandle[R]: ...
     @overload
     async def trigger(
@@ -193,6 +197,8 @@ class Client:
         run_id: str | None = None,
         idempotency_key: str | None = None,
         version: str | int | None = None,
+        deadline: datetime | None = None,
+        start_at: datetime | None = None,
     ) -> RunHandle[R]: ...
     @overload
     async def trigger(
@@ -203,6 +209,8 @@ class Client:
         run_id: str | None = None,
         idempotency_key: str | None = None,
         version: str | int | None = None,
+        deadline: datetime | None = None,
+        start_at: datetime | None = None,
     ) -> RunHandle[Any]: ...
     async def trigger(
         self,
@@ -212,6 +220,8 @@ class Client:
         run_id: str | None = None,
         idempotency_key: str | None = None,
         version: str | int | None = None,
+        deadline: datetime | None = None,
+        start_at: datetime | None = None,
     ) -> RunHandle[Any]:
         """Start a run of a workflow (a ``@workflow`` object or a name) with an input.
 
@@ -219,13 +229,17 @@ class Client:
         name runs the newest version a worker registered (or ``version``).
         ``run_id`` sets a custom id; a second trigger with the same
         ``idempotency_key`` returns the first run (``handle.already_existed``).
+        ``deadline`` (an aware datetime) is when the server fails the run with
+        reason ``deadline_exceeded`` if it has not finished.
+        ``start_at`` (an aware datetime; naive means UTC) delays the start: the run
+        stays pending, holding no worker, until then (also across server restarts).
         """
         if isinstance(workflow, Workflow):
             name = workflow.name
             pinned = workflow.version if version is None else str(version)
             if workflow.input_param is None and input is not None:
                 raise TypeError(f"workflow {name!r} takes no input")
-            input_json = _dump_input(input, workflow.input_adapter)
+            input_json = dump_input(input, workflow.input_adapter)
             adapter = workflow.result_adapter
         elif isinstance(workflow, str):
             name, pinned = workflow, "" if version is None else str(version)
@@ -239,6 +253,12 @@ class Client:
             run_id=run_id or "",
             idempotency_key=idempotency_key or "",
         )
+        if deadline is not None:
+            if deadline.tzinfo is None:
+                raise ValueError("deadline must be timezone-aware (e.g. datetime.now(UTC) + ...)")
+            request.deadline.CopyFrom(to_timestamp(deadline))
+        if start_at is not None:
+            request.start_time.CopyFrom(to_timestamp(start_at))
         response = await _call(self._stub().Trigger, request)
         return RunHandle(
             self,
@@ -392,6 +412,7 @@ class Client:
             event_id=response.event_id,
             already_published=response.already_published,
             woken_run_ids=tuple(response.woken_run_ids),
+            started_run_ids=tuple(response.started_run_ids),
         )
 
     async def list_run_events(
@@ -447,6 +468,103 @@ class Client:
                 return
             request.page_token = response.next_page_token
 
+    # -- schedules -----------------------------------------------------------
+
+    async def create_schedule(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        schedule: Schedule | str,
+        *,
+        schedule_id: str | None = None,
+        version: str | int | None = None,
+        paused: bool = False,
+    ) -> ScheduleInfo:
+        """Create a cron schedule that starts runs of a workflow (object or name).
+
+        ``schedule`` is a ``Schedule`` (cron, time zone, input, overlap and catch-up
+        policies) or just a cron string. ``schedule_id`` defaults to one the server
+        assigns; creating the same id with the same settings again returns that
+        schedule. Runs use the newest registered version unless ``version`` (or a
+        workflow object's version) pins one.
+
+        Raises InvalidArgumentError naming the field for a bad cron expression or
+        an unknown time zone, AlreadyExistsError for an id taken by another schedule.
+        """
+        spec = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+        if isinstance(workflow, Workflow):
+            name, pinned = workflow.name, workflow.version if version is None else str(version)
+            input_json = dump_input(spec.input, workflow.input_adapter)
+        else:
+            name, pinned = workflow, "" if version is None else str(version)
+            input_json = dumps(spec.input)
+        request = workflow_service_pb2.CreateScheduleRequest(
+            schedule_id=schedule_id or "",
+            workflow_name=name,
+            workflow_version=pinned,
+            spec=spec.to_proto(input_json),
+            paused=paused,
+        )
+        response = await _call(self._stub().CreateSchedule, request)
+        return ScheduleInfo.from_proto(response.schedule)
+
+    async def get_schedule(self, schedule_id: str, *, recent_runs: int = 10) -> ScheduleInfo:
+        """A schedule with its next occasions and its ``recent_runs`` latest runs."""
+        request = workflow_service_pb2.GetScheduleRequest(
+            schedule_id=schedule_id, recent_runs=recent_runs
+        )
+        response = await _call(self._stub().GetSchedule, request)
+        return ScheduleInfo.from_proto(response.schedule)
+
+    async def list_schedules(
+        self, *, workflow: Workflow[Any, Any] | str | None = None, page_size: int = 100
+    ) -> AsyncIterator[ScheduleInfo]:
+        """Iterate over schedules by id (of one workflow if given), following pages."""
+        request = workflow_service_pb2.ListSchedulesRequest(
+            workflow_name=workflow.name if isinstance(workflow, Workflow) else workflow or "",
+            page_size=page_size,
+        )
+        while True:
+            response = await _call(self._stub().ListSchedules, request)
+            for schedule in response.schedules:
+                yield ScheduleInfo.from_proto(schedule)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    async def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Pause a schedule: its occasions start nothing until it is resumed."""
+        request = workflow_service_pb2.PauseScheduleRequest(schedule_id=schedule_id)
+        response = await _call(self._stub().PauseSchedule, request)
+        return ScheduleInfo.from_proto(response.schedule)
+
+    async def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Resume a paused schedule from its next occasion (the ones that passed
+        while it was paused start nothing)."""
+        request = workflow_service_pb2.ResumeScheduleRequest(schedule_id=schedule_id)
+        response = await _call(self._stub().ResumeSchedule, request)
+        return ScheduleInfo.from_proto(response.schedule)
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule (the runs it started stay). A workflow's declared schedule
+        comes back when a worker of its newest version next connects: pause it, or
+        remove it from the code, to stop it for good."""
+        request = workflow_service_pb2.DeleteScheduleRequest(schedule_id=schedule_id)
+        await _call(self._stub().DeleteSchedule, request)
+
+    async def trigger_schedule(
+        self, schedule_id: str, *, request_id: str | None = None
+    ) -> RunHandle[Any] | None:
+        """Start a run of a schedule now, with its input; None when its overlap policy
+        SKIP started nothing (the previous run is unfinished). The same
+        ``request_id`` starts one run however often it is sent."""
+        request = workflow_service_pb2.TriggerScheduleRequest(
+            schedule_id=schedule_id, request_id=request_id or ""
+        )
+        response = await _call(self._stub().TriggerSchedule, request)
+        if response.skipped:
+            return None
+        return RunHandle(self, response.run.run_id)
+
     # -- internals -----------------------------------------------------------
 
     def _stub(self) -> WorkflowServiceAsyncStub:
@@ -487,15 +605,3 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(max(1_000_000, int(seconds * 1e9)))
     return duration
-
-
-def _dump_input(value: Any, adapter: TypeAdapter[Any]) -> str:
-    """Validate a typed workflow's input (clear error before any run exists), then serialize."""
-    if adapter is not ANY_ADAPTER:
-        try:
-            value = adapter.validate_python(value)
-        except ValidationError as exc:
-            raise PayloadError(
-                f"the input does not match the workflow's input type: {exc}"
-            ) from exc
-    return dumps(value, adapter)

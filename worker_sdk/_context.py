@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random as _random
 import time
+import uuid as _uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
+from worker_sdk._children import ChildHandle
 from worker_sdk._definitions import (
     Step,
     StepScheduler,
+    Workflow,
     _StepDecorator,
     current_scheduler,
     current_step,
 )
 from worker_sdk._hooks import Hook, hook_token
-from worker_sdk._serde import ANY_ADAPTER, adapter_for, dumps
+from worker_sdk._policy import Duration, RetryPolicy
+from worker_sdk._serde import ANY_ADAPTER, adapter_for, dump_input, dumps
 from worker_sdk.errors import WaitTimeoutError, WorkflowContextError
 
 P = ParamSpec("P")
@@ -84,17 +89,32 @@ class WorkflowContext:
     @overload
     def step(self, fn: Callable[P, R], /) -> Step[P, R]: ...
     @overload
-    def step(self, /, *, name: str) -> _StepDecorator: ...
-    def step(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
+    def step(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | int | None = None,
+        timeout: Duration | None = None,
+    ) -> _StepDecorator: ...
+    def step(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | int | None = None,
+        timeout: Duration | None = None,
+    ) -> Any:
         """Make any function a step of this workflow.
 
         ``await ctx.step(fetch)(url)`` records the call as step ``fetch``;
-        ``@ctx.step`` and ``@ctx.step(name="x")`` decorate a local function. The
-        step's name defaults to the function's ``__name__``.
+        ``@ctx.step`` and ``@ctx.step(name="x", retry=..., timeout=...)`` decorate a
+        local function. The step's name defaults to the function's ``__name__``.
         """
         if fn is None:
-            return _StepDecorator(name)
-        return Step(fn, name=name)
+            return _StepDecorator(name, retry, timeout)
+        return Step(fn, name=name, retry=retry, timeout=timeout)
 
     def sleep(self, seconds: float | timedelta, /) -> Coroutine[Any, Any, None]:
         """Sleep durably: ``await ctx.sleep(3600)`` or ``await ctx.sleep(timedelta(days=7))``.
@@ -354,6 +374,137 @@ class WorkflowContext:
             if task is not winner and not task.cancelled():
                 task.exception()
         return index, winner.result()
+
+    # -- child runs ------------------------------------------------------------
+
+    @overload
+    def start_child(
+        self,
+        workflow: Workflow[Any, R],
+        input: Any = None,
+        /,
+        *,
+        detached: bool = False,
+    ) -> Coroutine[Any, Any, ChildHandle[R]]: ...
+    @overload
+    def start_child(
+        self,
+        workflow: str,
+        input: Any = None,
+        /,
+        *,
+        detached: bool = False,
+        version: str | int | None = None,
+    ) -> Coroutine[Any, Any, ChildHandle[Any]]: ...
+    def start_child(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        input: Any = None,
+        /,
+        *,
+        detached: bool = False,
+        version: str | int | None = None,
+    ) -> Coroutine[Any, Any, ChildHandle[Any]]:
+        """Start another workflow as a child run: ``handle = await ctx.start_child(charge,
+        order)``, later ``await handle.result()``.
+
+        The call takes the key ``child:N`` (N counts this run's child calls from 1, in
+        call order) and the child's run id is ``RUN_ID/child:N``: a replay, or a crash
+        anywhere, never starts it twice. The child is pinned to the workflow object's
+        version (a name: the newest registered, or ``version``). It is cancelled when
+        this run ends before it, unless ``detached=True`` (it then outlives this run).
+        Awaiting ``handle.result()`` is a durable wait: while nothing else runs, this
+        run is suspended (no worker slot) until the child ends; a failed or cancelled
+        child raises ``ChildFailedError``.
+        """
+        if isinstance(workflow, Workflow):
+            name = workflow.name
+            pinned = workflow.version if version is None else str(version)
+            if workflow.input_param is None and input is not None:
+                raise TypeError(f"workflow {name!r} takes no input")
+            input_json = dump_input(input, workflow.input_adapter)
+            adapter = workflow.result_adapter
+        elif isinstance(workflow, str) and workflow:
+            name, pinned = workflow, "" if version is None else str(version)
+            input_json, adapter = dumps(input), ANY_ADAPTER
+        else:
+            raise TypeError(f"expected a @workflow or a workflow name, got {workflow!r}")
+        scheduler = self._scheduler_for("start_child")
+        if scheduler is None:
+            raise WorkflowContextError(
+                "a WorkflowContext made by hand belongs to no run and cannot start child "
+                "runs; run the workflow on a Worker"
+            )
+        return scheduler.call_child(
+            name, pinned, input_json, detached=bool(detached), adapter=adapter
+        )
+
+    @overload
+    async def child(
+        self, workflow: Workflow[Any, R], input: Any = None, /, *, detached: bool = False
+    ) -> R: ...
+    @overload
+    async def child(
+        self,
+        workflow: str,
+        input: Any = None,
+        /,
+        *,
+        detached: bool = False,
+        version: str | int | None = None,
+    ) -> Any: ...
+    async def child(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        input: Any = None,
+        /,
+        *,
+        detached: bool = False,
+        version: str | int | None = None,
+    ) -> Any:
+        """Run another workflow as a child and return its result: ``receipt = await
+        ctx.child(charge, order)``. Shorthand for ``await (await
+        ctx.start_child(...)).result()``; raises ``ChildFailedError`` when the child
+        failed or was cancelled. Several at once: ``await asyncio.gather(*(ctx.child(w,
+        x) for x in items))``.
+        """
+        if isinstance(workflow, Workflow):
+            started = self.start_child(workflow, input, detached=detached)
+        else:
+            started = self.start_child(workflow, input, detached=detached, version=version)
+        handle: ChildHandle[Any] = await started
+        return await handle.result()
+
+    # -- deterministic values -----------------------------------------------------
+
+    def now(self) -> datetime:
+        """The current time (UTC), recorded: a replay returns the same value.
+
+        Each call takes the key ``now:N`` in call order; the first execution records
+        the worker's clock, every replay reads it back. Use it instead of
+        ``datetime.now()`` in workflow code.
+        """
+        scheduler = self._scheduler_for("now")
+        if scheduler is None:
+            return datetime.now(UTC)
+        micros = scheduler.call_value("now", lambda: time.time_ns() // 1000)
+        return _EPOCH + timedelta(microseconds=int(micros))
+
+    def uuid(self) -> _uuid.UUID:
+        """A random UUID (version 4), recorded: a replay returns the same one
+        (key ``uuid:N``)."""
+        scheduler = self._scheduler_for("uuid")
+        if scheduler is None:
+            return _uuid.uuid4()
+        return _uuid.UUID(hex=str(scheduler.call_value("uuid", lambda: _uuid.uuid4().hex)))
+
+    def random(self) -> float:
+        """A random float in [0, 1), recorded: a replay returns the same one
+        (key ``random:N``)."""
+        scheduler = self._scheduler_for("random")
+        if scheduler is None:
+            return _random.random()
+        return float(scheduler.call_value("random", _random.random))
 
     def log(self, message: str, **fields: Any) -> None:
         """Write a log line to the run's history: ``ctx.log("approved", by="ada")``.

@@ -15,22 +15,28 @@ import functools
 import inspect
 import re
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from pydantic import TypeAdapter
 
+from worker_sdk._policy import Duration, RetryPolicy, optional_duration, retry_policy
+from worker_sdk._policy import max_entries as _max_entries
 from worker_sdk._serde import adapter_for
 from worker_sdk.errors import WorkflowDefinitionError
+from worker_sdk.schedules import Schedule
 
 if TYPE_CHECKING:
+    from worker_sdk._children import ChildHandle
     from worker_sdk._context import WorkflowContext
     from worker_sdk._hooks import Hook
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_RESERVED_KEY = re.compile(r"(?:sleep|signal|event|hook|entry):[0-9]+(?::[a-z]+)?")
+_RESERVED_KEY = re.compile(
+    r"(?:sleep|signal|event|hook|entry|child|now|uuid|random):[0-9]+(?::[a-z]+)?"
+)
 """Keys of the SDK's own journal entries (``event:N:since``) and their look-alikes:
 not a step name, so that no step key can be one."""
 
@@ -80,6 +86,24 @@ class StepScheduler(Protocol):
 
     def call_record(self, name: str, payload_json: str) -> None:
         """Assign the entry its key now and send it to the run's history (not awaited)."""
+        ...
+
+    def call_child(
+        self,
+        workflow_name: str,
+        version: str,
+        input_json: str,
+        *,
+        detached: bool,
+        adapter: TypeAdapter[Any],
+    ) -> Coroutine[Any, Any, ChildHandle[Any]]:
+        """Assign the call its key now (``child:N``); return the coroutine that starts
+        the child (once) and yields its handle."""
+        ...
+
+    def call_value(self, kind: str, make: Callable[[], Any]) -> Any:
+        """Assign the call its key now (``KIND:N``); return the value recorded for it,
+        or ``make()``, recorded."""
         ...
 
 
@@ -160,7 +184,14 @@ class Step(Generic[P, R]):
     __qualname__: str
     __wrapped__: Callable[..., Any]
 
-    def __init__(self, fn: Callable[P, Any], name: str | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[P, Any],
+        name: str | None = None,
+        *,
+        retry: RetryPolicy | int | None = None,
+        timeout: Duration | None = None,
+    ) -> None:
         if isinstance(fn, Workflow):
             raise WorkflowDefinitionError(f"{fn.name!r} is a workflow; it cannot be a step")
         if isinstance(fn, Step):
@@ -184,6 +215,11 @@ class Step(Generic[P, R]):
             )
         self.name = step_name
         """The step's name: the first part of its step keys."""
+        self.retry = retry_policy(retry, f"step {step_name!r}")
+        """The step's retry policy; None takes the workflow's default."""
+        self.timeout = optional_duration(timeout, f"step {step_name!r}: timeout")
+        """Seconds an attempt may run before it is cancelled and counted as failed;
+        None takes the workflow's default step timeout (if any)."""
         self.fn: Callable[P, Any] = fn
         """The decorated function."""
         self.is_async = _is_async_callable(fn)
@@ -251,6 +287,13 @@ class Workflow(Generic[P, R]):
         fn: Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]],
         name: str | None = None,
         version: str | int = "1",
+        events: Iterable[str] = (),
+        schedule: Schedule | str | None = None,
+        *,
+        retry: RetryPolicy | int | None = None,
+        step_timeout: Duration | None = None,
+        execution_timeout: Duration | None = None,
+        max_entries: int | None = None,
     ) -> None:
         if isinstance(fn, (Workflow, Step)):
             raise WorkflowDefinitionError(f"{fn!r} is already decorated")
@@ -270,9 +313,22 @@ class Workflow(Generic[P, R]):
         """The workflow's name."""
         self.version = version_text
         """The workflow's version, as a string."""
+        what = f"workflow {workflow_name!r}"
+        self.retry = retry_policy(retry, what)
+        """The retry policy of steps that declare none (None: one attempt)."""
+        self.step_timeout = optional_duration(step_timeout, f"{what}: step_timeout")
+        """The timeout (seconds) of steps that declare none (None: no timeout)."""
+        self.execution_timeout = optional_duration(execution_timeout, f"{what}: execution_timeout")
+        """Seconds a run may take from its start before the server fails it."""
+        self.max_entries = _max_entries(max_entries, what)
+        """The most journal entries a run may record (None: the server's default)."""
         self.fn = fn
         """The decorated function."""
         self.input_param, self.input_optional = _check_workflow_signature(fn, workflow_name)
+        self.events = _check_events(events, workflow_name)
+        """Event names whose every publication starts a run (the payload is the input)."""
+        self.schedule = _check_schedule(schedule, workflow_name)
+        """The cron schedule that starts runs of this workflow, if any (id: its name)."""
         self._hints = _Hints(fn, f"workflow {workflow_name!r}")
         self._input_adapter: TypeAdapter[Any] | None = None
         self._result_adapter: TypeAdapter[Any] | None = None
@@ -302,6 +358,34 @@ class Workflow(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<workflow {self.name!r} version {self.version!r}>"
+
+
+def _check_events(events: Iterable[str], workflow_name: str) -> tuple[str, ...]:
+    if isinstance(events, str):
+        raise WorkflowDefinitionError(
+            f"workflow {workflow_name!r}: events must be a list of event names, not one string"
+        )
+    names = tuple(events)
+    for event in names:
+        if not isinstance(event, str) or not event.strip():
+            raise WorkflowDefinitionError(
+                f"workflow {workflow_name!r}: event names must be non-empty strings, got {event!r}"
+            )
+    return tuple(dict.fromkeys(names))
+
+
+def _check_schedule(schedule: Schedule | str | None, workflow_name: str) -> Schedule | None:
+    if schedule is None or isinstance(schedule, Schedule):
+        return schedule
+    if not isinstance(schedule, str):
+        raise WorkflowDefinitionError(
+            f"workflow {workflow_name!r}: schedule must be a Schedule or a cron string, "
+            f"got {schedule!r}"
+        )
+    try:
+        return Schedule(schedule)
+    except ValueError as exc:
+        raise WorkflowDefinitionError(f"workflow {workflow_name!r}: {exc}") from None
 
 
 def _check_name(name: object, what: str) -> None:
@@ -341,17 +425,23 @@ def _check_workflow_signature(fn: Callable[..., Any], name: str) -> tuple[str | 
 
 
 class _StepDecorator:
-    """``step(name=...)``: applies the options to the function it decorates."""
+    """``step(name=..., retry=..., timeout=...)``: applies the options to the function
+    it decorates (checked at once)."""
 
-    def __init__(self, name: str | None) -> None:
+    def __init__(
+        self, name: str | None, retry: RetryPolicy | int | None, timeout: Duration | None
+    ) -> None:
         self._name = name
+        self._retry = retry_policy(retry, "step")
+        self._timeout = timeout
+        optional_duration(timeout, "step: timeout")
 
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Step[P, R]: ...
     @overload
     def __call__(self, fn: Callable[P, R], /) -> Step[P, R]: ...
     def __call__(self, fn: Callable[..., Any], /) -> Step[Any, Any]:
-        return Step(fn, name=self._name)
+        return Step(fn, name=self._name, retry=self._retry, timeout=self._timeout)
 
 
 @overload
@@ -359,30 +449,67 @@ def step(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Step[P, R]: ...
 @overload
 def step(fn: Callable[P, R], /) -> Step[P, R]: ...
 @overload
-def step(*, name: str | None = None) -> _StepDecorator: ...
-def step(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
-    """Make a function a durable step: bare ``@step`` or ``@step(name="charge")``.
+def step(
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | int | None = None,
+    timeout: Duration | None = None,
+) -> _StepDecorator: ...
+def step(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | int | None = None,
+    timeout: Duration | None = None,
+) -> Any:
+    """Make a function a durable step: bare ``@step`` or ``@step(name="charge", ...)``.
 
     ``async def`` and plain functions are allowed (plain ones run in a thread).
     Inside a workflow each call is recorded; its result must be JSON-serializable
     as its return annotation says. Outside a workflow the function just runs.
+    ``retry`` (a ``RetryPolicy``, or a number of attempts) and ``timeout`` (a
+    duration per attempt) override the workflow's defaults.
     """
     if fn is None:
-        return _StepDecorator(name)
-    return Step(fn, name=name)
+        return _StepDecorator(name, retry, timeout)
+    return Step(fn, name=name, retry=retry, timeout=timeout)
 
 
 class _WorkflowDecorator:
-    """``workflow(name=..., version=...)``: applies the options to the function."""
+    """``workflow(name=..., version=..., ...)``: applies the options to the function
+    (checked at once)."""
 
-    def __init__(self, name: str | None, version: str | int) -> None:
+    def __init__(
+        self,
+        name: str | None,
+        version: str | int,
+        events: Iterable[str],
+        schedule: Schedule | str | None,
+        options: dict[str, Any],
+    ) -> None:
         self._name = name
         self._version = version
+        self._events = events
+        self._schedule = schedule
+        self._options = options
+        what = "workflow" if name is None else f"workflow {name!r}"
+        retry_policy(options["retry"], what)
+        for option in ("step_timeout", "execution_timeout"):
+            optional_duration(options[option], f"{what}: {option}")
+        _max_entries(options["max_entries"], what)
 
     def __call__(
         self, fn: Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]], /
     ) -> Workflow[P, R]:
-        return Workflow(fn, name=self._name, version=self._version)
+        return Workflow(
+            fn,
+            name=self._name,
+            version=self._version,
+            events=self._events,
+            schedule=self._schedule,
+            **self._options,
+        )
 
 
 @overload
@@ -390,15 +517,51 @@ def workflow(
     fn: Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]], /
 ) -> Workflow[P, R]: ...
 @overload
-def workflow(*, name: str | None = None, version: str | int = "1") -> _WorkflowDecorator: ...
 def workflow(
-    fn: Callable[..., Any] | None = None, /, *, name: str | None = None, version: str | int = "1"
+    *,
+    name: str | None = None,
+    version: str | int = "1",
+    events: Iterable[str] = (),
+    schedule: Schedule | str | None = None,
+    retry: RetryPolicy | int | None = None,
+    step_timeout: Duration | None = None,
+    execution_timeout: Duration | None = None,
+    max_entries: int | None = None,
+) -> _WorkflowDecorator: ...
+def workflow(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    version: str | int = "1",
+    events: Iterable[str] = (),
+    schedule: Schedule | str | None = None,
+    retry: RetryPolicy | int | None = None,
+    step_timeout: Duration | None = None,
+    execution_timeout: Duration | None = None,
+    max_entries: int | None = None,
 ) -> Any:
-    """Define a workflow: bare ``@workflow`` or ``@workflow(name=..., version=2)``.
+    """Define a workflow: bare ``@workflow`` or ``@workflow(name=..., version=2, ...)``.
 
     The function must be ``async def (ctx: WorkflowContext[, input])``. The name
-    defaults to the function's name and the version to ``"1"``.
+    defaults to the function's name and the version to ``"1"``. ``retry`` and
+    ``step_timeout`` are the defaults of steps that declare none;
+    ``execution_timeout`` bounds a run from its start and ``max_entries`` its
+    journal (both enforced by the server, which fails the run with its reason).
+
+
+    ``events=["order.created"]`` starts one run per published event of those
+    names, with the event's payload as input. ``schedule="0 9 * * *"`` (or a
+    ``worker_sdk.schedules.Schedule`` with a time zone, input and policies)
+    starts runs on a cron schedule. A worker serving the workflow's newest
+    version registers both with the server.
     """
+    options: dict[str, Any] = {
+        "retry": retry,
+        "step_timeout": step_timeout,
+        "execution_timeout": execution_timeout,
+        "max_entries": max_entries,
+    }
     if fn is None:
-        return _WorkflowDecorator(name, version)
-    return Workflow(fn, name=name, version=version)
+        return _WorkflowDecorator(name, version, events, schedule, options)
+    return Workflow(fn, name=name, version=version, events=events, schedule=schedule, **options)

@@ -58,24 +58,29 @@ gives the run back at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter
 from stepd.v1 import types_pb2, worker_service_pb2
 
+from worker_sdk._children import ChildHandle, child_result
 from worker_sdk._context import WorkflowContext
 from worker_sdk._definitions import Step, Workflow, current_scheduler
 from worker_sdk._hooks import Hook, hook_token
+from worker_sdk._policy import NO_RETRY, RetryPolicy
 from worker_sdk._serde import dumps, error_info, loads, payload_text, rebuild_error
 from worker_sdk.errors import (
     NonDeterminismError,
+    RetryExhaustedError,
     StepdError,
+    StepTimeoutError,
     WaitTimeoutError,
     WorkflowContextError,
 )
@@ -167,6 +172,7 @@ class _Spec:
     signal: str | None
     event: _EventWait | None
     hook: bool
+    child: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +201,7 @@ class _Wait:
     event: _EventWait | None  # an event wait's condition; None otherwise
     hook: bool  # a hook wait
     future: asyncio.Future[_Met]
+    child: str | None = None  # a child wait's child run id
 
 
 def _since_ns(key: str, record: types_pb2.StepRecord) -> int:
@@ -243,13 +250,17 @@ class RunExecutor:
     __slots__ = (
         "_abandoned",
         "_activity",
+        "_attempts",
         "_channel",
+        "_child_count",
         "_counts",
         "_draining",
         "_entry_count",
         "_event_count",
         "_events",
         "_finishing",
+        "_gate_future",
+        "_gated_keys",
         "_held",
         "_hook_count",
         "_hook_secret",
@@ -259,6 +270,7 @@ class RunExecutor:
         "_met",
         "_met_order",
         "_parked",
+        "_pending_values",
         "_released",
         "_settling",
         "_signal_count",
@@ -269,6 +281,8 @@ class RunExecutor:
         "_suspended",
         "_suspending",
         "_task",
+        "_value_answers",
+        "_value_counts",
         "_wait_count",
         "_waits",
         "_workflow",
@@ -291,19 +305,34 @@ class RunExecutor:
         self._channel = channel
         self._input = task.input
         self._journal: dict[str, types_pb2.StepRecord] = {}
+        # Failed attempts that are not a step's outcome (retried), by step key, in order.
+        self._attempts: dict[str, list[types_pb2.StepRecord]] = {}
         self._met: dict[str, types_pb2.WaitResult] = {}  # met waits not delivered, by key
         met: list[types_pb2.WaitResult] = []
         for entry in task.journal:
             kind = entry.WhichOneof("entry")
-            if kind == "step":
+            if kind == "step" and entry.step.attempt_only:
+                self._attempts.setdefault(entry.step.step_key, []).append(entry.step)
+            elif kind == "step":
                 self._journal[entry.step.step_key] = entry.step
             elif kind == "wait" and entry.wait.wait_key not in self._met:
                 self._met[entry.wait.wait_key] = entry.wait
                 met.append(entry.wait)
+        for attempts in self._attempts.values():
+            attempts.sort(key=lambda record: record.attempt)
         # Their keys in the order they were met: by met_time, then journal order.
         met.sort(key=_met_time_ns)  # stable
         self._met_order: deque[str] = deque(wait.wait_key for wait in met)
         self._counts: dict[str, int] = {}
+        self._child_count = 0
+        # Recorded values (ctx.now/uuid/random): call counts per kind, records held
+        # back until the journal's entries are all taken, and records unanswered.
+        self._value_counts: dict[str, int] = {}
+        self._pending_values: list[worker_service_pb2.WorkerCommand] = []
+        self._value_answers: set[asyncio.Future[worker_service_pb2.CommandResult]] = set()
+        # New steps and children wait here while the journal holds entries no call took.
+        self._gate_future: asyncio.Future[None] | None = None
+        self._gated_keys: list[str] = []
         self._sleep_count = 0
         self._signal_count = 0
         self._event_count = 0
@@ -321,7 +350,8 @@ class RunExecutor:
         self._settling = False  # a quiescence check is scheduled
         self._suspending = False  # suspend_run submitted
         self._suspended = False  # suspend_run acknowledged
-        self._step_errors: dict[int, tuple[BaseException, str, int]] = {}
+        # Errors raised out of steps, by id: (error, step key, attempt, recorded traceback).
+        self._step_errors: dict[int, tuple[BaseException, str, int, str]] = {}
         self._abandoned = False
         self._draining = False
         self._released = False
@@ -437,8 +467,9 @@ class RunExecutor:
             except Exception as exc:
                 failure = exc
             self._check_live()  # e.g. a finally block returned after the run was suspended
-            if self._journal or self._met:
+            if self._journal or self._met or self._attempts:
                 return self._non_deterministic()
+            await self._values_acknowledged()
             await self._events_acknowledged()  # custom entries are durable before the end
             if failure is not None:
                 command.fail_run.error.CopyFrom(self._describe(failure))
@@ -482,7 +513,7 @@ class RunExecutor:
         return (ctx, loads(text, workflow.input_adapter))
 
     def _non_deterministic(self) -> RunOutcome:
-        keys = ", ".join([*sorted(self._journal), *sorted(self._met)])
+        keys = ", ".join([*sorted(self._journal), *sorted(self._attempts), *sorted(self._met)])
         self._describe_non_determinism(
             f"the journal holds steps or waits this code never called ({keys})"
         )
@@ -504,11 +535,19 @@ class RunExecutor:
         return RunOutcome.NON_DETERMINISTIC
 
     def _describe(self, exc: BaseException) -> types_pb2.ErrorInfo:
-        step_key, attempt = "", 0
+        """The ErrorInfo of the error a run fails with: the step and attempt it came
+        from, and the step's recorded traceback when the error was replayed."""
+        step_key, attempt, recorded = "", 0, ""
         origin = self._step_errors.get(id(exc))
         if origin is not None and origin[0] is exc:
-            step_key, attempt = origin[1], origin[2]
-        return error_info(exc, step_key=step_key, attempt=attempt)
+            step_key, attempt, recorded = origin[1], origin[2], origin[3]
+        info = error_info(exc, step_key=step_key, attempt=attempt)
+        if recorded:
+            info.traceback = (
+                f"{info.traceback}\nThe step's own traceback (step {step_key}, attempt "
+                f"{attempt}):\n{recorded}"
+            )
+        return info
 
     # -- steps ---------------------------------------------------------------
 
@@ -523,45 +562,154 @@ class RunExecutor:
         self._activity += 1
         record = self._journal.pop(key, None)
         if record is not None:
-            return self._replay_step(step, key, record)
+            failed = self._attempts.pop(key, ())
+            self._after_take()
+            return self._replay_step(step, key, record, failed)
         return self._run_step(step, key, args, kwargs)
 
     async def _replay_step(
-        self, step: Step[Any, Any], key: str, record: types_pb2.StepRecord
+        self,
+        step: Step[Any, Any],
+        key: str,
+        record: types_pb2.StepRecord,
+        failed: Iterable[types_pb2.StepRecord],
     ) -> Any:
         self._check_live()
+        policy = self._policy(step)
+        for attempt in failed:  # the backoffs before the outcome, as they happened
+            if attempt.attempt < record.attempt:
+                await self._retry_wait(key, attempt, policy)
         return self._outcome(step, key, record)
+
+    def _policy(self, step: Step[Any, Any]) -> RetryPolicy:
+        return step.retry or self._workflow.retry or NO_RETRY
 
     async def _run_step(
         self, step: Step[Any, Any], key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if self._draining or self._suspending:
-            await self._park()
-        self._check_live()
-        # The task is tracked until the outcome is acknowledged: abandon() cancels
-        # it, and drain() waits for it before releasing the run.
+        policy = self._policy(step)
+        timeout = step.timeout if step.timeout is not None else self._workflow.step_timeout
+        attempt = 1
+        failed = self._attempts.pop(key, None)
+        if failed:
+            self._after_take()
+        else:  # a new step: not before every entry of the journal was taken
+            await self._gate(key)
+        if failed:  # replay: attempts that failed before; the last one decides
+            last = failed[-1]
+            if not policy.retries(rebuild_error(last.error.type, last.error.message), last.attempt):
+                for record in failed[:-1]:
+                    await self._retry_wait(key, record, policy)
+                return await self._record_outcome(step, key, last, policy)
+            for record in failed:  # each backoff again, in order: met ones come from the journal
+                await self._retry_wait(key, record, policy)
+            attempt = last.attempt + 1
+        while True:
+            if self._draining or self._suspending:
+                await self._park()
+            self._check_live()
+            with self._in_flight():  # the attempt and its record, as one
+                record, result_json, error = await self._attempt(
+                    step, key, attempt, args, kwargs, timeout
+                )
+                retry = error is not None and policy.retries(error, attempt)
+                record.attempt_only = retry
+                result = await self._record(record)
+            if result.status == _DUPLICATE:
+                if not result.recorded_step.attempt_only:  # an outcome stands: it wins
+                    return self._outcome(step, key, result.recorded_step)
+                record = result.recorded_step
+            if not retry:
+                if error is not None:
+                    raise self._step_error(error, key, attempt, policy, record.error)
+                return loads(result_json, step.result_adapter)
+            logger.info(
+                "run %s: step %s attempt %d failed (%s); retrying",
+                self.run_id,
+                key,
+                attempt,
+                record.error.type,
+            )
+            await self._retry_wait(key, record, policy)
+            attempt = record.attempt + 1
+
+    async def _record(self, record: types_pb2.StepRecord) -> Any:
+        """Send ``record_step`` and wait for its answer."""
+        await self._values_acknowledged()
+        command = worker_service_pb2.WorkerCommand()
+        command.record_step.step.CopyFrom(record)
+        return await self._submit(command)
+
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Track the current task as a step body (or its record) in flight until the
+        block ends: abandon() cancels it, drain() waits for it, and the run is not
+        quiescent meanwhile."""
         task = asyncio.current_task()
         assert task is not None
         step_tasks = self._step_tasks
         step_tasks.add(task)
         try:
-            # One attempt for now. A RetryPolicy slots in here: loop over attempts,
-            # record each failed one, and wait (durably) between them.
-            attempt = 1
-            command, result_json, error = await self._attempt(step, key, attempt, args, kwargs)
-            result = await self._submit(command)
+            yield
         finally:
             step_tasks.discard(task)
             if self._parked is not None and not step_tasks:
                 self.release()  # the last step in flight is recorded: give the run back
             self._activity += 1
             self._maybe_settle()
+
+    async def _retry_wait(
+        self, key: str, failed: types_pb2.StepRecord, policy: RetryPolicy
+    ) -> None:
+        """Wait durably until the attempt after ``failed`` may start: a timer wait
+        ``retry:KEY:N`` that the server keeps, so a crash changes nothing. The delay
+        runs from the failed attempt's recorded end."""
+        end_ns = failed.end_time.ToNanoseconds() if failed.HasField("end_time") else time.time_ns()
+        delay = policy.delay_after(failed.attempt, f"{self.run_id}:{key}")
+        fire_ns = end_ns + int(delay * 1e9)
+        wait_key = f"retry:{key}:{failed.attempt}"
+        self._activity += 1
+        if fire_ns <= time.time_ns() and wait_key not in self._met:
+            self._check_live()
+            return
+        await self._wait((self._spec(wait_key, fire_ns=fire_ns),))
+
+    async def _record_outcome(
+        self,
+        step: Step[Any, Any],
+        key: str,
+        last: types_pb2.StepRecord,
+        policy: RetryPolicy,
+    ) -> Any:
+        """Record the last failed attempt as the step's outcome (the policy allows no
+        other) and raise its error."""
+        self._check_live()
+        record = types_pb2.StepRecord()
+        record.CopyFrom(last)
+        record.attempt_only = False
+        with self._in_flight():
+            result = await self._record(record)
         if result.status == _DUPLICATE:
-            return self._outcome(step, key, result.recorded_step)
-        if error is not None:
-            self._step_errors[id(error)] = (error, key, attempt)
-            raise error
-        return loads(result_json, step.result_adapter)
+            record = result.recorded_step
+        return self._outcome(step, key, record)
+
+    def _step_error(
+        self,
+        error: Exception,
+        key: str,
+        attempt: int,
+        policy: RetryPolicy,
+        info: types_pb2.ErrorInfo,
+        traceback_text: str = "",
+    ) -> Exception:
+        """The error a failed step raises in the workflow: its own error, or, when a
+        retry policy ran out of attempts, a RetryExhaustedError caused by it."""
+        raised: Exception = error
+        if policy.max_attempts > 1 and policy.retryable(error):
+            raised = RetryExhaustedError(key, attempt, info.type, info.message)
+            raised.__cause__ = error
+        self._step_errors[id(raised)] = (raised, key, attempt, traceback_text)
+        return raised
 
     async def _park(self) -> None:
         """A new step called after drain(): never start it. Release the run when no
@@ -586,18 +734,24 @@ class RunExecutor:
         attempt: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> tuple[worker_service_pb2.WorkerCommand, str, Exception | None]:
-        """Run the step body once; return its record_step command, result JSON and error."""
+        step_timeout: float | None,
+    ) -> tuple[types_pb2.StepRecord, str, Exception | None]:
+        """Run the step body once (cancelled after ``step_timeout`` seconds, if set); return
+        its StepRecord, result JSON and error."""
         start = time.time_ns()
         result_json = ""
         error: Exception | None = None
         try:
-            result_json = dumps(await step.invoke(args, kwargs), step.result_adapter)
+            if step_timeout is None:
+                value = await step.invoke(args, kwargs)
+            else:
+                await self._announce_start(key, attempt, step_timeout)
+                value = await self._invoke_with_timeout(step, key, args, kwargs, step_timeout)
+            result_json = dumps(value, step.result_adapter)
         except Exception as exc:
             error = exc
         end = time.time_ns()
-        command = worker_service_pb2.WorkerCommand()
-        record = command.record_step.step
+        record = types_pb2.StepRecord()
         record.step_key = key
         record.attempt = attempt
         record.start_time.FromNanoseconds(start)
@@ -606,14 +760,49 @@ class RunExecutor:
             record.result.json = result_json
         else:
             record.error.CopyFrom(error_info(error, step_key=key, attempt=attempt))
-        return command, result_json, error
+        return record, result_json, error
+
+    async def _invoke_with_timeout(
+        self,
+        step: Step[Any, Any],
+        key: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        step_timeout: float,
+    ) -> Any:
+        """Run the body; past ``step_timeout`` cancel it and raise StepTimeoutError (a sync
+        body's thread cannot be stopped: it is abandoned)."""
+        scope = asyncio.timeout(step_timeout)
+        try:
+            async with scope:
+                return await step.invoke(args, kwargs)
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the body's own TimeoutError
+            raise StepTimeoutError(
+                f"step {key} did not finish within its timeout of {step_timeout:g} s"
+            ) from None
+
+    async def _announce_start(self, key: str, attempt: int, seconds: float) -> None:
+        """Send ``start_step`` and wait for its answer, so the server knows of the
+        attempt before its body runs (a body that blocks the event loop would keep
+        it from being sent at all): the server ends the attempt if this worker
+        cannot."""
+        command = worker_service_pb2.WorkerCommand()
+        start = command.start_step
+        start.step_key = key
+        start.attempt = attempt
+        start.timeout.FromNanoseconds(int(seconds * 1e9))
+        await self._submit(command)
 
     def _outcome(self, step: Step[Any, Any], key: str, record: types_pb2.StepRecord) -> Any:
-        """Return a recorded result, or raise the recorded error rebuilt."""
+        """Return a recorded result, or raise the recorded error rebuilt (as the
+        RetryExhaustedError it caused when the step's retries ran out)."""
         if record.HasField("error"):
             error = rebuild_error(record.error.type, record.error.message)
-            self._step_errors[id(error)] = (error, key, record.attempt)
-            raise error
+            raise self._step_error(
+                error, key, record.attempt, self._policy(step), record.error, record.error.traceback
+            )
         return loads(payload_text(record.result), step.result_adapter)
 
     def _check_live(self) -> None:
@@ -679,6 +868,7 @@ class RunExecutor:
         sent."""
         record = self._journal.pop(since_key, None)
         if record is not None:
+            self._after_take()
             return _Since(_since_ns(since_key, record))
         since_ns = time.time_ns() // 1_000_000 * 1_000_000
         if self._abandoned or self._suspending or self._finishing or self._held:
@@ -760,10 +950,11 @@ class RunExecutor:
         signal: str | None = None,
         event: _EventWait | None = None,
         hook: bool = False,
+        child: str | None = None,
     ) -> _Spec:
         """A wait's description, numbered in call order."""
         index = self._wait_count = self._wait_count + 1
-        return _Spec(key, index, fire_ns, signal, event, hook)
+        return _Spec(key, index, fire_ns, signal, event, hook, child)
 
     async def _no_wait(self) -> None:
         self._check_live()
@@ -864,7 +1055,14 @@ class RunExecutor:
         waits = self._waits
         for spec in specs:
             waits[spec.key] = _Wait(
-                spec.key, spec.index, spec.fire_ns, spec.signal, spec.event, spec.hook, future
+                spec.key,
+                spec.index,
+                spec.fire_ns,
+                spec.signal,
+                spec.event,
+                spec.hook,
+                future,
+                spec.child,
             )
         self._activity += 1
         self._maybe_settle()
@@ -884,9 +1082,10 @@ class RunExecutor:
         wait start) waiting for its acknowledgement, no step call parked, nothing final
         sent."""
         return (
-            bool(self._waits)
+            (bool(self._waits) or bool(self._gated_keys))
             and not self._step_tasks
             and not self._since_records
+            and not self._value_answers
             and self._parked is None
             and not (self._abandoned or self._finishing or self._suspending or self._held)
             and self.non_determinism is None
@@ -911,7 +1110,9 @@ class RunExecutor:
             self._settling = False
             if self._met_order:
                 self._deliver()
-            elif not self._events:  # else the last acknowledgement checks again
+            elif self._journal or self._attempts:
+                self._hold_leftover()
+            elif self._waits and not self._events:  # else the last answer checks again
                 self._suspend()
             return
         else:
@@ -924,7 +1125,10 @@ class RunExecutor:
         key = self._met_order[0]
         wait = self._waits.get(key)
         if wait is None or wait.future.done():
-            self._hold(key)
+            if self._journal or self._attempts:
+                self._hold_leftover()  # the first difference is a step, name it
+            else:
+                self._hold(key)
             return
         self._met_order.popleft()
         self._activity += 1
@@ -932,12 +1136,213 @@ class RunExecutor:
 
     def _hold(self, key: str) -> None:
         """Hold the run as non-deterministic and unwind its coroutine where it waits."""
-        pending = ", ".join(sorted(self._waits, key=lambda k: self._waits[k].index))
         self._describe_non_determinism(
-            f"the journal's next met wait is {key}, but the code waits on {pending}"
+            f"the journal's next met wait is {key}, but the code waits on {self._blocked_on()}"
         )
         self._held = True
+        self._open_gate()
         self._unwind(lambda: RunHeld(f"run {self.run_id} is held: {key} was met"), abandon=False)
+
+    def _hold_leftover(self) -> None:
+        """The code can go no further, yet the journal holds entries it never took: they
+        come from other code (a different step where a recorded one stands)."""
+        keys = [*self._journal, *(k for k in self._attempts if k not in self._journal)]
+        self._describe_non_determinism(
+            f"the journal holds {', '.join(keys)} next, but the code calls {self._blocked_on()}"
+        )
+        self._held = True
+        self._open_gate()
+        self._unwind(lambda: RunHeld(f"run {self.run_id} is held"), abandon=False)
+
+    def _blocked_on(self) -> str:
+        """What the run's code waits on: new steps or children held back, and waits."""
+        waits = sorted(self._waits, key=lambda k: self._waits[k].index)
+        return ", ".join([*self._gated_keys, *waits]) or "nothing"
+
+    # -- the gate: nothing new before the journal is taken --------------------------
+
+    async def _gate(self, key: str) -> None:
+        """Hold back a new step or child (``key``) while the journal still holds entries
+        no call took: the code that wrote them may still call them (another branch of
+        a gather), or the code changed, which the quiescence check then finds. So a
+        changed workflow never runs or records anything of its own over a journal it
+        cannot have produced."""
+        while self._journal or self._attempts:
+            gate = self._gate_future
+            if gate is None or gate.done():
+                gate = self._gate_future = asyncio.get_running_loop().create_future()
+            self._gated_keys.append(key)
+            self._activity += 1
+            self._maybe_settle()
+            try:
+                await gate
+            finally:
+                self._gated_keys.remove(key)
+            self._check_live()
+
+    def _after_take(self) -> None:
+        """A call took an entry of the journal: open the gate once none is left."""
+        if not self._journal and not self._attempts:
+            self._open_gate()
+            pending, self._pending_values = self._pending_values, []
+            for command in pending:
+                self._send_value(command)
+
+    def _open_gate(self) -> None:
+        gate = self._gate_future
+        if gate is not None and not gate.done():
+            gate.set_result(None)
+
+    # -- recorded values: ctx.now(), ctx.uuid(), ctx.random() ----------------------
+
+    def call_value(self, kind: str, make: Callable[[], Any]) -> Any:
+        """Assign the call its key now (``KIND:N``); return the journal's value for it,
+        or ``make()``, recorded (``record_step``, not awaited here: every later record
+        of the run, and its end, waits until it is acknowledged)."""
+        index = self._value_counts[kind] = self._value_counts.get(kind, 0) + 1
+        key = f"{kind}:{index}"
+        self._activity += 1
+        record = self._journal.pop(key, None)
+        if record is not None:
+            self._after_take()
+            return loads(payload_text(record.result))
+        value = make()
+        if self._abandoned or self._suspending or self._finishing or self._held:
+            return value  # the run is ending: the execution that gets here again records it
+        now = time.time_ns()
+        command = worker_service_pb2.WorkerCommand(run_id=self.run_id, lease_id=self.lease_id)
+        step = command.record_step.step
+        step.step_key = key
+        step.attempt = 1
+        step.start_time.FromNanoseconds(now)
+        step.end_time.FromNanoseconds(now)
+        step.result.json = dumps(value)
+        if self._journal or self._attempts:
+            self._pending_values.append(command)  # sent once the journal is all taken
+        else:
+            self._send_value(command)
+        return value
+
+    def _send_value(self, command: worker_service_pb2.WorkerCommand) -> None:
+        try:
+            answer = self._channel.submit(command)
+        except RunAbandoned:  # the channel is closed: the run is lost to this worker
+            return
+        self._value_answers.add(answer)
+        answer.add_done_callback(self._value_answered)
+
+    def _value_answered(self, answer: asyncio.Future[worker_service_pb2.CommandResult]) -> None:
+        self._value_answers.discard(answer)
+        self._activity += 1
+        if answer.cancelled() or self._abandoned:
+            return
+        result = answer.result()
+        if result.status == _OK:
+            self._maybe_settle()
+            return
+        if result.status != _LEASE_LOST:
+            # DUPLICATE: another value was recorded first and this execution used its
+            # own; give the run up, the next execution reads the recorded one.
+            logger.error(
+                "run %s: abandoned: the server answered %s to a recorded value: %s",
+                self.run_id,
+                worker_service_pb2.CommandStatus.Name(result.status),
+                result.message,
+            )
+        self.abandon()
+
+    async def _values_acknowledged(self) -> None:
+        """Send the values held back and wait until every recorded value is acknowledged,
+        so that nothing recorded after a value can outlive it."""
+        pending, self._pending_values = self._pending_values, []
+        for command in pending:
+            self._send_value(command)
+        while self._value_answers:
+            await asyncio.wait(set(self._value_answers))
+        self._check_live()
+
+    # -- child runs ------------------------------------------------------------------
+
+    def call_child(
+        self,
+        workflow_name: str,
+        version: str,
+        input_json: str,
+        *,
+        detached: bool,
+        adapter: TypeAdapter[Any],
+    ) -> Coroutine[Any, Any, ChildHandle[Any]]:
+        """Assign the call its key now (``child:N``); the coroutine starts the child
+        (``start_child``, once: a replay reads the journal's entry) and yields its
+        handle."""
+        index = self._child_count = self._child_count + 1
+        key = f"child:{index}"
+        self._activity += 1
+        record = self._journal.pop(key, None)
+        if record is not None:
+            self._after_take()
+        return self._start_child(key, workflow_name, version, input_json, detached, adapter, record)
+
+    async def _start_child(
+        self,
+        key: str,
+        workflow_name: str,
+        version: str,
+        input_json: str,
+        detached: bool,
+        adapter: TypeAdapter[Any],
+        record: types_pb2.StepRecord | None,
+    ) -> ChildHandle[Any]:
+        if record is None:
+            await self._gate(key)
+            if self._draining or self._suspending:
+                await self._park()
+            self._check_live()
+            command = worker_service_pb2.WorkerCommand()
+            start = command.start_child
+            start.child_key = key
+            start.workflow_name = workflow_name
+            start.workflow_version = version
+            start.input.json = input_json
+            start.detached = detached
+            with self._in_flight():
+                await self._values_acknowledged()
+                result = await self._submit(command)
+            record = result.recorded_step
+        else:
+            self._check_live()
+        try:
+            child_id = str(loads(payload_text(record.result))["run_id"])
+        except (StepdError, TypeError, KeyError) as exc:
+            raise NonDeterminismError(
+                f"the journal's {key} holds {payload_text(record.result)!r}, not a child run"
+            ) from exc
+        return ChildHandle(child_id, key, lambda: self._child_wait(key, child_id, adapter))
+
+    async def _child_wait(self, key: str, child_id: str, adapter: TypeAdapter[Any]) -> Any:
+        """Wait durably (``child:N``) until the child ends; its result or ChildFailedError."""
+        self._activity += 1
+        _, result = await self._wait((self._spec(key, child=child_id),))
+        return child_result(key, payload_text(result.payload), adapter)
+
+    # -- holding the run on the server ---------------------------------------------------
+
+    def send_hold(self) -> bool:
+        """Give a run held as non-deterministic back to the server (``hold_run``, its last
+        command): the server keeps the error on the run and hands it to a worker whose
+        code has not refused it. False when nothing was sent."""
+        error = self.non_determinism
+        if error is None or self._abandoned or self._finishing or self._suspending:
+            return False
+        self._abandoned = True
+        command = worker_service_pb2.WorkerCommand(run_id=self.run_id, lease_id=self.lease_id)
+        command.hold_run.error.CopyFrom(error_info(error))
+        try:
+            self._channel.submit(command)
+        except RunAbandoned:  # the channel is closed: the server re-queues the run anyway
+            return False
+        self._cancel_tasks()
+        return True
 
     def _suspend(self) -> None:
         """Send ``suspend_run`` with every pending wait; the answer unwinds the run."""
@@ -954,6 +1359,8 @@ class RunExecutor:
                 condition.event.since.FromNanoseconds(wait.event.since_ns)
             elif wait.hook:
                 condition.hook.SetInParent()
+            elif wait.child is not None:
+                condition.child.run_id = wait.child
             else:
                 condition.timer.fire_time.FromNanoseconds(wait.fire_ns)
         self._suspending = True

@@ -55,6 +55,14 @@ def status_to_proto(status: RunStatus | str) -> types_pb2.RunStatus.ValueType:
         ) from None
 
 
+def status_from_proto(value: types_pb2.RunStatus.ValueType) -> RunStatus:
+    """Decode a wire status; StepdError for one this SDK does not know."""
+    status = _FROM_PROTO.get(value)
+    if status is None:
+        raise StepdError(f"unknown run status {value}")
+    return status
+
+
 @dataclass(frozen=True, slots=True)
 class RunInfo:
     """A run as stored by the server.
@@ -82,6 +90,26 @@ class RunInfo:
     """Why a failed run failed: workflow_error, deadline_exceeded, execution_timeout, ..."""
     cancel_reason: str | None = None
     """The reason given when the run was cancelled."""
+    error_step_key: str | None = None
+    """The step the run's error came from (None when raised by workflow code)."""
+    error_attempt: int | None = None
+    """The attempt of that step (1 for the first)."""
+    deadline: datetime | None = None
+    """The deadline given to ``trigger``, if any."""
+    execution_deadline: datetime | None = None
+    """The run's start plus its workflow's execution timeout, if it has one."""
+    scheduled_start_time: datetime | None = None
+    """The start time given to ``trigger(start_at=...)``: the run is not started before."""
+    schedule_id: str | None = None
+    """The schedule that started the run, if one did."""
+    schedule_time: datetime | None = None
+    """The schedule's occasion the run was started for."""
+    root_run_id: str | None = None
+    """The top-level run of this run's tree (its own id for a top-level run)."""
+    detached: bool = False
+    """For a child run: True when it outlives its parent."""
+    held_error: str | None = None
+    """Set while the run is held for non-determinism: why a worker's code refused it."""
 
     @classmethod
     def from_proto(cls, run: types_pb2.Run) -> RunInfo:
@@ -111,6 +139,16 @@ class RunInfo:
             dispatch_count=run.dispatch_count,
             failure_reason=reason,
             cancel_reason=run.cancel_reason or None,
+            error_step_key=(run.error.step_key or None) if has_error else None,
+            error_attempt=(run.error.attempt or None) if has_error else None,
+            deadline=_time(run, "deadline"),
+            execution_deadline=_time(run, "execution_deadline"),
+            scheduled_start_time=_time(run, "scheduled_start_time"),
+            schedule_id=run.schedule_id or None,
+            schedule_time=_time(run, "schedule_time"),
+            root_run_id=run.root_run_id or None,
+            detached=run.detached,
+            held_error=run.held_error.message if run.HasField("held_error") else None,
         )
 
 

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 from stepd.v1 import types_pb2
 
-from worker_sdk.errors import PayloadError, StepFailedError
+from worker_sdk.errors import PayloadError, StepFailedError, StepTimeoutError
 
 ANY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Any)
 
@@ -49,6 +49,19 @@ def dumps(value: Any, adapter: TypeAdapter[Any] = ANY_ADAPTER) -> str:
         raise PayloadError(f"cannot serialize {type(value).__qualname__} to JSON: {exc}") from exc
 
 
+def dump_input(value: Any, adapter: TypeAdapter[Any]) -> str:
+    """Validate a typed workflow's input (a clear error before any run exists), then
+    serialize it."""
+    if adapter is not ANY_ADAPTER:
+        try:
+            value = adapter.validate_python(value)
+        except ValidationError as exc:
+            raise PayloadError(
+                f"the input does not match the workflow's input type: {exc}"
+            ) from exc
+    return dumps(value, adapter)
+
+
 def loads(text: str, adapter: TypeAdapter[Any] = ANY_ADAPTER) -> Any:
     """Parse JSON text (empty means null) into the adapter's type; raise PayloadError."""
     try:
@@ -69,10 +82,21 @@ def qualified_name(exc_type: type[BaseException]) -> str:
     return f"{exc_type.__module__}.{exc_type.__qualname__}"
 
 
+STEP_TIMEOUT_TYPE = "stepd.StepTimeoutError"
+"""The protocol's type name of a timed-out step attempt (the server records it too)."""
+
+
+def error_type_name(exc: BaseException) -> str:
+    """The recorded type of an exception: its qualified name, or a protocol name."""
+    if type(exc) is StepTimeoutError:
+        return STEP_TIMEOUT_TYPE
+    return qualified_name(type(exc))
+
+
 def error_info(exc: BaseException, *, step_key: str = "", attempt: int = 0) -> types_pb2.ErrorInfo:
     """Describe an exception as an ErrorInfo (type, message, traceback)."""
     return types_pb2.ErrorInfo(
-        type=qualified_name(type(exc)),
+        type=error_type_name(exc),
         message=str(exc),
         traceback="".join(traceback.format_exception(exc)),
         step_key=step_key,
@@ -87,7 +111,7 @@ def rebuild_error(error_type: str, message: str) -> Exception:
     an ``Exception`` subclass, or refuses a single message argument, a
     StepFailedError carrying the type and message is returned instead.
     """
-    cls = _find_exception_type(error_type)
+    cls = StepTimeoutError if error_type == STEP_TIMEOUT_TYPE else _find_exception_type(error_type)
     if cls is not None:
         try:
             return cls(message)

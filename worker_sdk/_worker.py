@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 from google.protobuf import duration_pb2
+from pydantic import ValidationError
 from stepd.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 from worker_sdk._definitions import Workflow
 from worker_sdk._replay import RELEASE_REASON, RunAbandoned, RunExecutor, RunOutcome
 from worker_sdk._rpc import CHANNEL_OPTIONS
-from worker_sdk.errors import WorkflowDefinitionError
+from worker_sdk._serde import dumps
+from worker_sdk.errors import PayloadError, WorkflowDefinitionError
 
 if TYPE_CHECKING:
     from stepd.v1.worker_service_pb2_grpc import WorkerServiceAsyncStub
@@ -83,6 +85,31 @@ SDK_VERSION = _sdk_version()
 
 def _seconds(duration: duration_pb2.Duration) -> float:
     return duration.seconds + duration.nanos / 1e9
+
+
+def _registration(workflow: Workflow[Any, Any]) -> worker_service_pb2.WorkflowRegistration:
+    """What the hello says about one workflow: name, version, event triggers, schedule,
+    execution timeout and journal limit."""
+    registration = worker_service_pb2.WorkflowRegistration(
+        name=workflow.name,
+        version=workflow.version,
+        event_triggers=workflow.events,
+        max_entries=workflow.max_entries or 0,
+    )
+    if workflow.execution_timeout is not None:
+        registration.execution_timeout.FromNanoseconds(int(workflow.execution_timeout * 1e9))
+    schedule = workflow.schedule
+    if schedule is not None:
+        try:
+            value = workflow.input_adapter.validate_python(schedule.input)
+            input_json = dumps(value, workflow.input_adapter)
+        except (ValidationError, PayloadError) as exc:
+            raise WorkflowDefinitionError(
+                f"workflow {workflow.name!r}: the schedule's input does not fit the "
+                f"workflow's input type: {exc}"
+            ) from None
+        registration.schedule.CopyFrom(schedule.to_proto(input_json))
+    return registration
 
 
 def _check_grace(value: object, name: str) -> float:
@@ -139,6 +166,7 @@ class Worker:
         self._shutdown_grace = _check_grace(shutdown_grace, "shutdown_grace")
         self._address = address
         self._workflows = registry
+        self._registrations = [_registration(w) for w in registry.values()]
         self._concurrency = concurrency
         self._identity = identity or f"{socket.gethostname()}:{os.getpid()}"
         self._worker_id = uuid.uuid4().hex
@@ -294,8 +322,7 @@ class Worker:
         hello.identity = self._identity
         hello.capacity = self._concurrency
         hello.sdk_version = SDK_VERSION
-        for name, version in self._workflows:
-            hello.workflows.add(name=name, version=version)
+        hello.workflows.extend(self._registrations)
         return request
 
     def __repr__(self) -> str:
@@ -600,11 +627,10 @@ class _Session:
     async def _drive(self, executor: RunExecutor) -> None:
         try:
             outcome = await executor.execute()
-            if outcome is RunOutcome.NON_DETERMINISTIC and not executor.abandoned:
-                # Hold the run (neither failed nor completed) until the server takes
-                # it back, the stream ends, or a shutdown releases it; a worker with
-                # matching code then gets it.
-                await self._loop.create_future()
+            if outcome is RunOutcome.NON_DETERMINISTIC:
+                # Neither failed nor completed: the server keeps it held and hands it to
+                # a worker whose code has not refused it.
+                executor.send_hold()
         except Exception:
             logger.exception("run %s: unexpected worker error", executor.run_id)
         finally:

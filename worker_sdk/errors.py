@@ -8,6 +8,12 @@ Every error the SDK raises on purpose derives from one base class::
     ├── PayloadError               a value cannot be turned into JSON or back into
     │                              its annotated type
     ├── StepFailedError            a recorded step error whose type cannot be rebuilt
+    │   └── RetryExhaustedError    a step failed on the last attempt its retry policy
+    │                              allows (the original error is __cause__)
+    ├── NonRetryableError          raise it in a step: the step fails at once, never
+    │                              retried
+    ├── StepTimeoutError           a step attempt outlived its timeout and was
+    │                              cancelled; also a builtin TimeoutError
     ├── NonDeterminismError        replay met a journal the workflow code cannot have
     │                              produced
     ├── WorkflowContextError       a WorkflowContext helper was used where it cannot
@@ -15,6 +21,8 @@ Every error the SDK raises on purpose derives from one base class::
     ├── WaitTimeoutError           a durable wait (ctx.wait_for_signal,
     │                              ctx.wait_for_event or ctx.wait_for_hook with a
     │                              timeout) timed out; also a builtin TimeoutError
+    ├── ChildFailedError           a child run awaited by its parent workflow failed
+    │                              or was cancelled
     ├── RunFailedError             the awaited run finished with an error
     ├── RunCancelledError          the awaited run was cancelled
     │   (the server answered a call with an error status:)
@@ -44,16 +52,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlreadyExistsError",
+    "ChildFailedError",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "NonDeterminismError",
+    "NonRetryableError",
     "NotFoundError",
     "PayloadError",
     "ResourceExhaustedError",
+    "RetryExhaustedError",
     "RunCancelledError",
     "RunFailedError",
     "ServerUnavailableError",
     "StepFailedError",
+    "StepTimeoutError",
     "StepdError",
     "WaitTimeoutError",
     "WorkflowContextError",
@@ -92,12 +104,75 @@ class StepFailedError(StepdError):
         return type(self), (self.error_type, self.error_message)
 
 
+class RetryExhaustedError(StepFailedError):
+    """A step with a retry policy failed on its last allowed attempt.
+
+    ``error_type`` and ``error_message`` describe the last attempt's error (the
+    exception itself, rebuilt, is ``__cause__``), ``attempts`` counts the
+    attempts made and ``step_key`` names the step. Catch it to compensate.
+    """
+
+    def __init__(self, step_key: str, attempts: int, error_type: str, error_message: str) -> None:
+        StepdError.__init__(
+            self,
+            f"step {step_key!r} failed after {attempts} attempts: {error_type}: {error_message}",
+        )
+        self.error_type = error_type
+        self.error_message = error_message
+        self.step_key = step_key
+        self.attempts = attempts
+
+    def __reduce__(self) -> tuple[type[RetryExhaustedError], tuple[str, int, str, str]]:  # type: ignore[override]
+        return type(self), (self.step_key, self.attempts, self.error_type, self.error_message)
+
+
+class NonRetryableError(StepdError):
+    """Raise it (or a subclass) in a step to fail the step at once, whatever its retry
+    policy allows."""
+
+
+class StepTimeoutError(StepdError, TimeoutError):
+    """A step attempt ran longer than the step's timeout and was cancelled.
+
+    It counts as a failed attempt: the step's retry policy decides whether
+    another follows. Recorded under the protocol name ``stepd.StepTimeoutError``.
+    """
+
+
 class NonDeterminismError(StepdError):
     """Replay met a journal the workflow code cannot have produced.
 
     The worker keeps such a run (it is neither failed nor completed) and logs
     this error until a worker with matching code picks the run up.
     """
+
+
+class ChildFailedError(StepdError):
+    """A child run the workflow awaited (``ctx.child`` or ``handle.result()``) failed or
+    was cancelled.
+
+    ``run_id`` and ``workflow_name`` name the child, ``status`` is ``"failed"`` or
+    ``"cancelled"``; ``error_type`` and ``error_message`` are the child's error (its
+    qualified type, e.g. ``"builtins.ValueError"``), or ``"stepd.Cancelled"`` and the
+    cancel reason. Catch it to compensate; left uncaught it fails the parent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str = "",
+        workflow_name: str = "",
+        status: str = "failed",
+        error_type: str = "",
+        error_message: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.workflow_name = workflow_name
+        self.status = status
+        self.error_type = error_type
+        self.error_message = error_message
 
 
 class WorkflowContextError(StepdError):

@@ -48,6 +48,10 @@ class RunEventType(enum.StrEnum):
     CUSTOM = "custom"
     """An entry the workflow wrote (``ctx.log``, ``ctx.record``): ``key``, ``name``,
     ``payload``."""
+    HELD = "held"
+    """A worker held the run for non-determinism: ``error_*`` say why."""
+    CHILD_STARTED = "child_started"
+    """The run started a child run: ``key`` is the call's key, ``detail`` the child's id."""
     UNKNOWN = "unknown"
     """A kind of entry this SDK does not know (from a newer server)."""
 
@@ -65,6 +69,8 @@ _FROM_PROTO: dict[int, RunEventType] = {
     types_pb2.RUN_EVENT_TYPE_FAILED: RunEventType.FAILED,
     types_pb2.RUN_EVENT_TYPE_CANCELLED: RunEventType.CANCELLED,
     types_pb2.RUN_EVENT_TYPE_CUSTOM: RunEventType.CUSTOM,
+    types_pb2.RUN_EVENT_TYPE_HELD: RunEventType.HELD,
+    types_pb2.RUN_EVENT_TYPE_CHILD_STARTED: RunEventType.CHILD_STARTED,
 }
 
 

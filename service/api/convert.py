@@ -17,6 +17,7 @@ from service.domain import (
     WaitKind,
     WaitRow,
     WaitSpec,
+    WorkflowLimits,
 )
 from service.engine.commands import (
     Action,
@@ -25,10 +26,13 @@ from service.engine.commands import (
     CommandStatus,
     CompleteRun,
     FailRun,
+    HoldRun,
     PayloadIn,
     RecordEvent,
     RecordStep,
     ReleaseRun,
+    StartChild,
+    StartStep,
     SuspendRun,
 )
 from service.engine.sessions import Cancellation, Outgoing
@@ -111,9 +115,16 @@ def run_to_proto(run: RunRecord) -> types_pb2.Run:
         start_time=timestamp(run.start_time),
         end_time=timestamp(run.end_time),
         deadline=timestamp(run.deadline),
+        execution_deadline=timestamp(run.execution_deadline),
         dispatch_count=run.dispatch_count,
         cancel_reason=run.cancel_reason or "",
+        scheduled_start_time=timestamp(run.start_time_not_before),
+        schedule_id=run.schedule_id or "",
+        schedule_time=timestamp(run.schedule_time),
+        detached=run.detached,
     )
+    if run.held_error is not None:
+        msg.held_error.CopyFrom(error_to_proto(run.held_error))
     if run.result_json is not None:
         msg.result.json = run.result_json
     if run.error is not None:
@@ -130,6 +141,7 @@ def step_to_proto(step: StepRow) -> types_pb2.StepRecord:
         attempt=step.attempt,
         start_time=timestamp(step.start_time),
         end_time=timestamp(step.end_time),
+        attempt_only=step.attempt_only,
     )
     if step.error is not None:
         msg.error.CopyFrom(error_to_proto(step.error))
@@ -241,6 +253,8 @@ def _wait_from_proto(wait: worker_service_pb2.WaitCondition) -> WaitSpec:
             match_json=event.match_json or None,
             since_time=since,
         )
+    if wait.WhichOneof("condition") == "child":
+        return WaitSpec(wait.wait_key, WaitKind.CHILD, target=wait.child.run_id)
     if wait.WhichOneof("condition") == "signal":
         return WaitSpec(wait.wait_key, WaitKind.SIGNAL, target=wait.signal.name)
     if wait.WhichOneof("condition") == "timer":
@@ -264,6 +278,7 @@ def command_from_proto(msg: worker_service_pb2.WorkerCommand) -> Command:
                 error=error_from_proto(step.error) if outcome == "error" else None,
                 start_time=millis(step.start_time, step.HasField("start_time")),
                 end_time=millis(step.end_time, step.HasField("end_time")),
+                attempt_only=step.attempt_only,
             ),
             result=_payload_in(step.result) if outcome != "error" else None,
         )
@@ -278,4 +293,33 @@ def command_from_proto(msg: worker_service_pb2.WorkerCommand) -> Command:
         action = RecordEvent(event.entry_key, event.name, _payload_in(event.payload))
     elif kind == "suspend_run":
         action = SuspendRun(tuple(_wait_from_proto(w) for w in msg.suspend_run.waits))
+    elif kind == "start_step":
+        start = msg.start_step
+        action = StartStep(start.step_key, start.attempt or 1, start.timeout.ToMilliseconds())
+    elif kind == "start_child":
+        child = msg.start_child
+        action = StartChild(
+            child.child_key,
+            child.workflow_name,
+            child.workflow_version,
+            _payload_in(child.input),
+            child.detached,
+        )
+    elif kind == "hold_run":
+        action = HoldRun(error_from_proto(msg.hold_run.error))
     return Command(msg.command_id, msg.run_id, msg.lease_id, action)
+
+
+def workflow_limits(
+    hello: worker_service_pb2.WorkerHello,
+) -> dict[tuple[str, str], WorkflowLimits]:
+    """The execution timeout and journal limit each registered version declares."""
+    return {
+        (w.name, w.version): WorkflowLimits(
+            execution_timeout_ms=(
+                w.execution_timeout.ToMilliseconds() if w.HasField("execution_timeout") else None
+            ),
+            max_entries=w.max_entries or None,
+        )
+        for w in hello.workflows
+    }

@@ -12,7 +12,8 @@ import grpc
 from stepd.v1 import worker_service_pb2 as pb
 from stepd.v1 import worker_service_pb2_grpc
 
-from service.api.convert import command_from_proto, outgoing_to_proto
+from service.api.convert import command_from_proto, outgoing_to_proto, workflow_limits
+from service.api.convert_schedules import declarations_from_hello
 from service.api.errors import status_code
 from service.engine.commands import Command, RecordStep
 from service.engine.engine import Engine
@@ -56,6 +57,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 hello.identity,
                 [(w.name, w.version) for w in hello.workflows],
                 hello.capacity,
+                declarations_from_hello(hello),
+                limits=workflow_limits(hello),
             )
         except EngineError as exc:
             await context.abort(status_code(exc), str(exc))
@@ -80,7 +83,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     ) -> None:
         try:
             async for request in requests:
-                session.touch()
+                if session.touch():  # a suspect worker spoke again: it may take runs
+                    self._engine.dispatcher.kick()
                 kind = request.WhichOneof("message")
                 if kind == "commands":
                     commands = [command_from_proto(c) for c in request.commands.commands]

@@ -11,6 +11,12 @@ from stepd.v1 import workflow_service_pb2_grpc
 from service import __version__
 from service.api import page_tokens
 from service.api.convert import STATUS_FROM_PROTO, history_to_proto, millis, run_to_proto
+from service.api.convert_schedules import (
+    decode_page_token,
+    encode_page_token,
+    schedule_to_proto,
+    spec_from_proto,
+)
 from service.api.errors import maps_errors
 from service.domain import RunFilter
 from service.engine.engine import Engine, TriggerParams
@@ -27,6 +33,15 @@ FEATURES = (
     "events",
     "hooks",
     "history",
+    "step-attempts",
+    "start-step",
+    "run-expiry",
+    "journal-limit",
+    "event-triggers",
+    "schedules",
+    "delayed-start",
+    "child-runs",
+    "hold-run",
 )
 
 
@@ -105,11 +120,14 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def PublishEvent(
         self, request: pb.PublishEventRequest, context: Context
     ) -> pb.PublishEventResponse:
-        event_id, already, woken = await self._engine.publish_event(
+        event_id, already, woken, started = await self._engine.publish_event(
             request.name, request.payload.json, request.payload.encoding, request.event_id
         )
         return pb.PublishEventResponse(
-            event_id=event_id, already_published=already, woken_run_ids=woken
+            event_id=event_id,
+            already_published=already,
+            woken_run_ids=woken,
+            started_run_ids=started,
         )
 
     @maps_errors
@@ -144,3 +162,71 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             max_payload_bytes=self._engine.config.max_payload_bytes,
             features=list(FEATURES),
         )
+
+    # -- schedules --------------------------------------------------------------
+
+    @maps_errors
+    async def CreateSchedule(
+        self, request: pb.CreateScheduleRequest, context: Context
+    ) -> pb.CreateScheduleResponse:
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec is required (at least spec.cron)")
+        view, existed = await self._engine.schedules.create(
+            request.schedule_id,
+            request.workflow_name,
+            request.workflow_version,
+            spec_from_proto(request.spec, "spec"),
+            request.paused,
+        )
+        return pb.CreateScheduleResponse(schedule=schedule_to_proto(view), already_existed=existed)
+
+    @maps_errors
+    async def GetSchedule(
+        self, request: pb.GetScheduleRequest, context: Context
+    ) -> pb.GetScheduleResponse:
+        view = await self._engine.schedules.get(request.schedule_id, request.recent_runs)
+        return pb.GetScheduleResponse(schedule=schedule_to_proto(view))
+
+    @maps_errors
+    async def ListSchedules(
+        self, request: pb.ListSchedulesRequest, context: Context
+    ) -> pb.ListSchedulesResponse:
+        after = decode_page_token(request.page_token, request.workflow_name)
+        views, last = await self._engine.schedules.list_page(
+            request.workflow_name, request.page_size, after
+        )
+        token = encode_page_token(last, request.workflow_name) if last is not None else ""
+        return pb.ListSchedulesResponse(
+            schedules=[schedule_to_proto(v) for v in views], next_page_token=token
+        )
+
+    @maps_errors
+    async def PauseSchedule(
+        self, request: pb.PauseScheduleRequest, context: Context
+    ) -> pb.PauseScheduleResponse:
+        view = await self._engine.schedules.pause(request.schedule_id)
+        return pb.PauseScheduleResponse(schedule=schedule_to_proto(view))
+
+    @maps_errors
+    async def ResumeSchedule(
+        self, request: pb.ResumeScheduleRequest, context: Context
+    ) -> pb.ResumeScheduleResponse:
+        view = await self._engine.schedules.resume(request.schedule_id)
+        return pb.ResumeScheduleResponse(schedule=schedule_to_proto(view))
+
+    @maps_errors
+    async def DeleteSchedule(
+        self, request: pb.DeleteScheduleRequest, context: Context
+    ) -> pb.DeleteScheduleResponse:
+        await self._engine.schedules.delete(request.schedule_id)
+        return pb.DeleteScheduleResponse(schedule_id=request.schedule_id)
+
+    @maps_errors
+    async def TriggerSchedule(
+        self, request: pb.TriggerScheduleRequest, context: Context
+    ) -> pb.TriggerScheduleResponse:
+        outcome = await self._engine.schedules.trigger(request.schedule_id, request.request_id)
+        response = pb.TriggerScheduleResponse(skipped=outcome.run is None)
+        if outcome.run is not None:
+            response.run.CopyFrom(run_to_proto(outcome.run))
+        return response

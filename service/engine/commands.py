@@ -61,7 +61,44 @@ class RecordEvent:
     payload: PayloadIn
 
 
-Action = RecordStep | CompleteRun | FailRun | ReleaseRun | SuspendRun | RecordEvent
+@dataclass(frozen=True, slots=True)
+class StartStep:
+    """A step attempt with a timeout started (tracked in memory, not stored)."""
+
+    step_key: str
+    attempt: int
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartChild:
+    """Start a child run once per ``child_key`` and record its journal entry."""
+
+    child_key: str
+    workflow_name: str
+    workflow_version: str
+    input: PayloadIn
+    detached: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRun:
+    """Give the run back as held for non-determinism."""
+
+    error: ErrorDetails
+
+
+Action = (
+    RecordStep
+    | CompleteRun
+    | FailRun
+    | ReleaseRun
+    | SuspendRun
+    | RecordEvent
+    | StartStep
+    | StartChild
+    | HoldRun
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,10 @@ from service.engine.sessions import WorkerSession
 log = logging.getLogger("stepd.dispatch")
 
 QueueKey = tuple[str, str]
-#: Claims a run for a session; the third argument is the version to pin a run
-#: stored without one to ("" when the run has its version).
-ClaimFn = Callable[[WorkerSession, str, str], Coroutine[Any, Any, None]]
+#: Claims a run for a session: (session, run_id, (workflow name, version the
+#: session serves it as), version to pin a run stored without one to ("" when
+#: the run has its version)).
+ClaimFn = Callable[[WorkerSession, str, QueueKey, str], Coroutine[Any, Any, None]]
 
 
 class Dispatcher:
@@ -36,6 +37,10 @@ class Dispatcher:
         # Runs that already started (woken from a wait, or re-queued) go first:
         # a run that waited should resume promptly, not behind every new run.
         self._resumed: dict[QueueKey, deque[str]] = {}
+        # Runs held for non-determinism, per queue, and the workers that refused
+        # each (held it): a held run goes only to a worker that has not.
+        self._held: dict[QueueKey, dict[str, None]] = {}
+        self._refused: dict[str, set[str]] = {}
         self._sessions: list[WorkerSession] = []
         self._rotation = itertools.count()
         self._pending_pass = False
@@ -49,6 +54,17 @@ class Dispatcher:
         lanes = self._resumed if resumed else self._queues
         lanes.setdefault((workflow_name, version), deque()).append(run_id)
         self.kick()
+
+    def hold(self, workflow_name: str, version: str, run_id: str, refused_by: str) -> None:
+        """Make a held run ready for the workers serving its version, except the
+        ones that refused it (``refused_by`` and those before)."""
+        self._refused.setdefault(run_id, set()).add(refused_by)
+        self._held.setdefault((workflow_name, version), {})[run_id] = None
+        self.kick()
+
+    def forget(self, run_id: str) -> None:
+        """A run ended: drop what is known of the workers that refused it."""
+        self._refused.pop(run_id, None)
 
     def ready_count(self) -> int:
         """How many runs wait in the ready queues (stale entries included)."""
@@ -90,13 +106,13 @@ class Dispatcher:
                 popped = self._pop_for(session)
                 if popped is None:
                     break
-                run_id, pin_version = popped
+                run_id, served, pin_version = popped
                 session.held[run_id] = 0
-                task = asyncio.create_task(self._claim(session, run_id, pin_version))
+                task = asyncio.create_task(self._claim(session, run_id, served, pin_version))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    def _pop_for(self, session: WorkerSession) -> tuple[str, str] | None:
+    def _pop_for(self, session: WorkerSession) -> tuple[str, QueueKey, str] | None:
         """Take the next ready run for ``session``, visiting its queues in turn;
         return it with the version to pin it to when it has none."""
         keys = session.queue_keys
@@ -110,7 +126,16 @@ class Dispatcher:
                         session.next_queue = index + 1
                         name, version = keys[index]
                         pin = session.newest_version(name) if version == "" else ""
-                        return run_id, pin
+                        return run_id, (name, version or pin), pin
+        for key in keys:
+            held = self._held.get(key)
+            if not held:
+                continue
+            for run_id in held:
+                refused = self._refused.get(run_id, ())
+                if session.worker_id not in refused and run_id not in session.held:
+                    del held[run_id]  # we return at once: the iteration ends here
+                    return run_id, key, ""
         return None
 
     async def close(self) -> None:

@@ -13,11 +13,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from service.config import ServerConfig
 from service.domain import (
+    RUN_EXPIRY_KEY,
+    DueTimer,
+    ErrorDetails,
     FailureReason,
     HistoryEntry,
     HookStatus,
@@ -27,20 +30,27 @@ from service.domain import (
     RunRecord,
     RunStatus,
     SignalStatus,
+    StepRow,
     SuspendStatus,
     WaitSpec,
+    WorkflowLimits,
     now_ms,
 )
+from service.domain_schedules import WorkflowDeclaration
 from service.engine import hook_tokens, transitions
+from service.engine.children import ChildRuns
 from service.engine.commands import (
     Command,
     CommandResult,
     CommandStatus,
     CompleteRun,
     FailRun,
+    HoldRun,
     RecordEvent,
     RecordStep,
     ReleaseRun,
+    StartChild,
+    StartStep,
     SuspendRun,
 )
 from service.engine.dispatcher import Dispatcher
@@ -54,11 +64,14 @@ from service.engine.errors import (
 )
 from service.engine.payloads import check_json_payload
 from service.engine.registry import WorkflowRegistry
+from service.engine.run_limits import OpenAttempt, RunLimits
+from service.engine.schedules import Scheduler
 from service.engine.sessions import Cancellation, WorkerSession
 from service.engine.timers import TimerSchedule
 from service.engine.transitions import RunEvent
 from service.engine.validation import MAX_ID_LENGTH, check_id, check_waits
 from service.store.base import RunConflictError, Store
+from service.store.schedules import RESERVED_KEY_PREFIX
 
 log = logging.getLogger("stepd.engine")
 
@@ -66,6 +79,11 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 #: Most runs with an expired lease re-queued by one sweep.
 EXPIRY_SWEEP_LIMIT = 500
+#: The error types of runs and attempts the server ends on its own.
+STEP_TIMEOUT_ERROR = "stepd.StepTimeoutError"
+DEADLINE_ERROR = "stepd.DeadlineExceeded"
+EXECUTION_TIMEOUT_ERROR = "stepd.ExecutionTimeout"
+MAX_ENTRIES_ERROR = "stepd.MaxEntriesExceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +110,17 @@ class Engine:
         self.dispatcher = Dispatcher(self._claim_for)
         self._holders: dict[str, WorkerSession] = {}
         self._run_waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
-        self._delayed: dict[str, asyncio.TimerHandle] = {}
         self._lease_monitor: asyncio.Task[None] | None = None
         self.timers = TimerSchedule(store, self._fire_timer)
+        self.run_limits = RunLimits(config.max_journal_entries)
+        # Delayed starts: pending runs whose start time is still ahead.
+        self.starts = TimerSchedule(
+            store, self._start_due, load=lambda until, n: store.delayed_starts(now_ms(), until, n)
+        )
+        self.schedules = Scheduler(store, config, self.registry, self._make_ready, self.cancel_run)
         self._closing = False
         self._hook_key = b""
+        self.children = ChildRuns(self)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -122,8 +146,11 @@ class Engine:
             recovered += 1
         if recovered:
             log.info("recovered %d unfinished runs", recovered)
+        await self.children.recover()
         self._lease_monitor = asyncio.create_task(self._watch_leases())
         self.timers.start()
+        self.starts.start()
+        self.schedules.start()
 
     async def close(self) -> None:
         """Stop timers, end worker sessions and settle claims in flight."""
@@ -133,9 +160,9 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lease_monitor
         await self.timers.close()
-        for handle in self._delayed.values():
-            handle.cancel()
-        self._delayed.clear()
+        await self.starts.close()
+        await self.schedules.close()
+        await self.children.close()
         for session in self.dispatcher.sessions:
             session.close()
         await self.dispatcher.close()
@@ -158,6 +185,11 @@ class Engine:
             check_id("run_id", params.run_id)
         if len(params.idempotency_key) > MAX_ID_LENGTH:
             raise InvalidArgument(f"idempotency_key is longer than {MAX_ID_LENGTH} characters")
+        if params.idempotency_key.startswith(RESERVED_KEY_PREFIX):
+            raise InvalidArgument(
+                f"idempotency_key must not start with {RESERVED_KEY_PREFIX!r} "
+                "(reserved for runs started by events and schedules)"
+            )
         input_json = check_json_payload(
             "input", params.input_json, params.input_encoding, self.config.max_payload_bytes
         )
@@ -184,6 +216,7 @@ class Engine:
             ) from None
         if outcome.created:
             self._make_ready(outcome.run)
+            self._schedule_expiry(outcome.run)
         return outcome.run, not outcome.created
 
     async def get_run(
@@ -239,6 +272,7 @@ class Engine:
             if run is not None:
                 self._after_cancel(run, reason or "cancelled")
                 self.timers.forget_run(run_id)
+                self.starts.forget_run(run_id)
                 await self.store.abandon_waits(run_id)
                 return run, False
             current = await self._existing(run_id)
@@ -303,9 +337,9 @@ class Engine:
 
     async def publish_event(
         self, name: str, payload_json: str, encoding: str, event_id: str
-    ) -> tuple[str, bool, list[str]]:
-        """Publish an event; return its id, whether the id was seen before, and
-        the runs it woke."""
+    ) -> tuple[str, bool, list[str], list[str]]:
+        """Publish an event; return its id, whether the id was seen before, the runs
+        it woke and the runs it started (workflows it triggers)."""
         if not name:
             raise InvalidArgument("name is required")
         if len(name) > MAX_ID_LENGTH:
@@ -317,9 +351,14 @@ class Engine:
         )
         event_id = event_id or uuid.uuid4().hex
         outcome = await self.store.publish_event(event_id, name, payload)
-        for run in outcome.woken:
+        for run in (*outcome.woken, *outcome.started):
             self._make_ready(run)
-        return event_id, outcome.already_published, [r.run_id for r in outcome.woken]
+        return (
+            event_id,
+            outcome.already_published,
+            [r.run_id for r in outcome.woken],
+            [r.run_id for r in outcome.started],
+        )
 
     async def run_history(
         self, run_id: str, page_size: int, offset: int
@@ -345,8 +384,12 @@ class Engine:
         identity: str,
         serves: Iterable[tuple[str, str]],
         capacity: int,
+        declarations: Sequence[WorkflowDeclaration] = (),
+        *,
+        limits: Mapping[tuple[str, str], WorkflowLimits] | None = None,
     ) -> WorkerSession:
-        """Register a worker's stream and start handing it runs."""
+        """Register a worker's stream and start handing it runs; store what its
+        workflows declare (event triggers, schedules)."""
         if self._closing:
             raise Unavailable("the server is shutting down; reconnect to another or retry")
         pairs = frozenset(serves)
@@ -359,11 +402,13 @@ class Engine:
         for name, version in pairs:
             if not name or not version:
                 raise InvalidArgument("hello.workflows entries need a name and a version")
+        self.schedules.check(declarations)
         new_pairs = [p for p in pairs if not self.registry.knows(*p)]
         if new_pairs:
             await self.store.register_workflows(new_pairs)
             self.registry.add(new_pairs, now_ms())
-        session = WorkerSession(worker_id, identity or worker_id, pairs, capacity)
+        await self.schedules.declare(declarations)
+        session = WorkerSession(worker_id, identity or worker_id, pairs, capacity, limits)
         self.dispatcher.add_session(session)
         log.info("worker %s connected (capacity %d)", session.identity, capacity)
         return session
@@ -377,6 +422,7 @@ class Engine:
         held = [(run_id, lease) for run_id, lease in session.held.items() if lease]
         session.held.clear()
         for run_id, lease_id in held:
+            self.run_limits.release(run_id)
             if self._holders.get(run_id) is session:
                 del self._holders[run_id]
             await self._requeue(run_id, lease_id)
@@ -426,25 +472,45 @@ class Engine:
         result over the payload limit) would fail the same way on every retry:
         fail it with the reason, and tell the worker to stop it."""
         step_key = command.action.step.step_key if isinstance(command.action, RecordStep) else ""
+        error = ErrorDetails("stepd.InvalidCommand", reason, step_key=step_key)
+        if await self._fail_held(
+            session, command.run_id, command.lease_id, error, FailureReason.WORKFLOW_ERROR
+        ):
+            log.warning(
+                "run %s failed: its worker sent an invalid command: %s", command.run_id, reason
+            )
+
+    async def _fail_held(
+        self,
+        session: WorkerSession,
+        run_id: str,
+        lease_id: int,
+        error: ErrorDetails,
+        reason: FailureReason,
+    ) -> bool:
+        """Fail a run that ``session`` holds, for a reason of the server's, and tell
+        the worker to stop it. False when the lease was gone already."""
         run = await self._finish(
-            command.run_id,
-            command.lease_id,
+            run_id,
+            lease_id,
             RunEvent.FAIL,
             {
-                "error_type": "stepd.InvalidCommand",
-                "error_message": reason,
-                "error_traceback": "",
-                "error_step_key": step_key,
-                "error_attempt": 0,
-                "failure_reason": FailureReason.WORKFLOW_ERROR.value,
+                "error_type": error.type,
+                "error_message": error.message,
+                "error_traceback": error.traceback,
+                "error_step_key": error.step_key,
+                "error_attempt": error.attempt,
+                "failure_reason": reason.value,
             },
         )
         if run is None:
-            return
-        log.warning("run %s failed: its worker sent an invalid command: %s", run.run_id, reason)
-        self._let_go(session, run.run_id)
-        session.send(Cancellation(run.run_id, command.lease_id, f"run failed: {reason}"))
+            return False
+        self._let_go(session, run_id)
+        session.send(Cancellation(run_id, lease_id, f"run failed: {error.message}"))
+        self.timers.forget_run(run_id)
+        await self.store.abandon_waits(run_id)
         self._notify_terminal(run)
+        return True
 
     # -- leases ------------------------------------------------------------------
 
@@ -474,6 +540,8 @@ class Engine:
                     await self.store.extend_leases(
                         session.lease_owner, held, now_ms() + self.config.lease_timeout_ms
                     )
+        for attempt in self.run_limits.overdue(now_ms()):
+            await self._end_overdue_attempt(attempt)
         for run in await self.store.expired_leases(now_ms(), EXPIRY_SWEEP_LIMIT):
             holder = self._holders.get(run.run_id)
             if holder is not None and not holder.closed:
@@ -491,10 +559,18 @@ class Engine:
         if not lease_id or session.held.get(run_id) != lease_id:
             return self._lease_lost(cid, run_id)
         limit = self.config.max_payload_bytes
+        if isinstance(action, StartStep):
+            return self._start_step(cid, run_id, lease_id, action)
+        if isinstance(action, StartChild):
+            return await self.children.start(session, cid, run_id, lease_id, action)
+        if isinstance(action, HoldRun):
+            return await self.children.hold(session, cid, run_id, lease_id, action)
         if isinstance(action, RecordStep):
             step = action.step
             if not step.step_key:
                 raise InvalidArgument("record_step.step.step_key is required")
+            if self.run_limits.full(run_id):
+                return await self._journal_full(session, cid, run_id, lease_id, step.step_key)
             if action.result is not None:
                 result_json = check_json_payload(
                     "record_step.step.result", action.result.json, action.result.encoding, limit
@@ -503,8 +579,10 @@ class Engine:
             outcome = await self.store.record_step(run_id, lease_id, step)
             if outcome.status is RecordStepStatus.LEASE_LOST:
                 return self._lease_lost(cid, run_id, session)
+            self.run_limits.attempt_ended(run_id, step.step_key)
             if outcome.status is RecordStepStatus.DUPLICATE:
                 return CommandResult(cid, CommandStatus.DUPLICATE, "", outcome.existing)
+            self.run_limits.added(run_id)
             return CommandResult(cid, CommandStatus.OK)
         if isinstance(action, CompleteRun):
             result_json = check_json_payload(
@@ -563,6 +641,8 @@ class Engine:
         waits: tuple[WaitSpec, ...],
     ) -> CommandResult:
         check_waits(waits)
+        if self.run_limits.full(run_id):  # waking would add an entry it has no room for
+            return await self._journal_full(session, cid, run_id, lease_id, "")
         outcome = await self.store.suspend_run(run_id, lease_id, waits)
         if outcome.status is SuspendStatus.LEASE_LOST:
             return self._lease_lost(cid, run_id, session)
@@ -574,9 +654,119 @@ class Engine:
         return CommandResult(cid, CommandStatus.OK)
 
     async def _fire_timer(self, run_id: str, wait_key: str) -> None:
+        if wait_key == RUN_EXPIRY_KEY:
+            await self._expire(run_id)
+            return
         woken = await self.store.fire_timer(run_id, wait_key)
         if woken is not None:
             self._make_ready(woken)
+
+    # -- failure policy: step timeouts, journal limit, expiry -------------------
+
+    def _start_step(self, cid: int, run_id: str, lease_id: int, action: StartStep) -> CommandResult:
+        if not action.step_key:
+            raise InvalidArgument("start_step.step_key is required")
+        if action.timeout_ms <= 0:
+            raise InvalidArgument("start_step.timeout must be longer than 0")
+        self.run_limits.attempt_started(
+            OpenAttempt(
+                run_id, lease_id, action.step_key, action.attempt, action.timeout_ms, now_ms()
+            )
+        )
+        return CommandResult(cid, CommandStatus.OK)
+
+    async def _end_overdue_attempt(self, attempt: OpenAttempt) -> None:
+        """The worker did not report a step attempt within its timeout (and grace):
+        record it as timed out, take the run back and hand it out again; the
+        step's retry policy decides what follows."""
+        run_id, lease_id = attempt.run_id, attempt.lease_id
+        self.run_limits.attempt_ended(run_id, attempt.step_key)
+        session = self._holders.get(run_id)
+        if session is None or session.held.get(run_id) != lease_id:
+            return
+        message = (
+            f"step {attempt.step_key} attempt {attempt.attempt} did not finish within its "
+            f"timeout of {attempt.timeout_ms / 1000:g} s; the worker did not report it, so "
+            "the server ended it"
+        )
+        step = StepRow(
+            step_key=attempt.step_key,
+            attempt=attempt.attempt,
+            error=ErrorDetails(
+                STEP_TIMEOUT_ERROR, message, step_key=attempt.step_key, attempt=attempt.attempt
+            ),
+            start_time=attempt.started_at,
+            end_time=now_ms(),
+            attempt_only=True,
+        )
+        outcome = await self.store.record_step(run_id, lease_id, step)
+        if outcome.status is RecordStepStatus.LEASE_LOST:
+            return
+        log.warning("run %s: %s; handing the run out again", run_id, message)
+        session.mark_suspect()  # its event loop may be blocked: no new runs until it speaks
+        self._let_go(session, run_id)
+        session.send(Cancellation(run_id, lease_id, message))
+        await self._requeue(run_id, lease_id)
+
+    async def _journal_full(
+        self, session: WorkerSession, cid: int, run_id: str, lease_id: int, step_key: str
+    ) -> CommandResult:
+        """The run's journal is at its limit: fail the run instead of growing it."""
+        limit = self.run_limits.limit(run_id)
+        error = ErrorDetails(
+            MAX_ENTRIES_ERROR,
+            f"run {run_id} reached its limit of {limit} journal entries (steps, failed "
+            "attempts, met waits); raise the workflow's max_entries or split the work "
+            "into child runs",
+            step_key=step_key,
+        )
+        await self._fail_held(session, run_id, lease_id, error, FailureReason.MAX_ENTRIES_EXCEEDED)
+        log.warning("run %s failed: %s", run_id, error.message)
+        return self._lease_lost(cid, run_id, session)
+
+    def _schedule_expiry(self, run: RunRecord) -> None:
+        if run.expire_time is not None and not run.status.is_terminal:
+            self.timers.schedule(DueTimer(run.run_id, RUN_EXPIRY_KEY, run.expire_time))
+
+    async def _expire(self, run_id: str) -> None:
+        """Fail a run whose deadline or execution timeout passed, wherever it stands,
+        and tell the worker holding it (if any) to stop."""
+        for _ in range(10):
+            run = await self.store.get_run(run_id)
+            if run is None or run.status.is_terminal or run.expire_time is None:
+                return
+            now = now_ms()
+            if run.expire_time > now:  # e.g. rescheduled by a refill ahead of time
+                self._schedule_expiry(run)
+                return
+            if run.deadline is not None and run.deadline <= now:
+                reason, error_type = FailureReason.DEADLINE_EXCEEDED, DEADLINE_ERROR
+                what = "its deadline passed"
+            else:
+                reason, error_type = FailureReason.EXECUTION_TIMEOUT, EXECUTION_TIMEOUT_ERROR
+                what = "its workflow's execution timeout passed"
+            message = f"run {run_id} failed: {what}"
+            failed = await self.store.transition_run(
+                run_id,
+                transitions.sources(RunEvent.EXPIRE),
+                transitions.target(RunEvent.EXPIRE),
+                values={
+                    "error_type": error_type,
+                    "error_message": message,
+                    "error_traceback": "",
+                    "error_step_key": "",
+                    "error_attempt": 0,
+                    "failure_reason": reason.value,
+                    "lease_owner": None,
+                },
+            )
+            if failed is not None:
+                log.info("%s", message)
+                self._after_cancel(failed, what)
+                self.timers.forget_run(run_id)
+                await self.store.abandon_waits(run_id)
+                return
+            # The run moved between two of its statuses meanwhile: look again.
 
     async def _finish(
         self, run_id: str, lease_id: int, event: RunEvent, values: dict[str, object]
@@ -601,19 +791,24 @@ class Engine:
         )
 
     def _let_go(self, session: WorkerSession, run_id: str) -> None:
+        self.run_limits.release(run_id)
         if session.held.pop(run_id, None) is not None:
             self.dispatcher.kick()
         if self._holders.get(run_id) is session:
             del self._holders[run_id]
 
-    async def _claim_for(self, session: WorkerSession, run_id: str, pin_version: str) -> None:
+    async def _claim_for(
+        self, session: WorkerSession, run_id: str, served: tuple[str, str], pin_version: str
+    ) -> None:
         """Claim a ready run for a session and send it the task."""
+        limits = session.limits.get(served)
         try:
             claimed = await self.store.claim_run(
                 run_id,
                 session.lease_owner,
                 now_ms() + self.config.lease_timeout_ms,
                 pin_version,
+                limits.execution_timeout_ms if limits is not None else None,
             )
         except Exception:
             log.exception("claiming run %s failed", run_id)
@@ -629,6 +824,12 @@ class Engine:
             return
         session.held[run_id] = lease_id
         self._holders[run_id] = session
+        self.run_limits.hold(
+            run_id,
+            len(claimed.journal) + len(claimed.waits),
+            limits.max_entries if limits is not None else None,
+        )
+        self._schedule_expiry(claimed.run)
         session.send(replace(claimed, hook_secret=hook_tokens.run_secret(self._hook_key, run_id)))
 
     async def _requeue(self, run_id: str, lease_id: int) -> None:
@@ -639,22 +840,20 @@ class Engine:
     def _make_ready(self, run: RunRecord) -> None:
         not_before = run.start_time_not_before
         if not_before is not None and not_before > now_ms():
-            loop = asyncio.get_running_loop()
-            delay = (not_before - now_ms()) / 1000
-            self._delayed[run.run_id] = loop.call_later(delay, self._start_delayed, run)
+            # Held in memory only when due within the timers' horizon.
+            self.starts.schedule(DueTimer(run.run_id, "start", not_before))
             return
         resumed = run.dispatch_count > 0
         self.dispatcher.push(run.workflow_name, run.workflow_version, run.run_id, resumed=resumed)
 
-    def _start_delayed(self, run: RunRecord) -> None:
-        self._delayed.pop(run.run_id, None)
-        self.dispatcher.push(run.workflow_name, run.workflow_version, run.run_id)
+    async def _start_due(self, run_id: str, _key: str) -> None:
+        run = await self.store.get_run(run_id)
+        if run is not None and run.status is RunStatus.PENDING:
+            self._make_ready(run)
 
     def _after_cancel(self, run: RunRecord, reason: str) -> None:
-        delayed = self._delayed.pop(run.run_id, None)
-        if delayed is not None:
-            delayed.cancel()
         session = self._holders.pop(run.run_id, None)
+        self.run_limits.release(run.run_id)
         if session is not None:
             lease_id = session.held.pop(run.run_id, 0)
             session.send(Cancellation(run.run_id, lease_id, reason))
@@ -662,6 +861,7 @@ class Engine:
         self._notify_terminal(run)
 
     def _notify_terminal(self, run: RunRecord) -> None:
+        self.children.on_terminal(run)
         for waiter in self._run_waiters.get(run.run_id, ()):
             if not waiter.done():
                 waiter.set_result(run)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from service.domain import ClaimedRun
+from service.domain import ClaimedRun, WorkflowLimits
 from service.engine.commands import CommandResult
 
 
@@ -37,10 +38,13 @@ class WorkerSession:
         identity: str,
         serves: frozenset[tuple[str, str]],
         capacity: int,
+        limits: Mapping[tuple[str, str], WorkflowLimits] | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.identity = identity
         self.serves = serves
+        # What the hello declared per served version (execution timeout, journal limit).
+        self.limits: Mapping[tuple[str, str], WorkflowLimits] = limits or {}
         # The ready queues this worker draws from, in a fixed order that the
         # dispatcher rotates through so that no workflow's backlog starves another.
         self.queue_keys: tuple[tuple[str, str], ...] = tuple(
@@ -52,6 +56,7 @@ class WorkerSession:
         self.closed = False
         self.draining = False
         self.last_seen = time.monotonic()
+        self.suspect_since: float | None = None
         self.leases_extended_at = self.last_seen
         self._outbox: list[Outgoing] = []
         self._wakeup = asyncio.Event()
@@ -69,13 +74,28 @@ class WorkerSession:
     @property
     def free_slots(self) -> int:
         """How many more runs this worker can take now."""
-        if self.closed or self.draining:
+        if self.closed or self.draining or self.suspect:
             return 0
         return self.capacity - len(self.held)
 
-    def touch(self) -> None:
-        """Note that the worker just sent something (it is alive)."""
+    @property
+    def suspect(self) -> bool:
+        """True while the worker has sent nothing since it failed to report a step
+        attempt in time (its event loop may be blocked): it gets no new runs."""
+        return self.suspect_since is not None and self.last_seen <= self.suspect_since
+
+    def mark_suspect(self) -> None:
+        """Give the worker no new runs until it sends something again."""
+        self.suspect_since = time.monotonic()
+
+    def touch(self) -> bool:
+        """Note that the worker just sent something (it is alive); True when that
+        cleared a suspicion (it may take runs again)."""
+        was_suspect = self.suspect
         self.last_seen = time.monotonic()
+        if was_suspect:
+            self.suspect_since = None
+        return was_suspect
 
     def silent_for(self) -> float:
         """Seconds since the worker last sent anything."""

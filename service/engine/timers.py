@@ -19,14 +19,23 @@ from service.store.base import Store
 log = logging.getLogger("stepd.timers")
 
 FireFn = Callable[[str, str], Coroutine[Any, Any, None]]
+#: Loads the stored timers due at or before ``until`` (at most ``limit``).
+LoadFn = Callable[[int, int], Coroutine[Any, Any, list[DueTimer]]]
 REFILL_LIMIT = 10_000
 
 
 class TimerSchedule:
-    """Fires each stored timer once, at its time, through ``fire(run_id, wait_key)``."""
+    """Fires each stored timer once, at its time, through ``fire(run_id, wait_key)``.
 
-    def __init__(self, store: Store, fire: FireFn, horizon_ms: int = 60_000) -> None:
-        self._store = store
+    By default the timers are the run waits' (``Store.due_timers``); ``load``
+    gives another set keyed the same way (delayed starts, schedules'
+    occasions).
+    """
+
+    def __init__(
+        self, store: Store, fire: FireFn, horizon_ms: int = 60_000, *, load: LoadFn | None = None
+    ) -> None:
+        self._load: LoadFn = store.due_timers if load is None else load
         self._fire = fire
         self._horizon_ms = horizon_ms
         self._handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
@@ -94,9 +103,7 @@ class TimerSchedule:
     async def _refill_forever(self) -> None:
         while True:
             try:
-                for timer in await self._store.due_timers(
-                    now_ms() + self._horizon_ms, REFILL_LIMIT
-                ):
+                for timer in await self._load(now_ms() + self._horizon_ms, REFILL_LIMIT):
                     self.schedule(timer)
             except Exception:
                 log.exception("loading timers failed")

@@ -23,6 +23,7 @@ class RunEvent(enum.Enum):
     COMPLETE = "complete"  # the workflow returned
     FAIL = "fail"  # the workflow raised
     CANCEL = "cancel"  # a caller cancelled it
+    EXPIRE = "expire"  # its deadline or execution timeout passed
 
 
 P, R, S = RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED
@@ -37,6 +38,9 @@ TRANSITIONS: dict[tuple[RunStatus, RunEvent], RunStatus] = {
     (P, RunEvent.CANCEL): RunStatus.CANCELLED,
     (R, RunEvent.CANCEL): RunStatus.CANCELLED,
     (S, RunEvent.CANCEL): RunStatus.CANCELLED,
+    (P, RunEvent.EXPIRE): RunStatus.FAILED,
+    (R, RunEvent.EXPIRE): RunStatus.FAILED,
+    (S, RunEvent.EXPIRE): RunStatus.FAILED,
 }
 
 

@@ -29,6 +29,11 @@ def check_waits(waits: tuple[WaitSpec, ...]) -> None:
                 raise InvalidArgument(
                     f"suspend_run.waits[{wait.wait_key}]: a signal wait needs the signal's name"
                 )
+        elif wait.kind is WaitKind.CHILD:
+            if not wait.target:
+                raise InvalidArgument(
+                    f"suspend_run.waits[{wait.wait_key}]: a child wait needs the child's run_id"
+                )
         elif wait.kind is WaitKind.TIMER and wait.fire_time is None:
             raise InvalidArgument(
                 f"suspend_run.waits[{wait.wait_key}]: this server serves timer waits "

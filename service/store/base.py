@@ -16,6 +16,7 @@ from service.domain import (
     ClaimedRun,
     CreateRunOutcome,
     DueTimer,
+    ErrorDetails,
     HistoryEntry,
     HookOutcome,
     NewRun,
@@ -30,6 +31,14 @@ from service.domain import (
     WaitSpec,
     WorkflowVersion,
 )
+from service.domain_schedules import (
+    CreateScheduleStatus,
+    FireOutcome,
+    ScheduleRecord,
+    ScheduleRunRow,
+    ScheduleSpec,
+)
+from service.store.children import StartChildOutcome
 
 
 class RunConflictError(Exception):
@@ -40,7 +49,71 @@ class RunConflictError(Exception):
         self.run_id = run_id
 
 
-class Store(Protocol):
+class ScheduleStore(Protocol):
+    """Durable state of runs started without a caller: event triggers, cron
+    schedules and delayed starts (``service.store.schedules``)."""
+
+    async def declare_workflows(
+        self,
+        triggers: Sequence[tuple[str, str, tuple[str, ...]]],
+        schedules: Sequence[tuple[str, str, ScheduleSpec | None, int]],
+    ) -> list[ScheduleRecord]:
+        """In one transaction, set the event triggers of (name, version) pairs and
+        create, update or remove (spec None) the workflows' declared schedules,
+        given as (schedule id, workflow name, spec, next occasion). An update
+        keeps the cursor unless the cron expression or time zone changed, and
+        always keeps the paused flag. Return the schedules now declared."""
+
+    async def create_schedule(
+        self, record: ScheduleRecord
+    ) -> tuple[CreateScheduleStatus, ScheduleRecord]:
+        """Insert a schedule; when its id is taken, say whether the stored one has
+        the same settings and return that one."""
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        """Return one schedule, or None."""
+
+    async def list_schedules(
+        self, workflow_name: str | None, after_id: str | None, limit: int
+    ) -> list[ScheduleRecord]:
+        """Return up to ``limit`` schedules ordered by id, with ids after
+        ``after_id`` when given, of one workflow when given."""
+
+    async def set_schedule_paused(
+        self, schedule_id: str, paused: bool, next_time: int | None
+    ) -> ScheduleRecord | None:
+        """Pause or resume a schedule, moving its cursor to ``next_time`` when
+        given; None when it does not exist."""
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule (its runs stay); False when there was none."""
+
+    async def fire_schedule(
+        self, schedule_id: str, expected_next: int, new_next: int, occasion: int | None
+    ) -> FireOutcome:
+        """Atomically move an unpaused schedule's cursor from ``expected_next`` to
+        ``new_next`` and start the run for ``occasion`` (None: none), applying
+        the SKIP overlap policy. STALE when the cursor had moved (handled
+        already), the schedule is paused or gone. The run's idempotency key is
+        derived from (schedule, occasion): one run per occasion."""
+
+    async def trigger_schedule(self, schedule_id: str, request_id: str) -> FireOutcome | None:
+        """Start a run of a schedule now (the SKIP overlap policy applies), once
+        per request_id; None for an unknown schedule."""
+
+    async def schedule_runs(self, schedule_id: str, limit: int) -> list[ScheduleRunRow]:
+        """Return the runs a schedule started most recently, newest first."""
+
+    async def due_schedules(self, until: int, limit: int) -> list[DueTimer]:
+        """Return unpaused schedules whose next occasion is at or before ``until``
+        as timers keyed (schedule id, str(occasion)), soonest first."""
+
+    async def delayed_starts(self, after: int, until: int, limit: int) -> list[DueTimer]:
+        """Return PENDING runs whose start time is in (after, until] as timers
+        keyed (run id, "start"), soonest first."""
+
+
+class Store(ScheduleStore, Protocol):
     """Durable state of runs, journals and the workflow registry."""
 
     async def open(self) -> None:
@@ -60,9 +133,18 @@ class Store(Protocol):
         """
 
     async def claim_run(
-        self, run_id: str, owner: str, lease_expires_at: int, version: str = ""
+        self,
+        run_id: str,
+        owner: str,
+        lease_expires_at: int,
+        version: str = "",
+        execution_timeout_ms: int | None = None,
     ) -> ClaimedRun | None:
         """Move a PENDING run to RUNNING under a new lease and return it.
+
+        The first claim starts the run's execution timeout when
+        ``execution_timeout_ms`` is given (``execution_deadline``), and sets its
+        ``expire_time`` to the earlier of that and its deadline.
 
         A run stored with workflow version "" (triggered before any worker
         registered the workflow) is pinned to ``version``, the claiming
@@ -80,7 +162,9 @@ class Store(Protocol):
 
         Only when the run is RUNNING under ``lease_id``; otherwise LEASE_LOST.
         A second write for the same key returns DUPLICATE with the stored
-        row and changes nothing.
+        row and changes nothing. A failed attempt that is not the step's
+        outcome (``step.attempt_only``) is stored apart, once per
+        (run_id, step_key, attempt), and is part of the journal too.
         """
 
     async def transition_run(
@@ -137,7 +221,9 @@ class Store(Protocol):
 
     async def publish_event(self, event_id: str, name: str, payload_json: str) -> PublishOutcome:
         """Store an event (once per event_id) and meet every open wait for it
-        that began before it and whose match fits, waking those runs."""
+        that began before it and whose match fits, waking those runs; start one
+        run (input: the payload) of each workflow whose newest version declares
+        the event as a trigger, once per (event_id, workflow)."""
 
     async def record_event(
         self, run_id: str, lease_id: int, key: str, name: str, payload_json: str
@@ -152,7 +238,30 @@ class Store(Protocol):
         """Set lease_expires_at of the RUNNING runs among ``run_ids`` that ``owner``
         holds; return how many rows changed."""
 
+    async def start_child(
+        self, parent_run_id: str, lease_id: int, child_key: str, new: NewRun
+    ) -> StartChildOutcome:
+        """In one transaction, under the parent's lease: create the child run ``new``
+        (nothing when it exists: its id is derived from the parent and the key) and
+        record the parent's step-namespace entry ``child_key`` with the child's id.
+        RECORDED_BEFORE (with the stored entry) when the entry exists."""
+
+    async def deliver_child(self, child: RunRecord) -> RunRecord | None:
+        """Meet the parent's open wait on ``child`` (which ended) with its outcome;
+        return the parent when that woke it."""
+
+    async def hold_run(self, run_id: str, lease_id: int, error: ErrorDetails) -> RunRecord | None:
+        """Move a RUNNING run under ``lease_id`` back to PENDING, held with ``error``
+        (kept on the run until a worker claims it, and in its history)."""
+
     # -- reads ------------------------------------------------------------
+
+    async def unfinished_children(self, parent_run_id: str) -> list[RunRecord]:
+        """A run's children that have not ended and are not detached."""
+
+    async def child_recovery(self) -> tuple[list[RunRecord], list[str]]:
+        """Ended children whose parent has an open wait on them, and ended runs
+        that still have unfinished attached children (a crash came between)."""
 
     async def expired_leases(self, now: int, limit: int) -> list[RunRecord]:
         """Return up to ``limit`` RUNNING runs whose lease_expires_at is before

@@ -1,11 +1,13 @@
-"""Per-database statement builders, chosen by the engine's dialect name."""
+"""Per-database statement builders and locks, chosen by the connection's dialect name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from sqlalchemy import Table
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+
+from service.store.schema import runs
 
 #: An INSERT that supports ``on_conflict_do_nothing`` on both databases.
 UpsertInsert = sqlite.Insert | postgresql.Insert
@@ -23,3 +25,37 @@ def insert_for(dialect_name: str) -> Callable[[Table], UpsertInsert]:
         f"unsupported database dialect {dialect_name!r}; "
         f"expected one of {', '.join(SUPPORTED_DIALECTS)}"
     )
+
+
+# -- row locks for concurrent writers (PostgreSQL) -----------------------------
+#
+# SQLite runs one write transaction at a time (BEGIN IMMEDIATE takes the
+# database's write lock), so these are no-ops there. PostgreSQL runs write
+# transactions concurrently at READ COMMITTED: a check-then-write on a run's
+# waits, signals or hooks would race. One lock order keeps them apart without
+# deadlocks: event-name locks first, then the run's row, then its waits.
+
+#: First key of the advisory locks on event names ("stev" in ASCII).
+EVENT_LOCK_CLASS = 0x73746576
+
+
+def lock_run(conn: Connection, run_id: str) -> None:
+    """Hold the run's row lock until the transaction ends (PostgreSQL only).
+
+    Every write that reads and then changes a run's waits, signals or hooks
+    takes it first (the guarded UPDATEs of ``runs`` take it by themselves).
+    """
+    if conn.dialect.name != "sqlite":
+        conn.execute(select(runs.c.run_id).where(runs.c.run_id == run_id).with_for_update())
+
+
+def lock_event_names(conn: Connection, names: Iterable[str]) -> None:
+    """Hold a lock per event name until the transaction ends (PostgreSQL only).
+
+    Publishing an event and registering a wait for it take the name's lock
+    before any run's row, so neither misses the other's uncommitted row.
+    """
+    if conn.dialect.name == "sqlite":
+        return
+    for name in sorted(set(names)):
+        conn.execute(select(func.pg_advisory_xact_lock(EVENT_LOCK_CLASS, func.hashtext(name))))

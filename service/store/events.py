@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
 
+from service.store.dialects import insert_for
 from service.store.schema import events
 
 
@@ -44,15 +45,14 @@ def json_equal(left: object, right: object) -> bool:
 
 def insert(conn: Connection, event_id: str, name: str, payload_json: str, now: int) -> bool:
     """Store an event; False when its id was published before."""
-    seen = conn.execute(select(events.c.sequence).where(events.c.event_id == event_id)).first()
-    if seen is not None:
-        return False
-    conn.execute(
-        events.insert().values(
-            event_id=event_id, name=name, payload_json=payload_json, publish_time=now
-        )
-    )
-    return True
+    insert = insert_for(conn.dialect.name)
+    stored = conn.execute(
+        insert(events)
+        .values(event_id=event_id, name=name, payload_json=payload_json, publish_time=now)
+        .on_conflict_do_nothing()
+        .returning(events.c.sequence)
+    ).first()
+    return stored is not None
 
 
 def first_match(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from service.store import postgres
+from service.store.group_commit import GroupCommitter
+from service.store.read_pool import ReadPool
 from service.store.sql_store import SqlStore
 from service.store.sqlite import (
     DEFAULT_READERS,
@@ -13,7 +16,6 @@ from service.store.sqlite import (
 )
 
 _SQLITE_PREFIXES = ("sqlite+aiosqlite:///", "sqlite:///")
-_POSTGRES_PREFIXES = ("postgresql:", "postgresql+", "postgres:")
 
 
 def sqlite_path(database: str) -> Path:
@@ -44,21 +46,34 @@ async def open_store(
     synchronous: str = "FULL",
     readers: int = DEFAULT_READERS,
     max_batch: int = 500,
+    pool_size: int = postgres.DEFAULT_POOL_SIZE,
 ) -> SqlStore:
     """Open (creating and migrating if needed) the store at ``database``.
 
-    ``database`` is a file path (``stepd.db``) or ``sqlite:///path``; the file
-    and its schema are created when missing, but not its directory.
-    ``synchronous`` is ``FULL`` (an acknowledged write survives power loss) or
-    ``NORMAL`` (it survives a crash of the process); see ``service.store.sqlite``.
+    ``database`` is a SQLite file path (``stepd.db``), ``sqlite:///path``, or
+    a PostgreSQL URL (``postgresql://user@host:5432/dbname``).
+
+    SQLite: the file and its schema are created when missing, but not its
+    directory. ``synchronous`` is ``FULL`` (an acknowledged write survives
+    power loss) or ``NORMAL`` (it survives a crash of the process); see
+    ``service.store.sqlite``. ``readers`` and ``max_batch`` size the reader
+    pool and the group commit.
+
+    PostgreSQL: the database must exist; the schema is created in it when
+    missing. The server holds at most ``pool_size`` connections.
     """
-    if database.startswith(_POSTGRES_PREFIXES):
-        raise ValueError("PostgreSQL support arrives in a later release")
-    path = sqlite_path(database)
-    mode = parse_synchronous(synchronous)
-    writer = create_writer_engine(path, synchronous=mode)
-    reader = create_reader_engine(path, readers=readers)
-    store = SqlStore(writer, reader, readers=readers, max_batch=max_batch)
+    if postgres.is_postgres_url(database):
+        executor = postgres.PostgresExecutor(postgres.create_engine(database, pool_size=pool_size))
+        store = SqlStore(executor, executor, migrate=postgres.migrate_locked)
+    else:
+        path = sqlite_path(database)
+        mode = parse_synchronous(synchronous)
+        writer = create_writer_engine(path, synchronous=mode)
+        reader = create_reader_engine(path, readers=readers)
+        store = SqlStore(
+            GroupCommitter(writer, max_batch=max_batch),
+            ReadPool(reader, threads=readers),
+        )
     try:
         await store.open()
     except BaseException:

@@ -80,6 +80,11 @@ class GroupCommitter:
         self.stats = CommitStats()
 
     @property
+    def engine(self) -> Engine:
+        """The engine of the writer connection (disposed of on ``close``)."""
+        return self._engine
+
+    @property
     def commits(self) -> int:
         """How many transactions have been committed so far."""
         return self.stats.commits
@@ -112,6 +117,7 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._close_connection)
         self._thread.shutdown(wait=True)
+        self._engine.dispose()
 
     # -- on the event loop ------------------------------------------------
 

@@ -1,7 +1,8 @@
 """A run's history: entries appended in write transactions, read back merged.
 
 Entries that another table already holds are not stored twice: the trigger
-comes from ``runs.create_time``, step outcomes from ``steps`` and the run's end
+comes from ``runs.create_time``, step outcomes from ``steps`` (failed attempts
+that were retried from ``step_attempts``) and the run's end
 (completed or failed) from ``runs``. Everything else — dispatches,
 suspensions, met waits, signals, releases, cancellations and custom entries —
 is a row of ``run_events``.
@@ -9,14 +10,15 @@ is a row of ``run_events``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 
-from service.domain import HistoryEntry, HistoryType, RunStatus
+from service.domain import ErrorDetails, HistoryEntry, HistoryType, RunStatus
 from service.store import rows
 from service.store.dialects import insert_for
-from service.store.schema import run_events, runs, steps
+from service.store.schema import run_events, runs, step_attempts, steps
 
 #: At equal times (the clock has millisecond steps), entries sort in the order
 #: in which one causes the next.
@@ -28,10 +30,12 @@ _CAUSAL_ORDER = {
             HistoryType.DISPATCHED,
             HistoryType.STEP_COMPLETED,
             HistoryType.STEP_FAILED,
+            HistoryType.CHILD_STARTED,
             HistoryType.CUSTOM,
             HistoryType.SUSPENDED,
             HistoryType.SIGNAL_RECEIVED,
             HistoryType.WAIT_MET,
+            HistoryType.HELD,
             HistoryType.RELEASED,
             HistoryType.CANCELLED,
             HistoryType.COMPLETED,
@@ -61,7 +65,9 @@ def add_custom(conn: Connection, run_id: str, key: str, name: str, payload: str,
         )
         .on_conflict_do_nothing(
             index_elements=["run_id", "key"],
-            index_where=run_events.c.type == HistoryType.CUSTOM.value,
+            # A literal, not a bound parameter: PostgreSQL must match it to the
+            # partial index's predicate even in a generic (prepared) plan.
+            index_where=text(f"type = '{HistoryType.CUSTOM.value}'"),
         )
     )
 
@@ -88,6 +94,8 @@ def read(conn: Connection, run_id: str) -> list[HistoryEntry] | None:
             attempt=row["attempt"] or 0,
             detail=row["detail"] or "",
         )
+        if entry.type is HistoryType.HELD:  # stored as name (error type) and detail
+            entry = replace(entry, error=ErrorDetails(entry.name, entry.detail), name="")
         merged.append((entry.time, row["sequence"], entry))
     for row in conn.execute(
         select(steps).where(steps.c.run_id == run_id).order_by(steps.c.sequence)
@@ -101,6 +109,21 @@ def read(conn: Connection, run_id: str) -> list[HistoryEntry] | None:
             payload_json=None if failed else step.result_json,
             error=step.error,
             attempt=step.attempt,
+        )
+        merged.append((entry.time, row["sequence"], entry))
+    for row in conn.execute(
+        select(step_attempts)
+        .where(step_attempts.c.run_id == run_id)
+        .order_by(step_attempts.c.sequence)
+    ).mappings():
+        attempt = rows.attempt_from_row(row)
+        entry = HistoryEntry(
+            time=row["record_time"],
+            type=HistoryType.STEP_FAILED,
+            key=attempt.step_key,
+            error=attempt.error,
+            attempt=attempt.attempt,
+            detail="attempt failed; the step goes on under its retry policy",
         )
         merged.append((entry.time, row["sequence"], entry))
     if run.status in (RunStatus.COMPLETED, RunStatus.FAILED) and run.end_time is not None:

@@ -64,9 +64,13 @@ def new_run_values(new: NewRun) -> dict[str, Any]:
         "create_time": new.create_time,
         "update_time": new.create_time,
         "deadline": new.deadline,
+        "expire_time": new.deadline,
         "start_time_not_before": new.start_time_not_before,
+        "schedule_id": new.schedule_id,
+        "schedule_time": new.schedule_time,
         "dispatch_count": 0,
         "lease_id": 0,
+        "detached": 1 if new.detached else None,
     }
 
 
@@ -97,7 +101,19 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         lease_owner=row["lease_owner"],
         lease_expires_at=row["lease_expires_at"],
         cancel_reason=row["cancel_reason"],
+        execution_deadline=row["execution_deadline"],
+        expire_time=row["expire_time"],
+        schedule_id=row["schedule_id"],
+        schedule_time=row["schedule_time"],
+        held_error=_held_error(row),
+        detached=bool(row["detached"]),
     )
+
+
+def _held_error(row: Mapping[Any, Any]) -> ErrorDetails | None:
+    if row["held_error_type"] is None:
+        return None
+    return ErrorDetails(row["held_error_type"], row["held_error_message"] or "")
 
 
 def step_values(run_id: str, step: StepRow, record_time: int) -> dict[str, Any]:
@@ -124,4 +140,17 @@ def step_from_row(row: Mapping[Any, Any]) -> StepRow:
         start_time=row["start_time"],
         end_time=row["end_time"],
         sequence=row["sequence"],
+    )
+
+
+def attempt_from_row(row: Mapping[Any, Any]) -> StepRow:
+    """Build a StepRow (``attempt_only``) from a ``step_attempts`` row."""
+    return StepRow(
+        step_key=row["step_key"],
+        attempt=row["attempt"],
+        error=error_from_row(row),
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        sequence=row["sequence"],
+        attempt_only=True,
     )

@@ -38,6 +38,9 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
+#: The statuses a run can still leave (partial indexes cover only these).
+UNFINISHED = "status IN ('pending', 'running', 'suspended')"
+
 runs = Table(
     "runs",
     metadata,
@@ -68,6 +71,19 @@ runs = Table(
     Column("lease_owner", Text),
     Column("lease_expires_at", BigInteger),
     Column("cancel_reason", Text),
+    # Migration 8: the start plus the execution timeout; the earlier of that and
+    # the deadline (indexed over unfinished runs: the expiry timers).
+    Column("execution_deadline", BigInteger),
+    Column("expire_time", BigInteger),
+    # Migration 9: the schedule that started the run, and for which occasion.
+    Column("schedule_id", Text),
+    Column("schedule_time", BigInteger),
+    # Migration 10: a child run that outlives its parent (1; NULL otherwise), and
+    # the non-determinism error of a run held until a worker with matching code
+    # takes it.
+    Column("detached", Integer),
+    Column("held_error_type", Text),
+    Column("held_error_message", Text),
     UniqueConstraint("run_id"),
     Index("ix_runs_status_seq", "status", "seq"),
     Index("ix_runs_workflow_name_seq", "workflow_name", "seq"),
@@ -82,6 +98,15 @@ runs = Table(
         sqlite_where=text("idempotency_key IS NOT NULL"),
         postgresql_where=text("idempotency_key IS NOT NULL"),
     ),
+    Index(
+        "ix_runs_expire_time",
+        "expire_time",
+        sqlite_where=text(UNFINISHED),
+        postgresql_where=text(UNFINISHED),
+    ),
+    # Migration 9: a schedule's recent runs, and delayed starts coming due.
+    Index("ix_runs_schedule_id_seq", "schedule_id", "seq"),
+    Index("ix_runs_status_start_time_not_before", "status", "start_time_not_before"),
     sqlite_autoincrement=True,
 )
 
@@ -106,6 +131,28 @@ steps = Table(
     # Exactly-once recording: the first write for a key wins.
     UniqueConstraint("run_id", "step_key"),
     Index("ix_steps_run_id_sequence", "run_id", "sequence"),
+    sqlite_autoincrement=True,
+)
+
+# Migration 8: failed attempts that are not a step's outcome (retried, or
+# ended by the server at the step's timeout), once per (run, key, attempt).
+step_attempts = Table(
+    "step_attempts",
+    metadata,
+    Column("sequence", AutoIncrementKey, primary_key=True, autoincrement=True),
+    Column("run_id", Text, ForeignKey("runs.run_id"), nullable=False),
+    Column("step_key", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("error_type", Text),
+    Column("error_message", Text),
+    Column("error_traceback", Text),
+    Column("error_step_key", Text),
+    Column("error_attempt", Integer),
+    Column("start_time", BigInteger),
+    Column("end_time", BigInteger),
+    Column("record_time", BigInteger, nullable=False),
+    Column("lease_id", BigInteger),
+    UniqueConstraint("run_id", "step_key", "attempt"),
     sqlite_autoincrement=True,
 )
 
@@ -222,6 +269,41 @@ hooks = Table(
     Column("payload_json", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("execute_time", BigInteger, nullable=False),
+)
+
+# Migration 9: the events each workflow version starts a run on.
+workflow_triggers = Table(
+    "workflow_triggers",
+    metadata,
+    Column("workflow_name", Text, nullable=False),
+    Column("workflow_version", Text, nullable=False),
+    Column("event_name", Text, nullable=False),
+    PrimaryKeyConstraint("workflow_name", "workflow_version", "event_name"),
+    Index("ix_workflow_triggers_event_name", "event_name"),
+)
+
+# Migration 9: cron schedules. next_time is the next occasion to handle (the
+# cursor a restart resumes from); last_run_id the run the last one started.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("schedule_id", Text, primary_key=True),
+    Column("workflow_name", Text, nullable=False),
+    Column("workflow_version", Text, nullable=False),
+    Column("cron", Text, nullable=False),
+    Column("time_zone", Text, nullable=False),
+    Column("input_json", Text, nullable=False),
+    Column("overlap_policy", Text, nullable=False),
+    Column("catchup_policy", Text, nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("paused", Integer, nullable=False),
+    Column("create_time", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    Column("next_time", BigInteger, nullable=False),
+    Column("last_time", BigInteger),
+    Column("last_run_id", Text),
+    Index("ix_schedules_paused_next_time", "paused", "next_time"),
+    Index("ix_schedules_workflow_name_schedule_id", "workflow_name", "schedule_id"),
 )
 
 workflow_versions = Table(

@@ -1,11 +1,14 @@
 """``SqlStore``: the ``Store`` interface on SQLAlchemy Core, for SQLite and PostgreSQL.
 
-Writes are operations handed to the group committer (one writer connection
-on its own thread, many operations per transaction); each is answered only
-after its commit. Reads run on a small thread pool over a separate engine (on
-SQLite, WAL readers that never block the writer). Statements are SQLAlchemy
-Core, run synchronously on those store-owned threads; the public methods are
-async and never block the event loop.
+Every method is a synchronous *operation* on a ``Connection`` handed to an
+executor (``service.store.executor``): writes to a ``Committer``, reads to a
+``Reader``. The statements are the same on both databases; only the executor
+differs. On SQLite writes go to the group committer (one writer connection on
+its own thread, many operations per transaction) and reads to a small thread
+pool of WAL readers; on PostgreSQL each write is its own transaction on a
+pooled asyncpg connection (``service.store.postgres``). Each write is
+answered only after its commit; the public methods are async and never block
+the event loop.
 
 Every write on the hot path (create, claim, record step, transition) is one
 indexed statement in the common case, with ``RETURNING`` instead of a second
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -24,9 +28,12 @@ from sqlalchemy import (
     Connection,
     Engine,
     Integer,
+    Table,
     Text,
     bindparam,
+    case,
     func,
+    or_,
     select,
     update,
 )
@@ -37,6 +44,7 @@ from service.domain import (
     ClaimedRun,
     CreateRunOutcome,
     DueTimer,
+    ErrorDetails,
     HistoryEntry,
     HistoryType,
     HookOutcome,
@@ -54,13 +62,12 @@ from service.domain import (
     WorkflowVersion,
     now_ms,
 )
-from service.store import history, rows, waits
+from service.store import children, history, rows, schedules, waits
 from service.store.base import RunConflictError
 from service.store.dialects import insert_for
-from service.store.group_commit import GroupCommitter
+from service.store.executor import Committer, Reader, WriteOp
 from service.store.migrations import migrate
-from service.store.read_pool import ReadPool
-from service.store.schema import runs, server_secrets, steps, workflow_versions
+from service.store.schema import runs, server_secrets, step_attempts, steps, workflow_versions
 
 if TYPE_CHECKING:
     from service.store.base import Store
@@ -101,30 +108,64 @@ _STEP_PARAMS = (
     ("end_time", BigInteger),
     ("record_time", BigInteger),
 )
+# A failed attempt that is not the step's outcome has no result.
+_ATTEMPT_PARAMS = tuple(param for param in _STEP_PARAMS if param[0] != "result_json")
 
 
-class SqlStore:
-    """A ``Store`` over a SQLAlchemy writer engine and reader engine.
+def _leased_insert(insert: Any, table: Table, params: tuple[tuple[str, Any], ...]) -> Any:
+    """INSERT INTO table SELECT <params> FROM runs WHERE <the lease holds> ON CONFLICT
+    DO NOTHING RETURNING sequence: one statement for the common case. The lease row
+    is read FOR SHARE (PostgreSQL), so a concurrent release of the lease waits for it."""
+    leased_values = (
+        select(
+            runs.c.run_id,
+            *(bindparam(f"p_{name}", type_=type_) for name, type_ in params),
+            runs.c.lease_id,
+        )
+        .where(
+            runs.c.run_id == bindparam("p_run_id"),
+            runs.c.status == _RUNNING,
+            runs.c.lease_id == bindparam("p_lease_id"),
+        )
+        .with_for_update(read=True)
+    )
+    return (
+        insert(table)
+        .from_select(["run_id", *(name for name, _ in params), "lease_id"], leased_values)
+        .on_conflict_do_nothing()
+        .returning(table.c.sequence)
+    )
 
-    ``writer`` is used through one connection on the group committer's
-    thread, at most ``max_batch`` writes per transaction; ``reader`` serves
-    the read methods on ``readers`` threads. The store owns both engines and
-    disposes of them on ``close``. Use ``open_store`` to build one for a path.
+
+class SqlStore(schedules.ScheduleStoreMixin):
+    """A ``Store`` whose writes run on ``committer`` and reads on ``reads``.
+
+    The store owns both executors (and through them the engines) and closes
+    them on ``close``. ``migrate`` is the write that brings the schema up to
+    date when the store opens. Use ``open_store`` to build one for a path or URL.
     """
 
     def __init__(
-        self, writer: Engine, reader: Engine, *, readers: int = 4, max_batch: int = 500
+        self, committer: Committer, reads: Reader, *, migrate: WriteOp[list[int]] = migrate
     ) -> None:
-        self._writer = writer
-        self._committer = GroupCommitter(writer, max_batch=max_batch)
-        self._reads = ReadPool(reader, threads=readers)
+        self._committer = committer
+        self._reads = reads
+        self._migrate = migrate
         self._opened = False
-        insert = insert_for(writer.dialect.name)
+        insert = insert_for(committer.engine.dialect.name)
 
         self._insert_run = insert(runs).on_conflict_do_nothing().returning(*runs.c)
         self._claim = (
             update(runs)
-            .where(runs.c.run_id == bindparam("p_run_id"), runs.c.status == _PENDING)
+            .where(
+                runs.c.run_id == bindparam("p_run_id"),
+                runs.c.status == _PENDING,
+                # A delayed start is never handed out early.
+                or_(
+                    runs.c.start_time_not_before.is_(None),
+                    runs.c.start_time_not_before <= bindparam("p_now"),
+                ),
+            )
             .values(
                 status=_RUNNING,
                 dispatch_count=runs.c.dispatch_count + 1,
@@ -137,40 +178,39 @@ class SqlStore:
                 ),
                 lease_expires_at=bindparam("p_expires"),
                 start_time=func.coalesce(runs.c.start_time, bindparam("p_now")),
+                # The first claim starts the execution timeout (if the workflow has one).
+                execution_deadline=func.coalesce(
+                    runs.c.execution_deadline, bindparam("p_execution_deadline", type_=BigInteger)
+                ),
+                expire_time=_earliest(
+                    runs.c.deadline,
+                    func.coalesce(
+                        runs.c.execution_deadline,
+                        bindparam("p_execution_deadline", type_=BigInteger),
+                    ),
+                ),
                 update_time=bindparam("p_now"),
+                # A worker takes a held run: it is no longer held (unless it holds it).
+                held_error_type=None,
+                held_error_message=None,
             )
             .returning(*runs.c)
         )
-        # INSERT INTO steps SELECT <values> FROM runs WHERE <lease holds>
-        # ON CONFLICT DO NOTHING: one statement for the common case.
-        leased_values = select(
-            runs.c.run_id,
-            *(bindparam(f"p_{name}", type_=type_) for name, type_ in _STEP_PARAMS),
-            runs.c.lease_id,
-        ).where(
-            runs.c.run_id == bindparam("p_run_id"),
-            runs.c.status == _RUNNING,
-            runs.c.lease_id == bindparam("p_lease_id"),
-        )
-        self._insert_step = (
-            insert(steps)
-            .from_select(["run_id", *(name for name, _ in _STEP_PARAMS), "lease_id"], leased_values)
-            .on_conflict_do_nothing()
-            .returning(steps.c.sequence)
-        )
+        self._insert_step = _leased_insert(insert, steps, _STEP_PARAMS)
+        self._insert_attempt = _leased_insert(insert, step_attempts, _ATTEMPT_PARAMS)
         self._insert_versions = insert(workflow_versions).on_conflict_do_nothing()
         self._get_run = select(runs).where(runs.c.run_id == bindparam("p_run_id"))
         self._transitions: dict[tuple[tuple[str, ...], bool], Update] = {}
 
     @property
-    def committer(self) -> GroupCommitter:
-        """The group committer (its ``commits`` counter is useful in tests and metrics)."""
+    def committer(self) -> Committer:
+        """The write executor (on SQLite the ``GroupCommitter``, with its counters)."""
         return self._committer
 
     @property
     def writer_engine(self) -> Engine:
-        """The engine all writes go through."""
-        return self._writer
+        """The engine all writes go through (its synchronous view on PostgreSQL)."""
+        return self._committer.engine
 
     @property
     def reader_engine(self) -> Engine:
@@ -185,12 +225,11 @@ class SqlStore:
             raise RuntimeError("the store is already open")
         await self._committer.start()
         self._opened = True
-        await self._committer.submit(migrate)
+        await self._committer.submit(self._migrate)
 
     async def close(self) -> None:
         """Finish queued writes, then release every connection."""
         await self._committer.close()
-        self._writer.dispose()
         await self._reads.close()
 
     # -- writes -----------------------------------------------------------
@@ -218,11 +257,23 @@ class SqlStore:
         return outcome
 
     async def claim_run(
-        self, run_id: str, owner: str, lease_expires_at: int, version: str = ""
+        self,
+        run_id: str,
+        owner: str,
+        lease_expires_at: int,
+        version: str = "",
+        execution_timeout_ms: int | None = None,
     ) -> ClaimedRun | None:
-        """Move a PENDING run to RUNNING under a new lease; None when it is not PENDING."""
+        """Move a PENDING run to RUNNING under a new lease; None when it is not PENDING.
+
+        The first claim starts the run: ``execution_timeout_ms`` (if any) sets its
+        execution deadline, and its expiry becomes the earlier of that and the
+        deadline."""
         now = now_ms()
         params = {
+            "p_execution_deadline": (
+                None if execution_timeout_ms is None else now + execution_timeout_ms
+            ),
             "p_version": version,
             "p_run_id": run_id,
             "p_owner": owner,
@@ -250,12 +301,21 @@ class SqlStore:
         return await self._committer.submit(op)
 
     async def record_step(self, run_id: str, lease_id: int, step: StepRow) -> RecordStepOutcome:
-        """Record a step outcome once per key, only under the run's current lease."""
-        params = {f"p_{k}": v for k, v in rows.step_values(run_id, step, now_ms()).items()}
+        """Record a step outcome once per key (a failed attempt, ``attempt_only``, once
+        per key and attempt), only under the run's current lease."""
+        values = rows.step_values(run_id, step, now_ms())
+        if step.attempt_only:
+            del values["result_json"]
+            table, statement = step_attempts, self._insert_attempt
+            read_back = rows.attempt_from_row
+        else:
+            table, statement = steps, self._insert_step
+            read_back = rows.step_from_row
+        params = {f"p_{k}": v for k, v in values.items()}
         params["p_lease_id"] = lease_id
 
         def op(conn: Connection) -> RecordStepOutcome:
-            inserted = conn.execute(self._insert_step, params).first()
+            inserted = conn.execute(statement, params).first()
             if inserted is not None:
                 return RecordStepOutcome(RecordStepStatus.RECORDED)
             # Nothing inserted: the lease is gone, or the key was recorded before.
@@ -264,13 +324,13 @@ class SqlStore:
             ).first()
             if lease is None or lease.status != _RUNNING or lease.lease_id != lease_id:
                 return RecordStepOutcome(RecordStepStatus.LEASE_LOST)
-            existing = _first(
-                conn,
-                select(steps).where(steps.c.run_id == run_id, steps.c.step_key == step.step_key),
-            )
+            query = select(table).where(table.c.run_id == run_id, table.c.step_key == step.step_key)
+            if step.attempt_only:
+                query = query.where(step_attempts.c.attempt == step.attempt)
+            existing = _first(conn, query)
             if existing is None:
                 raise RuntimeError(f"step {step.step_key!r} of run {run_id!r} was not inserted")
-            return RecordStepOutcome(RecordStepStatus.DUPLICATE, rows.step_from_row(existing))
+            return RecordStepOutcome(RecordStepStatus.DUPLICATE, read_back(existing))
 
         return await self._committer.submit(op)
 
@@ -394,11 +454,16 @@ class SqlStore:
         return bytes.fromhex(value)
 
     async def publish_event(self, event_id: str, name: str, payload_json: str) -> PublishOutcome:
-        """Store an event and wake the runs waiting for it."""
+        """Store an event, wake the runs waiting for it and start the workflows it
+        triggers."""
         now = now_ms()
 
         def op(conn: Connection) -> PublishOutcome:
-            return waits.publish_event(conn, event_id, name, payload_json, now)
+            outcome = waits.publish_event(conn, event_id, name, payload_json, now)
+            if outcome.already_published:
+                return outcome
+            started = schedules.start_subscribed(conn, event_id, name, payload_json, now)
+            return replace(outcome, started=started)
 
         return await self._committer.submit(op)
 
@@ -410,11 +475,13 @@ class SqlStore:
 
         def op(conn: Connection) -> bool:
             holds = conn.execute(
-                select(runs.c.run_id).where(
+                select(runs.c.run_id)
+                .where(
                     runs.c.run_id == run_id,
                     runs.c.status == _RUNNING,
                     runs.c.lease_id == lease_id,
                 )
+                .with_for_update(read=True)  # PostgreSQL: a concurrent release waits
             ).first()
             if holds is None:
                 return False
@@ -459,7 +526,45 @@ class SqlStore:
 
         return await self._committer.submit(op)
 
+    async def start_child(
+        self, parent_run_id: str, lease_id: int, child_key: str, new: NewRun
+    ) -> children.StartChildOutcome:
+        """Create a child run once and record the parent's entry for the call."""
+        now = now_ms()
+
+        def op(conn: Connection) -> children.StartChildOutcome:
+            return children.start(conn, parent_run_id, lease_id, child_key, new, now)
+
+        return await self._committer.submit(op)
+
+    async def deliver_child(self, child: RunRecord) -> RunRecord | None:
+        """Meet the parent's open wait on an ended child; return the parent if it woke."""
+        now = now_ms()
+
+        def op(conn: Connection) -> RunRecord | None:
+            return children.deliver(conn, child, now)
+
+        return await self._committer.submit(op)
+
+    async def hold_run(self, run_id: str, lease_id: int, error: ErrorDetails) -> RunRecord | None:
+        """Give a run back as PENDING, held for non-determinism; None without the lease."""
+        now = now_ms()
+
+        def op(conn: Connection) -> RunRecord | None:
+            return children.hold(conn, run_id, lease_id, error, now)
+
+        return await self._committer.submit(op)
+
     # -- reads ------------------------------------------------------------
+
+    async def unfinished_children(self, parent_run_id: str) -> list[RunRecord]:
+        """A run's unfinished children that do not outlive it."""
+        return await self._reads.run(lambda conn: children.unfinished_children(conn, parent_run_id))
+
+    async def child_recovery(self) -> tuple[list[RunRecord], list[str]]:
+        """Ended children whose parent still waits on them; ended runs with unfinished
+        attached children."""
+        return await self._reads.run(children.recovery)
 
     async def expired_leases(self, now: int, limit: int) -> list[RunRecord]:
         """Return up to ``limit`` RUNNING runs whose lease expired before ``now``."""
@@ -526,6 +631,16 @@ class SqlStore:
             ]
 
         return await self._reads.run(read)
+
+
+def _earliest(first: Any, second: Any) -> Any:
+    """The earlier of two nullable times (NULL only when both are)."""
+    return case(
+        (first.is_(None), second),
+        (second.is_(None), first),
+        (first < second, first),
+        else_=second,
+    )
 
 
 def _runs_reader(stmt: Select[Any]) -> Callable[[Connection], list[RunRecord]]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, select, text, update
 
 from service.domain import (
+    RUN_EXPIRY_KEY,
     DueTimer,
     HistoryType,
     HookOutcome,
@@ -32,8 +33,8 @@ from service.domain import (
     WaitStatus,
 )
 from service.store import events, history, rows, signals
-from service.store.dialects import insert_for
-from service.store.schema import hooks, run_waits, runs, steps
+from service.store.dialects import insert_for, lock_event_names, lock_run
+from service.store.schema import UNFINISHED, hooks, run_waits, runs, step_attempts, steps
 
 _OPEN, _MET, _ABANDONED = WaitStatus.OPEN.value, WaitStatus.MET.value, WaitStatus.ABANDONED.value
 
@@ -47,6 +48,7 @@ def suspend(
     its time). Open waits left out of this set are abandoned. When one of
     the waits was met already, the run goes straight back to PENDING (WOKEN).
     """
+    lock_event_names(conn, [w.target for w in waits if w.kind is WaitKind.EVENT and w.target])
     row = (
         conn.execute(
             update(runs)
@@ -132,6 +134,13 @@ def suspend(
                 )
                 woken = meet(conn, run_id, wait.wait_key, now, pending.payload_json)
                 return SuspendOutcome(SuspendStatus.WOKEN, woken)
+        elif wait.kind is WaitKind.CHILD and wait.target is not None:
+            from service.store import children  # children builds on this module
+
+            outcome = children.finished_outcome(conn, wait.target)
+            if outcome is not None:  # the child ended before the parent waited
+                woken = meet(conn, run_id, wait.wait_key, now, outcome)
+                return SuspendOutcome(SuspendStatus.WOKEN, woken)
         elif wait.kind is WaitKind.EVENT and wait.target is not None:
             # An event published since the wait began (perhaps while the run was
             # still running) is not missed: the stored (first) since_time counts.
@@ -163,6 +172,7 @@ def fire_timer(conn: Connection, run_id: str, wait_key: str, now: int) -> RunRec
     A timer of a run that is not suspended (running, cancelled) is still
     marked met: a running run sees it in its journal next time.
     """
+    lock_run(conn, run_id)
     return meet(conn, run_id, wait_key, now, None)
 
 
@@ -206,7 +216,9 @@ def send_signal(
 ) -> SignalOutcome:
     """Store a signal for an unfinished run and hand it to the run's oldest open
     wait for that name, if there is one (which wakes the run)."""
-    status = conn.execute(select(runs.c.status).where(runs.c.run_id == run_id)).scalar()
+    status = conn.execute(
+        select(runs.c.status).where(runs.c.run_id == run_id).with_for_update()  # lock_run
+    ).scalar()
     if status is None:
         return SignalOutcome(SignalStatus.UNKNOWN_RUN)
     run_status = RunStatus(status)
@@ -232,7 +244,9 @@ def execute_hook(
     """Execute a hook once: deliver its payload to the run waiting on it, or
     keep it until the run waits; refuse a second execution and a hook whose
     run no longer waits for it."""
-    status = conn.execute(select(runs.c.status).where(runs.c.run_id == run_id)).scalar()
+    status = conn.execute(
+        select(runs.c.status).where(runs.c.run_id == run_id).with_for_update()  # lock_run
+    ).scalar()
     if status is None:
         return HookOutcome(HookStatus.UNKNOWN_RUN)
     seen = conn.execute(select(hooks.c.status).where(hooks.c.token_hash == token_hash)).first()
@@ -270,6 +284,7 @@ def publish_event(
 ) -> PublishOutcome:
     """Store an event and meet every open wait for it whose match fits and that
     began at or before now; a repeated event_id does nothing."""
+    lock_event_names(conn, [name])
     if not events.insert(conn, event_id, name, payload_json, now):
         return PublishOutcome(already_published=True)
     waiting = conn.execute(
@@ -286,12 +301,18 @@ def publish_event(
         )
         .order_by(run_waits.c.sequence)
     ).all()
+    fits = [
+        w
+        for w in waiting
+        if (w.since_time or 0) <= now and events.matches(w.match_json, payload_json)
+    ]
+    for run_id in sorted({w.run_id for w in fits}):  # one lock order between publishers
+        lock_run(conn, run_id)
     woken: list[RunRecord] = []
-    for wait in waiting:
-        if (wait.since_time or 0) <= now and events.matches(wait.match_json, payload_json):
-            run = meet(conn, wait.run_id, wait.wait_key, now, payload_json)
-            if run is not None:
-                woken.append(run)
+    for wait in fits:
+        run = meet(conn, wait.run_id, wait.wait_key, now, payload_json)
+        if run is not None:
+            woken.append(run)
     return PublishOutcome(already_published=False, woken=woken)
 
 
@@ -330,7 +351,15 @@ def due_timers(conn: Connection, until: int, limit: int) -> list[DueTimer]:
         .order_by(run_waits.c.fire_time)
         .limit(limit)
     )
-    return [DueTimer(r.run_id, r.wait_key, r.fire_time) for r in conn.execute(stmt)]
+    timers = [DueTimer(r.run_id, r.wait_key, r.fire_time) for r in conn.execute(stmt)]
+    expiring = (
+        select(runs.c.run_id, runs.c.expire_time)
+        .where(runs.c.expire_time <= until, text(UNFINISHED))
+        .order_by(runs.c.expire_time)
+        .limit(limit)
+    )
+    timers.extend(DueTimer(r.run_id, RUN_EXPIRY_KEY, r.expire_time) for r in conn.execute(expiring))
+    return timers
 
 
 def ordered_journal(conn: Connection, run_id: str) -> tuple[list[StepRow], list[WaitRow]]:
@@ -343,6 +372,15 @@ def ordered_journal(conn: Connection, run_id: str) -> tuple[list[StepRow], list[
         ((row["lease_id"] or 0, 0, 0, row["sequence"]), rows.step_from_row(row))
         for row in step_rows
     ]
+    attempt_rows = conn.execute(
+        select(step_attempts)
+        .where(step_attempts.c.run_id == run_id)
+        .order_by(step_attempts.c.sequence)
+    ).mappings()
+    keyed.extend(
+        ((row["lease_id"] or 0, 0, row["record_time"], row["sequence"]), rows.attempt_from_row(row))
+        for row in attempt_rows
+    )
     for row in conn.execute(
         select(run_waits)
         .where(run_waits.c.run_id == run_id, run_waits.c.status == _MET)

@@ -185,7 +185,7 @@ class Server:
 
     process: ManagedProcess
     address: str
-    database: Path
+    database: str  # a SQLite file path or a PostgreSQL URL
 
     @property
     def port(self) -> int:
@@ -219,21 +219,21 @@ class Stack:
 
     def start_server(
         self,
-        database: Path | None = None,
+        database: Path | str | None = None,
         *,
         address: str = "127.0.0.1:0",
         args: Iterable[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> Server:
         """Start ``stepd serve`` (on a free port by default) and wait until it listens."""
-        database = database or self.workdir / "stepd.db"
+        database = str(database or self.workdir / "stepd.db")
         argv = [
             *console_script("stepd", "service.cli"),
             "serve",
             "--address",
             address,
             "--database",
-            str(database),
+            database,
             *args,
         ]
         process = ManagedProcess("server", argv, self._log_path("server"), env=self.env(env))

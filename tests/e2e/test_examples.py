@@ -105,3 +105,42 @@ def test_run_demo_exits_zero_and_prints_the_receipt(tmp_path: Path) -> None:
     assert "shipment   express by courier" in done.stdout
     assert done.stdout.rstrip().endswith("stopped worker and server")
     assert (tmp_path / "demo.db").exists()
+
+
+def test_travel_booking_example_runs_as_a_script(server: Server) -> None:
+    done = subprocess.run(
+        [sys.executable, "examples/travel_booking.py"],
+        cwd=ROOT,
+        env=os.environ | {"STEPD_ADDRESS": server.address},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "t1: booked - flight-t1",
+        "t2: not booked - airline timeout (call 4) after 4 attempt(s)",
+        "t3: not booked - no seats left for linus after 1 attempt(s)",
+    ]
+
+
+def test_starting_runs_example(server: Server) -> None:
+    done = subprocess.run(
+        [sys.executable, "examples/starting_runs.py"],
+        cwd=ROOT,
+        env=os.environ | {"STEPD_ADDRESS": server.address},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "welcome mail sent to ada",
+        "paused: True",
+        "report frequent built",
+        "report frequent built",
+        "welcome mail sent to bob",
+        "started on time: True",
+    ]

@@ -117,7 +117,7 @@ class Report:
 
 
 @contextlib.contextmanager
-def read_only(database: Path) -> Iterator[sqlite3.Connection]:
+def read_only(database: Path | str) -> Iterator[sqlite3.Connection]:
     """A read-only connection to the server's SQLite file (WAL readers don't block it)."""
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
     try:
@@ -126,7 +126,7 @@ def read_only(database: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def read_runs(database: Path) -> dict[str, RunRow]:
+def read_runs(database: Path | str) -> dict[str, RunRow]:
     """Every run in the database, by id."""
     with read_only(database) as conn:
         rows = conn.execute(
@@ -136,7 +136,7 @@ def read_runs(database: Path) -> dict[str, RunRow]:
     return {row[0]: RunRow(*row) for row in rows}
 
 
-def read_steps(database: Path) -> dict[tuple[str, str], StepRow]:
+def read_steps(database: Path | str) -> dict[tuple[str, str], StepRow]:
     """Every step record, by (run id, step key)."""
     with read_only(database) as conn:
         rows = conn.execute(
@@ -146,7 +146,7 @@ def read_steps(database: Path) -> dict[tuple[str, str], StepRow]:
     return {(row[0], row[1]): StepRow(*row) for row in rows}
 
 
-def duplicate_step_keys(database: Path) -> list[tuple[str, str, int]]:
+def duplicate_step_keys(database: Path | str) -> list[tuple[str, str, int]]:
     """(run id, step key, count) for every key recorded more than once."""
     with read_only(database) as conn:
         return conn.execute(
@@ -155,7 +155,7 @@ def duplicate_step_keys(database: Path) -> list[tuple[str, str, int]]:
         ).fetchall()
 
 
-def unfinished_runs(database: Path) -> list[tuple[str, str]]:
+def unfinished_runs(database: Path | str) -> list[tuple[str, str]]:
     """(run id, status) of every run not in a terminal status."""
     with read_only(database) as conn:
         return conn.execute(
@@ -188,7 +188,7 @@ class Snapshot:
     executions: Counter[tuple[str, str]]
 
 
-def take_snapshot(database: Path, log_dir: Path) -> Snapshot:
+def take_snapshot(database: Path | str, log_dir: Path) -> Snapshot:
     """Read the committed step records and completed runs, then the execution log."""
     steps = read_steps(database)
     completed = {r.run_id: r for r in read_runs(database).values() if r.status == "completed"}
@@ -263,7 +263,7 @@ async def ready(process: ManagedProcess, *, within: float = START_TIMEOUT) -> Ma
 
 
 async def settle(
-    database: Path, run_ids: Iterable[str], *, within: float, only_these: bool = False
+    database: Path | str, run_ids: Iterable[str], *, within: float, only_these: bool = False
 ) -> None:
     """Wait until the given runs exist and no run in the database is unfinished
     (with ``only_these``: until the given runs are finished)."""
@@ -297,7 +297,7 @@ async def settle(
 
 async def check_guarantees(
     client: Client,
-    database: Path,
+    database: Path | str,
     log_dir: Path,
     expected_status: Mapping[str, RunStatus],
     *,

@@ -233,6 +233,29 @@ class FakeWorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
     ) -> workflow_service_pb2.GetServerInfoResponse:
         return workflow_service_pb2.GetServerInfoResponse(server_version="fake")
 
+    # Schedules are tested against the real server (tests/e2e/test_schedules.py).
+
+    async def CreateSchedule(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    async def GetSchedule(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    async def ListSchedules(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    async def PauseSchedule(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    async def ResumeSchedule(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    async def DeleteSchedule(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    async def TriggerSchedule(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
 
 def settings(heartbeat: float, lease: float) -> worker_service_pb2.StreamSettings:
     """StreamSettings with the given heartbeat interval and lease timeout (seconds)."""

@@ -211,3 +211,44 @@ def test_forward_references_resolve_on_first_use() -> None:
     assert returns_later.result_adapter.validate_python({"v": 2}) == Later(2)
     with pytest.raises(WorkflowDefinitionError, match="cannot resolve the type annotations"):
         returns_unknown.result_adapter  # noqa: B018
+
+
+# -- events and schedules -------------------------------------------------------
+
+
+def test_events_and_schedule_are_kept_and_checked_when_applied() -> None:
+    from worker_sdk.schedules import CatchupPolicy, OverlapPolicy, Schedule
+
+    @workflow(events=["a", "b", "a"], schedule="*/5 * * * *")
+    async def both(ctx: WorkflowContext) -> None: ...
+
+    assert both.events == ("a", "b")
+    assert both.schedule == Schedule("*/5 * * * *")
+    assert both.schedule.overlap is OverlapPolicy.SKIP
+    assert Schedule("0 * * * *", catchup="run_once").catchup is CatchupPolicy.RUN_ONCE
+
+    for bad, message in (
+        ({"events": "a"}, "list of event names"),
+        ({"events": [""]}, "non-empty"),
+        ({"schedule": "every day"}, "not a valid cron"),
+        ({"schedule": 5}, "Schedule or a cron string"),
+    ):
+        with pytest.raises(WorkflowDefinitionError, match=message):
+
+            @workflow(**bad)  # type: ignore[arg-type]
+            async def broken(ctx: WorkflowContext) -> None: ...
+
+    with pytest.raises(ValueError, match="time zone"):
+        Schedule("* * * * *", time_zone="Nowhere/Land")
+    with pytest.raises(ValueError, match="unknown policy"):
+        Schedule("* * * * *", overlap="sometimes")
+
+
+def test_a_schedule_input_that_does_not_fit_the_workflow_fails_in_the_worker() -> None:
+    from worker_sdk.schedules import Schedule
+
+    @workflow(schedule=Schedule("* * * * *", input={"wrong": 1}))
+    async def typed(ctx: WorkflowContext, value: int) -> None: ...
+
+    with pytest.raises(WorkflowDefinitionError, match="schedule's input"):
+        Worker("127.0.0.1:1", workflows=[typed])

@@ -14,6 +14,7 @@ PINNED = [
     "Worker",
     "Client",
     "Hook",
+    "RetryPolicy",
     "RunHandle",
     "RunInfo",
     "RunStatus",
@@ -98,6 +99,8 @@ def test_history_module_exports_run_event_types() -> None:
         "failed",
         "cancelled",
         "custom",
+        "held",
+        "child_started",
         "unknown",
     ]
 

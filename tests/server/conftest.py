@@ -1,11 +1,10 @@
-"""An in-process stepd server on port 0 with a fresh SQLite file, and a raw
-protobuf worker to drive the PollTask stream message by message."""
+"""An in-process stepd server on port 0 with a fresh database (per backend),
+and a raw protobuf worker to drive the PollTask stream message by message."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,6 +19,7 @@ from stepd.v1 import workflow_service_pb2 as wf
 
 from service.config import ServerConfig
 from service.server import RunningServer, create_server
+from tests.backends import query
 
 
 class RawWorker:
@@ -129,7 +129,7 @@ class RawWorker:
 class Harness:
     """A running in-process server and a client stub to it."""
 
-    def __init__(self, running: RunningServer, database: Path) -> None:
+    def __init__(self, running: RunningServer, database: str) -> None:
         self.running = running
         self.database = database
         self.address = f"127.0.0.1:{running.port}"
@@ -156,6 +156,10 @@ class Harness:
             request.wait_timeout.FromSeconds(5)
         return (await self.client.GetRun(request)).run
 
+    async def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """The rows of a read-only SQL query, straight from the database."""
+        return await query(self.database, sql)
+
     async def close(self) -> None:
         for w in self.workers:
             await w.close()
@@ -163,14 +167,14 @@ class Harness:
         await self.running.stop(0)
 
 
-async def start_harness(database: Path, **settings: Any) -> Harness:
-    config = ServerConfig(address="127.0.0.1:0", database=str(database), **settings)
+async def start_harness(database: str, **settings: Any) -> Harness:
+    config = ServerConfig(address="127.0.0.1:0", database=database, **settings)
     running = await create_server(config)
     return Harness(running, database)
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    h = await start_harness(tmp_path / "stepd.db")
+async def harness(database: str) -> AsyncIterator[Harness]:
+    h = await start_harness(database)
     yield h
     await h.close()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
@@ -11,6 +12,7 @@ from stepd.v1 import workflow_service_pb2 as wf
 
 from service.domain import now_ms
 from service.engine import hook_tokens
+from service.store.postgres import is_postgres_url
 from tests.server.conftest import Harness, RawWorker
 from tests.server.test_signals_history import met, timer_wait
 
@@ -58,10 +60,12 @@ async def test_a_hook_executes_once_and_wakes_its_run(harness: Harness) -> None:
     assert "already executed" in await expect_code(
         grpc.StatusCode.FAILED_PRECONDITION, harness, token
     )
-    with sqlite3.connect(harness.database) as conn:
-        stored = conn.execute("SELECT token_hash FROM hooks").fetchall()
+    stored = await harness.query("SELECT token_hash FROM hooks")
     assert stored == [(hook_tokens.token_hash(token),)]
-    assert token not in harness.database.read_bytes().decode("latin-1")
+    assert token not in str(await harness.query("SELECT * FROM hooks"))
+    if not is_postgres_url(harness.database):  # SQLite: nowhere in the file either
+        data = await asyncio.to_thread(Path(harness.database).read_bytes)
+        assert token not in data.decode("latin-1")
 
 
 async def test_an_early_execution_waits_for_the_run(harness: Harness) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from stepd.v1 import types_pb2, worker_service_pb2
@@ -16,8 +15,8 @@ LEASE_LOST = worker_service_pb2.COMMAND_STATUS_LEASE_LOST
 
 
 @pytest.fixture
-async def short_lease(tmp_path: Path) -> AsyncIterator[Harness]:
-    h = await start_harness(tmp_path / "stepd.db", lease_timeout_ms=900)
+async def short_lease(database: str) -> AsyncIterator[Harness]:
+    h = await start_harness(database, lease_timeout_ms=900)
     yield h
     await h.close()
 

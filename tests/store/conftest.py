@@ -1,4 +1,4 @@
-"""Fixtures for the store tests: a fresh SQLite file per test."""
+"""Fixtures for the store tests: a fresh database per test and backend."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SqlStore]:
-    opened = await open_store(str(db_path))
+async def store(database: str) -> AsyncIterator[SqlStore]:
+    opened = await open_store(database)
     yield opened
     await opened.close()

@@ -18,6 +18,14 @@ from service.store.sqlite import create_writer_engine
 
 from .conftest import new_run
 
+pytestmark = pytest.mark.sqlite_only
+
+
+def group_committer(store: SqlStore) -> GroupCommitter:
+    """The store's group committer (SQLite)."""
+    assert isinstance(store.committer, GroupCommitter)
+    return store.committer
+
 
 class Boom(Exception):
     pass
@@ -47,7 +55,7 @@ async def test_concurrent_record_steps_share_few_commits(store: SqlStore) -> Non
     await store.create_run(new_run("r1"))
     claimed = await store.claim_run("r1", "w", 1)
     assert claimed is not None
-    commits_before = store.committer.commits
+    commits_before = group_committer(store).commits
 
     outcomes = await asyncio.gather(
         *(
@@ -57,20 +65,20 @@ async def test_concurrent_record_steps_share_few_commits(store: SqlStore) -> Non
     )
 
     assert all(o.status is RecordStepStatus.RECORDED for o in outcomes)
-    commits = store.committer.commits - commits_before
+    commits = group_committer(store).commits - commits_before
     assert 1 <= commits <= 10, commits
     journal = await store.load_journal("r1")
     assert sorted(s.step_key for s in journal) == sorted(f"s{i}" for i in range(200))
 
 
 async def test_a_lone_write_commits_at_once(store: SqlStore) -> None:
-    before = store.committer.commits
+    before = group_committer(store).commits
     await asyncio.wait_for(store.register_workflows([("a", "v1")]), timeout=1)
-    assert store.committer.commits == before + 1
+    assert group_committer(store).commits == before + 1
 
 
 async def test_a_failing_op_fails_only_its_caller(store: SqlStore) -> None:
-    committer = store.committer
+    committer = group_committer(store)
     ops = [add_version(f"ok{i}") for i in range(30)]
     ops.insert(10, add_version_then_fail("bad"))
 
@@ -95,8 +103,8 @@ async def test_a_failing_commit_fails_only_its_caller(store: SqlStore) -> None:
 
     ops = [add_version(f"ok{i}") for i in range(10)]
     results = await asyncio.gather(
-        *(store.committer.submit(op) for op in ops),
-        store.committer.submit(orphan_step),
+        *(group_committer(store).submit(op) for op in ops),
+        group_committer(store).submit(orphan_step),
         return_exceptions=True,
     )
 
@@ -128,7 +136,7 @@ async def test_a_broken_writer_connection_is_replaced(store: SqlStore) -> None:
         raise Boom("connection gone")
 
     with pytest.raises(Boom):
-        await store.committer.submit(break_connection)
+        await group_committer(store).submit(break_connection)
 
     await store.register_workflows([("after", "v")])
     assert await stored_names(store) == {"after"}
@@ -203,9 +211,9 @@ async def test_ops_see_each_others_writes_in_a_batch(store: SqlStore) -> None:
         return int(conn.execute(select(func.count()).select_from(workflow_versions)).scalar_one())
 
     results = await asyncio.gather(
-        store.committer.submit(add_version("a")),
-        store.committer.submit(count),
-        store.committer.submit(add_version("b")),
-        store.committer.submit(count),
+        group_committer(store).submit(add_version("a")),
+        group_committer(store).submit(count),
+        group_committer(store).submit(add_version("b")),
+        group_committer(store).submit(count),
     )
     assert results == ["a", 1, "b", 2]

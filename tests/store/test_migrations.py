@@ -1,19 +1,23 @@
-"""Migrations build exactly the schema that ``service.store.schema`` declares."""
+"""Migrations build exactly the schema that ``service.store.schema`` declares,
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
+import asyncio
+import re
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, UniqueConstraint, create_engine, inspect, text
+from sqlalchemy import Connection, Dialect, UniqueConstraint, create_engine, inspect, text
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.types import TypeEngine
 
 from service.store import SchemaVersionError, open_store
 from service.store import migrations as migrations_module
 from service.store.migrations import LATEST_VERSION, MIGRATIONS, Migration
+from service.store.postgres import async_url, is_postgres_url
 from service.store.schema import metadata
+from tests.backends import query, table_names
 
 SQLITE = create_engine("sqlite://").dialect
 
@@ -34,20 +38,30 @@ def affinity(type_: TypeEngine[Any] | str) -> str:
 
 
 def where_text(clause: Any) -> str:
-    """A partial index's WHERE clause as text ("" for a full index)."""
-    return "" if clause is None else str(clause)
+    """A partial index's WHERE clause as comparable text ("" for a full index).
+
+    PostgreSQL gives it back parenthesised and with casts: ``(type = 'x'::text)``.
+    """
+    if clause is None:
+        return ""
+    where = re.sub(r"::\w+", "", str(clause)).strip()
+    while where.startswith("(") and where.endswith(")"):
+        where = where[1:-1].strip()
+    # PostgreSQL reflects "x IN ('a', 'b')" as "x = ANY (ARRAY['a', 'b'])".
+    return re.sub(r"(\w+) = ANY \(ARRAY\[(.*?)\]\)", r"\1 IN (\2)", where)
 
 
-def describe(engine: Engine) -> dict[str, Any]:
+def describe(conn: Connection) -> dict[str, Any]:
     """A comparable description of a database's schema, by reflection."""
-    inspector = inspect(engine)
+    dialect = conn.dialect
+    inspector = inspect(conn)
     tables: dict[str, Any] = {}
     for name in inspector.get_table_names():
         if name.startswith("sqlite_"):
             continue
         tables[name] = {
             "columns": [
-                (c["name"], c["type"].compile(dialect=SQLITE), affinity(c["type"]), c["nullable"])
+                (c["name"], c["type"].compile(dialect=dialect), affinity(c["type"]), c["nullable"])
                 for c in inspector.get_columns(name)
             ],
             "primary_key": inspector.get_pk_constraint(name)["constrained_columns"],
@@ -56,9 +70,10 @@ def describe(engine: Engine) -> dict[str, Any]:
                     i["name"],
                     tuple(i["column_names"]),
                     bool(i["unique"]),
-                    where_text(i.get("dialect_options", {}).get("sqlite_where")),
+                    where_text(i.get("dialect_options", {}).get(f"{dialect.name}_where")),
                 )
                 for i in inspector.get_indexes(name)
+                if "duplicates_constraint" not in i  # PostgreSQL: a unique constraint's index
             ),
             "unique": sorted(
                 (u["name"], tuple(u["column_names"]))
@@ -72,13 +87,13 @@ def describe(engine: Engine) -> dict[str, Any]:
     return tables
 
 
-def declared() -> dict[str, Any]:
+def declared(dialect: Dialect) -> dict[str, Any]:
     """The same description, built from the MetaData without a database."""
     tables: dict[str, Any] = {}
     for table in metadata.sorted_tables:
         tables[table.name] = {
             "columns": [
-                (c.name, c.type.compile(dialect=SQLITE), affinity(c.type), c.nullable)
+                (c.name, c.type.compile(dialect=dialect), affinity(c.type), c.nullable)
                 for c in table.columns
             ],
             "primary_key": [c.name for c in table.primary_key.columns],
@@ -87,7 +102,7 @@ def declared() -> dict[str, Any]:
                     i.name,
                     tuple(c.name for c in i.columns),
                     bool(i.unique),
-                    where_text(i.dialect_options["sqlite"]["where"]),
+                    where_text(i.dialect_options[dialect.name]["where"]),
                 )
                 for i in table.indexes
             ),
@@ -108,59 +123,108 @@ def declared() -> dict[str, Any]:
     return tables
 
 
-async def migrated(path: Path) -> Engine:
-    store = await open_store(str(path))
-    await store.close()
-    return create_engine(f"sqlite:///{path}")
-
-
-async def test_migrations_build_the_declared_schema(tmp_path: Path) -> None:
-    engine = await migrated(tmp_path / "migrated.db")
-    direct = create_engine(f"sqlite:///{tmp_path / 'direct.db'}")
-    metadata.create_all(direct)
+async def on(database: str, op: Any) -> Any:
+    """Run a synchronous ``op(conn)`` in one transaction on ``database``."""
+    if is_postgres_url(database):
+        engine = create_async_engine(async_url(database))
+        try:
+            async with engine.begin() as conn:
+                return await conn.run_sync(op)
+        finally:
+            await engine.dispose()
+    sync_engine = create_engine(f"sqlite:///{database}")
     try:
-        from_migrations = describe(engine)
-        assert from_migrations == declared()
-        assert from_migrations == describe(direct)
+        with sync_engine.begin() as conn:
+            return op(conn)
     finally:
-        engine.dispose()
-        direct.dispose()
+        sync_engine.dispose()
 
 
-def test_versions_are_contiguous_from_one() -> None:
-    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-    assert len(MIGRATIONS) == LATEST_VERSION
+async def applied_versions(database: str) -> list[int]:
+    rows = await query(database, "SELECT version FROM schema_migrations ORDER BY version")
+    return [version for (version,) in rows]
+
+
+async def test_migrations_build_the_declared_schema(empty_database: str, database: str) -> None:
+    store = await open_store(empty_database)
+    await store.close()
+    from_migrations = await on(empty_database, describe)
+    assert from_migrations  # the reflection found the tables
+    await on(database, lambda conn: metadata.drop_all(conn))
+    await on(database, lambda conn: metadata.create_all(conn))
+    direct = await on(database, describe)
+    dialect = await on(database, lambda conn: conn.dialect)
+    assert from_migrations == declared(dialect)
+    assert from_migrations == direct
+
+
+def test_versions_increase_from_one() -> None:
+    versions = [m.version for m in MIGRATIONS]
+    # Parallel branches reserve numbers: a gap is allowed, order and uniqueness are not.
+    assert versions[0] == 1
+    assert versions == sorted(set(versions))
+    assert versions[-1] == LATEST_VERSION
     assert all(m.description for m in MIGRATIONS)
 
 
-async def test_reopening_applies_nothing_twice(db_path: Path) -> None:
-    for _ in range(3):
-        store = await open_store(str(db_path))
-        await store.close()
-    with sqlite3.connect(db_path) as db:
-        rows = db.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-    db.close()
-    assert rows == [(m.version,) for m in MIGRATIONS]
-
-
-async def test_a_newer_database_is_refused(db_path: Path) -> None:
-    store = await open_store(str(db_path))
+async def test_a_migration_arriving_below_the_newest_is_applied(
+    empty_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await open_store(empty_database)
     await store.close()
-    with sqlite3.connect(db_path) as db:
-        db.execute(
-            "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, 'x', 0)",
-            (LATEST_VERSION + 1,),
-        )
-    db.close()
+    missing = next(
+        v for v in range(1, LATEST_VERSION + 2) if v not in {m.version for m in MIGRATIONS}
+    )
+
+    def late(conn: Connection) -> None:
+        conn.execute(text("CREATE TABLE arrived_late (x INTEGER)"))
+
+    patched = tuple(
+        sorted((*MIGRATIONS, Migration(missing, "late", late)), key=lambda m: m.version)
+    )
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", patched)
+    monkeypatch.setattr(migrations_module, "LATEST_VERSION", patched[-1].version)
+    store = await open_store(empty_database)
+    await store.close()
+
+    assert "arrived_late" in await table_names(empty_database)
+    versions = [
+        row[0] for row in await query(empty_database, "SELECT version FROM schema_migrations")
+    ]
+    assert sorted(versions) == [m.version for m in patched]
+
+
+async def test_reopening_applies_nothing_twice(empty_database: str) -> None:
+    for _ in range(3):
+        store = await open_store(empty_database)
+        await store.close()
+    assert await applied_versions(empty_database) == [m.version for m in MIGRATIONS]
+
+
+async def test_servers_opening_at_once_migrate_once(empty_database: str) -> None:
+    stores = await asyncio.gather(*(open_store(empty_database) for _ in range(4)))
+    for store in stores:
+        await store.close()
+    assert await applied_versions(empty_database) == [m.version for m in MIGRATIONS]
+
+
+async def test_a_newer_database_is_refused(database: str) -> None:
+    store = await open_store(database)
+    await store.close()
+    await query(
+        database,
+        "INSERT INTO schema_migrations (version, description, applied_at) "
+        f"VALUES ({LATEST_VERSION + 1}, 'x', 0)",
+    )
 
     with pytest.raises(SchemaVersionError, match="upgrade stepd"):
-        await open_store(str(db_path))
+        await open_store(database)
 
 
 async def test_a_failing_migration_leaves_the_old_version(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = await open_store(str(db_path))
+    store = await open_store(database)
     await store.close()
 
     def broken(conn: Connection) -> None:
@@ -172,11 +236,8 @@ async def test_a_failing_migration_leaves_the_old_version(
     monkeypatch.setattr(migrations_module, "LATEST_VERSION", LATEST_VERSION + 1)
 
     with pytest.raises(RuntimeError, match="migration bug"):
-        await open_store(str(db_path))
+        await open_store(database)
 
-    with sqlite3.connect(db_path) as db:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        version = db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
-    db.close()
-    assert "half_done" not in tables
-    assert version == LATEST_VERSION
+    assert "half_done" not in await table_names(database)
+    assert "runs" in await table_names(database)
+    assert max(await applied_versions(database)) == LATEST_VERSION

@@ -17,6 +17,8 @@ from service.store import SqlStore, open_store
 
 from .conftest import new_run
 
+pytestmark = pytest.mark.sqlite_only
+
 
 def pragma(name: str) -> Any:
     def op(conn: Connection) -> Any:
@@ -119,19 +121,25 @@ async def test_open_store_accepts_paths_and_urls(tmp_path: Path, prefix: str) ->
 
 
 @pytest.mark.parametrize(
-    ("database", "message"),
+    ("url", "message"),
     [
-        ("postgresql://u@h/db", "PostgreSQL support arrives in a later release"),
-        ("postgresql+asyncpg://u@h/db", "PostgreSQL support arrives in a later release"),
+        ("postgresql+psycopg://u@h/db", "through asyncpg"),
+        ("postgresql://u@h", "names no database"),
+        ("postgresql://u@h:port/db", "not a valid PostgreSQL URL"),
         (":memory:", "database file path"),
         ("sqlite://", "sqlite:///"),
         ("", "database file path"),
         ("/no/such/dir/stepd.db", "directory"),
     ],
 )
-async def test_open_store_rejects(database: str, message: str) -> None:
+async def test_open_store_rejects(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        await open_store(database)
+        await open_store(url)
+
+
+async def test_open_store_rejects_an_empty_postgres_pool() -> None:
+    with pytest.raises(ValueError, match="pool size"):
+        await open_store("postgresql://u@h/db", pool_size=0)
 
 
 async def test_open_store_rejects_unknown_synchronous(db_path: Path) -> None:

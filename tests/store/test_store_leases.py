@@ -319,3 +319,20 @@ async def test_expired_leases_lists_running_runs_past_their_expiry(store: SqlSto
     assert [r.run_id for r in expired] == ["r1"]
     assert await store.expired_leases(now=60_000, limit=10) == []
     assert [r.run_id for r in await store.expired_leases(now=300_000, limit=1)] == ["r1"]
+
+
+# -- record_event ----------------------------------------------------------------
+
+
+async def test_record_event_keeps_one_entry_per_key_and_needs_the_lease(store: SqlStore) -> None:
+    lease = await running(store)
+    # More writes than PostgreSQL's custom plans (5) before it may use a generic one.
+    for i in range(12):
+        for _ in range(2):
+            assert await store.record_event("r1", lease, f"log:{i}", "log", f'"{i}"')
+    assert not await store.record_event("r1", lease + 1, "log:x", "log", '"stale"')
+
+    history = await store.run_history("r1")
+    assert history is not None
+    custom = [(e.key, e.payload_json) for e in history if e.key.startswith("log:")]
+    assert custom == [(f"log:{i}", f'"{i}"') for i in range(12)]

@@ -30,6 +30,9 @@ from service.store.migrations import (
     v0005_events,
     v0006_journal_order,
     v0007_hooks,
+    v0008_failure_policy,
+    v0009_starts,
+    v0010_children_and_holds,
 )
 
 
@@ -50,6 +53,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, v0005_events.DESCRIPTION, v0005_events.upgrade),
     Migration(6, v0006_journal_order.DESCRIPTION, v0006_journal_order.upgrade),
     Migration(7, v0007_hooks.DESCRIPTION, v0007_hooks.upgrade),
+    Migration(8, v0008_failure_policy.DESCRIPTION, v0008_failure_policy.upgrade),
+    Migration(9, v0009_starts.DESCRIPTION, v0009_starts.upgrade),
+    Migration(10, v0010_children_and_holds.DESCRIPTION, v0010_children_and_holds.upgrade),
 )
 
 #: The schema version this code expects.
@@ -68,16 +74,22 @@ def current_version(conn: Connection) -> int:
 
 
 def migrate(conn: Connection) -> list[int]:
-    """Apply pending migrations inside the caller's transaction; return their versions."""
+    """Apply pending migrations inside the caller's transaction; return their versions.
+
+    Pending means not recorded in ``schema_migrations``, not only above the
+    newest recorded version: migrations written on parallel branches may
+    arrive out of order, and each is applied once.
+    """
     version = current_version(conn)
     if version > LATEST_VERSION:
         raise SchemaVersionError(
             f"the database schema is at version {version}, but this stepd only knows "
             f"versions up to {LATEST_VERSION}; upgrade stepd"
         )
+    done = set(conn.execute(select(schema.schema_migrations.c.version)).scalars())
     applied = []
     for migration in MIGRATIONS:
-        if migration.version <= version:
+        if migration.version in done:
             continue
         migration.upgrade(conn)
         conn.execute(

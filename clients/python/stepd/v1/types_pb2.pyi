@@ -122,6 +122,10 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     """The run was cancelled (detail is the reason)."""
     RUN_EVENT_TYPE_CUSTOM: _RunEventType.ValueType  # 12
     """A custom entry written by the workflow (name, payload)."""
+    RUN_EVENT_TYPE_HELD: _RunEventType.ValueType  # 30
+    """A worker held the run for non-determinism (error says why)."""
+    RUN_EVENT_TYPE_CHILD_STARTED: _RunEventType.ValueType  # 31
+    """The run started a child run (key is the call's key, detail the child's run id)."""
 
 class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper):
     """RunEventType is the kind of one entry of a run's history."""
@@ -152,6 +156,10 @@ RUN_EVENT_TYPE_CANCELLED: RunEventType.ValueType  # 11
 """The run was cancelled (detail is the reason)."""
 RUN_EVENT_TYPE_CUSTOM: RunEventType.ValueType  # 12
 """A custom entry written by the workflow (name, payload)."""
+RUN_EVENT_TYPE_HELD: RunEventType.ValueType  # 30
+"""A worker held the run for non-determinism (error says why)."""
+RUN_EVENT_TYPE_CHILD_STARTED: RunEventType.ValueType  # 31
+"""The run started a child run (key is the call's key, detail the child's run id)."""
 Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
 
 @_typing.final
@@ -251,6 +259,12 @@ class Run(_message.Message):
     DISPATCH_COUNT_FIELD_NUMBER: _builtins.int
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    EXECUTION_DEADLINE_FIELD_NUMBER: _builtins.int
+    SCHEDULED_START_TIME_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    HELD_ERROR_FIELD_NUMBER: _builtins.int
+    DETACHED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id: server-assigned, or the custom id given to Trigger."""
     workflow_name: _builtins.str
@@ -271,6 +285,10 @@ class Run(_message.Message):
     """How many times the run has been handed to a worker."""
     cancel_reason: _builtins.str
     """The reason given when the run was cancelled."""
+    schedule_id: _builtins.str
+    """The schedule that started the run, if one did."""
+    detached: _builtins.bool
+    """For a child run: true when it outlives its parent (not cancelled with it)."""
     @_builtins.property
     def input(self) -> Global___Payload:
         """The input it was triggered with."""
@@ -303,6 +321,29 @@ class Run(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the run last changed."""
 
+    @_builtins.property
+    def execution_deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the workflow's execution timeout ends the run (its start plus the
+        timeout), if the workflow has one.
+        """
+
+    @_builtins.property
+    def scheduled_start_time(self) -> _timestamp_pb2.Timestamp:
+        """Not before this time: Trigger's start_time, while it is in the future
+        the run stays pending and is not handed to a worker.
+        """
+
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """The schedule's occasion the run was started for."""
+
+    @_builtins.property
+    def held_error(self) -> Global___ErrorInfo:
+        """Set while the run is held for non-determinism: a worker's replay met a
+        journal its code cannot have produced. The run waits (PENDING) for a
+        worker whose code has not refused it; cleared when one takes it.
+        """
+
     def __init__(
         self,
         *,
@@ -324,10 +365,16 @@ class Run(_message.Message):
         dispatch_count: _builtins.int = ...,
         cancel_reason: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        execution_deadline: _timestamp_pb2.Timestamp | None = ...,
+        scheduled_start_time: _timestamp_pb2.Timestamp | None = ...,
+        schedule_id: _builtins.str = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        held_error: Global___ErrorInfo | None = ...,
+        detached: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "input", b"input", "result", b"result", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "held_error", b"held_error", "input", b"input", "result", b"result", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "deadline", b"deadline", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "failure_reason", b"failure_reason", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "result", b"result", "root_run_id", b"root_run_id", "run_id", b"run_id", "start_time", b"start_time", "status", b"status", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "result", b"result", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -345,12 +392,19 @@ class StepRecord(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPT_ONLY_FIELD_NUMBER: _builtins.int
     step_key: _builtins.str
     """The step's key: its name, with a "#N" suffix from the second use of the
     same name in one run.
     """
     attempt: _builtins.int
     """The attempt this outcome belongs to (1 for the first)."""
+    attempt_only: _builtins.bool
+    """True for a failed attempt that is not the step's outcome: the step goes on
+    with another attempt under its retry policy, or, when the policy has none
+    left, the worker records the outcome (without this flag) after it. Stored
+    once per (step_key, attempt).
+    """
     @_builtins.property
     def result(self) -> Global___Payload:
         """The step's return value."""
@@ -376,10 +430,11 @@ class StepRecord(_message.Message):
         attempt: _builtins.int = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        attempt_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "outcome", b"outcome", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "end_time", b"end_time", "error", b"error", "outcome", b"outcome", "result", b"result", "start_time", b"start_time", "step_key", b"step_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_only", b"attempt_only", "end_time", b"end_time", "error", b"error", "outcome", b"outcome", "result", b"result", "start_time", b"start_time", "step_key", b"step_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "error"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015

@@ -24,64 +24,73 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from stepd.v1 import schedules_pb2 as stepd_dot_v1_dot_schedules__pb2
 from stepd.v1 import types_pb2 as stepd_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstepd/v1/worker_service.proto\x12\x08stepd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14stepd/v1/types.proto\"\xce\x01\n\x0fPollTaskRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.stepd.v1.WorkerHelloH\x00\x12\x30\n\x08\x63ommands\x18\x02 \x01(\x0b\x32\x1c.stepd.v1.WorkerCommandBatchH\x00\x12.\n\theartbeat\x18\x03 \x01(\x0b\x32\x19.stepd.v1.WorkerHeartbeatH\x00\x12&\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x15.stepd.v1.WorkerDrainH\x00\x42\t\n\x07message\"\x8c\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x31\n\tworkflows\x18\x03 \x03(\x0b\x32\x1e.stepd.v1.WorkflowRegistration\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x13\n\x0bsdk_version\x18\x05 \x01(\t\"5\n\x14WorkflowRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"@\n\x0fWorkerHeartbeat\x12-\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1d\n\x0bWorkerDrain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"?\n\x12WorkerCommandBatch\x12)\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x17.stepd.v1.WorkerCommand\"\x86\x03\n\rWorkerCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x04\x12\x32\n\x0brecord_step\x18\x04 \x01(\x0b\x32\x1b.stepd.v1.RecordStepCommandH\x00\x12\x32\n\x0bsuspend_run\x18\x05 \x01(\x0b\x32\x1b.stepd.v1.SuspendRunCommandH\x00\x12\x34\n\x0c\x63omplete_run\x18\x06 \x01(\x0b\x32\x1c.stepd.v1.CompleteRunCommandH\x00\x12,\n\x08\x66\x61il_run\x18\x07 \x01(\x0b\x32\x18.stepd.v1.FailRunCommandH\x00\x12\x32\n\x0brelease_run\x18\x08 \x01(\x0b\x32\x1b.stepd.v1.ReleaseRunCommandH\x00\x12\x34\n\x0crecord_event\x18\t \x01(\x0b\x32\x1c.stepd.v1.RecordEventCommandH\x00\x42\t\n\x07\x63ommand\"Y\n\x12RecordEventCommand\x12\x11\n\tentry_key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x07payload\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\"7\n\x11RecordStepCommand\x12\"\n\x04step\x18\x01 \x01(\x0b\x32\x14.stepd.v1.StepRecord\";\n\x11SuspendRunCommand\x12&\n\x05waits\x18\x01 \x03(\x0b\x32\x17.stepd.v1.WaitCondition\"\xc6\x01\n\rWaitCondition\x12\x10\n\x08wait_key\x18\x01 \x01(\t\x12$\n\x05timer\x18\x02 \x01(\x0b\x32\x13.stepd.v1.TimerWaitH\x00\x12&\n\x06signal\x18\x03 \x01(\x0b\x32\x14.stepd.v1.SignalWaitH\x00\x12$\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x13.stepd.v1.EventWaitH\x00\x12\"\n\x04hook\x18\x05 \x01(\x0b\x32\x12.stepd.v1.HookWaitH\x00\x42\x0b\n\tcondition\"\n\n\x08HookWait\"X\n\tEventWait\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmatch_json\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\nSignalWait\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\tTimerWait\x12-\n\tfire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x12\x43ompleteRunCommand\x12!\n\x06result\x18\x01 \x01(\x0b\x32\x11.stepd.v1.Payload\"4\n\x0e\x46\x61ilRunCommand\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.stepd.v1.ErrorInfo\"#\n\x11ReleaseRunCommand\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xbc\x01\n\x10PollTaskResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.stepd.v1.RunTask\x12(\n\x07results\x18\x02 \x03(\x0b\x32\x17.stepd.v1.CommandResult\x12\x30\n\rcancellations\x18\x03 \x03(\x0b\x32\x19.stepd.v1.RunCancellation\x12*\n\x08settings\x18\x04 \x01(\x0b\x32\x18.stepd.v1.StreamSettings\"y\n\x0eStreamSettings\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rlease_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xae\x02\n\x07RunTask\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x04\x12\x15\n\rworkflow_name\x18\x03 \x01(\t\x12\x18\n\x10workflow_version\x18\x04 \x01(\t\x12 \n\x05input\x18\x05 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\'\n\x07journal\x18\x06 \x03(\x0b\x32\x16.stepd.v1.JournalEntry\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64ispatch_count\x18\x08 \x01(\r\x12\x15\n\rparent_run_id\x18\t \x01(\t\x12\x13\n\x0broot_run_id\x18\n \x01(\t\x12\x13\n\x0bhook_secret\x18\x0b \x01(\x0c\"\x8a\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\x04\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.stepd.v1.CommandStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12+\n\rrecorded_step\x18\x04 \x01(\x0b\x32\x14.stepd.v1.StepRecord\"C\n\x0fRunCancellation\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t*\xc2\x01\n\rCommandStatus\x12\x1e\n\x1a\x43OMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43OMMAND_STATUS_OK\x10\x01\x12\x1c\n\x18\x43OMMAND_STATUS_DUPLICATE\x10\x02\x12\x1d\n\x19\x43OMMAND_STATUS_LEASE_LOST\x10\x03\x12\x1a\n\x16\x43OMMAND_STATUS_INVALID\x10\x04\x12!\n\x1d\x43OMMAND_STATUS_INTERNAL_ERROR\x10\x05\x32V\n\rWorkerService\x12\x45\n\x08PollTask\x12\x19.stepd.v1.PollTaskRequest\x1a\x1a.stepd.v1.PollTaskResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstepd/v1/worker_service.proto\x12\x08stepd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepd/v1/schedules.proto\x1a\x14stepd/v1/types.proto\"\xce\x01\n\x0fPollTaskRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.stepd.v1.WorkerHelloH\x00\x12\x30\n\x08\x63ommands\x18\x02 \x01(\x0b\x32\x1c.stepd.v1.WorkerCommandBatchH\x00\x12.\n\theartbeat\x18\x03 \x01(\x0b\x32\x19.stepd.v1.WorkerHeartbeatH\x00\x12&\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x15.stepd.v1.WorkerDrainH\x00\x42\t\n\x07message\"\x8c\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x31\n\tworkflows\x18\x03 \x03(\x0b\x32\x1e.stepd.v1.WorkflowRegistration\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x13\n\x0bsdk_version\x18\x05 \x01(\t\"\xc2\x01\n\x14WorkflowRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x34\n\x11\x65xecution_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_entries\x18\x04 \x01(\r\x12\x16\n\x0e\x65vent_triggers\x18\n \x03(\t\x12(\n\x08schedule\x18\x0b \x01(\x0b\x32\x16.stepd.v1.ScheduleSpec\"@\n\x0fWorkerHeartbeat\x12-\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1d\n\x0bWorkerDrain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"?\n\x12WorkerCommandBatch\x12)\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x17.stepd.v1.WorkerCommand\"\x9a\x04\n\rWorkerCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x04\x12\x32\n\x0brecord_step\x18\x04 \x01(\x0b\x32\x1b.stepd.v1.RecordStepCommandH\x00\x12\x32\n\x0bsuspend_run\x18\x05 \x01(\x0b\x32\x1b.stepd.v1.SuspendRunCommandH\x00\x12\x34\n\x0c\x63omplete_run\x18\x06 \x01(\x0b\x32\x1c.stepd.v1.CompleteRunCommandH\x00\x12,\n\x08\x66\x61il_run\x18\x07 \x01(\x0b\x32\x18.stepd.v1.FailRunCommandH\x00\x12\x32\n\x0brelease_run\x18\x08 \x01(\x0b\x32\x1b.stepd.v1.ReleaseRunCommandH\x00\x12\x34\n\x0crecord_event\x18\t \x01(\x0b\x32\x1c.stepd.v1.RecordEventCommandH\x00\x12\x30\n\nstart_step\x18\n \x01(\x0b\x32\x1a.stepd.v1.StartStepCommandH\x00\x12\x32\n\x0bstart_child\x18\x14 \x01(\x0b\x32\x1b.stepd.v1.StartChildCommandH\x00\x12,\n\x08hold_run\x18\x15 \x01(\x0b\x32\x18.stepd.v1.HoldRunCommandH\x00\x42\t\n\x07\x63ommand\"\x8b\x01\n\x11StartChildCommand\x12\x11\n\tchild_key\x18\x01 \x01(\t\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x18\n\x10workflow_version\x18\x03 \x01(\t\x12 \n\x05input\x18\x04 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x10\n\x08\x64\x65tached\x18\x05 \x01(\x08\"4\n\x0eHoldRunCommand\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.stepd.v1.ErrorInfo\"a\n\x10StartStepCommand\x12\x10\n\x08step_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"Y\n\x12RecordEventCommand\x12\x11\n\tentry_key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x07payload\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\"7\n\x11RecordStepCommand\x12\"\n\x04step\x18\x01 \x01(\x0b\x32\x14.stepd.v1.StepRecord\";\n\x11SuspendRunCommand\x12&\n\x05waits\x18\x01 \x03(\x0b\x32\x17.stepd.v1.WaitCondition\"\xec\x01\n\rWaitCondition\x12\x10\n\x08wait_key\x18\x01 \x01(\t\x12$\n\x05timer\x18\x02 \x01(\x0b\x32\x13.stepd.v1.TimerWaitH\x00\x12&\n\x06signal\x18\x03 \x01(\x0b\x32\x14.stepd.v1.SignalWaitH\x00\x12$\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x13.stepd.v1.EventWaitH\x00\x12\"\n\x04hook\x18\x05 \x01(\x0b\x32\x12.stepd.v1.HookWaitH\x00\x12$\n\x05\x63hild\x18\x14 \x01(\x0b\x32\x13.stepd.v1.ChildWaitH\x00\x42\x0b\n\tcondition\"\x1b\n\tChildWait\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\n\n\x08HookWait\"X\n\tEventWait\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmatch_json\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\nSignalWait\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\tTimerWait\x12-\n\tfire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x12\x43ompleteRunCommand\x12!\n\x06result\x18\x01 \x01(\x0b\x32\x11.stepd.v1.Payload\"4\n\x0e\x46\x61ilRunCommand\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.stepd.v1.ErrorInfo\"#\n\x11ReleaseRunCommand\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xbc\x01\n\x10PollTaskResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.stepd.v1.RunTask\x12(\n\x07results\x18\x02 \x03(\x0b\x32\x17.stepd.v1.CommandResult\x12\x30\n\rcancellations\x18\x03 \x03(\x0b\x32\x19.stepd.v1.RunCancellation\x12*\n\x08settings\x18\x04 \x01(\x0b\x32\x18.stepd.v1.StreamSettings\"y\n\x0eStreamSettings\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rlease_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xae\x02\n\x07RunTask\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x04\x12\x15\n\rworkflow_name\x18\x03 \x01(\t\x12\x18\n\x10workflow_version\x18\x04 \x01(\t\x12 \n\x05input\x18\x05 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\'\n\x07journal\x18\x06 \x03(\x0b\x32\x16.stepd.v1.JournalEntry\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64ispatch_count\x18\x08 \x01(\r\x12\x15\n\rparent_run_id\x18\t \x01(\t\x12\x13\n\x0broot_run_id\x18\n \x01(\t\x12\x13\n\x0bhook_secret\x18\x0b \x01(\x0c\"\x8a\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\x04\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.stepd.v1.CommandStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12+\n\rrecorded_step\x18\x04 \x01(\x0b\x32\x14.stepd.v1.StepRecord\"C\n\x0fRunCancellation\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t*\xc2\x01\n\rCommandStatus\x12\x1e\n\x1a\x43OMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43OMMAND_STATUS_OK\x10\x01\x12\x1c\n\x18\x43OMMAND_STATUS_DUPLICATE\x10\x02\x12\x1d\n\x19\x43OMMAND_STATUS_LEASE_LOST\x10\x03\x12\x1a\n\x16\x43OMMAND_STATUS_INVALID\x10\x04\x12!\n\x1d\x43OMMAND_STATUS_INTERNAL_ERROR\x10\x05\x32V\n\rWorkerService\x12\x45\n\x08PollTask\x12\x19.stepd.v1.PollTaskRequest\x1a\x1a.stepd.v1.PollTaskResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stepd.v1.worker_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMANDSTATUS']._serialized_start=2670
-  _globals['_COMMANDSTATUS']._serialized_end=2864
-  _globals['_POLLTASKREQUEST']._serialized_start=131
-  _globals['_POLLTASKREQUEST']._serialized_end=337
-  _globals['_WORKERHELLO']._serialized_start=340
-  _globals['_WORKERHELLO']._serialized_end=480
-  _globals['_WORKFLOWREGISTRATION']._serialized_start=482
-  _globals['_WORKFLOWREGISTRATION']._serialized_end=535
-  _globals['_WORKERHEARTBEAT']._serialized_start=537
-  _globals['_WORKERHEARTBEAT']._serialized_end=601
-  _globals['_WORKERDRAIN']._serialized_start=603
-  _globals['_WORKERDRAIN']._serialized_end=632
-  _globals['_WORKERCOMMANDBATCH']._serialized_start=634
-  _globals['_WORKERCOMMANDBATCH']._serialized_end=697
-  _globals['_WORKERCOMMAND']._serialized_start=700
-  _globals['_WORKERCOMMAND']._serialized_end=1090
-  _globals['_RECORDEVENTCOMMAND']._serialized_start=1092
-  _globals['_RECORDEVENTCOMMAND']._serialized_end=1181
-  _globals['_RECORDSTEPCOMMAND']._serialized_start=1183
-  _globals['_RECORDSTEPCOMMAND']._serialized_end=1238
-  _globals['_SUSPENDRUNCOMMAND']._serialized_start=1240
-  _globals['_SUSPENDRUNCOMMAND']._serialized_end=1299
-  _globals['_WAITCONDITION']._serialized_start=1302
-  _globals['_WAITCONDITION']._serialized_end=1500
-  _globals['_HOOKWAIT']._serialized_start=1502
-  _globals['_HOOKWAIT']._serialized_end=1512
-  _globals['_EVENTWAIT']._serialized_start=1514
-  _globals['_EVENTWAIT']._serialized_end=1602
-  _globals['_SIGNALWAIT']._serialized_start=1604
-  _globals['_SIGNALWAIT']._serialized_end=1630
-  _globals['_TIMERWAIT']._serialized_start=1632
-  _globals['_TIMERWAIT']._serialized_end=1690
-  _globals['_COMPLETERUNCOMMAND']._serialized_start=1692
-  _globals['_COMPLETERUNCOMMAND']._serialized_end=1747
-  _globals['_FAILRUNCOMMAND']._serialized_start=1749
-  _globals['_FAILRUNCOMMAND']._serialized_end=1801
-  _globals['_RELEASERUNCOMMAND']._serialized_start=1803
-  _globals['_RELEASERUNCOMMAND']._serialized_end=1838
-  _globals['_POLLTASKRESPONSE']._serialized_start=1841
-  _globals['_POLLTASKRESPONSE']._serialized_end=2029
-  _globals['_STREAMSETTINGS']._serialized_start=2031
-  _globals['_STREAMSETTINGS']._serialized_end=2152
-  _globals['_RUNTASK']._serialized_start=2155
-  _globals['_RUNTASK']._serialized_end=2457
-  _globals['_COMMANDRESULT']._serialized_start=2460
-  _globals['_COMMANDRESULT']._serialized_end=2598
-  _globals['_RUNCANCELLATION']._serialized_start=2600
-  _globals['_RUNCANCELLATION']._serialized_end=2667
-  _globals['_WORKERSERVICE']._serialized_start=2866
-  _globals['_WORKERSERVICE']._serialized_end=2952
+  _globals['_COMMANDSTATUS']._serialized_start=3348
+  _globals['_COMMANDSTATUS']._serialized_end=3542
+  _globals['_POLLTASKREQUEST']._serialized_start=157
+  _globals['_POLLTASKREQUEST']._serialized_end=363
+  _globals['_WORKERHELLO']._serialized_start=366
+  _globals['_WORKERHELLO']._serialized_end=506
+  _globals['_WORKFLOWREGISTRATION']._serialized_start=509
+  _globals['_WORKFLOWREGISTRATION']._serialized_end=703
+  _globals['_WORKERHEARTBEAT']._serialized_start=705
+  _globals['_WORKERHEARTBEAT']._serialized_end=769
+  _globals['_WORKERDRAIN']._serialized_start=771
+  _globals['_WORKERDRAIN']._serialized_end=800
+  _globals['_WORKERCOMMANDBATCH']._serialized_start=802
+  _globals['_WORKERCOMMANDBATCH']._serialized_end=865
+  _globals['_WORKERCOMMAND']._serialized_start=868
+  _globals['_WORKERCOMMAND']._serialized_end=1406
+  _globals['_STARTCHILDCOMMAND']._serialized_start=1409
+  _globals['_STARTCHILDCOMMAND']._serialized_end=1548
+  _globals['_HOLDRUNCOMMAND']._serialized_start=1550
+  _globals['_HOLDRUNCOMMAND']._serialized_end=1602
+  _globals['_STARTSTEPCOMMAND']._serialized_start=1604
+  _globals['_STARTSTEPCOMMAND']._serialized_end=1701
+  _globals['_RECORDEVENTCOMMAND']._serialized_start=1703
+  _globals['_RECORDEVENTCOMMAND']._serialized_end=1792
+  _globals['_RECORDSTEPCOMMAND']._serialized_start=1794
+  _globals['_RECORDSTEPCOMMAND']._serialized_end=1849
+  _globals['_SUSPENDRUNCOMMAND']._serialized_start=1851
+  _globals['_SUSPENDRUNCOMMAND']._serialized_end=1910
+  _globals['_WAITCONDITION']._serialized_start=1913
+  _globals['_WAITCONDITION']._serialized_end=2149
+  _globals['_CHILDWAIT']._serialized_start=2151
+  _globals['_CHILDWAIT']._serialized_end=2178
+  _globals['_HOOKWAIT']._serialized_start=2180
+  _globals['_HOOKWAIT']._serialized_end=2190
+  _globals['_EVENTWAIT']._serialized_start=2192
+  _globals['_EVENTWAIT']._serialized_end=2280
+  _globals['_SIGNALWAIT']._serialized_start=2282
+  _globals['_SIGNALWAIT']._serialized_end=2308
+  _globals['_TIMERWAIT']._serialized_start=2310
+  _globals['_TIMERWAIT']._serialized_end=2368
+  _globals['_COMPLETERUNCOMMAND']._serialized_start=2370
+  _globals['_COMPLETERUNCOMMAND']._serialized_end=2425
+  _globals['_FAILRUNCOMMAND']._serialized_start=2427
+  _globals['_FAILRUNCOMMAND']._serialized_end=2479
+  _globals['_RELEASERUNCOMMAND']._serialized_start=2481
+  _globals['_RELEASERUNCOMMAND']._serialized_end=2516
+  _globals['_POLLTASKRESPONSE']._serialized_start=2519
+  _globals['_POLLTASKRESPONSE']._serialized_end=2707
+  _globals['_STREAMSETTINGS']._serialized_start=2709
+  _globals['_STREAMSETTINGS']._serialized_end=2830
+  _globals['_RUNTASK']._serialized_start=2833
+  _globals['_RUNTASK']._serialized_end=3135
+  _globals['_COMMANDRESULT']._serialized_start=3138
+  _globals['_COMMANDRESULT']._serialized_end=3276
+  _globals['_RUNCANCELLATION']._serialized_start=3278
+  _globals['_RUNCANCELLATION']._serialized_end=3345
+  _globals['_WORKERSERVICE']._serialized_start=3544
+  _globals['_WORKERSERVICE']._serialized_end=3630
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from stepd.v1 import schedules_pb2 as _schedules_pb2
 from stepd.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -158,19 +159,51 @@ class WorkflowRegistration(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    EXECUTION_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_ENTRIES_FIELD_NUMBER: _builtins.int
+    EVENT_TRIGGERS_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The workflow's name."""
     version: _builtins.str
     """The version served."""
+    max_entries: _builtins.int
+    """The most journal entries (steps, failed attempts, met waits) a run of this
+    version may record; past it the run fails with
+    FAILURE_REASON_MAX_ENTRIES_EXCEEDED. 0: the server's default.
+    """
+    @_builtins.property
+    def execution_timeout(self) -> _duration_pb2.Duration:
+        """How long a run of this version may take from its start (its first
+        dispatch); the server fails it with FAILURE_REASON_EXECUTION_TIMEOUT when
+        the time is up. Unset: no limit.
+        """
+
+    @_builtins.property
+    def event_triggers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Event names whose every publication starts a run of this workflow (with
+        the event's payload as input). The newest version's list counts.
+        """
+
+    @_builtins.property
+    def schedule(self) -> _schedules_pb2.ScheduleSpec:
+        """A cron schedule declared on the workflow; the server creates or updates
+        it (id: the workflow's name) when the newest version registers.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         version: _builtins.str = ...,
+        execution_timeout: _duration_pb2.Duration | None = ...,
+        max_entries: _builtins.int = ...,
+        event_triggers: _abc.Iterable[_builtins.str] | None = ...,
+        schedule: _schedules_pb2.ScheduleSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_triggers", b"event_triggers", "execution_timeout", b"execution_timeout", "max_entries", b"max_entries", "name", b"name", "schedule", b"schedule", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -263,6 +296,9 @@ class WorkerCommand(_message.Message):
     FAIL_RUN_FIELD_NUMBER: _builtins.int
     RELEASE_RUN_FIELD_NUMBER: _builtins.int
     RECORD_EVENT_FIELD_NUMBER: _builtins.int
+    START_STEP_FIELD_NUMBER: _builtins.int
+    START_CHILD_FIELD_NUMBER: _builtins.int
+    HOLD_RUN_FIELD_NUMBER: _builtins.int
     command_id: _builtins.int
     """Chosen by the worker, unique on its stream; echoed in the CommandResult."""
     run_id: _builtins.str
@@ -293,6 +329,22 @@ class WorkerCommand(_message.Message):
     def record_event(self) -> Global___RecordEventCommand:
         """Append a custom entry (progress, a log line) to the run's history."""
 
+    @_builtins.property
+    def start_step(self) -> Global___StartStepCommand:
+        """Announce a step attempt that has a timeout, so the server can end it
+        when the worker cannot.
+        """
+
+    @_builtins.property
+    def start_child(self) -> Global___StartChildCommand:
+        """Start a child run (once per child_key) and record that it started."""
+
+    @_builtins.property
+    def hold_run(self) -> Global___HoldRunCommand:
+        """Give the run back as held: replay found a journal this code cannot have
+        produced. Its last command on this lease.
+        """
+
     def __init__(
         self,
         *,
@@ -305,16 +357,129 @@ class WorkerCommand(_message.Message):
         fail_run: Global___FailRunCommand | None = ...,
         release_run: Global___ReleaseRunCommand | None = ...,
         record_event: Global___RecordEventCommand | None = ...,
+        start_step: Global___StartStepCommand | None = ...,
+        start_child: Global___StartChildCommand | None = ...,
+        hold_run: Global___HoldRunCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "complete_run", b"complete_run", "fail_run", b"fail_run", "record_event", b"record_event", "record_step", b"record_step", "release_run", b"release_run", "suspend_run", b"suspend_run"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "complete_run", b"complete_run", "fail_run", b"fail_run", "hold_run", b"hold_run", "record_event", b"record_event", "record_step", b"record_step", "release_run", b"release_run", "start_child", b"start_child", "start_step", b"start_step", "suspend_run", b"suspend_run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_id", b"command_id", "complete_run", b"complete_run", "fail_run", b"fail_run", "lease_id", b"lease_id", "record_event", b"record_event", "record_step", b"record_step", "release_run", b"release_run", "run_id", b"run_id", "suspend_run", b"suspend_run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_id", b"command_id", "complete_run", b"complete_run", "fail_run", b"fail_run", "hold_run", b"hold_run", "lease_id", b"lease_id", "record_event", b"record_event", "record_step", b"record_step", "release_run", b"release_run", "run_id", b"run_id", "start_child", b"start_child", "start_step", b"start_step", "suspend_run", b"suspend_run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["record_step", "suspend_run", "complete_run", "fail_run", "release_run", "record_event"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["record_step", "suspend_run", "complete_run", "fail_run", "release_run", "record_event", "start_step", "start_child", "hold_run"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___WorkerCommand: _TypeAlias = WorkerCommand  # noqa: Y015
+
+@_typing.final
+class StartChildCommand(_message.Message):
+    """StartChildCommand starts a child run of the command's run. In one
+    transaction the server creates the child, whose run id is derived from the
+    parent's run id and child_key (see docs/protocol.md), unless it exists
+    already, and records the step-namespace journal entry child_key whose result
+    is {"run_id": CHILD_RUN_ID}. The CommandResult carries that entry in
+    recorded_step (OK for a new entry, DUPLICATE when it was recorded before).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHILD_KEY_FIELD_NUMBER: _builtins.int
+    WORKFLOW_NAME_FIELD_NUMBER: _builtins.int
+    WORKFLOW_VERSION_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    DETACHED_FIELD_NUMBER: _builtins.int
+    child_key: _builtins.str
+    """The call's key in the parent's journal: "child:N"."""
+    workflow_name: _builtins.str
+    """The child's workflow."""
+    workflow_version: _builtins.str
+    """The child's workflow version; empty: the newest registered."""
+    detached: _builtins.bool
+    """True: the child outlives its parent (not cancelled when the parent ends)."""
+    @_builtins.property
+    def input(self) -> _types_pb2.Payload:
+        """The child's input."""
+
+    def __init__(
+        self,
+        *,
+        child_key: _builtins.str = ...,
+        workflow_name: _builtins.str = ...,
+        workflow_version: _builtins.str = ...,
+        input: _types_pb2.Payload | None = ...,
+        detached: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_key", b"child_key", "detached", b"detached", "input", b"input", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartChildCommand: _TypeAlias = StartChildCommand  # noqa: Y015
+
+@_typing.final
+class HoldRunCommand(_message.Message):
+    """HoldRunCommand gives a run back to the server as held for non-determinism:
+    the server keeps the error on the run (Run.held_error) and in its history,
+    and hands the run only to workers whose code has not refused it yet.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def error(self) -> _types_pb2.ErrorInfo:
+        """The NonDeterminismError, as the worker describes it."""
+
+    def __init__(
+        self,
+        *,
+        error: _types_pb2.ErrorInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldRunCommand: _TypeAlias = HoldRunCommand  # noqa: Y015
+
+@_typing.final
+class StartStepCommand(_message.Message):
+    """StartStepCommand announces that a step attempt with a timeout started. If
+    its outcome is not recorded within the timeout (and a short grace), the
+    server records the attempt as failed with `stepd.StepTimeoutError`, takes
+    the run from the worker and hands it out again; the step's retry policy then
+    decides. Nothing is stored: a server restart hands every run out anyway.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_KEY_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    step_key: _builtins.str
+    """The step's key."""
+    attempt: _builtins.int
+    """The attempt that started (1 for the first)."""
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """The attempt's timeout. Required."""
+
+    def __init__(
+        self,
+        *,
+        step_key: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "step_key", b"step_key", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartStepCommand: _TypeAlias = StartStepCommand  # noqa: Y015
 
 @_typing.final
 class RecordEventCommand(_message.Message):
@@ -409,6 +574,7 @@ class WaitCondition(_message.Message):
     SIGNAL_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     HOOK_FIELD_NUMBER: _builtins.int
+    CHILD_FIELD_NUMBER: _builtins.int
     wait_key: _builtins.str
     """The wait's key in the run's journal."""
     @_builtins.property
@@ -427,6 +593,10 @@ class WaitCondition(_message.Message):
     def hook(self) -> Global___HookWait:
         """The execution of the hook whose key is this wait's key."""
 
+    @_builtins.property
+    def child(self) -> Global___ChildWait:
+        """The end of a child run this run started."""
+
     def __init__(
         self,
         *,
@@ -435,16 +605,43 @@ class WaitCondition(_message.Message):
         signal: Global___SignalWait | None = ...,
         event: Global___EventWait | None = ...,
         hook: Global___HookWait | None = ...,
+        child: Global___ChildWait | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "event", b"event", "hook", b"hook", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child", b"child", "condition", b"condition", "event", b"event", "hook", b"hook", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "event", b"event", "hook", b"hook", "signal", b"signal", "timer", b"timer", "wait_key", b"wait_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child", b"child", "condition", b"condition", "event", b"event", "hook", b"hook", "signal", b"signal", "timer", b"timer", "wait_key", b"wait_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["timer", "signal", "event", "hook"]  # noqa: Y015
+    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["timer", "signal", "event", "hook", "child"]  # noqa: Y015
     _WhichOneofArgType_condition: _TypeAlias = _typing.Literal["condition", b"condition"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_condition) -> _WhichOneofReturnType_condition | None: ...
 
 Global___WaitCondition: _TypeAlias = WaitCondition  # noqa: Y015
+
+@_typing.final
+class ChildWait(_message.Message):
+    """ChildWait waits until a child run reaches a terminal status. The
+    WaitResult's payload is a JSON object: {"run_id", "status": "completed",
+    "result"}, {"run_id", "status": "failed", "error": {"type", "message"}} or
+    {"run_id", "status": "cancelled", "reason"}.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The child's run id (from the start_child entry)."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildWait: _TypeAlias = ChildWait  # noqa: Y015
 
 @_typing.final
 class HookWait(_message.Message):
@@ -788,7 +985,9 @@ class CommandResult(_message.Message):
     """A message a person can act on, for statuses other than OK."""
     @_builtins.property
     def recorded_step(self) -> _types_pb2.StepRecord:
-        """For DUPLICATE: the step outcome that was stored first."""
+        """For DUPLICATE: the step outcome that was stored first. For start_child
+        (OK or DUPLICATE): the child's entry, {"run_id": CHILD_RUN_ID}.
+        """
 
     def __init__(
         self,

@@ -24,52 +24,81 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from stepd.v1 import schedules_pb2 as stepd_dot_v1_dot_schedules__pb2
 from stepd.v1 import types_pb2 as stepd_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstepd/v1/workflow_service.proto\x12\x08stepd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14stepd/v1/types.proto\"\xea\x01\n\x0eTriggerRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x0fTriggerResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"^\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12/\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\",\n\x0eGetRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\"\xfc\x01\n\x0fListRunsRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12%\n\x08statuses\x18\x02 \x03(\x0e\x32\x13.stepd.v1.RunStatus\x12\x15\n\rparent_run_id\x18\x03 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"H\n\x10ListRunsResponse\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.stepd.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x11\x43\x61ncelRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\x12\x19\n\x11\x61lready_cancelled\x18\x02 \x01(\x08\"e\n\rSignalRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x07payload\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x12\n\nrequest_id\x18\x04 \x01(\t\" \n\x0eSignalResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"G\n\x12\x45xecuteHookRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x07payload\x18\x02 \x01(\x0b\x32\x11.stepd.v1.Payload\"%\n\x13\x45xecuteHookResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\\\n\x15GetServerInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x19\n\x11max_payload_bytes\x18\x02 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\"M\n\x14ListRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x15ListRunEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.stepd.v1.RunEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x13PublishEventRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x07payload\x18\x02 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\"Z\n\x14PublishEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x19\n\x11\x61lready_published\x18\x02 \x01(\x08\x12\x15\n\rwoken_run_ids\x18\x03 \x03(\t2\x93\x05\n\x0fWorkflowService\x12>\n\x07Trigger\x12\x18.stepd.v1.TriggerRequest\x1a\x19.stepd.v1.TriggerResponse\x12;\n\x06GetRun\x12\x17.stepd.v1.GetRunRequest\x1a\x18.stepd.v1.GetRunResponse\x12\x41\n\x08ListRuns\x12\x19.stepd.v1.ListRunsRequest\x1a\x1a.stepd.v1.ListRunsResponse\x12\x44\n\tCancelRun\x12\x1a.stepd.v1.CancelRunRequest\x1a\x1b.stepd.v1.CancelRunResponse\x12;\n\x06Signal\x12\x17.stepd.v1.SignalRequest\x1a\x18.stepd.v1.SignalResponse\x12J\n\x0b\x45xecuteHook\x12\x1c.stepd.v1.ExecuteHookRequest\x1a\x1d.stepd.v1.ExecuteHookResponse\x12M\n\x0cPublishEvent\x12\x1d.stepd.v1.PublishEventRequest\x1a\x1e.stepd.v1.PublishEventResponse\x12P\n\rListRunEvents\x12\x1e.stepd.v1.ListRunEventsRequest\x1a\x1f.stepd.v1.ListRunEventsResponse\x12P\n\rGetServerInfo\x12\x1e.stepd.v1.GetServerInfoRequest\x1a\x1f.stepd.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstepd/v1/workflow_service.proto\x12\x08stepd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepd/v1/schedules.proto\x1a\x14stepd/v1/types.proto\"\xea\x01\n\x0eTriggerRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x0fTriggerResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"^\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12/\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\",\n\x0eGetRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\"\xfc\x01\n\x0fListRunsRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12%\n\x08statuses\x18\x02 \x03(\x0e\x32\x13.stepd.v1.RunStatus\x12\x15\n\rparent_run_id\x18\x03 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"H\n\x10ListRunsResponse\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.stepd.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x11\x43\x61ncelRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\x12\x19\n\x11\x61lready_cancelled\x18\x02 \x01(\x08\"e\n\rSignalRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x07payload\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x12\n\nrequest_id\x18\x04 \x01(\t\" \n\x0eSignalResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"G\n\x12\x45xecuteHookRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x07payload\x18\x02 \x01(\x0b\x32\x11.stepd.v1.Payload\"%\n\x13\x45xecuteHookResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\\\n\x15GetServerInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x19\n\x11max_payload_bytes\x18\x02 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\"M\n\x14ListRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x15ListRunEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.stepd.v1.RunEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x13PublishEventRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x07payload\x18\x02 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\"s\n\x14PublishEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x19\n\x11\x61lready_published\x18\x02 \x01(\x08\x12\x15\n\rwoken_run_ids\x18\x03 \x03(\t\x12\x17\n\x0fstarted_run_ids\x18\x04 \x03(\t\"\x93\x01\n\x15\x43reateScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x18\n\x10workflow_version\x18\x03 \x01(\t\x12$\n\x04spec\x18\x04 \x01(\x0b\x32\x16.stepd.v1.ScheduleSpec\x12\x0e\n\x06paused\x18\x05 \x01(\x08\"W\n\x16\x43reateScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\">\n\x12GetScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x13\n\x0brecent_runs\x18\x02 \x01(\x05\";\n\x13GetScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\"T\n\x14ListSchedulesRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"W\n\x15ListSchedulesResponse\x12%\n\tschedules\x18\x01 \x03(\x0b\x32\x12.stepd.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x14PauseScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"=\n\x15PauseScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\",\n\x15ResumeScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\">\n\x16ResumeScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\",\n\x15\x44\x65leteScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"-\n\x16\x44\x65leteScheduleResponse\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"A\n\x16TriggerScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"F\n\x17TriggerScheduleResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\x12\x0f\n\x07skipped\x18\x02 \x01(\x08\x32\xda\t\n\x0fWorkflowService\x12>\n\x07Trigger\x12\x18.stepd.v1.TriggerRequest\x1a\x19.stepd.v1.TriggerResponse\x12;\n\x06GetRun\x12\x17.stepd.v1.GetRunRequest\x1a\x18.stepd.v1.GetRunResponse\x12\x41\n\x08ListRuns\x12\x19.stepd.v1.ListRunsRequest\x1a\x1a.stepd.v1.ListRunsResponse\x12\x44\n\tCancelRun\x12\x1a.stepd.v1.CancelRunRequest\x1a\x1b.stepd.v1.CancelRunResponse\x12;\n\x06Signal\x12\x17.stepd.v1.SignalRequest\x1a\x18.stepd.v1.SignalResponse\x12J\n\x0b\x45xecuteHook\x12\x1c.stepd.v1.ExecuteHookRequest\x1a\x1d.stepd.v1.ExecuteHookResponse\x12M\n\x0cPublishEvent\x12\x1d.stepd.v1.PublishEventRequest\x1a\x1e.stepd.v1.PublishEventResponse\x12P\n\rListRunEvents\x12\x1e.stepd.v1.ListRunEventsRequest\x1a\x1f.stepd.v1.ListRunEventsResponse\x12P\n\rGetServerInfo\x12\x1e.stepd.v1.GetServerInfoRequest\x1a\x1f.stepd.v1.GetServerInfoResponse\x12S\n\x0e\x43reateSchedule\x12\x1f.stepd.v1.CreateScheduleRequest\x1a .stepd.v1.CreateScheduleResponse\x12J\n\x0bGetSchedule\x12\x1c.stepd.v1.GetScheduleRequest\x1a\x1d.stepd.v1.GetScheduleResponse\x12P\n\rListSchedules\x12\x1e.stepd.v1.ListSchedulesRequest\x1a\x1f.stepd.v1.ListSchedulesResponse\x12P\n\rPauseSchedule\x12\x1e.stepd.v1.PauseScheduleRequest\x1a\x1f.stepd.v1.PauseScheduleResponse\x12S\n\x0eResumeSchedule\x12\x1f.stepd.v1.ResumeScheduleRequest\x1a .stepd.v1.ResumeScheduleResponse\x12S\n\x0e\x44\x65leteSchedule\x12\x1f.stepd.v1.DeleteScheduleRequest\x1a .stepd.v1.DeleteScheduleResponse\x12V\n\x0fTriggerSchedule\x12 .stepd.v1.TriggerScheduleRequest\x1a!.stepd.v1.TriggerScheduleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stepd.v1.workflow_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRIGGERREQUEST']._serialized_start=133
-  _globals['_TRIGGERREQUEST']._serialized_end=367
-  _globals['_TRIGGERRESPONSE']._serialized_start=369
-  _globals['_TRIGGERRESPONSE']._serialized_end=439
-  _globals['_GETRUNREQUEST']._serialized_start=441
-  _globals['_GETRUNREQUEST']._serialized_end=535
-  _globals['_GETRUNRESPONSE']._serialized_start=537
-  _globals['_GETRUNRESPONSE']._serialized_end=581
-  _globals['_LISTRUNSREQUEST']._serialized_start=584
-  _globals['_LISTRUNSREQUEST']._serialized_end=836
-  _globals['_LISTRUNSRESPONSE']._serialized_start=838
-  _globals['_LISTRUNSRESPONSE']._serialized_end=910
-  _globals['_CANCELRUNREQUEST']._serialized_start=912
-  _globals['_CANCELRUNREQUEST']._serialized_end=962
-  _globals['_CANCELRUNRESPONSE']._serialized_start=964
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1038
-  _globals['_SIGNALREQUEST']._serialized_start=1040
-  _globals['_SIGNALREQUEST']._serialized_end=1141
-  _globals['_SIGNALRESPONSE']._serialized_start=1143
-  _globals['_SIGNALRESPONSE']._serialized_end=1175
-  _globals['_EXECUTEHOOKREQUEST']._serialized_start=1177
-  _globals['_EXECUTEHOOKREQUEST']._serialized_end=1248
-  _globals['_EXECUTEHOOKRESPONSE']._serialized_start=1250
-  _globals['_EXECUTEHOOKRESPONSE']._serialized_end=1287
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1289
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1311
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=1313
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=1405
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_start=1407
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_end=1484
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_start=1486
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_end=1570
-  _globals['_PUBLISHEVENTREQUEST']._serialized_start=1572
-  _globals['_PUBLISHEVENTREQUEST']._serialized_end=1661
-  _globals['_PUBLISHEVENTRESPONSE']._serialized_start=1663
-  _globals['_PUBLISHEVENTRESPONSE']._serialized_end=1753
-  _globals['_WORKFLOWSERVICE']._serialized_start=1756
-  _globals['_WORKFLOWSERVICE']._serialized_end=2415
+  _globals['_TRIGGERREQUEST']._serialized_start=159
+  _globals['_TRIGGERREQUEST']._serialized_end=393
+  _globals['_TRIGGERRESPONSE']._serialized_start=395
+  _globals['_TRIGGERRESPONSE']._serialized_end=465
+  _globals['_GETRUNREQUEST']._serialized_start=467
+  _globals['_GETRUNREQUEST']._serialized_end=561
+  _globals['_GETRUNRESPONSE']._serialized_start=563
+  _globals['_GETRUNRESPONSE']._serialized_end=607
+  _globals['_LISTRUNSREQUEST']._serialized_start=610
+  _globals['_LISTRUNSREQUEST']._serialized_end=862
+  _globals['_LISTRUNSRESPONSE']._serialized_start=864
+  _globals['_LISTRUNSRESPONSE']._serialized_end=936
+  _globals['_CANCELRUNREQUEST']._serialized_start=938
+  _globals['_CANCELRUNREQUEST']._serialized_end=988
+  _globals['_CANCELRUNRESPONSE']._serialized_start=990
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1064
+  _globals['_SIGNALREQUEST']._serialized_start=1066
+  _globals['_SIGNALREQUEST']._serialized_end=1167
+  _globals['_SIGNALRESPONSE']._serialized_start=1169
+  _globals['_SIGNALRESPONSE']._serialized_end=1201
+  _globals['_EXECUTEHOOKREQUEST']._serialized_start=1203
+  _globals['_EXECUTEHOOKREQUEST']._serialized_end=1274
+  _globals['_EXECUTEHOOKRESPONSE']._serialized_start=1276
+  _globals['_EXECUTEHOOKRESPONSE']._serialized_end=1313
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1315
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1337
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=1339
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=1431
+  _globals['_LISTRUNEVENTSREQUEST']._serialized_start=1433
+  _globals['_LISTRUNEVENTSREQUEST']._serialized_end=1510
+  _globals['_LISTRUNEVENTSRESPONSE']._serialized_start=1512
+  _globals['_LISTRUNEVENTSRESPONSE']._serialized_end=1596
+  _globals['_PUBLISHEVENTREQUEST']._serialized_start=1598
+  _globals['_PUBLISHEVENTREQUEST']._serialized_end=1687
+  _globals['_PUBLISHEVENTRESPONSE']._serialized_start=1689
+  _globals['_PUBLISHEVENTRESPONSE']._serialized_end=1804
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=1807
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=1954
+  _globals['_CREATESCHEDULERESPONSE']._serialized_start=1956
+  _globals['_CREATESCHEDULERESPONSE']._serialized_end=2043
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=2045
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=2107
+  _globals['_GETSCHEDULERESPONSE']._serialized_start=2109
+  _globals['_GETSCHEDULERESPONSE']._serialized_end=2168
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=2170
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=2254
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=2256
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=2343
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=2345
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=2388
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=2390
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=2451
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=2453
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=2497
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=2499
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=2561
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=2563
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=2607
+  _globals['_DELETESCHEDULERESPONSE']._serialized_start=2609
+  _globals['_DELETESCHEDULERESPONSE']._serialized_end=2654
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_start=2656
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_end=2721
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_start=2723
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_end=2793
+  _globals['_WORKFLOWSERVICE']._serialized_start=2796
+  _globals['_WORKFLOWSERVICE']._serialized_end=4038
 # @@protoc_insertion_point(module_scope)

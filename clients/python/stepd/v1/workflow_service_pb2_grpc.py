@@ -81,6 +81,41 @@ class WorkflowServiceStub:
                 request_serializer=stepd_dot_v1_dot_workflow__service__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/stepd.v1.WorkflowService/CreateSchedule',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.CreateScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/stepd.v1.WorkflowService/GetSchedule',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.GetScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/stepd.v1.WorkflowService/ListSchedules',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/stepd.v1.WorkflowService/PauseSchedule',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.PauseScheduleResponse.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/stepd.v1.WorkflowService/ResumeSchedule',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.ResumeScheduleResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/stepd.v1.WorkflowService/DeleteSchedule',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
+        self.TriggerSchedule = channel.unary_unary(
+                '/stepd.v1.WorkflowService/TriggerSchedule',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer:
@@ -133,7 +168,8 @@ class WorkflowServiceServicer:
 
     def PublishEvent(self, request, context):
         """PublishEvent publishes a named event: every run waiting for a matching
-        event of that name wakes with it.
+        event of that name wakes with it, and every workflow that declares the
+        event as a trigger starts one run with the payload as input.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +184,57 @@ class WorkflowServiceServicer:
 
     def GetServerInfo(self, request, context):
         """GetServerInfo tells an SDK the server's version, features and limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSchedule(self, request, context):
+        """CreateSchedule creates a cron schedule that starts runs of a workflow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """GetSchedule returns a schedule with its next occasions and recent runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """ListSchedules lists schedules by id, with cursor pagination.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """PauseSchedule stops a schedule from starting runs until it is resumed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """ResumeSchedule lets a paused schedule start runs again, from its next
+        occasion on (occasions that passed while paused start nothing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """DeleteSchedule deletes a schedule; the runs it started are kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerSchedule(self, request, context):
+        """TriggerSchedule starts a run of a schedule now, as an extra occasion
+        (the overlap policy applies).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,6 +287,41 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.GetServerInfoRequest.FromString,
                     response_serializer=stepd_dot_v1_dot_workflow__service__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.CreateScheduleResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.GetScheduleRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.GetScheduleResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.PauseScheduleResponse.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.ResumeScheduleResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.DeleteScheduleResponse.SerializeToString,
+            ),
+            'TriggerSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerSchedule,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -447,6 +569,195 @@ class WorkflowService:
             '/stepd.v1.WorkflowService/GetServerInfo',
             stepd_dot_v1_dot_workflow__service__pb2.GetServerInfoRequest.SerializeToString,
             stepd_dot_v1_dot_workflow__service__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/CreateSchedule',
+            stepd_dot_v1_dot_workflow__service__pb2.CreateScheduleRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.CreateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/GetSchedule',
+            stepd_dot_v1_dot_workflow__service__pb2.GetScheduleRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.GetScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/ListSchedules',
+            stepd_dot_v1_dot_workflow__service__pb2.ListSchedulesRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/PauseSchedule',
+            stepd_dot_v1_dot_workflow__service__pb2.PauseScheduleRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.PauseScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/ResumeSchedule',
+            stepd_dot_v1_dot_workflow__service__pb2.ResumeScheduleRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.ResumeScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/DeleteSchedule',
+            stepd_dot_v1_dot_workflow__service__pb2.DeleteScheduleRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.DeleteScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/TriggerSchedule',
+            stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,12 +51,31 @@ class WorkflowServiceStub:
     """ExecuteHook resumes the run waiting on the hook that the token names."""
     PublishEvent: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.PublishEventRequest, _workflow_service_pb2.PublishEventResponse]
     """PublishEvent publishes a named event: every run waiting for a matching
-    event of that name wakes with it.
+    event of that name wakes with it, and every workflow that declares the
+    event as a trigger starts one run with the payload as input.
     """
     ListRunEvents: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ListRunEventsRequest, _workflow_service_pb2.ListRunEventsResponse]
     """ListRunEvents returns a run's history in order, paginated."""
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.GetServerInfoRequest, _workflow_service_pb2.GetServerInfoResponse]
     """GetServerInfo tells an SDK the server's version, features and limits."""
+    CreateSchedule: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.CreateScheduleRequest, _workflow_service_pb2.CreateScheduleResponse]
+    """CreateSchedule creates a cron schedule that starts runs of a workflow."""
+    GetSchedule: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.GetScheduleRequest, _workflow_service_pb2.GetScheduleResponse]
+    """GetSchedule returns a schedule with its next occasions and recent runs."""
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ListSchedulesRequest, _workflow_service_pb2.ListSchedulesResponse]
+    """ListSchedules lists schedules by id, with cursor pagination."""
+    PauseSchedule: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.PauseScheduleRequest, _workflow_service_pb2.PauseScheduleResponse]
+    """PauseSchedule stops a schedule from starting runs until it is resumed."""
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ResumeScheduleRequest, _workflow_service_pb2.ResumeScheduleResponse]
+    """ResumeSchedule lets a paused schedule start runs again, from its next
+    occasion on (occasions that passed while paused start nothing).
+    """
+    DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.DeleteScheduleRequest, _workflow_service_pb2.DeleteScheduleResponse]
+    """DeleteSchedule deletes a schedule; the runs it started are kept."""
+    TriggerSchedule: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.TriggerScheduleRequest, _workflow_service_pb2.TriggerScheduleResponse]
+    """TriggerSchedule starts a run of a schedule now, as an extra occasion
+    (the overlap policy applies).
+    """
 
 @_typing.type_check_only
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
@@ -81,12 +100,31 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """ExecuteHook resumes the run waiting on the hook that the token names."""
     PublishEvent: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.PublishEventRequest, _workflow_service_pb2.PublishEventResponse]  # type: ignore[assignment]
     """PublishEvent publishes a named event: every run waiting for a matching
-    event of that name wakes with it.
+    event of that name wakes with it, and every workflow that declares the
+    event as a trigger starts one run with the payload as input.
     """
     ListRunEvents: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ListRunEventsRequest, _workflow_service_pb2.ListRunEventsResponse]  # type: ignore[assignment]
     """ListRunEvents returns a run's history in order, paginated."""
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.GetServerInfoRequest, _workflow_service_pb2.GetServerInfoResponse]  # type: ignore[assignment]
     """GetServerInfo tells an SDK the server's version, features and limits."""
+    CreateSchedule: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.CreateScheduleRequest, _workflow_service_pb2.CreateScheduleResponse]  # type: ignore[assignment]
+    """CreateSchedule creates a cron schedule that starts runs of a workflow."""
+    GetSchedule: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.GetScheduleRequest, _workflow_service_pb2.GetScheduleResponse]  # type: ignore[assignment]
+    """GetSchedule returns a schedule with its next occasions and recent runs."""
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ListSchedulesRequest, _workflow_service_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """ListSchedules lists schedules by id, with cursor pagination."""
+    PauseSchedule: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.PauseScheduleRequest, _workflow_service_pb2.PauseScheduleResponse]  # type: ignore[assignment]
+    """PauseSchedule stops a schedule from starting runs until it is resumed."""
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ResumeScheduleRequest, _workflow_service_pb2.ResumeScheduleResponse]  # type: ignore[assignment]
+    """ResumeSchedule lets a paused schedule start runs again, from its next
+    occasion on (occasions that passed while paused start nothing).
+    """
+    DeleteSchedule: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.DeleteScheduleRequest, _workflow_service_pb2.DeleteScheduleResponse]  # type: ignore[assignment]
+    """DeleteSchedule deletes a schedule; the runs it started are kept."""
+    TriggerSchedule: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.TriggerScheduleRequest, _workflow_service_pb2.TriggerScheduleResponse]  # type: ignore[assignment]
+    """TriggerSchedule starts a run of a schedule now, as an extra occasion
+    (the overlap policy applies).
+    """
 
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     """WorkflowService is the client-facing API: start, inspect, list, cancel and
@@ -150,7 +188,8 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_service_pb2.PublishEventResponse, _abc.Awaitable[_workflow_service_pb2.PublishEventResponse]]:
         """PublishEvent publishes a named event: every run waiting for a matching
-        event of that name wakes with it.
+        event of that name wakes with it, and every workflow that declares the
+        event as a trigger starts one run with the payload as input.
         """
 
     @_abc_1.abstractmethod
@@ -168,5 +207,65 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_service_pb2.GetServerInfoResponse, _abc.Awaitable[_workflow_service_pb2.GetServerInfoResponse]]:
         """GetServerInfo tells an SDK the server's version, features and limits."""
+
+    @_abc_1.abstractmethod
+    def CreateSchedule(
+        self,
+        request: _workflow_service_pb2.CreateScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.CreateScheduleResponse, _abc.Awaitable[_workflow_service_pb2.CreateScheduleResponse]]:
+        """CreateSchedule creates a cron schedule that starts runs of a workflow."""
+
+    @_abc_1.abstractmethod
+    def GetSchedule(
+        self,
+        request: _workflow_service_pb2.GetScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.GetScheduleResponse, _abc.Awaitable[_workflow_service_pb2.GetScheduleResponse]]:
+        """GetSchedule returns a schedule with its next occasions and recent runs."""
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _workflow_service_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.ListSchedulesResponse, _abc.Awaitable[_workflow_service_pb2.ListSchedulesResponse]]:
+        """ListSchedules lists schedules by id, with cursor pagination."""
+
+    @_abc_1.abstractmethod
+    def PauseSchedule(
+        self,
+        request: _workflow_service_pb2.PauseScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.PauseScheduleResponse, _abc.Awaitable[_workflow_service_pb2.PauseScheduleResponse]]:
+        """PauseSchedule stops a schedule from starting runs until it is resumed."""
+
+    @_abc_1.abstractmethod
+    def ResumeSchedule(
+        self,
+        request: _workflow_service_pb2.ResumeScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.ResumeScheduleResponse, _abc.Awaitable[_workflow_service_pb2.ResumeScheduleResponse]]:
+        """ResumeSchedule lets a paused schedule start runs again, from its next
+        occasion on (occasions that passed while paused start nothing).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteSchedule(
+        self,
+        request: _workflow_service_pb2.DeleteScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.DeleteScheduleResponse, _abc.Awaitable[_workflow_service_pb2.DeleteScheduleResponse]]:
+        """DeleteSchedule deletes a schedule; the runs it started are kept."""
+
+    @_abc_1.abstractmethod
+    def TriggerSchedule(
+        self,
+        request: _workflow_service_pb2.TriggerScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.TriggerScheduleResponse, _abc.Awaitable[_workflow_service_pb2.TriggerScheduleResponse]]:
+        """TriggerSchedule starts a run of a schedule now, as an extra occasion
+        (the overlap policy applies).
+        """
 
 def add_WorkflowServiceServicer_to_server(servicer: WorkflowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,150 @@
+"""Conversions for schedules and workflow declarations, and ListSchedules page tokens."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from stepd.v1 import schedules_pb2, worker_service_pb2
+
+from service.api.convert import STATUS_TO_PROTO, timestamp
+from service.domain_schedules import (
+    CatchupPolicy,
+    OverlapPolicy,
+    ScheduleOrigin,
+    ScheduleRunRow,
+    ScheduleSpec,
+    WorkflowDeclaration,
+)
+from service.engine.errors import InvalidArgument
+from service.engine.schedules import ScheduleView
+
+OVERLAP_FROM_PROTO = {
+    schedules_pb2.SCHEDULE_OVERLAP_POLICY_UNSPECIFIED: OverlapPolicy.SKIP,
+    schedules_pb2.SCHEDULE_OVERLAP_POLICY_SKIP: OverlapPolicy.SKIP,
+    schedules_pb2.SCHEDULE_OVERLAP_POLICY_ALLOW: OverlapPolicy.ALLOW,
+    schedules_pb2.SCHEDULE_OVERLAP_POLICY_CANCEL_PREVIOUS: OverlapPolicy.CANCEL_PREVIOUS,
+}
+OVERLAP_TO_PROTO = {
+    OverlapPolicy.SKIP: schedules_pb2.SCHEDULE_OVERLAP_POLICY_SKIP,
+    OverlapPolicy.ALLOW: schedules_pb2.SCHEDULE_OVERLAP_POLICY_ALLOW,
+    OverlapPolicy.CANCEL_PREVIOUS: schedules_pb2.SCHEDULE_OVERLAP_POLICY_CANCEL_PREVIOUS,
+}
+CATCHUP_FROM_PROTO = {
+    schedules_pb2.SCHEDULE_CATCHUP_POLICY_UNSPECIFIED: CatchupPolicy.SKIP,
+    schedules_pb2.SCHEDULE_CATCHUP_POLICY_SKIP: CatchupPolicy.SKIP,
+    schedules_pb2.SCHEDULE_CATCHUP_POLICY_RUN_ONCE: CatchupPolicy.RUN_ONCE,
+}
+CATCHUP_TO_PROTO = {
+    CatchupPolicy.SKIP: schedules_pb2.SCHEDULE_CATCHUP_POLICY_SKIP,
+    CatchupPolicy.RUN_ONCE: schedules_pb2.SCHEDULE_CATCHUP_POLICY_RUN_ONCE,
+}
+ORIGIN_TO_PROTO = {
+    ScheduleOrigin.API: schedules_pb2.SCHEDULE_ORIGIN_API,
+    ScheduleOrigin.WORKFLOW: schedules_pb2.SCHEDULE_ORIGIN_WORKFLOW,
+}
+
+
+def spec_from_proto(spec: schedules_pb2.ScheduleSpec, field: str) -> ScheduleSpec:
+    """A ScheduleSpec message to a ScheduleSpec (cron and zone are checked later)."""
+    if spec.overlap_policy not in OVERLAP_FROM_PROTO:
+        raise InvalidArgument(f"{field}.overlap_policy {spec.overlap_policy} is not known")
+    if spec.catchup_policy not in CATCHUP_FROM_PROTO:
+        raise InvalidArgument(f"{field}.catchup_policy {spec.catchup_policy} is not known")
+    if spec.input.encoding and spec.input.encoding != "json":
+        raise InvalidArgument(
+            f"{field}.input.encoding {spec.input.encoding!r} is not supported; "
+            f"send JSON in {field}.input.json"
+        )
+    return ScheduleSpec(
+        cron=spec.cron.strip(),
+        time_zone=spec.time_zone or "UTC",
+        input_json=spec.input.json or "null",
+        overlap=OVERLAP_FROM_PROTO[spec.overlap_policy],
+        catchup=CATCHUP_FROM_PROTO[spec.catchup_policy],
+    )
+
+
+def spec_to_proto(spec: ScheduleSpec) -> schedules_pb2.ScheduleSpec:
+    """A ScheduleSpec to its message."""
+    msg = schedules_pb2.ScheduleSpec(
+        cron=spec.cron,
+        time_zone=spec.time_zone,
+        overlap_policy=OVERLAP_TO_PROTO[spec.overlap],
+        catchup_policy=CATCHUP_TO_PROTO[spec.catchup],
+    )
+    msg.input.json = spec.input_json
+    return msg
+
+
+def schedule_run_to_proto(run: ScheduleRunRow) -> schedules_pb2.ScheduleRun:
+    """One of a schedule's runs to a ScheduleRun."""
+    return schedules_pb2.ScheduleRun(
+        run_id=run.run_id,
+        schedule_time=timestamp(run.schedule_time),
+        status=STATUS_TO_PROTO[run.status],
+        create_time=timestamp(run.create_time),
+    )
+
+
+def schedule_to_proto(view: ScheduleView) -> schedules_pb2.Schedule:
+    """A schedule (with next occasions and recent runs) to a Schedule message."""
+    record = view.record
+    msg = schedules_pb2.Schedule(
+        schedule_id=record.schedule_id,
+        workflow_name=record.workflow_name,
+        workflow_version=record.workflow_version,
+        spec=spec_to_proto(record.spec),
+        paused=record.paused,
+        origin=ORIGIN_TO_PROTO[record.origin],
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
+        last_occasion_time=timestamp(record.last_time),
+        recent_runs=[schedule_run_to_proto(r) for r in view.recent_runs],
+    )
+    for time in view.next_times:
+        msg.next_occasion_times.add().FromMilliseconds(time)
+    return msg
+
+
+def declarations_from_hello(hello: worker_service_pb2.WorkerHello) -> list[WorkflowDeclaration]:
+    """What each workflow version in a hello declares."""
+    return [
+        WorkflowDeclaration(
+            name=w.name,
+            version=w.version,
+            event_triggers=tuple(w.event_triggers),
+            schedule=(
+                spec_from_proto(w.schedule, f"hello.workflows[{i}].schedule")
+                if w.HasField("schedule")
+                else None
+            ),
+        )
+        for i, w in enumerate(hello.workflows)
+    ]
+
+
+def _fingerprint(workflow_name: str) -> str:
+    return hashlib.sha256(workflow_name.encode()).hexdigest()[:16]
+
+
+def encode_page_token(after_id: str, workflow_name: str) -> str:
+    """A ListSchedules token for the page after ``after_id``."""
+    raw = f"s1:{_fingerprint(workflow_name)}:{after_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, workflow_name: str) -> str | None:
+    """The schedule id a ListSchedules token continues after (None for no token)."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        kind, fingerprint, after_id = raw.split(":", 2)
+    except ValueError:
+        raise InvalidArgument("page_token is malformed; pass a next_page_token unchanged") from None
+    if kind != "s1" or fingerprint != _fingerprint(workflow_name):
+        raise InvalidArgument(
+            "page_token was made for a different workflow_name; send the same filter with it"
+        )
+    return after_id
