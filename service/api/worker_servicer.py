@@ -129,6 +129,13 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         await self._apply_all(session, records)
 
     async def _apply_all(self, session: WorkerSession, commands: list[Command]) -> None:
-        results = await asyncio.gather(*(self._engine.apply(session, c) for c in commands))
-        for result in results:
-            session.send(result)
+        """Apply consecutive step records of one run: together where the store
+        commits them in submission order (a group commit), else one by one, so
+        the run's journal and history keep the order the worker sent."""
+        if self._engine.store.ordered_writes:
+            results = await asyncio.gather(*(self._engine.apply(session, c) for c in commands))
+            for result in results:
+                session.send(result)
+        else:
+            for command in commands:
+                session.send(await self._engine.apply(session, command))

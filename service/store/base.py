@@ -116,6 +116,11 @@ class ScheduleStore(Protocol):
 class Store(ScheduleStore, Protocol):
     """Durable state of runs, journals and the workflow registry."""
 
+    @property
+    def ordered_writes(self) -> bool:
+        """True when writes submitted together commit in the order submitted."""
+        ...
+
     async def open(self) -> None:
         """Connect, apply pending migrations, start the writer."""
 

@@ -40,6 +40,11 @@ class Committer(Protocol):
         """The (synchronous view of the) engine writes run on: its dialect, its events."""
         ...
 
+    @property
+    def ordered(self) -> bool:
+        """True when writes submitted together commit in the order submitted."""
+        ...
+
     async def start(self) -> None:
         """Get ready to take writes."""
 

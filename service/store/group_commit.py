@@ -85,6 +85,11 @@ class GroupCommitter:
         return self._engine
 
     @property
+    def ordered(self) -> bool:
+        """Always: one writer applies the queue in order."""
+        return True
+
+    @property
     def commits(self) -> int:
         """How many transactions have been committed so far."""
         return self.stats.commits

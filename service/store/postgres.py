@@ -138,6 +138,11 @@ class PostgresExecutor:
         """The engine's synchronous view (its dialect; events such as before_cursor_execute)."""
         return self._engine.sync_engine
 
+    @property
+    def ordered(self) -> bool:
+        """Never: each write is its own transaction on a pooled connection."""
+        return False
+
     async def start(self) -> None:
         """Nothing to start: connections open on first use."""
         if self._closing:

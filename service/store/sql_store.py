@@ -208,6 +208,11 @@ class SqlStore(schedules.ScheduleStoreMixin):
         return self._committer
 
     @property
+    def ordered_writes(self) -> bool:
+        """True when writes submitted together commit in the order submitted."""
+        return self._committer.ordered
+
+    @property
     def writer_engine(self) -> Engine:
         """The engine all writes go through (its synchronous view on PostgreSQL)."""
         return self._committer.engine
