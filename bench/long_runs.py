@@ -5,12 +5,14 @@
 Starts a server and one worker as separate processes (fresh SQLite, default
 durability) and runs, one at a time, ``bench.long_steps`` (``--steps``
 sequential steps) and ``bench.step_sleep_loop`` (``--loops`` times a step
-then ``ctx.sleep(0.01)``; every sleep suspends the run and a wake-up replays
-it). For each it reports as JSON the total time, the time the first 100 and
-the last 100 steps took (from the server's record times of the steps: a
-cost that grows with the journal shows as a last 100 slower than the first
-100), how many times the run was dispatched, and the journal entries the
-server sent in all its run tasks (the replay traffic).
+then ``ctx.sleep(0.01)``; every sleep suspends the run, and a wake-up
+continues it on the worker that keeps it live, or replays it). For each it
+reports as JSON the total time, the time the first 100 and the last 100 steps
+took (from the server's record times of the steps: a cost that grows with the
+journal shows as a last 100 slower than the first 100), how many times the
+run was dispatched and how many of those were continuations (only the new
+journal entries sent, no replay), and the journal entries the server sent in
+all its run tasks (the replay traffic).
 """
 
 import argparse
@@ -42,14 +44,19 @@ def step_times(database: Path, run_id: str) -> list[int]:
     return [int(row[0]) for row in rows]
 
 
-def replay_entries(database: Path, run_id: str) -> int:
-    """Journal entries the run's tasks carried: at each dispatch, the steps and met
-    waits recorded before it."""
+def replay_entries(database: Path, run_id: str) -> tuple[int, int]:
+    """Journal entries the run's tasks carried, and how many tasks were continuations.
+
+    A full task carries the steps and met waits recorded before it; a
+    continuation (its DISPATCHED entry says so) only those recorded since the
+    dispatch before it."""
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
         dispatches = [
-            int(r[0])
+            (int(r[0]), str(r[1] or "").endswith("(continuation)"))
             for r in conn.execute(
-                "SELECT time FROM run_events WHERE run_id = ? AND type = 'dispatched'", (run_id,)
+                "SELECT time, detail FROM run_events WHERE run_id = ? AND type = 'dispatched' "
+                "ORDER BY sequence",
+                (run_id,),
             )
         ]
         steps = [
@@ -63,7 +70,12 @@ def replay_entries(database: Path, run_id: str) -> int:
             )
         ]
     entries = sorted(steps + waits)
-    return sum(sum(1 for t in entries if t <= d) for d in dispatches)
+    sent, previous = 0, -1
+    for time_ms, continuation in dispatches:
+        since = previous if continuation else -1
+        sent += sum(1 for t in entries if since < t <= time_ms)
+        previous = time_ms
+    return sent, sum(1 for _, continuation in dispatches if continuation)
 
 
 async def measure(client: Client, database: Path, workflow: Any, count: int) -> dict[str, Any]:
@@ -75,13 +87,15 @@ async def measure(client: Client, database: Path, workflow: Any, count: int) -> 
     times = step_times(database, handle.run_id)
     info = await client.get_run(handle.run_id)
     window = min(100, len(times) - 1)
+    sent, continuations = replay_entries(database, handle.run_id)
     return {
         "steps": len(times),
         "total_s": round(total, 3),
         "first_100_steps_s": round((times[window] - times[0]) / 1000, 3),
         "last_100_steps_s": round((times[-1] - times[-1 - window]) / 1000, 3),
         "dispatches": info.dispatch_count,
-        "journal_entries_sent": replay_entries(database, handle.run_id),
+        "continuations": continuations,
+        "journal_entries_sent": sent,
     }
 
 

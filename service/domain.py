@@ -241,6 +241,9 @@ class ClaimedRun:
     waits: list[WaitRow] = field(default_factory=list)
     # The run's hook secret (set by the engine, not stored).
     hook_secret: bytes = b""
+    # Non-zero: a continuation of the execution suspended under this lease; the
+    # journal and waits are only the entries recorded since.
+    continues_lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)

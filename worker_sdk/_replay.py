@@ -269,7 +269,9 @@ class RunExecutor:
         "_journal",
         "_met",
         "_met_order",
+        "_on_park",
         "_parked",
+        "_parked_activity",
         "_pending_values",
         "_released",
         "_settling",
@@ -296,6 +298,7 @@ class RunExecutor:
         workflow: Workflow[Any, Any],
         task: worker_service_pb2.RunTask,
         channel: CommandChannel,
+        on_park: Callable[[RunExecutor], bool] | None = None,
     ) -> None:
         self.run_id = task.run_id
         self.lease_id = task.lease_id
@@ -308,21 +311,12 @@ class RunExecutor:
         # Failed attempts that are not a step's outcome (retried), by step key, in order.
         self._attempts: dict[str, list[types_pb2.StepRecord]] = {}
         self._met: dict[str, types_pb2.WaitResult] = {}  # met waits not delivered, by key
-        met: list[types_pb2.WaitResult] = []
-        for entry in task.journal:
-            kind = entry.WhichOneof("entry")
-            if kind == "step" and entry.step.attempt_only:
-                self._attempts.setdefault(entry.step.step_key, []).append(entry.step)
-            elif kind == "step":
-                self._journal[entry.step.step_key] = entry.step
-            elif kind == "wait" and entry.wait.wait_key not in self._met:
-                self._met[entry.wait.wait_key] = entry.wait
-                met.append(entry.wait)
-        for attempts in self._attempts.values():
-            attempts.sort(key=lambda record: record.attempt)
         # Their keys in the order they were met: by met_time, then journal order.
-        met.sort(key=_met_time_ns)  # stable
-        self._met_order: deque[str] = deque(wait.wait_key for wait in met)
+        self._met_order: deque[str] = deque()
+        self._add_entries(task.journal)
+        # Sticky execution: asked whether to keep the run live once suspended.
+        self._on_park = on_park
+        self._parked_activity = -1  # _activity when parked: any change forbids resuming
         self._counts: dict[str, int] = {}
         self._child_count = 0
         # Recorded values (ctx.now/uuid/random): call counts per kind, records held
@@ -359,6 +353,55 @@ class RunExecutor:
         self._task: asyncio.Task[Any] | None = None  # the task running execute()
         self._step_tasks: set[asyncio.Task[Any]] = set()  # tasks in a step body or its record
         self._parked: asyncio.Future[None] | None = None  # step calls held back by drain()
+
+    def _add_entries(self, entries: Iterable[types_pb2.JournalEntry]) -> None:
+        """Take journal entries in: recorded steps, failed attempts, met waits."""
+        met: list[types_pb2.WaitResult] = []
+        for entry in entries:
+            kind = entry.WhichOneof("entry")
+            if kind == "step" and entry.step.attempt_only:
+                self._attempts.setdefault(entry.step.step_key, []).append(entry.step)
+            elif kind == "step":
+                self._journal[entry.step.step_key] = entry.step
+            elif kind == "wait" and entry.wait.wait_key not in self._met:
+                self._met[entry.wait.wait_key] = entry.wait
+                met.append(entry.wait)
+        for attempts in self._attempts.values():
+            attempts.sort(key=lambda record: record.attempt)
+        met.sort(key=_met_time_ns)  # stable
+        self._met_order.extend(wait.wait_key for wait in met)
+
+    @property
+    def parked(self) -> bool:
+        """True while the run is suspended but kept live at its wait (sticky execution)."""
+        task = self._task
+        return self._suspended and not self._abandoned and task is not None and not task.done()
+
+    def resume(self, task: worker_service_pb2.RunTask) -> bool:
+        """Continue a parked run from a continuation task: adopt its lease and its
+        entries (the waits met since the suspension) and let the quiescence check
+        deliver them, with no replay. False, changing nothing, when the task does
+        not continue the lease this run was suspended under, or anything of the
+        run moved while it was parked: it then needs a full replay."""
+        if (
+            not self.parked
+            or self._held
+            or task.continues_lease != self.lease_id
+            or self._activity != self._parked_activity
+            or self._parked is not None
+        ):
+            return False
+        self.lease_id = task.lease_id
+        self._add_entries(task.journal)
+        self._suspending = self._suspended = False
+        self._maybe_settle()
+        return True
+
+    def evict(self) -> None:
+        """Let a parked run go: unwind its coroutine as a suspension without the cache
+        does (``RunSuspended`` where it waits). The server still holds its waits."""
+        if self.parked:
+            self._unwind(lambda: RunSuspended(f"run {self.run_id} is suspended"))
 
     @property
     def abandoned(self) -> bool:
@@ -1379,6 +1422,10 @@ class RunExecutor:
         status = result.status
         if status == _OK:
             self._suspended = True
+            if self._on_park is not None and self._on_park(self):
+                self._parked_activity = self._activity
+                logger.debug("run %s: suspended, kept live", self.run_id)
+                return
             logger.debug("run %s: suspended", self.run_id)
             self._unwind(lambda: RunSuspended(f"run {self.run_id} is suspended"))
             return

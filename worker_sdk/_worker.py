@@ -5,7 +5,9 @@ as an asyncio task (a ``RunExecutor``), batches every queued command into one
 ``WorkerCommandBatch`` per message, resolves command futures from the results,
 cancels runs the server takes back, and sends a heartbeat whenever nothing
 else was sent for the ``heartbeat_interval`` the server announced in its
-``StreamSettings``. When the stream ends, every run it held is abandoned
+``StreamSettings``. A run the server suspends is kept live in a bounded cache
+(``max_cached_runs``, ``_run_cache.py``) so that a continuation resumes it
+without a replay. When the stream ends, every run it held or kept is abandoned
 (cancelled, nothing sent) and the worker reconnects with jittered exponential
 backoff.
 
@@ -38,6 +40,7 @@ from stepd.v1 import worker_service_pb2, worker_service_pb2_grpc
 from worker_sdk._definitions import Workflow
 from worker_sdk._replay import RELEASE_REASON, RunAbandoned, RunExecutor, RunOutcome
 from worker_sdk._rpc import CHANNEL_OPTIONS
+from worker_sdk._run_cache import RunCache
 from worker_sdk._serde import dumps
 from worker_sdk.errors import PayloadError, WorkflowDefinitionError
 
@@ -51,6 +54,10 @@ HEARTBEAT_INTERVAL = 10.0
 server's StreamSettings do not say."""
 SHUTDOWN_GRACE = 30.0
 """Default seconds ``stop()`` lets runs finish their step bodies in flight."""
+MAX_CACHED_RUNS = 256
+"""Default number of suspended runs a worker keeps live to continue without replay."""
+CONTINUATION_MISSED = "continuation of a run not kept live here; send the full journal"
+"""The ``release_run`` reason of a continuation the worker cannot continue."""
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 _STABLE_SESSION = 1.0  # a stream that lived this long resets the backoff
@@ -129,6 +136,14 @@ class Worker:
     ``shutdown_grace`` is how many seconds ``stop()`` lets the runs it holds
     finish the step bodies they are executing (see ``stop()``).
 
+    ``max_cached_runs`` is how many suspended runs (sleeping, waiting for a
+    signal, event, hook or child) the worker keeps live in memory, parked at
+    their wait, least recently suspended evicted first. When such a run wakes,
+    the server sends it back here with only the new journal entries and it
+    continues without replaying its journal, so a long loop of steps and
+    sleeps costs linear, not quadratic, time. ``0`` turns the cache off: every
+    wake-up replays the run from the top. Correctness never depends on it.
+
     The worker keeps its leases alive with heartbeats sent from an asyncio task,
     so the event loop must not be blocked for long: ``async def`` steps must
     await rather than block, and plain (sync) step functions run in a thread
@@ -145,6 +160,7 @@ class Worker:
         concurrency: int = 100,
         identity: str | None = None,
         shutdown_grace: float = SHUTDOWN_GRACE,
+        max_cached_runs: int = MAX_CACHED_RUNS,
     ) -> None:
         registry: dict[tuple[str, str], Workflow[Any, Any]] = {}
         for workflow in workflows:
@@ -163,6 +179,13 @@ class Worker:
             raise WorkflowDefinitionError("a worker needs at least one workflow")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+        if (
+            isinstance(max_cached_runs, bool)
+            or not isinstance(max_cached_runs, int)
+            or max_cached_runs < 0
+        ):
+            raise ValueError(f"max_cached_runs must be an int >= 0, got {max_cached_runs!r}")
+        self._max_cached_runs = max_cached_runs
         self._shutdown_grace = _check_grace(shutdown_grace, "shutdown_grace")
         self._address = address
         self._workflows = registry
@@ -194,6 +217,11 @@ class Worker:
     def concurrency(self) -> int:
         """How many runs the worker executes at once."""
         return self._concurrency
+
+    @property
+    def max_cached_runs(self) -> int:
+        """How many suspended runs the worker keeps live (0: none)."""
+        return self._max_cached_runs
 
     @property
     def shutdown_grace(self) -> float:
@@ -322,6 +350,7 @@ class Worker:
         hello.identity = self._identity
         hello.capacity = self._concurrency
         hello.sdk_version = SDK_VERSION
+        hello.max_cached_runs = self._max_cached_runs
         hello.workflows.extend(self._registrations)
         return request
 
@@ -360,6 +389,7 @@ class _Session:
         self._outbox: list[worker_service_pb2.WorkerCommand] = []
         self._pending: dict[int, asyncio.Future[worker_service_pb2.CommandResult]] = {}
         self._runs: dict[str, _HeldRun] = {}
+        self._cache: RunCache[_HeldRun] = RunCache(worker.max_cached_runs)  # parked runs
         self._wake = asyncio.Event()
         self._next_id = 1
         self._last_write = self._loop.time()
@@ -437,6 +467,7 @@ class _Session:
         self._draining = True
         self._drain_due = reason
         self._wake.set()
+        self._evict_all()  # the server forgets them too when it sees the drain
         for held in list(self._runs.values()):
             held.executor.drain()
         state = await self._wait_until(lambda: not self._runs, lambda: worker._deadline)
@@ -510,6 +541,10 @@ class _Session:
                 future = pending.pop(result.command_id, None)
                 if future is not None and not future.done():
                     future.set_result(result)
+            if message.results and message.tasks:
+                # Let the results' callbacks run first: a continuation may follow
+                # the answer to the suspend_run that parked its run.
+                await asyncio.sleep(0)
             for task in message.tasks:
                 self._start(task)
             for cancellation in message.cancellations:
@@ -609,15 +644,52 @@ class _Session:
             )
             self._release_unstarted(task, "workflow version not served by this worker")
             return
+        if task.continues_lease:
+            self._continue(task)
+            return
         previous = self._runs.pop(task.run_id, None)
         if previous is not None:  # a new lease on a run we still hold: the old one is void
             previous.abandon()
-        executor = RunExecutor(workflow, task, self)
+        cached = self._cache.pop(task.run_id)
+        if cached is not None:  # handed out afresh: the parked execution is void
+            cached.executor.evict()
+        on_park = self._park if self._cache.size else None
+        executor = RunExecutor(workflow, task, self, on_park)
         run_task = self._loop.create_task(self._drive(executor))
         self._runs[task.run_id] = _HeldRun(executor, run_task)
         run_tasks = self._worker._run_tasks
         run_tasks.add(run_task)
         run_task.add_done_callback(run_tasks.discard)
+
+    def _continue(self, task: worker_service_pb2.RunTask) -> None:
+        """Resume a parked run from a continuation; without one that matches its lease,
+        release the run so that the server hands it out again with the full journal."""
+        cached = self._cache.pop(task.run_id)
+        if cached is not None and cached.executor.resume(task):
+            self._runs[task.run_id] = cached
+            return
+        if cached is not None:
+            cached.executor.evict()
+        previous = self._runs.pop(task.run_id, None)
+        if previous is not None:
+            previous.abandon()
+        logger.info("run %s: no live execution to continue; asking for a replay", task.run_id)
+        self._release_unstarted(task, CONTINUATION_MISSED)
+
+    def _park(self, executor: RunExecutor) -> bool:
+        """A run was suspended: keep it live in the cache (evicting the least recent
+        run for room); False when it must unwind instead."""
+        held = self._runs.get(executor.run_id)
+        if held is None or held.executor is not executor or self._draining or self._closed:
+            return False
+        del self._runs[executor.run_id]
+        for evicted in self._cache.put(executor.run_id, held):
+            evicted.executor.evict()
+        return True
+
+    def _evict_all(self) -> None:
+        for held in self._cache.clear():
+            held.executor.evict()
 
     def _release_unstarted(self, task: worker_service_pb2.RunTask, reason: str) -> None:
         command = worker_service_pb2.WorkerCommand(run_id=task.run_id, lease_id=task.lease_id)
@@ -637,8 +709,17 @@ class _Session:
             held = self._runs.get(executor.run_id)
             if held is not None and held.executor is executor:
                 del self._runs[executor.run_id]
+            cached = self._cache.get(executor.run_id)
+            if cached is not None and cached.executor is executor:
+                self._cache.pop(executor.run_id)
 
     def _cancel(self, cancellation: worker_service_pb2.RunCancellation) -> None:
+        cached = self._cache.get(cancellation.run_id)
+        if cached is not None and cached.executor.lease_id == cancellation.lease_id:
+            self._cache.pop(cancellation.run_id)  # a parked run: nothing of it is queued
+            cached.executor.evict()
+            logger.debug("run %s: let go: %s", cancellation.run_id, cancellation.reason or "-")
+            return
         held = self._runs.get(cancellation.run_id)
         if held is None or held.executor.lease_id != cancellation.lease_id:
             return
@@ -661,6 +742,7 @@ class _Session:
     def _close(self) -> None:
         """Abandon every held run (nothing more is sent) and drop the stream."""
         self._closed = True
+        self._evict_all()
         for held in self._runs.values():
             held.abandon()
         self._runs.clear()

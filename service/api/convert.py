@@ -210,6 +210,7 @@ def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
         parent_run_id=run.parent_run_id or "",
         root_run_id=run.root_run_id or run.run_id,
         hook_secret=claimed.hook_secret,
+        continues_lease=claimed.continues_lease,
     )
 
 

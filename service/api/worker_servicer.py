@@ -59,6 +59,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 hello.capacity,
                 declarations_from_hello(hello),
                 limits=workflow_limits(hello),
+                max_cached_runs=hello.max_cached_runs,
             )
         except EngineError as exc:
             await context.abort(status_code(exc), str(exc))

@@ -55,6 +55,20 @@ class Dispatcher:
         lanes.setdefault((workflow_name, version), deque()).append(run_id)
         self.kick()
 
+    def push_to(
+        self, session: WorkerSession, workflow_name: str, version: str, run_id: str
+    ) -> None:
+        """Offer a woken run to one session first (it keeps the run's execution live);
+        the caller checked that the session has room for it."""
+        session.continuations.append((run_id, (workflow_name, version)))
+        self.kick()
+
+    def unstick(self, session: WorkerSession) -> None:
+        """The session can no longer take the runs offered to it: queue them for all."""
+        while session.continuations:
+            run_id, (name, version) = session.continuations.popleft()
+            self.push(name, version, run_id, resumed=True)
+
     def hold(self, workflow_name: str, version: str, run_id: str, refused_by: str) -> None:
         """Make a held run ready for the workers serving its version, except the
         ones that refused it (``refused_by`` and those before)."""
@@ -86,6 +100,7 @@ class Dispatcher:
         """Stop dispatching to a worker."""
         if session in self._sessions:
             self._sessions.remove(session)
+        self.unstick(session)
 
     # -- the pass ------------------------------------------------------------
 
@@ -115,6 +130,9 @@ class Dispatcher:
     def _pop_for(self, session: WorkerSession) -> tuple[str, QueueKey, str] | None:
         """Take the next ready run for ``session``, visiting its queues in turn;
         return it with the version to pin it to when it has none."""
+        if session.continuations:
+            run_id, key = session.continuations.popleft()
+            return run_id, key, ""
         keys = session.queue_keys
         for lanes in (self._resumed, self._queues):
             for offset in range(len(keys)):

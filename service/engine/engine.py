@@ -67,6 +67,7 @@ from service.engine.registry import WorkflowRegistry
 from service.engine.run_limits import OpenAttempt, RunLimits
 from service.engine.schedules import Scheduler
 from service.engine.sessions import Cancellation, WorkerSession
+from service.engine.sticky import StickyRuns
 from service.engine.timers import TimerSchedule
 from service.engine.transitions import RunEvent
 from service.engine.validation import MAX_ID_LENGTH, check_id, check_waits
@@ -108,6 +109,7 @@ class Engine:
         self.config = config
         self.registry = WorkflowRegistry()
         self.dispatcher = Dispatcher(self._claim_for)
+        self.sticky = StickyRuns()  # suspended runs kept live by their worker
         self._holders: dict[str, WorkerSession] = {}
         self._run_waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
         self._lease_monitor: asyncio.Task[None] | None = None
@@ -387,6 +389,7 @@ class Engine:
         declarations: Sequence[WorkflowDeclaration] = (),
         *,
         limits: Mapping[tuple[str, str], WorkflowLimits] | None = None,
+        max_cached_runs: int = 0,
     ) -> WorkerSession:
         """Register a worker's stream and start handing it runs; store what its
         workflows declare (event triggers, schedules)."""
@@ -408,7 +411,9 @@ class Engine:
             await self.store.register_workflows(new_pairs)
             self.registry.add(new_pairs, now_ms())
         await self.schedules.declare(declarations)
-        session = WorkerSession(worker_id, identity or worker_id, pairs, capacity, limits)
+        session = WorkerSession(
+            worker_id, identity or worker_id, pairs, capacity, limits, max_cached_runs
+        )
         self.dispatcher.add_session(session)
         log.info("worker %s connected (capacity %d)", session.identity, capacity)
         return session
@@ -418,6 +423,7 @@ class Engine:
         if session.closed and session not in self.dispatcher.sessions and not session.held:
             return
         session.close()
+        self.sticky.forget_session(session)
         self.dispatcher.remove_session(session)
         held = [(run_id, lease) for run_id, lease in session.held.items() if lease]
         session.held.clear()
@@ -431,6 +437,8 @@ class Engine:
     def drain_worker(self, session: WorkerSession, reason: str) -> None:
         """Send a worker no more tasks; it finishes or releases what it holds."""
         session.draining = True
+        self.sticky.forget_session(session)  # the worker drops the runs it keeps live
+        self.dispatcher.unstick(session)
         log.info(
             "worker %s draining (%s); holds %d runs", session.identity, reason, len(session.held)
         )
@@ -646,7 +654,10 @@ class Engine:
         outcome = await self.store.suspend_run(run_id, lease_id, waits)
         if outcome.status is SuspendStatus.LEASE_LOST:
             return self._lease_lost(cid, run_id, session)
+        entries = self.run_limits.entries(run_id)
         self._let_go(session, run_id)
+        if entries is not None:  # the worker may keep it live: offer it there first
+            self.sticky.remember(session, run_id, lease_id, entries)
         if outcome.status is SuspendStatus.WOKEN and outcome.run is not None:
             self._make_ready(outcome.run)
         for timer in outcome.timers:
@@ -704,6 +715,7 @@ class Engine:
             return
         log.warning("run %s: %s; handing the run out again", run_id, message)
         session.mark_suspect()  # its event loop may be blocked: no new runs until it speaks
+        self.dispatcher.unstick(session)
         self._let_go(session, run_id)
         session.send(Cancellation(run_id, lease_id, message))
         await self._requeue(run_id, lease_id)
@@ -802,6 +814,7 @@ class Engine:
     ) -> None:
         """Claim a ready run for a session and send it the task."""
         limits = session.limits.get(served)
+        parked = self.sticky.take_for(session, run_id)
         try:
             claimed = await self.store.claim_run(
                 run_id,
@@ -809,10 +822,18 @@ class Engine:
                 now_ms() + self.config.lease_timeout_ms,
                 pin_version,
                 limits.execution_timeout_ms if limits is not None else None,
+                continues_lease=parked.lease_id if parked is not None else 0,
+                known_entries=parked.entries if parked is not None else 0,
             )
         except Exception:
             log.exception("claiming run %s failed", run_id)
             claimed = None
+        known = 0
+        if parked is not None:
+            if claimed is not None and claimed.continues_lease:
+                known = parked.entries
+            else:  # not claimed, or not right after the suspension: not a continuation
+                self.sticky.let_go(run_id, parked, "the run is handed out afresh")
         if claimed is None:
             session.held.pop(run_id, None)
             self.dispatcher.kick()
@@ -826,7 +847,7 @@ class Engine:
         self._holders[run_id] = session
         self.run_limits.hold(
             run_id,
-            len(claimed.journal) + len(claimed.waits),
+            known + len(claimed.journal) + len(claimed.waits),
             limits.max_entries if limits is not None else None,
         )
         self._schedule_expiry(claimed.run)
@@ -843,6 +864,14 @@ class Engine:
             # Held in memory only when due within the timers' horizon.
             self.starts.schedule(DueTimer(run.run_id, "start", not_before))
             return
+        parked = self.sticky.get(run.run_id)
+        if parked is not None:
+            if parked.session.has_room_for_continuation():
+                self.dispatcher.push_to(
+                    parked.session, run.workflow_name, run.workflow_version, run.run_id
+                )
+                return
+            self.sticky.drop(run.run_id, "its worker has no room; the run continues elsewhere")
         resumed = run.dispatch_count > 0
         self.dispatcher.push(run.workflow_name, run.workflow_version, run.run_id, resumed=resumed)
 
@@ -861,6 +890,7 @@ class Engine:
         self._notify_terminal(run)
 
     def _notify_terminal(self, run: RunRecord) -> None:
+        self.sticky.drop(run.run_id, f"run {run.status.value}")
         self.children.on_terminal(run)
         for waiter in self._run_waiters.get(run.run_id, ()):
             if not waiter.done():

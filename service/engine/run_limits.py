@@ -59,6 +59,11 @@ class RunLimits:
         for key in self._keys_by_run.pop(run_id, ()):
             self._attempts.pop((run_id, key), None)
 
+    def entries(self, run_id: str) -> int | None:
+        """The run's journal size as tracked since its dispatch; None when not held."""
+        journal = self._journals.get(run_id)
+        return journal.entries if journal is not None else None
+
     def limit(self, run_id: str) -> int:
         """The run's maximum journal size."""
         journal = self._journals.get(run_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class WorkerSession:
         serves: frozenset[tuple[str, str]],
         capacity: int,
         limits: Mapping[tuple[str, str], WorkflowLimits] | None = None,
+        max_cached_runs: int = 0,
     ) -> None:
         self.worker_id = worker_id
         self.identity = identity
@@ -52,6 +54,11 @@ class WorkerSession:
         )
         self.next_queue = 0
         self.capacity = capacity
+        # How many suspended runs the worker keeps live (0: no continuations).
+        self.max_cached_runs = max_cached_runs
+        # Woken runs parked on this worker, offered to it before anything else:
+        # (run_id, (workflow name, version)).
+        self.continuations: deque[tuple[str, tuple[str, str]]] = deque()
         self.held: dict[str, int] = {}
         self.closed = False
         self.draining = False
@@ -77,6 +84,10 @@ class WorkerSession:
         if self.closed or self.draining or self.suspect:
             return 0
         return self.capacity - len(self.held)
+
+    def has_room_for_continuation(self) -> bool:
+        """Whether one more woken run can go to this worker at its next dispatch pass."""
+        return self.free_slots > len(self.continuations)
 
     @property
     def suspect(self) -> bool:

@@ -144,8 +144,16 @@ class Store(ScheduleStore, Protocol):
         lease_expires_at: int,
         version: str = "",
         execution_timeout_ms: int | None = None,
+        continues_lease: int = 0,
+        known_entries: int = 0,
     ) -> ClaimedRun | None:
         """Move a PENDING run to RUNNING under a new lease and return it.
+
+        With ``continues_lease`` (the lease the claiming worker suspended the run
+        under, ``known_entries`` the journal entries it has seen) and when the new
+        lease directly follows it, the run comes back as a continuation: only the
+        entries recorded since, numbered after ``known_entries``. Otherwise the
+        whole journal.
 
         The first claim starts the run's execution timeout when
         ``execution_timeout_ms`` is given (``execution_deadline``), and sets its

@@ -268,6 +268,8 @@ class SqlStore(schedules.ScheduleStoreMixin):
         lease_expires_at: int,
         version: str = "",
         execution_timeout_ms: int | None = None,
+        continues_lease: int = 0,
+        known_entries: int = 0,
     ) -> ClaimedRun | None:
         """Move a PENDING run to RUNNING under a new lease; None when it is not PENDING.
 
@@ -291,16 +293,20 @@ class SqlStore(schedules.ScheduleStoreMixin):
             if row is None:
                 return None
             run = rows.run_from_row(row)
+            continuation = continues_lease > 0 and run.lease_id == continues_lease + 1
             history.add(
                 conn,
                 run_id,
                 HistoryType.DISPATCHED,
                 now,
                 attempt=run.lease_id,
-                detail=owner,
+                detail=f"{owner} (continuation)" if continuation else owner,
             )
             if run.dispatch_count == 1:  # first dispatch: no journal yet
                 return ClaimedRun(run)
+            if continuation:  # only what the worker has not seen
+                delta = waits.ordered_journal(conn, run_id, continues_lease, known_entries)
+                return ClaimedRun(run, *delta, continues_lease=continues_lease)
             return ClaimedRun(run, *waits.ordered_journal(conn, run_id))
 
         return await self._committer.submit(op)

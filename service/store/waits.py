@@ -362,30 +362,36 @@ def due_timers(conn: Connection, until: int, limit: int) -> list[DueTimer]:
     return timers
 
 
-def ordered_journal(conn: Connection, run_id: str) -> tuple[list[StepRow], list[WaitRow]]:
+def ordered_journal(
+    conn: Connection, run_id: str, after_lease: int = 0, known: int = 0
+) -> tuple[list[StepRow], list[WaitRow]]:
     """A run's recorded steps and met waits, each numbered by its place in the
-    one journal order: by lease, steps of a lease before the wait met after it."""
-    step_rows = conn.execute(
-        select(steps).where(steps.c.run_id == run_id).order_by(steps.c.sequence)
-    ).mappings()
+    one journal order: by lease, steps of a lease before the wait met after it.
+
+    With ``after_lease``, only the entries past that lease's own steps (the
+    waits met after it suspended, and anything of a later lease), numbered
+    after the ``known`` entries before them: what a worker that suspended the
+    run under ``after_lease`` has not seen. The statements then read only
+    those rows (by lease), not the whole journal.
+    """
+    step_query = select(steps).where(steps.c.run_id == run_id)
+    attempt_query = select(step_attempts).where(step_attempts.c.run_id == run_id)
+    wait_query = select(run_waits).where(run_waits.c.run_id == run_id, run_waits.c.status == _MET)
+    if after_lease:
+        step_query = step_query.where(steps.c.lease_id > after_lease)
+        attempt_query = attempt_query.where(step_attempts.c.lease_id > after_lease)
+        wait_query = wait_query.where(run_waits.c.met_lease_id >= after_lease)
+    step_rows = conn.execute(step_query.order_by(steps.c.sequence)).mappings()
     keyed: list[tuple[tuple[int, int, int, int], StepRow | WaitRow]] = [
         ((row["lease_id"] or 0, 0, 0, row["sequence"]), rows.step_from_row(row))
         for row in step_rows
     ]
-    attempt_rows = conn.execute(
-        select(step_attempts)
-        .where(step_attempts.c.run_id == run_id)
-        .order_by(step_attempts.c.sequence)
-    ).mappings()
+    attempt_rows = conn.execute(attempt_query.order_by(step_attempts.c.sequence)).mappings()
     keyed.extend(
         ((row["lease_id"] or 0, 0, row["record_time"], row["sequence"]), rows.attempt_from_row(row))
         for row in attempt_rows
     )
-    for row in conn.execute(
-        select(run_waits)
-        .where(run_waits.c.run_id == run_id, run_waits.c.status == _MET)
-        .order_by(run_waits.c.sequence)
-    ).mappings():
+    for row in conn.execute(wait_query.order_by(run_waits.c.sequence)).mappings():
         wait = WaitRow(
             wait_key=row["wait_key"],
             met_time=row["met_time"],
@@ -396,7 +402,7 @@ def ordered_journal(conn: Connection, run_id: str) -> tuple[list[StepRow], list[
     keyed.sort(key=lambda item: item[0])
     ordered_steps: list[StepRow] = []
     ordered_waits: list[WaitRow] = []
-    for position, (_, entry) in enumerate(keyed, start=1):
+    for position, (_, entry) in enumerate(keyed, start=known + 1):
         if isinstance(entry, StepRow):
             ordered_steps.append(replace(entry, sequence=position))
         else:

@@ -101,7 +101,9 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     RUN_EVENT_TYPE_TRIGGERED: _RunEventType.ValueType  # 1
     """The run was created by Trigger."""
     RUN_EVENT_TYPE_DISPATCHED: _RunEventType.ValueType  # 2
-    """The run was handed to a worker (detail names the worker; attempt is the lease)."""
+    """The run was handed to a worker (detail names the worker, followed by
+    " (continuation)" for a continuation; attempt is the lease).
+    """
     RUN_EVENT_TYPE_STEP_COMPLETED: _RunEventType.ValueType  # 3
     """A step attempt was recorded with a result."""
     RUN_EVENT_TYPE_STEP_FAILED: _RunEventType.ValueType  # 4
@@ -135,7 +137,9 @@ RUN_EVENT_TYPE_UNSPECIFIED: RunEventType.ValueType  # 0
 RUN_EVENT_TYPE_TRIGGERED: RunEventType.ValueType  # 1
 """The run was created by Trigger."""
 RUN_EVENT_TYPE_DISPATCHED: RunEventType.ValueType  # 2
-"""The run was handed to a worker (detail names the worker; attempt is the lease)."""
+"""The run was handed to a worker (detail names the worker, followed by
+" (continuation)" for a continuation; attempt is the lease).
+"""
 RUN_EVENT_TYPE_STEP_COMPLETED: RunEventType.ValueType  # 3
 """A step attempt was recorded with a result."""
 RUN_EVENT_TYPE_STEP_FAILED: RunEventType.ValueType  # 4

@@ -122,6 +122,7 @@ class WorkerHello(_message.Message):
     WORKFLOWS_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
     SDK_VERSION_FIELD_NUMBER: _builtins.int
+    MAX_CACHED_RUNS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """A unique id for this worker process."""
     identity: _builtins.str
@@ -130,6 +131,12 @@ class WorkerHello(_message.Message):
     """How many run tasks the worker holds at most at once."""
     sdk_version: _builtins.str
     """The SDK's name and version."""
+    max_cached_runs: _builtins.int
+    """How many suspended runs the worker keeps live (parked at their wait) so
+    that it can continue them without a replay. 0 (the default, and older
+    SDKs): none; the server then never sends this worker a continuation (see
+    RunTask.continues_lease and docs/protocol.md).
+    """
     @_builtins.property
     def workflows(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowRegistration]:
         """The workflows and versions this worker serves."""
@@ -142,10 +149,11 @@ class WorkerHello(_message.Message):
         workflows: _abc.Iterable[Global___WorkflowRegistration] | None = ...,
         capacity: _builtins.int = ...,
         sdk_version: _builtins.str = ...,
+        max_cached_runs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "identity", b"identity", "sdk_version", b"sdk_version", "worker_id", b"worker_id", "workflows", b"workflows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "identity", b"identity", "max_cached_runs", b"max_cached_runs", "sdk_version", b"sdk_version", "worker_id", b"worker_id", "workflows", b"workflows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -914,6 +922,7 @@ class RunTask(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     ROOT_RUN_ID_FIELD_NUMBER: _builtins.int
     HOOK_SECRET_FIELD_NUMBER: _builtins.int
+    CONTINUES_LEASE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     lease_id: _builtins.int
@@ -931,6 +940,14 @@ class RunTask(_message.Message):
     hook_secret: _builtins.bytes
     """The run's hook secret: the SDK derives each hook's token from it (see
     docs/protocol.md), so a hook has the same token on every replay.
+    """
+    continues_lease: _builtins.int
+    """0: a full task (journal is the whole journal; replay from the top).
+    Otherwise a continuation: this worker suspended the run under this lease
+    and said it keeps such runs live (WorkerHello.max_cached_runs); journal
+    holds only the entries recorded since (the waits met meanwhile). A worker
+    that no longer has that execution must not guess: it answers release_run
+    and the server hands the run out again with the full journal.
     """
     @_builtins.property
     def input(self) -> _types_pb2.Payload:
@@ -958,10 +975,11 @@ class RunTask(_message.Message):
         parent_run_id: _builtins.str = ...,
         root_run_id: _builtins.str = ...,
         hook_secret: _builtins.bytes = ...,
+        continues_lease: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "dispatch_count", b"dispatch_count", "hook_secret", b"hook_secret", "input", b"input", "journal", b"journal", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continues_lease", b"continues_lease", "deadline", b"deadline", "dispatch_count", b"dispatch_count", "hook_secret", b"hook_secret", "input", b"input", "journal", b"journal", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
