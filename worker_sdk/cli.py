@@ -37,7 +37,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from worker_sdk._client import DEFAULT_ADDRESS
 from worker_sdk._definitions import Workflow
-from worker_sdk._worker import SHUTDOWN_GRACE, Worker
+from worker_sdk._worker import MAX_CACHED_RUNS, SHUTDOWN_GRACE, Worker
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workflows,
         concurrency=args.concurrency,
         shutdown_grace=args.shutdown_grace,
+        max_cached_runs=args.max_cached_runs,
     )
     asyncio.run(_serve(worker))
     return 0
@@ -87,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
         help="runs executed at once (env STEPD_WORKER_CONCURRENCY; default %(default)s)",
     )
     parser.add_argument(
+        "--max-cached-runs",
+        type=_count,
+        metavar="N",
+        default=_count(os.environ.get("STEPD_WORKER_MAX_CACHED_RUNS", str(MAX_CACHED_RUNS))),
+        help="suspended runs kept live to continue without replay; 0: none "
+        "(env STEPD_WORKER_MAX_CACHED_RUNS; default %(default)s)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=_grace,
         metavar="SECONDS",
@@ -102,6 +111,17 @@ def _parser() -> argparse.ArgumentParser:
         help="log level (default %(default)s)",
     )
     return parser
+
+
+def _count(text: str) -> int:
+    """An int >= 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
