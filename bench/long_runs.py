@@ -48,8 +48,8 @@ def replay_entries(database: Path, run_id: str) -> tuple[int, int]:
     """Journal entries the run's tasks carried, and how many tasks were continuations.
 
     A full task carries the steps and met waits recorded before it; a
-    continuation (its DISPATCHED entry says so) only those recorded since the
-    dispatch before it."""
+    continuation (its DISPATCHED entry says so) only the waits met since the
+    dispatch before it (the steps in between are the worker's own)."""
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
         dispatches = [
             (int(r[0]), str(r[1] or "").endswith("(continuation)"))
@@ -72,8 +72,10 @@ def replay_entries(database: Path, run_id: str) -> tuple[int, int]:
     entries = sorted(steps + waits)
     sent, previous = 0, -1
     for time_ms, continuation in dispatches:
-        since = previous if continuation else -1
-        sent += sum(1 for t in entries if since < t <= time_ms)
+        if continuation:  # the waits met since the dispatch before (its steps are known)
+            sent += sum(1 for t in waits if previous < t <= time_ms)
+        else:
+            sent += sum(1 for t in entries if t <= time_ms)
         previous = time_ms
     return sent, sum(1 for _, continuation in dispatches if continuation)
 

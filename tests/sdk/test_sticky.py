@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from worker_sdk import Worker, WorkflowContext, step, workflow
-from worker_sdk._worker import CONTINUATION_MISSED
+from worker_sdk._worker import CONTINUATION_MISSED, MAX_CACHED_RUNS
 
 from .conftest import make_task
 from .fake_server import FakeStream, FakeWorkerService, start_server
@@ -67,8 +67,10 @@ async def suspended(stream: FakeStream, run_id: str) -> None:
     await until(lambda: stream.kinds(run_id) == ["record_step", "suspend_run"])
 
 
-async def start(address: str, **options: int) -> tuple[Worker, asyncio.Task[None]]:
-    worker = Worker(address, [sticky_nap], shutdown_grace=5, **options)
+async def start(
+    address: str, max_cached_runs: int = MAX_CACHED_RUNS
+) -> tuple[Worker, asyncio.Task[None]]:
+    worker = Worker(address, [sticky_nap], shutdown_grace=5, max_cached_runs=max_cached_runs)
     return worker, asyncio.create_task(worker.run())
 
 
