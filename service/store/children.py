@@ -26,7 +26,7 @@ from service.domain import (
     WaitStatus,
 )
 from service.store import history, rows, waits
-from service.store.dialects import insert_for
+from service.store.dialects import insert_for, lock_run
 from service.store.schema import run_waits, runs, steps
 
 _TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
@@ -149,6 +149,11 @@ def deliver(conn: Connection, child: RunRecord, now: int) -> RunRecord | None:
     payload = outcome_json(child)
     if payload is None or child.parent_run_id is None:
         return None
+    # The parent's row lock first: a suspension that registers this wait holds
+    # it until it commits (and reads the child's status under it), so either we
+    # see its wait or it sees the child ended. Without it, PostgreSQL lost the
+    # wake-up of a parent suspending while its child ended.
+    lock_run(conn, child.parent_run_id)
     wait_key = conn.execute(
         select(run_waits.c.wait_key).where(
             run_waits.c.kind == WaitKind.CHILD.value,

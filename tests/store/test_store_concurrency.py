@@ -132,3 +132,35 @@ async def test_a_step_recorded_under_a_lease_reaches_the_next_claim(store: SqlSt
         else:
             assert recorded.status is RecordStepStatus.LEASE_LOST
             assert journal == []
+
+
+async def test_a_child_ending_while_its_parent_suspends_always_wakes_the_parent(
+    store: SqlStore,
+) -> None:
+    async def end_child(child_id: str, child_lease: int) -> bool:
+        ended = await store.transition_run(
+            child_id,
+            [RunStatus.RUNNING],
+            RunStatus.COMPLETED,
+            lease_id=child_lease,
+            values={"result_json": "1", "end_time": now_ms()},
+        )
+        assert ended is not None
+        return await store.deliver_child(ended) is not None
+
+    async def race(parent_id: str) -> None:
+        child_id = f"{parent_id}/child:1"
+        lease = await running(store, parent_id)
+        await store.create_run(new_run(child_id, parent_run_id=parent_id, root_run_id=parent_id))
+        claimed = await store.claim_run(child_id, "worker-1", 60_000)
+        assert claimed is not None
+        wait = WaitSpec("child:1", WaitKind.CHILD, target=child_id)
+        suspended, delivered = await asyncio.gather(
+            store.suspend_run(parent_id, lease, [wait]), end_child(child_id, claimed.run.lease_id)
+        )
+        assert suspended.status is SuspendStatus.WOKEN or delivered, (suspended.status, delivered)
+        parent = await store.get_run(parent_id)
+        assert parent is not None and parent.status is RunStatus.PENDING
+
+    for i in range(ROUNDS):
+        await asyncio.gather(*(race(f"p{i}-{n}") for n in range(10)))
