@@ -16,7 +16,10 @@ Notifications only shorten the wait. A replica whose workers have room and
 nothing queued polls the database for ready runs every ``poll_interval``
 seconds, so a lost notification (a crash between commit and notify, a dropped
 connection) delays a run by at most that much; ``GetRun`` waiters re-read the
-run as often. On SQLite there is one server and none of this runs.
+run as often. What a replica that died between a run's end and its follow-up
+left undone (waking the parent of a child, cancelling an ended run's
+children) is redone by every replica's sweep every few seconds, the same
+recovery a single server does once at start. On SQLite there is one server and none of this runs.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ log = logging.getLogger("stepd.replicas")
 #: Timers (sleeps, retries, expiry, delayed starts, cron) are loaded this far
 #: ahead on replicas, so a timer a dead replica held fires at most half of it late.
 REPLICA_TIMER_HORIZON_MS = 10_000
+#: Seconds between sweeps for the follow-ups of run ends that a replica did not
+#: live to do (wake the parent of an ended child, cancel an ended run's children).
+FOLLOW_UP_SWEEP_SECONDS = 5.0
 
 
 class ReplicaLink:
@@ -132,6 +138,8 @@ class ReplicaLink:
 
     async def _poll_forever(self) -> None:
         assert self._channel is not None
+        loop = asyncio.get_running_loop()
+        swept_at = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poll_now.wait(), self.poll_interval)
@@ -139,6 +147,9 @@ class ReplicaLink:
             try:
                 await self._channel.check()
                 await self.poll()
+                if loop.time() - swept_at >= FOLLOW_UP_SWEEP_SECONDS:
+                    swept_at = loop.time()
+                    await self._engine.children.recover()
             except Exception:
                 log.exception("polling for ready runs failed")
 
