@@ -75,6 +75,13 @@ class Dispatcher:
         """Whether a connected worker draws from the queue ``key``."""
         return any(key in session.queue_keys for session in self._sessions)
 
+    def can_take_now(self, key: QueueKey) -> bool:
+        """Whether the workers drawing from ``key`` have room for everything queued
+        there (a run just queued included): it is handed out here at once."""
+        room = sum(s.free_slots for s in self._sessions if key in s.queue_keys)
+        queued = sum(len(lanes.get(key, ())) for lanes in (self._queues, self._resumed))
+        return room >= queued
+
     def idle_demand(self) -> tuple[list[QueueKey], int]:
         """The queues of workers that have room and nothing queued for them, and
         how many runs those workers can take (what a replica polls the store for)."""

@@ -261,17 +261,11 @@ class Engine:
             if run.status.is_terminal:
                 return run
             limit = self.config.max_wait_seconds
-            deadline = time.monotonic() + min(wait_seconds or limit, limit)
-            # Replicas re-read the run now and then, in case a notification was lost.
-            recheck = self.replicas.poll_interval if self.replicas.replicated else limit
-            while True:
-                left = deadline - time.monotonic()
-                try:
-                    return await asyncio.wait_for(asyncio.shield(waiter), min(left, recheck))
-                except TimeoutError:
-                    run = await self._existing(run_id)
-                    if run.status.is_terminal or left <= recheck:
-                        return run
+            timeout = min(wait_seconds or limit, limit)
+            try:
+                return await asyncio.wait_for(waiter, timeout)
+            except TimeoutError:
+                return await self._existing(run_id)
         finally:
             waiters.remove(waiter)
             if not waiters:
@@ -897,6 +891,15 @@ class Engine:
     def _notify_terminal(self, run: RunRecord) -> None:
         self.children.on_terminal(run)
         self.replicas.ended(run.run_id)
+        self._answer_waiters(run)
+
+    @property
+    def waited_runs(self) -> list[str]:
+        """The runs that ``GetRun(wait=true)`` callers wait for here."""
+        return list(self._run_waiters)
+
+    def answer_waiters(self, run: RunRecord) -> None:
+        """Answer the callers waiting for a run that ended."""
         self._answer_waiters(run)
 
     def _answer_waiters(self, run: RunRecord) -> None:

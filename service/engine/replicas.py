@@ -5,9 +5,10 @@ replica does that another must hear about travels as a notification on
 ``service.store.notify``'s channel, sent right after the commit:
 
 * ``r`` (ready): a run became ready here (triggered, woken by a signal, hook,
-  event, timer or child, re-queued). Replicas with a worker serving its
-  workflow queue it; the claim (a conditional write that skips rows another
-  replica is claiming) hands it out once.
+  event, timer or child, re-queued) and no worker here has room for it now.
+  Replicas with a worker serving its workflow queue it; the claim (a
+  conditional write that skips rows another replica is claiming) hands it
+  out once.
 * ``e`` (ended): a run ended here. A replica answers its ``GetRun(wait=true)``
   callers, and stops a worker of its own that still holds the run (it was
   cancelled or expired through another replica).
@@ -15,11 +16,12 @@ replica does that another must hear about travels as a notification on
 Notifications only shorten the wait. A replica whose workers have room and
 nothing queued polls the database for ready runs every ``poll_interval``
 seconds, so a lost notification (a crash between commit and notify, a dropped
-connection) delays a run by at most that much; ``GetRun`` waiters re-read the
-run as often. What a replica that died between a run's end and its follow-up
-left undone (waking the parent of a child, cancelling an ended run's
-children) is redone by every replica's sweep every few seconds, the same
-recovery a single server does once at start. On SQLite there is one server and none of this runs.
+connection) delays a run by at most that much; as often, one read checks
+whether runs that ``GetRun`` callers wait for here ended. What a replica
+that died between a run's end and its follow-up left undone (waking the
+parent of a child, cancelling an ended run's children) is redone by every
+replica's sweep every few seconds, the same recovery a single server does
+once at start. On SQLite there is one server and none of this runs.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ REPLICA_TIMER_HORIZON_MS = 10_000
 #: Seconds between sweeps for the follow-ups of run ends that a replica did not
 #: live to do (wake the parent of an ended child, cancel an ended run's children).
 FOLLOW_UP_SWEEP_SECONDS = 5.0
+#: Waited-for runs checked per read.
+WAITED_CHUNK = 500
 
 
 class ReplicaLink:
@@ -88,8 +92,10 @@ class ReplicaLink:
     # -- outgoing ----------------------------------------------------------------
 
     def ready(self, run: RunRecord) -> None:
-        """A run became ready here (after its commit)."""
-        if self._channel is not None:
+        """A run became ready here (after its commit and its push to the local
+        queue); the others are told unless a worker here takes it at once."""
+        key = (run.workflow_name, run.workflow_version)
+        if self._channel is not None and not self._engine.dispatcher.can_take_now(key):
             resumed = 1 if run.dispatch_count > 0 else 0
             self._send(["r", run.workflow_name, run.workflow_version, run.run_id, resumed])
 
@@ -147,6 +153,7 @@ class ReplicaLink:
             try:
                 await self._channel.check()
                 await self.poll()
+                await self.check_waited()
                 if loop.time() - swept_at >= FOLLOW_UP_SWEEP_SECONDS:
                     swept_at = loop.time()
                     await self._engine.children.recover()
@@ -168,6 +175,14 @@ class ReplicaLink:
             else:
                 dispatcher.push(name, version, run.run_id, resumed=run.dispatch_count > 0)
         return len(found)
+
+    async def check_waited(self) -> None:
+        """Answer callers waiting for runs that ended without this replica hearing
+        of it (a lost notification): one read per 500 waited runs."""
+        waited = self._engine.waited_runs
+        for start in range(0, len(waited), WAITED_CHUNK):
+            for run in await self._engine.store.ended_runs(waited[start : start + WAITED_CHUNK]):
+                self._engine.answer_waiters(run)
 
 
 def _payloads(sender: str, items: list[list[Any]]) -> list[str]:

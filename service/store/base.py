@@ -273,6 +273,9 @@ class Store(ScheduleStore, Protocol):
         is in ``served`` (version "" matches any), oldest first, skipping rows
         another transaction has locked (a replica's poll for ready work)."""
 
+    async def ended_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """Return those of ``run_ids`` that reached a terminal status."""
+
     async def expired_leases(self, now: int, limit: int) -> list[RunRecord]:
         """Return up to ``limit`` RUNNING runs whose lease_expires_at is before
         ``now``, soonest-expired first."""

@@ -1,4 +1,5 @@
-"""Finding ready runs in the database: what a replica polls when it is idle.
+"""What a replica polls the database for: ready runs when it is idle, and
+which of the runs its callers wait for ended.
 
 Replicas learn about runs made ready elsewhere through notifications
 (``service.store.notify``); this query is the fallback that finds what a
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, and_, or_, select
 
-from service.domain import RunRecord, RunStatus
+from service.domain import TERMINAL_STATUSES, RunRecord, RunStatus
 from service.store import rows
 from service.store.schema import runs
 
@@ -43,5 +44,16 @@ def ready_runs(
         .order_by(runs.c.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)
+    )
+    return [rows.run_from_row(row) for row in conn.execute(stmt).mappings()]
+
+
+def ended_runs(conn: Connection, run_ids: Sequence[str]) -> list[RunRecord]:
+    """Those of ``run_ids`` that reached a terminal status."""
+    if not run_ids:
+        return []
+    stmt = select(runs).where(
+        runs.c.run_id.in_(sorted(set(run_ids))),
+        runs.c.status.in_([status.value for status in TERMINAL_STATUSES]),
     )
     return [rows.run_from_row(row) for row in conn.execute(stmt).mappings()]

@@ -585,6 +585,10 @@ class SqlStore(schedules.ScheduleStoreMixin):
         now = now_ms()
         return await self._committer.submit(lambda conn: ready.ready_runs(conn, served, limit, now))
 
+    async def ended_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """Those of ``run_ids`` that reached a terminal status."""
+        return await self._reads.run(lambda conn: ready.ended_runs(conn, run_ids))
+
     async def expired_leases(self, now: int, limit: int) -> list[RunRecord]:
         """Return up to ``limit`` RUNNING runs whose lease expired before ``now``."""
         stmt = (
