@@ -435,6 +435,7 @@ class Engine:
         await self.schedules.declare(declarations)
         session = WorkerSession(worker_id, identity or worker_id, pairs, capacity, limits)
         self.dispatcher.add_session(session)
+        self.replicas.poll_soon()  # runs made ready elsewhere before it came
         log.info("worker %s connected (capacity %d)", session.identity, capacity)
         return session
 

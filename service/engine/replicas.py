@@ -160,6 +160,11 @@ class ReplicaLink:
             except Exception:
                 log.exception("polling for ready runs failed")
 
+    def poll_soon(self) -> None:
+        """Poll now rather than at the next interval (a worker connected here)."""
+        if self._channel is not None:
+            self._poll_now.set()
+
     async def poll(self) -> int:
         """Queue ready runs for workers that have room and nothing queued; return
         how many were found."""

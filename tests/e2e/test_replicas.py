@@ -61,6 +61,7 @@ async def test_a_run_triggered_on_one_replica_runs_on_a_worker_of_another(
 ) -> None:
     a, b = stack.start_replicas(pg_database, 2, args=(*POOL, *NO_POLL))
     stack.start_worker(b, MODULES)
+    await eventually(lambda: connected_workers(b) == 1, what="the worker on B")
     async with Client(a.address) as on_a:
         for value in range(3):  # the first run also registers the workflow's version
             started = time.monotonic()
@@ -78,6 +79,7 @@ async def test_a_signal_through_one_replica_wakes_a_run_held_through_another(
 ) -> None:
     a, b = stack.start_replicas(pg_database, 2, args=(*POOL, *NO_POLL))
     stack.start_worker(b, MODULES)
+    await eventually(lambda: connected_workers(b) == 1, what="the worker on B")
     async with Client(a.address) as on_a, Client(b.address) as on_b:
         handle = await on_b.trigger(rw.mixed, rw.Mixed(kind="signal", value=1))
         await eventually(
@@ -93,6 +95,7 @@ async def test_cancel_through_one_replica_stops_the_worker_of_another(
 ) -> None:
     a, b = stack.start_replicas(pg_database, 2, args=(*POOL, *NO_POLL))
     worker = stack.start_worker(b, MODULES, args=("--log-level", "info"))
+    await eventually(lambda: connected_workers(b) == 1, what="the worker on B")
     async with Client(a.address) as on_a:
         handle = await on_a.trigger(rw.block, "never")
         await eventually(lambda: bodies(marks)[(handle.run_id, "wait")] == 1, what="the step")
