@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,14 +85,15 @@ def percentile(values: list[float], pct: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
-async def throughput(client: Client, runs: int, in_flight: int) -> dict[str, Any]:
-    """W1: trigger ``runs`` 3-step runs concurrently; time until the last result."""
+async def throughput(clients: Sequence[Client], runs: int, in_flight: int) -> dict[str, Any]:
+    """W1: trigger ``runs`` 3-step runs concurrently (through the clients in turn:
+    one per server replica); time until the last result."""
     limit = asyncio.Semaphore(in_flight)
     failures: list[str] = []
 
     async def one(index: int) -> None:
         async with limit:
-            handle = await client.trigger(three_steps, index)
+            handle = await clients[index % len(clients)].trigger(three_steps, index)
         result = await handle.result()
         if result != 2 * index + 1:
             failures.append(f"run {handle.run_id}: expected {2 * index + 1}, got {result!r}")
@@ -138,7 +139,9 @@ async def measure(address: str, processes: dict[str, ManagedProcess], args: Any)
         await asyncio.gather(*(client.execute(three_steps, i) for i in range(args.warmup)))
         await asyncio.gather(*(client.execute(one_step, i) for i in range(args.warmup)))
         with CpuMeter(processes) as w1_cpu:
-            w1 = await asyncio.wait_for(throughput(client, args.runs, args.in_flight), args.timeout)
+            w1 = await asyncio.wait_for(
+                throughput([client], args.runs, args.in_flight), args.timeout
+            )
         w1["cpu_seconds"] = w1_cpu.used
         w2 = await asyncio.wait_for(latency(client, args.latency_runs), args.timeout)
     return {"w1": w1, "w2": w2}

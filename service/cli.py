@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the most journal entries a run may record when its workflow sets no "
         "max_entries (env STEPD_MAX_JOURNAL_ENTRIES; default 10000)",
     )
+    serve.add_argument(
+        "--replica-poll-interval",
+        type=float,
+        default=float(os.environ.get("STEPD_REPLICA_POLL_INTERVAL", "2")),
+        help="PostgreSQL: seconds between polls for ready runs a replica was not "
+        "notified of (env STEPD_REPLICA_POLL_INTERVAL; default 2)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("STEPD_LOG_LEVEL", "INFO"))
     return parser
 
@@ -86,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--lease-timeout must be a positive number of seconds")
     if args.max_journal_entries < 1:
         parser.error("--max-journal-entries must be at least 1")
+    if args.replica_poll_interval <= 0:
+        parser.error("--replica-poll-interval must be a positive number of seconds")
     if args.db_pool_size < 1:
         parser.error("--db-pool-size must be at least 1")
     logging.basicConfig(
@@ -100,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         db_pool_size=args.db_pool_size,
         lease_timeout_ms=int(args.lease_timeout * 1000),
         max_journal_entries=args.max_journal_entries,
+        replica_poll_ms=int(args.replica_poll_interval * 1000),
     )
     try:
         asyncio.run(serve(config))

@@ -34,6 +34,9 @@ class ServerConfig:
     # The most journal entries (steps, failed attempts, met waits) a run may
     # record when its workflow sets no max_entries of its own.
     max_journal_entries: int = 10_000
+    # PostgreSQL replicas: how often a replica whose workers have room polls for
+    # ready runs it was not notified of, in milliseconds.
+    replica_poll_ms: int = 2_000
     # Seconds a stopping server gives in-flight calls to finish.
     shutdown_grace_seconds: float = 5.0
 

@@ -5,7 +5,8 @@ means "any version of the workflow". The store's claim (a conditional
 PENDING -> RUNNING write) is what makes a hand-out final, so a run that sits in
 two queues, or was cancelled meanwhile, is still handed out at most once.
 Nothing here polls the database: a dispatch pass runs when a run becomes
-ready or a worker gets room.
+ready or a worker gets room. (Replicas on PostgreSQL also queue runs made
+ready on other replicas, and poll for them when idle: ``replicas.py``.)
 """
 
 from __future__ import annotations
@@ -83,6 +84,31 @@ class Dispatcher:
     def ready_count(self) -> int:
         """How many runs wait in the ready queues (stale entries included)."""
         return sum(len(q) for lanes in (self._queues, self._resumed) for q in lanes.values())
+
+    def serves(self, key: QueueKey) -> bool:
+        """Whether a connected worker draws from the queue ``key``."""
+        return any(key in session.queue_keys for session in self._sessions)
+
+    def can_take_now(self, key: QueueKey) -> bool:
+        """Whether the workers drawing from ``key`` have room for everything queued
+        there (a run just queued included): it is handed out here at once."""
+        room = sum(s.free_slots for s in self._sessions if key in s.queue_keys)
+        queued = sum(len(lanes.get(key, ())) for lanes in (self._queues, self._resumed))
+        return room >= queued
+
+    def idle_demand(self) -> tuple[list[QueueKey], int]:
+        """The queues of workers that have room and nothing queued for them, and
+        how many runs those workers can take (what a replica polls the store for)."""
+        keys: set[QueueKey] = set()
+        slots = 0
+        for session in self._sessions:
+            free = session.free_slots
+            lanes = (self._queues, self._resumed, self._held)
+            if free <= 0 or any(lane.get(k) for lane in lanes for k in session.queue_keys):
+                continue
+            keys.update(session.queue_keys)
+            slots += free
+        return sorted(keys), slots
 
     # -- sessions ------------------------------------------------------------
 

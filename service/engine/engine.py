@@ -64,6 +64,7 @@ from service.engine.errors import (
 )
 from service.engine.payloads import check_json_payload
 from service.engine.registry import WorkflowRegistry
+from service.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
 from service.engine.run_limits import OpenAttempt, RunLimits
 from service.engine.schedules import Scheduler
 from service.engine.sessions import Cancellation, WorkerSession
@@ -72,6 +73,7 @@ from service.engine.timers import TimerSchedule
 from service.engine.transitions import RunEvent
 from service.engine.validation import MAX_ID_LENGTH, check_id, check_waits
 from service.store.base import RunConflictError, Store
+from service.store.notify import channel_for
 from service.store.schedules import RESERVED_KEY_PREFIX
 
 log = logging.getLogger("stepd.engine")
@@ -113,13 +115,23 @@ class Engine:
         self._holders: dict[str, WorkerSession] = {}
         self._run_waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
         self._lease_monitor: asyncio.Task[None] | None = None
-        self.timers = TimerSchedule(store, self._fire_timer)
+        self.replicas = ReplicaLink(
+            self, channel_for(config.database), config.replica_poll_ms / 1000
+        )
+        # Replicas load timers a shorter way ahead: those a dead replica held fire soon.
+        horizon = REPLICA_TIMER_HORIZON_MS if self.replicas.replicated else 60_000
+        self.timers = TimerSchedule(store, self._fire_timer, horizon)
         self.run_limits = RunLimits(config.max_journal_entries)
         # Delayed starts: pending runs whose start time is still ahead.
         self.starts = TimerSchedule(
-            store, self._start_due, load=lambda until, n: store.delayed_starts(now_ms(), until, n)
+            store,
+            self._start_due,
+            horizon,
+            load=lambda until, n: store.delayed_starts(now_ms(), until, n),
         )
-        self.schedules = Scheduler(store, config, self.registry, self._make_ready, self.cancel_run)
+        self.schedules = Scheduler(
+            store, config, self.registry, self._make_ready, self.cancel_run, horizon
+        )
         self._closing = False
         self._hook_key = b""
         self.children = ChildRuns(self)
@@ -127,9 +139,26 @@ class Engine:
     # -- life cycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the registry and recover every unfinished run."""
+        """Load the registry and recover unfinished runs.
+
+        One server on SQLite re-queues every unfinished run at once: no other
+        process can hold one. A replica on PostgreSQL cannot tell a run held by
+        a live replica from one held by a dead one, so it re-queues only runs
+        whose stored lease expired (the lease sweep) and finds pending runs by
+        polling (``replicas.py``).
+        """
         self.registry.load(await self.store.workflow_versions())
         self._hook_key = await self.store.server_secret("hook_key")
+        if not self.replicas.replicated:
+            await self._recover_all()
+        await self.children.recover()
+        await self.replicas.start()
+        self._lease_monitor = asyncio.create_task(self._watch_leases())
+        self.timers.start()
+        self.starts.start()
+        self.schedules.start()
+
+    async def _recover_all(self) -> None:
         recovered = 0
         for run in await self.store.runs_in_status([RunStatus.RUNNING]):
             # No worker holds a run across a restart of this server.
@@ -148,15 +177,11 @@ class Engine:
             recovered += 1
         if recovered:
             log.info("recovered %d unfinished runs", recovered)
-        await self.children.recover()
-        self._lease_monitor = asyncio.create_task(self._watch_leases())
-        self.timers.start()
-        self.starts.start()
-        self.schedules.start()
 
     async def close(self) -> None:
         """Stop timers, end worker sessions and settle claims in flight."""
         self._closing = True
+        await self.replicas.close()
         if self._lease_monitor is not None:
             self._lease_monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -415,6 +440,7 @@ class Engine:
             worker_id, identity or worker_id, pairs, capacity, limits, max_cached_runs
         )
         self.dispatcher.add_session(session)
+        self.replicas.poll_soon()  # runs made ready elsewhere before it came
         log.info("worker %s connected (capacity %d)", session.identity, capacity)
         return session
 
@@ -858,7 +884,7 @@ class Engine:
         if run is not None:
             self._make_ready(run)
 
-    def _make_ready(self, run: RunRecord) -> None:
+    def _make_ready(self, run: RunRecord, *, announce: bool = True) -> None:
         not_before = run.start_time_not_before
         if not_before is not None and not_before > now_ms():
             # Held in memory only when due within the timers' horizon.
@@ -874,11 +900,14 @@ class Engine:
             self.sticky.drop(run.run_id, "its worker has no room; the run continues elsewhere")
         resumed = run.dispatch_count > 0
         self.dispatcher.push(run.workflow_name, run.workflow_version, run.run_id, resumed=resumed)
+        if announce:
+            self.replicas.ready(run)
 
     async def _start_due(self, run_id: str, _key: str) -> None:
         run = await self.store.get_run(run_id)
         if run is not None and run.status is RunStatus.PENDING:
-            self._make_ready(run)
+            # Every replica's timer fires for a delayed start: none need be told.
+            self._make_ready(run, announce=False)
 
     def _after_cancel(self, run: RunRecord, reason: str) -> None:
         session = self._holders.pop(run.run_id, None)
@@ -892,9 +921,39 @@ class Engine:
     def _notify_terminal(self, run: RunRecord) -> None:
         self.sticky.drop(run.run_id, f"run {run.status.value}")
         self.children.on_terminal(run)
+        self.replicas.ended(run.run_id)
+        self._answer_waiters(run)
+
+    @property
+    def waited_runs(self) -> list[str]:
+        """The runs that ``GetRun(wait=true)`` callers wait for here."""
+        return list(self._run_waiters)
+
+    def answer_waiters(self, run: RunRecord) -> None:
+        """Answer the callers waiting for a run that ended."""
+        self._answer_waiters(run)
+
+    def _answer_waiters(self, run: RunRecord) -> None:
         for waiter in self._run_waiters.get(run.run_id, ()):
             if not waiter.done():
                 waiter.set_result(run)
+
+    async def run_ended_elsewhere(self, run_id: str) -> None:
+        """Another replica ended a run: answer the callers waiting for it here,
+        and stop a worker of this replica that still holds it."""
+        if run_id not in self._run_waiters and run_id not in self._holders:
+            return
+        run = await self.store.get_run(run_id)
+        if run is None or not run.status.is_terminal:
+            return
+        session = self._holders.pop(run_id, None)
+        if session is not None:
+            self.run_limits.release(run_id)
+            lease_id = session.held.pop(run_id, 0)
+            session.send(Cancellation(run_id, lease_id, f"run {run.status.value} elsewhere"))
+            self.dispatcher.kick()
+        self.timers.forget_run(run_id)
+        self._answer_waiters(run)
 
     async def _existing(self, run_id: str) -> RunRecord:
         run = await self.store.get_run(run_id)

@@ -85,13 +85,14 @@ class Scheduler:
         registry: WorkflowRegistry,
         make_ready: MakeReady,
         cancel: CancelRun,
+        horizon_ms: int = 60_000,
     ) -> None:
         self._store = store
         self._config = config
         self._registry = registry
         self._make_ready = make_ready
         self._cancel = cancel
-        self.timers = TimerSchedule(store, self._fire, load=store.due_schedules)
+        self.timers = TimerSchedule(store, self._fire, horizon_ms, load=store.due_schedules)
         self._started_at = now_ms()
         self._declared: dict[tuple[str, str], WorkflowDeclaration] = {}
         self._busy: set[str] = set()

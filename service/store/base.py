@@ -276,6 +276,14 @@ class Store(ScheduleStore, Protocol):
         """Ended children whose parent has an open wait on them, and ended runs
         that still have unfinished attached children (a crash came between)."""
 
+    async def ready_runs(self, served: Sequence[tuple[str, str]], limit: int) -> list[RunRecord]:
+        """Return up to ``limit`` PENDING runs due to start whose (workflow, version)
+        is in ``served`` (version "" matches any), oldest first, skipping rows
+        another transaction has locked (a replica's poll for ready work)."""
+
+    async def ended_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """Return those of ``run_ids`` that reached a terminal status."""
+
     async def expired_leases(self, now: int, limit: int) -> list[RunRecord]:
         """Return up to ``limit`` RUNNING runs whose lease_expires_at is before
         ``now``, soonest-expired first."""

@@ -62,7 +62,7 @@ from service.domain import (
     WorkflowVersion,
     now_ms,
 )
-from service.store import children, history, rows, schedules, waits
+from service.store import children, history, ready, rows, schedules, waits
 from service.store.base import RunConflictError
 from service.store.dialects import insert_for
 from service.store.executor import Committer, Reader, WriteOp
@@ -155,10 +155,18 @@ class SqlStore(schedules.ScheduleStoreMixin):
         insert = insert_for(committer.engine.dialect.name)
 
         self._insert_run = insert(runs).on_conflict_do_nothing().returning(*runs.c)
+        unclaimed = runs.c.run_id == bindparam("p_run_id")
+        if committer.engine.dialect.name == "postgresql":
+            # A row another replica is claiming right now is skipped, not waited for.
+            unclaimed = runs.c.run_id.in_(
+                select(runs.c.run_id)
+                .where(unclaimed, runs.c.status == _PENDING)
+                .with_for_update(skip_locked=True)
+            )
         self._claim = (
             update(runs)
             .where(
-                runs.c.run_id == bindparam("p_run_id"),
+                unclaimed,
                 runs.c.status == _PENDING,
                 # A delayed start is never handed out early.
                 or_(
@@ -576,6 +584,16 @@ class SqlStore(schedules.ScheduleStoreMixin):
         """Ended children whose parent still waits on them; ended runs with unfinished
         attached children."""
         return await self._reads.run(children.recovery)
+
+    async def ready_runs(self, served: Sequence[tuple[str, str]], limit: int) -> list[RunRecord]:
+        """PENDING runs, due to start, of the served (workflow, version) pairs (a
+        replica's poll); rows being claimed elsewhere are skipped."""
+        now = now_ms()
+        return await self._committer.submit(lambda conn: ready.ready_runs(conn, served, limit, now))
+
+    async def ended_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """Those of ``run_ids`` that reached a terminal status."""
+        return await self._reads.run(lambda conn: ready.ended_runs(conn, run_ids))
 
     async def expired_leases(self, now: int, limit: int) -> list[RunRecord]:
         """Return up to ``limit`` RUNNING runs whose lease expired before ``now``."""

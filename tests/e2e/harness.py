@@ -241,6 +241,13 @@ class Stack:
         ready = process.wait_for_line(SERVER_READY)
         return Server(process=process, address=f"{ready[1]}:{ready[2]}", database=database)
 
+    def start_replicas(
+        self, database: str, count: int, *, args: Iterable[str] = ()
+    ) -> list[Server]:
+        """Start ``count`` servers on one PostgreSQL database (replicas), each on
+        a free port."""
+        return [self.start_server(database, args=args) for _ in range(count)]
+
     def start_worker(
         self,
         server: Server | str,
@@ -249,14 +256,19 @@ class Stack:
         concurrency: int | None = None,
         env: Mapping[str, str] | None = None,
         wait: bool = True,
+        args: Iterable[str] = (),
     ) -> ManagedProcess:
-        """Start ``stepd-worker MODULES --server ADDRESS`` and wait until it is ready."""
+        """Start ``stepd-worker MODULES --server ADDRESS`` and wait until it is ready.
+
+        ``server`` may be a gRPC target naming several replicas
+        (``ipv4:127.0.0.1:5001,127.0.0.1:5002``, see ``replicas_target``)."""
         address = server.address if isinstance(server, Server) else server
         argv = [*console_script("stepd-worker", "worker_sdk.cli"), *modules, "--server", address]
         # Shorter than close()'s SIGTERM wait, so a drained worker always exits by itself.
         argv += ["--shutdown-grace", str(WORKER_SHUTDOWN_GRACE)]
         if concurrency is not None:
             argv += ["--concurrency", str(concurrency)]
+        argv += list(args)
         process = ManagedProcess("worker", argv, self._log_path("worker"), env=self.env(env))
         self.processes.append(process)
         if wait:
@@ -279,6 +291,12 @@ class Stack:
             if running:
                 codes[f"{process.name}-{process.pid}"] = code
         return codes
+
+
+def replicas_target(servers: Sequence[Server]) -> str:
+    """A gRPC target naming several replicas, in order: the worker connects to the
+    first that answers and moves on to the next when it goes away."""
+    return "ipv4:" + ",".join(server.address for server in servers)
 
 
 @atexit.register

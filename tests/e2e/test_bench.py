@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.backends import SKIP_POSTGRES, postgres_url
 from tests.e2e.harness import ROOT
 
 
@@ -23,3 +26,27 @@ def test_bench_runs_and_reports_json(tmp_path: Path) -> None:
     assert rep["w1"]["runs_per_s"] > 0 and rep["w2"]["runs"] == 10
     assert set(report["median"]) == {"w1_runs_per_s", "w1_steps_per_s", "w2_p50_ms", "w2_p99_ms"}
     assert 0 < report["median"]["w2_p50_ms"] <= report["median"]["w2_p99_ms"]
+
+
+def test_replicas_bench_runs_and_reports_json(tmp_path: Path) -> None:
+    url = postgres_url()
+    if url is None:
+        pytest.skip(SKIP_POSTGRES)
+    output = tmp_path / "replicas.json"
+    argv = [sys.executable, str(ROOT / "bench" / "replicas.py"), "--database", url]
+    argv += ["--runs", "40", "--repeat", "1", "--warmup", "2", "--in-flight", "20"]
+    argv += ["--db-pool-size", "5", "--output", str(output)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert json.loads(output.read_text()) == report
+    assert report["failures"] == 0
+    (rep,) = report["repetitions"]
+    assert rep["one_replica"]["replicas"] == 1 and rep["replicas"]["replicas"] == 3
+    assert rep["one_replica"]["runs"] == rep["replicas"]["runs"] == 40
+    assert set(report["median"]) == {
+        "w1_runs_per_s_1_replica",
+        "w1_runs_per_s_3_replicas",
+        "ratio",
+    }

@@ -1,0 +1,208 @@
+"""Replicas: several ``stepd serve`` processes sharing one PostgreSQL database.
+
+Each replica keeps its own workers' streams and ready queues. What one
+replica does that another must hear about travels as a notification on
+``service.store.notify``'s channel, sent right after the commit:
+
+* ``r`` (ready): a run became ready here (triggered, woken by a signal, hook,
+  event, timer or child, re-queued) and no worker here has room for it now.
+  Replicas with a worker serving its workflow queue it; the claim (a
+  conditional write that skips rows another replica is claiming) hands it
+  out once.
+* ``e`` (ended): a run ended here. A replica answers its ``GetRun(wait=true)``
+  callers, and stops a worker of its own that still holds the run (it was
+  cancelled or expired through another replica).
+
+Notifications only shorten the wait. A replica whose workers have room and
+nothing queued polls the database for ready runs every ``poll_interval``
+seconds, so a lost notification (a crash between commit and notify, a dropped
+connection) delays a run by at most that much; as often, one read checks
+whether runs that ``GetRun`` callers wait for here ended. What a replica
+that died between a run's end and its follow-up left undone (waking the
+parent of a child, cancelling an ended run's children) is redone by every
+replica's sweep every few seconds, the same recovery a single server does
+once at start. On SQLite there is one server and none of this runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from service.domain import RunRecord
+from service.store.notify import MAX_PAYLOAD_BYTES, NotifyChannel
+
+if TYPE_CHECKING:
+    from service.engine.engine import Engine
+
+log = logging.getLogger("stepd.replicas")
+
+#: Timers (sleeps, retries, expiry, delayed starts, cron) are loaded this far
+#: ahead on replicas, so a timer a dead replica held fires at most half of it late.
+REPLICA_TIMER_HORIZON_MS = 10_000
+#: Seconds between sweeps for the follow-ups of run ends that a replica did not
+#: live to do (wake the parent of an ended child, cancel an ended run's children).
+FOLLOW_UP_SWEEP_SECONDS = 5.0
+#: Waited-for runs checked per read.
+WAITED_CHUNK = 500
+
+
+class ReplicaLink:
+    """Tells the other replicas what happened here and acts on what they tell it."""
+
+    def __init__(self, engine: Engine, channel: NotifyChannel | None, poll_interval: float) -> None:
+        self._engine = engine
+        self._channel = channel
+        self.poll_interval = poll_interval
+        self._id = uuid.uuid4().hex[:12]
+        self._outbox: list[list[Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._poll_now = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def replicated(self) -> bool:
+        """True on PostgreSQL, where other replicas may share the database."""
+        return self._channel is not None
+
+    async def start(self) -> None:
+        """Listen to the other replicas and start the fallback poll."""
+        if self._channel is None:
+            return
+        await self._channel.start(self._received, self._poll_now.set)
+        self._poller = asyncio.create_task(self._poll_forever())
+
+    async def close(self) -> None:
+        """Send what is queued, stop polling and listening."""
+        if self._channel is None:
+            return
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._channel.close()
+
+    # -- outgoing ----------------------------------------------------------------
+
+    def ready(self, run: RunRecord) -> None:
+        """A run became ready here (after its commit and its push to the local
+        queue); the others are told unless a worker here takes it at once."""
+        key = (run.workflow_name, run.workflow_version)
+        if self._channel is not None and not self._engine.dispatcher.can_take_now(key):
+            resumed = 1 if run.dispatch_count > 0 else 0
+            self._send(["r", run.workflow_name, run.workflow_version, run.run_id, resumed])
+
+    def ended(self, run_id: str) -> None:
+        """A run ended here (after its commit)."""
+        if self._channel is not None:
+            self._send(["e", run_id])
+
+    def _send(self, item: list[Any]) -> None:
+        self._outbox.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """Send everything queued meanwhile, several items per notification."""
+        assert self._channel is not None
+        await asyncio.sleep(0)  # let the current burst of commits queue up
+        while self._outbox:
+            items, self._outbox = self._outbox, []
+            try:
+                await self._channel.send(_payloads(self._id, items))
+            except Exception as exc:  # the others' poll finds the runs instead
+                log.warning("notifying the other replicas failed: %s", exc)
+
+    # -- incoming ------------------------------------------------------------
+
+    def _received(self, payload: str) -> None:
+        message = json.loads(payload)
+        if message.get("from") == self._id:
+            return
+        dispatcher = self._engine.dispatcher
+        for item in message.get("items", ()):
+            if item[0] == "r":
+                _, name, version, run_id, resumed = item
+                if dispatcher.serves((name, version)):
+                    dispatcher.push(name, version, run_id, resumed=bool(resumed))
+            elif item[0] == "e":
+                self._spawn(self._engine.run_ended_elsewhere(item[1]))
+
+    def _spawn(self, work: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the fallback poll -------------------------------------------------------
+
+    async def _poll_forever(self) -> None:
+        assert self._channel is not None
+        loop = asyncio.get_running_loop()
+        swept_at = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poll_now.wait(), self.poll_interval)
+            self._poll_now.clear()
+            try:
+                await self._channel.check()
+                await self.poll()
+                await self.check_waited()
+                if loop.time() - swept_at >= FOLLOW_UP_SWEEP_SECONDS:
+                    swept_at = loop.time()
+                    await self._engine.children.recover()
+            except Exception:
+                log.exception("polling for ready runs failed")
+
+    def poll_soon(self) -> None:
+        """Poll now rather than at the next interval (a worker connected here)."""
+        if self._channel is not None:
+            self._poll_now.set()
+
+    async def poll(self) -> int:
+        """Queue ready runs for workers that have room and nothing queued; return
+        how many were found."""
+        dispatcher = self._engine.dispatcher
+        served, slots = dispatcher.idle_demand()
+        if slots <= 0:
+            return 0
+        found = await self._engine.store.ready_runs(served, slots)
+        for run in found:
+            name, version = run.workflow_name, run.workflow_version
+            if run.held_error is not None:  # only to workers that have not refused it
+                dispatcher.hold(name, version, run.run_id, refused_by="")
+            else:
+                dispatcher.push(name, version, run.run_id, resumed=run.dispatch_count > 0)
+        return len(found)
+
+    async def check_waited(self) -> None:
+        """Answer callers waiting for runs that ended without this replica hearing
+        of it (a lost notification): one read per 500 waited runs."""
+        waited = self._engine.waited_runs
+        for start in range(0, len(waited), WAITED_CHUNK):
+            for run in await self._engine.store.ended_runs(waited[start : start + WAITED_CHUNK]):
+                self._engine.answer_waiters(run)
+
+
+def _payloads(sender: str, items: list[list[Any]]) -> list[str]:
+    """``items`` as notification payloads of at most MAX_PAYLOAD_BYTES each."""
+    head = len(json.dumps({"from": sender, "items": []}))
+    payloads: list[str] = []
+    chunk: list[list[Any]] = []
+    size = head
+    for item in items:
+        encoded = len(json.dumps(item).encode()) + 2
+        if chunk and size + encoded > MAX_PAYLOAD_BYTES:
+            payloads.append(json.dumps({"from": sender, "items": chunk}))
+            chunk, size = [], head
+        chunk.append(item)
+        size += encoded
+    if chunk:
+        payloads.append(json.dumps({"from": sender, "items": chunk}))
+    return payloads
