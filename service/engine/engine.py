@@ -495,11 +495,26 @@ class Engine:
             return CommandResult(command.command_id, CommandStatus.INVALID, str(exc))
         except Exception:
             log.exception("command %d for run %s failed", command.command_id, command.run_id)
+            await self._hand_out_again(session, command.run_id, command.lease_id)
             return CommandResult(
                 command.command_id,
                 CommandStatus.INTERNAL_ERROR,
                 "the server could not record the command; the run will be retried",
             )
+
+    async def _hand_out_again(self, session: WorkerSession, run_id: str, lease_id: int) -> None:
+        """After a command failed inside the server, the worker drops the run: stop
+        holding it for that worker and re-queue it. Should the re-queue fail too (the
+        database is unreachable), the stored lease, no longer extended, expires and
+        the lease sweep re-queues it."""
+        if session.held.get(run_id) != lease_id:
+            return
+        self._let_go(session, run_id)
+        session.send(Cancellation(run_id, lease_id, "a command of the run failed in the server"))
+        try:
+            await self._requeue(run_id, lease_id)
+        except Exception:
+            log.exception("re-queueing run %s failed; its lease will expire", run_id)
 
     async def _fail_invalid(self, session: WorkerSession, command: Command, reason: str) -> None:
         """A run whose worker sent a command that can never be recorded (e.g. a

@@ -90,3 +90,35 @@ async def test_expired_stored_lease_of_a_gone_owner_is_requeued(short_lease: Har
     worker = short_lease.worker("orphaned")
     task = await worker.next_task(seconds=5)
     assert (task.run_id, task.lease_id) == (run_id, 2)
+
+
+async def test_a_command_that_fails_in_the_server_hands_the_run_out_again(
+    harness: Harness,
+) -> None:
+    store = harness.running.engine.store
+    record_step = store.record_step
+    failures = []
+
+    async def fail_once(*args: object, **kwargs: object) -> object:
+        if not failures:
+            failures.append(args)
+            raise ConnectionError("the database went away")  # as a dropped connection would
+        return await record_step(*args, **kwargs)  # type: ignore[arg-type]
+
+    store.record_step = fail_once  # type: ignore[method-assign]
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    step = types_pb2.StepRecord(step_key="charge", result=types_pb2.Payload(json="1"))
+    result = await worker.send(task, record_step=worker_service_pb2.RecordStepCommand(step=step))
+    assert result.status == worker_service_pb2.COMMAND_STATUS_INTERNAL_ERROR
+    cancellation = await asyncio.wait_for(worker.cancellations.get(), 5)
+    assert (cancellation.run_id, cancellation.lease_id) == (run_id, task.lease_id)
+    # The worker dropped the run; it comes back under a new lease, not held forever.
+    again = await worker.next_task()
+    assert (again.run_id, again.lease_id) == (run_id, task.lease_id + 1)
+    assert (
+        await worker.send(again, record_step=worker_service_pb2.RecordStepCommand(step=step))
+    ).status == worker_service_pb2.COMMAND_STATUS_OK
+    await worker.complete(again, '"done"')
+    assert (await harness.get(run_id, wait=True)).result.json == '"done"'
