@@ -7,8 +7,7 @@ replica does that another must hear about travels as a notification on
 * ``r`` (ready): a run became ready here (triggered, woken by a signal, hook,
   event, timer or child, re-queued) and no worker here has room for it now.
   Replicas with a worker serving its workflow queue it; the claim (a
-  conditional write that skips rows another replica is claiming) hands it
-  out once.
+  conditional write) hands it out once.
 * ``e`` (ended): a run ended here. A replica answers its ``GetRun(wait=true)``
   callers, and stops a worker of its own that still holds the run (it was
   cancelled or expired through another replica).

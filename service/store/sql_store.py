@@ -155,14 +155,11 @@ class SqlStore(schedules.ScheduleStoreMixin):
         insert = insert_for(committer.engine.dialect.name)
 
         self._insert_run = insert(runs).on_conflict_do_nothing().returning(*runs.c)
+        # The claim of one known run waits for a transaction holding its row (a
+        # replica claiming it too, a signal, a late step record) and then
+        # re-checks the guard: skipping a locked row here would drop a run that
+        # is ready. Finding ready runs (``ready.ready_runs``) skips locked rows.
         unclaimed = runs.c.run_id == bindparam("p_run_id")
-        if committer.engine.dialect.name == "postgresql":
-            # A row another replica is claiming right now is skipped, not waited for.
-            unclaimed = runs.c.run_id.in_(
-                select(runs.c.run_id)
-                .where(unclaimed, runs.c.status == _PENDING)
-                .with_for_update(skip_locked=True)
-            )
         self._claim = (
             update(runs)
             .where(
