@@ -109,6 +109,8 @@ class RunRecord:
     held_error: ErrorDetails | None = None
     # A child run that outlives its parent.
     detached: bool = False
+    # The run started at least one child.
+    has_children: bool = False
 
 
 @dataclass(frozen=True, slots=True)

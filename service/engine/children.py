@@ -117,7 +117,8 @@ class ChildRuns:
     def on_terminal(self, run: RunRecord) -> None:
         """A run ended: wake its parent's wait on it, cancel its attached children."""
         self._engine.dispatcher.forget(run.run_id)
-        self._spawn(self._after_end(run))
+        if run.parent_run_id or run.has_children:
+            self._spawn(self._after_end(run))
 
     async def recover(self) -> None:
         """Redo what a crash may have cut short after runs ended."""
@@ -144,7 +145,10 @@ class ChildRuns:
         try:
             if run.parent_run_id:
                 await self._wake_parent(run)
-            await self._cancel_children(run.run_id, f"parent run {run.run_id} {run.status.value}")
+            if run.has_children:
+                await self._cancel_children(
+                    run.run_id, f"parent run {run.run_id} {run.status.value}"
+                )
         except Exception:
             log.exception(
                 "follow-up of the end of run %s failed; the next start redoes it", run.run_id

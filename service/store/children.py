@@ -60,18 +60,24 @@ def start(
 ) -> StartChildOutcome:
     """Create the child (once: its id is derived from the parent and the key) and
     record the parent's journal entry ``child_key``, under the parent's lease."""
+    # Mark the parent first, under its lease: the guarded UPDATE takes its row
+    # lock, so an end of the parent racing this either comes first (no lease, no
+    # child) or returns has_children and cancels the child.
     parent = (
         conn.execute(
-            select(runs.c.status, runs.c.lease_id, runs.c.root_run_id).where(
-                runs.c.run_id == parent_run_id
+            update(runs)
+            .where(
+                runs.c.run_id == parent_run_id,
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.lease_id == lease_id,
             )
+            .values(has_children=1)
+            .returning(runs.c.root_run_id)
         )
         .mappings()
         .first()
     )
-    if parent is None or parent["status"] != RunStatus.RUNNING.value:
-        return StartChildOutcome(StartChildStatus.LEASE_LOST)
-    if parent["lease_id"] != lease_id:
+    if parent is None:
         return StartChildOutcome(StartChildStatus.LEASE_LOST)
     existing = (
         conn.execute(

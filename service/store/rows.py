@@ -107,6 +107,7 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         schedule_time=row["schedule_time"],
         held_error=_held_error(row),
         detached=bool(row["detached"]),
+        has_children=bool(row["has_children"]),
     )
 
 

@@ -84,6 +84,9 @@ runs = Table(
     Column("detached", Integer),
     Column("held_error_type", Text),
     Column("held_error_message", Text),
+    # Migration 11: 1 once the run started a child (NULL otherwise), so a run that
+    # ends looks for children to cancel only when it has some.
+    Column("has_children", Integer),
     UniqueConstraint("run_id"),
     Index("ix_runs_status_seq", "status", "seq"),
     Index("ix_runs_workflow_name_seq", "workflow_name", "seq"),

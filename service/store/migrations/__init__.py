@@ -33,6 +33,7 @@ from service.store.migrations import (
     v0008_failure_policy,
     v0009_starts,
     v0010_children_and_holds,
+    v0011_has_children,
 )
 
 
@@ -56,6 +57,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, v0008_failure_policy.DESCRIPTION, v0008_failure_policy.upgrade),
     Migration(9, v0009_starts.DESCRIPTION, v0009_starts.upgrade),
     Migration(10, v0010_children_and_holds.DESCRIPTION, v0010_children_and_holds.upgrade),
+    Migration(11, v0011_has_children.DESCRIPTION, v0011_has_children.upgrade),
 )
 
 #: The schema version this code expects.
