@@ -165,3 +165,24 @@ async def test_register_workflows_keeps_first_seen(store: SqlStore) -> None:
     assert [(v.name, v.version) for v in versions] == [("a", "v1"), ("b", "v1"), ("a", "v2")]
     assert versions[:2] == first
     assert versions[2].first_seen > first[0].first_seen
+
+
+async def test_a_run_that_starts_a_child_is_marked_as_having_children(store: SqlStore) -> None:
+    from service.store.children import StartChildStatus
+
+    from .test_store_leases import running
+
+    lease = await running(store, "parent")
+    await running(store, "lonely")
+    child = new_run("parent/child:1", parent_run_id="parent")
+    stale = await store.start_child("parent", lease + 1, "child:1", child)
+    assert stale.status is StartChildStatus.LEASE_LOST
+    assert not (await store.get_run("parent")).has_children  # type: ignore[union-attr]
+    started = await store.start_child("parent", lease, "child:1", child)
+    assert started.status is StartChildStatus.STARTED
+    ended = await store.transition_run(
+        "parent", [RunStatus.RUNNING], RunStatus.COMPLETED, lease_id=lease
+    )
+    assert ended is not None and ended.has_children
+    assert not (await store.get_run("lonely")).has_children  # type: ignore[union-attr]
+    assert not (await store.get_run("parent/child:1")).has_children  # type: ignore[union-attr]
