@@ -97,7 +97,7 @@ async def test_a_command_that_fails_in_the_server_hands_the_run_out_again(
 ) -> None:
     store = harness.running.engine.store
     record_step = store.record_step
-    failures = []
+    failures: list[object] = []
 
     async def fail_once(*args: object, **kwargs: object) -> object:
         if not failures:
@@ -105,7 +105,7 @@ async def test_a_command_that_fails_in_the_server_hands_the_run_out_again(
             raise ConnectionError("the database went away")  # as a dropped connection would
         return await record_step(*args, **kwargs)  # type: ignore[arg-type]
 
-    store.record_step = fail_once  # type: ignore[method-assign]
+    store.record_step = fail_once  # type: ignore[method-assign,assignment]
     worker = harness.worker("w")
     run_id = await harness.trigger("w")
     task = await worker.next_task()
