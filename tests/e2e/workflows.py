@@ -581,7 +581,10 @@ class Approval(BaseModel):
 async def send_approval_email(tag: str, token: str) -> str:
     """Stands for an email with an approval link: the token goes to ``<tag>.token``."""
     mark(tag, "email")
-    (marks_dir() / f"{tag}.token").write_text(token)
+    # Written whole, then renamed: the test reads the token once the file exists.
+    staged = marks_dir() / f"{tag}.token.tmp"
+    staged.write_text(token)
+    staged.replace(marks_dir() / f"{tag}.token")
     return "sent"
 
 
