@@ -64,7 +64,9 @@ class ChildRuns:
         if len(name) > MAX_ID_LENGTH:
             raise InvalidArgument(f"start_child.workflow_name is longer than {MAX_ID_LENGTH}")
         if engine.run_limits.full(run_id):
-            return await engine._journal_full(session, cid, run_id, lease_id, action.child_key)
+            return await engine.policy.journal_full(
+                session, cid, run_id, lease_id, action.child_key
+            )
         input_json = check_json_payload(
             "start_child.input",
             action.input.json,
@@ -92,7 +94,7 @@ class ChildRuns:
             )
         if outcome.child is not None:  # created now
             engine._make_ready(outcome.child)
-            engine._schedule_expiry(outcome.child)
+            engine.policy.schedule_expiry(outcome.child)
         if outcome.status is StartChildStatus.RECORDED_BEFORE:
             return CommandResult(cid, CommandStatus.DUPLICATE, "", outcome.entry)
         engine.run_limits.added(run_id)

@@ -30,7 +30,6 @@ from service.domain import (
     RunRecord,
     RunStatus,
     SignalStatus,
-    StepRow,
     SuspendStatus,
     WaitSpec,
     WorkflowLimits,
@@ -65,7 +64,8 @@ from service.engine.errors import (
 from service.engine.payloads import check_json_payload
 from service.engine.registry import WorkflowRegistry
 from service.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
-from service.engine.run_limits import OpenAttempt, RunLimits
+from service.engine.run_limits import RunLimits
+from service.engine.run_policy import RunPolicy
 from service.engine.schedules import Scheduler
 from service.engine.sessions import Cancellation, WorkerSession
 from service.engine.sticky import StickyRuns
@@ -82,11 +82,6 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 #: Most runs with an expired lease re-queued by one sweep.
 EXPIRY_SWEEP_LIMIT = 500
-#: The error types of runs and attempts the server ends on its own.
-STEP_TIMEOUT_ERROR = "stepd.StepTimeoutError"
-DEADLINE_ERROR = "stepd.DeadlineExceeded"
-EXECUTION_TIMEOUT_ERROR = "stepd.ExecutionTimeout"
-MAX_ENTRIES_ERROR = "stepd.MaxEntriesExceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +130,7 @@ class Engine:
         self._closing = False
         self._hook_key = b""
         self.children = ChildRuns(self)
+        self.policy = RunPolicy(self)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -243,7 +239,7 @@ class Engine:
             ) from None
         if outcome.created:
             self._make_ready(outcome.run)
-            self._schedule_expiry(outcome.run)
+            self.policy.schedule_expiry(outcome.run)
         return outcome.run, not outcome.created
 
     async def get_run(
@@ -590,7 +586,7 @@ class Engine:
                         session.lease_owner, held, now_ms() + self.config.lease_timeout_ms
                     )
         for attempt in self.run_limits.overdue(now_ms()):
-            await self._end_overdue_attempt(attempt)
+            await self.policy.end_overdue_attempt(attempt)
         for run in await self.store.expired_leases(now_ms(), EXPIRY_SWEEP_LIMIT):
             holder = self._holders.get(run.run_id)
             if holder is not None and not holder.closed:
@@ -609,7 +605,7 @@ class Engine:
             return self._lease_lost(cid, run_id)
         limit = self.config.max_payload_bytes
         if isinstance(action, StartStep):
-            return self._start_step(cid, run_id, lease_id, action)
+            return self.policy.start_step(cid, run_id, lease_id, action)
         if isinstance(action, StartChild):
             return await self.children.start(session, cid, run_id, lease_id, action)
         if isinstance(action, HoldRun):
@@ -619,7 +615,7 @@ class Engine:
             if not step.step_key:
                 raise InvalidArgument("record_step.step.step_key is required")
             if self.run_limits.full(run_id):
-                return await self._journal_full(session, cid, run_id, lease_id, step.step_key)
+                return await self.policy.journal_full(session, cid, run_id, lease_id, step.step_key)
             if action.result is not None:
                 result_json = check_json_payload(
                     "record_step.step.result", action.result.json, action.result.encoding, limit
@@ -691,7 +687,7 @@ class Engine:
     ) -> CommandResult:
         check_waits(waits)
         if self.run_limits.full(run_id):  # waking would add an entry it has no room for
-            return await self._journal_full(session, cid, run_id, lease_id, "")
+            return await self.policy.journal_full(session, cid, run_id, lease_id, "")
         outcome = await self.store.suspend_run(run_id, lease_id, waits)
         if outcome.status is SuspendStatus.LEASE_LOST:
             return self._lease_lost(cid, run_id, session)
@@ -707,119 +703,11 @@ class Engine:
 
     async def _fire_timer(self, run_id: str, wait_key: str) -> None:
         if wait_key == RUN_EXPIRY_KEY:
-            await self._expire(run_id)
+            await self.policy.expire(run_id)
             return
         woken = await self.store.fire_timer(run_id, wait_key)
         if woken is not None:
             self._make_ready(woken)
-
-    # -- failure policy: step timeouts, journal limit, expiry -------------------
-
-    def _start_step(self, cid: int, run_id: str, lease_id: int, action: StartStep) -> CommandResult:
-        if not action.step_key:
-            raise InvalidArgument("start_step.step_key is required")
-        if action.timeout_ms <= 0:
-            raise InvalidArgument("start_step.timeout must be longer than 0")
-        self.run_limits.attempt_started(
-            OpenAttempt(
-                run_id, lease_id, action.step_key, action.attempt, action.timeout_ms, now_ms()
-            )
-        )
-        return CommandResult(cid, CommandStatus.OK)
-
-    async def _end_overdue_attempt(self, attempt: OpenAttempt) -> None:
-        """The worker did not report a step attempt within its timeout (and grace):
-        record it as timed out, take the run back and hand it out again; the
-        step's retry policy decides what follows."""
-        run_id, lease_id = attempt.run_id, attempt.lease_id
-        self.run_limits.attempt_ended(run_id, attempt.step_key)
-        session = self._holders.get(run_id)
-        if session is None or session.held.get(run_id) != lease_id:
-            return
-        message = (
-            f"step {attempt.step_key} attempt {attempt.attempt} did not finish within its "
-            f"timeout of {attempt.timeout_ms / 1000:g} s; the worker did not report it, so "
-            "the server ended it"
-        )
-        step = StepRow(
-            step_key=attempt.step_key,
-            attempt=attempt.attempt,
-            error=ErrorDetails(
-                STEP_TIMEOUT_ERROR, message, step_key=attempt.step_key, attempt=attempt.attempt
-            ),
-            start_time=attempt.started_at,
-            end_time=now_ms(),
-            attempt_only=True,
-        )
-        outcome = await self.store.record_step(run_id, lease_id, step)
-        if outcome.status is RecordStepStatus.LEASE_LOST:
-            return
-        log.warning("run %s: %s; handing the run out again", run_id, message)
-        session.mark_suspect()  # its event loop may be blocked: no new runs until it speaks
-        self.dispatcher.unstick(session)
-        self._let_go(session, run_id)
-        session.send(Cancellation(run_id, lease_id, message))
-        await self._requeue(run_id, lease_id)
-
-    async def _journal_full(
-        self, session: WorkerSession, cid: int, run_id: str, lease_id: int, step_key: str
-    ) -> CommandResult:
-        """The run's journal is at its limit: fail the run instead of growing it."""
-        limit = self.run_limits.limit(run_id)
-        error = ErrorDetails(
-            MAX_ENTRIES_ERROR,
-            f"run {run_id} reached its limit of {limit} journal entries (steps, failed "
-            "attempts, met waits); raise the workflow's max_entries or split the work "
-            "into child runs",
-            step_key=step_key,
-        )
-        await self._fail_held(session, run_id, lease_id, error, FailureReason.MAX_ENTRIES_EXCEEDED)
-        log.warning("run %s failed: %s", run_id, error.message)
-        return self._lease_lost(cid, run_id, session)
-
-    def _schedule_expiry(self, run: RunRecord) -> None:
-        if run.expire_time is not None and not run.status.is_terminal:
-            self.timers.schedule(DueTimer(run.run_id, RUN_EXPIRY_KEY, run.expire_time))
-
-    async def _expire(self, run_id: str) -> None:
-        """Fail a run whose deadline or execution timeout passed, wherever it stands,
-        and tell the worker holding it (if any) to stop."""
-        for _ in range(10):
-            run = await self.store.get_run(run_id)
-            if run is None or run.status.is_terminal or run.expire_time is None:
-                return
-            now = now_ms()
-            if run.expire_time > now:  # e.g. rescheduled by a refill ahead of time
-                self._schedule_expiry(run)
-                return
-            if run.deadline is not None and run.deadline <= now:
-                reason, error_type = FailureReason.DEADLINE_EXCEEDED, DEADLINE_ERROR
-                what = "its deadline passed"
-            else:
-                reason, error_type = FailureReason.EXECUTION_TIMEOUT, EXECUTION_TIMEOUT_ERROR
-                what = "its workflow's execution timeout passed"
-            message = f"run {run_id} failed: {what}"
-            failed = await self.store.transition_run(
-                run_id,
-                transitions.sources(RunEvent.EXPIRE),
-                transitions.target(RunEvent.EXPIRE),
-                values={
-                    "error_type": error_type,
-                    "error_message": message,
-                    "error_traceback": "",
-                    "error_step_key": "",
-                    "error_attempt": 0,
-                    "failure_reason": reason.value,
-                    "lease_owner": None,
-                },
-            )
-            if failed is not None:
-                log.info("%s", message)
-                self._after_cancel(failed, what)
-                self.timers.forget_run(run_id)
-                await self.store.abandon_waits(run_id)
-                return
-            # The run moved between two of its statuses meanwhile: look again.
 
     async def _finish(
         self, run_id: str, lease_id: int, event: RunEvent, values: dict[str, object]
@@ -891,7 +779,7 @@ class Engine:
             known + len(claimed.journal) + len(claimed.waits),
             limits.max_entries if limits is not None else None,
         )
-        self._schedule_expiry(claimed.run)
+        self.policy.schedule_expiry(claimed.run)
         session.send(replace(claimed, hook_secret=hook_tokens.run_secret(self._hook_key, run_id)))
 
     async def _requeue(self, run_id: str, lease_id: int) -> None:

@@ -1,0 +1,165 @@
+"""The failure policy's server side: step timeouts, the journal limit, run expiry.
+
+A worker announces a step attempt that has a timeout (``start_step``); when it
+does not report the attempt within the timeout and a grace, the server records
+the attempt as timed out and hands the run out again (``end_overdue_attempt``).
+A run whose journal reaches its limit fails instead of growing
+(``journal_full``). A run's deadline or execution timeout is a timer on the
+run (``RUN_EXPIRY_KEY``); when it fires the run fails wherever it stands, and
+the worker holding it is told (``expire``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from service.domain import (
+    RUN_EXPIRY_KEY,
+    DueTimer,
+    ErrorDetails,
+    FailureReason,
+    RecordStepStatus,
+    RunRecord,
+    StepRow,
+    now_ms,
+)
+from service.engine import transitions
+from service.engine.commands import CommandResult, CommandStatus, StartStep
+from service.engine.errors import InvalidArgument
+from service.engine.run_limits import OpenAttempt
+from service.engine.sessions import Cancellation, WorkerSession
+from service.engine.transitions import RunEvent
+
+if TYPE_CHECKING:
+    from service.engine.engine import Engine
+
+log = logging.getLogger("stepd.engine")
+
+#: The error types of runs and attempts the server ends on its own.
+STEP_TIMEOUT_ERROR = "stepd.StepTimeoutError"
+DEADLINE_ERROR = "stepd.DeadlineExceeded"
+EXECUTION_TIMEOUT_ERROR = "stepd.ExecutionTimeout"
+MAX_ENTRIES_ERROR = "stepd.MaxEntriesExceeded"
+
+
+class RunPolicy:
+    """Ends attempts, runs and journals that went past their limits."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def start_step(self, cid: int, run_id: str, lease_id: int, action: StartStep) -> CommandResult:
+        """Apply ``start_step``: the server now times the attempt."""
+        engine = self._engine
+        if not action.step_key:
+            raise InvalidArgument("start_step.step_key is required")
+        if action.timeout_ms <= 0:
+            raise InvalidArgument("start_step.timeout must be longer than 0")
+        engine.run_limits.attempt_started(
+            OpenAttempt(
+                run_id, lease_id, action.step_key, action.attempt, action.timeout_ms, now_ms()
+            )
+        )
+        return CommandResult(cid, CommandStatus.OK)
+
+    async def end_overdue_attempt(self, attempt: OpenAttempt) -> None:
+        """The worker did not report a step attempt within its timeout (and grace):
+        record it as timed out, take the run back and hand it out again; the
+        step's retry policy decides what follows."""
+        engine = self._engine
+        run_id, lease_id = attempt.run_id, attempt.lease_id
+        engine.run_limits.attempt_ended(run_id, attempt.step_key)
+        session = engine._holders.get(run_id)
+        if session is None or session.held.get(run_id) != lease_id:
+            return
+        message = (
+            f"step {attempt.step_key} attempt {attempt.attempt} did not finish within its "
+            f"timeout of {attempt.timeout_ms / 1000:g} s; the worker did not report it, so "
+            "the server ended it"
+        )
+        step = StepRow(
+            step_key=attempt.step_key,
+            attempt=attempt.attempt,
+            error=ErrorDetails(
+                STEP_TIMEOUT_ERROR, message, step_key=attempt.step_key, attempt=attempt.attempt
+            ),
+            start_time=attempt.started_at,
+            end_time=now_ms(),
+            attempt_only=True,
+        )
+        outcome = await engine.store.record_step(run_id, lease_id, step)
+        if outcome.status is RecordStepStatus.LEASE_LOST:
+            return
+        log.warning("run %s: %s; handing the run out again", run_id, message)
+        session.mark_suspect()  # its event loop may be blocked: no new runs until it speaks
+        engine.dispatcher.unstick(session)
+        engine._let_go(session, run_id)
+        session.send(Cancellation(run_id, lease_id, message))
+        await engine._requeue(run_id, lease_id)
+
+    async def journal_full(
+        self, session: WorkerSession, cid: int, run_id: str, lease_id: int, step_key: str
+    ) -> CommandResult:
+        """The run's journal is at its limit: fail the run instead of growing it."""
+        engine = self._engine
+        limit = engine.run_limits.limit(run_id)
+        error = ErrorDetails(
+            MAX_ENTRIES_ERROR,
+            f"run {run_id} reached its limit of {limit} journal entries (steps, failed "
+            "attempts, met waits); raise the workflow's max_entries or split the work "
+            "into child runs",
+            step_key=step_key,
+        )
+        await engine._fail_held(
+            session, run_id, lease_id, error, FailureReason.MAX_ENTRIES_EXCEEDED
+        )
+        log.warning("run %s failed: %s", run_id, error.message)
+        return engine._lease_lost(cid, run_id, session)
+
+    def schedule_expiry(self, run: RunRecord) -> None:
+        """Arm the timer that ends ``run`` at its deadline or execution timeout."""
+        engine = self._engine
+        if run.expire_time is not None and not run.status.is_terminal:
+            engine.timers.schedule(DueTimer(run.run_id, RUN_EXPIRY_KEY, run.expire_time))
+
+    async def expire(self, run_id: str) -> None:
+        """Fail a run whose deadline or execution timeout passed, wherever it stands,
+        and tell the worker holding it (if any) to stop."""
+        engine = self._engine
+        for _ in range(10):
+            run = await engine.store.get_run(run_id)
+            if run is None or run.status.is_terminal or run.expire_time is None:
+                return
+            now = now_ms()
+            if run.expire_time > now:  # e.g. rescheduled by a refill ahead of time
+                self.schedule_expiry(run)
+                return
+            if run.deadline is not None and run.deadline <= now:
+                reason, error_type = FailureReason.DEADLINE_EXCEEDED, DEADLINE_ERROR
+                what = "its deadline passed"
+            else:
+                reason, error_type = FailureReason.EXECUTION_TIMEOUT, EXECUTION_TIMEOUT_ERROR
+                what = "its workflow's execution timeout passed"
+            message = f"run {run_id} failed: {what}"
+            failed = await engine.store.transition_run(
+                run_id,
+                transitions.sources(RunEvent.EXPIRE),
+                transitions.target(RunEvent.EXPIRE),
+                values={
+                    "error_type": error_type,
+                    "error_message": message,
+                    "error_traceback": "",
+                    "error_step_key": "",
+                    "error_attempt": 0,
+                    "failure_reason": reason.value,
+                    "lease_owner": None,
+                },
+            )
+            if failed is not None:
+                log.info("%s", message)
+                engine._after_cancel(failed, what)
+                engine.timers.forget_run(run_id)
+                await engine.store.abandon_waits(run_id)
+                return
+            # The run moved between two of its statuses meanwhile: look again.
