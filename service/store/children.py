@@ -225,26 +225,14 @@ def hold(
 ) -> RunRecord | None:
     """Give a RUNNING run under ``lease_id`` back as PENDING, held with ``error``;
     None when the lease is gone."""
-    row = (
-        conn.execute(
-            update(runs)
-            .where(
-                runs.c.run_id == run_id,
-                runs.c.status == RunStatus.RUNNING.value,
-                runs.c.lease_id == lease_id,
-            )
-            .values(
-                status=RunStatus.PENDING.value,
-                update_time=now,
-                lease_owner=None,
-                lease_expires_at=None,
-                held_error_type=error.type,
-                held_error_message=error.message,
-            )
-            .returning(*runs.c)
-        )
-        .mappings()
-        .first()
+    row = waits.leave_running(
+        conn,
+        run_id,
+        lease_id,
+        RunStatus.PENDING,
+        now,
+        held_error_type=error.type,
+        held_error_message=error.message,
     )
     if row is None:
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, RowMapping, func, select, text, update
 
 from service.domain import (
     RUN_EXPIRY_KEY,
@@ -39,6 +39,38 @@ from service.store.schema import UNFINISHED, hooks, run_waits, runs, step_attemp
 _OPEN, _MET, _ABANDONED = WaitStatus.OPEN.value, WaitStatus.MET.value, WaitStatus.ABANDONED.value
 
 
+def leave_running(
+    conn: Connection,
+    run_id: str,
+    lease_id: int,
+    status: RunStatus,
+    now: int,
+    **values: object,
+) -> RowMapping | None:
+    """Move a RUNNING run under ``lease_id`` to ``status``, giving up the lease (and
+    setting ``values``); its new row, or None when the lease is gone."""
+    return (
+        conn.execute(
+            update(runs)
+            .where(
+                runs.c.run_id == run_id,
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.lease_id == lease_id,
+            )
+            .values(
+                status=status.value,
+                update_time=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                **values,
+            )
+            .returning(*runs.c)
+        )
+        .mappings()
+        .first()
+    )
+
+
 def suspend(
     conn: Connection, run_id: str, lease_id: int, waits: Sequence[WaitSpec], now: int
 ) -> SuspendOutcome:
@@ -49,25 +81,7 @@ def suspend(
     the waits was met already, the run goes straight back to PENDING (WOKEN).
     """
     lock_event_names(conn, [w.target for w in waits if w.kind is WaitKind.EVENT and w.target])
-    row = (
-        conn.execute(
-            update(runs)
-            .where(
-                runs.c.run_id == run_id,
-                runs.c.status == RunStatus.RUNNING.value,
-                runs.c.lease_id == lease_id,
-            )
-            .values(
-                status=RunStatus.SUSPENDED.value,
-                update_time=now,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-            .returning(*runs.c)
-        )
-        .mappings()
-        .first()
-    )
+    row = leave_running(conn, run_id, lease_id, RunStatus.SUSPENDED, now)
     if row is None:
         return SuspendOutcome(SuspendStatus.LEASE_LOST)
     keys = [w.wait_key for w in waits]
