@@ -8,11 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY clients ./clients
 COPY service ./service
 COPY worker_sdk ./worker_sdk
-RUN pip install . \
+RUN pip install ".[server]" \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin stepd \
     && mkdir -p /data \
     && chown stepd:stepd /data

@@ -36,9 +36,9 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` impor
 
 from bench.run import CpuMeter, git_commit, throughput  # noqa: E402
 from bench.workflows import three_steps  # noqa: E402
+from stepd import Client  # noqa: E402
 from tests.backends import PostgresDatabases  # noqa: E402
 from tests.e2e.harness import ManagedProcess, Stack  # noqa: E402
-from worker_sdk import Client  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "replicas.json"
 

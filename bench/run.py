@@ -39,8 +39,8 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` impor
     sys.path.insert(0, str(ROOT))
 
 from bench.workflows import one_step, three_steps  # noqa: E402
+from stepd import Client  # noqa: E402
 from tests.e2e.harness import ManagedProcess, Stack  # noqa: E402
-from worker_sdk import Client  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 TARGETS = {"w1_runs_per_s": 200.0, "w2_p50_ms": 10.0}

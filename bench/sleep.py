@@ -31,8 +31,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.workflows import sleeper  # noqa: E402
+from stepd import Client  # noqa: E402
 from tests.e2e.harness import Stack  # noqa: E402
-from worker_sdk import Client  # noqa: E402
 
 
 def percentile(values: list[float], pct: float) -> float:

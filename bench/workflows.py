@@ -4,7 +4,7 @@ The steps do no I/O, so the numbers measure stepd itself: dispatch, the
 worker stream, recording each step durably, and completing the run.
 """
 
-from worker_sdk import WorkflowContext, step, workflow
+from stepd import WorkflowContext, step, workflow
 
 
 @step

@@ -29,8 +29,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from worker_sdk import Client, Worker, WorkflowContext, step, workflow
-from worker_sdk.errors import WaitTimeoutError
+from stepd import Client, Worker, WorkflowContext, step, workflow
+from stepd.errors import WaitTimeoutError
 
 #: Expenses above this amount need a VP's approval as well.
 VP_THRESHOLD = 1000

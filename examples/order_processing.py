@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from worker_sdk import WorkflowContext, step, workflow
+from stepd import WorkflowContext, step, workflow
 
 #: Card numbers that the simulated payment provider declines.
 DECLINED_CARDS = frozenset({"4000000000000002"})

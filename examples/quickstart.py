@@ -5,7 +5,7 @@ import os
 
 from pydantic import BaseModel
 
-from worker_sdk import Client, Worker, WorkflowContext, step, workflow
+from stepd import Client, Worker, WorkflowContext, step, workflow
 
 ADDRESS = os.environ.get("STEPD_ADDRESS", "127.0.0.1:50051")
 

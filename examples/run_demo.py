@@ -35,7 +35,7 @@ from examples.order_processing import (  # noqa: E402
     ShippingSpeed,
     process_order,
 )
-from worker_sdk import Client  # noqa: E402
+from stepd import Client  # noqa: E402
 
 SERVER_READY = re.compile(r"stepd serving on (\S+) \(database (.*)\)")
 WORKER_READY = re.compile(r"stepd worker ready")
@@ -171,7 +171,7 @@ def main() -> int:
         server = Process(
             "server",
             [
-                *command("stepd", "service.cli"),
+                *command("stepd", "stepd.server.cli"),
                 "serve",
                 "--address",
                 "127.0.0.1:0",
@@ -187,7 +187,7 @@ def main() -> int:
         worker = Process(
             "worker",
             [
-                *command("stepd-worker", "worker_sdk.cli"),
+                *command("stepd-worker", "stepd.cli"),
                 "examples.order_processing",
                 "--server",
                 address,

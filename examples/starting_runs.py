@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 
-from worker_sdk import Client, Worker, WorkflowContext, step, workflow
-from worker_sdk.schedules import Schedule
+from stepd import Client, Worker, WorkflowContext, step, workflow
+from stepd.schedules import Schedule
 
 ADDRESS = os.environ.get("STEPD_ADDRESS", "127.0.0.1:50051")
 

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 
-from worker_sdk import Client, RetryPolicy, Worker, WorkflowContext, step, workflow
-from worker_sdk.errors import NonRetryableError, RetryExhaustedError
+from stepd import Client, RetryPolicy, Worker, WorkflowContext, step, workflow
+from stepd.errors import NonRetryableError, RetryExhaustedError
 
 
 class Trip(BaseModel):

@@ -1,7 +1,15 @@
 """Regenerate the Python code in clients/python from proto/.
 
 The proto path equals the Python import path (``stepd/v1/x.proto`` becomes
-``stepd.v1.x_pb2``), so generated imports need no rewriting.
+``stepd.v1.x_pb2``), so generated imports need no rewriting. The package
+``stepd.v1`` is this folder (``clients/python/stepd/v1``, mapped in
+pyproject.toml); the ``.proto`` files are copied beside the generated code so
+that the wheel carries the contract (``protoc -I site-packages
+stepd/v1/workflow_service.proto`` works on an installed package).
+
+The generator is pinned (grpcio-tools 1.76.0, protobuf 6.31 gencode): the
+generated code then runs on protobuf 6.31+ and 7, and grpcio 1.76+, which are
+the floors in pyproject.toml.
 
 Usage: ``python scripts/gen_protos.py [--check]``. With ``--check`` nothing is
 written; the exit code is 1 when the committed code differs from what
@@ -21,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 OUT_ROOT = ROOT / "clients" / "python"
-PACKAGE_DIRS = ("stepd", "stepd/v1")
+PACKAGE = "stepd/v1"
 
 
 def generate(out_root: Path) -> None:
@@ -47,10 +55,13 @@ def generate(out_root: Path) -> None:
         *protos,
     ]
     subprocess.run(command, check=True, cwd=PROTO_ROOT)
-    for package in PACKAGE_DIRS:
-        init = out_root / package / "__init__.py"
-        init.write_text('"""Generated from proto/ by scripts/gen_protos.py. Do not edit."""\n')
-        (out_root / package / "py.typed").write_text("")
+    package = out_root / PACKAGE
+    (package / "__init__.py").write_text(
+        '"""Generated from proto/ by scripts/gen_protos.py. Do not edit."""\n'
+    )
+    (package / "py.typed").write_text("")
+    for proto in protos:
+        shutil.copyfile(PROTO_ROOT / proto, out_root / proto)
 
 
 def differences(left: Path, right: Path) -> list[str]:
@@ -72,12 +83,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if clients/ is out of date")
     args = parser.parse_args()
-    target = OUT_ROOT / "stepd"
+    target = OUT_ROOT / PACKAGE
     with tempfile.TemporaryDirectory() as scratch:
         fresh = Path(scratch)
         generate(fresh)
         if args.check:
-            stale = differences(fresh / "stepd", target) if target.exists() else ["stepd/"]
+            stale = differences(fresh / PACKAGE, target) if target.exists() else [PACKAGE]
             stale = [p for p in stale if "__pycache__" not in p]
             if stale:
                 print("clients/python is out of date with proto/; run scripts/gen_protos.py:")
@@ -87,7 +98,7 @@ def main() -> int:
             print("clients/python is up to date with proto/")
             return 0
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(fresh / "stepd", target)
+        shutil.copytree(fresh / PACKAGE, target)
     print(f"generated {target.relative_to(ROOT)}")
     return 0
 

@@ -9,16 +9,22 @@ import os
 import signal
 import sys
 
-from sqlalchemy.exc import DBAPIError
+from stepd.server import __version__
+from stepd.server.config import (
+    DEFAULT_ADDRESS,
+    DEFAULT_DATABASE,
+    DEFAULT_DB_POOL_SIZE,
+    ServerConfig,
+)
 
-from service.config import DEFAULT_ADDRESS, DEFAULT_DATABASE, DEFAULT_DB_POOL_SIZE, ServerConfig
-from service.server import create_server
-from service.store import SchemaVersionError
-from service.store.postgres import display_url
+SERVER_EXTRA_MISSING = (
+    "stepd serve needs the server's dependencies: pip install 'stepd[server]' ({})"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepd", description="stepd durable workflow server")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument(
@@ -72,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
 
 async def serve(config: ServerConfig) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully."""
+    from stepd.server.server import create_server
+    from stepd.server.store.postgres import display_url
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -111,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         max_journal_entries=args.max_journal_entries,
         replica_poll_ms=int(args.replica_poll_interval * 1000),
     )
+    try:
+        from sqlalchemy.exc import DBAPIError
+
+        from stepd.server.store import SchemaVersionError
+    except ImportError as exc:  # a base install: the SDK and this command only
+        print(f"stepd: {SERVER_EXTRA_MISSING.format(exc)}", file=sys.stderr)
+        return 1
     try:
         asyncio.run(serve(config))
     except (OSError, ValueError, SchemaVersionError) as exc:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.store.postgres import DEFAULT_POOL_SIZE
-
-DEFAULT_DB_POOL_SIZE = DEFAULT_POOL_SIZE
+DEFAULT_DB_POOL_SIZE = 20  # PostgreSQL connections one server opens at most
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE = "stepd.db"

@@ -1,6 +1,6 @@
 """Plain data for runs started without a caller: event triggers and cron schedules.
 
-Shared by the engine and the store, like ``service.domain``. Times are epoch
+Shared by the engine and the store, like ``stepd.server.domain``. Times are epoch
 milliseconds (UTC).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from service.domain import RunRecord, RunStatus
+from stepd.server.domain import RunRecord, RunStatus
 
 
 class OverlapPolicy(enum.StrEnum):

@@ -9,18 +9,18 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from stepd.server.api.worker_servicer import WorkerServicer
+from stepd.server.api.workflow_servicer import WorkflowServicer
+from stepd.server.config import ServerConfig
+from stepd.server.engine.engine import Engine
+from stepd.server.store import open_store
 from stepd.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
-
-from service.api.worker_servicer import WorkerServicer
-from service.api.workflow_servicer import WorkflowServicer
-from service.config import ServerConfig
-from service.engine.engine import Engine
-from service.store import open_store
 
 log = logging.getLogger("stepd.server")
 

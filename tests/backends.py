@@ -94,7 +94,7 @@ class PostgresDatabases:
     # -- on the admin thread ----------------------------------------------
 
     async def _start(self) -> None:
-        from service.store import open_store
+        from stepd.server.store import open_store
 
         url = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._conn = await asyncpg.connect(url)
@@ -144,7 +144,7 @@ def _alive(pid: int) -> bool:
 
 async def query(database: str, sql: str) -> list[tuple[Any, ...]]:
     """The rows of one SQL statement run straight on ``database`` (either backend)."""
-    from service.store.postgres import is_postgres_url
+    from stepd.server.store.postgres import is_postgres_url
 
     if is_postgres_url(database):
         conn = await asyncpg.connect(
@@ -160,7 +160,7 @@ async def query(database: str, sql: str) -> list[tuple[Any, ...]]:
 
 async def table_names(database: str) -> set[str]:
     """The names of the tables in ``database`` (SQLite's own tables left out)."""
-    from service.store.postgres import is_postgres_url
+    from stepd.server.store.postgres import is_postgres_url
 
     if is_postgres_url(database):
         sql = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"

@@ -4,7 +4,7 @@
 PostgreSQL when ``STEPD_TEST_POSTGRES_URL`` is set: see ``tests.backends``);
 ``stack`` starts processes for one test and stops them all afterwards;
 ``server`` is a fresh server (own database, free port); ``worker`` serves
-``tests.e2e.workflows``; ``client`` is a connected ``worker_sdk.Client`` and
+``tests.e2e.workflows``; ``client`` is a connected ``stepd.Client`` and
 ``workflow_stub`` / ``worker_stub`` are the raw generated gRPC stubs.
 
 Tests under ``tests/e2e/`` are marked ``slow`` (several processes): select
@@ -26,9 +26,8 @@ from tests.backends import BACKENDS, SKIP_POSTGRES, PostgresDatabases, postgres_
 from tests.e2e.harness import ManagedProcess, Server, Stack
 
 if TYPE_CHECKING:
+    from stepd import Client
     from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub
-
-    from worker_sdk import Client
 
 STACK_KEY = pytest.StashKey[Stack]()
 E2E_DIR = Path(__file__).parent / "e2e"
@@ -162,7 +161,7 @@ def worker(stack: Stack, server: Server) -> ManagedProcess:
 @pytest.fixture
 async def client(server: Server) -> AsyncIterator[Client]:
     """A connected SDK client."""
-    from worker_sdk import Client
+    from stepd import Client
 
     async with Client(server.address) as connected:
         yield connected

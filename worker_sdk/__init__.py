@@ -2,17 +2,27 @@
 
 Define workflows with ``@workflow`` and steps with ``@step``, serve them with
 ``Worker``, and start and inspect runs with ``Client``. ``RetryPolicy`` says how a
-failing step is retried. Errors are in ``worker_sdk.errors``.
+failing step is retried. Errors are in ``stepd.errors``.
+
+The server is ``stepd.server`` (``pip install 'stepd[server]'``); this package
+never imports it, nor SQLAlchemy.
 """
 
-from worker_sdk._client import Client, RunHandle
-from worker_sdk._context import WorkflowContext
-from worker_sdk._definitions import step, workflow
-from worker_sdk._hooks import Hook
-from worker_sdk._policy import RetryPolicy
-from worker_sdk._runs import RunInfo, RunStatus
-from worker_sdk._worker import Worker
-from worker_sdk.errors import NotFoundError, RunCancelledError, RunFailedError, StepdError
+from importlib.metadata import PackageNotFoundError, version
+
+from stepd._client import Client, RunHandle
+from stepd._context import WorkflowContext
+from stepd._definitions import step, workflow
+from stepd._hooks import Hook
+from stepd._policy import RetryPolicy
+from stepd._runs import RunInfo, RunStatus
+from stepd._worker import Worker
+from stepd.errors import NotFoundError, RunCancelledError, RunFailedError, StepdError
+
+try:
+    __version__ = version("stepd")
+except PackageNotFoundError:  # pragma: no cover - a checkout without an install
+    __version__ = "0+unknown"
 
 __all__ = [
     "Client",

@@ -15,8 +15,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import TypeAdapter
 
-from worker_sdk._serde import dumps, loads
-from worker_sdk.errors import ChildFailedError, NonDeterminismError, WorkflowContextError
+from stepd._serde import dumps, loads
+from stepd.errors import ChildFailedError, NonDeterminismError, WorkflowContextError
 
 R = TypeVar("R")
 

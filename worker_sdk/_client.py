@@ -13,20 +13,20 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 import grpc
 from google.protobuf import duration_pb2
 from pydantic import TypeAdapter
-from stepd.v1 import types_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 
-from worker_sdk._definitions import Workflow
-from worker_sdk._rpc import CHANNEL_OPTIONS, sdk_error
-from worker_sdk._runs import RunInfo, RunStatus, status_to_proto, to_timestamp
-from worker_sdk._serde import ANY_ADAPTER, dump_input, dumps, loads, payload_text
-from worker_sdk.errors import (
+from stepd._definitions import Workflow
+from stepd._rpc import CHANNEL_OPTIONS, sdk_error
+from stepd._runs import RunInfo, RunStatus, status_to_proto, to_timestamp
+from stepd._serde import ANY_ADAPTER, dump_input, dumps, loads, payload_text
+from stepd.errors import (
     RunCancelledError,
     RunFailedError,
     ServerUnavailableError,
     StepdError,
 )
-from worker_sdk.history import RunEvent
-from worker_sdk.schedules import Schedule, ScheduleInfo
+from stepd.history import RunEvent
+from stepd.schedules import Schedule, ScheduleInfo
+from stepd.v1 import types_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 
 if TYPE_CHECKING:
     from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub
@@ -141,7 +141,7 @@ class Client:
 
     Use as ``async with Client(address) as client:`` (or call ``close()``).
     Server errors are raised as ``StepdError`` subclasses (see
-    ``worker_sdk.errors``).
+    ``stepd.errors``).
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS) -> None:
@@ -420,7 +420,7 @@ class Client:
     ) -> AsyncIterator[RunEvent]:
         """Iterate over a run's history, oldest first, following the server's pages.
 
-        Yields ``worker_sdk.history.RunEvent`` entries: triggered, dispatched, step
+        Yields ``stepd.history.RunEvent`` entries: triggered, dispatched, step
         outcomes, suspensions, signals and met waits, custom entries (``ctx.log``,
         ``ctx.record``) and how the run ended. Raises NotFoundError for an unknown
         run.

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from worker_sdk._children import ChildHandle
-from worker_sdk._definitions import (
+from stepd._children import ChildHandle
+from stepd._definitions import (
     Step,
     StepScheduler,
     Workflow,
@@ -20,10 +20,10 @@ from worker_sdk._definitions import (
     current_scheduler,
     current_step,
 )
-from worker_sdk._hooks import Hook, hook_token
-from worker_sdk._policy import Duration, RetryPolicy
-from worker_sdk._serde import ANY_ADAPTER, adapter_for, dump_input, dumps
-from worker_sdk.errors import WaitTimeoutError, WorkflowContextError
+from stepd._hooks import Hook, hook_token
+from stepd._policy import Duration, RetryPolicy
+from stepd._serde import ANY_ADAPTER, adapter_for, dump_input, dumps
+from stepd.errors import WaitTimeoutError, WorkflowContextError
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol
 
 from pydantic import TypeAdapter
 
-from worker_sdk._policy import Duration, RetryPolicy, optional_duration, retry_policy
-from worker_sdk._policy import max_entries as _max_entries
-from worker_sdk._serde import adapter_for
-from worker_sdk.errors import WorkflowDefinitionError
-from worker_sdk.schedules import Schedule
+from stepd._policy import Duration, RetryPolicy, optional_duration, retry_policy
+from stepd._policy import max_entries as _max_entries
+from stepd._serde import adapter_for
+from stepd.errors import WorkflowDefinitionError
+from stepd.schedules import Schedule
 
 if TYPE_CHECKING:
-    from worker_sdk._children import ChildHandle
-    from worker_sdk._context import WorkflowContext
-    from worker_sdk._hooks import Hook
+    from stepd._children import ChildHandle
+    from stepd._context import WorkflowContext
+    from stepd._hooks import Hook
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -395,7 +395,7 @@ def _check_name(name: object, what: str) -> None:
 
 def _check_workflow_signature(fn: Callable[..., Any], name: str) -> tuple[str | None, bool]:
     """Check ``(ctx[, input])``; return the input parameter's name and whether it has a default."""
-    from worker_sdk._context import WorkflowContext
+    from stepd._context import WorkflowContext
 
     params = list(inspect.signature(fn).parameters.values())
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -552,7 +552,7 @@ def workflow(
 
     ``events=["order.created"]`` starts one run per published event of those
     names, with the event's payload as input. ``schedule="0 9 * * *"`` (or a
-    ``worker_sdk.schedules.Schedule`` with a time zone, input and policies)
+    ``stepd.schedules.Schedule`` with a time zone, input and policies)
     starts runs on a cron schedule. A worker serving the workflow's newest
     version registers both with the server.
     """

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from worker_sdk._serde import qualified_name
-from worker_sdk.errors import (
+from stepd._serde import qualified_name
+from stepd.errors import (
     NonRetryableError,
     StepFailedError,
     WorkflowDefinitionError,

@@ -68,15 +68,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter
-from stepd.v1 import types_pb2, worker_service_pb2
 
-from worker_sdk._children import ChildHandle, child_result
-from worker_sdk._context import WorkflowContext
-from worker_sdk._definitions import Step, Workflow, current_scheduler
-from worker_sdk._hooks import Hook, hook_token
-from worker_sdk._policy import NO_RETRY, RetryPolicy
-from worker_sdk._serde import dumps, error_info, loads, payload_text, rebuild_error
-from worker_sdk.errors import (
+from stepd._children import ChildHandle, child_result
+from stepd._context import WorkflowContext
+from stepd._definitions import Step, Workflow, current_scheduler
+from stepd._hooks import Hook, hook_token
+from stepd._policy import NO_RETRY, RetryPolicy
+from stepd._serde import dumps, error_info, loads, payload_text, rebuild_error
+from stepd.errors import (
     NonDeterminismError,
     RetryExhaustedError,
     StepdError,
@@ -84,6 +83,7 @@ from worker_sdk.errors import (
     WaitTimeoutError,
     WorkflowContextError,
 )
+from stepd.v1 import types_pb2, worker_service_pb2
 
 logger = logging.getLogger("stepd.worker")
 

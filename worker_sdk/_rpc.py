@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from worker_sdk import errors
+from stepd import errors
 
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
     # Run tasks carry whole journals and list pages whole runs: no 4 MiB cap.

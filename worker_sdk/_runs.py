@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from stepd.v1 import types_pb2
 
-from worker_sdk._serde import loads, payload_text
-from worker_sdk.errors import StepdError
+from stepd._serde import loads, payload_text
+from stepd.errors import StepdError
+from stepd.v1 import types_pb2
 
 
 class RunStatus(enum.StrEnum):

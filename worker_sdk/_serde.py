@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
-from stepd.v1 import types_pb2
 
-from worker_sdk.errors import PayloadError, StepFailedError, StepTimeoutError
+from stepd.errors import PayloadError, StepFailedError, StepTimeoutError
+from stepd.v1 import types_pb2
 
 ANY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Any)
 

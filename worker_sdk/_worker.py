@@ -35,14 +35,14 @@ from typing import TYPE_CHECKING, Any, Self
 import grpc
 from google.protobuf import duration_pb2
 from pydantic import ValidationError
-from stepd.v1 import worker_service_pb2, worker_service_pb2_grpc
 
-from worker_sdk._definitions import Workflow
-from worker_sdk._replay import RELEASE_REASON, RunAbandoned, RunExecutor, RunOutcome
-from worker_sdk._rpc import CHANNEL_OPTIONS
-from worker_sdk._run_cache import RunCache
-from worker_sdk._serde import dumps
-from worker_sdk.errors import PayloadError, WorkflowDefinitionError
+from stepd._definitions import Workflow
+from stepd._replay import RELEASE_REASON, RunAbandoned, RunExecutor, RunOutcome
+from stepd._rpc import CHANNEL_OPTIONS
+from stepd._run_cache import RunCache
+from stepd._serde import dumps
+from stepd.errors import PayloadError, WorkflowDefinitionError
+from stepd.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 if TYPE_CHECKING:
     from stepd.v1.worker_service_pb2_grpc import WorkerServiceAsyncStub

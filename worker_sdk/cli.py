@@ -35,9 +35,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
-from worker_sdk._client import DEFAULT_ADDRESS
-from worker_sdk._definitions import Workflow
-from worker_sdk._worker import MAX_CACHED_RUNS, SHUTDOWN_GRACE, Worker
+from stepd import __version__
+from stepd._client import DEFAULT_ADDRESS
+from stepd._definitions import Workflow
+from stepd._worker import MAX_CACHED_RUNS, SHUTDOWN_GRACE, Worker
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stepd-worker", description="Serve the @workflow definitions of some modules."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("modules", nargs="+", metavar="MODULE", help="module name or .py path")
     parser.add_argument(
         "--server",

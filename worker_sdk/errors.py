@@ -48,7 +48,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from worker_sdk._runs import RunInfo
+    from stepd._runs import RunInfo
 
 __all__ = [
     "AlreadyExistsError",

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from stepd._serde import loads, payload_text
 from stepd.v1 import types_pb2
-
-from worker_sdk._serde import loads, payload_text
 
 __all__ = ["RunEvent", "RunEventType"]
 

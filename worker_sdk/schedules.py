@@ -18,10 +18,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from google.protobuf import timestamp_pb2
-from stepd.v1 import schedules_pb2
 
-from worker_sdk._runs import RunStatus, status_from_proto
-from worker_sdk._serde import loads, payload_text
+from stepd._runs import RunStatus, status_from_proto
+from stepd._serde import loads, payload_text
+from stepd.v1 import schedules_pb2
 
 
 class OverlapPolicy(enum.StrEnum):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from stepd.v1 import types_pb2, worker_service_pb2
 
-from service.domain import (
+from stepd.server.domain import (
     ClaimedRun,
     ErrorDetails,
     FailureReason,
@@ -19,7 +18,7 @@ from service.domain import (
     WaitSpec,
     WorkflowLimits,
 )
-from service.engine.commands import (
+from stepd.server.engine.commands import (
     Action,
     Command,
     CommandResult,
@@ -35,7 +34,8 @@ from service.engine.commands import (
     StartStep,
     SuspendRun,
 )
-from service.engine.sessions import Cancellation, Outgoing
+from stepd.server.engine.sessions import Cancellation, Outgoing
+from stepd.v1 import types_pb2, worker_service_pb2
 
 STATUS_TO_PROTO = {
     RunStatus.PENDING: types_pb2.RUN_STATUS_PENDING,

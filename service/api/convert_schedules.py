@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from stepd.v1 import schedules_pb2, worker_service_pb2
-
-from service.api.convert import STATUS_TO_PROTO, timestamp
-from service.domain_schedules import (
+from stepd.server.api.convert import STATUS_TO_PROTO, timestamp
+from stepd.server.domain_schedules import (
     CatchupPolicy,
     OverlapPolicy,
     ScheduleOrigin,
@@ -16,8 +14,9 @@ from service.domain_schedules import (
     ScheduleSpec,
     WorkflowDeclaration,
 )
-from service.engine.errors import InvalidArgument
-from service.engine.schedules import ScheduleView
+from stepd.server.engine.errors import InvalidArgument
+from stepd.server.engine.schedules import ScheduleView
+from stepd.v1 import schedules_pb2, worker_service_pb2
 
 OVERLAP_FROM_PROTO = {
     schedules_pb2.SCHEDULE_OVERLAP_POLICY_UNSPECIFIED: OverlapPolicy.SKIP,

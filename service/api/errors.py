@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.engine import errors
+from stepd.server.engine import errors
 
 log = logging.getLogger("stepd.api")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from service.domain import RunFilter
-from service.engine.errors import InvalidArgument
+from stepd.server.domain import RunFilter
+from stepd.server.engine.errors import InvalidArgument
 
 
 def _fingerprint(text: str) -> str:

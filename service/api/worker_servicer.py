@@ -9,16 +9,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
+from stepd.server.api.convert import command_from_proto, outgoing_to_proto, workflow_limits
+from stepd.server.api.convert_schedules import declarations_from_hello
+from stepd.server.api.errors import status_code
+from stepd.server.engine.commands import Command, RecordStep
+from stepd.server.engine.engine import Engine
+from stepd.server.engine.errors import EngineError
+from stepd.server.engine.sessions import WorkerSession
 from stepd.v1 import worker_service_pb2 as pb
 from stepd.v1 import worker_service_pb2_grpc
-
-from service.api.convert import command_from_proto, outgoing_to_proto, workflow_limits
-from service.api.convert_schedules import declarations_from_hello
-from service.api.errors import status_code
-from service.engine.commands import Command, RecordStep
-from service.engine.engine import Engine
-from service.engine.errors import EngineError
-from service.engine.sessions import WorkerSession
 
 log = logging.getLogger("stepd.api")
 

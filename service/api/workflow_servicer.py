@@ -5,22 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from stepd.v1 import workflow_service_pb2 as pb
-from stepd.v1 import workflow_service_pb2_grpc
 
-from service import __version__
-from service.api import page_tokens
-from service.api.convert import STATUS_FROM_PROTO, history_to_proto, millis, run_to_proto
-from service.api.convert_schedules import (
+from stepd.server import __version__
+from stepd.server.api import page_tokens
+from stepd.server.api.convert import STATUS_FROM_PROTO, history_to_proto, millis, run_to_proto
+from stepd.server.api.convert_schedules import (
     decode_page_token,
     encode_page_token,
     schedule_to_proto,
     spec_from_proto,
 )
-from service.api.errors import maps_errors
-from service.domain import RunFilter
-from service.engine.engine import Engine, TriggerParams
-from service.engine.errors import InvalidArgument
+from stepd.server.api.errors import maps_errors
+from stepd.server.domain import RunFilter
+from stepd.server.engine.engine import Engine, TriggerParams
+from stepd.server.engine.errors import InvalidArgument
+from stepd.v1 import workflow_service_pb2 as pb
+from stepd.v1 import workflow_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -21,16 +21,16 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING
 
-from service.domain import NewRun, RunRecord, now_ms
-from service.engine.commands import CommandResult, CommandStatus, HoldRun, StartChild
-from service.engine.errors import EngineError, InvalidArgument
-from service.engine.payloads import check_json_payload
-from service.engine.sessions import WorkerSession
-from service.engine.validation import MAX_ID_LENGTH
-from service.store.children import StartChildStatus
+from stepd.server.domain import NewRun, RunRecord, now_ms
+from stepd.server.engine.commands import CommandResult, CommandStatus, HoldRun, StartChild
+from stepd.server.engine.errors import EngineError, InvalidArgument
+from stepd.server.engine.payloads import check_json_payload
+from stepd.server.engine.sessions import WorkerSession
+from stepd.server.engine.validation import MAX_ID_LENGTH
+from stepd.server.store.children import StartChildStatus
 
 if TYPE_CHECKING:
-    from service.engine.engine import Engine
+    from stepd.server.engine.engine import Engine
 
 log = logging.getLogger("stepd.engine")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from service.domain import ErrorDetails, StepRow, WaitSpec
+from stepd.server.domain import ErrorDetails, StepRow, WaitSpec
 
 
 @dataclass(frozen=True, slots=True)

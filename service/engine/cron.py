@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
-from service.engine.errors import InvalidArgument
+from stepd.server.engine.errors import InvalidArgument
 
 MAX_CRON_LENGTH = 200
 

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from service.engine.sessions import WorkerSession
+from stepd.server.engine.sessions import WorkerSession
 
 log = logging.getLogger("stepd.dispatch")
 

@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from service.config import ServerConfig
-from service.domain import (
+from stepd.server.config import ServerConfig
+from stepd.server.domain import (
     RUN_EXPIRY_KEY,
     DueTimer,
     ErrorDetails,
@@ -35,10 +35,10 @@ from service.domain import (
     WorkflowLimits,
     now_ms,
 )
-from service.domain_schedules import WorkflowDeclaration
-from service.engine import hook_tokens, transitions
-from service.engine.children import ChildRuns
-from service.engine.commands import (
+from stepd.server.domain_schedules import WorkflowDeclaration
+from stepd.server.engine import hook_tokens, transitions
+from stepd.server.engine.children import ChildRuns
+from stepd.server.engine.commands import (
     Command,
     CommandResult,
     CommandStatus,
@@ -52,8 +52,8 @@ from service.engine.commands import (
     StartStep,
     SuspendRun,
 )
-from service.engine.dispatcher import Dispatcher
-from service.engine.errors import (
+from stepd.server.engine.dispatcher import Dispatcher
+from stepd.server.engine.errors import (
     AlreadyExists,
     EngineError,
     FailedPrecondition,
@@ -61,20 +61,20 @@ from service.engine.errors import (
     NotFound,
     Unavailable,
 )
-from service.engine.payloads import check_json_payload
-from service.engine.registry import WorkflowRegistry
-from service.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
-from service.engine.run_limits import RunLimits
-from service.engine.run_policy import RunPolicy
-from service.engine.schedules import Scheduler
-from service.engine.sessions import Cancellation, WorkerSession
-from service.engine.sticky import StickyRuns
-from service.engine.timers import TimerSchedule
-from service.engine.transitions import RunEvent
-from service.engine.validation import MAX_ID_LENGTH, check_id, check_waits
-from service.store.base import RunConflictError, Store
-from service.store.notify import channel_for
-from service.store.schedules import RESERVED_KEY_PREFIX
+from stepd.server.engine.payloads import check_json_payload
+from stepd.server.engine.registry import WorkflowRegistry
+from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
+from stepd.server.engine.run_limits import RunLimits
+from stepd.server.engine.run_policy import RunPolicy
+from stepd.server.engine.schedules import Scheduler
+from stepd.server.engine.sessions import Cancellation, WorkerSession
+from stepd.server.engine.sticky import StickyRuns
+from stepd.server.engine.timers import TimerSchedule
+from stepd.server.engine.transitions import RunEvent
+from stepd.server.engine.validation import MAX_ID_LENGTH, check_id, check_waits
+from stepd.server.store.base import RunConflictError, Store
+from stepd.server.store.notify import channel_for
+from stepd.server.store.schedules import RESERVED_KEY_PREFIX
 
 log = logging.getLogger("stepd.engine")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from service.engine.errors import InvalidArgument, ResourceExhausted
+from stepd.server.engine.errors import InvalidArgument, ResourceExhausted
 
 JSON_NULL = "null"
 

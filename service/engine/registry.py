@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from service.domain import WorkflowVersion
+from stepd.server.domain import WorkflowVersion
 
 
 class WorkflowRegistry:

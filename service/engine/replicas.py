@@ -2,7 +2,7 @@
 
 Each replica keeps its own workers' streams and ready queues. What one
 replica does that another must hear about travels as a notification on
-``service.store.notify``'s channel, sent right after the commit:
+``stepd.server.store.notify``'s channel, sent right after the commit:
 
 * ``r`` (ready): a run became ready here (triggered, woken by a signal, hook,
   event, timer or child, re-queued) and no worker here has room for it now.
@@ -32,11 +32,11 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from service.domain import RunRecord
-from service.store.notify import MAX_PAYLOAD_BYTES, NotifyChannel
+from stepd.server.domain import RunRecord
+from stepd.server.store.notify import MAX_PAYLOAD_BYTES, NotifyChannel
 
 if TYPE_CHECKING:
-    from service.engine.engine import Engine
+    from stepd.server.engine.engine import Engine
 
 log = logging.getLogger("stepd.replicas")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from service.domain import (
+from stepd.server.domain import (
     RUN_EXPIRY_KEY,
     DueTimer,
     ErrorDetails,
@@ -24,15 +24,15 @@ from service.domain import (
     StepRow,
     now_ms,
 )
-from service.engine import transitions
-from service.engine.commands import CommandResult, CommandStatus, StartStep
-from service.engine.errors import InvalidArgument
-from service.engine.run_limits import OpenAttempt
-from service.engine.sessions import Cancellation, WorkerSession
-from service.engine.transitions import RunEvent
+from stepd.server.engine import transitions
+from stepd.server.engine.commands import CommandResult, CommandStatus, StartStep
+from stepd.server.engine.errors import InvalidArgument
+from stepd.server.engine.run_limits import OpenAttempt
+from stepd.server.engine.sessions import Cancellation, WorkerSession
+from stepd.server.engine.transitions import RunEvent
 
 if TYPE_CHECKING:
-    from service.engine.engine import Engine
+    from stepd.server.engine.engine import Engine
 
 log = logging.getLogger("stepd.engine")
 

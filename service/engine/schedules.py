@@ -21,9 +21,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.config import ServerConfig
-from service.domain import DueTimer, RunRecord, now_ms
-from service.domain_schedules import (
+from stepd.server.config import ServerConfig
+from stepd.server.domain import DueTimer, RunRecord, now_ms
+from stepd.server.domain_schedules import (
     CatchupPolicy,
     CreateScheduleStatus,
     FireOutcome,
@@ -35,18 +35,18 @@ from service.domain_schedules import (
     ScheduleSpec,
     WorkflowDeclaration,
 )
-from service.engine import cron
-from service.engine.errors import (
+from stepd.server.engine import cron
+from stepd.server.engine.errors import (
     AlreadyExists,
     EngineError,
     InvalidArgument,
     NotFound,
 )
-from service.engine.payloads import check_json_payload
-from service.engine.registry import WorkflowRegistry
-from service.engine.timers import TimerSchedule
-from service.engine.validation import MAX_ID_LENGTH, check_id
-from service.store.base import Store
+from stepd.server.engine.payloads import check_json_payload
+from stepd.server.engine.registry import WorkflowRegistry
+from stepd.server.engine.timers import TimerSchedule
+from stepd.server.engine.validation import MAX_ID_LENGTH, check_id
+from stepd.server.store.base import Store
 
 log = logging.getLogger("stepd.schedules")
 

@@ -8,8 +8,8 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from service.domain import ClaimedRun, WorkflowLimits
-from service.engine.commands import CommandResult
+from stepd.server.domain import ClaimedRun, WorkflowLimits
+from stepd.server.engine.commands import CommandResult
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from service.engine.sessions import Cancellation, WorkerSession
+from stepd.server.engine.sessions import Cancellation, WorkerSession
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from service.domain import DueTimer, now_ms
-from service.store.base import Store
+from stepd.server.domain import DueTimer, now_ms
+from stepd.server.store.base import Store
 
 log = logging.getLogger("stepd.timers")
 

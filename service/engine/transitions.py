@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections import defaultdict
 
-from service.domain import RunStatus
+from stepd.server.domain import RunStatus
 
 
 class RunEvent(enum.Enum):

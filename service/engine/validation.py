@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from service.domain import WaitKind, WaitSpec
-from service.engine.errors import InvalidArgument
+from stepd.server.domain import WaitKind, WaitSpec
+from stepd.server.engine.errors import InvalidArgument
 
 MAX_ID_LENGTH = 200
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")

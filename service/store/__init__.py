@@ -1,14 +1,14 @@
 """Durable state: the ``Store`` interface and its SQL implementation.
 
 Open a store with ``await open_store("stepd.db")``; the engine codes against
-``service.store.base.Store``.
+``stepd.server.store.base.Store``.
 """
 
-from service.store.base import RunConflictError, Store
-from service.store.errors import StoreClosedError
-from service.store.factory import open_store
-from service.store.migrations import SchemaVersionError
-from service.store.sql_store import SqlStore
+from stepd.server.store.base import RunConflictError, Store
+from stepd.server.store.errors import StoreClosedError
+from stepd.server.store.factory import open_store
+from stepd.server.store.migrations import SchemaVersionError
+from stepd.server.store.sql_store import SqlStore
 
 __all__ = [
     "RunConflictError",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from service.domain import (
+from stepd.server.domain import (
     ClaimedRun,
     CreateRunOutcome,
     DueTimer,
@@ -31,14 +31,14 @@ from service.domain import (
     WaitSpec,
     WorkflowVersion,
 )
-from service.domain_schedules import (
+from stepd.server.domain_schedules import (
     CreateScheduleStatus,
     FireOutcome,
     ScheduleRecord,
     ScheduleRunRow,
     ScheduleSpec,
 )
-from service.store.children import StartChildOutcome
+from stepd.server.store.children import StartChildOutcome
 
 
 class RunConflictError(Exception):
@@ -51,7 +51,7 @@ class RunConflictError(Exception):
 
 class ScheduleStore(Protocol):
     """Durable state of runs started without a caller: event triggers, cron
-    schedules and delayed starts (``service.store.schedules``)."""
+    schedules and delayed starts (``stepd.server.store.schedules``)."""
 
     async def declare_workflows(
         self,

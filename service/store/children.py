@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, and_, select, update
 
-from service.domain import (
+from stepd.server.domain import (
     TERMINAL_STATUSES,
     ErrorDetails,
     HistoryType,
@@ -25,9 +25,9 @@ from service.domain import (
     WaitKind,
     WaitStatus,
 )
-from service.store import history, rows, waits
-from service.store.dialects import insert_for, lock_run
-from service.store.schema import run_waits, runs, steps
+from stepd.server.store import history, rows, waits
+from stepd.server.store.dialects import insert_for, lock_run
+from stepd.server.store.schema import run_waits, runs, steps
 
 _TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.store.schema import runs
+from stepd.server.store.schema import runs
 
 #: An INSERT that supports ``on_conflict_do_nothing`` on both databases.
 UpsertInsert = sqlite.Insert | postgresql.Insert

@@ -1,4 +1,4 @@
-"""Errors raised by the store besides those of ``service.store.base``."""
+"""Errors raised by the store besides those of ``stepd.server.store.base``."""
 
 from __future__ import annotations
 

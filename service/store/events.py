@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
 
-from service.store.dialects import insert_for
-from service.store.schema import events
+from stepd.server.store.dialects import insert_for
+from stepd.server.store.schema import events
 
 
 @dataclass(frozen=True, slots=True)

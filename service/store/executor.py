@@ -8,7 +8,7 @@ executor decides how an operation gets a connection and a transaction:
 * SQLite: ``GroupCommitter`` runs writes on one writer connection on its own
   thread, many operations per transaction; ``ReadPool`` runs reads on a few
   reader threads.
-* PostgreSQL: ``service.store.postgres.PostgresExecutor`` runs each write in
+* PostgreSQL: ``stepd.server.store.postgres.PostgresExecutor`` runs each write in
   its own READ COMMITTED transaction on a pooled asyncpg connection (through
   SQLAlchemy's async engine and ``run_sync``), and each read on a pooled
   connection in autocommit mode.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.store import postgres
-from service.store.group_commit import GroupCommitter
-from service.store.read_pool import ReadPool
-from service.store.sql_store import SqlStore
-from service.store.sqlite import (
+from stepd.server.store import postgres
+from stepd.server.store.group_commit import GroupCommitter
+from stepd.server.store.read_pool import ReadPool
+from stepd.server.store.sql_store import SqlStore
+from stepd.server.store.sqlite import (
     DEFAULT_READERS,
     create_reader_engine,
     create_writer_engine,
@@ -56,7 +56,7 @@ async def open_store(
     SQLite: the file and its schema are created when missing, but not its
     directory. ``synchronous`` is ``FULL`` (an acknowledged write survives
     power loss) or ``NORMAL`` (it survives a crash of the process); see
-    ``service.store.sqlite``. ``readers`` and ``max_batch`` size the reader
+    ``stepd.server.store.sqlite``. ``readers`` and ``max_batch`` size the reader
     pool and the group commit.
 
     PostgreSQL: the database must exist; the schema is created in it when

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from service.store.errors import StoreClosedError
+from stepd.server.store.errors import StoreClosedError
 
 log = logging.getLogger(__name__)
 

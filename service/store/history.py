@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import Connection, select, text
 
-from service.domain import ErrorDetails, HistoryEntry, HistoryType, RunStatus
-from service.store import rows
-from service.store.dialects import insert_for
-from service.store.schema import run_events, runs, step_attempts, steps
+from stepd.server.domain import ErrorDetails, HistoryEntry, HistoryType, RunStatus
+from stepd.server.store import rows
+from stepd.server.store.dialects import insert_for
+from stepd.server.store.schema import run_events, runs, step_attempts, steps
 
 #: At equal times (the clock has millisecond steps), entries sort in the order
 #: in which one causes the next.

@@ -3,7 +3,7 @@
 ``NotifyChannel`` owns one dedicated asyncpg connection (outside the store's
 pool): it LISTENs on one channel and sends with ``pg_notify``. Messages are
 short text; what they mean is the engine's business
-(``service.engine.replicas``). A notification is a hint, never the only way
+(``stepd.server.engine.replicas``). A notification is a hint, never the only way
 to learn something: a replica that misses one (its connection dropped, the
 sender crashed between its commit and its notify) finds the same work by
 polling. On SQLite (one server process) there is no channel.
@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from service.store.postgres import is_postgres_url
+from stepd.server.store.postgres import is_postgres_url
 
 log = logging.getLogger("stepd.notify")
 

@@ -1,7 +1,7 @@
 """PostgreSQL: the engine (asyncpg through SQLAlchemy's async engine) and its executor.
 
 The store's statements are the same synchronous SQLAlchemy Core operations as
-on SQLite (``service.store.executor``). ``PostgresExecutor`` runs each one on
+on SQLite (``stepd.server.store.executor``). ``PostgresExecutor`` runs each one on
 a pooled asyncpg connection with ``AsyncConnection.run_sync``, which drives
 the synchronous code from a greenlet: every statement awaits the driver
 directly on the event loop, with no thread hand-off.
@@ -10,7 +10,7 @@ directly on the event loop, with no thread hand-off.
   transactions in parallel (and groups their WAL flushes itself), so there is
   no group commit here. Writes that race on one run are made safe by the
   statements themselves: guarded ``UPDATE``s, ``ON CONFLICT DO NOTHING``, and
-  the row and advisory locks of ``service.store.dialects``. A transaction
+  the row and advisory locks of ``stepd.server.store.dialects``. A transaction
   aborted by a deadlock or a serialization failure is retried.
 * A read runs in autocommit mode: each statement sees the latest commit, as a
   SQLite WAL reader does.
@@ -36,9 +36,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from service.store.errors import StoreClosedError
-from service.store.executor import ReadOp, WriteOp
-from service.store.migrations import migrate
+from stepd.server.config import DEFAULT_DB_POOL_SIZE
+from stepd.server.store.errors import StoreClosedError
+from stepd.server.store.executor import ReadOp, WriteOp
+from stepd.server.store.migrations import migrate
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ T = TypeVar("T")
 
 #: Connections per server when no pool size is given (W1 measured 165 runs/s
 #: with 10 and 205 with 20 on a 2-core machine; see docs/operations.md).
-DEFAULT_POOL_SIZE = 20
+DEFAULT_POOL_SIZE = DEFAULT_DB_POOL_SIZE
 #: Attempts of a write aborted by a deadlock or a serialization failure.
 WRITE_ATTEMPTS = 5
 #: SQLSTATEs after which a transaction is simply run again.

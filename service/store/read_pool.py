@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from service.store.errors import StoreClosedError
+from stepd.server.store.errors import StoreClosedError
 
 T = TypeVar("T")
 

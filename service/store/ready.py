@@ -2,7 +2,7 @@
 which of the runs its callers wait for ended.
 
 Replicas learn about runs made ready elsewhere through notifications
-(``service.store.notify``); this query is the fallback that finds what a
+(``stepd.server.store.notify``); this query is the fallback that finds what a
 notification did not deliver. It locks the rows it returns ``FOR UPDATE SKIP
 LOCKED`` inside its (short) transaction, so replicas polling at once, or a
 replica polling while another claims, skip each other's rows instead of
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, and_, or_, select
 
-from service.domain import TERMINAL_STATUSES, RunRecord, RunStatus
-from service.store import rows
-from service.store.schema import runs
+from stepd.server.domain import TERMINAL_STATUSES, RunRecord, RunStatus
+from stepd.server.store import rows
+from stepd.server.store.schema import runs
 
 
 def ready_runs(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from service.domain import (
+from stepd.server.domain import (
     ErrorDetails,
     FailureReason,
     NewRun,

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.engine import RowMapping
 
-from service.domain import TERMINAL_STATUSES, DueTimer, NewRun, RunRecord, RunStatus, now_ms
-from service.domain_schedules import (
+from stepd.server.domain import TERMINAL_STATUSES, DueTimer, NewRun, RunRecord, RunStatus, now_ms
+from stepd.server.domain_schedules import (
     CatchupPolicy,
     CreateScheduleStatus,
     FireOutcome,
@@ -28,12 +28,12 @@ from service.domain_schedules import (
     ScheduleRunRow,
     ScheduleSpec,
 )
-from service.store import rows
-from service.store.dialects import insert_for
-from service.store.schema import runs, schedules, workflow_triggers, workflow_versions
+from stepd.server.store import rows
+from stepd.server.store.dialects import insert_for
+from stepd.server.store.schema import runs, schedules, workflow_triggers, workflow_versions
 
 if TYPE_CHECKING:
-    from service.store.executor import Committer, Reader
+    from stepd.server.store.executor import Committer, Reader
 
 #: Idempotency keys of runs the server starts itself begin with this; Trigger
 #: refuses them from callers.

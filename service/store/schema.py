@@ -2,7 +2,7 @@
 
 This module describes the schema the newest migration produces; it is what the
 store's queries are written against. It never creates anything: databases are
-built and upgraded by ``service.store.migrations`` only, and a test checks that
+built and upgraded by ``stepd.server.store.migrations`` only, and a test checks that
 the migrations produce exactly these tables. Change both together.
 
 Conventions: times are ``BigInteger`` epoch milliseconds; strings are ``Text``;

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, select, update
 
-from service.store.schema import signals
+from stepd.server.store.schema import signals
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,12 @@
 """``SqlStore``: the ``Store`` interface on SQLAlchemy Core, for SQLite and PostgreSQL.
 
 Every method is a synchronous *operation* on a ``Connection`` handed to an
-executor (``service.store.executor``): writes to a ``Committer``, reads to a
+executor (``stepd.server.store.executor``): writes to a ``Committer``, reads to a
 ``Reader``. The statements are the same on both databases; only the executor
 differs. On SQLite writes go to the group committer (one writer connection on
 its own thread, many operations per transaction) and reads to a small thread
 pool of WAL readers; on PostgreSQL each write is its own transaction on a
-pooled asyncpg connection (``service.store.postgres``). Each write is
+pooled asyncpg connection (``stepd.server.store.postgres``). Each write is
 answered only after its commit; the public methods are async and never block
 the event loop.
 
@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.sql import Select, Update
 
-from service.domain import (
+from stepd.server.domain import (
     ClaimedRun,
     CreateRunOutcome,
     DueTimer,
@@ -62,15 +62,15 @@ from service.domain import (
     WorkflowVersion,
     now_ms,
 )
-from service.store import children, history, ready, rows, schedules, waits
-from service.store.base import RunConflictError
-from service.store.dialects import insert_for
-from service.store.executor import Committer, Reader, WriteOp
-from service.store.migrations import migrate
-from service.store.schema import runs, server_secrets, step_attempts, steps, workflow_versions
+from stepd.server.store import children, history, ready, rows, schedules, waits
+from stepd.server.store.base import RunConflictError
+from stepd.server.store.dialects import insert_for
+from stepd.server.store.executor import Committer, Reader, WriteOp
+from stepd.server.store.migrations import migrate
+from stepd.server.store.schema import runs, server_secrets, step_attempts, steps, workflow_versions
 
 if TYPE_CHECKING:
-    from service.store.base import Store
+    from stepd.server.store.base import Store
 
 #: Columns ``transition_run`` may set through ``values``. Identity, status,
 #: update_time and the lease counters are maintained by the store itself.

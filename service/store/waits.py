@@ -2,7 +2,7 @@
 
 Each function runs inside one write (or read) transaction on the caller's
 connection. They implement two moves of the run state machine
-(``service.engine.transitions``): SUSPEND (running -> suspended, under the
+(``stepd.server.engine.transitions``): SUSPEND (running -> suspended, under the
 run's lease) and WAKE (suspended -> pending).
 """
 
@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from sqlalchemy import Connection, RowMapping, func, select, text, update
 
-from service.domain import (
+from stepd.server.domain import (
     RUN_EXPIRY_KEY,
     DueTimer,
     HistoryType,
@@ -32,9 +32,9 @@ from service.domain import (
     WaitSpec,
     WaitStatus,
 )
-from service.store import events, history, rows, signals
-from service.store.dialects import insert_for, lock_event_names, lock_run
-from service.store.schema import UNFINISHED, hooks, run_waits, runs, step_attempts, steps
+from stepd.server.store import events, history, rows, signals
+from stepd.server.store.dialects import insert_for, lock_event_names, lock_run
+from stepd.server.store.schema import UNFINISHED, hooks, run_waits, runs, step_attempts, steps
 
 _OPEN, _MET, _ABANDONED = WaitStatus.OPEN.value, WaitStatus.MET.value, WaitStatus.ABANDONED.value
 
@@ -149,7 +149,7 @@ def suspend(
                 woken = meet(conn, run_id, wait.wait_key, now, pending.payload_json)
                 return SuspendOutcome(SuspendStatus.WOKEN, woken)
         elif wait.kind is WaitKind.CHILD and wait.target is not None:
-            from service.store import children  # children builds on this module
+            from stepd.server.store import children  # children builds on this module
 
             outcome = children.finished_outcome(conn, wait.target)
             if outcome is not None:  # the child ended before the parent waited

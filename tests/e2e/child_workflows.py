@@ -3,9 +3,9 @@
 import asyncio
 from typing import Any
 
+from stepd import WorkflowContext, step, workflow
+from stepd.errors import ChildFailedError
 from tests.e2e.workflows import Job, mark, wait_until_released
-from worker_sdk import WorkflowContext, step, workflow
-from worker_sdk.errors import ChildFailedError
 
 
 @step

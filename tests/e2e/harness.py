@@ -228,7 +228,7 @@ class Stack:
         """Start ``stepd serve`` (on a free port by default) and wait until it listens."""
         database = str(database or self.workdir / "stepd.db")
         argv = [
-            *console_script("stepd", "service.cli"),
+            *console_script("stepd", "stepd.server.cli"),
             "serve",
             "--address",
             address,
@@ -263,7 +263,7 @@ class Stack:
         ``server`` may be a gRPC target naming several replicas
         (``ipv4:127.0.0.1:5001,127.0.0.1:5002``, see ``replicas_target``)."""
         address = server.address if isinstance(server, Server) else server
-        argv = [*console_script("stepd-worker", "worker_sdk.cli"), *modules, "--server", address]
+        argv = [*console_script("stepd-worker", "stepd.cli"), *modules, "--server", address]
         # Shorter than close()'s SIGTERM wait, so a drained worker always exits by itself.
         argv += ["--shutdown-grace", str(WORKER_SHUTDOWN_GRACE)]
         if concurrency is not None:

@@ -11,10 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from stepd import RetryPolicy, WorkflowContext, step, workflow
+from stepd.errors import NonRetryableError, RetryExhaustedError
 from tests.e2e.workflows import mark, wait_until_released
 from tests.e2e.workflows import marks_dir as _marks_dir
-from worker_sdk import RetryPolicy, WorkflowContext, step, workflow
-from worker_sdk.errors import NonRetryableError, RetryExhaustedError
 
 
 class Flaky(BaseModel):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from worker_sdk import WorkflowContext, step, workflow
+from stepd import WorkflowContext, step, workflow
 
 MARKS_ENV = "STEPD_E2E_MARKS"
 

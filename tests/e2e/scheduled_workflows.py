@@ -3,8 +3,8 @@ tests that serve it (``stepd-worker tests.e2e.scheduled_workflows``)."""
 
 from pydantic import BaseModel
 
-from worker_sdk import WorkflowContext, workflow
-from worker_sdk.schedules import Schedule
+from stepd import WorkflowContext, workflow
+from stepd.schedules import Schedule
 
 
 class Beat(BaseModel):

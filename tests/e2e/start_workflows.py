@@ -3,8 +3,8 @@
 
 from pydantic import BaseModel
 
+from stepd import WorkflowContext, step, workflow
 from tests.e2e.workflows import mark
-from worker_sdk import WorkflowContext, step, workflow
 
 SIGNED_UP = "e2e.user.signed_up"
 

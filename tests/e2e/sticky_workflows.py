@@ -7,8 +7,8 @@ worker let its parked execution go).
 
 from pydantic import BaseModel
 
+from stepd import WorkflowContext, step, workflow
 from tests.e2e.workflows import mark
-from worker_sdk import WorkflowContext, step, workflow
 
 
 class Loop(BaseModel):

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from stepd.v1 import types_pb2
 from stepd.v1 import workflow_service_pb2 as api
-
 from tests.e2e.harness import ManagedProcess
 
 if TYPE_CHECKING:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from stepd import Client, RunFailedError, RunInfo, RunStatus
+from stepd.history import RunEventType
 from tests.e2e import child_workflows as cw
 from tests.e2e.harness import Server, Stack, eventually, read_marks, release
 from tests.e2e.workflows import Job
-from worker_sdk import Client, RunFailedError, RunInfo, RunStatus
-from worker_sdk.history import RunEventType
 
 MODULES = ("tests.e2e.child_workflows",)
 RESULT_TIMEOUT = 60
@@ -52,7 +52,7 @@ async def test_a_failed_child_is_caught_or_fails_the_parent(
     with pytest.raises(RunFailedError) as failure:
         await asyncio.wait_for(raised.result(), RESULT_TIMEOUT)
     info = failure.value.info
-    assert info.error_type == "worker_sdk.errors.ChildFailedError"
+    assert info.error_type == "stepd.errors.ChildFailedError"
     assert "card declined" in (info.error_message or "")
     assert f"{raised.run_id}/child:1" in (info.error_message or "")
 

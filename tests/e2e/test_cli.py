@@ -17,7 +17,7 @@ def test_serve_takes_env_settings_prints_one_line_and_stops_on_signal(
     database = tmp_path / "from-env.db"
     env = os.environ | {"STEPD_ADDRESS": "127.0.0.1:0", "STEPD_DATABASE": str(database)}
     server = subprocess.Popen(
-        [*console_script("stepd", "service.cli"), "serve"],
+        [*console_script("stepd", "stepd.server.cli"), "serve"],
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,

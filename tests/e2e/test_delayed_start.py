@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from stepd import Client, RunStatus
 from tests.e2e import workflows as wf
 from tests.e2e.harness import Server, Stack, read_marks
 from tests.e2e.test_signals import RESULT_TIMEOUT
-from worker_sdk import Client, RunStatus
 
 DELAY = 3.0  # seconds
 

@@ -4,10 +4,10 @@
 import asyncio
 from pathlib import Path
 
+from stepd import Client, NotFoundError
 from tests.e2e import start_workflows as sw
 from tests.e2e.harness import Server, Stack, read_marks
 from tests.e2e.test_signals import RESULT_TIMEOUT
-from worker_sdk import Client, NotFoundError
 
 STARTS = ("tests.e2e.start_workflows",)
 SCHEDULED = ("tests.e2e.scheduled_workflows",)

@@ -6,12 +6,12 @@ import signal
 import time
 from pathlib import Path
 
+from stepd import Client, RunStatus
+from stepd.history import RunEventType
 from tests.e2e import workflows as wf
 from tests.e2e.harness import Server, Stack, eventually, read_marks, release
 from tests.e2e.test_grpcurl import call
 from tests.e2e.test_signals import RESULT_TIMEOUT, history, met_waits, wait_for_status
-from worker_sdk import Client, RunStatus
-from worker_sdk.history import RunEventType
 
 STEP_COMPLETED = RunEventType.STEP_COMPLETED
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from stepd import Client, RunStatus
+from stepd.errors import AlreadyExistsError
+from stepd.history import RunEventType
 from tests.e2e.harness import Server, Stack, read_marks
-from worker_sdk import Client, RunStatus
-from worker_sdk.errors import AlreadyExistsError
-from worker_sdk.history import RunEventType
 
 V1, V2 = ("tests.e2e.versioned_v1",), ("tests.e2e.versioned_v2",)
 RESULT_TIMEOUT = 60
@@ -57,7 +57,7 @@ async def test_a_changed_workflow_is_held_then_resumed_by_the_right_code(
     assert "second" in (held.held_error or "") and "other" in (held.held_error or "")
     events = [e async for e in client.list_run_events(handle.run_id)]
     (hold,) = [e for e in events if e.type is RunEventType.HELD]
-    assert hold.error_type == "worker_sdk.errors.NonDeterminismError"
+    assert hold.error_type == "stepd.errors.NonDeterminismError"
     assert hold.error_message == held.held_error
 
     stack.start_worker(server, V1)  # matching code comes back

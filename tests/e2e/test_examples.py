@@ -15,8 +15,8 @@ from examples.order_processing import (
     ShippingSpeed,
     process_order,
 )
+from stepd import Client, RunFailedError, RunStatus
 from tests.e2e.harness import ROOT, Server, Stack
-from worker_sdk import Client, RunFailedError, RunStatus
 
 DECLINED_CARD = "4000000000000002"
 GOOD_CARD = "4242424242424242"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from stepd import Client, RunInfo, RunStatus
+from stepd.history import RunEventType
 from tests.e2e import policy_workflows as pw
 from tests.e2e.harness import ManagedProcess, Server, Stack, eventually, read_marks, release
-from worker_sdk import Client, RunInfo, RunStatus
-from worker_sdk.history import RunEventType
 
 MODULES = ("tests.e2e.policy_workflows",)
 RESULT_TIMEOUT = 30
@@ -146,7 +146,7 @@ async def test_a_failed_run_shows_where_its_error_came_from(
     info = await finished(client, handle.run_id)
     assert info.status is RunStatus.FAILED
     assert info.failure_reason == "workflow_error"
-    assert info.error_type == "worker_sdk.errors.RetryExhaustedError"
+    assert info.error_type == "stepd.errors.RetryExhaustedError"
     assert info.error_message == (
         "step 'always_fails' failed after 2 attempts: builtins.ValueError: the ledger is locked"
     )
@@ -157,7 +157,7 @@ async def test_a_failed_run_shows_where_its_error_came_from(
     assert "ValueError: the ledger is locked" in info.error_traceback
     events = [e async for e in client.list_run_events(handle.run_id)]
     assert events[-1].type is RunEventType.FAILED
-    assert events[-1].error_type == "worker_sdk.errors.RetryExhaustedError"
+    assert events[-1].error_type == "stepd.errors.RetryExhaustedError"
 
 
 async def test_a_step_over_its_timeout_is_cancelled_and_retried(

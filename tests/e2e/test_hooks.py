@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from stepd import Client, RunStatus
+from stepd.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from tests.e2e import workflows as wf
 from tests.e2e.harness import Server, eventually, read_marks, release
 from tests.e2e.test_signals import RESULT_TIMEOUT, met_waits, wait_for_status
-from worker_sdk import Client, RunStatus
-from worker_sdk.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 
 
 async def token_of(marks: Path, tag: str) -> str:

@@ -4,9 +4,9 @@ import asyncio
 import signal
 from pathlib import Path
 
+from stepd import Client, RunStatus
 from tests.e2e import workflows as wf
 from tests.e2e.harness import Server, Stack, eventually, read_marks, release
-from worker_sdk import Client, RunStatus
 
 RESULT_TIMEOUT = 30
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from stepd import Client, RunStatus
+from stepd.schedules import Schedule
 from tests.backends import PostgresDatabases, query
 from tests.e2e import replica_workflows as rw
 from tests.e2e.harness import Server, Stack, eventually, replicas_target
-from worker_sdk import Client, RunStatus
-from worker_sdk.schedules import Schedule
 
 MODULES = ("tests.e2e.replica_workflows",)
 #: Small pools: the test server's max_connections is shared with other tests.

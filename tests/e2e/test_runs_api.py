@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+
+from stepd import Client, RunCancelledError, RunStatus
 from stepd.v1 import types_pb2
 from stepd.v1 import workflow_service_pb2 as api
-
 from tests.e2e import workflows as wf
 from tests.e2e.harness import ManagedProcess, Server, Stack, eventually, read_marks, release
-from worker_sdk import Client, RunCancelledError, RunStatus
 
 if TYPE_CHECKING:
     from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub

@@ -11,16 +11,16 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
+
+from stepd import Client, RunInfo, RunStatus, StepdError
+from stepd.errors import InvalidArgumentError
+from stepd.schedules import Schedule
 from stepd.v1 import schedules_pb2
 from stepd.v1 import workflow_service_pb2 as pb
 from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceStub
-
 from tests.e2e import workflows as wf
 from tests.e2e.harness import ManagedProcess, Server, Stack, release
 from tests.e2e.test_signals import RESULT_TIMEOUT
-from worker_sdk import Client, RunInfo, RunStatus, StepdError
-from worker_sdk.errors import InvalidArgumentError
-from worker_sdk.schedules import Schedule
 
 EVERY_SECOND = "* * * * * *"
 

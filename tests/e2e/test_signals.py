@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from examples.expense_approval import Decision, Expense, expense_approval
+from stepd import Client, NotFoundError, RunStatus
+from stepd.errors import FailedPreconditionError, InvalidArgumentError
+from stepd.history import RunEvent, RunEventType
 from tests.e2e import workflows as wf
 from tests.e2e.harness import ROOT, Server, Stack, eventually, read_marks, release
-from worker_sdk import Client, NotFoundError, RunStatus
-from worker_sdk.errors import FailedPreconditionError, InvalidArgumentError
-from worker_sdk.history import RunEvent, RunEventType
 
 RESULT_TIMEOUT = 30
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from stepd import Client, RunStatus
 from tests.e2e import workflows as wf
 from tests.e2e.harness import Server, Stack, read_marks
-from worker_sdk import Client, RunStatus
 
 RESULT_TIMEOUT = 30
 # The server stores fire times in milliseconds: a wake-up can come up to 1 ms before

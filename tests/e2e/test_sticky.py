@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from stepd import Client, RunStatus
+from stepd.history import RunEventType
 from tests.e2e import sticky_workflows as sw
 from tests.e2e.harness import Server, Stack, eventually, read_marks
-from worker_sdk import Client, RunStatus
-from worker_sdk.history import RunEventType
 
 MODULES = ["tests.e2e.sticky_workflows"]
 RESULT_TIMEOUT = 60

@@ -6,9 +6,9 @@ from typing import Literal
 
 import pytest
 
+from stepd import Client, RunFailedError, RunStatus
 from tests.e2e import workflows as wf
 from tests.e2e.harness import ManagedProcess, read_marks
-from worker_sdk import Client, RunFailedError, RunStatus
 
 RESULT_TIMEOUT = 30
 

@@ -1,7 +1,7 @@
 """Version 1 of ``e2e.versioned`` and ``e2e.changing`` (served alone by one worker)."""
 
+from stepd import WorkflowContext, step, workflow
 from tests.e2e.workflows import mark
-from worker_sdk import WorkflowContext, step, workflow
 
 
 @workflow(name="e2e.versioned", version="1")

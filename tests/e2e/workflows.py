@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from worker_sdk import WorkflowContext, step, workflow
-from worker_sdk.errors import WaitTimeoutError
+from stepd import WorkflowContext, step, workflow
+from stepd.errors import WaitTimeoutError
 
 MARKS_ENV = "STEPD_E2E_MARKS"
 BLOCK_TIMEOUT = 60.0

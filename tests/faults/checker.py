@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stepd import Client, RunStatus
+from stepd.errors import ServerUnavailableError
 from tests.e2e.harness import START_TIMEOUT, WORKER_READY, ManagedProcess, ProcessStartError
 from tests.faults import workflows as wf
-from worker_sdk import Client, RunStatus
-from worker_sdk.errors import ServerUnavailableError
 
 UNFINISHED = ("pending", "running", "suspended")
 MAX_LISTED = 20  # problems listed in one assertion message

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from stepd import Client, RunStatus
+from stepd.errors import FailedPreconditionError, NotFoundError
 from tests.e2e.harness import Stack, eventually
 from tests.faults import workflows as wf
 from tests.faults.checker import (
@@ -19,8 +21,6 @@ from tests.faults.checker import (
     settle,
     trigger_all,
 )
-from worker_sdk import Client, RunStatus
-from worker_sdk.errors import FailedPreconditionError, NotFoundError
 
 pytestmark = pytest.mark.slow
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from stepd import Client, RunStatus
 from tests.e2e.harness import Stack, eventually
 from tests.faults import workflows as wf
 from tests.faults.checker import (
@@ -19,7 +20,6 @@ from tests.faults.checker import (
     take_snapshot,
     trigger_all,
 )
-from worker_sdk import Client, RunStatus
 
 pytestmark = pytest.mark.slow
 

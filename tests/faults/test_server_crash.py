@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from stepd import Client, RunStatus, StepdError
+from stepd.errors import ServerUnavailableError
 from tests.e2e.harness import Server, Stack
 from tests.faults import workflows as wf
 from tests.faults.checker import (
@@ -20,8 +22,6 @@ from tests.faults.checker import (
     take_snapshot,
     trigger_all,
 )
-from worker_sdk import Client, RunStatus, StepdError
-from worker_sdk.errors import ServerUnavailableError
 
 pytestmark = pytest.mark.slow
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from stepd import Client, RunStatus
 from tests.e2e.harness import ManagedProcess, Stack
 from tests.faults import workflows as wf
 from tests.faults.checker import (
@@ -20,7 +21,6 @@ from tests.faults.checker import (
     trigger_all,
     unfinished_runs,
 )
-from worker_sdk import Client, RunStatus
 
 pytestmark = pytest.mark.slow
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from stepd import WorkflowContext, step, workflow
 from tests.e2e.harness import MARKS_ENV
-from worker_sdk import WorkflowContext, step, workflow
 
 EXECUTIONS_LOG = "executions.log"
 FINISHES_LOG = "finishes.log"

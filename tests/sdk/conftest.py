@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pytest
-from stepd.v1 import types_pb2, worker_service_pb2
 
-from worker_sdk._serde import error_info
+from stepd._serde import error_info
+from stepd.v1 import types_pb2, worker_service_pb2
 
 OK = worker_service_pb2.COMMAND_STATUS_OK
 HOOK_SECRET = bytes(range(32))  # the run's hook secret in every task of make_task

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+
 from stepd.v1 import (
     types_pb2,
     worker_service_pb2,

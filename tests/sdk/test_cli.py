@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from worker_sdk import cli
+from stepd import cli
 
 from .conftest import make_task
 from .fake_server import FakeWorkerService, start_server
 
 MODULE = textwrap.dedent(
     """
-    from worker_sdk import WorkflowContext, step, workflow
+    from stepd import WorkflowContext, step, workflow
 
     @step
     async def hello(name: str) -> str:
@@ -43,7 +43,7 @@ STUCK = textwrap.dedent(
     import pathlib
     import time
 
-    from worker_sdk import WorkflowContext, step, workflow
+    from stepd import WorkflowContext, step, workflow
 
     @step
     def stuck_in_thread() -> None:
@@ -113,7 +113,7 @@ async def test_prints_ready_and_exits_cleanly_on_sigterm(project: Path) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "import sys; from worker_sdk.cli import main; sys.exit(main())",
+        "import sys; from stepd.cli import main; sys.exit(main())",
         "cli_flows",
         "--concurrency",
         "5",
@@ -148,7 +148,7 @@ async def start_worker(project: Path, address: str, *args: str) -> asyncio.subpr
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "import sys; from worker_sdk.cli import main; sys.exit(main())",
+        "import sys; from stepd.cli import main; sys.exit(main())",
         *args,
         cwd=project,
         env=env,

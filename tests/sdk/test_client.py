@@ -9,9 +9,8 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from stepd.v1 import types_pb2, workflow_service_pb2
 
-from worker_sdk import (
+from stepd import (
     Client,
     NotFoundError,
     RunCancelledError,
@@ -22,9 +21,10 @@ from worker_sdk import (
     WorkflowContext,
     workflow,
 )
-from worker_sdk import errors as sdk_errors
-from worker_sdk._rpc import sdk_error
-from worker_sdk.errors import PayloadError
+from stepd import errors as sdk_errors
+from stepd._rpc import sdk_error
+from stepd.errors import PayloadError
+from stepd.v1 import types_pb2, workflow_service_pb2
 
 from .fake_server import FakeWorkflowService, start_server
 
@@ -309,7 +309,7 @@ async def test_signal_errors_are_mapped(fake: tuple[FakeWorkflowService, Client]
 async def test_publish_event_sends_name_payload_and_event_id(
     fake: tuple[FakeWorkflowService, Client],
 ) -> None:
-    from worker_sdk._client import PublishedEvent
+    from stepd._client import PublishedEvent
 
     service, client = fake
     first = await client.publish_event("order.paid", Order(5), event_id="pay-5")
@@ -346,7 +346,7 @@ def event(sequence: int, kind: int, **fields: object) -> types_pb2.RunEvent:
 async def test_list_run_events_decodes_and_follows_pages(
     fake: tuple[FakeWorkflowService, Client],
 ) -> None:
-    from worker_sdk.history import RunEvent, RunEventType
+    from stepd.history import RunEvent, RunEventType
 
     service, client = fake
     service.event_pages = [

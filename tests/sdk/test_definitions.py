@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from worker_sdk import Worker, WorkflowContext, step, workflow
-from worker_sdk._definitions import Step, Workflow
-from worker_sdk.errors import StepdError, WorkflowDefinitionError
+from stepd import Worker, WorkflowContext, step, workflow
+from stepd._definitions import Step, Workflow
+from stepd.errors import StepdError, WorkflowDefinitionError
 
 
 @dataclass
@@ -217,7 +217,7 @@ def test_forward_references_resolve_on_first_use() -> None:
 
 
 def test_events_and_schedule_are_kept_and_checked_when_applied() -> None:
-    from worker_sdk.schedules import CatchupPolicy, OverlapPolicy, Schedule
+    from stepd.schedules import CatchupPolicy, OverlapPolicy, Schedule
 
     @workflow(events=["a", "b", "a"], schedule="*/5 * * * *")
     async def both(ctx: WorkflowContext) -> None: ...
@@ -245,7 +245,7 @@ def test_events_and_schedule_are_kept_and_checked_when_applied() -> None:
 
 
 def test_a_schedule_input_that_does_not_fit_the_workflow_fails_in_the_worker() -> None:
-    from worker_sdk.schedules import Schedule
+    from stepd.schedules import Schedule
 
     @workflow(schedule=Schedule("* * * * *", input={"wrong": 1}))
     async def typed(ctx: WorkflowContext, value: int) -> None: ...

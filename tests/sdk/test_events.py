@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from stepd.v1 import types_pb2, worker_service_pb2
 
-from worker_sdk import WorkflowContext, step, workflow
-from worker_sdk._replay import RunExecutor, RunOutcome
-from worker_sdk.errors import PayloadError, WaitTimeoutError, WorkflowDefinitionError
+from stepd import WorkflowContext, step, workflow
+from stepd._replay import RunExecutor, RunOutcome
+from stepd.errors import PayloadError, WaitTimeoutError, WorkflowDefinitionError
+from stepd.v1 import types_pb2, worker_service_pb2
 
 from .conftest import FakeChannel, make_task, ok, result_record
 
@@ -314,7 +314,7 @@ async def test_an_uncaught_timeout_says_what_it_waited_for(channel: FakeChannel)
 
     assert await run(uncaught, channel, met=["event:1:timeout"]) is RunOutcome.FAILED
     error = channel.final().fail_run.error
-    assert error.type == "worker_sdk.errors.WaitTimeoutError"
+    assert error.type == "stepd.errors.WaitTimeoutError"
     assert error.message == (
         "no event 'order.paid' matching {\"order\":7} came within 60 s (wait event:1)"
     )
@@ -326,7 +326,7 @@ async def test_a_payload_that_does_not_fit_the_type_raises_in_the_workflow(
     met = [("event:1", {"order": 7})]  # no amount
     outcome = await run(order_paid, channel, input=7, journal={"note": "invoiced"}, met=met)
     assert outcome is RunOutcome.FAILED
-    assert channel.final().fail_run.error.type == "worker_sdk.errors.PayloadError"
+    assert channel.final().fail_run.error.type == "stepd.errors.PayloadError"
 
 
 async def test_the_first_execution_suspends_with_the_event_and_its_timer(

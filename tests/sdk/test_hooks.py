@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from worker_sdk import Hook, WorkflowContext, step, workflow
-from worker_sdk._replay import RunExecutor, RunOutcome
-from worker_sdk.errors import WaitTimeoutError
+from stepd import Hook, WorkflowContext, step, workflow
+from stepd._replay import RunExecutor, RunOutcome
+from stepd.errors import WaitTimeoutError
 
 from .conftest import HOOK_SECRET, FakeChannel, make_task
 
@@ -183,7 +183,7 @@ async def test_a_hook_is_waited_on_once(channel: FakeChannel) -> None:
 
     assert await run(twice, channel, met=[("hook:1", 1)]) is RunOutcome.FAILED
     error = channel.final().fail_run.error
-    assert error.type == "worker_sdk.errors.WorkflowContextError"
+    assert error.type == "stepd.errors.WorkflowContextError"
     assert "hook:1 was waited on already" in error.message
 
 
@@ -208,7 +208,7 @@ async def test_create_hook_inside_a_step_body_raises(channel: FakeChannel) -> No
         return await inner()
 
     assert await run(in_step, channel) is RunOutcome.FAILED
-    assert channel.final().fail_run.error.type == "worker_sdk.errors.WorkflowContextError"
+    assert channel.final().fail_run.error.type == "stepd.errors.WorkflowContextError"
 
 
 async def test_a_context_made_by_hand_makes_hooks_that_nothing_executes() -> None:

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from worker_sdk import RetryPolicy, WorkflowContext, step, workflow
-from worker_sdk._policy import parse_duration
-from worker_sdk.errors import (
+from stepd import RetryPolicy, WorkflowContext, step, workflow
+from stepd._policy import parse_duration
+from stepd.errors import (
     NonRetryableError,
     StepFailedError,
     StepTimeoutError,

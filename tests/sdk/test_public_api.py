@@ -1,11 +1,11 @@
-"""The pinned public surface of worker_sdk."""
+"""The pinned public surface of stepd."""
 
 from __future__ import annotations
 
 import inspect
 
-import worker_sdk
-from worker_sdk import errors
+import stepd
+from stepd import errors
 
 PINNED = [
     "workflow",
@@ -26,18 +26,18 @@ PINNED = [
 
 
 def test_all_is_pinned() -> None:
-    assert sorted(worker_sdk.__all__) == sorted(PINNED)
+    assert sorted(stepd.__all__) == sorted(PINNED)
     for name in PINNED:
-        assert hasattr(worker_sdk, name), name
+        assert hasattr(stepd, name), name
 
 
 def test_public_names_are_documented() -> None:
     for name in PINNED:
-        assert inspect.getdoc(getattr(worker_sdk, name)), name
+        assert inspect.getdoc(getattr(stepd, name)), name
 
 
 def test_run_status_values() -> None:
-    assert [s.value for s in worker_sdk.RunStatus] == [
+    assert [s.value for s in stepd.RunStatus] == [
         "pending",
         "running",
         "suspended",
@@ -45,20 +45,20 @@ def test_run_status_values() -> None:
         "failed",
         "cancelled",
     ]
-    assert str(worker_sdk.RunStatus.COMPLETED) == "completed"
-    assert worker_sdk.RunStatus("failed").is_terminal
-    assert not worker_sdk.RunStatus.SUSPENDED.is_terminal
+    assert str(stepd.RunStatus.COMPLETED) == "completed"
+    assert stepd.RunStatus("failed").is_terminal
+    assert not stepd.RunStatus.SUSPENDED.is_terminal
 
 
 def test_every_error_derives_from_stepd_error() -> None:
     for name in errors.__all__:
         cls = getattr(errors, name)
-        assert issubclass(cls, worker_sdk.StepdError), name
+        assert issubclass(cls, stepd.StepdError), name
         assert name in (errors.__doc__ or ""), f"{name} missing from the hierarchy docstring"
 
 
 def test_internal_signals_escape_except_exception() -> None:
-    from worker_sdk._replay import CommandRejected, LeaseLost, RunAbandoned, RunHeld, RunSuspended
+    from stepd._replay import CommandRejected, LeaseLost, RunAbandoned, RunHeld, RunSuspended
 
     for cls in (RunAbandoned, LeaseLost, CommandRejected, RunSuspended, RunHeld):
         assert issubclass(cls, BaseException)
@@ -68,20 +68,11 @@ def test_internal_signals_escape_except_exception() -> None:
 def test_py_typed_is_shipped() -> None:
     from pathlib import Path
 
-    assert (Path(worker_sdk.__file__).parent / "py.typed").exists()
-
-
-def test_sdk_does_not_import_service() -> None:
-    from pathlib import Path
-
-    root = Path(worker_sdk.__file__).parent
-    for path in root.rglob("*.py"):
-        text = path.read_text()
-        assert "import service" not in text and "from service" not in text, path
+    assert (Path(stepd.__file__).parent / "py.typed").exists()
 
 
 def test_history_module_exports_run_event_types() -> None:
-    from worker_sdk import history
+    from stepd import history
 
     assert sorted(history.__all__) == ["RunEvent", "RunEventType"]
     for name in history.__all__:
@@ -107,4 +98,4 @@ def test_history_module_exports_run_event_types() -> None:
 
 def test_wait_timeout_error_is_a_timeout_error() -> None:
     assert issubclass(errors.WaitTimeoutError, TimeoutError)
-    assert issubclass(errors.WaitTimeoutError, worker_sdk.StepdError)
+    assert issubclass(errors.WaitTimeoutError, stepd.StepdError)

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from stepd.v1 import types_pb2, worker_service_pb2
 
-from worker_sdk import WorkflowContext, step, workflow
-from worker_sdk._replay import RunExecutor, RunOutcome
-from worker_sdk.errors import PayloadError, StepFailedError
+from stepd import WorkflowContext, step, workflow
+from stepd._replay import RunExecutor, RunOutcome
+from stepd.errors import PayloadError, StepFailedError
+from stepd.v1 import types_pb2, worker_service_pb2
 
 from .conftest import FakeChannel, error_record, make_task, ok, result_record
 
@@ -388,7 +388,7 @@ async def test_missing_input_uses_the_default(channel: FakeChannel, input_json: 
 async def test_bad_input_fails_the_run(channel: FakeChannel) -> None:
     outcome, final = await run(process, channel, input={"id": "x"})
     assert outcome is RunOutcome.FAILED
-    assert final.fail_run.error.type == "worker_sdk.errors.PayloadError"
+    assert final.fail_run.error.type == "stepd.errors.PayloadError"
     assert calls == []
 
 
@@ -417,7 +417,7 @@ async def test_live_results_round_trip(channel: FakeChannel) -> None:
     outcome, final = await run(round_trips, channel)
     assert outcome is RunOutcome.COMPLETED
     assert final.complete_run.result.json.startswith('"payload error: cannot serialize')
-    assert channel.recorded()["unserializable"].error.type == "worker_sdk.errors.PayloadError"
+    assert channel.recorded()["unserializable"].error.type == "stepd.errors.PayloadError"
 
 
 @step

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from stepd.v1 import types_pb2
 
-from worker_sdk._serde import (
+from stepd._serde import (
     adapter_for,
     dumps,
     error_info,
@@ -20,7 +19,8 @@ from worker_sdk._serde import (
     qualified_name,
     rebuild_error,
 )
-from worker_sdk.errors import PayloadError, StepFailedError
+from stepd.errors import PayloadError, StepFailedError
+from stepd.v1 import types_pb2
 
 
 class Item(BaseModel):

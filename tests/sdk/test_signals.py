@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from stepd.v1 import types_pb2, worker_service_pb2
 
-from worker_sdk import WorkflowContext, step, workflow
-from worker_sdk._replay import RunExecutor, RunOutcome
-from worker_sdk.errors import PayloadError, StepdError, WaitTimeoutError, WorkflowContextError
+from stepd import WorkflowContext, step, workflow
+from stepd._replay import RunExecutor, RunOutcome
+from stepd.errors import PayloadError, StepdError, WaitTimeoutError, WorkflowContextError
+from stepd.v1 import types_pb2, worker_service_pb2
 
 from .conftest import FakeChannel, make_task, ok
 
@@ -96,7 +96,7 @@ async def test_a_payload_that_does_not_fit_the_type_raises_in_the_workflow(
     met = [("signal:1", {"by": "ada"})]  # no amount
     assert await run(approval, channel, journal={"note": "asked"}, met=met) is (RunOutcome.FAILED)
     error = channel.final().fail_run.error
-    assert error.type == "worker_sdk.errors.PayloadError"
+    assert error.type == "stepd.errors.PayloadError"
     assert "amount" in error.message
 
 
@@ -155,7 +155,7 @@ async def test_gathered_signal_waits_replay_one_by_one(channel: FakeChannel) -> 
     met += [("signal:1", "first"), "signal:2:timeout"]
     assert await run(keyed, done, met=met) is RunOutcome.FAILED  # the timeout is not caught
     error = done.final().fail_run.error
-    assert error.type == "worker_sdk.errors.WaitTimeoutError"
+    assert error.type == "stepd.errors.WaitTimeoutError"
     assert error.message == "no signal 'b' came within 60 s (wait signal:2)"
 
 

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from stepd.v1 import worker_service_pb2
 
-from worker_sdk import WorkflowContext, step, workflow
-from worker_sdk._replay import RunExecutor, RunOutcome
-from worker_sdk.errors import WorkflowContextError
+from stepd import WorkflowContext, step, workflow
+from stepd._replay import RunExecutor, RunOutcome
+from stepd.errors import WorkflowContextError
+from stepd.v1 import worker_service_pb2
 
 from .conftest import FakeChannel, make_task, ok
 
@@ -446,7 +446,7 @@ async def sleepy_step(ctx: WorkflowContext) -> str:
 async def test_a_step_body_cannot_sleep(channel: FakeChannel) -> None:
     assert await run(sleepy_step, channel) is RunOutcome.COMPLETED
     error = channel.recorded()["inner"].error
-    assert error.type == "worker_sdk.errors.WorkflowContextError"
+    assert error.type == "stepd.errors.WorkflowContextError"
     assert "inside the body of step 'inner'" in error.message
     assert "ctx.sleep()" in channel.final().complete_run.result.json
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from worker_sdk import Worker, WorkflowContext, step, workflow
-from worker_sdk._worker import CONTINUATION_MISSED, MAX_CACHED_RUNS
+from stepd import Worker, WorkflowContext, step, workflow
+from stepd._worker import CONTINUATION_MISSED, MAX_CACHED_RUNS
 
 from .conftest import make_task
 from .fake_server import FakeStream, FakeWorkerService, start_server

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
-from stepd.v1 import worker_service_pb2, worker_service_pb2_grpc
 
-from worker_sdk import Worker, WorkflowContext, step, workflow
-from worker_sdk import _worker as worker_module
+from stepd import Worker, WorkflowContext, step, workflow
+from stepd import _worker as worker_module
+from stepd.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 from .conftest import make_task
 from .fake_server import FakeStream, FakeWorkerService, settings, start_server

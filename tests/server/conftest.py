@@ -9,6 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
+
+from stepd.server.config import ServerConfig
+from stepd.server.server import RunningServer, create_server
 from stepd.v1 import (
     types_pb2,
     worker_service_pb2,
@@ -16,9 +19,6 @@ from stepd.v1 import (
     workflow_service_pb2_grpc,
 )
 from stepd.v1 import workflow_service_pb2 as wf
-
-from service.config import ServerConfig
-from service.server import RunningServer, create_server
 from tests.backends import query
 
 

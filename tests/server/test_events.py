@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
+from stepd.server.domain import now_ms
 from stepd.v1 import types_pb2, worker_service_pb2
 from stepd.v1 import workflow_service_pb2 as wf
-
-from service.domain import now_ms
 from tests.server.conftest import Harness, RawWorker
 from tests.server.test_signals_history import met
 

@@ -1,6 +1,6 @@
 """Hook tokens: derivation, verification, forgery."""
 
-from service.engine import hook_tokens
+from stepd.server.engine import hook_tokens
 
 
 def test_a_token_names_its_hook_and_is_stable() -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from stepd.server.domain import now_ms
+from stepd.server.engine import hook_tokens
+from stepd.server.store.postgres import is_postgres_url
 from stepd.v1 import types_pb2, worker_service_pb2
 from stepd.v1 import workflow_service_pb2 as wf
-
-from service.domain import now_ms
-from service.engine import hook_tokens
-from service.store.postgres import is_postgres_url
 from tests.server.conftest import Harness, RawWorker
 from tests.server.test_signals_history import met, timer_wait
 

@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from stepd.v1 import types_pb2, worker_service_pb2
 
-from service.domain import now_ms
+from stepd.server.domain import now_ms
+from stepd.v1 import types_pb2, worker_service_pb2
 from tests.server.conftest import Harness, start_harness
 
 LEASE_LOST = worker_service_pb2.COMMAND_STATUS_LEASE_LOST

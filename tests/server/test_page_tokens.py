@@ -2,9 +2,9 @@
 
 import pytest
 
-from service.api import page_tokens
-from service.domain import RunFilter, RunStatus
-from service.engine.errors import InvalidArgument
+from stepd.server.api import page_tokens
+from stepd.server.domain import RunFilter, RunStatus
+from stepd.server.engine.errors import InvalidArgument
 
 
 def test_round_trip() -> None:

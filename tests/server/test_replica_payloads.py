@@ -2,8 +2,8 @@
 
 import json
 
-from service.engine.replicas import _payloads
-from service.store.notify import MAX_PAYLOAD_BYTES
+from stepd.server.engine.replicas import _payloads
+from stepd.server.store.notify import MAX_PAYLOAD_BYTES
 
 
 def test_items_are_packed_into_payloads_under_the_limit() -> None:

@@ -11,10 +11,10 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+
+from stepd.server.domain import now_ms
 from stepd.v1 import schedules_pb2, types_pb2, worker_service_pb2, worker_service_pb2_grpc
 from stepd.v1 import workflow_service_pb2 as wf
-
-from service.domain import now_ms
 from tests.server.conftest import Harness
 
 Registration = worker_service_pb2.WorkflowRegistration
@@ -223,7 +223,7 @@ async def test_list_schedules_pages_by_id(harness: Harness) -> None:
 
 
 def _token(harness: Harness) -> str:
-    from service.api.convert_schedules import encode_page_token
+    from stepd.server.api.convert_schedules import encode_page_token
 
     return encode_page_token("s0", "a")
 

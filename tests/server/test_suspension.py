@@ -6,10 +6,10 @@ import asyncio
 import time
 
 import pytest
+
+from stepd.server.domain import now_ms
 from stepd.v1 import types_pb2, worker_service_pb2
 from stepd.v1 import workflow_service_pb2 as wf
-
-from service.domain import now_ms
 from tests.server.conftest import Harness, RawWorker, start_harness
 
 OK = worker_service_pb2.COMMAND_STATUS_OK

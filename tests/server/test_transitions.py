@@ -2,9 +2,9 @@
 
 import pytest
 
-from service.domain import RunStatus
-from service.engine import transitions
-from service.engine.transitions import RunEvent
+from stepd.server.domain import RunStatus
+from stepd.server.engine import transitions
+from stepd.server.engine.transitions import RunEvent
 
 
 def test_terminal_statuses_have_no_way_out() -> None:

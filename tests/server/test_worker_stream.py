@@ -7,9 +7,9 @@ import json
 
 import grpc
 import pytest
+
 from stepd.v1 import types_pb2, worker_service_pb2
 from stepd.v1 import workflow_service_pb2 as wf
-
 from tests.server.conftest import Harness, start_harness
 
 OK = worker_service_pb2.COMMAND_STATUS_OK
@@ -286,7 +286,7 @@ async def test_a_run_triggered_before_any_worker_registered_is_pinned_on_claim(
 
 
 def test_newest_served_version_is_numeric_when_it_can_be() -> None:
-    from service.engine.sessions import WorkerSession
+    from stepd.server.engine.sessions import WorkerSession
 
     session = WorkerSession("id", "w", frozenset({("a", "9"), ("a", "10"), ("b", "x")}), 1)
     assert session.newest_version("a") == "10"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from service.domain import NewRun, now_ms
-from service.store import SqlStore, open_store
+from stepd.server.domain import NewRun, now_ms
+from stepd.server.store import SqlStore, open_store
 
 
 def new_run(run_id: str, **overrides: Any) -> NewRun:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.store.events import matches
+from stepd.server.store.events import matches
 
 
 @pytest.mark.parametrize(

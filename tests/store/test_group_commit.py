@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from service.domain import RecordStepStatus, StepRow
-from service.store import SqlStore, StoreClosedError, open_store
-from service.store.group_commit import GroupCommitter
-from service.store.schema import steps, workflow_versions
-from service.store.sqlite import create_writer_engine
+from stepd.server.domain import RecordStepStatus, StepRow
+from stepd.server.store import SqlStore, StoreClosedError, open_store
+from stepd.server.store.group_commit import GroupCommitter
+from stepd.server.store.schema import steps, workflow_versions
+from stepd.server.store.sqlite import create_writer_engine
 
 from .conftest import new_run
 

@@ -1,4 +1,4 @@
-"""Migrations build exactly the schema that ``service.store.schema`` declares,
+"""Migrations build exactly the schema that ``stepd.server.store.schema`` declares,
 on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from sqlalchemy import Connection, Dialect, UniqueConstraint, create_engine, ins
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.types import TypeEngine
 
-from service.store import SchemaVersionError, open_store
-from service.store import migrations as migrations_module
-from service.store.migrations import LATEST_VERSION, MIGRATIONS, Migration
-from service.store.postgres import async_url, is_postgres_url
-from service.store.schema import metadata
+from stepd.server.store import SchemaVersionError, open_store
+from stepd.server.store import migrations as migrations_module
+from stepd.server.store.migrations import LATEST_VERSION, MIGRATIONS, Migration
+from stepd.server.store.postgres import async_url, is_postgres_url
+from stepd.server.store.schema import metadata
 from tests.backends import query, table_names
 
 SQLITE = create_engine("sqlite://").dialect

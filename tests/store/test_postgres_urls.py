@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import make_url
 
-from service.cli import main
-from service.store.postgres import async_url, display_url, is_postgres_url
+from stepd.server.cli import main
+from stepd.server.store.postgres import async_url, display_url, is_postgres_url
 from tests.backends import SKIP_POSTGRES, postgres_url
 
 

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import OperationalError
 
-from service.domain import RecordStepStatus, RunFilter, RunStatus, StepRow
-from service.store import SqlStore, open_store
+from stepd.server.domain import RecordStepStatus, RunFilter, RunStatus, StepRow
+from stepd.server.store import SqlStore, open_store
 
 from .conftest import new_run
 

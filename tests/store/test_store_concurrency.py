@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.domain import (
+from stepd.server.domain import (
     HookStatus,
     PublishOutcome,
     RecordStepStatus,
@@ -23,7 +23,7 @@ from service.domain import (
     WaitSpec,
     now_ms,
 )
-from service.store import SqlStore
+from stepd.server.store import SqlStore
 
 from .conftest import new_run
 from .test_store_leases import running

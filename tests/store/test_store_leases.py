@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from service.domain import (
+from stepd.server.domain import (
     ErrorDetails,
     FailureReason,
     RecordStepStatus,
     RunStatus,
     StepRow,
 )
-from service.store import SqlStore
-from service.store.rows import error_columns
+from stepd.server.store import SqlStore
+from stepd.server.store.rows import error_columns
 
 from .conftest import new_run
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from service.domain import RunFilter, RunStatus
-from service.store import RunConflictError, SqlStore
+from stepd.server.domain import RunFilter, RunStatus
+from stepd.server.store import RunConflictError, SqlStore
 
 from .conftest import new_run
 
@@ -168,7 +168,7 @@ async def test_register_workflows_keeps_first_seen(store: SqlStore) -> None:
 
 
 async def test_a_run_that_starts_a_child_is_marked_as_having_children(store: SqlStore) -> None:
-    from service.store.children import StartChildStatus
+    from stepd.server.store.children import StartChildStatus
 
     from .test_store_leases import running
 

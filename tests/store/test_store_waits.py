@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.domain import RunStatus, SignalStatus, SuspendStatus, WaitKind, WaitSpec
-from service.store import SqlStore
+from stepd.server.domain import RunStatus, SignalStatus, SuspendStatus, WaitKind, WaitSpec
+from stepd.server.store import SqlStore
 
 from .test_store_leases import running
 

@@ -3,7 +3,7 @@
 Each migration is a module ``vNNNN_<name>.py`` with a ``DESCRIPTION`` and an
 ``upgrade(conn)`` function; once released it never changes. To change the
 schema, add the next module to ``MIGRATIONS`` and update
-``service.store.schema`` to match (a test compares the two).
+``stepd.server.store.schema`` to match (a test compares the two).
 
 The applied versions are rows of ``schema_migrations``. ``migrate`` runs every
 pending migration and records it inside the caller's transaction (the store
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, insert, select
 
-from service.domain import now_ms
-from service.store import schema
-from service.store.migrations import (
+from stepd.server.domain import now_ms
+from stepd.server.store import schema
+from stepd.server.store.migrations import (
     v0001_initial,
     v0002_lease_expiry_index,
     v0003_run_waits,

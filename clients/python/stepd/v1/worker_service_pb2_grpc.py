@@ -5,7 +5,7 @@ import warnings
 
 from stepd.v1 import worker_service_pb2 as stepd_dot_v1_dot_worker__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class WorkerServiceStub:
+class WorkerServiceStub(object):
     """WorkerService is the worker-facing API.
     """
 
@@ -42,7 +42,7 @@ class WorkerServiceStub:
                 _registered_method=True)
 
 
-class WorkerServiceServicer:
+class WorkerServiceServicer(object):
     """WorkerService is the worker-facing API.
     """
 
@@ -71,7 +71,7 @@ def add_WorkerServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class WorkerService:
+class WorkerService(object):
     """WorkerService is the worker-facing API.
     """
 

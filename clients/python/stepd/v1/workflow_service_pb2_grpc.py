@@ -5,7 +5,7 @@ import warnings
 
 from stepd.v1 import workflow_service_pb2 as stepd_dot_v1_dot_workflow__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class WorkflowServiceStub:
+class WorkflowServiceStub(object):
     """WorkflowService is the client-facing API: start, inspect, list, cancel and
     talk to runs.
     """
@@ -118,7 +118,7 @@ class WorkflowServiceStub:
                 _registered_method=True)
 
 
-class WorkflowServiceServicer:
+class WorkflowServiceServicer(object):
     """WorkflowService is the client-facing API: start, inspect, list, cancel and
     talk to runs.
     """
@@ -331,7 +331,7 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class WorkflowService:
+class WorkflowService(object):
     """WorkflowService is the client-facing API: start, inspect, list, cancel and
     talk to runs.
     """

@@ -1,0 +1,65 @@
+"""The layering the project keeps: who may import whom, read from the source."""
+
+from __future__ import annotations
+
+import tomllib
+
+from tests.structure.imports import FOLDERS, ROOT, all_modules, module_files
+
+
+def _is_sdk(name: str) -> bool:
+    return name.startswith("stepd") and not name.startswith(("stepd.server", "stepd.v1"))
+
+
+def test_the_sdk_never_imports_the_server() -> None:
+    for module in all_modules().values():
+        if _is_sdk(module.name):
+            bad = [m for m in module.imports if m.startswith("stepd.server")]
+            assert not bad, f"{module.path} imports {bad}"
+
+
+def test_the_server_never_imports_the_sdk() -> None:
+    for module in all_modules().values():
+        if module.name.startswith("stepd.server"):
+            bad = [m for m in module.imports if _is_sdk(m)]
+            assert not bad, f"{module.path} imports {bad}"
+
+
+def test_store_never_imports_engine_or_api_and_engine_never_imports_api() -> None:
+    above = {
+        "stepd.server.store": ("stepd.server.engine", "stepd.server.api", "stepd.server.server"),
+        "stepd.server.engine": ("stepd.server.api", "stepd.server.server"),
+    }
+    for module in all_modules().values():
+        for layer, forbidden in above.items():
+            if module.name.startswith(layer):
+                bad = [m for m in module.imports if m.startswith(forbidden)]
+                assert not bad, f"{module.path} imports {bad}"
+
+
+def test_the_sdk_loads_no_database_library() -> None:
+    import ast
+
+    for name, path in module_files("stepd"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                )
+                assert not any(n.split(".")[0] in ("sqlalchemy", "asyncpg") for n in names), name
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = {k: str(ROOT / v) for k, v in config["package-dir"].items()}
+    assert mapped == {k: str(v) for k, v in FOLDERS.items()}
+    packages = {
+        name
+        for package in FOLDERS
+        for name, path in module_files(package)
+        if path.name == "__init__.py"
+    }
+    assert sorted(config["packages"]) == sorted(packages)
