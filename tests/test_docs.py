@@ -27,7 +27,7 @@ def test_quickstart_has_the_two_commands_and_ci_runs_the_test_command() -> None:
     ]
 
     assert commands == [
-        "python3 -m venv .venv && .venv/bin/pip install -e . && "
+        "python3 -m venv .venv && .venv/bin/pip install -e '.[server]' && "
         ".venv/bin/python examples/run_demo.py",
         "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/python -m pytest",
     ]
