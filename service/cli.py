@@ -1,4 +1,4 @@
-"""The ``stepd`` command: ``stepd serve``."""
+"""The ``stepd`` command: ``stepd serve`` and ``stepd health``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from stepd.server import __version__
 from stepd.server.config import (
@@ -22,58 +25,173 @@ SERVER_EXTRA_MISSING = (
 )
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("is not a whole number") from None
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.upper() not in choices:
+            raise ValueError("must be one of " + ", ".join(choices))
+        return text.upper()
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``stepd serve`` setting: a flag, its environment variable, its parser."""
+
+    flag: str
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+SERVE_SETTINGS = (
+    Setting(
+        "--address",
+        "STEPD_ADDRESS",
+        DEFAULT_ADDRESS,
+        str,
+        "host:port to listen on; port 0 picks a free port",
+    ),
+    Setting(
+        "--database",
+        "STEPD_DATABASE",
+        DEFAULT_DATABASE,
+        str,
+        "SQLite file path, sqlite:///path, or postgresql://user@host:port/dbname "
+        "(keep a password out of the URL: PGPASSWORD or ~/.pgpass)",
+    ),
+    Setting(
+        "--db-pool-size",
+        "STEPD_DB_POOL_SIZE",
+        str(DEFAULT_DB_POOL_SIZE),
+        _at_least_one,
+        "PostgreSQL: the most connections this server opens",
+    ),
+    Setting(
+        "--sqlite-synchronous",
+        "STEPD_SQLITE_SYNCHRONOUS",
+        "FULL",
+        _choice("FULL", "NORMAL"),
+        "FULL survives power loss; NORMAL survives a process crash",
+    ),
+    Setting(
+        "--lease-timeout",
+        "STEPD_LEASE_TIMEOUT",
+        "30",
+        _positive_float,
+        "seconds a silent worker keeps its runs before they go to another worker",
+    ),
+    Setting(
+        "--max-journal-entries",
+        "STEPD_MAX_JOURNAL_ENTRIES",
+        "10000",
+        _at_least_one,
+        "the most journal entries a run may record when its workflow sets no max_entries",
+    ),
+    Setting(
+        "--replica-poll-interval",
+        "STEPD_REPLICA_POLL_INTERVAL",
+        "2",
+        _positive_float,
+        "PostgreSQL: seconds between polls for ready runs a replica was not notified of",
+    ),
+    Setting("--log-level", "STEPD_LOG_LEVEL", "INFO", _choice(*LOG_LEVELS), "log threshold"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stepd", description="stepd durable workflow server")
+    parser = argparse.ArgumentParser(
+        prog="stepd", description="stepd durable workflow server", allow_abbrev=False
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument(
+    serve = commands.add_parser("serve", help="run the server", allow_abbrev=False)
+    for setting in SERVE_SETTINGS:
+        serve.add_argument(
+            setting.flag,
+            metavar=setting.dest.upper(),
+            help=f"{setting.help} (env {setting.env}; default {setting.default})",
+        )
+    health = commands.add_parser(
+        "health", help="ask a server whether it is serving (exit 0 if so)", allow_abbrev=False
+    )
+    health.add_argument(
         "--address",
-        default=os.environ.get("STEPD_ADDRESS", DEFAULT_ADDRESS),
-        help="host:port to listen on; port 0 picks a free port (env STEPD_ADDRESS)",
+        metavar="ADDRESS",
+        help=f"host:port of the server (env STEPD_ADDRESS; default {DEFAULT_ADDRESS})",
     )
-    serve.add_argument(
-        "--database",
-        default=os.environ.get("STEPD_DATABASE", DEFAULT_DATABASE),
-        help="SQLite file path, sqlite:///path, or postgresql://user@host:port/dbname "
-        "(env STEPD_DATABASE)",
+    health.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)"
     )
-    serve.add_argument(
-        "--db-pool-size",
-        type=int,
-        default=int(os.environ.get("STEPD_DB_POOL_SIZE", str(DEFAULT_DB_POOL_SIZE))),
-        help="PostgreSQL: the most connections this server opens "
-        f"(env STEPD_DB_POOL_SIZE; default {DEFAULT_DB_POOL_SIZE})",
-    )
-    serve.add_argument(
-        "--sqlite-synchronous",
-        choices=("FULL", "NORMAL"),
-        default=os.environ.get("STEPD_SQLITE_SYNCHRONOUS", "FULL"),
-        help="FULL survives power loss (default); NORMAL survives a process crash",
-    )
-    serve.add_argument(
-        "--lease-timeout",
-        type=float,
-        default=float(os.environ.get("STEPD_LEASE_TIMEOUT", "30")),
-        help="seconds a silent worker keeps its runs before they go to another worker "
-        "(env STEPD_LEASE_TIMEOUT; default 30)",
-    )
-    serve.add_argument(
-        "--max-journal-entries",
-        type=int,
-        default=int(os.environ.get("STEPD_MAX_JOURNAL_ENTRIES", "10000")),
-        help="the most journal entries a run may record when its workflow sets no "
-        "max_entries (env STEPD_MAX_JOURNAL_ENTRIES; default 10000)",
-    )
-    serve.add_argument(
-        "--replica-poll-interval",
-        type=float,
-        default=float(os.environ.get("STEPD_REPLICA_POLL_INTERVAL", "2")),
-        help="PostgreSQL: seconds between polls for ready runs a replica was not "
-        "notified of (env STEPD_REPLICA_POLL_INTERVAL; default 2)",
-    )
-    serve.add_argument("--log-level", default=os.environ.get("STEPD_LOG_LEVEL", "INFO"))
     return parser
+
+
+def _health(address: str, timeout: float) -> int:
+    """Print the server's health status; 0 when SERVING (for container health checks)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"stepd: {address}: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    print(status)
+    return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """Each setting from its flag, else its environment variable, else its default.
+
+    Values are checked here, after parsing, so a bad environment variable never
+    stops ``--help`` and its error names where the value came from.
+    """
+    values: dict[str, Any] = {}
+    for setting in SERVE_SETTINGS:
+        given = getattr(args, setting.dest)
+        if given is not None:
+            source, text = setting.flag, given
+        elif setting.env in os.environ:
+            source, text = setting.env, os.environ[setting.env]
+        else:
+            source, text = "default", setting.default
+        try:
+            values[setting.dest] = setting.parse(text)
+        except ValueError as exc:
+            parser.error(f"{source}={text!r} {exc}")
+    return values
 
 
 async def serve(config: ServerConfig) -> None:
@@ -98,38 +216,34 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stepd`` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.lease_timeout <= 0:
-        parser.error("--lease-timeout must be a positive number of seconds")
-    if args.max_journal_entries < 1:
-        parser.error("--max-journal-entries must be at least 1")
-    if args.replica_poll_interval <= 0:
-        parser.error("--replica-poll-interval must be a positive number of seconds")
-    if args.db_pool_size < 1:
-        parser.error("--db-pool-size must be at least 1")
+    if args.command == "health":
+        address = args.address or os.environ.get("STEPD_ADDRESS", DEFAULT_ADDRESS)
+        return _health(address.replace("0.0.0.0", "127.0.0.1"), args.timeout)
+    settings = _settings(parser, args)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=settings["log_level"],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     config = ServerConfig(
-        address=args.address,
-        database=args.database,
-        sqlite_synchronous=args.sqlite_synchronous,
-        db_pool_size=args.db_pool_size,
-        lease_timeout_ms=int(args.lease_timeout * 1000),
-        max_journal_entries=args.max_journal_entries,
-        replica_poll_ms=int(args.replica_poll_interval * 1000),
+        address=settings["address"],
+        database=settings["database"],
+        sqlite_synchronous=settings["sqlite_synchronous"],
+        db_pool_size=settings["db_pool_size"],
+        lease_timeout_ms=int(settings["lease_timeout"] * 1000),
+        max_journal_entries=settings["max_journal_entries"],
+        replica_poll_ms=int(settings["replica_poll_interval"] * 1000),
     )
     try:
         from sqlalchemy.exc import DBAPIError
 
-        from stepd.server.store import SchemaVersionError
+        from stepd.server.store import DatabaseInUseError, SchemaVersionError
     except ImportError as exc:  # a base install: the SDK and this command only
         print(f"stepd: {SERVER_EXTRA_MISSING.format(exc)}", file=sys.stderr)
         return 1
     try:
         asyncio.run(serve(config))
-    except (OSError, ValueError, SchemaVersionError) as exc:
+    except (OSError, ValueError, SchemaVersionError, DatabaseInUseError) as exc:
         print(f"stepd: {exc}", file=sys.stderr)
         return 1
     except DBAPIError as exc:  # e.g. PostgreSQL refused the login or has no such database

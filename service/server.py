@@ -56,7 +56,6 @@ async def create_server(config: ServerConfig) -> RunningServer:
         config.database, synchronous=config.sqlite_synchronous, pool_size=config.db_pool_size
     )
     engine = Engine(store, config)
-    await engine.start()
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
@@ -70,6 +69,9 @@ async def create_server(config: ServerConfig) -> RunningServer:
             # stepd serves that many long waits, so it raises the limit.
             ("grpc.server.max_pending_requests", 20_000),
             ("grpc.server.max_pending_requests_hard_limit", 100_000),
+            # A second server on a port in use must fail, not share the port
+            # with the first (the kernel would split calls between the two).
+            ("grpc.so_reuseport", 0),
         ]
     )
     workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(
@@ -88,9 +90,14 @@ async def create_server(config: ServerConfig) -> RunningServer:
         ),
         server,
     )
-    port = server.add_insecure_port(config.address)
+    # Bind before recovering runs: a server that cannot listen touches nothing.
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError:  # grpc raises this when the bind fails
+        port = 0
     if port == 0:
         await store.close()
-        raise OSError(f"cannot listen on {config.address}")
+        raise OSError(f"cannot listen on {config.address}: the address is in use or invalid")
+    await engine.start()
     await server.start()
     return RunningServer(server, engine, health_servicer, port)

@@ -56,7 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, os.getcwd())
     workflows: list[Workflow[Any, Any]] = []
     for target in args.modules:
-        for workflow in _workflows_in(_import(target)):
+        try:
+            module = _import(target)
+        except _TargetMissing as exc:
+            parser.error(str(exc))
+        for workflow in _workflows_in(module):
             if not any(workflow is known for known in workflows):
                 workflows.append(workflow)
     if not workflows:
@@ -74,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="stepd-worker", description="Serve the @workflow definitions of some modules."
+        prog="stepd-worker",
+        description="Serve the @workflow definitions of some modules.",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("modules", nargs="+", metavar="MODULE", help="module name or .py path")
@@ -86,14 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency",
         type=_positive_int,
-        default=_positive_int(os.environ.get("STEPD_WORKER_CONCURRENCY", "100")),
+        # String defaults: argparse converts them only when the flag is absent,
+        # so a bad environment value is reported as a usage error, never at --help.
+        default=os.environ.get("STEPD_WORKER_CONCURRENCY", "100"),
         help="runs executed at once (env STEPD_WORKER_CONCURRENCY; default %(default)s)",
     )
     parser.add_argument(
         "--max-cached-runs",
         type=_count,
         metavar="N",
-        default=_count(os.environ.get("STEPD_WORKER_MAX_CACHED_RUNS", str(MAX_CACHED_RUNS))),
+        default=os.environ.get("STEPD_WORKER_MAX_CACHED_RUNS", str(MAX_CACHED_RUNS)),
         help="suspended runs kept live to continue without replay; 0: none "
         "(env STEPD_WORKER_MAX_CACHED_RUNS; default %(default)s)",
     )
@@ -101,10 +109,10 @@ def _parser() -> argparse.ArgumentParser:
         "--shutdown-grace",
         type=_grace,
         metavar="SECONDS",
-        default=_grace(os.environ.get("STEPD_WORKER_SHUTDOWN_GRACE", f"{SHUTDOWN_GRACE:g}")),
+        default=os.environ.get("STEPD_WORKER_SHUTDOWN_GRACE", f"{SHUTDOWN_GRACE:g}"),
         help="on SIGTERM/SIGINT, how long runs may finish the steps they are executing "
         "before they are cancelled and given back (env STEPD_WORKER_SHUTDOWN_GRACE; "
-        "default %(default)g)",
+        "default %(default)s)",
     )
     parser.add_argument(
         "--log-level",
@@ -146,9 +154,20 @@ def _grace(text: str) -> float:
     return value
 
 
+class _TargetMissing(Exception):
+    """The module or file named on the command line does not exist."""
+
+
 def _import(target: str) -> ModuleType:
+    """Import a module by name or a .py file by path.
+
+    A target that does not exist is a usage error; an error raised while the
+    target's own code runs keeps its traceback (it is the user's bug).
+    """
     if target.endswith(".py"):
         path = Path(target).resolve()
+        if not path.is_file():
+            raise _TargetMissing(f"no such file: {target}")
         spec = importlib.util.spec_from_file_location(path.stem, path)
         if spec is None or spec.loader is None:
             raise SystemExit(f"stepd-worker: cannot load {target}")
@@ -156,7 +175,15 @@ def _import(target: str) -> ModuleType:
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)
         return module
-    return importlib.import_module(target)
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
+            raise _TargetMissing(
+                f"no module named {exc.name!r} (run from the directory that holds it, "
+                "or install it)"
+            ) from None
+        raise
 
 
 def _workflows_in(module: ModuleType) -> list[Workflow[Any, Any]]:

@@ -7,10 +7,12 @@ Open a store with ``await open_store("stepd.db")``; the engine codes against
 from stepd.server.store.base import RunConflictError, Store
 from stepd.server.store.errors import StoreClosedError
 from stepd.server.store.factory import open_store
+from stepd.server.store.file_lock import DatabaseInUseError
 from stepd.server.store.migrations import SchemaVersionError
 from stepd.server.store.sql_store import SqlStore
 
 __all__ = [
+    "DatabaseInUseError",
     "RunConflictError",
     "SchemaVersionError",
     "SqlStore",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stepd.server.store import postgres
+from stepd.server.store.file_lock import FileLock
 from stepd.server.store.group_commit import GroupCommitter
 from stepd.server.store.read_pool import ReadPool
 from stepd.server.store.sql_store import SqlStore
@@ -54,7 +55,8 @@ async def open_store(
     a PostgreSQL URL (``postgresql://user@host:5432/dbname``).
 
     SQLite: the file and its schema are created when missing, but not its
-    directory. ``synchronous`` is ``FULL`` (an acknowledged write survives
+    directory. One store at a time may hold the file (``DatabaseInUseError``,
+    see ``file_lock``). ``synchronous`` is ``FULL`` (an acknowledged write survives
     power loss) or ``NORMAL`` (it survives a crash of the process); see
     ``stepd.server.store.sqlite``. ``readers`` and ``max_batch`` size the reader
     pool and the group commit.
@@ -68,11 +70,14 @@ async def open_store(
     else:
         path = sqlite_path(database)
         mode = parse_synchronous(synchronous)
+        lock = FileLock(path)
+        lock.acquire()
         writer = create_writer_engine(path, synchronous=mode)
         reader = create_reader_engine(path, readers=readers)
         store = SqlStore(
             GroupCommitter(writer, max_batch=max_batch),
             ReadPool(reader, threads=readers),
+            on_close=lock.release,
         )
     try:
         await store.open()

@@ -56,6 +56,8 @@ RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, de
 MIGRATION_LOCK_KEY = 0x7374657064
 
 _SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+#: libpq's sslmode values, which asyncpg accepts as ``ssl``.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def is_postgres_url(database: str) -> bool:
@@ -81,7 +83,32 @@ def async_url(database: str) -> URL:
         raise ValueError(
             "the PostgreSQL URL names no database (expected postgresql://user@host:5432/dbname)"
         )
-    return url.set(drivername="postgresql+asyncpg")
+    return url.set(drivername="postgresql+asyncpg", query=_driver_query(url))
+
+
+def _driver_query(url: URL) -> dict[str, str]:
+    """The URL's query as asyncpg takes it: libpq's ``sslmode`` becomes ``ssl``.
+
+    Managed providers hand out URLs with ``?sslmode=require``; asyncpg names
+    the same setting ``ssl``. Any other parameter is refused by name rather
+    than failing deep inside the driver.
+    """
+    query: dict[str, str] = {}
+    for name, value in url.query.items():
+        text = value if isinstance(value, str) else value[-1]
+        if name in ("sslmode", "ssl"):
+            if text not in SSL_MODES:
+                raise ValueError(
+                    f"{name}={text!r} in the PostgreSQL URL: expected one of "
+                    + ", ".join(SSL_MODES)
+                )
+            query["ssl"] = text
+        else:
+            raise ValueError(
+                f"unsupported parameter {name!r} in the PostgreSQL URL "
+                "(stepd takes sslmode; other settings come from PG* environment variables)"
+            )
+    return query
 
 
 def display_url(database: str) -> str:

@@ -146,9 +146,15 @@ class SqlStore(schedules.ScheduleStoreMixin):
     """
 
     def __init__(
-        self, committer: Committer, reads: Reader, *, migrate: WriteOp[list[int]] = migrate
+        self,
+        committer: Committer,
+        reads: Reader,
+        *,
+        migrate: WriteOp[list[int]] = migrate,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._committer = committer
+        self._on_close = on_close
         self._reads = reads
         self._migrate = migrate
         self._opened = False
@@ -239,8 +245,12 @@ class SqlStore(schedules.ScheduleStoreMixin):
 
     async def close(self) -> None:
         """Finish queued writes, then release every connection."""
-        await self._committer.close()
-        await self._reads.close()
+        try:
+            await self._committer.close()
+            await self._reads.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
 
     # -- writes -----------------------------------------------------------
 

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Dialect, UniqueConstraint, create_engine, ins
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.types import TypeEngine
 
-from stepd.server.store import SchemaVersionError, open_store
+from stepd.server.store import DatabaseInUseError, SchemaVersionError, open_store
 from stepd.server.store import migrations as migrations_module
 from stepd.server.store.migrations import LATEST_VERSION, MIGRATIONS, Migration
 from stepd.server.store.postgres import async_url, is_postgres_url
@@ -202,9 +202,18 @@ async def test_reopening_applies_nothing_twice(empty_database: str) -> None:
 
 
 async def test_servers_opening_at_once_migrate_once(empty_database: str) -> None:
-    stores = await asyncio.gather(*(open_store(empty_database) for _ in range(4)))
+    opened = await asyncio.gather(
+        *(open_store(empty_database) for _ in range(4)), return_exceptions=True
+    )
+    stores = [s for s in opened if not isinstance(s, BaseException)]
+    refused = [s for s in opened if isinstance(s, BaseException)]
     for store in stores:
         await store.close()
+    if is_postgres_url(empty_database):
+        assert len(stores) == 4  # replicas share one database
+    else:  # one server per SQLite file: the others are refused
+        assert len(stores) == 1
+        assert all(isinstance(e, DatabaseInUseError) for e in refused), refused
     assert await applied_versions(empty_database) == [m.version for m in MIGRATIONS]
 
 

@@ -56,7 +56,7 @@ def test_serve_refuses_an_empty_pool(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--db-pool-size", "0"])
     assert exited.value.code == 2
-    assert "--db-pool-size must be at least 1" in capsys.readouterr().err
+    assert "--db-pool-size='0' must be at least 1" in capsys.readouterr().err
 
 
 def test_serve_explains_a_missing_sqlite_directory(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,3 +73,26 @@ def test_serve_explains_a_missing_postgres_database(capsys: pytest.CaptureFixtur
     assert main(["serve", "--address", "127.0.0.1:0", "--database", url]) == 1
     err = capsys.readouterr().err
     assert "cannot open the database" in err and "stepd_no_such_database" in err
+
+
+def test_sslmode_is_taken_and_other_parameters_are_refused() -> None:
+    url = async_url("postgresql://u@h/db?sslmode=require")
+    assert dict(url.query) == {"ssl": "require"}
+    assert dict(async_url("postgresql://u@h/db").query) == {}
+    with pytest.raises(ValueError, match="sslmode='sometimes'"):
+        async_url("postgresql://u@h/db?sslmode=sometimes")
+    with pytest.raises(ValueError, match="unsupported parameter 'connect_timeout'"):
+        async_url("postgresql://u@h/db?connect_timeout=3")
+
+
+def test_serve_explains_a_server_without_tls(capsys: pytest.CaptureFixture[str]) -> None:
+    server = postgres_url()
+    if server is None:
+        pytest.skip(SKIP_POSTGRES)
+    # Refused either way: this server has no TLS, or its certificate is not trusted.
+    url = make_url(server).update_query_dict({"sslmode": "verify-full"})
+    database = url.render_as_string(hide_password=False)
+    assert main(["serve", "--address", "127.0.0.1:0", "--database", database]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("stepd: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
