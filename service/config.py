@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_DB_POOL_SIZE = 20  # PostgreSQL connections one server opens at most
 
@@ -37,6 +37,22 @@ class ServerConfig:
     replica_poll_ms: int = 2_000
     # Seconds a stopping server gives in-flight calls to finish.
     shutdown_grace_seconds: float = 5.0
+    # -- security (docs/security.md; stepd.server.security) ------------------
+    # API keys: "keys" (required), "none", or "auto" (required unless the
+    # address is a loopback one).
+    auth: str = "auto"
+    # TLS: the server's certificate chain and private key (PEM files).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Mutual TLS: clients must show a certificate signed by a CA in this bundle.
+    tls_client_ca_file: str | None = None
+    # Listen on a non-loopback address without keys, TLS or a hook secret.
+    insecure: bool = False
+    # The secrets hook tokens are derived from (the first mints, all verify);
+    # none: a key stored in the database (only on a server open on loopback).
+    hook_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    # How often the API keys are read again (a change elsewhere counts within it).
+    key_refresh_seconds: float = 2.0
 
     @property
     def heartbeat_interval_ms(self) -> int:

@@ -266,6 +266,8 @@ class WorkflowVersion:
     name: str
     version: str
     first_seen: int
+    # When an operator retired it (never current again); None while in use.
+    retire_time: int | None = None
 
 
 class HistoryType(enum.StrEnum):
@@ -299,6 +301,8 @@ class HistoryEntry:
     error: ErrorDetails | None = None
     attempt: int = 0
     detail: str = ""
+    # The API key whose call caused it (a cancel, signal, hook or event), if any.
+    actor: str = ""
 
 
 class SignalStatus(enum.Enum):

@@ -10,12 +10,22 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from stepd.server.api.admin_servicer import AdminServicer
 from stepd.server.api.worker_servicer import WorkerServicer
 from stepd.server.api.workflow_servicer import WorkflowServicer
 from stepd.server.config import ServerConfig
 from stepd.server.engine.engine import Engine
+from stepd.server.engine.versions import VersionAdmin
+from stepd.server.security import exposure
+from stepd.server.security.auth_interceptor import AuthInterceptor
+from stepd.server.security.key_admin import KeyAdmin
+from stepd.server.security.keyring import KeyRing
+from stepd.server.security.tls import TlsFiles, server_credentials
 from stepd.server.store import open_store
+from stepd.server.store.postgres import display_url
 from stepd.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     worker_service_pb2,
     worker_service_pb2_grpc,
     workflow_service_pb2,
@@ -27,6 +37,7 @@ log = logging.getLogger("stepd.server")
 SERVICE_NAMES = (
     workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 # gRPC's own message limit sits above the payload limit, so that an oversized
 # payload gets stepd's RESOURCE_EXHAUSTED message rather than a transport error.
@@ -41,22 +52,40 @@ class RunningServer:
     engine: Engine
     health: Any  # grpc_health.v1.health.aio.HealthServicer (the package has no type hints)
     port: int
+    # The API keys in memory; None on a server that runs without keys.
+    keys: KeyRing | None = None
+    versions: VersionAdmin | None = None
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for ``grace`` seconds, close."""
         await self.health.enter_graceful_shutdown()
+        if self.keys is not None:
+            await self.keys.close()
+        if self.versions is not None:
+            await self.versions.close()
         await self.engine.close()
         await self.server.stop(grace)
         await self.engine.store.close()
 
 
 async def create_server(config: ServerConfig) -> RunningServer:
-    """Open the store, recover runs, and start serving on ``config.address``."""
+    """Open the store, recover runs, and start serving on ``config.address``.
+
+    Raises ``InsecureSetupError`` (a ValueError) before touching anything when
+    the address is reachable from other hosts and keys, TLS or the hook secret
+    are missing (``stepd.server.security.exposure``), and ValueError for
+    unusable TLS settings.
+    """
+    exposure.check(config)
+    credentials = _tls_credentials(config)
     store = await open_store(
         config.database, synchronous=config.sqlite_synchronous, pool_size=config.db_pool_size
     )
     engine = Engine(store, config)
+    ring = KeyRing(store, config.key_refresh_seconds) if exposure.keys_required(config) else None
+    versions = VersionAdmin(store, engine.registry, config.key_refresh_seconds)
     server = grpc.aio.server(
+        interceptors=[AuthInterceptor(ring)],
         options=[
             ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
             ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
@@ -72,12 +101,15 @@ async def create_server(config: ServerConfig) -> RunningServer:
             # A second server on a port in use must fail, not share the port
             # with the first (the kernel would split calls between the two).
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(
         WorkflowServicer(engine), server
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(engine), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(KeyAdmin(store, ring), versions), server
+    )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # no stubs for aio
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -92,12 +124,47 @@ async def create_server(config: ServerConfig) -> RunningServer:
     )
     # Bind before recovering runs: a server that cannot listen touches nothing.
     try:
-        port = server.add_insecure_port(config.address)
+        if credentials is None:
+            port = server.add_insecure_port(config.address)
+        else:
+            port = server.add_secure_port(config.address, credentials)
     except RuntimeError:  # grpc raises this when the bind fails
         port = 0
     if port == 0:
         await store.close()
         raise OSError(f"cannot listen on {config.address}: the address is in use or invalid")
     await engine.start()
+    await versions.start()
+    if ring is not None:
+        await ring.start()
+    _log_security(config, ring, credentials is not None)
     await server.start()
-    return RunningServer(server, engine, health_servicer, port)
+    return RunningServer(server, engine, health_servicer, port, ring, versions)
+
+
+def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """The TLS credentials the settings ask for, or None (plaintext)."""
+    cert, key, client_ca = config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ValueError("--tls-client-ca needs TLS: give --tls-cert and --tls-key too")
+        return None
+    if cert is None or key is None:
+        raise ValueError("TLS needs both --tls-cert (certificate chain) and --tls-key (its key)")
+    return server_credentials(TlsFiles(cert, key, client_ca))
+
+
+def _log_security(config: ServerConfig, ring: KeyRing | None, tls: bool) -> None:
+    """Say at start how the server is protected, and what it lacks."""
+    mutual = " (mutual: client certificates required)" if config.tls_client_ca_file else ""
+    keys = f"API keys required ({len(ring)} stored)" if ring is not None else "no API keys"
+    log.info("security: %s; %s", f"TLS on{mutual}" if tls else "no TLS", keys)
+    if ring is not None and not len(ring):
+        log.warning(
+            "no API key exists yet, so every call is refused: create an admin key with "
+            "`stepd keys create --role admin --name NAME --database %s` (see docs/security.md)",
+            display_url(config.database),
+        )
+    missing = exposure.missing_protection(config)
+    if missing and not exposure.is_loopback(config.address):
+        log.warning("listening on %s without %s (--insecure)", config.address, "; ".join(missing))

@@ -19,6 +19,7 @@ from stepd.server.api.errors import maps_errors
 from stepd.server.domain import RunFilter
 from stepd.server.engine.engine import Engine, TriggerParams
 from stepd.server.engine.errors import InvalidArgument
+from stepd.server.security.auth_interceptor import current_key_id
 from stepd.v1 import workflow_service_pb2 as pb
 from stepd.v1 import workflow_service_pb2_grpc
 
@@ -102,7 +103,9 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def CancelRun(
         self, request: pb.CancelRunRequest, context: Context
     ) -> pb.CancelRunResponse:
-        run, already = await self._engine.cancel_run(request.run_id, request.reason)
+        run, already = await self._engine.cancel_run(
+            request.run_id, request.reason, actor=current_key_id()
+        )
         return pb.CancelRunResponse(run=run_to_proto(run), already_cancelled=already)
 
     @maps_errors
@@ -113,6 +116,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             request.payload.json,
             request.payload.encoding,
             request.request_id,
+            actor=current_key_id(),
         )
         return pb.SignalResponse(run_id=request.run_id)
 
@@ -121,7 +125,11 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self, request: pb.PublishEventRequest, context: Context
     ) -> pb.PublishEventResponse:
         event_id, already, woken, started = await self._engine.publish_event(
-            request.name, request.payload.json, request.payload.encoding, request.event_id
+            request.name,
+            request.payload.json,
+            request.payload.encoding,
+            request.event_id,
+            actor=current_key_id(),
         )
         return pb.PublishEventResponse(
             event_id=event_id,
@@ -149,7 +157,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self, request: pb.ExecuteHookRequest, context: Context
     ) -> pb.ExecuteHookResponse:
         run_id = await self._engine.execute_hook(
-            request.token, request.payload.json, request.payload.encoding
+            request.token, request.payload.json, request.payload.encoding, actor=current_key_id()
         )
         return pb.ExecuteHookResponse(run_id=run_id)
 

@@ -77,7 +77,7 @@ class ChildRuns:
         new = NewRun(
             run_id=child_id,
             workflow_name=name,
-            workflow_version=action.workflow_version or engine.registry.newest(name) or "",
+            workflow_version=action.workflow_version or engine.registry.current(name) or "",
             input_json=input_json,
             create_time=now_ms(),
             parent_run_id=run_id,

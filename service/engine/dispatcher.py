@@ -164,12 +164,16 @@ class Dispatcher:
             for offset in range(len(keys)):
                 index = (session.next_queue + offset) % len(keys)
                 queue = lanes.get(keys[index])
+                if not queue:
+                    continue
+                name, version = keys[index]
+                pin = session.newest_version(name) if version == "" else ""
+                if version == "" and not pin:
+                    continue  # it serves only retired versions of the workflow
                 while queue:
                     run_id = queue.popleft()
                     if run_id not in session.held:
                         session.next_queue = index + 1
-                        name, version = keys[index]
-                        pin = session.newest_version(name) if version == "" else ""
                         return run_id, (name, version or pin), pin
         for key in keys:
             held = self._held.get(key)

@@ -128,7 +128,8 @@ class Engine:
             store, config, self.registry, self._make_ready, self.cancel_run, horizon
         )
         self._closing = False
-        self._hook_key = b""
+        # The keys hook tokens are derived from: the first mints, all verify.
+        self._hook_keys: tuple[bytes, ...] = ()
         self.children = ChildRuns(self)
         self.policy = RunPolicy(self)
 
@@ -144,7 +145,9 @@ class Engine:
         polling (``replicas.py``).
         """
         self.registry.load(await self.store.workflow_versions())
-        self._hook_key = await self.store.server_secret("hook_key")
+        self._hook_keys = hook_tokens.server_keys(
+            await self.store.server_secret("hook_key"), self.config.hook_secrets
+        )
         if not self.replicas.replicated:
             await self._recover_all()
         await self.children.recover()
@@ -216,7 +219,12 @@ class Engine:
         input_json = check_json_payload(
             "input", params.input_json, params.input_encoding, self.config.max_payload_bytes
         )
-        version = params.workflow_version or self.registry.newest(name) or ""
+        if params.workflow_version and self.registry.retired(name, params.workflow_version):
+            raise FailedPrecondition(
+                f"version {params.workflow_version!r} of {name!r} is retired; "
+                "trigger another version, or none for the current one"
+            )
+        version = params.workflow_version or self.registry.current(name) or ""
         run_id = params.run_id or uuid.uuid4().hex
         now = now_ms()
         new = NewRun(
@@ -281,8 +289,11 @@ class Engine:
             return runs[:size], runs[size - 1].seq
         return runs, None
 
-    async def cancel_run(self, run_id: str, reason: str) -> tuple[RunRecord, bool]:
-        """Cancel an unfinished run; return it and whether it was already cancelled."""
+    async def cancel_run(
+        self, run_id: str, reason: str, *, actor: str = ""
+    ) -> tuple[RunRecord, bool]:
+        """Cancel an unfinished run; return it and whether it was already cancelled.
+        ``actor`` (the caller's API key id) goes into the run's history."""
         if not run_id:
             raise InvalidArgument("run_id is required")
         for _ in range(10):
@@ -291,6 +302,7 @@ class Engine:
                 transitions.sources(RunEvent.CANCEL),
                 transitions.target(RunEvent.CANCEL),
                 values={"cancel_reason": reason or "cancelled", "lease_owner": None},
+                actor=actor,
             )
             if run is not None:
                 self._after_cancel(run, reason or "cancelled")
@@ -310,7 +322,14 @@ class Engine:
         raise FailedPrecondition(f"run {run_id} kept changing; try cancelling again")
 
     async def signal(
-        self, run_id: str, name: str, payload_json: str, encoding: str, request_id: str
+        self,
+        run_id: str,
+        name: str,
+        payload_json: str,
+        encoding: str,
+        request_id: str,
+        *,
+        actor: str = "",
     ) -> None:
         """Store a signal for a run (waking it when it waits for that name)."""
         if not run_id:
@@ -322,7 +341,9 @@ class Engine:
         payload = check_json_payload(
             "payload", payload_json, encoding, self.config.max_payload_bytes
         )
-        outcome = await self.store.send_signal(run_id, name, payload, request_id or None)
+        outcome = await self.store.send_signal(
+            run_id, name, payload, request_id or None, actor=actor
+        )
         if outcome.status is SignalStatus.UNKNOWN_RUN:
             raise NotFound(f"run {run_id!r} not found")
         if outcome.status is SignalStatus.FINISHED_RUN:
@@ -333,18 +354,20 @@ class Engine:
         if outcome.woken is not None:
             self._make_ready(outcome.woken)
 
-    async def execute_hook(self, token: str, payload_json: str, encoding: str) -> str:
+    async def execute_hook(
+        self, token: str, payload_json: str, encoding: str, *, actor: str = ""
+    ) -> str:
         """Execute the hook a token names; return its run's id."""
         if not token:
             raise InvalidArgument("token is required")
-        ref = hook_tokens.verify(self._hook_key, token)
+        ref = hook_tokens.verify(self._hook_keys, token)
         if ref is None:
             raise NotFound("no hook has this token; check that it was copied whole")
         payload = check_json_payload(
             "payload", payload_json, encoding, self.config.max_payload_bytes
         )
         outcome = await self.store.execute_hook(
-            ref.run_id, ref.wait_key, hook_tokens.token_hash(token), payload
+            ref.run_id, ref.wait_key, hook_tokens.token_hash(token), payload, actor=actor
         )
         if outcome.status is HookStatus.UNKNOWN_RUN:
             raise NotFound("no hook has this token; its run no longer exists")
@@ -359,7 +382,7 @@ class Engine:
         return ref.run_id
 
     async def publish_event(
-        self, name: str, payload_json: str, encoding: str, event_id: str
+        self, name: str, payload_json: str, encoding: str, event_id: str, *, actor: str = ""
     ) -> tuple[str, bool, list[str], list[str]]:
         """Publish an event; return its id, whether the id was seen before, the runs
         it woke and the runs it started (workflows it triggers)."""
@@ -373,7 +396,13 @@ class Engine:
             "payload", payload_json, encoding, self.config.max_payload_bytes
         )
         event_id = event_id or uuid.uuid4().hex
-        outcome = await self.store.publish_event(event_id, name, payload)
+        outcome = await self.store.publish_event(
+            event_id,
+            name,
+            payload,
+            actor=actor,
+            current_versions=self.registry.current_versions(),
+        )
         for run in (*outcome.woken, *outcome.started):
             self._make_ready(run)
         return (
@@ -431,9 +460,20 @@ class Engine:
         if new_pairs:
             await self.store.register_workflows(new_pairs)
             self.registry.add(new_pairs, now_ms())
-        await self.schedules.declare(declarations)
+        self.registry.serving(pairs)  # the current version may be one of them now
+        try:
+            await self.schedules.declare(declarations)
+        except BaseException:
+            self.registry.stopped_serving(pairs)
+            raise
         session = WorkerSession(
-            worker_id, identity or worker_id, pairs, capacity, limits, max_cached_runs
+            worker_id,
+            identity or worker_id,
+            pairs,
+            capacity,
+            limits,
+            max_cached_runs,
+            pinnable=self.registry.pinnable,
         )
         self.dispatcher.add_session(session)
         self.replicas.poll_soon()  # runs made ready elsewhere before it came
@@ -446,6 +486,8 @@ class Engine:
             return
         session.close()
         self.sticky.forget_session(session)
+        if session in self.dispatcher.sessions:
+            self.registry.stopped_serving(session.serves)
         self.dispatcher.remove_session(session)
         held = [(run_id, lease) for run_id, lease in session.held.items() if lease]
         session.held.clear()
@@ -780,7 +822,8 @@ class Engine:
             limits.max_entries if limits is not None else None,
         )
         self.policy.schedule_expiry(claimed.run)
-        session.send(replace(claimed, hook_secret=hook_tokens.run_secret(self._hook_key, run_id)))
+        hook_secret = hook_tokens.run_secret(self._hook_keys[0], run_id)
+        session.send(replace(claimed, hook_secret=hook_secret))
 
     async def _requeue(self, run_id: str, lease_id: int) -> None:
         run = await self._finish(run_id, lease_id, RunEvent.RELEASE, {})

@@ -130,7 +130,7 @@ class Scheduler:
 
     async def declare(self, declarations: Sequence[WorkflowDeclaration]) -> None:
         """Store what registered workflow versions declare: every version's event
-        triggers, and the newest version's schedule (id: the workflow's name)."""
+        triggers, and the current version's schedule (id: the workflow's name)."""
         changed = [d for d in declarations if self._declared.get((d.name, d.version)) != d]
         if not changed:
             return
@@ -144,7 +144,7 @@ class Scheduler:
                 cron.next_after(d.schedule.cron, d.schedule.time_zone, now) if d.schedule else 0,
             )
             for d in changed
-            if self._registry.newest(d.name) == d.version
+            if self._registry.current(d.name) == d.version
         ]
         declared = await self._store.declare_workflows(triggers, schedules)
         for schedule_id, *_ in schedules:

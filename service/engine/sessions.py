@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from stepd.server.domain import ClaimedRun, WorkflowLimits
@@ -41,8 +41,12 @@ class WorkerSession:
         capacity: int,
         limits: Mapping[tuple[str, str], WorkflowLimits] | None = None,
         max_cached_runs: int = 0,
+        pinnable: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.worker_id = worker_id
+        # Whether a run stored without a version may be pinned to one this
+        # worker serves (not to a retired version).
+        self._pinnable = pinnable
         self.identity = identity
         self.serves = serves
         # What the hello declared per served version (execution timeout, journal limit).
@@ -69,8 +73,10 @@ class WorkerSession:
         self._wakeup = asyncio.Event()
 
     def newest_version(self, name: str) -> str:
-        """The version of ``name`` this worker serves (the greatest, if several)."""
-        versions = [v for n, v in self.serves if n == name]
+        """The version of ``name`` this worker serves (the greatest, if several) that
+        a run stored without a version may be pinned to; "" when there is none."""
+        pinnable = self._pinnable
+        versions = [v for n, v in self.serves if n == name and (not pinnable or pinnable(n, v))]
         return max(versions, key=_version_order, default="")
 
     @property

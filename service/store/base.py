@@ -31,6 +31,7 @@ from stepd.server.domain import (
     WaitSpec,
     WorkflowVersion,
 )
+from stepd.server.domain_keys import ApiKeyRecord, PinStatus, RetireStatus
 from stepd.server.domain_schedules import (
     CreateScheduleStatus,
     FireOutcome,
@@ -113,7 +114,36 @@ class ScheduleStore(Protocol):
         keyed (run id, "start"), soonest first."""
 
 
-class Store(ScheduleStore, Protocol):
+class KeyStore(Protocol):
+    """API keys (``stepd.server.store.api_keys``): only their hashes are stored."""
+
+    async def create_api_key(self, record: ApiKeyRecord) -> None:
+        """Store a new key."""
+
+    async def revoke_api_key(self, key_id: str, now: int) -> ApiKeyRecord | None:
+        """Revoke a key (keeping an earlier revoke time); None when there is none."""
+
+    async def api_keys(self) -> list[ApiKeyRecord]:
+        """Every key, revoked and expired ones included, by key id."""
+
+
+class VersionStore(Protocol):
+    """Pinned and retired workflow versions (``stepd.server.store.versions``)."""
+
+    async def pin_workflow_version(self, name: str, version: str, now: int) -> PinStatus:
+        """Make a registered, unretired version the workflow's current one."""
+
+    async def unpin_workflow_version(self, name: str) -> bool:
+        """Remove a workflow's pin; False when it had none."""
+
+    async def retire_workflow_version(self, name: str, version: str, now: int) -> RetireStatus:
+        """Retire a version (never current again); refused while it is pinned."""
+
+    async def workflow_pins(self) -> dict[str, str]:
+        """Every pin: workflow name -> version."""
+
+
+class Store(ScheduleStore, KeyStore, VersionStore, Protocol):
     """Durable state of runs, journals and the workflow registry."""
 
     @property
@@ -188,13 +218,15 @@ class Store(ScheduleStore, Protocol):
         *,
         lease_id: int | None = None,
         values: Mapping[str, Any] | None = None,
+        actor: str = "",
     ) -> RunRecord | None:
         """Set a run's status (and other columns in ``values``) atomically.
 
         Applies only when the run's status is in ``from_statuses`` and, if
         ``lease_id`` is given, the run's lease_id equals it. Sets update_time;
         sets end_time when ``to_status`` is terminal. Returns the updated run,
-        or None when the guard did not match.
+        or None when the guard did not match. ``actor`` (an API key id) is
+        recorded on a cancellation's history entry.
         """
 
     async def register_workflows(self, versions: Iterable[tuple[str, str]]) -> None:
@@ -216,27 +248,47 @@ class Store(ScheduleStore, Protocol):
         PENDING; return the woken run, else None."""
 
     async def send_signal(
-        self, run_id: str, name: str, payload_json: str, request_id: str | None
+        self,
+        run_id: str,
+        name: str,
+        payload_json: str,
+        request_id: str | None,
+        *,
+        actor: str = "",
     ) -> SignalOutcome:
         """Buffer a signal for an unfinished run and hand it to the run's oldest
         open wait for that name (meeting it, abandoning the run's other waits
-        and waking the run). A request_id seen before for the run stores nothing."""
+        and waking the run). A request_id seen before for the run stores nothing.
+        ``actor`` (an API key id) is recorded in the run's history."""
 
     async def execute_hook(
-        self, run_id: str, wait_key: str, token_hash: str, payload_json: str
+        self, run_id: str, wait_key: str, token_hash: str, payload_json: str, *, actor: str = ""
     ) -> HookOutcome:
         """Execute a hook once: deliver to the run waiting on it, or keep it
         until the run waits; ALREADY_EXECUTED for a second execution; EXPIRED
-        when the run finished or stopped waiting on it."""
+        when the run finished or stopped waiting on it. ``actor`` (an API key
+        id) is recorded on the history entry of the delivery."""
 
     async def server_secret(self, name: str) -> bytes:
         """A per-database secret created by the migrations."""
 
-    async def publish_event(self, event_id: str, name: str, payload_json: str) -> PublishOutcome:
+    async def publish_event(
+        self,
+        event_id: str,
+        name: str,
+        payload_json: str,
+        *,
+        actor: str = "",
+        current_versions: Mapping[str, str] | None = None,
+    ) -> PublishOutcome:
         """Store an event (once per event_id) and meet every open wait for it
         that began before it and whose match fits, waking those runs; start one
-        run (input: the payload) of each workflow whose newest version declares
-        the event as a trigger, once per (event_id, workflow)."""
+        run (input: the payload) of each workflow whose current version declares
+        the event as a trigger, once per (event_id, workflow).
+
+        ``current_versions`` are the current versions the engine knows (see
+        ``schedules.start_subscribed``); ``actor`` (an API key id) is recorded
+        on the history entries of the runs it wakes."""
 
     async def record_event(
         self, run_id: str, lease_id: int, key: str, name: str, payload_json: str

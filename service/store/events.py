@@ -17,6 +17,8 @@ class StoredEvent:
 
     sequence: int
     payload_json: str
+    # The API key that published it, if any.
+    actor: str | None = None
 
 
 def matches(match_json: str | None, payload_json: str) -> bool:
@@ -43,12 +45,20 @@ def json_equal(left: object, right: object) -> bool:
     return left == right
 
 
-def insert(conn: Connection, event_id: str, name: str, payload_json: str, now: int) -> bool:
+def insert(
+    conn: Connection, event_id: str, name: str, payload_json: str, now: int, actor: str = ""
+) -> bool:
     """Store an event; False when its id was published before."""
     insert = insert_for(conn.dialect.name)
     stored = conn.execute(
         insert(events)
-        .values(event_id=event_id, name=name, payload_json=payload_json, publish_time=now)
+        .values(
+            event_id=event_id,
+            name=name,
+            payload_json=payload_json,
+            publish_time=now,
+            actor=actor or None,
+        )
         .on_conflict_do_nothing()
         .returning(events.c.sequence)
     ).first()
@@ -60,11 +70,11 @@ def first_match(
 ) -> StoredEvent | None:
     """The first event of ``name`` published at or after ``since`` that matches."""
     stmt = (
-        select(events.c.sequence, events.c.payload_json)
+        select(events.c.sequence, events.c.payload_json, events.c.actor)
         .where(events.c.name == name, events.c.publish_time >= since)
         .order_by(events.c.sequence)
     )
     for row in conn.execute(stmt):
         if matches(match_json, row.payload_json):
-            return StoredEvent(row.sequence, row.payload_json)
+            return StoredEvent(row.sequence, row.payload_json, row.actor)
     return None

@@ -93,6 +93,7 @@ def read(conn: Connection, run_id: str) -> list[HistoryEntry] | None:
             payload_json=row["payload_json"],
             attempt=row["attempt"] or 0,
             detail=row["detail"] or "",
+            actor=row["actor"] or "",
         )
         if entry.type is HistoryType.HELD:  # stored as name (error type) and detail
             entry = replace(entry, error=ErrorDetails(entry.name, entry.detail), name="")

@@ -10,7 +10,7 @@ one per (schedule, occasion), however often either is handled.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, select, update
@@ -28,9 +28,9 @@ from stepd.server.domain_schedules import (
     ScheduleRunRow,
     ScheduleSpec,
 )
-from stepd.server.store import rows
+from stepd.server.store import rows, versions
 from stepd.server.store.dialects import insert_for
-from stepd.server.store.schema import runs, schedules, workflow_triggers, workflow_versions
+from stepd.server.store.schema import runs, schedules, workflow_triggers
 
 if TYPE_CHECKING:
     from stepd.server.store.executor import Committer, Reader
@@ -78,10 +78,21 @@ def declare_triggers(conn: Connection, name: str, version: str, event_names: Ite
 
 
 def start_subscribed(
-    conn: Connection, event_id: str, event_name: str, payload_json: str, now: int
+    conn: Connection,
+    event_id: str,
+    event_name: str,
+    payload_json: str,
+    now: int,
+    current: Mapping[str, str] | None = None,
 ) -> list[RunRecord]:
-    """Start one run of every workflow whose newest version declares ``event_name``
-    as a trigger, with the payload as input; return the runs created."""
+    """Start one run of every workflow whose current version declares ``event_name``
+    as a trigger, with the payload as input; return the runs created.
+
+    ``current`` holds the current versions the caller knows (pinned, or served by
+    a connected worker). For another workflow the pinned version counts, else
+    the newest version not retired decides whether the event starts a run, and
+    the run gets no version: the first worker to claim it pins it to its own.
+    """
     subscribed: dict[str, set[str]] = {}
     for row in conn.execute(
         select(workflow_triggers.c.workflow_name, workflow_triggers.c.workflow_version).where(
@@ -91,19 +102,15 @@ def start_subscribed(
         subscribed.setdefault(row.workflow_name, set()).add(row.workflow_version)
     started = []
     for name in sorted(subscribed):
-        newest = conn.execute(
-            select(workflow_versions.c.version)
-            .where(workflow_versions.c.name == name)
-            .order_by(workflow_versions.c.first_seen.desc(), workflow_versions.c.version.desc())
-            .limit(1)
-        ).scalar()
-        if newest not in subscribed[name]:
-            continue  # an older version declared it; the deployed one does not
+        version = (current or {}).get(name) or versions.pinned(conn, name)
+        deciding = version or versions.newest_in_use(conn, name)
+        if deciding not in subscribed[name]:
+            continue  # an older version declared it; the current one does not
         run_id = uuid.uuid4().hex
         new = NewRun(
             run_id=run_id,
             workflow_name=name,
-            workflow_version=newest,
+            workflow_version=version,
             input_json=payload_json,
             create_time=now,
             idempotency_key=event_key(event_id, name),
@@ -344,7 +351,8 @@ def _start(
     new = NewRun(
         run_id=run_id,
         workflow_name=schedule.workflow_name,
-        workflow_version=schedule.workflow_version or _newest(conn, schedule.workflow_name),
+        # No version: the pinned one, else none (the first claiming worker pins it).
+        workflow_version=schedule.workflow_version or versions.pinned(conn, schedule.workflow_name),
         input_json=schedule.spec.input_json,
         create_time=now,
         idempotency_key=key,
@@ -355,16 +363,6 @@ def _start(
     run, created = _insert_run(conn, new)
     _update(conn, schedule.schedule_id, {"last_time": schedule_time, "last_run_id": run.run_id})
     return FireOutcome(FireStatus.STARTED, run, created)
-
-
-def _newest(conn: Connection, name: str) -> str:
-    newest = conn.execute(
-        select(workflow_versions.c.version)
-        .where(workflow_versions.c.name == name)
-        .order_by(workflow_versions.c.first_seen.desc(), workflow_versions.c.version.desc())
-        .limit(1)
-    ).scalar()
-    return newest or ""  # none yet: the first claiming worker pins it
 
 
 def _insert_run(conn: Connection, new: NewRun) -> tuple[RunRecord, bool]:

@@ -226,6 +226,8 @@ run_events = Table(
     Column("payload_json", Text),
     Column("attempt", Integer),
     Column("detail", Text),
+    # Migration 13: the API key whose call caused the entry, if any.
+    Column("actor", Text),
     Index("ix_run_events_run_id_sequence", "run_id", "sequence"),
     Index(
         "ux_run_events_custom_key",
@@ -248,6 +250,7 @@ events = Table(
     Column("name", Text, nullable=False),
     Column("payload_json", Text, nullable=False),
     Column("publish_time", BigInteger, nullable=False),
+    Column("actor", Text),  # migration 13
     Index("ux_events_event_id", "event_id", unique=True),
     Index("ix_events_name_publish_time", "name", "publish_time"),
     sqlite_autoincrement=True,
@@ -272,6 +275,7 @@ hooks = Table(
     Column("payload_json", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("execute_time", BigInteger, nullable=False),
+    Column("actor", Text),  # migration 13
 )
 
 # Migration 9: the events each workflow version starts a run on.
@@ -315,7 +319,33 @@ workflow_versions = Table(
     Column("name", Text, nullable=False),
     Column("version", Text, nullable=False),
     Column("first_seen", BigInteger, nullable=False),
+    Column("retire_time", BigInteger),  # migration 13
     PrimaryKeyConstraint("name", "version"),
+)
+
+# Migration 13: API keys. Only the SHA-256 of a key is stored; workflows is a
+# JSON list (the workflows a worker key may serve).
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("workflows", Text, nullable=False),
+    Column("secret_hash", Text, nullable=False),
+    Column("create_time", BigInteger, nullable=False),
+    Column("expire_time", BigInteger),
+    Column("revoke_time", BigInteger),
+    Column("created_by", Text, nullable=False),
+)
+
+# Migration 13: the version an operator pinned as a workflow's current one.
+workflow_pins = Table(
+    "workflow_pins",
+    metadata,
+    Column("workflow_name", Text, primary_key=True),
+    Column("version", Text, nullable=False),
+    Column("pin_time", BigInteger, nullable=False),
 )
 
 #: Migration bookkeeping, created by the migration runner before migration 1.

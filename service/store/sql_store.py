@@ -62,7 +62,8 @@ from stepd.server.domain import (
     WorkflowVersion,
     now_ms,
 )
-from stepd.server.store import children, history, ready, rows, schedules, waits
+from stepd.server.store import children, history, ready, rows, schedules, versions, waits
+from stepd.server.store.api_keys import KeyStoreMixin
 from stepd.server.store.base import RunConflictError
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import Committer, Reader, WriteOp
@@ -137,7 +138,7 @@ def _leased_insert(insert: Any, table: Table, params: tuple[tuple[str, Any], ...
     )
 
 
-class SqlStore(schedules.ScheduleStoreMixin):
+class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStoreMixin):
     """A ``Store`` whose writes run on ``committer`` and reads on ``reads``.
 
     The store owns both executors (and through them the engines) and closes
@@ -368,6 +369,7 @@ class SqlStore(schedules.ScheduleStoreMixin):
         *,
         lease_id: int | None = None,
         values: Mapping[str, Any] | None = None,
+        actor: str = "",
     ) -> RunRecord | None:
         """Set a run's status and ``values`` when the guard matches; else None."""
         columns = _transition_values(values or {})
@@ -392,7 +394,14 @@ class SqlStore(schedules.ScheduleStoreMixin):
             if target is RunStatus.PENDING:
                 history.add(conn, run_id, HistoryType.RELEASED, now)
             elif target is RunStatus.CANCELLED:
-                history.add(conn, run_id, HistoryType.CANCELLED, now, detail=run.cancel_reason)
+                history.add(
+                    conn,
+                    run_id,
+                    HistoryType.CANCELLED,
+                    now,
+                    detail=run.cancel_reason,
+                    actor=actor or None,
+                )
             return run
 
         return await self._committer.submit(op)
@@ -449,24 +458,30 @@ class SqlStore(schedules.ScheduleStoreMixin):
         return await self._committer.submit(op)
 
     async def send_signal(
-        self, run_id: str, name: str, payload_json: str, request_id: str | None
+        self,
+        run_id: str,
+        name: str,
+        payload_json: str,
+        request_id: str | None,
+        *,
+        actor: str = "",
     ) -> SignalOutcome:
         """Buffer a signal for a run, or hand it to the run's open wait for it."""
         now = now_ms()
 
         def op(conn: Connection) -> SignalOutcome:
-            return waits.send_signal(conn, run_id, name, payload_json, request_id, now)
+            return waits.send_signal(conn, run_id, name, payload_json, request_id, now, actor)
 
         return await self._committer.submit(op)
 
     async def execute_hook(
-        self, run_id: str, wait_key: str, token_hash: str, payload_json: str
+        self, run_id: str, wait_key: str, token_hash: str, payload_json: str, *, actor: str = ""
     ) -> HookOutcome:
         """Execute a hook once (deliver now, or keep until the run waits on it)."""
         now = now_ms()
 
         def op(conn: Connection) -> HookOutcome:
-            return waits.execute_hook(conn, run_id, wait_key, token_hash, payload_json, now)
+            return waits.execute_hook(conn, run_id, wait_key, token_hash, payload_json, now, actor)
 
         return await self._committer.submit(op)
 
@@ -479,16 +494,25 @@ class SqlStore(schedules.ScheduleStoreMixin):
         )
         return bytes.fromhex(value)
 
-    async def publish_event(self, event_id: str, name: str, payload_json: str) -> PublishOutcome:
+    async def publish_event(
+        self,
+        event_id: str,
+        name: str,
+        payload_json: str,
+        *,
+        actor: str = "",
+        current_versions: Mapping[str, str] | None = None,
+    ) -> PublishOutcome:
         """Store an event, wake the runs waiting for it and start the workflows it
         triggers."""
         now = now_ms()
+        current = dict(current_versions or {})
 
         def op(conn: Connection) -> PublishOutcome:
-            outcome = waits.publish_event(conn, event_id, name, payload_json, now)
+            outcome = waits.publish_event(conn, event_id, name, payload_json, now, actor)
             if outcome.already_published:
                 return outcome
-            started = schedules.start_subscribed(conn, event_id, name, payload_json, now)
+            started = schedules.start_subscribed(conn, event_id, name, payload_json, now, current)
             return replace(outcome, started=started)
 
         return await self._committer.submit(op)
@@ -662,7 +686,12 @@ class SqlStore(schedules.ScheduleStoreMixin):
 
         def read(conn: Connection) -> list[WorkflowVersion]:
             return [
-                WorkflowVersion(name=r["name"], version=r["version"], first_seen=r["first_seen"])
+                WorkflowVersion(
+                    name=r["name"],
+                    version=r["version"],
+                    first_seen=r["first_seen"],
+                    retire_time=r["retire_time"],
+                )
                 for r in conn.execute(stmt).mappings()
             ]
 

@@ -134,7 +134,7 @@ def suspend(
                 return SuspendOutcome(SuspendStatus.WOKEN, woken)
         elif wait.kind is WaitKind.HOOK:
             pending = conn.execute(
-                select(hooks.c.token_hash, hooks.c.payload_json).where(
+                select(hooks.c.token_hash, hooks.c.payload_json, hooks.c.actor).where(
                     hooks.c.run_id == run_id,
                     hooks.c.wait_key == wait.wait_key,
                     hooks.c.status == "pending",
@@ -146,7 +146,7 @@ def suspend(
                     .where(hooks.c.token_hash == pending.token_hash)
                     .values(status="delivered")
                 )
-                woken = meet(conn, run_id, wait.wait_key, now, pending.payload_json)
+                woken = meet(conn, run_id, wait.wait_key, now, pending.payload_json, pending.actor)
                 return SuspendOutcome(SuspendStatus.WOKEN, woken)
         elif wait.kind is WaitKind.CHILD and wait.target is not None:
             from stepd.server.store import children  # children builds on this module
@@ -165,7 +165,7 @@ def suspend(
             ).one()
             event = events.first_match(conn, wait.target, stored.since_time or 0, stored.match_json)
             if event is not None:
-                woken = meet(conn, run_id, wait.wait_key, now, event.payload_json)
+                woken = meet(conn, run_id, wait.wait_key, now, event.payload_json, event.actor)
                 return SuspendOutcome(SuspendStatus.WOKEN, woken)
     timers = [
         DueTimer(run_id, t.wait_key, t.fire_time)
@@ -191,7 +191,12 @@ def fire_timer(conn: Connection, run_id: str, wait_key: str, now: int) -> RunRec
 
 
 def meet(
-    conn: Connection, run_id: str, wait_key: str, now: int, payload_json: str | None
+    conn: Connection,
+    run_id: str,
+    wait_key: str,
+    now: int,
+    payload_json: str | None,
+    actor: str | None = None,
 ) -> RunRecord | None:
     """Mark an open wait met (with what it delivered), abandon the run's other
     open waits (first of wins), and wake the run if it is suspended.
@@ -216,7 +221,7 @@ def meet(
     if not met:
         return None
     _abandon_others(conn, run_id, wait_key)
-    history.add(conn, run_id, HistoryType.WAIT_MET, now, key=wait_key)
+    history.add(conn, run_id, HistoryType.WAIT_MET, now, key=wait_key, actor=actor or None)
     return _wake(conn, run_id, now)
 
 
@@ -227,6 +232,7 @@ def send_signal(
     payload_json: str,
     request_id: str | None,
     now: int,
+    actor: str = "",
 ) -> SignalOutcome:
     """Store a signal for an unfinished run and hand it to the run's oldest open
     wait for that name, if there is one (which wakes the run)."""
@@ -242,7 +248,13 @@ def send_signal(
     if sequence is None:
         return SignalOutcome(SignalStatus.DUPLICATE, run_status=run_status)
     history.add(
-        conn, run_id, HistoryType.SIGNAL_RECEIVED, now, name=name, payload_json=payload_json
+        conn,
+        run_id,
+        HistoryType.SIGNAL_RECEIVED,
+        now,
+        name=name,
+        payload_json=payload_json,
+        actor=actor or None,
     )
     wait_key = open_signal_wait(conn, run_id, name)
     if wait_key is None:
@@ -253,7 +265,13 @@ def send_signal(
 
 
 def execute_hook(
-    conn: Connection, run_id: str, wait_key: str, token_hash: str, payload_json: str, now: int
+    conn: Connection,
+    run_id: str,
+    wait_key: str,
+    token_hash: str,
+    payload_json: str,
+    now: int,
+    actor: str = "",
 ) -> HookOutcome:
     """Execute a hook once: deliver its payload to the run waiting on it, or
     keep it until the run waits; refuse a second execution and a hook whose
@@ -286,20 +304,21 @@ def execute_hook(
             payload_json=payload_json,
             status="delivered" if delivered else "pending",
             execute_time=now,
+            actor=actor or None,
         )
     )
     if not delivered:
         return HookOutcome(HookStatus.BUFFERED)
-    return HookOutcome(HookStatus.DELIVERED, meet(conn, run_id, wait_key, now, payload_json))
+    return HookOutcome(HookStatus.DELIVERED, meet(conn, run_id, wait_key, now, payload_json, actor))
 
 
 def publish_event(
-    conn: Connection, event_id: str, name: str, payload_json: str, now: int
+    conn: Connection, event_id: str, name: str, payload_json: str, now: int, actor: str = ""
 ) -> PublishOutcome:
     """Store an event and meet every open wait for it whose match fits and that
     began at or before now; a repeated event_id does nothing."""
     lock_event_names(conn, [name])
-    if not events.insert(conn, event_id, name, payload_json, now):
+    if not events.insert(conn, event_id, name, payload_json, now, actor):
         return PublishOutcome(already_published=True)
     waiting = conn.execute(
         select(
@@ -324,7 +343,7 @@ def publish_event(
         lock_run(conn, run_id)
     woken: list[RunRecord] = []
     for wait in fits:
-        run = meet(conn, wait.run_id, wait.wait_key, now, payload_json)
+        run = meet(conn, wait.run_id, wait.wait_key, now, payload_json, actor)
         if run is not None:
             woken.append(run)
     return PublishOutcome(already_published=False, woken=woken)

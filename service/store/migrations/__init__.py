@@ -34,6 +34,7 @@ from stepd.server.store.migrations import (
     v0009_starts,
     v0010_children_and_holds,
     v0011_has_children,
+    v0013_keys_and_versions,
 )
 
 
@@ -58,6 +59,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, v0009_starts.DESCRIPTION, v0009_starts.upgrade),
     Migration(10, v0010_children_and_holds.DESCRIPTION, v0010_children_and_holds.upgrade),
     Migration(11, v0011_has_children.DESCRIPTION, v0011_has_children.upgrade),
+    Migration(13, v0013_keys_and_versions.DESCRIPTION, v0013_keys_and_versions.upgrade),
 )
 
 #: The schema version this code expects.

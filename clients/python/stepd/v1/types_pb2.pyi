@@ -535,6 +535,7 @@ class RunEvent(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    ACTOR_KEY_ID_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The entry's position in the run's history (increasing, not dense)."""
     type: Global___RunEventType.ValueType
@@ -547,6 +548,11 @@ class RunEvent(_message.Message):
     """The step attempt, or the lease of a dispatch."""
     detail: _builtins.str
     """A human-readable detail (worker identity, reason, wait keys)."""
+    actor_key_id: _builtins.str
+    """The id of the API key whose call caused the entry (a cancellation, a
+    signal, a hook execution, an event publication); empty on a server that
+    runs without keys and for entries the server or a worker caused.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it happened, by the server's clock."""
@@ -571,10 +577,11 @@ class RunEvent(_message.Message):
         error: Global___ErrorInfo | None = ...,
         attempt: _builtins.int = ...,
         detail: _builtins.str = ...,
+        actor_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "payload", b"payload", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "detail", b"detail", "error", b"error", "key", b"key", "name", b"name", "payload", b"payload", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_key_id", b"actor_key_id", "attempt", b"attempt", "detail", b"detail", "error", b"error", "key", b"key", "name", b"name", "payload", b"payload", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

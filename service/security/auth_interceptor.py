@@ -1,0 +1,211 @@
+"""The one interceptor that decides who may call what.
+
+For every call: a method in ``roles.OPEN_METHODS`` (health) passes; any other
+needs ``authorization: Bearer <API key>`` metadata naming a usable key
+(else ``UNAUTHENTICATED``) whose role has the right ``roles.METHOD_RIGHTS``
+names for the method (else ``PERMISSION_DENIED``, naming the right). A method
+in neither table is refused (fail closed).
+
+An allowed call runs with its principal in ``current_principal()``, so that
+handlers can record who acted (a run's history keeps the key id of a cancel,
+a signal, a hook execution, an event). On the worker stream, the hello may
+name only workflows the key may serve, and the stream is cut when the key is
+revoked. Changes to keys, schedules and versions are written to the audit log.
+
+Without API keys (``KeyRing`` None: a server open on loopback), calls pass
+unchecked and only the audit log is written.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from stepd.server.security import audit
+from stepd.server.security.keyring import AuthenticationError, KeyRing
+from stepd.server.security.roles import (
+    METHOD_RIGHTS,
+    OPEN_METHODS,
+    WORKER_STREAM,
+    Principal,
+    Right,
+)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+#: A grpc method handler (a named tuple; grpc's type stubs describe only the sync kind).
+Handler = Any
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+
+_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "stepd_principal", default=None
+)
+_BEARER = "bearer "
+
+
+def current_principal() -> Principal | None:
+    """Who makes the call being handled (None on a server without keys)."""
+    return _PRINCIPAL.get()
+
+
+def current_key_id() -> str:
+    """The API key id of the call being handled, "" on a server without keys."""
+    principal = _PRINCIPAL.get()
+    return principal.key_id if principal is not None else ""
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # stubs: no params
+    """Authenticates and authorizes every call (see the module docstring)."""
+
+    def __init__(self, ring: KeyRing | None) -> None:
+        self._ring = ring
+
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler = await continuation(details)
+        if handler is None:  # no such method: grpc answers UNIMPLEMENTED
+            return None
+        method: str = details.method
+        if self._ring is None:
+            return _audited(handler, None, method) if method in audit.AUDITED else handler
+        if method in OPEN_METHODS:
+            return handler
+        right = METHOD_RIGHTS.get(method)
+        if right is None:
+            return _refuse(
+                handler, grpc.StatusCode.PERMISSION_DENIED, f"{method} is not open to API keys"
+            )
+        key = _bearer(details.invocation_metadata)
+        if key is None:
+            return _refuse(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this server needs an API key: send the metadata 'authorization: Bearer <key>'",
+            )
+        try:
+            principal = await self._ring.authenticate(key)
+        except AuthenticationError as exc:
+            return _refuse(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        if right not in principal.rights:
+            return _refuse(handler, grpc.StatusCode.PERMISSION_DENIED, _lacks(principal, right))
+        if method == WORKER_STREAM:
+            return _worker_stream(handler, principal, self._ring)
+        if method in audit.AUDITED:
+            return _audited(handler, principal, method)
+        return _as(handler, principal)
+
+
+def _lacks(principal: Principal, right: Right) -> str:
+    return (
+        f"API key {principal.key_id} (role {principal.role.value}) lacks the right "
+        f"{right.value!r} that this call needs"
+    )
+
+
+def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    for name, value in metadata or ():
+        if name == "authorization" and isinstance(value, str):
+            if value[: len(_BEARER)].lower() == _BEARER:
+                return value[len(_BEARER) :].strip()
+            return None
+    return None
+
+
+def _refuse(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
+    """A handler of the same kind that answers ``code`` at once."""
+
+    async def refuse(request: Any, context: Context) -> None:
+        await context.abort(code, message)
+
+    return _replace(handler, refuse)
+
+
+def _as(handler: Handler, principal: Principal) -> Handler:
+    """The handler, run with ``principal`` as the current principal."""
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary(request: Any, context: Context) -> Any:
+            _PRINCIPAL.set(principal)
+            return await inner(request, context)
+
+        return handler._replace(unary_unary=unary)
+    if handler.stream_stream is not None:
+        streamed = handler.stream_stream
+
+        async def stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            _PRINCIPAL.set(principal)
+            async for response in _responses(streamed(requests, context)):
+                yield response
+
+        return handler._replace(stream_stream=stream)
+    raise TypeError("stepd serves unary and bidirectional methods only")
+
+
+def _audited(handler: Handler, principal: Principal | None, method: str) -> Handler:
+    """The handler, run as ``principal``, writing the audit log when it succeeds."""
+    inner = handler.unary_unary
+    key_id = principal.key_id if principal is not None else ""
+
+    async def unary(request: Any, context: Context) -> Any:
+        _PRINCIPAL.set(principal)
+        response = await inner(request, context)
+        audit.record(method, key_id, request, response)
+        return response
+
+    return handler._replace(unary_unary=unary)
+
+
+def _worker_stream(handler: Handler, principal: Principal, ring: KeyRing) -> Handler:
+    """PollTask, for a key that may serve: the hello may name only the key's
+    workflows, and revoking the key ends the stream."""
+    inner = handler.stream_stream
+
+    async def stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        _PRINCIPAL.set(principal)
+        guard = ring.guard(_hello_checked(requests, principal, context), principal)
+        try:
+            async for response in _responses(inner(guard, context)):
+                yield response
+        finally:
+            ring.release(guard)
+
+    return handler._replace(stream_stream=stream)
+
+
+async def _hello_checked(
+    requests: AsyncIterator[Any], principal: Principal, context: Context
+) -> AsyncIterator[Any]:
+    first = True
+    async for request in requests:
+        if first:
+            first = False
+            if request.WhichOneof("message") == "hello":
+                names = sorted({w.name for w in request.hello.workflows})
+                refused = [name for name in names if not principal.may_serve(name)]
+                if refused:
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"API key {principal.key_id} may not serve {', '.join(refused)} "
+                        f"(it may serve: {', '.join(principal.workflows) or 'nothing'})",
+                    )
+        yield request
+
+
+async def _responses(result: Any) -> AsyncIterator[Any]:
+    """The responses of a streaming handler, whether it yields them or writes them."""
+    if isinstance(result, AsyncIterator):
+        async for response in result:
+            yield response
+    else:
+        await result
+
+
+def _replace(handler: Handler, behavior: Callable[..., Any]) -> Handler:
+    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        if getattr(handler, kind) is not None:
+            return handler._replace(**{kind: behavior})
+    raise TypeError("a method handler without a behavior")
