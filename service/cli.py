@@ -1,4 +1,4 @@
-"""The ``stepd`` command: ``stepd serve`` and ``stepd health``."""
+"""The ``stepd`` command: ``stepd serve``, ``stepd health`` and ``stepd keys``."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stepd.server import __version__
+from stepd.server import __version__, keys_cli
 from stepd.server.config import (
     DEFAULT_ADDRESS,
     DEFAULT_DATABASE,
     DEFAULT_DB_POOL_SIZE,
     ServerConfig,
 )
+from stepd.server.security.channel import ClientSettings
+from stepd.server.security.channel import add_arguments as add_client_arguments
+from stepd.server.security.channel import settings_from as client_settings
+from stepd.server.security.exposure import read_hook_secrets
 
 SERVER_EXTRA_MISSING = (
     "stepd serve needs the server's dependencies: pip install 'stepd[server]' ({})"
@@ -48,6 +52,27 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _optional_path(text: str) -> str | None:
+    return text or None
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1/true/yes or 0/false/no")
+
+
+def _lower_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError("must be one of " + ", ".join(choices))
+        return text.lower()
+
+    return parse
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.upper() not in choices:
@@ -66,6 +91,8 @@ class Setting:
     default: str
     parse: Callable[[str], Any]
     help: str
+    # A flag without a value (its presence means "1").
+    bare: bool = False
 
     @property
     def dest(self) -> str:
@@ -124,6 +151,39 @@ SERVE_SETTINGS = (
         "PostgreSQL: seconds between polls for ready runs a replica was not notified of",
     ),
     Setting("--log-level", "STEPD_LOG_LEVEL", "INFO", _choice(*LOG_LEVELS), "log threshold"),
+    # -- security (docs/security.md) ------------------------------------------------
+    Setting(
+        "--auth",
+        "STEPD_AUTH",
+        "auto",
+        _lower_choice("auto", "keys", "none"),
+        "API keys: keys (required), none, or auto (required unless the address is loopback)",
+    ),
+    Setting("--tls-cert", "STEPD_TLS_CERT", "", _optional_path, "TLS certificate chain (PEM)"),
+    Setting("--tls-key", "STEPD_TLS_KEY", "", _optional_path, "the certificate's key (PEM)"),
+    Setting(
+        "--tls-client-ca",
+        "STEPD_TLS_CLIENT_CA",
+        "",
+        _optional_path,
+        "mutual TLS: CA bundle (PEM) that client certificates must be signed by",
+    ),
+    Setting(
+        "--hook-secret-file",
+        "STEPD_HOOK_SECRET_FILE",
+        "",
+        _optional_path,
+        "file with the secret hook tokens derive from (one per line: the first mints, all "
+        "verify); or the secret itself in STEPD_HOOK_SECRET",
+    ),
+    Setting(
+        "--insecure",
+        "STEPD_INSECURE",
+        "0",
+        _flag,
+        "off loopback, start even without API keys, TLS or a hook secret",
+        bare=True,
+    ),
 )
 
 
@@ -135,37 +195,51 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server", allow_abbrev=False)
     for setting in SERVE_SETTINGS:
+        if setting.bare:
+            serve.add_argument(
+                setting.flag,
+                action="store_const",
+                const="1",
+                help=f"{setting.help} (env {setting.env}=1)",
+            )
+            continue
         serve.add_argument(
             setting.flag,
             metavar=setting.dest.upper(),
-            help=f"{setting.help} (env {setting.env}; default {setting.default})",
+            help=f"{setting.help} (env {setting.env}; default {setting.default or 'none'})",
         )
     health = commands.add_parser(
         "health", help="ask a server whether it is serving (exit 0 if so)", allow_abbrev=False
     )
-    health.add_argument(
-        "--address",
-        metavar="ADDRESS",
-        help=f"host:port of the server (env STEPD_ADDRESS; default {DEFAULT_ADDRESS})",
-    )
+    add_client_arguments(health, DEFAULT_ADDRESS)
     health.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)"
     )
+    keys_cli.add_parser(commands, DEFAULT_ADDRESS)
     return parser
 
 
-def _health(address: str, timeout: float) -> int:
-    """Print the server's health status; 0 when SERVING (for container health checks)."""
+def _health(settings: ClientSettings, timeout: float) -> int:
+    """Print the server's health status; 0 when SERVING (for container health checks).
+    Health needs no API key; over TLS it needs the CA (and, for mutual TLS, a
+    client certificate)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    address = settings.address
+    try:
+        channel = settings.channel()
+    except ValueError as exc:
+        print(f"stepd: {exc}", file=sys.stderr)
+        return 1
+    with channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout
+                health_pb2.HealthCheckRequest(), metadata=settings.metadata, timeout=timeout
             )
         except grpc.RpcError as exc:
-            print(f"stepd: {address}: {exc.code().name}", file=sys.stderr)
+            code = exc.code().name
+            print(f"stepd: {address}: {code}: {exc.details()}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     print(status)
@@ -217,9 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "health":
-        address = args.address or os.environ.get("STEPD_ADDRESS", DEFAULT_ADDRESS)
-        return _health(address.replace("0.0.0.0", "127.0.0.1"), args.timeout)
+        return _health(client_settings(args, DEFAULT_ADDRESS), args.timeout)
+    if args.command == "keys":
+        return keys_cli.run(args, DEFAULT_ADDRESS)
     settings = _settings(parser, args)
+    try:
+        hook_secrets = read_hook_secrets(
+            settings["hook_secret_file"], os.environ.get("STEPD_HOOK_SECRET") or None
+        )
+    except ValueError as exc:
+        print(f"stepd: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=settings["log_level"],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -233,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         lease_timeout_ms=int(settings["lease_timeout"] * 1000),
         max_journal_entries=settings["max_journal_entries"],
         replica_poll_ms=int(settings["replica_poll_interval"] * 1000),
+        auth=settings["auth"],
+        tls_cert_file=settings["tls_cert"],
+        tls_key_file=settings["tls_key"],
+        tls_client_ca_file=settings["tls_client_ca"],
+        insecure=settings["insecure"],
+        hook_secrets=hook_secrets,
     )
     try:
         from sqlalchemy.exc import DBAPIError

@@ -14,6 +14,7 @@ import grpc
 from google.protobuf import duration_pb2
 from pydantic import TypeAdapter
 
+from stepd._connection import Connection, PathLike
 from stepd._definitions import Workflow
 from stepd._rpc import CHANNEL_OPTIONS, sdk_error
 from stepd._runs import RunInfo, RunStatus, status_to_proto, to_timestamp
@@ -142,10 +143,38 @@ class Client:
     Use as ``async with Client(address) as client:`` (or call ``close()``).
     Server errors are raised as ``StepdError`` subclasses (see
     ``stepd.errors``).
+
+    A server that needs API keys gets ``api_key`` with every call. TLS is on
+    when ``tls`` is true or a certificate file is given: ``ca_file`` is the CA
+    bundle that verifies the server (default: the system's CAs), ``cert_file``
+    and ``key_file`` a client certificate for mutual TLS, ``server_name`` the
+    name to expect in the server's certificate when the address does not hold
+    it. Files are read here. A ``Worker`` given this client connects the same
+    way (docs/security.md).
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        api_key: str | None = None,
+        tls: bool | None = None,
+        ca_file: PathLike | None = None,
+        cert_file: PathLike | None = None,
+        key_file: PathLike | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        self._connection = Connection.create(
+            address,
+            api_key=api_key,
+            tls=tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            server_name=server_name,
+        )
         self._address = address
+        self._metadata = self._connection.metadata
         self._channel: grpc.aio.Channel | None = None
         self._stub_instance: WorkflowServiceAsyncStub | None = None
         self._closed = False
@@ -154,6 +183,12 @@ class Client:
     def address(self) -> str:
         """The server address this client talks to."""
         return self._address
+
+    @property
+    def connection(self) -> Connection:
+        """How this client reaches its server (address, TLS, API key); a ``Worker``
+        given the client connects the same way."""
+        return self._connection
 
     async def __aenter__(self) -> Self:
         self._stub()
@@ -259,7 +294,7 @@ class Client:
             request.deadline.CopyFrom(to_timestamp(deadline))
         if start_at is not None:
             request.start_time.CopyFrom(to_timestamp(start_at))
-        response = await _call(self._stub().Trigger, request)
+        response = await self._call(self._stub().Trigger, request)
         return RunHandle(
             self,
             response.run.run_id,
@@ -342,7 +377,7 @@ class Client:
         the run already finished.
         """
         request = workflow_service_pb2.CancelRunRequest(run_id=run_id, reason=reason)
-        response = await _call(self._stub().CancelRun, request)
+        response = await self._call(self._stub().CancelRun, request)
         return RunInfo.from_proto(response.run)
 
     async def signal(
@@ -366,7 +401,7 @@ class Client:
             payload=types_pb2.Payload(json=dumps(payload)),
             request_id=request_id or "",
         )
-        await _call(self._stub().Signal, request)
+        await self._call(self._stub().Signal, request)
 
     async def execute_hook(self, token: str, payload: Any = None) -> str:
         """Execute a hook: ``await client.execute_hook(token, {"approved": True})``.
@@ -384,7 +419,7 @@ class Client:
         request = workflow_service_pb2.ExecuteHookRequest(
             token=token, payload=types_pb2.Payload(json=dumps(payload))
         )
-        response = await _call(self._stub().ExecuteHook, request)
+        response = await self._call(self._stub().ExecuteHook, request)
         return response.run_id
 
     async def publish_event(
@@ -407,7 +442,7 @@ class Client:
             payload=types_pb2.Payload(json=dumps(payload)),
             event_id=event_id or "",
         )
-        response = await _call(self._stub().PublishEvent, request)
+        response = await self._call(self._stub().PublishEvent, request)
         return PublishedEvent(
             event_id=response.event_id,
             already_published=response.already_published,
@@ -427,7 +462,7 @@ class Client:
         """
         request = workflow_service_pb2.ListRunEventsRequest(run_id=run_id, page_size=page_size)
         while True:
-            response = await _call(self._stub().ListRunEvents, request)
+            response = await self._call(self._stub().ListRunEvents, request)
             for event in response.events:
                 yield RunEvent.from_proto(event)
             if not response.next_page_token:
@@ -461,7 +496,7 @@ class Client:
         if created_before is not None:
             request.create_time_before.CopyFrom(to_timestamp(created_before))
         while True:
-            response = await _call(self._stub().ListRuns, request)
+            response = await self._call(self._stub().ListRuns, request)
             for run in response.runs:
                 yield RunInfo.from_proto(run)
             if not response.next_page_token:
@@ -504,7 +539,7 @@ class Client:
             spec=spec.to_proto(input_json),
             paused=paused,
         )
-        response = await _call(self._stub().CreateSchedule, request)
+        response = await self._call(self._stub().CreateSchedule, request)
         return ScheduleInfo.from_proto(response.schedule)
 
     async def get_schedule(self, schedule_id: str, *, recent_runs: int = 10) -> ScheduleInfo:
@@ -512,7 +547,7 @@ class Client:
         request = workflow_service_pb2.GetScheduleRequest(
             schedule_id=schedule_id, recent_runs=recent_runs
         )
-        response = await _call(self._stub().GetSchedule, request)
+        response = await self._call(self._stub().GetSchedule, request)
         return ScheduleInfo.from_proto(response.schedule)
 
     async def list_schedules(
@@ -524,7 +559,7 @@ class Client:
             page_size=page_size,
         )
         while True:
-            response = await _call(self._stub().ListSchedules, request)
+            response = await self._call(self._stub().ListSchedules, request)
             for schedule in response.schedules:
                 yield ScheduleInfo.from_proto(schedule)
             if not response.next_page_token:
@@ -534,14 +569,14 @@ class Client:
     async def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
         """Pause a schedule: its occasions start nothing until it is resumed."""
         request = workflow_service_pb2.PauseScheduleRequest(schedule_id=schedule_id)
-        response = await _call(self._stub().PauseSchedule, request)
+        response = await self._call(self._stub().PauseSchedule, request)
         return ScheduleInfo.from_proto(response.schedule)
 
     async def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
         """Resume a paused schedule from its next occasion (the ones that passed
         while it was paused start nothing)."""
         request = workflow_service_pb2.ResumeScheduleRequest(schedule_id=schedule_id)
-        response = await _call(self._stub().ResumeSchedule, request)
+        response = await self._call(self._stub().ResumeSchedule, request)
         return ScheduleInfo.from_proto(response.schedule)
 
     async def delete_schedule(self, schedule_id: str) -> None:
@@ -549,7 +584,7 @@ class Client:
         comes back when a worker of its newest version next connects: pause it, or
         remove it from the code, to stop it for good."""
         request = workflow_service_pb2.DeleteScheduleRequest(schedule_id=schedule_id)
-        await _call(self._stub().DeleteSchedule, request)
+        await self._call(self._stub().DeleteSchedule, request)
 
     async def trigger_schedule(
         self, schedule_id: str, *, request_id: str | None = None
@@ -560,7 +595,7 @@ class Client:
         request = workflow_service_pb2.TriggerScheduleRequest(
             schedule_id=schedule_id, request_id=request_id or ""
         )
-        response = await _call(self._stub().TriggerSchedule, request)
+        response = await self._call(self._stub().TriggerSchedule, request)
         if response.skipped:
             return None
         return RunHandle(self, response.run.run_id)
@@ -572,7 +607,7 @@ class Client:
         if stub is None:
             if self._closed:
                 raise StepdError("the client is closed")
-            self._channel = grpc.aio.insecure_channel(self._address, options=CHANNEL_OPTIONS)
+            self._channel = self._connection.channel(CHANNEL_OPTIONS)
             stub = self._stub_instance = workflow_service_pb2_grpc.WorkflowServiceStub(
                 self._channel
             )
@@ -585,20 +620,20 @@ class Client:
             request.wait = True
             request.wait_timeout.CopyFrom(_duration(wait))
             rpc_timeout = wait + _RPC_MARGIN
-        response = await _call(self._stub().GetRun, request, rpc_timeout=rpc_timeout)
+        response = await self._call(self._stub().GetRun, request, rpc_timeout=rpc_timeout)
         return response.run
 
-
-async def _call(
-    method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
-    request: Req,
-    *,
-    rpc_timeout: float | None = None,
-) -> Resp:
-    try:
-        return await method(request, timeout=rpc_timeout)
-    except grpc.aio.AioRpcError as exc:
-        raise sdk_error(exc) from exc
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        rpc_timeout: float | None = None,
+    ) -> Resp:
+        try:
+            return await method(request, timeout=rpc_timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise sdk_error(exc) from exc
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -36,9 +36,11 @@ import grpc
 from google.protobuf import duration_pb2
 from pydantic import ValidationError
 
+from stepd._client import Client
+from stepd._connection import Connection
 from stepd._definitions import Workflow
 from stepd._replay import RELEASE_REASON, RunAbandoned, RunExecutor, RunOutcome
-from stepd._rpc import CHANNEL_OPTIONS
+from stepd._rpc import CHANNEL_OPTIONS, sdk_error
 from stepd._run_cache import RunCache
 from stepd._serde import dumps
 from stepd.errors import PayloadError, WorkflowDefinitionError
@@ -74,6 +76,9 @@ _WORKER_CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.initial_reconnect_backoff_ms", int(BACKOFF_INITIAL * 1000)),
     ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX * 1000)),
 ]
+
+# The server refused the worker's key: the stream ends and run() raises.
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 _PollCall = grpc.aio.StreamStreamCall[
     worker_service_pb2.PollTaskRequest, worker_service_pb2.PollTaskResponse
@@ -131,7 +136,11 @@ class Worker:
     ``concurrency`` is how many runs it executes at once (the capacity it
     declares). Use as ``async with Worker(address, workflows=[...]) as worker:
     await worker.run()``; ``run()`` serves until ``stop()`` is called or it is
-    cancelled, reconnecting whenever the stream breaks.
+    cancelled, reconnecting whenever the stream breaks. Given a ``Client``
+    instead of an address, the worker connects as the client does (TLS, API
+    key: a worker key naming its workflows); ``run()`` raises
+    ``UnauthenticatedError`` or ``PermissionDeniedError`` when the server
+    refuses the key.
 
     ``shutdown_grace`` is how many seconds ``stop()`` lets the runs it holds
     finish the step bodies they are executing (see ``stop()``).
@@ -154,7 +163,7 @@ class Worker:
 
     def __init__(
         self,
-        address: str,
+        address: str | Client,
         workflows: Iterable[Workflow[Any, Any]],
         *,
         concurrency: int = 100,
@@ -187,7 +196,11 @@ class Worker:
             raise ValueError(f"max_cached_runs must be an int >= 0, got {max_cached_runs!r}")
         self._max_cached_runs = max_cached_runs
         self._shutdown_grace = _check_grace(shutdown_grace, "shutdown_grace")
-        self._address = address
+        # A Client brings its address, TLS settings and API key (docs/security.md).
+        self._connection = (
+            address.connection if isinstance(address, Client) else Connection.create(address)
+        )
+        self._address = self._connection.address
         self._workflows = registry
         self._registrations = [_registration(w) for w in registry.values()]
         self._concurrency = concurrency
@@ -264,13 +277,13 @@ class Worker:
         self._running = True
         self._stopped.clear()
         loop = asyncio.get_running_loop()
-        channel = grpc.aio.insecure_channel(self._address, options=_WORKER_CHANNEL_OPTIONS)
+        channel = self._connection.channel(_WORKER_CHANNEL_OPTIONS)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         failures = 0
         try:
             while not self._stop.is_set():
                 started = loop.time()
-                session = self._session = _Session(self, stub)
+                session = self._session = _Session(self, stub, self._connection.metadata)
                 self._session_task = asyncio.create_task(session.run())
                 try:
                     await self._session_task
@@ -282,6 +295,8 @@ class Worker:
                         break
                     raise
                 except grpc.aio.AioRpcError as exc:
+                    if exc.code() in _REFUSED:  # a bad or revoked key: retrying cannot help
+                        raise sdk_error(exc) from exc
                     if not self._stop.is_set():
                         code = exc.code()
                         logger.warning(
@@ -381,9 +396,15 @@ class _Wait(enum.Enum):
 class _Session:
     """One PollTask stream; the command channel of the runs it received."""
 
-    def __init__(self, worker: Worker, stub: WorkerServiceAsyncStub) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        stub: WorkerServiceAsyncStub,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self._worker = worker
         self._stub = stub
+        self._metadata = metadata
         self._loop = asyncio.get_running_loop()
         self._call: _PollCall | None = None
         self._outbox: list[worker_service_pb2.WorkerCommand] = []
@@ -416,7 +437,7 @@ class _Session:
 
         When the worker is asked to stop, shut the stream down gracefully.
         """
-        call = self._call = self._stub.PollTask(None)
+        call = self._call = self._stub.PollTask(None, metadata=self._metadata)
         tasks = self._stream_tasks
         stopping: asyncio.Task[Any] | None = None
         try:

@@ -1,14 +1,18 @@
 """``stepd-worker``: serve the workflows defined in some modules.
 
     stepd-worker MODULE [MODULE ...] [--server HOST:PORT] [--concurrency N]
-                 [--shutdown-grace SECONDS]
+                 [--shutdown-grace SECONDS] [--api-key KEY] [--tls-ca FILE]
 
 Imports each module (the current directory is on ``sys.path``; a ``.py`` path
 works too), serves every ``@workflow`` found as a module attribute, prints
 ``stepd worker ready (<n> workflows, server <address>)`` once the first stream
 is open, and runs until SIGINT or SIGTERM. ``STEPD_SERVER``,
 ``STEPD_WORKER_CONCURRENCY`` and ``STEPD_WORKER_SHUTDOWN_GRACE`` set the
-defaults of the options.
+defaults of the options. A server that needs keys and TLS takes ``--api-key``
+(``STEPD_API_KEY``, a worker key naming the workflows), ``--tls-ca``
+(``STEPD_TLS_CA``) and, for mutual TLS, ``--tls-client-cert`` and
+``--tls-client-key`` (docs/security.md); a refused key ends the command with
+exit code 1.
 
 The first SIGINT or SIGTERM shuts down gracefully (``Worker.stop()``): no more
 tasks, the runs held finish their step bodies in flight and are given back to
@@ -36,9 +40,10 @@ from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
 from stepd import __version__
-from stepd._client import DEFAULT_ADDRESS
+from stepd._client import DEFAULT_ADDRESS, Client
 from stepd._definitions import Workflow
 from stepd._worker import MAX_CACHED_RUNS, SHUTDOWN_GRACE, Worker
+from stepd.errors import PermissionDeniedError, StepdError, UnauthenticatedError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -65,14 +70,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workflows.append(workflow)
     if not workflows:
         parser.error(f"no @workflow found in {', '.join(args.modules)}")
+    try:
+        client = Client(
+            args.server,
+            api_key=args.api_key or None,
+            tls=args.tls or None,
+            ca_file=args.tls_ca or None,
+            cert_file=args.tls_client_cert or None,
+            key_file=args.tls_client_key or None,
+            server_name=args.tls_server_name or None,
+        )
+    except StepdError as exc:
+        parser.error(str(exc))
     worker = Worker(
-        args.server,
+        client,
         workflows,
         concurrency=args.concurrency,
         shutdown_grace=args.shutdown_grace,
         max_cached_runs=args.max_cached_runs,
     )
-    asyncio.run(_serve(worker))
+    try:
+        asyncio.run(_serve(worker))
+    except (UnauthenticatedError, PermissionDeniedError) as exc:
+        print(f"stepd-worker: {exc.code}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -88,6 +109,41 @@ def _parser() -> argparse.ArgumentParser:
         "--server",
         default=os.environ.get("STEPD_SERVER", DEFAULT_ADDRESS),
         help="server address (env STEPD_SERVER; default %(default)s)",
+    )
+    env = os.environ.get
+    parser.add_argument(
+        "--api-key",
+        default=env("STEPD_API_KEY", ""),
+        metavar="KEY",
+        help="API key (a worker key naming the workflows) for a server that needs one "
+        "(env STEPD_API_KEY)",
+    )
+    parser.add_argument(
+        "--tls", action="store_true", help="connect over TLS, trusting the system's CAs"
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=env("STEPD_TLS_CA", ""),
+        metavar="FILE",
+        help="CA bundle that verifies the server; implies TLS (env STEPD_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-client-cert",
+        default=env("STEPD_TLS_CLIENT_CERT", ""),
+        metavar="FILE",
+        help="client certificate for mutual TLS (env STEPD_TLS_CLIENT_CERT)",
+    )
+    parser.add_argument(
+        "--tls-client-key",
+        default=env("STEPD_TLS_CLIENT_KEY", ""),
+        metavar="FILE",
+        help="the client certificate's key (env STEPD_TLS_CLIENT_KEY)",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        default=env("STEPD_TLS_SERVER_NAME", ""),
+        metavar="NAME",
+        help="the name to expect in the server's certificate (env STEPD_TLS_SERVER_NAME)",
     )
     parser.add_argument(
         "--concurrency",

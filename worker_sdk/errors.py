@@ -31,6 +31,10 @@ Every error the SDK raises on purpose derives from one base class::
     ├── AlreadyExistsError         ALREADY_EXISTS: e.g. a custom run id already used
     ├── FailedPreconditionError    FAILED_PRECONDITION: e.g. cancelling a finished run
     ├── ResourceExhaustedError     RESOURCE_EXHAUSTED: e.g. a payload over the limit
+    ├── UnauthenticatedError       UNAUTHENTICATED: no API key, or an unknown, revoked
+    │                              or expired one
+    ├── PermissionDeniedError      PERMISSION_DENIED: the API key's role lacks the
+    │                              right the call needs
     └── ServerUnavailableError     UNAVAILABLE: the server cannot be reached
 
 Any other gRPC status is raised as a plain ``StepdError``; ``code`` holds the
@@ -59,6 +63,7 @@ __all__ = [
     "NonRetryableError",
     "NotFoundError",
     "PayloadError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
     "RetryExhaustedError",
     "RunCancelledError",
@@ -67,6 +72,7 @@ __all__ = [
     "StepFailedError",
     "StepTimeoutError",
     "StepdError",
+    "UnauthenticatedError",
     "WaitTimeoutError",
     "WorkflowContextError",
     "WorkflowDefinitionError",
@@ -261,6 +267,14 @@ class FailedPreconditionError(StepdError):
 
 class ResourceExhaustedError(StepdError):
     """A limit was exceeded, e.g. the payload size (RESOURCE_EXHAUSTED)."""
+
+
+class UnauthenticatedError(StepdError):
+    """The server needs an API key and got none, or an unknown, revoked or expired one."""
+
+
+class PermissionDeniedError(StepdError):
+    """The API key's role lacks the right the call needs (the message names it)."""
 
 
 class ServerUnavailableError(StepdError):

@@ -104,6 +104,9 @@ class RunEvent:
     """The step attempt, or the lease of a dispatch."""
     detail: str | None = None
     """A human-readable detail: worker identity, reason, wait keys."""
+    actor_key_id: str | None = None
+    """The id of the API key whose call caused it (a cancel, a signal, a hook
+    execution, an event), on a server that requires keys."""
 
     @classmethod
     def from_proto(cls, event: types_pb2.RunEvent) -> RunEvent:
@@ -121,4 +124,5 @@ class RunEvent:
             error_traceback=(event.error.traceback or None) if has_error else None,
             attempt=event.attempt,
             detail=event.detail or None,
+            actor_key_id=event.actor_key_id or None,
         )

@@ -238,7 +238,9 @@ async def test_list_runs_follows_pages(fake: tuple[FakeWorkflowService, Client])
         (grpc.StatusCode.FAILED_PRECONDITION, sdk_errors.FailedPreconditionError),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, sdk_errors.ResourceExhaustedError),
         (grpc.StatusCode.UNAVAILABLE, sdk_errors.ServerUnavailableError),
-        (grpc.StatusCode.PERMISSION_DENIED, StepdError),
+        (grpc.StatusCode.PERMISSION_DENIED, sdk_errors.PermissionDeniedError),
+        (grpc.StatusCode.UNAUTHENTICATED, sdk_errors.UnauthenticatedError),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, StepdError),
     ],
 )
 def test_error_mapping(code: grpc.StatusCode, error: type[StepdError]) -> None:
