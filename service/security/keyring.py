@@ -4,8 +4,8 @@ The ring holds every stored key (its hash, role, expiry, revocation) and
 reads them all again every ``refresh_seconds`` (2 s by default): a key created
 or revoked through another replica, or on the database directly, counts here
 within that time. A key unknown here makes the ring read the keys at once,
-but at most once per ``refresh_seconds`` (so a flood of made-up keys costs at
-most one read per period). Keys created or revoked through this server count
+but at most every ``UNKNOWN_KEY_REFRESH_SECONDS`` (so a flood of made-up keys
+costs at most two reads a second). Keys created or revoked through this server count
 at once.
 
 A revoked or expired key also ends the worker streams it opened: nothing the
@@ -30,6 +30,8 @@ from stepd.server.security.roles import Principal
 log = logging.getLogger("stepd.security")
 
 DEFAULT_REFRESH_SECONDS = 2.0
+#: The shortest time between two reads caused by keys unknown here.
+UNKNOWN_KEY_REFRESH_SECONDS = 0.5
 
 
 class KeySource(Protocol):
@@ -175,7 +177,8 @@ class KeyRing:
                     "the authorization metadata holds no stepd API key (stepd_<id>_<secret>)"
                 )
             record = self._records.get(key_id)
-            if record is None and time.monotonic() - self._refreshed_at >= self._refresh_seconds:
+            since = time.monotonic() - self._refreshed_at
+            if record is None and since >= min(self._refresh_seconds, UNKNOWN_KEY_REFRESH_SECONDS):
                 await self.refresh()  # perhaps created through another replica just now
                 record = self._records.get(key_id)
             if record is None or not keys.matches(key, record.secret_hash):

@@ -25,7 +25,15 @@ from tests.backends import query
 class RawWorker:
     """A worker speaking the PollTask protocol by hand."""
 
-    def __init__(self, channel: grpc.aio.Channel, workflows: list[str], capacity: int) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        workflows: list[str],
+        capacity: int,
+        *,
+        version: str = "1",
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self._queue: asyncio.Queue[worker_service_pb2.PollTaskRequest | None] = asyncio.Queue()
         self._next_id = 0
         self._pending: dict[int, asyncio.Future[worker_service_pb2.CommandResult]] = {}
@@ -39,13 +47,13 @@ class RawWorker:
             worker_id=f"raw-{id(self)}",
             identity="raw-worker",
             workflows=[
-                worker_service_pb2.WorkflowRegistration(name=n, version="1") for n in workflows
+                worker_service_pb2.WorkflowRegistration(name=n, version=version) for n in workflows
             ],
             capacity=capacity,
         )
         self._queue.put_nowait(worker_service_pb2.PollTaskRequest(hello=hello))
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
-        self.call = stub.PollTask(self._requests())
+        self.call = stub.PollTask(self._requests(), metadata=metadata)
         self._reader = asyncio.create_task(self._read())
 
     async def _requests(self) -> AsyncIterator[worker_service_pb2.PollTaskRequest]:
@@ -137,8 +145,14 @@ class Harness:
         self.client = workflow_service_pb2_grpc.WorkflowServiceStub(self.channel)
         self.workers: list[RawWorker] = []
 
-    def worker(self, *workflows: str, capacity: int = 10) -> RawWorker:
-        w = RawWorker(self.channel, list(workflows), capacity)
+    def worker(
+        self,
+        *workflows: str,
+        capacity: int = 10,
+        version: str = "1",
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> RawWorker:
+        w = RawWorker(self.channel, list(workflows), capacity, version=version, metadata=metadata)
         self.workers.append(w)
         return w
 
