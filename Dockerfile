@@ -1,5 +1,11 @@
-# stepd server image: `docker build -t stepd .` then
-# `docker run -p 50051:50051 -v stepd-data:/data stepd`.
+# stepd server image: `docker build -t stepd .`
+# It listens on 0.0.0.0, so it refuses to start without API keys, TLS and a hook
+# secret (docs/security.md#docker), or STEPD_INSECURE=1. Make the first admin key
+# on the volume, then start it with the certificates and the secret mounted:
+#   docker run --rm -v stepd-data:/data stepd #     stepd keys create --role admin --name ops --database /data/stepd.db
+#   docker run -p 50051:50051 -v stepd-data:/data -v /etc/stepd:/etc/stepd:ro #     -e STEPD_TLS_CERT=/etc/stepd/server.pem -e STEPD_TLS_KEY=/etc/stepd/server.key #     -e STEPD_HOOK_SECRET_FILE=/etc/stepd/hook-secret #     -e STEPD_TLS_CA=/etc/stepd/ca.pem stepd
+# (STEPD_TLS_CA lets the HEALTHCHECK trust the server's certificate.) Clients pass
+# their key as `authorization: Bearer <key>` (Client(api_key=...), --api-key).
 # Every setting comes from a STEPD_* variable (`-e STEPD_DATABASE=postgresql://...`
 # or `-e STEPD_LEASE_TIMEOUT=60`); `stepd serve --help` lists them.
 FROM python:3.11-slim

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from stepd.v1 import admin_service_pb2
+
 log = logging.getLogger("stepd.audit")
 
 _Describe = Callable[[Any, Any], str]
@@ -25,9 +27,8 @@ def _fields(*names: str) -> _Describe:
 
 def _created_key(request: Any, response: Any) -> str:
     key = response.key
-    return (
-        f"key_id={key.key_id!r} name={key.name!r} role={key.role} workflows={list(key.workflows)}"
-    )
+    role = admin_service_pb2.ApiKeyRole.Name(key.role)
+    return f"key_id={key.key_id!r} name={key.name!r} role={role} workflows={list(key.workflows)}"
 
 
 def _created_schedule(request: Any, response: Any) -> str:

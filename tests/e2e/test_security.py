@@ -170,7 +170,7 @@ async def test_a_worker_whose_key_does_not_name_its_workflows_is_refused(
         server.address, api_key=billing_key, ca_file=certs.ca
     ) as as_worker:  # the SDK's Worker refuses the same way
         serving = Worker(as_worker, [square_workflow])
-        with pytest.raises(PermissionDeniedError, match="may not serve e2e.square"):
+        with pytest.raises(PermissionDeniedError, match=r"may not serve e2e\.square"):
             await asyncio.wait_for(serving.run(), 30)
 
 

@@ -205,7 +205,9 @@ class Schedule(_message.Message):
     workflow_name: _builtins.str
     """The workflow it starts."""
     workflow_version: _builtins.str
-    """The version runs are pinned to; empty means the newest registered one."""
+    """The version runs are pinned to; empty means the workflow's pinned current
+    version, or the version of the first worker to claim the run.
+    """
     paused: _builtins.bool
     """True while paused: occasions pass without starting anything."""
     origin: Global___ScheduleOrigin.ValueType

@@ -401,7 +401,9 @@ class StartChildCommand(_message.Message):
     workflow_name: _builtins.str
     """The child's workflow."""
     workflow_version: _builtins.str
-    """The child's workflow version; empty: the newest registered."""
+    """The child's workflow version; empty: the workflow's current version (see
+    TriggerRequest.workflow_version).
+    """
     detached: _builtins.bool
     """True: the child outlives its parent (not cancelled when the parent ends)."""
     @_builtins.property

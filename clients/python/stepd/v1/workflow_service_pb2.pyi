@@ -38,8 +38,10 @@ class TriggerRequest(_message.Message):
     workflow_name: _builtins.str
     """The workflow to run. Required."""
     workflow_version: _builtins.str
-    """The workflow version to pin the run to; empty means the newest version
-    a worker has registered.
+    """The workflow version to pin the run to; empty means the workflow's
+    current version: the one an operator pinned, else the newest version a
+    connected worker serves (none: the first worker to claim the run pins it).
+    A retired version is refused.
     """
     run_id: _builtins.str
     """A custom run id; empty means the server assigns one."""
@@ -603,8 +605,9 @@ class CreateScheduleRequest(_message.Message):
     workflow_name: _builtins.str
     """The workflow to start. Required."""
     workflow_version: _builtins.str
-    """The version to pin runs to; empty means the newest registered version
-    at each occasion.
+    """The version to pin runs to; empty means the pinned current version at
+    each occasion, or, with none pinned, the version of the first worker to
+    claim the run.
     """
     paused: _builtins.bool
     """Create it paused."""

@@ -130,7 +130,8 @@ export type Schedule = Message<"stepd.v1.Schedule"> & {
   workflowName: string;
 
   /**
-   * The version runs are pinned to; empty means the newest registered one.
+   * The version runs are pinned to; empty means the workflow's pinned current
+   * version, or the version of the first worker to claim the run.
    *
    * @generated from field: string workflow_version = 3;
    */

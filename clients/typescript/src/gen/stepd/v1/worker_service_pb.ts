@@ -398,7 +398,8 @@ export type StartChildCommand = Message<"stepd.v1.StartChildCommand"> & {
   workflowName: string;
 
   /**
-   * The child's workflow version; empty: the newest registered.
+   * The child's workflow version; empty: the workflow's current version (see
+   * TriggerRequest.workflow_version).
    *
    * @generated from field: string workflow_version = 3;
    */

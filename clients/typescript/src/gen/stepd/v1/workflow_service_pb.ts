@@ -32,8 +32,10 @@ export type TriggerRequest = Message<"stepd.v1.TriggerRequest"> & {
   workflowName: string;
 
   /**
-   * The workflow version to pin the run to; empty means the newest version
-   * a worker has registered.
+   * The workflow version to pin the run to; empty means the workflow's
+   * current version: the one an operator pinned, else the newest version a
+   * connected worker serves (none: the first worker to claim the run pins it).
+   * A retired version is refused.
    *
    * @generated from field: string workflow_version = 2;
    */
@@ -640,8 +642,9 @@ export type CreateScheduleRequest = Message<"stepd.v1.CreateScheduleRequest"> & 
   workflowName: string;
 
   /**
-   * The version to pin runs to; empty means the newest registered version
-   * at each occasion.
+   * The version to pin runs to; empty means the pinned current version at
+   * each occasion, or, with none pinned, the version of the first worker to
+   * claim the run.
    *
    * @generated from field: string workflow_version = 3;
    */
