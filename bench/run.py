@@ -1,6 +1,6 @@
 """Benchmark stepd: one command, JSON out.
 
-``python bench/run.py [--runs 2000] [--repeat 3]``
+``python bench/run.py [--runs 2000] [--repeat 3] [--security off|on|both]``
 
 Each repetition starts a fresh server (new SQLite file, default durability:
 WAL with synchronous=FULL) and one worker serving ``bench.workflows``, both as
@@ -12,6 +12,11 @@ separate processes, then measures
   result;
 * W2, latency: ``--latency-runs`` runs of a 1-step workflow one after the
   other; p50/p99 of trigger -> result in milliseconds.
+
+``--security on`` runs the server with TLS, API keys and a hook secret (the
+certificates and keys are made for the run; the client and the worker use
+them); ``both`` runs each repetition without, then with them, and reports
+both medians and their ratio (the cost of security, measured in one sitting).
 
 Prints JSON (every repetition and the medians) and writes it to
 ``bench/results/latest.json`` (or ``--output``). Exits 1 when a run failed, or
@@ -40,7 +45,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` impor
 
 from bench.workflows import one_step, three_steps  # noqa: E402
 from stepd import Client  # noqa: E402
-from tests.e2e.harness import ManagedProcess, Stack  # noqa: E402
+from tests.e2e.harness import ManagedProcess, Stack, console_script  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 TARGETS = {"w1_runs_per_s": 200.0, "w2_p50_ms": 10.0}
@@ -133,9 +138,14 @@ async def latency(client: Client, runs: int) -> dict[str, Any]:
     }
 
 
-async def measure(address: str, processes: dict[str, ManagedProcess], args: Any) -> dict[str, Any]:
+async def measure(
+    address: str,
+    processes: dict[str, ManagedProcess],
+    args: Any,
+    client_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Warm up, then W1 and W2 against one server."""
-    async with Client(address) as client:
+    async with Client(address, **(client_options or {})) as client:
         await asyncio.gather(*(client.execute(three_steps, i) for i in range(args.warmup)))
         await asyncio.gather(*(client.execute(one_step, i) for i in range(args.warmup)))
         with CpuMeter(processes) as w1_cpu:
@@ -147,18 +157,49 @@ async def measure(address: str, processes: dict[str, ManagedProcess], args: Any)
     return {"w1": w1, "w2": w2}
 
 
-def repetition(number: int, args: Any) -> dict[str, Any]:
+def make_key(database: Path, role: str, *more: str) -> str:
+    """An API key made on the database before the server starts."""
+    argv = [*console_script("stepd", "stepd.server.cli"), "keys", "create", "--role", role]
+    argv += ["--name", f"bench-{role}", *more, "--database", str(database)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def secure_setup(workdir: Path, database: Path) -> tuple[list[str], list[str], dict[str, Any]]:
+    """TLS, keys and a hook secret: (server args, worker args, client options)."""
+    from tests.certs import make_certificates
+
+    certs = make_certificates(workdir / "certs")
+    secret = workdir / "hook-secret"
+    secret.write_text("b" * 64)
+    client_key = make_key(database, "client")
+    worker_key = make_key(database, "worker", "--workflow", "bench.*")
+    server_args = ["--auth", "keys", "--tls-cert", str(certs.server.cert)]
+    server_args += ["--tls-key", str(certs.server.key), "--hook-secret-file", str(secret)]
+    worker_args = ["--tls-ca", str(certs.ca), "--api-key", worker_key]
+    return server_args, worker_args, {"api_key": client_key, "ca_file": certs.ca}
+
+
+def repetition(number: int, args: Any, *, secure: bool = False) -> dict[str, Any]:
     """Start a fresh server and worker, measure, stop them."""
     workdir = Path(tempfile.mkdtemp(prefix=f"stepd-bench-{number}-"))
     stack = Stack(workdir)
     keep_logs = True
+    database = workdir / "bench.db"
+    server_args: list[str] = list(args.server_arg)
+    worker_args: list[str] = []
+    client_options: dict[str, Any] = {}
+    if secure:
+        more_server, worker_args, client_options = secure_setup(workdir, database)
+        server_args += more_server
     try:
-        server = stack.start_server(workdir / "bench.db", args=args.server_arg)
+        server = stack.start_server(database, args=server_args)
         worker = stack.start_worker(
-            server, ["bench.workflows"], concurrency=args.worker_concurrency
+            server, ["bench.workflows"], concurrency=args.worker_concurrency, args=worker_args
         )
         processes = {"server": server.process, "worker": worker}
-        result = asyncio.run(measure(server.address, processes, args))
+        result = asyncio.run(measure(server.address, processes, args, client_options))
+        result["security"] = "on" if secure else "off"
         keep_logs = result["w1"]["failures"] > 0
         return result
     finally:
@@ -176,6 +217,16 @@ def repetition(number: int, args: Any) -> dict[str, Any]:
 
 def median_of(reps: list[dict[str, Any]], pick: Callable[[dict[str, Any]], float]) -> float:
     return round(statistics.median(pick(rep) for rep in reps), 2)
+
+
+def medians(reps: list[dict[str, Any]]) -> dict[str, float]:
+    """The medians over repetitions of W1 and W2."""
+    return {
+        "w1_runs_per_s": median_of(reps, lambda r: r["w1"]["runs_per_s"]),
+        "w1_steps_per_s": median_of(reps, lambda r: r["w1"]["steps_per_s"]),
+        "w2_p50_ms": median_of(reps, lambda r: r["w2"]["p50_ms"]),
+        "w2_p99_ms": median_of(reps, lambda r: r["w2"]["p99_ms"]),
+    }
 
 
 def git_commit() -> str:
@@ -205,32 +256,37 @@ def main() -> int:
         "--server-arg", action="append", default=[], help="extra `stepd serve` argument"
     )
     parser.add_argument(
+        "--security",
+        choices=["off", "on", "both"],
+        default="off",
+        help="TLS, API keys and a hook secret: off, on, or both (each repetition twice)",
+    )
+    parser.add_argument(
         "--check-targets", action="store_true", help="exit 1 when a target is missed"
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON too")
     args = parser.parse_args()
 
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.security]
     reps: list[dict[str, Any]] = []
+    secure_reps: list[dict[str, Any]] = []
     for number in range(1, args.repeat + 1):
-        rep = repetition(number, args)
-        print(
-            f"repetition {number}: W1 {rep['w1']['runs_per_s']} runs/s, "
-            f"W2 p50 {rep['w2']['p50_ms']} ms, p99 {rep['w2']['p99_ms']} ms",
-            file=sys.stderr,
-        )
-        reps.append(rep)
+        for secure in modes:
+            rep = repetition(number, args, secure=secure)
+            print(
+                f"repetition {number}{' (security on)' if secure else ''}: "
+                f"W1 {rep['w1']['runs_per_s']} runs/s, "
+                f"W2 p50 {rep['w2']['p50_ms']} ms, p99 {rep['w2']['p99_ms']} ms",
+                file=sys.stderr,
+            )
+            (secure_reps if secure and args.security == "both" else reps).append(rep)
 
-    median = {
-        "w1_runs_per_s": median_of(reps, lambda r: r["w1"]["runs_per_s"]),
-        "w1_steps_per_s": median_of(reps, lambda r: r["w1"]["steps_per_s"]),
-        "w2_p50_ms": median_of(reps, lambda r: r["w2"]["p50_ms"]),
-        "w2_p99_ms": median_of(reps, lambda r: r["w2"]["p99_ms"]),
-    }
+    median = medians(reps)
     met = {
         "w1_runs_per_s": median["w1_runs_per_s"] >= TARGETS["w1_runs_per_s"],
         "w2_p50_ms": median["w2_p50_ms"] <= TARGETS["w2_p50_ms"],
     }
-    failures = sum(rep["w1"]["failures"] for rep in reps)
+    failures = sum(rep["w1"]["failures"] for rep in (*reps, *secure_reps))
     report = {
         "benchmark": "stepd",
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -246,6 +302,7 @@ def main() -> int:
             "repeat": args.repeat,
             "worker_concurrency": args.worker_concurrency or "default",
             "server_args": args.server_arg,
+            "security": args.security,
         },
         "repetitions": reps,
         "median": median,
@@ -253,6 +310,13 @@ def main() -> int:
         "targets_met": met,
         "failures": failures,
     }
+    if secure_reps:
+        secure_median = medians(secure_reps)
+        report["repetitions_secure"] = secure_reps
+        report["median_secure"] = secure_median
+        report["w1_secure_ratio"] = round(
+            secure_median["w1_runs_per_s"] / median["w1_runs_per_s"], 3
+        )
     text = json.dumps(report, indent=2)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ unchecked and only the audit log is written.
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,8 @@ from stepd.server.security.roles import (
     Principal,
     Right,
 )
+
+log = logging.getLogger("stepd.security")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 #: A grpc method handler (a named tuple; grpc's type stubs describe only the sync kind).
@@ -166,33 +169,33 @@ def _worker_stream(handler: Handler, principal: Principal, ring: KeyRing) -> Han
 
     async def stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         _PRINCIPAL.set(principal)
-        guard = ring.guard(_hello_checked(requests, principal, context), principal)
+
+        async def check_hello(request: Any) -> None:
+            if request.WhichOneof("message") != "hello":
+                return  # the servicer refuses it
+            names = sorted({w.name for w in request.hello.workflows})
+            refused = [name for name in names if not principal.may_serve(name)]
+            if refused:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"API key {principal.key_id} may not serve {', '.join(refused)} "
+                    f"(it may serve: {', '.join(principal.workflows) or 'nothing'})",
+                )
+            log.info(
+                "worker stream opened with API key %s (%s) for %s",
+                principal.key_id,
+                principal.name,
+                ", ".join(names),
+            )
+
+        guard = ring.guard(requests, principal, check_hello)
         try:
-            async for response in _responses(inner(guard, context)):
+            async for response in inner(guard, context):
                 yield response
         finally:
             ring.release(guard)
 
     return handler._replace(stream_stream=stream)
-
-
-async def _hello_checked(
-    requests: AsyncIterator[Any], principal: Principal, context: Context
-) -> AsyncIterator[Any]:
-    first = True
-    async for request in requests:
-        if first:
-            first = False
-            if request.WhichOneof("message") == "hello":
-                names = sorted({w.name for w in request.hello.workflows})
-                refused = [name for name in names if not principal.may_serve(name)]
-                if refused:
-                    await context.abort(
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        f"API key {principal.key_id} may not serve {', '.join(refused)} "
-                        f"(it may serve: {', '.join(principal.workflows) or 'nothing'})",
-                    )
-        yield request
 
 
 async def _responses(result: Any) -> AsyncIterator[Any]:

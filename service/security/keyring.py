@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from stepd.server.domain import now_ms
@@ -49,15 +49,23 @@ class AuthenticationError(Exception):
 class StreamGuard:
     """A worker stream opened with a key: cut when the key stops working.
 
-    Wraps the stream's request iterator. Once cut, it ends the iteration (the
-    server then closes the stream) and the task reading it is cancelled, so a
-    worker waiting for tasks is disconnected at once, not at its next message.
+    Wraps the stream's request iterator. ``check_first`` sees the first message
+    (the hello) before the server does, and may abort the call. Once cut, the
+    iteration ends (the server then closes the stream) and the task reading it
+    is cancelled, so a worker waiting for tasks is disconnected at once, not at
+    its next message.
     """
 
-    def __init__(self, requests: AsyncIterator[object], principal: Principal) -> None:
+    def __init__(
+        self,
+        requests: AsyncIterator[object],
+        principal: Principal,
+        check_first: Callable[[object], Awaitable[None]] | None = None,
+    ) -> None:
         self._requests = requests
         self.principal = principal
         self.cut = False
+        self._check_first = check_first
         self._reader: asyncio.Task[object] | None = None
 
     def __aiter__(self) -> StreamGuard:
@@ -70,6 +78,9 @@ class StreamGuard:
         message = await anext(self._requests)
         if self.cut:
             raise StopAsyncIteration
+        if self._check_first is not None:
+            check, self._check_first = self._check_first, None
+            await check(message)
         return message
 
     def close(self) -> None:
@@ -196,9 +207,14 @@ class KeyRing:
             )
         return principal
 
-    def guard(self, requests: AsyncIterator[object], principal: Principal) -> StreamGuard:
-        """Watch a worker stream opened with ``principal``'s key."""
-        guard = StreamGuard(requests, principal)
+    def guard(
+        self,
+        requests: AsyncIterator[object],
+        principal: Principal,
+        check_first: Callable[[object], Awaitable[None]] | None = None,
+    ) -> StreamGuard:
+        """Watch a worker stream opened with ``principal``'s key (see StreamGuard)."""
+        guard = StreamGuard(requests, principal, check_first)
         self._streams.setdefault(principal.key_id, set()).add(guard)
         return guard
 

@@ -50,3 +50,21 @@ def test_replicas_bench_runs_and_reports_json(tmp_path: Path) -> None:
         "w1_runs_per_s_3_replicas",
         "ratio",
     }
+
+
+def test_bench_measures_with_and_without_tls_and_keys(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--runs", "40", "--repeat", "1"]
+    argv += ["--latency-runs", "5", "--warmup", "2", "--in-flight", "20", "--security", "both"]
+    argv += ["--output", str(output)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["failures"] == 0 and report["config"]["security"] == "both"
+    ((plain,), (secure,)) = report["repetitions"], report["repetitions_secure"]
+    assert (plain["security"], secure["security"]) == ("off", "on")
+    assert secure["w1"]["runs"] == 40 and secure["w1"]["runs_per_s"] > 0
+    assert report["w1_secure_ratio"] == round(
+        report["median_secure"]["w1_runs_per_s"] / report["median"]["w1_runs_per_s"], 3
+    )

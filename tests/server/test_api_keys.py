@@ -240,3 +240,44 @@ async def test_open_servers_record_no_key(database: str) -> None:
         assert [e.actor_key_id for e in history.events] == ["", ""]
     finally:
         await harness.close()
+
+
+async def test_key_schedule_and_version_changes_are_audited_with_the_key_id(
+    secure: SecureHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stepd.v1 import schedules_pb2
+
+    admin_id = (
+        (
+            await secure.admin.ListApiKeys(
+                admin.ListApiKeysRequest(), metadata=bearer(secure.admin_key)
+            )
+        )
+        .keys[0]
+        .key_id
+    )
+    operator_id, operator = await secure.create_key("operator")
+    worker = secure.harness.worker("w", metadata=bearer(secure.admin_key))
+    await asyncio.wait_for(worker.settings, 5)
+    with caplog.at_level("INFO", logger="stepd.audit"):
+        await secure.harness.client.CreateSchedule(
+            wf.CreateScheduleRequest(
+                schedule_id="nightly",
+                workflow_name="w",
+                spec=schedules_pb2.ScheduleSpec(cron="0 3 * * *"),
+            ),
+            metadata=bearer(operator),
+        )
+        await secure.admin.PinWorkflowVersion(
+            admin.PinWorkflowVersionRequest(workflow_name="w", version="1"),
+            metadata=bearer(secure.admin_key),
+        )
+        new_id, new_key = await secure.create_key("reader")
+    lines = [r.getMessage() for r in caplog.records if r.name == "stepd.audit"]
+    assert f"CreateSchedule by key {operator_id}: schedule_id='nightly' workflow_name='w'" in lines
+    assert f"PinWorkflowVersion by key {admin_id}: workflow_name='w' version='1'" in lines
+    (created,) = [line for line in lines if line.startswith("CreateApiKey")]
+    assert created.startswith(f"CreateApiKey by key {admin_id}: key_id='{new_id}'")
+    everything = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in (new_key, operator, secure.admin_key):
+        assert secret not in everything
