@@ -35,6 +35,15 @@ class RunStatus(enum.StrEnum):
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
+@dataclass(frozen=True, slots=True)
+class StatusMove:
+    """One move of the run state machine (``engine/transitions.py``): from any of
+    ``sources`` to ``target``. The store applies it as a guarded write."""
+
+    sources: frozenset[RunStatus]
+    target: RunStatus
+
+
 class FailureReason(enum.StrEnum):
     """Why a failed run failed, stored as its lower-case name."""
 

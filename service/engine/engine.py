@@ -158,12 +158,8 @@ class Engine:
         recovered = 0
         for run in await self.store.runs_in_status([RunStatus.RUNNING]):
             # No worker holds a run across a restart of this server.
-            released = await self.store.transition_run(
-                run.run_id,
-                transitions.sources(RunEvent.RELEASE),
-                transitions.target(RunEvent.RELEASE),
-                lease_id=run.lease_id,
-                values={"lease_owner": None},
+            released = await self.store.release_run(
+                run.run_id, transitions.move(RunEvent.RELEASE), run.lease_id
             )
             if released is not None:
                 self._make_ready(released)
@@ -286,11 +282,8 @@ class Engine:
         if not run_id:
             raise InvalidArgument("run_id is required")
         for _ in range(10):
-            run = await self.store.transition_run(
-                run_id,
-                transitions.sources(RunEvent.CANCEL),
-                transitions.target(RunEvent.CANCEL),
-                values={"cancel_reason": reason or "cancelled", "lease_owner": None},
+            run = await self.store.cancel_run(
+                run_id, transitions.move(RunEvent.CANCEL), reason or "cancelled"
             )
             if run is not None:
                 self._after_cancel(run, reason or "cancelled")
@@ -535,18 +528,8 @@ class Engine:
     ) -> bool:
         """Fail a run that ``session`` holds, for a reason of the server's, and tell
         the worker to stop it. False when the lease was gone already."""
-        run = await self._finish(
-            run_id,
-            lease_id,
-            RunEvent.FAIL,
-            {
-                "error_type": error.type,
-                "error_message": error.message,
-                "error_traceback": error.traceback,
-                "error_step_key": error.step_key,
-                "error_attempt": error.attempt,
-                "failure_reason": reason.value,
-            },
+        run = await self.store.fail_run(
+            run_id, transitions.move(RunEvent.FAIL), error, reason, lease_id=lease_id
         )
         if run is None:
             return False
@@ -633,26 +616,19 @@ class Engine:
             result_json = check_json_payload(
                 "complete_run.result", action.result.json, action.result.encoding, limit
             )
-            run = await self._finish(
-                run_id, lease_id, RunEvent.COMPLETE, {"result_json": result_json}
+            run = await self.store.complete_run(
+                run_id, transitions.move(RunEvent.COMPLETE), lease_id, result_json
             )
         elif isinstance(action, FailRun):
-            err = action.error
-            run = await self._finish(
+            run = await self.store.fail_run(
                 run_id,
-                lease_id,
-                RunEvent.FAIL,
-                {
-                    "error_type": err.type,
-                    "error_message": err.message,
-                    "error_traceback": err.traceback,
-                    "error_step_key": err.step_key,
-                    "error_attempt": err.attempt,
-                    "failure_reason": FailureReason.WORKFLOW_ERROR.value,
-                },
+                transitions.move(RunEvent.FAIL),
+                action.error,
+                FailureReason.WORKFLOW_ERROR,
+                lease_id=lease_id,
             )
         elif isinstance(action, ReleaseRun):
-            run = await self._finish(run_id, lease_id, RunEvent.RELEASE, {})
+            run = await self.store.release_run(run_id, transitions.move(RunEvent.RELEASE), lease_id)
             if run is not None:
                 self._make_ready(run)
         elif isinstance(action, SuspendRun):
@@ -708,17 +684,6 @@ class Engine:
         woken = await self.store.fire_timer(run_id, wait_key)
         if woken is not None:
             self._make_ready(woken)
-
-    async def _finish(
-        self, run_id: str, lease_id: int, event: RunEvent, values: dict[str, object]
-    ) -> RunRecord | None:
-        return await self.store.transition_run(
-            run_id,
-            transitions.sources(event),
-            transitions.target(event),
-            lease_id=lease_id,
-            values={"lease_owner": None, **values},
-        )
 
     def _lease_lost(
         self, cid: int, run_id: str, session: WorkerSession | None = None
@@ -783,7 +748,7 @@ class Engine:
         session.send(replace(claimed, hook_secret=hook_tokens.run_secret(self._hook_key, run_id)))
 
     async def _requeue(self, run_id: str, lease_id: int) -> None:
-        run = await self._finish(run_id, lease_id, RunEvent.RELEASE, {})
+        run = await self.store.release_run(run_id, transitions.move(RunEvent.RELEASE), lease_id)
         if run is not None:
             self._make_ready(run)
 

@@ -142,19 +142,8 @@ class RunPolicy:
                 reason, error_type = FailureReason.EXECUTION_TIMEOUT, EXECUTION_TIMEOUT_ERROR
                 what = "its workflow's execution timeout passed"
             message = f"run {run_id} failed: {what}"
-            failed = await engine.store.transition_run(
-                run_id,
-                transitions.sources(RunEvent.EXPIRE),
-                transitions.target(RunEvent.EXPIRE),
-                values={
-                    "error_type": error_type,
-                    "error_message": message,
-                    "error_traceback": "",
-                    "error_step_key": "",
-                    "error_attempt": 0,
-                    "failure_reason": reason.value,
-                    "lease_owner": None,
-                },
+            failed = await engine.store.fail_run(
+                run_id, transitions.move(RunEvent.EXPIRE), ErrorDetails(error_type, message), reason
             )
             if failed is not None:
                 log.info("%s", message)

@@ -2,21 +2,24 @@
 
 Every write is one transaction (implementations may group concurrent writes
 into one database transaction: group commit). Conditional writes encode the
-run state machine's guards: ``transition_run`` changes a run only when it is in
-one of ``from_statuses`` (and, when given, holds ``lease_id``), so a stale or
-illegal change affects no row and reports False.
+run state machine's guards: ``release_run``, ``complete_run``, ``fail_run`` and
+``cancel_run`` change a run only when it is in one of the sources of the move
+the engine passes (``engine/transitions.py``) and, when given, holds
+``lease_id``, so a stale or illegal change affects no row and reports None.
+Methods say what they do; column names stay below this interface.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from stepd.server.domain import (
     ClaimedRun,
     CreateRunOutcome,
     DueTimer,
     ErrorDetails,
+    FailureReason,
     HistoryEntry,
     HookOutcome,
     NewRun,
@@ -26,6 +29,7 @@ from stepd.server.domain import (
     RunRecord,
     RunStatus,
     SignalOutcome,
+    StatusMove,
     StepRow,
     SuspendOutcome,
     WaitSpec,
@@ -180,22 +184,32 @@ class Store(ScheduleStore, Protocol):
         (run_id, step_key, attempt), and is part of the journal too.
         """
 
-    async def transition_run(
+    async def release_run(self, run_id: str, move: StatusMove, lease_id: int) -> RunRecord | None:
+        """Give a run held under ``lease_id`` back to the queue (``move`` leads to
+        PENDING) and clear its lease's owner; None when the guard did not match."""
+
+    async def complete_run(
+        self, run_id: str, move: StatusMove, lease_id: int, result_json: str
+    ) -> RunRecord | None:
+        """End a run held under ``lease_id`` with its result (``move`` leads to
+        COMPLETED); None when the guard did not match."""
+
+    async def fail_run(
         self,
         run_id: str,
-        from_statuses: Iterable[RunStatus],
-        to_status: RunStatus,
+        move: StatusMove,
+        error: ErrorDetails,
+        reason: FailureReason,
         *,
         lease_id: int | None = None,
-        values: Mapping[str, Any] | None = None,
     ) -> RunRecord | None:
-        """Set a run's status (and other columns in ``values``) atomically.
+        """End a run with ``error`` for ``reason`` (``move`` leads to FAILED): the
+        one held under ``lease_id`` when given, else wherever it stands among
+        ``move.sources`` (its deadline passed). None when the guard did not match."""
 
-        Applies only when the run's status is in ``from_statuses`` and, if
-        ``lease_id`` is given, the run's lease_id equals it. Sets update_time;
-        sets end_time when ``to_status`` is terminal. Returns the updated run,
-        or None when the guard did not match.
-        """
+    async def cancel_run(self, run_id: str, move: StatusMove, reason: str) -> RunRecord | None:
+        """Cancel a run wherever it stands among ``move.sources`` (``move`` leads to
+        CANCELLED), with ``reason``; None when the guard did not match."""
 
     async def register_workflows(self, versions: Iterable[tuple[str, str]]) -> None:
         """Remember (name, version) pairs a worker serves; known pairs are kept."""

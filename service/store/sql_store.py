@@ -18,7 +18,6 @@ was dispatched before, which must hand the journal to the worker.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -45,6 +44,7 @@ from stepd.server.domain import (
     CreateRunOutcome,
     DueTimer,
     ErrorDetails,
+    FailureReason,
     HistoryEntry,
     HistoryType,
     HookOutcome,
@@ -56,6 +56,7 @@ from stepd.server.domain import (
     RunRecord,
     RunStatus,
     SignalOutcome,
+    StatusMove,
     StepRow,
     SuspendOutcome,
     WaitSpec,
@@ -71,27 +72,6 @@ from stepd.server.store.schema import runs, server_secrets, step_attempts, steps
 
 if TYPE_CHECKING:
     from stepd.server.store.base import Store
-
-#: Columns ``transition_run`` may set through ``values``. Identity, status,
-#: update_time and the lease counters are maintained by the store itself.
-TRANSITION_COLUMNS = frozenset(
-    {
-        "result_json",
-        "error_type",
-        "error_message",
-        "error_traceback",
-        "error_step_key",
-        "error_attempt",
-        "failure_reason",
-        "cancel_reason",
-        "lease_owner",
-        "lease_expires_at",
-        "deadline",
-        "start_time_not_before",
-        "start_time",
-        "end_time",
-    }
-)
 
 _PENDING = RunStatus.PENDING.value
 _RUNNING = RunStatus.RUNNING.value
@@ -360,26 +340,61 @@ class SqlStore(schedules.ScheduleStoreMixin):
 
         return await self._committer.submit(op)
 
-    async def transition_run(
+    async def release_run(self, run_id: str, move: StatusMove, lease_id: int) -> RunRecord | None:
+        """Give a run held under ``lease_id`` back to the queue; None when the guard
+        did not match."""
+        return await self._move(run_id, move, RunStatus.PENDING, lease_id, {"lease_owner": None})
+
+    async def complete_run(
+        self, run_id: str, move: StatusMove, lease_id: int, result_json: str
+    ) -> RunRecord | None:
+        """End a run held under ``lease_id`` with its result; None when the guard
+        did not match."""
+        columns = {"result_json": result_json, "lease_owner": None}
+        return await self._move(run_id, move, RunStatus.COMPLETED, lease_id, columns)
+
+    async def fail_run(
         self,
         run_id: str,
-        from_statuses: Iterable[RunStatus],
-        to_status: RunStatus,
+        move: StatusMove,
+        error: ErrorDetails,
+        reason: FailureReason,
         *,
         lease_id: int | None = None,
-        values: Mapping[str, Any] | None = None,
     ) -> RunRecord | None:
-        """Set a run's status and ``values`` when the guard matches; else None."""
-        columns = _transition_values(values or {})
-        sources = sorted({RunStatus(s).value for s in from_statuses})
+        """End a run with an error (under ``lease_id`` when given); None when the
+        guard did not match."""
+        columns = {
+            **rows.error_columns(error),
+            "failure_reason": reason.value,
+            "lease_owner": None,
+        }
+        return await self._move(run_id, move, RunStatus.FAILED, lease_id, columns)
+
+    async def cancel_run(self, run_id: str, move: StatusMove, reason: str) -> RunRecord | None:
+        """Cancel an unfinished run with ``reason``; None when the guard did not match."""
+        columns = {"cancel_reason": reason, "lease_owner": None}
+        return await self._move(run_id, move, RunStatus.CANCELLED, None, columns)
+
+    async def _move(
+        self,
+        run_id: str,
+        move: StatusMove,
+        target: RunStatus,
+        lease_id: int | None,
+        values: Mapping[str, object],
+    ) -> RunRecord | None:
+        """Apply ``move`` (which must lead to ``target``) with ``values`` when the
+        run is in one of its sources (and holds ``lease_id``); else None."""
+        if move.target is not target:
+            raise ValueError(f"this write moves runs to {target.value}, not to {move.target.value}")
+        sources = sorted(status.value for status in move.sources)
         if not sources:
             return None
         now = now_ms()
-        target = RunStatus(to_status)
-        columns["status"] = target.value
-        columns["update_time"] = now
+        columns = {**values, "status": target.value, "update_time": now}
         if target.is_terminal:
-            columns.setdefault("end_time", now)
+            columns["end_time"] = now
         stmt = self._transition_statement(tuple(sorted(columns)), lease_id is not None)
         params = {f"v_{name}": value for name, value in columns.items()}
         params.update(p_run_id=run_id, p_sources=sources, p_lease_id=lease_id)
@@ -398,7 +413,7 @@ class SqlStore(schedules.ScheduleStoreMixin):
         return await self._committer.submit(op)
 
     def _transition_statement(self, columns: tuple[str, ...], with_lease: bool) -> Update:
-        """Build (once per shape) the guarded UPDATE ... RETURNING of transition_run."""
+        """Build (once per shape) the guarded UPDATE ... RETURNING of ``_move``."""
         key = (columns, with_lease)
         stmt = self._transitions.get(key)
         if stmt is None:
@@ -684,16 +699,6 @@ def _runs_reader(stmt: Select[Any]) -> Callable[[Connection], list[RunRecord]]:
         return [rows.run_from_row(row) for row in conn.execute(stmt).mappings()]
 
     return read
-
-
-def _transition_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(values) - TRANSITION_COLUMNS)
-    if unknown:
-        raise ValueError(
-            f"transition_run cannot set {', '.join(unknown)}; "
-            f"settable columns: {', '.join(sorted(TRANSITION_COLUMNS))}"
-        )
-    return {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
 
 
 def _first(conn: Connection, stmt: Any) -> RowMapping | None:
