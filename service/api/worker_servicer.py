@@ -13,7 +13,6 @@ import grpc
 from stepd.server.api.convert import command_from_proto, outgoing_to_proto, workflow_limits
 from stepd.server.api.convert_schedules import declarations_from_hello
 from stepd.server.api.errors import status_code
-from stepd.server.engine.commands import Command, RecordStep
 from stepd.server.engine.engine import Engine
 from stepd.server.engine.errors import EngineError
 from stepd.server.engine.sessions import WorkerSession
@@ -27,7 +26,11 @@ HELLO_TIMEOUT_SECONDS = 30.0
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
-    """The worker-facing API: one long-lived bidirectional stream per worker."""
+    """The worker-facing API: one long-lived bidirectional stream per worker.
+
+    It decodes what the worker sends and encodes what the engine queues for it;
+    the engine applies commands (in order) and decides what the worker gets.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -84,12 +87,11 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     ) -> None:
         try:
             async for request in requests:
-                if session.touch():  # a suspect worker spoke again: it may take runs
-                    self._engine.dispatcher.kick()
+                self._engine.heard_from(session)
                 kind = request.WhichOneof("message")
                 if kind == "commands":
                     commands = [command_from_proto(c) for c in request.commands.commands]
-                    task = asyncio.create_task(self._apply(session, commands))
+                    task = asyncio.create_task(self._engine.apply_commands(session, commands))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 elif kind == "drain":
@@ -108,35 +110,3 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         settings.heartbeat_interval.FromMilliseconds(self._engine.config.heartbeat_interval_ms)
         settings.lease_timeout.FromMilliseconds(self._engine.config.lease_timeout_ms)
         return settings
-
-    async def _apply(self, session: WorkerSession, commands: list[Command]) -> None:
-        """Apply a batch: runs side by side, each run's commands in the order sent."""
-        by_run: dict[str, list[Command]] = {}
-        for command in commands:
-            by_run.setdefault(command.run_id, []).append(command)
-        await asyncio.gather(*(self._apply_in_order(session, cmds) for cmds in by_run.values()))
-
-    async def _apply_in_order(self, session: WorkerSession, commands: list[Command]) -> None:
-        """Apply one run's commands: consecutive step records together (they
-        share a commit), anything else only after everything sent before it."""
-        records: list[Command] = []
-        for command in commands:
-            if isinstance(command.action, RecordStep):
-                records.append(command)
-                continue
-            await self._apply_all(session, records)
-            records = []
-            session.send(await self._engine.apply(session, command))
-        await self._apply_all(session, records)
-
-    async def _apply_all(self, session: WorkerSession, commands: list[Command]) -> None:
-        """Apply consecutive step records of one run: together where the store
-        commits them in submission order (a group commit), else one by one, so
-        the run's journal and history keep the order the worker sent."""
-        if self._engine.store.ordered_writes:
-            results = await asyncio.gather(*(self._engine.apply(session, c) for c in commands))
-            for result in results:
-                session.send(result)
-        else:
-            for command in commands:
-                session.send(await self._engine.apply(session, command))

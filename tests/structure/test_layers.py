@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from tests.structure.imports import FOLDERS, ROOT, all_modules, module_files
+from tests.structure.imports import FOLDERS, ROOT, all_modules, cycles, module_files
 
 
 def _is_sdk(name: str) -> bool:
@@ -35,6 +35,12 @@ def test_store_never_imports_engine_or_api_and_engine_never_imports_api() -> Non
             if module.name.startswith(layer):
                 bad = [m for m in module.imports if m.startswith(forbidden)]
                 assert not bad, f"{module.path} imports {bad}"
+
+
+def test_no_server_modules_import_each_other_in_a_circle() -> None:
+    # Helpers of the engine receive their collaborators instead of importing it.
+    found = [group for group in cycles(all_modules()) if group[0].startswith("stepd.server")]
+    assert found == []
 
 
 def test_the_sdk_loads_no_database_library() -> None:
