@@ -16,7 +16,8 @@ from pydantic import TypeAdapter
 
 from stepd._definitions import Workflow
 from stepd._rpc import CHANNEL_OPTIONS, sdk_error
-from stepd._runs import RunInfo, RunStatus, status_to_proto, to_timestamp
+from stepd._run_codec import run_info, status_to_proto, to_timestamp
+from stepd._runs import RunInfo, RunStatus
 from stepd._serde import ANY_ADAPTER, dump_input, dumps, loads, payload_text
 from stepd.errors import (
     RunCancelledError,
@@ -109,9 +110,9 @@ class RunHandle(Generic[R]):
             if run.status == types_pb2.RUN_STATUS_COMPLETED:
                 return loads(payload_text(run.result), self._adapter)  # type: ignore[no-any-return]
             if run.status == types_pb2.RUN_STATUS_FAILED:
-                raise RunFailedError(RunInfo.from_proto(run))
+                raise RunFailedError(run_info(run))
             if run.status == types_pb2.RUN_STATUS_CANCELLED:
-                raise RunCancelledError(RunInfo.from_proto(run))
+                raise RunCancelledError(run_info(run))
 
     async def info(self) -> RunInfo:
         """Fetch the run as it stands now."""
@@ -333,7 +334,7 @@ class Client:
 
     async def get_run(self, run_id: str) -> RunInfo:
         """Fetch a run; raises NotFoundError for an unknown id."""
-        return RunInfo.from_proto(await self._get_run(run_id))
+        return run_info(await self._get_run(run_id))
 
     async def cancel(self, run_id: str, *, reason: str = "") -> RunInfo:
         """Cancel a run that has not finished; return it (now cancelled).
@@ -343,7 +344,7 @@ class Client:
         """
         request = workflow_service_pb2.CancelRunRequest(run_id=run_id, reason=reason)
         response = await _call(self._stub().CancelRun, request)
-        return RunInfo.from_proto(response.run)
+        return run_info(response.run)
 
     async def signal(
         self, run_id: str, name: str, payload: Any = None, *, request_id: str | None = None
@@ -463,7 +464,7 @@ class Client:
         while True:
             response = await _call(self._stub().ListRuns, request)
             for run in response.runs:
-                yield RunInfo.from_proto(run)
+                yield run_info(run)
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token

@@ -108,6 +108,26 @@ def test_workflow_annotations_accepted() -> None:
     assert not workflow(unannotated).input_optional
 
 
+def test_the_context_annotation_is_checked_as_a_class() -> None:
+    class OwnContext(WorkflowContext):
+        pass
+
+    class Impostor:
+        pass
+
+    Impostor.__name__ = Impostor.__qualname__ = "WorkflowContext"
+    source = "async def wf(ctx: Context, x: int) -> int:\n    return x"
+    for context, accepted in ((WorkflowContext, True), (OwnContext, True), (Impostor, False)):
+        namespace: dict[str, Any] = {"Context": context}
+        # Compiled without this module's __future__ import: the annotation is the class.
+        exec(compile(source, "<wf>", "exec", dont_inherit=True), namespace)
+        if accepted:
+            assert workflow(namespace["wf"]).input_param == "x"
+        else:
+            with pytest.raises(WorkflowDefinitionError, match="must be the WorkflowContext"):
+                workflow(namespace["wf"])
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

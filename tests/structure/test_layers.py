@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from tests.structure.imports import FOLDERS, ROOT, all_modules, module_files
+from tests.structure.imports import FOLDERS, ROOT, all_modules, cycles, module_files
 
 
 def _is_sdk(name: str) -> bool:
@@ -23,6 +23,11 @@ def test_the_server_never_imports_the_sdk() -> None:
         if module.name.startswith("stepd.server"):
             bad = [m for m in module.imports if _is_sdk(m)]
             assert not bad, f"{module.path} imports {bad}"
+
+
+def test_the_sdk_has_no_import_cycles() -> None:
+    found = [group for group in cycles(all_modules()) if any(_is_sdk(m) for m in group)]
+    assert found == [], f"modules of the SDK that import each other: {found}"
 
 
 def test_store_never_imports_engine_or_api_and_engine_never_imports_api() -> None:
