@@ -36,8 +36,10 @@ import grpc
 from google.protobuf import duration_pb2
 from pydantic import ValidationError
 
+from stepd._control import RunAbandoned
 from stepd._definitions import Workflow
-from stepd._replay import RELEASE_REASON, RunAbandoned, RunExecutor, RunOutcome
+from stepd._phase import RunOutcome
+from stepd._replay import RELEASE_REASON, RunExecutor
 from stepd._rpc import CHANNEL_OPTIONS
 from stepd._run_cache import RunCache
 from stepd._serde import dumps

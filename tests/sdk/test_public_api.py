@@ -58,7 +58,7 @@ def test_every_error_derives_from_stepd_error() -> None:
 
 
 def test_internal_signals_escape_except_exception() -> None:
-    from stepd._replay import CommandRejected, LeaseLost, RunAbandoned, RunHeld, RunSuspended
+    from stepd._control import CommandRejected, LeaseLost, RunAbandoned, RunHeld, RunSuspended
 
     for cls in (RunAbandoned, LeaseLost, CommandRejected, RunSuspended, RunHeld):
         assert issubclass(cls, BaseException)
