@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stepd import Worker, WorkflowContext, step, workflow
+from stepd import Client, Worker, WorkflowContext, step, workflow
 from stepd._definitions import Step, Workflow
 from stepd.errors import StepdError, WorkflowDefinitionError
 
@@ -210,6 +210,17 @@ def test_worker_rejects_bad_arguments() -> None:
         Worker("127.0.0.1:1", workflows=[])
     with pytest.raises(ValueError, match="concurrency"):
         Worker("127.0.0.1:1", workflows=[process], concurrency=0)
+    with pytest.raises(ValueError, match="server address"):
+        Worker("", workflows=[process])
+    with pytest.raises(TypeError, match="server address or a Client"):
+        Worker(50051, workflows=[process])  # type: ignore[arg-type]
+
+
+def test_a_worker_takes_its_connection_settings_from_a_client() -> None:
+    client = Client("10.0.0.7:50051")
+    worker = Worker(client, workflows=[process])
+    assert worker.address == "10.0.0.7:50051"
+    assert client.connection.address == "10.0.0.7:50051"
 
 
 @step
