@@ -179,10 +179,12 @@ def _callable_name(fn: Callable[..., Any]) -> str:
 class Step(Generic[P, R]):
     """A function whose calls inside a workflow are recorded as durable steps.
 
-    Calling it returns a coroutine. Inside a workflow run the call gets its
-    step key at once (``name``, then ``name#2``, ...); a step already in the
-    run's journal returns the recorded result (or raises the recorded error)
-    without running. Outside a workflow, the function just runs.
+    Made by ``@step`` or ``ctx.step``; ``Step[P, R]`` keeps the function's
+    parameters ``P`` and result ``R`` for type checkers. Calling it returns a
+    coroutine. Inside a workflow run the call gets its step key at once
+    (``name``, then ``name#2``, ...); a step already in the run's journal
+    returns the recorded result (or raises the recorded error) without
+    running. Outside a workflow, the function just runs.
     """
 
     __name__: str
@@ -279,8 +281,11 @@ class Step(Generic[P, R]):
 class Workflow(Generic[P, R]):
     """A workflow definition made by ``@workflow``: a name, a version and an async function.
 
-    Calling it calls the function directly (no run is created); use
-    ``Client.trigger`` to start a run and ``Worker`` to serve it.
+    ``Workflow[[I], R]`` is a workflow whose input is an ``I`` and whose result is
+    an ``R`` (``Workflow[[], R]`` takes no input): what ``Client.trigger``,
+    ``Client.execute``, ``ctx.child`` and ``Worker`` accept. Calling it calls the
+    function directly (no run is created); use ``Client.trigger`` to start a run
+    and ``Worker`` to serve it.
     """
 
     __name__: str

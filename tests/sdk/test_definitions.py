@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from stepd import Client, Worker, WorkflowContext, step, workflow
-from stepd._definitions import Step, Workflow
+from stepd import Client, Step, Worker, Workflow, WorkflowContext, step, workflow
 from stepd.errors import StepdError, WorkflowDefinitionError
 
 

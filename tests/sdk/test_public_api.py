@@ -10,7 +10,10 @@ from stepd import errors
 PINNED = [
     "workflow",
     "step",
+    "Workflow",
+    "Step",
     "WorkflowContext",
+    "ChildHandle",
     "Worker",
     "Client",
     "Hook",
@@ -18,6 +21,7 @@ PINNED = [
     "RunHandle",
     "RunInfo",
     "RunStatus",
+    "PublishedEvent",
     "StepdError",
     "RunFailedError",
     "RunCancelledError",
