@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from google.protobuf import timestamp_pb2
 
-from stepd._runs import RunStatus, status_from_proto
+from stepd._run_codec import status_from_proto
+from stepd._runs import RunStatus
 from stepd._serde import loads, payload_text
 from stepd.v1 import schedules_pb2
 

@@ -25,6 +25,11 @@ def test_the_server_never_imports_the_sdk() -> None:
             assert not bad, f"{module.path} imports {bad}"
 
 
+def test_the_sdk_has_no_import_cycles() -> None:
+    found = [group for group in cycles(all_modules()) if any(_is_sdk(m) for m in group)]
+    assert found == [], f"modules of the SDK that import each other: {found}"
+
+
 def test_store_never_imports_engine_or_api_and_engine_never_imports_api() -> None:
     above = {
         "stepd.server.store": ("stepd.server.engine", "stepd.server.api", "stepd.server.server"),
