@@ -26,7 +26,7 @@ from stepd.server.engine.commands import CommandResult, CommandStatus, HoldRun, 
 from stepd.server.engine.errors import EngineError, InvalidArgument
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.sessions import WorkerSession
-from stepd.server.engine.validation import MAX_ID_LENGTH
+from stepd.server.engine.validation import MAX_ID_LENGTH, shown
 from stepd.server.store.children import StartChildStatus
 
 if TYPE_CHECKING:
@@ -89,8 +89,8 @@ class ChildRuns:
             return engine._lease_lost(cid, run_id, session)
         if outcome.status is StartChildStatus.ID_TAKEN:
             raise InvalidArgument(
-                f"start_child: run id {child_id!r} is taken by a run that is not a child of "
-                f"run {run_id}; custom run ids of that form are reserved for child runs"
+                f"start_child: run id {shown(child_id)} is taken by a run that is not a child of "
+                f"run {shown(run_id)}; custom run ids of that form are reserved for child runs"
             )
         if outcome.child is not None:  # created now
             engine._make_ready(outcome.child)

@@ -45,6 +45,7 @@ from stepd.server.engine.commands import (
     CompleteRun,
     FailRun,
     HoldRun,
+    Malformed,
     RecordEvent,
     RecordStep,
     ReleaseRun,
@@ -71,7 +72,7 @@ from stepd.server.engine.sessions import Cancellation, WorkerSession
 from stepd.server.engine.sticky import StickyRuns
 from stepd.server.engine.timers import TimerSchedule
 from stepd.server.engine.transitions import RunEvent
-from stepd.server.engine.validation import MAX_ID_LENGTH, check_id, check_waits
+from stepd.server.engine.validation import MAX_ID_LENGTH, check_id, check_waits, shown
 from stepd.server.store.base import RunConflictError, Store
 from stepd.server.store.notify import channel_for
 from stepd.server.store.schedules import RESERVED_KEY_PREFIX
@@ -187,7 +188,7 @@ class Engine:
         await self.schedules.close()
         await self.children.close()
         for session in self.dispatcher.sessions:
-            session.close()
+            session.close(Unavailable("the server is shutting down; reconnect"))
         await self.dispatcher.close()
         for waiters in self._run_waiters.values():
             for waiter in waiters:
@@ -234,7 +235,7 @@ class Engine:
             outcome = await self.store.create_run(new)
         except RunConflictError:
             raise AlreadyExists(
-                f"run_id {run_id!r} already exists; pick another id, or send the "
+                f"run_id {shown(run_id)} already exists; pick another id, or send the "
                 "idempotency key that created it to get that run back"
             ) from None
         if outcome.created:
@@ -243,10 +244,10 @@ class Engine:
         return outcome.run, not outcome.created
 
     async def get_run(
-        self, run_id: str, *, wait: bool = False, wait_seconds: float = 0
+        self, run_id: str, *, wait: bool = False, wait_seconds: float | None = None
     ) -> RunRecord:
-        """Return a run; with ``wait``, first wait up to ``wait_seconds``
-        for it to reach a terminal status (capped by config.max_wait_seconds)."""
+        """Return a run; with ``wait``, first wait up to ``wait_seconds`` (None: the
+        cap, config.max_wait_seconds; 0: not at all) for it to reach a terminal status."""
         if not run_id:
             raise InvalidArgument("run_id is required")
         if not wait:
@@ -259,7 +260,9 @@ class Engine:
             if run.status.is_terminal:
                 return run
             limit = self.config.max_wait_seconds
-            timeout = min(wait_seconds or limit, limit)
+            timeout = limit if wait_seconds is None else min(wait_seconds, limit)
+            if timeout <= 0:
+                return run
             try:
                 return await asyncio.wait_for(waiter, timeout)
             except TimeoutError:
@@ -303,11 +306,11 @@ class Engine:
                 return current, True
             if current.status.is_terminal:
                 raise FailedPrecondition(
-                    f"run {run_id} is already {current.status.value}; "
+                    f"run {shown(run_id)} is already {current.status.value}; "
                     "only unfinished runs can be cancelled"
                 )
             # The run moved between two of its statuses meanwhile: try again.
-        raise FailedPrecondition(f"run {run_id} kept changing; try cancelling again")
+        raise FailedPrecondition(f"run {shown(run_id)} kept changing; try cancelling again")
 
     async def signal(
         self, run_id: str, name: str, payload_json: str, encoding: str, request_id: str
@@ -324,11 +327,11 @@ class Engine:
         )
         outcome = await self.store.send_signal(run_id, name, payload, request_id or None)
         if outcome.status is SignalStatus.UNKNOWN_RUN:
-            raise NotFound(f"run {run_id!r} not found")
+            raise NotFound(f"run {shown(run_id)} not found")
         if outcome.status is SignalStatus.FINISHED_RUN:
             status = outcome.run_status.value if outcome.run_status else "finished"
             raise FailedPrecondition(
-                f"run {run_id} is already {status}; signals go to unfinished runs"
+                f"run {shown(run_id)} is already {status}; signals go to unfinished runs"
             )
         if outcome.woken is not None:
             self._make_ready(outcome.woken)
@@ -393,7 +396,7 @@ class Engine:
             raise InvalidArgument("page_size must not be negative")
         entries = await self.store.run_history(run_id)
         if entries is None:
-            raise NotFound(f"run {run_id!r} not found")
+            raise NotFound(f"run {shown(run_id)} not found")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         page = list(enumerate(entries[offset : offset + size], start=offset + 1))
         more = offset + size < len(entries)
@@ -479,6 +482,12 @@ class Engine:
         for run_id, lease_id in session.held.items():
             if lease_id:
                 session.send(Cancellation(run_id, lease_id, "lease expired"))
+        session.close(
+            Unavailable(
+                f"the worker sent nothing for {session.silent_for():.1f} s, longer than the "
+                "lease timeout; its runs went back to the queue"
+            )
+        )
         await self.disconnect_worker(session)
 
     async def apply(self, session: WorkerSession, command: Command) -> CommandResult:
@@ -486,7 +495,10 @@ class Engine:
         try:
             return await self._apply(session, command)
         except EngineError as exc:
-            if not isinstance(command.action, RecordEvent):
+            action = command.action
+            if not isinstance(action, RecordEvent) and (
+                not isinstance(action, Malformed) or action.fails_run
+            ):
                 await self._fail_invalid(session, command, str(exc))
             return CommandResult(command.command_id, CommandStatus.INVALID, str(exc))
         except Exception:
@@ -603,6 +615,8 @@ class Engine:
             return CommandResult(cid, CommandStatus.INVALID, "command has no action")
         if not lease_id or session.held.get(run_id) != lease_id:
             return self._lease_lost(cid, run_id)
+        if isinstance(action, Malformed):
+            raise InvalidArgument(action.reason)
         limit = self.config.max_payload_bytes
         if isinstance(action, StartStep):
             return self.policy.start_step(cid, run_id, lease_id, action)
@@ -728,7 +742,7 @@ class Engine:
         return CommandResult(
             cid,
             CommandStatus.LEASE_LOST,
-            f"this worker no longer holds run {run_id} (cancelled, finished or re-queued)",
+            f"this worker no longer holds run {shown(run_id)} (cancelled, finished or re-queued)",
         )
 
     def _let_go(self, session: WorkerSession, run_id: str) -> None:
@@ -861,5 +875,5 @@ class Engine:
     async def _existing(self, run_id: str) -> RunRecord:
         run = await self.store.get_run(run_id)
         if run is None:
-            raise NotFound(f"run {run_id!r} not found")
+            raise NotFound(f"run {shown(run_id)} not found")
         return run
