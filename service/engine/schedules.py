@@ -258,6 +258,9 @@ class Scheduler:
         """Start a run of a schedule now, as an extra occasion (overlap policy applies)."""
         if request_id:
             check_id("request_id", request_id)
+            earlier = await self._store.schedule_request_run(schedule_id, request_id)
+            if earlier is not None:  # a retry gets the first answer (and cancels nothing)
+                return FireOutcome(FireStatus.STARTED, earlier, created=False)
         record = await self._existing(schedule_id)
         if record.spec.overlap is OverlapPolicy.CANCEL_PREVIOUS:
             await self._cancel_previous(record)

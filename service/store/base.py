@@ -101,6 +101,10 @@ class ScheduleStore(Protocol):
         """Start a run of a schedule now (the SKIP overlap policy applies), once
         per request_id; None for an unknown schedule."""
 
+    async def schedule_request_run(self, schedule_id: str, request_id: str) -> RunRecord | None:
+        """Return the run a TriggerSchedule with ``request_id`` started, if any
+        (also once the schedule was deleted)."""
+
     async def schedule_runs(self, schedule_id: str, limit: int) -> list[ScheduleRunRow]:
         """Return the runs a schedule started most recently, newest first."""
 

@@ -275,14 +275,19 @@ def fire(
 def trigger(conn: Connection, schedule_id: str, request_id: str, now: int) -> FireOutcome | None:
     """Start a run of a schedule now (the overlap policy applies); None when the
     schedule does not exist. The same request_id starts one run."""
+    key = request_key(schedule_id, request_id)
+    existing = _run_with_key(conn, key)
+    if existing is not None:  # a retry gets the run the request started
+        return FireOutcome(FireStatus.STARTED, existing, created=False)
     schedule = get(conn, schedule_id)
     if schedule is None:
         return None
-    key = request_key(schedule_id, request_id)
-    existing = conn.execute(select(runs).where(runs.c.idempotency_key == key)).mappings().first()
-    if existing is not None:
-        return FireOutcome(FireStatus.STARTED, rows.run_from_row(existing), created=False)
     return _start(conn, schedule, key, now, now)
+
+
+def _run_with_key(conn: Connection, key: str) -> RunRecord | None:
+    row = conn.execute(select(runs).where(runs.c.idempotency_key == key)).mappings().first()
+    return None if row is None else rows.run_from_row(row)
 
 
 def recent_runs(conn: Connection, schedule_id: str, limit: int) -> list[ScheduleRunRow]:
@@ -521,6 +526,11 @@ class ScheduleStoreMixin:
         return await self._committer.submit(
             lambda conn: trigger(conn, schedule_id, request_id, now)
         )
+
+    async def schedule_request_run(self, schedule_id: str, request_id: str) -> RunRecord | None:
+        """The run a TriggerSchedule with ``request_id`` started, if any."""
+        key = request_key(schedule_id, request_id)
+        return await self._reads.run(lambda conn: _run_with_key(conn, key))
 
     async def schedule_runs(self, schedule_id: str, limit: int) -> list[ScheduleRunRow]:
         """The runs a schedule started most recently, newest first."""
