@@ -108,7 +108,9 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             create_time_before=optional_ms(request, "create_time_before", "create_time_before"),
         )
         cursor = page_tokens.decode(request.page_token, run_filter)
-        runs, next_cursor = await self._engine.list_runs(run_filter, request.page_size, cursor)
+        runs, next_cursor = await self._engine.list_runs(
+            run_filter, request.page_size, cursor, payloads=request.include_payloads
+        )
         token = page_tokens.encode(next_cursor, run_filter) if next_cursor is not None else ""
         return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
 
@@ -155,11 +157,9 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     ) -> pb.ListRunEventsResponse:
         check_name("run_id", request.run_id, required=True)
         check_text("page_token", request.page_token)
-        offset = page_tokens.decode_offset(request.page_token, request.run_id)
-        page, next_offset = await self._engine.run_history(
-            request.run_id, request.page_size, offset
-        )
-        token = page_tokens.encode_offset(next_offset, request.run_id) if next_offset else ""
+        cursor = page_tokens.decode_history(request.page_token, request.run_id)
+        page, after = await self._engine.run_history(request.run_id, request.page_size, cursor)
+        token = page_tokens.encode_history(after, request.run_id) if after is not None else ""
         return pb.ListRunEventsResponse(
             events=[history_to_proto(position, entry) for position, entry in page],
             next_page_token=token,

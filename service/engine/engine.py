@@ -22,6 +22,7 @@ from stepd.server.domain import (
     DueTimer,
     ErrorDetails,
     FailureReason,
+    HistoryCursor,
     HistoryEntry,
     HookStatus,
     NewRun,
@@ -81,6 +82,9 @@ log = logging.getLogger("stepd.engine")
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+#: About the most payload bytes one page of a listing carries (at least one item):
+#: under the 4 MiB a gRPC client receives by default.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 #: Most runs with an expired lease re-queued by one sweep.
 EXPIRY_SWEEP_LIMIT = 500
 
@@ -273,16 +277,23 @@ class Engine:
                 self._run_waiters.pop(run_id, None)
 
     async def list_runs(
-        self, run_filter: RunFilter, page_size: int, before_seq: int | None
+        self,
+        run_filter: RunFilter,
+        page_size: int,
+        before_seq: int | None,
+        *,
+        payloads: bool = False,
     ) -> tuple[list[RunRecord], int | None]:
-        """Return one page of runs, newest first, and the cursor of the next page."""
+        """Return one page of runs, newest first, and the cursor of the next page.
+        Payloads are left out unless asked for; a page holds at most about
+        MAX_PAGE_BYTES of them (and at least one run)."""
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        runs = await self.store.list_runs(run_filter, size + 1, before_seq)
-        if len(runs) > size:
-            return runs[:size], runs[size - 1].seq
-        return runs, None
+        runs, more = await self.store.list_runs_page(
+            run_filter, size, before_seq, payloads=payloads, max_bytes=MAX_PAGE_BYTES
+        )
+        return runs, (runs[-1].seq if more and runs else None)
 
     async def cancel_run(self, run_id: str, reason: str) -> tuple[RunRecord, bool]:
         """Cancel an unfinished run; return it and whether it was already cancelled."""
@@ -387,20 +398,21 @@ class Engine:
         )
 
     async def run_history(
-        self, run_id: str, page_size: int, offset: int
-    ) -> tuple[list[tuple[int, HistoryEntry]], int | None]:
-        """One page of a run's history as (position, entry), and the next offset."""
+        self, run_id: str, page_size: int, cursor: HistoryCursor
+    ) -> tuple[list[tuple[int, HistoryEntry]], HistoryCursor | None]:
+        """One page of a run's history as (position, entry), and the cursor of
+        the next page (None on the last); a page holds at most about
+        MAX_PAGE_BYTES of payloads (and at least one entry)."""
         if not run_id:
             raise InvalidArgument("run_id is required")
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative")
-        entries = await self.store.run_history(run_id)
-        if entries is None:
-            raise NotFound(f"run {shown(run_id)} not found")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = list(enumerate(entries[offset : offset + size], start=offset + 1))
-        more = offset + size < len(entries)
-        return page, (offset + size if more else None)
+        page = await self.store.run_history_page(run_id, cursor, size, MAX_PAGE_BYTES)
+        if page is None:
+            raise NotFound(f"run {shown(run_id)} not found")
+        entries = list(enumerate(page.entries, start=cursor.position + 1))
+        return entries, (page.cursor if page.more else None)
 
     # -- worker API --------------------------------------------------------------
 

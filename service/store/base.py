@@ -17,7 +17,9 @@ from stepd.server.domain import (
     CreateRunOutcome,
     DueTimer,
     ErrorDetails,
+    HistoryCursor,
     HistoryEntry,
+    HistoryPage,
     HookOutcome,
     NewRun,
     PublishOutcome,
@@ -295,6 +297,13 @@ class Store(ScheduleStore, Protocol):
     async def run_history(self, run_id: str) -> list[HistoryEntry] | None:
         """Return a run's whole history, oldest first; None for an unknown run."""
 
+    async def run_history_page(
+        self, run_id: str, cursor: HistoryCursor, limit: int, max_bytes: int
+    ) -> HistoryPage | None:
+        """Return up to ``limit`` entries of a run's history after ``cursor``, fewer
+        when their payloads pass ``max_bytes`` (at least one); None for an unknown
+        run. Reads only the entries it returns (and one more per table)."""
+
     async def due_timers(self, until: int, limit: int) -> list[DueTimer]:
         """Return up to ``limit`` open timer waits firing at or before ``until``."""
 
@@ -306,6 +315,20 @@ class Store(ScheduleStore, Protocol):
     ) -> list[RunRecord]:
         """Return up to ``limit`` runs matching the filter, newest (highest seq) first,
         only those with seq < before_seq when it is given."""
+
+    async def list_runs_page(
+        self,
+        run_filter: RunFilter,
+        limit: int,
+        before_seq: int | None,
+        *,
+        payloads: bool,
+        max_bytes: int,
+    ) -> tuple[list[RunRecord], bool]:
+        """Return up to ``limit`` matching runs, newest first, with seq < before_seq,
+        and whether more follow. Without ``payloads`` their input, result and error
+        traceback are left out; with them, the page stops before the run whose
+        payloads would pass ``max_bytes`` (at least one run)."""
 
     async def load_journal(self, run_id: str) -> list[StepRow]:
         """Return a run's recorded steps in recording order."""
