@@ -11,10 +11,11 @@ is a row of ``run_events``.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, literal, select, text
+from sqlalchemy import Connection, Table, literal, select, text
 
 from stepd.server.domain import (
     ErrorDetails,
@@ -25,7 +26,7 @@ from stepd.server.domain import (
     RunStatus,
 )
 from stepd.server.store import rows
-from stepd.server.store.dialects import insert_for
+from stepd.server.store.dialects import byte_length, insert_for
 from stepd.server.store.schema import run_events, runs, step_attempts, steps
 
 #: At equal times (the clock has millisecond steps), entries sort in the order
@@ -101,12 +102,28 @@ class _Item:
     size: int
 
 
-def _light(table: Table) -> list[Any]:
+def _light(conn: Connection, table: Table) -> list[Any]:
     """The table's columns without its payloads, and each payload's length."""
     big = _PAYLOADS[table.name]
     columns: list[Any] = [c for c in table.c if c.name not in big]
-    columns += [func.coalesce(func.length(table.c[n]), 0).label(f"{n}_size") for n in big]
+    columns += [byte_length(conn.dialect.name, table.c[n]).label(f"{n}_size") for n in big]
     return columns
+
+
+#: Rows read per query as the merge consumes a table: a few, then more and more.
+_FIRST_CHUNK = 4
+_MAX_CHUNK = 1024
+
+
+def _lazily(read: Callable[[int, int], list[_Item]], after: int) -> Iterator[_Item]:
+    """A table's entries after ``after``, read in growing chunks as they are taken."""
+    chunk = _FIRST_CHUNK
+    while True:
+        items = read(after, chunk)
+        yield from items
+        if len(items) < chunk:
+            return
+        after, chunk = items[-1].sequence, min(chunk * 4, _MAX_CHUNK)
 
 
 def _item(source: str, sequence: int, entry: HistoryEntry, row: Any) -> _Item:
@@ -120,7 +137,7 @@ def _item(source: str, sequence: int, entry: HistoryEntry, row: Any) -> _Item:
 def _events(conn: Connection, run_id: str, after: int, limit: int) -> list[_Item]:
     items = []
     for row in conn.execute(
-        select(*_light(run_events))
+        select(*_light(conn, run_events))
         .where(run_events.c.run_id == run_id, run_events.c.sequence > after)
         .order_by(run_events.c.sequence)
         .limit(limit)
@@ -142,7 +159,7 @@ def _events(conn: Connection, run_id: str, after: int, limit: int) -> list[_Item
 def _steps(conn: Connection, run_id: str, after: int, limit: int) -> list[_Item]:
     items = []
     for row in conn.execute(
-        select(*_light(steps))
+        select(*_light(conn, steps))
         .where(steps.c.run_id == run_id, steps.c.sequence > after)
         .order_by(steps.c.sequence)
         .limit(limit)
@@ -162,7 +179,7 @@ def _steps(conn: Connection, run_id: str, after: int, limit: int) -> list[_Item]
 def _attempts(conn: Connection, run_id: str, after: int, limit: int) -> list[_Item]:
     items = []
     for row in conn.execute(
-        select(*_light(step_attempts))
+        select(*_light(conn, step_attempts))
         .where(step_attempts.c.run_id == run_id, step_attempts.c.sequence > after)
         .order_by(step_attempts.c.sequence)
         .limit(limit)
@@ -192,8 +209,8 @@ def _from_run(conn: Connection, run_id: str, cursor: HistoryCursor) -> list[_Ite
                 runs.c.error_message,
                 runs.c.error_step_key,
                 runs.c.error_attempt,
-                func.coalesce(func.length(runs.c.result_json), 0).label("result_size"),
-                func.coalesce(func.length(runs.c.error_traceback), 0).label("traceback_size"),
+                byte_length(conn.dialect.name, runs.c.result_json).label("result_size"),
+                byte_length(conn.dialect.name, runs.c.error_traceback).label("traceback_size"),
             ).where(runs.c.run_id == run_id)
         )
         .mappings()
@@ -272,18 +289,19 @@ def read_page(
 
     The history is merged from the run's row and three tables, each read in
     its own order (``sequence``) from where the cursor left it, by an index on
-    (run_id, sequence); a page never reads the entries before it. Entries
-    sort by time, then by the order in which one causes the next, then by
+    (run_id, sequence), in growing chunks as the merge takes entries: a page
+    never reads the entries before it, and only a few after it. Entries sort
+    by time, then by the order in which one causes the next, then by
     sequence.
     """
     from_run = _from_run(conn, run_id, cursor)
     if from_run is None:
         return None
-    streams = [
+    streams: list[Iterable[_Item]] = [
         from_run,
-        _events(conn, run_id, cursor.events, limit + 1),
-        _steps(conn, run_id, cursor.steps, limit + 1),
-        _attempts(conn, run_id, cursor.attempts, limit + 1),
+        _lazily(lambda after, n: _events(conn, run_id, after, n), cursor.events),
+        _lazily(lambda after, n: _steps(conn, run_id, after, n), cursor.steps),
+        _lazily(lambda after, n: _attempts(conn, run_id, after, n), cursor.attempts),
     ]
     taken: list[_Item] = []
     size = 0

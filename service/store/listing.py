@@ -2,20 +2,21 @@
 only for the runs that fit in the page.
 
 A page first reads the matching runs without their payload columns (the
-input, the result and the error's traceback) but with each one's length,
-takes runs newest first while their payloads fit in ``max_bytes`` (at least
-one run), and then reads the payloads of those runs alone. Memory stays near
-``max_bytes`` per call however large the payloads are.
+input, the result and the error's traceback), with each one's length in
+bytes when payloads are asked for, takes runs newest first while they fit in
+``max_bytes`` (at least one run), and then reads the payloads of those runs
+alone. Memory stays near ``max_bytes`` per call however large the payloads.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, literal, null, select
+from sqlalchemy import Connection, Select, literal, null, select
 
 from stepd.server.domain import RunFilter, RunRecord
 from stepd.server.store import rows
+from stepd.server.store.dialects import byte_length
 from stepd.server.store.schema import runs
 
 #: The payload columns of a run, left out of listings unless asked for.
@@ -40,6 +41,17 @@ def _filtered(stmt: Select[Any], run_filter: RunFilter, before_seq: int | None) 
     return stmt
 
 
+#: Rows read per query while a page fills: the first few, then more and more.
+FIRST_CHUNK = 4
+
+
+def _cost(row: Any, payloads: bool) -> int:
+    """What a run costs in a page: its payloads when included, and its texts."""
+    texts = (row["error_message"], row["held_error_message"], row["cancel_reason"])
+    cost = RUN_BYTES + sum(len(t) for t in texts if t)
+    return cost + (row["payload_size"] if payloads else 0)
+
+
 def read_page(
     conn: Connection,
     run_filter: RunFilter,
@@ -50,28 +62,37 @@ def read_page(
 ) -> tuple[list[RunRecord], bool]:
     """Up to ``limit`` matching runs, newest first, with seq < ``before_seq``, and
     whether more follow. Without ``payloads`` the runs' input and result are
-    empty and their error has no traceback; with them, the page stops before the
-    run whose payloads would pass ``max_bytes`` (but holds at least one run)."""
-    light = [c for c in runs.c if c.name not in PAYLOADS]
-    sizes = [func.coalesce(func.length(runs.c[name]), 0) for name in PAYLOADS]
-    stmt = select(
-        *light,
+    empty and their error has no traceback. The page stops before the run that
+    would take it past ``max_bytes`` (but holds at least one run).
+
+    Runs are read in growing chunks (4, 16, 64, ... rows) until the page is
+    full, so a page of large runs measures the payloads of a few rows beyond
+    it, not of ``limit`` rows."""
+    columns: list[Any] = [c for c in runs.c if c.name not in PAYLOADS]
+    columns += [
         literal("").label("input_json"),
         null().label("result_json"),
         null().label("error_traceback"),
-        (sizes[0] + sizes[1] + sizes[2]).label("payload_size"),
-    )
-    stmt = _filtered(stmt, run_filter, before_seq).order_by(runs.c.seq.desc()).limit(limit + 1)
-    found = list(conn.execute(stmt).mappings())
+    ]
+    if payloads:
+        sizes = [byte_length(conn.dialect.name, runs.c[name]) for name in PAYLOADS]
+        columns.append((sizes[0] + sizes[1] + sizes[2]).label("payload_size"))
     taken: list[Any] = []
-    size = 0
-    for row in found[:limit]:
-        cost = RUN_BYTES + (row["payload_size"] if payloads else 0)
-        if taken and size + cost > max_bytes:
+    size, more, after, chunk = 0, False, before_seq, FIRST_CHUNK
+    while not more:
+        wanted = min(chunk, limit - len(taken) + 1)
+        stmt = _filtered(select(*columns), run_filter, after).order_by(runs.c.seq.desc())
+        found = list(conn.execute(stmt.limit(wanted)).mappings())
+        for row in found:
+            cost = _cost(row, payloads)
+            if len(taken) == limit or (taken and size + cost > max_bytes):
+                more = True
+                break
+            taken.append(row)
+            size += cost
+        if len(found) < wanted:
             break
-        taken.append(row)
-        size += cost
-    more = len(found) > len(taken)
+        after, chunk = found[-1]["seq"], chunk * 4
     if not payloads or not taken:
         return [rows.run_from_row(row) for row in taken], more
     full = {
