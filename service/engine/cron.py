@@ -12,12 +12,16 @@ import functools
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
+from stepd.server.domain import now_ms
 from stepd.server.engine.errors import InvalidArgument
 from stepd.server.engine.validation import MAX_ID_LENGTH, shown
 
 MAX_CRON_LENGTH = 200
+#: "Never": the occasion after the last one of an expression that ends (one
+#: with a year field), the last instant a Timestamp holds.
+NEVER_MS = 253_402_300_799_000
 #: The longest time zone name (IANA names are far shorter).
 MAX_ZONE_LENGTH = MAX_ID_LENGTH
 
@@ -36,7 +40,7 @@ def zone(name: str) -> ZoneInfo:
 
 def check(cron: str, time_zone: str, field: str) -> None:
     """Raise InvalidArgument naming ``field.cron`` or ``field.time_zone`` when the
-    expression or the zone is not valid (or the expression never fires)."""
+    expression or the zone is not valid (or the expression never fires again)."""
     if not cron.strip():
         raise InvalidArgument(f"{field}.cron is required, e.g. '*/5 * * * *'")
     if len(cron) > MAX_CRON_LENGTH:
@@ -53,7 +57,7 @@ def check(cron: str, time_zone: str, field: str) -> None:
             "(e.g. 'UTC', 'Europe/Paris', 'America/New_York')"
         ) from None
     try:
-        _iterator(cron, time_zone, 0).get_next(datetime)
+        _iterator(cron, time_zone, now_ms()).get_next(datetime)
     except (CroniterError, ValueError, OverflowError) as exc:
         raise InvalidArgument(
             f"{field}.cron {shown(cron)} is not a valid cron expression: {str(exc)[:200]} "
@@ -62,14 +66,23 @@ def check(cron: str, time_zone: str, field: str) -> None:
 
 
 def next_after(cron: str, time_zone: str, after_ms: int) -> int:
-    """The first occasion strictly after ``after_ms``."""
-    return _ms(_iterator(cron, time_zone, after_ms).get_next(datetime))
+    """The first occasion strictly after ``after_ms`` (NEVER_MS after the last one)."""
+    try:
+        return _ms(_iterator(cron, time_zone, after_ms).get_next(datetime))
+    except (CroniterBadDateError, OverflowError):
+        return NEVER_MS
 
 
 def upcoming(cron: str, time_zone: str, from_ms: int, count: int) -> list[int]:
-    """The first ``count`` occasions at or after ``from_ms``."""
+    """The first ``count`` occasions at or after ``from_ms`` (fewer when it ends)."""
     it = _iterator(cron, time_zone, from_ms - 1)
-    return [_ms(it.get_next(datetime)) for _ in range(count)]
+    times: list[int] = []
+    try:
+        while len(times) < count:
+            times.append(_ms(it.get_next(datetime)))
+    except (CroniterBadDateError, OverflowError):
+        pass
+    return times
 
 
 def last_before(cron: str, time_zone: str, before_ms: int) -> int:

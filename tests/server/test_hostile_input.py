@@ -290,3 +290,22 @@ async def test_a_server_fault_is_internal_with_a_traceback_naming_the_rpc_and_ru
     (fault,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert fault.exc_info is not None
     assert "CancelRun" in fault.getMessage() and run_id in fault.getMessage()
+
+
+async def test_a_cron_that_ended_is_invalid_and_one_that_ends_soon_is_served(
+    harness: Harness,
+) -> None:
+    ended = schedules_pb2.ScheduleSpec(cron="0 0 0 1 1 * 2020")  # seconds first, then a year
+    await expect(
+        harness.client.CreateSchedule(wf.CreateScheduleRequest(workflow_name="w", spec=ended)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "spec.cron",
+    )
+    year = time.gmtime().tm_year + 1
+    ending = schedules_pb2.ScheduleSpec(cron=f"0 0 0 1 1 * {year}")
+    created = await harness.client.CreateSchedule(
+        wf.CreateScheduleRequest(schedule_id="ending", workflow_name="w", spec=ending)
+    )
+    assert len(created.schedule.next_occasion_times) == 1
+    got = await harness.client.GetSchedule(wf.GetScheduleRequest(schedule_id="ending"))
+    assert len(got.schedule.next_occasion_times) == 1
