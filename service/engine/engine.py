@@ -73,7 +73,13 @@ from stepd.server.engine.sessions import Cancellation, WorkerSession
 from stepd.server.engine.sticky import StickyRuns
 from stepd.server.engine.timers import TimerSchedule
 from stepd.server.engine.transitions import RunEvent
-from stepd.server.engine.validation import MAX_ID_LENGTH, check_id, check_waits, shown
+from stepd.server.engine.validation import (
+    MAX_ID_LENGTH,
+    MAX_PAGE_BYTES,
+    check_id,
+    check_waits,
+    shown,
+)
 from stepd.server.store.base import RunConflictError, Store
 from stepd.server.store.notify import channel_for
 from stepd.server.store.schedules import RESERVED_KEY_PREFIX
@@ -82,9 +88,6 @@ log = logging.getLogger("stepd.engine")
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
-#: About the most payload bytes one page of a listing carries (at least one item):
-#: under the 4 MiB a gRPC client receives by default.
-MAX_PAGE_BYTES = 3 * 1024 * 1024
 #: Most runs with an expired lease re-queued by one sweep.
 EXPIRY_SWEEP_LIMIT = 500
 

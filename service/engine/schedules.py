@@ -45,7 +45,7 @@ from stepd.server.engine.errors import (
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.timers import TimerSchedule
-from stepd.server.engine.validation import MAX_ID_LENGTH, check_id, shown
+from stepd.server.engine.validation import MAX_ID_LENGTH, MAX_PAGE_BYTES, check_id, shown
 from stepd.server.store.base import Store
 
 log = logging.getLogger("stepd.schedules")
@@ -214,10 +214,11 @@ class Scheduler:
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative")
         size = min(page_size or 100, 1000)
-        records = await self._store.list_schedules(workflow_name or None, after_id, size + 1)
-        more = len(records) > size
-        page = [self._view(r, []) for r in records[:size]]
-        return page, (records[size - 1].schedule_id if more else None)
+        records, more = await self._store.list_schedules_page(
+            workflow_name or None, after_id, size, MAX_PAGE_BYTES
+        )
+        page = [self._view(r, []) for r in records]
+        return page, (records[-1].schedule_id if more and records else None)
 
     async def pause(self, schedule_id: str) -> ScheduleView:
         """Pause a schedule (pausing twice is harmless)."""

@@ -12,6 +12,9 @@ from stepd.server.engine.payloads import parse_json
 MAX_ID_LENGTH = 200
 #: The longest free text kept or logged: reasons, identities, hook tokens (characters).
 MAX_TEXT_LENGTH = 1000
+#: About the most payload bytes one page of a listing carries (at least one item):
+#: under the 4 MiB a gRPC client receives by default.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 #: The largest event wait match (a JSON object of a few fields), in characters.
 MAX_MATCH_LENGTH = 64 * 1024
 #: How much of a caller's value an error message quotes back (characters).

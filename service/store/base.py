@@ -81,6 +81,12 @@ class ScheduleStore(Protocol):
         """Return up to ``limit`` schedules ordered by id, with ids after
         ``after_id`` when given, of one workflow when given."""
 
+    async def list_schedules_page(
+        self, workflow_name: str | None, after_id: str | None, limit: int, max_bytes: int
+    ) -> tuple[list[ScheduleRecord], bool]:
+        """Like ``list_schedules``, and fewer (at least one) when their inputs pass
+        ``max_bytes``; also whether more follow."""
+
     async def set_schedule_paused(
         self, schedule_id: str, paused: bool, next_time: int | None
     ) -> ScheduleRecord | None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 
-from stepd.server.engine.engine import MAX_PAGE_BYTES
+from stepd.server.engine.validation import MAX_PAGE_BYTES
 from stepd.server.store.postgres import is_postgres_url
-from stepd.v1 import types_pb2, worker_service_pb2
+from stepd.v1 import schedules_pb2, types_pb2, worker_service_pb2
 from stepd.v1 import workflow_service_pb2 as wf
 from tests.server.conftest import Harness
 
@@ -109,3 +109,23 @@ async def test_list_run_events_pages_by_bytes(harness: Harness) -> None:
     ]
     assert [e.payload.json[:2] for e in events[2:]] == ['"0', '"1', '"2', '"3', '"9']
     assert [e.sequence for e in events] == list(range(1, 8))
+
+
+async def test_list_schedules_pages_by_bytes(harness: Harness) -> None:
+    for i in range(5):
+        spec = schedules_pb2.ScheduleSpec(cron="@yearly", input=types_pb2.Payload(json=big_json(i)))
+        await harness.client.CreateSchedule(
+            wf.CreateScheduleRequest(schedule_id=f"s{i}", workflow_name="w", spec=spec)
+        )
+    request = wf.ListSchedulesRequest(page_size=100)
+    listed: list[str] = []
+    while True:
+        page = await harness.client.ListSchedules(request)
+        assert 1 <= len(page.schedules) <= 2
+        assert page.ByteSize() <= MAX_PAGE_BYTES + SLACK
+        listed += [s.schedule_id for s in page.schedules]
+        assert all(len(s.spec.input.json) == len(big_json(0)) for s in page.schedules)
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+    assert listed == [f"s{i}" for i in range(5)]
