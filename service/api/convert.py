@@ -109,8 +109,7 @@ def optional_ms(message: Message, name: str, field: str) -> int | None:
     """The Timestamp field ``name`` of ``message`` in epoch milliseconds; None when unset."""
     if not message.HasField(name):
         return None
-    value = getattr(message, name)
-    assert isinstance(value, Timestamp)
+    value: Timestamp = getattr(message, name)
     return timestamp_ms(value, field)
 
 
