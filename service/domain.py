@@ -310,6 +310,29 @@ class HistoryEntry:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryCursor:
+    """Where a page of a run's history ended: how many entries came before, and
+    the last row taken from each table the history is merged from."""
+
+    position: int = 0
+    events: int = 0
+    steps: int = 0
+    attempts: int = 0
+    triggered: bool = False  # the TRIGGERED entry was taken
+    ended: bool = False  # the COMPLETED or FAILED entry was taken
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Entries of a run's history in order, the cursor after them, and whether
+    more entries follow."""
+
+    entries: list[HistoryEntry]
+    cursor: HistoryCursor
+    more: bool
+
+
 class SignalStatus(enum.Enum):
     """What sending a signal did."""
 

@@ -394,18 +394,21 @@ class Client:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int = 100,
+        payloads: bool = False,
     ) -> AsyncIterator[RunInfo]:
         """Iterate over runs, newest first, following the server's pages.
 
         Filters: a workflow (object or name), statuses, a parent run, and a
         creation time range (``created_after`` inclusive, ``created_before``
-        exclusive).
+        exclusive). Each run's ``input``, ``result`` and ``error_traceback`` are
+        None unless ``payloads`` is true (listings stay small without them).
         """
         request = workflow_service_pb2.ListRunsRequest(
             workflow_name=workflow.name if isinstance(workflow, Workflow) else workflow or "",
             statuses=[status_to_proto(s) for s in statuses or ()],
             parent_run_id=parent_run_id or "",
             page_size=page_size,
+            include_payloads=payloads,
         )
         if created_after is not None:
             request.create_time_after.CopyFrom(to_timestamp(created_after))

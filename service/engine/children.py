@@ -32,7 +32,7 @@ from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.run_limits import RunLimits
 from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.sessions import WorkerSession
-from stepd.server.engine.validation import MAX_ID_LENGTH
+from stepd.server.engine.validation import MAX_ID_LENGTH, shown
 from stepd.server.store.base import Store
 from stepd.server.store.children import StartChildStatus
 
@@ -113,8 +113,8 @@ class ChildRuns:
             return self._ledger.lease_lost(cid, run_id, session)
         if outcome.status is StartChildStatus.ID_TAKEN:
             raise InvalidArgument(
-                f"start_child: run id {child_id!r} is taken by a run that is not a child of "
-                f"run {run_id}; custom run ids of that form are reserved for child runs"
+                f"start_child: run id {shown(child_id)} is taken by a run that is not a child of "
+                f"run {shown(run_id)}; custom run ids of that form are reserved for child runs"
             )
         if outcome.child is not None:  # created now
             self._lifecycle.make_ready(outcome.child)

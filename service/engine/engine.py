@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from stepd.server.config import ServerConfig
 from stepd.server.domain import (
     RUN_EXPIRY_KEY,
+    HistoryCursor,
     HistoryEntry,
     HookStatus,
     NewRun,
@@ -58,7 +59,7 @@ from stepd.server.engine.schedules import Scheduler
 from stepd.server.engine.sessions import Cancellation, WorkerSession
 from stepd.server.engine.sticky import StickyRuns
 from stepd.server.engine.timers import TimerSchedule
-from stepd.server.engine.validation import MAX_ID_LENGTH, check_id
+from stepd.server.engine.validation import MAX_ID_LENGTH, MAX_PAGE_BYTES, check_id, shown
 from stepd.server.engine.waiters import RunWaiters
 from stepd.server.engine.worker_commands import WorkerCommands
 from stepd.server.store.base import RunConflictError, Store
@@ -205,7 +206,7 @@ class Engine:
         await self.schedules.close()
         await self.children.close()
         for session in self.dispatcher.sessions:
-            session.close()
+            session.close(Unavailable("the server is shutting down; reconnect"))
         await self.dispatcher.close()
         self.waiters.close()
 
@@ -249,7 +250,7 @@ class Engine:
             outcome = await self.store.create_run(new)
         except RunConflictError:
             raise AlreadyExists(
-                f"run_id {run_id!r} already exists; pick another id, or send the "
+                f"run_id {shown(run_id)} already exists; pick another id, or send the "
                 "idempotency key that created it to get that run back"
             ) from None
         if outcome.created:
@@ -258,29 +259,38 @@ class Engine:
         return outcome.run, not outcome.created
 
     async def get_run(
-        self, run_id: str, *, wait: bool = False, wait_seconds: float = 0
+        self, run_id: str, *, wait: bool = False, wait_seconds: float | None = None
     ) -> RunRecord:
-        """Return a run; with ``wait``, first wait up to ``wait_seconds``
-        for it to reach a terminal status (capped by config.max_wait_seconds)."""
+        """Return a run; with ``wait``, first wait up to ``wait_seconds`` (None: the
+        cap, config.max_wait_seconds; 0: not at all) for it to reach a terminal status."""
         if not run_id:
             raise InvalidArgument("run_id is required")
         if not wait:
             return await self._existing(run_id)
         limit = self.config.max_wait_seconds
-        timeout = min(wait_seconds or limit, limit)
+        timeout = limit if wait_seconds is None else min(wait_seconds, limit)
+        if timeout <= 0:
+            return await self._existing(run_id)
         return await self.waiters.wait(run_id, lambda: self._existing(run_id), timeout)
 
     async def list_runs(
-        self, run_filter: RunFilter, page_size: int, before_seq: int | None
+        self,
+        run_filter: RunFilter,
+        page_size: int,
+        before_seq: int | None,
+        *,
+        payloads: bool = False,
     ) -> tuple[list[RunRecord], int | None]:
-        """Return one page of runs, newest first, and the cursor of the next page."""
+        """Return one page of runs, newest first, and the cursor of the next page.
+        Payloads are left out unless asked for; a page holds at most about
+        MAX_PAGE_BYTES of them (and at least one run)."""
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        runs = await self.store.list_runs(run_filter, size + 1, before_seq)
-        if len(runs) > size:
-            return runs[:size], runs[size - 1].seq
-        return runs, None
+        runs, more = await self.store.list_runs_page(
+            run_filter, size, before_seq, payloads=payloads, max_bytes=MAX_PAGE_BYTES
+        )
+        return runs, (runs[-1].seq if more and runs else None)
 
     async def cancel_run(self, run_id: str, reason: str) -> tuple[RunRecord, bool]:
         """Cancel an unfinished run; return it and whether it was already cancelled."""
@@ -303,11 +313,11 @@ class Engine:
         )
         outcome = await self.store.send_signal(run_id, name, payload, request_id or None)
         if outcome.status is SignalStatus.UNKNOWN_RUN:
-            raise NotFound(f"run {run_id!r} not found")
+            raise NotFound(f"run {shown(run_id)} not found")
         if outcome.status is SignalStatus.FINISHED_RUN:
             status = outcome.run_status.value if outcome.run_status else "finished"
             raise FailedPrecondition(
-                f"run {run_id} is already {status}; signals go to unfinished runs"
+                f"run {shown(run_id)} is already {status}; signals go to unfinished runs"
             )
         if outcome.woken is not None:
             self.lifecycle.make_ready(outcome.woken)
@@ -363,20 +373,21 @@ class Engine:
         )
 
     async def run_history(
-        self, run_id: str, page_size: int, offset: int
-    ) -> tuple[list[tuple[int, HistoryEntry]], int | None]:
-        """One page of a run's history as (position, entry), and the next offset."""
+        self, run_id: str, page_size: int, cursor: HistoryCursor
+    ) -> tuple[list[tuple[int, HistoryEntry]], HistoryCursor | None]:
+        """One page of a run's history as (position, entry), and the cursor of
+        the next page (None on the last); a page holds at most about
+        MAX_PAGE_BYTES of payloads (and at least one entry)."""
         if not run_id:
             raise InvalidArgument("run_id is required")
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative")
-        entries = await self.store.run_history(run_id)
-        if entries is None:
-            raise NotFound(f"run {run_id!r} not found")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = list(enumerate(entries[offset : offset + size], start=offset + 1))
-        more = offset + size < len(entries)
-        return page, (offset + size if more else None)
+        page = await self.store.run_history_page(run_id, cursor, size, MAX_PAGE_BYTES)
+        if page is None:
+            raise NotFound(f"run {shown(run_id)} not found")
+        entries = list(enumerate(page.entries, start=cursor.position + 1))
+        return entries, (page.cursor if page.more else None)
 
     # -- worker API --------------------------------------------------------------
 
@@ -454,6 +465,12 @@ class Engine:
         for run_id, lease_id in session.held.items():
             if lease_id:
                 session.send(Cancellation(run_id, lease_id, "lease expired"))
+        session.close(
+            Unavailable(
+                f"the worker sent nothing for {session.silent_for():.1f} s, longer than the "
+                "lease timeout; its runs went back to the queue"
+            )
+        )
         await self.disconnect_worker(session)
 
     def heard_from(self, session: WorkerSession) -> None:
@@ -576,5 +593,5 @@ class Engine:
     async def _existing(self, run_id: str) -> RunRecord:
         run = await self.store.get_run(run_id)
         if run is None:
-            raise NotFound(f"run {run_id!r} not found")
+            raise NotFound(f"run {shown(run_id)} not found")
         return run

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from stepd.server.engine.commands import CommandResult, CommandStatus
 from stepd.server.engine.sessions import Cancellation, WorkerSession
+from stepd.server.engine.validation import shown
 
 
 class LeaseLedger:
@@ -62,7 +63,7 @@ class LeaseLedger:
         return CommandResult(
             command_id,
             CommandStatus.LEASE_LOST,
-            f"this worker no longer holds run {run_id} (cancelled, finished or re-queued)",
+            f"this worker no longer holds run {shown(run_id)} (cancelled, finished or re-queued)",
         )
 
     def take_back(self, run_id: str, reason: str) -> None:

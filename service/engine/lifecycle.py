@@ -28,6 +28,7 @@ from stepd.server.engine.sessions import Cancellation, WorkerSession
 from stepd.server.engine.sticky import StickyRuns
 from stepd.server.engine.timers import TimerSchedule
 from stepd.server.engine.transitions import RunEvent
+from stepd.server.engine.validation import shown
 from stepd.server.store.base import Store
 
 #: Told of a run after the commit that made it ready, or ended it.
@@ -188,16 +189,16 @@ class RunLifecycle:
                 return run, False
             current = await self._store.get_run(run_id)
             if current is None:
-                raise NotFound(f"run {run_id!r} not found")
+                raise NotFound(f"run {shown(run_id)} not found")
             if current.status is RunStatus.CANCELLED:
                 return current, True
             if current.status.is_terminal:
                 raise FailedPrecondition(
-                    f"run {run_id} is already {current.status.value}; "
+                    f"run {shown(run_id)} is already {current.status.value}; "
                     "only unfinished runs can be cancelled"
                 )
             # The run moved between two of its statuses meanwhile: try again.
-        raise FailedPrecondition(f"run {run_id} kept changing; try cancelling again")
+        raise FailedPrecondition(f"run {shown(run_id)} kept changing; try cancelling again")
 
     async def expire(
         self, run_id: str, error: ErrorDetails, reason: FailureReason, what: str

@@ -36,6 +36,7 @@ from stepd.server.engine.commands import (
     CompleteRun,
     FailRun,
     HoldRun,
+    Malformed,
     RecordEvent,
     RecordStep,
     ReleaseRun,
@@ -129,7 +130,12 @@ class WorkerCommands:
         try:
             return await self._apply(session, command)
         except EngineError as exc:
-            if not isinstance(command.action, RecordEvent):
+            action = command.action
+            # A bad event entry is refused alone; a malformed command fails its
+            # run only when the worker cannot go on without it.
+            if not isinstance(action, RecordEvent) and (
+                not isinstance(action, Malformed) or action.fails_run
+            ):
                 await self._fail_invalid(session, command, str(exc))
             return CommandResult(command.command_id, CommandStatus.INVALID, str(exc))
         except Exception:
@@ -148,6 +154,8 @@ class WorkerCommands:
         if not self._ledger.holds(session, command.run_id, command.lease_id):
             return self._ledger.lease_lost(command.command_id, command.run_id)
         match action:
+            case Malformed():
+                raise InvalidArgument(action.reason)
             case RecordStep():
                 return await self._apply_record_step(session, command, action)
             case SuspendRun():

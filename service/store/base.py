@@ -20,7 +20,9 @@ from stepd.server.domain import (
     DueTimer,
     ErrorDetails,
     FailureReason,
+    HistoryCursor,
     HistoryEntry,
+    HistoryPage,
     HookOutcome,
     NewRun,
     PublishOutcome,
@@ -83,6 +85,12 @@ class ScheduleStore(Protocol):
         """Return up to ``limit`` schedules ordered by id, with ids after
         ``after_id`` when given, of one workflow when given."""
 
+    async def list_schedules_page(
+        self, workflow_name: str | None, after_id: str | None, limit: int, max_bytes: int
+    ) -> tuple[list[ScheduleRecord], bool]:
+        """Like ``list_schedules``, and fewer (at least one) when their inputs pass
+        ``max_bytes``; also whether more follow."""
+
     async def set_schedule_paused(
         self, schedule_id: str, paused: bool, next_time: int | None
     ) -> ScheduleRecord | None:
@@ -104,6 +112,10 @@ class ScheduleStore(Protocol):
     async def trigger_schedule(self, schedule_id: str, request_id: str) -> FireOutcome | None:
         """Start a run of a schedule now (the SKIP overlap policy applies), once
         per request_id; None for an unknown schedule."""
+
+    async def schedule_request_run(self, schedule_id: str, request_id: str) -> RunRecord | None:
+        """Return the run a TriggerSchedule with ``request_id`` started, if any
+        (also once the schedule was deleted)."""
 
     async def schedule_runs(self, schedule_id: str, limit: int) -> list[ScheduleRunRow]:
         """Return the runs a schedule started most recently, newest first."""
@@ -305,6 +317,13 @@ class Store(ScheduleStore, Protocol):
     async def run_history(self, run_id: str) -> list[HistoryEntry] | None:
         """Return a run's whole history, oldest first; None for an unknown run."""
 
+    async def run_history_page(
+        self, run_id: str, cursor: HistoryCursor, limit: int, max_bytes: int
+    ) -> HistoryPage | None:
+        """Return up to ``limit`` entries of a run's history after ``cursor``, fewer
+        when their payloads pass ``max_bytes`` (at least one); None for an unknown
+        run. Reads only the entries it returns (and one more per table)."""
+
     async def due_timers(self, until: int, limit: int) -> list[DueTimer]:
         """Return up to ``limit`` open timer waits firing at or before ``until``."""
 
@@ -316,6 +335,20 @@ class Store(ScheduleStore, Protocol):
     ) -> list[RunRecord]:
         """Return up to ``limit`` runs matching the filter, newest (highest seq) first,
         only those with seq < before_seq when it is given."""
+
+    async def list_runs_page(
+        self,
+        run_filter: RunFilter,
+        limit: int,
+        before_seq: int | None,
+        *,
+        payloads: bool,
+        max_bytes: int,
+    ) -> tuple[list[RunRecord], bool]:
+        """Return up to ``limit`` matching runs, newest first, with seq < before_seq,
+        and whether more follow. Without ``payloads`` their input, result and error
+        traceback are left out; with them, the page stops before the run whose
+        payloads would pass ``max_bytes`` (at least one run)."""
 
     async def load_journal(self, run_id: str) -> list[StepRow]:
         """Return a run's recorded steps in recording order."""

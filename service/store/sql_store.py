@@ -45,7 +45,9 @@ from stepd.server.domain import (
     DueTimer,
     ErrorDetails,
     FailureReason,
+    HistoryCursor,
     HistoryEntry,
+    HistoryPage,
     HistoryType,
     HookOutcome,
     NewRun,
@@ -63,7 +65,7 @@ from stepd.server.domain import (
     WorkflowVersion,
     now_ms,
 )
-from stepd.server.store import children, history, ready, rows, schedules, waits
+from stepd.server.store import children, history, listing, ready, rows, schedules, waits
 from stepd.server.store.base import RunConflictError
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import Committer, Reader, WriteOp
@@ -535,6 +537,14 @@ class SqlStore(schedules.ScheduleStoreMixin):
         """A run's whole history, oldest first; None for an unknown run."""
         return await self._reads.run(lambda conn: history.read(conn, run_id))
 
+    async def run_history_page(
+        self, run_id: str, cursor: HistoryCursor, limit: int, max_bytes: int
+    ) -> HistoryPage | None:
+        """A page of a run's history after ``cursor``; None for an unknown run."""
+        return await self._reads.run(
+            lambda conn: history.read_page(conn, run_id, cursor, limit, max_bytes)
+        )
+
     async def abandon_waits(self, run_id: str) -> int:
         """Abandon a finished run's open waits so that none of them fires."""
 
@@ -657,6 +667,20 @@ class SqlStore(schedules.ScheduleStoreMixin):
         if before_seq is not None:
             stmt = stmt.where(runs.c.seq < before_seq)
         return await self._reads.run(_runs_reader(stmt.order_by(runs.c.seq.desc()).limit(limit)))
+
+    async def list_runs_page(
+        self,
+        run_filter: RunFilter,
+        limit: int,
+        before_seq: int | None,
+        *,
+        payloads: bool,
+        max_bytes: int,
+    ) -> tuple[list[RunRecord], bool]:
+        """A page of matching runs, newest first, bounded in bytes (``listing.py``)."""
+        return await self._reads.run(
+            lambda conn: listing.read_page(conn, run_filter, limit, before_seq, payloads, max_bytes)
+        )
 
     async def load_journal(self, run_id: str) -> list[StepRow]:
         """Return a run's recorded steps in recording order."""

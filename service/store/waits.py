@@ -234,6 +234,9 @@ def send_signal(
     if status is None:
         return SignalOutcome(SignalStatus.UNKNOWN_RUN)
     run_status = RunStatus(status)
+    # A retry of a stored signal gets the first answer, even once the run ended.
+    if request_id is not None and signals.seen(conn, run_id, request_id):
+        return SignalOutcome(SignalStatus.DUPLICATE, run_status=run_status)
     if run_status.is_terminal:
         return SignalOutcome(SignalStatus.FINISHED_RUN, run_status=run_status)
     sequence = signals.insert(conn, run_id, name, payload_json, request_id, now)

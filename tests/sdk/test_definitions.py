@@ -270,6 +270,10 @@ def test_events_and_schedule_are_kept_and_checked_when_applied() -> None:
 
     with pytest.raises(ValueError, match="time zone"):
         Schedule("* * * * *", time_zone="Nowhere/Land")
+    for zone in ("x" * 300, "Europe/" + "y" * 300, "bad\x00zone"):  # no OSError
+        with pytest.raises(ValueError, match="time zone") as raised:
+            Schedule("* * * * *", time_zone=zone)
+        assert len(str(raised.value)) < 120
     with pytest.raises(ValueError, match="unknown policy"):
         Schedule("* * * * *", overlap="sometimes")
 
