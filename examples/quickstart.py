@@ -27,7 +27,7 @@ async def greet(ctx: WorkflowContext, name: str) -> Greeting:
 
 
 async def main() -> None:
-    async with Worker(ADDRESS, workflows=[greet]) as worker, Client(ADDRESS) as client:
+    async with Client(ADDRESS) as client, Worker(client, workflows=[greet]) as worker:
         serving = asyncio.create_task(worker.run())
         greeting = await client.execute(greet, "world")
         print(greeting.text, greeting.length)  # Hello, world! 13

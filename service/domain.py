@@ -35,6 +35,15 @@ class RunStatus(enum.StrEnum):
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
+@dataclass(frozen=True, slots=True)
+class StatusMove:
+    """One move of the run state machine (``engine/transitions.py``): from any of
+    ``sources`` to ``target``. The store applies it as a guarded write."""
+
+    sources: frozenset[RunStatus]
+    target: RunStatus
+
+
 class FailureReason(enum.StrEnum):
     """Why a failed run failed, stored as its lower-case name."""
 
@@ -303,6 +312,29 @@ class HistoryEntry:
     detail: str = ""
     # The API key whose call caused it (a cancel, signal, hook or event), if any.
     actor: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCursor:
+    """Where a page of a run's history ended: how many entries came before, and
+    the last row taken from each table the history is merged from."""
+
+    position: int = 0
+    events: int = 0
+    steps: int = 0
+    attempts: int = 0
+    triggered: bool = False  # the TRIGGERED entry was taken
+    ended: bool = False  # the COMPLETED or FAILED entry was taken
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Entries of a run's history in order, the cursor after them, and whether
+    more entries follow."""
+
+    entries: list[HistoryEntry]
+    cursor: HistoryCursor
+    more: bool
 
 
 class SignalStatus(enum.Enum):

@@ -3,44 +3,29 @@ cancel them, read their history, publish events and execute hooks."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
+from typing import Any, Generic, Self, TypeVar, overload
 
-import grpc
-from google.protobuf import duration_pb2
 from pydantic import TypeAdapter
 
-from stepd._connection import Connection, PathLike
+from stepd._calls import WorkflowCalls
 from stepd._definitions import Workflow
-from stepd._rpc import CHANNEL_OPTIONS, sdk_error
-from stepd._runs import RunInfo, RunStatus, status_to_proto, to_timestamp
+from stepd._rpc import ConnectionSettings, PathLike
+from stepd._run_codec import run_info, status_to_proto, to_timestamp
+from stepd._runs import RunInfo, RunStatus
 from stepd._serde import ANY_ADAPTER, dump_input, dumps, loads, payload_text
-from stepd.errors import (
-    RunCancelledError,
-    RunFailedError,
-    ServerUnavailableError,
-    StepdError,
-)
+from stepd.errors import RunCancelledError, RunFailedError
 from stepd.history import RunEvent
 from stepd.schedules import Schedule, ScheduleInfo
-from stepd.v1 import types_pb2, workflow_service_pb2, workflow_service_pb2_grpc
-
-if TYPE_CHECKING:
-    from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceAsyncStub
+from stepd.v1 import types_pb2, workflow_service_pb2
 
 I = TypeVar("I")  # noqa: E741 - the workflow's input type
 R = TypeVar("R")
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-_WAIT_SLICE = 30.0  # seconds per GetRun(wait=True) call
-_RPC_MARGIN = 10.0  # the RPC deadline beyond the server-side wait
-_RETRY_MAX = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,19 +46,22 @@ class PublishedEvent:
 
 
 class RunHandle(Generic[R]):
-    """A started run: its id, and ``result()`` to wait for its outcome."""
+    """A started run: its id, and ``result()`` to wait for its outcome.
 
-    __slots__ = ("_adapter", "_client", "already_existed", "run_id")
+    Made by ``Client.trigger``, ``Client.get_handle`` and ``Client.trigger_schedule``.
+    """
+
+    __slots__ = ("_adapter", "_calls", "already_existed", "run_id")
 
     def __init__(
         self,
-        client: Client,
+        calls: WorkflowCalls,
         run_id: str,
         *,
         already_existed: bool = False,
         result_adapter: TypeAdapter[Any] = ANY_ADAPTER,
     ) -> None:
-        self._client = client
+        self._calls = calls
         self._adapter = result_adapter
         self.run_id = run_id
         """The run's id."""
@@ -89,48 +77,30 @@ class RunHandle(Generic[R]):
         Waiting happens on the server (``GetRun`` with ``wait``); while the
         server is unreachable the call is retried.
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        pause = 0.1
-        while True:
-            wait = _WAIT_SLICE
-            if deadline is not None:
-                wait = min(wait, deadline - loop.time())
-                if wait <= 0:
-                    raise TimeoutError(f"run {self.run_id} did not finish within {timeout} s")
-            try:
-                run = await self._client._get_run(self.run_id, wait=wait)
-            except StepdError as exc:
-                if not isinstance(exc, ServerUnavailableError) and exc.code != "DEADLINE_EXCEEDED":
-                    raise  # only an unreachable or slow server is worth waiting out
-                await asyncio.sleep(pause if deadline is None else min(pause, wait))
-                pause = min(pause * 2, _RETRY_MAX)
-                continue
-            pause = 0.1
-            if run.status == types_pb2.RUN_STATUS_COMPLETED:
-                return loads(payload_text(run.result), self._adapter)  # type: ignore[no-any-return]
-            if run.status == types_pb2.RUN_STATUS_FAILED:
-                raise RunFailedError(RunInfo.from_proto(run))
-            if run.status == types_pb2.RUN_STATUS_CANCELLED:
-                raise RunCancelledError(RunInfo.from_proto(run))
+        run = await self._calls.wait_for_end(self.run_id, timeout)
+        if run.status == types_pb2.RUN_STATUS_COMPLETED:
+            return loads(payload_text(run.result), self._adapter)  # type: ignore[no-any-return]
+        if run.status == types_pb2.RUN_STATUS_FAILED:
+            raise RunFailedError(run_info(run))
+        raise RunCancelledError(run_info(run))
 
     async def info(self) -> RunInfo:
         """Fetch the run as it stands now."""
-        return await self._client.get_run(self.run_id)
+        return await self._calls.get_run(self.run_id)
 
     async def cancel(self, reason: str = "") -> RunInfo:
         """Cancel the run (see ``Client.cancel``)."""
-        return await self._client.cancel(self.run_id, reason=reason)
+        return await self._calls.cancel(self.run_id, reason)
 
     async def signal(
         self, name: str, payload: Any = None, *, request_id: str | None = None
     ) -> None:
         """Send the run a signal (see ``Client.signal``)."""
-        await self._client.signal(self.run_id, name, payload, request_id=request_id)
+        await self._calls.signal(self.run_id, name, dumps(payload), request_id or "")
 
     def events(self, *, page_size: int = 100) -> AsyncIterator[RunEvent]:
         """Iterate over the run's history (see ``Client.list_run_events``)."""
-        return self._client.list_run_events(self.run_id, page_size=page_size)
+        return self._calls.events(self.run_id, page_size)
 
     def __repr__(self) -> str:
         return f"RunHandle(run_id={self.run_id!r}, already_existed={self.already_existed})"
@@ -164,7 +134,7 @@ class Client:
         key_file: PathLike | None = None,
         server_name: str | None = None,
     ) -> None:
-        self._connection = Connection.create(
+        settings = ConnectionSettings.create(
             address,
             api_key=api_key,
             tls=tls,
@@ -173,25 +143,22 @@ class Client:
             key_file=key_file,
             server_name=server_name,
         )
-        self._address = address
-        self._metadata = self._connection.metadata
-        self._channel: grpc.aio.Channel | None = None
-        self._stub_instance: WorkflowServiceAsyncStub | None = None
-        self._closed = False
+        self._calls = WorkflowCalls(settings)
 
     @property
     def address(self) -> str:
         """The server address this client talks to."""
-        return self._address
+        return self._calls.settings.address
 
     @property
-    def connection(self) -> Connection:
-        """How this client reaches its server (address, TLS, API key); a ``Worker``
-        given the client connects the same way."""
-        return self._connection
+    def connection(self) -> ConnectionSettings:
+        """How this client reaches the server (address, TLS, API key). A ``Worker`` made with
+        this client (``Worker(client, workflows=[...])``) connects with the same
+        settings."""
+        return self._calls.settings
 
     async def __aenter__(self) -> Self:
-        self._stub()
+        self._calls.stub()
         return self
 
     async def __aexit__(
@@ -204,10 +171,7 @@ class Client:
 
     async def close(self) -> None:
         """Close the connection; the client cannot be used afterwards."""
-        self._closed = True
-        channel, self._channel, self._stub_instance = self._channel, None, None
-        if channel is not None:
-            await channel.close(None)
+        await self._calls.close()
 
     # -- starting runs -------------------------------------------------------
 
@@ -269,37 +233,14 @@ class Client:
         ``start_at`` (an aware datetime; naive means UTC) delays the start: the run
         stays pending, holding no worker, until then (also across server restarts).
         """
-        if isinstance(workflow, Workflow):
-            name = workflow.name
-            pinned = workflow.version if version is None else str(version)
-            if workflow.input_param is None and input is not None:
-                raise TypeError(f"workflow {name!r} takes no input")
-            input_json = dump_input(input, workflow.input_adapter)
-            adapter = workflow.result_adapter
-        elif isinstance(workflow, str):
-            name, pinned = workflow, "" if version is None else str(version)
-            input_json, adapter = dumps(input), ANY_ADAPTER
-        else:
-            raise TypeError(f"expected a @workflow or a workflow name, got {workflow!r}")
-        request = workflow_service_pb2.TriggerRequest(
-            workflow_name=name,
-            workflow_version=pinned,
-            input=types_pb2.Payload(json=input_json),
-            run_id=run_id or "",
-            idempotency_key=idempotency_key or "",
-        )
-        if deadline is not None:
-            if deadline.tzinfo is None:
-                raise ValueError("deadline must be timezone-aware (e.g. datetime.now(UTC) + ...)")
-            request.deadline.CopyFrom(to_timestamp(deadline))
-        if start_at is not None:
-            request.start_time.CopyFrom(to_timestamp(start_at))
-        response = await self._call(self._stub().Trigger, request)
-        return RunHandle(
-            self,
-            response.run.run_id,
-            already_existed=response.already_existed,
-            result_adapter=adapter,
+        return await self._start(
+            workflow,
+            input,
+            run_id=run_id,
+            idempotency_key=idempotency_key,
+            version=version,
+            deadline=deadline,
+            start_at=start_at,
         )
 
     @overload
@@ -311,6 +252,8 @@ class Client:
         run_id: str | None = None,
         idempotency_key: str | None = None,
         version: str | int | None = None,
+        deadline: datetime | None = None,
+        start_at: datetime | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> R: ...
     @overload
@@ -322,6 +265,8 @@ class Client:
         run_id: str | None = None,
         idempotency_key: str | None = None,
         version: str | int | None = None,
+        deadline: datetime | None = None,
+        start_at: datetime | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> R: ...
     @overload
@@ -333,6 +278,8 @@ class Client:
         run_id: str | None = None,
         idempotency_key: str | None = None,
         version: str | int | None = None,
+        deadline: datetime | None = None,
+        start_at: datetime | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Any: ...
     async def execute(
@@ -343,15 +290,25 @@ class Client:
         run_id: str | None = None,
         idempotency_key: str | None = None,
         version: str | int | None = None,
+        deadline: datetime | None = None,
+        start_at: datetime | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Any:
-        """Trigger a run and wait for its result (``trigger`` then ``handle.result``)."""
-        handle = await self.trigger(
+        """Trigger a run and wait for its result (``trigger`` then ``handle.result``).
+
+        Takes the options of ``trigger`` (``run_id``, ``idempotency_key``, ``version``,
+        ``deadline``, ``start_at``) and ``timeout``: the seconds to wait for the
+        result before raising ``TimeoutError`` (the run goes on). Raises
+        ``RunFailedError`` or ``RunCancelledError`` when the run does not complete.
+        """
+        handle = await self._start(
             workflow,
             input,
             run_id=run_id,
             idempotency_key=idempotency_key,
             version=version,
+            deadline=deadline,
+            start_at=start_at,
         )
         return await handle.result(timeout=timeout)
 
@@ -362,13 +319,13 @@ class Client:
     def get_handle(self, run_id: str, workflow: Workflow[Any, Any] | None = None) -> RunHandle[Any]:
         """A handle on an existing run; pass its workflow to type the result."""
         adapter = ANY_ADAPTER if workflow is None else workflow.result_adapter
-        return RunHandle(self, run_id, result_adapter=adapter)
+        return RunHandle(self._calls, run_id, result_adapter=adapter)
 
     # -- inspecting runs -----------------------------------------------------
 
     async def get_run(self, run_id: str) -> RunInfo:
         """Fetch a run; raises NotFoundError for an unknown id."""
-        return RunInfo.from_proto(await self._get_run(run_id))
+        return await self._calls.get_run(run_id)
 
     async def cancel(self, run_id: str, *, reason: str = "") -> RunInfo:
         """Cancel a run that has not finished; return it (now cancelled).
@@ -376,9 +333,7 @@ class Client:
         Raises NotFoundError for an unknown id and FailedPreconditionError when
         the run already finished.
         """
-        request = workflow_service_pb2.CancelRunRequest(run_id=run_id, reason=reason)
-        response = await self._call(self._stub().CancelRun, request)
-        return RunInfo.from_proto(response.run)
+        return await self._calls.cancel(run_id, reason)
 
     async def signal(
         self, run_id: str, name: str, payload: Any = None, *, request_id: str | None = None
@@ -395,13 +350,7 @@ class Client:
         Raises NotFoundError for an unknown run, FailedPreconditionError for a run
         that finished, InvalidArgumentError for an empty name.
         """
-        request = workflow_service_pb2.SignalRequest(
-            run_id=run_id,
-            name=name,
-            payload=types_pb2.Payload(json=dumps(payload)),
-            request_id=request_id or "",
-        )
-        await self._call(self._stub().Signal, request)
+        await self._calls.signal(run_id, name, dumps(payload), request_id or "")
 
     async def execute_hook(self, token: str, payload: Any = None) -> str:
         """Execute a hook: ``await client.execute_hook(token, {"approved": True})``.
@@ -419,7 +368,7 @@ class Client:
         request = workflow_service_pb2.ExecuteHookRequest(
             token=token, payload=types_pb2.Payload(json=dumps(payload))
         )
-        response = await self._call(self._stub().ExecuteHook, request)
+        response = await self._calls.call(self._calls.stub().ExecuteHook, request)
         return response.run_id
 
     async def publish_event(
@@ -442,7 +391,7 @@ class Client:
             payload=types_pb2.Payload(json=dumps(payload)),
             event_id=event_id or "",
         )
-        response = await self._call(self._stub().PublishEvent, request)
+        response = await self._calls.call(self._calls.stub().PublishEvent, request)
         return PublishedEvent(
             event_id=response.event_id,
             already_published=response.already_published,
@@ -460,14 +409,8 @@ class Client:
         ``ctx.record``) and how the run ended. Raises NotFoundError for an unknown
         run.
         """
-        request = workflow_service_pb2.ListRunEventsRequest(run_id=run_id, page_size=page_size)
-        while True:
-            response = await self._call(self._stub().ListRunEvents, request)
-            for event in response.events:
-                yield RunEvent.from_proto(event)
-            if not response.next_page_token:
-                return
-            request.page_token = response.next_page_token
+        async for event in self._calls.events(run_id, page_size):
+            yield event
 
     async def list_runs(
         self,
@@ -478,27 +421,30 @@ class Client:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int = 100,
+        payloads: bool = False,
     ) -> AsyncIterator[RunInfo]:
         """Iterate over runs, newest first, following the server's pages.
 
         Filters: a workflow (object or name), statuses, a parent run, and a
         creation time range (``created_after`` inclusive, ``created_before``
-        exclusive).
+        exclusive). Each run's ``input``, ``result`` and ``error_traceback`` are
+        None unless ``payloads`` is true (listings stay small without them).
         """
         request = workflow_service_pb2.ListRunsRequest(
             workflow_name=workflow.name if isinstance(workflow, Workflow) else workflow or "",
             statuses=[status_to_proto(s) for s in statuses or ()],
             parent_run_id=parent_run_id or "",
             page_size=page_size,
+            include_payloads=payloads,
         )
         if created_after is not None:
             request.create_time_after.CopyFrom(to_timestamp(created_after))
         if created_before is not None:
             request.create_time_before.CopyFrom(to_timestamp(created_before))
         while True:
-            response = await self._call(self._stub().ListRuns, request)
+            response = await self._calls.call(self._calls.stub().ListRuns, request)
             for run in response.runs:
-                yield RunInfo.from_proto(run)
+                yield run_info(run)
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
@@ -539,7 +485,7 @@ class Client:
             spec=spec.to_proto(input_json),
             paused=paused,
         )
-        response = await self._call(self._stub().CreateSchedule, request)
+        response = await self._calls.call(self._calls.stub().CreateSchedule, request)
         return ScheduleInfo.from_proto(response.schedule)
 
     async def get_schedule(self, schedule_id: str, *, recent_runs: int = 10) -> ScheduleInfo:
@@ -547,7 +493,7 @@ class Client:
         request = workflow_service_pb2.GetScheduleRequest(
             schedule_id=schedule_id, recent_runs=recent_runs
         )
-        response = await self._call(self._stub().GetSchedule, request)
+        response = await self._calls.call(self._calls.stub().GetSchedule, request)
         return ScheduleInfo.from_proto(response.schedule)
 
     async def list_schedules(
@@ -559,7 +505,7 @@ class Client:
             page_size=page_size,
         )
         while True:
-            response = await self._call(self._stub().ListSchedules, request)
+            response = await self._calls.call(self._calls.stub().ListSchedules, request)
             for schedule in response.schedules:
                 yield ScheduleInfo.from_proto(schedule)
             if not response.next_page_token:
@@ -569,14 +515,14 @@ class Client:
     async def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
         """Pause a schedule: its occasions start nothing until it is resumed."""
         request = workflow_service_pb2.PauseScheduleRequest(schedule_id=schedule_id)
-        response = await self._call(self._stub().PauseSchedule, request)
+        response = await self._calls.call(self._calls.stub().PauseSchedule, request)
         return ScheduleInfo.from_proto(response.schedule)
 
     async def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
         """Resume a paused schedule from its next occasion (the ones that passed
         while it was paused start nothing)."""
         request = workflow_service_pb2.ResumeScheduleRequest(schedule_id=schedule_id)
-        response = await self._call(self._stub().ResumeSchedule, request)
+        response = await self._calls.call(self._calls.stub().ResumeSchedule, request)
         return ScheduleInfo.from_proto(response.schedule)
 
     async def delete_schedule(self, schedule_id: str) -> None:
@@ -584,7 +530,7 @@ class Client:
         comes back when a worker of its newest version next connects: pause it, or
         remove it from the code, to stop it for good."""
         request = workflow_service_pb2.DeleteScheduleRequest(schedule_id=schedule_id)
-        await self._call(self._stub().DeleteSchedule, request)
+        await self._calls.call(self._calls.stub().DeleteSchedule, request)
 
     async def trigger_schedule(
         self, schedule_id: str, *, request_id: str | None = None
@@ -595,48 +541,54 @@ class Client:
         request = workflow_service_pb2.TriggerScheduleRequest(
             schedule_id=schedule_id, request_id=request_id or ""
         )
-        response = await self._call(self._stub().TriggerSchedule, request)
+        response = await self._calls.call(self._calls.stub().TriggerSchedule, request)
         if response.skipped:
             return None
-        return RunHandle(self, response.run.run_id)
+        return RunHandle(self._calls, response.run.run_id)
 
     # -- internals -----------------------------------------------------------
 
-    def _stub(self) -> WorkflowServiceAsyncStub:
-        stub = self._stub_instance
-        if stub is None:
-            if self._closed:
-                raise StepdError("the client is closed")
-            self._channel = self._connection.channel(CHANNEL_OPTIONS)
-            stub = self._stub_instance = workflow_service_pb2_grpc.WorkflowServiceStub(
-                self._channel
-            )
-        return stub
-
-    async def _get_run(self, run_id: str, *, wait: float | None = None) -> types_pb2.Run:
-        request = workflow_service_pb2.GetRunRequest(run_id=run_id)
-        rpc_timeout = None
-        if wait is not None:
-            request.wait = True
-            request.wait_timeout.CopyFrom(_duration(wait))
-            rpc_timeout = wait + _RPC_MARGIN
-        response = await self._call(self._stub().GetRun, request, rpc_timeout=rpc_timeout)
-        return response.run
-
-    async def _call(
+    async def _start(
         self,
-        method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
-        request: Req,
+        workflow: Workflow[Any, Any] | str,
+        input: Any,
         *,
-        rpc_timeout: float | None = None,
-    ) -> Resp:
-        try:
-            return await method(request, timeout=rpc_timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise sdk_error(exc) from exc
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(max(1_000_000, int(seconds * 1e9)))
-    return duration
+        run_id: str | None,
+        idempotency_key: str | None,
+        version: str | int | None,
+        deadline: datetime | None,
+        start_at: datetime | None,
+    ) -> RunHandle[Any]:
+        """``trigger`` (and ``execute``) for a workflow of any type."""
+        if isinstance(workflow, Workflow):
+            name = workflow.name
+            pinned = workflow.version if version is None else str(version)
+            if workflow.input_param is None and input is not None:
+                raise TypeError(f"workflow {name!r} takes no input")
+            input_json = dump_input(input, workflow.input_adapter)
+            adapter = workflow.result_adapter
+        elif isinstance(workflow, str):
+            name, pinned = workflow, "" if version is None else str(version)
+            input_json, adapter = dumps(input), ANY_ADAPTER
+        else:
+            raise TypeError(f"expected a @workflow or a workflow name, got {workflow!r}")
+        request = workflow_service_pb2.TriggerRequest(
+            workflow_name=name,
+            workflow_version=pinned,
+            input=types_pb2.Payload(json=input_json),
+            run_id=run_id or "",
+            idempotency_key=idempotency_key or "",
+        )
+        if deadline is not None:
+            if deadline.tzinfo is None:
+                raise ValueError("deadline must be timezone-aware (e.g. datetime.now(UTC) + ...)")
+            request.deadline.CopyFrom(to_timestamp(deadline))
+        if start_at is not None:
+            request.start_time.CopyFrom(to_timestamp(start_at))
+        response = await self._calls.call(self._calls.stub().Trigger, request)
+        return RunHandle(
+            self._calls,
+            response.run.run_id,
+            already_existed=response.already_existed,
+            result_adapter=adapter,
+        )

@@ -14,9 +14,9 @@ from typing import Any, ParamSpec, TypeVar, overload
 from stepd._children import ChildHandle
 from stepd._definitions import (
     Step,
+    StepDecorator,
     StepScheduler,
     Workflow,
-    _StepDecorator,
     current_scheduler,
     current_step,
 )
@@ -96,7 +96,7 @@ class WorkflowContext:
         name: str | None = None,
         retry: RetryPolicy | int | None = None,
         timeout: Duration | None = None,
-    ) -> _StepDecorator: ...
+    ) -> StepDecorator: ...
     def step(
         self,
         fn: Callable[..., Any] | None = None,
@@ -113,7 +113,7 @@ class WorkflowContext:
         local function. The step's name defaults to the function's ``__name__``.
         """
         if fn is None:
-            return _StepDecorator(name, retry, timeout)
+            return StepDecorator(name, retry, timeout)
         return Step(fn, name=name, retry=retry, timeout=timeout)
 
     def sleep(self, seconds: float | timedelta, /) -> Coroutine[Any, Any, None]:

@@ -2,6 +2,8 @@
 
 Both decorators keep the decorated function's signature for type checkers,
 work bare and with keyword options, and check the definition when applied.
+``WorkflowContext`` builds on this module, so a workflow's first parameter is
+typed ``Any`` here and checked (by class) when ``@workflow`` is applied.
 A ``Step`` called inside a running workflow is handed to that run's step
 scheduler (the replay engine, found through a context variable); called
 anywhere else, it just runs the function.
@@ -28,11 +30,14 @@ from stepd.schedules import Schedule
 
 if TYPE_CHECKING:
     from stepd._children import ChildHandle
-    from stepd._context import WorkflowContext
     from stepd._hooks import Hook
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+_CONTEXT_NAME = "WorkflowContext"
+_CONTEXT_TYPE = f"stepd._context.{_CONTEXT_NAME}"
+"""The class a workflow's first parameter must be (or derive from)."""
 
 _RESERVED_KEY = re.compile(
     r"(?:sleep|signal|event|hook|entry|child|now|uuid|random):[0-9]+(?::[a-z]+)?"
@@ -174,10 +179,12 @@ def _callable_name(fn: Callable[..., Any]) -> str:
 class Step(Generic[P, R]):
     """A function whose calls inside a workflow are recorded as durable steps.
 
-    Calling it returns a coroutine. Inside a workflow run the call gets its
-    step key at once (``name``, then ``name#2``, ...); a step already in the
-    run's journal returns the recorded result (or raises the recorded error)
-    without running. Outside a workflow, the function just runs.
+    Made by ``@step`` or ``ctx.step``; ``Step[P, R]`` keeps the function's
+    parameters ``P`` and result ``R`` for type checkers. Calling it returns a
+    coroutine. Inside a workflow run the call gets its step key at once
+    (``name``, then ``name#2``, ...); a step already in the run's journal
+    returns the recorded result (or raises the recorded error) without
+    running. Outside a workflow, the function just runs.
     """
 
     __name__: str
@@ -274,8 +281,11 @@ class Step(Generic[P, R]):
 class Workflow(Generic[P, R]):
     """A workflow definition made by ``@workflow``: a name, a version and an async function.
 
-    Calling it calls the function directly (no run is created); use
-    ``Client.trigger`` to start a run and ``Worker`` to serve it.
+    ``Workflow[[I], R]`` is a workflow whose input is an ``I`` and whose result is
+    an ``R`` (``Workflow[[], R]`` takes no input): what ``Client.trigger``,
+    ``Client.execute``, ``ctx.child`` and ``Worker`` accept. Calling it calls the
+    function directly (no run is created); use ``Client.trigger`` to start a run
+    and ``Worker`` to serve it.
     """
 
     __name__: str
@@ -284,7 +294,7 @@ class Workflow(Generic[P, R]):
 
     def __init__(
         self,
-        fn: Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]],
+        fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]],
         name: str | None = None,
         version: str | int = "1",
         events: Iterable[str] = (),
@@ -351,9 +361,7 @@ class Workflow(Generic[P, R]):
             adapter = self._result_adapter = adapter_for(self._hints.get("return"))
         return adapter
 
-    def __call__(
-        self, ctx: WorkflowContext, /, *args: P.args, **kwargs: P.kwargs
-    ) -> Coroutine[Any, Any, R]:
+    def __call__(self, ctx: Any, /, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         return self.fn(ctx, *args, **kwargs)
 
     def __repr__(self) -> str:
@@ -395,8 +403,6 @@ def _check_name(name: object, what: str) -> None:
 
 def _check_workflow_signature(fn: Callable[..., Any], name: str) -> tuple[str | None, bool]:
     """Check ``(ctx[, input])``; return the input parameter's name and whether it has a default."""
-    from stepd._context import WorkflowContext
-
     params = list(inspect.signature(fn).parameters.values())
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     if not params or params[0].kind not in positional:
@@ -404,10 +410,7 @@ def _check_workflow_signature(fn: Callable[..., Any], name: str) -> tuple[str | 
             f"workflow {name!r} must take the WorkflowContext as its first parameter"
         )
     annotation = params[0].annotation
-    if annotation is not inspect.Parameter.empty and not (
-        (isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == "WorkflowContext")
-        or (isinstance(annotation, type) and issubclass(annotation, WorkflowContext))
-    ):
+    if annotation is not inspect.Parameter.empty and not _is_context_annotation(annotation):
         raise WorkflowDefinitionError(
             f"workflow {name!r}: the first parameter must be the WorkflowContext, "
             f"annotated {annotation!r}"
@@ -424,7 +427,21 @@ def _check_workflow_signature(fn: Callable[..., Any], name: str) -> tuple[str | 
     return rest[0].name, rest[0].default is not inspect.Parameter.empty
 
 
-class _StepDecorator:
+def _is_context_annotation(annotation: object) -> bool:
+    """True for ``WorkflowContext`` (or a subclass, or its name as a string annotation).
+
+    Known by name: the context's module builds on this one and is not imported here.
+    """
+    if isinstance(annotation, str):
+        return annotation.rsplit(".", 1)[-1] == _CONTEXT_NAME
+    if isinstance(annotation, type):
+        return any(
+            f"{cls.__module__}.{cls.__qualname__}" == _CONTEXT_TYPE for cls in annotation.__mro__
+        )
+    return False
+
+
+class StepDecorator:
     """``step(name=..., retry=..., timeout=...)``: applies the options to the function
     it decorates (checked at once)."""
 
@@ -454,7 +471,7 @@ def step(
     name: str | None = None,
     retry: RetryPolicy | int | None = None,
     timeout: Duration | None = None,
-) -> _StepDecorator: ...
+) -> StepDecorator: ...
 def step(
     fn: Callable[..., Any] | None = None,
     /,
@@ -472,7 +489,7 @@ def step(
     duration per attempt) override the workflow's defaults.
     """
     if fn is None:
-        return _StepDecorator(name, retry, timeout)
+        return StepDecorator(name, retry, timeout)
     return Step(fn, name=name, retry=retry, timeout=timeout)
 
 
@@ -500,7 +517,7 @@ class _WorkflowDecorator:
         _max_entries(options["max_entries"], what)
 
     def __call__(
-        self, fn: Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]], /
+        self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
     ) -> Workflow[P, R]:
         return Workflow(
             fn,
@@ -513,9 +530,7 @@ class _WorkflowDecorator:
 
 
 @overload
-def workflow(
-    fn: Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]], /
-) -> Workflow[P, R]: ...
+def workflow(fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /) -> Workflow[P, R]: ...
 @overload
 def workflow(
     *,

@@ -28,7 +28,8 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -37,10 +38,11 @@ from google.protobuf import duration_pb2
 from pydantic import ValidationError
 
 from stepd._client import Client
-from stepd._connection import Connection
+from stepd._control import RunAbandoned
 from stepd._definitions import Workflow
-from stepd._replay import RELEASE_REASON, RunAbandoned, RunExecutor, RunOutcome
-from stepd._rpc import CHANNEL_OPTIONS, sdk_error
+from stepd._phase import RunOutcome
+from stepd._replay import RELEASE_REASON, RunExecutor
+from stepd._rpc import ConnectionSettings, sdk_error
 from stepd._run_cache import RunCache
 from stepd._serde import dumps
 from stepd.errors import PayloadError, WorkflowDefinitionError
@@ -72,7 +74,6 @@ _MIN_HEARTBEAT = 0.01
 # The channel reconnects on the same schedule as the worker (grpc's default
 # backoff grows to 120 s, which would outlast a server restart by minutes).
 _WORKER_CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    *CHANNEL_OPTIONS,
     ("grpc.initial_reconnect_backoff_ms", int(BACKOFF_INITIAL * 1000)),
     ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX * 1000)),
 ]
@@ -133,14 +134,18 @@ def _check_grace(value: object, name: str) -> float:
 class Worker:
     """Executes runs of the given workflows, taken from a stepd server.
 
+    ``server`` is the server's address (``host:port``) or a ``Client``: the worker
+    then connects with the client's connection settings (``client.connection``), the
+    one place they are set. The client only lends its settings; the worker opens a
+    channel of its own and may outlive the client.
+
     ``concurrency`` is how many runs it executes at once (the capacity it
-    declares). Use as ``async with Worker(address, workflows=[...]) as worker:
+    declares). Use as ``async with Worker(client, workflows=[...]) as worker:
     await worker.run()``; ``run()`` serves until ``stop()`` is called or it is
-    cancelled, reconnecting whenever the stream breaks. Given a ``Client``
-    instead of an address, the worker connects as the client does (TLS, API
-    key: a worker key naming its workflows); ``run()`` raises
-    ``UnauthenticatedError`` or ``PermissionDeniedError`` when the server
-    refuses the key.
+    cancelled, reconnecting whenever the stream breaks. Given a ``Client``, the
+    worker uses its TLS settings and API key too (a worker key naming its
+    workflows); ``run()`` raises ``UnauthenticatedError`` or
+    ``PermissionDeniedError`` when the server refuses the key.
 
     ``shutdown_grace`` is how many seconds ``stop()`` lets the runs it holds
     finish the step bodies they are executing (see ``stop()``).
@@ -163,7 +168,7 @@ class Worker:
 
     def __init__(
         self,
-        address: str | Client,
+        server: str | Client,
         workflows: Iterable[Workflow[Any, Any]],
         *,
         concurrency: int = 100,
@@ -171,6 +176,14 @@ class Worker:
         shutdown_grace: float = SHUTDOWN_GRACE,
         max_cached_runs: int = MAX_CACHED_RUNS,
     ) -> None:
+        if isinstance(server, Client):
+            connection = server.connection
+        elif isinstance(server, str):
+            if not server:
+                raise ValueError("a worker needs a server address, got an empty string")
+            connection = ConnectionSettings(server)
+        else:
+            raise TypeError(f"a worker needs a server address or a Client, got {server!r}")
         registry: dict[tuple[str, str], Workflow[Any, Any]] = {}
         for workflow in workflows:
             if not isinstance(workflow, Workflow):
@@ -196,30 +209,31 @@ class Worker:
             raise ValueError(f"max_cached_runs must be an int >= 0, got {max_cached_runs!r}")
         self._max_cached_runs = max_cached_runs
         self._shutdown_grace = _check_grace(shutdown_grace, "shutdown_grace")
-        # A Client brings its address, TLS settings and API key (docs/security.md).
-        self._connection = (
-            address.connection if isinstance(address, Client) else Connection.create(address)
-        )
-        self._address = self._connection.address
+        self._connection = connection
         self._workflows = registry
-        self._registrations = [_registration(w) for w in registry.values()]
         self._concurrency = concurrency
         self._identity = identity or f"{socket.gethostname()}:{os.getpid()}"
         self._worker_id = uuid.uuid4().hex
-        self._ready = asyncio.Event()
-        self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._stop_reason = ""
-        self._deadline: float | None = None  # loop time when the shutdown grace ends
         self._running = False
         self._session: _Session | None = None
         self._session_task: asyncio.Task[None] | None = None
-        self._run_tasks: set[asyncio.Task[None]] = set()
+        self._stop = _Stop()
+        self._serving = _Serving(
+            identity=self._identity,
+            address=connection.address,
+            hello=self._hello([_registration(w) for w in registry.values()]),
+            workflows=registry,
+            max_cached_runs=max_cached_runs,
+            ready=asyncio.Event(),
+            stop=self._stop,
+            run_tasks=set(),
+        )
 
     @property
     def address(self) -> str:
         """The server address."""
-        return self._address
+        return self._connection.address
 
     @property
     def workflows(self) -> tuple[Workflow[Any, Any], ...]:
@@ -264,7 +278,7 @@ class Worker:
 
     async def wait_ready(self) -> None:
         """Wait until the first stream is open (the hello has been sent)."""
-        await self._ready.wait()
+        await self._serving.ready.wait()
 
     async def run(self) -> None:
         """Serve until ``stop()`` is called or the calling task is cancelled.
@@ -277,40 +291,46 @@ class Worker:
         self._running = True
         self._stopped.clear()
         loop = asyncio.get_running_loop()
-        channel = self._connection.channel(_WORKER_CHANNEL_OPTIONS)
+        channel = self._connection.open_channel(_WORKER_CHANNEL_OPTIONS)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         failures = 0
         try:
-            while not self._stop.is_set():
+            while not self._stop.event.is_set():
                 started = loop.time()
-                session = self._session = _Session(self, stub, self._connection.metadata)
+                session = self._session = _Session(
+                    self._serving, stub, self._connection.metadata
+                )
                 self._session_task = asyncio.create_task(session.run())
                 try:
                     await self._session_task
-                    if not self._stop.is_set():
+                    if not self._stop.event.is_set():
                         logger.info("the server closed the stream; reconnecting")
                 except asyncio.CancelledError:
                     current = asyncio.current_task()
-                    if self._stop.is_set() and current is not None and not current.cancelling():
+                    if (
+                        self._stop.event.is_set()
+                        and current is not None
+                        and not current.cancelling()
+                    ):
                         break
                     raise
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in _REFUSED:  # a bad or revoked key: retrying cannot help
                         raise sdk_error(exc) from exc
-                    if not self._stop.is_set():
+                    if not self._stop.event.is_set():
                         code = exc.code()
                         logger.warning(
                             "stream to %s failed: %s %s",
-                            self._address,
+                            self.address,
                             code.name if code is not None else "UNKNOWN",
                             exc.details(),
                         )
                 except Exception:
-                    logger.exception("stream to %s failed", self._address)
+                    logger.exception("stream to %s failed", self.address)
                 finally:
                     self._session_task = None
                     self._session = None
-                if self._stop.is_set():
+                if self._stop.event.is_set():
                     break
                 if session.connected and loop.time() - started >= _STABLE_SESSION:
                     failures = 0
@@ -318,14 +338,14 @@ class Worker:
                 delay = random.uniform(delay / 2, delay)
                 failures += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                    await asyncio.wait_for(self._stop.event.wait(), delay)
         finally:
             self._running = False
-            if self._run_tasks:  # cancelled with their session; let them unwind
-                await asyncio.wait(set(self._run_tasks), timeout=_STOP_GRACE)
+            run_tasks = self._serving.run_tasks
+            if run_tasks:  # cancelled with their session; let them unwind
+                await asyncio.wait(set(run_tasks), timeout=_STOP_GRACE)
             await channel.close(None)
-            self._stop.clear()
-            self._deadline = None
+            self._stop.reset()
             self._stopped.set()
 
     async def stop(self, grace: float | None = None, *, reason: str = "worker stopping") -> None:
@@ -346,19 +366,16 @@ class Worker:
         cannot be interrupted: it is abandoned and its result is dropped.
         """
         grace = self._shutdown_grace if grace is None else _check_grace(grace, "grace")
-        deadline = asyncio.get_running_loop().time() + grace
-        if self._deadline is None or deadline < self._deadline:
-            self._deadline = deadline
-        if not self._stop.is_set():
-            self._stop_reason = reason
-            self._stop.set()
+        self._stop.request(asyncio.get_running_loop().time() + grace, reason)
         session, task = self._session, self._session_task
         if task is not None and (session is None or not session.connected):
             task.cancel()  # still connecting: nothing is held, nothing to drain
         if self._running:
             await self._stopped.wait()
 
-    def _hello(self) -> worker_service_pb2.PollTaskRequest:
+    def _hello(
+        self, registrations: list[worker_service_pb2.WorkflowRegistration]
+    ) -> worker_service_pb2.PollTaskRequest:
         request = worker_service_pb2.PollTaskRequest()
         hello = request.hello
         hello.worker_id = self._worker_id
@@ -366,11 +383,53 @@ class Worker:
         hello.capacity = self._concurrency
         hello.sdk_version = SDK_VERSION
         hello.max_cached_runs = self._max_cached_runs
-        hello.workflows.extend(self._registrations)
+        hello.workflows.extend(registrations)
         return request
 
     def __repr__(self) -> str:
-        return f"Worker({self._address!r}, workflows={len(self._workflows)})"
+        return f"Worker({self.address!r}, workflows={len(self._workflows)})"
+
+
+class _Stop:
+    """A worker's request to stop, as its sessions see it: once requested it stays so
+    until ``run()`` returns; a later ``stop()`` may only move the deadline earlier."""
+
+    __slots__ = ("deadline", "event", "reason")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        """Set when the worker is asked to stop."""
+        self.reason = ""
+        """The first ``stop()``'s reason."""
+        self.deadline: float | None = None
+        """Loop time when the shutdown grace ends."""
+
+    def request(self, deadline: float, reason: str) -> None:
+        """Ask to stop by ``deadline`` (the earliest asked for wins)."""
+        if self.deadline is None or deadline < self.deadline:
+            self.deadline = deadline
+        if not self.event.is_set():
+            self.reason = reason
+            self.event.set()
+
+    def reset(self) -> None:
+        """Forget the request (``run()`` returned)."""
+        self.event.clear()
+        self.deadline = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Serving:
+    """What a worker hands each of its sessions (one per stream)."""
+
+    identity: str
+    address: str
+    hello: worker_service_pb2.PollTaskRequest
+    workflows: Mapping[tuple[str, str], Workflow[Any, Any]]
+    max_cached_runs: int
+    ready: asyncio.Event  # set once the first stream is open
+    stop: _Stop
+    run_tasks: set[asyncio.Task[None]]  # every run's task: run() lets them unwind
 
 
 class _HeldRun:
@@ -398,11 +457,11 @@ class _Session:
 
     def __init__(
         self,
-        worker: Worker,
+        serving: _Serving,
         stub: WorkerServiceAsyncStub,
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        self._worker = worker
+        self._serving = serving
         self._stub = stub
         self._metadata = metadata
         self._loop = asyncio.get_running_loop()
@@ -410,7 +469,7 @@ class _Session:
         self._outbox: list[worker_service_pb2.WorkerCommand] = []
         self._pending: dict[int, asyncio.Future[worker_service_pb2.CommandResult]] = {}
         self._runs: dict[str, _HeldRun] = {}
-        self._cache: RunCache[_HeldRun] = RunCache(worker.max_cached_runs)  # parked runs
+        self._cache: RunCache[_HeldRun] = RunCache(serving.max_cached_runs)  # parked runs
         self._wake = asyncio.Event()
         self._next_id = 1
         self._last_write = self._loop.time()
@@ -441,12 +500,13 @@ class _Session:
         tasks = self._stream_tasks
         stopping: asyncio.Task[Any] | None = None
         try:
-            await call.write(self._worker._hello())
+            await call.write(self._serving.hello)
             await call.wait_for_connection()
             self.connected = True
             self._last_write = self._loop.time()
-            logger.info("worker %s connected to %s", self._worker.identity, self._worker.address)
-            self._worker._ready.set()
+            serving = self._serving
+            logger.info("worker %s connected to %s", serving.identity, serving.address)
+            serving.ready.set()
             self._reader = asyncio.create_task(self._read_loop())
             tasks.update(
                 (
@@ -455,7 +515,7 @@ class _Session:
                     asyncio.create_task(self._heartbeat_loop()),
                 )
             )
-            stopping = asyncio.create_task(self._worker._stop.wait())
+            stopping = asyncio.create_task(serving.stop.event.wait())
             done, _ = await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
             ended = done & tasks
             for task in ended:
@@ -480,10 +540,11 @@ class _Session:
     async def _shut_down(self) -> None:
         """Drain, let held runs finish their steps in flight (or release them at
         the grace deadline), wait for the last acks, then end the stream."""
-        worker = self._worker
-        reason = worker._stop_reason or "worker stopping"
+        serving = self._serving
+        stop = serving.stop
+        reason = stop.reason or "worker stopping"
         logger.info(
-            "worker %s draining (%s): %d run(s) held", worker.identity, reason, len(self._runs)
+            "worker %s draining (%s): %d run(s) held", serving.identity, reason, len(self._runs)
         )
         self._draining = True
         self._drain_due = reason
@@ -491,14 +552,14 @@ class _Session:
         self._evict_all()  # the server forgets them too when it sees the drain
         for held in list(self._runs.values()):
             held.executor.drain()
-        state = await self._wait_until(lambda: not self._runs, lambda: worker._deadline)
+        state = await self._wait_until(lambda: not self._runs, lambda: stop.deadline)
         if state is _Wait.STREAM_ENDED:
             return
         if state is _Wait.TIMEOUT:
             logger.warning(
                 "worker %s: %d run(s) still busy at the end of the shutdown grace; "
                 "cancelling their steps and releasing them",
-                worker.identity,
+                serving.identity,
                 len(self._runs),
             )
             for held in list(self._runs.values()):
@@ -655,7 +716,7 @@ class _Session:
         if self._draining:  # sent before the server saw our drain: give it straight back
             self._release_unstarted(task, RELEASE_REASON)
             return
-        workflow = self._worker._workflows.get((task.workflow_name, task.workflow_version))
+        workflow = self._serving.workflows.get((task.workflow_name, task.workflow_version))
         if workflow is None:
             logger.error(
                 "run %s: workflow %r version %r is not served by this worker; releasing it",
@@ -678,7 +739,7 @@ class _Session:
         executor = RunExecutor(workflow, task, self, on_park)
         run_task = self._loop.create_task(self._drive(executor))
         self._runs[task.run_id] = _HeldRun(executor, run_task)
-        run_tasks = self._worker._run_tasks
+        run_tasks = self._serving.run_tasks
         run_tasks.add(run_task)
         run_task.add_done_callback(run_tasks.discard)
 

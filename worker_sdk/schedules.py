@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from google.protobuf import timestamp_pb2
 
-from stepd._runs import RunStatus, status_from_proto
+from stepd._run_codec import status_from_proto
+from stepd._runs import RunStatus
 from stepd._serde import loads, payload_text
 from stepd.v1 import schedules_pb2
 
@@ -43,6 +44,9 @@ class CatchupPolicy(enum.StrEnum):
     RUN_ONCE = "run_once"
     """However many were missed, start one run, for the latest of them."""
 
+
+#: The longest time zone name the server accepts (IANA names are far shorter).
+_MAX_ZONE_LENGTH = 200
 
 _OVERLAP_TO_PROTO = {
     OverlapPolicy.SKIP: schedules_pb2.SCHEDULE_OVERLAP_POLICY_SKIP,
@@ -87,11 +91,13 @@ class Schedule:
                 "'minute hour day month weekday', or six with seconds first)"
             )
         try:
+            if len(self.time_zone) > _MAX_ZONE_LENGTH:  # no file system holds such a name
+                raise ValueError(self.time_zone)
             ZoneInfo(self.time_zone)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise ValueError(
-                f"time_zone {self.time_zone!r} is not a known IANA time zone"
-            ) from None
+        except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
+            text = str(self.time_zone)
+            shown = repr(text[:40]) + ("…" if len(text) > 40 else "")
+            raise ValueError(f"time_zone {shown} is not a known IANA time zone") from None
         try:
             object.__setattr__(self, "overlap", OverlapPolicy(self.overlap))
             object.__setattr__(self, "catchup", CatchupPolicy(self.catchup))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepd.server.domain import (
@@ -26,6 +28,7 @@ from stepd.server.engine.commands import (
     CompleteRun,
     FailRun,
     HoldRun,
+    Malformed,
     PayloadIn,
     RecordEvent,
     RecordStep,
@@ -34,7 +37,9 @@ from stepd.server.engine.commands import (
     StartStep,
     SuspendRun,
 )
+from stepd.server.engine.errors import EngineError, InvalidArgument
 from stepd.server.engine.sessions import Cancellation, Outgoing
+from stepd.server.engine.validation import MAX_ID_LENGTH, check_name, check_text
 from stepd.v1 import types_pb2, worker_service_pb2
 
 STATUS_TO_PROTO = {
@@ -72,9 +77,81 @@ def timestamp(ms: int | None) -> Timestamp | None:
     return ts
 
 
-def millis(ts: Timestamp, present: bool) -> int | None:
-    """A Timestamp field to epoch milliseconds, None when the field is unset."""
-    return ts.ToMilliseconds() if present else None
+#: The range of a Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+#: The range of a Duration: about ±10,000 years.
+MAX_DURATION_SECONDS = 315_576_000_000
+_NANOS = 1_000_000_000
+#: The largest count (attempt) a database integer column holds.
+MAX_COUNT = 2**31 - 1
+#: ErrorInfo texts from workers longer than these are cut (characters).
+MAX_ERROR_TYPE = MAX_ID_LENGTH
+MAX_ERROR_MESSAGE = 16 * 1024
+MAX_ERROR_TRACEBACK = 64 * 1024
+
+
+def timestamp_ms(ts: Timestamp, field: str, *, round_up: bool = False) -> int:
+    """A Timestamp to epoch milliseconds; InvalidArgument naming ``field`` when it
+    is outside the range a Timestamp may hold. ``round_up`` rounds up a partial
+    millisecond instead of down."""
+    seconds, nanos = ts.seconds, ts.nanos
+    if not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS or not 0 <= nanos < _NANOS:
+        raise InvalidArgument(
+            f"{field} is not a valid time: seconds must lie between years 1 and 9999 "
+            "(-62135596800 to 253402300799) and nanos between 0 and 999999999"
+        )
+    step = 999_999 if round_up else 0
+    return seconds * 1000 + (nanos + step) // 1_000_000
+
+
+def optional_ms(message: Message, name: str, field: str) -> int | None:
+    """The Timestamp field ``name`` of ``message`` in epoch milliseconds; None when unset."""
+    if not message.HasField(name):
+        return None
+    value: Timestamp = getattr(message, name)
+    return timestamp_ms(value, field)
+
+
+def duration_seconds(duration: Duration, field: str) -> float:
+    """A Duration in seconds; InvalidArgument naming ``field`` when it is out of range."""
+    seconds, nanos = duration.seconds, duration.nanos
+    if (
+        not -MAX_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS
+        or not -_NANOS < nanos < _NANOS
+        or (seconds > 0 and nanos < 0)
+        or (seconds < 0 and nanos > 0)
+    ):
+        raise InvalidArgument(
+            f"{field} is not a valid duration: seconds must lie within ±315576000000 "
+            "and nanos within ±999999999, with the same sign"
+        )
+    return seconds + nanos / _NANOS
+
+
+def duration_ms(duration: Duration, field: str) -> int:
+    """A Duration in whole milliseconds (a partial one rounds up), checked as above."""
+    duration_seconds(duration, field)
+    nanos = duration.seconds * _NANOS + duration.nanos
+    return -((-nanos) // 1_000_000)
+
+
+def count(value: int, field: str) -> int:
+    """An attempt or similar count, checked to fit the database's integers."""
+    if value > MAX_COUNT:
+        raise InvalidArgument(f"{field} is {value}; at most {MAX_COUNT}")
+    return value
+
+
+def payload_in(payload: types_pb2.Payload, field: str) -> PayloadIn:
+    """A Payload as it arrived; InvalidArgument when ``data`` is set without an
+    encoding that carries it (JSON travels in ``json``)."""
+    if payload.data and payload.encoding in ("", "json"):
+        raise InvalidArgument(
+            f"{field}.data is set without an encoding this server accepts; "
+            f"send JSON in {field}.json"
+        )
+    return PayloadIn(json=payload.json, encoding=payload.encoding)
 
 
 def error_to_proto(err: ErrorDetails) -> types_pb2.ErrorInfo:
@@ -88,14 +165,23 @@ def error_to_proto(err: ErrorDetails) -> types_pb2.ErrorInfo:
     )
 
 
-def error_from_proto(info: types_pb2.ErrorInfo) -> ErrorDetails:
-    """ErrorInfo to ErrorDetails."""
+def _cut(text: str, limit: int) -> str:
+    """Worker-reported error text, at most ``limit`` characters and without NULs."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if len(text) > limit:
+        return text[: limit - 1] + "…"
+    return text
+
+
+def error_from_proto(info: types_pb2.ErrorInfo, field: str = "error") -> ErrorDetails:
+    """ErrorInfo to ErrorDetails, its texts cut to the documented lengths."""
     return ErrorDetails(
-        type=info.type or "builtins.Exception",
-        message=info.message,
-        traceback=info.traceback,
-        step_key=info.step_key,
-        attempt=info.attempt,
+        type=_cut(info.type, MAX_ERROR_TYPE) or "builtins.Exception",
+        message=_cut(info.message, MAX_ERROR_MESSAGE),
+        traceback=_cut(info.traceback, MAX_ERROR_TRACEBACK),
+        step_key=_cut(info.step_key, MAX_ID_LENGTH),
+        attempt=count(info.attempt, f"{field}.attempt"),
     )
 
 
@@ -236,79 +322,112 @@ def outgoing_to_proto(batch: list[Outgoing]) -> worker_service_pb2.PollTaskRespo
     return response
 
 
-def _payload_in(payload: types_pb2.Payload) -> PayloadIn:
-    return PayloadIn(json=payload.json, encoding=payload.encoding)
-
-
-def _wait_from_proto(wait: worker_service_pb2.WaitCondition) -> WaitSpec:
+def _wait_from_proto(wait: worker_service_pb2.WaitCondition, index: int) -> WaitSpec:
     """A WaitCondition to a WaitSpec. A condition this server does not know
     becomes a timer without a time, which the engine rejects as INVALID."""
-    if wait.WhichOneof("condition") == "hook":
+    where = f"suspend_run.waits[{index}]"
+    check_name(f"{where}.wait_key", wait.wait_key)
+    condition = wait.WhichOneof("condition")
+    if condition == "hook":
         return WaitSpec(wait.wait_key, WaitKind.HOOK)
-    if wait.WhichOneof("condition") == "event":
+    if condition == "event":
         event = wait.event
-        since = event.since.ToMilliseconds() if wait.event.HasField("since") else None
+        check_name(f"{where}.event.name", event.name)
         return WaitSpec(
             wait.wait_key,
             WaitKind.EVENT,
             target=event.name,
             match_json=event.match_json or None,
-            since_time=since,
+            since_time=optional_ms(event, "since", f"{where}.event.since"),
         )
-    if wait.WhichOneof("condition") == "child":
+    if condition == "child":
+        check_name(f"{where}.child.run_id", wait.child.run_id)
         return WaitSpec(wait.wait_key, WaitKind.CHILD, target=wait.child.run_id)
-    if wait.WhichOneof("condition") == "signal":
+    if condition == "signal":
+        check_name(f"{where}.signal.name", wait.signal.name)
         return WaitSpec(wait.wait_key, WaitKind.SIGNAL, target=wait.signal.name)
-    if wait.WhichOneof("condition") == "timer":
-        fire = wait.timer.fire_time  # rounded up: a timer never fires early
-        fire_ms = fire.seconds * 1000 + (fire.nanos + 999_999) // 1_000_000
+    if condition == "timer":  # rounded up: a timer never fires early
+        fire_ms = timestamp_ms(wait.timer.fire_time, f"{where}.timer.fire_time", round_up=True)
         return WaitSpec(wait.wait_key, WaitKind.TIMER, fire_ms)
     return WaitSpec(wait.wait_key, WaitKind.TIMER, None)
 
 
-def command_from_proto(msg: worker_service_pb2.WorkerCommand) -> Command:
-    """A WorkerCommand to the engine's Command (action None when unset)."""
+def _action_from_proto(msg: worker_service_pb2.WorkerCommand) -> Action | None:
     kind = msg.WhichOneof("command")
-    action: Action | None = None
     if kind == "record_step":
         step = msg.record_step.step
+        check_name("record_step.step.step_key", step.step_key)
         outcome = step.WhichOneof("outcome")
-        action = RecordStep(
+        return RecordStep(
             step=StepRow(
                 step_key=step.step_key,
-                attempt=step.attempt or 1,
-                error=error_from_proto(step.error) if outcome == "error" else None,
-                start_time=millis(step.start_time, step.HasField("start_time")),
-                end_time=millis(step.end_time, step.HasField("end_time")),
+                attempt=count(step.attempt, "record_step.step.attempt") or 1,
+                error=(
+                    error_from_proto(step.error, "record_step.step.error")
+                    if outcome == "error"
+                    else None
+                ),
+                start_time=optional_ms(step, "start_time", "record_step.step.start_time"),
+                end_time=optional_ms(step, "end_time", "record_step.step.end_time"),
                 attempt_only=step.attempt_only,
             ),
-            result=_payload_in(step.result) if outcome != "error" else None,
+            result=(
+                payload_in(step.result, "record_step.step.result") if outcome != "error" else None
+            ),
         )
-    elif kind == "complete_run":
-        action = CompleteRun(_payload_in(msg.complete_run.result))
-    elif kind == "fail_run":
-        action = FailRun(error_from_proto(msg.fail_run.error))
-    elif kind == "release_run":
-        action = ReleaseRun(msg.release_run.reason)
-    elif kind == "record_event":
+    if kind == "complete_run":
+        return CompleteRun(payload_in(msg.complete_run.result, "complete_run.result"))
+    if kind == "fail_run":
+        return FailRun(error_from_proto(msg.fail_run.error, "fail_run.error"))
+    if kind == "release_run":
+        check_text("release_run.reason", msg.release_run.reason)
+        return ReleaseRun(msg.release_run.reason)
+    if kind == "record_event":
         event = msg.record_event
-        action = RecordEvent(event.entry_key, event.name, _payload_in(event.payload))
-    elif kind == "suspend_run":
-        action = SuspendRun(tuple(_wait_from_proto(w) for w in msg.suspend_run.waits))
-    elif kind == "start_step":
+        check_name("record_event.entry_key", event.entry_key)
+        check_name("record_event.name", event.name)
+        return RecordEvent(
+            event.entry_key, event.name, payload_in(event.payload, "record_event.payload")
+        )
+    if kind == "suspend_run":
+        return SuspendRun(
+            tuple(_wait_from_proto(w, i) for i, w in enumerate(msg.suspend_run.waits))
+        )
+    if kind == "start_step":
         start = msg.start_step
-        action = StartStep(start.step_key, start.attempt or 1, start.timeout.ToMilliseconds())
-    elif kind == "start_child":
+        check_name("start_step.step_key", start.step_key)
+        return StartStep(
+            start.step_key,
+            count(start.attempt, "start_step.attempt") or 1,
+            duration_ms(start.timeout, "start_step.timeout"),
+        )
+    if kind == "start_child":
         child = msg.start_child
-        action = StartChild(
+        check_name("start_child.child_key", child.child_key)
+        check_name("start_child.workflow_name", child.workflow_name)
+        check_name("start_child.workflow_version", child.workflow_version)
+        return StartChild(
             child.child_key,
             child.workflow_name,
             child.workflow_version,
-            _payload_in(child.input),
+            payload_in(child.input, "start_child.input"),
             child.detached,
         )
-    elif kind == "hold_run":
-        action = HoldRun(error_from_proto(msg.hold_run.error))
+    if kind == "hold_run":
+        return HoldRun(error_from_proto(msg.hold_run.error, "hold_run.error"))
+    return None
+
+
+def command_from_proto(msg: worker_service_pb2.WorkerCommand) -> Command:
+    """A WorkerCommand to the engine's Command (action None when unset). A command
+    whose fields cannot be accepted becomes a ``Malformed`` action, which the
+    engine answers INVALID in its turn among the run's commands."""
+    try:
+        check_name("run_id", msg.run_id)
+        action = _action_from_proto(msg)
+    except EngineError as exc:
+        reason = f"{msg.WhichOneof('command') or 'command'}: {exc}"
+        action = Malformed(reason, fails_run=msg.WhichOneof("command") != "record_event")
     return Command(msg.command_id, msg.run_id, msg.lease_id, action)
 
 
@@ -316,12 +435,27 @@ def workflow_limits(
     hello: worker_service_pb2.WorkerHello,
 ) -> dict[tuple[str, str], WorkflowLimits]:
     """The execution timeout and journal limit each registered version declares."""
-    return {
-        (w.name, w.version): WorkflowLimits(
-            execution_timeout_ms=(
-                w.execution_timeout.ToMilliseconds() if w.HasField("execution_timeout") else None
-            ),
-            max_entries=w.max_entries or None,
+    limits = {}
+    for i, w in enumerate(hello.workflows):
+        timeout_ms = None
+        if w.HasField("execution_timeout"):
+            field = f"hello.workflows[{i}].execution_timeout"
+            timeout_ms = duration_ms(w.execution_timeout, field)
+            if timeout_ms <= 0:
+                raise InvalidArgument(f"{field} must be longer than 0")
+        limits[(w.name, w.version)] = WorkflowLimits(
+            execution_timeout_ms=timeout_ms, max_entries=w.max_entries or None
         )
-        for w in hello.workflows
-    }
+    return limits
+
+
+def check_hello(hello: worker_service_pb2.WorkerHello) -> None:
+    """Reject a hello whose names are missing, too long or hold NULs."""
+    check_name("hello.worker_id", hello.worker_id, required=True)
+    check_text("hello.identity", hello.identity)
+    check_text("hello.sdk_version", hello.sdk_version)
+    for i, w in enumerate(hello.workflows):
+        check_name(f"hello.workflows[{i}].name", w.name, required=True)
+        check_name(f"hello.workflows[{i}].version", w.version, required=True)
+        for j, name in enumerate(w.event_triggers):
+            check_name(f"hello.workflows[{i}].event_triggers[{j}]", name, required=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from stepd.server.api.convert import STATUS_TO_PROTO, timestamp
+from stepd.server.api.convert import STATUS_TO_PROTO, payload_in, timestamp
 from stepd.server.domain_schedules import (
     CatchupPolicy,
     OverlapPolicy,
@@ -16,6 +16,7 @@ from stepd.server.domain_schedules import (
 )
 from stepd.server.engine.errors import InvalidArgument
 from stepd.server.engine.schedules import ScheduleView
+from stepd.server.engine.validation import check_name
 from stepd.v1 import schedules_pb2, worker_service_pb2
 
 OVERLAP_FROM_PROTO = {
@@ -50,6 +51,9 @@ def spec_from_proto(spec: schedules_pb2.ScheduleSpec, field: str) -> ScheduleSpe
         raise InvalidArgument(f"{field}.overlap_policy {spec.overlap_policy} is not known")
     if spec.catchup_policy not in CATCHUP_FROM_PROTO:
         raise InvalidArgument(f"{field}.catchup_policy {spec.catchup_policy} is not known")
+    check_name(f"{field}.cron", spec.cron)
+    check_name(f"{field}.time_zone", spec.time_zone)
+    payload_in(spec.input, f"{field}.input")
     if spec.input.encoding and spec.input.encoding != "json":
         raise InvalidArgument(
             f"{field}.input.encoding {spec.input.encoding!r} is not supported; "

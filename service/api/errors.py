@@ -1,4 +1,10 @@
-"""The one place engine errors become gRPC statuses."""
+"""The one place errors become gRPC statuses, and the log lines they leave.
+
+A client's mistake (an engine error, or bytes that are not the request
+message) gets its documented code and a short message, and leaves at most one
+DEBUG line in the log. Anything else is a fault of the server: the caller gets
+INTERNAL and the log gets the traceback, naming the RPC and the run.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from stepd.server.engine import errors
 
@@ -22,10 +29,42 @@ CODES: dict[type[errors.EngineError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
+#: The longest error message sent to a caller (longer ones are cut).
+MAX_MESSAGE_CHARS = 1000
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Handler = Callable[[Any, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]
+
+
+class Undecodable:
+    """Stands for request bytes that do not decode as the expected message."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> errors.InvalidArgument:
+        """The error the caller gets for it."""
+        return errors.InvalidArgument(
+            f"the request is not a valid {self.type_name}: its bytes do not decode"
+        )
+
+
+def decoder(message_class: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    """A request deserializer that never raises: bytes that do not decode become
+    ``Undecodable`` (grpc would answer UNKNOWN and log a traceback)."""
+    type_name = message_class.DESCRIPTOR.full_name
+    parse = message_class.FromString
+
+    def decode(raw: bytes) -> Message | Undecodable:
+        try:
+            return parse(raw)
+        except (DecodeError, ValueError, RuntimeError):
+            return Undecodable(type_name)
+
+    return decode
 
 
 def status_code(exc: errors.EngineError) -> grpc.StatusCode:
@@ -36,21 +75,48 @@ def status_code(exc: errors.EngineError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def client_message(exc: errors.EngineError) -> str:
+    """The message a caller gets for an engine error (at most MAX_MESSAGE_CHARS)."""
+    text = str(exc)
+    if len(text) > MAX_MESSAGE_CHARS:
+        return text[: MAX_MESSAGE_CHARS - 1] + "…"
+    return text
+
+
+def client_status(exc: errors.EngineError, rpc: str) -> tuple[grpc.StatusCode, str]:
+    """The status of a client's mistake, logged as one DEBUG line."""
+    code, message = status_code(exc), client_message(exc)
+    log.debug("%s: %s: %s", rpc, code.name, message)
+    return code, message
+
+
+def server_fault(rpc: str, request: object) -> tuple[grpc.StatusCode, str]:
+    """The status of a fault inside the server (call from an ``except`` block):
+    the traceback goes to the log, naming the RPC and the run when known."""
+    run_id = getattr(request, "run_id", "")
+    where = f" (run {run_id[:64]})" if isinstance(run_id, str) and run_id else ""
+    log.exception("%s failed%s", rpc, where)
+    return grpc.StatusCode.INTERNAL, "internal error; see the server log"
+
+
 def maps_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Turn engine errors into gRPC statuses, and anything else into INTERNAL
-    with a message that hides internals (the server log has the details)."""
+    """Answer a unary RPC: undecodable bytes and engine errors become their
+    status codes, anything else INTERNAL (the server log has the details)."""
+    rpc = handler.__name__
 
     @functools.wraps(handler)
     async def wrapper(
         self: Any, request: Request, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Response:
         try:
+            if isinstance(request, Undecodable):
+                raise request.error()
             return await handler(self, request, context)
         except errors.EngineError as exc:
-            await context.abort(status_code(exc), str(exc))
+            code, message = client_status(exc, rpc)
         except Exception:
-            log.exception("%s failed", handler.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            code, message = server_fault(rpc, request)
+        await context.abort(code, message)
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     return wrapper

@@ -1,9 +1,9 @@
 """Opaque page tokens: a cursor bound to the request that made it.
 
 ListRuns tokens carry the last run's seq and a fingerprint of the filters;
-ListRunEvents tokens carry an offset into the (append-only) history and a
-fingerprint of the run id. A token sent with other filters, or tampered with,
-is INVALID_ARGUMENT.
+ListRunEvents tokens carry the history cursor (entries so far, the last row
+read from each table) and a fingerprint of the run id. A token sent with
+other filters, or tampered with, is INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from stepd.server.domain import RunFilter
+from stepd.server.domain import HistoryCursor, RunFilter
 from stepd.server.engine.errors import InvalidArgument
+
+#: Cursors are database integers (64-bit).
+_MAX_CURSOR = 2**63 - 1
 
 
 def _fingerprint(text: str) -> str:
@@ -43,7 +46,7 @@ def _unpack(token: str, kind: str, fingerprint: str, mismatch: str) -> int:
         cursor = int(value)
     except ValueError:
         raise InvalidArgument("page_token is malformed; pass a next_page_token unchanged") from None
-    if found_kind != kind or cursor < 0 or found_fingerprint != fingerprint:
+    if found_kind != kind or not 0 <= cursor <= _MAX_CURSOR or found_fingerprint != fingerprint:
         raise InvalidArgument(mismatch)
     return cursor
 
@@ -65,18 +68,27 @@ def decode(token: str, run_filter: RunFilter) -> int | None:
     )
 
 
-def encode_offset(offset: int, scope: str) -> str:
-    """A token for the page of an append-only list starting at ``offset``."""
-    return _pack("o1", offset, _fingerprint(scope))
+def encode_history(cursor: HistoryCursor, run_id: str) -> str:
+    """A ListRunEvents token for the page after ``cursor``."""
+    flags = int(cursor.triggered) | int(cursor.ended) << 1
+    fields = (cursor.position, cursor.events, cursor.steps, cursor.attempts, flags)
+    raw = f"h1:{'.'.join(map(str, fields))}:{_fingerprint(run_id)}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_offset(token: str, scope: str) -> int:
-    """The offset in an offset token (0 for an empty token)."""
+def decode_history(token: str, run_id: str) -> HistoryCursor:
+    """The cursor in a ListRunEvents token (the start for an empty token)."""
     if not token:
-        return 0
-    return _unpack(
-        token,
-        "o1",
-        _fingerprint(scope),
-        "page_token was made for another run; send the same run_id",
-    )
+        return HistoryCursor()
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        kind, values, fingerprint = raw.split(":")
+        position, events, steps, attempts, flags = (int(v) for v in values.split("."))
+    except ValueError:
+        raise InvalidArgument("page_token is malformed; pass a next_page_token unchanged") from None
+    numbers = (position, events, steps, attempts)
+    if kind != "h1" or min(*numbers, flags) < 0 or max(numbers) > _MAX_CURSOR or flags > 3:
+        raise InvalidArgument("page_token is malformed; pass a next_page_token unchanged")
+    if fingerprint != _fingerprint(run_id):
+        raise InvalidArgument("page_token was made for another run; send the same run_id")
+    return HistoryCursor(position, events, steps, attempts, bool(flags & 1), bool(flags & 2))

@@ -10,12 +10,16 @@ from typing import Any
 
 import grpc
 
-from stepd.server.api.convert import command_from_proto, outgoing_to_proto, workflow_limits
+from stepd.server.api.convert import (
+    check_hello,
+    command_from_proto,
+    outgoing_to_proto,
+    workflow_limits,
+)
 from stepd.server.api.convert_schedules import declarations_from_hello
-from stepd.server.api.errors import status_code
-from stepd.server.engine.commands import Command, RecordStep
+from stepd.server.api.errors import Undecodable, client_status, server_fault
 from stepd.server.engine.engine import Engine
-from stepd.server.engine.errors import EngineError
+from stepd.server.engine.errors import EngineError, InvalidArgument
 from stepd.server.engine.sessions import WorkerSession
 from stepd.v1 import worker_service_pb2 as pb
 from stepd.v1 import worker_service_pb2_grpc
@@ -24,10 +28,20 @@ log = logging.getLogger("stepd.api")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 HELLO_TIMEOUT_SECONDS = 30.0
+RPC = "PollTask"
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
-    """The worker-facing API: one long-lived bidirectional stream per worker."""
+    """The worker-facing API: one long-lived bidirectional stream per worker.
+
+    It decodes what the worker sends and encodes what the engine queues for it;
+    the engine applies commands (in order) and decides what the worker gets.
+    A stream the server ends carries a status and a reason: INVALID_ARGUMENT
+    for a hello or a message it cannot accept, UNAVAILABLE when the server
+    shuts down or the worker's lease expired, INTERNAL for a fault of the
+    server. A bad command does not end the stream: it gets its own INVALID
+    result.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -42,32 +56,27 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         except StopAsyncIteration:
             return
         except TimeoutError:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"send a hello as the first PollTask message within {HELLO_TIMEOUT_SECONDS:g} s",
+            await self._abort(
+                context,
+                InvalidArgument(
+                    f"send a hello as the first PollTask message within {HELLO_TIMEOUT_SECONDS:g} s"
+                ),
             )
-        if first.WhichOneof("message") != "hello":
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the first PollTask message must be a hello"
-            )
-        hello = first.hello
+            return
         try:
-            session = await self._engine.connect_worker(
-                hello.worker_id,
-                hello.identity,
-                [(w.name, w.version) for w in hello.workflows],
-                hello.capacity,
-                declarations_from_hello(hello),
-                limits=workflow_limits(hello),
-                max_cached_runs=hello.max_cached_runs,
-            )
+            session = await self._connect(first)
         except EngineError as exc:
-            await context.abort(status_code(exc), str(exc))
+            await self._abort(context, exc)
+            return
         reader = asyncio.create_task(self._read(requests, session))
         try:
             yield pb.PollTaskResponse(settings=self._settings())
             while (batch := await session.next_batch()) is not None:
                 yield outgoing_to_proto(batch)
+        except Exception:
+            code, message = server_fault(RPC, None)
+            session.close()
+            await context.abort(code, message)
         finally:
             reader.cancel()
             # grpc cancels this handler when the worker's connection drops; the
@@ -78,65 +87,64 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             cleanup.add_done_callback(self._tasks.discard)
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(cleanup)
+        if session.end_error is not None:
+            await self._abort(context, session.end_error)
+
+    async def _connect(self, first: pb.PollTaskRequest | Undecodable) -> WorkerSession:
+        """Check the hello and register the worker's session."""
+        if isinstance(first, Undecodable):
+            raise first.error()
+        if first.WhichOneof("message") != "hello":
+            raise InvalidArgument("the first PollTask message must be a hello")
+        hello = first.hello
+        check_hello(hello)
+        return await self._engine.connect_worker(
+            hello.worker_id,
+            hello.identity,
+            [(w.name, w.version) for w in hello.workflows],
+            hello.capacity,
+            declarations_from_hello(hello),
+            limits=workflow_limits(hello),
+            max_cached_runs=hello.max_cached_runs,
+        )
+
+    async def _abort(self, context: Context, exc: EngineError) -> None:
+        code, message = client_status(exc, RPC)
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("PollTask ended: %s", message)
+        await context.abort(code, message)
 
     async def _read(
-        self, requests: AsyncIterator[pb.PollTaskRequest], session: WorkerSession
+        self, requests: AsyncIterator[pb.PollTaskRequest | Undecodable], session: WorkerSession
     ) -> None:
+        end: EngineError | None = None
         try:
             async for request in requests:
-                if session.touch():  # a suspect worker spoke again: it may take runs
-                    self._engine.dispatcher.kick()
+                self._engine.heard_from(session)
+                if isinstance(request, Undecodable):
+                    end = request.error()
+                    break
                 kind = request.WhichOneof("message")
                 if kind == "commands":
                     commands = [command_from_proto(c) for c in request.commands.commands]
-                    task = asyncio.create_task(self._apply(session, commands))
+                    task = asyncio.create_task(self._engine.apply_commands(session, commands))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 elif kind == "drain":
-                    self._engine.drain_worker(session, request.drain.reason or "no reason given")
+                    reason = request.drain.reason[:200] or "no reason given"
+                    self._engine.drain_worker(session, reason)
                 elif kind == "hello":
                     log.warning("worker %s sent a second hello; ignored", session.identity)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         except Exception:
             log.exception("reading from worker %s failed", session.identity)
+            end = EngineError("internal error reading the stream; see the server log")
         finally:
-            session.close()
+            session.close(end)
 
     def _settings(self) -> pb.StreamSettings:
         settings = pb.StreamSettings()
         settings.heartbeat_interval.FromMilliseconds(self._engine.config.heartbeat_interval_ms)
         settings.lease_timeout.FromMilliseconds(self._engine.config.lease_timeout_ms)
         return settings
-
-    async def _apply(self, session: WorkerSession, commands: list[Command]) -> None:
-        """Apply a batch: runs side by side, each run's commands in the order sent."""
-        by_run: dict[str, list[Command]] = {}
-        for command in commands:
-            by_run.setdefault(command.run_id, []).append(command)
-        await asyncio.gather(*(self._apply_in_order(session, cmds) for cmds in by_run.values()))
-
-    async def _apply_in_order(self, session: WorkerSession, commands: list[Command]) -> None:
-        """Apply one run's commands: consecutive step records together (they
-        share a commit), anything else only after everything sent before it."""
-        records: list[Command] = []
-        for command in commands:
-            if isinstance(command.action, RecordStep):
-                records.append(command)
-                continue
-            await self._apply_all(session, records)
-            records = []
-            session.send(await self._engine.apply(session, command))
-        await self._apply_all(session, records)
-
-    async def _apply_all(self, session: WorkerSession, commands: list[Command]) -> None:
-        """Apply consecutive step records of one run: together where the store
-        commits them in submission order (a group commit), else one by one, so
-        the run's journal and history keep the order the worker sent."""
-        if self._engine.store.ordered_writes:
-            results = await asyncio.gather(*(self._engine.apply(session, c) for c in commands))
-            for result in results:
-                session.send(result)
-        else:
-            for command in commands:
-                session.send(await self._engine.apply(session, command))

@@ -8,7 +8,14 @@ import grpc
 
 from stepd.server import __version__
 from stepd.server.api import page_tokens
-from stepd.server.api.convert import STATUS_FROM_PROTO, history_to_proto, millis, run_to_proto
+from stepd.server.api.convert import (
+    STATUS_FROM_PROTO,
+    duration_seconds,
+    history_to_proto,
+    optional_ms,
+    payload_in,
+    run_to_proto,
+)
 from stepd.server.api.convert_schedules import (
     decode_page_token,
     encode_page_token,
@@ -19,6 +26,7 @@ from stepd.server.api.errors import maps_errors
 from stepd.server.domain import RunFilter
 from stepd.server.engine.engine import Engine, TriggerParams
 from stepd.server.engine.errors import InvalidArgument
+from stepd.server.engine.validation import check_name, check_text
 from stepd.server.security.auth_interceptor import current_key_id
 from stepd.v1 import workflow_service_pb2 as pb
 from stepd.v1 import workflow_service_pb2_grpc
@@ -54,30 +62,40 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
     @maps_errors
     async def Trigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerResponse:
+        check_name("workflow_name", request.workflow_name, required=True)
+        check_name("workflow_version", request.workflow_version)
+        check_name("idempotency_key", request.idempotency_key)
+        payload = payload_in(request.input, "input")
         run, existed = await self._engine.trigger(
             TriggerParams(
                 workflow_name=request.workflow_name,
                 workflow_version=request.workflow_version,
-                input_json=request.input.json,
-                input_encoding=request.input.encoding,
+                input_json=payload.json,
+                input_encoding=payload.encoding,
                 run_id=request.run_id,
                 idempotency_key=request.idempotency_key,
-                deadline=millis(request.deadline, request.HasField("deadline")),
-                start_time_not_before=millis(request.start_time, request.HasField("start_time")),
+                deadline=optional_ms(request, "deadline", "deadline"),
+                start_time_not_before=optional_ms(request, "start_time", "start_time"),
             )
         )
         return pb.TriggerResponse(run=run_to_proto(run), already_existed=existed)
 
     @maps_errors
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
-        timeout = request.wait_timeout.ToTimedelta().total_seconds()
-        if timeout < 0:
-            raise InvalidArgument("wait_timeout must not be negative")
+        check_name("run_id", request.run_id, required=True)
+        timeout = None
+        if request.HasField("wait_timeout"):
+            timeout = duration_seconds(request.wait_timeout, "wait_timeout")
+            if timeout < 0:
+                raise InvalidArgument("wait_timeout must not be negative")
         run = await self._engine.get_run(request.run_id, wait=request.wait, wait_seconds=timeout)
         return pb.GetRunResponse(run=run_to_proto(run))
 
     @maps_errors
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        check_name("workflow_name", request.workflow_name)
+        check_name("parent_run_id", request.parent_run_id)
+        check_text("page_token", request.page_token)
         statuses = set()
         for value in request.statuses:
             if value not in STATUS_FROM_PROTO:
@@ -87,15 +105,13 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             workflow_name=request.workflow_name or None,
             statuses=frozenset(statuses) or None,
             parent_run_id=request.parent_run_id or None,
-            create_time_after=millis(
-                request.create_time_after, request.HasField("create_time_after")
-            ),
-            create_time_before=millis(
-                request.create_time_before, request.HasField("create_time_before")
-            ),
+            create_time_after=optional_ms(request, "create_time_after", "create_time_after"),
+            create_time_before=optional_ms(request, "create_time_before", "create_time_before"),
         )
         cursor = page_tokens.decode(request.page_token, run_filter)
-        runs, next_cursor = await self._engine.list_runs(run_filter, request.page_size, cursor)
+        runs, next_cursor = await self._engine.list_runs(
+            run_filter, request.page_size, cursor, payloads=request.include_payloads
+        )
         token = page_tokens.encode(next_cursor, run_filter) if next_cursor is not None else ""
         return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
 
@@ -103,6 +119,8 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def CancelRun(
         self, request: pb.CancelRunRequest, context: Context
     ) -> pb.CancelRunResponse:
+        check_name("run_id", request.run_id, required=True)
+        check_text("reason", request.reason)
         run, already = await self._engine.cancel_run(
             request.run_id, request.reason, actor=current_key_id()
         )
@@ -110,11 +128,15 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
     @maps_errors
     async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
+        check_name("run_id", request.run_id, required=True)
+        check_name("name", request.name, required=True)
+        check_name("request_id", request.request_id)
+        payload = payload_in(request.payload, "payload")
         await self._engine.signal(
             request.run_id,
             request.name,
-            request.payload.json,
-            request.payload.encoding,
+            payload.json,
+            payload.encoding,
             request.request_id,
             actor=current_key_id(),
         )
@@ -124,12 +146,11 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def PublishEvent(
         self, request: pb.PublishEventRequest, context: Context
     ) -> pb.PublishEventResponse:
+        check_name("name", request.name, required=True)
+        check_name("event_id", request.event_id)
+        payload = payload_in(request.payload, "payload")
         event_id, already, woken, started = await self._engine.publish_event(
-            request.name,
-            request.payload.json,
-            request.payload.encoding,
-            request.event_id,
-            actor=current_key_id(),
+            request.name, payload.json, payload.encoding, request.event_id, actor=current_key_id()
         )
         return pb.PublishEventResponse(
             event_id=event_id,
@@ -142,11 +163,11 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def ListRunEvents(
         self, request: pb.ListRunEventsRequest, context: Context
     ) -> pb.ListRunEventsResponse:
-        offset = page_tokens.decode_offset(request.page_token, request.run_id)
-        page, next_offset = await self._engine.run_history(
-            request.run_id, request.page_size, offset
-        )
-        token = page_tokens.encode_offset(next_offset, request.run_id) if next_offset else ""
+        check_name("run_id", request.run_id, required=True)
+        check_text("page_token", request.page_token)
+        cursor = page_tokens.decode_history(request.page_token, request.run_id)
+        page, after = await self._engine.run_history(request.run_id, request.page_size, cursor)
+        token = page_tokens.encode_history(after, request.run_id) if after is not None else ""
         return pb.ListRunEventsResponse(
             events=[history_to_proto(position, entry) for position, entry in page],
             next_page_token=token,
@@ -156,8 +177,10 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def ExecuteHook(
         self, request: pb.ExecuteHookRequest, context: Context
     ) -> pb.ExecuteHookResponse:
+        check_text("token", request.token)
+        payload = payload_in(request.payload, "payload")
         run_id = await self._engine.execute_hook(
-            request.token, request.payload.json, request.payload.encoding, actor=current_key_id()
+            request.token, payload.json, payload.encoding, actor=current_key_id()
         )
         return pb.ExecuteHookResponse(run_id=run_id)
 
@@ -177,6 +200,9 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def CreateSchedule(
         self, request: pb.CreateScheduleRequest, context: Context
     ) -> pb.CreateScheduleResponse:
+        check_name("schedule_id", request.schedule_id)
+        check_name("workflow_name", request.workflow_name, required=True)
+        check_name("workflow_version", request.workflow_version)
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required (at least spec.cron)")
         view, existed = await self._engine.schedules.create(
@@ -192,6 +218,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def GetSchedule(
         self, request: pb.GetScheduleRequest, context: Context
     ) -> pb.GetScheduleResponse:
+        check_name("schedule_id", request.schedule_id, required=True)
         view = await self._engine.schedules.get(request.schedule_id, request.recent_runs)
         return pb.GetScheduleResponse(schedule=schedule_to_proto(view))
 
@@ -199,6 +226,8 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def ListSchedules(
         self, request: pb.ListSchedulesRequest, context: Context
     ) -> pb.ListSchedulesResponse:
+        check_name("workflow_name", request.workflow_name)
+        check_text("page_token", request.page_token)
         after = decode_page_token(request.page_token, request.workflow_name)
         views, last = await self._engine.schedules.list_page(
             request.workflow_name, request.page_size, after
@@ -212,6 +241,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def PauseSchedule(
         self, request: pb.PauseScheduleRequest, context: Context
     ) -> pb.PauseScheduleResponse:
+        check_name("schedule_id", request.schedule_id, required=True)
         view = await self._engine.schedules.pause(request.schedule_id)
         return pb.PauseScheduleResponse(schedule=schedule_to_proto(view))
 
@@ -219,6 +249,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def ResumeSchedule(
         self, request: pb.ResumeScheduleRequest, context: Context
     ) -> pb.ResumeScheduleResponse:
+        check_name("schedule_id", request.schedule_id, required=True)
         view = await self._engine.schedules.resume(request.schedule_id)
         return pb.ResumeScheduleResponse(schedule=schedule_to_proto(view))
 
@@ -226,6 +257,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def DeleteSchedule(
         self, request: pb.DeleteScheduleRequest, context: Context
     ) -> pb.DeleteScheduleResponse:
+        check_name("schedule_id", request.schedule_id, required=True)
         await self._engine.schedules.delete(request.schedule_id)
         return pb.DeleteScheduleResponse(schedule_id=request.schedule_id)
 
@@ -233,6 +265,8 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def TriggerSchedule(
         self, request: pb.TriggerScheduleRequest, context: Context
     ) -> pb.TriggerScheduleResponse:
+        check_name("schedule_id", request.schedule_id, required=True)
+        check_name("request_id", request.request_id)
         outcome = await self._engine.schedules.trigger(request.schedule_id, request.request_id)
         response = pb.TriggerScheduleResponse(skipped=outcome.run is None)
         if outcome.run is not None:

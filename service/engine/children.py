@@ -19,18 +19,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import TYPE_CHECKING
 
+from stepd.server.config import ServerConfig
 from stepd.server.domain import NewRun, RunRecord, now_ms
 from stepd.server.engine.commands import CommandResult, CommandStatus, HoldRun, StartChild
+from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.errors import EngineError, InvalidArgument
+from stepd.server.engine.ledger import LeaseLedger
+from stepd.server.engine.lifecycle import RunLifecycle
 from stepd.server.engine.payloads import check_json_payload
+from stepd.server.engine.registry import WorkflowRegistry
+from stepd.server.engine.run_limits import RunLimits
+from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.sessions import WorkerSession
-from stepd.server.engine.validation import MAX_ID_LENGTH
+from stepd.server.engine.validation import MAX_ID_LENGTH, shown
+from stepd.server.store.base import Store
 from stepd.server.store.children import StartChildStatus
-
-if TYPE_CHECKING:
-    from stepd.server.engine.engine import Engine
 
 log = logging.getLogger("stepd.engine")
 
@@ -45,17 +49,39 @@ def child_run_id(parent_run_id: str, child_key: str) -> str:
 
 
 class ChildRuns:
-    """Starts children, wakes parents, cascades cancellation, holds runs."""
+    """Starts children, wakes parents, cascades cancellation, holds runs.
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    Subscribe ``on_terminal`` to the lifecycle's ends. A started child or a woken
+    parent goes to the ``lifecycle``; a cancelled child too; a held run to the
+    ``dispatcher``'s held lane. A child's journal entry counts against the
+    parent's limit (``limits``, ``policy``).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: ServerConfig,
+        registry: WorkflowRegistry,
+        limits: RunLimits,
+        ledger: LeaseLedger,
+        lifecycle: RunLifecycle,
+        dispatcher: Dispatcher,
+        policy: RunPolicy,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._registry = registry
+        self._limits = limits
+        self._ledger = ledger
+        self._lifecycle = lifecycle
+        self._dispatcher = dispatcher
+        self._policy = policy
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(
         self, session: WorkerSession, cid: int, run_id: str, lease_id: int, action: StartChild
     ) -> CommandResult:
         """Apply ``start_child``: create the child once, record the parent's entry."""
-        engine = self._engine
         if not action.child_key:
             raise InvalidArgument("start_child.child_key is required")
         name = action.workflow_name.strip()
@@ -63,68 +89,65 @@ class ChildRuns:
             raise InvalidArgument("start_child.workflow_name is required")
         if len(name) > MAX_ID_LENGTH:
             raise InvalidArgument(f"start_child.workflow_name is longer than {MAX_ID_LENGTH}")
-        if engine.run_limits.full(run_id):
-            return await engine.policy.journal_full(
-                session, cid, run_id, lease_id, action.child_key
-            )
+        if self._limits.full(run_id):
+            return await self._policy.journal_full(session, cid, run_id, lease_id, action.child_key)
         input_json = check_json_payload(
             "start_child.input",
             action.input.json,
             action.input.encoding,
-            engine.config.max_payload_bytes,
+            self._config.max_payload_bytes,
         )
         child_id = child_run_id(run_id, action.child_key)
         new = NewRun(
             run_id=child_id,
             workflow_name=name,
-            workflow_version=action.workflow_version or engine.registry.current(name) or "",
+            workflow_version=action.workflow_version or self._registry.current(name) or "",
             input_json=input_json,
             create_time=now_ms(),
             parent_run_id=run_id,
             root_run_id=run_id,  # the store puts the parent's root here
             detached=action.detached,
         )
-        outcome = await engine.store.start_child(run_id, lease_id, action.child_key, new)
+        outcome = await self._store.start_child(run_id, lease_id, action.child_key, new)
         if outcome.status is StartChildStatus.LEASE_LOST:
-            return engine._lease_lost(cid, run_id, session)
+            return self._ledger.lease_lost(cid, run_id, session)
         if outcome.status is StartChildStatus.ID_TAKEN:
             raise InvalidArgument(
-                f"start_child: run id {child_id!r} is taken by a run that is not a child of "
-                f"run {run_id}; custom run ids of that form are reserved for child runs"
+                f"start_child: run id {shown(child_id)} is taken by a run that is not a child of "
+                f"run {shown(run_id)}; custom run ids of that form are reserved for child runs"
             )
         if outcome.child is not None:  # created now
-            engine._make_ready(outcome.child)
-            engine.policy.schedule_expiry(outcome.child)
+            self._lifecycle.make_ready(outcome.child)
+            self._policy.schedule_expiry(outcome.child)
         if outcome.status is StartChildStatus.RECORDED_BEFORE:
             return CommandResult(cid, CommandStatus.DUPLICATE, "", outcome.entry)
-        engine.run_limits.added(run_id)
+        self._limits.added(run_id)
         return CommandResult(cid, CommandStatus.OK, "", outcome.entry)
 
     async def hold(
         self, session: WorkerSession, cid: int, run_id: str, lease_id: int, action: HoldRun
     ) -> CommandResult:
         """Apply ``hold_run``: back to PENDING with the error, for other workers only."""
-        engine = self._engine
         error = action.error
         if not error.message:
             raise InvalidArgument("hold_run.error.message is required")
-        run = await engine.store.hold_run(run_id, lease_id, error)
+        run = await self._store.hold_run(run_id, lease_id, error)
         if run is None:
-            return engine._lease_lost(cid, run_id, session)
-        engine._let_go(session, run_id)
+            return self._ledger.lease_lost(cid, run_id, session)
+        self._ledger.let_go(session, run_id)
         log.warning("run %s held by worker %s: %s", run_id, session.identity, error.message)
-        engine.dispatcher.hold(run.workflow_name, run.workflow_version, run_id, session.worker_id)
+        self._dispatcher.hold(run.workflow_name, run.workflow_version, run_id, session.worker_id)
         return CommandResult(cid, CommandStatus.OK)
 
     def on_terminal(self, run: RunRecord) -> None:
         """A run ended: wake its parent's wait on it, cancel its attached children."""
-        self._engine.dispatcher.forget(run.run_id)
+        self._dispatcher.forget(run.run_id)
         if run.parent_run_id or run.has_children:
             self._spawn(self._after_end(run))
 
     async def recover(self) -> None:
         """Redo what a crash may have cut short after runs ended."""
-        finished, parents = await self._engine.store.child_recovery()
+        finished, parents = await self._store.child_recovery()
         for child in finished:
             await self._wake_parent(child)
         for parent_id in parents:
@@ -157,13 +180,13 @@ class ChildRuns:
             )
 
     async def _wake_parent(self, child: RunRecord) -> None:
-        woken = await self._engine.store.deliver_child(child)
+        woken = await self._store.deliver_child(child)
         if woken is not None:
-            self._engine._make_ready(woken)
+            self._lifecycle.make_ready(woken)
 
     async def _cancel_children(self, parent_id: str, reason: str) -> None:
-        for child in await self._engine.store.unfinished_children(parent_id):
+        for child in await self._store.unfinished_children(parent_id):
             try:
-                await self._engine.cancel_run(child.run_id, reason)
+                await self._lifecycle.cancel(child.run_id, reason)
             except EngineError:  # it ended meanwhile
                 continue

@@ -88,6 +88,17 @@ class HoldRun:
     error: ErrorDetails
 
 
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A command whose fields the API edge could not accept (e.g. a time out of
+    range): answered INVALID with ``reason``. Like any invalid command it fails
+    the run, except a malformed custom entry (``fails_run`` False), which is
+    only dropped."""
+
+    reason: str
+    fails_run: bool = True
+
+
 Action = (
     RecordStep
     | CompleteRun
@@ -98,6 +109,7 @@ Action = (
     | StartStep
     | StartChild
     | HoldRun
+    | Malformed
 )
 
 

@@ -1,9 +1,15 @@
-"""The engine: owns run state changes, worker sessions, and waiting on runs.
+"""The engine: the one object the gRPC handlers call.
 
-Handlers call the engine; the engine calls the store. Every status change
-goes through the transition table (``transitions.py``) as a conditional store
-write, and every answer to a caller or worker is sent only after its write
-committed.
+Handlers call the engine; the engine calls the store. The engine composes the
+run handling (docs/architecture.md, "Inside the engine"): the lease ledger at
+the bottom (``ledger.py``), the run lifecycle above it (``lifecycle.py``),
+whose listeners and helpers (children, the failure policy, the replica link,
+``GetRun`` waiters) receive their collaborators here, and the worker commands
+(``worker_commands.py``). What is left here is the client API, worker
+sessions coming and going, the lease sweep and handing runs out. Every status
+change is a conditional store write guarded by the transition table
+(``transitions.py``), and every answer to a caller or worker is sent only
+after its write committed.
 """
 
 from __future__ import annotations
@@ -19,48 +25,31 @@ from dataclasses import dataclass, replace
 from stepd.server.config import ServerConfig
 from stepd.server.domain import (
     RUN_EXPIRY_KEY,
-    DueTimer,
-    ErrorDetails,
-    FailureReason,
+    HistoryCursor,
     HistoryEntry,
     HookStatus,
     NewRun,
-    RecordStepStatus,
     RunFilter,
     RunRecord,
     RunStatus,
     SignalStatus,
-    SuspendStatus,
-    WaitSpec,
     WorkflowLimits,
     now_ms,
 )
 from stepd.server.domain_schedules import WorkflowDeclaration
-from stepd.server.engine import hook_tokens, transitions
+from stepd.server.engine import hook_tokens
 from stepd.server.engine.children import ChildRuns
-from stepd.server.engine.commands import (
-    Command,
-    CommandResult,
-    CommandStatus,
-    CompleteRun,
-    FailRun,
-    HoldRun,
-    RecordEvent,
-    RecordStep,
-    ReleaseRun,
-    StartChild,
-    StartStep,
-    SuspendRun,
-)
+from stepd.server.engine.commands import Command
 from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.errors import (
     AlreadyExists,
-    EngineError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unavailable,
 )
+from stepd.server.engine.ledger import LeaseLedger
+from stepd.server.engine.lifecycle import RunLifecycle
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
@@ -70,8 +59,9 @@ from stepd.server.engine.schedules import Scheduler
 from stepd.server.engine.sessions import Cancellation, WorkerSession
 from stepd.server.engine.sticky import StickyRuns
 from stepd.server.engine.timers import TimerSchedule
-from stepd.server.engine.transitions import RunEvent
-from stepd.server.engine.validation import MAX_ID_LENGTH, check_id, check_waits
+from stepd.server.engine.validation import MAX_ID_LENGTH, MAX_PAGE_BYTES, check_id, shown
+from stepd.server.engine.waiters import RunWaiters
+from stepd.server.engine.worker_commands import WorkerCommands
 from stepd.server.store.base import RunConflictError, Store
 from stepd.server.store.notify import channel_for
 from stepd.server.store.schedules import RESERVED_KEY_PREFIX
@@ -105,18 +95,15 @@ class Engine:
         self.store = store
         self.config = config
         self.registry = WorkflowRegistry()
+        self.run_limits = RunLimits(config.max_journal_entries)
         self.dispatcher = Dispatcher(self._claim_for)
         self.sticky = StickyRuns()  # suspended runs kept live by their worker
-        self._holders: dict[str, WorkerSession] = {}
-        self._run_waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
-        self._lease_monitor: asyncio.Task[None] | None = None
-        self.replicas = ReplicaLink(
-            self, channel_for(config.database), config.replica_poll_ms / 1000
-        )
+        self.ledger = LeaseLedger(self.dispatcher.kick, self.run_limits.release)
+        self.waiters = RunWaiters()
+        channel = channel_for(config.database)
         # Replicas load timers a shorter way ahead: those a dead replica held fire soon.
-        horizon = REPLICA_TIMER_HORIZON_MS if self.replicas.replicated else 60_000
+        horizon = REPLICA_TIMER_HORIZON_MS if channel is not None else 60_000
         self.timers = TimerSchedule(store, self._fire_timer, horizon)
-        self.run_limits = RunLimits(config.max_journal_entries)
         # Delayed starts: pending runs whose start time is still ahead.
         self.starts = TimerSchedule(
             store,
@@ -124,14 +111,54 @@ class Engine:
             horizon,
             load=lambda until, n: store.delayed_starts(now_ms(), until, n),
         )
-        self.schedules = Scheduler(
-            store, config, self.registry, self._make_ready, self.cancel_run, horizon
+        self.lifecycle = RunLifecycle(
+            store, self.ledger, self.dispatcher, self.sticky, self.timers, self.starts
         )
+        self.policy = RunPolicy(
+            store, self.run_limits, self.timers, self.ledger, self.lifecycle, self.dispatcher
+        )
+        self.children = ChildRuns(
+            store,
+            config,
+            self.registry,
+            self.run_limits,
+            self.ledger,
+            self.lifecycle,
+            self.dispatcher,
+            self.policy,
+        )
+        self.replicas = ReplicaLink(
+            channel,
+            config.replica_poll_ms / 1000,
+            store,
+            self.dispatcher,
+            self.waiters,
+            ended_elsewhere=self.run_ended_elsewhere,
+            recover=self.children.recover,
+        )
+        self.schedules = Scheduler(
+            store, config, self.registry, self.lifecycle.make_ready, self.cancel_run, horizon
+        )
+        self.commands = WorkerCommands(
+            store,
+            config,
+            self.ledger,
+            self.lifecycle,
+            self.run_limits,
+            self.policy,
+            self.children,
+            self.sticky,
+            self.timers,
+        )
+        # Who hears of a run made ready or ended, in this order.
+        self.lifecycle.on_ready(self.replicas.ready)
+        self.lifecycle.on_end(self.children.on_terminal)
+        self.lifecycle.on_end(self.replicas.ended)
+        self.lifecycle.on_end(self.waiters.answer)
+        self._lease_monitor: asyncio.Task[None] | None = None
         self._closing = False
         # The keys hook tokens are derived from: the first mints, all verify.
         self._hook_keys: tuple[bytes, ...] = ()
-        self.children = ChildRuns(self)
-        self.policy = RunPolicy(self)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -161,18 +188,10 @@ class Engine:
         recovered = 0
         for run in await self.store.runs_in_status([RunStatus.RUNNING]):
             # No worker holds a run across a restart of this server.
-            released = await self.store.transition_run(
-                run.run_id,
-                transitions.sources(RunEvent.RELEASE),
-                transitions.target(RunEvent.RELEASE),
-                lease_id=run.lease_id,
-                values={"lease_owner": None},
-            )
-            if released is not None:
-                self._make_ready(released)
+            if await self.lifecycle.requeue(run.run_id, run.lease_id):
                 recovered += 1
         for run in await self.store.runs_in_status([RunStatus.PENDING]):
-            self._make_ready(run)
+            self.lifecycle.make_ready(run)
             recovered += 1
         if recovered:
             log.info("recovered %d unfinished runs", recovered)
@@ -190,12 +209,9 @@ class Engine:
         await self.schedules.close()
         await self.children.close()
         for session in self.dispatcher.sessions:
-            session.close()
+            session.close(Unavailable("the server is shutting down; reconnect"))
         await self.dispatcher.close()
-        for waiters in self._run_waiters.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.cancel()
+        self.waiters.close()
 
     # -- client API ------------------------------------------------------------
 
@@ -242,52 +258,47 @@ class Engine:
             outcome = await self.store.create_run(new)
         except RunConflictError:
             raise AlreadyExists(
-                f"run_id {run_id!r} already exists; pick another id, or send the "
+                f"run_id {shown(run_id)} already exists; pick another id, or send the "
                 "idempotency key that created it to get that run back"
             ) from None
         if outcome.created:
-            self._make_ready(outcome.run)
+            self.lifecycle.make_ready(outcome.run)
             self.policy.schedule_expiry(outcome.run)
         return outcome.run, not outcome.created
 
     async def get_run(
-        self, run_id: str, *, wait: bool = False, wait_seconds: float = 0
+        self, run_id: str, *, wait: bool = False, wait_seconds: float | None = None
     ) -> RunRecord:
-        """Return a run; with ``wait``, first wait up to ``wait_seconds``
-        for it to reach a terminal status (capped by config.max_wait_seconds)."""
+        """Return a run; with ``wait``, first wait up to ``wait_seconds`` (None: the
+        cap, config.max_wait_seconds; 0: not at all) for it to reach a terminal status."""
         if not run_id:
             raise InvalidArgument("run_id is required")
         if not wait:
             return await self._existing(run_id)
-        waiter: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
-        waiters = self._run_waiters.setdefault(run_id, [])
-        waiters.append(waiter)
-        try:
-            run = await self._existing(run_id)
-            if run.status.is_terminal:
-                return run
-            limit = self.config.max_wait_seconds
-            timeout = min(wait_seconds or limit, limit)
-            try:
-                return await asyncio.wait_for(waiter, timeout)
-            except TimeoutError:
-                return await self._existing(run_id)
-        finally:
-            waiters.remove(waiter)
-            if not waiters:
-                self._run_waiters.pop(run_id, None)
+        limit = self.config.max_wait_seconds
+        timeout = limit if wait_seconds is None else min(wait_seconds, limit)
+        if timeout <= 0:
+            return await self._existing(run_id)
+        return await self.waiters.wait(run_id, lambda: self._existing(run_id), timeout)
 
     async def list_runs(
-        self, run_filter: RunFilter, page_size: int, before_seq: int | None
+        self,
+        run_filter: RunFilter,
+        page_size: int,
+        before_seq: int | None,
+        *,
+        payloads: bool = False,
     ) -> tuple[list[RunRecord], int | None]:
-        """Return one page of runs, newest first, and the cursor of the next page."""
+        """Return one page of runs, newest first, and the cursor of the next page.
+        Payloads are left out unless asked for; a page holds at most about
+        MAX_PAGE_BYTES of them (and at least one run)."""
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        runs = await self.store.list_runs(run_filter, size + 1, before_seq)
-        if len(runs) > size:
-            return runs[:size], runs[size - 1].seq
-        return runs, None
+        runs, more = await self.store.list_runs_page(
+            run_filter, size, before_seq, payloads=payloads, max_bytes=MAX_PAGE_BYTES
+        )
+        return runs, (runs[-1].seq if more and runs else None)
 
     async def cancel_run(
         self, run_id: str, reason: str, *, actor: str = ""
@@ -296,30 +307,7 @@ class Engine:
         ``actor`` (the caller's API key id) goes into the run's history."""
         if not run_id:
             raise InvalidArgument("run_id is required")
-        for _ in range(10):
-            run = await self.store.transition_run(
-                run_id,
-                transitions.sources(RunEvent.CANCEL),
-                transitions.target(RunEvent.CANCEL),
-                values={"cancel_reason": reason or "cancelled", "lease_owner": None},
-                actor=actor,
-            )
-            if run is not None:
-                self._after_cancel(run, reason or "cancelled")
-                self.timers.forget_run(run_id)
-                self.starts.forget_run(run_id)
-                await self.store.abandon_waits(run_id)
-                return run, False
-            current = await self._existing(run_id)
-            if current.status is RunStatus.CANCELLED:
-                return current, True
-            if current.status.is_terminal:
-                raise FailedPrecondition(
-                    f"run {run_id} is already {current.status.value}; "
-                    "only unfinished runs can be cancelled"
-                )
-            # The run moved between two of its statuses meanwhile: try again.
-        raise FailedPrecondition(f"run {run_id} kept changing; try cancelling again")
+        return await self.lifecycle.cancel(run_id, reason or "cancelled", actor=actor)
 
     async def signal(
         self,
@@ -345,14 +333,14 @@ class Engine:
             run_id, name, payload, request_id or None, actor=actor
         )
         if outcome.status is SignalStatus.UNKNOWN_RUN:
-            raise NotFound(f"run {run_id!r} not found")
+            raise NotFound(f"run {shown(run_id)} not found")
         if outcome.status is SignalStatus.FINISHED_RUN:
             status = outcome.run_status.value if outcome.run_status else "finished"
             raise FailedPrecondition(
-                f"run {run_id} is already {status}; signals go to unfinished runs"
+                f"run {shown(run_id)} is already {status}; signals go to unfinished runs"
             )
         if outcome.woken is not None:
-            self._make_ready(outcome.woken)
+            self.lifecycle.make_ready(outcome.woken)
 
     async def execute_hook(
         self, token: str, payload_json: str, encoding: str, *, actor: str = ""
@@ -378,7 +366,7 @@ class Engine:
                 "this hook expired: its run finished or stopped waiting for it"
             )
         if outcome.woken is not None:
-            self._make_ready(outcome.woken)
+            self.lifecycle.make_ready(outcome.woken)
         return ref.run_id
 
     async def publish_event(
@@ -404,7 +392,7 @@ class Engine:
             current_versions=self.registry.current_versions(),
         )
         for run in (*outcome.woken, *outcome.started):
-            self._make_ready(run)
+            self.lifecycle.make_ready(run)
         return (
             event_id,
             outcome.already_published,
@@ -413,20 +401,21 @@ class Engine:
         )
 
     async def run_history(
-        self, run_id: str, page_size: int, offset: int
-    ) -> tuple[list[tuple[int, HistoryEntry]], int | None]:
-        """One page of a run's history as (position, entry), and the next offset."""
+        self, run_id: str, page_size: int, cursor: HistoryCursor
+    ) -> tuple[list[tuple[int, HistoryEntry]], HistoryCursor | None]:
+        """One page of a run's history as (position, entry), and the cursor of
+        the next page (None on the last); a page holds at most about
+        MAX_PAGE_BYTES of payloads (and at least one entry)."""
         if not run_id:
             raise InvalidArgument("run_id is required")
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative")
-        entries = await self.store.run_history(run_id)
-        if entries is None:
-            raise NotFound(f"run {run_id!r} not found")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = list(enumerate(entries[offset : offset + size], start=offset + 1))
-        more = offset + size < len(entries)
-        return page, (offset + size if more else None)
+        page = await self.store.run_history_page(run_id, cursor, size, MAX_PAGE_BYTES)
+        if page is None:
+            raise NotFound(f"run {shown(run_id)} not found")
+        entries = list(enumerate(page.entries, start=cursor.position + 1))
+        return entries, (page.cursor if page.more else None)
 
     # -- worker API --------------------------------------------------------------
 
@@ -489,13 +478,9 @@ class Engine:
         if session in self.dispatcher.sessions:
             self.registry.stopped_serving(session.serves)
         self.dispatcher.remove_session(session)
-        held = [(run_id, lease) for run_id, lease in session.held.items() if lease]
-        session.held.clear()
+        held = self.ledger.clear(session)
         for run_id, lease_id in held:
-            self.run_limits.release(run_id)
-            if self._holders.get(run_id) is session:
-                del self._holders[run_id]
-            await self._requeue(run_id, lease_id)
+            await self.lifecycle.requeue(run_id, lease_id)
         log.info("worker %s disconnected; re-queued %d runs", session.identity, len(held))
 
     def drain_worker(self, session: WorkerSession, reason: str) -> None:
@@ -521,83 +506,23 @@ class Engine:
         for run_id, lease_id in session.held.items():
             if lease_id:
                 session.send(Cancellation(run_id, lease_id, "lease expired"))
+        session.close(
+            Unavailable(
+                f"the worker sent nothing for {session.silent_for():.1f} s, longer than the "
+                "lease timeout; its runs went back to the queue"
+            )
+        )
         await self.disconnect_worker(session)
 
-    async def apply(self, session: WorkerSession, command: Command) -> CommandResult:
-        """Apply one worker command and return its result (after commit)."""
-        try:
-            return await self._apply(session, command)
-        except EngineError as exc:
-            if not isinstance(command.action, RecordEvent):
-                await self._fail_invalid(session, command, str(exc))
-            return CommandResult(command.command_id, CommandStatus.INVALID, str(exc))
-        except Exception:
-            log.exception("command %d for run %s failed", command.command_id, command.run_id)
-            await self._hand_out_again(session, command.run_id, command.lease_id)
-            return CommandResult(
-                command.command_id,
-                CommandStatus.INTERNAL_ERROR,
-                "the server could not record the command; the run will be retried",
-            )
+    def heard_from(self, session: WorkerSession) -> None:
+        """The worker sent something: it is alive (a suspect worker may take runs again)."""
+        if session.touch():
+            self.dispatcher.kick()
 
-    async def _hand_out_again(self, session: WorkerSession, run_id: str, lease_id: int) -> None:
-        """After a command failed inside the server, the worker drops the run: stop
-        holding it for that worker and re-queue it. Should the re-queue fail too (the
-        database is unreachable), the stored lease, no longer extended, expires and
-        the lease sweep re-queues it."""
-        if session.held.get(run_id) != lease_id:
-            return
-        self._let_go(session, run_id)
-        session.send(Cancellation(run_id, lease_id, "a command of the run failed in the server"))
-        try:
-            await self._requeue(run_id, lease_id)
-        except Exception:
-            log.exception("re-queueing run %s failed; its lease will expire", run_id)
-
-    async def _fail_invalid(self, session: WorkerSession, command: Command, reason: str) -> None:
-        """A run whose worker sent a command that can never be recorded (e.g. a
-        result over the payload limit) would fail the same way on every retry:
-        fail it with the reason, and tell the worker to stop it."""
-        step_key = command.action.step.step_key if isinstance(command.action, RecordStep) else ""
-        error = ErrorDetails("stepd.InvalidCommand", reason, step_key=step_key)
-        if await self._fail_held(
-            session, command.run_id, command.lease_id, error, FailureReason.WORKFLOW_ERROR
-        ):
-            log.warning(
-                "run %s failed: its worker sent an invalid command: %s", command.run_id, reason
-            )
-
-    async def _fail_held(
-        self,
-        session: WorkerSession,
-        run_id: str,
-        lease_id: int,
-        error: ErrorDetails,
-        reason: FailureReason,
-    ) -> bool:
-        """Fail a run that ``session`` holds, for a reason of the server's, and tell
-        the worker to stop it. False when the lease was gone already."""
-        run = await self._finish(
-            run_id,
-            lease_id,
-            RunEvent.FAIL,
-            {
-                "error_type": error.type,
-                "error_message": error.message,
-                "error_traceback": error.traceback,
-                "error_step_key": error.step_key,
-                "error_attempt": error.attempt,
-                "failure_reason": reason.value,
-            },
-        )
-        if run is None:
-            return False
-        self._let_go(session, run_id)
-        session.send(Cancellation(run_id, lease_id, f"run failed: {error.message}"))
-        self.timers.forget_run(run_id)
-        await self.store.abandon_waits(run_id)
-        self._notify_terminal(run)
-        return True
+    async def apply_commands(self, session: WorkerSession, commands: Sequence[Command]) -> None:
+        """Apply a batch of a worker's commands in order (``worker_commands.py``)
+        and send each result to the worker after its commit."""
+        await self.commands.apply_batch(session, commands)
 
     # -- leases ------------------------------------------------------------------
 
@@ -630,118 +555,13 @@ class Engine:
         for attempt in self.run_limits.overdue(now_ms()):
             await self.policy.end_overdue_attempt(attempt)
         for run in await self.store.expired_leases(now_ms(), EXPIRY_SWEEP_LIMIT):
-            holder = self._holders.get(run.run_id)
+            holder = self.ledger.holder(run.run_id)
             if holder is not None and not holder.closed:
                 continue
             log.info("lease %d of run %s expired; re-queueing it", run.lease_id, run.run_id)
-            await self._requeue(run.run_id, run.lease_id)
+            await self.lifecycle.requeue(run.run_id, run.lease_id)
 
-    # -- internals -------------------------------------------------------------
-
-    async def _apply(self, session: WorkerSession, command: Command) -> CommandResult:
-        cid, run_id, lease_id = command.command_id, command.run_id, command.lease_id
-        action = command.action
-        if action is None:
-            return CommandResult(cid, CommandStatus.INVALID, "command has no action")
-        if not lease_id or session.held.get(run_id) != lease_id:
-            return self._lease_lost(cid, run_id)
-        limit = self.config.max_payload_bytes
-        if isinstance(action, StartStep):
-            return self.policy.start_step(cid, run_id, lease_id, action)
-        if isinstance(action, StartChild):
-            return await self.children.start(session, cid, run_id, lease_id, action)
-        if isinstance(action, HoldRun):
-            return await self.children.hold(session, cid, run_id, lease_id, action)
-        if isinstance(action, RecordStep):
-            step = action.step
-            if not step.step_key:
-                raise InvalidArgument("record_step.step.step_key is required")
-            if self.run_limits.full(run_id):
-                return await self.policy.journal_full(session, cid, run_id, lease_id, step.step_key)
-            if action.result is not None:
-                result_json = check_json_payload(
-                    "record_step.step.result", action.result.json, action.result.encoding, limit
-                )
-                step = replace(step, result_json=result_json)
-            outcome = await self.store.record_step(run_id, lease_id, step)
-            if outcome.status is RecordStepStatus.LEASE_LOST:
-                return self._lease_lost(cid, run_id, session)
-            self.run_limits.attempt_ended(run_id, step.step_key)
-            if outcome.status is RecordStepStatus.DUPLICATE:
-                return CommandResult(cid, CommandStatus.DUPLICATE, "", outcome.existing)
-            self.run_limits.added(run_id)
-            return CommandResult(cid, CommandStatus.OK)
-        if isinstance(action, CompleteRun):
-            result_json = check_json_payload(
-                "complete_run.result", action.result.json, action.result.encoding, limit
-            )
-            run = await self._finish(
-                run_id, lease_id, RunEvent.COMPLETE, {"result_json": result_json}
-            )
-        elif isinstance(action, FailRun):
-            err = action.error
-            run = await self._finish(
-                run_id,
-                lease_id,
-                RunEvent.FAIL,
-                {
-                    "error_type": err.type,
-                    "error_message": err.message,
-                    "error_traceback": err.traceback,
-                    "error_step_key": err.step_key,
-                    "error_attempt": err.attempt,
-                    "failure_reason": FailureReason.WORKFLOW_ERROR.value,
-                },
-            )
-        elif isinstance(action, ReleaseRun):
-            run = await self._finish(run_id, lease_id, RunEvent.RELEASE, {})
-            if run is not None:
-                self._make_ready(run)
-        elif isinstance(action, SuspendRun):
-            return await self._suspend(session, cid, run_id, lease_id, action.waits)
-        elif isinstance(action, RecordEvent):
-            if not action.entry_key or not action.name:
-                raise InvalidArgument("record_event needs an entry_key and a name")
-            payload = check_json_payload(
-                "record_event.payload", action.payload.json, action.payload.encoding, limit
-            )
-            if not await self.store.record_event(
-                run_id, lease_id, action.entry_key, action.name, payload
-            ):
-                return self._lease_lost(cid, run_id, session)
-            return CommandResult(cid, CommandStatus.OK)
-        else:
-            raise InvalidArgument(f"unknown command {type(action).__name__}")
-        if run is None:
-            return self._lease_lost(cid, run_id, session)
-        self._let_go(session, run_id)
-        if run.status.is_terminal:
-            self._notify_terminal(run)
-        return CommandResult(cid, CommandStatus.OK)
-
-    async def _suspend(
-        self,
-        session: WorkerSession,
-        cid: int,
-        run_id: str,
-        lease_id: int,
-        waits: tuple[WaitSpec, ...],
-    ) -> CommandResult:
-        check_waits(waits)
-        if self.run_limits.full(run_id):  # waking would add an entry it has no room for
-            return await self.policy.journal_full(session, cid, run_id, lease_id, "")
-        outcome = await self.store.suspend_run(run_id, lease_id, waits)
-        if outcome.status is SuspendStatus.LEASE_LOST:
-            return self._lease_lost(cid, run_id, session)
-        entries = self.run_limits.entries(run_id)
-        self._let_go(session, run_id)
-        if entries is not None:  # the worker may keep it live: offer it there first
-            self.sticky.remember(session, run_id, lease_id, entries)
-        if outcome.status is SuspendStatus.WOKEN and outcome.run is not None:
-            self._make_ready(outcome.run)
-        for timer in outcome.timers:
-            self.timers.schedule(timer)
-        return CommandResult(cid, CommandStatus.OK)
+    # -- handing runs out, timers ------------------------------------------------
 
     async def _fire_timer(self, run_id: str, wait_key: str) -> None:
         if wait_key == RUN_EXPIRY_KEY:
@@ -749,36 +569,7 @@ class Engine:
             return
         woken = await self.store.fire_timer(run_id, wait_key)
         if woken is not None:
-            self._make_ready(woken)
-
-    async def _finish(
-        self, run_id: str, lease_id: int, event: RunEvent, values: dict[str, object]
-    ) -> RunRecord | None:
-        return await self.store.transition_run(
-            run_id,
-            transitions.sources(event),
-            transitions.target(event),
-            lease_id=lease_id,
-            values={"lease_owner": None, **values},
-        )
-
-    def _lease_lost(
-        self, cid: int, run_id: str, session: WorkerSession | None = None
-    ) -> CommandResult:
-        if session is not None:
-            self._let_go(session, run_id)
-        return CommandResult(
-            cid,
-            CommandStatus.LEASE_LOST,
-            f"this worker no longer holds run {run_id} (cancelled, finished or re-queued)",
-        )
-
-    def _let_go(self, session: WorkerSession, run_id: str) -> None:
-        self.run_limits.release(run_id)
-        if session.held.pop(run_id, None) is not None:
-            self.dispatcher.kick()
-        if self._holders.get(run_id) is session:
-            del self._holders[run_id]
+            self.lifecycle.make_ready(woken)
 
     async def _claim_for(
         self, session: WorkerSession, run_id: str, served: tuple[str, str], pin_version: str
@@ -806,16 +597,14 @@ class Engine:
             else:  # not claimed, or not right after the suspension: not a continuation
                 self.sticky.let_go(run_id, parked, "the run is handed out afresh")
         if claimed is None:
-            session.held.pop(run_id, None)
-            self.dispatcher.kick()
+            self.ledger.give_up_claim(session, run_id)
             return
         lease_id = claimed.run.lease_id
         if session.closed:
-            session.held.pop(run_id, None)
-            await self._requeue(run_id, lease_id)
+            self.ledger.give_up_claim(session, run_id)
+            await self.lifecycle.requeue(run_id, lease_id)
             return
-        session.held[run_id] = lease_id
-        self._holders[run_id] = session
+        self.ledger.hold(session, run_id, lease_id)
         self.run_limits.hold(
             run_id,
             known + len(claimed.journal) + len(claimed.waits),
@@ -825,84 +614,26 @@ class Engine:
         hook_secret = hook_tokens.run_secret(self._hook_keys[0], run_id)
         session.send(replace(claimed, hook_secret=hook_secret))
 
-    async def _requeue(self, run_id: str, lease_id: int) -> None:
-        run = await self._finish(run_id, lease_id, RunEvent.RELEASE, {})
-        if run is not None:
-            self._make_ready(run)
-
-    def _make_ready(self, run: RunRecord, *, announce: bool = True) -> None:
-        not_before = run.start_time_not_before
-        if not_before is not None and not_before > now_ms():
-            # Held in memory only when due within the timers' horizon.
-            self.starts.schedule(DueTimer(run.run_id, "start", not_before))
-            return
-        parked = self.sticky.get(run.run_id)
-        if parked is not None:
-            if parked.session.has_room_for_continuation():
-                self.dispatcher.push_to(
-                    parked.session, run.workflow_name, run.workflow_version, run.run_id
-                )
-                return
-            self.sticky.drop(run.run_id, "its worker has no room; the run continues elsewhere")
-        resumed = run.dispatch_count > 0
-        self.dispatcher.push(run.workflow_name, run.workflow_version, run.run_id, resumed=resumed)
-        if announce:
-            self.replicas.ready(run)
-
     async def _start_due(self, run_id: str, _key: str) -> None:
         run = await self.store.get_run(run_id)
         if run is not None and run.status is RunStatus.PENDING:
             # Every replica's timer fires for a delayed start: none need be told.
-            self._make_ready(run, announce=False)
-
-    def _after_cancel(self, run: RunRecord, reason: str) -> None:
-        session = self._holders.pop(run.run_id, None)
-        self.run_limits.release(run.run_id)
-        if session is not None:
-            lease_id = session.held.pop(run.run_id, 0)
-            session.send(Cancellation(run.run_id, lease_id, reason))
-            self.dispatcher.kick()
-        self._notify_terminal(run)
-
-    def _notify_terminal(self, run: RunRecord) -> None:
-        self.sticky.drop(run.run_id, f"run {run.status.value}")
-        self.children.on_terminal(run)
-        self.replicas.ended(run.run_id)
-        self._answer_waiters(run)
-
-    @property
-    def waited_runs(self) -> list[str]:
-        """The runs that ``GetRun(wait=true)`` callers wait for here."""
-        return list(self._run_waiters)
-
-    def answer_waiters(self, run: RunRecord) -> None:
-        """Answer the callers waiting for a run that ended."""
-        self._answer_waiters(run)
-
-    def _answer_waiters(self, run: RunRecord) -> None:
-        for waiter in self._run_waiters.get(run.run_id, ()):
-            if not waiter.done():
-                waiter.set_result(run)
+            self.lifecycle.make_ready(run, announce=False)
 
     async def run_ended_elsewhere(self, run_id: str) -> None:
         """Another replica ended a run: answer the callers waiting for it here,
         and stop a worker of this replica that still holds it."""
-        if run_id not in self._run_waiters and run_id not in self._holders:
+        if not self.waiters.waits_for(run_id) and self.ledger.holder(run_id) is None:
             return
         run = await self.store.get_run(run_id)
         if run is None or not run.status.is_terminal:
             return
-        session = self._holders.pop(run_id, None)
-        if session is not None:
-            self.run_limits.release(run_id)
-            lease_id = session.held.pop(run_id, 0)
-            session.send(Cancellation(run_id, lease_id, f"run {run.status.value} elsewhere"))
-            self.dispatcher.kick()
+        self.ledger.take_back(run_id, f"run {run.status.value} elsewhere")
         self.timers.forget_run(run_id)
-        self._answer_waiters(run)
+        self.waiters.answer(run)
 
     async def _existing(self, run_id: str) -> RunRecord:
         run = await self.store.get_run(run_id)
         if run is None:
-            raise NotFound(f"run {run_id!r} not found")
+            raise NotFound(f"run {shown(run_id)} not found")
         return run

@@ -30,13 +30,14 @@ import contextlib
 import json
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from stepd.server.domain import RunRecord
+from stepd.server.engine.dispatcher import Dispatcher
+from stepd.server.engine.waiters import RunWaiters
+from stepd.server.store.base import Store
 from stepd.server.store.notify import MAX_PAYLOAD_BYTES, NotifyChannel
-
-if TYPE_CHECKING:
-    from stepd.server.engine.engine import Engine
 
 log = logging.getLogger("stepd.replicas")
 
@@ -49,13 +50,38 @@ FOLLOW_UP_SWEEP_SECONDS = 5.0
 #: Waited-for runs checked per read.
 WAITED_CHUNK = 500
 
+#: Acts on a run another replica ended (by id): answer waiters, stop its worker here.
+EndedElsewhere = Callable[[str], Coroutine[Any, Any, None]]
+#: Redoes the follow-ups of run ends that a replica did not live to do.
+RecoverFollowUps = Callable[[], Coroutine[Any, Any, None]]
+
 
 class ReplicaLink:
-    """Tells the other replicas what happened here and acts on what they tell it."""
+    """Tells the other replicas what happened here and acts on what they tell it.
 
-    def __init__(self, engine: Engine, channel: NotifyChannel | None, poll_interval: float) -> None:
-        self._engine = engine
+    Subscribe ``ready`` and ``ended`` to the lifecycle. Runs the others made
+    ready go to the ``dispatcher``; ends they report to ``ended_elsewhere``;
+    ``waiters`` are the ``GetRun(wait=true)`` callers the poll checks for;
+    ``recover`` is the sweep for follow-ups of dead replicas.
+    """
+
+    def __init__(
+        self,
+        channel: NotifyChannel | None,
+        poll_interval: float,
+        store: Store,
+        dispatcher: Dispatcher,
+        waiters: RunWaiters,
+        *,
+        ended_elsewhere: EndedElsewhere,
+        recover: RecoverFollowUps,
+    ) -> None:
         self._channel = channel
+        self._store = store
+        self._dispatcher = dispatcher
+        self._waiters = waiters
+        self._ended_elsewhere = ended_elsewhere
+        self._recover = recover
         self.poll_interval = poll_interval
         self._id = uuid.uuid4().hex[:12]
         self._outbox: list[list[Any]] = []
@@ -94,14 +120,14 @@ class ReplicaLink:
         """A run became ready here (after its commit and its push to the local
         queue); the others are told unless a worker here takes it at once."""
         key = (run.workflow_name, run.workflow_version)
-        if self._channel is not None and not self._engine.dispatcher.can_take_now(key):
+        if self._channel is not None and not self._dispatcher.can_take_now(key):
             resumed = 1 if run.dispatch_count > 0 else 0
             self._send(["r", run.workflow_name, run.workflow_version, run.run_id, resumed])
 
-    def ended(self, run_id: str) -> None:
+    def ended(self, run: RunRecord) -> None:
         """A run ended here (after its commit)."""
         if self._channel is not None:
-            self._send(["e", run_id])
+            self._send(["e", run.run_id])
 
     def _send(self, item: list[Any]) -> None:
         self._outbox.append(item)
@@ -125,14 +151,14 @@ class ReplicaLink:
         message = json.loads(payload)
         if message.get("from") == self._id:
             return
-        dispatcher = self._engine.dispatcher
+        dispatcher = self._dispatcher
         for item in message.get("items", ()):
             if item[0] == "r":
                 _, name, version, run_id, resumed = item
                 if dispatcher.serves((name, version)):
                     dispatcher.push(name, version, run_id, resumed=bool(resumed))
             elif item[0] == "e":
-                self._spawn(self._engine.run_ended_elsewhere(item[1]))
+                self._spawn(self._ended_elsewhere(item[1]))
 
     def _spawn(self, work: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work)
@@ -155,7 +181,7 @@ class ReplicaLink:
                 await self.check_waited()
                 if loop.time() - swept_at >= FOLLOW_UP_SWEEP_SECONDS:
                     swept_at = loop.time()
-                    await self._engine.children.recover()
+                    await self._recover()
             except Exception:
                 log.exception("polling for ready runs failed")
 
@@ -167,11 +193,11 @@ class ReplicaLink:
     async def poll(self) -> int:
         """Queue ready runs for workers that have room and nothing queued; return
         how many were found."""
-        dispatcher = self._engine.dispatcher
+        dispatcher = self._dispatcher
         served, slots = dispatcher.idle_demand()
         if slots <= 0:
             return 0
-        found = await self._engine.store.ready_runs(served, slots)
+        found = await self._store.ready_runs(served, slots)
         for run in found:
             name, version = run.workflow_name, run.workflow_version
             if run.held_error is not None:  # only to workers that have not refused it
@@ -183,10 +209,10 @@ class ReplicaLink:
     async def check_waited(self) -> None:
         """Answer callers waiting for runs that ended without this replica hearing
         of it (a lost notification): one read per 500 waited runs."""
-        waited = self._engine.waited_runs
+        waited = self._waiters.run_ids
         for start in range(0, len(waited), WAITED_CHUNK):
-            for run in await self._engine.store.ended_runs(waited[start : start + WAITED_CHUNK]):
-                self._engine.answer_waiters(run)
+            for run in await self._store.ended_runs(waited[start : start + WAITED_CHUNK]):
+                self._waiters.answer(run)
 
 
 def _payloads(sender: str, items: list[list[Any]]) -> list[str]:

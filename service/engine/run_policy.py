@@ -12,7 +12,6 @@ the worker holding it is told (``expire``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from stepd.server.domain import (
     RUN_EXPIRY_KEY,
@@ -24,15 +23,15 @@ from stepd.server.domain import (
     StepRow,
     now_ms,
 )
-from stepd.server.engine import transitions
 from stepd.server.engine.commands import CommandResult, CommandStatus, StartStep
+from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.errors import InvalidArgument
-from stepd.server.engine.run_limits import OpenAttempt
-from stepd.server.engine.sessions import Cancellation, WorkerSession
-from stepd.server.engine.transitions import RunEvent
-
-if TYPE_CHECKING:
-    from stepd.server.engine.engine import Engine
+from stepd.server.engine.ledger import LeaseLedger
+from stepd.server.engine.lifecycle import RunLifecycle
+from stepd.server.engine.run_limits import OpenAttempt, RunLimits
+from stepd.server.engine.sessions import WorkerSession
+from stepd.server.engine.timers import TimerSchedule
+from stepd.server.store.base import Store
 
 log = logging.getLogger("stepd.engine")
 
@@ -44,19 +43,36 @@ MAX_ENTRIES_ERROR = "stepd.MaxEntriesExceeded"
 
 
 class RunPolicy:
-    """Ends attempts, runs and journals that went past their limits."""
+    """Ends attempts, runs and journals that went past their limits.
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    ``limits`` tracks the open attempts and journal sizes of held runs; ``timers``
+    carry each run's expiry; the ``ledger`` says who holds a run and the
+    ``lifecycle`` ends or re-queues it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        limits: RunLimits,
+        timers: TimerSchedule,
+        ledger: LeaseLedger,
+        lifecycle: RunLifecycle,
+        dispatcher: Dispatcher,
+    ) -> None:
+        self._store = store
+        self._limits = limits
+        self._timers = timers
+        self._ledger = ledger
+        self._lifecycle = lifecycle
+        self._dispatcher = dispatcher
 
     def start_step(self, cid: int, run_id: str, lease_id: int, action: StartStep) -> CommandResult:
         """Apply ``start_step``: the server now times the attempt."""
-        engine = self._engine
         if not action.step_key:
             raise InvalidArgument("start_step.step_key is required")
         if action.timeout_ms <= 0:
             raise InvalidArgument("start_step.timeout must be longer than 0")
-        engine.run_limits.attempt_started(
+        self._limits.attempt_started(
             OpenAttempt(
                 run_id, lease_id, action.step_key, action.attempt, action.timeout_ms, now_ms()
             )
@@ -67,11 +83,10 @@ class RunPolicy:
         """The worker did not report a step attempt within its timeout (and grace):
         record it as timed out, take the run back and hand it out again; the
         step's retry policy decides what follows."""
-        engine = self._engine
         run_id, lease_id = attempt.run_id, attempt.lease_id
-        engine.run_limits.attempt_ended(run_id, attempt.step_key)
-        session = engine._holders.get(run_id)
-        if session is None or session.held.get(run_id) != lease_id:
+        self._limits.attempt_ended(run_id, attempt.step_key)
+        session = self._ledger.holder(run_id)
+        if session is None or not self._ledger.holds(session, run_id, lease_id):
             return
         message = (
             f"step {attempt.step_key} attempt {attempt.attempt} did not finish within its "
@@ -88,22 +103,19 @@ class RunPolicy:
             end_time=now_ms(),
             attempt_only=True,
         )
-        outcome = await engine.store.record_step(run_id, lease_id, step)
+        outcome = await self._store.record_step(run_id, lease_id, step)
         if outcome.status is RecordStepStatus.LEASE_LOST:
             return
         log.warning("run %s: %s; handing the run out again", run_id, message)
         session.mark_suspect()  # its event loop may be blocked: no new runs until it speaks
-        engine.dispatcher.unstick(session)
-        engine._let_go(session, run_id)
-        session.send(Cancellation(run_id, lease_id, message))
-        await engine._requeue(run_id, lease_id)
+        self._dispatcher.unstick(session)
+        await self._lifecycle.hand_out_again(session, run_id, lease_id, message)
 
     async def journal_full(
         self, session: WorkerSession, cid: int, run_id: str, lease_id: int, step_key: str
     ) -> CommandResult:
         """The run's journal is at its limit: fail the run instead of growing it."""
-        engine = self._engine
-        limit = engine.run_limits.limit(run_id)
+        limit = self._limits.limit(run_id)
         error = ErrorDetails(
             MAX_ENTRIES_ERROR,
             f"run {run_id} reached its limit of {limit} journal entries (steps, failed "
@@ -111,24 +123,22 @@ class RunPolicy:
             "into child runs",
             step_key=step_key,
         )
-        await engine._fail_held(
+        await self._lifecycle.fail_held(
             session, run_id, lease_id, error, FailureReason.MAX_ENTRIES_EXCEEDED
         )
         log.warning("run %s failed: %s", run_id, error.message)
-        return engine._lease_lost(cid, run_id, session)
+        return self._ledger.lease_lost(cid, run_id, session)
 
     def schedule_expiry(self, run: RunRecord) -> None:
         """Arm the timer that ends ``run`` at its deadline or execution timeout."""
-        engine = self._engine
         if run.expire_time is not None and not run.status.is_terminal:
-            engine.timers.schedule(DueTimer(run.run_id, RUN_EXPIRY_KEY, run.expire_time))
+            self._timers.schedule(DueTimer(run.run_id, RUN_EXPIRY_KEY, run.expire_time))
 
     async def expire(self, run_id: str) -> None:
         """Fail a run whose deadline or execution timeout passed, wherever it stands,
         and tell the worker holding it (if any) to stop."""
-        engine = self._engine
         for _ in range(10):
-            run = await engine.store.get_run(run_id)
+            run = await self._store.get_run(run_id)
             if run is None or run.status.is_terminal or run.expire_time is None:
                 return
             now = now_ms()
@@ -142,24 +152,8 @@ class RunPolicy:
                 reason, error_type = FailureReason.EXECUTION_TIMEOUT, EXECUTION_TIMEOUT_ERROR
                 what = "its workflow's execution timeout passed"
             message = f"run {run_id} failed: {what}"
-            failed = await engine.store.transition_run(
-                run_id,
-                transitions.sources(RunEvent.EXPIRE),
-                transitions.target(RunEvent.EXPIRE),
-                values={
-                    "error_type": error_type,
-                    "error_message": message,
-                    "error_traceback": "",
-                    "error_step_key": "",
-                    "error_attempt": 0,
-                    "failure_reason": reason.value,
-                    "lease_owner": None,
-                },
-            )
-            if failed is not None:
+            error = ErrorDetails(error_type, message)
+            if await self._lifecycle.expire(run_id, error, reason, what) is not None:
                 log.info("%s", message)
-                engine._after_cancel(failed, what)
-                engine.timers.forget_run(run_id)
-                await engine.store.abandon_waits(run_id)
                 return
             # The run moved between two of its statuses meanwhile: look again.

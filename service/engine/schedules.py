@@ -45,7 +45,7 @@ from stepd.server.engine.errors import (
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.timers import TimerSchedule
-from stepd.server.engine.validation import MAX_ID_LENGTH, check_id
+from stepd.server.engine.validation import MAX_ID_LENGTH, MAX_PAGE_BYTES, check_id, shown
 from stepd.server.store.base import Store
 
 log = logging.getLogger("stepd.schedules")
@@ -117,7 +117,7 @@ class Scheduler:
                 if not name.strip() or len(name) > MAX_ID_LENGTH:
                     raise InvalidArgument(
                         f"{where}.event_triggers: event names are 1 to {MAX_ID_LENGTH} "
-                        f"characters, got {name!r}"
+                        f"characters, got {shown(name)}"
                     )
             if decl.schedule is not None:
                 cron.check(decl.schedule.cron, decl.schedule.time_zone, f"{where}.schedule")
@@ -193,7 +193,7 @@ class Scheduler:
         status, stored = await self._store.create_schedule(record)
         if status is CreateScheduleStatus.EXISTS_OTHER:
             raise AlreadyExists(
-                f"schedule_id {record.schedule_id!r} already exists with other settings; "
+                f"schedule_id {shown(record.schedule_id)} already exists with other settings; "
                 "pick another id, or delete that schedule first"
             )
         self._arm(stored)
@@ -214,10 +214,11 @@ class Scheduler:
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative")
         size = min(page_size or 100, 1000)
-        records = await self._store.list_schedules(workflow_name or None, after_id, size + 1)
-        more = len(records) > size
-        page = [self._view(r, []) for r in records[:size]]
-        return page, (records[size - 1].schedule_id if more else None)
+        records, more = await self._store.list_schedules_page(
+            workflow_name or None, after_id, size, MAX_PAGE_BYTES
+        )
+        page = [self._view(r, []) for r in records]
+        return page, (records[-1].schedule_id if more and records else None)
 
     async def pause(self, schedule_id: str) -> ScheduleView:
         """Pause a schedule (pausing twice is harmless)."""
@@ -225,7 +226,7 @@ class Scheduler:
             raise InvalidArgument("schedule_id is required")
         record = await self._store.set_schedule_paused(schedule_id, True, None)
         if record is None:
-            raise NotFound(f"schedule {schedule_id!r} not found")
+            raise NotFound(f"schedule {shown(schedule_id)} not found")
         self.timers.forget_run(schedule_id)
         return self._view(record, [])
 
@@ -239,7 +240,7 @@ class Scheduler:
         next_time = cron.next_after(spec.cron, spec.time_zone, now_ms())
         record = await self._store.set_schedule_paused(schedule_id, False, next_time)
         if record is None:
-            raise NotFound(f"schedule {schedule_id!r} not found")
+            raise NotFound(f"schedule {shown(schedule_id)} not found")
         self._arm(record)
         return self._view(record, [])
 
@@ -249,7 +250,7 @@ class Scheduler:
         if not schedule_id:
             raise InvalidArgument("schedule_id is required")
         if not await self._store.delete_schedule(schedule_id):
-            raise NotFound(f"schedule {schedule_id!r} not found")
+            raise NotFound(f"schedule {shown(schedule_id)} not found")
         self.timers.forget_run(schedule_id)
         for key in [k for k in self._declared if k[0] == schedule_id]:
             del self._declared[key]
@@ -258,12 +259,15 @@ class Scheduler:
         """Start a run of a schedule now, as an extra occasion (overlap policy applies)."""
         if request_id:
             check_id("request_id", request_id)
+            earlier = await self._store.schedule_request_run(schedule_id, request_id)
+            if earlier is not None:  # a retry gets the first answer (and cancels nothing)
+                return FireOutcome(FireStatus.STARTED, earlier, created=False)
         record = await self._existing(schedule_id)
         if record.spec.overlap is OverlapPolicy.CANCEL_PREVIOUS:
             await self._cancel_previous(record)
         outcome = await self._store.trigger_schedule(schedule_id, request_id or uuid.uuid4().hex)
         if outcome is None:
-            raise NotFound(f"schedule {schedule_id!r} not found")
+            raise NotFound(f"schedule {shown(schedule_id)} not found")
         if outcome.created and outcome.run is not None:
             self._make_ready(outcome.run)
         return outcome
@@ -348,7 +352,7 @@ class Scheduler:
             raise InvalidArgument("schedule_id is required")
         record = await self._store.get_schedule(schedule_id)
         if record is None:
-            raise NotFound(f"schedule {schedule_id!r} not found")
+            raise NotFound(f"schedule {shown(schedule_id)} not found")
         return record
 
     def _view(self, record: ScheduleRecord, recent: Sequence[ScheduleRunRow]) -> ScheduleView:

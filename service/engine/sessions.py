@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from stepd.server.domain import ClaimedRun, WorkflowLimits
 from stepd.server.engine.commands import CommandResult
+from stepd.server.engine.errors import EngineError
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,8 @@ class WorkerSession:
         self.continuations: deque[tuple[str, tuple[str, str]]] = deque()
         self.held: dict[str, int] = {}
         self.closed = False
+        # Why the server ended the stream, when it did (None: the worker ended it).
+        self.end_error: EngineError | None = None
         self.draining = False
         self.last_seen = time.monotonic()
         self.suspect_since: float | None = None
@@ -134,8 +137,11 @@ class WorkerSession:
         batch, self._outbox = self._outbox, []
         return batch
 
-    def close(self) -> None:
-        """Stop sending; the stream ends after the current batch."""
+    def close(self, error: EngineError | None = None) -> None:
+        """Stop sending; the stream ends after the current batch, with ``error``'s
+        status when the server ends it for a reason (the first reason given wins)."""
+        if error is not None and self.end_error is None and not self.closed:
+            self.end_error = error
         self.closed = True
         self._wakeup.set()
 

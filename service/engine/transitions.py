@@ -1,8 +1,9 @@
 """The run state machine: one table of allowed (status, event) -> status moves.
 
-Every status change goes through :func:`sources` / :func:`target`, and the
-store applies it as a conditional write (``status IN sources``), so a move that
-this table does not allow never changes a row, whatever the timing.
+The engine hands the store a move (:func:`move`) with every change that ends,
+cancels or re-queues a run, and the store applies it as a conditional write
+(``status IN sources``), so a move that this table does not allow never changes
+a row, whatever the timing.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections import defaultdict
 
-from stepd.server.domain import RunStatus
+from stepd.server.domain import RunStatus, StatusMove
 
 
 class RunEvent(enum.Enum):
@@ -55,6 +56,7 @@ def _index() -> tuple[dict[RunEvent, frozenset[RunStatus]], dict[RunEvent, RunSt
 
 
 _SOURCES, _TARGETS = _index()
+_MOVES = {event: StatusMove(_SOURCES[event], _TARGETS[event]) for event in _TARGETS}
 
 
 def sources(event: RunEvent) -> frozenset[RunStatus]:
@@ -65,6 +67,11 @@ def sources(event: RunEvent) -> frozenset[RunStatus]:
 def target(event: RunEvent) -> RunStatus:
     """The status a run is in after ``event``."""
     return _TARGETS[event]
+
+
+def move(event: RunEvent) -> StatusMove:
+    """The move ``event`` makes: its sources and its target, for the store's guard."""
+    return _MOVES[event]
 
 
 def allowed(status: RunStatus, event: RunEvent) -> bool:

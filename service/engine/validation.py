@@ -2,14 +2,51 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 from stepd.server.domain import WaitKind, WaitSpec
 from stepd.server.engine.errors import InvalidArgument
+from stepd.server.engine.payloads import parse_json
 
+#: The longest id, name, key or version (characters).
 MAX_ID_LENGTH = 200
+#: The longest free text kept or logged: reasons, identities, hook tokens (characters).
+MAX_TEXT_LENGTH = 1000
+#: About the most payload bytes one page of a listing carries (at least one item):
+#: under the 4 MiB a gRPC client receives by default.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
+#: The largest event wait match (a JSON object of a few fields), in characters.
+MAX_MATCH_LENGTH = 64 * 1024
+#: How much of a caller's value an error message quotes back (characters).
+ECHO_CHARS = 40
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")
+
+
+def shown(value: str) -> str:
+    """``value`` quoted for an error message: its first ECHO_CHARS characters."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return f"{value[:ECHO_CHARS]!r}… ({len(value)} characters)"
+
+
+def check_name(
+    field: str, value: str, *, required: bool = False, max_length: int = MAX_ID_LENGTH
+) -> None:
+    """Reject a name, key or reference that is missing (when required), longer
+    than ``max_length`` characters or holds a NUL character (no database keeps one)."""
+    if not value:
+        if required:
+            raise InvalidArgument(f"{field} is required")
+        return
+    if len(value) > max_length:
+        raise InvalidArgument(f"{field} is {len(value)} characters; at most {max_length}")
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} must not contain NUL characters")
+
+
+def check_text(field: str, value: str, max_length: int = MAX_TEXT_LENGTH) -> None:
+    """Reject free text (a reason, an identity) that is too long or holds a NUL."""
+    check_name(field, value, max_length=max_length)
 
 
 def check_waits(waits: tuple[WaitSpec, ...]) -> None:
@@ -22,37 +59,36 @@ def check_waits(waits: tuple[WaitSpec, ...]) -> None:
     if len(set(keys)) != len(keys):
         raise InvalidArgument("suspend_run.waits: wait keys must be unique")
     for wait in waits:
+        where = f"suspend_run.waits[{shown(wait.wait_key)}]"
         if wait.kind is WaitKind.EVENT:
             check_event_wait(wait)
         elif wait.kind is WaitKind.SIGNAL:
             if not wait.target:
-                raise InvalidArgument(
-                    f"suspend_run.waits[{wait.wait_key}]: a signal wait needs the signal's name"
-                )
+                raise InvalidArgument(f"{where}: a signal wait needs the signal's name")
         elif wait.kind is WaitKind.CHILD:
             if not wait.target:
-                raise InvalidArgument(
-                    f"suspend_run.waits[{wait.wait_key}]: a child wait needs the child's run_id"
-                )
+                raise InvalidArgument(f"{where}: a child wait needs the child's run_id")
         elif wait.kind is WaitKind.TIMER and wait.fire_time is None:
             raise InvalidArgument(
-                f"suspend_run.waits[{wait.wait_key}]: this server serves timer waits "
+                f"{where}: this server serves timer waits "
                 "with a fire_time, signal and event waits with a name, and hook waits"
             )
 
 
 def check_event_wait(wait: WaitSpec) -> None:
     """Reject an event wait without a name or start, or with a match that is not an object."""
-    where = f"suspend_run.waits[{wait.wait_key}]"
+    where = f"suspend_run.waits[{shown(wait.wait_key)}]"
     if not wait.target:
         raise InvalidArgument(f"{where}: an event wait needs the event's name")
     if wait.since_time is None:
         raise InvalidArgument(f"{where}: an event wait needs `since`, when the wait began")
     if wait.match_json:
-        try:
-            match = json.loads(wait.match_json)
-        except ValueError:
-            raise InvalidArgument(f"{where}: match_json is not valid JSON") from None
+        if len(wait.match_json) > MAX_MATCH_LENGTH:
+            raise InvalidArgument(
+                f"{where}: match_json is {len(wait.match_json)} characters; "
+                f"at most {MAX_MATCH_LENGTH}"
+            )
+        match = parse_json(f"{where}: match_json", wait.match_json)
         if not isinstance(match, dict):
             raise InvalidArgument(f"{where}: match_json must be a JSON object of fields")
 
@@ -63,5 +99,5 @@ def check_id(field: str, value: str) -> None:
         raise InvalidArgument(f"{field} is {len(value)} characters; at most {MAX_ID_LENGTH}")
     if not _ID_PATTERN.match(value):
         raise InvalidArgument(
-            f"{field} {value!r} may contain only letters, digits and . _ : @ / + = -"
+            f"{field} {shown(value)} may contain only letters, digits and . _ : @ / + = -"
         )

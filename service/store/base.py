@@ -2,22 +2,27 @@
 
 Every write is one transaction (implementations may group concurrent writes
 into one database transaction: group commit). Conditional writes encode the
-run state machine's guards: ``transition_run`` changes a run only when it is in
-one of ``from_statuses`` (and, when given, holds ``lease_id``), so a stale or
-illegal change affects no row and reports False.
+run state machine's guards: ``release_run``, ``complete_run``, ``fail_run`` and
+``cancel_run`` change a run only when it is in one of the sources of the move
+the engine passes (``engine/transitions.py``) and, when given, holds
+``lease_id``, so a stale or illegal change affects no row and reports None.
+Methods say what they do; column names stay below this interface.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from stepd.server.domain import (
     ClaimedRun,
     CreateRunOutcome,
     DueTimer,
     ErrorDetails,
+    FailureReason,
+    HistoryCursor,
     HistoryEntry,
+    HistoryPage,
     HookOutcome,
     NewRun,
     PublishOutcome,
@@ -26,6 +31,7 @@ from stepd.server.domain import (
     RunRecord,
     RunStatus,
     SignalOutcome,
+    StatusMove,
     StepRow,
     SuspendOutcome,
     WaitSpec,
@@ -80,6 +86,12 @@ class ScheduleStore(Protocol):
         """Return up to ``limit`` schedules ordered by id, with ids after
         ``after_id`` when given, of one workflow when given."""
 
+    async def list_schedules_page(
+        self, workflow_name: str | None, after_id: str | None, limit: int, max_bytes: int
+    ) -> tuple[list[ScheduleRecord], bool]:
+        """Like ``list_schedules``, and fewer (at least one) when their inputs pass
+        ``max_bytes``; also whether more follow."""
+
     async def set_schedule_paused(
         self, schedule_id: str, paused: bool, next_time: int | None
     ) -> ScheduleRecord | None:
@@ -101,6 +113,10 @@ class ScheduleStore(Protocol):
     async def trigger_schedule(self, schedule_id: str, request_id: str) -> FireOutcome | None:
         """Start a run of a schedule now (the SKIP overlap policy applies), once
         per request_id; None for an unknown schedule."""
+
+    async def schedule_request_run(self, schedule_id: str, request_id: str) -> RunRecord | None:
+        """Return the run a TriggerSchedule with ``request_id`` started, if any
+        (also once the schedule was deleted)."""
 
     async def schedule_runs(self, schedule_id: str, limit: int) -> list[ScheduleRunRow]:
         """Return the runs a schedule started most recently, newest first."""
@@ -210,24 +226,35 @@ class Store(ScheduleStore, KeyStore, VersionStore, Protocol):
         (run_id, step_key, attempt), and is part of the journal too.
         """
 
-    async def transition_run(
+    async def release_run(self, run_id: str, move: StatusMove, lease_id: int) -> RunRecord | None:
+        """Give a run held under ``lease_id`` back to the queue (``move`` leads to
+        PENDING) and clear its lease's owner; None when the guard did not match."""
+
+    async def complete_run(
+        self, run_id: str, move: StatusMove, lease_id: int, result_json: str
+    ) -> RunRecord | None:
+        """End a run held under ``lease_id`` with its result (``move`` leads to
+        COMPLETED); None when the guard did not match."""
+
+    async def fail_run(
         self,
         run_id: str,
-        from_statuses: Iterable[RunStatus],
-        to_status: RunStatus,
+        move: StatusMove,
+        error: ErrorDetails,
+        reason: FailureReason,
         *,
         lease_id: int | None = None,
-        values: Mapping[str, Any] | None = None,
-        actor: str = "",
     ) -> RunRecord | None:
-        """Set a run's status (and other columns in ``values``) atomically.
+        """End a run with ``error`` for ``reason`` (``move`` leads to FAILED): the
+        one held under ``lease_id`` when given, else wherever it stands among
+        ``move.sources`` (its deadline passed). None when the guard did not match."""
 
-        Applies only when the run's status is in ``from_statuses`` and, if
-        ``lease_id`` is given, the run's lease_id equals it. Sets update_time;
-        sets end_time when ``to_status`` is terminal. Returns the updated run,
-        or None when the guard did not match. ``actor`` (an API key id) is
-        recorded on a cancellation's history entry.
-        """
+    async def cancel_run(
+        self, run_id: str, move: StatusMove, reason: str, *, actor: str = ""
+    ) -> RunRecord | None:
+        """Cancel a run wherever it stands among ``move.sources`` (``move`` leads to
+        CANCELLED), with ``reason``; ``actor`` (an API key id) is recorded on the
+        history entry. None when the guard did not match."""
 
     async def register_workflows(self, versions: Iterable[tuple[str, str]]) -> None:
         """Remember (name, version) pairs a worker serves; known pairs are kept."""
@@ -343,6 +370,13 @@ class Store(ScheduleStore, KeyStore, VersionStore, Protocol):
     async def run_history(self, run_id: str) -> list[HistoryEntry] | None:
         """Return a run's whole history, oldest first; None for an unknown run."""
 
+    async def run_history_page(
+        self, run_id: str, cursor: HistoryCursor, limit: int, max_bytes: int
+    ) -> HistoryPage | None:
+        """Return up to ``limit`` entries of a run's history after ``cursor``, fewer
+        when their payloads pass ``max_bytes`` (at least one); None for an unknown
+        run. Reads only the entries it returns (and one more per table)."""
+
     async def due_timers(self, until: int, limit: int) -> list[DueTimer]:
         """Return up to ``limit`` open timer waits firing at or before ``until``."""
 
@@ -354,6 +388,20 @@ class Store(ScheduleStore, KeyStore, VersionStore, Protocol):
     ) -> list[RunRecord]:
         """Return up to ``limit`` runs matching the filter, newest (highest seq) first,
         only those with seq < before_seq when it is given."""
+
+    async def list_runs_page(
+        self,
+        run_filter: RunFilter,
+        limit: int,
+        before_seq: int | None,
+        *,
+        payloads: bool,
+        max_bytes: int,
+    ) -> tuple[list[RunRecord], bool]:
+        """Return up to ``limit`` matching runs, newest first, with seq < before_seq,
+        and whether more follow. Without ``payloads`` their input, result and error
+        traceback are left out; with them, the page stops before the run whose
+        payloads would pass ``max_bytes`` (at least one run)."""
 
     async def load_journal(self, run_id: str) -> list[StepRow]:
         """Return a run's recorded steps in recording order."""

@@ -25,7 +25,7 @@ from stepd.server.domain import (
     WaitKind,
     WaitStatus,
 )
-from stepd.server.store import history, rows, waits
+from stepd.server.store import child_outcome, history, rows, waits
 from stepd.server.store.dialects import insert_for, lock_run
 from stepd.server.store.schema import run_waits, runs, steps
 
@@ -125,34 +125,9 @@ def start(
     )
 
 
-def outcome_json(run: RunRecord) -> str | None:
-    """What a parent's wait on ``run`` delivers; None while the run is unfinished."""
-    base: dict[str, object] = {
-        "run_id": run.run_id,
-        "workflow_name": run.workflow_name,
-        "status": run.status.value,
-    }
-    if run.status is RunStatus.COMPLETED:
-        base["result"] = json.loads(run.result_json) if run.result_json else None
-    elif run.status is RunStatus.FAILED:
-        error = run.error or ErrorDetails("", "")
-        base["error"] = {"type": error.type, "message": error.message}
-    elif run.status is RunStatus.CANCELLED:
-        base["reason"] = run.cancel_reason or ""
-    else:
-        return None
-    return json.dumps(base)
-
-
-def finished_outcome(conn: Connection, child_run_id: str) -> str | None:
-    """The outcome of a child that has ended, else None."""
-    row = conn.execute(select(runs).where(runs.c.run_id == child_run_id)).mappings().first()
-    return None if row is None else outcome_json(rows.run_from_row(row))
-
-
 def deliver(conn: Connection, child: RunRecord, now: int) -> RunRecord | None:
     """Meet the parent's open wait on a child that ended; return the parent if it woke."""
-    payload = outcome_json(child)
+    payload = child_outcome.outcome_json(child)
     if payload is None or child.parent_run_id is None:
         return None
     # The parent's row lock first: a suspension that registers this wait holds

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import ColumnElement, Connection, LargeBinary, Table, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from stepd.server.store.schema import runs
@@ -59,3 +60,12 @@ def lock_event_names(conn: Connection, names: Iterable[str]) -> None:
         return
     for name in sorted(set(names)):
         conn.execute(select(func.pg_advisory_xact_lock(EVENT_LOCK_CLASS, func.hashtext(name))))
+
+
+def byte_length(dialect_name: str, column: ColumnElement[Any]) -> ColumnElement[int]:
+    """The length of a text column in bytes, 0 for NULL, read as cheaply as the
+    database allows: PostgreSQL takes it from the stored value's header (no
+    decompression); SQLite counts bytes, not characters."""
+    if dialect_name == "postgresql":
+        return func.coalesce(func.octet_length(column), 0)
+    return func.coalesce(func.length(cast(column, LargeBinary)), 0)

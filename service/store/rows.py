@@ -16,10 +16,7 @@ from stepd.server.domain import (
 
 
 def error_columns(error: ErrorDetails | None) -> dict[str, Any]:
-    """Return the ``error_*`` column values for an error (all None for no error).
-
-    Usable as ``values`` of ``Store.transition_run``.
-    """
+    """Return the ``error_*`` column values for an error (all None for no error)."""
     if error is None:
         return {
             "error_type": None,

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, select, update
-from sqlalchemy.engine import RowMapping
 
 from stepd.server.domain import TERMINAL_STATUSES, DueTimer, NewRun, RunRecord, RunStatus, now_ms
 from stepd.server.domain_schedules import (
@@ -29,7 +28,7 @@ from stepd.server.domain_schedules import (
     ScheduleSpec,
 )
 from stepd.server.store import rows, versions
-from stepd.server.store.dialects import insert_for
+from stepd.server.store.dialects import byte_length, insert_for
 from stepd.server.store.schema import runs, schedules, workflow_triggers
 
 if TYPE_CHECKING:
@@ -213,16 +212,50 @@ def get(conn: Connection, schedule_id: str) -> ScheduleRecord | None:
 
 
 def list_page(
-    conn: Connection, workflow_name: str | None, after_id: str | None, limit: int
-) -> list[ScheduleRecord]:
-    """Up to ``limit`` schedules by id, after ``after_id``, of one workflow if given."""
-    stmt = select(schedules)
-    if workflow_name is not None:
-        stmt = stmt.where(schedules.c.workflow_name == workflow_name)
-    if after_id is not None:
-        stmt = stmt.where(schedules.c.schedule_id > after_id)
-    stmt = stmt.order_by(schedules.c.schedule_id).limit(limit)
-    return [_schedule_from_row(row) for row in conn.execute(stmt).mappings()]
+    conn: Connection,
+    workflow_name: str | None,
+    after_id: str | None,
+    limit: int,
+    max_bytes: int | None = None,
+) -> tuple[list[ScheduleRecord], bool]:
+    """Up to ``limit`` schedules by id, after ``after_id``, of one workflow if given,
+    and whether more follow. With ``max_bytes``, only as many (at least one) as fit
+    with their inputs, read a few at a time so that memory stays near it."""
+    light = [c for c in schedules.c if c.name != "input_json"]
+    input_size = byte_length(conn.dialect.name, schedules.c.input_json).label("input_size")
+    taken: list[Any] = []
+    size, more, after = 0, False, after_id
+    chunk = 4 if max_bytes is not None else limit + 1
+    while not more:
+        stmt = select(*light, input_size)
+        if workflow_name is not None:
+            stmt = stmt.where(schedules.c.workflow_name == workflow_name)
+        if after is not None:
+            stmt = stmt.where(schedules.c.schedule_id > after)
+        wanted = min(chunk, limit - len(taken) + 1)
+        found = list(conn.execute(stmt.order_by(schedules.c.schedule_id).limit(wanted)).mappings())
+        for row in found:
+            cost = 300 + row["input_size"]
+            full = max_bytes is not None and taken and size + cost > max_bytes
+            if len(taken) == limit or full:
+                more = True
+                break
+            taken.append(row)
+            size += cost
+        if len(found) < wanted:
+            break
+        after, chunk = found[-1]["schedule_id"], chunk * 4
+    inputs: dict[str, str] = {}
+    if taken:
+        stmt = select(schedules.c.schedule_id, schedules.c.input_json).where(
+            schedules.c.schedule_id.in_([row["schedule_id"] for row in taken])
+        )
+        inputs = {row.schedule_id: row.input_json for row in conn.execute(stmt)}
+    records = [
+        _schedule_from_row({**row, "input_json": inputs.get(row["schedule_id"], "null")})
+        for row in taken
+    ]
+    return records, more
 
 
 def set_paused(
@@ -282,14 +315,19 @@ def fire(
 def trigger(conn: Connection, schedule_id: str, request_id: str, now: int) -> FireOutcome | None:
     """Start a run of a schedule now (the overlap policy applies); None when the
     schedule does not exist. The same request_id starts one run."""
+    key = request_key(schedule_id, request_id)
+    existing = _run_with_key(conn, key)
+    if existing is not None:  # a retry gets the run the request started
+        return FireOutcome(FireStatus.STARTED, existing, created=False)
     schedule = get(conn, schedule_id)
     if schedule is None:
         return None
-    key = request_key(schedule_id, request_id)
-    existing = conn.execute(select(runs).where(runs.c.idempotency_key == key)).mappings().first()
-    if existing is not None:
-        return FireOutcome(FireStatus.STARTED, rows.run_from_row(existing), created=False)
     return _start(conn, schedule, key, now, now)
+
+
+def _run_with_key(conn: Connection, key: str) -> RunRecord | None:
+    row = conn.execute(select(runs).where(runs.c.idempotency_key == key)).mappings().first()
+    return None if row is None else rows.run_from_row(row)
 
 
 def recent_runs(conn: Connection, schedule_id: str, limit: int) -> list[ScheduleRunRow]:
@@ -424,7 +462,7 @@ def _schedule_values(record: ScheduleRecord) -> dict[str, Any]:
     }
 
 
-def _schedule_from_row(row: RowMapping) -> ScheduleRecord:
+def _schedule_from_row(row: Mapping[Any, Any]) -> ScheduleRecord:
     return ScheduleRecord(
         schedule_id=row["schedule_id"],
         workflow_name=row["workflow_name"],
@@ -489,7 +527,18 @@ class ScheduleStoreMixin:
         self, workflow_name: str | None, after_id: str | None, limit: int
     ) -> list[ScheduleRecord]:
         """Up to ``limit`` schedules by id after ``after_id`` (of one workflow if given)."""
-        return await self._reads.run(lambda conn: list_page(conn, workflow_name, after_id, limit))
+        page = await self._reads.run(lambda conn: list_page(conn, workflow_name, after_id, limit))
+        return page[0]
+
+    async def list_schedules_page(
+        self, workflow_name: str | None, after_id: str | None, limit: int, max_bytes: int
+    ) -> tuple[list[ScheduleRecord], bool]:
+        """Up to ``limit`` schedules by id after ``after_id`` (of one workflow if given),
+        fewer when their inputs pass ``max_bytes`` (at least one), and whether more
+        follow."""
+        return await self._reads.run(
+            lambda conn: list_page(conn, workflow_name, after_id, limit, max_bytes)
+        )
 
     async def set_schedule_paused(
         self, schedule_id: str, paused: bool, next_time: int | None
@@ -519,6 +568,11 @@ class ScheduleStoreMixin:
         return await self._committer.submit(
             lambda conn: trigger(conn, schedule_id, request_id, now)
         )
+
+    async def schedule_request_run(self, schedule_id: str, request_id: str) -> RunRecord | None:
+        """The run a TriggerSchedule with ``request_id`` started, if any."""
+        key = request_key(schedule_id, request_id)
+        return await self._reads.run(lambda conn: _run_with_key(conn, key))
 
     async def schedule_runs(self, schedule_id: str, limit: int) -> list[ScheduleRunRow]:
         """The runs a schedule started most recently, newest first."""

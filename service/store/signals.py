@@ -17,18 +17,22 @@ class StoredSignal:
     payload_json: str
 
 
+def seen(conn: Connection, run_id: str, request_id: str) -> bool:
+    """Whether a signal with ``request_id`` was stored for the run."""
+    found = conn.execute(
+        select(signals.c.sequence).where(
+            signals.c.run_id == run_id, signals.c.request_id == request_id
+        )
+    ).first()
+    return found is not None
+
+
 def insert(
     conn: Connection, run_id: str, name: str, payload_json: str, request_id: str | None, now: int
 ) -> int | None:
     """Buffer a signal; None when ``request_id`` was stored for the run before."""
-    if request_id is not None:
-        seen = conn.execute(
-            select(signals.c.sequence).where(
-                signals.c.run_id == run_id, signals.c.request_id == request_id
-            )
-        ).first()
-        if seen is not None:
-            return None
+    if request_id is not None and seen(conn, run_id, request_id):
+        return None
     return int(
         conn.execute(
             signals.insert()

@@ -18,7 +18,6 @@ was dispatched before, which must hand the journal to the worker.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -45,7 +44,10 @@ from stepd.server.domain import (
     CreateRunOutcome,
     DueTimer,
     ErrorDetails,
+    FailureReason,
+    HistoryCursor,
     HistoryEntry,
+    HistoryPage,
     HistoryType,
     HookOutcome,
     NewRun,
@@ -56,13 +58,14 @@ from stepd.server.domain import (
     RunRecord,
     RunStatus,
     SignalOutcome,
+    StatusMove,
     StepRow,
     SuspendOutcome,
     WaitSpec,
     WorkflowVersion,
     now_ms,
 )
-from stepd.server.store import children, history, ready, rows, schedules, versions, waits
+from stepd.server.store import children, history, listing, ready, rows, schedules, versions, waits
 from stepd.server.store.api_keys import KeyStoreMixin
 from stepd.server.store.base import RunConflictError
 from stepd.server.store.dialects import insert_for
@@ -72,27 +75,6 @@ from stepd.server.store.schema import runs, server_secrets, step_attempts, steps
 
 if TYPE_CHECKING:
     from stepd.server.store.base import Store
-
-#: Columns ``transition_run`` may set through ``values``. Identity, status,
-#: update_time and the lease counters are maintained by the store itself.
-TRANSITION_COLUMNS = frozenset(
-    {
-        "result_json",
-        "error_type",
-        "error_message",
-        "error_traceback",
-        "error_step_key",
-        "error_attempt",
-        "failure_reason",
-        "cancel_reason",
-        "lease_owner",
-        "lease_expires_at",
-        "deadline",
-        "start_time_not_before",
-        "start_time",
-        "end_time",
-    }
-)
 
 _PENDING = RunStatus.PENDING.value
 _RUNNING = RunStatus.RUNNING.value
@@ -361,27 +343,65 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
 
         return await self._committer.submit(op)
 
-    async def transition_run(
+    async def release_run(self, run_id: str, move: StatusMove, lease_id: int) -> RunRecord | None:
+        """Give a run held under ``lease_id`` back to the queue; None when the guard
+        did not match."""
+        return await self._move(run_id, move, RunStatus.PENDING, lease_id, {"lease_owner": None})
+
+    async def complete_run(
+        self, run_id: str, move: StatusMove, lease_id: int, result_json: str
+    ) -> RunRecord | None:
+        """End a run held under ``lease_id`` with its result; None when the guard
+        did not match."""
+        columns = {"result_json": result_json, "lease_owner": None}
+        return await self._move(run_id, move, RunStatus.COMPLETED, lease_id, columns)
+
+    async def fail_run(
         self,
         run_id: str,
-        from_statuses: Iterable[RunStatus],
-        to_status: RunStatus,
+        move: StatusMove,
+        error: ErrorDetails,
+        reason: FailureReason,
         *,
         lease_id: int | None = None,
-        values: Mapping[str, Any] | None = None,
+    ) -> RunRecord | None:
+        """End a run with an error (under ``lease_id`` when given); None when the
+        guard did not match."""
+        columns = {
+            **rows.error_columns(error),
+            "failure_reason": reason.value,
+            "lease_owner": None,
+        }
+        return await self._move(run_id, move, RunStatus.FAILED, lease_id, columns)
+
+    async def cancel_run(
+        self, run_id: str, move: StatusMove, reason: str, *, actor: str = ""
+    ) -> RunRecord | None:
+        """Cancel an unfinished run with ``reason`` (``actor``, an API key id, goes on
+        its history entry); None when the guard did not match."""
+        columns = {"cancel_reason": reason, "lease_owner": None}
+        return await self._move(run_id, move, RunStatus.CANCELLED, None, columns, actor)
+
+    async def _move(
+        self,
+        run_id: str,
+        move: StatusMove,
+        target: RunStatus,
+        lease_id: int | None,
+        values: Mapping[str, object],
         actor: str = "",
     ) -> RunRecord | None:
-        """Set a run's status and ``values`` when the guard matches; else None."""
-        columns = _transition_values(values or {})
-        sources = sorted({RunStatus(s).value for s in from_statuses})
+        """Apply ``move`` (which must lead to ``target``) with ``values`` when the
+        run is in one of its sources (and holds ``lease_id``); else None."""
+        if move.target is not target:
+            raise ValueError(f"this write moves runs to {target.value}, not to {move.target.value}")
+        sources = sorted(status.value for status in move.sources)
         if not sources:
             return None
         now = now_ms()
-        target = RunStatus(to_status)
-        columns["status"] = target.value
-        columns["update_time"] = now
+        columns = {**values, "status": target.value, "update_time": now}
         if target.is_terminal:
-            columns.setdefault("end_time", now)
+            columns["end_time"] = now
         stmt = self._transition_statement(tuple(sorted(columns)), lease_id is not None)
         params = {f"v_{name}": value for name, value in columns.items()}
         params.update(p_run_id=run_id, p_sources=sources, p_lease_id=lease_id)
@@ -407,7 +427,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
         return await self._committer.submit(op)
 
     def _transition_statement(self, columns: tuple[str, ...], with_lease: bool) -> Update:
-        """Build (once per shape) the guarded UPDATE ... RETURNING of transition_run."""
+        """Build (once per shape) the guarded UPDATE ... RETURNING of ``_move``."""
         key = (columns, with_lease)
         stmt = self._transitions.get(key)
         if stmt is None:
@@ -544,6 +564,14 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
         """A run's whole history, oldest first; None for an unknown run."""
         return await self._reads.run(lambda conn: history.read(conn, run_id))
 
+    async def run_history_page(
+        self, run_id: str, cursor: HistoryCursor, limit: int, max_bytes: int
+    ) -> HistoryPage | None:
+        """A page of a run's history after ``cursor``; None for an unknown run."""
+        return await self._reads.run(
+            lambda conn: history.read_page(conn, run_id, cursor, limit, max_bytes)
+        )
+
     async def abandon_waits(self, run_id: str) -> int:
         """Abandon a finished run's open waits so that none of them fires."""
 
@@ -667,6 +695,20 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
             stmt = stmt.where(runs.c.seq < before_seq)
         return await self._reads.run(_runs_reader(stmt.order_by(runs.c.seq.desc()).limit(limit)))
 
+    async def list_runs_page(
+        self,
+        run_filter: RunFilter,
+        limit: int,
+        before_seq: int | None,
+        *,
+        payloads: bool,
+        max_bytes: int,
+    ) -> tuple[list[RunRecord], bool]:
+        """A page of matching runs, newest first, bounded in bytes (``listing.py``)."""
+        return await self._reads.run(
+            lambda conn: listing.read_page(conn, run_filter, limit, before_seq, payloads, max_bytes)
+        )
+
     async def load_journal(self, run_id: str) -> list[StepRow]:
         """Return a run's recorded steps in recording order."""
         return await self._reads.run(lambda conn: _journal(conn, run_id))
@@ -713,16 +755,6 @@ def _runs_reader(stmt: Select[Any]) -> Callable[[Connection], list[RunRecord]]:
         return [rows.run_from_row(row) for row in conn.execute(stmt).mappings()]
 
     return read
-
-
-def _transition_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(values) - TRANSITION_COLUMNS)
-    if unknown:
-        raise ValueError(
-            f"transition_run cannot set {', '.join(unknown)}; "
-            f"settable columns: {', '.join(sorted(TRANSITION_COLUMNS))}"
-        )
-    return {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
 
 
 def _first(conn: Connection, stmt: Any) -> RowMapping | None:

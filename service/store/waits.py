@@ -32,7 +32,7 @@ from stepd.server.domain import (
     WaitSpec,
     WaitStatus,
 )
-from stepd.server.store import events, history, rows, signals
+from stepd.server.store import child_outcome, events, history, rows, signals
 from stepd.server.store.dialects import insert_for, lock_event_names, lock_run
 from stepd.server.store.schema import UNFINISHED, hooks, run_waits, runs, step_attempts, steps
 
@@ -149,9 +149,7 @@ def suspend(
                 woken = meet(conn, run_id, wait.wait_key, now, pending.payload_json, pending.actor)
                 return SuspendOutcome(SuspendStatus.WOKEN, woken)
         elif wait.kind is WaitKind.CHILD and wait.target is not None:
-            from stepd.server.store import children  # children builds on this module
-
-            outcome = children.finished_outcome(conn, wait.target)
+            outcome = child_outcome.finished_outcome(conn, wait.target)
             if outcome is not None:  # the child ended before the parent waited
                 woken = meet(conn, run_id, wait.wait_key, now, outcome)
                 return SuspendOutcome(SuspendStatus.WOKEN, woken)
@@ -242,6 +240,9 @@ def send_signal(
     if status is None:
         return SignalOutcome(SignalStatus.UNKNOWN_RUN)
     run_status = RunStatus(status)
+    # A retry of a stored signal gets the first answer, even once the run ended.
+    if request_id is not None and signals.seen(conn, run_id, request_id):
+        return SignalOutcome(SignalStatus.DUPLICATE, run_status=run_status)
     if run_status.is_terminal:
         return SignalOutcome(SignalStatus.FINISHED_RUN, run_status=run_status)
     sequence = signals.insert(conn, run_id, name, payload_json, request_id, now)

@@ -17,7 +17,7 @@ RESULT_TIMEOUT = 60
 
 
 async def children_of(client: Client, run_id: str) -> list[RunInfo]:
-    return [run async for run in client.list_runs(parent_run_id=run_id)]
+    return [run async for run in client.list_runs(parent_run_id=run_id, payloads=True)]
 
 
 async def test_a_child_result_reaches_its_parent(

@@ -75,7 +75,7 @@ async def test_a_duplicate_event_id_starts_nothing_new(
     again = await client.publish_event(sw.SIGNED_UP, payload, event_id=event_id)
     assert again.already_published and again.started_run_ids == ()
 
-    runs = [r async for r in client.list_runs(workflow="e2e.welcome")]
+    runs = [r async for r in client.list_runs(workflow="e2e.welcome", payloads=True)]
     assert [r.run_id for r in runs if r.input == payload.model_dump()] == [
         r for r in started if (await client.get_run(r)).workflow_name == "e2e.welcome"
     ]

@@ -311,7 +311,7 @@ async def test_signal_errors_are_mapped(fake: tuple[FakeWorkflowService, Client]
 async def test_publish_event_sends_name_payload_and_event_id(
     fake: tuple[FakeWorkflowService, Client],
 ) -> None:
-    from stepd._client import PublishedEvent
+    from stepd import PublishedEvent
 
     service, client = fake
     first = await client.publish_event("order.paid", Order(5), event_id="pay-5")

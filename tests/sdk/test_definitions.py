@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from stepd import Worker, WorkflowContext, step, workflow
-from stepd._definitions import Step, Workflow
+from stepd import Client, Step, Worker, Workflow, WorkflowContext, step, workflow
 from stepd.errors import StepdError, WorkflowDefinitionError
 
 
@@ -108,6 +107,26 @@ def test_workflow_annotations_accepted() -> None:
     assert not workflow(unannotated).input_optional
 
 
+def test_the_context_annotation_is_checked_as_a_class() -> None:
+    class OwnContext(WorkflowContext):
+        pass
+
+    class Impostor:
+        pass
+
+    Impostor.__name__ = Impostor.__qualname__ = "WorkflowContext"
+    source = "async def wf(ctx: Context, x: int) -> int:\n    return x"
+    for context, accepted in ((WorkflowContext, True), (OwnContext, True), (Impostor, False)):
+        namespace: dict[str, Any] = {"Context": context}
+        # Compiled without this module's __future__ import: the annotation is the class.
+        exec(compile(source, "<wf>", "exec", dont_inherit=True), namespace)
+        if accepted:
+            assert workflow(namespace["wf"]).input_param == "x"
+        else:
+            with pytest.raises(WorkflowDefinitionError, match="must be the WorkflowContext"):
+                workflow(namespace["wf"])
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -190,6 +209,17 @@ def test_worker_rejects_bad_arguments() -> None:
         Worker("127.0.0.1:1", workflows=[])
     with pytest.raises(ValueError, match="concurrency"):
         Worker("127.0.0.1:1", workflows=[process], concurrency=0)
+    with pytest.raises(ValueError, match="server address"):
+        Worker("", workflows=[process])
+    with pytest.raises(TypeError, match="server address or a Client"):
+        Worker(50051, workflows=[process])  # type: ignore[arg-type]
+
+
+def test_a_worker_takes_its_connection_settings_from_a_client() -> None:
+    client = Client("10.0.0.7:50051")
+    worker = Worker(client, workflows=[process])
+    assert worker.address == "10.0.0.7:50051"
+    assert client.connection.address == "10.0.0.7:50051"
 
 
 @step
@@ -240,6 +270,10 @@ def test_events_and_schedule_are_kept_and_checked_when_applied() -> None:
 
     with pytest.raises(ValueError, match="time zone"):
         Schedule("* * * * *", time_zone="Nowhere/Land")
+    for zone in ("x" * 300, "Europe/" + "y" * 300, "bad\x00zone"):  # no OSError
+        with pytest.raises(ValueError, match="time zone") as raised:
+            Schedule("* * * * *", time_zone=zone)
+        assert len(str(raised.value)) < 120
     with pytest.raises(ValueError, match="unknown policy"):
         Schedule("* * * * *", overlap="sometimes")
 

@@ -13,7 +13,8 @@ import pytest
 from pydantic import BaseModel
 
 from stepd import Hook, WorkflowContext, step, workflow
-from stepd._replay import RunExecutor, RunOutcome
+from stepd._phase import RunOutcome
+from stepd._replay import RunExecutor
 from stepd.errors import WaitTimeoutError
 
 from .conftest import HOOK_SECRET, FakeChannel, make_task

@@ -10,7 +10,10 @@ from stepd import errors
 PINNED = [
     "workflow",
     "step",
+    "Workflow",
+    "Step",
     "WorkflowContext",
+    "ChildHandle",
     "Worker",
     "Client",
     "Hook",
@@ -18,6 +21,7 @@ PINNED = [
     "RunHandle",
     "RunInfo",
     "RunStatus",
+    "PublishedEvent",
     "StepdError",
     "RunFailedError",
     "RunCancelledError",
@@ -58,7 +62,7 @@ def test_every_error_derives_from_stepd_error() -> None:
 
 
 def test_internal_signals_escape_except_exception() -> None:
-    from stepd._replay import CommandRejected, LeaseLost, RunAbandoned, RunHeld, RunSuspended
+    from stepd._control import CommandRejected, LeaseLost, RunAbandoned, RunHeld, RunSuspended
 
     for cls in (RunAbandoned, LeaseLost, CommandRejected, RunSuspended, RunHeld):
         assert issubclass(cls, BaseException)

@@ -12,7 +12,8 @@ import pytest
 from pydantic import BaseModel
 
 from stepd import WorkflowContext, step, workflow
-from stepd._replay import RunExecutor, RunOutcome
+from stepd._phase import RunOutcome
+from stepd._replay import RunExecutor
 from stepd.errors import PayloadError, StepFailedError
 from stepd.v1 import types_pb2, worker_service_pb2
 

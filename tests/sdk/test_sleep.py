@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from stepd import WorkflowContext, step, workflow
-from stepd._replay import RunExecutor, RunOutcome
+from stepd._phase import RunOutcome
+from stepd._replay import RunExecutor
 from stepd.errors import WorkflowContextError
 from stepd.v1 import worker_service_pb2
 

@@ -262,7 +262,7 @@ async def test_reconnects_with_backoff_until_the_server_is_up(
     worker = Worker(f"127.0.0.1:{port}", [triple])
     task = asyncio.create_task(worker.run())
     await asyncio.sleep(0.3)
-    assert not worker._ready.is_set()
+    assert not worker._serving.ready.is_set()
     fake = FakeWorkerService()
     server = grpc.aio.server()
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(fake, server)

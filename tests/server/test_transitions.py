@@ -34,3 +34,11 @@ def test_allowed_moves(status: RunStatus, event: RunEvent, expected: RunStatus) 
 def test_a_pending_run_cannot_complete() -> None:
     assert not transitions.allowed(RunStatus.PENDING, RunEvent.COMPLETE)
     assert RunStatus.PENDING not in transitions.sources(RunEvent.COMPLETE)
+
+
+def test_a_move_is_the_table_s_sources_and_target_of_its_event() -> None:
+    for event in RunEvent:
+        move = transitions.move(event)
+        assert move.sources == transitions.sources(event)
+        assert move.target is transitions.target(event)
+        assert all(transitions.allowed(status, event) for status in move.sources)

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import OperationalError
 
 from stepd.server.domain import RecordStepStatus, RunFilter, RunStatus, StepRow
+from stepd.server.engine.transitions import RunEvent, move
 from stepd.server.store import SqlStore, open_store
 
 from .conftest import new_run
@@ -186,11 +187,9 @@ async def test_hot_path_never_scans_a_table(store: SqlStore, db_path: Path) -> N
         await store.record_step("r1", lease, StepRow("a", 1, "1"))
         await store.record_step("r1", lease, StepRow("a", 1, "1"))  # duplicate
         await store.record_step("r1", lease + 1, StepRow("b", 1, "1"))  # lease lost
-        await store.transition_run("r1", [RunStatus.RUNNING], RunStatus.PENDING, lease_id=lease)
+        await store.release_run("r1", move(RunEvent.RELEASE), lease)
         await store.claim_run("r1", "w", 5)  # re-claim loads the journal
-        await store.transition_run(
-            "r1", [RunStatus.RUNNING], RunStatus.COMPLETED, values={"result_json": "1"}
-        )
+        await store.complete_run("r1", move(RunEvent.COMPLETE), lease + 1, "1")
     finally:
         event.remove(store.writer_engine, "before_cursor_execute", capture)
 

@@ -23,6 +23,7 @@ from stepd.server.domain import (
     WaitSpec,
     now_ms,
 )
+from stepd.server.engine.transitions import RunEvent, move
 from stepd.server.store import SqlStore
 
 from .conftest import new_run
@@ -116,9 +117,7 @@ async def test_a_step_recorded_under_a_lease_reaches_the_next_claim(store: SqlSt
         lease = await running(store, run_id)
 
         async def release_and_claim(run_id: str = run_id, lease: int = lease) -> list[str]:
-            released = await store.transition_run(
-                run_id, [RunStatus.RUNNING], RunStatus.PENDING, lease_id=lease
-            )
+            released = await store.release_run(run_id, move(RunEvent.RELEASE), lease)
             assert released is not None
             claimed = await store.claim_run(run_id, "worker-2", 60_000)
             assert claimed is not None
@@ -138,13 +137,7 @@ async def test_a_child_ending_while_its_parent_suspends_always_wakes_the_parent(
     store: SqlStore,
 ) -> None:
     async def end_child(child_id: str, child_lease: int) -> bool:
-        ended = await store.transition_run(
-            child_id,
-            [RunStatus.RUNNING],
-            RunStatus.COMPLETED,
-            lease_id=child_lease,
-            values={"result_json": "1", "end_time": now_ms()},
-        )
+        ended = await store.complete_run(child_id, move(RunEvent.COMPLETE), child_lease, "1")
         assert ended is not None
         return await store.deliver_child(ended) is not None
 

@@ -1,4 +1,5 @@
-"""claim_run, record_step, load_journal and transition_run with their guards."""
+"""claim_run, record_step, load_journal and the run moves (release, complete, fail,
+cancel) with their guards."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from stepd.server.domain import (
     FailureReason,
     RecordStepStatus,
     RunStatus,
+    StatusMove,
     StepRow,
+    WaitKind,
+    WaitSpec,
 )
+from stepd.server.engine.transitions import RunEvent, move
 from stepd.server.store import SqlStore
-from stepd.server.store.rows import error_columns
 
 from .conftest import new_run
 
@@ -30,9 +34,7 @@ async def running(store: SqlStore, run_id: str = "r1") -> int:
 
 
 async def requeue(store: SqlStore, run_id: str, lease_id: int) -> None:
-    moved = await store.transition_run(
-        run_id, [RunStatus.RUNNING], RunStatus.PENDING, lease_id=lease_id
-    )
+    moved = await store.release_run(run_id, move(RunEvent.RELEASE), lease_id)
     assert moved is not None
 
 
@@ -59,7 +61,7 @@ async def test_claim_run_takes_a_pending_run_once(store: SqlStore) -> None:
 async def test_claim_run_of_unknown_or_cancelled_run_is_none(store: SqlStore) -> None:
     assert await store.claim_run("nope", "w", 1) is None
     await store.create_run(new_run("r1"))
-    await store.transition_run("r1", [RunStatus.PENDING], RunStatus.CANCELLED)
+    await store.cancel_run("r1", move(RunEvent.CANCEL), "gone")
     assert await store.claim_run("r1", "w", 1) is None
 
 
@@ -160,7 +162,12 @@ async def test_stale_lease_is_refused_even_for_a_recorded_key(store: SqlStore) -
 @pytest.mark.parametrize("status", [RunStatus.PENDING, RunStatus.SUSPENDED, RunStatus.COMPLETED])
 async def test_record_step_needs_a_running_run(store: SqlStore, status: RunStatus) -> None:
     lease = await running(store)
-    await store.transition_run("r1", [RunStatus.RUNNING], status)
+    if status is RunStatus.PENDING:
+        await store.release_run("r1", move(RunEvent.RELEASE), lease)
+    elif status is RunStatus.SUSPENDED:
+        await store.suspend_run("r1", lease, [WaitSpec("s", WaitKind.TIMER, 10**15)])
+    else:
+        await store.complete_run("r1", move(RunEvent.COMPLETE), lease, "1")
 
     outcome = await store.record_step("r1", lease, StepRow("a", 1, "1"))
 
@@ -177,7 +184,7 @@ async def test_load_journal_of_unknown_run_is_empty(store: SqlStore) -> None:
     assert await store.load_journal("nope") == []
 
 
-# -- transition_run ------------------------------------------------------------
+# -- release, complete, fail, cancel -------------------------------------------
 
 
 async def test_complete_sets_result_and_end_time(store: SqlStore) -> None:
@@ -185,13 +192,7 @@ async def test_complete_sets_result_and_end_time(store: SqlStore) -> None:
     before = await store.get_run("r1")
     assert before is not None
 
-    done = await store.transition_run(
-        "r1",
-        [RunStatus.RUNNING],
-        RunStatus.COMPLETED,
-        lease_id=lease,
-        values={"result_json": "42", "lease_owner": None},
-    )
+    done = await store.complete_run("r1", move(RunEvent.COMPLETE), lease, "42")
 
     assert done is not None
     assert done.status is RunStatus.COMPLETED
@@ -211,39 +212,61 @@ async def test_fail_stores_error_and_reason(store: SqlStore) -> None:
     lease = await running(store)
     error = ErrorDetails("app.Boom", "boom", "tb", "step-1", 2)
 
-    failed = await store.transition_run(
-        "r1",
-        [RunStatus.RUNNING],
-        RunStatus.FAILED,
-        lease_id=lease,
-        values={**error_columns(error), "failure_reason": FailureReason.WORKFLOW_ERROR},
+    failed = await store.fail_run(
+        "r1", move(RunEvent.FAIL), error, FailureReason.WORKFLOW_ERROR, lease_id=lease
     )
 
     assert failed is not None
+    assert failed.status is RunStatus.FAILED
     assert failed.error == error
     assert failed.failure_reason is FailureReason.WORKFLOW_ERROR
+    assert failed.lease_owner is None and failed.end_time is not None
     assert await store.get_run("r1") == failed
 
 
-async def test_non_terminal_transition_keeps_end_time_empty(store: SqlStore) -> None:
-    lease = await running(store)
-    suspended = await store.transition_run(
-        "r1", [RunStatus.RUNNING], RunStatus.SUSPENDED, lease_id=lease
+@pytest.mark.parametrize("where", ["pending", "running", "suspended"])
+async def test_fail_without_a_lease_ends_the_run_wherever_it_stands(
+    store: SqlStore, where: str
+) -> None:
+    await store.create_run(new_run("r1"))
+    if where != "pending":
+        claimed = await store.claim_run("r1", "worker-1", 60_000)
+        assert claimed is not None
+        if where == "suspended":
+            wait = WaitSpec("s", WaitKind.TIMER, 10**15)
+            await store.suspend_run("r1", claimed.run.lease_id, [wait])
+    error = ErrorDetails("stepd.DeadlineExceeded", "too late")
+
+    failed = await store.fail_run(
+        "r1", move(RunEvent.EXPIRE), error, FailureReason.DEADLINE_EXCEEDED
     )
-    assert suspended is not None
-    assert suspended.status is RunStatus.SUSPENDED and suspended.end_time is None
+
+    assert failed is not None and failed.status is RunStatus.FAILED
+    assert failed.error == error
+    assert failed.failure_reason is FailureReason.DEADLINE_EXCEEDED
+    assert (
+        await store.fail_run("r1", move(RunEvent.EXPIRE), error, FailureReason.DEADLINE_EXCEEDED)
+        is None
+    )
+
+
+async def test_release_gives_the_run_back_without_an_owner(store: SqlStore) -> None:
+    lease = await running(store)
+
+    released = await store.release_run("r1", move(RunEvent.RELEASE), lease)
+
+    assert released is not None
+    assert released.status is RunStatus.PENDING and released.end_time is None
+    assert released.lease_owner is None and released.lease_id == lease
+    assert await store.release_run("r1", move(RunEvent.RELEASE), lease) is None
 
 
 async def test_illegal_transition_returns_none_and_changes_nothing(store: SqlStore) -> None:
     await store.create_run(new_run("r1"))
     before = await store.get_run("r1")
 
-    result = await store.transition_run(
-        "r1",
-        [RunStatus.RUNNING, RunStatus.SUSPENDED],
-        RunStatus.COMPLETED,
-        values={"result_json": "1"},
-    )
+    # COMPLETE only from RUNNING: a pending run is not completed, whatever the lease.
+    result = await store.complete_run("r1", move(RunEvent.COMPLETE), 0, "1")
 
     assert result is None
     assert await store.get_run("r1") == before
@@ -253,45 +276,37 @@ async def test_transition_with_stale_lease_changes_nothing(store: SqlStore) -> N
     lease = await running(store)
     before = await store.get_run("r1")
 
-    result = await store.transition_run(
-        "r1", [RunStatus.RUNNING], RunStatus.COMPLETED, lease_id=lease + 1
-    )
+    result = await store.complete_run("r1", move(RunEvent.COMPLETE), lease + 1, "1")
 
     assert result is None
     assert await store.get_run("r1") == before
 
 
-async def test_transition_of_unknown_run_or_no_sources_is_none(store: SqlStore) -> None:
-    assert await store.transition_run("nope", [RunStatus.PENDING], RunStatus.CANCELLED) is None
+async def test_move_of_unknown_run_or_no_sources_is_none(store: SqlStore) -> None:
+    assert await store.cancel_run("nope", move(RunEvent.CANCEL), "x") is None
     await store.create_run(new_run("r1"))
-    assert await store.transition_run("r1", [], RunStatus.CANCELLED) is None
+    nowhere = StatusMove(frozenset(), RunStatus.CANCELLED)
+    assert await store.cancel_run("r1", nowhere, "x") is None
     run = await store.get_run("r1")
     assert run is not None and run.status is RunStatus.PENDING
 
 
-async def test_cancel_reason_and_explicit_end_time(store: SqlStore) -> None:
+async def test_cancel_stores_the_reason_and_the_end_time(store: SqlStore) -> None:
     await store.create_run(new_run("r1"))
-    cancelled = await store.transition_run(
-        "r1",
-        [RunStatus.PENDING],
-        RunStatus.CANCELLED,
-        values={"cancel_reason": "user asked", "end_time": 7},
-    )
+    cancelled = await store.cancel_run("r1", move(RunEvent.CANCEL), "user asked")
     assert cancelled is not None
+    assert cancelled.status is RunStatus.CANCELLED
     assert cancelled.cancel_reason == "user asked"
-    assert cancelled.end_time == 7
+    assert cancelled.end_time is not None and cancelled.end_time == cancelled.update_time
 
 
-@pytest.mark.parametrize("column", ["status", "run_id", "lease_id", "seq", "nonsense"])
-async def test_transition_refuses_protected_or_unknown_columns(
-    store: SqlStore, column: str
-) -> None:
-    await store.create_run(new_run("r1"))
+async def test_a_write_refuses_a_move_to_another_status(store: SqlStore) -> None:
+    lease = await running(store)
     before = await store.get_run("r1")
-    with pytest.raises(ValueError, match=column):
-        await store.transition_run(
-            "r1", [RunStatus.PENDING], RunStatus.CANCELLED, values={column: "x"}
-        )
+    with pytest.raises(ValueError, match="completed"):
+        await store.complete_run("r1", move(RunEvent.RELEASE), lease, "1")
+    with pytest.raises(ValueError, match="cancelled"):
+        await store.cancel_run("r1", move(RunEvent.FAIL), "x")
     assert await store.get_run("r1") == before
 
 

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from stepd.server.domain import RunFilter, RunStatus
+from stepd.server.domain import RunFilter, RunStatus, WaitKind, WaitSpec
+from stepd.server.engine.transitions import RunEvent, move
 from stepd.server.store import RunConflictError, SqlStore
 
 from .conftest import new_run
@@ -120,7 +121,7 @@ async def test_list_runs_filters(store: SqlStore) -> None:
     await store.create_run(new_run("b2", workflow_name="b", create_time=4_000))
     await store.claim_run("a2", "w", 10)
     await store.claim_run("b2", "w", 10)
-    await store.transition_run("b2", [RunStatus.RUNNING], RunStatus.COMPLETED)
+    await store.complete_run("b2", move(RunEvent.COMPLETE), 1, "null")
 
     async def ids(run_filter: RunFilter) -> list[str]:
         return [r.run_id for r in await store.list_runs(run_filter, 100, None)]
@@ -145,7 +146,7 @@ async def test_runs_in_status(store: SqlStore) -> None:
         await store.create_run(new_run(run_id))
     await store.claim_run("r2", "w", 10)
     await store.claim_run("r3", "w", 10)
-    await store.transition_run("r3", [RunStatus.RUNNING], RunStatus.SUSPENDED)
+    await store.suspend_run("r3", 1, [WaitSpec("s", WaitKind.TIMER, 10**15)])
 
     running = await store.runs_in_status([RunStatus.RUNNING, RunStatus.SUSPENDED])
     assert [r.run_id for r in running] == ["r2", "r3"]
@@ -180,9 +181,7 @@ async def test_a_run_that_starts_a_child_is_marked_as_having_children(store: Sql
     assert not (await store.get_run("parent")).has_children  # type: ignore[union-attr]
     started = await store.start_child("parent", lease, "child:1", child)
     assert started.status is StartChildStatus.STARTED
-    ended = await store.transition_run(
-        "parent", [RunStatus.RUNNING], RunStatus.COMPLETED, lease_id=lease
-    )
+    ended = await store.complete_run("parent", move(RunEvent.COMPLETE), lease, "null")
     assert ended is not None and ended.has_children
     assert not (await store.get_run("lonely")).has_children  # type: ignore[union-attr]
     assert not (await store.get_run("parent/child:1")).has_children  # type: ignore[union-attr]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stepd.server.domain import RunStatus, SignalStatus, SuspendStatus, WaitKind, WaitSpec
+from stepd.server.engine.transitions import RunEvent, move
 from stepd.server.store import SqlStore
 
 from .test_store_leases import running
@@ -96,7 +97,7 @@ async def test_signals_go_one_per_wait_in_order(store: SqlStore) -> None:
 async def test_signal_to_unknown_or_finished_run(store: SqlStore) -> None:
     assert (await store.send_signal("nope", "x", "1", None)).status is SignalStatus.UNKNOWN_RUN
     lease = await running(store, "r1")
-    await store.transition_run("r1", [RunStatus.RUNNING], RunStatus.COMPLETED, lease_id=lease)
+    await store.complete_run("r1", move(RunEvent.COMPLETE), lease, "null")
     finished = await store.send_signal("r1", "x", "1", None)
     assert finished.status is SignalStatus.FINISHED_RUN
 
@@ -123,7 +124,7 @@ async def test_suspend_needs_the_lease(store: SqlStore) -> None:
 async def test_a_cancelled_run_is_not_woken(store: SqlStore) -> None:
     lease = await running(store, "r1")
     await store.suspend_run("r1", lease, [timer("s", 1)])
-    await store.transition_run("r1", [RunStatus.SUSPENDED], RunStatus.CANCELLED)
+    await store.cancel_run("r1", move(RunEvent.CANCEL), "cancelled")
     assert await store.fire_timer("r1", "s") is None
     run = await store.get_run("r1")
     assert run is not None and run.status is RunStatus.CANCELLED

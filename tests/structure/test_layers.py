@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from tests.structure.imports import FOLDERS, ROOT, all_modules, module_files
+from tests.structure.imports import FOLDERS, ROOT, all_modules, cycles, module_files
 
 
 def _is_sdk(name: str) -> bool:
@@ -25,6 +25,11 @@ def test_the_server_never_imports_the_sdk() -> None:
             assert not bad, f"{module.path} imports {bad}"
 
 
+def test_the_sdk_has_no_import_cycles() -> None:
+    found = [group for group in cycles(all_modules()) if any(_is_sdk(m) for m in group)]
+    assert found == [], f"modules of the SDK that import each other: {found}"
+
+
 def test_store_never_imports_engine_or_api_and_engine_never_imports_api() -> None:
     above = {
         "stepd.server.store": ("stepd.server.engine", "stepd.server.api", "stepd.server.server"),
@@ -35,6 +40,12 @@ def test_store_never_imports_engine_or_api_and_engine_never_imports_api() -> Non
             if module.name.startswith(layer):
                 bad = [m for m in module.imports if m.startswith(forbidden)]
                 assert not bad, f"{module.path} imports {bad}"
+
+
+def test_no_server_modules_import_each_other_in_a_circle() -> None:
+    # Helpers of the engine receive their collaborators instead of importing it.
+    found = [group for group in cycles(all_modules()) if group[0].startswith("stepd.server")]
+    assert found == []
 
 
 def test_the_sdk_loads_no_database_library() -> None:

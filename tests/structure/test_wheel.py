@@ -17,7 +17,8 @@ import pytest
 
 from tests.structure.imports import ROOT
 
-pytestmark = pytest.mark.slow
+# Building, installing and resolving talk to the package index: minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SDK_IMPORT_CHECK = """
 import sys

@@ -179,6 +179,7 @@ class ListRunsRequest(_message.Message):
     CREATE_TIME_BEFORE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_PAYLOADS_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """Only runs of this workflow."""
     parent_run_id: _builtins.str
@@ -187,6 +188,13 @@ class ListRunsRequest(_message.Message):
     """The most runs to return (default 100, at most 1000)."""
     page_token: _builtins.str
     """The next_page_token of the previous page, with the same filters."""
+    include_payloads: _builtins.bool
+    """Include each run's input, result and error traceback. Without it they are
+    left out (empty), which keeps listings small. Either way a page stops
+    before the run that would take its payloads past the server's page budget
+    (3 MiB; at least one run per page), so a page may hold fewer than
+    page_size runs while next_page_token is set.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.RunStatus.ValueType]:
         """Only runs in one of these statuses."""
@@ -209,10 +217,11 @@ class ListRunsRequest(_message.Message):
         create_time_before: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        include_payloads: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "statuses", b"statuses", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "include_payloads", b"include_payloads", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "statuses", b"statuses", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -469,7 +478,10 @@ class ListRunEventsRequest(_message.Message):
     run_id: _builtins.str
     """The run's id. Required."""
     page_size: _builtins.int
-    """The most events to return (default 100, at most 1000)."""
+    """The most events to return (default 100, at most 1000). A page also stops
+    before the event that would take its payloads past the server's page
+    budget (3 MiB; at least one event per page).
+    """
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     def __init__(

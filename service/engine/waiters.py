@@ -1,0 +1,59 @@
+"""Callers of ``GetRun(wait=true)``: waiting here for runs to end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from stepd.server.domain import RunRecord
+
+
+class RunWaiters:
+    """The callers waiting for runs to end, answered when a run ends (``answer``)."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
+
+    async def wait(
+        self, run_id: str, read: Callable[[], Awaitable[RunRecord]], seconds: float
+    ) -> RunRecord:
+        """The run, once it reached a terminal status or ``seconds`` passed
+        (then as it stands). ``read`` reads it from the store; the caller waits
+        before the first read, so an end that commits meanwhile is not missed."""
+        waiter: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(run_id, [])
+        waiters.append(waiter)
+        try:
+            run = await read()
+            if run.status.is_terminal:
+                return run
+            try:
+                return await asyncio.wait_for(waiter, seconds)
+            except TimeoutError:
+                return await read()
+        finally:
+            waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(run_id, None)
+
+    @property
+    def run_ids(self) -> list[str]:
+        """The runs callers wait for here."""
+        return list(self._waiters)
+
+    def waits_for(self, run_id: str) -> bool:
+        """Whether a caller waits for ``run_id`` here."""
+        return run_id in self._waiters
+
+    def answer(self, run: RunRecord) -> None:
+        """A run ended: answer the callers waiting for it."""
+        for waiter in self._waiters.get(run.run_id, ()):
+            if not waiter.done():
+                waiter.set_result(run)
+
+    def close(self) -> None:
+        """The server stops: cancel every wait."""
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.cancel()

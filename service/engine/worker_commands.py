@@ -1,0 +1,310 @@
+"""The commands a worker sends on its PollTask stream: one method each, and the
+order a batch is applied in.
+
+Each command is checked against the lease ledger first, then applied by the
+method named after its field in ``WorkerCommand.command``
+(``_apply_record_step``, ``_apply_suspend_run``, ...). Its result goes back
+on the worker's session only after the store committed it.
+
+A batch's runs are applied side by side, each run's commands in the order
+sent: consecutive step records of one run together when the store commits
+writes in the order submitted (SQLite's group commit: they share a commit),
+else one by one (PostgreSQL), so the run's journal and history keep the
+worker's order; any other command only after everything sent before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+
+from stepd.server.config import ServerConfig
+from stepd.server.domain import (
+    ErrorDetails,
+    FailureReason,
+    RecordStepStatus,
+    RunRecord,
+    SuspendStatus,
+)
+from stepd.server.engine.children import ChildRuns
+from stepd.server.engine.commands import (
+    Command,
+    CommandResult,
+    CommandStatus,
+    CompleteRun,
+    FailRun,
+    HoldRun,
+    Malformed,
+    RecordEvent,
+    RecordStep,
+    ReleaseRun,
+    StartChild,
+    StartStep,
+    SuspendRun,
+)
+from stepd.server.engine.errors import EngineError, InvalidArgument
+from stepd.server.engine.ledger import LeaseLedger
+from stepd.server.engine.lifecycle import RunLifecycle
+from stepd.server.engine.payloads import check_json_payload
+from stepd.server.engine.run_limits import RunLimits
+from stepd.server.engine.run_policy import RunPolicy
+from stepd.server.engine.sessions import WorkerSession
+from stepd.server.engine.sticky import StickyRuns
+from stepd.server.engine.timers import TimerSchedule
+from stepd.server.engine.validation import check_waits
+from stepd.server.store.base import Store
+
+log = logging.getLogger("stepd.engine")
+
+
+class WorkerCommands:
+    """Applies workers' commands through the ledger, the lifecycle and the helpers."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: ServerConfig,
+        ledger: LeaseLedger,
+        lifecycle: RunLifecycle,
+        limits: RunLimits,
+        policy: RunPolicy,
+        children: ChildRuns,
+        sticky: StickyRuns,
+        timers: TimerSchedule,
+    ) -> None:
+        self._store = store
+        self._max_payload = config.max_payload_bytes
+        self._ledger = ledger
+        self._lifecycle = lifecycle
+        self._limits = limits
+        self._policy = policy
+        self._children = children
+        self._sticky = sticky
+        self._timers = timers
+
+    # -- a batch -----------------------------------------------------------------
+
+    async def apply_batch(self, session: WorkerSession, commands: Sequence[Command]) -> None:
+        """Apply a batch and send each result to the worker: runs side by side,
+        each run's commands in the order sent."""
+        by_run: dict[str, list[Command]] = {}
+        for command in commands:
+            by_run.setdefault(command.run_id, []).append(command)
+        if len(by_run) == 1:
+            await self._apply_in_order(session, commands)
+            return
+        await asyncio.gather(*(self._apply_in_order(session, cmds) for cmds in by_run.values()))
+
+    async def _apply_in_order(self, session: WorkerSession, commands: Sequence[Command]) -> None:
+        """Apply one run's commands: consecutive step records together (they
+        share a commit), anything else only after everything sent before it."""
+        records: list[Command] = []
+        for command in commands:
+            if isinstance(command.action, RecordStep):
+                records.append(command)
+                continue
+            await self._apply_records(session, records)
+            records = []
+            session.send(await self.apply(session, command))
+        await self._apply_records(session, records)
+
+    async def _apply_records(self, session: WorkerSession, commands: list[Command]) -> None:
+        """Apply consecutive step records of one run: together where the store
+        commits them in submission order, else one by one."""
+        if len(commands) > 1 and self._store.ordered_writes:
+            results = await asyncio.gather(*(self.apply(session, c) for c in commands))
+            for result in results:
+                session.send(result)
+        else:
+            for command in commands:
+                session.send(await self.apply(session, command))
+
+    # -- one command ---------------------------------------------------------------
+
+    async def apply(self, session: WorkerSession, command: Command) -> CommandResult:
+        """Apply one command and return its result (after commit). A command that
+        can never be recorded fails its run; one that failed inside the server
+        hands the run out again."""
+        try:
+            return await self._apply(session, command)
+        except EngineError as exc:
+            action = command.action
+            # A bad event entry is refused alone; a malformed command fails its
+            # run only when the worker cannot go on without it.
+            if not isinstance(action, RecordEvent) and (
+                not isinstance(action, Malformed) or action.fails_run
+            ):
+                await self._fail_invalid(session, command, str(exc))
+            return CommandResult(command.command_id, CommandStatus.INVALID, str(exc))
+        except Exception:
+            log.exception("command %d for run %s failed", command.command_id, command.run_id)
+            await self._hand_out_again(session, command.run_id, command.lease_id)
+            return CommandResult(
+                command.command_id,
+                CommandStatus.INTERNAL_ERROR,
+                "the server could not record the command; the run will be retried",
+            )
+
+    async def _apply(self, session: WorkerSession, command: Command) -> CommandResult:
+        action = command.action
+        if action is None:
+            return CommandResult(command.command_id, CommandStatus.INVALID, "command has no action")
+        if not self._ledger.holds(session, command.run_id, command.lease_id):
+            return self._ledger.lease_lost(command.command_id, command.run_id)
+        match action:
+            case Malformed():
+                raise InvalidArgument(action.reason)
+            case RecordStep():
+                return await self._apply_record_step(session, command, action)
+            case SuspendRun():
+                return await self._apply_suspend_run(session, command, action)
+            case CompleteRun():
+                return await self._apply_complete_run(session, command, action)
+            case FailRun():
+                return await self._apply_fail_run(session, command, action)
+            case ReleaseRun():
+                return await self._apply_release_run(session, command)
+            case RecordEvent():
+                return await self._apply_record_event(session, command, action)
+            case StartStep():
+                return self._apply_start_step(command, action)
+            case StartChild():
+                return await self._apply_start_child(session, command, action)
+            case HoldRun():
+                return await self._apply_hold_run(session, command, action)
+        raise InvalidArgument(f"unknown command {type(action).__name__}")
+
+    async def _apply_record_step(
+        self, session: WorkerSession, command: Command, action: RecordStep
+    ) -> CommandResult:
+        cid, run_id, lease_id = command.command_id, command.run_id, command.lease_id
+        step = action.step
+        if not step.step_key:
+            raise InvalidArgument("record_step.step.step_key is required")
+        if self._limits.full(run_id):
+            return await self._policy.journal_full(session, cid, run_id, lease_id, step.step_key)
+        if action.result is not None:
+            result_json = check_json_payload(
+                "record_step.step.result",
+                action.result.json,
+                action.result.encoding,
+                self._max_payload,
+            )
+            step = replace(step, result_json=result_json)
+        outcome = await self._store.record_step(run_id, lease_id, step)
+        if outcome.status is RecordStepStatus.LEASE_LOST:
+            return self._ledger.lease_lost(cid, run_id, session)
+        self._limits.attempt_ended(run_id, step.step_key)
+        if outcome.status is RecordStepStatus.DUPLICATE:
+            return CommandResult(cid, CommandStatus.DUPLICATE, "", outcome.existing)
+        self._limits.added(run_id)
+        return CommandResult(cid, CommandStatus.OK)
+
+    async def _apply_suspend_run(
+        self, session: WorkerSession, command: Command, action: SuspendRun
+    ) -> CommandResult:
+        cid, run_id, lease_id = command.command_id, command.run_id, command.lease_id
+        check_waits(action.waits)
+        if self._limits.full(run_id):  # waking would add an entry it has no room for
+            return await self._policy.journal_full(session, cid, run_id, lease_id, "")
+        outcome = await self._store.suspend_run(run_id, lease_id, action.waits)
+        if outcome.status is SuspendStatus.LEASE_LOST:
+            return self._ledger.lease_lost(cid, run_id, session)
+        entries = self._limits.entries(run_id)
+        self._ledger.let_go(session, run_id)
+        if entries is not None:  # the worker may keep it live: offer it there first
+            self._sticky.remember(session, run_id, lease_id, entries)
+        if outcome.status is SuspendStatus.WOKEN and outcome.run is not None:
+            self._lifecycle.make_ready(outcome.run)
+        for timer in outcome.timers:
+            self._timers.schedule(timer)
+        return CommandResult(cid, CommandStatus.OK)
+
+    async def _apply_complete_run(
+        self, session: WorkerSession, command: Command, action: CompleteRun
+    ) -> CommandResult:
+        result_json = check_json_payload(
+            "complete_run.result", action.result.json, action.result.encoding, self._max_payload
+        )
+        run = await self._lifecycle.complete(session, command.run_id, command.lease_id, result_json)
+        return self._answer(session, command, run)
+
+    async def _apply_fail_run(
+        self, session: WorkerSession, command: Command, action: FailRun
+    ) -> CommandResult:
+        run = await self._lifecycle.fail(session, command.run_id, command.lease_id, action.error)
+        return self._answer(session, command, run)
+
+    async def _apply_release_run(self, session: WorkerSession, command: Command) -> CommandResult:
+        run = await self._lifecycle.release(session, command.run_id, command.lease_id)
+        return self._answer(session, command, run)
+
+    async def _apply_record_event(
+        self, session: WorkerSession, command: Command, action: RecordEvent
+    ) -> CommandResult:
+        if not action.entry_key or not action.name:
+            raise InvalidArgument("record_event needs an entry_key and a name")
+        payload = check_json_payload(
+            "record_event.payload", action.payload.json, action.payload.encoding, self._max_payload
+        )
+        if not await self._store.record_event(
+            command.run_id, command.lease_id, action.entry_key, action.name, payload
+        ):
+            return self._ledger.lease_lost(command.command_id, command.run_id, session)
+        return CommandResult(command.command_id, CommandStatus.OK)
+
+    def _apply_start_step(self, command: Command, action: StartStep) -> CommandResult:
+        return self._policy.start_step(command.command_id, command.run_id, command.lease_id, action)
+
+    async def _apply_start_child(
+        self, session: WorkerSession, command: Command, action: StartChild
+    ) -> CommandResult:
+        return await self._children.start(
+            session, command.command_id, command.run_id, command.lease_id, action
+        )
+
+    async def _apply_hold_run(
+        self, session: WorkerSession, command: Command, action: HoldRun
+    ) -> CommandResult:
+        return await self._children.hold(
+            session, command.command_id, command.run_id, command.lease_id, action
+        )
+
+    def _answer(
+        self, session: WorkerSession, command: Command, run: RunRecord | None
+    ) -> CommandResult:
+        """OK when the run moved; else its lease was gone."""
+        if run is None:
+            return self._ledger.lease_lost(command.command_id, command.run_id, session)
+        return CommandResult(command.command_id, CommandStatus.OK)
+
+    # -- when a command cannot be applied ---------------------------------------------
+
+    async def _hand_out_again(self, session: WorkerSession, run_id: str, lease_id: int) -> None:
+        """After a command failed inside the server, the worker drops the run: stop
+        holding it for that worker and re-queue it. Should the re-queue fail too (the
+        database is unreachable), the stored lease, no longer extended, expires and
+        the lease sweep re-queues it."""
+        if not self._ledger.holds(session, run_id, lease_id):
+            return
+        try:
+            await self._lifecycle.hand_out_again(
+                session, run_id, lease_id, "a command of the run failed in the server"
+            )
+        except Exception:
+            log.exception("re-queueing run %s failed; its lease will expire", run_id)
+
+    async def _fail_invalid(self, session: WorkerSession, command: Command, reason: str) -> None:
+        """A run whose worker sent a command that can never be recorded (e.g. a
+        result over the payload limit) would fail the same way on every retry:
+        fail it with the reason, and tell the worker to stop it."""
+        step_key = command.action.step.step_key if isinstance(command.action, RecordStep) else ""
+        error = ErrorDetails("stepd.InvalidCommand", reason, step_key=step_key)
+        if await self._lifecycle.fail_held(
+            session, command.run_id, command.lease_id, error, FailureReason.WORKFLOW_ERROR
+        ):
+            log.warning(
+                "run %s failed: its worker sent an invalid command: %s", command.run_id, reason
+            )

@@ -1,0 +1,41 @@
+"""The answers a run still waits for, of commands it sent without waiting.
+
+Three kinds, each a set of the unanswered answers: recorded values (``now:N``,
+``uuid:N``, ``random:N``), the starts of event waits (``event:N:since``) and custom
+history entries (``entry:N``). While a value or a start is unanswered the run is not
+quiescent; a run suspends only once every entry is answered, and ends only once
+every value and entry is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from stepd.v1 import worker_service_pb2
+
+Answer = asyncio.Future[worker_service_pb2.CommandResult]
+
+
+class Acks:
+    """The unanswered commands of one run, by kind."""
+
+    __slots__ = ("entries", "starts", "values")
+
+    def __init__(self) -> None:
+        self.values: set[Answer] = set()
+        """Recorded values (``record_step`` of ``now:N`` ...) not answered yet."""
+        self.starts: set[Answer] = set()
+        """Starts of event waits (``record_step`` of ``event:N:since``) not answered yet."""
+        self.entries: set[Answer] = set()
+        """Custom entries (``record_event``) not answered yet."""
+
+    @property
+    def blocking(self) -> bool:
+        """True while a recorded value or an event wait's start is unanswered."""
+        return bool(self.values) or bool(self.starts)
+
+
+async def all_answered(pending: set[Answer]) -> None:
+    """Wait until ``pending`` is empty (each answer's callback removes it)."""
+    while pending:
+        await asyncio.wait(set(pending))
