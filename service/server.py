@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from stepd.server.api.handlers import add_service
 from stepd.server.api.worker_servicer import WorkerServicer
 from stepd.server.api.workflow_servicer import WorkflowServicer
+from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
 from stepd.server.engine.engine import Engine
 from stepd.server.store import open_store
@@ -67,13 +68,17 @@ class RunningServer:
         await self.engine.store.close()
 
 
-async def create_server(config: ServerConfig) -> RunningServer:
-    """Open the store, recover runs, and start serving on ``config.address``."""
+async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) -> RunningServer:
+    """Open the store, recover runs, and start serving on ``config.address``;
+    ``clock`` is the server's notion of now (``clock.py``)."""
     return_large_blocks()
     store = await open_store(
-        config.database, synchronous=config.sqlite_synchronous, pool_size=config.db_pool_size
+        config.database,
+        synchronous=config.sqlite_synchronous,
+        pool_size=config.db_pool_size,
+        clock=clock,
     )
-    engine = Engine(store, config)
+    engine = Engine(store, config, clock)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
