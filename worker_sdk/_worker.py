@@ -37,6 +37,7 @@ import grpc
 from google.protobuf import duration_pb2
 from pydantic import ValidationError
 
+from stepd import _runtime
 from stepd._client import Client
 from stepd._control import RunAbandoned
 from stepd._definitions import Workflow
@@ -222,6 +223,7 @@ class Worker:
             ready=asyncio.Event(),
             stop=self._stop,
             run_tasks=set(),
+            runtime=_runtime.current(),
         )
 
     @property
@@ -420,6 +422,7 @@ class _Serving:
     ready: asyncio.Event  # set once the first stream is open
     stop: _Stop
     run_tasks: set[asyncio.Task[None]]  # every run's task: run() lets them unwind
+    runtime: _runtime.Runtime  # the runs' clock and bodies (stepd.testing gives its own)
 
 
 class _HeldRun:
@@ -720,7 +723,7 @@ class _Session:
         if cached is not None:  # handed out afresh: the parked execution is void
             cached.executor.evict()
         on_park = self._park if self._cache.size else None
-        executor = RunExecutor(workflow, task, self, on_park)
+        executor = RunExecutor(workflow, task, self, on_park, self._serving.runtime)
         run_task = self._loop.create_task(self._drive(executor))
         self._runs[task.run_id] = _HeldRun(executor, run_task)
         run_tasks = self._serving.run_tasks
