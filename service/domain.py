@@ -308,6 +308,7 @@ class HistoryEntry:
     error: ErrorDetails | None = None
     attempt: int = 0
     detail: str = ""
+    attempt_only: bool = False  # a failed attempt the step's retry policy went on from
 
 
 @dataclass(frozen=True, slots=True)

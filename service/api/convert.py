@@ -261,6 +261,7 @@ def history_to_proto(sequence: int, entry: HistoryEntry) -> types_pb2.RunEvent:
         name=entry.name,
         attempt=entry.attempt,
         detail=entry.detail,
+        attempt_only=entry.attempt_only,
     )
     if entry.payload_json is not None:
         msg.payload.json = entry.payload_json

@@ -214,7 +214,7 @@ def meet(
     if not met:
         return None
     _abandon_others(conn, run_id, wait_key)
-    history.add(conn, run_id, HistoryType.WAIT_MET, now, key=wait_key)
+    history.add(conn, run_id, HistoryType.WAIT_MET, now, key=wait_key, payload_json=payload_json)
     return _wake(conn, run_id, now)
 
 
