@@ -79,13 +79,19 @@ async def test_a_mocked_step_fails_as_its_side_effect_says_and_retries_skip_ahea
     assert [(e.attempt, e.attempt_only) for e in failed] == [(1, True), (2, True)]
 
 
-async def test_a_mocked_step_called_with_arguments_the_step_refuses_fails_as_it_would() -> None:
-    async with WorkflowEnvironment([wf.billing]) as env:
-        env.mock_step(wf.notify, side_effect=lambda *args: "unused")
-        env.mock_step(wf.charge, return_value={"not": "a str"})  # the step returns str
-        with pytest.raises(RunFailedError) as failed:
+async def test_a_mock_fails_where_the_real_step_would_refuse_its_arguments_or_result() -> None:
+    async with WorkflowEnvironment([wf.billing, wf.calls_notify_wrongly]) as env:
+        notify = env.mock_step(wf.notify, "sent")
+        with pytest.raises(RunFailedError) as wrong_call:
+            await env.client.execute(wf.calls_notify_wrongly)
+        env.mock_step(wf.charge, return_value={"not": "a str"})  # the step returns a str
+        with pytest.raises(RunFailedError) as wrong_result:
             await env.client.execute(wf.billing, "ada")
-    assert "str" in (failed.value.info.error_message or "")
+    assert wrong_call.value.info.error_type == "builtins.TypeError"
+    assert "missing a required argument" in (wrong_call.value.info.error_message or "")
+    notify.assert_not_awaited()
+    message = wrong_result.value.info.error_message or ""
+    assert "the mock of step 'charge' returned {'not': 'a str'}" in message
 
 
 async def test_a_child_workflow_is_mocked() -> None:

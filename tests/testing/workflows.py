@@ -84,3 +84,8 @@ async def hooked(ctx: WorkflowContext) -> Any:
 @workflow
 async def waits_for_event(ctx: WorkflowContext, order: int) -> Any:
     return await ctx.wait_for_event("order.paid", match={"order": order}, timeout=3600)
+
+
+@workflow
+async def calls_notify_wrongly(ctx: WorkflowContext) -> str:
+    return await notify("only the recipient")  # type: ignore[call-arg]

@@ -19,6 +19,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 from unittest.mock import AsyncMock
 
+from pydantic import ValidationError
+
 from stepd._definitions import Step, Workflow, current_scheduler, current_step
 
 
@@ -65,7 +67,7 @@ class Mocks:
         if mocked is None:
             return step.invoke(args, kwargs)
         mock, signature = mocked
-        return _call_mock(step.name, mock, signature, args, kwargs)
+        return _call_mock(step, mock, signature, args, kwargs)
 
     def workflow_function(
         self, workflow: Workflow[Any, Any]
@@ -82,7 +84,7 @@ class Mocks:
 
 
 async def _call_mock(
-    name: str,
+    step: Step[Any, Any],
     mock: AsyncMock,
     signature: inspect.Signature | None,
     args: tuple[Any, ...],
@@ -91,12 +93,21 @@ async def _call_mock(
     if signature is not None:
         signature.bind(*args, **kwargs)  # TypeError, as the real step would raise
     token = current_scheduler.set(None)  # as in a step body: steps called here run plainly
-    step_token = current_step.set(name)
+    step_token = current_step.set(step.name)
     try:
-        return await mock(*args, **kwargs)
+        result = await mock(*args, **kwargs)
     finally:
         current_step.reset(step_token)
         current_scheduler.reset(token)
+    try:
+        step.result_adapter.validate_python(result)
+    except ValidationError as exc:
+        raise TypeError(
+            f"the mock of step {step.name!r} returned {result!r}, which the step's return "
+            f"type refuses ({exc.errors()[0]['msg']}); give mock_step a return_value or "
+            "side_effect of that type"
+        ) from None
+    return result
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:

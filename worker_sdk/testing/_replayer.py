@@ -45,7 +45,8 @@ class ReplayResult:
 
     ``error`` is the non-determinism found (None when the code can take over
     the run); ``next`` says what the code does at the end of the history (e.g.
-    ``completes``, ``waits on signal:1``, ``calls step charge``).
+    ``completes with ...``, ``waits on signal:1``, ``calls step charge``, or
+    ``is held`` where it cannot go on).
     """
 
     run_id: str
@@ -96,7 +97,7 @@ async def replay(history: RunHistory, workflow: Workflow[Any, Any]) -> ReplayRes
         executor.abandon()
     await asyncio.gather(execution, return_exceptions=True)
     error = executor.non_determinism
-    move = channel.move or "stops"
+    move = channel.move or ("is held" if error is not None else "stops")
     if error is None and history.ended_by_its_code:
         error = _ending_differs(history, channel)
     return ReplayResult(history.run_id, history.workflow_name, error, move)
