@@ -312,6 +312,7 @@ class HistoryEntry:
     detail: str = ""
     # The API key whose call caused it (a cancel, signal, hook or event), if any.
     actor: str = ""
+    attempt_only: bool = False  # a failed attempt the step's retry policy went on from
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from stepd.server.api.admin_servicer import AdminServicer
 from stepd.server.api.handlers import add_service
 from stepd.server.api.worker_servicer import WorkerServicer
 from stepd.server.api.workflow_servicer import WorkflowServicer
+from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
 from stepd.server.engine.engine import Engine
 from stepd.server.engine.versions import VersionAdmin
@@ -83,8 +84,9 @@ class RunningServer:
         await self.engine.store.close()
 
 
-async def create_server(config: ServerConfig) -> RunningServer:
-    """Open the store, recover runs, and start serving on ``config.address``.
+async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) -> RunningServer:
+    """Open the store, recover runs, and start serving on ``config.address``;
+    ``clock`` is the server's notion of now (``clock.py``).
 
     Raises ``InsecureSetupError`` (a ValueError) before touching anything when
     the address is reachable from other hosts and keys, TLS or the hook secret
@@ -95,9 +97,12 @@ async def create_server(config: ServerConfig) -> RunningServer:
     credentials = _tls_credentials(config)
     return_large_blocks()
     store = await open_store(
-        config.database, synchronous=config.sqlite_synchronous, pool_size=config.db_pool_size
+        config.database,
+        synchronous=config.sqlite_synchronous,
+        pool_size=config.db_pool_size,
+        clock=clock,
     )
-    engine = Engine(store, config)
+    engine = Engine(store, config, clock)
     ring = KeyRing(store, config.key_refresh_seconds) if exposure.keys_required(config) else None
     versions = VersionAdmin(store, engine.registry, config.key_refresh_seconds)
     server = grpc.aio.server(

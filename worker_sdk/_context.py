@@ -487,7 +487,7 @@ class WorkflowContext:
         scheduler = self._scheduler_for("now")
         if scheduler is None:
             return datetime.now(UTC)
-        micros = scheduler.call_value("now", lambda: time.time_ns() // 1000)
+        micros = scheduler.call_value("now", lambda: scheduler.now_ns() // 1000)
         return _EPOCH + timedelta(microseconds=int(micros))
 
     def uuid(self) -> _uuid.UUID:

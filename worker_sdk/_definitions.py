@@ -111,6 +111,11 @@ class StepScheduler(Protocol):
         or ``make()``, recorded."""
         ...
 
+    def now_ns(self) -> int:
+        """The run's clock: the time, in epoch nanoseconds (the system's, except in a
+        ``stepd.testing`` environment, whose clock skips ahead)."""
+        ...
+
 
 current_scheduler: contextvars.ContextVar[StepScheduler | None] = contextvars.ContextVar(
     "stepd_current_scheduler", default=None

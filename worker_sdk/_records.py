@@ -39,11 +39,18 @@ logger = logging.getLogger("stepd.worker")
 class Values:
     """The run's recorded values: ``ctx.now()``, ``ctx.uuid()``, ``ctx.random()``."""
 
-    __slots__ = ("_acks", "_held_back", "_journal", "_keys", "_run", "_settler")
+    __slots__ = ("_acks", "_clock", "_held_back", "_journal", "_keys", "_run", "_settler")
 
     def __init__(
-        self, run: RunControl, journal: Journal, keys: Keys, acks: Acks, settler: Settler
+        self,
+        run: RunControl,
+        journal: Journal,
+        keys: Keys,
+        acks: Acks,
+        settler: Settler,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        self._clock = clock  # the time in epoch ns: when a value was recorded
         self._run = run
         self._journal = journal
         self._keys = keys
@@ -64,7 +71,7 @@ class Values:
         value = make()
         if not self._run.phase.executing:
             return value  # the run is ending: the execution that gets here again records it
-        command = commands.record_value(key, dumps(value), time.time_ns())
+        command = commands.record_value(key, dumps(value), self._clock())
         if self._journal.has_records:
             self._held_back.append(command)
         else:

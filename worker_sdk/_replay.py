@@ -69,6 +69,7 @@ from stepd._journal import Journal
 from stepd._keys import Keys
 from stepd._phase import Phase, RunOutcome
 from stepd._records import Entries, Values
+from stepd._runtime import SYSTEM, Runtime
 from stepd._serde import dumps, error_info, loads, payload_text
 from stepd._settle import SETTLE_HOPS, Settler
 from stepd._step_calls import StepCalls
@@ -103,6 +104,7 @@ class RunExecutor:
         "_parked",
         "_parked_activity",
         "_phase",
+        "_runtime",
         "_settler",
         "_step_tasks",
         "_steps",
@@ -122,12 +124,14 @@ class RunExecutor:
         task: worker_service_pb2.RunTask,
         channel: CommandChannel,
         on_park: Callable[[RunExecutor], bool] | None = None,
+        runtime: Runtime = SYSTEM,
     ) -> None:
         self.run_id = task.run_id
         self.lease_id = task.lease_id
         self.non_determinism: NonDeterminismError | None = None
         """Set when the execution found the journal non-deterministic."""
         self._workflow = workflow
+        self._runtime = runtime  # the clock, and how the workflow and its steps run
         self._channel = channel
         self._input = task.input
         self._phase = Phase.RUNNING
@@ -143,12 +147,13 @@ class RunExecutor:
         self._acks = acks = Acks()
         self._waits = waits = Waits()
         self._settler = settler = Settler(self._quiescent, self._settled)
-        self._values = Values(self, journal, keys, acks, settler)
+        clock = runtime.time_ns
+        self._values = Values(self, journal, keys, acks, settler, clock)
         self._entries = Entries(self, keys, acks, settler)
         self._wait_calls = wait_calls = WaitCalls(
-            self, journal, keys, acks, settler, waits, task.hook_secret
+            self, journal, keys, acks, settler, waits, task.hook_secret, clock
         )
-        self._steps = StepCalls(self, workflow, journal, keys, settler, wait_calls)
+        self._steps = StepCalls(self, workflow, journal, keys, settler, wait_calls, runtime)
         self._children = ChildCalls(self, journal, keys, settler, wait_calls)
 
     # -- the run's state, as the worker sees it ------------------------------------------
@@ -239,6 +244,10 @@ class RunExecutor:
         """A recorded value (``KIND:N``)."""
         return self._values.call(kind, make)
 
+    def now_ns(self) -> int:
+        """The run's clock: the time, in epoch nanoseconds."""
+        return self._runtime.time_ns()
+
     # -- executing ---------------------------------------------------------------------
 
     async def execute(self) -> RunOutcome:
@@ -258,7 +267,8 @@ class RunExecutor:
             try:
                 ctx = WorkflowContext(self.run_id, workflow.name, workflow.version, self)
                 try:
-                    value = await workflow.fn(*self._arguments(ctx))
+                    fn = self._runtime.workflow_function(workflow)
+                    value = await fn(*self._arguments(ctx))
                 except asyncio.CancelledError as cancelled:
                     if _being_cancelled():
                         raise

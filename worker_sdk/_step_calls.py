@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
@@ -22,6 +21,7 @@ from stepd._definitions import Step, Workflow
 from stepd._journal import Journal
 from stepd._keys import Keys
 from stepd._policy import NO_RETRY, RetryPolicy
+from stepd._runtime import SYSTEM, Runtime
 from stepd._serde import dumps, error_info, loads, payload_text, rebuild_error
 from stepd._settle import Settler
 from stepd._wait_calls import WaitCalls
@@ -37,7 +37,16 @@ ErrorOrigin = tuple[str, int, str]
 class StepCalls:
     """Runs and replays the steps of one run."""
 
-    __slots__ = ("_errors", "_journal", "_keys", "_run", "_settler", "_waits", "_workflow")
+    __slots__ = (
+        "_errors",
+        "_journal",
+        "_keys",
+        "_run",
+        "_runtime",
+        "_settler",
+        "_waits",
+        "_workflow",
+    )
 
     def __init__(
         self,
@@ -47,8 +56,10 @@ class StepCalls:
         keys: Keys,
         settler: Settler,
         waits: WaitCalls,
+        runtime: Runtime = SYSTEM,
     ) -> None:
         self._run = run
+        self._runtime = runtime  # the clock, and how a step body runs
         self._workflow = workflow
         self._journal = journal
         self._keys = keys
@@ -189,19 +200,20 @@ class StepCalls:
     ) -> tuple[types_pb2.StepRecord, str, Exception | None]:
         """Run the step body once (cancelled after ``step_timeout`` seconds, if set); return
         its StepRecord, result JSON and error."""
-        start = time.time_ns()
+        clock = self._runtime.time_ns
+        start = clock()
         result_json = ""
         error: Exception | None = None
         try:
             if step_timeout is None:
-                value = await step.invoke(args, kwargs)
+                value = await self._runtime.run_step(step, key, args, kwargs)
             else:
                 await self._announce_start(key, attempt, step_timeout)
                 value = await self._invoke_with_timeout(step, key, args, kwargs, step_timeout)
             result_json = dumps(value, step.result_adapter)
         except Exception as exc:
             error = exc
-        end = time.time_ns()
+        end = clock()
         record = types_pb2.StepRecord()
         record.step_key = key
         record.attempt = attempt
@@ -226,7 +238,7 @@ class StepCalls:
         scope = asyncio.timeout(step_timeout)
         try:
             async with scope:
-                return await step.invoke(args, kwargs)
+                return await self._runtime.run_step(step, key, args, kwargs)
         except TimeoutError:
             if not scope.expired():
                 raise  # the body's own TimeoutError

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -82,6 +82,7 @@ class WaitCalls:
 
     __slots__ = (
         "_acks",
+        "_clock",
         "_hook_secret",
         "_hooks_waited",
         "_journal",
@@ -100,7 +101,9 @@ class WaitCalls:
         settler: Settler,
         waits: Waits,
         hook_secret: bytes,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        self._clock = clock  # the time in epoch ns: when sleeps and timeouts end
         self._run = run
         self._journal = journal
         self._keys = keys
@@ -119,7 +122,7 @@ class WaitCalls:
         returns at once, unless the journal holds it as met; any other is a pending wait."""
         key = self._keys.key("sleep")
         self._settler.touch()
-        now = time.time_ns()
+        now = self._clock()
         fire_ns = until_ns if until_ns is not None else now + (duration_ns or 0)
         if fire_ns <= now and not self._journal.is_met(key):
             return self._no_wait()
@@ -134,7 +137,7 @@ class WaitCalls:
         self._settler.touch()
         specs = [self._spec(key, signal=name)]
         if timeout_ns is not None:
-            specs.append(self._spec(f"{key}:timeout", fire_ns=time.time_ns() + timeout_ns))
+            specs.append(self._spec(f"{key}:timeout", fire_ns=self._clock() + timeout_ns))
         return self._signal(key, name, specs, timeout_ns, adapter)
 
     def event(
@@ -185,7 +188,7 @@ class WaitCalls:
         self._settler.touch()
         specs = [self._spec(key, hook=True)]
         if timeout_ns is not None:
-            specs.append(self._spec(f"{key}:timeout", fire_ns=time.time_ns() + timeout_ns))
+            specs.append(self._spec(f"{key}:timeout", fire_ns=self._clock() + timeout_ns))
         return self._hook(key, specs, timeout_ns, adapter)
 
     async def child(self, key: str, child_id: str, adapter: TypeAdapter[Any]) -> Any:
@@ -198,12 +201,12 @@ class WaitCalls:
         """Wait durably until the attempt after ``failed`` may start: a timer wait
         ``retry:KEY:N`` that the server keeps, so a crash changes nothing. The delay
         runs from the failed attempt's recorded end."""
-        end_ns = failed.end_time.ToNanoseconds() if failed.HasField("end_time") else time.time_ns()
+        end_ns = failed.end_time.ToNanoseconds() if failed.HasField("end_time") else self._clock()
         delay = policy.delay_after(failed.attempt, f"{self._run.run_id}:{key}")
         fire_ns = end_ns + int(delay * 1e9)
         wait_key = f"retry:{key}:{failed.attempt}"
         self._settler.touch()
-        if fire_ns <= time.time_ns() and not self._journal.is_met(wait_key):
+        if fire_ns <= self._clock() and not self._journal.is_met(wait_key):
             self._run.check_live()
             return
         await self.wait((self._spec(wait_key, fire_ns=fire_ns),))
@@ -315,7 +318,7 @@ class WaitCalls:
         record = self._journal.take(since_key)
         if record is not None:
             return _Since(_since_ns(since_key, record))
-        since_ns = time.time_ns() // 1_000_000 * 1_000_000
+        since_ns = self._clock() // 1_000_000 * 1_000_000
         if not self._run.phase.executing:
             return _Since(since_ns, unsent=True)  # the run is ending: nothing is sent
         answer = self._run.send(

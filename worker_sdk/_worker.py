@@ -37,6 +37,7 @@ import grpc
 from google.protobuf import duration_pb2
 from pydantic import ValidationError
 
+from stepd import _runtime
 from stepd._client import Client
 from stepd._control import RunAbandoned
 from stepd._definitions import Workflow
@@ -228,6 +229,7 @@ class Worker:
             ready=asyncio.Event(),
             stop=self._stop,
             run_tasks=set(),
+            runtime=_runtime.current(),
         )
 
     @property
@@ -297,9 +299,7 @@ class Worker:
         try:
             while not self._stop.event.is_set():
                 started = loop.time()
-                session = self._session = _Session(
-                    self._serving, stub, self._connection.metadata
-                )
+                session = self._session = _Session(self._serving, stub, self._connection.metadata)
                 self._session_task = asyncio.create_task(session.run())
                 try:
                     await self._session_task
@@ -430,6 +430,7 @@ class _Serving:
     ready: asyncio.Event  # set once the first stream is open
     stop: _Stop
     run_tasks: set[asyncio.Task[None]]  # every run's task: run() lets them unwind
+    runtime: _runtime.Runtime  # the runs' clock and bodies (stepd.testing gives its own)
 
 
 class _HeldRun:
@@ -736,7 +737,7 @@ class _Session:
         if cached is not None:  # handed out afresh: the parked execution is void
             cached.executor.evict()
         on_park = self._park if self._cache.size else None
-        executor = RunExecutor(workflow, task, self, on_park)
+        executor = RunExecutor(workflow, task, self, on_park, self._serving.runtime)
         run_task = self._loop.create_task(self._drive(executor))
         self._runs[task.run_id] = _HeldRun(executor, run_task)
         run_tasks = self._serving.run_tasks

@@ -29,11 +29,13 @@ class RunEventType(enum.StrEnum):
     STEP_COMPLETED = "step_completed"
     """A step attempt returned: ``key`` is the step key, ``payload`` its result."""
     STEP_FAILED = "step_failed"
-    """A step attempt raised: ``key`` is the step key, ``error_*`` the error."""
+    """A step attempt raised: ``key`` is the step key, ``error_*`` the error;
+    ``attempt_only`` when the step went on with another attempt."""
     SUSPENDED = "suspended"
     """The run suspended: ``detail`` lists the wait keys."""
     WAIT_MET = "wait_met"
-    """A wait was met and the run woke: ``key`` is the wait key."""
+    """A wait was met and the run woke: ``key`` is the wait key, ``payload`` what it
+    delivered (a signal's, event's or hook's payload, a child's outcome)."""
     SIGNAL_RECEIVED = "signal_received"
     """A signal was sent to the run: ``name`` and ``payload``."""
     RELEASED = "released"
@@ -93,7 +95,8 @@ class RunEvent:
     name: str | None = None
     """The signal's or custom entry's name."""
     payload: Any = None
-    """The step result, signal payload, custom entry content or run result."""
+    """The step result, signal payload, what a met wait delivered, custom entry content
+    or run result."""
     error_type: str | None = None
     """The qualified type of a failed step's or run's error."""
     error_message: str | None = None
@@ -107,6 +110,9 @@ class RunEvent:
     actor_key_id: str | None = None
     """The id of the API key whose call caused it (a cancel, a signal, a hook
     execution, an event), on a server that requires keys."""
+    attempt_only: bool = False
+    """For a failed step attempt: True when it is not the step's outcome (the step
+    went on under its retry policy)."""
 
     @classmethod
     def from_proto(cls, event: types_pb2.RunEvent) -> RunEvent:
@@ -125,4 +131,5 @@ class RunEvent:
             attempt=event.attempt,
             detail=event.detail or None,
             actor_key_id=event.actor_key_id or None,
+            attempt_only=event.attempt_only,
         )

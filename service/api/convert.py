@@ -262,6 +262,7 @@ def history_to_proto(sequence: int, entry: HistoryEntry) -> types_pb2.RunEvent:
         attempt=entry.attempt,
         detail=entry.detail,
         actor_key_id=entry.actor,
+        attempt_only=entry.attempt_only,
     )
     if entry.payload_json is not None:
         msg.payload.json = entry.payload_json

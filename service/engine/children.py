@@ -20,8 +20,9 @@ import asyncio
 import hashlib
 import logging
 
+from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
-from stepd.server.domain import NewRun, RunRecord, now_ms
+from stepd.server.domain import NewRun, RunRecord
 from stepd.server.engine.commands import CommandResult, CommandStatus, HoldRun, StartChild
 from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.errors import EngineError, InvalidArgument
@@ -67,8 +68,11 @@ class ChildRuns:
         lifecycle: RunLifecycle,
         dispatcher: Dispatcher,
         policy: RunPolicy,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._config = config
         self._registry = registry
         self._limits = limits
@@ -103,7 +107,7 @@ class ChildRuns:
             workflow_name=name,
             workflow_version=action.workflow_version or self._registry.current(name) or "",
             input_json=input_json,
-            create_time=now_ms(),
+            create_time=self._clock.now_ms(),
             parent_run_id=run_id,
             root_run_id=run_id,  # the store puts the parent's root here
             detached=action.detached,
@@ -152,6 +156,12 @@ class ChildRuns:
             await self._wake_parent(child)
         for parent_id in parents:
             await self._cancel_children(parent_id, f"parent run {parent_id} ended")
+
+    @property
+    def busy(self) -> bool:
+        """True while a follow-up of a run's end (waking its parent, cancelling its
+        children) is in flight."""
+        return bool(self._tasks)
 
     async def close(self) -> None:
         """Let follow-ups in flight finish."""

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
 from stepd.server.domain import (
     RUN_EXPIRY_KEY,
@@ -34,7 +35,6 @@ from stepd.server.domain import (
     RunStatus,
     SignalStatus,
     WorkflowLimits,
-    now_ms,
 )
 from stepd.server.domain_schedules import WorkflowDeclaration
 from stepd.server.engine import hook_tokens
@@ -89,11 +89,16 @@ class TriggerParams:
 
 
 class Engine:
-    """Runs' life cycle on one server process over one store."""
+    """Runs' life cycle on one server process over one store.
 
-    def __init__(self, store: Store, config: ServerConfig) -> None:
+    ``clock`` is the engine's notion of now and arms its timers (``clock.py``);
+    it must be the store's clock too.
+    """
+
+    def __init__(self, store: Store, config: ServerConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
         self.config = config
+        self.clock = clock
         self.registry = WorkflowRegistry()
         self.run_limits = RunLimits(config.max_journal_entries)
         self.dispatcher = Dispatcher(self._claim_for)
@@ -103,19 +108,26 @@ class Engine:
         channel = channel_for(config.database)
         # Replicas load timers a shorter way ahead: those a dead replica held fire soon.
         horizon = REPLICA_TIMER_HORIZON_MS if channel is not None else 60_000
-        self.timers = TimerSchedule(store, self._fire_timer, horizon)
+        self.timers = TimerSchedule(store, self._fire_timer, horizon, clock=clock)
         # Delayed starts: pending runs whose start time is still ahead.
         self.starts = TimerSchedule(
             store,
             self._start_due,
             horizon,
-            load=lambda until, n: store.delayed_starts(now_ms(), until, n),
+            load=lambda until, n: store.delayed_starts(clock.now_ms(), until, n),
+            clock=clock,
         )
         self.lifecycle = RunLifecycle(
-            store, self.ledger, self.dispatcher, self.sticky, self.timers, self.starts
+            store, self.ledger, self.dispatcher, self.sticky, self.timers, self.starts, clock=clock
         )
         self.policy = RunPolicy(
-            store, self.run_limits, self.timers, self.ledger, self.lifecycle, self.dispatcher
+            store,
+            self.run_limits,
+            self.timers,
+            self.ledger,
+            self.lifecycle,
+            self.dispatcher,
+            clock=clock,
         )
         self.children = ChildRuns(
             store,
@@ -126,6 +138,7 @@ class Engine:
             self.lifecycle,
             self.dispatcher,
             self.policy,
+            clock=clock,
         )
         self.replicas = ReplicaLink(
             channel,
@@ -137,7 +150,13 @@ class Engine:
             recover=self.children.recover,
         )
         self.schedules = Scheduler(
-            store, config, self.registry, self.lifecycle.make_ready, self.cancel_run, horizon
+            store,
+            config,
+            self.registry,
+            self.lifecycle.make_ready,
+            self.cancel_run,
+            horizon,
+            clock=clock,
         )
         self.commands = WorkerCommands(
             store,
@@ -196,6 +215,18 @@ class Engine:
         if recovered:
             log.info("recovered %d unfinished runs", recovered)
 
+    def settled(self) -> bool:
+        """True when nothing moves here until a timer fires or a caller acts: no run
+        is queued for a worker, offered to one, being handed out or held by one, and
+        no timer or child follow-up is being applied. (A run queued for a workflow
+        that no worker here serves counts as queued.)"""
+        if self.dispatcher.ready_count():
+            return False
+        if any(s.held or s.continuations for s in self.dispatcher.sessions):
+            return False
+        timers = (self.timers, self.starts, self.schedules.timers)
+        return not any(t.firing for t in timers) and not self.children.busy
+
     async def close(self) -> None:
         """Stop timers, end worker sessions and settle claims in flight."""
         self._closing = True
@@ -242,7 +273,7 @@ class Engine:
             )
         version = params.workflow_version or self.registry.current(name) or ""
         run_id = params.run_id or uuid.uuid4().hex
-        now = now_ms()
+        now = self.clock.now_ms()
         new = NewRun(
             run_id=run_id,
             workflow_name=name,
@@ -448,7 +479,7 @@ class Engine:
         new_pairs = [p for p in pairs if not self.registry.knows(*p)]
         if new_pairs:
             await self.store.register_workflows(new_pairs)
-            self.registry.add(new_pairs, now_ms())
+            self.registry.add(new_pairs, self.clock.now_ms())
         self.registry.serving(pairs)  # the current version may be one of them now
         try:
             await self.schedules.declare(declarations)
@@ -549,12 +580,11 @@ class Engine:
                 session.leases_extended_at = time.monotonic()
                 held = [run_id for run_id, lease in session.held.items() if lease]
                 if held:
-                    await self.store.extend_leases(
-                        session.lease_owner, held, now_ms() + self.config.lease_timeout_ms
-                    )
-        for attempt in self.run_limits.overdue(now_ms()):
+                    expires = self.clock.now_ms() + self.config.lease_timeout_ms
+                    await self.store.extend_leases(session.lease_owner, held, expires)
+        for attempt in self.run_limits.overdue(self.clock.now_ms()):
             await self.policy.end_overdue_attempt(attempt)
-        for run in await self.store.expired_leases(now_ms(), EXPIRY_SWEEP_LIMIT):
+        for run in await self.store.expired_leases(self.clock.now_ms(), EXPIRY_SWEEP_LIMIT):
             holder = self.ledger.holder(run.run_id)
             if holder is not None and not holder.closed:
                 continue
@@ -581,7 +611,7 @@ class Engine:
             claimed = await self.store.claim_run(
                 run_id,
                 session.lease_owner,
-                now_ms() + self.config.lease_timeout_ms,
+                self.clock.now_ms() + self.config.lease_timeout_ms,
                 pin_version,
                 limits.execution_timeout_ms if limits is not None else None,
                 continues_lease=parked.lease_id if parked is not None else 0,

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stepd.server.domain import DueTimer, ErrorDetails, FailureReason, RunRecord, RunStatus, now_ms
+from stepd.server.clock import SYSTEM_CLOCK, Clock
+from stepd.server.domain import DueTimer, ErrorDetails, FailureReason, RunRecord, RunStatus
 from stepd.server.engine import transitions
 from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.errors import FailedPrecondition, NotFound
@@ -47,7 +48,7 @@ class RunLifecycle:
     ``timers`` are the runs' waits and expiry (forgotten when a run ends);
     ``starts`` the delayed starts (a run made ready before its start time waits
     there); ``sticky`` the suspended runs kept live by a worker (a woken one is
-    offered there first).
+    offered there first); ``clock`` says whether a start time has come.
     """
 
     def __init__(
@@ -58,8 +59,11 @@ class RunLifecycle:
         sticky: StickyRuns,
         timers: TimerSchedule,
         starts: TimerSchedule,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._ledger = ledger
         self._dispatcher = dispatcher
         self._sticky = sticky
@@ -85,7 +89,7 @@ class RunLifecycle:
         has room, else to the ready queues, and then to the ``on_ready``
         listeners unless ``announce`` is False."""
         not_before = run.start_time_not_before
-        if not_before is not None and not_before > now_ms():
+        if not_before is not None and not_before > self._clock.now_ms():
             # Held in memory only when due within the timers' horizon.
             self._starts.schedule(DueTimer(run.run_id, "start", not_before))
             return
@@ -175,9 +179,7 @@ class RunLifecycle:
         self._ended(run)
         return True
 
-    async def cancel(
-        self, run_id: str, reason: str, *, actor: str = ""
-    ) -> tuple[RunRecord, bool]:
+    async def cancel(self, run_id: str, reason: str, *, actor: str = "") -> tuple[RunRecord, bool]:
         """Cancel an unfinished run wherever it stands; return it and whether it was
         cancelled already. FailedPrecondition when it ended otherwise. ``actor``
         (the caller's API key id) goes into the run's history."""

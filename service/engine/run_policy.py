@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.domain import (
     RUN_EXPIRY_KEY,
     DueTimer,
@@ -21,7 +22,6 @@ from stepd.server.domain import (
     RecordStepStatus,
     RunRecord,
     StepRow,
-    now_ms,
 )
 from stepd.server.engine.commands import CommandResult, CommandStatus, StartStep
 from stepd.server.engine.dispatcher import Dispatcher
@@ -58,8 +58,11 @@ class RunPolicy:
         ledger: LeaseLedger,
         lifecycle: RunLifecycle,
         dispatcher: Dispatcher,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._limits = limits
         self._timers = timers
         self._ledger = ledger
@@ -74,7 +77,12 @@ class RunPolicy:
             raise InvalidArgument("start_step.timeout must be longer than 0")
         self._limits.attempt_started(
             OpenAttempt(
-                run_id, lease_id, action.step_key, action.attempt, action.timeout_ms, now_ms()
+                run_id,
+                lease_id,
+                action.step_key,
+                action.attempt,
+                action.timeout_ms,
+                self._clock.now_ms(),
             )
         )
         return CommandResult(cid, CommandStatus.OK)
@@ -100,7 +108,7 @@ class RunPolicy:
                 STEP_TIMEOUT_ERROR, message, step_key=attempt.step_key, attempt=attempt.attempt
             ),
             start_time=attempt.started_at,
-            end_time=now_ms(),
+            end_time=self._clock.now_ms(),
             attempt_only=True,
         )
         outcome = await self._store.record_step(run_id, lease_id, step)
@@ -141,7 +149,7 @@ class RunPolicy:
             run = await self._store.get_run(run_id)
             if run is None or run.status.is_terminal or run.expire_time is None:
                 return
-            now = now_ms()
+            now = self._clock.now_ms()
             if run.expire_time > now:  # e.g. rescheduled by a refill ahead of time
                 self.schedule_expiry(run)
                 return

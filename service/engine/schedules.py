@@ -21,8 +21,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
-from stepd.server.domain import DueTimer, RunRecord, now_ms
+from stepd.server.domain import DueTimer, RunRecord
 from stepd.server.domain_schedules import (
     CatchupPolicy,
     CreateScheduleStatus,
@@ -86,21 +87,26 @@ class Scheduler:
         make_ready: MakeReady,
         cancel: CancelRun,
         horizon_ms: int = 60_000,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._config = config
         self._registry = registry
         self._make_ready = make_ready
         self._cancel = cancel
-        self.timers = TimerSchedule(store, self._fire, horizon_ms, load=store.due_schedules)
-        self._started_at = now_ms()
+        self.timers = TimerSchedule(
+            store, self._fire, horizon_ms, load=store.due_schedules, clock=clock
+        )
+        self._started_at = clock.now_ms()
         self._declared: dict[tuple[str, str], WorkflowDeclaration] = {}
         self._busy: set[str] = set()
         self._again: set[str] = set()
 
     def start(self) -> None:
         """Occasions before now were missed; load the due schedules now and on."""
-        self._started_at = now_ms()
+        self._started_at = self._clock.now_ms()
         self.timers.start()
 
     async def close(self) -> None:
@@ -134,7 +140,7 @@ class Scheduler:
         changed = [d for d in declarations if self._declared.get((d.name, d.version)) != d]
         if not changed:
             return
-        now = now_ms()
+        now = self._clock.now_ms()
         triggers = [(d.name, d.version, d.event_triggers) for d in changed]
         schedules = [
             (
@@ -178,7 +184,7 @@ class Scheduler:
         input_json = check_json_payload(
             "spec.input", spec.input_json, "", self._config.max_payload_bytes
         )
-        now = now_ms()
+        now = self._clock.now_ms()
         record = ScheduleRecord(
             schedule_id=schedule_id or uuid.uuid4().hex,
             workflow_name=name,
@@ -237,7 +243,7 @@ class Scheduler:
         if not current.paused:
             return self._view(current, [])
         spec = current.spec
-        next_time = cron.next_after(spec.cron, spec.time_zone, now_ms())
+        next_time = cron.next_after(spec.cron, spec.time_zone, self._clock.now_ms())
         record = await self._store.set_schedule_paused(schedule_id, False, next_time)
         if record is None:
             raise NotFound(f"schedule {shown(schedule_id)} not found")
@@ -294,7 +300,7 @@ class Scheduler:
             record = await self._store.get_schedule(schedule_id)
             if record is None or record.paused:
                 return
-            if record.next_time > now_ms():
+            if record.next_time > self._clock.now_ms():
                 self._arm(record)
                 return
             await self._handle(record)

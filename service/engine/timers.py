@@ -1,9 +1,11 @@
 """Durable timers: the store's timer index plus an in-memory schedule.
 
-Timers due within ``horizon_ms`` are held as event-loop handles; later ones
-stay only in the store and are loaded by a refill every half horizon. So a
-timer fires within milliseconds of its time, the process holds only the near
-future in memory, and nothing scans all runs.
+Timers due within ``horizon_ms`` are held as timers of the server's clock
+(``clock.py``; event-loop handles on the system clock); later ones stay only in
+the store and are loaded by a refill every half horizon (at most every
+``REFILL_EVERY_MAX`` seconds). So a timer fires within milliseconds of its
+time, the process holds only the near future in memory, and nothing scans all
+runs. The clock may widen the horizon: a skipping clock has every timer held.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from stepd.server.domain import DueTimer, now_ms
+from stepd.server.clock import SYSTEM_CLOCK, Clock, TimerHandle
+from stepd.server.domain import DueTimer
 from stepd.server.store.base import Store
 
 log = logging.getLogger("stepd.timers")
@@ -22,6 +25,8 @@ FireFn = Callable[[str, str], Coroutine[Any, Any, None]]
 #: Loads the stored timers due at or before ``until`` (at most ``limit``).
 LoadFn = Callable[[int, int], Coroutine[Any, Any, list[DueTimer]]]
 REFILL_LIMIT = 10_000
+#: The longest pause between two refills, in seconds.
+REFILL_EVERY_MAX = 30.0
 
 
 class TimerSchedule:
@@ -33,12 +38,19 @@ class TimerSchedule:
     """
 
     def __init__(
-        self, store: Store, fire: FireFn, horizon_ms: int = 60_000, *, load: LoadFn | None = None
+        self,
+        store: Store,
+        fire: FireFn,
+        horizon_ms: int = 60_000,
+        *,
+        load: LoadFn | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._load: LoadFn = store.due_timers if load is None else load
         self._fire = fire
-        self._horizon_ms = horizon_ms
-        self._handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._clock = clock
+        self._horizon_ms = clock.horizon_ms(horizon_ms)
+        self._handles: dict[tuple[str, str], TimerHandle] = {}
         self._keys_by_run: dict[str, set[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._refiller: asyncio.Task[None] | None = None
@@ -63,11 +75,10 @@ class TimerSchedule:
         key = (timer.run_id, timer.wait_key)
         if key in self._handles:
             return
-        delay_ms = timer.fire_time - now_ms()
-        if delay_ms > self._horizon_ms:
+        clock = self._clock
+        if timer.fire_time - clock.now_ms() > self._horizon_ms:
             return  # a later refill loads it
-        loop = asyncio.get_running_loop()
-        self._handles[key] = loop.call_later(max(delay_ms, 0) / 1000, self._due, key)
+        self._handles[key] = clock.call_at(timer.fire_time, self._due, key)
         self._keys_by_run.setdefault(timer.run_id, set()).add(timer.wait_key)
 
     def forget_run(self, run_id: str) -> None:
@@ -80,6 +91,11 @@ class TimerSchedule:
     def scheduled_count(self) -> int:
         """How many timers are held in memory."""
         return len(self._handles)
+
+    @property
+    def firing(self) -> bool:
+        """True while a timer that fell due is being fired."""
+        return bool(self._tasks)
 
     def _due(self, key: tuple[str, str]) -> None:
         self._handles.pop(key, None)
@@ -103,8 +119,9 @@ class TimerSchedule:
     async def _refill_forever(self) -> None:
         while True:
             try:
-                for timer in await self._load(now_ms() + self._horizon_ms, REFILL_LIMIT):
+                until = self._clock.now_ms() + self._horizon_ms
+                for timer in await self._load(until, REFILL_LIMIT):
                     self.schedule(timer)
             except Exception:
                 log.exception("loading timers failed")
-            await asyncio.sleep(self._horizon_ms / 2000)
+            await asyncio.sleep(min(self._horizon_ms / 2000, REFILL_EVERY_MAX))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.store import postgres
 from stepd.server.store.file_lock import FileLock
 from stepd.server.store.group_commit import GroupCommitter
@@ -48,6 +49,7 @@ async def open_store(
     readers: int = DEFAULT_READERS,
     max_batch: int = 500,
     pool_size: int = postgres.DEFAULT_POOL_SIZE,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> SqlStore:
     """Open (creating and migrating if needed) the store at ``database``.
 
@@ -63,10 +65,12 @@ async def open_store(
 
     PostgreSQL: the database must exist; the schema is created in it when
     missing. The server holds at most ``pool_size`` connections.
+
+    ``clock`` gives the times the store records and compares (the engine's).
     """
     if postgres.is_postgres_url(database):
         executor = postgres.PostgresExecutor(postgres.create_engine(database, pool_size=pool_size))
-        store = SqlStore(executor, executor, migrate=postgres.migrate_locked)
+        store = SqlStore(executor, executor, migrate=postgres.migrate_locked, clock=clock)
     else:
         path = sqlite_path(database)
         mode = parse_synchronous(synchronous)
@@ -78,6 +82,7 @@ async def open_store(
             GroupCommitter(writer, max_batch=max_batch),
             ReadPool(reader, threads=readers),
             on_close=lock.release,
+            clock=clock,
         )
     try:
         await store.open()

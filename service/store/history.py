@@ -192,6 +192,7 @@ def _attempts(conn: Connection, run_id: str, after: int, limit: int) -> list[_It
             error=rows.error_from_row({**row, "error_traceback": None}),
             attempt=row["attempt"],
             detail="attempt failed; the step goes on under its retry policy",
+            attempt_only=True,
         )
         items.append(_item("step_attempts", row["sequence"], entry, row))
     return items

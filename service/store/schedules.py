@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, select, update
 
-from stepd.server.domain import TERMINAL_STATUSES, DueTimer, NewRun, RunRecord, RunStatus, now_ms
+from stepd.server.domain import TERMINAL_STATUSES, DueTimer, NewRun, RunRecord, RunStatus
 from stepd.server.domain_schedules import (
     CatchupPolicy,
     CreateScheduleStatus,
@@ -32,6 +32,7 @@ from stepd.server.store.dialects import byte_length, insert_for
 from stepd.server.store.schema import runs, schedules, workflow_triggers
 
 if TYPE_CHECKING:
+    from stepd.server.clock import Clock
     from stepd.server.store.executor import Committer, Reader
 
 #: Idempotency keys of runs the server starts itself begin with this; Trigger
@@ -490,6 +491,7 @@ class ScheduleStoreMixin:
 
     _committer: Committer
     _reads: Reader
+    _clock: Clock
 
     async def declare_workflows(
         self,
@@ -499,7 +501,7 @@ class ScheduleStoreMixin:
         """Store workflow declarations in one transaction: (name, version, event
         names) triggers, and (schedule id, workflow, spec or None, next occasion)
         declared schedules; return the schedules now declared."""
-        now = now_ms()
+        now = self._clock.now_ms()
 
         def op(conn: Connection) -> list[ScheduleRecord]:
             for name, version, events in triggers:
@@ -544,7 +546,7 @@ class ScheduleStoreMixin:
         self, schedule_id: str, paused: bool, next_time: int | None
     ) -> ScheduleRecord | None:
         """Pause or resume a schedule; None when it does not exist."""
-        now = now_ms()
+        now = self._clock.now_ms()
         return await self._committer.submit(
             lambda conn: set_paused(conn, schedule_id, paused, next_time, now)
         )
@@ -557,14 +559,14 @@ class ScheduleStoreMixin:
         self, schedule_id: str, expected_next: int, new_next: int, occasion: int | None
     ) -> FireOutcome:
         """Handle a schedule's next occasion once (see ``schedules.fire``)."""
-        now = now_ms()
+        now = self._clock.now_ms()
         return await self._committer.submit(
             lambda conn: fire(conn, schedule_id, expected_next, new_next, occasion, now)
         )
 
     async def trigger_schedule(self, schedule_id: str, request_id: str) -> FireOutcome | None:
         """Start a run of a schedule now; None for an unknown schedule."""
-        now = now_ms()
+        now = self._clock.now_ms()
         return await self._committer.submit(
             lambda conn: trigger(conn, schedule_id, request_id, now)
         )

@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.sql import Select, Update
 
+from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.domain import (
     ClaimedRun,
     CreateRunOutcome,
@@ -63,7 +64,6 @@ from stepd.server.domain import (
     SuspendOutcome,
     WaitSpec,
     WorkflowVersion,
-    now_ms,
 )
 from stepd.server.store import children, history, listing, ready, rows, schedules, versions, waits
 from stepd.server.store.api_keys import KeyStoreMixin
@@ -125,7 +125,8 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
 
     The store owns both executors (and through them the engines) and closes
     them on ``close``. ``migrate`` is the write that brings the schema up to
-    date when the store opens. Use ``open_store`` to build one for a path or URL.
+    date when the store opens. ``clock`` gives the times it records and compares
+    (the engine's clock). Use ``open_store`` to build one for a path or URL.
     """
 
     def __init__(
@@ -135,7 +136,9 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
         *,
         migrate: WriteOp[list[int]] = migrate,
         on_close: Callable[[], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
         self._committer = committer
         self._on_close = on_close
         self._reads = reads
@@ -274,7 +277,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
         The first claim starts the run: ``execution_timeout_ms`` (if any) sets its
         execution deadline, and its expiry becomes the earlier of that and the
         deadline."""
-        now = now_ms()
+        now = self._clock.now_ms()
         params = {
             "p_execution_deadline": (
                 None if execution_timeout_ms is None else now + execution_timeout_ms
@@ -312,7 +315,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
     async def record_step(self, run_id: str, lease_id: int, step: StepRow) -> RecordStepOutcome:
         """Record a step outcome once per key (a failed attempt, ``attempt_only``, once
         per key and attempt), only under the run's current lease."""
-        values = rows.step_values(run_id, step, now_ms())
+        values = rows.step_values(run_id, step, self._clock.now_ms())
         if step.attempt_only:
             del values["result_json"]
             table, statement = step_attempts, self._insert_attempt
@@ -398,7 +401,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
         sources = sorted(status.value for status in move.sources)
         if not sources:
             return None
-        now = now_ms()
+        now = self._clock.now_ms()
         columns = {**values, "status": target.value, "update_time": now}
         if target.is_terminal:
             columns["end_time"] = now
@@ -444,7 +447,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
 
     async def register_workflows(self, versions: Iterable[tuple[str, str]]) -> None:
         """Remember (name, version) pairs; pairs already known keep their first_seen."""
-        now = now_ms()
+        now = self._clock.now_ms()
         params = [
             {"name": name, "version": version, "first_seen": now}
             for name, version in sorted(set(versions))
@@ -461,7 +464,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
         self, run_id: str, lease_id: int, wait_specs: Sequence[WaitSpec]
     ) -> SuspendOutcome:
         """Suspend a RUNNING run under its lease until one of its waits is met."""
-        now = now_ms()
+        now = self._clock.now_ms()
 
         def op(conn: Connection) -> SuspendOutcome:
             return waits.suspend(conn, run_id, lease_id, wait_specs, now)
@@ -470,7 +473,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
 
     async def fire_timer(self, run_id: str, wait_key: str) -> RunRecord | None:
         """Mark an open timer met; return the run when that woke it."""
-        now = now_ms()
+        now = self._clock.now_ms()
 
         def op(conn: Connection) -> RunRecord | None:
             return waits.fire_timer(conn, run_id, wait_key, now)
@@ -487,7 +490,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
         actor: str = "",
     ) -> SignalOutcome:
         """Buffer a signal for a run, or hand it to the run's open wait for it."""
-        now = now_ms()
+        now = self._clock.now_ms()
 
         def op(conn: Connection) -> SignalOutcome:
             return waits.send_signal(conn, run_id, name, payload_json, request_id, now, actor)
@@ -498,7 +501,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
         self, run_id: str, wait_key: str, token_hash: str, payload_json: str, *, actor: str = ""
     ) -> HookOutcome:
         """Execute a hook once (deliver now, or keep until the run waits on it)."""
-        now = now_ms()
+        now = self._clock.now_ms()
 
         def op(conn: Connection) -> HookOutcome:
             return waits.execute_hook(conn, run_id, wait_key, token_hash, payload_json, now, actor)
@@ -525,7 +528,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
     ) -> PublishOutcome:
         """Store an event, wake the runs waiting for it and start the workflows it
         triggers."""
-        now = now_ms()
+        now = self._clock.now_ms()
         current = dict(current_versions or {})
 
         def op(conn: Connection) -> PublishOutcome:
@@ -541,7 +544,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
         self, run_id: str, lease_id: int, key: str, name: str, payload_json: str
     ) -> bool:
         """Append a custom history entry once per key, under the run's lease."""
-        now = now_ms()
+        now = self._clock.now_ms()
 
         def op(conn: Connection) -> bool:
             holds = conn.execute(
@@ -608,7 +611,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
         self, parent_run_id: str, lease_id: int, child_key: str, new: NewRun
     ) -> children.StartChildOutcome:
         """Create a child run once and record the parent's entry for the call."""
-        now = now_ms()
+        now = self._clock.now_ms()
 
         def op(conn: Connection) -> children.StartChildOutcome:
             return children.start(conn, parent_run_id, lease_id, child_key, new, now)
@@ -617,7 +620,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
 
     async def deliver_child(self, child: RunRecord) -> RunRecord | None:
         """Meet the parent's open wait on an ended child; return the parent if it woke."""
-        now = now_ms()
+        now = self._clock.now_ms()
 
         def op(conn: Connection) -> RunRecord | None:
             return children.deliver(conn, child, now)
@@ -626,7 +629,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
 
     async def hold_run(self, run_id: str, lease_id: int, error: ErrorDetails) -> RunRecord | None:
         """Give a run back as PENDING, held for non-determinism; None without the lease."""
-        now = now_ms()
+        now = self._clock.now_ms()
 
         def op(conn: Connection) -> RunRecord | None:
             return children.hold(conn, run_id, lease_id, error, now)
@@ -647,7 +650,7 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
     async def ready_runs(self, served: Sequence[tuple[str, str]], limit: int) -> list[RunRecord]:
         """PENDING runs, due to start, of the served (workflow, version) pairs (a
         replica's poll); rows being claimed elsewhere are skipped."""
-        now = now_ms()
+        now = self._clock.now_ms()
         return await self._committer.submit(lambda conn: ready.ready_runs(conn, served, limit, now))
 
     async def ended_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:

@@ -219,7 +219,15 @@ def meet(
     if not met:
         return None
     _abandon_others(conn, run_id, wait_key)
-    history.add(conn, run_id, HistoryType.WAIT_MET, now, key=wait_key, actor=actor or None)
+    history.add(
+        conn,
+        run_id,
+        HistoryType.WAIT_MET,
+        now,
+        key=wait_key,
+        actor=actor or None,
+        payload_json=payload_json,
+    )
     return _wake(conn, run_id, now)
 
 

@@ -159,10 +159,35 @@ async def test_history_in_order_with_custom_entries_once(harness: Harness) -> No
     assert events[2].key == "charge" and events[2].payload.json == '"paid"'
     assert events[3].payload.json == '"half way"'
     assert events[5].name == "approve" and events[6].key == "signal:1"
+    assert events[6].payload.json == "true"  # what the met wait delivered
     assert events[7].attempt == 2 and events[8].payload.json == '"done"'
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await harness.client.ListRunEvents(wf.ListRunEventsRequest(run_id="nope"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_history_tells_failed_attempts_from_a_steps_failed_outcome(
+    harness: Harness,
+) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    for attempt, attempt_only in ((1, True), (2, True), (2, False)):
+        step = types_pb2.StepRecord(
+            step_key="charge",
+            attempt=attempt,
+            error=types_pb2.ErrorInfo(type="builtins.ValueError", message=f"no {attempt}"),
+            attempt_only=attempt_only,
+        )
+        record = worker_service_pb2.RecordStepCommand(step=step)
+        assert (await worker.send(task, record_step=record)).status == OK
+    await suspend(worker, task, timer_wait("sleep:1", now_ms()))
+    await worker.next_task()  # woken by the timer
+    page = await harness.client.ListRunEvents(wf.ListRunEventsRequest(run_id=run_id))
+    failed = [e for e in page.events if e.type == types_pb2.RUN_EVENT_TYPE_STEP_FAILED]
+    assert [(e.attempt, e.attempt_only) for e in failed] == [(1, True), (2, True), (2, False)]
+    met_timer = [e for e in page.events if e.type == types_pb2.RUN_EVENT_TYPE_WAIT_MET]
+    assert [e.key for e in met_timer] == ["sleep:1"] and not met_timer[0].HasField("payload")
 
 
 async def test_the_journal_lists_entries_in_the_order_they_happened(harness: Harness) -> None:

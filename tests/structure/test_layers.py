@@ -6,16 +6,37 @@ import tomllib
 
 from tests.structure.imports import FOLDERS, ROOT, all_modules, cycles, module_files
 
+#: The one SDK module that may import the server: the test environment, which runs
+#: one in the test's process. stepd.testing loads it only when WorkflowEnvironment
+#: is used, so that neither `import stepd` nor the replayer loads the server.
+TEST_ENVIRONMENT = "stepd.testing._environment"
+
 
 def _is_sdk(name: str) -> bool:
     return name.startswith("stepd") and not name.startswith(("stepd.server", "stepd.v1"))
 
 
-def test_the_sdk_never_imports_the_server() -> None:
+def test_the_sdk_never_imports_the_server_but_for_the_test_environment() -> None:
     for module in all_modules().values():
-        if _is_sdk(module.name):
+        if _is_sdk(module.name) and module.name != TEST_ENVIRONMENT:
             bad = [m for m in module.imports if m.startswith("stepd.server")]
             assert not bad, f"{module.path} imports {bad}"
+    assert any(m.startswith("stepd.server") for m in all_modules()[TEST_ENVIRONMENT].imports)
+
+
+def test_the_server_is_loaded_only_when_the_test_environment_is_used() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, stepd, stepd.testing\n"
+        "from stepd.testing import RunHistory, replay\n"
+        "assert not [m for m in sys.modules if m.startswith('stepd.server')], 'loaded early'\n"
+        "from stepd.testing import WorkflowEnvironment\n"
+        "assert 'stepd.server.server' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_server_never_imports_the_sdk() -> None:

@@ -111,7 +111,9 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     RUN_EVENT_TYPE_SUSPENDED: _RunEventType.ValueType  # 5
     """The run suspended; detail lists the wait keys."""
     RUN_EVENT_TYPE_WAIT_MET: _RunEventType.ValueType  # 6
-    """A wait was met and the run woke (key names the wait)."""
+    """A wait was met and the run woke (key names the wait; payload is what it
+    delivered: a signal's, event's or hook's payload, or a child's outcome).
+    """
     RUN_EVENT_TYPE_SIGNAL_RECEIVED: _RunEventType.ValueType  # 7
     """A signal was sent to the run (name, payload)."""
     RUN_EVENT_TYPE_RELEASED: _RunEventType.ValueType  # 8
@@ -147,7 +149,9 @@ RUN_EVENT_TYPE_STEP_FAILED: RunEventType.ValueType  # 4
 RUN_EVENT_TYPE_SUSPENDED: RunEventType.ValueType  # 5
 """The run suspended; detail lists the wait keys."""
 RUN_EVENT_TYPE_WAIT_MET: RunEventType.ValueType  # 6
-"""A wait was met and the run woke (key names the wait)."""
+"""A wait was met and the run woke (key names the wait; payload is what it
+delivered: a signal's, event's or hook's payload, or a child's outcome).
+"""
 RUN_EVENT_TYPE_SIGNAL_RECEIVED: RunEventType.ValueType  # 7
 """A signal was sent to the run (name, payload)."""
 RUN_EVENT_TYPE_RELEASED: RunEventType.ValueType  # 8
@@ -536,6 +540,7 @@ class RunEvent(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     ACTOR_KEY_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_ONLY_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The entry's position in the run's history (increasing, not dense)."""
     type: Global___RunEventType.ValueType
@@ -553,13 +558,19 @@ class RunEvent(_message.Message):
     signal, a hook execution, an event publication); empty on a server that
     runs without keys and for entries the server or a worker caused.
     """
+    attempt_only: _builtins.bool
+    """True for a STEP_FAILED entry of a failed attempt that is not the step's
+    outcome: the step went on under its retry policy (StepRecord.attempt_only).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it happened, by the server's clock."""
 
     @_builtins.property
     def payload(self) -> Global___Payload:
-        """The step result, signal payload, custom entry content or run result."""
+        """The step result, signal payload, what a met wait delivered, custom entry
+        content or run result.
+        """
 
     @_builtins.property
     def error(self) -> Global___ErrorInfo:
@@ -578,10 +589,11 @@ class RunEvent(_message.Message):
         attempt: _builtins.int = ...,
         detail: _builtins.str = ...,
         actor_key_id: _builtins.str = ...,
+        attempt_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "payload", b"payload", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_key_id", b"actor_key_id", "attempt", b"attempt", "detail", b"detail", "error", b"error", "key", b"key", "name", b"name", "payload", b"payload", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_key_id", b"actor_key_id", "attempt", b"attempt", "attempt_only", b"attempt_only", "detail", b"detail", "error", b"error", "key", b"key", "name", b"name", "payload", b"payload", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
