@@ -13,6 +13,8 @@ class RunWaiters:
 
     def __init__(self) -> None:
         self._waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
+        # Those past their first read: the run had not ended then.
+        self._waiting: set[asyncio.Future[RunRecord]] = set()
 
     async def wait(
         self, run_id: str, read: Callable[[], Awaitable[RunRecord]], seconds: float
@@ -27,11 +29,13 @@ class RunWaiters:
             run = await read()
             if run.status.is_terminal:
                 return run
+            self._waiting.add(waiter)
             try:
                 return await asyncio.wait_for(waiter, seconds)
             except TimeoutError:
                 return await read()
         finally:
+            self._waiting.discard(waiter)
             waiters.remove(waiter)
             if not waiters:
                 self._waiters.pop(run_id, None)
@@ -40,6 +44,12 @@ class RunWaiters:
     def run_ids(self) -> list[str]:
         """The runs callers wait for here."""
         return list(self._waiters)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a caller waits here for a run that has not ended (not answered yet,
+        and unfinished when it began to wait)."""
+        return any(not waiter.done() for waiter in self._waiting)
 
     def waits_for(self, run_id: str) -> bool:
         """Whether a caller waits for ``run_id`` here."""

@@ -23,9 +23,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SDK_IMPORT_CHECK = """
 import sys
 from stepd import Client, Worker, step, workflow
+from stepd.testing import RunHistory, replay  # the replayer needs no server
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("sqlalchemy", "asyncpg")
                or m.startswith("stepd.server"))
 assert not heavy, heavy
+try:
+    from stepd.testing import WorkflowEnvironment
+except ModuleNotFoundError as exc:
+    assert "pip install 'stepd[server]'" in str(exc), exc
+else:
+    raise AssertionError("WorkflowEnvironment imported without the server's libraries")
 print("ok")
 """
 

@@ -155,3 +155,35 @@ async def test_without_time_skipping_time_passes_for_real() -> None:
         assert timedelta(seconds=0.2) <= env.now() - before < timedelta(seconds=5)
         with pytest.raises(TimeoutError):
             await handle.result(timeout=0.5)
+
+
+async def test_deadlines_delayed_starts_and_schedules_fire_in_skipped_time() -> None:
+    start = datetime(2030, 3, 1, 8, 0, tzinfo=UTC)
+    started = time.monotonic()
+    workflows = [wf.sleeps_three_days, wf.quick, wf.every_morning]
+    async with WorkflowEnvironment(workflows, start_time=start) as env:
+        late = await env.client.trigger(wf.sleeps_three_days, deadline=env.now() + 24 * HOUR)
+        with pytest.raises(RunFailedError) as failed:
+            await late.result()
+        assert failed.value.info.failure_reason == "deadline_exceeded"
+
+        delayed = await env.client.trigger(wf.quick, start_at=env.now() + 48 * HOUR)
+        ran_at = datetime.fromisoformat(await delayed.result())
+        assert ran_at - start >= 72 * HOUR  # 24 hours for the deadline, then 48
+
+        await env.sleep(timedelta(days=2))
+        mornings = [
+            datetime.fromisoformat(run.result)
+            async for run in env.client.list_runs(workflow=wf.every_morning, payloads=True)
+            if run.status == "completed"
+        ]
+    # 09:00 on each day from the start (08:00 on the 1st) to the end (08:00 on the 6th).
+    assert sorted(m.date().isoformat() for m in mornings) == [
+        "2030-03-01",
+        "2030-03-02",
+        "2030-03-03",
+        "2030-03-04",
+        "2030-03-05",
+    ]
+    assert all(m.hour == 9 for m in mornings)
+    assert time.monotonic() - started < 5  # a bound, not a benchmark

@@ -89,3 +89,19 @@ async def waits_for_event(ctx: WorkflowContext, order: int) -> Any:
 @workflow
 async def calls_notify_wrongly(ctx: WorkflowContext) -> str:
     return await notify("only the recipient")  # type: ignore[call-arg]
+
+
+@workflow
+async def sleeps_three_days(ctx: WorkflowContext) -> str:
+    await ctx.sleep(timedelta(days=3))
+    return "woke"
+
+
+@workflow
+async def quick(ctx: WorkflowContext) -> str:
+    return ctx.now().isoformat()
+
+
+@workflow(schedule="0 9 * * *")
+async def every_morning(ctx: WorkflowContext) -> str:
+    return ctx.now().isoformat()

@@ -294,7 +294,7 @@ class WorkflowEnvironment:
         while True:
             await asyncio.sleep(_POLL)
             sleepers = self._sleepers
-            if not sleepers and not engine.waiters.run_ids:
+            if not sleepers and not engine.waiters.waiting:
                 continue  # nobody waits: time goes at its pace
             if not self._settled():
                 continue
@@ -304,7 +304,7 @@ class WorkflowEnvironment:
                     woken.set_result(None)
             # Up to the next due timer, and no further than the next sleep's end.
             ends = [t for t, _ in sleepers if t > now]
-            if not ends and not engine.waiters.run_ids:
+            if not ends and not engine.waiters.waiting:
                 continue
             due = clock.next_due()
             if due is not None:
