@@ -62,9 +62,7 @@ class WorkflowCalls:
     ) -> Resp:
         """Make one unary call with the settings' metadata (the API key); a gRPC
         error is raised as the SDK's error."""
-        return await call(
-            method, request, rpc_timeout=rpc_timeout, metadata=self.settings.metadata
-        )
+        return await call(method, request, rpc_timeout=rpc_timeout, metadata=self.settings.metadata)
 
     async def close(self) -> None:
         """Close the channel; no call can be made afterwards."""

@@ -72,7 +72,9 @@ class ConnectionSettings:
             raise errors.StepdError("a client certificate needs both cert_file and key_file")
         use_tls = bool(tls) or ca_file is not None or cert_file is not None
         if tls is False and use_tls:
-            raise errors.StepdError("ca_file, cert_file and key_file need TLS; do not pass tls=False")
+            raise errors.StepdError(
+                "ca_file, cert_file and key_file need TLS; do not pass tls=False"
+            )
         return cls(
             address=address,
             api_key=api_key,

@@ -297,9 +297,7 @@ class Worker:
         try:
             while not self._stop.event.is_set():
                 started = loop.time()
-                session = self._session = _Session(
-                    self._serving, stub, self._connection.metadata
-                )
+                session = self._session = _Session(self._serving, stub, self._connection.metadata)
                 self._session_task = asyncio.create_task(session.run())
                 try:
                     await self._session_task

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from stepd.server.api.convert import millis
+from stepd.server.api.convert import optional_ms
 from stepd.server.api.convert_admin import (
     decode_cursor,
     encode_cursor,
@@ -41,7 +41,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             request.name,
             role_from_proto(request.role),
             list(request.workflows),
-            millis(request.expire_time, request.HasField("expire_time")),
+            optional_ms(request, "expire_time", "expire_time"),
             created_by=current_key_id(),
         )
         return pb.CreateApiKeyResponse(key=key_to_proto(record), secret=key)

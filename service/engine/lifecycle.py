@@ -175,9 +175,7 @@ class RunLifecycle:
         self._ended(run)
         return True
 
-    async def cancel(
-        self, run_id: str, reason: str, *, actor: str = ""
-    ) -> tuple[RunRecord, bool]:
+    async def cancel(self, run_id: str, reason: str, *, actor: str = "") -> tuple[RunRecord, bool]:
         """Cancel an unfinished run wherever it stands; return it and whether it was
         cancelled already. FailedPrecondition when it ended otherwise. ``actor``
         (the caller's API key id) goes into the run's history."""

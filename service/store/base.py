@@ -11,7 +11,7 @@ Methods say what they do; column names stay below this interface.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from stepd.server.domain import (
