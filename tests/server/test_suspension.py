@@ -32,7 +32,9 @@ async def test_a_timer_wakes_a_suspended_run(harness: Harness) -> None:
     run_id = await harness.trigger("w")
     task = await worker.next_task()
     await worker.record(task, "before", "1")
-    fire_at = now_ms() + 300
+    # Far enough ahead that the other run below is handed out first even on a
+    # busy machine (300 ms was not, once).
+    fire_at = now_ms() + 1500
     assert (await suspend(worker, task, ("sleep", fire_at))).status == OK
     assert (await harness.get(run_id)).status == types_pb2.RUN_STATUS_SUSPENDED
     # A suspended run holds no slot: another run gets the worker's only slot.
