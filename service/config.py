@@ -9,6 +9,7 @@ DEFAULT_DB_POOL_SIZE = 20  # PostgreSQL connections one server opens at most
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE = "stepd.db"
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
+MAX_JOURNAL_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,9 @@ class ServerConfig:
     # The most journal entries (steps, failed attempts, met waits) a run may
     # record when its workflow sets no max_entries of its own.
     max_journal_entries: int = 10_000
+    # The most bytes of step results and met waits' payloads a run's journal
+    # may hold; the step that would pass it fails the run (journal_too_large).
+    max_journal_bytes: int = MAX_JOURNAL_BYTES
     # PostgreSQL replicas: how often a replica whose workers have room polls for
     # ready runs it was not notified of, in milliseconds.
     replica_poll_ms: int = 2_000

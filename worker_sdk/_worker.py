@@ -46,6 +46,7 @@ from stepd._replay import RELEASE_REASON, RunExecutor
 from stepd._rpc import ConnectionSettings, sdk_error
 from stepd._run_cache import RunCache
 from stepd._serde import dumps
+from stepd._task_parts import TaskParts
 from stepd.errors import PayloadError, WorkflowDefinitionError
 from stepd.v1 import worker_service_pb2, worker_service_pb2_grpc
 
@@ -616,6 +617,7 @@ class _Session:
         read = self._call.read
         pending = self._pending
         response_type = worker_service_pb2.PollTaskResponse
+        parts = TaskParts()  # a task too large for one message comes in parts
         message = await read()
         if isinstance(message, response_type) and message.HasField("settings"):
             self._apply_settings(message.settings)  # sent in the first response
@@ -628,8 +630,10 @@ class _Session:
                 # Let the results' callbacks run first: a continuation may follow
                 # the answer to the suspend_run that parked its run.
                 await asyncio.sleep(0)
-            for task in message.tasks:
-                self._start(task)
+            for part in message.tasks:
+                task = parts.add(part)
+                if task is not None:
+                    self._start(task)
             for cancellation in message.cancellations:
                 self._cancel(cancellation)
             message = await read()

@@ -23,7 +23,6 @@ from stepd.server.domain import (
 from stepd.server.engine.commands import (
     Action,
     Command,
-    CommandResult,
     CommandStatus,
     CompleteRun,
     FailRun,
@@ -38,7 +37,6 @@ from stepd.server.engine.commands import (
     SuspendRun,
 )
 from stepd.server.engine.errors import EngineError, InvalidArgument
-from stepd.server.engine.sessions import Cancellation, Outgoing
 from stepd.server.engine.validation import MAX_ID_LENGTH, check_name, check_text
 from stepd.v1 import types_pb2, worker_service_pb2
 
@@ -57,6 +55,7 @@ REASON_TO_PROTO = {
     FailureReason.DEADLINE_EXCEEDED: types_pb2.FAILURE_REASON_DEADLINE_EXCEEDED,
     FailureReason.EXECUTION_TIMEOUT: types_pb2.FAILURE_REASON_EXECUTION_TIMEOUT,
     FailureReason.MAX_ENTRIES_EXCEEDED: types_pb2.FAILURE_REASON_MAX_ENTRIES_EXCEEDED,
+    FailureReason.JOURNAL_TOO_LARGE: types_pb2.FAILURE_REASON_JOURNAL_TOO_LARGE,
 }
 
 COMMAND_STATUS_TO_PROTO = {
@@ -300,27 +299,6 @@ def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
         hook_secret=claimed.hook_secret,
         continues_lease=claimed.continues_lease,
     )
-
-
-def outgoing_to_proto(batch: list[Outgoing]) -> worker_service_pb2.PollTaskResponse:
-    """Everything queued for a worker, as one stream message."""
-    response = worker_service_pb2.PollTaskResponse()
-    for item in batch:
-        if isinstance(item, CommandResult):
-            result = response.results.add(
-                command_id=item.command_id,
-                status=COMMAND_STATUS_TO_PROTO[item.status],
-                message=item.message,
-            )
-            if item.recorded_step is not None:
-                result.recorded_step.CopyFrom(step_to_proto(item.recorded_step))
-        elif isinstance(item, Cancellation):
-            response.cancellations.add(
-                run_id=item.run_id, lease_id=item.lease_id, reason=item.reason
-            )
-        else:
-            response.tasks.append(task_to_proto(item))
-    return response
 
 
 def _wait_from_proto(wait: worker_service_pb2.WaitCondition, index: int) -> WaitSpec:

@@ -13,11 +13,11 @@ import grpc
 from stepd.server.api.convert import (
     check_hello,
     command_from_proto,
-    outgoing_to_proto,
     workflow_limits,
 )
 from stepd.server.api.convert_schedules import declarations_from_hello
 from stepd.server.api.errors import Undecodable, client_status, server_fault
+from stepd.server.api.stream_messages import responses
 from stepd.server.engine.engine import Engine
 from stepd.server.engine.errors import EngineError, InvalidArgument
 from stepd.server.engine.sessions import WorkerSession
@@ -72,7 +72,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         try:
             yield pb.PollTaskResponse(settings=self._settings())
             while (batch := await session.next_batch()) is not None:
-                yield outgoing_to_proto(batch)
+                for response in responses(batch):
+                    yield response
         except Exception:
             code, message = server_fault(RPC, None)
             session.close()

@@ -53,7 +53,7 @@ from stepd.server.engine.lifecycle import RunLifecycle
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
-from stepd.server.engine.run_limits import RunLimits
+from stepd.server.engine.run_limits import RunLimits, journal_bytes
 from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.schedules import Scheduler
 from stepd.server.engine.sessions import Cancellation, WorkerSession
@@ -100,7 +100,7 @@ class Engine:
         self.config = config
         self.clock = clock
         self.registry = WorkflowRegistry()
-        self.run_limits = RunLimits(config.max_journal_entries)
+        self.run_limits = RunLimits(config.max_journal_entries, config.max_journal_bytes)
         self.dispatcher = Dispatcher(self._claim_for)
         self.sticky = StickyRuns()  # suspended runs kept live by their worker
         self.ledger = LeaseLedger(self.dispatcher.kick, self.run_limits.release)
@@ -639,6 +639,7 @@ class Engine:
             run_id,
             known + len(claimed.journal) + len(claimed.waits),
             limits.max_entries if limits is not None else None,
+            (parked.size if parked is not None and known else 0) + journal_bytes(claimed),
         )
         self.policy.schedule_expiry(claimed.run)
         hook_secret = hook_tokens.run_secret(self._hook_keys[0], run_id)

@@ -48,7 +48,7 @@ from stepd.server.engine.errors import EngineError, InvalidArgument
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle
 from stepd.server.engine.payloads import check_json_payload
-from stepd.server.engine.run_limits import RunLimits
+from stepd.server.engine.run_limits import RunLimits, step_bytes
 from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.sessions import WorkerSession
 from stepd.server.engine.sticky import StickyRuns
@@ -193,13 +193,23 @@ class WorkerCommands:
                 self._max_payload,
             )
             step = replace(step, result_json=result_json)
+        error = step.error
+        size = step_bytes(
+            step.result_json,
+            error.message if error is not None else "",
+            error.traceback if error is not None else "",
+        )
+        if not self._limits.fits(run_id, size):
+            return await self._policy.journal_too_large(
+                session, cid, run_id, lease_id, step.step_key
+            )
         outcome = await self._store.record_step(run_id, lease_id, step)
         if outcome.status is RecordStepStatus.LEASE_LOST:
             return self._ledger.lease_lost(cid, run_id, session)
         self._limits.attempt_ended(run_id, step.step_key)
         if outcome.status is RecordStepStatus.DUPLICATE:
             return CommandResult(cid, CommandStatus.DUPLICATE, "", outcome.existing)
-        self._limits.added(run_id)
+        self._limits.added(run_id, size=size)
         return CommandResult(cid, CommandStatus.OK)
 
     async def _apply_suspend_run(
@@ -215,7 +225,7 @@ class WorkerCommands:
         entries = self._limits.entries(run_id)
         self._ledger.let_go(session, run_id)
         if entries is not None:  # the worker may keep it live: offer it there first
-            self._sticky.remember(session, run_id, lease_id, entries)
+            self._sticky.remember(session, run_id, lease_id, entries, self._limits.size(run_id))
         if outcome.status is SuspendStatus.WOKEN and outcome.run is not None:
             self._lifecycle.make_ready(outcome.run)
         for timer in outcome.timers:
