@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from stepd.server.api.admin_servicer import AdminServicer
 from stepd.server.api.handlers import add_service
+from stepd.server.api.wire_scan import check_poll_request
 from stepd.server.api.worker_servicer import WorkerServicer
 from stepd.server.api.workflow_servicer import WorkflowServicer
 from stepd.server.clock import SYSTEM_CLOCK, Clock
@@ -127,7 +128,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     # Requests are decoded without raising: bytes that are not the request
     # message get INVALID_ARGUMENT from the servicer (api/handlers.py).
     add_service(server, WorkflowServicer(engine), WORKFLOW_SERVICE)
-    add_service(server, WorkerServicer(engine), WORKER_SERVICE)
+    add_service(server, WorkerServicer(engine), WORKER_SERVICE, {"PollTask": check_poll_request})
     add_service(server, AdminServicer(KeyAdmin(store, ring), versions), ADMIN_SERVICE)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # no stubs for aio
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

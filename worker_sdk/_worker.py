@@ -68,6 +68,7 @@ BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 _STABLE_SESSION = 1.0  # a stream that lived this long resets the backoff
 _MAX_BATCH_BYTES = 3 * 1024 * 1024  # split larger batches across messages
+_MAX_BATCH_COMMANDS = 1000  # the server's limit of commands in one batch
 _STOP_GRACE = 5.0  # seconds run() waits for cancelled runs to unwind
 _CLOSE_TIMEOUT = 2.0  # seconds a shutdown waits for the last acks, then for the stream end
 _POLL = 0.01  # seconds between checks while shutting down
@@ -844,12 +845,13 @@ class _Session:
 def _batches(
     commands: list[worker_service_pb2.WorkerCommand],
 ) -> Iterator[list[worker_service_pb2.WorkerCommand]]:
-    """Split commands into batches of at most ~_MAX_BATCH_BYTES (a bigger one goes alone)."""
+    """Split commands into batches of at most ~_MAX_BATCH_BYTES (a bigger one goes
+    alone) and _MAX_BATCH_COMMANDS commands."""
     batch: list[worker_service_pb2.WorkerCommand] = []
     size = 0
     for command in commands:
         command_size = command.ByteSize()
-        if batch and size + command_size > _MAX_BATCH_BYTES:
+        if batch and (size + command_size > _MAX_BATCH_BYTES or len(batch) >= _MAX_BATCH_COMMANDS):
             yield batch
             batch, size = [], 0
         batch.append(command)

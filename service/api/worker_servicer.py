@@ -29,6 +29,8 @@ log = logging.getLogger("stepd.api")
 Context = grpc.aio.ServicerContext[Any, Any]
 HELLO_TIMEOUT_SECONDS = 30.0
 RPC = "PollTask"
+#: A stream ended for these leaves one INFO line (a worker past a limit).
+_REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
@@ -113,6 +115,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         code, message = client_status(exc, RPC)
         if code is grpc.StatusCode.INTERNAL:
             log.error("PollTask ended: %s", message)
+        elif code in _REFUSALS:
+            log.info("PollTask ended: %s: %s", code.name, message)
         await context.abort(code, message)
 
     async def _read(

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -46,6 +47,7 @@ from stepd.server.engine.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from stepd.server.engine.ledger import LeaseLedger
@@ -59,7 +61,14 @@ from stepd.server.engine.schedules import Scheduler
 from stepd.server.engine.sessions import Cancellation, WorkerSession
 from stepd.server.engine.sticky import StickyRuns
 from stepd.server.engine.timers import TimerSchedule
-from stepd.server.engine.validation import MAX_ID_LENGTH, MAX_PAGE_BYTES, check_id, shown
+from stepd.server.engine.validation import (
+    MAX_ID_LENGTH,
+    MAX_PAGE_BYTES,
+    MAX_VERSIONS_PER_WORKFLOW,
+    MAX_WORKFLOWS,
+    check_id,
+    shown,
+)
 from stepd.server.engine.waiters import RunWaiters
 from stepd.server.engine.worker_commands import WorkerCommands
 from stepd.server.store.base import RunConflictError, Store
@@ -477,6 +486,7 @@ class Engine:
                 raise InvalidArgument("hello.workflows entries need a name and a version")
         self.schedules.check(declarations)
         new_pairs = [p for p in pairs if not self.registry.knows(*p)]
+        self._check_room(new_pairs)
         if new_pairs:
             await self.store.register_workflows(new_pairs)
             self.registry.add(new_pairs, self.clock.now_ms())
@@ -499,6 +509,23 @@ class Engine:
         self.replicas.poll_soon()  # runs made ready elsewhere before it came
         log.info("worker %s connected (capacity %d)", session.identity, capacity)
         return session
+
+    def _check_room(self, new_pairs: Sequence[tuple[str, str]]) -> None:
+        """Refuse versions past the registry's bounds (versions per workflow,
+        workflows in all): each stays stored for good."""
+        new_names = Counter(name for name, _ in new_pairs)
+        unknown = sum(1 for name in new_names if not self.registry.version_count(name))
+        if unknown and self.registry.workflow_count() + unknown > MAX_WORKFLOWS:
+            raise ResourceExhausted(
+                f"the server keeps at most {MAX_WORKFLOWS} workflows registered; "
+                f"this hello would add {unknown} more"
+            )
+        for name, count in new_names.items():
+            if self.registry.version_count(name) + count > MAX_VERSIONS_PER_WORKFLOW:
+                raise ResourceExhausted(
+                    f"the server keeps at most {MAX_VERSIONS_PER_WORKFLOW} versions of a "
+                    f"workflow registered, and {shown(name)} would pass it"
+                )
 
     async def disconnect_worker(self, session: WorkerSession) -> None:
         """Forget a worker's stream and re-queue every run it held (idempotent)."""

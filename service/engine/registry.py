@@ -52,6 +52,14 @@ class WorkflowRegistry:
         for name, version in pairs:
             self._versions.setdefault(name, {}).setdefault(version, first_seen)
 
+    def version_count(self, name: str) -> int:
+        """How many versions of ``name`` are registered."""
+        return len(self._versions.get(name, ()))
+
+    def workflow_count(self) -> int:
+        """How many workflows (names) are registered."""
+        return len(self._versions)
+
     def knows(self, name: str, version: str) -> bool:
         """Whether (name, version) is registered."""
         return version in self._versions.get(name, {})
