@@ -69,6 +69,11 @@ BACKOFF_MAX = 5.0
 _STABLE_SESSION = 1.0  # a stream that lived this long resets the backoff
 _MAX_BATCH_BYTES = 3 * 1024 * 1024  # split larger batches across messages
 _MAX_BATCH_COMMANDS = 1000  # the server's limit of commands in one batch
+# The server's limit of one stream message is 16 MiB; a command this large is
+# not sent (its run fails instead: see _Session._fit).
+_MAX_COMMAND_BYTES = 15 * 1024 * 1024
+PAYLOAD_TOO_LARGE = "stepd.PayloadTooLarge"
+"""The error type of a run failed because a command of it was too large to send."""
 _STOP_GRACE = 5.0  # seconds run() waits for cancelled runs to unwind
 _CLOSE_TIMEOUT = 2.0  # seconds a shutdown waits for the last acks, then for the stream end
 _POLL = 0.01  # seconds between checks while shutting down
@@ -679,7 +684,7 @@ class _Session:
                 self._last_write = loop.time()
                 await write(request)
             if self._outbox:
-                commands, self._outbox = self._outbox, []
+                commands, self._outbox = self._fit(self._outbox), []
                 for batch in _batches(commands):
                     request = worker_service_pb2.PollTaskRequest()
                     request.commands.commands.extend(batch)
@@ -695,6 +700,45 @@ class _Session:
             if self._half_close and not self._outbox:
                 await call.done_writing()
                 return
+
+    def _fit(
+        self, commands: list[worker_service_pb2.WorkerCommand]
+    ) -> list[worker_service_pb2.WorkerCommand]:
+        """The commands to send: one too large for a stream message (a payload far
+        past the server's limit) is answered INVALID here, and its run failed with
+        ``stepd.PayloadTooLarge`` instead (a dropped custom entry fails nothing)."""
+        if all(command.ByteSize() <= _MAX_COMMAND_BYTES for command in commands):
+            return commands
+        fitted = []
+        for command in commands:
+            size = command.ByteSize()
+            if size <= _MAX_COMMAND_BYTES:
+                fitted.append(command)
+                continue
+            kind = command.WhichOneof("command") or "command"
+            message = (
+                f"{kind} is {size} bytes, too large for a stream message "
+                f"(at most {_MAX_COMMAND_BYTES}); the server accepts payloads far smaller"
+            )
+            logger.error("run %s: %s", command.run_id, message)
+            future = self._pending.pop(command.command_id, None)
+            if future is not None and not future.done():
+                future.set_result(
+                    worker_service_pb2.CommandResult(
+                        command_id=command.command_id,
+                        status=worker_service_pb2.COMMAND_STATUS_INVALID,
+                        message=message,
+                    )
+                )
+            if kind != "record_event":
+                failure = worker_service_pb2.WorkerCommand(
+                    command_id=self._next_id, run_id=command.run_id, lease_id=command.lease_id
+                )
+                self._next_id += 1
+                failure.fail_run.error.type = PAYLOAD_TOO_LARGE
+                failure.fail_run.error.message = message
+                fitted.append(failure)
+        return fitted
 
     async def _heartbeat_loop(self) -> None:
         """Flag a heartbeat whenever nothing was written for a heartbeat interval.

@@ -475,4 +475,5 @@ def check_hello(hello: worker_service_pb2.WorkerHello) -> None:
                 f"at most {MAX_EVENT_TRIGGERS}"
             )
         for j, name in enumerate(w.event_triggers):
-            check_name(f"hello.workflows[{i}].event_triggers[{j}]", name, required=True)
+            if not name or len(name) > MAX_ID_LENGTH or "\x00" in name:  # say which
+                check_name(f"hello.workflows[{i}].event_triggers[{j}]", name, required=True)

@@ -1,11 +1,13 @@
-"""Counting a PollTask message's repeated fields from its bytes, before decoding it.
+"""Checking a PollTask message's size and repeated fields from its bytes, before
+decoding it.
 
 Decoding a message of a million tiny commands (or a hello of a million
 workflows or event names) takes the event loop for seconds. The counts that
 are limited (commands per batch, workflows per hello, event triggers per
-workflow) are checked here first, on the wire format: the scan steps over
-each field by its length and stops as soon as a count passes its limit, so it
-costs at most about that many steps whatever the message holds.
+workflow) and the message's size are checked here first, on the wire format:
+the scan steps over each field by its length and stops as soon as a count
+passes its limit, so it costs at most about that many steps whatever the
+message holds.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from stepd.server.engine.validation import (
     MAX_BATCH_COMMANDS,
     MAX_EVENT_TRIGGERS,
     MAX_HELLO_WORKFLOWS,
+    MAX_WORKER_MESSAGE_BYTES,
 )
 
 #: Fields a message may carry besides its limited repeated field (its other
@@ -26,6 +29,8 @@ _HELLO_WORKFLOWS = 3
 _BATCH_COMMANDS = 1
 _EVENT_TRIGGERS = 10
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+#: The first byte of every event_triggers field (number 10, length-delimited).
+_TRIGGER_TAG = bytes([_EVENT_TRIGGERS << 3 | _LENGTH])
 
 
 class _Malformed(Exception):
@@ -77,8 +82,12 @@ class _TooMany(Exception):
 
 
 def check_poll_request(raw: bytes) -> EngineError | None:
-    """The error for a PollTaskRequest whose limited counts pass their limits
-    (None when they do not, or when the bytes do not decode anyway)."""
+    """The error for a PollTaskRequest too large, or whose limited counts pass
+    their limits (None when they do not, or when the bytes do not decode anyway)."""
+    if len(raw) > MAX_WORKER_MESSAGE_BYTES:
+        return ResourceExhausted(
+            f"a PollTask message is {len(raw)} bytes; at most {MAX_WORKER_MESSAGE_BYTES}"
+        )
     try:
         top = _fields(raw, 0, len(raw), _SLACK)
     except _TooMany:
@@ -129,6 +138,8 @@ def _check_hello(raw: bytes, start: int, end: int) -> None:
         if number != _HELLO_WORKFLOWS or begin < 0:
             continue
         index += 1
+        if raw.count(_TRIGGER_TAG, begin, finish) <= MAX_EVENT_TRIGGERS:
+            continue  # each event trigger starts with this byte: there are not too many
         try:
             _fields(raw, begin, finish, MAX_EVENT_TRIGGERS + _SLACK)
         except _TooMany:

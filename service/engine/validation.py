@@ -17,6 +17,8 @@ MAX_TEXT_LENGTH = 1000
 MAX_PAGE_BYTES = 3 * 1024 * 1024
 #: The largest event wait match (a JSON object of a few fields), in characters.
 MAX_MATCH_LENGTH = 64 * 1024
+#: The most bytes of one message a worker sends on its PollTask stream.
+MAX_WORKER_MESSAGE_BYTES = 16 * 1024 * 1024
 #: The most commands one PollTask message (WorkerCommandBatch) carries.
 MAX_BATCH_COMMANDS = 1000
 #: The most workflow versions one hello registers.

@@ -58,6 +58,10 @@ from stepd.server.store.base import Store
 
 log = logging.getLogger("stepd.engine")
 
+#: The most commands started together: each checks its payload before its first
+#: wait, so a whole batch started at once would hold the event loop that long.
+_SIDE_BY_SIDE = 32
+
 
 class WorkerCommands:
     """Applies workers' commands through the ledger, the lifecycle and the helpers."""
@@ -95,7 +99,11 @@ class WorkerCommands:
         if len(by_run) == 1:
             await self._apply_in_order(session, commands)
             return
-        await asyncio.gather(*(self._apply_in_order(session, cmds) for cmds in by_run.values()))
+        runs = list(by_run.values())
+        for start in range(0, len(runs), _SIDE_BY_SIDE):
+            await asyncio.gather(
+                *(self._apply_in_order(session, c) for c in runs[start : start + _SIDE_BY_SIDE])
+            )
 
     async def _apply_in_order(self, session: WorkerSession, commands: Sequence[Command]) -> None:
         """Apply one run's commands: consecutive step records together (they
@@ -114,9 +122,11 @@ class WorkerCommands:
         """Apply consecutive step records of one run: together where the store
         commits them in submission order, else one by one."""
         if len(commands) > 1 and self._store.ordered_writes:
-            results = await asyncio.gather(*(self.apply(session, c) for c in commands))
-            for result in results:
-                session.send(result)
+            for start in range(0, len(commands), _SIDE_BY_SIDE):
+                chunk = commands[start : start + _SIDE_BY_SIDE]
+                results = await asyncio.gather(*(self.apply(session, c) for c in chunk))
+                for result in results:
+                    session.send(result)
         else:
             for command in commands:
                 session.send(await self.apply(session, command))

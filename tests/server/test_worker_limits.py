@@ -14,8 +14,8 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from stepd import Client, Worker, WorkflowContext, step, workflow
-from stepd.v1 import worker_service_pb2
+from stepd import Client, RunFailedError, Worker, WorkflowContext, step, workflow
+from stepd.v1 import types_pb2, worker_service_pb2
 from tests.server.conftest import Harness
 
 POLL_TASK = "/stepd.v1.WorkerService/PollTask"
@@ -268,6 +268,69 @@ async def test_the_sdk_worker_splits_its_batches(harness: Harness) -> None:
             await asyncio.wait_for(worker.wait_ready(), 30)
             result = await client.execute(fan_out, 1500, timeout=120)
             assert result == sum(range(1500))
+        finally:
+            await worker.stop()
+            await task
+
+
+async def test_a_message_over_the_byte_limit_ends_the_stream(harness: Harness) -> None:
+    big = types_pb2.StepRecord(
+        step_key="s", attempt=1, result=types_pb2.Payload(json='"' + "x" * (17 << 20) + '"')
+    )
+    batch = worker_service_pb2.PollTaskRequest(
+        commands=worker_service_pb2.WorkerCommandBatch(
+            commands=[
+                worker_service_pb2.WorkerCommand(
+                    command_id=1,
+                    run_id="r",
+                    lease_id=1,
+                    record_step=worker_service_pb2.RecordStepCommand(step=big),
+                )
+            ]
+        )
+    )
+    error = await stream_end(harness, hello(), batch)
+    refused(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "bytes", str(16 << 20))
+    await still_serves(harness)
+
+
+#: Past the 64 MiB a gRPC message may carry.
+HUGE = 70 * 1024 * 1024
+
+
+@step
+async def huge_result() -> str:
+    return "x" * HUGE
+
+
+@workflow(name="limits.huge_result")
+async def returns_huge(ctx: WorkflowContext) -> int:
+    return len(await huge_result())
+
+
+@workflow(name="limits.huge_error")
+async def raises_huge(ctx: WorkflowContext) -> None:
+    raise ValueError("y" * HUGE)
+
+
+async def test_the_sdk_never_sends_a_message_too_large(harness: Harness) -> None:
+    """A step result or an error far past every limit fails its run once; it does
+    not end the worker's stream (which would hand the run out again forever)."""
+    async with Client(harness.address) as client:
+        worker = Worker(client, workflows=[returns_huge, raises_huge], shutdown_grace=1)
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.wait_ready(), 30)
+            with pytest.raises(RunFailedError) as failed:
+                await client.execute(returns_huge, None, timeout=120)
+            assert failed.value.error_type == "stepd.PayloadTooLarge", failed.value
+            assert failed.value.info.dispatch_count == 1
+            with pytest.raises(RunFailedError) as failed:
+                await client.execute(raises_huge, None, timeout=120)
+            info = failed.value.info
+            assert info.error_type == "builtins.ValueError", info.error_type
+            assert len(info.error_message or "") <= 16 * 1024
+            assert info.dispatch_count == 1
         finally:
             await worker.stop()
             await task
