@@ -5,7 +5,8 @@
 Starts ``stepd serve`` as a separate process, then sends over ``PollTask``,
 one phase at a time: the largest hello the limits allow (1,000 workflow
 versions, 32 event triggers each, every name at its longest), the largest
-batch (1,000 ``record_step`` commands with ~60 KB results for a real run), a
+batch (1,000 ``record_step`` commands with ~4 KB results for a real run, near
+the 4 MiB a worker message may have), a
 hello and a batch far past the limits (100,000 workflows; 1,000,000
 commands). Meanwhile a probe sends ``GetServerInfo`` every 5 ms; a call
 answered late means the server's event loop was busy. Prints JSON: per phase
@@ -190,7 +191,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     task = response.tasks[0]
                     break
             assert task is not None
-            value = json.dumps(["x" * 100] * 600)  # ~60 KB, 600 values to check
+            value = json.dumps(["x" * 100] * 38)  # ~4 KB: 1,000 of them fill 4 MiB
             commands = [
                 worker_service_pb2.WorkerCommand(
                     command_id=i + 1,

@@ -69,9 +69,10 @@ BACKOFF_MAX = 5.0
 _STABLE_SESSION = 1.0  # a stream that lived this long resets the backoff
 _MAX_BATCH_BYTES = 3 * 1024 * 1024  # split larger batches across messages
 _MAX_BATCH_COMMANDS = 1000  # the server's limit of commands in one batch
-# The server's limit of one stream message is 16 MiB; a command this large is
-# not sent (its run fails instead: see _Session._fit).
-_MAX_COMMAND_BYTES = 15 * 1024 * 1024
+# Without the server's own limit of a stream message (StreamSettings), gRPC's:
+# a command larger is not sent (its run fails instead: see _Session._fit).
+_MAX_COMMAND_BYTES = 64 * 1024 * 1024 - 1024
+_FRAMING = 1024  # room for the batch's own bytes around a command
 PAYLOAD_TOO_LARGE = "stepd.PayloadTooLarge"
 """The error type of a run failed because a command of it was too large to send."""
 _STOP_GRACE = 5.0  # seconds run() waits for cancelled runs to unwind
@@ -482,6 +483,7 @@ class _Session:
         self._next_id = 1
         self._last_write = self._loop.time()
         self._heartbeat_interval = HEARTBEAT_INTERVAL
+        self._max_command_bytes = _MAX_COMMAND_BYTES
         self._heartbeat_due = False
         self._retime = asyncio.Event()  # the heartbeat interval changed
         self._draining = False
@@ -654,6 +656,8 @@ class _Session:
             if interval >= lease:  # a heartbeat that late would always lose the lease
                 interval = lease / 3
         self._heartbeat_interval = max(interval, _MIN_HEARTBEAT)
+        if settings.max_message_bytes:
+            self._max_command_bytes = max(settings.max_message_bytes - _FRAMING, _FRAMING)
         self._retime.set()
         logger.debug(
             "stream settings: heartbeat every %.3g s, lease timeout %s s",
@@ -707,18 +711,19 @@ class _Session:
         """The commands to send: one too large for a stream message (a payload far
         past the server's limit) is answered INVALID here, and its run failed with
         ``stepd.PayloadTooLarge`` instead (a dropped custom entry fails nothing)."""
-        if all(command.ByteSize() <= _MAX_COMMAND_BYTES for command in commands):
+        limit = self._max_command_bytes
+        if all(command.ByteSize() <= limit for command in commands):
             return commands
         fitted = []
         for command in commands:
             size = command.ByteSize()
-            if size <= _MAX_COMMAND_BYTES:
+            if size <= limit:
                 fitted.append(command)
                 continue
             kind = command.WhichOneof("command") or "command"
             message = (
                 f"{kind} is {size} bytes, too large for a stream message "
-                f"(at most {_MAX_COMMAND_BYTES}); the server accepts payloads far smaller"
+                f"(at most {limit}); the server accepts payloads far smaller"
             )
             logger.error("run %s: %s", command.run_id, message)
             future = self._pending.pop(command.command_id, None)

@@ -12,12 +12,14 @@ message holds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from stepd.server.engine.errors import EngineError, InvalidArgument, ResourceExhausted
 from stepd.server.engine.validation import (
     MAX_BATCH_COMMANDS,
     MAX_EVENT_TRIGGERS,
+    MAX_HELLO_BYTES,
     MAX_HELLO_WORKFLOWS,
-    MAX_WORKER_MESSAGE_BYTES,
 )
 
 #: Fields a message may carry besides its limited repeated field (its other
@@ -81,19 +83,33 @@ class _TooMany(Exception):
     """A message holds more fields than the scan allows."""
 
 
-def check_poll_request(raw: bytes) -> EngineError | None:
+def poll_request_check(max_message_bytes: int) -> Callable[[bytes], EngineError | None]:
+    """The check of a PollTaskRequest's bytes, for messages after the hello of at
+    most ``max_message_bytes``."""
+
+    def check(raw: bytes) -> EngineError | None:
+        return check_poll_request(raw, max_message_bytes)
+
+    return check
+
+
+def check_poll_request(raw: bytes, max_message_bytes: int) -> EngineError | None:
     """The error for a PollTaskRequest too large, or whose limited counts pass
     their limits (None when they do not, or when the bytes do not decode anyway)."""
-    if len(raw) > MAX_WORKER_MESSAGE_BYTES:
-        return ResourceExhausted(
-            f"a PollTask message is {len(raw)} bytes; at most {MAX_WORKER_MESSAGE_BYTES}"
-        )
+    size = len(raw)
+    if size > MAX_HELLO_BYTES:
+        return ResourceExhausted(f"a PollTask message is {size} bytes; at most {MAX_HELLO_BYTES}")
     try:
         top = _fields(raw, 0, len(raw), _SLACK)
     except _TooMany:
         return InvalidArgument("a PollTask message carries one hello, batch, heartbeat or drain")
     except _Malformed:
         return None
+    if size > max_message_bytes and any(number != _HELLO for number, _, _ in top):
+        return ResourceExhausted(
+            f"a PollTask message is {size} bytes; at most {max_message_bytes} (a hello: "
+            f"{MAX_HELLO_BYTES})"
+        )
     try:
         commands = 0
         for number, start, end in top:

@@ -17,8 +17,19 @@ MAX_TEXT_LENGTH = 1000
 MAX_PAGE_BYTES = 3 * 1024 * 1024
 #: The largest event wait match (a JSON object of a few fields), in characters.
 MAX_MATCH_LENGTH = 64 * 1024
-#: The most bytes of one message a worker sends on its PollTask stream.
-MAX_WORKER_MESSAGE_BYTES = 16 * 1024 * 1024
+#: The most bytes of a worker's hello.
+MAX_HELLO_BYTES = 16 * 1024 * 1024
+#: The most bytes of any other message a worker sends on its PollTask stream (or
+#: the payload limit and 1 MiB, if that is more): a message costs the event loop
+#: about 5 ms per MiB to decode, and a worker splits its batches.
+MIN_WORKER_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def worker_message_bytes(max_payload_bytes: int) -> int:
+    """The most bytes of one worker message after the hello, for a payload limit."""
+    return max(MIN_WORKER_MESSAGE_BYTES, max_payload_bytes + 1024 * 1024)
+
+
 #: The most commands one PollTask message (WorkerCommandBatch) carries.
 MAX_BATCH_COMMANDS = 1000
 #: The most workflow versions one hello registers.

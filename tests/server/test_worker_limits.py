@@ -43,13 +43,14 @@ def hello(
 
 
 async def stream_end(
-    harness: Harness, *messages: worker_service_pb2.PollTaskRequest
+    harness: Harness, *messages: worker_service_pb2.PollTaskRequest | bytes
 ) -> grpc.aio.AioRpcError:
-    """Send ``messages`` on a PollTask stream; return the error the server ends it with."""
+    """Send ``messages`` (or raw bytes) on a PollTask stream; return the error the
+    server ends it with."""
 
     async def requests() -> AsyncIterator[bytes]:
         for message in messages:
-            yield message.SerializeToString()
+            yield message if isinstance(message, bytes) else message.SerializeToString()
         await asyncio.sleep(20)  # the server must end the stream
 
     call = harness.channel.stream_stream(
@@ -274,23 +275,29 @@ async def test_the_sdk_worker_splits_its_batches(harness: Harness) -> None:
 
 
 async def test_a_message_over_the_byte_limit_ends_the_stream(harness: Harness) -> None:
-    big = types_pb2.StepRecord(
-        step_key="s", attempt=1, result=types_pb2.Payload(json='"' + "x" * (17 << 20) + '"')
-    )
-    batch = worker_service_pb2.PollTaskRequest(
-        commands=worker_service_pb2.WorkerCommandBatch(
-            commands=[
-                worker_service_pb2.WorkerCommand(
-                    command_id=1,
-                    run_id="r",
-                    lease_id=1,
-                    record_step=worker_service_pb2.RecordStepCommand(step=big),
-                )
-            ]
+    settings = await harness.worker("limits.settings").settings
+    assert settings.max_message_bytes == 4 << 20  # the 2 MiB payload limit and 1 MiB, or 4 MiB
+
+    def batch(chars: int) -> worker_service_pb2.PollTaskRequest:
+        step = types_pb2.StepRecord(
+            step_key="s", attempt=1, result=types_pb2.Payload(json='"' + "x" * chars + '"')
         )
-    )
-    error = await stream_end(harness, hello(), batch)
-    refused(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "bytes", str(16 << 20))
+        command = worker_service_pb2.WorkerCommand(
+            command_id=1,
+            run_id="r",
+            lease_id=1,
+            record_step=worker_service_pb2.RecordStepCommand(step=step),
+        )
+        return worker_service_pb2.PollTaskRequest(
+            commands=worker_service_pb2.WorkerCommandBatch(commands=[command])
+        )
+
+    error = await stream_end(harness, hello(), batch(5 << 20))
+    refused(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "bytes", str(4 << 20))
+    # A hello may be larger (up to 16 MiB), but not when it carries anything else.
+    with_hello = hello().SerializeToString() + batch(5 << 20).SerializeToString()
+    error = await stream_end(harness, with_hello)
+    refused(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "bytes", str(4 << 20))
     await still_serves(harness)
 
 

@@ -881,6 +881,12 @@ class StreamSettings(_message.Message):
 
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     LEASE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    max_message_bytes: _builtins.int
+    """The most bytes of one message the worker may send after its hello; a
+    larger one ends the stream with RESOURCE_EXHAUSTED. 0 (older servers):
+    only gRPC's own limit.
+    """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """Send a message (a heartbeat when there is nothing else) at least this
@@ -898,10 +904,11 @@ class StreamSettings(_message.Message):
         *,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         lease_timeout: _duration_pb2.Duration | None = ...,
+        max_message_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout", "max_message_bytes", b"max_message_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
