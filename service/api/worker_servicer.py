@@ -104,13 +104,18 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         if first.WhichOneof("message") != "hello":
             raise InvalidArgument("the first PollTask message must be a hello")
         hello = first.hello
+        # A hello at its limits takes tens of milliseconds per pass over it: the
+        # event loop gets a turn between them.
         check_hello(hello)
+        await asyncio.sleep(0)
+        declarations = declarations_from_hello(hello)
+        await asyncio.sleep(0)
         return await self._engine.connect_worker(
             hello.worker_id,
             hello.identity,
             [(w.name, w.version) for w in hello.workflows],
             hello.capacity,
-            declarations_from_hello(hello),
+            declarations,
             limits=workflow_limits(hello),
             max_cached_runs=hello.max_cached_runs,
         )

@@ -495,6 +495,7 @@ class Engine:
             if not name or not version:
                 raise InvalidArgument("hello.workflows entries need a name and a version")
         self.schedules.check(declarations)
+        await asyncio.sleep(0)  # a large hello: let the event loop have a turn
         new_pairs = [p for p in pairs if not self.registry.knows(*p)]
         self._check_room(new_pairs)
         if new_pairs:
