@@ -28,6 +28,7 @@ import os
 import random
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -64,6 +65,11 @@ MAX_CACHED_RUNS = 256
 """Default number of suspended runs a worker keeps live to continue without replay."""
 CONTINUATION_MISSED = "continuation of a run not kept live here; send the full journal"
 """The ``release_run`` reason of a continuation the worker cannot continue."""
+# The server's limits on a hello (docs/operations.md#limits).
+MAX_CONCURRENCY = 10_000
+MAX_CACHED_RUNS_LIMIT = 100_000
+MAX_WORKFLOWS = 1000
+MAX_VERSIONS = 100
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 _STABLE_SESSION = 1.0  # a stream that lived this long resets the backoff
@@ -208,14 +214,34 @@ class Worker:
             registry[key] = workflow
         if not registry:
             raise WorkflowDefinitionError("a worker needs at least one workflow")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+        if len(registry) > MAX_WORKFLOWS:
+            raise WorkflowDefinitionError(
+                f"a worker serves at most {MAX_WORKFLOWS} workflow versions; got {len(registry)}"
+            )
+        versions = Counter(name for name, _ in registry)
+        crowded = [name for name, count in versions.items() if count > MAX_VERSIONS]
+        if crowded:
+            raise WorkflowDefinitionError(
+                f"a worker serves at most {MAX_VERSIONS} versions of one workflow; "
+                f"{crowded[0]!r} has {versions[crowded[0]]}"
+            )
+        if (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= MAX_CONCURRENCY
+        ):
+            raise ValueError(
+                f"concurrency must be an int from 1 to {MAX_CONCURRENCY}, got {concurrency!r}"
+            )
         if (
             isinstance(max_cached_runs, bool)
             or not isinstance(max_cached_runs, int)
-            or max_cached_runs < 0
+            or not 0 <= max_cached_runs <= MAX_CACHED_RUNS_LIMIT
         ):
-            raise ValueError(f"max_cached_runs must be an int >= 0, got {max_cached_runs!r}")
+            raise ValueError(
+                f"max_cached_runs must be an int from 0 to {MAX_CACHED_RUNS_LIMIT}, "
+                f"got {max_cached_runs!r}"
+            )
         self._max_cached_runs = max_cached_runs
         self._shutdown_grace = _check_grace(shutdown_grace, "shutdown_grace")
         self._connection = connection
