@@ -48,6 +48,7 @@ from stepd.server.engine.errors import (
     NotFound,
     Unavailable,
 )
+from stepd.server.engine.faults import FaultPolicy, RunFaults
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle
 from stepd.server.engine.payloads import check_json_payload
@@ -158,6 +159,8 @@ class Engine:
             horizon,
             clock=clock,
         )
+        # Runs whose claim or command failed in the server: back off, then fail.
+        self.faults = FaultPolicy(self.lifecycle, self.dispatcher, RunFaults())
         self.commands = WorkerCommands(
             store,
             config,
@@ -168,12 +171,14 @@ class Engine:
             self.children,
             self.sticky,
             self.timers,
+            self.faults,
         )
         # Who hears of a run made ready or ended, in this order.
         self.lifecycle.on_ready(self.replicas.ready)
         self.lifecycle.on_end(self.children.on_terminal)
         self.lifecycle.on_end(self.replicas.ended)
         self.lifecycle.on_end(self.waiters.answer)
+        self.lifecycle.on_end(lambda run: self.faults.forget(run.run_id))
         self._lease_monitor: asyncio.Task[None] | None = None
         self._closing = False
         # The keys hook tokens are derived from: the first mints, all verify.
@@ -607,6 +612,7 @@ class Engine:
         """Claim a ready run for a session and send it the task."""
         limits = session.limits.get(served)
         parked = self.sticky.take_for(session, run_id)
+        failure: Exception | None = None
         try:
             claimed = await self.store.claim_run(
                 run_id,
@@ -617,9 +623,8 @@ class Engine:
                 continues_lease=parked.lease_id if parked is not None else 0,
                 known_entries=parked.entries if parked is not None else 0,
             )
-        except Exception:
-            log.exception("claiming run %s failed", run_id)
-            claimed = None
+        except Exception as exc:
+            claimed, failure = None, exc
         known = 0
         if parked is not None:
             if claimed is not None and claimed.continues_lease:
@@ -628,6 +633,9 @@ class Engine:
                 self.sticky.let_go(run_id, parked, "the run is handed out afresh")
         if claimed is None:
             self.ledger.give_up_claim(session, run_id)
+            if failure is not None:  # back in its queue after a delay (or failed)
+                queue = (served[0], "" if pin_version else served[1])
+                await self.faults.claim_failed(run_id, queue, failure)
             return
         lease_id = claimed.run.lease_id
         if session.closed:

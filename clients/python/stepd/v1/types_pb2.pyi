@@ -74,6 +74,10 @@ class _FailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Failure
     """The workflow's execution timeout passed."""
     FAILURE_REASON_MAX_ENTRIES_EXCEEDED: _FailureReason.ValueType  # 4
     """The run's journal reached its maximum number of entries."""
+    FAILURE_REASON_SERVER_ERROR: _FailureReason.ValueType  # 5
+    """The server could not apply the run's commands or claims several times
+    over (a fault of the server or of its database, not of the workflow).
+    """
 
 class FailureReason(_FailureReason, metaclass=_FailureReasonEnumTypeWrapper):
     """FailureReason says why a failed run failed."""
@@ -88,6 +92,10 @@ FAILURE_REASON_EXECUTION_TIMEOUT: FailureReason.ValueType  # 3
 """The workflow's execution timeout passed."""
 FAILURE_REASON_MAX_ENTRIES_EXCEEDED: FailureReason.ValueType  # 4
 """The run's journal reached its maximum number of entries."""
+FAILURE_REASON_SERVER_ERROR: FailureReason.ValueType  # 5
+"""The server could not apply the run's commands or claims several times
+over (a fault of the server or of its database, not of the workflow).
+"""
 Global___FailureReason: _TypeAlias = FailureReason  # noqa: Y015
 
 class _RunEventType:
