@@ -24,6 +24,7 @@ from stepd.server.security.auth_interceptor import AuthInterceptor
 from stepd.server.security.key_admin import KeyAdmin
 from stepd.server.security.keyring import KeyRing
 from stepd.server.security.tls import TlsFiles, server_credentials
+from stepd.server.storage_health import StorageHealth
 from stepd.server.store import open_store
 from stepd.server.store.postgres import display_url
 from stepd.v1 import admin_service_pb2, worker_service_pb2, workflow_service_pb2
@@ -71,9 +72,13 @@ class RunningServer:
     # The API keys in memory; None on a server that runs without keys.
     keys: KeyRing | None = None
     versions: VersionAdmin | None = None
+    # Keeps the health service NOT_SERVING while storage is unavailable.
+    storage: StorageHealth | None = None
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for ``grace`` seconds, close."""
+        if self.storage is not None:
+            await self.storage.close()
         await self.health.enter_graceful_shutdown()
         if self.keys is not None:
             await self.keys.close()
@@ -158,7 +163,9 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         await ring.start()
     _log_security(config, ring, credentials is not None)
     await server.start()
-    return RunningServer(server, engine, health_servicer, port, ring, versions)
+    storage = StorageHealth(store, health_servicer, ("", *SERVICE_NAMES))
+    storage.start()
+    return RunningServer(server, engine, health_servicer, port, ring, versions, storage)
 
 
 def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

@@ -51,6 +51,7 @@ from stepd.server.engine.errors import (
 from stepd.server.engine.faults import FaultPolicy, RunFaults
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle
+from stepd.server.engine.pauses import LoopPauses
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
@@ -64,6 +65,7 @@ from stepd.server.engine.validation import MAX_ID_LENGTH, MAX_PAGE_BYTES, check_
 from stepd.server.engine.waiters import RunWaiters
 from stepd.server.engine.worker_commands import WorkerCommands
 from stepd.server.store.base import RunConflictError, Store
+from stepd.server.store.errors import StoreUnavailableError
 from stepd.server.store.notify import channel_for
 from stepd.server.store.schedules import RESERVED_KEY_PREFIX
 
@@ -564,12 +566,37 @@ class Engine:
 
     async def _watch_leases(self) -> None:
         period = min(1.0, self.config.lease_timeout_ms / 4000)
+        pauses = LoopPauses(period)
+        storage_down = False
         while True:
+            pauses.sleeping()
             await asyncio.sleep(period)
+            paused = pauses.woke()
+            if paused:
+                self._excuse_pause(paused)
             try:
                 await self._check_leases()
+            except StoreUnavailableError as exc:
+                if not storage_down:  # one line per outage
+                    log.warning("lease check: storage unavailable (%s)", exc)
+                storage_down = True
             except Exception:
                 log.exception("lease check failed")
+            else:
+                storage_down = False
+
+    def _excuse_pause(self, seconds: float) -> None:
+        """The server did not run for ``seconds``: its workers' silence and their
+        step attempts' time meanwhile do not count, and their stored leases are
+        extended at once."""
+        log.warning(
+            "the server did not run for %.1f s (paused or blocked); leases and step "
+            "timeouts are extended by that much",
+            seconds,
+        )
+        for session in self.dispatcher.sessions:
+            session.excuse(seconds)
+        self.run_limits.postpone_attempts(int(seconds * 1000))
 
     async def _check_leases(self) -> None:
         """Expire silent workers, keep live workers' stored leases ahead of
