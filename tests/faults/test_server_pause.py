@@ -58,7 +58,7 @@ async def test_a_paused_server_does_not_expire_its_workers(
     log = server.process.log_text()
     assert "lease expired" not in log and "sent nothing for" not in log, log[-3000:]
     assert "the server did not run for" in log  # it noticed its own pause
-    for run_id, run in runs.items():
+    for run in runs.values():
         assert run.status is RunStatus.COMPLETED, run
         assert run.dispatch_count == 1, run  # never handed out again
         assert run.result["pid"] == worker.pid
