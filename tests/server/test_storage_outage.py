@@ -65,7 +65,9 @@ async def health_of(harness: Harness) -> int:
 
 async def health_becomes(harness: Harness, status: int, within: float = 40) -> None:
     async with asyncio.timeout(within):
-        while await health_of(harness) != status:
+        while True:
+            if await health_of(harness) == status:
+                return
             await asyncio.sleep(0.2)
 
 
