@@ -518,7 +518,10 @@ class Engine:
         self.dispatcher.remove_session(session)
         held = self.ledger.clear(session)
         for run_id, lease_id in held:
-            await self.lifecycle.requeue(run_id, lease_id)
+            try:
+                await self.lifecycle.requeue(run_id, lease_id)
+            except StoreUnavailableError as exc:  # its stored lease expires instead
+                log.warning("re-queueing run %s: storage unavailable (%s)", run_id, exc)
         log.info("worker %s disconnected; re-queued %d runs", session.identity, len(held))
 
     def drain_worker(self, session: WorkerSession, reason: str) -> None:
