@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 
 from stepd.server.store.errors import Classify, StoreClosedError, translate
+from stepd.server.store.executor import CommitStats
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,6 @@ WriteOp = Callable[[Connection], T]
 
 def _no_store_error(_exc: BaseException) -> None:
     return None
-
-
-@dataclass(slots=True)
-class CommitStats:
-    """Counters for tests and metrics."""
-
-    commits: int = 0
-    ops: int = 0
-    batches: int = 0
-    batches_retried: int = 0
-    largest_batch: int = 0
 
 
 @dataclass(slots=True)
