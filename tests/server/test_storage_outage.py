@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 
 import grpc
@@ -78,9 +80,19 @@ async def unavailable(call: object) -> None:
     assert len(raised.value.details() or "") < 200
 
 
+def readyz(harness: Harness) -> int:
+    """The HTTP status of ``/readyz``."""
+    assert harness.running.http is not None
+    try:
+        with urllib.request.urlopen(f"{harness.running.http.url}/readyz", timeout=20) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
 @pytest.fixture
 async def outage_harness(database: str) -> AsyncIterator[Harness]:
-    h = await start_harness(database)
+    h = await start_harness(database, http_address="127.0.0.1:0")
     yield h
     await h.close()
 
@@ -105,8 +117,10 @@ async def test_storage_down_is_unavailable_and_not_serving_until_it_is_back(
             await unavailable(harness.client.GetRun(wf.GetRunRequest(run_id=acknowledged)))
         await health_becomes(harness, NOT_SERVING)
         assert await health_of(harness) == NOT_SERVING
+        assert await asyncio.to_thread(readyz, harness) == 503
 
     await health_becomes(harness, SERVING)
+    assert await asyncio.to_thread(readyz, harness) == 200
     # Writes go through again, and what was acknowledged before is all there.
     after = await harness.trigger("outage.w")
     assert (await worker.complete(task, '"done"')).status == OK
