@@ -602,7 +602,8 @@ class Engine:
         """The server did not run for ``seconds``: its workers' silence and their
         step attempts' time meanwhile do not count, and their stored leases are
         extended at once."""
-        log.warning(
+        log.log(
+            logging.WARNING if seconds >= 1.0 else logging.INFO,
             "the server did not run for %.1f s (paused or blocked); leases and step "
             "timeouts are extended by that much",
             seconds,
