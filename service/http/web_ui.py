@@ -68,7 +68,7 @@ class WebUi:
         try:
             body = await request.json()
             key = body["api_key"] if isinstance(body, dict) else None
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, RecursionError):  # RecursionError: nested too deep
             key = None
         if not isinstance(key, str) or not key.strip() or len(key) > 200:
             return error_answer(400, 'send {"api_key": "stepd_..."}')
