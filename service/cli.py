@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from sqlalchemy.exc import DBAPIError
 
-        from stepd.server.store import DatabaseInUseError, SchemaVersionError
+        from stepd.server.store import DatabaseInUseError, SchemaVersionError, StoreError
     except ImportError as exc:  # a base install: the SDK and this command only
         print(f"stepd: {SERVER_EXTRA_MISSING.format(exc)}", file=sys.stderr)
         return 1
@@ -374,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, SchemaVersionError, DatabaseInUseError) as exc:
         print(f"stepd: {exc}", file=sys.stderr)
         return 1
-    except DBAPIError as exc:  # e.g. PostgreSQL refused the login or has no such database
+    except StoreError as exc:  # e.g. PostgreSQL refused the login or has no such database
+        print(f"stepd: cannot open the database: {exc}", file=sys.stderr)
+        return 1
+    except DBAPIError as exc:
         print(f"stepd: cannot open the database: {exc.orig}", file=sys.stderr)
         return 1
     return 0

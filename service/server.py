@@ -39,6 +39,7 @@ from stepd.server.security.auth_interceptor import AuthInterceptor
 from stepd.server.security.key_admin import KeyAdmin
 from stepd.server.security.keyring import KeyRing
 from stepd.server.security.tls import TlsFiles, http_ssl_context, server_credentials
+from stepd.server.storage_health import StorageHealth
 from stepd.server.store import open_store
 from stepd.server.store.base import Store
 from stepd.server.store.postgres import display_url
@@ -96,11 +97,15 @@ class RunningServer:
     gateway: RpcGateway | None = None
     # The private directory of the gateway's Unix socket.
     private_dir: str | None = None
+    # Keeps the health service NOT_SERVING while storage is unavailable.
+    storage: StorageHealth | None = None
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for ``grace`` seconds, close."""
         if self.stopping is not None:
             self.stopping.set()
+        if self.storage is not None:
+            await self.storage.close()
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             await self.http.stop()
@@ -197,6 +202,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         await store.close()
         raise OSError(f"cannot listen on {config.address}: the address is in use or invalid")
     stopping = asyncio.Event()
+    storage = StorageHealth(store, health_servicer, ("", *SERVICE_NAMES))
     http = gateway = private_dir = None
     if config.http_enabled:
         # The UI's calls reach the services through a socket only this user may open.
@@ -209,7 +215,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         http = HttpListener(
             config.http_address,
             [
-                Probes(_readiness(store, stopping)),
+                Probes(_readiness(store, stopping, storage)),
                 MetricsRoute(access, metrics.exposition),
                 Webhooks(engine, access, event_secrets),
                 WebUi(access, secure_cookie=tls is not None),
@@ -230,6 +236,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         await ring.start()
     _log_security(config, ring, credentials is not None)
     await server.start()
+    storage.start()
     if http is not None:
         log.info("HTTP (probes, metrics, webhooks) on %s", http.url)
     return RunningServer(
@@ -244,15 +251,19 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         stopping,
         gateway,
         private_dir,
+        storage,
     )
 
 
-def _readiness(store: Store, stopping: asyncio.Event) -> ReadinessCheck:
-    """``/readyz``: not while stopping, and only while the store answers a read."""
+def _readiness(store: Store, stopping: asyncio.Event, storage: StorageHealth) -> ReadinessCheck:
+    """``/readyz``: not while stopping, nor while the storage probe fails, and
+    only while the store answers a read."""
 
     async def check() -> str | None:
         if stopping.is_set():
             return "the server is shutting down"
+        if not storage.available:
+            return "storage is unavailable"
         try:
             await store.get_run("stepd-readiness-probe")
         except Exception as exc:  # any failure to read means storage is not usable

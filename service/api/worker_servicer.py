@@ -16,13 +16,14 @@ from stepd.server.api.convert import (
     workflow_limits,
 )
 from stepd.server.api.convert_schedules import declarations_from_hello
-from stepd.server.api.errors import Undecodable, client_status, server_fault
+from stepd.server.api.errors import Undecodable, client_status, server_fault, store_status
 from stepd.server.api.stream_messages import responses
 from stepd.server.engine.commands import Command
 from stepd.server.engine.engine import Engine
 from stepd.server.engine.errors import EngineError, InvalidArgument
 from stepd.server.engine.sessions import WorkerSession
 from stepd.server.engine.validation import worker_message_bytes
+from stepd.server.store.errors import StoreError
 from stepd.v1 import worker_service_pb2 as pb
 from stepd.v1 import worker_service_pb2_grpc
 
@@ -73,6 +74,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             session = await self._connect(first)
         except EngineError as exc:
             await self._abort(context, exc)
+            return
+        except StoreError as exc:
+            await context.abort(*store_status(exc, RPC))
             return
         reader = asyncio.create_task(self._read(requests, session))
         try:

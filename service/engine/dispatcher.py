@@ -48,6 +48,8 @@ class Dispatcher:
         self._rotation = itertools.count()
         self._pending_pass = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Runs put back after a fault, each waiting for its delay (``push_later``).
+        self._later: set[asyncio.TimerHandle] = set()
 
     # -- ready runs --------------------------------------------------------
 
@@ -57,6 +59,19 @@ class Dispatcher:
         lanes = self._resumed if resumed else self._queues
         lanes.setdefault((workflow_name, version), deque()).append(run_id)
         self.kick()
+
+    def push_later(self, delay: float, workflow_name: str, version: str, run_id: str) -> None:
+        """Make a run ready as a resumed one after ``delay`` seconds (a run put
+        back after a fault of the server backs off)."""
+        handle: asyncio.TimerHandle | None = None
+
+        def due() -> None:
+            if handle is not None:
+                self._later.discard(handle)
+            self.push(workflow_name, version, run_id, resumed=True)
+
+        handle = asyncio.get_running_loop().call_later(delay, due)
+        self._later.add(handle)
 
     def push_to(
         self, session: WorkerSession, workflow_name: str, version: str, run_id: str
@@ -84,8 +99,10 @@ class Dispatcher:
         self._refused.pop(run_id, None)
 
     def ready_count(self) -> int:
-        """How many runs wait in the ready queues (stale entries included)."""
-        return sum(len(q) for lanes in (self._queues, self._resumed) for q in lanes.values())
+        """How many runs wait in the ready queues or for their delay after a fault
+        (stale entries included)."""
+        queued = sum(len(q) for lanes in (self._queues, self._resumed) for q in lanes.values())
+        return queued + len(self._later)
 
     def serves(self, key: QueueKey) -> bool:
         """Whether a connected worker draws from the queue ``key``."""
@@ -191,7 +208,11 @@ class Dispatcher:
         return None
 
     async def close(self) -> None:
-        """Wait for claims in flight to settle."""
+        """Drop runs waiting for their delay (they are PENDING in the store) and
+        wait for claims in flight to settle."""
+        for handle in self._later:
+            handle.cancel()
+        self._later.clear()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

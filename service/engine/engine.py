@@ -51,9 +51,11 @@ from stepd.server.engine.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from stepd.server.engine.faults import FaultPolicy, RunFaults
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle, RunListener
 from stepd.server.engine.observer import EngineObserver
+from stepd.server.engine.pauses import LoopPauses
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
@@ -74,6 +76,7 @@ from stepd.server.engine.validation import (
 from stepd.server.engine.waiters import RunWaiters
 from stepd.server.engine.worker_commands import WorkerCommands
 from stepd.server.store.base import RunConflictError, Store
+from stepd.server.store.errors import StoreUnavailableError
 from stepd.server.store.notify import channel_for
 from stepd.server.store.schedules import RESERVED_KEY_PREFIX
 
@@ -169,6 +172,8 @@ class Engine:
             horizon,
             clock=clock,
         )
+        # Runs whose claim or command failed in the server: back off, then fail.
+        self.faults = FaultPolicy(self.lifecycle, self.dispatcher, RunFaults())
         self.commands = WorkerCommands(
             store,
             config,
@@ -179,12 +184,14 @@ class Engine:
             self.children,
             self.sticky,
             self.timers,
+            self.faults,
         )
         # Who hears of a run made ready or ended, in this order.
         self.lifecycle.on_ready(self.replicas.ready)
         self.lifecycle.on_end(self.children.on_terminal)
         self.lifecycle.on_end(self.replicas.ended)
         self.lifecycle.on_end(self.waiters.answer)
+        self.lifecycle.on_end(lambda run: self.faults.forget(run.run_id))
         self._handed_out_listeners: list[RunListener] = []
         self._lease_monitor: asyncio.Task[None] | None = None
         self._closing = False
@@ -549,7 +556,10 @@ class Engine:
         self.dispatcher.remove_session(session)
         held = self.ledger.clear(session)
         for run_id, lease_id in held:
-            await self.lifecycle.requeue(run_id, lease_id)
+            try:
+                await self.lifecycle.requeue(run_id, lease_id)
+            except StoreUnavailableError as exc:  # its stored lease expires instead
+                log.warning("re-queueing run %s: storage unavailable (%s)", run_id, exc)
         log.info("worker %s disconnected; re-queued %d runs", session.identity, len(held))
 
     def drain_worker(self, session: WorkerSession, reason: str) -> None:
@@ -597,12 +607,38 @@ class Engine:
 
     async def _watch_leases(self) -> None:
         period = min(1.0, self.config.lease_timeout_ms / 4000)
+        pauses = LoopPauses(period)
+        storage_down = False
         while True:
+            pauses.sleeping()
             await asyncio.sleep(period)
+            paused = pauses.woke()
+            if paused:
+                self._excuse_pause(paused)
             try:
                 await self._check_leases()
+            except StoreUnavailableError as exc:
+                if not storage_down:  # one line per outage
+                    log.warning("lease check: storage unavailable (%s)", exc)
+                storage_down = True
             except Exception:
                 log.exception("lease check failed")
+            else:
+                storage_down = False
+
+    def _excuse_pause(self, seconds: float) -> None:
+        """The server did not run for ``seconds``: its workers' silence and their
+        step attempts' time meanwhile do not count, and their stored leases are
+        extended at once."""
+        log.log(
+            logging.WARNING if seconds >= 1.0 else logging.INFO,
+            "the server did not run for %.1f s (paused or blocked); leases and step "
+            "timeouts are extended by that much",
+            seconds,
+        )
+        for session in self.dispatcher.sessions:
+            session.excuse(seconds)
+        self.run_limits.postpone_attempts(int(seconds * 1000))
 
     async def _check_leases(self) -> None:
         """Expire silent workers, keep live workers' stored leases ahead of
@@ -645,6 +681,7 @@ class Engine:
         """Claim a ready run for a session and send it the task."""
         limits = session.limits.get(served)
         parked = self.sticky.take_for(session, run_id)
+        failure: Exception | None = None
         try:
             claimed = await self.store.claim_run(
                 run_id,
@@ -655,9 +692,8 @@ class Engine:
                 continues_lease=parked.lease_id if parked is not None else 0,
                 known_entries=parked.entries if parked is not None else 0,
             )
-        except Exception:
-            log.exception("claiming run %s failed", run_id)
-            claimed = None
+        except Exception as exc:
+            claimed, failure = None, exc
         known = 0
         if parked is not None:
             if claimed is not None and claimed.continues_lease:
@@ -666,6 +702,9 @@ class Engine:
                 self.sticky.let_go(run_id, parked, "the run is handed out afresh")
         if claimed is None:
             self.ledger.give_up_claim(session, run_id)
+            if failure is not None:  # back in its queue after a delay (or failed)
+                queue = (served[0], "" if pin_version else served[1])
+                await self.faults.claim_failed(run_id, queue, failure)
             return
         lease_id = claimed.run.lease_id
         if session.closed:

@@ -107,23 +107,27 @@ class RunLifecycle:
             for listener in self._ready_listeners:
                 listener(run)
 
-    async def requeue(self, run_id: str, lease_id: int) -> bool:
+    async def requeue(self, run_id: str, lease_id: int, *, delay: float = 0) -> bool:
         """Take a run back from under ``lease_id`` (its worker is gone or failed it)
-        and make it ready again; False when the lease was gone already."""
+        and make it ready again, after ``delay`` seconds when given (it is PENDING
+        in the store at once); False when the lease was gone already."""
         run = await self._store.release_run(run_id, _RELEASE, lease_id)
         if run is None:
             return False
-        self.make_ready(run)
+        if delay > 0:
+            self._dispatcher.push_later(delay, run.workflow_name, run.workflow_version, run_id)
+        else:
+            self.make_ready(run)
         return True
 
     async def hand_out_again(
-        self, session: WorkerSession, run_id: str, lease_id: int, reason: str
+        self, session: WorkerSession, run_id: str, lease_id: int, reason: str, *, delay: float = 0
     ) -> None:
         """Take a run from the worker that holds it, tell the worker to drop it,
-        and make it ready for any worker."""
+        and make it ready for any worker (after ``delay`` seconds when given)."""
         self._ledger.let_go(session, run_id)
         session.send(Cancellation(run_id, lease_id, reason))
-        await self.requeue(run_id, lease_id)
+        await self.requeue(run_id, lease_id, delay=delay)
 
     # -- what the worker that holds a run says ---------------------------------------
 

@@ -37,6 +37,7 @@ from stepd.server.domain import RunRecord
 from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.waiters import RunWaiters
 from stepd.server.store.base import Store
+from stepd.server.store.errors import StoreUnavailableError
 from stepd.server.store.notify import MAX_PAYLOAD_BYTES, NotifyChannel
 
 log = logging.getLogger("stepd.replicas")
@@ -182,6 +183,8 @@ class ReplicaLink:
                 if loop.time() - swept_at >= FOLLOW_UP_SWEEP_SECONDS:
                     swept_at = loop.time()
                     await self._recover()
+            except StoreUnavailableError as exc:
+                log.warning("polling for ready runs: storage unavailable (%s)", exc)
             except Exception:
                 log.exception("polling for ready runs failed")
 

@@ -10,7 +10,7 @@ server restart hands every run out again and the tracking restarts with it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from stepd.server.domain import ClaimedRun
 
@@ -128,6 +128,11 @@ class RunLimits:
             keys = self._keys_by_run.get(run_id)
             if keys is not None:
                 keys.discard(step_key)
+
+    def postpone_attempts(self, ms: int) -> None:
+        """The server did not run for ``ms``: no open attempt is overdue for that time."""
+        for key, attempt in self._attempts.items():
+            self._attempts[key] = replace(attempt, started_at=attempt.started_at + ms)
 
     def overdue(self, now: int) -> list[OpenAttempt]:
         """Open attempts past their timeout and grace, oldest first."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -127,6 +128,14 @@ class WorkerSession:
         if was_suspect:
             self.suspect_since = None
         return was_suspect
+
+    def excuse(self, seconds: float) -> None:
+        """The server did not run for ``seconds`` (paused): that silence is not the
+        worker's, and its stored leases are extended at the next lease check."""
+        self.last_seen = min(self.last_seen + seconds, time.monotonic())
+        if self.suspect_since is not None:
+            self.suspect_since += seconds
+        self.leases_extended_at = -math.inf
 
     def silent_for(self) -> float:
         """Seconds since the worker last sent anything."""

@@ -46,6 +46,7 @@ from stepd.server.engine.commands import (
     SuspendRun,
 )
 from stepd.server.engine.errors import EngineError, InvalidArgument
+from stepd.server.engine.faults import FaultPolicy, describe
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle
 from stepd.server.engine.payloads import check_json_payload
@@ -78,8 +79,10 @@ class WorkerCommands:
         children: ChildRuns,
         sticky: StickyRuns,
         timers: TimerSchedule,
+        faults: FaultPolicy,
     ) -> None:
         self._store = store
+        self._faults = faults
         self._max_payload = config.max_payload_bytes
         self._ledger = ledger
         self._lifecycle = lifecycle
@@ -142,7 +145,8 @@ class WorkerCommands:
     async def apply(self, session: WorkerSession, command: Command) -> CommandResult:
         """Apply one command and return its result (after commit). A command that
         can never be recorded fails its run; one that failed inside the server
-        hands the run out again."""
+        hands the run out again after a growing delay, and fails it after a few
+        such faults (``faults.py``)."""
         try:
             return await self._apply(session, command)
         except EngineError as exc:
@@ -154,9 +158,16 @@ class WorkerCommands:
             ):
                 await self._fail_invalid(session, command, str(exc))
             return CommandResult(command.command_id, CommandStatus.INVALID, str(exc))
-        except Exception:
-            log.exception("command %d for run %s failed", command.command_id, command.run_id)
-            await self._hand_out_again(session, command.run_id, command.lease_id)
+        except Exception as exc:
+            if self._ledger.holds(session, command.run_id, command.lease_id):
+                await self._faults.command_failed(session, command.run_id, command.lease_id, exc)
+            else:
+                log.warning(
+                    "command %d for run %s failed: %s",
+                    command.command_id,
+                    command.run_id,
+                    describe(exc),
+                )
             return CommandResult(
                 command.command_id,
                 CommandStatus.INTERNAL_ERROR,
@@ -309,20 +320,6 @@ class WorkerCommands:
         return CommandResult(command.command_id, CommandStatus.OK)
 
     # -- when a command cannot be applied ---------------------------------------------
-
-    async def _hand_out_again(self, session: WorkerSession, run_id: str, lease_id: int) -> None:
-        """After a command failed inside the server, the worker drops the run: stop
-        holding it for that worker and re-queue it. Should the re-queue fail too (the
-        database is unreachable), the stored lease, no longer extended, expires and
-        the lease sweep re-queues it."""
-        if not self._ledger.holds(session, run_id, lease_id):
-            return
-        try:
-            await self._lifecycle.hand_out_again(
-                session, run_id, lease_id, "a command of the run failed in the server"
-            )
-        except Exception:
-            log.exception("re-queueing run %s failed; its lease will expire", run_id)
 
     async def _fail_invalid(self, session: WorkerSession, command: Command, reason: str) -> None:
         """A run whose worker sent a command that can never be recorded (e.g. a

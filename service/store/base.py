@@ -417,3 +417,8 @@ class Store(ScheduleStore, KeyStore, VersionStore, Protocol):
 
     async def workflow_versions(self) -> list[WorkflowVersion]:
         """Return every registered workflow version, oldest first."""
+
+    async def check_storage(self) -> None:
+        """Open a write transaction and end it, writing nothing: raises
+        ``StoreUnavailableError`` when the database cannot be reached or locked
+        for writing now (the health probe)."""

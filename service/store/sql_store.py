@@ -729,6 +729,14 @@ class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStor
         stmt = select(runs).where(runs.c.status.in_(values)).order_by(runs.c.seq)
         return await self._reads.run(_runs_reader(stmt))
 
+    async def check_storage(self) -> None:
+        """Open a write transaction and end it, writing nothing (the health probe)."""
+
+        def op(conn: Connection) -> None:
+            conn.execute(select(1)).scalar()
+
+        await self._committer.submit(op)
+
     async def workflow_versions(self) -> list[WorkflowVersion]:
         """Return every registered workflow version, oldest first."""
         t = workflow_versions

@@ -74,6 +74,10 @@ class _FailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Failure
     """The workflow's execution timeout passed."""
     FAILURE_REASON_MAX_ENTRIES_EXCEEDED: _FailureReason.ValueType  # 4
     """The run's journal reached its maximum number of entries."""
+    FAILURE_REASON_SERVER_ERROR: _FailureReason.ValueType  # 5
+    """The server could not apply the run's commands or claims several times
+    over (a fault of the server or of its database, not of the workflow).
+    """
     FAILURE_REASON_JOURNAL_TOO_LARGE: _FailureReason.ValueType  # 6
     """The run's journal reached the server's byte budget (the step results and
     met waits' payloads it holds; `stepd serve --max-journal-bytes`).
@@ -92,6 +96,10 @@ FAILURE_REASON_EXECUTION_TIMEOUT: FailureReason.ValueType  # 3
 """The workflow's execution timeout passed."""
 FAILURE_REASON_MAX_ENTRIES_EXCEEDED: FailureReason.ValueType  # 4
 """The run's journal reached its maximum number of entries."""
+FAILURE_REASON_SERVER_ERROR: FailureReason.ValueType  # 5
+"""The server could not apply the run's commands or claims several times
+over (a fault of the server or of its database, not of the workflow).
+"""
 FAILURE_REASON_JOURNAL_TOO_LARGE: FailureReason.ValueType  # 6
 """The run's journal reached the server's byte budget (the step results and
 met waits' payloads it holds; `stepd serve --max-journal-bytes`).
