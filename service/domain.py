@@ -65,6 +65,21 @@ class ErrorDetails:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceContext:
+    """A W3C trace context: the ``traceparent`` and ``tracestate`` headers
+    (both "" when the run is in no trace)."""
+
+    parent: str = ""
+    state: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.parent)
+
+
+NO_TRACE = TraceContext()
+
+
+@dataclass(frozen=True, slots=True)
 class NewRun:
     """Everything needed to insert a run."""
 
@@ -81,6 +96,8 @@ class NewRun:
     schedule_id: str | None = None
     schedule_time: int | None = None
     detached: bool = False
+    # The W3C trace context the run is in ("" when none).
+    trace: TraceContext = NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +137,8 @@ class RunRecord:
     detached: bool = False
     # The run started at least one child.
     has_children: bool = False
+    # The W3C trace context the run is in.
+    trace: TraceContext = NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)

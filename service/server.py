@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from stepd.server.api.worker_servicer import WorkerServicer
 from stepd.server.api.workflow_servicer import WorkflowServicer
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
+from stepd.server.domain import NO_TRACE, TraceContext
 from stepd.server.engine.engine import Engine
 from stepd.server.engine.versions import VersionAdmin
 from stepd.server.http.access import Access
@@ -35,6 +37,7 @@ from stepd.server.store import open_store
 from stepd.server.store.base import Store
 from stepd.server.store.postgres import display_url
 from stepd.server.telemetry.metrics import ServerMetrics
+from stepd.server.telemetry.rpc_context import RpcContextInterceptor, Spans
 from stepd.server.telemetry.rpc_metrics import RpcMetricsInterceptor
 from stepd.v1 import admin_service_pb2, worker_service_pb2, workflow_service_pb2
 
@@ -114,6 +117,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     exposure.check(config)
     credentials = _tls_credentials(config)
     event_secrets = read_event_secrets(config.event_secrets_file)
+    spans, current_trace = _tracing(config)
     return_large_blocks()
     store = await open_store(
         config.database,
@@ -129,6 +133,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     server = grpc.aio.server(
         interceptors=[
             RpcMetricsInterceptor(metrics.rpcs, metrics.rpc_seconds),
+            RpcContextInterceptor(spans),
             AuthInterceptor(ring),
         ],
         options=[
@@ -150,7 +155,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     )
     # Requests are decoded without raising: bytes that are not the request
     # message get INVALID_ARGUMENT from the servicer (api/handlers.py).
-    add_service(server, WorkflowServicer(engine), WORKFLOW_SERVICE)
+    add_service(server, WorkflowServicer(engine, current_trace), WORKFLOW_SERVICE)
     add_service(server, WorkerServicer(engine), WORKER_SERVICE)
     add_service(server, AdminServicer(KeyAdmin(store, ring), versions), ADMIN_SERVICE)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # no stubs for aio
@@ -204,6 +209,18 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     return RunningServer(
         server, engine, health_servicer, port, ring, versions, http, metrics, stopping
     )
+
+
+def _tracing(config: ServerConfig) -> tuple[Spans | None, Callable[[], TraceContext]]:
+    """The RPC spans and the current span's context, when tracing is on (the
+    OpenTelemetry API is imported only then)."""
+    if not config.otel:
+        return None, lambda: NO_TRACE
+    try:
+        from stepd.server.telemetry import tracing
+    except ImportError as exc:
+        raise ValueError(f"--otel needs OpenTelemetry: pip install 'stepd[otel]' ({exc})") from None
+    return tracing.RpcSpans(), tracing.current_trace
 
 
 def _readiness(store: Store, stopping: asyncio.Event) -> ReadinessCheck:

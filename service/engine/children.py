@@ -111,6 +111,7 @@ class ChildRuns:
             parent_run_id=run_id,
             root_run_id=run_id,  # the store puts the parent's root here
             detached=action.detached,
+            trace=action.trace,
         )
         outcome = await self._store.start_child(run_id, lease_id, action.child_key, new)
         if outcome.status is StartChildStatus.LEASE_LOST:

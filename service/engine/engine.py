@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
 from stepd.server.domain import (
+    NO_TRACE,
     RUN_EXPIRY_KEY,
     HistoryCursor,
     HistoryEntry,
@@ -34,6 +35,7 @@ from stepd.server.domain import (
     RunRecord,
     RunStatus,
     SignalStatus,
+    TraceContext,
     WorkflowLimits,
 )
 from stepd.server.domain_schedules import WorkflowDeclaration
@@ -88,6 +90,8 @@ class TriggerParams:
     idempotency_key: str = ""
     deadline: int | None = None
     start_time_not_before: int | None = None
+    # The caller's W3C trace context, stored with the run.
+    trace: TraceContext = NO_TRACE
 
 
 class Engine:
@@ -294,6 +298,7 @@ class Engine:
             root_run_id=run_id,
             deadline=params.deadline,
             start_time_not_before=params.start_time_not_before,
+            trace=params.trace,
         )
         try:
             outcome = await self.store.create_run(new)

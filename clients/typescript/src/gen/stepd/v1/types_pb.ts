@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stepd/v1/types.proto.
  */
 export const file_stepd_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChRzdGVwZC92MS90eXBlcy5wcm90bxIIc3RlcGQudjEiNwoHUGF5bG9hZBIMCgRqc29uGAEgASgJEhAKCGVuY29kaW5nGAIgASgJEgwKBGRhdGEYAyABKAwiYAoJRXJyb3JJbmZvEgwKBHR5cGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIRCgl0cmFjZWJhY2sYAyABKAkSEAoIc3RlcF9rZXkYBCABKAkSDwoHYXR0ZW1wdBgFIAEoDSLcBgoDUnVuEg4KBnJ1bl9pZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAkSIwoGc3RhdHVzGAQgASgOMhMuc3RlcGQudjEuUnVuU3RhdHVzEiAKBWlucHV0GAUgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIhCgZyZXN1bHQYBiABKAsyES5zdGVwZC52MS5QYXlsb2FkEiIKBWVycm9yGAcgASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvEi8KDmZhaWx1cmVfcmVhc29uGAggASgOMhcuc3RlcGQudjEuRmFpbHVyZVJlYXNvbhIVCg1wYXJlbnRfcnVuX2lkGAkgASgJEhMKC3Jvb3RfcnVuX2lkGAogASgJEhcKD2lkZW1wb3RlbmN5X2tleRgLIAEoCRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5kaXNwYXRjaF9jb3VudBgQIAEoDRIVCg1jYW5jZWxfcmVhc29uGBEgASgJEi8KC3VwZGF0ZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2ChJleGVjdXRpb25fZGVhZGxpbmUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjgKFHNjaGVkdWxlZF9zdGFydF90aW1lGB4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzY2hlZHVsZV9pZBgfIAEoCRIxCg1zY2hlZHVsZV90aW1lGCAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgpoZWxkX2Vycm9yGCggASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvEhAKCGRldGFjaGVkGCkgASgIIvkBCgpTdGVwUmVjb3JkEhAKCHN0ZXBfa2V5GAEgASgJEiMKBnJlc3VsdBgCIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWRIABIkCgVlcnJvchgDIAEoCzITLnN0ZXBkLnYxLkVycm9ySW5mb0gAEg8KB2F0dGVtcHQYBCABKA0SLgoKc3RhcnRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGF0dGVtcHRfb25seRgHIAEoCEIJCgdvdXRjb21lInUKDEpvdXJuYWxFbnRyeRIQCghzZXF1ZW5jZRgBIAEoBBIkCgRzdGVwGAIgASgLMhQuc3RlcGQudjEuU3RlcFJlY29yZEgAEiQKBHdhaXQYAyABKAsyFC5zdGVwZC52MS5XYWl0UmVzdWx0SABCBwoFZW50cnkigwEKCldhaXRSZXN1bHQSEAoId2FpdF9rZXkYASABKAkSLAoIbWV0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiIKB3BheWxvYWQYAyABKAsyES5zdGVwZC52MS5QYXlsb2FkEhEKCXRpbWVkX291dBgEIAEoCCKcAgoIUnVuRXZlbnQSEAoIc2VxdWVuY2UYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJAoEdHlwZRgDIAEoDjIWLnN0ZXBkLnYxLlJ1bkV2ZW50VHlwZRILCgNrZXkYBCABKAkSDAoEbmFtZRgFIAEoCRIiCgdwYXlsb2FkGAYgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIiCgVlcnJvchgHIAEoCzITLnN0ZXBkLnYxLkVycm9ySW5mbxIPCgdhdHRlbXB0GAggASgNEg4KBmRldGFpbBgJIAEoCRIUCgxhY3Rvcl9rZXlfaWQYCiABKAkSFAoMYXR0ZW1wdF9vbmx5GAsgASgIKrwBCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhYKElJVTl9TVEFUVVNfUlVOTklORxACEhgKFFJVTl9TVEFUVVNfU1VTUEVOREVEEAMSGAoUUlVOX1NUQVRVU19DT01QTEVURUQQBBIVChFSVU5fU1RBVFVTX0ZBSUxFRBAFEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAYqxwEKDUZhaWx1cmVSZWFzb24SHgoaRkFJTFVSRV9SRUFTT05fVU5TUEVDSUZJRUQQABIhCh1GQUlMVVJFX1JFQVNPTl9XT1JLRkxPV19FUlJPUhABEiQKIEZBSUxVUkVfUkVBU09OX0RFQURMSU5FX0VYQ0VFREVEEAISJAogRkFJTFVSRV9SRUFTT05fRVhFQ1VUSU9OX1RJTUVPVVQQAxInCiNGQUlMVVJFX1JFQVNPTl9NQVhfRU5UUklFU19FWENFRURFRBAEKtcDCgxSdW5FdmVudFR5cGUSHgoaUlVOX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIcChhSVU5fRVZFTlRfVFlQRV9UUklHR0VSRUQQARIdChlSVU5fRVZFTlRfVFlQRV9ESVNQQVRDSEVEEAISIQodUlVOX0VWRU5UX1RZUEVfU1RFUF9DT01QTEVURUQQAxIeChpSVU5fRVZFTlRfVFlQRV9TVEVQX0ZBSUxFRBAEEhwKGFJVTl9FVkVOVF9UWVBFX1NVU1BFTkRFRBAFEhsKF1JVTl9FVkVOVF9UWVBFX1dBSVRfTUVUEAYSIgoeUlVOX0VWRU5UX1RZUEVfU0lHTkFMX1JFQ0VJVkVEEAcSGwoXUlVOX0VWRU5UX1RZUEVfUkVMRUFTRUQQCBIcChhSVU5fRVZFTlRfVFlQRV9DT01QTEVURUQQCRIZChVSVU5fRVZFTlRfVFlQRV9GQUlMRUQQChIcChhSVU5fRVZFTlRfVFlQRV9DQU5DRUxMRUQQCxIZChVSVU5fRVZFTlRfVFlQRV9DVVNUT00QDBIXChNSVU5fRVZFTlRfVFlQRV9IRUxEEB4SIAocUlVOX0VWRU5UX1RZUEVfQ0hJTERfU1RBUlRFRBAfYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChRzdGVwZC92MS90eXBlcy5wcm90bxIIc3RlcGQudjEiNwoHUGF5bG9hZBIMCgRqc29uGAEgASgJEhAKCGVuY29kaW5nGAIgASgJEgwKBGRhdGEYAyABKAwiYAoJRXJyb3JJbmZvEgwKBHR5cGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIRCgl0cmFjZWJhY2sYAyABKAkSEAoIc3RlcF9rZXkYBCABKAkSDwoHYXR0ZW1wdBgFIAEoDSKLBwoDUnVuEg4KBnJ1bl9pZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAkSIwoGc3RhdHVzGAQgASgOMhMuc3RlcGQudjEuUnVuU3RhdHVzEiAKBWlucHV0GAUgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIhCgZyZXN1bHQYBiABKAsyES5zdGVwZC52MS5QYXlsb2FkEiIKBWVycm9yGAcgASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvEi8KDmZhaWx1cmVfcmVhc29uGAggASgOMhcuc3RlcGQudjEuRmFpbHVyZVJlYXNvbhIVCg1wYXJlbnRfcnVuX2lkGAkgASgJEhMKC3Jvb3RfcnVuX2lkGAogASgJEhcKD2lkZW1wb3RlbmN5X2tleRgLIAEoCRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5kaXNwYXRjaF9jb3VudBgQIAEoDRIVCg1jYW5jZWxfcmVhc29uGBEgASgJEi8KC3VwZGF0ZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2ChJleGVjdXRpb25fZGVhZGxpbmUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjgKFHNjaGVkdWxlZF9zdGFydF90aW1lGB4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzY2hlZHVsZV9pZBgfIAEoCRIxCg1zY2hlZHVsZV90aW1lGCAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgpoZWxkX2Vycm9yGCggASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvEhAKCGRldGFjaGVkGCkgASgIEi0KDXRyYWNlX2NvbnRleHQYPCABKAsyFi5zdGVwZC52MS5UcmFjZUNvbnRleHQiNwoMVHJhY2VDb250ZXh0EhMKC3RyYWNlcGFyZW50GAEgASgJEhIKCnRyYWNlc3RhdGUYAiABKAki+QEKClN0ZXBSZWNvcmQSEAoIc3RlcF9rZXkYASABKAkSIwoGcmVzdWx0GAIgASgLMhEuc3RlcGQudjEuUGF5bG9hZEgAEiQKBWVycm9yGAMgASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvSAASDwoHYXR0ZW1wdBgEIAEoDRIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMYXR0ZW1wdF9vbmx5GAcgASgIQgkKB291dGNvbWUidQoMSm91cm5hbEVudHJ5EhAKCHNlcXVlbmNlGAEgASgEEiQKBHN0ZXAYAiABKAsyFC5zdGVwZC52MS5TdGVwUmVjb3JkSAASJAoEd2FpdBgDIAEoCzIULnN0ZXBkLnYxLldhaXRSZXN1bHRIAEIHCgVlbnRyeSKDAQoKV2FpdFJlc3VsdBIQCgh3YWl0X2tleRgBIAEoCRIsCghtZXRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoHcGF5bG9hZBgDIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEQoJdGltZWRfb3V0GAQgASgIIpwCCghSdW5FdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIkCgR0eXBlGAMgASgOMhYuc3RlcGQudjEuUnVuRXZlbnRUeXBlEgsKA2tleRgEIAEoCRIMCgRuYW1lGAUgASgJEiIKB3BheWxvYWQYBiABKAsyES5zdGVwZC52MS5QYXlsb2FkEiIKBWVycm9yGAcgASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvEg8KB2F0dGVtcHQYCCABKA0SDgoGZGV0YWlsGAkgASgJEhQKDGFjdG9yX2tleV9pZBgKIAEoCRIUCgxhdHRlbXB0X29ubHkYCyABKAgqvAEKCVJ1blN0YXR1cxIaChZSVU5fU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSUlVOX1NUQVRVU19QRU5ESU5HEAESFgoSUlVOX1NUQVRVU19SVU5OSU5HEAISGAoUUlVOX1NUQVRVU19TVVNQRU5ERUQQAxIYChRSVU5fU1RBVFVTX0NPTVBMRVRFRBAEEhUKEVJVTl9TVEFUVVNfRkFJTEVEEAUSGAoUUlVOX1NUQVRVU19DQU5DRUxMRUQQBirHAQoNRmFpbHVyZVJlYXNvbhIeChpGQUlMVVJFX1JFQVNPTl9VTlNQRUNJRklFRBAAEiEKHUZBSUxVUkVfUkVBU09OX1dPUktGTE9XX0VSUk9SEAESJAogRkFJTFVSRV9SRUFTT05fREVBRExJTkVfRVhDRUVERUQQAhIkCiBGQUlMVVJFX1JFQVNPTl9FWEVDVVRJT05fVElNRU9VVBADEicKI0ZBSUxVUkVfUkVBU09OX01BWF9FTlRSSUVTX0VYQ0VFREVEEAQq1wMKDFJ1bkV2ZW50VHlwZRIeChpSVU5fRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhwKGFJVTl9FVkVOVF9UWVBFX1RSSUdHRVJFRBABEh0KGVJVTl9FVkVOVF9UWVBFX0RJU1BBVENIRUQQAhIhCh1SVU5fRVZFTlRfVFlQRV9TVEVQX0NPTVBMRVRFRBADEh4KGlJVTl9FVkVOVF9UWVBFX1NURVBfRkFJTEVEEAQSHAoYUlVOX0VWRU5UX1RZUEVfU1VTUEVOREVEEAUSGwoXUlVOX0VWRU5UX1RZUEVfV0FJVF9NRVQQBhIiCh5SVU5fRVZFTlRfVFlQRV9TSUdOQUxfUkVDRUlWRUQQBxIbChdSVU5fRVZFTlRfVFlQRV9SRUxFQVNFRBAIEhwKGFJVTl9FVkVOVF9UWVBFX0NPTVBMRVRFRBAJEhkKFVJVTl9FVkVOVF9UWVBFX0ZBSUxFRBAKEhwKGFJVTl9FVkVOVF9UWVBFX0NBTkNFTExFRBALEhkKFVJVTl9FVkVOVF9UWVBFX0NVU1RPTRAMEhcKE1JVTl9FVkVOVF9UWVBFX0hFTEQQHhIgChxSVU5fRVZFTlRfVFlQRV9DSElMRF9TVEFSVEVEEB9iBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Payload is one value crossing the wire: a workflow input or result, a step
@@ -278,6 +278,15 @@ export type Run = Message<"stepd.v1.Run"> & {
    * @generated from field: bool detached = 41;
    */
   detached: boolean;
+
+  /**
+   * The W3C trace context the run belongs to (docs/observability.md, "Traces"):
+   * the one given at Trigger, the parent run's for a child; empty for a run
+   * started by an event or a schedule without one (its worker starts a trace).
+   *
+   * @generated from field: stepd.v1.TraceContext trace_context = 60;
+   */
+  traceContext?: TraceContext | undefined;
 };
 
 /**
@@ -286,6 +295,35 @@ export type Run = Message<"stepd.v1.Run"> & {
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
   messageDesc(file_stepd_v1_types, 2);
+
+/**
+ * TraceContext is a W3C Trace Context (https://www.w3.org/TR/trace-context/):
+ * the trace a run belongs to and the span that started it.
+ *
+ * @generated from message stepd.v1.TraceContext
+ */
+export type TraceContext = Message<"stepd.v1.TraceContext"> & {
+  /**
+   * The `traceparent` header: "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>".
+   *
+   * @generated from field: string traceparent = 1;
+   */
+  traceparent: string;
+
+  /**
+   * The `tracestate` header (vendor data), at most 512 characters; may be empty.
+   *
+   * @generated from field: string tracestate = 2;
+   */
+  tracestate: string;
+};
+
+/**
+ * Describes the message stepd.v1.TraceContext.
+ * Use `create(TraceContextSchema)` to create a new message.
+ */
+export const TraceContextSchema: GenMessage<TraceContext> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_types, 3);
 
 /**
  * StepRecord is the stored outcome of one step attempt.
@@ -361,7 +399,7 @@ export type StepRecord = Message<"stepd.v1.StepRecord"> & {
  * Use `create(StepRecordSchema)` to create a new message.
  */
 export const StepRecordSchema: GenMessage<StepRecord> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_types, 3);
+  messageDesc(file_stepd_v1_types, 4);
 
 /**
  * JournalEntry is one entry of a run's journal, replayed by the worker.
@@ -405,7 +443,7 @@ export type JournalEntry = Message<"stepd.v1.JournalEntry"> & {
  * Use `create(JournalEntrySchema)` to create a new message.
  */
 export const JournalEntrySchema: GenMessage<JournalEntry> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_types, 4);
+  messageDesc(file_stepd_v1_types, 5);
 
 /**
  * WaitResult records that one wait of a suspended run was met.
@@ -447,7 +485,7 @@ export type WaitResult = Message<"stepd.v1.WaitResult"> & {
  * Use `create(WaitResultSchema)` to create a new message.
  */
 export const WaitResultSchema: GenMessage<WaitResult> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_types, 5);
+  messageDesc(file_stepd_v1_types, 6);
 
 /**
  * RunEvent is one entry of a run's history.
@@ -542,7 +580,7 @@ export type RunEvent = Message<"stepd.v1.RunEvent"> & {
  * Use `create(RunEventSchema)` to create a new message.
  */
 export const RunEventSchema: GenMessage<RunEvent> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_types, 6);
+  messageDesc(file_stepd_v1_types, 7);
 
 /**
  * RunStatus is where a run stands in its life cycle.
