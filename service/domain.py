@@ -11,6 +11,17 @@ import time
 from dataclasses import dataclass, field
 
 
+def run_fields(run_id: str, workflow: str = "", lease: int = 0) -> dict[str, object]:
+    """The ``extra=`` of a log call about a run: the JSON log's run_id, workflow
+    and lease fields (``telemetry/json_logs.py``)."""
+    fields: dict[str, object] = {"run_id": run_id}
+    if workflow:
+        fields["workflow"] = workflow
+    if lease:
+        fields["lease"] = lease
+    return fields
+
+
 def now_ms() -> int:
     """Return the current wall-clock time in epoch milliseconds."""
     return time.time_ns() // 1_000_000

@@ -2,12 +2,15 @@
 
 Each line has ``time`` (UTC, ISO 8601), ``level``, ``logger`` and
 ``message``; and where known ``run_id``, ``workflow`` and ``lease`` (from the
-log call's ``extra=``, see ``run_fields``). An exception's traceback is the
+log call's ``extra=``, see ``run_fields``, or else from the run whose code logs:
+``running`` marks a run's task, and the tasks of its steps inherit it, so a
+step's own log lines carry the run too). An exception's traceback is the
 ``traceback`` field, so a line never breaks.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -27,6 +30,22 @@ def run_fields(run_id: str, workflow: str = "", lease: int = 0) -> dict[str, obj
     return fields
 
 
+_RUN: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
+    "stepd_log_run", default=None
+)
+
+
+def running(fields: dict[str, object]) -> contextvars.Token[dict[str, object] | None]:
+    """Mark the current task (and the tasks it starts) as running the run of
+    ``fields`` (``run_fields``); undo with ``_RUN.reset`` via ``done``."""
+    return _RUN.set(fields)
+
+
+def done(token: contextvars.Token[dict[str, object] | None]) -> None:
+    """Undo ``running``."""
+    _RUN.reset(token)
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one line of JSON (see the module docstring)."""
 
@@ -37,8 +56,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        run = _RUN.get() or {}
         for name in RUN_FIELDS:
             value = getattr(record, name, None)
+            if value in (None, ""):
+                value = run.get(name)
             if value not in (None, ""):
                 line[name] = value
         if record.exc_info:

@@ -51,6 +51,7 @@ from typing import Any, NoReturn
 from pydantic import TypeAdapter
 
 from stepd import _commands as commands
+from stepd import _json_logs as json_logs
 from stepd import _tracing as tracing
 from stepd._acks import Acks
 from stepd._child_calls import ChildCalls
@@ -261,11 +262,17 @@ class RunExecutor:
         """
         if self._phase.gone:  # given up (or released) before it started
             return RunOutcome.RELEASED if self.released else RunOutcome.ABANDONED
-        with tracing.run_span(self._trace_task) as span:
-            outcome = await self._execute(span)
-            if span is not None:
-                span.set_attribute("stepd.outcome", outcome.name.lower())
-            return outcome
+        logged = json_logs.running(
+            json_logs.run_fields(self.run_id, self._workflow.name, self.lease_id)
+        )
+        try:
+            with tracing.run_span(self._trace_task) as span:
+                outcome = await self._execute(span)
+                if span is not None:
+                    span.set_attribute("stepd.outcome", outcome.name.lower())
+                return outcome
+        finally:
+            json_logs.done(logged)
 
     async def _execute(self, span: Any) -> RunOutcome:
         workflow = self._workflow

@@ -37,6 +37,7 @@ from stepd.server.domain import (
     SignalStatus,
     TraceContext,
     WorkflowLimits,
+    run_fields,
 )
 from stepd.server.domain_schedules import WorkflowDeclaration
 from stepd.server.engine import hook_tokens
@@ -353,7 +354,16 @@ class Engine:
         ``actor`` (the caller's API key id) goes into the run's history."""
         if not run_id:
             raise InvalidArgument("run_id is required")
-        return await self.lifecycle.cancel(run_id, reason or "cancelled", actor=actor)
+        run, already = await self.lifecycle.cancel(run_id, reason or "cancelled", actor=actor)
+        if not already:
+            log.info(
+                "run %s cancelled by key %s: %s",
+                run_id,
+                actor or "-",
+                shown(run.cancel_reason or ""),
+                extra=run_fields(run_id, run.workflow_name),
+            )
+        return run, already
 
     async def signal(
         self,
@@ -603,7 +613,12 @@ class Engine:
             holder = self.ledger.holder(run.run_id)
             if holder is not None and not holder.closed:
                 continue
-            log.info("lease %d of run %s expired; re-queueing it", run.lease_id, run.run_id)
+            log.info(
+                "lease %d of run %s expired; re-queueing it",
+                run.lease_id,
+                run.run_id,
+                extra=run_fields(run.run_id, run.workflow_name, run.lease_id),
+            )
             await self.lifecycle.requeue(run.run_id, run.lease_id)
 
     # -- handing runs out, timers ------------------------------------------------
@@ -633,7 +648,7 @@ class Engine:
                 known_entries=parked.entries if parked is not None else 0,
             )
         except Exception:
-            log.exception("claiming run %s failed", run_id)
+            log.exception("claiming run %s failed", run_id, extra=run_fields(run_id, served[0]))
             claimed = None
         known = 0
         if parked is not None:

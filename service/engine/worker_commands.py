@@ -28,6 +28,7 @@ from stepd.server.domain import (
     RunRecord,
     StepRow,
     SuspendStatus,
+    run_fields,
 )
 from stepd.server.engine.children import ChildRuns
 from stepd.server.engine.commands import (
@@ -145,7 +146,12 @@ class WorkerCommands:
                 await self._fail_invalid(session, command, str(exc))
             return CommandResult(command.command_id, CommandStatus.INVALID, str(exc))
         except Exception:
-            log.exception("command %d for run %s failed", command.command_id, command.run_id)
+            log.exception(
+                "command %d for run %s failed",
+                command.command_id,
+                command.run_id,
+                extra=run_fields(command.run_id, lease=command.lease_id),
+            )
             await self._hand_out_again(session, command.run_id, command.lease_id)
             return CommandResult(
                 command.command_id,
@@ -302,7 +308,11 @@ class WorkerCommands:
                 session, run_id, lease_id, "a command of the run failed in the server"
             )
         except Exception:
-            log.exception("re-queueing run %s failed; its lease will expire", run_id)
+            log.exception(
+                "re-queueing run %s failed; its lease will expire",
+                run_id,
+                extra=run_fields(run_id, lease=lease_id),
+            )
 
     async def _fail_invalid(self, session: WorkerSession, command: Command, reason: str) -> None:
         """A run whose worker sent a command that can never be recorded (e.g. a
@@ -314,5 +324,8 @@ class WorkerCommands:
             session, command.run_id, command.lease_id, error, FailureReason.WORKFLOW_ERROR
         ):
             log.warning(
-                "run %s failed: its worker sent an invalid command: %s", command.run_id, reason
+                "run %s failed: its worker sent an invalid command: %s",
+                command.run_id,
+                reason,
+                extra=run_fields(command.run_id, lease=command.lease_id),
             )

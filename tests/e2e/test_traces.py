@@ -5,8 +5,10 @@ replayed one, and a child run's spans are in its parent's trace."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,9 +20,10 @@ from stepd.v1 import types_pb2
 from stepd.v1 import workflow_service_pb2 as pb
 from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceStub
 from tests.e2e import trace_workflows as tw
-from tests.e2e.harness import ManagedProcess, Server, Stack
+from tests.e2e.harness import ManagedProcess, Server, Stack, read_marks, release
 from tests.e2e.otlp_receiver import OtlpReceiver, Span, exporting_to
 from tests.e2e.test_signals import wait_for_status
+from tests.e2e.workflows import Job
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -44,9 +47,13 @@ def traced_server(stack: Stack, database: str, receiver: OtlpReceiver) -> Server
 
 @pytest.fixture
 def traced_worker(stack: Stack, traced_server: Server, receiver: OtlpReceiver) -> ManagedProcess:
+    return start_traced_worker(stack, traced_server, receiver)
+
+
+def start_traced_worker(stack: Stack, server: Server, receiver: OtlpReceiver) -> ManagedProcess:
     # No run cache: a run resumed after its suspension is replayed from the top.
     return stack.start_worker(
-        traced_server,
+        server,
         ["tests.e2e.trace_workflows"],
         args=["--otel", "--max-cached-runs", "0"],
         env=exporting_to(receiver, "test-worker"),
@@ -187,3 +194,36 @@ async def test_a_child_runs_in_its_parents_trace_and_errors_are_recorded(
     # A trigger without a trace context starts its trace at the server's span.
     (server_span,) = [s for s in spans if s.name == TRIGGER_SPAN and s.trace_id == run.trace_id]
     assert run.parent_span_id == server_span.span_id and server_span.parent_span_id == ""
+
+
+async def test_no_step_span_twice_when_a_killed_workers_run_is_replayed(
+    stack: Stack,
+    traced_server: Server,
+    traced_worker: ManagedProcess,
+    receiver: OtlpReceiver,
+    marks: Path,
+    tag: str,
+) -> None:
+    async with Client(traced_server.address) as client:
+        handle = await client.trigger(tw.crash, Job(tag=tag, value=1))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while read_marks(marks, tag) != ["block"]:
+            assert loop.time() < deadline, "the blocking step never started"
+            await asyncio.sleep(0.05)
+        # The first step's span is out before the crash (the blocking one never ends).
+        await receiver.wait_for(lambda spans: "step first" in names(of_run(spans, handle.run_id)))
+        traced_worker.kill()
+        start_traced_worker(stack, traced_server, receiver)
+        deadline = loop.time() + 60
+        while read_marks(marks, tag) != ["block", "block"]:
+            assert loop.time() < deadline, "the replay never reached the blocking step"
+            await asyncio.sleep(0.05)
+        release(marks, tag)
+        assert await handle.result(timeout=30) == "released"
+    spans = await receiver.wait_for(ended(handle.run_id, "completed"))
+    mine = of_run(spans, handle.run_id)
+    steps = [s for s in mine if s.name.startswith("step ")]
+    # first ran once and was replayed; block's first attempt died with its worker.
+    assert names(steps) == Counter({"step first": 1, "step block": 1})
+    assert len({s.trace_id for s in mine}) == 1

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from stepd import WorkflowContext, step, workflow
+from tests.e2e.workflows import Job, mark, wait_until_released
 
 
 @step
@@ -47,3 +48,17 @@ async def parent(ctx: WorkflowContext, value: int) -> int:
 @workflow(name="e2e.trace.fails")
 async def fails(ctx: WorkflowContext, value: int) -> int:
     return await broken(value)
+
+
+@step
+async def block(tag: str) -> str:
+    mark(tag, "block")
+    await wait_until_released(tag)
+    return "released"
+
+
+@workflow(name="e2e.trace.crash")
+async def crash(ctx: WorkflowContext, job: Job) -> str:
+    """A step, then one that waits for the test (its worker is killed there)."""
+    await first(job.value)
+    return await block(job.tag)
