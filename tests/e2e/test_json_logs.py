@@ -139,6 +139,19 @@ async def test_server_and_worker_log_one_json_object_per_line(
     assert caught["level"] == "ERROR" and caught["run_id"] == handle.run_id
     assert caught["message"] == f"the step of {tag} caught an error"
     assert "Traceback" in caught["traceback"] and "KeyError" in caught["traceback"]
+    # docs/observability.md's example lines have the fields of real ones.
+    real = [set(line) for line in server_lines + worker_lines]
+    for example in documented_lines():
+        assert set(example) in real, f"no real line has the fields of {example}"
+
+
+def documented_lines() -> list[dict[str, Any]]:
+    text = (ROOT / "docs" / "observability.md").read_text()
+    logs = text[text.index("## Logs\n") :]
+    block = logs.split("```json\n", 1)[1].split("```", 1)[0]
+    lines = [json.loads(line) for line in block.splitlines()]
+    assert len(lines) == 3
+    return lines
 
 
 def test_a_bad_log_format_is_a_usage_error() -> None:

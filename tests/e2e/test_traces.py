@@ -6,9 +6,12 @@ replayed one, and a child run's spans are in its parent's trace."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,8 +23,9 @@ from stepd.v1 import types_pb2
 from stepd.v1 import workflow_service_pb2 as pb
 from stepd.v1.workflow_service_pb2_grpc import WorkflowServiceStub
 from tests.e2e import trace_workflows as tw
-from tests.e2e.harness import ManagedProcess, Server, Stack, read_marks, release
+from tests.e2e.harness import ROOT, ManagedProcess, Server, Stack, read_marks, release
 from tests.e2e.otlp_receiver import OtlpReceiver, Span, exporting_to
+from tests.e2e.test_grpcurl import call
 from tests.e2e.test_signals import wait_for_status
 from tests.e2e.workflows import Job
 
@@ -41,12 +45,13 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
 
 
 @pytest.fixture
-def traced_server(stack: Stack, database: str, receiver: OtlpReceiver) -> Server:
+def traced_server(receiver: OtlpReceiver, stack: Stack, database: str) -> Server:
+    # The receiver is set up first so that it outlives the processes exporting to it.
     return stack.start_server(database, args=["--otel"], env=exporting_to(receiver, "test-server"))
 
 
 @pytest.fixture
-def traced_worker(stack: Stack, traced_server: Server, receiver: OtlpReceiver) -> ManagedProcess:
+def traced_worker(receiver: OtlpReceiver, stack: Stack, traced_server: Server) -> ManagedProcess:
     return start_traced_worker(stack, traced_server, receiver)
 
 
@@ -58,6 +63,15 @@ def start_traced_worker(stack: Stack, server: Server, receiver: OtlpReceiver) ->
         args=["--otel", "--max-cached-runs", "0"],
         env=exporting_to(receiver, "test-worker"),
     )
+
+
+def documented_trigger() -> dict[str, Any]:
+    """The request of the grpcurl example in docs/observability.md's Traces section."""
+    text = (ROOT / "docs" / "observability.md").read_text()
+    traces = text[text.index("## Traces\n") : text.index("## Logs\n")]
+    found = re.search(r"grpcurl -plaintext -d '(.*?)'", traces, flags=re.DOTALL)
+    assert found, "the grpcurl example"
+    return dict(json.loads(found[1].replace("\\\n", "")))
 
 
 def of_run(spans: list[Span], run_id: str) -> list[Span]:
@@ -85,7 +99,7 @@ def ended(run_id: str, outcome: str, runs: int = 1):
 
 
 async def test_a_run_joins_the_callers_trace_with_one_span_per_executed_step(
-    traced_server: Server, traced_worker: ManagedProcess, receiver: OtlpReceiver
+    receiver: OtlpReceiver, traced_server: Server, traced_worker: ManagedProcess
 ) -> None:
     caller = SpanContext(
         int(CALLER_TRACE, 16), int(CALLER_SPAN, 16), True, TraceFlags(TraceFlags.SAMPLED)
@@ -132,18 +146,18 @@ async def test_a_run_joins_the_callers_trace_with_one_span_per_executed_step(
 
 
 async def test_a_child_runs_in_its_parents_trace_and_errors_are_recorded(
-    traced_server: Server, traced_worker: ManagedProcess, receiver: OtlpReceiver
+    receiver: OtlpReceiver, traced_server: Server, traced_worker: ManagedProcess
 ) -> None:
+    # Triggered as docs/observability.md shows it, with grpcurl and the field.
+    data = documented_trigger()
+    data.update(workflow_name="e2e.trace.parent", input={"json": "5"})
+    parent = (await asyncio.to_thread(call, traced_server, "Trigger", data))["run"]
+    given = f"00-{FIELD_TRACE}-{FIELD_SPAN}-01"
+    assert data["trace_context"]["traceparent"] == given
+    assert parent["trace_context"] == {"traceparent": given}
+    parent_id = parent["run_id"]
     async with grpc.aio.insecure_channel(traced_server.address) as channel:
         stub = WorkflowServiceStub(channel)
-        given = types_pb2.TraceContext(traceparent=f"00-{FIELD_TRACE}-{FIELD_SPAN}-01")
-        parent = await stub.Trigger(
-            pb.TriggerRequest(
-                workflow_name="e2e.trace.parent",
-                input=types_pb2.Payload(json="5"),
-                trace_context=given,
-            )
-        )
         failing = await stub.Trigger(
             pb.TriggerRequest(workflow_name="e2e.trace.fails", input=types_pb2.Payload(json="2"))
         )
@@ -156,10 +170,8 @@ async def test_a_child_runs_in_its_parents_trace_and_errors_are_recorded(
             )
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "trace_context.traceparent" in (refused.value.details() or "")
-        for run_id in (parent.run.run_id, failing.run.run_id):
+        for run_id in (parent_id, failing.run.run_id):
             await stub.GetRun(pb.GetRunRequest(run_id=run_id, wait=True))
-    parent_id = parent.run.run_id
-    assert parent.run.trace_context == given
     spans = await receiver.wait_for(
         lambda spans: (
             ended(parent_id, "completed")(spans)
@@ -197,10 +209,10 @@ async def test_a_child_runs_in_its_parents_trace_and_errors_are_recorded(
 
 
 async def test_no_step_span_twice_when_a_killed_workers_run_is_replayed(
+    receiver: OtlpReceiver,
     stack: Stack,
     traced_server: Server,
     traced_worker: ManagedProcess,
-    receiver: OtlpReceiver,
     marks: Path,
     tag: str,
 ) -> None:
