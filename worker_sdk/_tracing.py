@@ -42,10 +42,12 @@ class _Otel:
     def __init__(self, trace: Any, propagator: Any) -> None:
         self.trace = trace
         self.propagator = propagator
+        # Before a provider is installed this is a proxy that uses the provider
+        # installed later, so one tracer serves the process.
+        self._tracer = trace.get_tracer(TRACER_NAME)
 
     def tracer(self) -> Any:
-        # Asked each time: the provider may be installed after the first span.
-        return self.trace.get_tracer(TRACER_NAME)
+        return self._tracer
 
 
 def available() -> bool:

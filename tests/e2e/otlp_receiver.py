@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 
@@ -36,32 +37,46 @@ def _value(any_value: Any) -> Any:
 
 
 class OtlpReceiver:
-    """Serves POST /v1/traces on a free loopback port; ``spans`` holds what came."""
+    """Serves POST /v1/traces on a free loopback port, in a thread of its own (so
+    that it answers while the test's event loop waits for processes to stop);
+    ``spans`` holds what came."""
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
-        self._runner: web.AppRunner | None = None
-        self.endpoint = ""
+        self._lock = threading.Lock()
+        receiver = self
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/traces", self._export)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.endpoint = f"http://127.0.0.1:{port}"
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver.add(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+                answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet
 
-    async def _export(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        if request.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        message = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+
+    def add(self, message: Any) -> None:
+        """Keep the spans of one ExportTraceServiceRequest."""
+        found = []
         for resource_spans in message.resource_spans:
             service = next(
                 (
@@ -73,7 +88,7 @@ class OtlpReceiver:
             )
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    self.spans.append(
+                    found.append(
                         Span(
                             service=service,
                             name=span.name,
@@ -85,8 +100,13 @@ class OtlpReceiver:
                             events=tuple(event.name for event in span.events),
                         )
                     )
-        answer = trace_service_pb2.ExportTraceServiceResponse()
-        return web.Response(body=answer.SerializeToString(), content_type="application/x-protobuf")
+        with self._lock:
+            self.spans.extend(found)
+
+    def received(self) -> list[Span]:
+        """The spans so far."""
+        with self._lock:
+            return list(self.spans)
 
     async def wait_for(
         self, found: Callable[[list[Span]], bool], within: float = 60.0
@@ -94,12 +114,12 @@ class OtlpReceiver:
         """Wait until ``found(spans)`` holds; the spans then."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while not found(self.spans):
+        while not found(self.received()):
             if loop.time() > deadline:
                 names = sorted((s.service, s.name) for s in self.spans)
                 raise AssertionError(f"the spans expected did not come; got {names}")
             await asyncio.sleep(0.1)
-        return list(self.spans)
+        return self.received()
 
 
 def exporting_to(receiver: OtlpReceiver, service: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,11 @@ TRIGGER_SPAN = "stepd.v1.WorkflowService/Trigger"
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[OtlpReceiver]:
+def receiver() -> Iterator[OtlpReceiver]:
     started = OtlpReceiver()
-    await started.start()
+    started.start()
     yield started
-    await started.stop()
+    started.stop()
 
 
 @pytest.fixture
