@@ -2,7 +2,7 @@
 
 stepd uses only the OpenTelemetry *API*: an application (or ``stepd-worker
 --otel``, see ``_otel_setup.py``) decides where spans go by installing a tracer
-provider; without one the API makes spans that record nothing. Without the
+provider; until one is installed no span is made. Without the
 ``opentelemetry-api`` package (``pip install 'stepd[otel]'``), every function
 here does nothing.
 
@@ -17,9 +17,9 @@ here does nothing.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from stepd.v1 import types_pb2, worker_service_pb2
 
@@ -42,11 +42,18 @@ class _Otel:
     def __init__(self, trace: Any, propagator: Any) -> None:
         self.trace = trace
         self.propagator = propagator
-        # Before a provider is installed this is a proxy that uses the provider
-        # installed later, so one tracer serves the process.
-        self._tracer = trace.get_tracer(TRACER_NAME)
+        self._no_provider = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+        self._provider: Any = None
+        self._tracer: Any = None
 
     def tracer(self) -> Any:
+        """The tracer of the installed provider; None while none is installed (the
+        API's spans would record nothing, and cost tens of microseconds each)."""
+        provider = self.trace.get_tracer_provider()
+        if provider is not self._provider:
+            self._provider = provider
+            no_spans = isinstance(provider, self._no_provider)
+            self._tracer = None if no_spans else provider.get_tracer(TRACER_NAME)
         return self._tracer
 
 
@@ -55,14 +62,23 @@ def available() -> bool:
     return _otel() is not None
 
 
-@contextlib.contextmanager
-def run_span(task: worker_service_pb2.RunTask) -> Iterator[Any]:
-    """The span of one run attempt, current for the block; yields it (None
-    without OpenTelemetry). Record the run's failure with ``failed``."""
+#: What ``run_span`` and ``step_span`` return while no span is made.
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def _tracer() -> Any:
     otel = _otel()
-    if otel is None:
-        yield None
-        return
+    return otel.tracer() if otel is not None else None
+
+
+def run_span(task: worker_service_pb2.RunTask) -> AbstractContextManager[Any]:
+    """The span of one run attempt, current for the block; yields it (None
+    without OpenTelemetry or a tracer provider). Record the run's failure with
+    ``failed``."""
+    tracer = _tracer()
+    if tracer is None:
+        return _NO_SPAN
+    otel = _otel()
     parent = None
     if task.trace_context.traceparent:
         carrier = {"traceparent": task.trace_context.traceparent}
@@ -77,38 +93,42 @@ def run_span(task: worker_service_pb2.RunTask) -> Iterator[Any]:
     }
     if task.parent_run_id:
         attributes["stepd.parent_run_id"] = task.parent_run_id
-    with otel.tracer().start_as_current_span(
-        f"run {task.workflow_name}",
-        context=parent,
-        kind=otel.trace.SpanKind.CONSUMER,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        yield span
+    return cast(
+        AbstractContextManager[Any],
+        tracer.start_as_current_span(
+            f"run {task.workflow_name}",
+            context=parent,
+            kind=otel.trace.SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ),
+    )
 
 
-@contextlib.contextmanager
-def step_span(run_id: str, workflow: str, version: str, key: str, attempt: int) -> Iterator[Any]:
+def step_span(
+    run_id: str, workflow: str, version: str, key: str, attempt: int
+) -> AbstractContextManager[Any]:
     """The span of one step attempt executed, current for the block (its body's own
-    spans are its children); yields it (None without OpenTelemetry)."""
-    otel = _otel()
-    if otel is None:
-        yield None
-        return
-    with otel.tracer().start_as_current_span(
-        f"step {key}",
-        attributes={
-            "stepd.run_id": run_id,
-            "stepd.workflow": workflow,
-            "stepd.workflow_version": version,
-            "stepd.step_key": key,
-            "stepd.attempt": attempt,
-        },
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        yield span
+    spans are its children); yields it (None without OpenTelemetry or a provider)."""
+    tracer = _tracer()
+    if tracer is None:
+        return _NO_SPAN
+    return cast(
+        AbstractContextManager[Any],
+        tracer.start_as_current_span(
+            f"step {key}",
+            attributes={
+                "stepd.run_id": run_id,
+                "stepd.workflow": workflow,
+                "stepd.workflow_version": version,
+                "stepd.step_key": key,
+                "stepd.attempt": attempt,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ),
+    )
 
 
 def failed(span: Any, error: BaseException) -> None:
