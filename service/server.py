@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import os
+import shutil
 import ssl
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +28,11 @@ from stepd.server.engine.engine import Engine
 from stepd.server.engine.versions import VersionAdmin
 from stepd.server.http.access import Access
 from stepd.server.http.event_signatures import read_event_secrets
+from stepd.server.http.gateway import RpcGateway
 from stepd.server.http.listener import HttpListener
+from stepd.server.http.metrics_route import MetricsRoute
 from stepd.server.http.probes import Probes, ReadinessCheck
+from stepd.server.http.web_ui import WebUi
 from stepd.server.http.webhooks import Webhooks
 from stepd.server.security import exposure
 from stepd.server.security.auth_interceptor import AuthInterceptor
@@ -84,10 +90,13 @@ class RunningServer:
     # The API keys in memory; None on a server that runs without keys.
     keys: KeyRing | None = None
     versions: VersionAdmin | None = None
-    # The HTTP listener (probes, metrics, webhooks), when it is on.
+    # The HTTP listener (probes, metrics, webhooks, UI), when it is on.
     http: HttpListener | None = None
     metrics: ServerMetrics | None = None
     stopping: asyncio.Event | None = None
+    gateway: RpcGateway | None = None
+    # The private directory of the gateway's Unix socket.
+    private_dir: str | None = None
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for ``grace`` seconds, close."""
@@ -96,6 +105,8 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             await self.http.stop()
+        if self.gateway is not None:
+            await self.gateway.close()
         if self.keys is not None:
             await self.keys.close()
         if self.versions is not None:
@@ -103,6 +114,8 @@ class RunningServer:
         await self.engine.close()
         await self.server.stop(grace)
         await self.engine.store.close()
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
 async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) -> RunningServer:
@@ -182,21 +195,32 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         await store.close()
         raise OSError(f"cannot listen on {config.address}: the address is in use or invalid")
     stopping = asyncio.Event()
-    http = None
+    http = gateway = private_dir = None
     if config.http_enabled:
+        # The UI's calls reach the services through a socket only this user may open.
+        private_dir = tempfile.mkdtemp(prefix="stepd-")
+        socket_path = os.path.join(private_dir, "grpc.sock")
+        server.add_insecure_port(f"unix:{socket_path}")
+        gateway = RpcGateway(f"unix:{socket_path}")
+        access = Access(ring)
+        tls = _http_tls(config)
         http = HttpListener(
             config.http_address,
-            access=Access(ring),
-            probes=Probes(_readiness(store, stopping)),
-            webhooks=Webhooks(engine, Access(ring), event_secrets),
-            metrics=metrics.exposition,
+            [
+                Probes(_readiness(store, stopping)),
+                MetricsRoute(access, metrics.exposition),
+                Webhooks(engine, access, event_secrets),
+                WebUi(access, secure_cookie=tls is not None),
+                gateway,
+            ],
             max_body_bytes=config.max_payload_bytes,
-            tls=_http_tls(config),
+            tls=tls,
         )
         try:
             await http.start()
         except OSError:
             await store.close()
+            shutil.rmtree(private_dir, ignore_errors=True)
             raise
     await engine.start()
     await versions.start()
@@ -207,7 +231,17 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     if http is not None:
         log.info("HTTP (probes, metrics, webhooks) on %s", http.url)
     return RunningServer(
-        server, engine, health_servicer, port, ring, versions, http, metrics, stopping
+        server,
+        engine,
+        health_servicer,
+        port,
+        ring,
+        versions,
+        http,
+        metrics,
+        stopping,
+        gateway,
+        private_dir,
     )
 
 

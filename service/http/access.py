@@ -1,7 +1,8 @@
 """Who may call an HTTP route: the same API keys and rights as the gRPC API.
 
-A request shows its key as ``Authorization: Bearer <key>``. On a server that
-runs without keys (open on loopback) every request passes.
+A request shows its key as ``Authorization: Bearer <key>``, or, from the web
+UI, in the session cookie the sign-in page set. On a server that runs without
+keys (open on loopback) every request passes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from stepd.server.security.keyring import AuthenticationError, KeyRing
 from stepd.server.security.roles import Principal, Right
 
 _BEARER = "bearer "
+#: The session cookie holding a signed-in browser's API key.
+SESSION_COOKIE = "stepd_session"
 
 
 def bearer_key(request: web.Request) -> str | None:
@@ -21,6 +24,15 @@ def bearer_key(request: web.Request) -> str | None:
     if value[: len(_BEARER)].lower() != _BEARER:
         return None
     return value[len(_BEARER) :].strip() or None
+
+
+def request_key(request: web.Request) -> tuple[str | None, bool]:
+    """The caller's API key, and whether it came from the session cookie."""
+    key = bearer_key(request)
+    if key is not None:
+        return key, False
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return (cookie or None), bool(cookie)
 
 
 class Access:
@@ -37,15 +49,9 @@ class Access:
     async def principal(self, request: web.Request, right: Right) -> Principal | None:
         """The key's principal when it has ``right``; None on a server without
         keys. Raises an HTTP 401/403 response otherwise."""
-        if self._ring is None:
+        principal = await self.identify(request)
+        if principal is None:
             return None
-        key = bearer_key(request)
-        if key is None:
-            raise _refusal(401, "this server needs an API key: send 'Authorization: Bearer <key>'")
-        try:
-            principal = await self._ring.authenticate(key)
-        except AuthenticationError as exc:
-            raise _refusal(401, str(exc)) from None
         if right not in principal.rights:
             raise _refusal(
                 403,
@@ -53,6 +59,26 @@ class Access:
                 f"{right.value!r} that this request needs",
             )
         return principal
+
+    async def identify(self, request: web.Request) -> Principal | None:
+        """The request's principal (None on a server without keys); raises an
+        HTTP 401 response when the key is missing or unusable."""
+        if self._ring is None:
+            return None
+        key, _ = request_key(request)
+        if key is None:
+            raise _refusal(401, "this server needs an API key: send 'Authorization: Bearer <key>'")
+        return await self.authenticate(key)
+
+    async def authenticate(self, key: str) -> Principal | None:
+        """The principal of ``key`` (None on a server without keys); raises an
+        HTTP 401 response when the key is unusable."""
+        if self._ring is None:
+            return None
+        try:
+            return await self._ring.authenticate(key)
+        except AuthenticationError as exc:
+            raise _refusal(401, str(exc)) from None
 
 
 def _refusal(status: int, message: str) -> web.HTTPException:

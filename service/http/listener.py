@@ -1,8 +1,8 @@
 """The HTTP listener beside gRPC: one aiohttp application on its own address.
 
-Routes: ``/healthz``, ``/readyz`` (``probes``), ``/metrics`` (Prometheus' text
-format, behind the ``read`` right when keys are required) and the webhooks
-(``webhooks``). It serves over TLS with the gRPC listener's certificate when
+The routes come in groups, each an object with ``add_routes(app)``: the probes
+(``/healthz``, ``/readyz``), ``/metrics``, the webhooks, the web UI and its
+RPC gateway. It serves over TLS with the gRPC listener's certificate when
 one is configured. Off loopback it follows the same rule as gRPC
 (``security/exposure.py``): TLS and API keys, or ``--insecure``.
 """
@@ -12,21 +12,24 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Protocol
 
 from aiohttp import web
 
-from stepd.server.http.access import Access
-from stepd.server.http.probes import Probes
-from stepd.server.http.webhooks import Webhooks
 from stepd.server.security.exposure import host_of
-from stepd.server.security.roles import Right
 
 log = logging.getLogger("stepd.http")
 
 #: Room for the JSON body's framing above the payload limit (a larger body gets 413).
 BODY_SLACK = 64 * 1024
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class RouteGroup(Protocol):
+    """Routes that register themselves on the application."""
+
+    def add_routes(self, app: web.Application) -> None:
+        """Add this group's routes to ``app``."""
 
 
 class HttpListener:
@@ -35,22 +38,16 @@ class HttpListener:
     def __init__(
         self,
         address: str,
+        routes: Sequence[RouteGroup],
         *,
-        access: Access,
-        probes: Probes,
-        webhooks: Webhooks,
-        metrics: Callable[[], bytes],
         max_body_bytes: int,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self._address = address
-        self._access = access
-        self._metrics = metrics
         self._tls = tls
         self._app = web.Application(client_max_size=max_body_bytes + BODY_SLACK)
-        probes.add_routes(self._app)
-        webhooks.add_routes(self._app)
-        self._app.router.add_get("/metrics", self._serve_metrics)
+        for group in routes:
+            group.add_routes(self._app)
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         self.port = 0
 
@@ -72,10 +69,6 @@ class HttpListener:
     async def stop(self) -> None:
         """Stop serving and close open connections."""
         await self._runner.cleanup()
-
-    async def _serve_metrics(self, request: web.Request) -> web.Response:
-        await self._access.principal(request, Right.READ)
-        return web.Response(body=self._metrics(), headers={"Content-Type": PROMETHEUS_TEXT})
 
 
 def _bind(address: str) -> socket.socket:

@@ -8,6 +8,7 @@ unknown method gets UNIMPLEMENTED from grpc before any handler), so the
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -64,13 +65,17 @@ class _Observer:
 
         return call
 
-    def stream(self, inner: Callable[[Any, Context], AsyncIterator[Any]]) -> Any:
+    def stream(self, inner: Callable[[Any, Context], Any]) -> Any:
         async def call(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             failed = True
             try:
-                async for response in inner(request, context):
-                    yield response
+                responses = inner(request, context)
+                if inspect.isawaitable(responses):  # writes with context.write, or refuses
+                    await responses
+                else:
+                    async for response in responses:
+                        yield response
                 failed = False
             finally:
                 self._done(context, started, failed)
