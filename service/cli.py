@@ -179,6 +179,22 @@ SERVE_SETTINGS = (
         "PostgreSQL: seconds between polls for ready runs a replica was not notified of",
     ),
     Setting("--log-level", "STEPD_LOG_LEVEL", "INFO", _choice(*LOG_LEVELS), "log threshold"),
+    Setting(
+        "--log-format",
+        "STEPD_LOG_FORMAT",
+        "text",
+        _lower_choice("text", "json"),
+        "text, or json: one JSON object per line with run_id, workflow, rpc, key_id fields",
+    ),
+    Setting(
+        "--otel",
+        "STEPD_OTEL",
+        "0",
+        _flag,
+        "OpenTelemetry: spans of the RPCs, exported as the OTEL_* variables say "
+        "(needs stepd[otel]; docs/observability.md)",
+        bare=True,
+    ),
     # -- security (docs/security.md) ------------------------------------------------
     Setting(
         "--auth",
@@ -339,11 +355,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"stepd: {exc}", file=sys.stderr)
         return 1
-    logging.basicConfig(
-        level=settings["log_level"],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     config = ServerConfig(
         address=settings["address"],
         http_address=http_address_for(settings["address"], settings["http_address"]),
@@ -361,14 +372,24 @@ def main(argv: list[str] | None = None) -> int:
         tls_client_ca_file=settings["tls_client_ca"],
         insecure=settings["insecure"],
         hook_secrets=hook_secrets,
+        otel=settings["otel"],
     )
     try:
         from sqlalchemy.exc import DBAPIError
 
         from stepd.server.store import DatabaseInUseError, SchemaVersionError, StoreError
+        from stepd.server.telemetry import json_logs, otel_setup
     except ImportError as exc:  # a base install: the SDK and this command only
         print(f"stepd: {SERVER_EXTRA_MISSING.format(exc)}", file=sys.stderr)
         return 1
+    json_logs.configure(settings["log_level"], settings["log_format"])
+    shutdown_tracing: Callable[[], None] = lambda: None  # noqa: E731
+    if config.otel:
+        try:
+            shutdown_tracing = otel_setup.configure("stepd")
+        except (ImportError, ValueError) as exc:
+            print(f"stepd: {exc}", file=sys.stderr)
+            return 1
     try:
         asyncio.run(serve(config))
     except (OSError, ValueError, SchemaVersionError, DatabaseInUseError) as exc:
@@ -380,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     except DBAPIError as exc:
         print(f"stepd: cannot open the database: {exc.orig}", file=sys.stderr)
         return 1
+    finally:
+        shutdown_tracing()  # sends the spans still batched
     return 0
 
 

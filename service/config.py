@@ -66,6 +66,9 @@ class ServerConfig:
     event_secrets_file: str | None = None
     # How often the API keys are read again (a change elsewhere counts within it).
     key_refresh_seconds: float = 2.0
+    # OpenTelemetry spans of the RPCs, and the trace context of Trigger's span
+    # stored with each run (needs the `stepd[otel]` extra; docs/observability.md).
+    otel: bool = False
 
     @property
     def http_enabled(self) -> bool:

@@ -11,6 +11,17 @@ import time
 from dataclasses import dataclass, field
 
 
+def run_fields(run_id: str, workflow: str = "", lease: int = 0) -> dict[str, object]:
+    """The ``extra=`` of a log call about a run: the JSON log's run_id, workflow
+    and lease fields (``telemetry/json_logs.py``)."""
+    fields: dict[str, object] = {"run_id": run_id}
+    if workflow:
+        fields["workflow"] = workflow
+    if lease:
+        fields["lease"] = lease
+    return fields
+
+
 def now_ms() -> int:
     """Return the current wall-clock time in epoch milliseconds."""
     return time.time_ns() // 1_000_000
@@ -67,6 +78,21 @@ class ErrorDetails:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceContext:
+    """A W3C trace context: the ``traceparent`` and ``tracestate`` headers
+    (both "" when the run is in no trace)."""
+
+    parent: str = ""
+    state: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.parent)
+
+
+NO_TRACE = TraceContext()
+
+
+@dataclass(frozen=True, slots=True)
 class NewRun:
     """Everything needed to insert a run."""
 
@@ -83,6 +109,8 @@ class NewRun:
     schedule_id: str | None = None
     schedule_time: int | None = None
     detached: bool = False
+    # The W3C trace context the run is in ("" when none).
+    trace: TraceContext = NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +150,8 @@ class RunRecord:
     detached: bool = False
     # The run started at least one child.
     has_children: bool = False
+    # The W3C trace context the run is in.
+    trace: TraceContext = NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import os
 import shutil
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from stepd.server.api.worker_servicer import WorkerServicer
 from stepd.server.api.workflow_servicer import WorkflowServicer
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
+from stepd.server.domain import NO_TRACE, TraceContext
 from stepd.server.engine.engine import Engine
 from stepd.server.engine.validation import worker_message_bytes
 from stepd.server.engine.versions import VersionAdmin
@@ -44,6 +46,7 @@ from stepd.server.store import open_store
 from stepd.server.store.base import Store
 from stepd.server.store.postgres import display_url
 from stepd.server.telemetry.metrics import ServerMetrics
+from stepd.server.telemetry.rpc_context import RpcContextInterceptor, Spans
 from stepd.server.telemetry.rpc_metrics import RpcMetricsInterceptor
 from stepd.v1 import admin_service_pb2, worker_service_pb2, workflow_service_pb2
 
@@ -134,6 +137,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     exposure.check(config)
     credentials = _tls_credentials(config)
     event_secrets = read_event_secrets(config.event_secrets_file)
+    spans, current_trace = _tracing(config)
     return_large_blocks()
     store = await open_store(
         config.database,
@@ -149,6 +153,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     server = grpc.aio.server(
         interceptors=[
             RpcMetricsInterceptor(metrics.rpcs, metrics.rpc_seconds),
+            RpcContextInterceptor(spans),
             AuthInterceptor(ring),
         ],
         options=[
@@ -170,7 +175,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     )
     # Requests are decoded without raising: bytes that are not the request
     # message get INVALID_ARGUMENT from the servicer (api/handlers.py).
-    add_service(server, WorkflowServicer(engine), WORKFLOW_SERVICE)
+    add_service(server, WorkflowServicer(engine, current_trace), WORKFLOW_SERVICE)
     add_service(
         server,
         WorkerServicer(engine),
@@ -253,6 +258,18 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         private_dir,
         storage,
     )
+
+
+def _tracing(config: ServerConfig) -> tuple[Spans | None, Callable[[], TraceContext]]:
+    """The RPC spans and the current span's context, when tracing is on (the
+    OpenTelemetry API is imported only then)."""
+    if not config.otel:
+        return None, lambda: NO_TRACE
+    try:
+        from stepd.server.telemetry import tracing
+    except ImportError as exc:
+        raise ValueError(f"--otel needs OpenTelemetry: pip install 'stepd[otel]' ({exc})") from None
+    return tracing.RpcSpans(), tracing.current_trace
 
 
 def _readiness(store: Store, stopping: asyncio.Event, storage: StorageHealth) -> ReadinessCheck:

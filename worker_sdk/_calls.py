@@ -59,10 +59,13 @@ class WorkflowCalls:
         request: Req,
         *,
         rpc_timeout: float | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> Resp:
-        """Make one unary call with the settings' metadata (the API key); a gRPC
-        error is raised as the SDK's error."""
-        return await call(method, request, rpc_timeout=rpc_timeout, metadata=self.settings.metadata)
+        """Make one unary call with the settings' metadata (the API key) and
+        ``metadata``; a gRPC error is raised as the SDK's error."""
+        return await call(
+            method, request, rpc_timeout=rpc_timeout, metadata=self.settings.metadata + metadata
+        )
 
     async def close(self) -> None:
         """Close the channel; no call can be made afterwards."""

@@ -11,6 +11,7 @@ from typing import Any, Generic, Self, TypeVar, overload
 
 from pydantic import TypeAdapter
 
+from stepd import _tracing as tracing
 from stepd._calls import WorkflowCalls
 from stepd._definitions import Workflow
 from stepd._rpc import ConnectionSettings, PathLike
@@ -585,10 +586,23 @@ class Client:
             request.deadline.CopyFrom(to_timestamp(deadline))
         if start_at is not None:
             request.start_time.CopyFrom(to_timestamp(start_at))
-        response = await self._calls.call(self._calls.stub().Trigger, request)
+        response = await self._calls.call(
+            self._calls.stub().Trigger, request, metadata=_trace_metadata()
+        )
         return RunHandle(
             self._calls,
             response.run.run_id,
             already_existed=response.already_existed,
             result_adapter=adapter,
         )
+
+
+def _trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The current span's W3C trace context as call metadata (none without
+    OpenTelemetry or a span): the run joins the caller's trace."""
+    trace = tracing.current_context()
+    if trace is None:
+        return ()
+    if trace.tracestate:
+        return (("traceparent", trace.traceparent), ("tracestate", trace.tracestate))
+    return (("traceparent", trace.traceparent),)

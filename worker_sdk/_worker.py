@@ -42,6 +42,7 @@ from stepd import _runtime
 from stepd._client import Client
 from stepd._control import RunAbandoned
 from stepd._definitions import Workflow
+from stepd._json_logs import run_fields
 from stepd._phase import RunOutcome
 from stepd._replay import RELEASE_REASON, RunExecutor
 from stepd._rpc import ConnectionSettings, sdk_error
@@ -804,6 +805,7 @@ class _Session:
                 task.run_id,
                 task.workflow_name,
                 task.workflow_version,
+                extra=run_fields(task.run_id, task.workflow_name, task.lease_id),
             )
             self._release_unstarted(task, "workflow version not served by this worker")
             return
@@ -836,7 +838,11 @@ class _Session:
         previous = self._runs.pop(task.run_id, None)
         if previous is not None:
             previous.abandon()
-        logger.info("run %s: no live execution to continue; asking for a replay", task.run_id)
+        logger.info(
+            "run %s: no live execution to continue; asking for a replay",
+            task.run_id,
+            extra=run_fields(task.run_id, task.workflow_name, task.lease_id),
+        )
         self._release_unstarted(task, CONTINUATION_MISSED)
 
     def _park(self, executor: RunExecutor) -> bool:
@@ -881,7 +887,12 @@ class _Session:
         if cached is not None and cached.executor.lease_id == cancellation.lease_id:
             self._cache.pop(cancellation.run_id)  # a parked run: nothing of it is queued
             cached.executor.evict()
-            logger.debug("run %s: let go: %s", cancellation.run_id, cancellation.reason or "-")
+            logger.debug(
+                "run %s: let go: %s",
+                cancellation.run_id,
+                cancellation.reason or "-",
+                extra=run_fields(cancellation.run_id, lease=cancellation.lease_id),
+            )
             return
         held = self._runs.get(cancellation.run_id)
         if held is None or held.executor.lease_id != cancellation.lease_id:
@@ -889,7 +900,10 @@ class _Session:
         del self._runs[cancellation.run_id]
         held.abandon()
         logger.info(
-            "run %s: stopped by the server: %s", cancellation.run_id, cancellation.reason or "-"
+            "run %s: stopped by the server: %s",
+            cancellation.run_id,
+            cancellation.reason or "-",
+            extra=run_fields(cancellation.run_id, lease=cancellation.lease_id),
         )
         if self._outbox:  # send nothing more for it, not even what is queued
             kept = []

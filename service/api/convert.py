@@ -8,6 +8,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from stepd.server.api import trace_context
 from stepd.server.domain import (
     ClaimedRun,
     ErrorDetails,
@@ -222,6 +223,9 @@ def run_to_proto(run: RunRecord) -> types_pb2.Run:
         schedule_time=timestamp(run.schedule_time),
         detached=run.detached,
     )
+    if run.trace:
+        msg.trace_context.traceparent = run.trace.parent
+        msg.trace_context.tracestate = run.trace.state
     if run.held_error is not None:
         msg.held_error.CopyFrom(error_to_proto(run.held_error))
     if run.result_json is not None:
@@ -316,6 +320,7 @@ def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
         root_run_id=run.root_run_id or run.run_id,
         hook_secret=claimed.hook_secret,
         continues_lease=claimed.continues_lease,
+        trace_context=trace_context.to_message(run.trace),
     )
 
 
@@ -409,6 +414,7 @@ def _action_from_proto(msg: worker_service_pb2.WorkerCommand) -> Action | None:
             child.workflow_version,
             payload_in(child.input, "start_child.input"),
             child.detached,
+            trace_context.from_message(child.trace_context, "start_child.trace_context"),
         )
     if kind == "hold_run":
         return HoldRun(error_from_proto(msg.hold_run.error, "hold_run.error"))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from stepd.server import __version__
-from stepd.server.api import page_tokens
+from stepd.server.api import page_tokens, trace_context
 from stepd.server.api.convert import (
     STATUS_FROM_PROTO,
     duration_seconds,
@@ -23,7 +24,7 @@ from stepd.server.api.convert_schedules import (
     spec_from_proto,
 )
 from stepd.server.api.errors import maps_errors
-from stepd.server.domain import RunFilter
+from stepd.server.domain import NO_TRACE, RunFilter, TraceContext
 from stepd.server.engine.engine import Engine, TriggerParams
 from stepd.server.engine.errors import InvalidArgument
 from stepd.server.engine.validation import check_name, check_text
@@ -51,14 +52,19 @@ FEATURES = (
     "delayed-start",
     "child-runs",
     "hold-run",
+    "trace-context",
 )
 
 
 class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     """The client-facing API."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, current_trace: Callable[[], TraceContext] = lambda: NO_TRACE
+    ) -> None:
         self._engine = engine
+        # The context of the call's server span, when tracing is on.
+        self._current_trace = current_trace
 
     @maps_errors
     async def Trigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerResponse:
@@ -66,6 +72,12 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         check_name("workflow_version", request.workflow_version)
         check_name("idempotency_key", request.idempotency_key)
         payload = payload_in(request.input, "input")
+        if request.HasField("trace_context"):
+            trace = trace_context.from_message(request.trace_context, "trace_context")
+        else:
+            trace = self._current_trace() or trace_context.from_metadata(
+                context.invocation_metadata()
+            )
         run, existed = await self._engine.trigger(
             TriggerParams(
                 workflow_name=request.workflow_name,
@@ -76,6 +88,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                 idempotency_key=request.idempotency_key,
                 deadline=optional_ms(request, "deadline", "deadline"),
                 start_time_not_before=optional_ms(request, "start_time", "start_time"),
+                trace=trace,
             )
         )
         return pb.TriggerResponse(run=run_to_proto(run), already_existed=existed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from stepd.server.domain import ErrorDetails, StepRow, WaitSpec
+from stepd.server.domain import NO_TRACE, ErrorDetails, StepRow, TraceContext, WaitSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,8 @@ class StartChild:
     workflow_version: str
     input: PayloadIn
     detached: bool
+    # The parent's trace context where it started the child (none: the parent run's).
+    trace: TraceContext = NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
 from stepd.server.domain import (
+    NO_TRACE,
     RUN_EXPIRY_KEY,
     HistoryCursor,
     HistoryEntry,
@@ -35,7 +36,9 @@ from stepd.server.domain import (
     RunRecord,
     RunStatus,
     SignalStatus,
+    TraceContext,
     WorkflowLimits,
+    run_fields,
 )
 from stepd.server.domain_schedules import WorkflowDeclaration
 from stepd.server.engine import hook_tokens
@@ -100,6 +103,8 @@ class TriggerParams:
     idempotency_key: str = ""
     deadline: int | None = None
     start_time_not_before: int | None = None
+    # The caller's W3C trace context, stored with the run.
+    trace: TraceContext = NO_TRACE
 
 
 class Engine:
@@ -310,6 +315,7 @@ class Engine:
             root_run_id=run_id,
             deadline=params.deadline,
             start_time_not_before=params.start_time_not_before,
+            trace=params.trace,
         )
         try:
             outcome = await self.store.create_run(new)
@@ -364,7 +370,16 @@ class Engine:
         ``actor`` (the caller's API key id) goes into the run's history."""
         if not run_id:
             raise InvalidArgument("run_id is required")
-        return await self.lifecycle.cancel(run_id, reason or "cancelled", actor=actor)
+        run, already = await self.lifecycle.cancel(run_id, reason or "cancelled", actor=actor)
+        if not already:
+            log.info(
+                "run %s cancelled by key %s: %s",
+                run_id,
+                actor or "-",
+                shown(run.cancel_reason or ""),
+                extra=run_fields(run_id, run.workflow_name),
+            )
+        return run, already
 
     async def signal(
         self,
@@ -662,7 +677,12 @@ class Engine:
             holder = self.ledger.holder(run.run_id)
             if holder is not None and not holder.closed:
                 continue
-            log.info("lease %d of run %s expired; re-queueing it", run.lease_id, run.run_id)
+            log.info(
+                "lease %d of run %s expired; re-queueing it",
+                run.lease_id,
+                run.run_id,
+                extra=run_fields(run.run_id, run.workflow_name, run.lease_id),
+            )
             await self.lifecycle.requeue(run.run_id, run.lease_id)
 
     # -- handing runs out, timers ------------------------------------------------

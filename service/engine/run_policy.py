@@ -22,6 +22,7 @@ from stepd.server.domain import (
     RecordStepStatus,
     RunRecord,
     StepRow,
+    run_fields,
 )
 from stepd.server.engine.commands import CommandResult, CommandStatus, StartStep
 from stepd.server.engine.dispatcher import Dispatcher
@@ -115,7 +116,12 @@ class RunPolicy:
         outcome = await self._store.record_step(run_id, lease_id, step)
         if outcome.status is RecordStepStatus.LEASE_LOST:
             return
-        log.warning("run %s: %s; handing the run out again", run_id, message)
+        log.warning(
+            "run %s: %s; handing the run out again",
+            run_id,
+            message,
+            extra=run_fields(run_id, lease=lease_id),
+        )
         session.mark_suspect()  # its event loop may be blocked: no new runs until it speaks
         self._dispatcher.unstick(session)
         await self._lifecycle.hand_out_again(session, run_id, lease_id, message)
@@ -135,7 +141,9 @@ class RunPolicy:
         await self._lifecycle.fail_held(
             session, run_id, lease_id, error, FailureReason.MAX_ENTRIES_EXCEEDED
         )
-        log.warning("run %s failed: %s", run_id, error.message)
+        log.warning(
+            "run %s failed: %s", run_id, error.message, extra=run_fields(run_id, lease=lease_id)
+        )
         return self._ledger.lease_lost(cid, run_id, session)
 
     async def journal_too_large(

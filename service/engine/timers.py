@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from stepd.server.clock import SYSTEM_CLOCK, Clock, TimerHandle
-from stepd.server.domain import DueTimer
+from stepd.server.domain import DueTimer, run_fields
 from stepd.server.store.base import Store
 from stepd.server.store.errors import StoreUnavailableError
 
@@ -116,7 +116,10 @@ class TimerSchedule:
             log.warning("timer %s of run %s: storage unavailable (%s)", wait_key, run_id, exc)
         except Exception:
             log.exception(
-                "timer %s of run %s failed to fire; retrying at the next refill", wait_key, run_id
+                "timer %s of run %s failed to fire; retrying at the next refill",
+                wait_key,
+                run_id,
+                extra=run_fields(run_id),
             )
 
     async def _refill_forever(self) -> None:

@@ -28,6 +28,7 @@ from stepd.server.domain import (
     RunRecord,
     StepRow,
     SuspendStatus,
+    run_fields,
 )
 from stepd.server.engine.children import ChildRuns
 from stepd.server.engine.commands import (
@@ -167,6 +168,7 @@ class WorkerCommands:
                     command.command_id,
                     command.run_id,
                     describe(exc),
+                    extra=run_fields(command.run_id, lease=command.lease_id),
                 )
             return CommandResult(
                 command.command_id,
@@ -331,5 +333,8 @@ class WorkerCommands:
             session, command.run_id, command.lease_id, error, FailureReason.WORKFLOW_ERROR
         ):
             log.warning(
-                "run %s failed: its worker sent an invalid command: %s", command.run_id, reason
+                "run %s failed: its worker sent an invalid command: %s",
+                command.run_id,
+                reason,
+                extra=run_fields(command.run_id, lease=command.lease_id),
             )

@@ -6,12 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from stepd.server.domain import (
+    NO_TRACE,
     ErrorDetails,
     FailureReason,
     NewRun,
     RunRecord,
     RunStatus,
     StepRow,
+    TraceContext,
 )
 
 
@@ -68,6 +70,8 @@ def new_run_values(new: NewRun) -> dict[str, Any]:
         "dispatch_count": 0,
         "lease_id": 0,
         "detached": 1 if new.detached else None,
+        "trace_parent": new.trace.parent or None,
+        "trace_state": new.trace.state or None,
     }
 
 
@@ -105,7 +109,15 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         held_error=_held_error(row),
         detached=bool(row["detached"]),
         has_children=bool(row["has_children"]),
+        trace=_trace(row),
     )
+
+
+def _trace(row: Mapping[Any, Any]) -> TraceContext:
+    parent = row["trace_parent"]
+    if parent is None:
+        return NO_TRACE
+    return TraceContext(parent, row["trace_state"] or "")
 
 
 def _held_error(row: Mapping[Any, Any]) -> ErrorDetails | None:

@@ -87,6 +87,9 @@ runs = Table(
     # Migration 11: 1 once the run started a child (NULL otherwise), so a run that
     # ends looks for children to cancel only when it has some.
     Column("has_children", Integer),
+    # Migration 18: the W3C trace context (traceparent, tracestate) the run is in.
+    Column("trace_parent", Text),
+    Column("trace_state", Text),
     UniqueConstraint("run_id"),
     Index("ix_runs_status_seq", "status", "seq"),
     Index("ix_runs_workflow_name_seq", "workflow_name", "seq"),

@@ -289,6 +289,7 @@ class Run(_message.Message):
     SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     HELD_ERROR_FIELD_NUMBER: _builtins.int
     DETACHED_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id: server-assigned, or the custom id given to Trigger."""
     workflow_name: _builtins.str
@@ -368,6 +369,13 @@ class Run(_message.Message):
         worker whose code has not refused it; cleared when one takes it.
         """
 
+    @_builtins.property
+    def trace_context(self) -> Global___TraceContext:
+        """The W3C trace context the run belongs to (docs/observability.md, "Traces"):
+        the one given at Trigger, the parent run's for a child; empty for a run
+        started by an event or a schedule without one (its worker starts a trace).
+        """
+
     def __init__(
         self,
         *,
@@ -395,14 +403,43 @@ class Run(_message.Message):
         schedule_time: _timestamp_pb2.Timestamp | None = ...,
         held_error: Global___ErrorInfo | None = ...,
         detached: _builtins.bool = ...,
+        trace_context: Global___TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "held_error", b"held_error", "input", b"input", "result", b"result", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "held_error", b"held_error", "input", b"input", "result", b"result", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "result", b"result", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "result", b"result", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "trace_context", b"trace_context", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class TraceContext(_message.Message):
+    """TraceContext is a W3C Trace Context (https://www.w3.org/TR/trace-context/):
+    the trace a run belongs to and the span that started it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    traceparent: _builtins.str
+    """The `traceparent` header: "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>"."""
+    tracestate: _builtins.str
+    """The `tracestate` header (vendor data), at most 512 characters; may be empty."""
+    def __init__(
+        self,
+        *,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceContext: _TypeAlias = TraceContext  # noqa: Y015
 
 @_typing.final
 class StepRecord(_message.Message):

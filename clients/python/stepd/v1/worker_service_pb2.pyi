@@ -396,6 +396,7 @@ class StartChildCommand(_message.Message):
     WORKFLOW_VERSION_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     DETACHED_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     child_key: _builtins.str
     """The call's key in the parent's journal: "child:N"."""
     workflow_name: _builtins.str
@@ -410,6 +411,12 @@ class StartChildCommand(_message.Message):
     def input(self) -> _types_pb2.Payload:
         """The child's input."""
 
+    @_builtins.property
+    def trace_context(self) -> _types_pb2.TraceContext:
+        """The parent's trace context where it started the child: the child's spans
+        are in that trace. Unset: the child has the parent run's trace context.
+        """
+
     def __init__(
         self,
         *,
@@ -418,10 +425,11 @@ class StartChildCommand(_message.Message):
         workflow_version: _builtins.str = ...,
         input: _types_pb2.Payload | None = ...,
         detached: _builtins.bool = ...,
+        trace_context: _types_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_key", b"child_key", "detached", b"detached", "input", b"input", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_key", b"child_key", "detached", b"detached", "input", b"input", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -933,6 +941,7 @@ class RunTask(_message.Message):
     HOOK_SECRET_FIELD_NUMBER: _builtins.int
     CONTINUES_LEASE_FIELD_NUMBER: _builtins.int
     JOURNAL_PARTS_REMAINING_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     lease_id: _builtins.int
@@ -979,6 +988,12 @@ class RunTask(_message.Message):
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """The run's deadline, if any."""
 
+    @_builtins.property
+    def trace_context(self) -> _types_pb2.TraceContext:
+        """The trace the run belongs to (Run.trace_context); empty when none: the
+        worker's run span then starts a trace.
+        """
+
     def __init__(
         self,
         *,
@@ -995,10 +1010,11 @@ class RunTask(_message.Message):
         hook_secret: _builtins.bytes = ...,
         continues_lease: _builtins.int = ...,
         journal_parts_remaining: _builtins.int = ...,
+        trace_context: _types_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["continues_lease", b"continues_lease", "deadline", b"deadline", "dispatch_count", b"dispatch_count", "hook_secret", b"hook_secret", "input", b"input", "journal", b"journal", "journal_parts_remaining", b"journal_parts_remaining", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continues_lease", b"continues_lease", "deadline", b"deadline", "dispatch_count", b"dispatch_count", "hook_secret", b"hook_secret", "input", b"input", "journal", b"journal", "journal_parts_remaining", b"journal_parts_remaining", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

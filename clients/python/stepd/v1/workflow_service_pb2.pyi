@@ -35,6 +35,7 @@ class TriggerRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """The workflow to run. Required."""
     workflow_version: _builtins.str
@@ -61,6 +62,14 @@ class TriggerRequest(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Do not start the run before this time."""
 
+    @_builtins.property
+    def trace_context(self) -> _types_pb2.TraceContext:
+        """The caller's trace context, stored with the run and handed to its worker,
+        whose spans join that trace. Unset: the `traceparent` / `tracestate`
+        metadata of the call, if any. A malformed traceparent here is
+        INVALID_ARGUMENT (in metadata it is ignored).
+        """
+
     def __init__(
         self,
         *,
@@ -71,10 +80,11 @@ class TriggerRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
+        trace_context: _types_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "start_time", b"start_time", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "idempotency_key", b"idempotency_key", "input", b"input", "run_id", b"run_id", "start_time", b"start_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "idempotency_key", b"idempotency_key", "input", b"input", "run_id", b"run_id", "start_time", b"start_time", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
