@@ -71,16 +71,17 @@ class _Observer:
         return call
 
     def stream(self, inner: Callable[[Any, Context], Any]) -> Any:
+        if not inspect.isasyncgenfunction(inner):
+            # Writes with context.write, or refuses at once (the security
+            # interceptor): keep it a coroutine, as grpc expects of such a handler.
+            return self.unary(inner)
+
         async def call(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             failed = True
             try:
-                responses = inner(request, context)
-                if inspect.isawaitable(responses):  # writes with context.write, or refuses
-                    await responses
-                else:
-                    async for response in responses:
-                        yield response
+                async for response in inner(request, context):
+                    yield response
                 failed = False
             finally:
                 self._done(context, started, failed)
