@@ -120,6 +120,8 @@ class RunRecord:
     detached: bool = False
     # The run started at least one child.
     has_children: bool = False
+    # The latest progress the workflow reported (JSON), if any.
+    progress_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,18 @@ class WaitSpec:
     # An event wait's match (a JSON object of fields) and when it began.
     match_json: str | None = None
     since_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWaitRow:
+    """An open wait of a suspended run, as stored."""
+
+    wait_key: str
+    kind: WaitKind
+    create_time: int
+    fire_time: int | None = None
+    target: str | None = None  # a signal's or event's name, a child's run id
+    match_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +280,8 @@ class RunFilter:
     parent_run_id: str | None = None
     create_time_after: int | None = None
     create_time_before: int | None = None
+    idempotency_key: str | None = None
+    schedule_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +312,7 @@ class HistoryType(enum.StrEnum):
     CUSTOM = "custom"
     HELD = "held"
     CHILD_STARTED = "child_started"
+    PROGRESS = "progress"
 
 
 @dataclass(frozen=True, slots=True)
