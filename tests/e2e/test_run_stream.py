@@ -151,3 +151,26 @@ async def test_a_pending_run_says_no_worker_serves_it_and_runs_filter_by_key_and
     assert [r.run_id for r in by_schedule] == [started.run_id]
     assert by_schedule[0].schedule_id == "yearly"
     assert [r async for r in client.list_runs(schedule_id="other")] == []
+
+
+async def test_progress_is_recorded_once_per_call_across_replays(
+    stack: Stack, server: Server, client: Client
+) -> None:
+    # No parked runs: after the signal the run is replayed from the top, and its
+    # three progress calls are sent again under the same keys.
+    stack.start_worker(server, OPS, args=["--max-cached-runs", "0"])
+    handle = await client.trigger("ops.progress", {"name": "r"})
+    await _wait_status(client, handle.run_id, RunStatus.SUSPENDED)
+    await handle.signal("go", 1)
+    assert (await asyncio.wait_for(handle.result(), TIMEOUT))["total"] == 3
+    history = [e async for e in client.list_run_events(handle.run_id)]
+    dispatches = [e.detail or "" for e in history if e.type is RunEventType.DISPATCHED]
+    assert len(dispatches) == 2 and "continuation" not in dispatches[1]  # a replay
+    progress = [(e.key, e.payload) for e in history if e.type is RunEventType.PROGRESS]
+    assert progress == [
+        ("progress:1", {"done": 1, "of": 3}),
+        ("progress:2", {"done": 2, "of": 3}),
+        ("progress:3", {"done": 3, "of": 3}),
+        ("progress:4", "finished"),
+    ]
+    assert (await handle.info()).progress == "finished"
