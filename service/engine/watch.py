@@ -4,8 +4,9 @@ entry as it is committed.
 No watcher polls on its own schedule. The store tells ``RunWatchers.touched``
 after each committed write about a run; a watcher of that run then reads the
 history after its cursor (one indexed read per table) and the run's row, and
-sends what is new. Many watchers of one run share one wake-up; a run nobody
-watches costs one dictionary lookup per write.
+sends what is new. Many watchers of one run share one wake-up, and those at
+the same position share one read per change; a run nobody watches costs one
+dictionary lookup per write.
 
 Bounds: a watcher holds at most one page of entries (``MAX_PAGE_SIZE`` entries,
 about ``MAX_PAGE_BYTES``) and reads the next one only after the stream took the
@@ -23,13 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
-from stepd.server.domain import HistoryCursor, HistoryEntry, RunRecord
+from stepd.server.domain import HistoryCursor, HistoryEntry, HistoryPage, RunRecord
 from stepd.server.engine.errors import NotFound
 from stepd.server.engine.validation import shown
 from stepd.server.store.base import Store
+
+T = TypeVar("T")
 
 #: A watcher sends an empty update after this long without news.
 KEEPALIVE_SECONDS = 30.0
@@ -42,6 +47,8 @@ class RunWatchers:
 
     def __init__(self) -> None:
         self._watched: dict[str, tuple[int, asyncio.Event]] = {}
+        # Reads shared by the watchers of a run woken by one wake-up, by cursor.
+        self._reads: dict[str, tuple[asyncio.Event, dict[HistoryCursor, asyncio.Future[Any]]]] = {}
 
     @contextlib.contextmanager
     def watching(self, run_id: str) -> Iterator[None]:
@@ -54,6 +61,7 @@ class RunWatchers:
             count, event = self._watched[run_id]
             if count <= 1:
                 del self._watched[run_id]
+                self._reads.pop(run_id, None)
             else:
                 self._watched[run_id] = (count - 1, event)
 
@@ -67,7 +75,28 @@ class RunWatchers:
         if found is not None:
             count, event = found
             self._watched[run_id] = (count, asyncio.Event())
+            self._reads.pop(run_id, None)
             event.set()
+
+    async def shared_read(
+        self,
+        run_id: str,
+        wake_up: asyncio.Event,
+        cursor: HistoryCursor,
+        read: Callable[[], Awaitable[T]],
+    ) -> T:
+        """``read()``, shared by every watcher of ``run_id`` at ``cursor`` that took
+        the same wake-up: a read begun under a wake-up sees every write committed
+        before it, and a later write sets that wake-up, so sharing it misses nothing.
+        A thousand watchers of one run cost one read per change, not a thousand."""
+        reads = self._reads.get(run_id)
+        if reads is None or reads[0] is not wake_up:
+            reads = self._reads[run_id] = (wake_up, {})
+        shared = reads[1].get(cursor)
+        if shared is None:
+            shared = reads[1][cursor] = asyncio.ensure_future(read())
+        # Shielded: one watcher that goes away does not cancel the others' read.
+        return cast(T, await asyncio.shield(shared))
 
     @property
     def count(self) -> int:
@@ -97,6 +126,17 @@ class WatchLimits:
     poll_seconds: float | None = None
 
 
+async def _read(
+    store: Store, run_id: str, cursor: HistoryCursor, limits: WatchLimits
+) -> tuple[RunRecord | None, HistoryPage | None]:
+    """The run, then its history after ``cursor`` (when the run had ended then,
+    the page holds its last entries)."""
+    run = await store.get_run(run_id)
+    if run is None:
+        return None, None
+    return run, await store.run_history_page(run_id, cursor, limits.page_size, limits.page_bytes)
+
+
 def _shape(run: RunRecord) -> tuple[object, ...]:
     """What, when it changes, makes a watcher send the run again."""
     return (run.status, run.progress_json, run.held_error, run.workflow_version)
@@ -120,14 +160,8 @@ async def watch(
             wake_up = watchers.wake_up(run_id)
             # The run first: when it had ended, the page read after it holds its
             # last entries.
-            run = await store.get_run(run_id)
-            page = (
-                None
-                if run is None
-                else await store.run_history_page(
-                    run_id, cursor, limits.page_size, limits.page_bytes
-                )
-            )
+            read = functools.partial(_read, store, run_id, cursor, limits)
+            run, page = await watchers.shared_read(run_id, wake_up, cursor, read)
             if run is None or page is None:
                 raise NotFound(f"run {shown(run_id)} not found")
             entries = list(enumerate(page.entries, start=cursor.position + 1))

@@ -119,6 +119,8 @@ class Shell:
             self.process.stdout.close()
 
 
+# About 40 commands, each a new process: minutes on a busy machine.
+@pytest.mark.timeout(600)
 def test_the_examples_in_docs_cli_md_run(stack: Stack, server: Server) -> None:
     stack.start_worker(server, ["examples.report"])
     examples = doc_examples()
@@ -221,6 +223,7 @@ def test_follow_a_failed_run_exits_3_and_start_wait_says_why(stack: Stack, serve
 # -- JSON and errors -------------------------------------------------------------------
 
 
+@pytest.mark.timeout(300)
 def test_runs_commands_print_json_for_scripts(stack: Stack, server: Server) -> None:
     stack.start_worker(server, OPS)
     started = json.loads(
@@ -348,6 +351,7 @@ def certs(tmp_path: Path) -> Certificates:
     return make_certificates(tmp_path / "certs")
 
 
+@pytest.mark.timeout(300)
 def test_the_commands_use_tls_and_api_keys_under_their_roles(
     stack: Stack, database: str, certs: Certificates, tmp_path: Path
 ) -> None:
