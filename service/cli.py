@@ -1,4 +1,5 @@
-"""The ``stepd`` command: ``stepd serve``, ``stepd health`` and ``stepd keys``."""
+"""The ``stepd`` command: ``stepd serve``, ``stepd health``, ``stepd keys`` and the
+operator commands (``stepd runs``, ``schedules``, ``events``, ``hooks``: ``ops_cli``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stepd.server import __version__, keys_cli
+from stepd.server import __version__, keys_cli, ops_cli
 from stepd.server.config import (
     DEFAULT_ADDRESS,
     DEFAULT_DATABASE,
@@ -267,6 +268,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)"
     )
     keys_cli.add_parser(commands, DEFAULT_ADDRESS)
+    ops_cli.add_parsers(commands, DEFAULT_ADDRESS)
     return parser
 
 
@@ -347,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         return _health(client_settings(args, DEFAULT_ADDRESS), args.timeout)
     if args.command == "keys":
         return keys_cli.run(args, DEFAULT_ADDRESS)
+    if args.command in ops_cli.NOUNS:
+        return ops_cli.run(args, DEFAULT_ADDRESS)
     settings = _settings(parser, args)
     try:
         hook_secrets = read_hook_secrets(

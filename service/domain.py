@@ -150,6 +150,8 @@ class RunRecord:
     detached: bool = False
     # The run started at least one child.
     has_children: bool = False
+    # The latest progress the workflow reported (JSON), if any.
+    progress_json: str | None = None
     # The W3C trace context the run is in.
     trace: TraceContext = NO_TRACE
 
@@ -226,6 +228,18 @@ class WaitSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingWaitRow:
+    """An open wait of a suspended run, as stored."""
+
+    wait_key: str
+    kind: WaitKind
+    create_time: int
+    fire_time: int | None = None
+    target: str | None = None  # a signal's or event's name, a child's run id
+    match_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WaitRow:
     """A met wait, as the journal carries it."""
 
@@ -298,6 +312,8 @@ class RunFilter:
     parent_run_id: str | None = None
     create_time_after: int | None = None
     create_time_before: int | None = None
+    idempotency_key: str | None = None
+    schedule_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +344,7 @@ class HistoryType(enum.StrEnum):
     CUSTOM = "custom"
     HELD = "held"
     CHILD_STARTED = "child_started"
+    PROGRESS = "progress"
 
 
 @dataclass(frozen=True, slots=True)

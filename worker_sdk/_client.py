@@ -103,6 +103,10 @@ class RunHandle(Generic[R]):
         """Iterate over the run's history (see ``Client.list_run_events``)."""
         return self._calls.events(self.run_id, page_size)
 
+    def watch(self) -> AsyncIterator[RunEvent]:
+        """Follow the run's history live (see ``Client.watch_run``)."""
+        return self._calls.watch(self.run_id)
+
     def __repr__(self) -> str:
         return f"RunHandle(run_id={self.run_id!r}, already_existed={self.already_existed})"
 
@@ -413,6 +417,18 @@ class Client:
         async for event in self._calls.events(run_id, page_size):
             yield event
 
+    async def watch_run(self, run_id: str) -> AsyncIterator[RunEvent]:
+        """Follow a run's history live: the entries so far, then each new entry as
+        it is committed (steps, waits, ``ctx.set_progress`` as ``PROGRESS``
+        entries), ending after the run's last entry once it ended.
+
+        Uses the ``WatchRun`` stream; when the server ends a stream early (after
+        30 minutes) it is reopened where it stopped. Raises NotFoundError for an
+        unknown run. Stop early by breaking out of the loop.
+        """
+        async for event in self._calls.watch(run_id):
+            yield event
+
     async def list_runs(
         self,
         *,
@@ -423,12 +439,15 @@ class Client:
         created_before: datetime | None = None,
         page_size: int = 100,
         payloads: bool = False,
+        idempotency_key: str | None = None,
+        schedule_id: str | None = None,
     ) -> AsyncIterator[RunInfo]:
         """Iterate over runs, newest first, following the server's pages.
 
         Filters: a workflow (object or name), statuses, a parent run, and a
         creation time range (``created_after`` inclusive, ``created_before``
-        exclusive). Each run's ``input``, ``result`` and ``error_traceback`` are
+        exclusive), the idempotency key a run was started with, the schedule that
+        started it. Each run's ``input``, ``result`` and ``error_traceback`` are
         None unless ``payloads`` is true (listings stay small without them).
         """
         request = workflow_service_pb2.ListRunsRequest(
@@ -437,6 +456,8 @@ class Client:
             parent_run_id=parent_run_id or "",
             page_size=page_size,
             include_payloads=payloads,
+            idempotency_key=idempotency_key or "",
+            schedule_id=schedule_id or "",
         )
         if created_after is not None:
             request.create_time_after.CopyFrom(to_timestamp(created_after))

@@ -77,13 +77,15 @@ def start_child(
     return command
 
 
-def record_event(key: str, name: str, payload_json: str) -> Command:
-    """``record_event``: a custom entry of the run's history."""
+def record_event(key: str, name: str, payload_json: str, *, progress: bool = False) -> Command:
+    """``record_event``: a custom entry of the run's history (``progress``: the run's
+    progress)."""
     command = Command()
     event = command.record_event
     event.entry_key = key
     event.name = name
     event.payload.json = payload_json
+    event.progress = progress
     return command
 
 

@@ -94,8 +94,9 @@ class StepScheduler(Protocol):
         ``timeout_ns``) and yields its payload."""
         ...
 
-    def call_record(self, name: str, payload_json: str) -> None:
-        """Assign the entry its key now and send it to the run's history (not awaited)."""
+    def call_record(self, name: str, payload_json: str, *, progress: bool = False) -> None:
+        """Assign the entry its key now and send it to the run's history (not awaited);
+        ``progress``: the entry is the run's progress."""
         ...
 
     def call_child(

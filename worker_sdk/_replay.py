@@ -226,9 +226,9 @@ class RunExecutor:
         """A durable wait for a hook's execution."""
         return self._wait_calls.hook(hook, timeout_ns=timeout_ns, adapter=adapter)
 
-    def call_record(self, name: str, payload_json: str) -> None:
-        """A custom history entry (``entry:N``)."""
-        self._entries.call(name, payload_json)
+    def call_record(self, name: str, payload_json: str, *, progress: bool = False) -> None:
+        """A custom history entry (``entry:N``), or the run's progress (``progress:N``)."""
+        self._entries.call(name, payload_json, progress=progress)
 
     def call_child(
         self,

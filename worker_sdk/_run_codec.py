@@ -78,6 +78,8 @@ def run_info(run: types_pb2.Run) -> RunInfo:
         schedule_id=run.schedule_id or None,
         schedule_time=_time(run, "schedule_time"),
         root_run_id=run.root_run_id or None,
+        progress=loads(payload_text(run.progress)) if run.HasField("progress") else None,
+        idempotency_key=run.idempotency_key or None,
         detached=run.detached,
         held_error=run.held_error.message if run.HasField("held_error") else None,
     )

@@ -75,3 +75,7 @@ class RunInfo:
     """For a child run: True when it outlives its parent."""
     held_error: str | None = None
     """Set while the run is held for non-determinism: why a worker's code refused it."""
+    progress: Any = None
+    """The latest value the workflow reported with ``ctx.set_progress`` (None until then)."""
+    idempotency_key: str | None = None
+    """The idempotency key the run was started with, if any."""

@@ -53,6 +53,8 @@ class RunEventType(enum.StrEnum):
     """A worker held the run for non-determinism: ``error_*`` say why."""
     CHILD_STARTED = "child_started"
     """The run started a child run: ``key`` is the call's key, ``detail`` the child's id."""
+    PROGRESS = "progress"
+    """The workflow reported progress (``ctx.set_progress``): ``payload`` is the value."""
     UNKNOWN = "unknown"
     """A kind of entry this SDK does not know (from a newer server)."""
 
@@ -72,6 +74,7 @@ _FROM_PROTO: dict[int, RunEventType] = {
     types_pb2.RUN_EVENT_TYPE_CUSTOM: RunEventType.CUSTOM,
     types_pb2.RUN_EVENT_TYPE_HELD: RunEventType.HELD,
     types_pb2.RUN_EVENT_TYPE_CHILD_STARTED: RunEventType.CHILD_STARTED,
+    types_pb2.RUN_EVENT_TYPE_PROGRESS: RunEventType.PROGRESS,
 }
 
 

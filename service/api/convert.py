@@ -223,6 +223,8 @@ def run_to_proto(run: RunRecord) -> types_pb2.Run:
         schedule_time=timestamp(run.schedule_time),
         detached=run.detached,
     )
+    if run.progress_json is not None:
+        msg.progress.json = run.progress_json
     if run.trace:
         msg.trace_context.traceparent = run.trace.parent
         msg.trace_context.tracestate = run.trace.state
@@ -389,7 +391,10 @@ def _action_from_proto(msg: worker_service_pb2.WorkerCommand) -> Action | None:
         check_name("record_event.entry_key", event.entry_key)
         check_name("record_event.name", event.name)
         return RecordEvent(
-            event.entry_key, event.name, payload_in(event.payload, "record_event.payload")
+            event.entry_key,
+            event.name,
+            payload_in(event.payload, "record_event.payload"),
+            progress=event.progress,
         )
     if kind == "suspend_run":
         return SuspendRun(

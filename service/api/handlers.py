@@ -41,8 +41,10 @@ def add_service(
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(behaviour, **options)
         elif not method.client_streaming and not method.server_streaming:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour, **options)
+        elif method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(behaviour, **options)
         else:  # pragma: no cover - the contract has no such RPC
-            raise NotImplementedError(f"{method.full_name}: one-way streams are not served")
+            raise NotImplementedError(f"{method.full_name}: client streams are not served")
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )

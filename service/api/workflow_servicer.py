@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -17,18 +17,20 @@ from stepd.server.api.convert import (
     payload_in,
     run_to_proto,
 )
+from stepd.server.api.convert_runs import details_to_proto, update_to_proto
 from stepd.server.api.convert_schedules import (
     decode_page_token,
     encode_page_token,
     schedule_to_proto,
     spec_from_proto,
 )
-from stepd.server.api.errors import maps_errors
+from stepd.server.api.errors import Undecodable, client_status, maps_errors, server_fault
 from stepd.server.domain import NO_TRACE, RunFilter, TraceContext
 from stepd.server.engine.engine import Engine, TriggerParams
-from stepd.server.engine.errors import InvalidArgument
+from stepd.server.engine.errors import EngineError, InvalidArgument
 from stepd.server.engine.validation import check_name, check_text
-from stepd.server.security.auth_interceptor import current_key_id
+from stepd.server.security.auth_interceptor import current_key_id, current_principal
+from stepd.server.security.roles import Right
 from stepd.v1 import workflow_service_pb2 as pb
 from stepd.v1 import workflow_service_pb2_grpc
 
@@ -53,7 +55,17 @@ FEATURES = (
     "child-runs",
     "hold-run",
     "trace-context",
+    "watch-run",
+    "progress",
+    "pending-waits",
 )
+
+
+def _may_see_hooks() -> bool:
+    """Whether the caller may see hook tokens: it may execute hooks (or the
+    server runs without keys)."""
+    principal = current_principal()
+    return principal is None or Right.EXECUTE_HOOK in principal.rights
 
 
 class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
@@ -101,13 +113,17 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             timeout = duration_seconds(request.wait_timeout, "wait_timeout")
             if timeout < 0:
                 raise InvalidArgument("wait_timeout must not be negative")
-        run = await self._engine.get_run(request.run_id, wait=request.wait, wait_seconds=timeout)
-        return pb.GetRunResponse(run=run_to_proto(run))
+        details = await self._engine.describe_run(
+            request.run_id, wait=request.wait, wait_seconds=timeout, hook_tokens=_may_see_hooks()
+        )
+        return details_to_proto(details)
 
     @maps_errors
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         check_name("workflow_name", request.workflow_name)
         check_name("parent_run_id", request.parent_run_id)
+        check_name("idempotency_key", request.idempotency_key)
+        check_name("schedule_id", request.schedule_id)
         check_text("page_token", request.page_token)
         statuses = set()
         for value in request.statuses:
@@ -120,6 +136,8 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             parent_run_id=request.parent_run_id or None,
             create_time_after=optional_ms(request, "create_time_after", "create_time_after"),
             create_time_before=optional_ms(request, "create_time_before", "create_time_before"),
+            idempotency_key=request.idempotency_key or None,
+            schedule_id=request.schedule_id or None,
         )
         cursor = page_tokens.decode(request.page_token, run_filter)
         runs, next_cursor = await self._engine.list_runs(
@@ -185,6 +203,24 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             events=[history_to_proto(position, entry) for position, entry in page],
             next_page_token=token,
         )
+
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: Context
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        try:
+            if isinstance(request, Undecodable):
+                raise request.error()
+            check_name("run_id", request.run_id, required=True)
+            check_text("page_token", request.page_token)
+            cursor = page_tokens.decode_history(request.page_token, request.run_id)
+            async for update in self._engine.watch_run(request.run_id, cursor):
+                yield update_to_proto(request.run_id, update)
+            return
+        except EngineError as exc:
+            code, message = client_status(exc, "WatchRun")
+        except Exception:
+            code, message = server_fault("WatchRun", request)
+        await context.abort(code, message)
 
     @maps_errors
     async def ExecuteHook(

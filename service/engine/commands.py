@@ -59,6 +59,7 @@ class RecordEvent:
     entry_key: str
     name: str
     payload: PayloadIn
+    progress: bool = False  # the entry is the run's progress
 
 
 @dataclass(frozen=True, slots=True)

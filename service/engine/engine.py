@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from stepd.server.clock import SYSTEM_CLOCK, Clock
@@ -62,6 +62,7 @@ from stepd.server.engine.pauses import LoopPauses
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
+from stepd.server.engine.run_details import RunDetails, run_details
 from stepd.server.engine.run_limits import RunLimits, journal_bytes
 from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.schedules import Scheduler
@@ -77,6 +78,7 @@ from stepd.server.engine.validation import (
     shown,
 )
 from stepd.server.engine.waiters import RunWaiters
+from stepd.server.engine.watch import RunWatchers, WatchLimits, WatchUpdate, watch
 from stepd.server.engine.worker_commands import WorkerCommands
 from stepd.server.store.base import RunConflictError, Store
 from stepd.server.store.errors import StoreUnavailableError
@@ -124,6 +126,8 @@ class Engine:
         self.sticky = StickyRuns()  # suspended runs kept live by their worker
         self.ledger = LeaseLedger(self.dispatcher.kick, self.run_limits.release)
         self.waiters = RunWaiters()
+        self.watchers = RunWatchers()  # WatchRun streams, woken as writes commit
+        store.on_history(self.watchers.touched)
         channel = channel_for(config.database)
         # Replicas load timers a shorter way ahead: those a dead replica held fire soon.
         horizon = REPLICA_TIMER_HORIZON_MS if channel is not None else 60_000
@@ -343,6 +347,34 @@ class Engine:
         if timeout <= 0:
             return await self._existing(run_id)
         return await self.waiters.wait(run_id, lambda: self._existing(run_id), timeout)
+
+    async def describe_run(
+        self,
+        run_id: str,
+        *,
+        wait: bool = False,
+        wait_seconds: float | None = None,
+        hook_tokens: bool = False,
+    ) -> RunDetails:
+        """``get_run``, with what the run waits for (hook tokens only with
+        ``hook_tokens``) and whether a worker here serves it."""
+        run = await self.get_run(run_id, wait=wait, wait_seconds=wait_seconds)
+        token = self.hook_token if hook_tokens else None
+        return await run_details(self.store, run, self.registry.serves, token)
+
+    def hook_token(self, run_id: str, wait_key: str) -> str:
+        """The token of a run's hook (the one its worker derives)."""
+        secret = hook_tokens.run_secret(self._hook_keys[0], run_id)
+        return hook_tokens.make_token(secret, run_id, wait_key)
+
+    def watch_run(self, run_id: str, cursor: HistoryCursor) -> AsyncIterator[WatchUpdate]:
+        """A run's history after ``cursor``, then each entry as it commits, until
+        the run ends (see ``watch.py``)."""
+        if not run_id:
+            raise InvalidArgument("run_id is required")
+        poll = self.config.replica_poll_ms / 1000 if self.replicas.replicated else None
+        limits = WatchLimits(MAX_PAGE_SIZE, MAX_PAGE_BYTES, poll_seconds=poll)
+        return watch(self.store, self.watchers, run_id, cursor, limits)
 
     async def list_runs(
         self,
@@ -753,6 +785,7 @@ class Engine:
     async def run_ended_elsewhere(self, run_id: str) -> None:
         """Another replica ended a run: answer the callers waiting for it here,
         and stop a worker of this replica that still holds it."""
+        self.watchers.touched(run_id)
         if not self.waiters.waits_for(run_id) and self.ledger.holder(run_id) is None:
             return
         run = await self.store.get_run(run_id)

@@ -88,6 +88,13 @@ class WorkflowRegistry:
         """How many connected workers serve (name, version)."""
         return self._served.get((name, version), 0)
 
+    def serves(self, name: str, version: str) -> bool:
+        """Whether a connected worker serves ``name`` at ``version`` (any version
+        when ``version`` is empty)."""
+        if version:
+            return self.served_by(name, version) > 0
+        return any(served == name for served, _ in self._served)
+
     def pin(self, name: str, version: str) -> None:
         """Pin ``name``'s current version (the store has it already)."""
         self._current.clear()

@@ -291,7 +291,12 @@ class WorkerCommands:
             "record_event.payload", action.payload.json, action.payload.encoding, self._max_payload
         )
         if not await self._store.record_event(
-            command.run_id, command.lease_id, action.entry_key, action.name, payload
+            command.run_id,
+            command.lease_id,
+            action.entry_key,
+            action.name,
+            payload,
+            progress=action.progress,
         ):
             return self._ledger.lease_lost(command.command_id, command.run_id, session)
         return CommandResult(command.command_id, CommandStatus.OK)

@@ -77,6 +77,7 @@ METHOD_RIGHTS: dict[str, Right] = {
     _WORKFLOW + "ResumeSchedule": Right.MANAGE_SCHEDULES,
     _WORKFLOW + "DeleteSchedule": Right.MANAGE_SCHEDULES,
     _WORKFLOW + "TriggerSchedule": Right.MANAGE_SCHEDULES,
+    _WORKFLOW + "WatchRun": Right.READ,
     "/stepd.v1.WorkerService/PollTask": Right.SERVE,
     _ADMIN + "CreateApiKey": Right.MANAGE_KEYS,
     _ADMIN + "ListApiKeys": Right.MANAGE_KEYS,

@@ -11,7 +11,7 @@ Methods say what they do; column names stay below this interface.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from stepd.server.domain import (
@@ -25,6 +25,7 @@ from stepd.server.domain import (
     HistoryPage,
     HookOutcome,
     NewRun,
+    PendingWaitRow,
     PublishOutcome,
     RecordStepOutcome,
     RunFilter,
@@ -324,10 +325,25 @@ class Store(ScheduleStore, KeyStore, VersionStore, Protocol):
         on the history entries of the runs it wakes."""
 
     async def record_event(
-        self, run_id: str, lease_id: int, key: str, name: str, payload_json: str
+        self,
+        run_id: str,
+        lease_id: int,
+        key: str,
+        name: str,
+        payload_json: str,
+        *,
+        progress: bool = False,
     ) -> bool:
-        """Append a custom history entry once per key; False when the run is not
+        """Append a custom history entry once per key (``progress``: a progress entry,
+        which also becomes the run's progress when new); False when the run is not
         RUNNING under ``lease_id``."""
+
+    def on_history(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(run_id)`` after each committed write that may have added
+        to a run's history."""
+
+    async def pending_waits(self, run_id: str) -> list[PendingWaitRow]:
+        """The open waits of a run, oldest first."""
 
     async def abandon_waits(self, run_id: str) -> int:
         """Mark a finished run's open waits abandoned; return how many."""

@@ -41,6 +41,7 @@ _CAUSAL_ORDER = {
             HistoryType.STEP_FAILED,
             HistoryType.CHILD_STARTED,
             HistoryType.CUSTOM,
+            HistoryType.PROGRESS,
             HistoryType.SUSPENDED,
             HistoryType.SIGNAL_RECEIVED,
             HistoryType.WAIT_MET,
@@ -59,15 +60,26 @@ def add(conn: Connection, run_id: str, type_: HistoryType, time: int, **columns:
     conn.execute(run_events.insert().values(run_id=run_id, time=time, type=type_.value, **columns))
 
 
-def add_custom(conn: Connection, run_id: str, key: str, name: str, payload: str, time: int) -> None:
-    """Append a custom entry once per key (a second write with the key is ignored)."""
+def add_custom(
+    conn: Connection,
+    run_id: str,
+    key: str,
+    name: str,
+    payload: str,
+    time: int,
+    kind: HistoryType = HistoryType.CUSTOM,
+) -> bool:
+    """Append a custom (or progress) entry once per key (a second write with the
+    key is ignored); True when the entry is new."""
+    if kind not in (HistoryType.CUSTOM, HistoryType.PROGRESS):
+        raise ValueError(f"not a custom entry: {kind}")
     insert = insert_for(conn.dialect.name)
-    conn.execute(
+    result = conn.execute(
         insert(run_events)
         .values(
             run_id=run_id,
             time=time,
-            type=HistoryType.CUSTOM.value,
+            type=kind.value,
             key=key,
             name=name,
             payload_json=payload,
@@ -76,9 +88,10 @@ def add_custom(conn: Connection, run_id: str, key: str, name: str, payload: str,
             index_elements=["run_id", "key"],
             # A literal, not a bound parameter: PostgreSQL must match it to the
             # partial index's predicate even in a generic (prepared) plan.
-            index_where=text(f"type = '{HistoryType.CUSTOM.value}'"),
+            index_where=text(f"type = '{kind.value}'"),
         )
     )
+    return bool(result.rowcount)
 
 
 #: The columns that hold payloads: read only for the entries a page returns.

@@ -36,6 +36,10 @@ def _filtered(stmt: Select[Any], run_filter: RunFilter, before_seq: int | None) 
         stmt = stmt.where(runs.c.create_time >= run_filter.create_time_after)
     if run_filter.create_time_before is not None:
         stmt = stmt.where(runs.c.create_time < run_filter.create_time_before)
+    if run_filter.idempotency_key is not None:
+        stmt = stmt.where(runs.c.idempotency_key == run_filter.idempotency_key)
+    if run_filter.schedule_id is not None:
+        stmt = stmt.where(runs.c.schedule_id == run_filter.schedule_id)
     if before_seq is not None:
         stmt = stmt.where(runs.c.seq < before_seq)
     return stmt
@@ -47,7 +51,12 @@ FIRST_CHUNK = 4
 
 def _cost(row: Any, payloads: bool) -> int:
     """What a run costs in a page: its payloads when included, and its texts."""
-    texts = (row["error_message"], row["held_error_message"], row["cancel_reason"])
+    texts = (
+        row["error_message"],
+        row["held_error_message"],
+        row["cancel_reason"],
+        row["progress_json"],
+    )
     cost = RUN_BYTES + sum(len(t) for t in texts if t)
     return cost + (row["payload_size"] if payloads else 0)
 

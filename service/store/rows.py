@@ -109,6 +109,7 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         held_error=_held_error(row),
         detached=bool(row["detached"]),
         has_children=bool(row["has_children"]),
+        progress_json=row["progress_json"],
         trace=_trace(row),
     )
 

@@ -87,6 +87,8 @@ runs = Table(
     # Migration 11: 1 once the run started a child (NULL otherwise), so a run that
     # ends looks for children to cancel only when it has some.
     Column("has_children", Integer),
+    # Migration 16: the latest progress the workflow reported (JSON).
+    Column("progress_json", Text),
     # Migration 18: the W3C trace context (traceparent, tracestate) the run is in.
     Column("trace_parent", Text),
     Column("trace_state", Text),
@@ -239,6 +241,15 @@ run_events = Table(
         unique=True,
         sqlite_where=text("type = 'custom'"),
         postgresql_where=text("type = 'custom'"),
+    ),
+    # Migration 16: progress entries, once per key.
+    Index(
+        "ux_run_events_progress_key",
+        "run_id",
+        "key",
+        unique=True,
+        sqlite_where=text("type = 'progress'"),
+        postgresql_where=text("type = 'progress'"),
     ),
     sqlite_autoincrement=True,
 )

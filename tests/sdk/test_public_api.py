@@ -96,6 +96,7 @@ def test_history_module_exports_run_event_types() -> None:
         "custom",
         "held",
         "child_started",
+        "progress",
         "unknown",
     ]
 

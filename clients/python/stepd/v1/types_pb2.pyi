@@ -146,6 +146,10 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     """A worker held the run for non-determinism (error says why)."""
     RUN_EVENT_TYPE_CHILD_STARTED: _RunEventType.ValueType  # 31
     """The run started a child run (key is the call's key, detail the child's run id)."""
+    RUN_EVENT_TYPE_PROGRESS: _RunEventType.ValueType  # 32
+    """The workflow reported progress (payload is the value; Run.progress holds
+    the latest).
+    """
 
 class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper):
     """RunEventType is the kind of one entry of a run's history."""
@@ -184,6 +188,10 @@ RUN_EVENT_TYPE_HELD: RunEventType.ValueType  # 30
 """A worker held the run for non-determinism (error says why)."""
 RUN_EVENT_TYPE_CHILD_STARTED: RunEventType.ValueType  # 31
 """The run started a child run (key is the call's key, detail the child's run id)."""
+RUN_EVENT_TYPE_PROGRESS: RunEventType.ValueType  # 32
+"""The workflow reported progress (payload is the value; Run.progress holds
+the latest).
+"""
 Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
 
 @_typing.final
@@ -289,6 +297,7 @@ class Run(_message.Message):
     SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     HELD_ERROR_FIELD_NUMBER: _builtins.int
     DETACHED_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id: server-assigned, or the custom id given to Trigger."""
@@ -370,6 +379,12 @@ class Run(_message.Message):
         """
 
     @_builtins.property
+    def progress(self) -> Global___Payload:
+        """The latest value the workflow reported with ctx.set_progress (any JSON
+        value); empty until it reports one.
+        """
+
+    @_builtins.property
     def trace_context(self) -> Global___TraceContext:
         """The W3C trace context the run belongs to (docs/observability.md, "Traces"):
         the one given at Trigger, the parent run's for a child; empty for a run
@@ -403,11 +418,12 @@ class Run(_message.Message):
         schedule_time: _timestamp_pb2.Timestamp | None = ...,
         held_error: Global___ErrorInfo | None = ...,
         detached: _builtins.bool = ...,
+        progress: Global___Payload | None = ...,
         trace_context: Global___TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "held_error", b"held_error", "input", b"input", "result", b"result", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "held_error", b"held_error", "input", b"input", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "result", b"result", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "trace_context", b"trace_context", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "progress", b"progress", "result", b"result", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "trace_context", b"trace_context", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

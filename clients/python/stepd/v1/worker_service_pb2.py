@@ -28,15 +28,15 @@ from stepd.v1 import schedules_pb2 as stepd_dot_v1_dot_schedules__pb2
 from stepd.v1 import types_pb2 as stepd_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstepd/v1/worker_service.proto\x12\x08stepd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepd/v1/schedules.proto\x1a\x14stepd/v1/types.proto\"\xce\x01\n\x0fPollTaskRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.stepd.v1.WorkerHelloH\x00\x12\x30\n\x08\x63ommands\x18\x02 \x01(\x0b\x32\x1c.stepd.v1.WorkerCommandBatchH\x00\x12.\n\theartbeat\x18\x03 \x01(\x0b\x32\x19.stepd.v1.WorkerHeartbeatH\x00\x12&\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x15.stepd.v1.WorkerDrainH\x00\x42\t\n\x07message\"\xa5\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x31\n\tworkflows\x18\x03 \x03(\x0b\x32\x1e.stepd.v1.WorkflowRegistration\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x13\n\x0bsdk_version\x18\x05 \x01(\t\x12\x17\n\x0fmax_cached_runs\x18\x1e \x01(\r\"\xc2\x01\n\x14WorkflowRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x34\n\x11\x65xecution_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_entries\x18\x04 \x01(\r\x12\x16\n\x0e\x65vent_triggers\x18\n \x03(\t\x12(\n\x08schedule\x18\x0b \x01(\x0b\x32\x16.stepd.v1.ScheduleSpec\"@\n\x0fWorkerHeartbeat\x12-\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1d\n\x0bWorkerDrain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"?\n\x12WorkerCommandBatch\x12)\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x17.stepd.v1.WorkerCommand\"\x9a\x04\n\rWorkerCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x04\x12\x32\n\x0brecord_step\x18\x04 \x01(\x0b\x32\x1b.stepd.v1.RecordStepCommandH\x00\x12\x32\n\x0bsuspend_run\x18\x05 \x01(\x0b\x32\x1b.stepd.v1.SuspendRunCommandH\x00\x12\x34\n\x0c\x63omplete_run\x18\x06 \x01(\x0b\x32\x1c.stepd.v1.CompleteRunCommandH\x00\x12,\n\x08\x66\x61il_run\x18\x07 \x01(\x0b\x32\x18.stepd.v1.FailRunCommandH\x00\x12\x32\n\x0brelease_run\x18\x08 \x01(\x0b\x32\x1b.stepd.v1.ReleaseRunCommandH\x00\x12\x34\n\x0crecord_event\x18\t \x01(\x0b\x32\x1c.stepd.v1.RecordEventCommandH\x00\x12\x30\n\nstart_step\x18\n \x01(\x0b\x32\x1a.stepd.v1.StartStepCommandH\x00\x12\x32\n\x0bstart_child\x18\x14 \x01(\x0b\x32\x1b.stepd.v1.StartChildCommandH\x00\x12,\n\x08hold_run\x18\x15 \x01(\x0b\x32\x18.stepd.v1.HoldRunCommandH\x00\x42\t\n\x07\x63ommand\"\xba\x01\n\x11StartChildCommand\x12\x11\n\tchild_key\x18\x01 \x01(\t\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x18\n\x10workflow_version\x18\x03 \x01(\t\x12 \n\x05input\x18\x04 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x10\n\x08\x64\x65tached\x18\x05 \x01(\x08\x12-\n\rtrace_context\x18\x14 \x01(\x0b\x32\x16.stepd.v1.TraceContext\"4\n\x0eHoldRunCommand\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.stepd.v1.ErrorInfo\"a\n\x10StartStepCommand\x12\x10\n\x08step_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"Y\n\x12RecordEventCommand\x12\x11\n\tentry_key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x07payload\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\"7\n\x11RecordStepCommand\x12\"\n\x04step\x18\x01 \x01(\x0b\x32\x14.stepd.v1.StepRecord\";\n\x11SuspendRunCommand\x12&\n\x05waits\x18\x01 \x03(\x0b\x32\x17.stepd.v1.WaitCondition\"\xec\x01\n\rWaitCondition\x12\x10\n\x08wait_key\x18\x01 \x01(\t\x12$\n\x05timer\x18\x02 \x01(\x0b\x32\x13.stepd.v1.TimerWaitH\x00\x12&\n\x06signal\x18\x03 \x01(\x0b\x32\x14.stepd.v1.SignalWaitH\x00\x12$\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x13.stepd.v1.EventWaitH\x00\x12\"\n\x04hook\x18\x05 \x01(\x0b\x32\x12.stepd.v1.HookWaitH\x00\x12$\n\x05\x63hild\x18\x14 \x01(\x0b\x32\x13.stepd.v1.ChildWaitH\x00\x42\x0b\n\tcondition\"\x1b\n\tChildWait\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\n\n\x08HookWait\"X\n\tEventWait\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmatch_json\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\nSignalWait\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\tTimerWait\x12-\n\tfire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x12\x43ompleteRunCommand\x12!\n\x06result\x18\x01 \x01(\x0b\x32\x11.stepd.v1.Payload\"4\n\x0e\x46\x61ilRunCommand\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.stepd.v1.ErrorInfo\"#\n\x11ReleaseRunCommand\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xbc\x01\n\x10PollTaskResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.stepd.v1.RunTask\x12(\n\x07results\x18\x02 \x03(\x0b\x32\x17.stepd.v1.CommandResult\x12\x30\n\rcancellations\x18\x03 \x03(\x0b\x32\x19.stepd.v1.RunCancellation\x12*\n\x08settings\x18\x04 \x01(\x0b\x32\x18.stepd.v1.StreamSettings\"\x94\x01\n\x0eStreamSettings\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rlease_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\"\x97\x03\n\x07RunTask\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x04\x12\x15\n\rworkflow_name\x18\x03 \x01(\t\x12\x18\n\x10workflow_version\x18\x04 \x01(\t\x12 \n\x05input\x18\x05 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\'\n\x07journal\x18\x06 \x03(\x0b\x32\x16.stepd.v1.JournalEntry\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64ispatch_count\x18\x08 \x01(\r\x12\x15\n\rparent_run_id\x18\t \x01(\t\x12\x13\n\x0broot_run_id\x18\n \x01(\t\x12\x13\n\x0bhook_secret\x18\x0b \x01(\x0c\x12\x17\n\x0f\x63ontinues_lease\x18\x1e \x01(\x04\x12\x1f\n\x17journal_parts_remaining\x18\x1f \x01(\r\x12-\n\rtrace_context\x18( \x01(\x0b\x32\x16.stepd.v1.TraceContext\"\x8a\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\x04\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.stepd.v1.CommandStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12+\n\rrecorded_step\x18\x04 \x01(\x0b\x32\x14.stepd.v1.StepRecord\"C\n\x0fRunCancellation\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t*\xc2\x01\n\rCommandStatus\x12\x1e\n\x1a\x43OMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43OMMAND_STATUS_OK\x10\x01\x12\x1c\n\x18\x43OMMAND_STATUS_DUPLICATE\x10\x02\x12\x1d\n\x19\x43OMMAND_STATUS_LEASE_LOST\x10\x03\x12\x1a\n\x16\x43OMMAND_STATUS_INVALID\x10\x04\x12!\n\x1d\x43OMMAND_STATUS_INTERNAL_ERROR\x10\x05\x32V\n\rWorkerService\x12\x45\n\x08PollTask\x12\x19.stepd.v1.PollTaskRequest\x1a\x1a.stepd.v1.PollTaskResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstepd/v1/worker_service.proto\x12\x08stepd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepd/v1/schedules.proto\x1a\x14stepd/v1/types.proto\"\xce\x01\n\x0fPollTaskRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.stepd.v1.WorkerHelloH\x00\x12\x30\n\x08\x63ommands\x18\x02 \x01(\x0b\x32\x1c.stepd.v1.WorkerCommandBatchH\x00\x12.\n\theartbeat\x18\x03 \x01(\x0b\x32\x19.stepd.v1.WorkerHeartbeatH\x00\x12&\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x15.stepd.v1.WorkerDrainH\x00\x42\t\n\x07message\"\xa5\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x31\n\tworkflows\x18\x03 \x03(\x0b\x32\x1e.stepd.v1.WorkflowRegistration\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x13\n\x0bsdk_version\x18\x05 \x01(\t\x12\x17\n\x0fmax_cached_runs\x18\x1e \x01(\r\"\xc2\x01\n\x14WorkflowRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x34\n\x11\x65xecution_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_entries\x18\x04 \x01(\r\x12\x16\n\x0e\x65vent_triggers\x18\n \x03(\t\x12(\n\x08schedule\x18\x0b \x01(\x0b\x32\x16.stepd.v1.ScheduleSpec\"@\n\x0fWorkerHeartbeat\x12-\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1d\n\x0bWorkerDrain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"?\n\x12WorkerCommandBatch\x12)\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x17.stepd.v1.WorkerCommand\"\x9a\x04\n\rWorkerCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x04\x12\x32\n\x0brecord_step\x18\x04 \x01(\x0b\x32\x1b.stepd.v1.RecordStepCommandH\x00\x12\x32\n\x0bsuspend_run\x18\x05 \x01(\x0b\x32\x1b.stepd.v1.SuspendRunCommandH\x00\x12\x34\n\x0c\x63omplete_run\x18\x06 \x01(\x0b\x32\x1c.stepd.v1.CompleteRunCommandH\x00\x12,\n\x08\x66\x61il_run\x18\x07 \x01(\x0b\x32\x18.stepd.v1.FailRunCommandH\x00\x12\x32\n\x0brelease_run\x18\x08 \x01(\x0b\x32\x1b.stepd.v1.ReleaseRunCommandH\x00\x12\x34\n\x0crecord_event\x18\t \x01(\x0b\x32\x1c.stepd.v1.RecordEventCommandH\x00\x12\x30\n\nstart_step\x18\n \x01(\x0b\x32\x1a.stepd.v1.StartStepCommandH\x00\x12\x32\n\x0bstart_child\x18\x14 \x01(\x0b\x32\x1b.stepd.v1.StartChildCommandH\x00\x12,\n\x08hold_run\x18\x15 \x01(\x0b\x32\x18.stepd.v1.HoldRunCommandH\x00\x42\t\n\x07\x63ommand\"\xba\x01\n\x11StartChildCommand\x12\x11\n\tchild_key\x18\x01 \x01(\t\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x18\n\x10workflow_version\x18\x03 \x01(\t\x12 \n\x05input\x18\x04 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x10\n\x08\x64\x65tached\x18\x05 \x01(\x08\x12-\n\rtrace_context\x18\x14 \x01(\x0b\x32\x16.stepd.v1.TraceContext\"4\n\x0eHoldRunCommand\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.stepd.v1.ErrorInfo\"a\n\x10StartStepCommand\x12\x10\n\x08step_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"k\n\x12RecordEventCommand\x12\x11\n\tentry_key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x07payload\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x10\n\x08progress\x18\x04 \x01(\x08\"7\n\x11RecordStepCommand\x12\"\n\x04step\x18\x01 \x01(\x0b\x32\x14.stepd.v1.StepRecord\";\n\x11SuspendRunCommand\x12&\n\x05waits\x18\x01 \x03(\x0b\x32\x17.stepd.v1.WaitCondition\"\xec\x01\n\rWaitCondition\x12\x10\n\x08wait_key\x18\x01 \x01(\t\x12$\n\x05timer\x18\x02 \x01(\x0b\x32\x13.stepd.v1.TimerWaitH\x00\x12&\n\x06signal\x18\x03 \x01(\x0b\x32\x14.stepd.v1.SignalWaitH\x00\x12$\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x13.stepd.v1.EventWaitH\x00\x12\"\n\x04hook\x18\x05 \x01(\x0b\x32\x12.stepd.v1.HookWaitH\x00\x12$\n\x05\x63hild\x18\x14 \x01(\x0b\x32\x13.stepd.v1.ChildWaitH\x00\x42\x0b\n\tcondition\"\x1b\n\tChildWait\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\n\n\x08HookWait\"X\n\tEventWait\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmatch_json\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\nSignalWait\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\tTimerWait\x12-\n\tfire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x12\x43ompleteRunCommand\x12!\n\x06result\x18\x01 \x01(\x0b\x32\x11.stepd.v1.Payload\"4\n\x0e\x46\x61ilRunCommand\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.stepd.v1.ErrorInfo\"#\n\x11ReleaseRunCommand\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xbc\x01\n\x10PollTaskResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.stepd.v1.RunTask\x12(\n\x07results\x18\x02 \x03(\x0b\x32\x17.stepd.v1.CommandResult\x12\x30\n\rcancellations\x18\x03 \x03(\x0b\x32\x19.stepd.v1.RunCancellation\x12*\n\x08settings\x18\x04 \x01(\x0b\x32\x18.stepd.v1.StreamSettings\"\x94\x01\n\x0eStreamSettings\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rlease_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\"\x97\x03\n\x07RunTask\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x04\x12\x15\n\rworkflow_name\x18\x03 \x01(\t\x12\x18\n\x10workflow_version\x18\x04 \x01(\t\x12 \n\x05input\x18\x05 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\'\n\x07journal\x18\x06 \x03(\x0b\x32\x16.stepd.v1.JournalEntry\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64ispatch_count\x18\x08 \x01(\r\x12\x15\n\rparent_run_id\x18\t \x01(\t\x12\x13\n\x0broot_run_id\x18\n \x01(\t\x12\x13\n\x0bhook_secret\x18\x0b \x01(\x0c\x12\x17\n\x0f\x63ontinues_lease\x18\x1e \x01(\x04\x12\x1f\n\x17journal_parts_remaining\x18\x1f \x01(\r\x12-\n\rtrace_context\x18( \x01(\x0b\x32\x16.stepd.v1.TraceContext\"\x8a\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\x04\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.stepd.v1.CommandStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12+\n\rrecorded_step\x18\x04 \x01(\x0b\x32\x14.stepd.v1.StepRecord\"C\n\x0fRunCancellation\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t*\xc2\x01\n\rCommandStatus\x12\x1e\n\x1a\x43OMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43OMMAND_STATUS_OK\x10\x01\x12\x1c\n\x18\x43OMMAND_STATUS_DUPLICATE\x10\x02\x12\x1d\n\x19\x43OMMAND_STATUS_LEASE_LOST\x10\x03\x12\x1a\n\x16\x43OMMAND_STATUS_INVALID\x10\x04\x12!\n\x1d\x43OMMAND_STATUS_INTERNAL_ERROR\x10\x05\x32V\n\rWorkerService\x12\x45\n\x08PollTask\x12\x19.stepd.v1.PollTaskRequest\x1a\x1a.stepd.v1.PollTaskResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stepd.v1.worker_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMANDSTATUS']._serialized_start=3553
-  _globals['_COMMANDSTATUS']._serialized_end=3747
+  _globals['_COMMANDSTATUS']._serialized_start=3571
+  _globals['_COMMANDSTATUS']._serialized_end=3765
   _globals['_POLLTASKREQUEST']._serialized_start=157
   _globals['_POLLTASKREQUEST']._serialized_end=363
   _globals['_WORKERHELLO']._serialized_start=366
@@ -58,39 +58,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTSTEPCOMMAND']._serialized_start=1676
   _globals['_STARTSTEPCOMMAND']._serialized_end=1773
   _globals['_RECORDEVENTCOMMAND']._serialized_start=1775
-  _globals['_RECORDEVENTCOMMAND']._serialized_end=1864
-  _globals['_RECORDSTEPCOMMAND']._serialized_start=1866
-  _globals['_RECORDSTEPCOMMAND']._serialized_end=1921
-  _globals['_SUSPENDRUNCOMMAND']._serialized_start=1923
-  _globals['_SUSPENDRUNCOMMAND']._serialized_end=1982
-  _globals['_WAITCONDITION']._serialized_start=1985
-  _globals['_WAITCONDITION']._serialized_end=2221
-  _globals['_CHILDWAIT']._serialized_start=2223
-  _globals['_CHILDWAIT']._serialized_end=2250
-  _globals['_HOOKWAIT']._serialized_start=2252
-  _globals['_HOOKWAIT']._serialized_end=2262
-  _globals['_EVENTWAIT']._serialized_start=2264
-  _globals['_EVENTWAIT']._serialized_end=2352
-  _globals['_SIGNALWAIT']._serialized_start=2354
-  _globals['_SIGNALWAIT']._serialized_end=2380
-  _globals['_TIMERWAIT']._serialized_start=2382
-  _globals['_TIMERWAIT']._serialized_end=2440
-  _globals['_COMPLETERUNCOMMAND']._serialized_start=2442
-  _globals['_COMPLETERUNCOMMAND']._serialized_end=2497
-  _globals['_FAILRUNCOMMAND']._serialized_start=2499
-  _globals['_FAILRUNCOMMAND']._serialized_end=2551
-  _globals['_RELEASERUNCOMMAND']._serialized_start=2553
-  _globals['_RELEASERUNCOMMAND']._serialized_end=2588
-  _globals['_POLLTASKRESPONSE']._serialized_start=2591
-  _globals['_POLLTASKRESPONSE']._serialized_end=2779
-  _globals['_STREAMSETTINGS']._serialized_start=2782
-  _globals['_STREAMSETTINGS']._serialized_end=2930
-  _globals['_RUNTASK']._serialized_start=2933
-  _globals['_RUNTASK']._serialized_end=3340
-  _globals['_COMMANDRESULT']._serialized_start=3343
-  _globals['_COMMANDRESULT']._serialized_end=3481
-  _globals['_RUNCANCELLATION']._serialized_start=3483
-  _globals['_RUNCANCELLATION']._serialized_end=3550
-  _globals['_WORKERSERVICE']._serialized_start=3749
-  _globals['_WORKERSERVICE']._serialized_end=3835
+  _globals['_RECORDEVENTCOMMAND']._serialized_end=1882
+  _globals['_RECORDSTEPCOMMAND']._serialized_start=1884
+  _globals['_RECORDSTEPCOMMAND']._serialized_end=1939
+  _globals['_SUSPENDRUNCOMMAND']._serialized_start=1941
+  _globals['_SUSPENDRUNCOMMAND']._serialized_end=2000
+  _globals['_WAITCONDITION']._serialized_start=2003
+  _globals['_WAITCONDITION']._serialized_end=2239
+  _globals['_CHILDWAIT']._serialized_start=2241
+  _globals['_CHILDWAIT']._serialized_end=2268
+  _globals['_HOOKWAIT']._serialized_start=2270
+  _globals['_HOOKWAIT']._serialized_end=2280
+  _globals['_EVENTWAIT']._serialized_start=2282
+  _globals['_EVENTWAIT']._serialized_end=2370
+  _globals['_SIGNALWAIT']._serialized_start=2372
+  _globals['_SIGNALWAIT']._serialized_end=2398
+  _globals['_TIMERWAIT']._serialized_start=2400
+  _globals['_TIMERWAIT']._serialized_end=2458
+  _globals['_COMPLETERUNCOMMAND']._serialized_start=2460
+  _globals['_COMPLETERUNCOMMAND']._serialized_end=2515
+  _globals['_FAILRUNCOMMAND']._serialized_start=2517
+  _globals['_FAILRUNCOMMAND']._serialized_end=2569
+  _globals['_RELEASERUNCOMMAND']._serialized_start=2571
+  _globals['_RELEASERUNCOMMAND']._serialized_end=2606
+  _globals['_POLLTASKRESPONSE']._serialized_start=2609
+  _globals['_POLLTASKRESPONSE']._serialized_end=2797
+  _globals['_STREAMSETTINGS']._serialized_start=2800
+  _globals['_STREAMSETTINGS']._serialized_end=2948
+  _globals['_RUNTASK']._serialized_start=2951
+  _globals['_RUNTASK']._serialized_end=3358
+  _globals['_COMMANDRESULT']._serialized_start=3361
+  _globals['_COMMANDRESULT']._serialized_end=3499
+  _globals['_RUNCANCELLATION']._serialized_start=3501
+  _globals['_RUNCANCELLATION']._serialized_end=3568
+  _globals['_WORKERSERVICE']._serialized_start=3767
+  _globals['_WORKERSERVICE']._serialized_end=3853
 # @@protoc_insertion_point(module_scope)

@@ -510,10 +510,15 @@ class RecordEventCommand(_message.Message):
     ENTRY_KEY_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
     entry_key: _builtins.str
     """The entry's key in the run, assigned like step keys."""
     name: _builtins.str
     """A short name for the entry, e.g. "progress" or "log"."""
+    progress: _builtins.bool
+    """True: the entry is the run's progress (a PROGRESS history entry whose
+    payload becomes Run.progress when the entry is new).
+    """
     @_builtins.property
     def payload(self) -> _types_pb2.Payload:
         """The entry's content."""
@@ -524,10 +529,11 @@ class RecordEventCommand(_message.Message):
         entry_key: _builtins.str = ...,
         name: _builtins.str = ...,
         payload: _types_pb2.Payload | None = ...,
+        progress: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_key", b"entry_key", "name", b"name", "payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_key", b"entry_key", "name", b"name", "payload", b"payload", "progress", b"progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

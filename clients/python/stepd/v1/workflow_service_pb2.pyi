@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from stepd.v1 import schedules_pb2 as _schedules_pb2
 from stepd.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
@@ -21,6 +22,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PendingWaitKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PendingWaitKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PendingWaitKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PENDING_WAIT_KIND_UNSPECIFIED: _PendingWaitKind.ValueType  # 0
+    """Not set."""
+    PENDING_WAIT_KIND_TIMER: _PendingWaitKind.ValueType  # 1
+    """A durable timer (a sleep, or a retry's backoff)."""
+    PENDING_WAIT_KIND_SIGNAL: _PendingWaitKind.ValueType  # 2
+    """The next signal of a name."""
+    PENDING_WAIT_KIND_EVENT: _PendingWaitKind.ValueType  # 3
+    """An event of a name whose payload matches."""
+    PENDING_WAIT_KIND_HOOK: _PendingWaitKind.ValueType  # 4
+    """The execution of a hook."""
+    PENDING_WAIT_KIND_CHILD: _PendingWaitKind.ValueType  # 5
+    """The end of a child run."""
+
+class PendingWaitKind(_PendingWaitKind, metaclass=_PendingWaitKindEnumTypeWrapper):
+    """PendingWaitKind is what one pending wait waits for."""
+
+PENDING_WAIT_KIND_UNSPECIFIED: PendingWaitKind.ValueType  # 0
+"""Not set."""
+PENDING_WAIT_KIND_TIMER: PendingWaitKind.ValueType  # 1
+"""A durable timer (a sleep, or a retry's backoff)."""
+PENDING_WAIT_KIND_SIGNAL: PendingWaitKind.ValueType  # 2
+"""The next signal of a name."""
+PENDING_WAIT_KIND_EVENT: PendingWaitKind.ValueType  # 3
+"""An event of a name whose payload matches."""
+PENDING_WAIT_KIND_HOOK: PendingWaitKind.ValueType  # 4
+"""The execution of a hook."""
+PENDING_WAIT_KIND_CHILD: PendingWaitKind.ValueType  # 5
+"""The end of a child run."""
+Global___PendingWaitKind: _TypeAlias = PendingWaitKind  # noqa: Y015
 
 @_typing.final
 class TriggerRequest(_message.Message):
@@ -159,22 +196,103 @@ class GetRunResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
+    PENDING_WAITS_FIELD_NUMBER: _builtins.int
+    NO_WORKER_FIELD_NUMBER: _builtins.int
+    no_worker: _builtins.bool
+    """True for a pending run that no worker connected to this server serves
+    (its workflow, and its version when the run is pinned to one): it waits
+    until one connects.
+    """
     @_builtins.property
     def run(self) -> _types_pb2.Run:
         """The run."""
+
+    @_builtins.property
+    def pending_waits(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingWait]:
+        """What a suspended run waits for (it wakes when any one is met); empty for
+        a run in another status. A wait's timeout is its deadline, not a wait of
+        its own.
+        """
 
     def __init__(
         self,
         *,
         run: _types_pb2.Run | None = ...,
+        pending_waits: _abc.Iterable[Global___PendingWait] | None = ...,
+        no_worker: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["no_worker", b"no_worker", "pending_waits", b"pending_waits", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
+
+@_typing.final
+class PendingWait(_message.Message):
+    """PendingWait is one thing a suspended run waits for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAIT_KEY_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    FIRE_TIME_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MATCH_JSON_FIELD_NUMBER: _builtins.int
+    HOOK_TOKEN_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_ID_FIELD_NUMBER: _builtins.int
+    wait_key: _builtins.str
+    """The wait's key in the run's journal (e.g. "sleep:1", "signal:2")."""
+    kind: Global___PendingWaitKind.ValueType
+    """What it waits for."""
+    name: _builtins.str
+    """For a signal or event wait: the signal's or event's name."""
+    match_json: _builtins.str
+    """For an event wait: the JSON object of payload fields that must be equal
+    (empty matches every event of the name).
+    """
+    hook_token: _builtins.str
+    """For a hook wait: the hook's token, when the caller may execute hooks
+    (its key's role has the execute_hook right, or the server runs without
+    keys); empty otherwise.
+    """
+    child_run_id: _builtins.str
+    """For a child wait: the child's run id."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """When the wait began."""
+
+    @_builtins.property
+    def fire_time(self) -> _timestamp_pb2.Timestamp:
+        """For a timer: when it fires."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the wait times out, if it has a timeout."""
+
+    def __init__(
+        self,
+        *,
+        wait_key: _builtins.str = ...,
+        kind: Global___PendingWaitKind.ValueType = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        fire_time: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        name: _builtins.str = ...,
+        match_json: _builtins.str = ...,
+        hook_token: _builtins.str = ...,
+        child_run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "fire_time", b"fire_time", "since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_run_id", b"child_run_id", "deadline", b"deadline", "fire_time", b"fire_time", "hook_token", b"hook_token", "kind", b"kind", "match_json", b"match_json", "name", b"name", "since", b"since", "wait_key", b"wait_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingWait: _TypeAlias = PendingWait  # noqa: Y015
 
 @_typing.final
 class ListRunsRequest(_message.Message):
@@ -190,6 +308,8 @@ class ListRunsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     INCLUDE_PAYLOADS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """Only runs of this workflow."""
     parent_run_id: _builtins.str
@@ -205,6 +325,10 @@ class ListRunsRequest(_message.Message):
     (3 MiB; at least one run per page), so a page may hold fewer than
     page_size runs while next_page_token is set.
     """
+    idempotency_key: _builtins.str
+    """Only the run started with this idempotency key."""
+    schedule_id: _builtins.str
+    """Only runs this schedule started."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.RunStatus.ValueType]:
         """Only runs in one of these statuses."""
@@ -228,10 +352,12 @@ class ListRunsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         include_payloads: _builtins.bool = ...,
+        idempotency_key: _builtins.str = ...,
+        schedule_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "include_payloads", b"include_payloads", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "statuses", b"statuses", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "idempotency_key", b"idempotency_key", "include_payloads", b"include_payloads", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "schedule_id", b"schedule_id", "statuses", b"statuses", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -985,3 +1111,69 @@ class TriggerScheduleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TriggerScheduleResponse: _TypeAlias = TriggerScheduleResponse  # noqa: Y015
+
+@_typing.final
+class WatchRunRequest(_message.Message):
+    """WatchRunRequest names the run to watch and where to start."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run's id. Required."""
+    page_token: _builtins.str
+    """Where to start: the resume_token of an earlier WatchRunResponse, or a
+    ListRunEvents next_page_token, of this run. Empty: from the first entry.
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunRequest: _TypeAlias = WatchRunRequest  # noqa: Y015
+
+@_typing.final
+class WatchRunResponse(_message.Message):
+    """WatchRunResponse carries history entries as they are committed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Pass as WatchRunRequest.page_token to resume after these entries."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RunEvent]:
+        """New entries, oldest first (positions continue those of ListRunEvents);
+        empty in a keepalive.
+        """
+
+    @_builtins.property
+    def run(self) -> _types_pb2.Run:
+        """The run as it stands (without input and result), in the first response
+        and whenever its status or progress changed; unset otherwise.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_types_pb2.RunEvent] | None = ...,
+        run: _types_pb2.Run | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "resume_token", b"resume_token", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunResponse: _TypeAlias = WatchRunResponse  # noqa: Y015

@@ -116,6 +116,11 @@ class WorkflowServiceStub(object):
                 request_serializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleRequest.SerializeToString,
                 response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleResponse.FromString,
                 _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/stepd.v1.WorkflowService/WatchRun',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.WatchRunResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer(object):
@@ -240,6 +245,17 @@ class WorkflowServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRun(self, request, context):
+        """WatchRun streams a run's history: the entries from a position on, then
+        every new entry as it is committed, until the run ends (the stream then
+        ends OK) or the caller stops. The server sends an empty response after
+        30 s without news (a keepalive) and ends the stream OK after 30 minutes;
+        the caller resumes with the last resume_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -322,6 +338,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.TriggerSchedule,
                     request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleRequest.FromString,
                     response_serializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleResponse.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.WatchRunRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.WatchRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -758,6 +779,33 @@ class WorkflowService(object):
             '/stepd.v1.WorkflowService/TriggerSchedule',
             stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleRequest.SerializeToString,
             stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/WatchRun',
+            stepd_dot_v1_dot_workflow__service__pb2.WatchRunRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.WatchRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,13 @@ class WorkflowServiceStub:
     """TriggerSchedule starts a run of a schedule now, as an extra occasion
     (the overlap policy applies).
     """
+    WatchRun: _grpc.UnaryStreamMultiCallable[_workflow_service_pb2.WatchRunRequest, _workflow_service_pb2.WatchRunResponse]
+    """WatchRun streams a run's history: the entries from a position on, then
+    every new entry as it is committed, until the run ends (the stream then
+    ends OK) or the caller stops. The server sends an empty response after
+    30 s without news (a keepalive) and ends the stream OK after 30 minutes;
+    the caller resumes with the last resume_token.
+    """
 
 @_typing.type_check_only
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
@@ -124,6 +131,13 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     TriggerSchedule: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.TriggerScheduleRequest, _workflow_service_pb2.TriggerScheduleResponse]  # type: ignore[assignment]
     """TriggerSchedule starts a run of a schedule now, as an extra occasion
     (the overlap policy applies).
+    """
+    WatchRun: _aio.UnaryStreamMultiCallable[_workflow_service_pb2.WatchRunRequest, _workflow_service_pb2.WatchRunResponse]  # type: ignore[assignment]
+    """WatchRun streams a run's history: the entries from a position on, then
+    every new entry as it is committed, until the run ends (the stream then
+    ends OK) or the caller stops. The server sends an empty response after
+    30 s without news (a keepalive) and ends the stream OK after 30 minutes;
+    the caller resumes with the last resume_token.
     """
 
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -266,6 +280,19 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_workflow_service_pb2.TriggerScheduleResponse, _abc.Awaitable[_workflow_service_pb2.TriggerScheduleResponse]]:
         """TriggerSchedule starts a run of a schedule now, as an extra occasion
         (the overlap policy applies).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRun(
+        self,
+        request: _workflow_service_pb2.WatchRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_workflow_service_pb2.WatchRunResponse], _abc.AsyncIterator[_workflow_service_pb2.WatchRunResponse]]:
+        """WatchRun streams a run's history: the entries from a position on, then
+        every new entry as it is committed, until the run ends (the stream then
+        ends OK) or the caller stops. The server sends an empty response after
+        30 s without news (a keepalive) and ends the stream OK after 30 minutes;
+        the caller resumes with the last resume_token.
         """
 
 def add_WorkflowServiceServicer_to_server(servicer: WorkflowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,8 +2,8 @@
 // @generated from file stepd/v1/workflow_service.proto (package stepd.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Schedule, ScheduleSpec } from "./schedules_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stepd/v1/workflow_service.proto.
  */
 export const file_stepd_v1_workflow_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9zdGVwZC92MS93b3JrZmxvd19zZXJ2aWNlLnByb3RvEghzdGVwZC52MSKZAgoOVHJpZ2dlclJlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAIgASgJEiAKBWlucHV0GAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIOCgZydW5faWQYBCABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCg10cmFjZV9jb250ZXh0GBQgASgLMhYuc3RlcGQudjEuVHJhY2VDb250ZXh0IkYKD1RyaWdnZXJSZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4SFwoPYWxyZWFkeV9leGlzdGVkGAIgASgIIl4KDUdldFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEgwKBHdhaXQYAiABKAgSLwoMd2FpdF90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIiwKDkdldFJ1blJlc3BvbnNlEhoKA3J1bhgBIAEoCzINLnN0ZXBkLnYxLlJ1biKWAgoPTGlzdFJ1bnNSZXF1ZXN0EhUKDXdvcmtmbG93X25hbWUYASABKAkSJQoIc3RhdHVzZXMYAiADKA4yEy5zdGVwZC52MS5SdW5TdGF0dXMSFQoNcGFyZW50X3J1bl9pZBgDIAEoCRI1ChFjcmVhdGVfdGltZV9hZnRlchgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSY3JlYXRlX3RpbWVfYmVmb3JlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCRIYChBpbmNsdWRlX3BheWxvYWRzGAggASgIIkgKEExpc3RSdW5zUmVzcG9uc2USGwoEcnVucxgBIAMoCzINLnN0ZXBkLnYxLlJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMgoQQ2FuY2VsUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGcmVhc29uGAIgASgJIkoKEUNhbmNlbFJ1blJlc3BvbnNlEhoKA3J1bhgBIAEoCzINLnN0ZXBkLnYxLlJ1bhIZChFhbHJlYWR5X2NhbmNlbGxlZBgCIAEoCCJlCg1TaWduYWxSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEiIKB3BheWxvYWQYAyABKAsyES5zdGVwZC52MS5QYXlsb2FkEhIKCnJlcXVlc3RfaWQYBCABKAkiIAoOU2lnbmFsUmVzcG9uc2USDgoGcnVuX2lkGAEgASgJIkcKEkV4ZWN1dGVIb29rUmVxdWVzdBINCgV0b2tlbhgBIAEoCRIiCgdwYXlsb2FkGAIgASgLMhEuc3RlcGQudjEuUGF5bG9hZCIlChNFeGVjdXRlSG9va1Jlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCSIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCJcChVHZXRTZXJ2ZXJJbmZvUmVzcG9uc2USFgoOc2VydmVyX3ZlcnNpb24YASABKAkSGQoRbWF4X3BheWxvYWRfYnl0ZXMYAiABKA0SEAoIZmVhdHVyZXMYAyADKAkiTQoUTGlzdFJ1bkV2ZW50c1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlQKFUxpc3RSdW5FdmVudHNSZXNwb25zZRIiCgZldmVudHMYASADKAsyEi5zdGVwZC52MS5SdW5FdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWQoTUHVibGlzaEV2ZW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEiIKB3BheWxvYWQYAiABKAsyES5zdGVwZC52MS5QYXlsb2FkEhAKCGV2ZW50X2lkGAMgASgJInMKFFB1Ymxpc2hFdmVudFJlc3BvbnNlEhAKCGV2ZW50X2lkGAEgASgJEhkKEWFscmVhZHlfcHVibGlzaGVkGAIgASgIEhUKDXdva2VuX3J1bl9pZHMYAyADKAkSFwoPc3RhcnRlZF9ydW5faWRzGAQgAygJIpMBChVDcmVhdGVTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSFQoNd29ya2Zsb3dfbmFtZRgCIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAMgASgJEiQKBHNwZWMYBCABKAsyFi5zdGVwZC52MS5TY2hlZHVsZVNwZWMSDgoGcGF1c2VkGAUgASgIIlcKFkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5zdGVwZC52MS5TY2hlZHVsZRIXCg9hbHJlYWR5X2V4aXN0ZWQYAiABKAgiPgoSR2V0U2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEhMKC3JlY2VudF9ydW5zGAIgASgFIjsKE0dldFNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5zdGVwZC52MS5TY2hlZHVsZSJUChRMaXN0U2NoZWR1bGVzUmVxdWVzdBIVCg13b3JrZmxvd19uYW1lGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlcKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIlCglzY2hlZHVsZXMYASADKAsyEi5zdGVwZC52MS5TY2hlZHVsZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKwoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiPQoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuc3RlcGQudjEuU2NoZWR1bGUiLAoVUmVzdW1lU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJIj4KFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5zdGVwZC52MS5TY2hlZHVsZSIsChVEZWxldGVTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiLQoWRGVsZXRlU2NoZWR1bGVSZXNwb25zZRITCgtzY2hlZHVsZV9pZBgBIAEoCSJBChZUcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiRgoXVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USGgoDcnVuGAEgASgLMg0uc3RlcGQudjEuUnVuEg8KB3NraXBwZWQYAiABKAgy2gkKD1dvcmtmbG93U2VydmljZRI+CgdUcmlnZ2VyEhguc3RlcGQudjEuVHJpZ2dlclJlcXVlc3QaGS5zdGVwZC52MS5UcmlnZ2VyUmVzcG9uc2USOwoGR2V0UnVuEhcuc3RlcGQudjEuR2V0UnVuUmVxdWVzdBoYLnN0ZXBkLnYxLkdldFJ1blJlc3BvbnNlEkEKCExpc3RSdW5zEhkuc3RlcGQudjEuTGlzdFJ1bnNSZXF1ZXN0Ghouc3RlcGQudjEuTGlzdFJ1bnNSZXNwb25zZRJECglDYW5jZWxSdW4SGi5zdGVwZC52MS5DYW5jZWxSdW5SZXF1ZXN0Ghsuc3RlcGQudjEuQ2FuY2VsUnVuUmVzcG9uc2USOwoGU2lnbmFsEhcuc3RlcGQudjEuU2lnbmFsUmVxdWVzdBoYLnN0ZXBkLnYxLlNpZ25hbFJlc3BvbnNlEkoKC0V4ZWN1dGVIb29rEhwuc3RlcGQudjEuRXhlY3V0ZUhvb2tSZXF1ZXN0Gh0uc3RlcGQudjEuRXhlY3V0ZUhvb2tSZXNwb25zZRJNCgxQdWJsaXNoRXZlbnQSHS5zdGVwZC52MS5QdWJsaXNoRXZlbnRSZXF1ZXN0Gh4uc3RlcGQudjEuUHVibGlzaEV2ZW50UmVzcG9uc2USUAoNTGlzdFJ1bkV2ZW50cxIeLnN0ZXBkLnYxLkxpc3RSdW5FdmVudHNSZXF1ZXN0Gh8uc3RlcGQudjEuTGlzdFJ1bkV2ZW50c1Jlc3BvbnNlElAKDUdldFNlcnZlckluZm8SHi5zdGVwZC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBofLnN0ZXBkLnYxLkdldFNlcnZlckluZm9SZXNwb25zZRJTCg5DcmVhdGVTY2hlZHVsZRIfLnN0ZXBkLnYxLkNyZWF0ZVNjaGVkdWxlUmVxdWVzdBogLnN0ZXBkLnYxLkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USSgoLR2V0U2NoZWR1bGUSHC5zdGVwZC52MS5HZXRTY2hlZHVsZVJlcXVlc3QaHS5zdGVwZC52MS5HZXRTY2hlZHVsZVJlc3BvbnNlElAKDUxpc3RTY2hlZHVsZXMSHi5zdGVwZC52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBofLnN0ZXBkLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJQCg1QYXVzZVNjaGVkdWxlEh4uc3RlcGQudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaHy5zdGVwZC52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USUwoOUmVzdW1lU2NoZWR1bGUSHy5zdGVwZC52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaIC5zdGVwZC52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlElMKDkRlbGV0ZVNjaGVkdWxlEh8uc3RlcGQudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0GiAuc3RlcGQudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZRJWCg9UcmlnZ2VyU2NoZWR1bGUSIC5zdGVwZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0GiEuc3RlcGQudjEuVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_schedules, file_stepd_v1_types]);
+  fileDesc("Ch9zdGVwZC92MS93b3JrZmxvd19zZXJ2aWNlLnByb3RvEghzdGVwZC52MSKZAgoOVHJpZ2dlclJlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAIgASgJEiAKBWlucHV0GAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIOCgZydW5faWQYBCABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCg10cmFjZV9jb250ZXh0GBQgASgLMhYuc3RlcGQudjEuVHJhY2VDb250ZXh0IkYKD1RyaWdnZXJSZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4SFwoPYWxyZWFkeV9leGlzdGVkGAIgASgIIl4KDUdldFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEgwKBHdhaXQYAiABKAgSLwoMd2FpdF90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIm0KDkdldFJ1blJlc3BvbnNlEhoKA3J1bhgBIAEoCzINLnN0ZXBkLnYxLlJ1bhIsCg1wZW5kaW5nX3dhaXRzGAIgAygLMhUuc3RlcGQudjEuUGVuZGluZ1dhaXQSEQoJbm9fd29ya2VyGAMgASgIIpwCCgtQZW5kaW5nV2FpdBIQCgh3YWl0X2tleRgBIAEoCRInCgRraW5kGAIgASgOMhkuc3RlcGQudjEuUGVuZGluZ1dhaXRLaW5kEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglmaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRuYW1lGAYgASgJEhIKCm1hdGNoX2pzb24YByABKAkSEgoKaG9va190b2tlbhgIIAEoCRIUCgxjaGlsZF9ydW5faWQYCSABKAkixAIKD0xpc3RSdW5zUmVxdWVzdBIVCg13b3JrZmxvd19uYW1lGAEgASgJEiUKCHN0YXR1c2VzGAIgAygOMhMuc3RlcGQudjEuUnVuU3RhdHVzEhUKDXBhcmVudF9ydW5faWQYAyABKAkSNQoRY3JlYXRlX3RpbWVfYWZ0ZXIYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmNyZWF0ZV90aW1lX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSGAoQaW5jbHVkZV9wYXlsb2FkcxgIIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYCSABKAkSEwoLc2NoZWR1bGVfaWQYCiABKAkiSAoQTGlzdFJ1bnNSZXNwb25zZRIbCgRydW5zGAEgAygLMg0uc3RlcGQudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIyChBDYW5jZWxSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiSgoRQ2FuY2VsUnVuUmVzcG9uc2USGgoDcnVuGAEgASgLMg0uc3RlcGQudjEuUnVuEhkKEWFscmVhZHlfY2FuY2VsbGVkGAIgASgIImUKDVNpZ25hbFJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSIgoHcGF5bG9hZBgDIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEgoKcmVxdWVzdF9pZBgEIAEoCSIgCg5TaWduYWxSZXNwb25zZRIOCgZydW5faWQYASABKAkiRwoSRXhlY3V0ZUhvb2tSZXF1ZXN0Eg0KBXRva2VuGAEgASgJEiIKB3BheWxvYWQYAiABKAsyES5zdGVwZC52MS5QYXlsb2FkIiUKE0V4ZWN1dGVIb29rUmVzcG9uc2USDgoGcnVuX2lkGAEgASgJIhYKFEdldFNlcnZlckluZm9SZXF1ZXN0IlwKFUdldFNlcnZlckluZm9SZXNwb25zZRIWCg5zZXJ2ZXJfdmVyc2lvbhgBIAEoCRIZChFtYXhfcGF5bG9hZF9ieXRlcxgCIAEoDRIQCghmZWF0dXJlcxgDIAMoCSJNChRMaXN0UnVuRXZlbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVAoVTGlzdFJ1bkV2ZW50c1Jlc3BvbnNlEiIKBmV2ZW50cxgBIAMoCzISLnN0ZXBkLnYxLlJ1bkV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJZChNQdWJsaXNoRXZlbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSIgoHcGF5bG9hZBgCIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEAoIZXZlbnRfaWQYAyABKAkicwoUUHVibGlzaEV2ZW50UmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSGQoRYWxyZWFkeV9wdWJsaXNoZWQYAiABKAgSFQoNd29rZW5fcnVuX2lkcxgDIAMoCRIXCg9zdGFydGVkX3J1bl9pZHMYBCADKAkikwEKFUNyZWF0ZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAkSJAoEc3BlYxgEIAEoCzIWLnN0ZXBkLnYxLlNjaGVkdWxlU3BlYxIOCgZwYXVzZWQYBSABKAgiVwoWQ3JlYXRlU2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlEhcKD2FscmVhZHlfZXhpc3RlZBgCIAEoCCI+ChJHZXRTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSEwoLcmVjZW50X3J1bnMYAiABKAUiOwoTR2V0U2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlIlQKFExpc3RTY2hlZHVsZXNSZXF1ZXN0EhUKDXdvcmtmbG93X25hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEiUKCXNjaGVkdWxlcxgBIAMoCzISLnN0ZXBkLnYxLlNjaGVkdWxlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIrChRQYXVzZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSI9ChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5zdGVwZC52MS5TY2hlZHVsZSIsChVSZXN1bWVTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiPgoWUmVzdW1lU2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlIiwKFURlbGV0ZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSItChZEZWxldGVTY2hlZHVsZVJlc3BvbnNlEhMKC3NjaGVkdWxlX2lkGAEgASgJIkEKFlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSJGChdUcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4SDwoHc2tpcHBlZBgCIAEoCCI1Cg9XYXRjaFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhIKCnBhZ2VfdG9rZW4YAiABKAkiaAoQV2F0Y2hSdW5SZXNwb25zZRIiCgZldmVudHMYASADKAsyEi5zdGVwZC52MS5SdW5FdmVudBIaCgNydW4YAiABKAsyDS5zdGVwZC52MS5SdW4SFAoMcmVzdW1lX3Rva2VuGAMgASgJKsUBCg9QZW5kaW5nV2FpdEtpbmQSIQodUEVORElOR19XQUlUX0tJTkRfVU5TUEVDSUZJRUQQABIbChdQRU5ESU5HX1dBSVRfS0lORF9USU1FUhABEhwKGFBFTkRJTkdfV0FJVF9LSU5EX1NJR05BTBACEhsKF1BFTkRJTkdfV0FJVF9LSU5EX0VWRU5UEAMSGgoWUEVORElOR19XQUlUX0tJTkRfSE9PSxAEEhsKF1BFTkRJTkdfV0FJVF9LSU5EX0NISUxEEAUynwoKD1dvcmtmbG93U2VydmljZRI+CgdUcmlnZ2VyEhguc3RlcGQudjEuVHJpZ2dlclJlcXVlc3QaGS5zdGVwZC52MS5UcmlnZ2VyUmVzcG9uc2USOwoGR2V0UnVuEhcuc3RlcGQudjEuR2V0UnVuUmVxdWVzdBoYLnN0ZXBkLnYxLkdldFJ1blJlc3BvbnNlEkEKCExpc3RSdW5zEhkuc3RlcGQudjEuTGlzdFJ1bnNSZXF1ZXN0Ghouc3RlcGQudjEuTGlzdFJ1bnNSZXNwb25zZRJECglDYW5jZWxSdW4SGi5zdGVwZC52MS5DYW5jZWxSdW5SZXF1ZXN0Ghsuc3RlcGQudjEuQ2FuY2VsUnVuUmVzcG9uc2USOwoGU2lnbmFsEhcuc3RlcGQudjEuU2lnbmFsUmVxdWVzdBoYLnN0ZXBkLnYxLlNpZ25hbFJlc3BvbnNlEkoKC0V4ZWN1dGVIb29rEhwuc3RlcGQudjEuRXhlY3V0ZUhvb2tSZXF1ZXN0Gh0uc3RlcGQudjEuRXhlY3V0ZUhvb2tSZXNwb25zZRJNCgxQdWJsaXNoRXZlbnQSHS5zdGVwZC52MS5QdWJsaXNoRXZlbnRSZXF1ZXN0Gh4uc3RlcGQudjEuUHVibGlzaEV2ZW50UmVzcG9uc2USUAoNTGlzdFJ1bkV2ZW50cxIeLnN0ZXBkLnYxLkxpc3RSdW5FdmVudHNSZXF1ZXN0Gh8uc3RlcGQudjEuTGlzdFJ1bkV2ZW50c1Jlc3BvbnNlElAKDUdldFNlcnZlckluZm8SHi5zdGVwZC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBofLnN0ZXBkLnYxLkdldFNlcnZlckluZm9SZXNwb25zZRJTCg5DcmVhdGVTY2hlZHVsZRIfLnN0ZXBkLnYxLkNyZWF0ZVNjaGVkdWxlUmVxdWVzdBogLnN0ZXBkLnYxLkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USSgoLR2V0U2NoZWR1bGUSHC5zdGVwZC52MS5HZXRTY2hlZHVsZVJlcXVlc3QaHS5zdGVwZC52MS5HZXRTY2hlZHVsZVJlc3BvbnNlElAKDUxpc3RTY2hlZHVsZXMSHi5zdGVwZC52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBofLnN0ZXBkLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJQCg1QYXVzZVNjaGVkdWxlEh4uc3RlcGQudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaHy5zdGVwZC52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USUwoOUmVzdW1lU2NoZWR1bGUSHy5zdGVwZC52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaIC5zdGVwZC52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlElMKDkRlbGV0ZVNjaGVkdWxlEh8uc3RlcGQudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0GiAuc3RlcGQudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZRJWCg9UcmlnZ2VyU2NoZWR1bGUSIC5zdGVwZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0GiEuc3RlcGQudjEuVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USQwoIV2F0Y2hSdW4SGS5zdGVwZC52MS5XYXRjaFJ1blJlcXVlc3QaGi5zdGVwZC52MS5XYXRjaFJ1blJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_schedules, file_stepd_v1_types]);
 
 /**
  * TriggerRequest starts a run.
@@ -171,6 +171,24 @@ export type GetRunResponse = Message<"stepd.v1.GetRunResponse"> & {
    * @generated from field: stepd.v1.Run run = 1;
    */
   run?: Run | undefined;
+
+  /**
+   * What a suspended run waits for (it wakes when any one is met); empty for
+   * a run in another status. A wait's timeout is its deadline, not a wait of
+   * its own.
+   *
+   * @generated from field: repeated stepd.v1.PendingWait pending_waits = 2;
+   */
+  pendingWaits: PendingWait[];
+
+  /**
+   * True for a pending run that no worker connected to this server serves
+   * (its workflow, and its version when the run is pinned to one): it waits
+   * until one connects.
+   *
+   * @generated from field: bool no_worker = 3;
+   */
+  noWorker: boolean;
 };
 
 /**
@@ -179,6 +197,86 @@ export type GetRunResponse = Message<"stepd.v1.GetRunResponse"> & {
  */
 export const GetRunResponseSchema: GenMessage<GetRunResponse> = /*@__PURE__*/
   messageDesc(file_stepd_v1_workflow_service, 3);
+
+/**
+ * PendingWait is one thing a suspended run waits for.
+ *
+ * @generated from message stepd.v1.PendingWait
+ */
+export type PendingWait = Message<"stepd.v1.PendingWait"> & {
+  /**
+   * The wait's key in the run's journal (e.g. "sleep:1", "signal:2").
+   *
+   * @generated from field: string wait_key = 1;
+   */
+  waitKey: string;
+
+  /**
+   * What it waits for.
+   *
+   * @generated from field: stepd.v1.PendingWaitKind kind = 2;
+   */
+  kind: PendingWaitKind;
+
+  /**
+   * When the wait began.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 3;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * For a timer: when it fires.
+   *
+   * @generated from field: google.protobuf.Timestamp fire_time = 4;
+   */
+  fireTime?: Timestamp | undefined;
+
+  /**
+   * When the wait times out, if it has a timeout.
+   *
+   * @generated from field: google.protobuf.Timestamp deadline = 5;
+   */
+  deadline?: Timestamp | undefined;
+
+  /**
+   * For a signal or event wait: the signal's or event's name.
+   *
+   * @generated from field: string name = 6;
+   */
+  name: string;
+
+  /**
+   * For an event wait: the JSON object of payload fields that must be equal
+   * (empty matches every event of the name).
+   *
+   * @generated from field: string match_json = 7;
+   */
+  matchJson: string;
+
+  /**
+   * For a hook wait: the hook's token, when the caller may execute hooks
+   * (its key's role has the execute_hook right, or the server runs without
+   * keys); empty otherwise.
+   *
+   * @generated from field: string hook_token = 8;
+   */
+  hookToken: string;
+
+  /**
+   * For a child wait: the child's run id.
+   *
+   * @generated from field: string child_run_id = 9;
+   */
+  childRunId: string;
+};
+
+/**
+ * Describes the message stepd.v1.PendingWait.
+ * Use `create(PendingWaitSchema)` to create a new message.
+ */
+export const PendingWaitSchema: GenMessage<PendingWait> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 4);
 
 /**
  * ListRunsRequest filters and pages through runs.
@@ -245,6 +343,20 @@ export type ListRunsRequest = Message<"stepd.v1.ListRunsRequest"> & {
    * @generated from field: bool include_payloads = 8;
    */
   includePayloads: boolean;
+
+  /**
+   * Only the run started with this idempotency key.
+   *
+   * @generated from field: string idempotency_key = 9;
+   */
+  idempotencyKey: string;
+
+  /**
+   * Only runs this schedule started.
+   *
+   * @generated from field: string schedule_id = 10;
+   */
+  scheduleId: string;
 };
 
 /**
@@ -252,7 +364,7 @@ export type ListRunsRequest = Message<"stepd.v1.ListRunsRequest"> & {
  * Use `create(ListRunsRequestSchema)` to create a new message.
  */
 export const ListRunsRequestSchema: GenMessage<ListRunsRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 4);
+  messageDesc(file_stepd_v1_workflow_service, 5);
 
 /**
  * ListRunsResponse is one page of runs.
@@ -280,7 +392,7 @@ export type ListRunsResponse = Message<"stepd.v1.ListRunsResponse"> & {
  * Use `create(ListRunsResponseSchema)` to create a new message.
  */
 export const ListRunsResponseSchema: GenMessage<ListRunsResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 5);
+  messageDesc(file_stepd_v1_workflow_service, 6);
 
 /**
  * CancelRunRequest names a run to cancel.
@@ -308,7 +420,7 @@ export type CancelRunRequest = Message<"stepd.v1.CancelRunRequest"> & {
  * Use `create(CancelRunRequestSchema)` to create a new message.
  */
 export const CancelRunRequestSchema: GenMessage<CancelRunRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 6);
+  messageDesc(file_stepd_v1_workflow_service, 7);
 
 /**
  * CancelRunResponse carries the cancelled run.
@@ -336,7 +448,7 @@ export type CancelRunResponse = Message<"stepd.v1.CancelRunResponse"> & {
  * Use `create(CancelRunResponseSchema)` to create a new message.
  */
 export const CancelRunResponseSchema: GenMessage<CancelRunResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 7);
+  messageDesc(file_stepd_v1_workflow_service, 8);
 
 /**
  * SignalRequest delivers a signal to one run.
@@ -378,7 +490,7 @@ export type SignalRequest = Message<"stepd.v1.SignalRequest"> & {
  * Use `create(SignalRequestSchema)` to create a new message.
  */
 export const SignalRequestSchema: GenMessage<SignalRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 8);
+  messageDesc(file_stepd_v1_workflow_service, 9);
 
 /**
  * SignalResponse acknowledges a stored signal.
@@ -399,7 +511,7 @@ export type SignalResponse = Message<"stepd.v1.SignalResponse"> & {
  * Use `create(SignalResponseSchema)` to create a new message.
  */
 export const SignalResponseSchema: GenMessage<SignalResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 9);
+  messageDesc(file_stepd_v1_workflow_service, 10);
 
 /**
  * ExecuteHookRequest resumes a run waiting on a hook.
@@ -427,7 +539,7 @@ export type ExecuteHookRequest = Message<"stepd.v1.ExecuteHookRequest"> & {
  * Use `create(ExecuteHookRequestSchema)` to create a new message.
  */
 export const ExecuteHookRequestSchema: GenMessage<ExecuteHookRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 10);
+  messageDesc(file_stepd_v1_workflow_service, 11);
 
 /**
  * ExecuteHookResponse names the resumed run.
@@ -448,7 +560,7 @@ export type ExecuteHookResponse = Message<"stepd.v1.ExecuteHookResponse"> & {
  * Use `create(ExecuteHookResponseSchema)` to create a new message.
  */
 export const ExecuteHookResponseSchema: GenMessage<ExecuteHookResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 11);
+  messageDesc(file_stepd_v1_workflow_service, 12);
 
 /**
  * GetServerInfoRequest asks for the server's version and limits.
@@ -463,7 +575,7 @@ export type GetServerInfoRequest = Message<"stepd.v1.GetServerInfoRequest"> & {
  * Use `create(GetServerInfoRequestSchema)` to create a new message.
  */
 export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 12);
+  messageDesc(file_stepd_v1_workflow_service, 13);
 
 /**
  * GetServerInfoResponse describes the server.
@@ -498,7 +610,7 @@ export type GetServerInfoResponse = Message<"stepd.v1.GetServerInfoResponse"> & 
  * Use `create(GetServerInfoResponseSchema)` to create a new message.
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 13);
+  messageDesc(file_stepd_v1_workflow_service, 14);
 
 /**
  * ListRunEventsRequest pages through one run's history.
@@ -535,7 +647,7 @@ export type ListRunEventsRequest = Message<"stepd.v1.ListRunEventsRequest"> & {
  * Use `create(ListRunEventsRequestSchema)` to create a new message.
  */
 export const ListRunEventsRequestSchema: GenMessage<ListRunEventsRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 14);
+  messageDesc(file_stepd_v1_workflow_service, 15);
 
 /**
  * ListRunEventsResponse is one page of a run's history, oldest first.
@@ -563,7 +675,7 @@ export type ListRunEventsResponse = Message<"stepd.v1.ListRunEventsResponse"> & 
  * Use `create(ListRunEventsResponseSchema)` to create a new message.
  */
 export const ListRunEventsResponseSchema: GenMessage<ListRunEventsResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 15);
+  messageDesc(file_stepd_v1_workflow_service, 16);
 
 /**
  * PublishEventRequest publishes one event.
@@ -598,7 +710,7 @@ export type PublishEventRequest = Message<"stepd.v1.PublishEventRequest"> & {
  * Use `create(PublishEventRequestSchema)` to create a new message.
  */
 export const PublishEventRequestSchema: GenMessage<PublishEventRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 16);
+  messageDesc(file_stepd_v1_workflow_service, 17);
 
 /**
  * PublishEventResponse says what the event did.
@@ -641,7 +753,7 @@ export type PublishEventResponse = Message<"stepd.v1.PublishEventResponse"> & {
  * Use `create(PublishEventResponseSchema)` to create a new message.
  */
 export const PublishEventResponseSchema: GenMessage<PublishEventResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 17);
+  messageDesc(file_stepd_v1_workflow_service, 18);
 
 /**
  * CreateScheduleRequest creates a schedule.
@@ -693,7 +805,7 @@ export type CreateScheduleRequest = Message<"stepd.v1.CreateScheduleRequest"> & 
  * Use `create(CreateScheduleRequestSchema)` to create a new message.
  */
 export const CreateScheduleRequestSchema: GenMessage<CreateScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 18);
+  messageDesc(file_stepd_v1_workflow_service, 19);
 
 /**
  * CreateScheduleResponse carries the created (or existing) schedule.
@@ -721,7 +833,7 @@ export type CreateScheduleResponse = Message<"stepd.v1.CreateScheduleResponse"> 
  * Use `create(CreateScheduleResponseSchema)` to create a new message.
  */
 export const CreateScheduleResponseSchema: GenMessage<CreateScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 19);
+  messageDesc(file_stepd_v1_workflow_service, 20);
 
 /**
  * GetScheduleRequest names a schedule.
@@ -749,7 +861,7 @@ export type GetScheduleRequest = Message<"stepd.v1.GetScheduleRequest"> & {
  * Use `create(GetScheduleRequestSchema)` to create a new message.
  */
 export const GetScheduleRequestSchema: GenMessage<GetScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 20);
+  messageDesc(file_stepd_v1_workflow_service, 21);
 
 /**
  * GetScheduleResponse carries the schedule.
@@ -770,7 +882,7 @@ export type GetScheduleResponse = Message<"stepd.v1.GetScheduleResponse"> & {
  * Use `create(GetScheduleResponseSchema)` to create a new message.
  */
 export const GetScheduleResponseSchema: GenMessage<GetScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 21);
+  messageDesc(file_stepd_v1_workflow_service, 22);
 
 /**
  * ListSchedulesRequest filters and pages through schedules.
@@ -805,7 +917,7 @@ export type ListSchedulesRequest = Message<"stepd.v1.ListSchedulesRequest"> & {
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 22);
+  messageDesc(file_stepd_v1_workflow_service, 23);
 
 /**
  * ListSchedulesResponse is one page of schedules, by id.
@@ -833,7 +945,7 @@ export type ListSchedulesResponse = Message<"stepd.v1.ListSchedulesResponse"> & 
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 23);
+  messageDesc(file_stepd_v1_workflow_service, 24);
 
 /**
  * PauseScheduleRequest names a schedule to pause.
@@ -854,7 +966,7 @@ export type PauseScheduleRequest = Message<"stepd.v1.PauseScheduleRequest"> & {
  * Use `create(PauseScheduleRequestSchema)` to create a new message.
  */
 export const PauseScheduleRequestSchema: GenMessage<PauseScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 24);
+  messageDesc(file_stepd_v1_workflow_service, 25);
 
 /**
  * PauseScheduleResponse carries the paused schedule.
@@ -875,7 +987,7 @@ export type PauseScheduleResponse = Message<"stepd.v1.PauseScheduleResponse"> & 
  * Use `create(PauseScheduleResponseSchema)` to create a new message.
  */
 export const PauseScheduleResponseSchema: GenMessage<PauseScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 25);
+  messageDesc(file_stepd_v1_workflow_service, 26);
 
 /**
  * ResumeScheduleRequest names a schedule to resume.
@@ -896,7 +1008,7 @@ export type ResumeScheduleRequest = Message<"stepd.v1.ResumeScheduleRequest"> & 
  * Use `create(ResumeScheduleRequestSchema)` to create a new message.
  */
 export const ResumeScheduleRequestSchema: GenMessage<ResumeScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 26);
+  messageDesc(file_stepd_v1_workflow_service, 27);
 
 /**
  * ResumeScheduleResponse carries the resumed schedule.
@@ -917,7 +1029,7 @@ export type ResumeScheduleResponse = Message<"stepd.v1.ResumeScheduleResponse"> 
  * Use `create(ResumeScheduleResponseSchema)` to create a new message.
  */
 export const ResumeScheduleResponseSchema: GenMessage<ResumeScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 27);
+  messageDesc(file_stepd_v1_workflow_service, 28);
 
 /**
  * DeleteScheduleRequest names a schedule to delete.
@@ -938,7 +1050,7 @@ export type DeleteScheduleRequest = Message<"stepd.v1.DeleteScheduleRequest"> & 
  * Use `create(DeleteScheduleRequestSchema)` to create a new message.
  */
 export const DeleteScheduleRequestSchema: GenMessage<DeleteScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 28);
+  messageDesc(file_stepd_v1_workflow_service, 29);
 
 /**
  * DeleteScheduleResponse confirms the deletion.
@@ -959,7 +1071,7 @@ export type DeleteScheduleResponse = Message<"stepd.v1.DeleteScheduleResponse"> 
  * Use `create(DeleteScheduleResponseSchema)` to create a new message.
  */
 export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 29);
+  messageDesc(file_stepd_v1_workflow_service, 30);
 
 /**
  * TriggerScheduleRequest starts a run of a schedule now.
@@ -988,7 +1100,7 @@ export type TriggerScheduleRequest = Message<"stepd.v1.TriggerScheduleRequest"> 
  * Use `create(TriggerScheduleRequestSchema)` to create a new message.
  */
 export const TriggerScheduleRequestSchema: GenMessage<TriggerScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 30);
+  messageDesc(file_stepd_v1_workflow_service, 31);
 
 /**
  * TriggerScheduleResponse says what the trigger started.
@@ -1018,7 +1130,128 @@ export type TriggerScheduleResponse = Message<"stepd.v1.TriggerScheduleResponse"
  * Use `create(TriggerScheduleResponseSchema)` to create a new message.
  */
 export const TriggerScheduleResponseSchema: GenMessage<TriggerScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 31);
+  messageDesc(file_stepd_v1_workflow_service, 32);
+
+/**
+ * WatchRunRequest names the run to watch and where to start.
+ *
+ * @generated from message stepd.v1.WatchRunRequest
+ */
+export type WatchRunRequest = Message<"stepd.v1.WatchRunRequest"> & {
+  /**
+   * The run's id. Required.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Where to start: the resume_token of an earlier WatchRunResponse, or a
+   * ListRunEvents next_page_token, of this run. Empty: from the first entry.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.WatchRunRequest.
+ * Use `create(WatchRunRequestSchema)` to create a new message.
+ */
+export const WatchRunRequestSchema: GenMessage<WatchRunRequest> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 33);
+
+/**
+ * WatchRunResponse carries history entries as they are committed.
+ *
+ * @generated from message stepd.v1.WatchRunResponse
+ */
+export type WatchRunResponse = Message<"stepd.v1.WatchRunResponse"> & {
+  /**
+   * New entries, oldest first (positions continue those of ListRunEvents);
+   * empty in a keepalive.
+   *
+   * @generated from field: repeated stepd.v1.RunEvent events = 1;
+   */
+  events: RunEvent[];
+
+  /**
+   * The run as it stands (without input and result), in the first response
+   * and whenever its status or progress changed; unset otherwise.
+   *
+   * @generated from field: stepd.v1.Run run = 2;
+   */
+  run?: Run | undefined;
+
+  /**
+   * Pass as WatchRunRequest.page_token to resume after these entries.
+   *
+   * @generated from field: string resume_token = 3;
+   */
+  resumeToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.WatchRunResponse.
+ * Use `create(WatchRunResponseSchema)` to create a new message.
+ */
+export const WatchRunResponseSchema: GenMessage<WatchRunResponse> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 34);
+
+/**
+ * PendingWaitKind is what one pending wait waits for.
+ *
+ * @generated from enum stepd.v1.PendingWaitKind
+ */
+export enum PendingWaitKind {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A durable timer (a sleep, or a retry's backoff).
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_TIMER = 1;
+   */
+  TIMER = 1,
+
+  /**
+   * The next signal of a name.
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_SIGNAL = 2;
+   */
+  SIGNAL = 2,
+
+  /**
+   * An event of a name whose payload matches.
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_EVENT = 3;
+   */
+  EVENT = 3,
+
+  /**
+   * The execution of a hook.
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_HOOK = 4;
+   */
+  HOOK = 4,
+
+  /**
+   * The end of a child run.
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_CHILD = 5;
+   */
+  CHILD = 5,
+}
+
+/**
+ * Describes the enum stepd.v1.PendingWaitKind.
+ */
+export const PendingWaitKindSchema: GenEnum<PendingWaitKind> = /*@__PURE__*/
+  enumDesc(file_stepd_v1_workflow_service, 0);
 
 /**
  * WorkflowService is the client-facing API: start, inspect, list, cancel and
@@ -1191,6 +1424,20 @@ export const WorkflowService: GenService<{
     methodKind: "unary";
     input: typeof TriggerScheduleRequestSchema;
     output: typeof TriggerScheduleResponseSchema;
+  },
+  /**
+   * WatchRun streams a run's history: the entries from a position on, then
+   * every new entry as it is committed, until the run ends (the stream then
+   * ends OK) or the caller stops. The server sends an empty response after
+   * 30 s without news (a keepalive) and ends the stream OK after 30 minutes;
+   * the caller resumes with the last resume_token.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.WatchRun
+   */
+  watchRun: {
+    methodKind: "server_streaming";
+    input: typeof WatchRunRequestSchema;
+    output: typeof WatchRunResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_stepd_v1_workflow_service, 0);
