@@ -120,6 +120,11 @@ class RunRecord:
     detached: bool = False
     # The run started at least one child.
     has_children: bool = False
+    # A run made by ForkRun: the run and step it was forked from.
+    forked_from_run_id: str | None = None
+    forked_from_step_key: str | None = None
+    # How many times RetryRun resumed it.
+    retry_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +301,9 @@ class HistoryType(enum.StrEnum):
     CUSTOM = "custom"
     HELD = "held"
     CHILD_STARTED = "child_started"
+    RETRIED = "retried"
+    FORKED = "forked"
+    FORKED_FROM = "forked_from"
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,3 +391,19 @@ class HookOutcome:
 
     status: HookStatus
     woken: RunRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One connected worker stream, as ``ListWorkers`` shows it."""
+
+    session_id: str
+    replica_id: str
+    worker_id: str
+    identity: str
+    workflows: tuple[tuple[str, str], ...]
+    capacity: int
+    runs_held: int
+    draining: bool
+    connect_time: int
+    last_seen: int

@@ -75,3 +75,9 @@ class RunInfo:
     """For a child run: True when it outlives its parent."""
     held_error: str | None = None
     """Set while the run is held for non-determinism: why a worker's code refused it."""
+    forked_from_run_id: str | None = None
+    """For a run made by ``Client.fork``: the run it was forked from."""
+    forked_from_step_key: str | None = None
+    """For a run made by ``Client.fork``: the original's step it was forked from."""
+    retry_count: int = 0
+    """How many times ``Client.retry`` resumed the run."""

@@ -105,6 +105,9 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         held_error=_held_error(row),
         detached=bool(row["detached"]),
         has_children=bool(row["has_children"]),
+        forked_from_run_id=row["forked_from_run_id"],
+        forked_from_step_key=row["forked_from_step_key"],
+        retry_count=row["retry_count"] or 0,
     )
 
 

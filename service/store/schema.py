@@ -87,6 +87,10 @@ runs = Table(
     # Migration 11: 1 once the run started a child (NULL otherwise), so a run that
     # ends looks for children to cancel only when it has some.
     Column("has_children", Integer),
+    # Migration 17: what a fork was forked from; how often the run was retried.
+    Column("forked_from_run_id", Text),
+    Column("forked_from_step_key", Text),
+    Column("retry_count", Integer),
     UniqueConstraint("run_id"),
     Index("ix_runs_status_seq", "status", "seq"),
     Index("ix_runs_workflow_name_seq", "workflow_name", "seq"),
@@ -110,6 +114,13 @@ runs = Table(
     # Migration 9: a schedule's recent runs, and delayed starts coming due.
     Index("ix_runs_schedule_id_seq", "schedule_id", "seq"),
     Index("ix_runs_status_start_time_not_before", "status", "start_time_not_before"),
+    # Migration 17: ended runs by end time (retention).
+    Index(
+        "ix_runs_end_time",
+        "end_time",
+        sqlite_where=text("end_time IS NOT NULL"),
+        postgresql_where=text("end_time IS NOT NULL"),
+    ),
     sqlite_autoincrement=True,
 )
 
@@ -346,6 +357,25 @@ workflow_pins = Table(
     Column("workflow_name", Text, primary_key=True),
     Column("version", Text, nullable=False),
     Column("pin_time", BigInteger, nullable=False),
+)
+
+# Migration 17: every replica's worker streams (workflows: a JSON list of
+# [name, version]), rewritten by their replica every few seconds.
+connected_workers = Table(
+    "connected_workers",
+    metadata,
+    Column("session_id", Text, primary_key=True),
+    Column("replica_id", Text, nullable=False),
+    Column("worker_id", Text, nullable=False),
+    Column("identity", Text, nullable=False),
+    Column("workflows", Text, nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("runs_held", Integer, nullable=False),
+    Column("draining", Integer, nullable=False),
+    Column("connect_time", BigInteger, nullable=False),
+    Column("last_seen", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    Index("ix_connected_workers_update_time", "update_time"),
 )
 
 #: Migration bookkeeping, created by the migration runner before migration 1.

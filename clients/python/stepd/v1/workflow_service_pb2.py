@@ -24,81 +24,90 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from stepd.v1 import operations_pb2 as stepd_dot_v1_dot_operations__pb2
 from stepd.v1 import schedules_pb2 as stepd_dot_v1_dot_schedules__pb2
 from stepd.v1 import types_pb2 as stepd_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstepd/v1/workflow_service.proto\x12\x08stepd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepd/v1/schedules.proto\x1a\x14stepd/v1/types.proto\"\xea\x01\n\x0eTriggerRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x0fTriggerResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"^\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12/\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\",\n\x0eGetRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\"\x96\x02\n\x0fListRunsRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12%\n\x08statuses\x18\x02 \x03(\x0e\x32\x13.stepd.v1.RunStatus\x12\x15\n\rparent_run_id\x18\x03 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x18\n\x10include_payloads\x18\x08 \x01(\x08\"H\n\x10ListRunsResponse\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.stepd.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x11\x43\x61ncelRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\x12\x19\n\x11\x61lready_cancelled\x18\x02 \x01(\x08\"e\n\rSignalRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x07payload\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x12\n\nrequest_id\x18\x04 \x01(\t\" \n\x0eSignalResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"G\n\x12\x45xecuteHookRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x07payload\x18\x02 \x01(\x0b\x32\x11.stepd.v1.Payload\"%\n\x13\x45xecuteHookResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\\\n\x15GetServerInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x19\n\x11max_payload_bytes\x18\x02 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\"M\n\x14ListRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x15ListRunEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.stepd.v1.RunEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x13PublishEventRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x07payload\x18\x02 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\"s\n\x14PublishEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x19\n\x11\x61lready_published\x18\x02 \x01(\x08\x12\x15\n\rwoken_run_ids\x18\x03 \x03(\t\x12\x17\n\x0fstarted_run_ids\x18\x04 \x03(\t\"\x93\x01\n\x15\x43reateScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x18\n\x10workflow_version\x18\x03 \x01(\t\x12$\n\x04spec\x18\x04 \x01(\x0b\x32\x16.stepd.v1.ScheduleSpec\x12\x0e\n\x06paused\x18\x05 \x01(\x08\"W\n\x16\x43reateScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\">\n\x12GetScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x13\n\x0brecent_runs\x18\x02 \x01(\x05\";\n\x13GetScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\"T\n\x14ListSchedulesRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"W\n\x15ListSchedulesResponse\x12%\n\tschedules\x18\x01 \x03(\x0b\x32\x12.stepd.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x14PauseScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"=\n\x15PauseScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\",\n\x15ResumeScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\">\n\x16ResumeScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\",\n\x15\x44\x65leteScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"-\n\x16\x44\x65leteScheduleResponse\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"A\n\x16TriggerScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"F\n\x17TriggerScheduleResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\x12\x0f\n\x07skipped\x18\x02 \x01(\x08\x32\xda\t\n\x0fWorkflowService\x12>\n\x07Trigger\x12\x18.stepd.v1.TriggerRequest\x1a\x19.stepd.v1.TriggerResponse\x12;\n\x06GetRun\x12\x17.stepd.v1.GetRunRequest\x1a\x18.stepd.v1.GetRunResponse\x12\x41\n\x08ListRuns\x12\x19.stepd.v1.ListRunsRequest\x1a\x1a.stepd.v1.ListRunsResponse\x12\x44\n\tCancelRun\x12\x1a.stepd.v1.CancelRunRequest\x1a\x1b.stepd.v1.CancelRunResponse\x12;\n\x06Signal\x12\x17.stepd.v1.SignalRequest\x1a\x18.stepd.v1.SignalResponse\x12J\n\x0b\x45xecuteHook\x12\x1c.stepd.v1.ExecuteHookRequest\x1a\x1d.stepd.v1.ExecuteHookResponse\x12M\n\x0cPublishEvent\x12\x1d.stepd.v1.PublishEventRequest\x1a\x1e.stepd.v1.PublishEventResponse\x12P\n\rListRunEvents\x12\x1e.stepd.v1.ListRunEventsRequest\x1a\x1f.stepd.v1.ListRunEventsResponse\x12P\n\rGetServerInfo\x12\x1e.stepd.v1.GetServerInfoRequest\x1a\x1f.stepd.v1.GetServerInfoResponse\x12S\n\x0e\x43reateSchedule\x12\x1f.stepd.v1.CreateScheduleRequest\x1a .stepd.v1.CreateScheduleResponse\x12J\n\x0bGetSchedule\x12\x1c.stepd.v1.GetScheduleRequest\x1a\x1d.stepd.v1.GetScheduleResponse\x12P\n\rListSchedules\x12\x1e.stepd.v1.ListSchedulesRequest\x1a\x1f.stepd.v1.ListSchedulesResponse\x12P\n\rPauseSchedule\x12\x1e.stepd.v1.PauseScheduleRequest\x1a\x1f.stepd.v1.PauseScheduleResponse\x12S\n\x0eResumeSchedule\x12\x1f.stepd.v1.ResumeScheduleRequest\x1a .stepd.v1.ResumeScheduleResponse\x12S\n\x0e\x44\x65leteSchedule\x12\x1f.stepd.v1.DeleteScheduleRequest\x1a .stepd.v1.DeleteScheduleResponse\x12V\n\x0fTriggerSchedule\x12 .stepd.v1.TriggerScheduleRequest\x1a!.stepd.v1.TriggerScheduleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstepd/v1/workflow_service.proto\x12\x08stepd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19stepd/v1/operations.proto\x1a\x18stepd/v1/schedules.proto\x1a\x14stepd/v1/types.proto\"\xea\x01\n\x0eTriggerRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12\x18\n\x10workflow_version\x18\x02 \x01(\t\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x0fTriggerResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"^\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12/\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\",\n\x0eGetRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\"\x96\x02\n\x0fListRunsRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12%\n\x08statuses\x18\x02 \x03(\x0e\x32\x13.stepd.v1.RunStatus\x12\x15\n\rparent_run_id\x18\x03 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x18\n\x10include_payloads\x18\x08 \x01(\x08\"H\n\x10ListRunsResponse\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.stepd.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x11\x43\x61ncelRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\x12\x19\n\x11\x61lready_cancelled\x18\x02 \x01(\x08\"e\n\rSignalRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x07payload\x18\x03 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x12\n\nrequest_id\x18\x04 \x01(\t\" \n\x0eSignalResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"G\n\x12\x45xecuteHookRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x07payload\x18\x02 \x01(\x0b\x32\x11.stepd.v1.Payload\"%\n\x13\x45xecuteHookResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\\\n\x15GetServerInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x19\n\x11max_payload_bytes\x18\x02 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\"M\n\x14ListRunEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x15ListRunEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.stepd.v1.RunEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x13PublishEventRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x07payload\x18\x02 \x01(\x0b\x32\x11.stepd.v1.Payload\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\"s\n\x14PublishEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x19\n\x11\x61lready_published\x18\x02 \x01(\x08\x12\x15\n\rwoken_run_ids\x18\x03 \x03(\t\x12\x17\n\x0fstarted_run_ids\x18\x04 \x03(\t\"\x93\x01\n\x15\x43reateScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x18\n\x10workflow_version\x18\x03 \x01(\t\x12$\n\x04spec\x18\x04 \x01(\x0b\x32\x16.stepd.v1.ScheduleSpec\x12\x0e\n\x06paused\x18\x05 \x01(\x08\"W\n\x16\x43reateScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\">\n\x12GetScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x13\n\x0brecent_runs\x18\x02 \x01(\x05\";\n\x13GetScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\"T\n\x14ListSchedulesRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"W\n\x15ListSchedulesResponse\x12%\n\tschedules\x18\x01 \x03(\x0b\x32\x12.stepd.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x14PauseScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"=\n\x15PauseScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\",\n\x15ResumeScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\">\n\x16ResumeScheduleResponse\x12$\n\x08schedule\x18\x01 \x01(\x0b\x32\x12.stepd.v1.Schedule\",\n\x15\x44\x65leteScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"-\n\x16\x44\x65leteScheduleResponse\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"A\n\x16TriggerScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"F\n\x17TriggerScheduleResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.stepd.v1.Run\x12\x0f\n\x07skipped\x18\x02 \x01(\x08\"\x87\x01\n\x11\x43\x61ncelRunsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.stepd.v1.ListRunsRequest\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"`\n\x12\x43\x61ncelRunsResponse\x12\x0f\n\x07matched\x18\x01 \x01(\r\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\r\x12\x0f\n\x07skipped\x18\x03 \x01(\r\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"\x86\x01\n\x10RetryRunsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.stepd.v1.ListRunsRequest\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"_\n\x11RetryRunsResponse\x12\x0f\n\x07matched\x18\x01 \x01(\r\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\r\x12\x0f\n\x07skipped\x18\x03 \x01(\r\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t2\xfe\x0c\n\x0fWorkflowService\x12>\n\x07Trigger\x12\x18.stepd.v1.TriggerRequest\x1a\x19.stepd.v1.TriggerResponse\x12;\n\x06GetRun\x12\x17.stepd.v1.GetRunRequest\x1a\x18.stepd.v1.GetRunResponse\x12\x41\n\x08ListRuns\x12\x19.stepd.v1.ListRunsRequest\x1a\x1a.stepd.v1.ListRunsResponse\x12\x44\n\tCancelRun\x12\x1a.stepd.v1.CancelRunRequest\x1a\x1b.stepd.v1.CancelRunResponse\x12;\n\x06Signal\x12\x17.stepd.v1.SignalRequest\x1a\x18.stepd.v1.SignalResponse\x12J\n\x0b\x45xecuteHook\x12\x1c.stepd.v1.ExecuteHookRequest\x1a\x1d.stepd.v1.ExecuteHookResponse\x12M\n\x0cPublishEvent\x12\x1d.stepd.v1.PublishEventRequest\x1a\x1e.stepd.v1.PublishEventResponse\x12P\n\rListRunEvents\x12\x1e.stepd.v1.ListRunEventsRequest\x1a\x1f.stepd.v1.ListRunEventsResponse\x12P\n\rGetServerInfo\x12\x1e.stepd.v1.GetServerInfoRequest\x1a\x1f.stepd.v1.GetServerInfoResponse\x12S\n\x0e\x43reateSchedule\x12\x1f.stepd.v1.CreateScheduleRequest\x1a .stepd.v1.CreateScheduleResponse\x12J\n\x0bGetSchedule\x12\x1c.stepd.v1.GetScheduleRequest\x1a\x1d.stepd.v1.GetScheduleResponse\x12P\n\rListSchedules\x12\x1e.stepd.v1.ListSchedulesRequest\x1a\x1f.stepd.v1.ListSchedulesResponse\x12P\n\rPauseSchedule\x12\x1e.stepd.v1.PauseScheduleRequest\x1a\x1f.stepd.v1.PauseScheduleResponse\x12S\n\x0eResumeSchedule\x12\x1f.stepd.v1.ResumeScheduleRequest\x1a .stepd.v1.ResumeScheduleResponse\x12S\n\x0e\x44\x65leteSchedule\x12\x1f.stepd.v1.DeleteScheduleRequest\x1a .stepd.v1.DeleteScheduleResponse\x12V\n\x0fTriggerSchedule\x12 .stepd.v1.TriggerScheduleRequest\x1a!.stepd.v1.TriggerScheduleResponse\x12\x41\n\x08RetryRun\x12\x19.stepd.v1.RetryRunRequest\x1a\x1a.stepd.v1.RetryRunResponse\x12>\n\x07\x46orkRun\x12\x18.stepd.v1.ForkRunRequest\x1a\x19.stepd.v1.ForkRunResponse\x12\x44\n\tDeleteRun\x12\x1a.stepd.v1.DeleteRunRequest\x1a\x1b.stepd.v1.DeleteRunResponse\x12G\n\nCancelRuns\x12\x1b.stepd.v1.CancelRunsRequest\x1a\x1c.stepd.v1.CancelRunsResponse\x12\x44\n\tRetryRuns\x12\x1a.stepd.v1.RetryRunsRequest\x1a\x1b.stepd.v1.RetryRunsResponse\x12J\n\x0bListWorkers\x12\x1c.stepd.v1.ListWorkersRequest\x1a\x1d.stepd.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stepd.v1.workflow_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRIGGERREQUEST']._serialized_start=159
-  _globals['_TRIGGERREQUEST']._serialized_end=393
-  _globals['_TRIGGERRESPONSE']._serialized_start=395
-  _globals['_TRIGGERRESPONSE']._serialized_end=465
-  _globals['_GETRUNREQUEST']._serialized_start=467
-  _globals['_GETRUNREQUEST']._serialized_end=561
-  _globals['_GETRUNRESPONSE']._serialized_start=563
-  _globals['_GETRUNRESPONSE']._serialized_end=607
-  _globals['_LISTRUNSREQUEST']._serialized_start=610
-  _globals['_LISTRUNSREQUEST']._serialized_end=888
-  _globals['_LISTRUNSRESPONSE']._serialized_start=890
-  _globals['_LISTRUNSRESPONSE']._serialized_end=962
-  _globals['_CANCELRUNREQUEST']._serialized_start=964
-  _globals['_CANCELRUNREQUEST']._serialized_end=1014
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1016
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1090
-  _globals['_SIGNALREQUEST']._serialized_start=1092
-  _globals['_SIGNALREQUEST']._serialized_end=1193
-  _globals['_SIGNALRESPONSE']._serialized_start=1195
-  _globals['_SIGNALRESPONSE']._serialized_end=1227
-  _globals['_EXECUTEHOOKREQUEST']._serialized_start=1229
-  _globals['_EXECUTEHOOKREQUEST']._serialized_end=1300
-  _globals['_EXECUTEHOOKRESPONSE']._serialized_start=1302
-  _globals['_EXECUTEHOOKRESPONSE']._serialized_end=1339
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1341
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1363
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=1365
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=1457
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_start=1459
-  _globals['_LISTRUNEVENTSREQUEST']._serialized_end=1536
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_start=1538
-  _globals['_LISTRUNEVENTSRESPONSE']._serialized_end=1622
-  _globals['_PUBLISHEVENTREQUEST']._serialized_start=1624
-  _globals['_PUBLISHEVENTREQUEST']._serialized_end=1713
-  _globals['_PUBLISHEVENTRESPONSE']._serialized_start=1715
-  _globals['_PUBLISHEVENTRESPONSE']._serialized_end=1830
-  _globals['_CREATESCHEDULEREQUEST']._serialized_start=1833
-  _globals['_CREATESCHEDULEREQUEST']._serialized_end=1980
-  _globals['_CREATESCHEDULERESPONSE']._serialized_start=1982
-  _globals['_CREATESCHEDULERESPONSE']._serialized_end=2069
-  _globals['_GETSCHEDULEREQUEST']._serialized_start=2071
-  _globals['_GETSCHEDULEREQUEST']._serialized_end=2133
-  _globals['_GETSCHEDULERESPONSE']._serialized_start=2135
-  _globals['_GETSCHEDULERESPONSE']._serialized_end=2194
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=2196
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=2280
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=2282
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=2369
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=2371
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=2414
-  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=2416
-  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=2477
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=2479
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=2523
-  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=2525
-  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=2587
-  _globals['_DELETESCHEDULEREQUEST']._serialized_start=2589
-  _globals['_DELETESCHEDULEREQUEST']._serialized_end=2633
-  _globals['_DELETESCHEDULERESPONSE']._serialized_start=2635
-  _globals['_DELETESCHEDULERESPONSE']._serialized_end=2680
-  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_start=2682
-  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_end=2747
-  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_start=2749
-  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_end=2819
-  _globals['_WORKFLOWSERVICE']._serialized_start=2822
-  _globals['_WORKFLOWSERVICE']._serialized_end=4064
+  _globals['_TRIGGERREQUEST']._serialized_start=186
+  _globals['_TRIGGERREQUEST']._serialized_end=420
+  _globals['_TRIGGERRESPONSE']._serialized_start=422
+  _globals['_TRIGGERRESPONSE']._serialized_end=492
+  _globals['_GETRUNREQUEST']._serialized_start=494
+  _globals['_GETRUNREQUEST']._serialized_end=588
+  _globals['_GETRUNRESPONSE']._serialized_start=590
+  _globals['_GETRUNRESPONSE']._serialized_end=634
+  _globals['_LISTRUNSREQUEST']._serialized_start=637
+  _globals['_LISTRUNSREQUEST']._serialized_end=915
+  _globals['_LISTRUNSRESPONSE']._serialized_start=917
+  _globals['_LISTRUNSRESPONSE']._serialized_end=989
+  _globals['_CANCELRUNREQUEST']._serialized_start=991
+  _globals['_CANCELRUNREQUEST']._serialized_end=1041
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1043
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1117
+  _globals['_SIGNALREQUEST']._serialized_start=1119
+  _globals['_SIGNALREQUEST']._serialized_end=1220
+  _globals['_SIGNALRESPONSE']._serialized_start=1222
+  _globals['_SIGNALRESPONSE']._serialized_end=1254
+  _globals['_EXECUTEHOOKREQUEST']._serialized_start=1256
+  _globals['_EXECUTEHOOKREQUEST']._serialized_end=1327
+  _globals['_EXECUTEHOOKRESPONSE']._serialized_start=1329
+  _globals['_EXECUTEHOOKRESPONSE']._serialized_end=1366
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1368
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1390
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=1392
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=1484
+  _globals['_LISTRUNEVENTSREQUEST']._serialized_start=1486
+  _globals['_LISTRUNEVENTSREQUEST']._serialized_end=1563
+  _globals['_LISTRUNEVENTSRESPONSE']._serialized_start=1565
+  _globals['_LISTRUNEVENTSRESPONSE']._serialized_end=1649
+  _globals['_PUBLISHEVENTREQUEST']._serialized_start=1651
+  _globals['_PUBLISHEVENTREQUEST']._serialized_end=1740
+  _globals['_PUBLISHEVENTRESPONSE']._serialized_start=1742
+  _globals['_PUBLISHEVENTRESPONSE']._serialized_end=1857
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=1860
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=2007
+  _globals['_CREATESCHEDULERESPONSE']._serialized_start=2009
+  _globals['_CREATESCHEDULERESPONSE']._serialized_end=2096
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=2098
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=2160
+  _globals['_GETSCHEDULERESPONSE']._serialized_start=2162
+  _globals['_GETSCHEDULERESPONSE']._serialized_end=2221
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=2223
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=2307
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=2309
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=2396
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=2398
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=2441
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=2443
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=2504
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=2506
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=2550
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=2552
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=2614
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=2616
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=2660
+  _globals['_DELETESCHEDULERESPONSE']._serialized_start=2662
+  _globals['_DELETESCHEDULERESPONSE']._serialized_end=2707
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_start=2709
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_end=2774
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_start=2776
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_end=2846
+  _globals['_CANCELRUNSREQUEST']._serialized_start=2849
+  _globals['_CANCELRUNSREQUEST']._serialized_end=2984
+  _globals['_CANCELRUNSRESPONSE']._serialized_start=2986
+  _globals['_CANCELRUNSRESPONSE']._serialized_end=3082
+  _globals['_RETRYRUNSREQUEST']._serialized_start=3085
+  _globals['_RETRYRUNSREQUEST']._serialized_end=3219
+  _globals['_RETRYRUNSRESPONSE']._serialized_start=3221
+  _globals['_RETRYRUNSRESPONSE']._serialized_end=3316
+  _globals['_WORKFLOWSERVICE']._serialized_start=3319
+  _globals['_WORKFLOWSERVICE']._serialized_end=4981
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,8 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { DeleteRunRequestSchema, DeleteRunResponseSchema, ForkRunRequestSchema, ForkRunResponseSchema, ListWorkersRequestSchema, ListWorkersResponseSchema, RetryRunRequestSchema, RetryRunResponseSchema } from "./operations_pb.js";
+import { file_stepd_v1_operations } from "./operations_pb.js";
 import type { Schedule, ScheduleSpec } from "./schedules_pb.js";
 import { file_stepd_v1_schedules } from "./schedules_pb.js";
 import type { Payload, Run, RunEvent, RunStatus } from "./types_pb.js";
@@ -16,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stepd/v1/workflow_service.proto.
  */
 export const file_stepd_v1_workflow_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9zdGVwZC92MS93b3JrZmxvd19zZXJ2aWNlLnByb3RvEghzdGVwZC52MSLqAQoOVHJpZ2dlclJlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAIgASgJEiAKBWlucHV0GAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIOCgZydW5faWQYBCABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGCg9UcmlnZ2VyUmVzcG9uc2USGgoDcnVuGAEgASgLMg0uc3RlcGQudjEuUnVuEhcKD2FscmVhZHlfZXhpc3RlZBgCIAEoCCJeCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIMCgR3YWl0GAIgASgIEi8KDHdhaXRfdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIsCg5HZXRSdW5SZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4ilgIKD0xpc3RSdW5zUmVxdWVzdBIVCg13b3JrZmxvd19uYW1lGAEgASgJEiUKCHN0YXR1c2VzGAIgAygOMhMuc3RlcGQudjEuUnVuU3RhdHVzEhUKDXBhcmVudF9ydW5faWQYAyABKAkSNQoRY3JlYXRlX3RpbWVfYWZ0ZXIYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmNyZWF0ZV90aW1lX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSGAoQaW5jbHVkZV9wYXlsb2FkcxgIIAEoCCJIChBMaXN0UnVuc1Jlc3BvbnNlEhsKBHJ1bnMYASADKAsyDS5zdGVwZC52MS5SdW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKEENhbmNlbFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJKChFDYW5jZWxSdW5SZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4SGQoRYWxyZWFkeV9jYW5jZWxsZWQYAiABKAgiZQoNU2lnbmFsUmVxdWVzdBIOCgZydW5faWQYASABKAkSDAoEbmFtZRgCIAEoCRIiCgdwYXlsb2FkGAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBISCgpyZXF1ZXN0X2lkGAQgASgJIiAKDlNpZ25hbFJlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCSJHChJFeGVjdXRlSG9va1JlcXVlc3QSDQoFdG9rZW4YASABKAkSIgoHcGF5bG9hZBgCIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQiJQoTRXhlY3V0ZUhvb2tSZXNwb25zZRIOCgZydW5faWQYASABKAkiFgoUR2V0U2VydmVySW5mb1JlcXVlc3QiXAoVR2V0U2VydmVySW5mb1Jlc3BvbnNlEhYKDnNlcnZlcl92ZXJzaW9uGAEgASgJEhkKEW1heF9wYXlsb2FkX2J5dGVzGAIgASgNEhAKCGZlYXR1cmVzGAMgAygJIk0KFExpc3RSdW5FdmVudHNSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJUChVMaXN0UnVuRXZlbnRzUmVzcG9uc2USIgoGZXZlbnRzGAEgAygLMhIuc3RlcGQudjEuUnVuRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlkKE1B1Ymxpc2hFdmVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIiCgdwYXlsb2FkGAIgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIQCghldmVudF9pZBgDIAEoCSJzChRQdWJsaXNoRXZlbnRSZXNwb25zZRIQCghldmVudF9pZBgBIAEoCRIZChFhbHJlYWR5X3B1Ymxpc2hlZBgCIAEoCBIVCg13b2tlbl9ydW5faWRzGAMgAygJEhcKD3N0YXJ0ZWRfcnVuX2lkcxgEIAMoCSKTAQoVQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoCRIkCgRzcGVjGAQgASgLMhYuc3RlcGQudjEuU2NoZWR1bGVTcGVjEg4KBnBhdXNlZBgFIAEoCCJXChZDcmVhdGVTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuc3RlcGQudjEuU2NoZWR1bGUSFwoPYWxyZWFkeV9leGlzdGVkGAIgASgIIj4KEkdldFNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRITCgtyZWNlbnRfcnVucxgCIAEoBSI7ChNHZXRTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuc3RlcGQudjEuU2NoZWR1bGUiVAoUTGlzdFNjaGVkdWxlc1JlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJXChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USJQoJc2NoZWR1bGVzGAEgAygLMhIuc3RlcGQudjEuU2NoZWR1bGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIisKFFBhdXNlU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJIj0KFVBhdXNlU2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlIiwKFVJlc3VtZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSI+ChZSZXN1bWVTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuc3RlcGQudjEuU2NoZWR1bGUiLAoVRGVsZXRlU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJIi0KFkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2USEwoLc2NoZWR1bGVfaWQYASABKAkiQQoWVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIkYKF1RyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEhoKA3J1bhgBIAEoCzINLnN0ZXBkLnYxLlJ1bhIPCgdza2lwcGVkGAIgASgIMtoJCg9Xb3JrZmxvd1NlcnZpY2USPgoHVHJpZ2dlchIYLnN0ZXBkLnYxLlRyaWdnZXJSZXF1ZXN0Ghkuc3RlcGQudjEuVHJpZ2dlclJlc3BvbnNlEjsKBkdldFJ1bhIXLnN0ZXBkLnYxLkdldFJ1blJlcXVlc3QaGC5zdGVwZC52MS5HZXRSdW5SZXNwb25zZRJBCghMaXN0UnVucxIZLnN0ZXBkLnYxLkxpc3RSdW5zUmVxdWVzdBoaLnN0ZXBkLnYxLkxpc3RSdW5zUmVzcG9uc2USRAoJQ2FuY2VsUnVuEhouc3RlcGQudjEuQ2FuY2VsUnVuUmVxdWVzdBobLnN0ZXBkLnYxLkNhbmNlbFJ1blJlc3BvbnNlEjsKBlNpZ25hbBIXLnN0ZXBkLnYxLlNpZ25hbFJlcXVlc3QaGC5zdGVwZC52MS5TaWduYWxSZXNwb25zZRJKCgtFeGVjdXRlSG9vaxIcLnN0ZXBkLnYxLkV4ZWN1dGVIb29rUmVxdWVzdBodLnN0ZXBkLnYxLkV4ZWN1dGVIb29rUmVzcG9uc2USTQoMUHVibGlzaEV2ZW50Eh0uc3RlcGQudjEuUHVibGlzaEV2ZW50UmVxdWVzdBoeLnN0ZXBkLnYxLlB1Ymxpc2hFdmVudFJlc3BvbnNlElAKDUxpc3RSdW5FdmVudHMSHi5zdGVwZC52MS5MaXN0UnVuRXZlbnRzUmVxdWVzdBofLnN0ZXBkLnYxLkxpc3RSdW5FdmVudHNSZXNwb25zZRJQCg1HZXRTZXJ2ZXJJbmZvEh4uc3RlcGQudjEuR2V0U2VydmVySW5mb1JlcXVlc3QaHy5zdGVwZC52MS5HZXRTZXJ2ZXJJbmZvUmVzcG9uc2USUwoOQ3JlYXRlU2NoZWR1bGUSHy5zdGVwZC52MS5DcmVhdGVTY2hlZHVsZVJlcXVlc3QaIC5zdGVwZC52MS5DcmVhdGVTY2hlZHVsZVJlc3BvbnNlEkoKC0dldFNjaGVkdWxlEhwuc3RlcGQudjEuR2V0U2NoZWR1bGVSZXF1ZXN0Gh0uc3RlcGQudjEuR2V0U2NoZWR1bGVSZXNwb25zZRJQCg1MaXN0U2NoZWR1bGVzEh4uc3RlcGQudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaHy5zdGVwZC52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USUAoNUGF1c2VTY2hlZHVsZRIeLnN0ZXBkLnYxLlBhdXNlU2NoZWR1bGVSZXF1ZXN0Gh8uc3RlcGQudjEuUGF1c2VTY2hlZHVsZVJlc3BvbnNlElMKDlJlc3VtZVNjaGVkdWxlEh8uc3RlcGQudjEuUmVzdW1lU2NoZWR1bGVSZXF1ZXN0GiAuc3RlcGQudjEuUmVzdW1lU2NoZWR1bGVSZXNwb25zZRJTCg5EZWxldGVTY2hlZHVsZRIfLnN0ZXBkLnYxLkRlbGV0ZVNjaGVkdWxlUmVxdWVzdBogLnN0ZXBkLnYxLkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2USVgoPVHJpZ2dlclNjaGVkdWxlEiAuc3RlcGQudjEuVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBohLnN0ZXBkLnYxLlRyaWdnZXJTY2hlZHVsZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_schedules, file_stepd_v1_types]);
+  fileDesc("Ch9zdGVwZC92MS93b3JrZmxvd19zZXJ2aWNlLnByb3RvEghzdGVwZC52MSLqAQoOVHJpZ2dlclJlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAIgASgJEiAKBWlucHV0GAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIOCgZydW5faWQYBCABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGCg9UcmlnZ2VyUmVzcG9uc2USGgoDcnVuGAEgASgLMg0uc3RlcGQudjEuUnVuEhcKD2FscmVhZHlfZXhpc3RlZBgCIAEoCCJeCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIMCgR3YWl0GAIgASgIEi8KDHdhaXRfdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIsCg5HZXRSdW5SZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4ilgIKD0xpc3RSdW5zUmVxdWVzdBIVCg13b3JrZmxvd19uYW1lGAEgASgJEiUKCHN0YXR1c2VzGAIgAygOMhMuc3RlcGQudjEuUnVuU3RhdHVzEhUKDXBhcmVudF9ydW5faWQYAyABKAkSNQoRY3JlYXRlX3RpbWVfYWZ0ZXIYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmNyZWF0ZV90aW1lX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSGAoQaW5jbHVkZV9wYXlsb2FkcxgIIAEoCCJIChBMaXN0UnVuc1Jlc3BvbnNlEhsKBHJ1bnMYASADKAsyDS5zdGVwZC52MS5SdW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKEENhbmNlbFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJKChFDYW5jZWxSdW5SZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4SGQoRYWxyZWFkeV9jYW5jZWxsZWQYAiABKAgiZQoNU2lnbmFsUmVxdWVzdBIOCgZydW5faWQYASABKAkSDAoEbmFtZRgCIAEoCRIiCgdwYXlsb2FkGAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBISCgpyZXF1ZXN0X2lkGAQgASgJIiAKDlNpZ25hbFJlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCSJHChJFeGVjdXRlSG9va1JlcXVlc3QSDQoFdG9rZW4YASABKAkSIgoHcGF5bG9hZBgCIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQiJQoTRXhlY3V0ZUhvb2tSZXNwb25zZRIOCgZydW5faWQYASABKAkiFgoUR2V0U2VydmVySW5mb1JlcXVlc3QiXAoVR2V0U2VydmVySW5mb1Jlc3BvbnNlEhYKDnNlcnZlcl92ZXJzaW9uGAEgASgJEhkKEW1heF9wYXlsb2FkX2J5dGVzGAIgASgNEhAKCGZlYXR1cmVzGAMgAygJIk0KFExpc3RSdW5FdmVudHNSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJUChVMaXN0UnVuRXZlbnRzUmVzcG9uc2USIgoGZXZlbnRzGAEgAygLMhIuc3RlcGQudjEuUnVuRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlkKE1B1Ymxpc2hFdmVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIiCgdwYXlsb2FkGAIgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIQCghldmVudF9pZBgDIAEoCSJzChRQdWJsaXNoRXZlbnRSZXNwb25zZRIQCghldmVudF9pZBgBIAEoCRIZChFhbHJlYWR5X3B1Ymxpc2hlZBgCIAEoCBIVCg13b2tlbl9ydW5faWRzGAMgAygJEhcKD3N0YXJ0ZWRfcnVuX2lkcxgEIAMoCSKTAQoVQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoCRIkCgRzcGVjGAQgASgLMhYuc3RlcGQudjEuU2NoZWR1bGVTcGVjEg4KBnBhdXNlZBgFIAEoCCJXChZDcmVhdGVTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuc3RlcGQudjEuU2NoZWR1bGUSFwoPYWxyZWFkeV9leGlzdGVkGAIgASgIIj4KEkdldFNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRITCgtyZWNlbnRfcnVucxgCIAEoBSI7ChNHZXRTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuc3RlcGQudjEuU2NoZWR1bGUiVAoUTGlzdFNjaGVkdWxlc1JlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJXChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USJQoJc2NoZWR1bGVzGAEgAygLMhIuc3RlcGQudjEuU2NoZWR1bGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIisKFFBhdXNlU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJIj0KFVBhdXNlU2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlIiwKFVJlc3VtZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSI+ChZSZXN1bWVTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuc3RlcGQudjEuU2NoZWR1bGUiLAoVRGVsZXRlU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJIi0KFkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2USEwoLc2NoZWR1bGVfaWQYASABKAkiQQoWVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIkYKF1RyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEhoKA3J1bhgBIAEoCzINLnN0ZXBkLnYxLlJ1bhIPCgdza2lwcGVkGAIgASgIIocBChFDYW5jZWxSdW5zUmVxdWVzdBIpCgZmaWx0ZXIYASABKAsyGS5zdGVwZC52MS5MaXN0UnVuc1JlcXVlc3QSDgoGcmVhc29uGAIgASgJEg8KB2RyeV9ydW4YAyABKAgSEgoKYmF0Y2hfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJImAKEkNhbmNlbFJ1bnNSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgNEg8KB2NoYW5nZWQYAiABKA0SDwoHc2tpcHBlZBgDIAEoDRIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAkihgEKEFJldHJ5UnVuc1JlcXVlc3QSKQoGZmlsdGVyGAEgASgLMhkuc3RlcGQudjEuTGlzdFJ1bnNSZXF1ZXN0Eg8KB2RyeV9ydW4YAiABKAgSEgoKYmF0Y2hfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEg4KBnJlYXNvbhgFIAEoCSJfChFSZXRyeVJ1bnNSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgNEg8KB2NoYW5nZWQYAiABKA0SDwoHc2tpcHBlZBgDIAEoDRIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAky/gwKD1dvcmtmbG93U2VydmljZRI+CgdUcmlnZ2VyEhguc3RlcGQudjEuVHJpZ2dlclJlcXVlc3QaGS5zdGVwZC52MS5UcmlnZ2VyUmVzcG9uc2USOwoGR2V0UnVuEhcuc3RlcGQudjEuR2V0UnVuUmVxdWVzdBoYLnN0ZXBkLnYxLkdldFJ1blJlc3BvbnNlEkEKCExpc3RSdW5zEhkuc3RlcGQudjEuTGlzdFJ1bnNSZXF1ZXN0Ghouc3RlcGQudjEuTGlzdFJ1bnNSZXNwb25zZRJECglDYW5jZWxSdW4SGi5zdGVwZC52MS5DYW5jZWxSdW5SZXF1ZXN0Ghsuc3RlcGQudjEuQ2FuY2VsUnVuUmVzcG9uc2USOwoGU2lnbmFsEhcuc3RlcGQudjEuU2lnbmFsUmVxdWVzdBoYLnN0ZXBkLnYxLlNpZ25hbFJlc3BvbnNlEkoKC0V4ZWN1dGVIb29rEhwuc3RlcGQudjEuRXhlY3V0ZUhvb2tSZXF1ZXN0Gh0uc3RlcGQudjEuRXhlY3V0ZUhvb2tSZXNwb25zZRJNCgxQdWJsaXNoRXZlbnQSHS5zdGVwZC52MS5QdWJsaXNoRXZlbnRSZXF1ZXN0Gh4uc3RlcGQudjEuUHVibGlzaEV2ZW50UmVzcG9uc2USUAoNTGlzdFJ1bkV2ZW50cxIeLnN0ZXBkLnYxLkxpc3RSdW5FdmVudHNSZXF1ZXN0Gh8uc3RlcGQudjEuTGlzdFJ1bkV2ZW50c1Jlc3BvbnNlElAKDUdldFNlcnZlckluZm8SHi5zdGVwZC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBofLnN0ZXBkLnYxLkdldFNlcnZlckluZm9SZXNwb25zZRJTCg5DcmVhdGVTY2hlZHVsZRIfLnN0ZXBkLnYxLkNyZWF0ZVNjaGVkdWxlUmVxdWVzdBogLnN0ZXBkLnYxLkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USSgoLR2V0U2NoZWR1bGUSHC5zdGVwZC52MS5HZXRTY2hlZHVsZVJlcXVlc3QaHS5zdGVwZC52MS5HZXRTY2hlZHVsZVJlc3BvbnNlElAKDUxpc3RTY2hlZHVsZXMSHi5zdGVwZC52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBofLnN0ZXBkLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJQCg1QYXVzZVNjaGVkdWxlEh4uc3RlcGQudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaHy5zdGVwZC52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USUwoOUmVzdW1lU2NoZWR1bGUSHy5zdGVwZC52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaIC5zdGVwZC52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlElMKDkRlbGV0ZVNjaGVkdWxlEh8uc3RlcGQudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0GiAuc3RlcGQudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZRJWCg9UcmlnZ2VyU2NoZWR1bGUSIC5zdGVwZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0GiEuc3RlcGQudjEuVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USQQoIUmV0cnlSdW4SGS5zdGVwZC52MS5SZXRyeVJ1blJlcXVlc3QaGi5zdGVwZC52MS5SZXRyeVJ1blJlc3BvbnNlEj4KB0ZvcmtSdW4SGC5zdGVwZC52MS5Gb3JrUnVuUmVxdWVzdBoZLnN0ZXBkLnYxLkZvcmtSdW5SZXNwb25zZRJECglEZWxldGVSdW4SGi5zdGVwZC52MS5EZWxldGVSdW5SZXF1ZXN0Ghsuc3RlcGQudjEuRGVsZXRlUnVuUmVzcG9uc2USRwoKQ2FuY2VsUnVucxIbLnN0ZXBkLnYxLkNhbmNlbFJ1bnNSZXF1ZXN0Ghwuc3RlcGQudjEuQ2FuY2VsUnVuc1Jlc3BvbnNlEkQKCVJldHJ5UnVucxIaLnN0ZXBkLnYxLlJldHJ5UnVuc1JlcXVlc3QaGy5zdGVwZC52MS5SZXRyeVJ1bnNSZXNwb25zZRJKCgtMaXN0V29ya2VycxIcLnN0ZXBkLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBodLnN0ZXBkLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_operations, file_stepd_v1_schedules, file_stepd_v1_types]);
 
 /**
  * TriggerRequest starts a run.
@@ -1011,6 +1013,193 @@ export const TriggerScheduleResponseSchema: GenMessage<TriggerScheduleResponse> 
   messageDesc(file_stepd_v1_workflow_service, 31);
 
 /**
+ * CancelRunsRequest selects runs to cancel, one batch per call.
+ *
+ * @generated from message stepd.v1.CancelRunsRequest
+ */
+export type CancelRunsRequest = Message<"stepd.v1.CancelRunsRequest"> & {
+  /**
+   * The runs to act on, selected as ListRuns selects them (its page_size,
+   * page_token and include_payloads are ignored). Only unfinished runs among
+   * them are cancelled.
+   *
+   * @generated from field: stepd.v1.ListRunsRequest filter = 1;
+   */
+  filter?: ListRunsRequest | undefined;
+
+  /**
+   * Why, for each run's record.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * Count the runs that would be cancelled; change nothing.
+   *
+   * @generated from field: bool dry_run = 3;
+   */
+  dryRun: boolean;
+
+  /**
+   * The most runs to act on in this call (default 500, at most 1000).
+   *
+   * @generated from field: int32 batch_size = 4;
+   */
+  batchSize: number;
+
+  /**
+   * The next_page_token of the previous call, with the same filter.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.CancelRunsRequest.
+ * Use `create(CancelRunsRequestSchema)` to create a new message.
+ */
+export const CancelRunsRequestSchema: GenMessage<CancelRunsRequest> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 32);
+
+/**
+ * CancelRunsResponse says what one batch did.
+ *
+ * @generated from message stepd.v1.CancelRunsResponse
+ */
+export type CancelRunsResponse = Message<"stepd.v1.CancelRunsResponse"> & {
+  /**
+   * With dry_run: how many runs would be cancelled. Otherwise how many runs
+   * this batch looked at.
+   *
+   * @generated from field: uint32 matched = 1;
+   */
+  matched: number;
+
+  /**
+   * How many runs this call cancelled.
+   *
+   * @generated from field: uint32 changed = 2;
+   */
+  changed: number;
+
+  /**
+   * Runs that ended meanwhile or were cancelled already: nothing was done.
+   *
+   * @generated from field: uint32 skipped = 3;
+   */
+  skipped: number;
+
+  /**
+   * Pass as page_token for the next batch; empty when done (always with dry_run).
+   *
+   * @generated from field: string next_page_token = 4;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.CancelRunsResponse.
+ * Use `create(CancelRunsResponseSchema)` to create a new message.
+ */
+export const CancelRunsResponseSchema: GenMessage<CancelRunsResponse> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 33);
+
+/**
+ * RetryRunsRequest selects runs to retry, one batch per call.
+ *
+ * @generated from message stepd.v1.RetryRunsRequest
+ */
+export type RetryRunsRequest = Message<"stepd.v1.RetryRunsRequest"> & {
+  /**
+   * The runs to act on, selected as ListRuns selects them (its page fields are
+   * ignored). Only failed and cancelled runs among them are retried.
+   *
+   * @generated from field: stepd.v1.ListRunsRequest filter = 1;
+   */
+  filter?: ListRunsRequest | undefined;
+
+  /**
+   * Count the runs that would be retried; change nothing.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * The most runs to act on in this call (default 500, at most 1000).
+   *
+   * @generated from field: int32 batch_size = 3;
+   */
+  batchSize: number;
+
+  /**
+   * The next_page_token of the previous call, with the same filter.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+
+  /**
+   * Why, for each run's history.
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message stepd.v1.RetryRunsRequest.
+ * Use `create(RetryRunsRequestSchema)` to create a new message.
+ */
+export const RetryRunsRequestSchema: GenMessage<RetryRunsRequest> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 34);
+
+/**
+ * RetryRunsResponse says what one batch did.
+ *
+ * @generated from message stepd.v1.RetryRunsResponse
+ */
+export type RetryRunsResponse = Message<"stepd.v1.RetryRunsResponse"> & {
+  /**
+   * With dry_run: how many runs would be retried. Otherwise how many runs
+   * this batch looked at.
+   *
+   * @generated from field: uint32 matched = 1;
+   */
+  matched: number;
+
+  /**
+   * How many runs this call retried.
+   *
+   * @generated from field: uint32 changed = 2;
+   */
+  changed: number;
+
+  /**
+   * Runs that moved meanwhile, or whose deadline has passed: nothing was done.
+   *
+   * @generated from field: uint32 skipped = 3;
+   */
+  skipped: number;
+
+  /**
+   * Pass as page_token for the next batch; empty when done (always with dry_run).
+   *
+   * @generated from field: string next_page_token = 4;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.RetryRunsResponse.
+ * Use `create(RetryRunsResponseSchema)` to create a new message.
+ */
+export const RetryRunsResponseSchema: GenMessage<RetryRunsResponse> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 35);
+
+/**
  * WorkflowService is the client-facing API: start, inspect, list, cancel and
  * talk to runs.
  *
@@ -1181,6 +1370,71 @@ export const WorkflowService: GenService<{
     methodKind: "unary";
     input: typeof TriggerScheduleRequestSchema;
     output: typeof TriggerScheduleResponseSchema;
+  },
+  /**
+   * RetryRun resumes a failed or cancelled run where it stopped: its recorded
+   * steps are kept and replayed, the step that failed it runs again.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.RetryRun
+   */
+  retryRun: {
+    methodKind: "unary";
+    input: typeof RetryRunRequestSchema;
+    output: typeof RetryRunResponseSchema;
+  },
+  /**
+   * ForkRun starts a new run of a run's workflow and input whose journal is
+   * the original's up to and including one step: it runs the later steps only.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.ForkRun
+   */
+  forkRun: {
+    methodKind: "unary";
+    input: typeof ForkRunRequestSchema;
+    output: typeof ForkRunResponseSchema;
+  },
+  /**
+   * DeleteRun deletes a finished run with its journal, waits and history.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.DeleteRun
+   */
+  deleteRun: {
+    methodKind: "unary";
+    input: typeof DeleteRunRequestSchema;
+    output: typeof DeleteRunResponseSchema;
+  },
+  /**
+   * CancelRuns cancels, one bounded batch per call, the unfinished runs a
+   * ListRuns filter selects (or only counts them, with dry_run). Call again
+   * with next_page_token until it is empty; safe to interrupt and repeat.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.CancelRuns
+   */
+  cancelRuns: {
+    methodKind: "unary";
+    input: typeof CancelRunsRequestSchema;
+    output: typeof CancelRunsResponseSchema;
+  },
+  /**
+   * RetryRuns retries, one bounded batch per call, the failed and cancelled
+   * runs a ListRuns filter selects (or only counts them, with dry_run).
+   *
+   * @generated from rpc stepd.v1.WorkflowService.RetryRuns
+   */
+  retryRuns: {
+    methodKind: "unary";
+    input: typeof RetryRunsRequestSchema;
+    output: typeof RetryRunsResponseSchema;
+  },
+  /**
+   * ListWorkers lists the workers connected to the server (every replica's).
+   *
+   * @generated from rpc stepd.v1.WorkflowService.ListWorkers
+   */
+  listWorkers: {
+    methodKind: "unary";
+    input: typeof ListWorkersRequestSchema;
+    output: typeof ListWorkersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_stepd_v1_workflow_service, 0);
