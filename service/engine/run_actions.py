@@ -104,8 +104,6 @@ class RunActions:
         """Resume a failed or cancelled run where it stopped."""
         if not run_id:
             raise InvalidArgument("run_id is required")
-        if len(reason) > MAX_ID_LENGTH:
-            raise InvalidArgument(f"reason is longer than {MAX_ID_LENGTH} characters")
         run = await self._lifecycle.retry(run_id, deadline, reason=reason, actor=actor)
         self._policy.schedule_expiry(run)
         return run
@@ -198,8 +196,6 @@ class RunActions:
         action can change), after ``before_seq``; with ``dry_run``, count them."""
         if batch_size < 0:
             raise InvalidArgument("batch_size must not be negative")
-        if len(reason) > MAX_ID_LENGTH:
-            raise InvalidArgument(f"reason is longer than {MAX_ID_LENGTH} characters")
         size = min(batch_size or DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE)
         changeable = _UNFINISHED if action is BulkAction.CANCEL else _RETRYABLE
         statuses = changeable if run_filter.statuses is None else run_filter.statuses & changeable
