@@ -484,7 +484,7 @@ class Client:
         run_id: str,
         step_key: str,
         *,
-        run_id_of_fork: str | None = None,
+        new_run_id: str | None = None,
         version: str | None = None,
         request_id: str | None = None,
         deadline: datetime | None = None,
@@ -495,6 +495,7 @@ class Client:
         that much and runs every later step afresh. Returns the new run; its
         ``forked_from_run_id`` names the original, and both histories name the other.
 
+        ``new_run_id`` is a custom id for the fork (default: the server picks one);
         ``version`` runs the fork on another version of the workflow (default:
         the original's); ``request_id`` makes a retried call harmless (the same
         id for the same run returns the fork it made).
@@ -505,7 +506,7 @@ class Client:
         request = operations_pb2.ForkRunRequest(
             run_id=run_id,
             step_key=step_key,
-            new_run_id=run_id_of_fork or "",
+            new_run_id=new_run_id or "",
             workflow_version=version or "",
             request_id=request_id or "",
         )

@@ -3,8 +3,11 @@
 A background task deletes expired runs (their journal, waits, signals, hooks
 and history with them) oldest first, in small batches, each one short write
 transaction, with a pause after each so the hot path's writes keep going
-between them. When a batch comes back short, nothing more is due: the task
-sleeps until the next sweep. Every replica may run it; on PostgreSQL a batch
+between them. The pause grows with how long the batch took (queueing behind
+the hot path's writes included), so deletion takes at most about
+``DUTY_CYCLE`` of the writer's time, and less when the server is busy. When a
+batch comes back short, nothing more is due: the task sleeps until the next
+sweep. Every replica may run it; on PostgreSQL a batch
 skips runs another transaction holds, and two replicas deleting the same run
 delete it once.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.store.base import Store
@@ -22,8 +26,11 @@ log = logging.getLogger("stepd.retention")
 
 #: Runs deleted per write transaction.
 BATCH_SIZE = 100
-#: Seconds between two batches while expired runs are left.
+#: The shortest pause between two batches while expired runs are left, in seconds.
 BATCH_PAUSE_SECONDS = 0.05
+#: The share of the time deletion may take: after a batch that took t seconds,
+#: the task pauses t * (1 / DUTY_CYCLE - 1) (at least BATCH_PAUSE_SECONDS).
+DUTY_CYCLE = 0.05
 #: Seconds between sweeps once no expired run is left (at most).
 SWEEP_SECONDS = 60.0
 
@@ -39,12 +46,14 @@ class Retention:
         clock: Clock = SYSTEM_CLOCK,
         batch_size: int = BATCH_SIZE,
         pause_seconds: float = BATCH_PAUSE_SECONDS,
+        duty_cycle: float = DUTY_CYCLE,
     ) -> None:
         self._store = store
         self._period_ms = period_ms
         self._clock = clock
         self._batch_size = batch_size
         self._pause = pause_seconds
+        self._rest = 1 / duty_cycle - 1
         self._task: asyncio.Task[None] | None = None
         self.deleted = 0
         """Runs deleted since the server started."""
@@ -72,6 +81,7 @@ class Retention:
     async def _run(self) -> None:
         idle = min(SWEEP_SECONDS, max(self._period_ms / 10_000, 0.1))
         while True:
+            started = time.monotonic()
             try:
                 deleted = await self.sweep_once()
             except Exception:
@@ -79,4 +89,8 @@ class Retention:
                 deleted = 0
             if deleted:
                 log.debug("retention deleted %d runs (%d so far)", deleted, self.deleted)
-            await asyncio.sleep(self._pause if deleted == self._batch_size else idle)
+            if deleted < self._batch_size:
+                await asyncio.sleep(idle)
+                continue
+            took = time.monotonic() - started
+            await asyncio.sleep(max(self._pause, took * self._rest))

@@ -287,6 +287,7 @@ hooks = Table(
     Column("status", Text, nullable=False),
     Column("execute_time", BigInteger, nullable=False),
     Column("actor", Text),  # migration 13
+    Index("ix_hooks_run_id", "run_id"),  # migration 17: deleting a run
 )
 
 # Migration 9: the events each workflow version starts a run on.

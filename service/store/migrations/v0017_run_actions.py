@@ -5,6 +5,7 @@
 - ``runs.retry_count``: how many times ``RetryRun`` resumed the run (NULL: 0).
 - ``ix_runs_end_time``: ended runs by end time, for retention (only rows with
   an end time: unfinished runs cost no index entry).
+- ``ix_hooks_run_id``: a deleted run's hook executions.
 - ``connected_workers``: each replica's worker streams, written by the replica
   that holds them every few seconds, so any replica can list every worker.
 
@@ -28,6 +29,7 @@ def upgrade(conn: Connection) -> None:
     conn.execute(
         text("CREATE INDEX ix_runs_end_time ON runs (end_time) WHERE end_time IS NOT NULL")
     )
+    conn.execute(text("CREATE INDEX ix_hooks_run_id ON hooks (run_id)"))
     md = MetaData()
     workers = Table(
         "connected_workers",
