@@ -29,7 +29,7 @@ RUN pip install ".[server]" \
 
 USER stepd
 VOLUME ["/data"]
-EXPOSE 50051
+EXPOSE 50051 50052
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=6s --start-period=10s --retries=3 \
     CMD ["stepd", "health", "--timeout", "5"]

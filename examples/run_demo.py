@@ -38,6 +38,7 @@ from examples.order_processing import (  # noqa: E402
 from stepd import Client  # noqa: E402
 
 SERVER_READY = re.compile(r"stepd serving on (\S+) \(database (.*)\)")
+HTTP_READY = re.compile(r"stepd http on (\S+)")
 WORKER_READY = re.compile(r"stepd worker ready")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -182,7 +183,9 @@ def main() -> int:
         )
         processes.append(server)
         address = server.wait_for(SERVER_READY).group(1)
+        web = server.wait_for(HTTP_READY).group(1)
         print(f"server  listening on {address}, database {database}")
+        print(f"web UI  {web}/ (with --keep-running it stays up)")
 
         worker = Process(
             "worker",
@@ -201,7 +204,8 @@ def main() -> int:
         run_id = asyncio.run(run_order(address))
 
         if args.keep_running:
-            print(f"\nlogs in {logs}; try:")
+            print(f"\nthe run in the web UI: {web}/#/runs/{run_id}")
+            print(f"logs in {logs}; try:")
             print(
                 f'  grpcurl -plaintext -d \'{{"run_id": "{run_id}"}}\' {address} '
                 "stepd.v1.WorkflowService/GetRun"

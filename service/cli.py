@@ -17,7 +17,10 @@ from stepd.server.config import (
     DEFAULT_ADDRESS,
     DEFAULT_DATABASE,
     DEFAULT_DB_POOL_SIZE,
+    HTTP_AUTO,
+    HTTP_OFF,
     ServerConfig,
+    http_address_for,
 )
 from stepd.server.security.channel import ClientSettings
 from stepd.server.security.channel import add_arguments as add_client_arguments
@@ -79,6 +82,15 @@ def _flag(text: str) -> bool:
     raise ValueError("must be 1/true/yes or 0/false/no")
 
 
+def _http_address(text: str) -> str:
+    if text.lower() in (HTTP_AUTO, HTTP_OFF):
+        return text.lower()
+    _host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be host:port, auto or off")
+    return text
+
+
 def _lower_choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.lower() not in choices:
@@ -121,6 +133,14 @@ SERVE_SETTINGS = (
         DEFAULT_ADDRESS,
         str,
         "host:port to listen on; port 0 picks a free port",
+    ),
+    Setting(
+        "--http-address",
+        "STEPD_HTTP_ADDRESS",
+        HTTP_AUTO,
+        _http_address,
+        "host:port of the HTTP listener (health probes, /metrics, webhooks); auto: the "
+        "--address host and the next port; off: no HTTP",
     ),
     Setting(
         "--database",
@@ -198,6 +218,13 @@ SERVE_SETTINGS = (
         _optional_path,
         "file with the secret hook tokens derive from (one per line: the first mints, all "
         "verify); or the secret itself in STEPD_HOOK_SECRET",
+    ),
+    Setting(
+        "--event-secrets-file",
+        "STEPD_EVENT_SECRETS_FILE",
+        "",
+        _optional_path,
+        "file of 'EVENT_NAME SECRET' lines: POST /events/NAME signed with a secret (HMAC)",
     ),
     Setting(
         "--insecure",
@@ -304,6 +331,8 @@ async def serve(config: ServerConfig) -> None:
     host = config.address.rsplit(":", 1)[0]
     database = display_url(config.database)
     print(f"stepd serving on {host}:{running.port} (database {database})", flush=True)
+    if running.http is not None:
+        print(f"stepd http on {running.http.url}", flush=True)
     await stop.wait()
     logging.getLogger("stepd.server").info("stopping")
     await running.stop(config.shutdown_grace_seconds)
@@ -332,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     config = ServerConfig(
         address=settings["address"],
+        http_address=http_address_for(settings["address"], settings["http_address"]),
+        event_secrets_file=settings["event_secrets_file"],
         database=settings["database"],
         sqlite_synchronous=settings["sqlite_synchronous"],
         db_pool_size=settings["db_pool_size"],

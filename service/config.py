@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 DEFAULT_DB_POOL_SIZE = 20  # PostgreSQL connections one server opens at most
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+# The HTTP listener (health probes, metrics, webhooks): "auto" is the gRPC
+# address's host and the next port (port 0 stays 0), "off" turns it off.
+HTTP_AUTO = "auto"
+HTTP_OFF = "off"
 DEFAULT_DATABASE = "stepd.db"
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
 
@@ -16,6 +20,9 @@ class ServerConfig:
     """Everything a server process needs to start."""
 
     address: str = DEFAULT_ADDRESS
+    # The HTTP listener's host:port, or "off". Tests and embedded servers leave
+    # it off; `stepd serve` turns it on (``http_address_for``).
+    http_address: str = HTTP_OFF
     # A SQLite file path, sqlite:///path, or postgresql://user@host:port/dbname.
     database: str = DEFAULT_DATABASE
     # PostgreSQL only: the most connections this server opens.
@@ -54,10 +61,33 @@ class ServerConfig:
     # The secrets hook tokens are derived from (the first mints, all verify);
     # none: a key stored in the database (only on a server open on loopback).
     hook_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    # Signed event deliveries over HTTP: a file of "EVENT_NAME SECRET" lines.
+    event_secrets_file: str | None = None
     # How often the API keys are read again (a change elsewhere counts within it).
     key_refresh_seconds: float = 2.0
+
+    @property
+    def http_enabled(self) -> bool:
+        """Whether the HTTP listener runs."""
+        return self.http_address.lower() != HTTP_OFF
 
     @property
     def heartbeat_interval_ms(self) -> int:
         """How often workers are asked to send a message: a third of the lease."""
         return max(self.lease_timeout_ms // 3, 1)
+
+
+def http_address_for(grpc_address: str, setting: str) -> str:
+    """The HTTP listener's address for ``--http-address``: itself, or for "auto"
+    the gRPC host with the next port (50051 gives 50052; 0 gives 0), "off" when
+    gRPC listens on a Unix socket."""
+    if setting.lower() != HTTP_AUTO:
+        return setting
+    if grpc_address.startswith("unix"):
+        return HTTP_OFF
+    host, _, port = grpc_address.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        return HTTP_OFF
+    return f"{host}:{number + 1 if number else 0}"

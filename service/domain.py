@@ -321,6 +321,9 @@ class HistoryEntry:
     # The API key whose call caused it (a cancel, signal, hook or event), if any.
     actor: str = ""
     attempt_only: bool = False  # a failed attempt the step's retry policy went on from
+    # Step entries: when the attempt started and ended, as its worker saw it.
+    step_start_time: int | None = None
+    step_end_time: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

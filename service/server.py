@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
+import os
+import shutil
+import ssl
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +24,24 @@ from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
 from stepd.server.engine.engine import Engine
 from stepd.server.engine.versions import VersionAdmin
+from stepd.server.http.access import Access
+from stepd.server.http.event_signatures import read_event_secrets
+from stepd.server.http.gateway import RpcGateway
+from stepd.server.http.listener import HttpListener
+from stepd.server.http.metrics_route import MetricsRoute
+from stepd.server.http.probes import Probes, ReadinessCheck
+from stepd.server.http.web_ui import WebUi
+from stepd.server.http.webhooks import Webhooks
 from stepd.server.security import exposure
 from stepd.server.security.auth_interceptor import AuthInterceptor
 from stepd.server.security.key_admin import KeyAdmin
 from stepd.server.security.keyring import KeyRing
-from stepd.server.security.tls import TlsFiles, server_credentials
+from stepd.server.security.tls import TlsFiles, http_ssl_context, server_credentials
 from stepd.server.store import open_store
+from stepd.server.store.base import Store
 from stepd.server.store.postgres import display_url
+from stepd.server.telemetry.metrics import ServerMetrics
+from stepd.server.telemetry.rpc_metrics import RpcMetricsInterceptor
 from stepd.v1 import admin_service_pb2, worker_service_pb2, workflow_service_pb2
 
 log = logging.getLogger("stepd.server")
@@ -71,10 +87,23 @@ class RunningServer:
     # The API keys in memory; None on a server that runs without keys.
     keys: KeyRing | None = None
     versions: VersionAdmin | None = None
+    # The HTTP listener (probes, metrics, webhooks, UI), when it is on.
+    http: HttpListener | None = None
+    metrics: ServerMetrics | None = None
+    stopping: asyncio.Event | None = None
+    gateway: RpcGateway | None = None
+    # The private directory of the gateway's Unix socket.
+    private_dir: str | None = None
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for ``grace`` seconds, close."""
+        if self.stopping is not None:
+            self.stopping.set()
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            await self.http.stop()
+        if self.gateway is not None:
+            await self.gateway.close()
         if self.keys is not None:
             await self.keys.close()
         if self.versions is not None:
@@ -82,6 +111,8 @@ class RunningServer:
         await self.engine.close()
         await self.server.stop(grace)
         await self.engine.store.close()
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
 async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) -> RunningServer:
@@ -95,6 +126,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     """
     exposure.check(config)
     credentials = _tls_credentials(config)
+    event_secrets = read_event_secrets(config.event_secrets_file)
     return_large_blocks()
     store = await open_store(
         config.database,
@@ -105,8 +137,13 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     engine = Engine(store, config, clock)
     ring = KeyRing(store, config.key_refresh_seconds) if exposure.keys_required(config) else None
     versions = VersionAdmin(store, engine.registry, config.key_refresh_seconds)
+    metrics = ServerMetrics(engine)
+    engine.observe(metrics)
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(ring)],
+        interceptors=[
+            RpcMetricsInterceptor(metrics.rpcs, metrics.rpc_seconds),
+            AuthInterceptor(ring),
+        ],
         options=[
             ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
             ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
@@ -152,13 +189,79 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     if port == 0:
         await store.close()
         raise OSError(f"cannot listen on {config.address}: the address is in use or invalid")
+    stopping = asyncio.Event()
+    http = gateway = private_dir = None
+    if config.http_enabled:
+        # The UI's calls reach the services through a socket only this user may open.
+        private_dir = tempfile.mkdtemp(prefix="stepd-")
+        socket_path = os.path.join(private_dir, "grpc.sock")
+        server.add_insecure_port(f"unix:{socket_path}")
+        gateway = RpcGateway(f"unix:{socket_path}")
+        access = Access(ring)
+        tls = _http_tls(config)
+        http = HttpListener(
+            config.http_address,
+            [
+                Probes(_readiness(store, stopping)),
+                MetricsRoute(access, metrics.exposition),
+                Webhooks(engine, access, event_secrets),
+                WebUi(access, secure_cookie=tls is not None),
+                gateway,
+            ],
+            max_body_bytes=config.max_payload_bytes,
+            tls=tls,
+        )
+        try:
+            await http.start()
+        except OSError:
+            await store.close()
+            shutil.rmtree(private_dir, ignore_errors=True)
+            raise
     await engine.start()
     await versions.start()
     if ring is not None:
         await ring.start()
     _log_security(config, ring, credentials is not None)
     await server.start()
-    return RunningServer(server, engine, health_servicer, port, ring, versions)
+    if http is not None:
+        log.info("HTTP (probes, metrics, webhooks) on %s", http.url)
+    return RunningServer(
+        server,
+        engine,
+        health_servicer,
+        port,
+        ring,
+        versions,
+        http,
+        metrics,
+        stopping,
+        gateway,
+        private_dir,
+    )
+
+
+def _readiness(store: Store, stopping: asyncio.Event) -> ReadinessCheck:
+    """``/readyz``: not while stopping, and only while the store answers a read."""
+
+    async def check() -> str | None:
+        if stopping.is_set():
+            return "the server is shutting down"
+        try:
+            await store.get_run("stepd-readiness-probe")
+        except Exception as exc:  # any failure to read means storage is not usable
+            return f"storage does not answer: {type(exc).__name__}"
+        return None
+
+    return check
+
+
+def _http_tls(config: ServerConfig) -> ssl.SSLContext | None:
+    """The HTTP listener's TLS context: the gRPC listener's certificate, if any."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    return http_ssl_context(
+        TlsFiles(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+    )
 
 
 def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -185,5 +288,5 @@ def _log_security(config: ServerConfig, ring: KeyRing | None, tls: bool) -> None
             display_url(config.database),
         )
     missing = exposure.missing_protection(config)
-    if missing and not exposure.is_loopback(config.address):
+    if missing and not exposure.on_loopback(config):
         log.warning("listening on %s without %s (--insecure)", config.address, "; ".join(missing))

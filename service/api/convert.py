@@ -271,6 +271,10 @@ def history_to_proto(sequence: int, entry: HistoryEntry) -> types_pb2.RunEvent:
         msg.payload.json = entry.payload_json
     if entry.error is not None:
         msg.error.CopyFrom(error_to_proto(entry.error))
+    if entry.step_start_time is not None:
+        msg.step_start_time.FromMilliseconds(entry.step_start_time)
+    if entry.step_end_time is not None:
+        msg.step_end_time.FromMilliseconds(entry.step_end_time)
     return msg
 
 

@@ -44,12 +44,14 @@ from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.errors import (
     AlreadyExists,
     FailedPrecondition,
+    HookAlreadyExecuted,
     InvalidArgument,
     NotFound,
     Unavailable,
 )
 from stepd.server.engine.ledger import LeaseLedger
-from stepd.server.engine.lifecycle import RunLifecycle
+from stepd.server.engine.lifecycle import RunLifecycle, RunListener
+from stepd.server.engine.observer import EngineObserver
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
@@ -189,10 +191,18 @@ class Engine:
         self.lifecycle.on_end(self.children.on_terminal)
         self.lifecycle.on_end(self.replicas.ended)
         self.lifecycle.on_end(self.waiters.answer)
+        self._handed_out_listeners: list[RunListener] = []
         self._lease_monitor: asyncio.Task[None] | None = None
         self._closing = False
         # The keys hook tokens are derived from: the first mints, all verify.
         self._hook_keys: tuple[bytes, ...] = ()
+
+    def observe(self, observer: EngineObserver) -> None:
+        """Tell ``observer`` of runs made ready, handed out and ended, and of steps."""
+        self.lifecycle.on_ready(observer.run_ready)
+        self.lifecycle.on_end(observer.run_ended)
+        self._handed_out_listeners.append(observer.run_handed_out)
+        self.commands.on_step(observer.step_recorded)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -410,7 +420,7 @@ class Engine:
         if outcome.status is HookStatus.UNKNOWN_RUN:
             raise NotFound("no hook has this token; its run no longer exists")
         if outcome.status is HookStatus.ALREADY_EXECUTED:
-            raise FailedPrecondition("this hook was already executed; a hook executes once")
+            raise HookAlreadyExecuted("this hook was already executed; a hook executes once")
         if outcome.status is HookStatus.EXPIRED:
             raise FailedPrecondition(
                 "this hook expired: its run finished or stopped waiting for it"
@@ -663,6 +673,8 @@ class Engine:
         self.policy.schedule_expiry(claimed.run)
         hook_secret = hook_tokens.run_secret(self._hook_keys[0], run_id)
         session.send(replace(claimed, hook_secret=hook_secret))
+        for listener in self._handed_out_listeners:
+            listener(claimed.run)
 
     async def _start_due(self, run_id: str, _key: str) -> None:
         run = await self.store.get_run(run_id)

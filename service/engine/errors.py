@@ -5,6 +5,7 @@ EngineError
 ├── NotFound             unknown id (names the id)
 ├── AlreadyExists        custom run id taken
 ├── FailedPrecondition   valid request, wrong state (e.g. cancel a finished run)
+│   └── HookAlreadyExecuted  a hook's token used a second time
 ├── ResourceExhausted    payload over the limit
 └── Unimplemented        part of the contract this server does not serve yet
 """
@@ -30,6 +31,10 @@ class AlreadyExists(EngineError):
 
 class FailedPrecondition(EngineError):
     """The request is valid but the object is in the wrong state for it."""
+
+
+class HookAlreadyExecuted(FailedPrecondition):
+    """The hook was executed before; a hook executes once."""
 
 
 class ResourceExhausted(EngineError):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from stepd.server.config import ServerConfig
@@ -26,6 +26,7 @@ from stepd.server.domain import (
     FailureReason,
     RecordStepStatus,
     RunRecord,
+    StepRow,
     SuspendStatus,
 )
 from stepd.server.engine.children import ChildRuns
@@ -83,6 +84,11 @@ class WorkerCommands:
         self._children = children
         self._sticky = sticky
         self._timers = timers
+        self._step_listeners: list[Callable[[StepRow], None]] = []
+
+    def on_step(self, listener: Callable[[StepRow], None]) -> None:
+        """Tell ``listener`` of every step outcome or failed attempt recorded here."""
+        self._step_listeners.append(listener)
 
     # -- a batch -----------------------------------------------------------------
 
@@ -200,6 +206,8 @@ class WorkerCommands:
         if outcome.status is RecordStepStatus.DUPLICATE:
             return CommandResult(cid, CommandStatus.DUPLICATE, "", outcome.existing)
         self._limits.added(run_id)
+        for listener in self._step_listeners:
+            listener(step)
         return CommandResult(cid, CommandStatus.OK)
 
     async def _apply_suspend_run(

@@ -44,12 +44,23 @@ def is_loopback(address: str) -> bool:
         return False  # a host name, or "" / 0.0.0.0 / [::]: other hosts may reach it
 
 
+def addresses(config: ServerConfig) -> list[str]:
+    """The addresses the server listens on: gRPC's, and HTTP's when it is on."""
+    return [config.address, *([config.http_address] if config.http_enabled else [])]
+
+
+def on_loopback(config: ServerConfig) -> bool:
+    """Whether every listener of the server is reachable from this host only."""
+    return all(is_loopback(address) for address in addresses(config))
+
+
 def keys_required(config: ServerConfig) -> bool:
-    """Whether calls need an API key: ``--auth keys``, or ``auto`` off loopback."""
+    """Whether calls need an API key: ``--auth keys``, or ``auto`` when a listener
+    (gRPC or HTTP) is off loopback."""
     if config.auth not in AUTH_MODES:
         raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, got {config.auth!r}")
     if config.auth == "auto":
-        return not is_loopback(config.address)
+        return not on_loopback(config)
     return config.auth == "keys"
 
 
@@ -67,12 +78,13 @@ def missing_protection(config: ServerConfig) -> list[str]:
 
 def check(config: ServerConfig) -> None:
     """Raise InsecureSetupError when the server would be exposed unprotected."""
-    if config.insecure or is_loopback(config.address):
+    if config.insecure or on_loopback(config):
         return
     missing = missing_protection(config)
     if missing:
+        exposed = list(dict.fromkeys(a for a in addresses(config) if not is_loopback(a)))
         raise InsecureSetupError(
-            f"refusing to listen on {config.address} without {'; '.join(missing)}: "
+            f"refusing to listen on {' and '.join(exposed)} without {'; '.join(missing)}: "
             "any host that reaches the port could read every run's input and result, "
             "cancel and signal runs, and connect as a worker to take runs and their hook "
             "secrets. Configure them (docs/security.md), or pass --insecure "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,3 +93,20 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
         reloader,  # type: ignore[arg-type]  # grpc takes None for "unchanged"
         require_client_authentication=files.client_ca is not None,
     )
+
+
+def http_ssl_context(files: TlsFiles) -> ssl.SSLContext:
+    """The HTTP listener's TLS settings from the same files as gRPC's (read once:
+    a renewed certificate is used by HTTP after a restart); TlsFileError when a
+    file is unusable."""
+    _read(files.cert, "TLS certificate")
+    _read(files.key, "TLS key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(files.cert, files.key)
+        if files.client_ca is not None:
+            context.load_verify_locations(files.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsFileError(f"cannot load the TLS certificate and key: {exc}") from None
+    return context

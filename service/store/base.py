@@ -47,6 +47,7 @@ from stepd.server.domain_schedules import (
     ScheduleSpec,
 )
 from stepd.server.store.children import StartChildOutcome
+from stepd.server.store.executor import CommitStats
 from stepd.server.store.run_actions import (
     DeadlineChange,
     DeleteStatus,
@@ -226,6 +227,11 @@ class Store(ScheduleStore, KeyStore, VersionStore, RunActionStore, Protocol):
     @property
     def ordered_writes(self) -> bool:
         """True when writes submitted together commit in the order submitted."""
+        ...
+
+    @property
+    def commit_stats(self) -> CommitStats:
+        """Counters of the commits and writes made so far."""
         ...
 
     async def open(self) -> None:

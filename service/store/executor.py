@@ -20,6 +20,7 @@ by one; a PostgreSQL deadlock is retried), so it must only touch the database.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -30,6 +31,19 @@ T = TypeVar("T")
 WriteOp = Callable[[Connection], T]
 #: A read: runs statements on a connection (each statement sees the latest commit).
 ReadOp = Callable[[Connection], T]
+
+
+@dataclass(slots=True)
+class CommitStats:
+    """What a committer has done since it started: for tests and metrics."""
+
+    # Transactions committed, and the writes they carried.
+    commits: int = 0
+    ops: int = 0
+    # Batches run (a batch that failed and was run again one by one counts once).
+    batches: int = 0
+    batches_retried: int = 0
+    largest_batch: int = 0
 
 
 class Committer(Protocol):
@@ -43,6 +57,11 @@ class Committer(Protocol):
     @property
     def ordered(self) -> bool:
         """True when writes submitted together commit in the order submitted."""
+        ...
+
+    @property
+    def stats(self) -> CommitStats:
+        """Counters of commits and writes."""
         ...
 
     async def start(self) -> None:

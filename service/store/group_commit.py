@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 
 from stepd.server.store.errors import StoreClosedError
+from stepd.server.store.executor import CommitStats
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,6 @@ T = TypeVar("T")
 
 #: A write: runs statements on the writer connection inside a transaction.
 WriteOp = Callable[[Connection], T]
-
-
-@dataclass(slots=True)
-class CommitStats:
-    """Counters for tests and metrics."""
-
-    commits: int = 0
-    ops: int = 0
-    batches: int = 0
-    batches_retried: int = 0
-    largest_batch: int = 0
 
 
 @dataclass(slots=True)

@@ -202,6 +202,8 @@ def _steps(conn: Connection, run_id: str, after: int, limit: int) -> list[_Item]
             key=row["step_key"],
             error=error,
             attempt=row["attempt"],
+            step_start_time=row["start_time"],
+            step_end_time=row["end_time"],
         )
         items.append(_item("steps", row["sequence"], entry, row))
     return items
@@ -223,6 +225,8 @@ def _attempts(conn: Connection, run_id: str, after: int, limit: int) -> list[_It
             attempt=row["attempt"],
             detail="attempt failed; the step goes on under its retry policy",
             attempt_only=True,
+            step_start_time=row["start_time"],
+            step_end_time=row["end_time"],
         )
         items.append(_item("step_attempts", row["sequence"], entry, row))
     return items

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from stepd.server.config import DEFAULT_DB_POOL_SIZE
 from stepd.server.store.errors import StoreClosedError
-from stepd.server.store.executor import ReadOp, WriteOp
+from stepd.server.store.executor import CommitStats, ReadOp, WriteOp
 from stepd.server.store.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,12 @@ class PostgresExecutor:
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._closed = False
+        self._stats = CommitStats()
+
+    @property
+    def stats(self) -> CommitStats:
+        """Counters of commits and writes (each write is its own commit)."""
+        return self._stats
 
     @property
     def engine(self) -> Engine:
@@ -212,7 +218,12 @@ class PostgresExecutor:
         while True:
             try:
                 async with self._engine.begin() as conn:
-                    return await conn.run_sync(op)
+                    result = await conn.run_sync(op)
+                self._stats.commits += 1
+                self._stats.ops += 1
+                self._stats.batches += 1
+                self._stats.largest_batch = 1
+                return result
             except DBAPIError as exc:
                 if sqlstate(exc) not in RETRYABLE_SQLSTATES or attempt >= WRITE_ATTEMPTS:
                     raise

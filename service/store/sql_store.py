@@ -69,7 +69,7 @@ from stepd.server.store import children, history, listing, ready, rows, schedule
 from stepd.server.store.api_keys import KeyStoreMixin
 from stepd.server.store.base import RunConflictError
 from stepd.server.store.dialects import insert_for
-from stepd.server.store.executor import Committer, Reader, WriteOp
+from stepd.server.store.executor import CommitStats, Committer, Reader, WriteOp
 from stepd.server.store.migrations import migrate
 from stepd.server.store.run_actions import RunActionStoreMixin
 from stepd.server.store.schema import runs, server_secrets, step_attempts, steps, workflow_versions
@@ -216,6 +216,11 @@ class SqlStore(
     def ordered_writes(self) -> bool:
         """True when writes submitted together commit in the order submitted."""
         return self._committer.ordered
+
+    @property
+    def commit_stats(self) -> CommitStats:
+        """Counters of the commits and writes made so far."""
+        return self._committer.stats
 
     @property
     def writer_engine(self) -> Engine:

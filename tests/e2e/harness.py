@@ -30,6 +30,7 @@ MARKS_ENV = "STEPD_E2E_MARKS"
 WORKER_SHUTDOWN_GRACE = 3.0
 
 SERVER_READY = re.compile(r"^stepd serving on (\S+):(\d+) \(database (.*)\)$")
+HTTP_READY = re.compile(r"^stepd http on (\S+)$")
 WORKER_READY = re.compile(r"^stepd worker ready \((\d+) workflows?, server (\S+)\)$")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -191,6 +192,11 @@ class Server:
     def port(self) -> int:
         """The port it listens on."""
         return int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of its HTTP listener (probes, metrics, webhooks)."""
+        return self.process.wait_for_line(HTTP_READY)[1]
 
 
 class Stack:

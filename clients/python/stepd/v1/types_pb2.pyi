@@ -565,6 +565,8 @@ class RunEvent(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     ACTOR_KEY_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_ONLY_FIELD_NUMBER: _builtins.int
+    STEP_START_TIME_FIELD_NUMBER: _builtins.int
+    STEP_END_TIME_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The entry's position in the run's history (increasing, not dense)."""
     type: Global___RunEventType.ValueType
@@ -600,6 +602,16 @@ class RunEvent(_message.Message):
     def error(self) -> Global___ErrorInfo:
         """The error of a failed step or run."""
 
+    @_builtins.property
+    def step_start_time(self) -> _timestamp_pb2.Timestamp:
+        """Step entries: when the attempt started, as its worker saw it (unset when
+        the worker did not say).
+        """
+
+    @_builtins.property
+    def step_end_time(self) -> _timestamp_pb2.Timestamp:
+        """Step entries: when the attempt ended, as its worker saw it."""
+
     def __init__(
         self,
         *,
@@ -614,10 +626,12 @@ class RunEvent(_message.Message):
         detail: _builtins.str = ...,
         actor_key_id: _builtins.str = ...,
         attempt_only: _builtins.bool = ...,
+        step_start_time: _timestamp_pb2.Timestamp | None = ...,
+        step_end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "payload", b"payload", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "payload", b"payload", "step_end_time", b"step_end_time", "step_start_time", b"step_start_time", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_key_id", b"actor_key_id", "attempt", b"attempt", "attempt_only", b"attempt_only", "detail", b"detail", "error", b"error", "key", b"key", "name", b"name", "payload", b"payload", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_key_id", b"actor_key_id", "attempt", b"attempt", "attempt_only", b"attempt_only", "detail", b"detail", "error", b"error", "key", b"key", "name", b"name", "payload", b"payload", "sequence", b"sequence", "step_end_time", b"step_end_time", "step_start_time", b"step_start_time", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
