@@ -30,7 +30,7 @@ BATCH_SIZE = 100
 BATCH_PAUSE_SECONDS = 0.05
 #: The share of the time deletion may take: after a batch that took t seconds,
 #: the task pauses t * (1 / DUTY_CYCLE - 1) (at least BATCH_PAUSE_SECONDS).
-DUTY_CYCLE = 0.05
+DUTY_CYCLE = 0.1
 #: Seconds between sweeps once no expired run is left (at most).
 SWEEP_SECONDS = 60.0
 
