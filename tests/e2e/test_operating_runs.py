@@ -193,6 +193,9 @@ async def test_delete_run_deletes_a_finished_run_and_refuses_an_unfinished_one(
 BULK_RUNS = 10_000
 
 
+# 10,000 triggers, then 10,000 cancels and 10,000 retries: minutes on a busy
+# two-core machine with PostgreSQL.
+@pytest.mark.timeout(900)
 async def test_bulk_cancel_of_10000_runs_by_filter_completes_and_a_second_run_changes_nothing(
     server: Server, client: Client, workflow_stub
 ) -> None:
