@@ -19,6 +19,7 @@ from stepd.server.config import (
     DEFAULT_DB_POOL_SIZE,
     HTTP_AUTO,
     HTTP_OFF,
+    MAX_JOURNAL_BYTES,
     ServerConfig,
     http_address_for,
 )
@@ -177,6 +178,13 @@ SERVE_SETTINGS = (
         "10000",
         _at_least_one,
         "the most journal entries a run may record when its workflow sets no max_entries",
+    ),
+    Setting(
+        "--max-journal-bytes",
+        "STEPD_MAX_JOURNAL_BYTES",
+        str(MAX_JOURNAL_BYTES),
+        _at_least_one,
+        "the most bytes of step results and met waits' payloads a run's journal may hold",
     ),
     Setting(
         "--replica-poll-interval",
@@ -368,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         db_pool_size=settings["db_pool_size"],
         lease_timeout_ms=int(settings["lease_timeout"] * 1000),
         max_journal_entries=settings["max_journal_entries"],
+        max_journal_bytes=settings["max_journal_bytes"],
         replica_poll_ms=int(settings["replica_poll_interval"] * 1000),
         retention_ms=settings["retention"],
         auth=settings["auth"],

@@ -13,6 +13,7 @@ HTTP_AUTO = "auto"
 HTTP_OFF = "off"
 DEFAULT_DATABASE = "stepd.db"
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
+MAX_JOURNAL_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,9 @@ class ServerConfig:
     # The most journal entries (steps, failed attempts, met waits) a run may
     # record when its workflow sets no max_entries of its own.
     max_journal_entries: int = 10_000
+    # The most bytes of step results and met waits' payloads a run's journal
+    # may hold; the step that would pass it fails the run (journal_too_large).
+    max_journal_bytes: int = MAX_JOURNAL_BYTES
     # PostgreSQL replicas: how often a replica whose workers have room polls for
     # ready runs it was not notified of, in milliseconds.
     replica_poll_ms: int = 2_000

@@ -51,6 +51,7 @@ class FailureReason(enum.StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     EXECUTION_TIMEOUT = "execution_timeout"
     MAX_ENTRIES_EXCEEDED = "max_entries_exceeded"
+    JOURNAL_TOO_LARGE = "journal_too_large"
 
 
 @dataclass(frozen=True, slots=True)

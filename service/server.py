@@ -18,11 +18,13 @@ from grpc_reflection.v1alpha import reflection
 
 from stepd.server.api.admin_servicer import AdminServicer
 from stepd.server.api.handlers import add_service
+from stepd.server.api.wire_scan import poll_request_check
 from stepd.server.api.worker_servicer import WorkerServicer
 from stepd.server.api.workflow_servicer import WorkflowServicer
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
 from stepd.server.engine.engine import Engine
+from stepd.server.engine.validation import worker_message_bytes
 from stepd.server.engine.versions import VersionAdmin
 from stepd.server.http.access import Access
 from stepd.server.http.event_signatures import read_event_secrets
@@ -164,7 +166,12 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     # Requests are decoded without raising: bytes that are not the request
     # message get INVALID_ARGUMENT from the servicer (api/handlers.py).
     add_service(server, WorkflowServicer(engine), WORKFLOW_SERVICE)
-    add_service(server, WorkerServicer(engine), WORKER_SERVICE)
+    add_service(
+        server,
+        WorkerServicer(engine),
+        WORKER_SERVICE,
+        {"PollTask": poll_request_check(worker_message_bytes(config.max_payload_bytes))},
+    )
     add_service(server, AdminServicer(KeyAdmin(store, ring), versions), ADMIN_SERVICE)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # no stubs for aio
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

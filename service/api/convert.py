@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,7 +25,6 @@ from stepd.server.domain import (
 from stepd.server.engine.commands import (
     Action,
     Command,
-    CommandResult,
     CommandStatus,
     CompleteRun,
     FailRun,
@@ -37,9 +38,19 @@ from stepd.server.engine.commands import (
     StartStep,
     SuspendRun,
 )
-from stepd.server.engine.errors import EngineError, InvalidArgument
-from stepd.server.engine.sessions import Cancellation, Outgoing
-from stepd.server.engine.validation import MAX_ID_LENGTH, check_name, check_text
+from stepd.server.engine.errors import EngineError, InvalidArgument, ResourceExhausted
+from stepd.server.engine.validation import (
+    MAX_CACHED_RUNS,
+    MAX_CAPACITY,
+    MAX_EVENT_TRIGGERS,
+    MAX_EXECUTION_TIMEOUT_MS,
+    MAX_HELLO_VERSIONS,
+    MAX_HELLO_WORKFLOWS,
+    MAX_ID_LENGTH,
+    check_name,
+    check_text,
+    shown,
+)
 from stepd.v1 import types_pb2, worker_service_pb2
 
 STATUS_TO_PROTO = {
@@ -57,6 +68,7 @@ REASON_TO_PROTO = {
     FailureReason.DEADLINE_EXCEEDED: types_pb2.FAILURE_REASON_DEADLINE_EXCEEDED,
     FailureReason.EXECUTION_TIMEOUT: types_pb2.FAILURE_REASON_EXECUTION_TIMEOUT,
     FailureReason.MAX_ENTRIES_EXCEEDED: types_pb2.FAILURE_REASON_MAX_ENTRIES_EXCEEDED,
+    FailureReason.JOURNAL_TOO_LARGE: types_pb2.FAILURE_REASON_JOURNAL_TOO_LARGE,
 }
 
 COMMAND_STATUS_TO_PROTO = {
@@ -309,27 +321,6 @@ def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
     )
 
 
-def outgoing_to_proto(batch: list[Outgoing]) -> worker_service_pb2.PollTaskResponse:
-    """Everything queued for a worker, as one stream message."""
-    response = worker_service_pb2.PollTaskResponse()
-    for item in batch:
-        if isinstance(item, CommandResult):
-            result = response.results.add(
-                command_id=item.command_id,
-                status=COMMAND_STATUS_TO_PROTO[item.status],
-                message=item.message,
-            )
-            if item.recorded_step is not None:
-                result.recorded_step.CopyFrom(step_to_proto(item.recorded_step))
-        elif isinstance(item, Cancellation):
-            response.cancellations.add(
-                run_id=item.run_id, lease_id=item.lease_id, reason=item.reason
-            )
-        else:
-            response.tasks.append(task_to_proto(item))
-    return response
-
-
 def _wait_from_proto(wait: worker_service_pb2.WaitCondition, index: int) -> WaitSpec:
     """A WaitCondition to a WaitSpec. A condition this server does not know
     becomes a timer without a time, which the engine rejects as INVALID."""
@@ -449,8 +440,11 @@ def workflow_limits(
         if w.HasField("execution_timeout"):
             field = f"hello.workflows[{i}].execution_timeout"
             timeout_ms = duration_ms(w.execution_timeout, field)
-            if timeout_ms <= 0:
-                raise InvalidArgument(f"{field} must be longer than 0")
+            if not 0 < timeout_ms <= MAX_EXECUTION_TIMEOUT_MS:
+                raise InvalidArgument(
+                    f"{field} must be longer than 0 and at most "
+                    f"{MAX_EXECUTION_TIMEOUT_MS // 86_400_000} days"
+                )
         limits[(w.name, w.version)] = WorkflowLimits(
             execution_timeout_ms=timeout_ms, max_entries=w.max_entries or None
         )
@@ -458,12 +452,35 @@ def workflow_limits(
 
 
 def check_hello(hello: worker_service_pb2.WorkerHello) -> None:
-    """Reject a hello whose names are missing, too long or hold NULs."""
+    """Reject a hello whose names are missing, too long or hold NULs, whose counts
+    pass their limits (ResourceExhausted) or whose capacity is out of range."""
     check_name("hello.worker_id", hello.worker_id, required=True)
     check_text("hello.identity", hello.identity)
     check_text("hello.sdk_version", hello.sdk_version)
+    if not 1 <= hello.capacity <= MAX_CAPACITY:
+        raise InvalidArgument(f"hello.capacity must lie between 1 and {MAX_CAPACITY}")
+    if hello.max_cached_runs > MAX_CACHED_RUNS:
+        raise InvalidArgument(f"hello.max_cached_runs is at most {MAX_CACHED_RUNS}")
+    if len(hello.workflows) > MAX_HELLO_WORKFLOWS:
+        raise ResourceExhausted(
+            f"a hello registers at most {MAX_HELLO_WORKFLOWS} workflow versions; "
+            "split the workflows across workers"
+        )
+    versions: Counter[str] = Counter()
     for i, w in enumerate(hello.workflows):
         check_name(f"hello.workflows[{i}].name", w.name, required=True)
         check_name(f"hello.workflows[{i}].version", w.version, required=True)
+        versions[w.name] += 1
+        if versions[w.name] > MAX_HELLO_VERSIONS:
+            raise ResourceExhausted(
+                f"a hello registers at most {MAX_HELLO_VERSIONS} versions of one workflow "
+                f"({shown(w.name)})"
+            )
+        if len(w.event_triggers) > MAX_EVENT_TRIGGERS:
+            raise ResourceExhausted(
+                f"hello.workflows[{i}] declares {len(w.event_triggers)} event triggers; "
+                f"at most {MAX_EVENT_TRIGGERS}"
+            )
         for j, name in enumerate(w.event_triggers):
-            check_name(f"hello.workflows[{i}].event_triggers[{j}]", name, required=True)
+            if not name or len(name) > MAX_ID_LENGTH or "\x00" in name:  # say which
+                check_name(f"hello.workflows[{i}].event_triggers[{j}]", name, required=True)

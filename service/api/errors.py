@@ -40,25 +40,36 @@ Handler = Callable[[Any, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable
 class Undecodable:
     """Stands for request bytes that do not decode as the expected message."""
 
-    __slots__ = ("type_name",)
+    __slots__ = ("refused", "type_name")
 
-    def __init__(self, type_name: str) -> None:
+    def __init__(self, type_name: str, refused: errors.EngineError | None = None) -> None:
         self.type_name = type_name
+        self.refused = refused
 
-    def error(self) -> errors.InvalidArgument:
+    def error(self) -> errors.EngineError:
         """The error the caller gets for it."""
+        if self.refused is not None:
+            return self.refused
         return errors.InvalidArgument(
             f"the request is not a valid {self.type_name}: its bytes do not decode"
         )
 
 
-def decoder(message_class: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+def decoder(
+    message_class: type[Message],
+    precheck: Callable[[bytes], errors.EngineError | None] | None = None,
+) -> Callable[[bytes], Message | Undecodable]:
     """A request deserializer that never raises: bytes that do not decode become
-    ``Undecodable`` (grpc would answer UNKNOWN and log a traceback)."""
+    ``Undecodable`` (grpc would answer UNKNOWN and log a traceback). ``precheck``
+    may refuse the bytes before they are decoded (a message too costly to decode)."""
     type_name = message_class.DESCRIPTOR.full_name
     parse = message_class.FromString
 
     def decode(raw: bytes) -> Message | Undecodable:
+        if precheck is not None:
+            refused = precheck(raw)
+            if refused is not None:
+                return Undecodable(type_name, refused)
         try:
             return parse(raw)
         except (DecodeError, ValueError, RuntimeError):

@@ -9,6 +9,7 @@ either its message or ``errors.Undecodable`` and answers INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -16,17 +17,24 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from stepd.server.api.errors import decoder
+from stepd.server.engine.errors import EngineError
 
 
-def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
-    """Serve every method of ``service`` with the same-named method of ``servicer``."""
+def add_service(
+    server: grpc.aio.Server,
+    servicer: Any,
+    service: ServiceDescriptor,
+    prechecks: Mapping[str, Callable[[bytes], EngineError | None]] | None = None,
+) -> None:
+    """Serve every method of ``service`` with the same-named method of ``servicer``;
+    ``prechecks`` (by method name) may refuse a request's bytes before decoding."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
         options: dict[str, Any] = {
-            "request_deserializer": decoder(request_class),
+            "request_deserializer": decoder(request_class, (prechecks or {}).get(method.name)),
             "response_serializer": response_class.SerializeToString,
         }
         if method.client_streaming and method.server_streaming:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -47,6 +48,7 @@ from stepd.server.engine.errors import (
     HookAlreadyExecuted,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from stepd.server.engine.ledger import LeaseLedger
@@ -57,13 +59,20 @@ from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
 from stepd.server.engine.retention import Retention
 from stepd.server.engine.run_actions import RunActions
-from stepd.server.engine.run_limits import RunLimits
+from stepd.server.engine.run_limits import RunLimits, journal_bytes
 from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.schedules import Scheduler
 from stepd.server.engine.sessions import Cancellation, WorkerSession
 from stepd.server.engine.sticky import StickyRuns
 from stepd.server.engine.timers import TimerSchedule
-from stepd.server.engine.validation import MAX_ID_LENGTH, MAX_PAGE_BYTES, check_id, shown
+from stepd.server.engine.validation import (
+    MAX_ID_LENGTH,
+    MAX_PAGE_BYTES,
+    MAX_VERSIONS_PER_WORKFLOW,
+    MAX_WORKFLOWS,
+    check_id,
+    shown,
+)
 from stepd.server.engine.waiters import RunWaiters
 from stepd.server.engine.worker_commands import WorkerCommands
 from stepd.server.engine.workers import WorkerDirectory
@@ -105,7 +114,7 @@ class Engine:
         self.config = config
         self.clock = clock
         self.registry = WorkflowRegistry()
-        self.run_limits = RunLimits(config.max_journal_entries)
+        self.run_limits = RunLimits(config.max_journal_entries, config.max_journal_bytes)
         self.dispatcher = Dispatcher(self._claim_for)
         self.sticky = StickyRuns()  # suspended runs kept live by their worker
         self.ledger = LeaseLedger(self.dispatcher.kick, self.run_limits.release)
@@ -505,7 +514,9 @@ class Engine:
             if not name or not version:
                 raise InvalidArgument("hello.workflows entries need a name and a version")
         self.schedules.check(declarations)
+        await asyncio.sleep(0)  # a large hello: let the event loop have a turn
         new_pairs = [p for p in pairs if not self.registry.knows(*p)]
+        self._check_room(new_pairs)
         if new_pairs:
             await self.store.register_workflows(new_pairs)
             self.registry.add(new_pairs, self.clock.now_ms())
@@ -529,6 +540,23 @@ class Engine:
         self.replicas.poll_soon()  # runs made ready elsewhere before it came
         log.info("worker %s connected (capacity %d)", session.identity, capacity)
         return session
+
+    def _check_room(self, new_pairs: Sequence[tuple[str, str]]) -> None:
+        """Refuse versions past the registry's bounds (versions per workflow,
+        workflows in all): each stays stored for good."""
+        new_names = Counter(name for name, _ in new_pairs)
+        unknown = sum(1 for name in new_names if not self.registry.version_count(name))
+        if unknown and self.registry.workflow_count() + unknown > MAX_WORKFLOWS:
+            raise ResourceExhausted(
+                f"the server keeps at most {MAX_WORKFLOWS} workflows registered; "
+                f"this hello would add {unknown} more"
+            )
+        for name, count in new_names.items():
+            if self.registry.version_count(name) + count > MAX_VERSIONS_PER_WORKFLOW:
+                raise ResourceExhausted(
+                    f"the server keeps at most {MAX_VERSIONS_PER_WORKFLOW} versions of a "
+                    f"workflow registered, and {shown(name)} would pass it"
+                )
 
     async def disconnect_worker(self, session: WorkerSession) -> None:
         """Forget a worker's stream and re-queue every run it held (idempotent)."""
@@ -669,6 +697,7 @@ class Engine:
             run_id,
             known + len(claimed.journal) + len(claimed.waits),
             limits.max_entries if limits is not None else None,
+            (parked.size if parked is not None and known else 0) + journal_bytes(claimed),
         )
         self.policy.schedule_expiry(claimed.run)
         hook_secret = hook_tokens.run_secret(self._hook_keys[0], run_id)

@@ -63,7 +63,16 @@ class WorkerSession:
         self.queue_keys: tuple[tuple[str, str], ...] = tuple(
             sorted({key for name, version in serves for key in ((name, version), (name, ""))})
         )
+        self.queue_key_set = frozenset(self.queue_keys)
         self.next_queue = 0
+        # Each workflow's versions served here, greatest first (see newest_version).
+        by_name: dict[str, list[str]] = {}
+        for name, version in serves:
+            by_name.setdefault(name, []).append(version)
+        self._versions_of = {
+            name: sorted(versions, key=_version_order, reverse=True)
+            for name, versions in by_name.items()
+        }
         self.capacity = capacity
         # How many suspended runs the worker keeps live (0: no continuations).
         self.max_cached_runs = max_cached_runs
@@ -85,8 +94,10 @@ class WorkerSession:
         """The version of ``name`` this worker serves (the greatest, if several) that
         a run stored without a version may be pinned to; "" when there is none."""
         pinnable = self._pinnable
-        versions = [v for n, v in self.serves if n == name and (not pinnable or pinnable(n, v))]
-        return max(versions, key=_version_order, default="")
+        for version in self._versions_of.get(name, ()):
+            if pinnable is None or pinnable(name, version):
+                return version
+        return ""
 
     @property
     def lease_owner(self) -> str:

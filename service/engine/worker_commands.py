@@ -49,7 +49,7 @@ from stepd.server.engine.errors import EngineError, InvalidArgument
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle
 from stepd.server.engine.payloads import check_json_payload
-from stepd.server.engine.run_limits import RunLimits
+from stepd.server.engine.run_limits import RunLimits, step_bytes
 from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.sessions import WorkerSession
 from stepd.server.engine.sticky import StickyRuns
@@ -58,6 +58,10 @@ from stepd.server.engine.validation import check_waits
 from stepd.server.store.base import Store
 
 log = logging.getLogger("stepd.engine")
+
+#: The most commands started together: each checks its payload before its first
+#: wait, so a whole batch started at once would hold the event loop that long.
+_SIDE_BY_SIDE = 32
 
 
 class WorkerCommands:
@@ -101,7 +105,11 @@ class WorkerCommands:
         if len(by_run) == 1:
             await self._apply_in_order(session, commands)
             return
-        await asyncio.gather(*(self._apply_in_order(session, cmds) for cmds in by_run.values()))
+        runs = list(by_run.values())
+        for start in range(0, len(runs), _SIDE_BY_SIDE):
+            await asyncio.gather(
+                *(self._apply_in_order(session, c) for c in runs[start : start + _SIDE_BY_SIDE])
+            )
 
     async def _apply_in_order(self, session: WorkerSession, commands: Sequence[Command]) -> None:
         """Apply one run's commands: consecutive step records together (they
@@ -120,9 +128,11 @@ class WorkerCommands:
         """Apply consecutive step records of one run: together where the store
         commits them in submission order, else one by one."""
         if len(commands) > 1 and self._store.ordered_writes:
-            results = await asyncio.gather(*(self.apply(session, c) for c in commands))
-            for result in results:
-                session.send(result)
+            for start in range(0, len(commands), _SIDE_BY_SIDE):
+                chunk = commands[start : start + _SIDE_BY_SIDE]
+                results = await asyncio.gather(*(self.apply(session, c) for c in chunk))
+                for result in results:
+                    session.send(result)
         else:
             for command in commands:
                 session.send(await self.apply(session, command))
@@ -199,13 +209,23 @@ class WorkerCommands:
                 self._max_payload,
             )
             step = replace(step, result_json=result_json)
+        error = step.error
+        size = step_bytes(
+            step.result_json,
+            error.message if error is not None else "",
+            error.traceback if error is not None else "",
+        )
+        if not self._limits.fits(run_id, size):
+            return await self._policy.journal_too_large(
+                session, cid, run_id, lease_id, step.step_key
+            )
         outcome = await self._store.record_step(run_id, lease_id, step)
         if outcome.status is RecordStepStatus.LEASE_LOST:
             return self._ledger.lease_lost(cid, run_id, session)
         self._limits.attempt_ended(run_id, step.step_key)
         if outcome.status is RecordStepStatus.DUPLICATE:
             return CommandResult(cid, CommandStatus.DUPLICATE, "", outcome.existing)
-        self._limits.added(run_id)
+        self._limits.added(run_id, size=size)
         for listener in self._step_listeners:
             listener(step)
         return CommandResult(cid, CommandStatus.OK)
@@ -223,7 +243,7 @@ class WorkerCommands:
         entries = self._limits.entries(run_id)
         self._ledger.let_go(session, run_id)
         if entries is not None:  # the worker may keep it live: offer it there first
-            self._sticky.remember(session, run_id, lease_id, entries)
+            self._sticky.remember(session, run_id, lease_id, entries, self._limits.size(run_id))
         if outcome.status is SuspendStatus.WOKEN and outcome.run is not None:
             self._lifecycle.make_ready(outcome.run)
         for timer in outcome.timers:

@@ -74,6 +74,10 @@ class _FailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Failure
     """The workflow's execution timeout passed."""
     FAILURE_REASON_MAX_ENTRIES_EXCEEDED: _FailureReason.ValueType  # 4
     """The run's journal reached its maximum number of entries."""
+    FAILURE_REASON_JOURNAL_TOO_LARGE: _FailureReason.ValueType  # 6
+    """The run's journal reached the server's byte budget (the step results and
+    met waits' payloads it holds; `stepd serve --max-journal-bytes`).
+    """
 
 class FailureReason(_FailureReason, metaclass=_FailureReasonEnumTypeWrapper):
     """FailureReason says why a failed run failed."""
@@ -88,6 +92,10 @@ FAILURE_REASON_EXECUTION_TIMEOUT: FailureReason.ValueType  # 3
 """The workflow's execution timeout passed."""
 FAILURE_REASON_MAX_ENTRIES_EXCEEDED: FailureReason.ValueType  # 4
 """The run's journal reached its maximum number of entries."""
+FAILURE_REASON_JOURNAL_TOO_LARGE: FailureReason.ValueType  # 6
+"""The run's journal reached the server's byte budget (the step results and
+met waits' payloads it holds; `stepd serve --max-journal-bytes`).
+"""
 Global___FailureReason: _TypeAlias = FailureReason  # noqa: Y015
 
 class _RunEventType:

@@ -881,6 +881,12 @@ class StreamSettings(_message.Message):
 
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     LEASE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    max_message_bytes: _builtins.int
+    """The most bytes of one message the worker may send after its hello; a
+    larger one ends the stream with RESOURCE_EXHAUSTED. 0 (older servers):
+    only gRPC's own limit.
+    """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """Send a message (a heartbeat when there is nothing else) at least this
@@ -898,10 +904,11 @@ class StreamSettings(_message.Message):
         *,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         lease_timeout: _duration_pb2.Duration | None = ...,
+        max_message_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout", "max_message_bytes", b"max_message_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -925,6 +932,7 @@ class RunTask(_message.Message):
     ROOT_RUN_ID_FIELD_NUMBER: _builtins.int
     HOOK_SECRET_FIELD_NUMBER: _builtins.int
     CONTINUES_LEASE_FIELD_NUMBER: _builtins.int
+    JOURNAL_PARTS_REMAINING_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     lease_id: _builtins.int
@@ -950,6 +958,14 @@ class RunTask(_message.Message):
     holds only the entries recorded since (the waits met meanwhile). A worker
     that no longer has that execution must not guess: it answers release_run
     and the server hands the run out again with the full journal.
+    """
+    journal_parts_remaining: _builtins.int
+    """0: this message carries the whole task. Otherwise the task is too large
+    for one stream message and this many more RunTask messages follow for the
+    same run_id and lease_id, each in a PollTaskResponse of its own and with
+    no other task between them. They set only run_id, lease_id, journal (the
+    next entries, in order) and journal_parts_remaining (one less each time);
+    the worker joins the journal before it starts the run.
     """
     @_builtins.property
     def input(self) -> _types_pb2.Payload:
@@ -978,10 +994,11 @@ class RunTask(_message.Message):
         root_run_id: _builtins.str = ...,
         hook_secret: _builtins.bytes = ...,
         continues_lease: _builtins.int = ...,
+        journal_parts_remaining: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["continues_lease", b"continues_lease", "deadline", b"deadline", "dispatch_count", b"dispatch_count", "hook_secret", b"hook_secret", "input", b"input", "journal", b"journal", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continues_lease", b"continues_lease", "deadline", b"deadline", "dispatch_count", b"dispatch_count", "hook_secret", b"hook_secret", "input", b"input", "journal", b"journal", "journal_parts_remaining", b"journal_parts_remaining", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
