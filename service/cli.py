@@ -57,6 +57,21 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+_PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _period(text: str) -> int:
+    """A retention period as milliseconds: "30d", "12h", "90m", "3600s", "2w", or
+    "0" / "" (keep runs forever)."""
+    text = text.strip().lower()
+    if text in ("", "0"):
+        return 0
+    number, unit = text[:-1], text[-1:]
+    if unit not in _PERIOD_UNITS or not number.isdigit() or int(number) < 1:
+        raise ValueError("must be a whole number with a unit s, m, h, d or w (e.g. 30d), or 0")
+    return int(number) * _PERIOD_UNITS[unit] * 1000
+
+
 def _optional_path(text: str) -> str | None:
     return text or None
 
@@ -178,6 +193,14 @@ SERVE_SETTINGS = (
         "2",
         _positive_float,
         "PostgreSQL: seconds between polls for ready runs a replica was not notified of",
+    ),
+    Setting(
+        "--retention",
+        "STEPD_RETENTION",
+        "0",
+        _period,
+        "delete finished runs (journal, waits, history) this long after they ended, "
+        "e.g. 30d, 12h; 0 keeps them forever",
     ),
     Setting("--log-level", "STEPD_LOG_LEVEL", "INFO", _choice(*LOG_LEVELS), "log threshold"),
     Setting(
@@ -370,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         max_journal_entries=settings["max_journal_entries"],
         max_journal_bytes=settings["max_journal_bytes"],
         replica_poll_ms=int(settings["replica_poll_interval"] * 1000),
+        retention_ms=settings["retention"],
         auth=settings["auth"],
         tls_cert_file=settings["tls_cert"],
         tls_key_file=settings["tls_key"],

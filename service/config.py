@@ -46,6 +46,9 @@ class ServerConfig:
     # PostgreSQL replicas: how often a replica whose workers have room polls for
     # ready runs it was not notified of, in milliseconds.
     replica_poll_ms: int = 2_000
+    # Finished runs are deleted this long after they ended, in milliseconds
+    # (0: kept forever). See docs/operations.md, "Retention".
+    retention_ms: int = 0
     # Seconds a stopping server gives in-flight calls to finish.
     shutdown_grace_seconds: float = 5.0
     # -- security (docs/security.md; stepd.server.security) ------------------

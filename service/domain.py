@@ -154,6 +154,11 @@ class RunRecord:
     progress_json: str | None = None
     # The W3C trace context the run is in.
     trace: TraceContext = NO_TRACE
+    # A run made by ForkRun: the run and step it was forked from.
+    forked_from_run_id: str | None = None
+    forked_from_step_key: str | None = None
+    # How many times RetryRun resumed it.
+    retry_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +350,9 @@ class HistoryType(enum.StrEnum):
     HELD = "held"
     CHILD_STARTED = "child_started"
     PROGRESS = "progress"
+    RETRIED = "retried"
+    FORKED = "forked"
+    FORKED_FROM = "forked_from"
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,3 +443,19 @@ class HookOutcome:
 
     status: HookStatus
     woken: RunRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One connected worker stream, as ``ListWorkers`` shows it."""
+
+    session_id: str
+    replica_id: str
+    worker_id: str
+    identity: str
+    workflows: tuple[tuple[str, str], ...]
+    capacity: int
+    runs_held: int
+    draining: bool
+    connect_time: int
+    last_seen: int

@@ -17,6 +17,11 @@ from stepd.server.api.convert import (
     payload_in,
     run_to_proto,
 )
+from stepd.server.api.convert_operations import (
+    deadline_change,
+    page_of_workers,
+    worker_to_proto,
+)
 from stepd.server.api.convert_runs import details_to_proto, update_to_proto
 from stepd.server.api.convert_schedules import (
     decode_page_token,
@@ -28,9 +33,11 @@ from stepd.server.api.errors import Undecodable, client_status, maps_errors, ser
 from stepd.server.domain import NO_TRACE, RunFilter, TraceContext
 from stepd.server.engine.engine import Engine, TriggerParams
 from stepd.server.engine.errors import EngineError, InvalidArgument
+from stepd.server.engine.run_actions import BulkAction, ForkParams
 from stepd.server.engine.validation import check_name, check_text
 from stepd.server.security.auth_interceptor import current_key_id, current_principal
 from stepd.server.security.roles import Right
+from stepd.v1 import operations_pb2 as ops
 from stepd.v1 import workflow_service_pb2 as pb
 from stepd.v1 import workflow_service_pb2_grpc
 
@@ -58,6 +65,11 @@ FEATURES = (
     "watch-run",
     "progress",
     "pending-waits",
+    "retry-run",
+    "fork-run",
+    "delete-run",
+    "bulk-actions",
+    "list-workers",
 )
 
 
@@ -66,6 +78,30 @@ def _may_see_hooks() -> bool:
     server runs without keys)."""
     principal = current_principal()
     return principal is None or Right.EXECUTE_HOOK in principal.rights
+
+
+def run_filter_from(request: pb.ListRunsRequest, prefix: str = "") -> RunFilter:
+    """The run filter of a ListRunsRequest (ListRuns, and the bulk actions' ``filter``,
+    whose fields errors name with ``prefix``)."""
+    check_name(prefix + "workflow_name", request.workflow_name)
+    check_name(prefix + "parent_run_id", request.parent_run_id)
+    check_name(prefix + "idempotency_key", request.idempotency_key)
+    check_name(prefix + "schedule_id", request.schedule_id)
+    statuses = set()
+    for value in request.statuses:
+        if value not in STATUS_FROM_PROTO:
+            raise InvalidArgument(f"{prefix}statuses contains an unknown status {value}")
+        statuses.add(STATUS_FROM_PROTO[value])
+    after, before = prefix + "create_time_after", prefix + "create_time_before"
+    return RunFilter(
+        workflow_name=request.workflow_name or None,
+        statuses=frozenset(statuses) or None,
+        parent_run_id=request.parent_run_id or None,
+        create_time_after=optional_ms(request, "create_time_after", after),
+        create_time_before=optional_ms(request, "create_time_before", before),
+        idempotency_key=request.idempotency_key or None,
+        schedule_id=request.schedule_id or None,
+    )
 
 
 class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
@@ -120,25 +156,8 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
     @maps_errors
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
-        check_name("workflow_name", request.workflow_name)
-        check_name("parent_run_id", request.parent_run_id)
-        check_name("idempotency_key", request.idempotency_key)
-        check_name("schedule_id", request.schedule_id)
         check_text("page_token", request.page_token)
-        statuses = set()
-        for value in request.statuses:
-            if value not in STATUS_FROM_PROTO:
-                raise InvalidArgument(f"statuses contains an unknown status {value}")
-            statuses.add(STATUS_FROM_PROTO[value])
-        run_filter = RunFilter(
-            workflow_name=request.workflow_name or None,
-            statuses=frozenset(statuses) or None,
-            parent_run_id=request.parent_run_id or None,
-            create_time_after=optional_ms(request, "create_time_after", "create_time_after"),
-            create_time_before=optional_ms(request, "create_time_before", "create_time_before"),
-            idempotency_key=request.idempotency_key or None,
-            schedule_id=request.schedule_id or None,
-        )
+        run_filter = run_filter_from(request)
         cursor = page_tokens.decode(request.page_token, run_filter)
         runs, next_cursor = await self._engine.list_runs(
             run_filter, request.page_size, cursor, payloads=request.include_payloads
@@ -321,3 +340,93 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         if outcome.run is not None:
             response.run.CopyFrom(run_to_proto(outcome.run))
         return response
+
+    # -- operator actions on runs (docs/operating-runs.md) ----------------------
+
+    @maps_errors
+    async def RetryRun(
+        self, request: ops.RetryRunRequest, context: Context
+    ) -> ops.RetryRunResponse:
+        check_name("run_id", request.run_id, required=True)
+        check_text("reason", request.reason)
+        run = await self._engine.actions.retry(
+            request.run_id, deadline_change(request), reason=request.reason, actor=current_key_id()
+        )
+        return ops.RetryRunResponse(run=run_to_proto(run))
+
+    @maps_errors
+    async def ForkRun(self, request: ops.ForkRunRequest, context: Context) -> ops.ForkRunResponse:
+        check_name("run_id", request.run_id, required=True)
+        check_name("step_key", request.step_key, required=True)
+        check_name("workflow_version", request.workflow_version)
+        run, existed = await self._engine.actions.fork(
+            ForkParams(
+                run_id=request.run_id,
+                step_key=request.step_key,
+                new_run_id=request.new_run_id,
+                workflow_version=request.workflow_version,
+                request_id=request.request_id,
+                deadline=optional_ms(request, "deadline", "deadline"),
+            ),
+            actor=current_key_id(),
+        )
+        return ops.ForkRunResponse(run=run_to_proto(run), already_existed=existed)
+
+    @maps_errors
+    async def DeleteRun(
+        self, request: ops.DeleteRunRequest, context: Context
+    ) -> ops.DeleteRunResponse:
+        check_name("run_id", request.run_id, required=True)
+        await self._engine.actions.delete(request.run_id)
+        return ops.DeleteRunResponse(run_id=request.run_id)
+
+    @maps_errors
+    async def CancelRuns(
+        self, request: pb.CancelRunsRequest, context: Context
+    ) -> pb.CancelRunsResponse:
+        check_text("reason", request.reason)
+        result = await self._bulk(BulkAction.CANCEL, request, request.reason)
+        return pb.CancelRunsResponse(**result)
+
+    @maps_errors
+    async def RetryRuns(
+        self, request: pb.RetryRunsRequest, context: Context
+    ) -> pb.RetryRunsResponse:
+        check_text("reason", request.reason)
+        result = await self._bulk(BulkAction.RETRY, request, request.reason)
+        return pb.RetryRunsResponse(**result)
+
+    async def _bulk(
+        self, action: BulkAction, request: pb.CancelRunsRequest | pb.RetryRunsRequest, reason: str
+    ) -> dict[str, Any]:
+        check_text("page_token", request.page_token)
+        run_filter = run_filter_from(request.filter, "filter.")
+        cursor = page_tokens.decode(request.page_token, run_filter)
+        result = await self._engine.actions.bulk(
+            action,
+            run_filter,
+            dry_run=request.dry_run,
+            batch_size=request.batch_size,
+            before_seq=cursor,
+            reason=reason,
+            actor=current_key_id(),
+        )
+        token = "" if result.next_seq is None else page_tokens.encode(result.next_seq, run_filter)
+        return {
+            "matched": result.matched,
+            "changed": result.changed,
+            "skipped": result.skipped,
+            "next_page_token": token,
+        }
+
+    @maps_errors
+    async def ListWorkers(
+        self, request: ops.ListWorkersRequest, context: Context
+    ) -> ops.ListWorkersResponse:
+        check_text("page_token", request.page_token)
+        workers, after = page_of_workers(
+            await self._engine.workers.list(), request.page_size, request.page_token
+        )
+        return ops.ListWorkersResponse(
+            workers=[worker_to_proto(w) for w in workers], next_page_token=after
+        )

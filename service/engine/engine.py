@@ -62,6 +62,8 @@ from stepd.server.engine.pauses import LoopPauses
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
+from stepd.server.engine.retention import Retention
+from stepd.server.engine.run_actions import RunActions
 from stepd.server.engine.run_details import RunDetails, run_details
 from stepd.server.engine.run_limits import RunLimits, journal_bytes
 from stepd.server.engine.run_policy import RunPolicy
@@ -80,6 +82,7 @@ from stepd.server.engine.validation import (
 from stepd.server.engine.waiters import RunWaiters
 from stepd.server.engine.watch import RunWatchers, WatchLimits, WatchUpdate, watch
 from stepd.server.engine.worker_commands import WorkerCommands
+from stepd.server.engine.workers import WorkerDirectory
 from stepd.server.store.base import RunConflictError, Store
 from stepd.server.store.errors import StoreUnavailableError
 from stepd.server.store.notify import channel_for
@@ -195,6 +198,18 @@ class Engine:
             self.timers,
             self.faults,
         )
+        # Operator actions on whole runs; retention; the list of workers.
+        self.actions = RunActions(
+            store, config, self.registry, self.lifecycle, self.policy, clock=clock
+        )
+        self.retention = Retention(store, config.retention_ms, clock=clock)
+        self.workers = WorkerDirectory(
+            store,
+            self.replicas.replica_id,
+            lambda: self.dispatcher.sessions,
+            replicated=self.replicas.replicated,
+            clock=clock,
+        )
         # Who hears of a run made ready or ended, in this order.
         self.lifecycle.on_ready(self.replicas.ready)
         self.lifecycle.on_end(self.children.on_terminal)
@@ -237,6 +252,8 @@ class Engine:
         self.timers.start()
         self.starts.start()
         self.schedules.start()
+        self.retention.start()
+        self.workers.start()
 
     async def _recover_all(self) -> None:
         recovered = 0
@@ -265,6 +282,8 @@ class Engine:
     async def close(self) -> None:
         """Stop timers, end worker sessions and settle claims in flight."""
         self._closing = True
+        await self.retention.close()
+        await self.workers.close()
         await self.replicas.close()
         if self._lease_monitor is not None:
             self._lease_monitor.cancel()
@@ -569,6 +588,7 @@ class Engine:
             limits,
             max_cached_runs,
             pinnable=self.registry.pinnable,
+            connect_time=self.clock.now_ms(),
         )
         self.dispatcher.add_session(session)
         self.replicas.poll_soon()  # runs made ready elsewhere before it came

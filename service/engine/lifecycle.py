@@ -31,6 +31,7 @@ from stepd.server.engine.timers import TimerSchedule
 from stepd.server.engine.transitions import RunEvent
 from stepd.server.engine.validation import shown
 from stepd.server.store.base import Store
+from stepd.server.store.run_actions import DeadlineChange, RetryStatus
 
 #: Told of a run after the commit that made it ready, or ended it.
 RunListener = Callable[[RunRecord], None]
@@ -40,6 +41,7 @@ _COMPLETE = transitions.move(RunEvent.COMPLETE)
 _FAIL = transitions.move(RunEvent.FAIL)
 _CANCEL = transitions.move(RunEvent.CANCEL)
 _EXPIRE = transitions.move(RunEvent.EXPIRE)
+_RETRY = transitions.move(RunEvent.RETRY)
 
 
 class RunLifecycle:
@@ -223,6 +225,29 @@ class RunLifecycle:
         self._timers.forget_run(run_id)
         await self._store.abandon_waits(run_id)
         return run
+
+    async def retry(
+        self, run_id: str, deadline: DeadlineChange, *, reason: str = "", actor: str = ""
+    ) -> RunRecord:
+        """Resume a failed or cancelled run where it stopped (its journal kept, the
+        step that failed it run again) and make it ready. NotFound for an unknown
+        run; FailedPrecondition when it is not failed or cancelled, or when the
+        deadline it would keep has passed."""
+        outcome = await self._store.retry_run(run_id, _RETRY, deadline, reason=reason, actor=actor)
+        if outcome.status is RetryStatus.NOT_FOUND:
+            raise NotFound(f"run {shown(run_id)} not found")
+        if outcome.status is RetryStatus.DEADLINE_PASSED:
+            raise FailedPrecondition(
+                f"the deadline of run {shown(run_id)} has passed; "
+                "retry it with a new deadline, or clear its deadline"
+            )
+        if outcome.status is RetryStatus.WRONG_STATUS or outcome.run is None:
+            status = outcome.run.status.value if outcome.run is not None else "changing"
+            raise FailedPrecondition(
+                f"run {shown(run_id)} is {status}; only failed and cancelled runs can be retried"
+            )
+        self.make_ready(outcome.run)
+        return outcome.run
 
     def _ended(self, run: RunRecord) -> None:
         self._sticky.drop(run.run_id, f"run {run.status.value}")

@@ -92,6 +92,11 @@ class ReplicaLink:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
+    def replica_id(self) -> str:
+        """This replica's id (random, per process), as other replicas hear of it."""
+        return self._id
+
+    @property
     def replicated(self) -> bool:
         """True on PostgreSQL, where other replicas may share the database."""
         return self._channel is not None

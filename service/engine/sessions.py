@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,8 +45,13 @@ class WorkerSession:
         limits: Mapping[tuple[str, str], WorkflowLimits] | None = None,
         max_cached_runs: int = 0,
         pinnable: Callable[[str, str], bool] | None = None,
+        connect_time: int = 0,
     ) -> None:
         self.worker_id = worker_id
+        # This stream's own id (a worker id may reconnect), and when it connected
+        # (epoch ms, the engine's clock): what ListWorkers shows.
+        self.session_id = uuid.uuid4().hex[:16]
+        self.connect_time = connect_time
         # Whether a run stored without a version may be pinned to one this
         # worker serves (not to a retired version).
         self._pinnable = pinnable

@@ -36,6 +36,7 @@ from stepd.server.domain import (
     StepRow,
     SuspendOutcome,
     WaitSpec,
+    WorkerInfo,
     WorkflowVersion,
 )
 from stepd.server.domain_keys import ApiKeyRecord, PinStatus, RetireStatus
@@ -48,6 +49,12 @@ from stepd.server.domain_schedules import (
 )
 from stepd.server.store.children import StartChildOutcome
 from stepd.server.store.executor import CommitStats
+from stepd.server.store.run_actions import (
+    DeadlineChange,
+    DeleteStatus,
+    ForkOutcome,
+    RetryOutcome,
+)
 
 
 class RunConflictError(Exception):
@@ -161,7 +168,61 @@ class VersionStore(Protocol):
         """Every pin: workflow name -> version."""
 
 
-class Store(ScheduleStore, KeyStore, VersionStore, Protocol):
+class RunActionStore(Protocol):
+    """Operator actions on whole runs (``stepd.server.store.run_actions``) and the
+    connected workers of every replica (``stepd.server.store.workers``)."""
+
+    async def retry_run(
+        self,
+        run_id: str,
+        move: StatusMove,
+        deadline: DeadlineChange,
+        *,
+        reason: str = "",
+        actor: str = "",
+    ) -> RetryOutcome:
+        """Move a finished run (among ``move.sources``) back to PENDING with its
+        journal, less the outcome, failed attempts and backoffs of the step that
+        failed it (kept in the history, as is the run's failure); record who
+        (``actor``) in the history. DEADLINE_PASSED when the deadline it would
+        keep has passed."""
+
+    async def fork_run(
+        self, source_run_id: str, step_key: str, new: NewRun, *, actor: str = ""
+    ) -> ForkOutcome:
+        """Create ``new`` with a copy of the source run's journal up to and
+        including the outcome of ``step_key``, linked to the source (its
+        ``forked_from_*`` and both runs' histories). With an idempotency key
+        that names a run, return that run (EXISTED)."""
+
+    async def delete_run(self, run_id: str) -> tuple[DeleteStatus, RunStatus | None]:
+        """Delete a finished run with its journal, waits, signals, hooks and
+        history; an unfinished run is kept (NOT_FINISHED)."""
+
+    async def delete_expired_runs(self, ended_before: int, limit: int) -> int:
+        """Delete up to ``limit`` finished runs that ended before ``ended_before``,
+        oldest first, as ``delete_run`` does; return how many."""
+
+    async def matching_runs(
+        self, run_filter: RunFilter, before_seq: int | None, limit: int
+    ) -> list[tuple[int, str]]:
+        """Up to ``limit`` runs the filter selects, as (seq, run id), newest first,
+        with seq < ``before_seq`` when given."""
+
+    async def count_matching_runs(self, run_filter: RunFilter) -> int:
+        """How many runs the filter selects."""
+
+    async def save_workers(
+        self, replica_id: str, workers: Sequence[WorkerInfo], stale_before: int
+    ) -> None:
+        """Replace a replica's rows of connected workers with ``workers``; drop
+        every row not refreshed since ``stale_before``."""
+
+    async def workers_since(self, since: int) -> list[WorkerInfo]:
+        """Every replica's connected workers refreshed at or after ``since``."""
+
+
+class Store(ScheduleStore, KeyStore, VersionStore, RunActionStore, Protocol):
     """Durable state of runs, journals and the workflow registry."""
 
     @property

@@ -36,6 +36,8 @@ _CAUSAL_ORDER = {
     for i, t in enumerate(
         (
             HistoryType.TRIGGERED,
+            HistoryType.FORKED_FROM,
+            HistoryType.RETRIED,
             HistoryType.DISPATCHED,
             HistoryType.STEP_COMPLETED,
             HistoryType.STEP_FAILED,
@@ -50,9 +52,34 @@ _CAUSAL_ORDER = {
             HistoryType.CANCELLED,
             HistoryType.COMPLETED,
             HistoryType.FAILED,
+            HistoryType.FORKED,
         )
     )
 }
+
+
+#: Failures a retry moved out of the run's row and journal into ``run_events``
+#: (``add_kept_failure``): the error's type is stored as name, its message as detail.
+_KEPT_FAILURES = frozenset({HistoryType.FAILED, HistoryType.STEP_FAILED})
+#: The detail of a failure kept in the history by a retry.
+KEPT_DETAIL = "kept in the history when the run was retried"
+
+
+def add_kept_failure(
+    conn: Connection, run_id: str, type_: HistoryType, time: int, error: ErrorDetails
+) -> None:
+    """Keep a failure that a retry takes out of the run's row or journal (a FAILED or
+    STEP_FAILED entry) as a ``run_events`` row, at the time it happened."""
+    add(
+        conn,
+        run_id,
+        type_,
+        time,
+        key=error.step_key or None,
+        name=error.type,
+        detail=error.message,
+        attempt=error.attempt or None,
+    )
 
 
 def add(conn: Connection, run_id: str, type_: HistoryType, time: int, **columns: Any) -> None:
@@ -166,6 +193,9 @@ def _events(conn: Connection, run_id: str, after: int, limit: int) -> list[_Item
         )
         if entry.type is HistoryType.HELD:  # stored as name (error type) and detail
             entry = replace(entry, error=ErrorDetails(entry.name, entry.detail), name="")
+        elif entry.type in _KEPT_FAILURES:  # moved here by a retry: the same columns
+            error = ErrorDetails(entry.name, entry.detail, "", entry.key, entry.attempt)
+            entry = replace(entry, error=error, name="", detail=KEPT_DETAIL)
         items.append(_item("run_events", row["sequence"], entry, row))
     return items
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Select, literal, null, select
+from sqlalchemy import Connection, Select, func, literal, null, select
 
 from stepd.server.domain import RunFilter, RunRecord
 from stepd.server.store import rows
@@ -113,3 +113,19 @@ def read_page(
         ).mappings()
     }
     return [rows.run_from_row({**row, **full.get(row["seq"], {})}) for row in taken], more
+
+
+def matching_runs(
+    conn: Connection, run_filter: RunFilter, before_seq: int | None, limit: int
+) -> list[tuple[int, str]]:
+    """Up to ``limit`` matching runs as (seq, run id), newest first, with seq <
+    ``before_seq``: the batches of a bulk action."""
+    stmt = _filtered(select(runs.c.seq, runs.c.run_id), run_filter, before_seq)
+    found = conn.execute(stmt.order_by(runs.c.seq.desc()).limit(limit))
+    return [(row.seq, row.run_id) for row in found]
+
+
+def count_matching(conn: Connection, run_filter: RunFilter) -> int:
+    """How many runs match: a bulk action's dry run."""
+    stmt = _filtered(select(func.count()).select_from(runs), run_filter, None)
+    return int(conn.execute(stmt).scalar() or 0)

@@ -111,6 +111,9 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         has_children=bool(row["has_children"]),
         progress_json=row["progress_json"],
         trace=_trace(row),
+        forked_from_run_id=row["forked_from_run_id"],
+        forked_from_step_key=row["forked_from_step_key"],
+        retry_count=row["retry_count"] or 0,
     )
 
 

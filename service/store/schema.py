@@ -89,6 +89,10 @@ runs = Table(
     Column("has_children", Integer),
     # Migration 16: the latest progress the workflow reported (JSON).
     Column("progress_json", Text),
+    # Migration 17: what a fork was forked from; how often the run was retried.
+    Column("forked_from_run_id", Text),
+    Column("forked_from_step_key", Text),
+    Column("retry_count", Integer),
     # Migration 18: the W3C trace context (traceparent, tracestate) the run is in.
     Column("trace_parent", Text),
     Column("trace_state", Text),
@@ -115,6 +119,13 @@ runs = Table(
     # Migration 9: a schedule's recent runs, and delayed starts coming due.
     Index("ix_runs_schedule_id_seq", "schedule_id", "seq"),
     Index("ix_runs_status_start_time_not_before", "status", "start_time_not_before"),
+    # Migration 17: ended runs by end time (retention).
+    Index(
+        "ix_runs_end_time",
+        "end_time",
+        sqlite_where=text("end_time IS NOT NULL"),
+        postgresql_where=text("end_time IS NOT NULL"),
+    ),
     sqlite_autoincrement=True,
 )
 
@@ -290,6 +301,7 @@ hooks = Table(
     Column("status", Text, nullable=False),
     Column("execute_time", BigInteger, nullable=False),
     Column("actor", Text),  # migration 13
+    Index("ix_hooks_run_id", "run_id"),  # migration 17: deleting a run
 )
 
 # Migration 9: the events each workflow version starts a run on.
@@ -360,6 +372,25 @@ workflow_pins = Table(
     Column("workflow_name", Text, primary_key=True),
     Column("version", Text, nullable=False),
     Column("pin_time", BigInteger, nullable=False),
+)
+
+# Migration 17: every replica's worker streams (workflows: a JSON list of
+# [name, version]), rewritten by their replica every few seconds.
+connected_workers = Table(
+    "connected_workers",
+    metadata,
+    Column("session_id", Text, primary_key=True),
+    Column("replica_id", Text, nullable=False),
+    Column("worker_id", Text, nullable=False),
+    Column("identity", Text, nullable=False),
+    Column("workflows", Text, nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("runs_held", Integer, nullable=False),
+    Column("draining", Integer, nullable=False),
+    Column("connect_time", BigInteger, nullable=False),
+    Column("last_seen", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    Index("ix_connected_workers_update_time", "update_time"),
 )
 
 #: Migration bookkeeping, created by the migration runner before migration 1.

@@ -72,7 +72,9 @@ from stepd.server.store.base import RunConflictError
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import CommitStats, Committer, Reader, WriteOp
 from stepd.server.store.migrations import migrate
+from stepd.server.store.run_actions import RunActionStoreMixin
 from stepd.server.store.schema import runs, server_secrets, step_attempts, steps, workflow_versions
+from stepd.server.store.workers import WorkerStoreMixin
 
 T = TypeVar("T")
 
@@ -123,7 +125,13 @@ def _leased_insert(insert: Any, table: Table, params: tuple[tuple[str, Any], ...
     )
 
 
-class SqlStore(schedules.ScheduleStoreMixin, KeyStoreMixin, versions.VersionStoreMixin):
+class SqlStore(
+    schedules.ScheduleStoreMixin,
+    KeyStoreMixin,
+    versions.VersionStoreMixin,
+    RunActionStoreMixin,
+    WorkerStoreMixin,
+):
     """A ``Store`` whose writes run on ``committer`` and reads on ``reads``.
 
     The store owns both executors (and through them the engines) and closes

@@ -150,6 +150,12 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     """The workflow reported progress (payload is the value; Run.progress holds
     the latest).
     """
+    RUN_EVENT_TYPE_RETRIED: _RunEventType.ValueType  # 40
+    """The run was retried (detail: the status it left; actor_key_id: who)."""
+    RUN_EVENT_TYPE_FORKED: _RunEventType.ValueType  # 41
+    """A fork of this run was made (detail: the new run's id; key: the step)."""
+    RUN_EVENT_TYPE_FORKED_FROM: _RunEventType.ValueType  # 42
+    """This run was made by a fork (detail: the original's id; key: the step)."""
 
 class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper):
     """RunEventType is the kind of one entry of a run's history."""
@@ -192,6 +198,12 @@ RUN_EVENT_TYPE_PROGRESS: RunEventType.ValueType  # 32
 """The workflow reported progress (payload is the value; Run.progress holds
 the latest).
 """
+RUN_EVENT_TYPE_RETRIED: RunEventType.ValueType  # 40
+"""The run was retried (detail: the status it left; actor_key_id: who)."""
+RUN_EVENT_TYPE_FORKED: RunEventType.ValueType  # 41
+"""A fork of this run was made (detail: the new run's id; key: the step)."""
+RUN_EVENT_TYPE_FORKED_FROM: RunEventType.ValueType  # 42
+"""This run was made by a fork (detail: the original's id; key: the step)."""
 Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
 
 @_typing.final
@@ -298,6 +310,9 @@ class Run(_message.Message):
     HELD_ERROR_FIELD_NUMBER: _builtins.int
     DETACHED_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_RUN_ID_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_STEP_KEY_FIELD_NUMBER: _builtins.int
+    RETRY_COUNT_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id: server-assigned, or the custom id given to Trigger."""
@@ -323,6 +338,12 @@ class Run(_message.Message):
     """The schedule that started the run, if one did."""
     detached: _builtins.bool
     """For a child run: true when it outlives its parent (not cancelled with it)."""
+    forked_from_run_id: _builtins.str
+    """For a run made by ForkRun: the run it was forked from."""
+    forked_from_step_key: _builtins.str
+    """For a run made by ForkRun: the step of the original it was forked from."""
+    retry_count: _builtins.int
+    """How many times RetryRun resumed the run."""
     @_builtins.property
     def input(self) -> Global___Payload:
         """The input it was triggered with."""
@@ -419,11 +440,14 @@ class Run(_message.Message):
         held_error: Global___ErrorInfo | None = ...,
         detached: _builtins.bool = ...,
         progress: Global___Payload | None = ...,
+        forked_from_run_id: _builtins.str = ...,
+        forked_from_step_key: _builtins.str = ...,
+        retry_count: _builtins.int = ...,
         trace_context: Global___TraceContext | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "held_error", b"held_error", "input", b"input", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "progress", b"progress", "result", b"result", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "trace_context", b"trace_context", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "forked_from_run_id", b"forked_from_run_id", "forked_from_step_key", b"forked_from_step_key", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "progress", b"progress", "result", b"result", "retry_count", b"retry_count", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "trace_context", b"trace_context", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

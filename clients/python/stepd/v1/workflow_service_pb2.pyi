@@ -1177,3 +1177,160 @@ class WatchRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRunResponse: _TypeAlias = WatchRunResponse  # noqa: Y015
+
+@_typing.final
+class CancelRunsRequest(_message.Message):
+    """CancelRunsRequest selects runs to cancel, one batch per call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, for each run's record."""
+    dry_run: _builtins.bool
+    """Count the runs that would be cancelled; change nothing."""
+    batch_size: _builtins.int
+    """The most runs to act on in this call (default 500, at most 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous call, with the same filter."""
+    @_builtins.property
+    def filter(self) -> Global___ListRunsRequest:
+        """The runs to act on, selected as ListRuns selects them (its page_size,
+        page_token and include_payloads are ignored). Only unfinished runs among
+        them are cancelled.
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: Global___ListRunsRequest | None = ...,
+        reason: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+        batch_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "dry_run", b"dry_run", "filter", b"filter", "page_token", b"page_token", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunsRequest: _TypeAlias = CancelRunsRequest  # noqa: Y015
+
+@_typing.final
+class CancelRunsResponse(_message.Message):
+    """CancelRunsResponse says what one batch did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    matched: _builtins.int
+    """With dry_run: how many runs would be cancelled. Otherwise how many runs
+    this batch looked at.
+    """
+    changed: _builtins.int
+    """How many runs this call cancelled."""
+    skipped: _builtins.int
+    """Runs that ended meanwhile or were cancelled already: nothing was done."""
+    next_page_token: _builtins.str
+    """Pass as page_token for the next batch; empty when done (always with dry_run)."""
+    def __init__(
+        self,
+        *,
+        matched: _builtins.int = ...,
+        changed: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "matched", b"matched", "next_page_token", b"next_page_token", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunsResponse: _TypeAlias = CancelRunsResponse  # noqa: Y015
+
+@_typing.final
+class RetryRunsRequest(_message.Message):
+    """RetryRunsRequest selects runs to retry, one batch per call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    """Count the runs that would be retried; change nothing."""
+    batch_size: _builtins.int
+    """The most runs to act on in this call (default 500, at most 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous call, with the same filter."""
+    reason: _builtins.str
+    """Why, for each run's history."""
+    @_builtins.property
+    def filter(self) -> Global___ListRunsRequest:
+        """The runs to act on, selected as ListRuns selects them (its page fields are
+        ignored). Only failed and cancelled runs among them are retried.
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: Global___ListRunsRequest | None = ...,
+        dry_run: _builtins.bool = ...,
+        batch_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "dry_run", b"dry_run", "filter", b"filter", "page_token", b"page_token", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryRunsRequest: _TypeAlias = RetryRunsRequest  # noqa: Y015
+
+@_typing.final
+class RetryRunsResponse(_message.Message):
+    """RetryRunsResponse says what one batch did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    matched: _builtins.int
+    """With dry_run: how many runs would be retried. Otherwise how many runs
+    this batch looked at.
+    """
+    changed: _builtins.int
+    """How many runs this call retried."""
+    skipped: _builtins.int
+    """Runs that moved meanwhile, or whose deadline has passed: nothing was done."""
+    next_page_token: _builtins.str
+    """Pass as page_token for the next batch; empty when done (always with dry_run)."""
+    def __init__(
+        self,
+        *,
+        matched: _builtins.int = ...,
+        changed: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "matched", b"matched", "next_page_token", b"next_page_token", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryRunsResponse: _TypeAlias = RetryRunsResponse  # noqa: Y015

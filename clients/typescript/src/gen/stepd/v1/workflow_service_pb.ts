@@ -6,6 +6,8 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { DeleteRunRequestSchema, DeleteRunResponseSchema, ForkRunRequestSchema, ForkRunResponseSchema, ListWorkersRequestSchema, ListWorkersResponseSchema, RetryRunRequestSchema, RetryRunResponseSchema } from "./operations_pb.js";
+import { file_stepd_v1_operations } from "./operations_pb.js";
 import type { Schedule, ScheduleSpec } from "./schedules_pb.js";
 import { file_stepd_v1_schedules } from "./schedules_pb.js";
 import type { Payload, Run, RunEvent, RunStatus, TraceContext } from "./types_pb.js";
@@ -16,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stepd/v1/workflow_service.proto.
  */
 export const file_stepd_v1_workflow_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9zdGVwZC92MS93b3JrZmxvd19zZXJ2aWNlLnByb3RvEghzdGVwZC52MSKZAgoOVHJpZ2dlclJlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAIgASgJEiAKBWlucHV0GAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIOCgZydW5faWQYBCABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCg10cmFjZV9jb250ZXh0GBQgASgLMhYuc3RlcGQudjEuVHJhY2VDb250ZXh0IkYKD1RyaWdnZXJSZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4SFwoPYWxyZWFkeV9leGlzdGVkGAIgASgIIl4KDUdldFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEgwKBHdhaXQYAiABKAgSLwoMd2FpdF90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIm0KDkdldFJ1blJlc3BvbnNlEhoKA3J1bhgBIAEoCzINLnN0ZXBkLnYxLlJ1bhIsCg1wZW5kaW5nX3dhaXRzGAIgAygLMhUuc3RlcGQudjEuUGVuZGluZ1dhaXQSEQoJbm9fd29ya2VyGAMgASgIIpwCCgtQZW5kaW5nV2FpdBIQCgh3YWl0X2tleRgBIAEoCRInCgRraW5kGAIgASgOMhkuc3RlcGQudjEuUGVuZGluZ1dhaXRLaW5kEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglmaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRuYW1lGAYgASgJEhIKCm1hdGNoX2pzb24YByABKAkSEgoKaG9va190b2tlbhgIIAEoCRIUCgxjaGlsZF9ydW5faWQYCSABKAkixAIKD0xpc3RSdW5zUmVxdWVzdBIVCg13b3JrZmxvd19uYW1lGAEgASgJEiUKCHN0YXR1c2VzGAIgAygOMhMuc3RlcGQudjEuUnVuU3RhdHVzEhUKDXBhcmVudF9ydW5faWQYAyABKAkSNQoRY3JlYXRlX3RpbWVfYWZ0ZXIYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmNyZWF0ZV90aW1lX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSGAoQaW5jbHVkZV9wYXlsb2FkcxgIIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYCSABKAkSEwoLc2NoZWR1bGVfaWQYCiABKAkiSAoQTGlzdFJ1bnNSZXNwb25zZRIbCgRydW5zGAEgAygLMg0uc3RlcGQudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIyChBDYW5jZWxSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiSgoRQ2FuY2VsUnVuUmVzcG9uc2USGgoDcnVuGAEgASgLMg0uc3RlcGQudjEuUnVuEhkKEWFscmVhZHlfY2FuY2VsbGVkGAIgASgIImUKDVNpZ25hbFJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSIgoHcGF5bG9hZBgDIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEgoKcmVxdWVzdF9pZBgEIAEoCSIgCg5TaWduYWxSZXNwb25zZRIOCgZydW5faWQYASABKAkiRwoSRXhlY3V0ZUhvb2tSZXF1ZXN0Eg0KBXRva2VuGAEgASgJEiIKB3BheWxvYWQYAiABKAsyES5zdGVwZC52MS5QYXlsb2FkIiUKE0V4ZWN1dGVIb29rUmVzcG9uc2USDgoGcnVuX2lkGAEgASgJIhYKFEdldFNlcnZlckluZm9SZXF1ZXN0IlwKFUdldFNlcnZlckluZm9SZXNwb25zZRIWCg5zZXJ2ZXJfdmVyc2lvbhgBIAEoCRIZChFtYXhfcGF5bG9hZF9ieXRlcxgCIAEoDRIQCghmZWF0dXJlcxgDIAMoCSJNChRMaXN0UnVuRXZlbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVAoVTGlzdFJ1bkV2ZW50c1Jlc3BvbnNlEiIKBmV2ZW50cxgBIAMoCzISLnN0ZXBkLnYxLlJ1bkV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJZChNQdWJsaXNoRXZlbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSIgoHcGF5bG9hZBgCIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEAoIZXZlbnRfaWQYAyABKAkicwoUUHVibGlzaEV2ZW50UmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSGQoRYWxyZWFkeV9wdWJsaXNoZWQYAiABKAgSFQoNd29rZW5fcnVuX2lkcxgDIAMoCRIXCg9zdGFydGVkX3J1bl9pZHMYBCADKAkikwEKFUNyZWF0ZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAkSJAoEc3BlYxgEIAEoCzIWLnN0ZXBkLnYxLlNjaGVkdWxlU3BlYxIOCgZwYXVzZWQYBSABKAgiVwoWQ3JlYXRlU2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlEhcKD2FscmVhZHlfZXhpc3RlZBgCIAEoCCI+ChJHZXRTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSEwoLcmVjZW50X3J1bnMYAiABKAUiOwoTR2V0U2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlIlQKFExpc3RTY2hlZHVsZXNSZXF1ZXN0EhUKDXdvcmtmbG93X25hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEiUKCXNjaGVkdWxlcxgBIAMoCzISLnN0ZXBkLnYxLlNjaGVkdWxlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIrChRQYXVzZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSI9ChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5zdGVwZC52MS5TY2hlZHVsZSIsChVSZXN1bWVTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiPgoWUmVzdW1lU2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlIiwKFURlbGV0ZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSItChZEZWxldGVTY2hlZHVsZVJlc3BvbnNlEhMKC3NjaGVkdWxlX2lkGAEgASgJIkEKFlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSJGChdUcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4SDwoHc2tpcHBlZBgCIAEoCCI1Cg9XYXRjaFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhIKCnBhZ2VfdG9rZW4YAiABKAkiaAoQV2F0Y2hSdW5SZXNwb25zZRIiCgZldmVudHMYASADKAsyEi5zdGVwZC52MS5SdW5FdmVudBIaCgNydW4YAiABKAsyDS5zdGVwZC52MS5SdW4SFAoMcmVzdW1lX3Rva2VuGAMgASgJKsUBCg9QZW5kaW5nV2FpdEtpbmQSIQodUEVORElOR19XQUlUX0tJTkRfVU5TUEVDSUZJRUQQABIbChdQRU5ESU5HX1dBSVRfS0lORF9USU1FUhABEhwKGFBFTkRJTkdfV0FJVF9LSU5EX1NJR05BTBACEhsKF1BFTkRJTkdfV0FJVF9LSU5EX0VWRU5UEAMSGgoWUEVORElOR19XQUlUX0tJTkRfSE9PSxAEEhsKF1BFTkRJTkdfV0FJVF9LSU5EX0NISUxEEAUynwoKD1dvcmtmbG93U2VydmljZRI+CgdUcmlnZ2VyEhguc3RlcGQudjEuVHJpZ2dlclJlcXVlc3QaGS5zdGVwZC52MS5UcmlnZ2VyUmVzcG9uc2USOwoGR2V0UnVuEhcuc3RlcGQudjEuR2V0UnVuUmVxdWVzdBoYLnN0ZXBkLnYxLkdldFJ1blJlc3BvbnNlEkEKCExpc3RSdW5zEhkuc3RlcGQudjEuTGlzdFJ1bnNSZXF1ZXN0Ghouc3RlcGQudjEuTGlzdFJ1bnNSZXNwb25zZRJECglDYW5jZWxSdW4SGi5zdGVwZC52MS5DYW5jZWxSdW5SZXF1ZXN0Ghsuc3RlcGQudjEuQ2FuY2VsUnVuUmVzcG9uc2USOwoGU2lnbmFsEhcuc3RlcGQudjEuU2lnbmFsUmVxdWVzdBoYLnN0ZXBkLnYxLlNpZ25hbFJlc3BvbnNlEkoKC0V4ZWN1dGVIb29rEhwuc3RlcGQudjEuRXhlY3V0ZUhvb2tSZXF1ZXN0Gh0uc3RlcGQudjEuRXhlY3V0ZUhvb2tSZXNwb25zZRJNCgxQdWJsaXNoRXZlbnQSHS5zdGVwZC52MS5QdWJsaXNoRXZlbnRSZXF1ZXN0Gh4uc3RlcGQudjEuUHVibGlzaEV2ZW50UmVzcG9uc2USUAoNTGlzdFJ1bkV2ZW50cxIeLnN0ZXBkLnYxLkxpc3RSdW5FdmVudHNSZXF1ZXN0Gh8uc3RlcGQudjEuTGlzdFJ1bkV2ZW50c1Jlc3BvbnNlElAKDUdldFNlcnZlckluZm8SHi5zdGVwZC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBofLnN0ZXBkLnYxLkdldFNlcnZlckluZm9SZXNwb25zZRJTCg5DcmVhdGVTY2hlZHVsZRIfLnN0ZXBkLnYxLkNyZWF0ZVNjaGVkdWxlUmVxdWVzdBogLnN0ZXBkLnYxLkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USSgoLR2V0U2NoZWR1bGUSHC5zdGVwZC52MS5HZXRTY2hlZHVsZVJlcXVlc3QaHS5zdGVwZC52MS5HZXRTY2hlZHVsZVJlc3BvbnNlElAKDUxpc3RTY2hlZHVsZXMSHi5zdGVwZC52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBofLnN0ZXBkLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJQCg1QYXVzZVNjaGVkdWxlEh4uc3RlcGQudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaHy5zdGVwZC52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USUwoOUmVzdW1lU2NoZWR1bGUSHy5zdGVwZC52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaIC5zdGVwZC52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlElMKDkRlbGV0ZVNjaGVkdWxlEh8uc3RlcGQudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0GiAuc3RlcGQudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZRJWCg9UcmlnZ2VyU2NoZWR1bGUSIC5zdGVwZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0GiEuc3RlcGQudjEuVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USQwoIV2F0Y2hSdW4SGS5zdGVwZC52MS5XYXRjaFJ1blJlcXVlc3QaGi5zdGVwZC52MS5XYXRjaFJ1blJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_schedules, file_stepd_v1_types]);
+  fileDesc("Ch9zdGVwZC92MS93b3JrZmxvd19zZXJ2aWNlLnByb3RvEghzdGVwZC52MSKZAgoOVHJpZ2dlclJlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAIgASgJEiAKBWlucHV0GAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIOCgZydW5faWQYBCABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCg10cmFjZV9jb250ZXh0GBQgASgLMhYuc3RlcGQudjEuVHJhY2VDb250ZXh0IkYKD1RyaWdnZXJSZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4SFwoPYWxyZWFkeV9leGlzdGVkGAIgASgIIl4KDUdldFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEgwKBHdhaXQYAiABKAgSLwoMd2FpdF90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIm0KDkdldFJ1blJlc3BvbnNlEhoKA3J1bhgBIAEoCzINLnN0ZXBkLnYxLlJ1bhIsCg1wZW5kaW5nX3dhaXRzGAIgAygLMhUuc3RlcGQudjEuUGVuZGluZ1dhaXQSEQoJbm9fd29ya2VyGAMgASgIIpwCCgtQZW5kaW5nV2FpdBIQCgh3YWl0X2tleRgBIAEoCRInCgRraW5kGAIgASgOMhkuc3RlcGQudjEuUGVuZGluZ1dhaXRLaW5kEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglmaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRuYW1lGAYgASgJEhIKCm1hdGNoX2pzb24YByABKAkSEgoKaG9va190b2tlbhgIIAEoCRIUCgxjaGlsZF9ydW5faWQYCSABKAkixAIKD0xpc3RSdW5zUmVxdWVzdBIVCg13b3JrZmxvd19uYW1lGAEgASgJEiUKCHN0YXR1c2VzGAIgAygOMhMuc3RlcGQudjEuUnVuU3RhdHVzEhUKDXBhcmVudF9ydW5faWQYAyABKAkSNQoRY3JlYXRlX3RpbWVfYWZ0ZXIYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmNyZWF0ZV90aW1lX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSGAoQaW5jbHVkZV9wYXlsb2FkcxgIIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYCSABKAkSEwoLc2NoZWR1bGVfaWQYCiABKAkiSAoQTGlzdFJ1bnNSZXNwb25zZRIbCgRydW5zGAEgAygLMg0uc3RlcGQudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIyChBDYW5jZWxSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiSgoRQ2FuY2VsUnVuUmVzcG9uc2USGgoDcnVuGAEgASgLMg0uc3RlcGQudjEuUnVuEhkKEWFscmVhZHlfY2FuY2VsbGVkGAIgASgIImUKDVNpZ25hbFJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSIgoHcGF5bG9hZBgDIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEgoKcmVxdWVzdF9pZBgEIAEoCSIgCg5TaWduYWxSZXNwb25zZRIOCgZydW5faWQYASABKAkiRwoSRXhlY3V0ZUhvb2tSZXF1ZXN0Eg0KBXRva2VuGAEgASgJEiIKB3BheWxvYWQYAiABKAsyES5zdGVwZC52MS5QYXlsb2FkIiUKE0V4ZWN1dGVIb29rUmVzcG9uc2USDgoGcnVuX2lkGAEgASgJIhYKFEdldFNlcnZlckluZm9SZXF1ZXN0IlwKFUdldFNlcnZlckluZm9SZXNwb25zZRIWCg5zZXJ2ZXJfdmVyc2lvbhgBIAEoCRIZChFtYXhfcGF5bG9hZF9ieXRlcxgCIAEoDRIQCghmZWF0dXJlcxgDIAMoCSJNChRMaXN0UnVuRXZlbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVAoVTGlzdFJ1bkV2ZW50c1Jlc3BvbnNlEiIKBmV2ZW50cxgBIAMoCzISLnN0ZXBkLnYxLlJ1bkV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJZChNQdWJsaXNoRXZlbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSIgoHcGF5bG9hZBgCIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEAoIZXZlbnRfaWQYAyABKAkicwoUUHVibGlzaEV2ZW50UmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSGQoRYWxyZWFkeV9wdWJsaXNoZWQYAiABKAgSFQoNd29rZW5fcnVuX2lkcxgDIAMoCRIXCg9zdGFydGVkX3J1bl9pZHMYBCADKAkikwEKFUNyZWF0ZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAkSJAoEc3BlYxgEIAEoCzIWLnN0ZXBkLnYxLlNjaGVkdWxlU3BlYxIOCgZwYXVzZWQYBSABKAgiVwoWQ3JlYXRlU2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlEhcKD2FscmVhZHlfZXhpc3RlZBgCIAEoCCI+ChJHZXRTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSEwoLcmVjZW50X3J1bnMYAiABKAUiOwoTR2V0U2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlIlQKFExpc3RTY2hlZHVsZXNSZXF1ZXN0EhUKDXdvcmtmbG93X25hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEiUKCXNjaGVkdWxlcxgBIAMoCzISLnN0ZXBkLnYxLlNjaGVkdWxlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIrChRQYXVzZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSI9ChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5zdGVwZC52MS5TY2hlZHVsZSIsChVSZXN1bWVTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiPgoWUmVzdW1lU2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlIiwKFURlbGV0ZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSItChZEZWxldGVTY2hlZHVsZVJlc3BvbnNlEhMKC3NjaGVkdWxlX2lkGAEgASgJIkEKFlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSJGChdUcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4SDwoHc2tpcHBlZBgCIAEoCCI1Cg9XYXRjaFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhIKCnBhZ2VfdG9rZW4YAiABKAkiaAoQV2F0Y2hSdW5SZXNwb25zZRIiCgZldmVudHMYASADKAsyEi5zdGVwZC52MS5SdW5FdmVudBIaCgNydW4YAiABKAsyDS5zdGVwZC52MS5SdW4SFAoMcmVzdW1lX3Rva2VuGAMgASgJIocBChFDYW5jZWxSdW5zUmVxdWVzdBIpCgZmaWx0ZXIYASABKAsyGS5zdGVwZC52MS5MaXN0UnVuc1JlcXVlc3QSDgoGcmVhc29uGAIgASgJEg8KB2RyeV9ydW4YAyABKAgSEgoKYmF0Y2hfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJImAKEkNhbmNlbFJ1bnNSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgNEg8KB2NoYW5nZWQYAiABKA0SDwoHc2tpcHBlZBgDIAEoDRIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAkihgEKEFJldHJ5UnVuc1JlcXVlc3QSKQoGZmlsdGVyGAEgASgLMhkuc3RlcGQudjEuTGlzdFJ1bnNSZXF1ZXN0Eg8KB2RyeV9ydW4YAiABKAgSEgoKYmF0Y2hfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEg4KBnJlYXNvbhgFIAEoCSJfChFSZXRyeVJ1bnNSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgNEg8KB2NoYW5nZWQYAiABKA0SDwoHc2tpcHBlZBgDIAEoDRIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAkqxQEKD1BlbmRpbmdXYWl0S2luZBIhCh1QRU5ESU5HX1dBSVRfS0lORF9VTlNQRUNJRklFRBAAEhsKF1BFTkRJTkdfV0FJVF9LSU5EX1RJTUVSEAESHAoYUEVORElOR19XQUlUX0tJTkRfU0lHTkFMEAISGwoXUEVORElOR19XQUlUX0tJTkRfRVZFTlQQAxIaChZQRU5ESU5HX1dBSVRfS0lORF9IT09LEAQSGwoXUEVORElOR19XQUlUX0tJTkRfQ0hJTEQQBTLDDQoPV29ya2Zsb3dTZXJ2aWNlEj4KB1RyaWdnZXISGC5zdGVwZC52MS5UcmlnZ2VyUmVxdWVzdBoZLnN0ZXBkLnYxLlRyaWdnZXJSZXNwb25zZRI7CgZHZXRSdW4SFy5zdGVwZC52MS5HZXRSdW5SZXF1ZXN0Ghguc3RlcGQudjEuR2V0UnVuUmVzcG9uc2USQQoITGlzdFJ1bnMSGS5zdGVwZC52MS5MaXN0UnVuc1JlcXVlc3QaGi5zdGVwZC52MS5MaXN0UnVuc1Jlc3BvbnNlEkQKCUNhbmNlbFJ1bhIaLnN0ZXBkLnYxLkNhbmNlbFJ1blJlcXVlc3QaGy5zdGVwZC52MS5DYW5jZWxSdW5SZXNwb25zZRI7CgZTaWduYWwSFy5zdGVwZC52MS5TaWduYWxSZXF1ZXN0Ghguc3RlcGQudjEuU2lnbmFsUmVzcG9uc2USSgoLRXhlY3V0ZUhvb2sSHC5zdGVwZC52MS5FeGVjdXRlSG9va1JlcXVlc3QaHS5zdGVwZC52MS5FeGVjdXRlSG9va1Jlc3BvbnNlEk0KDFB1Ymxpc2hFdmVudBIdLnN0ZXBkLnYxLlB1Ymxpc2hFdmVudFJlcXVlc3QaHi5zdGVwZC52MS5QdWJsaXNoRXZlbnRSZXNwb25zZRJQCg1MaXN0UnVuRXZlbnRzEh4uc3RlcGQudjEuTGlzdFJ1bkV2ZW50c1JlcXVlc3QaHy5zdGVwZC52MS5MaXN0UnVuRXZlbnRzUmVzcG9uc2USUAoNR2V0U2VydmVySW5mbxIeLnN0ZXBkLnYxLkdldFNlcnZlckluZm9SZXF1ZXN0Gh8uc3RlcGQudjEuR2V0U2VydmVySW5mb1Jlc3BvbnNlElMKDkNyZWF0ZVNjaGVkdWxlEh8uc3RlcGQudjEuQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0GiAuc3RlcGQudjEuQ3JlYXRlU2NoZWR1bGVSZXNwb25zZRJKCgtHZXRTY2hlZHVsZRIcLnN0ZXBkLnYxLkdldFNjaGVkdWxlUmVxdWVzdBodLnN0ZXBkLnYxLkdldFNjaGVkdWxlUmVzcG9uc2USUAoNTGlzdFNjaGVkdWxlcxIeLnN0ZXBkLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0Gh8uc3RlcGQudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlElAKDVBhdXNlU2NoZWR1bGUSHi5zdGVwZC52MS5QYXVzZVNjaGVkdWxlUmVxdWVzdBofLnN0ZXBkLnYxLlBhdXNlU2NoZWR1bGVSZXNwb25zZRJTCg5SZXN1bWVTY2hlZHVsZRIfLnN0ZXBkLnYxLlJlc3VtZVNjaGVkdWxlUmVxdWVzdBogLnN0ZXBkLnYxLlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USUwoORGVsZXRlU2NoZWR1bGUSHy5zdGVwZC52MS5EZWxldGVTY2hlZHVsZVJlcXVlc3QaIC5zdGVwZC52MS5EZWxldGVTY2hlZHVsZVJlc3BvbnNlElYKD1RyaWdnZXJTY2hlZHVsZRIgLnN0ZXBkLnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaIS5zdGVwZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRJDCghXYXRjaFJ1bhIZLnN0ZXBkLnYxLldhdGNoUnVuUmVxdWVzdBoaLnN0ZXBkLnYxLldhdGNoUnVuUmVzcG9uc2UwARJBCghSZXRyeVJ1bhIZLnN0ZXBkLnYxLlJldHJ5UnVuUmVxdWVzdBoaLnN0ZXBkLnYxLlJldHJ5UnVuUmVzcG9uc2USPgoHRm9ya1J1bhIYLnN0ZXBkLnYxLkZvcmtSdW5SZXF1ZXN0Ghkuc3RlcGQudjEuRm9ya1J1blJlc3BvbnNlEkQKCURlbGV0ZVJ1bhIaLnN0ZXBkLnYxLkRlbGV0ZVJ1blJlcXVlc3QaGy5zdGVwZC52MS5EZWxldGVSdW5SZXNwb25zZRJHCgpDYW5jZWxSdW5zEhsuc3RlcGQudjEuQ2FuY2VsUnVuc1JlcXVlc3QaHC5zdGVwZC52MS5DYW5jZWxSdW5zUmVzcG9uc2USRAoJUmV0cnlSdW5zEhouc3RlcGQudjEuUmV0cnlSdW5zUmVxdWVzdBobLnN0ZXBkLnYxLlJldHJ5UnVuc1Jlc3BvbnNlEkoKC0xpc3RXb3JrZXJzEhwuc3RlcGQudjEuTGlzdFdvcmtlcnNSZXF1ZXN0Gh0uc3RlcGQudjEuTGlzdFdvcmtlcnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_operations, file_stepd_v1_schedules, file_stepd_v1_types]);
 
 /**
  * TriggerRequest starts a run.
@@ -1199,6 +1201,193 @@ export const WatchRunResponseSchema: GenMessage<WatchRunResponse> = /*@__PURE__*
   messageDesc(file_stepd_v1_workflow_service, 34);
 
 /**
+ * CancelRunsRequest selects runs to cancel, one batch per call.
+ *
+ * @generated from message stepd.v1.CancelRunsRequest
+ */
+export type CancelRunsRequest = Message<"stepd.v1.CancelRunsRequest"> & {
+  /**
+   * The runs to act on, selected as ListRuns selects them (its page_size,
+   * page_token and include_payloads are ignored). Only unfinished runs among
+   * them are cancelled.
+   *
+   * @generated from field: stepd.v1.ListRunsRequest filter = 1;
+   */
+  filter?: ListRunsRequest | undefined;
+
+  /**
+   * Why, for each run's record.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * Count the runs that would be cancelled; change nothing.
+   *
+   * @generated from field: bool dry_run = 3;
+   */
+  dryRun: boolean;
+
+  /**
+   * The most runs to act on in this call (default 500, at most 1000).
+   *
+   * @generated from field: int32 batch_size = 4;
+   */
+  batchSize: number;
+
+  /**
+   * The next_page_token of the previous call, with the same filter.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.CancelRunsRequest.
+ * Use `create(CancelRunsRequestSchema)` to create a new message.
+ */
+export const CancelRunsRequestSchema: GenMessage<CancelRunsRequest> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 35);
+
+/**
+ * CancelRunsResponse says what one batch did.
+ *
+ * @generated from message stepd.v1.CancelRunsResponse
+ */
+export type CancelRunsResponse = Message<"stepd.v1.CancelRunsResponse"> & {
+  /**
+   * With dry_run: how many runs would be cancelled. Otherwise how many runs
+   * this batch looked at.
+   *
+   * @generated from field: uint32 matched = 1;
+   */
+  matched: number;
+
+  /**
+   * How many runs this call cancelled.
+   *
+   * @generated from field: uint32 changed = 2;
+   */
+  changed: number;
+
+  /**
+   * Runs that ended meanwhile or were cancelled already: nothing was done.
+   *
+   * @generated from field: uint32 skipped = 3;
+   */
+  skipped: number;
+
+  /**
+   * Pass as page_token for the next batch; empty when done (always with dry_run).
+   *
+   * @generated from field: string next_page_token = 4;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.CancelRunsResponse.
+ * Use `create(CancelRunsResponseSchema)` to create a new message.
+ */
+export const CancelRunsResponseSchema: GenMessage<CancelRunsResponse> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 36);
+
+/**
+ * RetryRunsRequest selects runs to retry, one batch per call.
+ *
+ * @generated from message stepd.v1.RetryRunsRequest
+ */
+export type RetryRunsRequest = Message<"stepd.v1.RetryRunsRequest"> & {
+  /**
+   * The runs to act on, selected as ListRuns selects them (its page fields are
+   * ignored). Only failed and cancelled runs among them are retried.
+   *
+   * @generated from field: stepd.v1.ListRunsRequest filter = 1;
+   */
+  filter?: ListRunsRequest | undefined;
+
+  /**
+   * Count the runs that would be retried; change nothing.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * The most runs to act on in this call (default 500, at most 1000).
+   *
+   * @generated from field: int32 batch_size = 3;
+   */
+  batchSize: number;
+
+  /**
+   * The next_page_token of the previous call, with the same filter.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+
+  /**
+   * Why, for each run's history.
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message stepd.v1.RetryRunsRequest.
+ * Use `create(RetryRunsRequestSchema)` to create a new message.
+ */
+export const RetryRunsRequestSchema: GenMessage<RetryRunsRequest> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 37);
+
+/**
+ * RetryRunsResponse says what one batch did.
+ *
+ * @generated from message stepd.v1.RetryRunsResponse
+ */
+export type RetryRunsResponse = Message<"stepd.v1.RetryRunsResponse"> & {
+  /**
+   * With dry_run: how many runs would be retried. Otherwise how many runs
+   * this batch looked at.
+   *
+   * @generated from field: uint32 matched = 1;
+   */
+  matched: number;
+
+  /**
+   * How many runs this call retried.
+   *
+   * @generated from field: uint32 changed = 2;
+   */
+  changed: number;
+
+  /**
+   * Runs that moved meanwhile, or whose deadline has passed: nothing was done.
+   *
+   * @generated from field: uint32 skipped = 3;
+   */
+  skipped: number;
+
+  /**
+   * Pass as page_token for the next batch; empty when done (always with dry_run).
+   *
+   * @generated from field: string next_page_token = 4;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.RetryRunsResponse.
+ * Use `create(RetryRunsResponseSchema)` to create a new message.
+ */
+export const RetryRunsResponseSchema: GenMessage<RetryRunsResponse> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 38);
+
+/**
  * PendingWaitKind is what one pending wait waits for.
  *
  * @generated from enum stepd.v1.PendingWaitKind
@@ -1438,6 +1627,71 @@ export const WorkflowService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchRunRequestSchema;
     output: typeof WatchRunResponseSchema;
+  },
+  /**
+   * RetryRun resumes a failed or cancelled run where it stopped: its recorded
+   * steps are kept and replayed, the step that failed it runs again.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.RetryRun
+   */
+  retryRun: {
+    methodKind: "unary";
+    input: typeof RetryRunRequestSchema;
+    output: typeof RetryRunResponseSchema;
+  },
+  /**
+   * ForkRun starts a new run of a run's workflow and input whose journal is
+   * the original's up to and including one step: it runs the later steps only.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.ForkRun
+   */
+  forkRun: {
+    methodKind: "unary";
+    input: typeof ForkRunRequestSchema;
+    output: typeof ForkRunResponseSchema;
+  },
+  /**
+   * DeleteRun deletes a finished run with its journal, waits and history.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.DeleteRun
+   */
+  deleteRun: {
+    methodKind: "unary";
+    input: typeof DeleteRunRequestSchema;
+    output: typeof DeleteRunResponseSchema;
+  },
+  /**
+   * CancelRuns cancels, one bounded batch per call, the unfinished runs a
+   * ListRuns filter selects (or only counts them, with dry_run). Call again
+   * with next_page_token until it is empty; safe to interrupt and repeat.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.CancelRuns
+   */
+  cancelRuns: {
+    methodKind: "unary";
+    input: typeof CancelRunsRequestSchema;
+    output: typeof CancelRunsResponseSchema;
+  },
+  /**
+   * RetryRuns retries, one bounded batch per call, the failed and cancelled
+   * runs a ListRuns filter selects (or only counts them, with dry_run).
+   *
+   * @generated from rpc stepd.v1.WorkflowService.RetryRuns
+   */
+  retryRuns: {
+    methodKind: "unary";
+    input: typeof RetryRunsRequestSchema;
+    output: typeof RetryRunsResponseSchema;
+  },
+  /**
+   * ListWorkers lists the workers connected to the server (every replica's).
+   *
+   * @generated from rpc stepd.v1.WorkflowService.ListWorkers
+   */
+  listWorkers: {
+    methodKind: "unary";
+    input: typeof ListWorkersRequestSchema;
+    output: typeof ListWorkersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_stepd_v1_workflow_service, 0);
