@@ -83,6 +83,14 @@ def test_the_contract_and_type_markers_are_inside(wheel: Path) -> None:
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 
+def test_the_web_ui_ships_in_the_wheel(wheel: Path) -> None:
+    names = set(_names(wheel))
+    assets = sorted(p.name for p in (ROOT / "service" / "http" / "ui").iterdir())
+    assert {"index.html", "app.js", "app.css"} <= set(assets)
+    for asset in assets:
+        assert f"stepd/server/http/ui/{asset}" in names
+
+
 def test_the_sdk_imports_without_the_server(installed: Path) -> None:
     python = installed / "bin" / "python"
     out = subprocess.run(
