@@ -334,6 +334,8 @@ def test_the_commands_import_no_database_code() -> None:
         "import sys\n"
         "import stepd.server.ops_cli, stepd.server.ops_cli.runs, stepd.server.ops_cli.schedules\n"
         "import stepd.server.ops_cli.events, stepd.server.ops_cli.hooks\n"
+        "import stepd.server.ops_cli.run_actions, stepd.server.ops_cli.bulk\n"
+        "import stepd.server.ops_cli.workers\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'asyncpg'))\n"
         "print(loaded)\n"
     )
