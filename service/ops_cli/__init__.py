@@ -1,4 +1,4 @@
-"""``stepd runs | schedules | events | hooks ...``: operate a server over gRPC.
+"""``stepd runs | schedules | events | hooks | workers ...``: operate a server over gRPC.
 
 Noun-verb commands with the connection settings of ``stepd health`` and
 ``stepd keys`` (``--address``, ``--api-key``, TLS; see
@@ -13,17 +13,26 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from stepd.server.ops_cli import command, events, hooks, runs, schedules
+from stepd.server.ops_cli import (
+    command,
+    events,
+    hooks,
+    run_actions,
+    runs,
+    schedules,
+    workers,
+)
 
 #: Each noun and its help.
 NOUNS = {
-    "runs": "list, inspect, follow, start, cancel and signal runs",
+    "runs": "list, inspect, follow, start, signal, cancel, retry, fork and delete runs",
     "schedules": "list, inspect, create, pause, resume, delete and trigger schedules",
     "events": "publish events",
     "hooks": "execute hooks",
+    "workers": "list connected workers",
 }
 #: The modules whose VERBS make the commands.
-MODULES = (runs, schedules, events, hooks)
+MODULES = (runs, run_actions, schedules, events, hooks, workers)
 
 
 def add_parsers(commands: Any, default_address: str) -> None:

@@ -1,4 +1,5 @@
-"""``stepd runs list | show | history | start | cancel | signal``."""
+"""``stepd runs list | show | history | start | signal`` (the actions that change
+runs: ``run_actions``)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def _status(run: types_pb2.Run) -> str:
     return enum_name(types_pb2.RunStatus.DESCRIPTOR, run.status)
 
 
-def _time_arg(text: str) -> datetime:
+def time_arg(text: str) -> datetime:
+    """An RFC 3339 time argument."""
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -51,7 +53,8 @@ def _time_arg(text: str) -> datetime:
 # -- list ------------------------------------------------------------------------
 
 
-def _list_arguments(parser: argparse.ArgumentParser) -> None:
+def filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ListRuns filters (``--workflow``, ``--status``, ...) to a command."""
     parser.add_argument("--workflow", metavar="NAME", help="only runs of this workflow")
     parser.add_argument(
         "--status", action="append", choices=STATUSES, default=[], help="only this status; repeat"
@@ -60,11 +63,43 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idempotency-key", metavar="KEY", help="only the run started with it")
     parser.add_argument("--schedule", metavar="ID", help="only runs this schedule started")
     parser.add_argument(
-        "--created-after", metavar="TIME", type=_time_arg, help="created at or after (RFC 3339)"
+        "--created-after", metavar="TIME", type=time_arg, help="created at or after (RFC 3339)"
     )
     parser.add_argument(
-        "--created-before", metavar="TIME", type=_time_arg, help="created before (RFC 3339)"
+        "--created-before", metavar="TIME", type=time_arg, help="created before (RFC 3339)"
     )
+
+
+#: The attributes filter_arguments sets.
+FILTERS = (
+    "workflow",
+    "status",
+    "parent",
+    "idempotency_key",
+    "schedule",
+    "created_after",
+    "created_before",
+)
+
+
+def filter_request(args: argparse.Namespace) -> pb.ListRunsRequest:
+    """The ListRunsRequest that the filter_arguments flags select."""
+    request = pb.ListRunsRequest(
+        workflow_name=args.workflow or "",
+        statuses=[types_pb2.RunStatus.Value(f"RUN_STATUS_{s.upper()}") for s in args.status],
+        parent_run_id=args.parent or "",
+        idempotency_key=args.idempotency_key or "",
+        schedule_id=args.schedule or "",
+    )
+    if args.created_after is not None:
+        request.create_time_after.FromDatetime(args.created_after)
+    if args.created_before is not None:
+        request.create_time_before.FromDatetime(args.created_before)
+    return request
+
+
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    filter_arguments(parser)
     parser.add_argument(
         "--limit", type=int, default=50, help="show at most this many runs, newest first (50)"
     )
@@ -89,17 +124,7 @@ def list_runs(
 def _list(connection: Connection, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise CommandError("--limit must be at least 1", EXIT_USAGE)
-    request = pb.ListRunsRequest(
-        workflow_name=args.workflow or "",
-        statuses=[types_pb2.RunStatus.Value(f"RUN_STATUS_{s.upper()}") for s in args.status],
-        parent_run_id=args.parent or "",
-        idempotency_key=args.idempotency_key or "",
-        schedule_id=args.schedule or "",
-    )
-    if args.created_after is not None:
-        request.create_time_after.FromDatetime(args.created_after)
-    if args.created_before is not None:
-        request.create_time_before.FromDatetime(args.created_before)
+    request = filter_request(args)
     runs = list(list_runs(connection, request, args.limit))
     if args.json:
         print_json([to_json(run) for run in runs])
@@ -180,6 +205,12 @@ def _show(connection: Connection, args: argparse.Namespace) -> int:
         fields.append(("schedule", f"{run.schedule_id} (occasion {when(run.schedule_time)})"))
     if run.HasField("deadline"):
         fields.append(("deadline", when(run.deadline)))
+    if run.forked_from_run_id:
+        fields.append(
+            ("forked from", f"{run.forked_from_run_id} (step {run.forked_from_step_key})")
+        )
+    if run.retry_count:
+        fields.append(("retries", str(run.retry_count)))
     fields.append(("parent", run.parent_run_id or "-"))
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
@@ -334,24 +365,7 @@ def _start(connection: Connection, args: argparse.Namespace) -> int:
     return EXIT_RUN_FAILED if run.status in _FAILED else EXIT_OK
 
 
-# -- cancel, signal ----------------------------------------------------------------
-
-
-def _cancel_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_id", metavar="RUN")
-    parser.add_argument("--reason", default="", help="why, for the run's record")
-
-
-def _cancel(connection: Connection, args: argparse.Namespace) -> int:
-    request = pb.CancelRunRequest(run_id=args.run_id, reason=args.reason)
-    response = connection.call(connection.stub.CancelRun, request)
-    if args.json:
-        print_json({"run": to_json(response.run), "already_cancelled": response.already_cancelled})
-    elif response.already_cancelled:
-        print(f"run {response.run.run_id} was already cancelled")
-    else:
-        print(f"cancelled run {response.run.run_id}")
-    return EXIT_OK
+# -- signal ----------------------------------------------------------------------
 
 
 def _signal_arguments(parser: argparse.ArgumentParser) -> None:
@@ -387,6 +401,5 @@ VERBS = [
     ),
     Verb("runs", "history", "print a run's history (--follow: live)", _history_arguments, _history),
     Verb("runs", "start", "start a run of a workflow", _start_arguments, _start),
-    Verb("runs", "cancel", "cancel a run", _cancel_arguments, _cancel),
     Verb("runs", "signal", "send a run a signal", _signal_arguments, _signal),
 ]

@@ -3,6 +3,8 @@
 Served by ``stepd-worker tests.e2e.ops_workflows``.
 """
 
+import asyncio
+import os
 from typing import Any
 
 from stepd import WorkflowContext, step, workflow
@@ -61,3 +63,19 @@ async def echo(ctx: WorkflowContext, data: Any) -> Any:
 async def fail(ctx: WorkflowContext, data: Any) -> Any:
     """Fails at once."""
     raise ValueError(f"bad input: {data}")
+
+
+@step
+async def gated(path: str) -> str:
+    """Fails while the file ``path`` does not exist (a test creates it: "the code
+    was fixed")."""
+    if not await asyncio.to_thread(os.path.exists, path):
+        raise RuntimeError(f"the gate {path} is closed")
+    return "open"
+
+
+@workflow(name="ops.gated")
+async def gated_run(ctx: WorkflowContext, data: dict[str, Any]) -> dict[str, Any]:
+    """One step, then a step that fails until the input's gate file exists."""
+    total = await count(0)
+    return {"total": total, "gate": await gated(data["gate"])}

@@ -132,6 +132,9 @@ def test_the_examples_in_docs_cli_md_run(stack: Stack, server: Server) -> None:
         assert command in covered or any(command in c for c, _ in examples)
     for verb in ("list", "show", "create", "pause", "resume", "delete", "trigger"):
         assert f"schedules {verb}" in covered
+    for command in ("runs retry", "runs fork", "runs delete", "workers list"):
+        assert command in covered
+    assert any(c.startswith("stepd runs cancel --workflow") for c, _ in examples)
     shell = Shell(os.environ | {"STEPD_ADDRESS": server.address, "PYTHONUNBUFFERED": "1"})
     try:
         for command, expected in examples:
@@ -334,6 +337,8 @@ def test_the_commands_import_no_database_code() -> None:
         "import sys\n"
         "import stepd.server.ops_cli, stepd.server.ops_cli.runs, stepd.server.ops_cli.schedules\n"
         "import stepd.server.ops_cli.events, stepd.server.ops_cli.hooks\n"
+        "import stepd.server.ops_cli.run_actions, stepd.server.ops_cli.bulk\n"
+        "import stepd.server.ops_cli.workers\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'asyncpg'))\n"
         "print(loaded)\n"
     )
