@@ -42,6 +42,9 @@ class ServerConfig:
     # PostgreSQL replicas: how often a replica whose workers have room polls for
     # ready runs it was not notified of, in milliseconds.
     replica_poll_ms: int = 2_000
+    # How often every key with runs waiting under a concurrency limit is checked
+    # for room (besides when a run of the key ends), in milliseconds.
+    concurrency_sweep_ms: int = 2_000
     # Seconds a stopping server gives in-flight calls to finish.
     shutdown_grace_seconds: float = 5.0
     # -- security (docs/security.md; stepd.server.security) ------------------

@@ -64,6 +64,26 @@ class ErrorDetails:
     attempt: int = 0
 
 
+class ConcurrencyStrategy(enum.StrEnum):
+    """What a new run does when its key is at the limit, stored as its name."""
+
+    QUEUE = "queue"
+    CANCEL_IN_PROGRESS = "cancel_in_progress"
+    CANCEL_NEWEST = "cancel_newest"
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencySpec:
+    """A workflow's concurrency limit: at most ``limit`` active runs per key, the
+    key read at ``key_path`` in the run's input; ``name`` is shared by workflows
+    that share the limit."""
+
+    name: str
+    key_path: str
+    limit: int
+    strategy: ConcurrencyStrategy = ConcurrencyStrategy.QUEUE
+
+
 @dataclass(frozen=True, slots=True)
 class NewRun:
     """Everything needed to insert a run."""
@@ -81,6 +101,8 @@ class NewRun:
     schedule_id: str | None = None
     schedule_time: int | None = None
     detached: bool = False
+    # An explicit concurrency key (Trigger's), instead of the one the input gives.
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +142,11 @@ class RunRecord:
     detached: bool = False
     # The run started at least one child.
     has_children: bool = False
+    # The concurrency limit and key the run counts against (None: no limit), and
+    # False while it waits for room under that limit (never handed out then).
+    concurrency_name: str | None = None
+    concurrency_key: str | None = None
+    admitted: bool = True
 
 
 @dataclass(frozen=True, slots=True)

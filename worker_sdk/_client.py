@@ -186,6 +186,7 @@ class Client:
         version: str | int | None = None,
         deadline: datetime | None = None,
         start_at: datetime | None = None,
+        concurrency_key: str | None = None,
     ) -> RunHandle[R]: ...
     @overload
     async def trigger(
@@ -198,6 +199,7 @@ class Client:
         version: str | int | None = None,
         deadline: datetime | None = None,
         start_at: datetime | None = None,
+        concurrency_key: str | None = None,
     ) -> RunHandle[R]: ...
     @overload
     async def trigger(
@@ -210,6 +212,7 @@ class Client:
         version: str | int | None = None,
         deadline: datetime | None = None,
         start_at: datetime | None = None,
+        concurrency_key: str | None = None,
     ) -> RunHandle[Any]: ...
     async def trigger(
         self,
@@ -221,6 +224,7 @@ class Client:
         version: str | int | None = None,
         deadline: datetime | None = None,
         start_at: datetime | None = None,
+        concurrency_key: str | None = None,
     ) -> RunHandle[Any]:
         """Start a run of a workflow (a ``@workflow`` object or a name) with an input.
 
@@ -232,6 +236,9 @@ class Client:
         reason ``deadline_exceeded`` if it has not finished.
         ``start_at`` (an aware datetime; naive means UTC) delays the start: the run
         stays pending, holding no worker, until then (also across server restarts).
+        ``concurrency_key`` sets the run's key under its workflow's ``Concurrency``
+        limit instead of the one read from the input; a refusal by a
+        ``cancel_newest`` limit raises ``StepdError``.
         """
         return await self._start(
             workflow,
@@ -241,6 +248,7 @@ class Client:
             version=version,
             deadline=deadline,
             start_at=start_at,
+            concurrency_key=concurrency_key,
         )
 
     @overload
@@ -558,6 +566,7 @@ class Client:
         version: str | int | None,
         deadline: datetime | None,
         start_at: datetime | None,
+        concurrency_key: str | None = None,
     ) -> RunHandle[Any]:
         """``trigger`` (and ``execute``) for a workflow of any type."""
         if isinstance(workflow, Workflow):
@@ -578,6 +587,7 @@ class Client:
             input=types_pb2.Payload(json=input_json),
             run_id=run_id or "",
             idempotency_key=idempotency_key or "",
+            concurrency_key=concurrency_key or "",
         )
         if deadline is not None:
             if deadline.tzinfo is None:

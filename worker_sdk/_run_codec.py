@@ -80,6 +80,8 @@ def run_info(run: types_pb2.Run) -> RunInfo:
         root_run_id=run.root_run_id or None,
         detached=run.detached,
         held_error=run.held_error.message if run.HasField("held_error") else None,
+        concurrency_key=run.concurrency_key if run.concurrency_limit else None,
+        waiting_reason=run.waiting_reason,
     )
 
 

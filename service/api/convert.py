@@ -208,6 +208,8 @@ def run_to_proto(run: RunRecord) -> types_pb2.Run:
         schedule_id=run.schedule_id or "",
         schedule_time=timestamp(run.schedule_time),
         detached=run.detached,
+        concurrency_limit=run.concurrency_name or "",
+        concurrency_key=run.concurrency_key or "",
     )
     if run.held_error is not None:
         msg.held_error.CopyFrom(error_to_proto(run.held_error))

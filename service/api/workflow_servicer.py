@@ -76,6 +76,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                 idempotency_key=request.idempotency_key,
                 deadline=optional_ms(request, "deadline", "deadline"),
                 start_time_not_before=optional_ms(request, "start_time", "start_time"),
+                concurrency_key=request.concurrency_key or None,
             )
         )
         return pb.TriggerResponse(run=run_to_proto(run), already_existed=existed)
@@ -89,7 +90,9 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             if timeout < 0:
                 raise InvalidArgument("wait_timeout must not be negative")
         run = await self._engine.get_run(request.run_id, wait=request.wait, wait_seconds=timeout)
-        return pb.GetRunResponse(run=run_to_proto(run))
+        msg = run_to_proto(run)
+        msg.waiting_reason = await self._engine.waiting_reason(run)
+        return pb.GetRunResponse(run=msg)
 
     @maps_errors
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:

@@ -105,6 +105,9 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         held_error=_held_error(row),
         detached=bool(row["detached"]),
         has_children=bool(row["has_children"]),
+        concurrency_name=row["concurrency_name"],
+        concurrency_key=row["concurrency_key"],
+        admitted=row["admitted"] != 0,
     )
 
 

@@ -35,6 +35,7 @@ from stepd.server.store.migrations import (
     v0010_children_and_holds,
     v0011_has_children,
     v0013_keys_and_versions,
+    v0019_concurrency,
 )
 
 
@@ -60,6 +61,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, v0010_children_and_holds.DESCRIPTION, v0010_children_and_holds.upgrade),
     Migration(11, v0011_has_children.DESCRIPTION, v0011_has_children.upgrade),
     Migration(13, v0013_keys_and_versions.DESCRIPTION, v0013_keys_and_versions.upgrade),
+    Migration(19, v0019_concurrency.DESCRIPTION, v0019_concurrency.upgrade),
 )
 
 #: The schema version this code expects.
