@@ -65,6 +65,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         check_name("workflow_name", request.workflow_name, required=True)
         check_name("workflow_version", request.workflow_version)
         check_name("idempotency_key", request.idempotency_key)
+        check_name("concurrency_key", request.concurrency_key)
         payload = payload_in(request.input, "input")
         run, existed = await self._engine.trigger(
             TriggerParams(

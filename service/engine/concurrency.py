@@ -7,9 +7,11 @@ When a limited run ends (``run_ended``, an ``on_end`` listener), or a run
 waits, the helper checks its key in one store write: the oldest waiting runs
 the key has room for are admitted and made ready, and under
 ``cancel_in_progress`` the runs a newer one replaces are cancelled (their end
-admits it). A sweep every ``sweep_seconds`` (and at start) checks every key
+admits it). A run that ends is followed by a check only when its key is known to have
+waiting runs (seen here, or by the last sweep), so unlimited keys cost
+nothing more. A sweep every ``sweep_seconds`` (and at start) checks every key
 with waiting runs: it covers a crash between an end and the admission, and
-runs that ended on another replica.
+runs that waited or ended on another replica.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.domain import RunRecord, RunStatus
 from stepd.server.domain_schedules import WorkflowDeclaration
 from stepd.server.engine.errors import FailedPrecondition, InvalidArgument, NotFound
-from stepd.server.engine.validation import MAX_ID_LENGTH
+from stepd.server.engine.validation import check_name
 from stepd.server.store.base import Store
 
 log = logging.getLogger("stepd.engine.concurrency")
@@ -59,7 +61,10 @@ class ConcurrencyControl:
         self._cancel = cancel
         self._sweep_seconds = sweep_seconds
         self._clock = clock
-        self._keys: set[tuple[str, str]] = set()
+        self._keys: set[tuple[str, str]] = set()  # to check now
+        # Keys seen with waiting runs (here, or by a sweep): a run of one of them
+        # that ends is followed by a check; other ends need none.
+        self._waiting: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -76,12 +81,8 @@ class ConcurrencyControl:
             if spec is not None:
                 if spec.limit < 1:
                     raise InvalidArgument(f"{where}.limit must be at least 1")
-                if not spec.name or len(spec.name) > MAX_ID_LENGTH:
-                    raise InvalidArgument(f"{where}.name must be 1 to {MAX_ID_LENGTH} characters")
-                if len(spec.key_path) > MAX_KEY_PATH_LENGTH:
-                    raise InvalidArgument(
-                        f"{where}.key_path is longer than {MAX_KEY_PATH_LENGTH} characters"
-                    )
+                check_name(f"{where}.name", spec.name, required=True)
+                check_name(f"{where}.key_path", spec.key_path, max_length=MAX_KEY_PATH_LENGTH)
             specs[declaration.name] = spec
         if not specs:
             return
@@ -93,16 +94,23 @@ class ConcurrencyControl:
 
     def run_waiting(self, run: RunRecord) -> None:
         """A run waits for room at its key: check the key soon."""
-        self._check_soon(run)
-
-    def run_ended(self, run: RunRecord) -> None:
-        """A run ended here: when it had a limit, check its key soon."""
-        self._check_soon(run)
-
-    def _check_soon(self, run: RunRecord) -> None:
         if run.concurrency_name is None or run.concurrency_key is None:
             return
-        self._keys.add((run.concurrency_name, run.concurrency_key))
+        name_key = (run.concurrency_name, run.concurrency_key)
+        self._waiting.add(name_key)
+        self._check_soon(name_key)
+
+    def run_ended(self, run: RunRecord) -> None:
+        """A run ended here: when runs are known to wait at its key, check it
+        soon (other keys are left to the sweep, which finds every waiting run)."""
+        if run.concurrency_name is None or run.concurrency_key is None:
+            return
+        name_key = (run.concurrency_name, run.concurrency_key)
+        if name_key in self._waiting:
+            self._check_soon(name_key)
+
+    def _check_soon(self, name_key: tuple[str, str]) -> None:
+        self._keys.add(name_key)
         self._wake.set()
 
     def start(self) -> None:
@@ -121,7 +129,9 @@ class ConcurrencyControl:
         while True:
             try:
                 if sweep:
-                    self._keys.update(await self._store.concurrency_waiting_keys(SWEEP_KEYS))
+                    found = await self._store.concurrency_waiting_keys(SWEEP_KEYS)
+                    self._waiting.update(found)
+                    self._keys.update(found)
                 while self._keys:
                     await self._check(self._keys.pop())
             except Exception:
@@ -136,6 +146,8 @@ class ConcurrencyControl:
     async def _check(self, name_key: tuple[str, str]) -> None:
         name, key = name_key
         outcome = await self._store.check_concurrency_key(name, key, self._clock.now_ms())
+        if not outcome.waiting:
+            self._waiting.discard(name_key)
         for run in outcome.admitted:
             self._make_ready(run)
         reason = (

@@ -23,7 +23,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, and_, bindparam, delete, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    select,
+    update,
+)
 
 from stepd.server.domain import (
     TERMINAL_STATUSES,
@@ -39,7 +49,8 @@ from stepd.server.store.schema import concurrency_limits, runs
 
 log = logging.getLogger("stepd.store.concurrency")
 
-#: Keys longer than this many characters are replaced by "sha256:" and their hash.
+#: Keys longer than this many characters (or holding a NUL) are replaced by
+#: "sha256:" and their hash.
 MAX_KEY_CHARS = 256
 #: Most waiting runs one ``check_key`` admits or cancels.
 CHECK_BATCH = 500
@@ -70,6 +81,8 @@ class KeyCheck:
 
     admitted: tuple[RunRecord, ...] = ()
     to_cancel: tuple[str, ...] = ()
+    # Runs still wait at the key after the check.
+    waiting: bool = False
 
 
 def key_from_input(input_json: str, path: str) -> str:
@@ -93,8 +106,9 @@ def key_from_input(input_json: str, path: str) -> str:
 
 
 def bounded_key(key: str) -> str:
-    """A key as stored: itself, or its hash when longer than MAX_KEY_CHARS."""
-    if len(key) <= MAX_KEY_CHARS:
+    """A key as stored: itself, or its hash when longer than MAX_KEY_CHARS or
+    holding a NUL character (no database keeps one)."""
+    if len(key) <= MAX_KEY_CHARS and "\x00" not in key:
         return key
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
@@ -153,6 +167,17 @@ def active_count(conn: Connection, limit_name: str, key: str) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
+def _counts(conn: Connection, limit_name: str, key: str) -> tuple[int, int]:
+    """The key's active runs and waiting runs, in one statement."""
+    unfinished = runs.c.status.in_(_UNFINISHED)
+    stmt = select(
+        func.coalesce(func.sum(case((and_(runs.c.admitted == 1, unfinished), 1), else_=0)), 0),
+        func.coalesce(func.sum(case((runs.c.admitted == 0, 1), else_=0)), 0),
+    ).where(_of_key(limit_name, key), unfinished)
+    row = conn.execute(stmt).one()
+    return int(row[0]), int(row[1])
+
+
 def _waiting_count(conn: Connection, limit_name: str, key: str, before_seq: int | None) -> int:
     stmt = select(func.count()).where(
         _of_key(limit_name, key),
@@ -178,8 +203,8 @@ def admit_new(
     else:
         key = key_from_input(values["input_json"], spec.key_path)
     lock_key(conn, spec.name, key)
-    active = active_count(conn, spec.name, key)
-    room = active < spec.limit and _waiting_count(conn, spec.name, key, None) == 0
+    active, waiting = _counts(conn, spec.name, key)
+    room = active < spec.limit and waiting == 0
     if not room and spec.strategy is ConcurrencyStrategy.CANCEL_NEWEST:
         return Refusal(spec.name, key, spec.limit)
     values["concurrency_name"] = spec.name
@@ -254,7 +279,8 @@ def check_key(conn: Connection, limit_name: str, key: str, now: int) -> KeyCheck
         )
         admitted = [rows.run_from_row(row) for row in conn.execute(stmt).mappings()]
         admitted.sort(key=lambda run: run.seq)
-    return KeyCheck(tuple(admitted), tuple(to_cancel))
+    still_waiting = len(waiting) > len(admitted) or len(to_cancel) > 0
+    return KeyCheck(tuple(admitted), tuple(to_cancel), still_waiting)
 
 
 def waiting_keys(conn: Connection, limit: int) -> list[tuple[str, str]]:
