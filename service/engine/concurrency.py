@@ -35,6 +35,8 @@ log = logging.getLogger("stepd.engine.concurrency")
 MAX_KEY_PATH_LENGTH = 256
 #: Most keys with waiting runs one sweep checks.
 SWEEP_KEYS = 1000
+#: Most keys checked at once.
+CHECK_BATCH = 64
 
 MakeReady = Callable[[RunRecord], None]
 Cancel = Callable[[str, str], Awaitable[Any]]
@@ -133,7 +135,14 @@ class ConcurrencyControl:
                     self._waiting.update(found)
                     self._keys.update(found)
                 while self._keys:
-                    await self._check(self._keys.pop())
+                    # Checked side by side: their writes share commits.
+                    batch = [self._keys.pop() for _ in range(min(len(self._keys), CHECK_BATCH))]
+                    outcomes = await asyncio.gather(
+                        *(self._check(name_key) for name_key in batch), return_exceptions=True
+                    )
+                    for name_key, outcome in zip(batch, outcomes, strict=True):
+                        if isinstance(outcome, Exception):
+                            log.error("checking concurrency key %r failed: %s", name_key, outcome)
             except Exception:
                 log.exception("checking concurrency keys failed")
             self._wake.clear()

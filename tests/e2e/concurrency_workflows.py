@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from stepd import Concurrency, WorkflowContext, step, workflow
+from stepd.errors import ChildFailedError
 from tests.e2e.workflows import mark, wait_until_released
 
 
@@ -61,3 +62,12 @@ async def latest_wins(ctx: WorkflowContext, job: dict[str, Any]) -> str:
 async def first_wins(ctx: WorkflowContext, job: dict[str, Any]) -> str:
     """A new run is refused while the customer has an active one."""
     return await hold_slot(ctx.run_id, job)
+
+
+@workflow(name="parent_of_first_wins")
+async def parent_of_first_wins(ctx: WorkflowContext, job: dict[str, Any]) -> str:
+    """Start a ``first_wins`` child; say how it ended."""
+    try:
+        return await ctx.child(first_wins, job)
+    except ChildFailedError as error:
+        return f"{error.status}: {error.error_message}"

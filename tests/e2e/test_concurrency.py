@@ -158,6 +158,21 @@ async def test_cancel_newest_refuses_the_new_run(stack: Stack, server: Server, m
         assert await again.result(timeout=RESULT_TIMEOUT) == "c1"
 
 
+async def test_a_child_refused_by_cancel_newest_is_created_cancelled(
+    stack: Stack, server: Server, marks: Path
+) -> None:
+    start_worker(stack, server)
+    async with Client(server.address) as client:
+        first = await client.trigger("first_wins", job("cc", "c1", block=True))
+        parent = await client.trigger("parent_of_first_wins", job("cc", "c1"))
+        outcome = await parent.result(timeout=RESULT_TIMEOUT)
+        assert outcome.startswith("cancelled: concurrency limit 'first_wins'")
+        assert "key 'c1'" in outcome
+        release(marks, "cc")
+        assert await first.result(timeout=RESULT_TIMEOUT) == "c1"
+    assert started(marks, "cc") == {first.run_id}
+
+
 async def test_runs_started_by_events_share_the_limit(
     stack: Stack, server: Server, marks: Path
 ) -> None:
