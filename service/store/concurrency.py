@@ -28,7 +28,6 @@ from sqlalchemy import (
     Connection,
     and_,
     bindparam,
-    case,
     delete,
     func,
     select,
@@ -117,23 +116,47 @@ def _is_index(part: str) -> bool:
     return part.isdigit() and part.isascii()
 
 
+# Built once: the two statements every insert of a run runs (cached compiled).
+_LIMIT_FOR = select(concurrency_limits).where(
+    concurrency_limits.c.workflow_name == bindparam("p_workflow")
+)
+_ACTIVE_AND_WAITING = (
+    select(runs.c.admitted, func.count())
+    .where(
+        runs.c.concurrency_name == bindparam("p_name"),
+        runs.c.concurrency_key == bindparam("p_key"),
+        runs.c.status.in_(_UNFINISHED),
+    )
+    .group_by(runs.c.admitted)
+)
+_LIMIT_NAMED = (
+    select(concurrency_limits)
+    .where(concurrency_limits.c.limit_name == bindparam("p_name"))
+    .order_by(concurrency_limits.c.workflow_name)
+    .limit(1)
+)
+_WAITING = (
+    select(runs.c.run_id, runs.c.seq)
+    .where(
+        runs.c.concurrency_name == bindparam("p_name"),
+        runs.c.concurrency_key == bindparam("p_key"),
+        runs.c.admitted == 0,
+        runs.c.status == RunStatus.PENDING.value,
+    )
+    .order_by(runs.c.seq)
+    .limit(CHECK_BATCH)
+)
+
+
 def limit_for(conn: Connection, workflow_name: str) -> ConcurrencySpec | None:
     """The limit ``workflow_name`` declared, if any."""
-    t = concurrency_limits
-    row = conn.execute(select(t).where(t.c.workflow_name == workflow_name)).mappings().first()
+    row = conn.execute(_LIMIT_FOR, {"p_workflow": workflow_name}).mappings().first()
     return _spec(row) if row is not None else None
 
 
 def limit_named(conn: Connection, limit_name: str) -> ConcurrencySpec | None:
     """The limit called ``limit_name`` (any workflow declaring it), if any."""
-    t = concurrency_limits
-    row = (
-        conn.execute(
-            select(t).where(t.c.limit_name == limit_name).order_by(t.c.workflow_name).limit(1)
-        )
-        .mappings()
-        .first()
-    )
+    row = conn.execute(_LIMIT_NAMED, {"p_name": limit_name}).mappings().first()
     return _spec(row) if row is not None else None
 
 
@@ -169,13 +192,9 @@ def active_count(conn: Connection, limit_name: str, key: str) -> int:
 
 def _counts(conn: Connection, limit_name: str, key: str) -> tuple[int, int]:
     """The key's active runs and waiting runs, in one statement."""
-    unfinished = runs.c.status.in_(_UNFINISHED)
-    stmt = select(
-        func.coalesce(func.sum(case((and_(runs.c.admitted == 1, unfinished), 1), else_=0)), 0),
-        func.coalesce(func.sum(case((runs.c.admitted == 0, 1), else_=0)), 0),
-    ).where(_of_key(limit_name, key), unfinished)
-    row = conn.execute(stmt).one()
-    return int(row[0]), int(row[1])
+    params = {"p_name": limit_name, "p_key": key}
+    counts = {row[0]: int(row[1]) for row in conn.execute(_ACTIVE_AND_WAITING, params)}
+    return counts.get(1, 0), counts.get(0, 0)
 
 
 def _waiting_count(conn: Connection, limit_name: str, key: str, before_seq: int | None) -> int:
@@ -229,21 +248,12 @@ def refused_values(values: dict[str, Any], refusal: Refusal, now: int) -> dict[s
 def check_key(conn: Connection, limit_name: str, key: str, now: int) -> KeyCheck:
     """Under the key's lock: for ``cancel_in_progress``, name the runs the newest
     waiting ones cancel; admit the oldest waiting runs the key has room for."""
+    params = {"p_name": limit_name, "p_key": key}
+    if conn.execute(_WAITING, params).first() is None:
+        return KeyCheck()  # nothing waits: no lock needed
     lock_key(conn, limit_name, key)
     spec = limit_named(conn, limit_name)
-    waiting = [
-        (row.run_id, row.seq)
-        for row in conn.execute(
-            select(runs.c.run_id, runs.c.seq)
-            .where(
-                _of_key(limit_name, key),
-                runs.c.admitted == 0,
-                runs.c.status == RunStatus.PENDING.value,
-            )
-            .order_by(runs.c.seq)
-            .limit(CHECK_BATCH)
-        )
-    ]
+    waiting = [(row.run_id, row.seq) for row in conn.execute(_WAITING, params)]
     if not waiting:
         return KeyCheck()
     # A limit no workflow declares any more admits what waits under it.
@@ -267,7 +277,7 @@ def check_key(conn: Connection, limit_name: str, key: str, now: int) -> KeyCheck
         ]
         excess = len(active) + len(waiting) - limit
         to_cancel.extend(active[: max(excess, 0)])
-    room = limit - active_count(conn, limit_name, key)
+    room = limit - _counts(conn, limit_name, key)[0]
     chosen = [run_id for run_id, _ in waiting[: max(room, 0)]]
     admitted: list[RunRecord] = []
     if chosen:
