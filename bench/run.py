@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` importable
     sys.path.insert(0, str(ROOT))
 
+from bench.expired import left as expired_left  # noqa: E402
+from bench.expired import seed as seed_expired  # noqa: E402
 from bench.workflows import one_step, three_steps, three_steps_limited  # noqa: E402
 from stepd import Client  # noqa: E402
 from tests.e2e.harness import ManagedProcess, Stack, console_script  # noqa: E402
@@ -206,6 +208,8 @@ def repetition(number: int, args: Any, *, secure: bool = False) -> dict[str, Any
     if secure:
         more_server, worker_args, client_options = secure_setup(workdir, database)
         server_args += more_server
+    if args.expired_runs:
+        seed_expired(database, args.expired_runs, int(time.time() * 1000))
     try:
         server = stack.start_server(database, args=server_args)
         worker = stack.start_worker(
@@ -214,6 +218,8 @@ def repetition(number: int, args: Any, *, secure: bool = False) -> dict[str, Any
         processes = {"server": server.process, "worker": worker}
         result = asyncio.run(measure(server.address, processes, args, client_options))
         result["security"] = "on" if secure else "off"
+        if args.expired_runs:
+            result["expired_runs_left"] = expired_left(database, int(time.time() * 1000))
         keep_logs = result["w1"]["failures"] > 0
         return result
     finally:
@@ -285,6 +291,12 @@ def main() -> int:
         "--check-targets", action="store_true", help="exit 1 when a target is missed"
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON too")
+    parser.add_argument(
+        "--expired-runs",
+        type=int,
+        default=0,
+        help="seed the database with this many runs that ended 30 days ago (retention)",
+    )
     args = parser.parse_args()
 
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.security]

@@ -1,4 +1,5 @@
-"""The ``stepd`` command: ``stepd serve``, ``stepd health`` and ``stepd keys``."""
+"""The ``stepd`` command: ``stepd serve``, ``stepd health``, ``stepd keys`` and the
+operator commands (``stepd runs``, ``schedules``, ``events``, ``hooks``: ``ops_cli``)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stepd.server import __version__, keys_cli
+from stepd.server import __version__, keys_cli, ops_cli
 from stepd.server.config import (
     DEFAULT_ADDRESS,
     DEFAULT_DATABASE,
     DEFAULT_DB_POOL_SIZE,
     HTTP_AUTO,
     HTTP_OFF,
+    MAX_JOURNAL_BYTES,
     ServerConfig,
     http_address_for,
 )
@@ -53,6 +55,21 @@ def _at_least_one(text: str) -> int:
     if value < 1:
         raise ValueError("must be at least 1")
     return value
+
+
+_PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _period(text: str) -> int:
+    """A retention period as milliseconds: "30d", "12h", "90m", "3600s", "2w", or
+    "0" / "" (keep runs forever)."""
+    text = text.strip().lower()
+    if text in ("", "0"):
+        return 0
+    number, unit = text[:-1], text[-1:]
+    if unit not in _PERIOD_UNITS or not number.isdigit() or int(number) < 1:
+        raise ValueError("must be a whole number with a unit s, m, h, d or w (e.g. 30d), or 0")
+    return int(number) * _PERIOD_UNITS[unit] * 1000
 
 
 def _optional_path(text: str) -> str | None:
@@ -164,13 +181,44 @@ SERVE_SETTINGS = (
         "the most journal entries a run may record when its workflow sets no max_entries",
     ),
     Setting(
+        "--max-journal-bytes",
+        "STEPD_MAX_JOURNAL_BYTES",
+        str(MAX_JOURNAL_BYTES),
+        _at_least_one,
+        "the most bytes of step results and met waits' payloads a run's journal may hold",
+    ),
+    Setting(
         "--replica-poll-interval",
         "STEPD_REPLICA_POLL_INTERVAL",
         "2",
         _positive_float,
         "PostgreSQL: seconds between polls for ready runs a replica was not notified of",
     ),
+    Setting(
+        "--retention",
+        "STEPD_RETENTION",
+        "0",
+        _period,
+        "delete finished runs (journal, waits, history) this long after they ended, "
+        "e.g. 30d, 12h; 0 keeps them forever",
+    ),
     Setting("--log-level", "STEPD_LOG_LEVEL", "INFO", _choice(*LOG_LEVELS), "log threshold"),
+    Setting(
+        "--log-format",
+        "STEPD_LOG_FORMAT",
+        "text",
+        _lower_choice("text", "json"),
+        "text, or json: one JSON object per line with run_id, workflow, rpc, key_id fields",
+    ),
+    Setting(
+        "--otel",
+        "STEPD_OTEL",
+        "0",
+        _flag,
+        "OpenTelemetry: spans of the RPCs, exported as the OTEL_* variables say "
+        "(needs stepd[otel]; docs/observability.md)",
+        bare=True,
+    ),
     # -- security (docs/security.md) ------------------------------------------------
     Setting(
         "--auth",
@@ -243,6 +291,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)"
     )
     keys_cli.add_parser(commands, DEFAULT_ADDRESS)
+    ops_cli.add_parsers(commands, DEFAULT_ADDRESS)
     return parser
 
 
@@ -323,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         return _health(client_settings(args, DEFAULT_ADDRESS), args.timeout)
     if args.command == "keys":
         return keys_cli.run(args, DEFAULT_ADDRESS)
+    if args.command in ops_cli.NOUNS:
+        return ops_cli.run(args, DEFAULT_ADDRESS)
     settings = _settings(parser, args)
     try:
         hook_secrets = read_hook_secrets(
@@ -331,11 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"stepd: {exc}", file=sys.stderr)
         return 1
-    logging.basicConfig(
-        level=settings["log_level"],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     config = ServerConfig(
         address=settings["address"],
         http_address=http_address_for(settings["address"], settings["http_address"]),
@@ -345,29 +391,46 @@ def main(argv: list[str] | None = None) -> int:
         db_pool_size=settings["db_pool_size"],
         lease_timeout_ms=int(settings["lease_timeout"] * 1000),
         max_journal_entries=settings["max_journal_entries"],
+        max_journal_bytes=settings["max_journal_bytes"],
         replica_poll_ms=int(settings["replica_poll_interval"] * 1000),
+        retention_ms=settings["retention"],
         auth=settings["auth"],
         tls_cert_file=settings["tls_cert"],
         tls_key_file=settings["tls_key"],
         tls_client_ca_file=settings["tls_client_ca"],
         insecure=settings["insecure"],
         hook_secrets=hook_secrets,
+        otel=settings["otel"],
     )
     try:
         from sqlalchemy.exc import DBAPIError
 
-        from stepd.server.store import DatabaseInUseError, SchemaVersionError
+        from stepd.server.store import DatabaseInUseError, SchemaVersionError, StoreError
+        from stepd.server.telemetry import json_logs, otel_setup
     except ImportError as exc:  # a base install: the SDK and this command only
         print(f"stepd: {SERVER_EXTRA_MISSING.format(exc)}", file=sys.stderr)
         return 1
+    json_logs.configure(settings["log_level"], settings["log_format"])
+    shutdown_tracing: Callable[[], None] = lambda: None  # noqa: E731
+    if config.otel:
+        try:
+            shutdown_tracing = otel_setup.configure("stepd")
+        except (ImportError, ValueError) as exc:
+            print(f"stepd: {exc}", file=sys.stderr)
+            return 1
     try:
         asyncio.run(serve(config))
     except (OSError, ValueError, SchemaVersionError, DatabaseInUseError) as exc:
         print(f"stepd: {exc}", file=sys.stderr)
         return 1
-    except DBAPIError as exc:  # e.g. PostgreSQL refused the login or has no such database
+    except StoreError as exc:  # e.g. PostgreSQL refused the login or has no such database
+        print(f"stepd: cannot open the database: {exc}", file=sys.stderr)
+        return 1
+    except DBAPIError as exc:
         print(f"stepd: cannot open the database: {exc.orig}", file=sys.stderr)
         return 1
+    finally:
+        shutdown_tracing()  # sends the spans still batched
     return 0
 
 

@@ -13,6 +13,7 @@ HTTP_AUTO = "auto"
 HTTP_OFF = "off"
 DEFAULT_DATABASE = "stepd.db"
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
+MAX_JOURNAL_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +40,18 @@ class ServerConfig:
     # The most journal entries (steps, failed attempts, met waits) a run may
     # record when its workflow sets no max_entries of its own.
     max_journal_entries: int = 10_000
+    # The most bytes of step results and met waits' payloads a run's journal
+    # may hold; the step that would pass it fails the run (journal_too_large).
+    max_journal_bytes: int = MAX_JOURNAL_BYTES
     # PostgreSQL replicas: how often a replica whose workers have room polls for
     # ready runs it was not notified of, in milliseconds.
     replica_poll_ms: int = 2_000
     # How often every key with runs waiting under a concurrency limit is checked
     # for room (besides when a run of the key ends), in milliseconds.
     concurrency_sweep_ms: int = 2_000
+    # Finished runs are deleted this long after they ended, in milliseconds
+    # (0: kept forever). See docs/operations.md, "Retention".
+    retention_ms: int = 0
     # Seconds a stopping server gives in-flight calls to finish.
     shutdown_grace_seconds: float = 5.0
     # -- security (docs/security.md; stepd.server.security) ------------------
@@ -65,6 +72,9 @@ class ServerConfig:
     event_secrets_file: str | None = None
     # How often the API keys are read again (a change elsewhere counts within it).
     key_refresh_seconds: float = 2.0
+    # OpenTelemetry spans of the RPCs, and the trace context of Trigger's span
+    # stored with each run (needs the `stepd[otel]` extra; docs/observability.md).
+    otel: bool = False
 
     @property
     def http_enabled(self) -> bool:

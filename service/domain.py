@@ -11,6 +11,17 @@ import time
 from dataclasses import dataclass, field
 
 
+def run_fields(run_id: str, workflow: str = "", lease: int = 0) -> dict[str, object]:
+    """The ``extra=`` of a log call about a run: the JSON log's run_id, workflow
+    and lease fields (``telemetry/json_logs.py``)."""
+    fields: dict[str, object] = {"run_id": run_id}
+    if workflow:
+        fields["workflow"] = workflow
+    if lease:
+        fields["lease"] = lease
+    return fields
+
+
 def now_ms() -> int:
     """Return the current wall-clock time in epoch milliseconds."""
     return time.time_ns() // 1_000_000
@@ -51,6 +62,8 @@ class FailureReason(enum.StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     EXECUTION_TIMEOUT = "execution_timeout"
     MAX_ENTRIES_EXCEEDED = "max_entries_exceeded"
+    SERVER_ERROR = "server_error"
+    JOURNAL_TOO_LARGE = "journal_too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +98,21 @@ class ConcurrencySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceContext:
+    """A W3C trace context: the ``traceparent`` and ``tracestate`` headers
+    (both "" when the run is in no trace)."""
+
+    parent: str = ""
+    state: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.parent)
+
+
+NO_TRACE = TraceContext()
+
+
+@dataclass(frozen=True, slots=True)
 class NewRun:
     """Everything needed to insert a run."""
 
@@ -103,6 +131,8 @@ class NewRun:
     detached: bool = False
     # An explicit concurrency key (Trigger's), instead of the one the input gives.
     concurrency_key: str | None = None
+    # The W3C trace context the run is in ("" when none).
+    trace: TraceContext = NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +177,15 @@ class RunRecord:
     concurrency_name: str | None = None
     concurrency_key: str | None = None
     admitted: bool = True
+    # The latest progress the workflow reported (JSON), if any.
+    progress_json: str | None = None
+    # The W3C trace context the run is in.
+    trace: TraceContext = NO_TRACE
+    # A run made by ForkRun: the run and step it was forked from.
+    forked_from_run_id: str | None = None
+    forked_from_step_key: str | None = None
+    # How many times RetryRun resumed it.
+    retry_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +257,18 @@ class WaitSpec:
     # An event wait's match (a JSON object of fields) and when it began.
     match_json: str | None = None
     since_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWaitRow:
+    """An open wait of a suspended run, as stored."""
+
+    wait_key: str
+    kind: WaitKind
+    create_time: int
+    fire_time: int | None = None
+    target: str | None = None  # a signal's or event's name, a child's run id
+    match_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +344,8 @@ class RunFilter:
     parent_run_id: str | None = None
     create_time_after: int | None = None
     create_time_before: int | None = None
+    idempotency_key: str | None = None
+    schedule_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +376,10 @@ class HistoryType(enum.StrEnum):
     CUSTOM = "custom"
     HELD = "held"
     CHILD_STARTED = "child_started"
+    PROGRESS = "progress"
+    RETRIED = "retried"
+    FORKED = "forked"
+    FORKED_FROM = "forked_from"
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,3 +470,19 @@ class HookOutcome:
 
     status: HookStatus
     woken: RunRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One connected worker stream, as ``ListWorkers`` shows it."""
+
+    session_id: str
+    replica_id: str
+    worker_id: str
+    identity: str
+    workflows: tuple[tuple[str, str], ...]
+    capacity: int
+    runs_held: int
+    draining: bool
+    connect_time: int
+    last_seen: int

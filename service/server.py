@@ -9,6 +9,7 @@ import os
 import shutil
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +19,14 @@ from grpc_reflection.v1alpha import reflection
 
 from stepd.server.api.admin_servicer import AdminServicer
 from stepd.server.api.handlers import add_service
+from stepd.server.api.wire_scan import poll_request_check
 from stepd.server.api.worker_servicer import WorkerServicer
 from stepd.server.api.workflow_servicer import WorkflowServicer
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
+from stepd.server.domain import NO_TRACE, TraceContext
 from stepd.server.engine.engine import Engine
+from stepd.server.engine.validation import worker_message_bytes
 from stepd.server.engine.versions import VersionAdmin
 from stepd.server.http.access import Access
 from stepd.server.http.event_signatures import read_event_secrets
@@ -37,10 +41,12 @@ from stepd.server.security.auth_interceptor import AuthInterceptor
 from stepd.server.security.key_admin import KeyAdmin
 from stepd.server.security.keyring import KeyRing
 from stepd.server.security.tls import TlsFiles, http_ssl_context, server_credentials
+from stepd.server.storage_health import StorageHealth
 from stepd.server.store import open_store
 from stepd.server.store.base import Store
 from stepd.server.store.postgres import display_url
 from stepd.server.telemetry.metrics import ServerMetrics
+from stepd.server.telemetry.rpc_context import RpcContextInterceptor, Spans
 from stepd.server.telemetry.rpc_metrics import RpcMetricsInterceptor
 from stepd.v1 import admin_service_pb2, worker_service_pb2, workflow_service_pb2
 
@@ -94,11 +100,15 @@ class RunningServer:
     gateway: RpcGateway | None = None
     # The private directory of the gateway's Unix socket.
     private_dir: str | None = None
+    # Keeps the health service NOT_SERVING while storage is unavailable.
+    storage: StorageHealth | None = None
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for ``grace`` seconds, close."""
         if self.stopping is not None:
             self.stopping.set()
+        if self.storage is not None:
+            await self.storage.close()
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             await self.http.stop()
@@ -127,6 +137,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     exposure.check(config)
     credentials = _tls_credentials(config)
     event_secrets = read_event_secrets(config.event_secrets_file)
+    spans, current_trace = _tracing(config)
     return_large_blocks()
     store = await open_store(
         config.database,
@@ -142,6 +153,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     server = grpc.aio.server(
         interceptors=[
             RpcMetricsInterceptor(metrics.rpcs, metrics.rpc_seconds),
+            RpcContextInterceptor(spans),
             AuthInterceptor(ring),
         ],
         options=[
@@ -163,8 +175,13 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     )
     # Requests are decoded without raising: bytes that are not the request
     # message get INVALID_ARGUMENT from the servicer (api/handlers.py).
-    add_service(server, WorkflowServicer(engine), WORKFLOW_SERVICE)
-    add_service(server, WorkerServicer(engine), WORKER_SERVICE)
+    add_service(server, WorkflowServicer(engine, current_trace), WORKFLOW_SERVICE)
+    add_service(
+        server,
+        WorkerServicer(engine),
+        WORKER_SERVICE,
+        {"PollTask": poll_request_check(worker_message_bytes(config.max_payload_bytes))},
+    )
     add_service(server, AdminServicer(KeyAdmin(store, ring), versions), ADMIN_SERVICE)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # no stubs for aio
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -190,6 +207,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         await store.close()
         raise OSError(f"cannot listen on {config.address}: the address is in use or invalid")
     stopping = asyncio.Event()
+    storage = StorageHealth(store, health_servicer, ("", *SERVICE_NAMES))
     http = gateway = private_dir = None
     if config.http_enabled:
         # The UI's calls reach the services through a socket only this user may open.
@@ -202,7 +220,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         http = HttpListener(
             config.http_address,
             [
-                Probes(_readiness(store, stopping)),
+                Probes(_readiness(store, stopping, storage)),
                 MetricsRoute(access, metrics.exposition),
                 Webhooks(engine, access, event_secrets),
                 WebUi(access, secure_cookie=tls is not None),
@@ -223,6 +241,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         await ring.start()
     _log_security(config, ring, credentials is not None)
     await server.start()
+    storage.start()
     if http is not None:
         log.info("HTTP (probes, metrics, webhooks) on %s", http.url)
     return RunningServer(
@@ -237,15 +256,31 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         stopping,
         gateway,
         private_dir,
+        storage,
     )
 
 
-def _readiness(store: Store, stopping: asyncio.Event) -> ReadinessCheck:
-    """``/readyz``: not while stopping, and only while the store answers a read."""
+def _tracing(config: ServerConfig) -> tuple[Spans | None, Callable[[], TraceContext]]:
+    """The RPC spans and the current span's context, when tracing is on (the
+    OpenTelemetry API is imported only then)."""
+    if not config.otel:
+        return None, lambda: NO_TRACE
+    try:
+        from stepd.server.telemetry import tracing
+    except ImportError as exc:
+        raise ValueError(f"--otel needs OpenTelemetry: pip install 'stepd[otel]' ({exc})") from None
+    return tracing.RpcSpans(), tracing.current_trace
+
+
+def _readiness(store: Store, stopping: asyncio.Event, storage: StorageHealth) -> ReadinessCheck:
+    """``/readyz``: not while stopping, nor while the storage probe fails, and
+    only while the store answers a read."""
 
     async def check() -> str | None:
         if stopping.is_set():
             return "the server is shutting down"
+        if not storage.available:
+            return "storage is unavailable"
         try:
             await store.get_run("stepd-readiness-probe")
         except Exception as exc:  # any failure to read means storage is not usable

@@ -72,3 +72,19 @@ def test_referenced_tests_exist(doc: Path) -> None:
         assert re.search(rf"\bdef {name}\(", current.read_text()), f"{current} has no {name}"
     for path in re.findall(r"`(tests/[\w/]+\.py)`", doc.read_text()):
         assert (ROOT / path).exists(), f"{doc.name} mentions missing {path}"
+
+
+def test_operating_runs_snippets_are_the_example_s_code() -> None:
+    """docs/operating-runs.md shows code that examples/operating_runs.py runs (and
+    tests/e2e/test_examples.py::test_operating_runs_example checks)."""
+    import textwrap
+
+    doc = (ROOT / "docs" / "operating-runs.md").read_text()
+    example = textwrap.dedent((ROOT / "examples" / "operating_runs.py").read_text())
+    lines = [line.strip() for line in example.splitlines()]
+    blocks = code_blocks(doc, "python")
+    assert len(blocks) == 5
+    for block in blocks:
+        wanted = [line.strip() for line in block.strip().splitlines()]
+        starts = [i for i, line in enumerate(lines) if line == wanted[0]]
+        assert any(lines[i : i + len(wanted)] == wanted for i in starts), block

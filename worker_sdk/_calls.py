@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 from google.protobuf import duration_pb2
 
-from stepd._rpc import ConnectionSettings, call
+from stepd._rpc import ConnectionSettings, call, sdk_error
 from stepd._run_codec import run_info
 from stepd._runs import RunInfo
 from stepd.errors import ServerUnavailableError, StepdError
@@ -59,10 +59,13 @@ class WorkflowCalls:
         request: Req,
         *,
         rpc_timeout: float | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> Resp:
-        """Make one unary call with the settings' metadata (the API key); a gRPC
-        error is raised as the SDK's error."""
-        return await call(method, request, rpc_timeout=rpc_timeout, metadata=self.settings.metadata)
+        """Make one unary call with the settings' metadata (the API key) and
+        ``metadata``; a gRPC error is raised as the SDK's error."""
+        return await call(
+            method, request, rpc_timeout=rpc_timeout, metadata=self.settings.metadata + metadata
+        )
 
     async def close(self) -> None:
         """Close the channel; no call can be made afterwards."""
@@ -127,6 +130,27 @@ class WorkflowCalls:
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+    async def watch(self, run_id: str) -> AsyncIterator[RunEvent]:
+        """A run's history, then each entry as it is committed, until the run ends
+        (``WatchRun``, resumed where it stopped when the server ends the stream)."""
+        request = workflow_service_pb2.WatchRunRequest(run_id=run_id)
+        while True:
+            stream = self.stub().WatchRun(request, metadata=self.settings.metadata)
+            ended = False
+            try:
+                async for response in stream:
+                    for event in response.events:
+                        yield RunEvent.from_proto(event)
+                    request.page_token = response.resume_token
+                    if response.HasField("run"):
+                        ended = response.run.status in _TERMINAL
+            except grpc.aio.AioRpcError as exc:
+                raise sdk_error(exc) from None
+            finally:
+                stream.cancel()
+            if ended:
+                return
 
     async def _get_run(self, run_id: str, *, wait: float | None = None) -> types_pb2.Run:
         request = workflow_service_pb2.GetRunRequest(run_id=run_id)

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from stepd import _commands as commands
+from stepd import _tracing as tracing
 from stepd._children import ChildHandle
 from stepd._control import RunControl
 from stepd._journal import Journal
@@ -73,7 +74,12 @@ class ChildCalls:
                 await run.park()
             run.check_live()
             command = commands.start_child(
-                key, workflow_name, version, input_json, detached=detached
+                key,
+                workflow_name,
+                version,
+                input_json,
+                detached=detached,
+                trace=tracing.current_context(),
             )
             with run.in_flight():
                 result = await run.submit_in_order(command)

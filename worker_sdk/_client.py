@@ -3,7 +3,7 @@ cancel them, read their history, publish events and execute hooks."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -11,6 +11,7 @@ from typing import Any, Generic, Self, TypeVar, overload
 
 from pydantic import TypeAdapter
 
+from stepd import _tracing as tracing
 from stepd._calls import WorkflowCalls
 from stepd._definitions import Workflow
 from stepd._rpc import ConnectionSettings, PathLike
@@ -19,8 +20,9 @@ from stepd._runs import RunInfo, RunStatus
 from stepd._serde import ANY_ADAPTER, dump_input, dumps, loads, payload_text
 from stepd.errors import RunCancelledError, RunFailedError
 from stepd.history import RunEvent
+from stepd.operations import BulkResult, WorkerInfo, worker_info
 from stepd.schedules import Schedule, ScheduleInfo
-from stepd.v1 import types_pb2, workflow_service_pb2
+from stepd.v1 import operations_pb2, types_pb2, workflow_service_pb2
 
 I = TypeVar("I")  # noqa: E741 - the workflow's input type
 R = TypeVar("R")
@@ -101,6 +103,10 @@ class RunHandle(Generic[R]):
     def events(self, *, page_size: int = 100) -> AsyncIterator[RunEvent]:
         """Iterate over the run's history (see ``Client.list_run_events``)."""
         return self._calls.events(self.run_id, page_size)
+
+    def watch(self) -> AsyncIterator[RunEvent]:
+        """Follow the run's history live (see ``Client.watch_run``)."""
+        return self._calls.watch(self.run_id)
 
     def __repr__(self) -> str:
         return f"RunHandle(run_id={self.run_id!r}, already_existed={self.already_existed})"
@@ -420,6 +426,18 @@ class Client:
         async for event in self._calls.events(run_id, page_size):
             yield event
 
+    async def watch_run(self, run_id: str) -> AsyncIterator[RunEvent]:
+        """Follow a run's history live: the entries so far, then each new entry as
+        it is committed (steps, waits, ``ctx.set_progress`` as ``PROGRESS``
+        entries), ending after the run's last entry once it ended.
+
+        Uses the ``WatchRun`` stream; when the server ends a stream early (after
+        30 minutes) it is reopened where it stopped. Raises NotFoundError for an
+        unknown run. Stop early by breaking out of the loop.
+        """
+        async for event in self._calls.watch(run_id):
+            yield event
+
     async def list_runs(
         self,
         *,
@@ -430,12 +448,15 @@ class Client:
         created_before: datetime | None = None,
         page_size: int = 100,
         payloads: bool = False,
+        idempotency_key: str | None = None,
+        schedule_id: str | None = None,
     ) -> AsyncIterator[RunInfo]:
         """Iterate over runs, newest first, following the server's pages.
 
         Filters: a workflow (object or name), statuses, a parent run, and a
         creation time range (``created_after`` inclusive, ``created_before``
-        exclusive). Each run's ``input``, ``result`` and ``error_traceback`` are
+        exclusive), the idempotency key a run was started with, the schedule that
+        started it. Each run's ``input``, ``result`` and ``error_traceback`` are
         None unless ``payloads`` is true (listings stay small without them).
         """
         request = workflow_service_pb2.ListRunsRequest(
@@ -444,6 +465,8 @@ class Client:
             parent_run_id=parent_run_id or "",
             page_size=page_size,
             include_payloads=payloads,
+            idempotency_key=idempotency_key or "",
+            schedule_id=schedule_id or "",
         )
         if created_after is not None:
             request.create_time_after.CopyFrom(to_timestamp(created_after))
@@ -455,6 +478,162 @@ class Client:
                 yield run_info(run)
             if not response.next_page_token:
                 return
+            request.page_token = response.next_page_token
+
+    # -- operating runs: retry, fork, delete, bulk actions, workers ------------
+
+    async def retry(
+        self,
+        run_id: str,
+        *,
+        deadline: datetime | None = None,
+        clear_deadline: bool = False,
+        reason: str = "",
+    ) -> RunInfo:
+        """Resume a failed or cancelled run where it stopped; return it (pending again).
+
+        Its recorded steps are kept and replayed, not run again; the step that
+        failed the run runs again (with a fresh retry budget), and the failure
+        stays in the run's history, with a ``retried`` entry that names who
+        retried. The run keeps its id, input, idempotency key and deadline: pass
+        ``deadline`` for a new one, or ``clear_deadline=True``.
+
+        Raises NotFoundError for an unknown run, FailedPreconditionError for a run
+        that is not failed or cancelled or whose deadline has passed.
+        """
+        request = operations_pb2.RetryRunRequest(
+            run_id=run_id, clear_deadline=clear_deadline, reason=reason
+        )
+        if deadline is not None:
+            request.deadline.CopyFrom(to_timestamp(deadline))
+        response = await self._calls.call(self._calls.stub().RetryRun, request)
+        return run_info(response.run)
+
+    async def fork(
+        self,
+        run_id: str,
+        step_key: str,
+        *,
+        new_run_id: str | None = None,
+        version: str | None = None,
+        request_id: str | None = None,
+        deadline: datetime | None = None,
+    ) -> RunInfo:
+        """Start a new run of a run's workflow and input whose journal is the
+        original's up to and including the step ``step_key`` (its key as the
+        history shows it, e.g. ``"charge"`` or ``"charge#2"``): the fork replays
+        that much and runs every later step afresh. Returns the new run; its
+        ``forked_from_run_id`` names the original, and both histories name the other.
+
+        ``new_run_id`` is a custom id for the fork (default: the server picks one);
+        ``version`` runs the fork on another version of the workflow (default:
+        the original's); ``request_id`` makes a retried call harmless (the same
+        id for the same run returns the fork it made).
+
+        Raises NotFoundError for an unknown run, FailedPreconditionError when the
+        run has no recorded step with that key.
+        """
+        request = operations_pb2.ForkRunRequest(
+            run_id=run_id,
+            step_key=step_key,
+            new_run_id=new_run_id or "",
+            workflow_version=version or "",
+            request_id=request_id or "",
+        )
+        if deadline is not None:
+            request.deadline.CopyFrom(to_timestamp(deadline))
+        response = await self._calls.call(self._calls.stub().ForkRun, request)
+        return run_info(response.run)
+
+    async def delete_run(self, run_id: str) -> None:
+        """Delete a finished run with its journal, waits and history.
+
+        Raises NotFoundError for an unknown run, FailedPreconditionError for a run
+        that has not finished (cancel it first).
+        """
+        request = operations_pb2.DeleteRunRequest(run_id=run_id)
+        await self._calls.call(self._calls.stub().DeleteRun, request)
+
+    async def cancel_runs(
+        self,
+        *,
+        workflow: Workflow[Any, Any] | str | None = None,
+        statuses: Iterable[RunStatus | str] | None = None,
+        parent_run_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        reason: str = "",
+        dry_run: bool = False,
+        batch_size: int = 500,
+        on_batch: Callable[[BulkResult], None] | None = None,
+    ) -> BulkResult:
+        """Cancel every unfinished run that ``list_runs`` with these filters would
+        list, in batches of ``batch_size`` (one call each); with ``dry_run``, only
+        count them. ``on_batch`` hears the running totals after each batch (for
+        a progress bar). Safe to interrupt and call again: a second call
+        changes only what the first left.
+        """
+        request = workflow_service_pb2.CancelRunsRequest(
+            filter=_run_filter(workflow, statuses, parent_run_id, created_after, created_before),
+            reason=reason,
+            dry_run=dry_run,
+            batch_size=batch_size,
+        )
+        return await self._bulk(self._calls.stub().CancelRuns, request, on_batch)
+
+    async def retry_runs(
+        self,
+        *,
+        workflow: Workflow[Any, Any] | str | None = None,
+        statuses: Iterable[RunStatus | str] | None = None,
+        parent_run_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        reason: str = "",
+        dry_run: bool = False,
+        batch_size: int = 500,
+        on_batch: Callable[[BulkResult], None] | None = None,
+    ) -> BulkResult:
+        """Retry (as ``retry``) every failed or cancelled run that ``list_runs`` with
+        these filters would list, in batches; with ``dry_run``, only count them.
+        Runs whose deadline has passed are skipped."""
+        request = workflow_service_pb2.RetryRunsRequest(
+            filter=_run_filter(workflow, statuses, parent_run_id, created_after, created_before),
+            reason=reason,
+            dry_run=dry_run,
+            batch_size=batch_size,
+        )
+        return await self._bulk(self._calls.stub().RetryRuns, request, on_batch)
+
+    async def _bulk(
+        self,
+        method: Any,
+        request: workflow_service_pb2.CancelRunsRequest | workflow_service_pb2.RetryRunsRequest,
+        on_batch: Callable[[BulkResult], None] | None,
+    ) -> BulkResult:
+        total = BulkResult(0)
+        while True:
+            response = await self._calls.call(method, request)
+            total = BulkResult(
+                total.matched + response.matched,
+                total.changed + response.changed,
+                total.skipped + response.skipped,
+            )
+            if on_batch is not None:
+                on_batch(total)
+            if not response.next_page_token:
+                return total
+            request.page_token = response.next_page_token
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The workers connected to the server, to any of its replicas."""
+        request = operations_pb2.ListWorkersRequest(page_size=1000)
+        found: list[WorkerInfo] = []
+        while True:
+            response = await self._calls.call(self._calls.stub().ListWorkers, request)
+            found += [worker_info(w) for w in response.workers]
+            if not response.next_page_token:
+                return found
             request.page_token = response.next_page_token
 
     # -- schedules -----------------------------------------------------------
@@ -595,10 +774,43 @@ class Client:
             request.deadline.CopyFrom(to_timestamp(deadline))
         if start_at is not None:
             request.start_time.CopyFrom(to_timestamp(start_at))
-        response = await self._calls.call(self._calls.stub().Trigger, request)
+        response = await self._calls.call(
+            self._calls.stub().Trigger, request, metadata=_trace_metadata()
+        )
         return RunHandle(
             self._calls,
             response.run.run_id,
             already_existed=response.already_existed,
             result_adapter=adapter,
         )
+
+
+def _trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The current span's W3C trace context as call metadata (none without
+    OpenTelemetry or a span): the run joins the caller's trace."""
+    trace = tracing.current_context()
+    if trace is None:
+        return ()
+    if trace.tracestate:
+        return (("traceparent", trace.traceparent), ("tracestate", trace.tracestate))
+    return (("traceparent", trace.traceparent),)
+
+
+def _run_filter(
+    workflow: Workflow[Any, Any] | str | None,
+    statuses: Iterable[RunStatus | str] | None,
+    parent_run_id: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> workflow_service_pb2.ListRunsRequest:
+    """The ListRuns filter of a bulk action."""
+    request = workflow_service_pb2.ListRunsRequest(
+        workflow_name=workflow.name if isinstance(workflow, Workflow) else workflow or "",
+        statuses=[status_to_proto(s) for s in statuses or ()],
+        parent_run_id=parent_run_id or "",
+    )
+    if created_after is not None:
+        request.create_time_after.CopyFrom(to_timestamp(created_after))
+    if created_before is not None:
+        request.create_time_before.CopyFrom(to_timestamp(created_before))
+    return request

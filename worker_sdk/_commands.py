@@ -56,9 +56,15 @@ def start_step(key: str, attempt: int, timeout_s: float) -> Command:
 
 
 def start_child(
-    key: str, workflow_name: str, version: str, input_json: str, *, detached: bool
+    key: str,
+    workflow_name: str,
+    version: str,
+    input_json: str,
+    *,
+    detached: bool,
+    trace: types_pb2.TraceContext | None = None,
 ) -> Command:
-    """``start_child``: start a child run (once per key)."""
+    """``start_child``: start a child run (once per key), in ``trace`` if given."""
     command = Command()
     start = command.start_child
     start.child_key = key
@@ -66,16 +72,20 @@ def start_child(
     start.workflow_version = version
     start.input.json = input_json
     start.detached = detached
+    if trace is not None:
+        start.trace_context.CopyFrom(trace)
     return command
 
 
-def record_event(key: str, name: str, payload_json: str) -> Command:
-    """``record_event``: a custom entry of the run's history."""
+def record_event(key: str, name: str, payload_json: str, *, progress: bool = False) -> Command:
+    """``record_event``: a custom entry of the run's history (``progress``: the run's
+    progress)."""
     command = Command()
     event = command.record_event
     event.entry_key = key
     event.name = name
     event.payload.json = payload_json
+    event.progress = progress
     return command
 
 

@@ -532,11 +532,24 @@ class WorkflowContext:
             raise ValueError(f"ctx.record() needs a non-empty entry name, got {name!r}")
         self._record("record", name, payload)
 
-    def _record(self, helper: str, name: str, payload: Any) -> None:
+    def set_progress(self, value: Any) -> None:
+        """Report the run's progress or a custom status: ``ctx.set_progress({"done": 3,
+        "of": 10})``.
+
+        ``value`` is any JSON value (or a model or dataclass). The latest value shows
+        as ``RunInfo.progress`` (``GetRun``, ``ListRuns``), in the live run stream
+        (``RunHandle.watch``) and as a ``PROGRESS`` history entry. Like ``ctx.record``
+        it is replay-safe: each call takes the key ``progress:N`` (in call order) and
+        the server keeps the first value of each key, so a replay sends nothing new
+        and never moves the progress back. The call does not wait for the server.
+        """
+        self._record("set_progress", "progress", value, progress=True)
+
+    def _record(self, helper: str, name: str, payload: Any, *, progress: bool = False) -> None:
         payload_json = dumps(payload)
         scheduler = self._scheduler_for(helper)
         if scheduler is not None:
-            scheduler.call_record(name, payload_json)
+            scheduler.call_record(name, payload_json, progress=progress)
 
     def _scheduler_for(self, helper: str) -> StepScheduler | None:
         """The run's scheduler, checking that the caller is the run's workflow code."""

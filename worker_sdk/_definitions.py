@@ -46,6 +46,11 @@ _RESERVED_KEY = re.compile(
 """Keys of the SDK's own journal entries (``event:N:since``) and their look-alikes:
 not a step name, so that no step key can be one."""
 
+#: The server's limits on what a worker's hello declares (docs/operations.md#limits).
+MAX_EVENT_TRIGGERS = 32
+MAX_NAME_LENGTH = 200
+MAX_EXECUTION_TIMEOUT = 3650 * 86400.0
+
 
 class StepScheduler(Protocol):
     """Runs or replays the steps and waits a workflow calls (implemented by the replay
@@ -90,8 +95,9 @@ class StepScheduler(Protocol):
         ``timeout_ns``) and yields its payload."""
         ...
 
-    def call_record(self, name: str, payload_json: str) -> None:
-        """Assign the entry its key now and send it to the run's history (not awaited)."""
+    def call_record(self, name: str, payload_json: str, *, progress: bool = False) -> None:
+        """Assign the entry its key now and send it to the run's history (not awaited);
+        ``progress``: the entry is the run's progress."""
         ...
 
     def call_child(
@@ -336,6 +342,10 @@ class Workflow(Generic[P, R]):
         self.step_timeout = optional_duration(step_timeout, f"{what}: step_timeout")
         """The timeout (seconds) of steps that declare none (None: no timeout)."""
         self.execution_timeout = optional_duration(execution_timeout, f"{what}: execution_timeout")
+        if self.execution_timeout is not None and self.execution_timeout > MAX_EXECUTION_TIMEOUT:
+            raise WorkflowDefinitionError(
+                f"{what}: execution_timeout is at most {MAX_EXECUTION_TIMEOUT:.0f} s (3,650 days)"
+            )
         """Seconds a run may take from its start before the server fails it."""
         self.max_entries = _max_entries(max_entries, what)
         """The most journal entries a run may record (None: the server's default)."""
@@ -384,11 +394,18 @@ def _check_events(events: Iterable[str], workflow_name: str) -> tuple[str, ...]:
         )
     names = tuple(events)
     for event in names:
-        if not isinstance(event, str) or not event.strip():
+        if not isinstance(event, str) or not event.strip() or len(event) > MAX_NAME_LENGTH:
             raise WorkflowDefinitionError(
-                f"workflow {workflow_name!r}: event names must be non-empty strings, got {event!r}"
+                f"workflow {workflow_name!r}: event names must be non-empty strings of at "
+                f"most {MAX_NAME_LENGTH} characters, got {event!r:.60}"
             )
-    return tuple(dict.fromkeys(names))
+    unique = tuple(dict.fromkeys(names))
+    if len(unique) > MAX_EVENT_TRIGGERS:
+        raise WorkflowDefinitionError(
+            f"workflow {workflow_name!r}: at most {MAX_EVENT_TRIGGERS} events start a workflow, "
+            f"got {len(unique)}"
+        )
+    return unique
 
 
 def _check_schedule(schedule: Schedule | str | None, workflow_name: str) -> Schedule | None:

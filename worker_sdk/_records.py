@@ -131,14 +131,15 @@ class Entries:
         self._acks = acks
         self._settler = settler
 
-    def call(self, name: str, payload_json: str) -> None:
-        """Assign the entry its key now (``entry:N``) and send ``record_event`` without
-        waiting for the answer."""
-        key = self._keys.key("entry")
+    def call(self, name: str, payload_json: str, *, progress: bool = False) -> None:
+        """Assign the entry its key now (``entry:N``, or ``progress:N`` for progress)
+        and send ``record_event`` without waiting for the answer."""
+        key = self._keys.key("progress" if progress else "entry")
         self._settler.touch()
         if not self._run.phase.executing:
             return
-        answer = self._run.send(commands.record_event(key, name, payload_json))
+        command = commands.record_event(key, name, payload_json, progress=progress)
+        answer = self._run.send(command)
         if answer is None:  # the channel is closed: the run is lost to this worker
             return
         self._acks.entries.add(answer)

@@ -51,6 +51,8 @@ from typing import Any, NoReturn
 from pydantic import TypeAdapter
 
 from stepd import _commands as commands
+from stepd import _json_logs as json_logs
+from stepd import _tracing as tracing
 from stepd._acks import Acks
 from stepd._child_calls import ChildCalls
 from stepd._children import ChildHandle
@@ -109,6 +111,7 @@ class RunExecutor:
         "_step_tasks",
         "_steps",
         "_task",
+        "_trace_task",
         "_values",
         "_wait_calls",
         "_waits",
@@ -134,6 +137,7 @@ class RunExecutor:
         self._runtime = runtime  # the clock, and how the workflow and its steps run
         self._channel = channel
         self._input = task.input
+        self._trace_task = task  # what the run attempt's span says
         self._phase = Phase.RUNNING
         # Sticky execution: asked whether to keep the run live once suspended.
         self._on_park = on_park
@@ -222,9 +226,9 @@ class RunExecutor:
         """A durable wait for a hook's execution."""
         return self._wait_calls.hook(hook, timeout_ns=timeout_ns, adapter=adapter)
 
-    def call_record(self, name: str, payload_json: str) -> None:
-        """A custom history entry (``entry:N``)."""
-        self._entries.call(name, payload_json)
+    def call_record(self, name: str, payload_json: str, *, progress: bool = False) -> None:
+        """A custom history entry (``entry:N``), or the run's progress (``progress:N``)."""
+        self._entries.call(name, payload_json, progress=progress)
 
     def call_child(
         self,
@@ -258,6 +262,19 @@ class RunExecutor:
         """
         if self._phase.gone:  # given up (or released) before it started
             return RunOutcome.RELEASED if self.released else RunOutcome.ABANDONED
+        logged = json_logs.running(
+            json_logs.run_fields(self.run_id, self._workflow.name, self.lease_id)
+        )
+        try:
+            with tracing.run_span(self._trace_task) as span:
+                outcome = await self._execute(span)
+                if span is not None:
+                    span.set_attribute("stepd.outcome", outcome.name.lower())
+                return outcome
+        finally:
+            json_logs.done(logged)
+
+    async def _execute(self, span: Any) -> RunOutcome:
         workflow = self._workflow
         self._task = asyncio.current_task()
         token = current_scheduler.set(self)
@@ -285,6 +302,7 @@ class RunExecutor:
             await self._values.acknowledged()
             await self._entries.acknowledged()  # custom entries are durable before the end
             if failure is not None:
+                tracing.failed(span, failure)
                 command = commands.fail_run(self._describe(failure))
                 outcome = RunOutcome.FAILED
             else:

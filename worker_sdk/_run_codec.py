@@ -78,10 +78,15 @@ def run_info(run: types_pb2.Run) -> RunInfo:
         schedule_id=run.schedule_id or None,
         schedule_time=_time(run, "schedule_time"),
         root_run_id=run.root_run_id or None,
+        progress=loads(payload_text(run.progress)) if run.HasField("progress") else None,
+        idempotency_key=run.idempotency_key or None,
         detached=run.detached,
         held_error=run.held_error.message if run.HasField("held_error") else None,
         concurrency_key=run.concurrency_key if run.concurrency_limit else None,
         waiting_reason=run.waiting_reason,
+        forked_from_run_id=run.forked_from_run_id or None,
+        forked_from_step_key=run.forked_from_step_key or None,
+        retry_count=run.retry_count,
     )
 
 

@@ -80,3 +80,13 @@ class RunInfo:
     waiting_reason: str = ""
     """Why a pending run is not started yet, e.g. "queued behind key 'c1' of limit
     'charge': 2 ahead" (``Client.get_run``; empty when nothing holds it back)."""
+    progress: Any = None
+    """The latest value the workflow reported with ``ctx.set_progress`` (None until then)."""
+    idempotency_key: str | None = None
+    """The idempotency key the run was started with, if any."""
+    forked_from_run_id: str | None = None
+    """For a run made by ``Client.fork``: the run it was forked from."""
+    forked_from_step_key: str | None = None
+    """For a run made by ``Client.fork``: the original's step it was forked from."""
+    retry_count: int = 0
+    """How many times ``Client.retry`` resumed the run."""

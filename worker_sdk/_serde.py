@@ -93,12 +93,23 @@ def error_type_name(exc: BaseException) -> str:
     return qualified_name(type(exc))
 
 
+#: The longest error texts the server keeps (characters); longer ones are cut here,
+#: so that no error makes a stream message larger than the server accepts.
+MAX_ERROR_TYPE = 200
+MAX_ERROR_MESSAGE = 16 * 1024
+MAX_ERROR_TRACEBACK = 64 * 1024
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def error_info(exc: BaseException, *, step_key: str = "", attempt: int = 0) -> types_pb2.ErrorInfo:
     """Describe an exception as an ErrorInfo (type, message, traceback)."""
     return types_pb2.ErrorInfo(
-        type=error_type_name(exc),
-        message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
+        type=_cut(error_type_name(exc), MAX_ERROR_TYPE),
+        message=_cut(str(exc), MAX_ERROR_MESSAGE),
+        traceback=_cut("".join(traceback.format_exception(exc)), MAX_ERROR_TRACEBACK),
         step_key=step_key,
         attempt=attempt,
     )

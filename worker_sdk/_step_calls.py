@@ -16,6 +16,7 @@ from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from stepd import _commands as commands
+from stepd import _tracing as tracing
 from stepd._control import RunControl
 from stepd._definitions import Step, Workflow
 from stepd._journal import Journal
@@ -204,15 +205,20 @@ class StepCalls:
         start = clock()
         result_json = ""
         error: Exception | None = None
-        try:
-            if step_timeout is None:
-                value = await self._runtime.run_step(step, key, args, kwargs)
-            else:
-                await self._announce_start(key, attempt, step_timeout)
-                value = await self._invoke_with_timeout(step, key, args, kwargs, step_timeout)
-            result_json = dumps(value, step.result_adapter)
-        except Exception as exc:
-            error = exc
+        workflow = self._workflow
+        with tracing.step_span(
+            self._run.run_id, workflow.name, workflow.version, key, attempt
+        ) as span:
+            try:
+                if step_timeout is None:
+                    value = await self._runtime.run_step(step, key, args, kwargs)
+                else:
+                    await self._announce_start(key, attempt, step_timeout)
+                    value = await self._invoke_with_timeout(step, key, args, kwargs, step_timeout)
+                result_json = dumps(value, step.result_adapter)
+            except Exception as exc:
+                error = exc
+                tracing.failed(span, exc)
         end = clock()
         record = types_pb2.StepRecord()
         record.step_key = key

@@ -28,6 +28,7 @@ import os
 import random
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -41,11 +42,13 @@ from stepd import _runtime
 from stepd._client import Client
 from stepd._control import RunAbandoned
 from stepd._definitions import Workflow
+from stepd._json_logs import run_fields
 from stepd._phase import RunOutcome
 from stepd._replay import RELEASE_REASON, RunExecutor
 from stepd._rpc import ConnectionSettings, sdk_error
 from stepd._run_cache import RunCache
 from stepd._serde import dumps
+from stepd._task_parts import TaskParts
 from stepd.errors import PayloadError, WorkflowDefinitionError
 from stepd.v1 import worker_service_pb2, worker_service_pb2_grpc
 
@@ -63,10 +66,22 @@ MAX_CACHED_RUNS = 256
 """Default number of suspended runs a worker keeps live to continue without replay."""
 CONTINUATION_MISSED = "continuation of a run not kept live here; send the full journal"
 """The ``release_run`` reason of a continuation the worker cannot continue."""
+# The server's limits on a hello (docs/operations.md#limits).
+MAX_CONCURRENCY = 10_000
+MAX_CACHED_RUNS_LIMIT = 100_000
+MAX_WORKFLOWS = 1000
+MAX_VERSIONS = 100
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 _STABLE_SESSION = 1.0  # a stream that lived this long resets the backoff
 _MAX_BATCH_BYTES = 3 * 1024 * 1024  # split larger batches across messages
+_MAX_BATCH_COMMANDS = 1000  # the server's limit of commands in one batch
+# Without the server's own limit of a stream message (StreamSettings), gRPC's:
+# a command larger is not sent (its run fails instead: see _Session._fit).
+_MAX_COMMAND_BYTES = 64 * 1024 * 1024 - 1024
+_FRAMING = 1024  # room for the batch's own bytes around a command
+PAYLOAD_TOO_LARGE = "stepd.PayloadTooLarge"
+"""The error type of a run failed because a command of it was too large to send."""
 _STOP_GRACE = 5.0  # seconds run() waits for cancelled runs to unwind
 _CLOSE_TIMEOUT = 2.0  # seconds a shutdown waits for the last acks, then for the stream end
 _POLL = 0.01  # seconds between checks while shutting down
@@ -202,14 +217,34 @@ class Worker:
             registry[key] = workflow
         if not registry:
             raise WorkflowDefinitionError("a worker needs at least one workflow")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+        if len(registry) > MAX_WORKFLOWS:
+            raise WorkflowDefinitionError(
+                f"a worker serves at most {MAX_WORKFLOWS} workflow versions; got {len(registry)}"
+            )
+        versions = Counter(name for name, _ in registry)
+        crowded = [name for name, count in versions.items() if count > MAX_VERSIONS]
+        if crowded:
+            raise WorkflowDefinitionError(
+                f"a worker serves at most {MAX_VERSIONS} versions of one workflow; "
+                f"{crowded[0]!r} has {versions[crowded[0]]}"
+            )
+        if (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= MAX_CONCURRENCY
+        ):
+            raise ValueError(
+                f"concurrency must be an int from 1 to {MAX_CONCURRENCY}, got {concurrency!r}"
+            )
         if (
             isinstance(max_cached_runs, bool)
             or not isinstance(max_cached_runs, int)
-            or max_cached_runs < 0
+            or not 0 <= max_cached_runs <= MAX_CACHED_RUNS_LIMIT
         ):
-            raise ValueError(f"max_cached_runs must be an int >= 0, got {max_cached_runs!r}")
+            raise ValueError(
+                f"max_cached_runs must be an int from 0 to {MAX_CACHED_RUNS_LIMIT}, "
+                f"got {max_cached_runs!r}"
+            )
         self._max_cached_runs = max_cached_runs
         self._shutdown_grace = _check_grace(shutdown_grace, "shutdown_grace")
         self._connection = connection
@@ -477,6 +512,7 @@ class _Session:
         self._next_id = 1
         self._last_write = self._loop.time()
         self._heartbeat_interval = HEARTBEAT_INTERVAL
+        self._max_command_bytes = _MAX_COMMAND_BYTES
         self._heartbeat_due = False
         self._retime = asyncio.Event()  # the heartbeat interval changed
         self._draining = False
@@ -618,6 +654,7 @@ class _Session:
         read = self._call.read
         pending = self._pending
         response_type = worker_service_pb2.PollTaskResponse
+        parts = TaskParts()  # a task too large for one message comes in parts
         message = await read()
         if isinstance(message, response_type) and message.HasField("settings"):
             self._apply_settings(message.settings)  # sent in the first response
@@ -630,8 +667,10 @@ class _Session:
                 # Let the results' callbacks run first: a continuation may follow
                 # the answer to the suspend_run that parked its run.
                 await asyncio.sleep(0)
-            for task in message.tasks:
-                self._start(task)
+            for part in message.tasks:
+                task = parts.add(part)
+                if task is not None:
+                    self._start(task)
             for cancellation in message.cancellations:
                 self._cancel(cancellation)
             message = await read()
@@ -646,6 +685,8 @@ class _Session:
             if interval >= lease:  # a heartbeat that late would always lose the lease
                 interval = lease / 3
         self._heartbeat_interval = max(interval, _MIN_HEARTBEAT)
+        if settings.max_message_bytes:
+            self._max_command_bytes = max(settings.max_message_bytes - _FRAMING, _FRAMING)
         self._retime.set()
         logger.debug(
             "stream settings: heartbeat every %.3g s, lease timeout %s s",
@@ -676,7 +717,7 @@ class _Session:
                 self._last_write = loop.time()
                 await write(request)
             if self._outbox:
-                commands, self._outbox = self._outbox, []
+                commands, self._outbox = self._fit(self._outbox), []
                 for batch in _batches(commands):
                     request = worker_service_pb2.PollTaskRequest()
                     request.commands.commands.extend(batch)
@@ -692,6 +733,46 @@ class _Session:
             if self._half_close and not self._outbox:
                 await call.done_writing()
                 return
+
+    def _fit(
+        self, commands: list[worker_service_pb2.WorkerCommand]
+    ) -> list[worker_service_pb2.WorkerCommand]:
+        """The commands to send: one too large for a stream message (a payload far
+        past the server's limit) is answered INVALID here, and its run failed with
+        ``stepd.PayloadTooLarge`` instead (a dropped custom entry fails nothing)."""
+        limit = self._max_command_bytes
+        if all(command.ByteSize() <= limit for command in commands):
+            return commands
+        fitted = []
+        for command in commands:
+            size = command.ByteSize()
+            if size <= limit:
+                fitted.append(command)
+                continue
+            kind = command.WhichOneof("command") or "command"
+            message = (
+                f"{kind} is {size} bytes, too large for a stream message "
+                f"(at most {limit}); the server accepts payloads far smaller"
+            )
+            logger.error("run %s: %s", command.run_id, message)
+            future = self._pending.pop(command.command_id, None)
+            if future is not None and not future.done():
+                future.set_result(
+                    worker_service_pb2.CommandResult(
+                        command_id=command.command_id,
+                        status=worker_service_pb2.COMMAND_STATUS_INVALID,
+                        message=message,
+                    )
+                )
+            if kind != "record_event":
+                failure = worker_service_pb2.WorkerCommand(
+                    command_id=self._next_id, run_id=command.run_id, lease_id=command.lease_id
+                )
+                self._next_id += 1
+                failure.fail_run.error.type = PAYLOAD_TOO_LARGE
+                failure.fail_run.error.message = message
+                fitted.append(failure)
+        return fitted
 
     async def _heartbeat_loop(self) -> None:
         """Flag a heartbeat whenever nothing was written for a heartbeat interval.
@@ -726,6 +807,7 @@ class _Session:
                 task.run_id,
                 task.workflow_name,
                 task.workflow_version,
+                extra=run_fields(task.run_id, task.workflow_name, task.lease_id),
             )
             self._release_unstarted(task, "workflow version not served by this worker")
             return
@@ -758,7 +840,11 @@ class _Session:
         previous = self._runs.pop(task.run_id, None)
         if previous is not None:
             previous.abandon()
-        logger.info("run %s: no live execution to continue; asking for a replay", task.run_id)
+        logger.info(
+            "run %s: no live execution to continue; asking for a replay",
+            task.run_id,
+            extra=run_fields(task.run_id, task.workflow_name, task.lease_id),
+        )
         self._release_unstarted(task, CONTINUATION_MISSED)
 
     def _park(self, executor: RunExecutor) -> bool:
@@ -803,7 +889,12 @@ class _Session:
         if cached is not None and cached.executor.lease_id == cancellation.lease_id:
             self._cache.pop(cancellation.run_id)  # a parked run: nothing of it is queued
             cached.executor.evict()
-            logger.debug("run %s: let go: %s", cancellation.run_id, cancellation.reason or "-")
+            logger.debug(
+                "run %s: let go: %s",
+                cancellation.run_id,
+                cancellation.reason or "-",
+                extra=run_fields(cancellation.run_id, lease=cancellation.lease_id),
+            )
             return
         held = self._runs.get(cancellation.run_id)
         if held is None or held.executor.lease_id != cancellation.lease_id:
@@ -811,7 +902,10 @@ class _Session:
         del self._runs[cancellation.run_id]
         held.abandon()
         logger.info(
-            "run %s: stopped by the server: %s", cancellation.run_id, cancellation.reason or "-"
+            "run %s: stopped by the server: %s",
+            cancellation.run_id,
+            cancellation.reason or "-",
+            extra=run_fields(cancellation.run_id, lease=cancellation.lease_id),
         )
         if self._outbox:  # send nothing more for it, not even what is queued
             kept = []
@@ -842,12 +936,13 @@ class _Session:
 def _batches(
     commands: list[worker_service_pb2.WorkerCommand],
 ) -> Iterator[list[worker_service_pb2.WorkerCommand]]:
-    """Split commands into batches of at most ~_MAX_BATCH_BYTES (a bigger one goes alone)."""
+    """Split commands into batches of at most ~_MAX_BATCH_BYTES (a bigger one goes
+    alone) and _MAX_BATCH_COMMANDS commands."""
     batch: list[worker_service_pb2.WorkerCommand] = []
     size = 0
     for command in commands:
         command_size = command.ByteSize()
-        if batch and size + command_size > _MAX_BATCH_BYTES:
+        if batch and (size + command_size > _MAX_BATCH_BYTES or len(batch) >= _MAX_BATCH_COMMANDS):
             yield batch
             batch, size = [], 0
         batch.append(command)

@@ -12,7 +12,9 @@ defaults of the options. A server that needs keys and TLS takes ``--api-key``
 (``STEPD_API_KEY``, a worker key naming the workflows), ``--tls-ca``
 (``STEPD_TLS_CA``) and, for mutual TLS, ``--tls-client-cert`` and
 ``--tls-client-key`` (docs/security.md); a refused key ends the command with
-exit code 1.
+exit code 1. ``--log-format json`` (``STEPD_LOG_FORMAT``) logs one JSON object
+per line; ``--otel`` (``STEPD_OTEL=1``) exports the run and step spans as the
+``OTEL_*`` variables say (docs/observability.md).
 
 The first SIGINT or SIGTERM shuts down gracefully (``Worker.stop()``): no more
 tasks, the runs held finish their step bodies in flight and are given back to
@@ -40,6 +42,8 @@ from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
 from stepd import __version__
+from stepd import _json_logs as json_logs
+from stepd import _otel_setup as otel_setup
 from stepd._client import DEFAULT_ADDRESS, Client
 from stepd._definitions import Workflow
 from stepd._worker import MAX_CACHED_RUNS, SHUTDOWN_GRACE, Worker
@@ -55,9 +59,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stepd-worker`` command; return its exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    json_logs.configure(args.log_level.upper(), args.log_format)
+    shutdown_tracing: Callable[[], None] = lambda: None  # noqa: E731
+    if args.otel:
+        try:
+            shutdown_tracing = otel_setup.configure("stepd-worker")
+        except (ImportError, ValueError) as exc:
+            parser.error(str(exc))
+    try:
+        return _main(parser, args)
+    finally:
+        shutdown_tracing()  # sends the spans still batched
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     sys.path.insert(0, os.getcwd())
     workflows: list[Workflow[Any, Any]] = []
     for target in args.modules:
@@ -176,7 +191,31 @@ def _parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log level (default %(default)s)",
     )
+    parser.add_argument(
+        "--log-format",
+        type=_log_format,
+        default=env("STEPD_LOG_FORMAT", "text"),
+        help="text, or json: one JSON object per line with run_id, workflow, lease fields "
+        "(env STEPD_LOG_FORMAT; default %(default)s)",
+    )
+    parser.add_argument(
+        "--otel",
+        action="store_true",
+        default=_flag(env("STEPD_OTEL", "")),
+        help="OpenTelemetry: export the run and step spans as the OTEL_* variables say "
+        "(needs stepd[otel]; env STEPD_OTEL=1)",
+    )
     return parser
+
+
+def _log_format(text: str) -> str:
+    if text.lower() not in ("text", "json"):
+        raise argparse.ArgumentTypeError(f"must be text or json, got {text!r}")
+    return text.lower()
+
+
+def _flag(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes", "on")
 
 
 def _count(text: str) -> int:

@@ -53,6 +53,16 @@ class RunEventType(enum.StrEnum):
     """A worker held the run for non-determinism: ``error_*`` say why."""
     CHILD_STARTED = "child_started"
     """The run started a child run: ``key`` is the call's key, ``detail`` the child's id."""
+    PROGRESS = "progress"
+    """The workflow reported progress (``ctx.set_progress``): ``payload`` is the value."""
+    RETRIED = "retried"
+    """An operator retried the run (``Client.retry``): ``detail`` says from which
+    status, ``actor_key_id`` who."""
+    FORKED = "forked"
+    """A fork of this run was made (``Client.fork``): ``detail`` is the new run's id,
+    ``key`` the step it was forked from."""
+    FORKED_FROM = "forked_from"
+    """This run is a fork: ``detail`` is the original run's id, ``key`` the step."""
     UNKNOWN = "unknown"
     """A kind of entry this SDK does not know (from a newer server)."""
 
@@ -72,6 +82,10 @@ _FROM_PROTO: dict[int, RunEventType] = {
     types_pb2.RUN_EVENT_TYPE_CUSTOM: RunEventType.CUSTOM,
     types_pb2.RUN_EVENT_TYPE_HELD: RunEventType.HELD,
     types_pb2.RUN_EVENT_TYPE_CHILD_STARTED: RunEventType.CHILD_STARTED,
+    types_pb2.RUN_EVENT_TYPE_PROGRESS: RunEventType.PROGRESS,
+    types_pb2.RUN_EVENT_TYPE_RETRIED: RunEventType.RETRIED,
+    types_pb2.RUN_EVENT_TYPE_FORKED: RunEventType.FORKED,
+    types_pb2.RUN_EVENT_TYPE_FORKED_FROM: RunEventType.FORKED_FROM,
 }
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from stepd.server.api import trace_context
 from stepd.server.domain import (
     ClaimedRun,
     ErrorDetails,
@@ -23,7 +26,6 @@ from stepd.server.domain import (
 from stepd.server.engine.commands import (
     Action,
     Command,
-    CommandResult,
     CommandStatus,
     CompleteRun,
     FailRun,
@@ -37,9 +39,19 @@ from stepd.server.engine.commands import (
     StartStep,
     SuspendRun,
 )
-from stepd.server.engine.errors import EngineError, InvalidArgument
-from stepd.server.engine.sessions import Cancellation, Outgoing
-from stepd.server.engine.validation import MAX_ID_LENGTH, check_name, check_text
+from stepd.server.engine.errors import EngineError, InvalidArgument, ResourceExhausted
+from stepd.server.engine.validation import (
+    MAX_CACHED_RUNS,
+    MAX_CAPACITY,
+    MAX_EVENT_TRIGGERS,
+    MAX_EXECUTION_TIMEOUT_MS,
+    MAX_HELLO_VERSIONS,
+    MAX_HELLO_WORKFLOWS,
+    MAX_ID_LENGTH,
+    check_name,
+    check_text,
+    shown,
+)
 from stepd.v1 import types_pb2, worker_service_pb2
 
 STATUS_TO_PROTO = {
@@ -57,6 +69,8 @@ REASON_TO_PROTO = {
     FailureReason.DEADLINE_EXCEEDED: types_pb2.FAILURE_REASON_DEADLINE_EXCEEDED,
     FailureReason.EXECUTION_TIMEOUT: types_pb2.FAILURE_REASON_EXECUTION_TIMEOUT,
     FailureReason.MAX_ENTRIES_EXCEEDED: types_pb2.FAILURE_REASON_MAX_ENTRIES_EXCEEDED,
+    FailureReason.SERVER_ERROR: types_pb2.FAILURE_REASON_SERVER_ERROR,
+    FailureReason.JOURNAL_TOO_LARGE: types_pb2.FAILURE_REASON_JOURNAL_TOO_LARGE,
 }
 
 COMMAND_STATUS_TO_PROTO = {
@@ -210,7 +224,15 @@ def run_to_proto(run: RunRecord) -> types_pb2.Run:
         detached=run.detached,
         concurrency_limit=run.concurrency_name or "",
         concurrency_key=run.concurrency_key or "",
+        forked_from_run_id=run.forked_from_run_id or "",
+        forked_from_step_key=run.forked_from_step_key or "",
+        retry_count=run.retry_count,
     )
+    if run.progress_json is not None:
+        msg.progress.json = run.progress_json
+    if run.trace:
+        msg.trace_context.traceparent = run.trace.parent
+        msg.trace_context.tracestate = run.trace.state
     if run.held_error is not None:
         msg.held_error.CopyFrom(error_to_proto(run.held_error))
     if run.result_json is not None:
@@ -305,28 +327,8 @@ def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
         root_run_id=run.root_run_id or run.run_id,
         hook_secret=claimed.hook_secret,
         continues_lease=claimed.continues_lease,
+        trace_context=trace_context.to_message(run.trace),
     )
-
-
-def outgoing_to_proto(batch: list[Outgoing]) -> worker_service_pb2.PollTaskResponse:
-    """Everything queued for a worker, as one stream message."""
-    response = worker_service_pb2.PollTaskResponse()
-    for item in batch:
-        if isinstance(item, CommandResult):
-            result = response.results.add(
-                command_id=item.command_id,
-                status=COMMAND_STATUS_TO_PROTO[item.status],
-                message=item.message,
-            )
-            if item.recorded_step is not None:
-                result.recorded_step.CopyFrom(step_to_proto(item.recorded_step))
-        elif isinstance(item, Cancellation):
-            response.cancellations.add(
-                run_id=item.run_id, lease_id=item.lease_id, reason=item.reason
-            )
-        else:
-            response.tasks.append(task_to_proto(item))
-    return response
 
 
 def _wait_from_proto(wait: worker_service_pb2.WaitCondition, index: int) -> WaitSpec:
@@ -394,7 +396,10 @@ def _action_from_proto(msg: worker_service_pb2.WorkerCommand) -> Action | None:
         check_name("record_event.entry_key", event.entry_key)
         check_name("record_event.name", event.name)
         return RecordEvent(
-            event.entry_key, event.name, payload_in(event.payload, "record_event.payload")
+            event.entry_key,
+            event.name,
+            payload_in(event.payload, "record_event.payload"),
+            progress=event.progress,
         )
     if kind == "suspend_run":
         return SuspendRun(
@@ -419,6 +424,7 @@ def _action_from_proto(msg: worker_service_pb2.WorkerCommand) -> Action | None:
             child.workflow_version,
             payload_in(child.input, "start_child.input"),
             child.detached,
+            trace_context.from_message(child.trace_context, "start_child.trace_context"),
         )
     if kind == "hold_run":
         return HoldRun(error_from_proto(msg.hold_run.error, "hold_run.error"))
@@ -448,8 +454,11 @@ def workflow_limits(
         if w.HasField("execution_timeout"):
             field = f"hello.workflows[{i}].execution_timeout"
             timeout_ms = duration_ms(w.execution_timeout, field)
-            if timeout_ms <= 0:
-                raise InvalidArgument(f"{field} must be longer than 0")
+            if not 0 < timeout_ms <= MAX_EXECUTION_TIMEOUT_MS:
+                raise InvalidArgument(
+                    f"{field} must be longer than 0 and at most "
+                    f"{MAX_EXECUTION_TIMEOUT_MS // 86_400_000} days"
+                )
         limits[(w.name, w.version)] = WorkflowLimits(
             execution_timeout_ms=timeout_ms, max_entries=w.max_entries or None
         )
@@ -457,12 +466,35 @@ def workflow_limits(
 
 
 def check_hello(hello: worker_service_pb2.WorkerHello) -> None:
-    """Reject a hello whose names are missing, too long or hold NULs."""
+    """Reject a hello whose names are missing, too long or hold NULs, whose counts
+    pass their limits (ResourceExhausted) or whose capacity is out of range."""
     check_name("hello.worker_id", hello.worker_id, required=True)
     check_text("hello.identity", hello.identity)
     check_text("hello.sdk_version", hello.sdk_version)
+    if not 1 <= hello.capacity <= MAX_CAPACITY:
+        raise InvalidArgument(f"hello.capacity must lie between 1 and {MAX_CAPACITY}")
+    if hello.max_cached_runs > MAX_CACHED_RUNS:
+        raise InvalidArgument(f"hello.max_cached_runs is at most {MAX_CACHED_RUNS}")
+    if len(hello.workflows) > MAX_HELLO_WORKFLOWS:
+        raise ResourceExhausted(
+            f"a hello registers at most {MAX_HELLO_WORKFLOWS} workflow versions; "
+            "split the workflows across workers"
+        )
+    versions: Counter[str] = Counter()
     for i, w in enumerate(hello.workflows):
         check_name(f"hello.workflows[{i}].name", w.name, required=True)
         check_name(f"hello.workflows[{i}].version", w.version, required=True)
+        versions[w.name] += 1
+        if versions[w.name] > MAX_HELLO_VERSIONS:
+            raise ResourceExhausted(
+                f"a hello registers at most {MAX_HELLO_VERSIONS} versions of one workflow "
+                f"({shown(w.name)})"
+            )
+        if len(w.event_triggers) > MAX_EVENT_TRIGGERS:
+            raise ResourceExhausted(
+                f"hello.workflows[{i}] declares {len(w.event_triggers)} event triggers; "
+                f"at most {MAX_EVENT_TRIGGERS}"
+            )
         for j, name in enumerate(w.event_triggers):
-            check_name(f"hello.workflows[{i}].event_triggers[{j}]", name, required=True)
+            if not name or len(name) > MAX_ID_LENGTH or "\x00" in name:  # say which
+                check_name(f"hello.workflows[{i}].event_triggers[{j}]", name, required=True)

@@ -2,21 +2,28 @@
 
 A client's mistake (an engine error, or bytes that are not the request
 message) gets its documented code and a short message, and leaves at most one
-DEBUG line in the log. Anything else is a fault of the server: the caller gets
-INTERNAL and the log gets the traceback, naming the RPC and the run.
+DEBUG line in the log. Storage that cannot be used now (``StoreUnavailableError``)
+gets UNAVAILABLE, which callers retry, and one WARNING line every few seconds
+at most; a value the database refused (``StoreValueError``: a check the edge
+lacks) gets INVALID_ARGUMENT and a WARNING line. Anything else is a fault of
+the server: the caller gets INTERNAL and the log gets the traceback, naming
+the RPC and the run.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from stepd.server.api.strings import check_strings
 from stepd.server.engine import errors
+from stepd.server.store.errors import StoreError, StoreUnavailableError
 
 log = logging.getLogger("stepd.api")
 
@@ -31,6 +38,11 @@ CODES: dict[type[errors.EngineError], grpc.StatusCode] = {
 }
 #: The longest error message sent to a caller (longer ones are cut).
 MAX_MESSAGE_CHARS = 1000
+#: What a caller is told while storage cannot be used.
+UNAVAILABLE_MESSAGE = "the server's storage is unavailable; retry shortly"
+#: At most one log line per this many seconds about unavailable storage.
+UNAVAILABLE_LOG_SECONDS = 5.0
+_last_unavailable_log = [0.0]
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -40,25 +52,36 @@ Handler = Callable[[Any, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable
 class Undecodable:
     """Stands for request bytes that do not decode as the expected message."""
 
-    __slots__ = ("type_name",)
+    __slots__ = ("refused", "type_name")
 
-    def __init__(self, type_name: str) -> None:
+    def __init__(self, type_name: str, refused: errors.EngineError | None = None) -> None:
         self.type_name = type_name
+        self.refused = refused
 
-    def error(self) -> errors.InvalidArgument:
+    def error(self) -> errors.EngineError:
         """The error the caller gets for it."""
+        if self.refused is not None:
+            return self.refused
         return errors.InvalidArgument(
             f"the request is not a valid {self.type_name}: its bytes do not decode"
         )
 
 
-def decoder(message_class: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+def decoder(
+    message_class: type[Message],
+    precheck: Callable[[bytes], errors.EngineError | None] | None = None,
+) -> Callable[[bytes], Message | Undecodable]:
     """A request deserializer that never raises: bytes that do not decode become
-    ``Undecodable`` (grpc would answer UNKNOWN and log a traceback)."""
+    ``Undecodable`` (grpc would answer UNKNOWN and log a traceback). ``precheck``
+    may refuse the bytes before they are decoded (a message too costly to decode)."""
     type_name = message_class.DESCRIPTOR.full_name
     parse = message_class.FromString
 
     def decode(raw: bytes) -> Message | Undecodable:
+        if precheck is not None:
+            refused = precheck(raw)
+            if refused is not None:
+                return Undecodable(type_name, refused)
         try:
             return parse(raw)
         except (DecodeError, ValueError, RuntimeError):
@@ -90,6 +113,19 @@ def client_status(exc: errors.EngineError, rpc: str) -> tuple[grpc.StatusCode, s
     return code, message
 
 
+def store_status(exc: StoreError, rpc: str) -> tuple[grpc.StatusCode, str]:
+    """The status of a database failure: UNAVAILABLE (retry) when storage cannot
+    be used now, INVALID_ARGUMENT when the database refused a value."""
+    if isinstance(exc, StoreUnavailableError):
+        now = time.monotonic()
+        if now - _last_unavailable_log[0] >= UNAVAILABLE_LOG_SECONDS:
+            _last_unavailable_log[0] = now
+            log.warning("%s: storage unavailable: %s", rpc, exc)
+        return grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE
+    log.warning("%s: the database refused a value of the request: %s", rpc, exc)
+    return grpc.StatusCode.INVALID_ARGUMENT, "the request holds a value the database cannot store"
+
+
 def server_fault(rpc: str, request: object) -> tuple[grpc.StatusCode, str]:
     """The status of a fault inside the server (call from an ``except`` block):
     the traceback goes to the log, naming the RPC and the run when known."""
@@ -111,9 +147,13 @@ def maps_errors(handler: Handler[Request, Response]) -> Handler[Request, Respons
         try:
             if isinstance(request, Undecodable):
                 raise request.error()
+            if isinstance(request, Message):
+                check_strings(request)
             return await handler(self, request, context)
         except errors.EngineError as exc:
             code, message = client_status(exc, rpc)
+        except StoreError as exc:
+            code, message = store_status(exc, rpc)
         except Exception:
             code, message = server_fault(rpc, request)
         await context.abort(code, message)

@@ -9,6 +9,7 @@ either its message or ``errors.Undecodable`` and answers INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -16,25 +17,34 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from stepd.server.api.errors import decoder
+from stepd.server.engine.errors import EngineError
 
 
-def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
-    """Serve every method of ``service`` with the same-named method of ``servicer``."""
+def add_service(
+    server: grpc.aio.Server,
+    servicer: Any,
+    service: ServiceDescriptor,
+    prechecks: Mapping[str, Callable[[bytes], EngineError | None]] | None = None,
+) -> None:
+    """Serve every method of ``service`` with the same-named method of ``servicer``;
+    ``prechecks`` (by method name) may refuse a request's bytes before decoding."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
         options: dict[str, Any] = {
-            "request_deserializer": decoder(request_class),
+            "request_deserializer": decoder(request_class, (prechecks or {}).get(method.name)),
             "response_serializer": response_class.SerializeToString,
         }
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(behaviour, **options)
         elif not method.client_streaming and not method.server_streaming:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour, **options)
+        elif method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(behaviour, **options)
         else:  # pragma: no cover - the contract has no such RPC
-            raise NotImplementedError(f"{method.full_name}: one-way streams are not served")
+            raise NotImplementedError(f"{method.full_name}: client streams are not served")
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )

@@ -24,13 +24,15 @@ def _fingerprint(text: str) -> str:
 
 def _filter_fingerprint(run_filter: RunFilter) -> str:
     statuses = ",".join(sorted(s.value for s in run_filter.statuses or ()))
-    parts = (
+    parts: tuple[object, ...] = (
         run_filter.workflow_name,
         statuses,
         run_filter.parent_run_id,
         run_filter.create_time_after,
         run_filter.create_time_before,
     )
+    if run_filter.idempotency_key is not None or run_filter.schedule_id is not None:
+        parts += (run_filter.idempotency_key, run_filter.schedule_id)
     return _fingerprint("|".join(str(part) for part in parts))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -13,14 +13,17 @@ import grpc
 from stepd.server.api.convert import (
     check_hello,
     command_from_proto,
-    outgoing_to_proto,
     workflow_limits,
 )
 from stepd.server.api.convert_schedules import declarations_from_hello
-from stepd.server.api.errors import Undecodable, client_status, server_fault
+from stepd.server.api.errors import Undecodable, client_status, server_fault, store_status
+from stepd.server.api.stream_messages import responses
+from stepd.server.engine.commands import Command
 from stepd.server.engine.engine import Engine
 from stepd.server.engine.errors import EngineError, InvalidArgument
 from stepd.server.engine.sessions import WorkerSession
+from stepd.server.engine.validation import worker_message_bytes
+from stepd.server.store.errors import StoreError
 from stepd.v1 import worker_service_pb2 as pb
 from stepd.v1 import worker_service_pb2_grpc
 
@@ -29,6 +32,10 @@ log = logging.getLogger("stepd.api")
 Context = grpc.aio.ServicerContext[Any, Any]
 HELLO_TIMEOUT_SECONDS = 30.0
 RPC = "PollTask"
+#: How many commands are converted before the event loop gets a turn.
+_CONVERT_SLICE = 64
+#: A stream ended for these leaves one INFO line (a worker past a limit).
+_REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
@@ -68,11 +75,15 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         except EngineError as exc:
             await self._abort(context, exc)
             return
+        except StoreError as exc:
+            await context.abort(*store_status(exc, RPC))
+            return
         reader = asyncio.create_task(self._read(requests, session))
         try:
             yield pb.PollTaskResponse(settings=self._settings())
             while (batch := await session.next_batch()) is not None:
-                yield outgoing_to_proto(batch)
+                for response in responses(batch):
+                    yield response
         except Exception:
             code, message = server_fault(RPC, None)
             session.close()
@@ -97,13 +108,18 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         if first.WhichOneof("message") != "hello":
             raise InvalidArgument("the first PollTask message must be a hello")
         hello = first.hello
+        # A hello at its limits takes tens of milliseconds per pass over it: the
+        # event loop gets a turn between them.
         check_hello(hello)
+        await asyncio.sleep(0)
+        declarations = declarations_from_hello(hello)
+        await asyncio.sleep(0)
         return await self._engine.connect_worker(
             hello.worker_id,
             hello.identity,
             [(w.name, w.version) for w in hello.workflows],
             hello.capacity,
-            declarations_from_hello(hello),
+            declarations,
             limits=workflow_limits(hello),
             max_cached_runs=hello.max_cached_runs,
         )
@@ -112,6 +128,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         code, message = client_status(exc, RPC)
         if code is grpc.StatusCode.INTERNAL:
             log.error("PollTask ended: %s", message)
+        elif code in _REFUSALS:
+            log.info("PollTask ended: %s: %s", code.name, message)
         await context.abort(code, message)
 
     async def _read(
@@ -126,7 +144,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                     break
                 kind = request.WhichOneof("message")
                 if kind == "commands":
-                    commands = [command_from_proto(c) for c in request.commands.commands]
+                    commands = await _converted(request.commands.commands)
                     task = asyncio.create_task(self._engine.apply_commands(session, commands))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -147,4 +165,17 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         settings = pb.StreamSettings()
         settings.heartbeat_interval.FromMilliseconds(self._engine.config.heartbeat_interval_ms)
         settings.lease_timeout.FromMilliseconds(self._engine.config.lease_timeout_ms)
+        settings.max_message_bytes = worker_message_bytes(self._engine.config.max_payload_bytes)
         return settings
+
+
+async def _converted(messages: Sequence[pb.WorkerCommand]) -> list[Command]:
+    """The engine's commands for a batch, converted a slice at a time (a batch
+    near its size limit takes tens of milliseconds): the next message is read
+    only after, so batches keep their order."""
+    commands: list[Command] = []
+    for start in range(0, len(messages), _CONVERT_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        commands.extend(command_from_proto(c) for c in messages[start : start + _CONVERT_SLICE])
+    return commands

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
 from stepd.server import __version__
-from stepd.server.api import page_tokens
+from stepd.server.api import page_tokens, trace_context
 from stepd.server.api.convert import (
     STATUS_FROM_PROTO,
     duration_seconds,
@@ -16,18 +17,27 @@ from stepd.server.api.convert import (
     payload_in,
     run_to_proto,
 )
+from stepd.server.api.convert_operations import (
+    deadline_change,
+    page_of_workers,
+    worker_to_proto,
+)
+from stepd.server.api.convert_runs import details_to_proto, update_to_proto
 from stepd.server.api.convert_schedules import (
     decode_page_token,
     encode_page_token,
     schedule_to_proto,
     spec_from_proto,
 )
-from stepd.server.api.errors import maps_errors
-from stepd.server.domain import RunFilter
+from stepd.server.api.errors import Undecodable, client_status, maps_errors, server_fault
+from stepd.server.domain import NO_TRACE, RunFilter, TraceContext
 from stepd.server.engine.engine import Engine, TriggerParams
-from stepd.server.engine.errors import InvalidArgument
+from stepd.server.engine.errors import EngineError, InvalidArgument
+from stepd.server.engine.run_actions import BulkAction, ForkParams
 from stepd.server.engine.validation import check_name, check_text
-from stepd.server.security.auth_interceptor import current_key_id
+from stepd.server.security.auth_interceptor import current_key_id, current_principal
+from stepd.server.security.roles import Right
+from stepd.v1 import operations_pb2 as ops
 from stepd.v1 import workflow_service_pb2 as pb
 from stepd.v1 import workflow_service_pb2_grpc
 
@@ -51,14 +61,58 @@ FEATURES = (
     "delayed-start",
     "child-runs",
     "hold-run",
+    "trace-context",
+    "watch-run",
+    "progress",
+    "pending-waits",
+    "retry-run",
+    "fork-run",
+    "delete-run",
+    "bulk-actions",
+    "list-workers",
 )
+
+
+def _may_see_hooks() -> bool:
+    """Whether the caller may see hook tokens: it may execute hooks (or the
+    server runs without keys)."""
+    principal = current_principal()
+    return principal is None or Right.EXECUTE_HOOK in principal.rights
+
+
+def run_filter_from(request: pb.ListRunsRequest, prefix: str = "") -> RunFilter:
+    """The run filter of a ListRunsRequest (ListRuns, and the bulk actions' ``filter``,
+    whose fields errors name with ``prefix``)."""
+    check_name(prefix + "workflow_name", request.workflow_name)
+    check_name(prefix + "parent_run_id", request.parent_run_id)
+    check_name(prefix + "idempotency_key", request.idempotency_key)
+    check_name(prefix + "schedule_id", request.schedule_id)
+    statuses = set()
+    for value in request.statuses:
+        if value not in STATUS_FROM_PROTO:
+            raise InvalidArgument(f"{prefix}statuses contains an unknown status {value}")
+        statuses.add(STATUS_FROM_PROTO[value])
+    after, before = prefix + "create_time_after", prefix + "create_time_before"
+    return RunFilter(
+        workflow_name=request.workflow_name or None,
+        statuses=frozenset(statuses) or None,
+        parent_run_id=request.parent_run_id or None,
+        create_time_after=optional_ms(request, "create_time_after", after),
+        create_time_before=optional_ms(request, "create_time_before", before),
+        idempotency_key=request.idempotency_key or None,
+        schedule_id=request.schedule_id or None,
+    )
 
 
 class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     """The client-facing API."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, current_trace: Callable[[], TraceContext] = lambda: NO_TRACE
+    ) -> None:
         self._engine = engine
+        # The context of the call's server span, when tracing is on.
+        self._current_trace = current_trace
 
     @maps_errors
     async def Trigger(self, request: pb.TriggerRequest, context: Context) -> pb.TriggerResponse:
@@ -67,6 +121,12 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         check_name("idempotency_key", request.idempotency_key)
         check_name("concurrency_key", request.concurrency_key)
         payload = payload_in(request.input, "input")
+        if request.HasField("trace_context"):
+            trace = trace_context.from_message(request.trace_context, "trace_context")
+        else:
+            trace = self._current_trace() or trace_context.from_metadata(
+                context.invocation_metadata()
+            )
         run, existed = await self._engine.trigger(
             TriggerParams(
                 workflow_name=request.workflow_name,
@@ -78,6 +138,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                 deadline=optional_ms(request, "deadline", "deadline"),
                 start_time_not_before=optional_ms(request, "start_time", "start_time"),
                 concurrency_key=request.concurrency_key or None,
+                trace=trace,
             )
         )
         return pb.TriggerResponse(run=run_to_proto(run), already_existed=existed)
@@ -90,28 +151,17 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             timeout = duration_seconds(request.wait_timeout, "wait_timeout")
             if timeout < 0:
                 raise InvalidArgument("wait_timeout must not be negative")
-        run = await self._engine.get_run(request.run_id, wait=request.wait, wait_seconds=timeout)
-        msg = run_to_proto(run)
-        msg.waiting_reason = await self._engine.waiting_reason(run)
-        return pb.GetRunResponse(run=msg)
+        details = await self._engine.describe_run(
+            request.run_id, wait=request.wait, wait_seconds=timeout, hook_tokens=_may_see_hooks()
+        )
+        response = details_to_proto(details)
+        response.run.waiting_reason = await self._engine.waiting_reason(details.run)
+        return response
 
     @maps_errors
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
-        check_name("workflow_name", request.workflow_name)
-        check_name("parent_run_id", request.parent_run_id)
         check_text("page_token", request.page_token)
-        statuses = set()
-        for value in request.statuses:
-            if value not in STATUS_FROM_PROTO:
-                raise InvalidArgument(f"statuses contains an unknown status {value}")
-            statuses.add(STATUS_FROM_PROTO[value])
-        run_filter = RunFilter(
-            workflow_name=request.workflow_name or None,
-            statuses=frozenset(statuses) or None,
-            parent_run_id=request.parent_run_id or None,
-            create_time_after=optional_ms(request, "create_time_after", "create_time_after"),
-            create_time_before=optional_ms(request, "create_time_before", "create_time_before"),
-        )
+        run_filter = run_filter_from(request)
         cursor = page_tokens.decode(request.page_token, run_filter)
         runs, next_cursor = await self._engine.list_runs(
             run_filter, request.page_size, cursor, payloads=request.include_payloads
@@ -176,6 +226,24 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             events=[history_to_proto(position, entry) for position, entry in page],
             next_page_token=token,
         )
+
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: Context
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        try:
+            if isinstance(request, Undecodable):
+                raise request.error()
+            check_name("run_id", request.run_id, required=True)
+            check_text("page_token", request.page_token)
+            cursor = page_tokens.decode_history(request.page_token, request.run_id)
+            async for update in self._engine.watch_run(request.run_id, cursor):
+                yield update_to_proto(request.run_id, update)
+            return
+        except EngineError as exc:
+            code, message = client_status(exc, "WatchRun")
+        except Exception:
+            code, message = server_fault("WatchRun", request)
+        await context.abort(code, message)
 
     @maps_errors
     async def ExecuteHook(
@@ -276,3 +344,93 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         if outcome.run is not None:
             response.run.CopyFrom(run_to_proto(outcome.run))
         return response
+
+    # -- operator actions on runs (docs/operating-runs.md) ----------------------
+
+    @maps_errors
+    async def RetryRun(
+        self, request: ops.RetryRunRequest, context: Context
+    ) -> ops.RetryRunResponse:
+        check_name("run_id", request.run_id, required=True)
+        check_text("reason", request.reason)
+        run = await self._engine.actions.retry(
+            request.run_id, deadline_change(request), reason=request.reason, actor=current_key_id()
+        )
+        return ops.RetryRunResponse(run=run_to_proto(run))
+
+    @maps_errors
+    async def ForkRun(self, request: ops.ForkRunRequest, context: Context) -> ops.ForkRunResponse:
+        check_name("run_id", request.run_id, required=True)
+        check_name("step_key", request.step_key, required=True)
+        check_name("workflow_version", request.workflow_version)
+        run, existed = await self._engine.actions.fork(
+            ForkParams(
+                run_id=request.run_id,
+                step_key=request.step_key,
+                new_run_id=request.new_run_id,
+                workflow_version=request.workflow_version,
+                request_id=request.request_id,
+                deadline=optional_ms(request, "deadline", "deadline"),
+            ),
+            actor=current_key_id(),
+        )
+        return ops.ForkRunResponse(run=run_to_proto(run), already_existed=existed)
+
+    @maps_errors
+    async def DeleteRun(
+        self, request: ops.DeleteRunRequest, context: Context
+    ) -> ops.DeleteRunResponse:
+        check_name("run_id", request.run_id, required=True)
+        await self._engine.actions.delete(request.run_id)
+        return ops.DeleteRunResponse(run_id=request.run_id)
+
+    @maps_errors
+    async def CancelRuns(
+        self, request: pb.CancelRunsRequest, context: Context
+    ) -> pb.CancelRunsResponse:
+        check_text("reason", request.reason)
+        result = await self._bulk(BulkAction.CANCEL, request, request.reason)
+        return pb.CancelRunsResponse(**result)
+
+    @maps_errors
+    async def RetryRuns(
+        self, request: pb.RetryRunsRequest, context: Context
+    ) -> pb.RetryRunsResponse:
+        check_text("reason", request.reason)
+        result = await self._bulk(BulkAction.RETRY, request, request.reason)
+        return pb.RetryRunsResponse(**result)
+
+    async def _bulk(
+        self, action: BulkAction, request: pb.CancelRunsRequest | pb.RetryRunsRequest, reason: str
+    ) -> dict[str, Any]:
+        check_text("page_token", request.page_token)
+        run_filter = run_filter_from(request.filter, "filter.")
+        cursor = page_tokens.decode(request.page_token, run_filter)
+        result = await self._engine.actions.bulk(
+            action,
+            run_filter,
+            dry_run=request.dry_run,
+            batch_size=request.batch_size,
+            before_seq=cursor,
+            reason=reason,
+            actor=current_key_id(),
+        )
+        token = "" if result.next_seq is None else page_tokens.encode(result.next_seq, run_filter)
+        return {
+            "matched": result.matched,
+            "changed": result.changed,
+            "skipped": result.skipped,
+            "next_page_token": token,
+        }
+
+    @maps_errors
+    async def ListWorkers(
+        self, request: ops.ListWorkersRequest, context: Context
+    ) -> ops.ListWorkersResponse:
+        check_text("page_token", request.page_token)
+        workers, after = page_of_workers(
+            await self._engine.workers.list(), request.page_size, request.page_token
+        )
+        return ops.ListWorkersResponse(
+            workers=[worker_to_proto(w) for w in workers], next_page_token=after
+        )

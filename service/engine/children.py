@@ -22,7 +22,7 @@ import logging
 
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
-from stepd.server.domain import NewRun, RunRecord
+from stepd.server.domain import NewRun, RunRecord, run_fields
 from stepd.server.engine.commands import CommandResult, CommandStatus, HoldRun, StartChild
 from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.errors import EngineError, InvalidArgument
@@ -111,6 +111,7 @@ class ChildRuns:
             parent_run_id=run_id,
             root_run_id=run_id,  # the store puts the parent's root here
             detached=action.detached,
+            trace=action.trace,
         )
         outcome = await self._store.start_child(run_id, lease_id, action.child_key, new)
         if outcome.status is StartChildStatus.LEASE_LOST:
@@ -139,7 +140,13 @@ class ChildRuns:
         if run is None:
             return self._ledger.lease_lost(cid, run_id, session)
         self._ledger.let_go(session, run_id)
-        log.warning("run %s held by worker %s: %s", run_id, session.identity, error.message)
+        log.warning(
+            "run %s held by worker %s: %s",
+            run_id,
+            session.identity,
+            error.message,
+            extra=run_fields(run_id, run.workflow_name, lease_id),
+        )
         self._dispatcher.hold(run.workflow_name, run.workflow_version, run_id, session.worker_id)
         return CommandResult(cid, CommandStatus.OK)
 
@@ -186,7 +193,9 @@ class ChildRuns:
                 )
         except Exception:
             log.exception(
-                "follow-up of the end of run %s failed; the next start redoes it", run.run_id
+                "follow-up of the end of run %s failed; the next start redoes it",
+                run.run_id,
+                extra=run_fields(run.run_id, run.workflow_name),
             )
 
     async def _wake_parent(self, child: RunRecord) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from stepd.server.domain import ErrorDetails, StepRow, WaitSpec
+from stepd.server.domain import NO_TRACE, ErrorDetails, StepRow, TraceContext, WaitSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,7 @@ class RecordEvent:
     entry_key: str
     name: str
     payload: PayloadIn
+    progress: bool = False  # the entry is the run's progress
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,8 @@ class StartChild:
     workflow_version: str
     input: PayloadIn
     detached: bool
+    # The parent's trace context where it started the child (none: the parent run's).
+    trace: TraceContext = NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """Matching ready runs to connected workers, never past their capacity.
 
 Ready runs wait in memory, in one FIFO per (workflow, version); version ""
-means "any version of the workflow". The store's claim (a conditional
+means "any version of the workflow". Only queues that hold runs are kept, and a
+pass looks only at those a worker draws from, so its cost does not grow with
+the number of versions registered or served. The store's claim (a conditional
 PENDING -> RUNNING write) is what makes a hand-out final, so a run that sits in
 two queues, or was cancelled meanwhile, is still handed out at most once.
 Nothing here polls the database: a dispatch pass runs when a run becomes
@@ -15,7 +17,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sized
 from typing import Any
 
 from stepd.server.engine.sessions import WorkerSession
@@ -46,6 +48,8 @@ class Dispatcher:
         self._rotation = itertools.count()
         self._pending_pass = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Runs put back after a fault, each waiting for its delay (``push_later``).
+        self._later: set[asyncio.TimerHandle] = set()
 
     # -- ready runs --------------------------------------------------------
 
@@ -55,6 +59,19 @@ class Dispatcher:
         lanes = self._resumed if resumed else self._queues
         lanes.setdefault((workflow_name, version), deque()).append(run_id)
         self.kick()
+
+    def push_later(self, delay: float, workflow_name: str, version: str, run_id: str) -> None:
+        """Make a run ready as a resumed one after ``delay`` seconds (a run put
+        back after a fault of the server backs off)."""
+        handle: asyncio.TimerHandle | None = None
+
+        def due() -> None:
+            if handle is not None:
+                self._later.discard(handle)
+            self.push(workflow_name, version, run_id, resumed=True)
+
+        handle = asyncio.get_running_loop().call_later(delay, due)
+        self._later.add(handle)
 
     def push_to(
         self, session: WorkerSession, workflow_name: str, version: str, run_id: str
@@ -82,17 +99,19 @@ class Dispatcher:
         self._refused.pop(run_id, None)
 
     def ready_count(self) -> int:
-        """How many runs wait in the ready queues (stale entries included)."""
-        return sum(len(q) for lanes in (self._queues, self._resumed) for q in lanes.values())
+        """How many runs wait in the ready queues or for their delay after a fault
+        (stale entries included)."""
+        queued = sum(len(q) for lanes in (self._queues, self._resumed) for q in lanes.values())
+        return queued + len(self._later)
 
     def serves(self, key: QueueKey) -> bool:
         """Whether a connected worker draws from the queue ``key``."""
-        return any(key in session.queue_keys for session in self._sessions)
+        return any(key in session.queue_key_set for session in self._sessions)
 
     def can_take_now(self, key: QueueKey) -> bool:
         """Whether the workers drawing from ``key`` have room for everything queued
         there (a run just queued included): it is handed out here at once."""
-        room = sum(s.free_slots for s in self._sessions if key in s.queue_keys)
+        room = sum(s.free_slots for s in self._sessions if key in s.queue_key_set)
         queued = sum(len(lanes.get(key, ())) for lanes in (self._queues, self._resumed))
         return room >= queued
 
@@ -104,7 +123,7 @@ class Dispatcher:
         for session in self._sessions:
             free = session.free_slots
             lanes = (self._queues, self._resumed, self._held)
-            if free <= 0 or any(lane.get(k) for lane in lanes for k in session.queue_keys):
+            if free <= 0 or any(not session.queue_key_set.isdisjoint(lane) for lane in lanes):
                 continue
             keys.update(session.queue_keys)
             slots += free
@@ -159,34 +178,50 @@ class Dispatcher:
         if session.continuations:
             run_id, key = session.continuations.popleft()
             return run_id, key, ""
-        keys = session.queue_keys
         for lanes in (self._resumed, self._queues):
+            keys = _drawn_from(lanes, session)
             for offset in range(len(keys)):
                 index = (session.next_queue + offset) % len(keys)
-                queue = lanes.get(keys[index])
-                if not queue:
-                    continue
-                name, version = keys[index]
+                key = keys[index]
+                queue = lanes[key]
+                name, version = key
                 pin = session.newest_version(name) if version == "" else ""
                 if version == "" and not pin:
                     continue  # it serves only retired versions of the workflow
                 while queue:
                     run_id = queue.popleft()
                     if run_id not in session.held:
+                        if not queue:
+                            del lanes[key]
                         session.next_queue = index + 1
                         return run_id, (name, version or pin), pin
-        for key in keys:
-            held = self._held.get(key)
-            if not held:
-                continue
+                del lanes[key]
+        for key in _drawn_from(self._held, session):
+            held = self._held[key]
             for run_id in held:
                 refused = self._refused.get(run_id, ())
                 if session.worker_id not in refused and run_id not in session.held:
                     del held[run_id]  # we return at once: the iteration ends here
+                    if not held:
+                        del self._held[key]
                     return run_id, key, ""
         return None
 
     async def close(self) -> None:
-        """Wait for claims in flight to settle."""
+        """Drop runs waiting for their delay (they are PENDING in the store) and
+        wait for claims in flight to settle."""
+        for handle in self._later:
+            handle.cancel()
+        self._later.clear()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _drawn_from(lanes: Mapping[QueueKey, Sized], session: WorkerSession) -> list[QueueKey]:
+    """The queues of ``lanes`` (only those holding runs are kept) that ``session``
+    draws from, in a fixed order: whichever of the two is smaller is scanned."""
+    keys = session.queue_keys
+    if len(keys) <= len(lanes):
+        return [key for key in keys if key in lanes]
+    served = session.queue_key_set
+    return sorted(key for key in lanes if key in served)

@@ -19,12 +19,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.config import ServerConfig
 from stepd.server.domain import (
+    NO_TRACE,
     RUN_EXPIRY_KEY,
     HistoryCursor,
     HistoryEntry,
@@ -34,7 +36,9 @@ from stepd.server.domain import (
     RunRecord,
     RunStatus,
     SignalStatus,
+    TraceContext,
     WorkflowLimits,
+    run_fields,
 )
 from stepd.server.domain_schedules import WorkflowDeclaration
 from stepd.server.engine import hook_tokens
@@ -48,24 +52,40 @@ from stepd.server.engine.errors import (
     HookAlreadyExecuted,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
+from stepd.server.engine.faults import FaultPolicy, RunFaults
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle, RunListener
 from stepd.server.engine.observer import EngineObserver
+from stepd.server.engine.pauses import LoopPauses
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
-from stepd.server.engine.run_limits import RunLimits
+from stepd.server.engine.retention import Retention
+from stepd.server.engine.run_actions import RunActions
+from stepd.server.engine.run_details import RunDetails, run_details
+from stepd.server.engine.run_limits import RunLimits, journal_bytes
 from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.schedules import Scheduler
 from stepd.server.engine.sessions import Cancellation, WorkerSession
 from stepd.server.engine.sticky import StickyRuns
 from stepd.server.engine.timers import TimerSchedule
-from stepd.server.engine.validation import MAX_ID_LENGTH, MAX_PAGE_BYTES, check_id, shown
+from stepd.server.engine.validation import (
+    MAX_ID_LENGTH,
+    MAX_PAGE_BYTES,
+    MAX_VERSIONS_PER_WORKFLOW,
+    MAX_WORKFLOWS,
+    check_id,
+    shown,
+)
 from stepd.server.engine.waiters import RunWaiters
+from stepd.server.engine.watch import RunWatchers, WatchLimits, WatchUpdate, watch
 from stepd.server.engine.worker_commands import WorkerCommands
+from stepd.server.engine.workers import WorkerDirectory
 from stepd.server.store.base import ConcurrencyRefusedError, RunConflictError, Store
+from stepd.server.store.errors import StoreUnavailableError
 from stepd.server.store.notify import channel_for
 from stepd.server.store.schedules import RESERVED_KEY_PREFIX
 
@@ -90,6 +110,8 @@ class TriggerParams:
     deadline: int | None = None
     start_time_not_before: int | None = None
     concurrency_key: str | None = None
+    # The caller's W3C trace context, stored with the run.
+    trace: TraceContext = NO_TRACE
 
 
 class Engine:
@@ -104,11 +126,13 @@ class Engine:
         self.config = config
         self.clock = clock
         self.registry = WorkflowRegistry()
-        self.run_limits = RunLimits(config.max_journal_entries)
+        self.run_limits = RunLimits(config.max_journal_entries, config.max_journal_bytes)
         self.dispatcher = Dispatcher(self._claim_for)
         self.sticky = StickyRuns()  # suspended runs kept live by their worker
         self.ledger = LeaseLedger(self.dispatcher.kick, self.run_limits.release)
         self.waiters = RunWaiters()
+        self.watchers = RunWatchers()  # WatchRun streams, woken as writes commit
+        store.on_history(self.watchers.touched)
         channel = channel_for(config.database)
         # Replicas load timers a shorter way ahead: those a dead replica held fire soon.
         horizon = REPLICA_TIMER_HORIZON_MS if channel is not None else 60_000
@@ -169,6 +193,8 @@ class Engine:
             horizon,
             clock=clock,
         )
+        # Runs whose claim or command failed in the server: back off, then fail.
+        self.faults = FaultPolicy(self.lifecycle, self.dispatcher, RunFaults())
         self.commands = WorkerCommands(
             store,
             config,
@@ -179,6 +205,19 @@ class Engine:
             self.children,
             self.sticky,
             self.timers,
+            self.faults,
+        )
+        # Operator actions on whole runs; retention; the list of workers.
+        self.actions = RunActions(
+            store, config, self.registry, self.lifecycle, self.policy, clock=clock
+        )
+        self.retention = Retention(store, config.retention_ms, clock=clock)
+        self.workers = WorkerDirectory(
+            store,
+            self.replicas.replica_id,
+            lambda: self.dispatcher.sessions,
+            replicated=self.replicas.replicated,
+            clock=clock,
         )
         # Who hears of a run made ready or ended, in this order.
         self.lifecycle.on_ready(self.replicas.ready)
@@ -187,6 +226,7 @@ class Engine:
         self.lifecycle.on_end(self.waiters.answer)
         self.lifecycle.on_end(self.concurrency.run_ended)
         self.lifecycle.on_waiting(self.concurrency.run_waiting)
+        self.lifecycle.on_end(lambda run: self.faults.forget(run.run_id))
         self._handed_out_listeners: list[RunListener] = []
         self._lease_monitor: asyncio.Task[None] | None = None
         self._closing = False
@@ -224,6 +264,8 @@ class Engine:
         self.starts.start()
         self.schedules.start()
         self.concurrency.start()
+        self.retention.start()
+        self.workers.start()
 
     async def _recover_all(self) -> None:
         recovered = 0
@@ -252,6 +294,8 @@ class Engine:
     async def close(self) -> None:
         """Stop timers, end worker sessions and settle claims in flight."""
         self._closing = True
+        await self.retention.close()
+        await self.workers.close()
         await self.replicas.close()
         if self._lease_monitor is not None:
             self._lease_monitor.cancel()
@@ -310,6 +354,7 @@ class Engine:
             deadline=params.deadline,
             start_time_not_before=params.start_time_not_before,
             concurrency_key=params.concurrency_key,
+            trace=params.trace,
         )
         try:
             outcome = await self.store.create_run(new)
@@ -345,6 +390,34 @@ class Engine:
         but a free worker)."""
         return await self.concurrency.waiting_reason(run)
 
+    async def describe_run(
+        self,
+        run_id: str,
+        *,
+        wait: bool = False,
+        wait_seconds: float | None = None,
+        hook_tokens: bool = False,
+    ) -> RunDetails:
+        """``get_run``, with what the run waits for (hook tokens only with
+        ``hook_tokens``) and whether a worker here serves it."""
+        run = await self.get_run(run_id, wait=wait, wait_seconds=wait_seconds)
+        token = self.hook_token if hook_tokens else None
+        return await run_details(self.store, run, self.registry.serves, token)
+
+    def hook_token(self, run_id: str, wait_key: str) -> str:
+        """The token of a run's hook (the one its worker derives)."""
+        secret = hook_tokens.run_secret(self._hook_keys[0], run_id)
+        return hook_tokens.make_token(secret, run_id, wait_key)
+
+    def watch_run(self, run_id: str, cursor: HistoryCursor) -> AsyncIterator[WatchUpdate]:
+        """A run's history after ``cursor``, then each entry as it commits, until
+        the run ends (see ``watch.py``)."""
+        if not run_id:
+            raise InvalidArgument("run_id is required")
+        poll = self.config.replica_poll_ms / 1000 if self.replicas.replicated else None
+        limits = WatchLimits(MAX_PAGE_SIZE, MAX_PAGE_BYTES, poll_seconds=poll)
+        return watch(self.store, self.watchers, run_id, cursor, limits)
+
     async def list_runs(
         self,
         run_filter: RunFilter,
@@ -371,7 +444,16 @@ class Engine:
         ``actor`` (the caller's API key id) goes into the run's history."""
         if not run_id:
             raise InvalidArgument("run_id is required")
-        return await self.lifecycle.cancel(run_id, reason or "cancelled", actor=actor)
+        run, already = await self.lifecycle.cancel(run_id, reason or "cancelled", actor=actor)
+        if not already:
+            log.info(
+                "run %s cancelled by key %s: %s",
+                run_id,
+                actor or "-",
+                shown(run.cancel_reason or ""),
+                extra=run_fields(run_id, run.workflow_name),
+            )
+        return run, already
 
     async def signal(
         self,
@@ -510,7 +592,9 @@ class Engine:
                 raise InvalidArgument("hello.workflows entries need a name and a version")
         self.schedules.check(declarations)
         await self.concurrency.declare(declarations)
+        await asyncio.sleep(0)  # a large hello: let the event loop have a turn
         new_pairs = [p for p in pairs if not self.registry.knows(*p)]
+        self._check_room(new_pairs)
         if new_pairs:
             await self.store.register_workflows(new_pairs)
             self.registry.add(new_pairs, self.clock.now_ms())
@@ -528,11 +612,29 @@ class Engine:
             limits,
             max_cached_runs,
             pinnable=self.registry.pinnable,
+            connect_time=self.clock.now_ms(),
         )
         self.dispatcher.add_session(session)
         self.replicas.poll_soon()  # runs made ready elsewhere before it came
         log.info("worker %s connected (capacity %d)", session.identity, capacity)
         return session
+
+    def _check_room(self, new_pairs: Sequence[tuple[str, str]]) -> None:
+        """Refuse versions past the registry's bounds (versions per workflow,
+        workflows in all): each stays stored for good."""
+        new_names = Counter(name for name, _ in new_pairs)
+        unknown = sum(1 for name in new_names if not self.registry.version_count(name))
+        if unknown and self.registry.workflow_count() + unknown > MAX_WORKFLOWS:
+            raise ResourceExhausted(
+                f"the server keeps at most {MAX_WORKFLOWS} workflows registered; "
+                f"this hello would add {unknown} more"
+            )
+        for name, count in new_names.items():
+            if self.registry.version_count(name) + count > MAX_VERSIONS_PER_WORKFLOW:
+                raise ResourceExhausted(
+                    f"the server keeps at most {MAX_VERSIONS_PER_WORKFLOW} versions of a "
+                    f"workflow registered, and {shown(name)} would pass it"
+                )
 
     async def disconnect_worker(self, session: WorkerSession) -> None:
         """Forget a worker's stream and re-queue every run it held (idempotent)."""
@@ -545,7 +647,10 @@ class Engine:
         self.dispatcher.remove_session(session)
         held = self.ledger.clear(session)
         for run_id, lease_id in held:
-            await self.lifecycle.requeue(run_id, lease_id)
+            try:
+                await self.lifecycle.requeue(run_id, lease_id)
+            except StoreUnavailableError as exc:  # its stored lease expires instead
+                log.warning("re-queueing run %s: storage unavailable (%s)", run_id, exc)
         log.info("worker %s disconnected; re-queued %d runs", session.identity, len(held))
 
     def drain_worker(self, session: WorkerSession, reason: str) -> None:
@@ -593,12 +698,38 @@ class Engine:
 
     async def _watch_leases(self) -> None:
         period = min(1.0, self.config.lease_timeout_ms / 4000)
+        pauses = LoopPauses(period)
+        storage_down = False
         while True:
+            pauses.sleeping()
             await asyncio.sleep(period)
+            paused = pauses.woke()
+            if paused:
+                self._excuse_pause(paused)
             try:
                 await self._check_leases()
+            except StoreUnavailableError as exc:
+                if not storage_down:  # one line per outage
+                    log.warning("lease check: storage unavailable (%s)", exc)
+                storage_down = True
             except Exception:
                 log.exception("lease check failed")
+            else:
+                storage_down = False
+
+    def _excuse_pause(self, seconds: float) -> None:
+        """The server did not run for ``seconds``: its workers' silence and their
+        step attempts' time meanwhile do not count, and their stored leases are
+        extended at once."""
+        log.log(
+            logging.WARNING if seconds >= 1.0 else logging.INFO,
+            "the server did not run for %.1f s (paused or blocked); leases and step "
+            "timeouts are extended by that much",
+            seconds,
+        )
+        for session in self.dispatcher.sessions:
+            session.excuse(seconds)
+        self.run_limits.postpone_attempts(int(seconds * 1000))
 
     async def _check_leases(self) -> None:
         """Expire silent workers, keep live workers' stored leases ahead of
@@ -622,7 +753,12 @@ class Engine:
             holder = self.ledger.holder(run.run_id)
             if holder is not None and not holder.closed:
                 continue
-            log.info("lease %d of run %s expired; re-queueing it", run.lease_id, run.run_id)
+            log.info(
+                "lease %d of run %s expired; re-queueing it",
+                run.lease_id,
+                run.run_id,
+                extra=run_fields(run.run_id, run.workflow_name, run.lease_id),
+            )
             await self.lifecycle.requeue(run.run_id, run.lease_id)
 
     # -- handing runs out, timers ------------------------------------------------
@@ -641,6 +777,7 @@ class Engine:
         """Claim a ready run for a session and send it the task."""
         limits = session.limits.get(served)
         parked = self.sticky.take_for(session, run_id)
+        failure: Exception | None = None
         try:
             claimed = await self.store.claim_run(
                 run_id,
@@ -651,9 +788,8 @@ class Engine:
                 continues_lease=parked.lease_id if parked is not None else 0,
                 known_entries=parked.entries if parked is not None else 0,
             )
-        except Exception:
-            log.exception("claiming run %s failed", run_id)
-            claimed = None
+        except Exception as exc:
+            claimed, failure = None, exc
         known = 0
         if parked is not None:
             if claimed is not None and claimed.continues_lease:
@@ -662,6 +798,9 @@ class Engine:
                 self.sticky.let_go(run_id, parked, "the run is handed out afresh")
         if claimed is None:
             self.ledger.give_up_claim(session, run_id)
+            if failure is not None:  # back in its queue after a delay (or failed)
+                queue = (served[0], "" if pin_version else served[1])
+                await self.faults.claim_failed(run_id, queue, failure)
             return
         lease_id = claimed.run.lease_id
         if session.closed:
@@ -673,6 +812,7 @@ class Engine:
             run_id,
             known + len(claimed.journal) + len(claimed.waits),
             limits.max_entries if limits is not None else None,
+            (parked.size if parked is not None and known else 0) + journal_bytes(claimed),
         )
         self.policy.schedule_expiry(claimed.run)
         hook_secret = hook_tokens.run_secret(self._hook_keys[0], run_id)
@@ -689,6 +829,7 @@ class Engine:
     async def run_ended_elsewhere(self, run_id: str) -> None:
         """Another replica ended a run: answer the callers waiting for it here,
         and stop a worker of this replica that still holds it."""
+        self.watchers.touched(run_id)
         if not self.waiters.waits_for(run_id) and self.ledger.holder(run_id) is None:
             return
         run = await self.store.get_run(run_id)

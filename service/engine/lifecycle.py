@@ -31,6 +31,7 @@ from stepd.server.engine.timers import TimerSchedule
 from stepd.server.engine.transitions import RunEvent
 from stepd.server.engine.validation import shown
 from stepd.server.store.base import Store
+from stepd.server.store.run_actions import DeadlineChange, RetryStatus
 
 #: Told of a run after the commit that made it ready, or ended it.
 RunListener = Callable[[RunRecord], None]
@@ -40,6 +41,7 @@ _COMPLETE = transitions.move(RunEvent.COMPLETE)
 _FAIL = transitions.move(RunEvent.FAIL)
 _CANCEL = transitions.move(RunEvent.CANCEL)
 _EXPIRE = transitions.move(RunEvent.EXPIRE)
+_RETRY = transitions.move(RunEvent.RETRY)
 
 
 class RunLifecycle:
@@ -118,23 +120,27 @@ class RunLifecycle:
             for listener in self._ready_listeners:
                 listener(run)
 
-    async def requeue(self, run_id: str, lease_id: int) -> bool:
+    async def requeue(self, run_id: str, lease_id: int, *, delay: float = 0) -> bool:
         """Take a run back from under ``lease_id`` (its worker is gone or failed it)
-        and make it ready again; False when the lease was gone already."""
+        and make it ready again, after ``delay`` seconds when given (it is PENDING
+        in the store at once); False when the lease was gone already."""
         run = await self._store.release_run(run_id, _RELEASE, lease_id)
         if run is None:
             return False
-        self.make_ready(run)
+        if delay > 0:
+            self._dispatcher.push_later(delay, run.workflow_name, run.workflow_version, run_id)
+        else:
+            self.make_ready(run)
         return True
 
     async def hand_out_again(
-        self, session: WorkerSession, run_id: str, lease_id: int, reason: str
+        self, session: WorkerSession, run_id: str, lease_id: int, reason: str, *, delay: float = 0
     ) -> None:
         """Take a run from the worker that holds it, tell the worker to drop it,
-        and make it ready for any worker."""
+        and make it ready for any worker (after ``delay`` seconds when given)."""
         self._ledger.let_go(session, run_id)
         session.send(Cancellation(run_id, lease_id, reason))
-        await self.requeue(run_id, lease_id)
+        await self.requeue(run_id, lease_id, delay=delay)
 
     # -- what the worker that holds a run says ---------------------------------------
 
@@ -230,6 +236,29 @@ class RunLifecycle:
         self._timers.forget_run(run_id)
         await self._store.abandon_waits(run_id)
         return run
+
+    async def retry(
+        self, run_id: str, deadline: DeadlineChange, *, reason: str = "", actor: str = ""
+    ) -> RunRecord:
+        """Resume a failed or cancelled run where it stopped (its journal kept, the
+        step that failed it run again) and make it ready. NotFound for an unknown
+        run; FailedPrecondition when it is not failed or cancelled, or when the
+        deadline it would keep has passed."""
+        outcome = await self._store.retry_run(run_id, _RETRY, deadline, reason=reason, actor=actor)
+        if outcome.status is RetryStatus.NOT_FOUND:
+            raise NotFound(f"run {shown(run_id)} not found")
+        if outcome.status is RetryStatus.DEADLINE_PASSED:
+            raise FailedPrecondition(
+                f"the deadline of run {shown(run_id)} has passed; "
+                "retry it with a new deadline, or clear its deadline"
+            )
+        if outcome.status is RetryStatus.WRONG_STATUS or outcome.run is None:
+            status = outcome.run.status.value if outcome.run is not None else "changing"
+            raise FailedPrecondition(
+                f"run {shown(run_id)} is {status}; only failed and cancelled runs can be retried"
+            )
+        self.make_ready(outcome.run)
+        return outcome.run
 
     def _ended(self, run: RunRecord) -> None:
         self._sticky.drop(run.run_id, f"run {run.status.value}")

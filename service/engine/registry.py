@@ -25,9 +25,12 @@ class WorkflowRegistry:
         self._retired: dict[tuple[str, str], int] = {}
         self._pins: dict[str, str] = {}
         self._served: Counter[tuple[str, str]] = Counter()
+        # current() per workflow, until anything it depends on changes.
+        self._current: dict[str, str | None] = {}
 
     def load(self, versions: Iterable[WorkflowVersion]) -> None:
         """Replace the view of stored versions (and which are retired)."""
+        self._current.clear()
         self._versions.clear()
         self._retired.clear()
         for v in versions:
@@ -38,6 +41,7 @@ class WorkflowRegistry:
     def merge(self, versions: Iterable[WorkflowVersion]) -> None:
         """Add stored versions not known here, and their retirements (registered
         or retired through another replica)."""
+        self._current.clear()
         for v in versions:
             self._versions.setdefault(v.name, {}).setdefault(v.version, v.first_seen)
             if v.retire_time is not None:
@@ -45,12 +49,22 @@ class WorkflowRegistry:
 
     def set_pins(self, pins: Mapping[str, str]) -> None:
         """Replace the pins (workflow name -> version) with the stored ones."""
+        self._current.clear()
         self._pins = dict(pins)
 
     def add(self, pairs: Iterable[tuple[str, str]], first_seen: int) -> None:
         """Remember newly registered (name, version) pairs."""
+        self._current.clear()
         for name, version in pairs:
             self._versions.setdefault(name, {}).setdefault(version, first_seen)
+
+    def version_count(self, name: str) -> int:
+        """How many versions of ``name`` are registered."""
+        return len(self._versions.get(name, ()))
+
+    def workflow_count(self) -> int:
+        """How many workflows (names) are registered."""
+        return len(self._versions)
 
     def knows(self, name: str, version: str) -> bool:
         """Whether (name, version) is registered."""
@@ -58,24 +72,37 @@ class WorkflowRegistry:
 
     def serving(self, pairs: Iterable[tuple[str, str]]) -> None:
         """A worker that serves ``pairs`` connected."""
+        self._current.clear()
         self._served.update(pairs)
 
     def stopped_serving(self, pairs: Iterable[tuple[str, str]]) -> None:
         """A worker that served ``pairs`` went away."""
-        self._served.subtract(pairs)
-        for pair in [p for p, count in self._served.items() if count <= 0]:
-            del self._served[pair]
+        self._current.clear()
+        gone = list(pairs)
+        self._served.subtract(gone)
+        for pair in gone:
+            if self._served.get(pair, 1) <= 0:
+                del self._served[pair]
 
     def served_by(self, name: str, version: str) -> int:
         """How many connected workers serve (name, version)."""
         return self._served.get((name, version), 0)
 
+    def serves(self, name: str, version: str) -> bool:
+        """Whether a connected worker serves ``name`` at ``version`` (any version
+        when ``version`` is empty)."""
+        if version:
+            return self.served_by(name, version) > 0
+        return any(served == name for served, _ in self._served)
+
     def pin(self, name: str, version: str) -> None:
         """Pin ``name``'s current version (the store has it already)."""
+        self._current.clear()
         self._pins[name] = version
 
     def unpin(self, name: str) -> None:
         """Remove ``name``'s pin."""
+        self._current.clear()
         self._pins.pop(name, None)
 
     def pinned(self, name: str) -> str | None:
@@ -84,6 +111,7 @@ class WorkflowRegistry:
 
     def retire(self, name: str, version: str, when: int) -> None:
         """Mark a version retired (the store has it already)."""
+        self._current.clear()
         self._retired.setdefault((name, version), when)
 
     def retired(self, name: str, version: str) -> bool:
@@ -96,6 +124,13 @@ class WorkflowRegistry:
 
     def current(self, name: str) -> str | None:
         """The version that takes runs of ``name`` started without one (see the class)."""
+        if name in self._current:
+            return self._current[name]
+        version = self._find_current(name)
+        self._current[name] = version
+        return version
+
+    def _find_current(self, name: str) -> str | None:
         pinned = self._pins.get(name)
         if pinned is not None:
             return pinned

@@ -37,6 +37,7 @@ from stepd.server.domain import RunRecord
 from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.waiters import RunWaiters
 from stepd.server.store.base import Store
+from stepd.server.store.errors import StoreUnavailableError
 from stepd.server.store.notify import MAX_PAYLOAD_BYTES, NotifyChannel
 
 log = logging.getLogger("stepd.replicas")
@@ -89,6 +90,11 @@ class ReplicaLink:
         self._poller: asyncio.Task[None] | None = None
         self._poll_now = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def replica_id(self) -> str:
+        """This replica's id (random, per process), as other replicas hear of it."""
+        return self._id
 
     @property
     def replicated(self) -> bool:
@@ -182,6 +188,8 @@ class ReplicaLink:
                 if loop.time() - swept_at >= FOLLOW_UP_SWEEP_SECONDS:
                     swept_at = loop.time()
                     await self._recover()
+            except StoreUnavailableError as exc:
+                log.warning("polling for ready runs: storage unavailable (%s)", exc)
             except Exception:
                 log.exception("polling for ready runs failed")
 

@@ -22,6 +22,7 @@ from stepd.server.domain import (
     RecordStepStatus,
     RunRecord,
     StepRow,
+    run_fields,
 )
 from stepd.server.engine.commands import CommandResult, CommandStatus, StartStep
 from stepd.server.engine.dispatcher import Dispatcher
@@ -40,6 +41,7 @@ STEP_TIMEOUT_ERROR = "stepd.StepTimeoutError"
 DEADLINE_ERROR = "stepd.DeadlineExceeded"
 EXECUTION_TIMEOUT_ERROR = "stepd.ExecutionTimeout"
 MAX_ENTRIES_ERROR = "stepd.MaxEntriesExceeded"
+JOURNAL_TOO_LARGE_ERROR = "stepd.JournalTooLarge"
 
 
 class RunPolicy:
@@ -114,7 +116,12 @@ class RunPolicy:
         outcome = await self._store.record_step(run_id, lease_id, step)
         if outcome.status is RecordStepStatus.LEASE_LOST:
             return
-        log.warning("run %s: %s; handing the run out again", run_id, message)
+        log.warning(
+            "run %s: %s; handing the run out again",
+            run_id,
+            message,
+            extra=run_fields(run_id, lease=lease_id),
+        )
         session.mark_suspect()  # its event loop may be blocked: no new runs until it speaks
         self._dispatcher.unstick(session)
         await self._lifecycle.hand_out_again(session, run_id, lease_id, message)
@@ -134,7 +141,28 @@ class RunPolicy:
         await self._lifecycle.fail_held(
             session, run_id, lease_id, error, FailureReason.MAX_ENTRIES_EXCEEDED
         )
-        log.warning("run %s failed: %s", run_id, error.message)
+        log.warning(
+            "run %s failed: %s", run_id, error.message, extra=run_fields(run_id, lease=lease_id)
+        )
+        return self._ledger.lease_lost(cid, run_id, session)
+
+    async def journal_too_large(
+        self, session: WorkerSession, cid: int, run_id: str, lease_id: int, step_key: str
+    ) -> CommandResult:
+        """The step would take the run's journal past its byte budget: fail the run."""
+        limit = self._limits.max_bytes
+        error = ErrorDetails(
+            JOURNAL_TOO_LARGE_ERROR,
+            f"step {step_key!r} would take the journal of run {run_id} past its budget of "
+            f"{limit} bytes of step results and met waits' payloads (stepd serve "
+            "--max-journal-bytes); keep large data outside the run and pass references, "
+            "or split the work into child runs",
+            step_key=step_key,
+        )
+        await self._lifecycle.fail_held(
+            session, run_id, lease_id, error, FailureReason.JOURNAL_TOO_LARGE
+        )
+        log.warning("run %s failed: its journal would pass %d bytes", run_id, limit)
         return self._ledger.lease_lost(cid, run_id, session)
 
     def schedule_expiry(self, run: RunRecord) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,8 +45,13 @@ class WorkerSession:
         limits: Mapping[tuple[str, str], WorkflowLimits] | None = None,
         max_cached_runs: int = 0,
         pinnable: Callable[[str, str], bool] | None = None,
+        connect_time: int = 0,
     ) -> None:
         self.worker_id = worker_id
+        # This stream's own id (a worker id may reconnect), and when it connected
+        # (epoch ms, the engine's clock): what ListWorkers shows.
+        self.session_id = uuid.uuid4().hex[:16]
+        self.connect_time = connect_time
         # Whether a run stored without a version may be pinned to one this
         # worker serves (not to a retired version).
         self._pinnable = pinnable
@@ -57,7 +64,16 @@ class WorkerSession:
         self.queue_keys: tuple[tuple[str, str], ...] = tuple(
             sorted({key for name, version in serves for key in ((name, version), (name, ""))})
         )
+        self.queue_key_set = frozenset(self.queue_keys)
         self.next_queue = 0
+        # Each workflow's versions served here, greatest first (see newest_version).
+        by_name: dict[str, list[str]] = {}
+        for name, version in serves:
+            by_name.setdefault(name, []).append(version)
+        self._versions_of = {
+            name: sorted(versions, key=_version_order, reverse=True)
+            for name, versions in by_name.items()
+        }
         self.capacity = capacity
         # How many suspended runs the worker keeps live (0: no continuations).
         self.max_cached_runs = max_cached_runs
@@ -79,8 +95,10 @@ class WorkerSession:
         """The version of ``name`` this worker serves (the greatest, if several) that
         a run stored without a version may be pinned to; "" when there is none."""
         pinnable = self._pinnable
-        versions = [v for n, v in self.serves if n == name and (not pinnable or pinnable(n, v))]
-        return max(versions, key=_version_order, default="")
+        for version in self._versions_of.get(name, ()):
+            if pinnable is None or pinnable(name, version):
+                return version
+        return ""
 
     @property
     def lease_owner(self) -> str:
@@ -116,6 +134,14 @@ class WorkerSession:
         if was_suspect:
             self.suspect_since = None
         return was_suspect
+
+    def excuse(self, seconds: float) -> None:
+        """The server did not run for ``seconds`` (paused): that silence is not the
+        worker's, and its stored leases are extended at the next lease check."""
+        self.last_seen = min(self.last_seen + seconds, time.monotonic())
+        if self.suspect_since is not None:
+            self.suspect_since += seconds
+        self.leases_extended_at = -math.inf
 
     def silent_for(self) -> float:
         """Seconds since the worker last sent anything."""

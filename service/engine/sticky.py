@@ -28,6 +28,8 @@ class Parked:
     lease_id: int
     #: Journal entries that worker has seen (the count the next ones follow).
     entries: int
+    #: The bytes of those entries' payloads (``run_limits.journal_bytes``).
+    size: int = 0
 
 
 class StickyRuns:
@@ -40,12 +42,15 @@ class StickyRuns:
     def __len__(self) -> int:
         return len(self._runs)
 
-    def remember(self, session: WorkerSession, run_id: str, lease_id: int, entries: int) -> None:
-        """``session`` suspended ``run_id`` under ``lease_id`` and keeps it live."""
+    def remember(
+        self, session: WorkerSession, run_id: str, lease_id: int, entries: int, size: int = 0
+    ) -> None:
+        """``session`` suspended ``run_id`` under ``lease_id`` and keeps it live
+        (having seen ``entries`` journal entries of ``size`` bytes)."""
         if session.max_cached_runs <= 0 or session.closed or session.draining:
             return
         self.take(run_id)
-        self._runs[run_id] = Parked(session, lease_id, entries)
+        self._runs[run_id] = Parked(session, lease_id, entries, size)
         parked = self._by_session.setdefault(session, OrderedDict())
         parked[run_id] = None
         while len(parked) > session.max_cached_runs:  # the worker evicted its oldest too

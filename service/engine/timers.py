@@ -16,8 +16,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from stepd.server.clock import SYSTEM_CLOCK, Clock, TimerHandle
-from stepd.server.domain import DueTimer
+from stepd.server.domain import DueTimer, run_fields
 from stepd.server.store.base import Store
+from stepd.server.store.errors import StoreUnavailableError
 
 log = logging.getLogger("stepd.timers")
 
@@ -111,9 +112,14 @@ class TimerSchedule:
     async def _fire_safely(self, run_id: str, wait_key: str) -> None:
         try:
             await self._fire(run_id, wait_key)
+        except StoreUnavailableError as exc:
+            log.warning("timer %s of run %s: storage unavailable (%s)", wait_key, run_id, exc)
         except Exception:
             log.exception(
-                "timer %s of run %s failed to fire; retrying at the next refill", wait_key, run_id
+                "timer %s of run %s failed to fire; retrying at the next refill",
+                wait_key,
+                run_id,
+                extra=run_fields(run_id),
             )
 
     async def _refill_forever(self) -> None:
@@ -122,6 +128,8 @@ class TimerSchedule:
                 until = self._clock.now_ms() + self._horizon_ms
                 for timer in await self._load(until, REFILL_LIMIT):
                     self.schedule(timer)
+            except StoreUnavailableError as exc:
+                log.warning("loading timers: storage unavailable (%s)", exc)
             except Exception:
                 log.exception("loading timers failed")
             await asyncio.sleep(min(self._horizon_ms / 2000, REFILL_EVERY_MAX))

@@ -25,6 +25,7 @@ class RunEvent(enum.Enum):
     FAIL = "fail"  # the workflow raised
     CANCEL = "cancel"  # a caller cancelled it
     EXPIRE = "expire"  # its deadline or execution timeout passed
+    RETRY = "retry"  # an operator resumes a failed or cancelled run
 
 
 P, R, S = RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED
@@ -42,6 +43,8 @@ TRANSITIONS: dict[tuple[RunStatus, RunEvent], RunStatus] = {
     (P, RunEvent.EXPIRE): RunStatus.FAILED,
     (R, RunEvent.EXPIRE): RunStatus.FAILED,
     (S, RunEvent.EXPIRE): RunStatus.FAILED,
+    (RunStatus.FAILED, RunEvent.RETRY): P,
+    (RunStatus.CANCELLED, RunEvent.RETRY): P,
 }
 
 

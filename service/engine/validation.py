@@ -17,6 +17,36 @@ MAX_TEXT_LENGTH = 1000
 MAX_PAGE_BYTES = 3 * 1024 * 1024
 #: The largest event wait match (a JSON object of a few fields), in characters.
 MAX_MATCH_LENGTH = 64 * 1024
+#: The most bytes of a worker's hello.
+MAX_HELLO_BYTES = 16 * 1024 * 1024
+#: The most bytes of any other message a worker sends on its PollTask stream (or
+#: the payload limit and 1 MiB, if that is more): a message costs the event loop
+#: about 5 ms per MiB to decode, and a worker splits its batches.
+MIN_WORKER_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def worker_message_bytes(max_payload_bytes: int) -> int:
+    """The most bytes of one worker message after the hello, for a payload limit."""
+    return max(MIN_WORKER_MESSAGE_BYTES, max_payload_bytes + 1024 * 1024)
+
+
+#: The most commands one PollTask message (WorkerCommandBatch) carries.
+MAX_BATCH_COMMANDS = 1000
+#: The most workflow versions one hello registers.
+MAX_HELLO_WORKFLOWS = 1000
+#: The most versions of one workflow one hello registers.
+MAX_HELLO_VERSIONS = 100
+#: The most event triggers one workflow registration declares.
+MAX_EVENT_TRIGGERS = 32
+#: The largest capacity (runs held at once) and max_cached_runs a hello declares.
+MAX_CAPACITY = 10_000
+MAX_CACHED_RUNS = 100_000
+#: The longest execution timeout a workflow registration declares (10 years).
+MAX_EXECUTION_TIMEOUT_MS = 3650 * 86_400_000
+#: The most versions of one workflow the server keeps registered.
+MAX_VERSIONS_PER_WORKFLOW = 1000
+#: The most workflows (names) the server keeps registered.
+MAX_WORKFLOWS = 10_000
 #: How much of a caller's value an error message quotes back (characters).
 ECHO_CHARS = 40
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")

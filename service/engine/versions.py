@@ -20,6 +20,7 @@ from stepd.server.engine.errors import FailedPrecondition, InvalidArgument, NotF
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.validation import MAX_ID_LENGTH
 from stepd.server.store.base import Store
+from stepd.server.store.errors import StoreUnavailableError
 
 log = logging.getLogger("stepd.engine")
 
@@ -73,6 +74,8 @@ class VersionAdmin:
             await asyncio.sleep(self._refresh_seconds)
             try:
                 await self.refresh()
+            except StoreUnavailableError as exc:
+                log.warning("reading workflow pins: storage unavailable (%s)", exc)
             except Exception:
                 log.exception("reading workflow pins failed; keeping the ones read before")
 

@@ -28,6 +28,7 @@ from stepd.server.domain import (
     RunRecord,
     StepRow,
     SuspendStatus,
+    run_fields,
 )
 from stepd.server.engine.children import ChildRuns
 from stepd.server.engine.commands import (
@@ -46,10 +47,11 @@ from stepd.server.engine.commands import (
     SuspendRun,
 )
 from stepd.server.engine.errors import EngineError, InvalidArgument
+from stepd.server.engine.faults import FaultPolicy, describe
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle
 from stepd.server.engine.payloads import check_json_payload
-from stepd.server.engine.run_limits import RunLimits
+from stepd.server.engine.run_limits import RunLimits, step_bytes
 from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.sessions import WorkerSession
 from stepd.server.engine.sticky import StickyRuns
@@ -58,6 +60,10 @@ from stepd.server.engine.validation import check_waits
 from stepd.server.store.base import Store
 
 log = logging.getLogger("stepd.engine")
+
+#: The most commands started together: each checks its payload before its first
+#: wait, so a whole batch started at once would hold the event loop that long.
+_SIDE_BY_SIDE = 32
 
 
 class WorkerCommands:
@@ -74,8 +80,10 @@ class WorkerCommands:
         children: ChildRuns,
         sticky: StickyRuns,
         timers: TimerSchedule,
+        faults: FaultPolicy,
     ) -> None:
         self._store = store
+        self._faults = faults
         self._max_payload = config.max_payload_bytes
         self._ledger = ledger
         self._lifecycle = lifecycle
@@ -101,7 +109,11 @@ class WorkerCommands:
         if len(by_run) == 1:
             await self._apply_in_order(session, commands)
             return
-        await asyncio.gather(*(self._apply_in_order(session, cmds) for cmds in by_run.values()))
+        runs = list(by_run.values())
+        for start in range(0, len(runs), _SIDE_BY_SIDE):
+            await asyncio.gather(
+                *(self._apply_in_order(session, c) for c in runs[start : start + _SIDE_BY_SIDE])
+            )
 
     async def _apply_in_order(self, session: WorkerSession, commands: Sequence[Command]) -> None:
         """Apply one run's commands: consecutive step records together (they
@@ -120,9 +132,11 @@ class WorkerCommands:
         """Apply consecutive step records of one run: together where the store
         commits them in submission order, else one by one."""
         if len(commands) > 1 and self._store.ordered_writes:
-            results = await asyncio.gather(*(self.apply(session, c) for c in commands))
-            for result in results:
-                session.send(result)
+            for start in range(0, len(commands), _SIDE_BY_SIDE):
+                chunk = commands[start : start + _SIDE_BY_SIDE]
+                results = await asyncio.gather(*(self.apply(session, c) for c in chunk))
+                for result in results:
+                    session.send(result)
         else:
             for command in commands:
                 session.send(await self.apply(session, command))
@@ -132,7 +146,8 @@ class WorkerCommands:
     async def apply(self, session: WorkerSession, command: Command) -> CommandResult:
         """Apply one command and return its result (after commit). A command that
         can never be recorded fails its run; one that failed inside the server
-        hands the run out again."""
+        hands the run out again after a growing delay, and fails it after a few
+        such faults (``faults.py``)."""
         try:
             return await self._apply(session, command)
         except EngineError as exc:
@@ -144,9 +159,17 @@ class WorkerCommands:
             ):
                 await self._fail_invalid(session, command, str(exc))
             return CommandResult(command.command_id, CommandStatus.INVALID, str(exc))
-        except Exception:
-            log.exception("command %d for run %s failed", command.command_id, command.run_id)
-            await self._hand_out_again(session, command.run_id, command.lease_id)
+        except Exception as exc:
+            if self._ledger.holds(session, command.run_id, command.lease_id):
+                await self._faults.command_failed(session, command.run_id, command.lease_id, exc)
+            else:
+                log.warning(
+                    "command %d for run %s failed: %s",
+                    command.command_id,
+                    command.run_id,
+                    describe(exc),
+                    extra=run_fields(command.run_id, lease=command.lease_id),
+                )
             return CommandResult(
                 command.command_id,
                 CommandStatus.INTERNAL_ERROR,
@@ -199,13 +222,23 @@ class WorkerCommands:
                 self._max_payload,
             )
             step = replace(step, result_json=result_json)
+        error = step.error
+        size = step_bytes(
+            step.result_json,
+            error.message if error is not None else "",
+            error.traceback if error is not None else "",
+        )
+        if not self._limits.fits(run_id, size):
+            return await self._policy.journal_too_large(
+                session, cid, run_id, lease_id, step.step_key
+            )
         outcome = await self._store.record_step(run_id, lease_id, step)
         if outcome.status is RecordStepStatus.LEASE_LOST:
             return self._ledger.lease_lost(cid, run_id, session)
         self._limits.attempt_ended(run_id, step.step_key)
         if outcome.status is RecordStepStatus.DUPLICATE:
             return CommandResult(cid, CommandStatus.DUPLICATE, "", outcome.existing)
-        self._limits.added(run_id)
+        self._limits.added(run_id, size=size)
         for listener in self._step_listeners:
             listener(step)
         return CommandResult(cid, CommandStatus.OK)
@@ -223,7 +256,7 @@ class WorkerCommands:
         entries = self._limits.entries(run_id)
         self._ledger.let_go(session, run_id)
         if entries is not None:  # the worker may keep it live: offer it there first
-            self._sticky.remember(session, run_id, lease_id, entries)
+            self._sticky.remember(session, run_id, lease_id, entries, self._limits.size(run_id))
         if outcome.status is SuspendStatus.WOKEN and outcome.run is not None:
             self._lifecycle.make_ready(outcome.run)
         for timer in outcome.timers:
@@ -258,7 +291,12 @@ class WorkerCommands:
             "record_event.payload", action.payload.json, action.payload.encoding, self._max_payload
         )
         if not await self._store.record_event(
-            command.run_id, command.lease_id, action.entry_key, action.name, payload
+            command.run_id,
+            command.lease_id,
+            action.entry_key,
+            action.name,
+            payload,
+            progress=action.progress,
         ):
             return self._ledger.lease_lost(command.command_id, command.run_id, session)
         return CommandResult(command.command_id, CommandStatus.OK)
@@ -290,20 +328,6 @@ class WorkerCommands:
 
     # -- when a command cannot be applied ---------------------------------------------
 
-    async def _hand_out_again(self, session: WorkerSession, run_id: str, lease_id: int) -> None:
-        """After a command failed inside the server, the worker drops the run: stop
-        holding it for that worker and re-queue it. Should the re-queue fail too (the
-        database is unreachable), the stored lease, no longer extended, expires and
-        the lease sweep re-queues it."""
-        if not self._ledger.holds(session, run_id, lease_id):
-            return
-        try:
-            await self._lifecycle.hand_out_again(
-                session, run_id, lease_id, "a command of the run failed in the server"
-            )
-        except Exception:
-            log.exception("re-queueing run %s failed; its lease will expire", run_id)
-
     async def _fail_invalid(self, session: WorkerSession, command: Command, reason: str) -> None:
         """A run whose worker sent a command that can never be recorded (e.g. a
         result over the payload limit) would fail the same way on every retry:
@@ -314,5 +338,8 @@ class WorkerCommands:
             session, command.run_id, command.lease_id, error, FailureReason.WORKFLOW_ERROR
         ):
             log.warning(
-                "run %s failed: its worker sent an invalid command: %s", command.run_id, reason
+                "run %s failed: its worker sent an invalid command: %s",
+                command.run_id,
+                reason,
+                extra=run_fields(command.run_id, lease=command.lease_id),
             )

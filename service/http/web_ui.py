@@ -11,6 +11,7 @@ the command line and the SDK use.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from aiohttp import web
@@ -56,9 +57,9 @@ class WebUi:
     async def asset(self, request: web.Request) -> web.StreamResponse:
         """One of the UI's files (no directories, nothing outside ``ui/``)."""
         name = request.match_info["name"]
-        path = ASSETS / name
-        if "/" in name or name.startswith(".") or not path.is_file():
+        if "/" in name or name.startswith(".") or name not in _asset_names():
             return error_answer(404, "no such file")
+        path = ASSETS / name
         return web.FileResponse(path, headers=SECURITY_HEADERS)
 
     async def sign_in(self, request: web.Request) -> web.Response:
@@ -67,7 +68,7 @@ class WebUi:
         try:
             body = await request.json()
             key = body["api_key"] if isinstance(body, dict) else None
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, RecursionError):  # RecursionError: nested too deep
             key = None
         if not isinstance(key, str) or not key.strip() or len(key) > 200:
             return error_answer(400, 'send {"api_key": "stepd_..."}')
@@ -106,3 +107,10 @@ def _identity(principal: Principal | None, keys_required: bool) -> dict[str, obj
         "role": principal.role.value,
         "rights": sorted(r.value for r in principal.rights),
     }
+
+
+@functools.cache
+def _asset_names() -> frozenset[str]:
+    """The names of the UI's files (looked up instead of the file system, so that
+    no name a caller sends reaches ``stat``: a long one would raise)."""
+    return frozenset(p.name for p in ASSETS.iterdir() if p.is_file())

@@ -136,6 +136,15 @@ def _as(handler: Handler, principal: Principal) -> Handler:
             return await inner(request, context)
 
         return handler._replace(unary_unary=unary)
+    if handler.unary_stream is not None:
+        watched = handler.unary_stream
+
+        async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            _PRINCIPAL.set(principal)
+            async for response in _responses(watched(request, context)):
+                yield response
+
+        return handler._replace(unary_stream=unary_stream)
     if handler.stream_stream is not None:
         streamed = handler.stream_stream
 
@@ -145,7 +154,7 @@ def _as(handler: Handler, principal: Principal) -> Handler:
                 yield response
 
         return handler._replace(stream_stream=stream)
-    raise TypeError("stepd serves unary and bidirectional methods only")
+    raise TypeError("stepd serves unary, server-streaming and bidirectional methods only")
 
 
 def _audited(handler: Handler, principal: Principal | None, method: str) -> Handler:

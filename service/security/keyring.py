@@ -26,6 +26,7 @@ from stepd.server.domain import now_ms
 from stepd.server.domain_keys import ApiKeyRecord
 from stepd.server.security import keys
 from stepd.server.security.roles import Principal
+from stepd.server.store.errors import StoreUnavailableError
 
 log = logging.getLogger("stepd.security")
 
@@ -139,6 +140,8 @@ class KeyRing:
             await asyncio.sleep(self._refresh_seconds)
             try:
                 await self.refresh()
+            except StoreUnavailableError as exc:
+                log.warning("reading the API keys: storage unavailable (%s)", exc)
             except Exception:
                 log.exception("reading the API keys failed; keeping the ones read before")
 

@@ -25,6 +25,7 @@ class Right(enum.StrEnum):
     EXECUTE_HOOK = "execute_hook"
     PUBLISH_EVENT = "publish_event"
     MANAGE_SCHEDULES = "manage_schedules"
+    MANAGE_RUNS = "manage_runs"  # retry, fork, delete, bulk retry
     MANAGE_VERSIONS = "manage_versions"
     MANAGE_KEYS = "manage_keys"
     SERVE = "serve"  # the worker stream
@@ -40,6 +41,7 @@ ROLE_RIGHTS: dict[Role, frozenset[Right]] = {
             Right.CANCEL,
             Right.SIGNAL,
             Right.MANAGE_SCHEDULES,
+            Right.MANAGE_RUNS,
         }
     ),
     Role.CLIENT: frozenset(
@@ -77,6 +79,13 @@ METHOD_RIGHTS: dict[str, Right] = {
     _WORKFLOW + "ResumeSchedule": Right.MANAGE_SCHEDULES,
     _WORKFLOW + "DeleteSchedule": Right.MANAGE_SCHEDULES,
     _WORKFLOW + "TriggerSchedule": Right.MANAGE_SCHEDULES,
+    _WORKFLOW + "WatchRun": Right.READ,
+    _WORKFLOW + "RetryRun": Right.MANAGE_RUNS,
+    _WORKFLOW + "ForkRun": Right.MANAGE_RUNS,
+    _WORKFLOW + "DeleteRun": Right.MANAGE_RUNS,
+    _WORKFLOW + "CancelRuns": Right.CANCEL,
+    _WORKFLOW + "RetryRuns": Right.MANAGE_RUNS,
+    _WORKFLOW + "ListWorkers": Right.READ,
     "/stepd.v1.WorkerService/PollTask": Right.SERVE,
     _ADMIN + "CreateApiKey": Right.MANAGE_KEYS,
     _ADMIN + "ListApiKeys": Right.MANAGE_KEYS,

@@ -5,7 +5,12 @@ Open a store with ``await open_store("stepd.db")``; the engine codes against
 """
 
 from stepd.server.store.base import RunConflictError, Store
-from stepd.server.store.errors import StoreClosedError
+from stepd.server.store.errors import (
+    StoreClosedError,
+    StoreError,
+    StoreUnavailableError,
+    StoreValueError,
+)
 from stepd.server.store.factory import open_store
 from stepd.server.store.file_lock import DatabaseInUseError
 from stepd.server.store.migrations import SchemaVersionError
@@ -18,5 +23,8 @@ __all__ = [
     "SqlStore",
     "Store",
     "StoreClosedError",
+    "StoreError",
+    "StoreUnavailableError",
+    "StoreValueError",
     "open_store",
 ]

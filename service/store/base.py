@@ -11,7 +11,7 @@ Methods say what they do; column names stay below this interface.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from stepd.server.domain import (
@@ -26,6 +26,7 @@ from stepd.server.domain import (
     HistoryPage,
     HookOutcome,
     NewRun,
+    PendingWaitRow,
     PublishOutcome,
     RecordStepOutcome,
     RunFilter,
@@ -36,6 +37,7 @@ from stepd.server.domain import (
     StepRow,
     SuspendOutcome,
     WaitSpec,
+    WorkerInfo,
     WorkflowVersion,
 )
 from stepd.server.domain_keys import ApiKeyRecord, PinStatus, RetireStatus
@@ -49,6 +51,12 @@ from stepd.server.domain_schedules import (
 from stepd.server.store.children import StartChildOutcome
 from stepd.server.store.concurrency import KeyCheck
 from stepd.server.store.executor import CommitStats
+from stepd.server.store.run_actions import (
+    DeadlineChange,
+    DeleteStatus,
+    ForkOutcome,
+    RetryOutcome,
+)
 
 
 class RunConflictError(Exception):
@@ -186,7 +194,61 @@ class VersionStore(Protocol):
         """Every pin: workflow name -> version."""
 
 
-class Store(ScheduleStore, KeyStore, VersionStore, ConcurrencyStore, Protocol):
+class RunActionStore(Protocol):
+    """Operator actions on whole runs (``stepd.server.store.run_actions``) and the
+    connected workers of every replica (``stepd.server.store.workers``)."""
+
+    async def retry_run(
+        self,
+        run_id: str,
+        move: StatusMove,
+        deadline: DeadlineChange,
+        *,
+        reason: str = "",
+        actor: str = "",
+    ) -> RetryOutcome:
+        """Move a finished run (among ``move.sources``) back to PENDING with its
+        journal, less the outcome, failed attempts and backoffs of the step that
+        failed it (kept in the history, as is the run's failure); record who
+        (``actor``) in the history. DEADLINE_PASSED when the deadline it would
+        keep has passed."""
+
+    async def fork_run(
+        self, source_run_id: str, step_key: str, new: NewRun, *, actor: str = ""
+    ) -> ForkOutcome:
+        """Create ``new`` with a copy of the source run's journal up to and
+        including the outcome of ``step_key``, linked to the source (its
+        ``forked_from_*`` and both runs' histories). With an idempotency key
+        that names a run, return that run (EXISTED)."""
+
+    async def delete_run(self, run_id: str) -> tuple[DeleteStatus, RunStatus | None]:
+        """Delete a finished run with its journal, waits, signals, hooks and
+        history; an unfinished run is kept (NOT_FINISHED)."""
+
+    async def delete_expired_runs(self, ended_before: int, limit: int) -> int:
+        """Delete up to ``limit`` finished runs that ended before ``ended_before``,
+        oldest first, as ``delete_run`` does; return how many."""
+
+    async def matching_runs(
+        self, run_filter: RunFilter, before_seq: int | None, limit: int
+    ) -> list[tuple[int, str]]:
+        """Up to ``limit`` runs the filter selects, as (seq, run id), newest first,
+        with seq < ``before_seq`` when given."""
+
+    async def count_matching_runs(self, run_filter: RunFilter) -> int:
+        """How many runs the filter selects."""
+
+    async def save_workers(
+        self, replica_id: str, workers: Sequence[WorkerInfo], stale_before: int
+    ) -> None:
+        """Replace a replica's rows of connected workers with ``workers``; drop
+        every row not refreshed since ``stale_before``."""
+
+    async def workers_since(self, since: int) -> list[WorkerInfo]:
+        """Every replica's connected workers refreshed at or after ``since``."""
+
+
+class Store(ScheduleStore, KeyStore, VersionStore, RunActionStore, ConcurrencyStore, Protocol):
     """Durable state of runs, journals and the workflow registry."""
 
     @property
@@ -350,10 +412,25 @@ class Store(ScheduleStore, KeyStore, VersionStore, ConcurrencyStore, Protocol):
         on the history entries of the runs it wakes."""
 
     async def record_event(
-        self, run_id: str, lease_id: int, key: str, name: str, payload_json: str
+        self,
+        run_id: str,
+        lease_id: int,
+        key: str,
+        name: str,
+        payload_json: str,
+        *,
+        progress: bool = False,
     ) -> bool:
-        """Append a custom history entry once per key; False when the run is not
+        """Append a custom history entry once per key (``progress``: a progress entry,
+        which also becomes the run's progress when new); False when the run is not
         RUNNING under ``lease_id``."""
+
+    def on_history(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(run_id)`` after each committed write that may have added
+        to a run's history."""
+
+    async def pending_waits(self, run_id: str) -> list[PendingWaitRow]:
+        """The open waits of a run, oldest first."""
 
     async def abandon_waits(self, run_id: str) -> int:
         """Mark a finished run's open waits abandoned; return how many."""
@@ -443,3 +520,8 @@ class Store(ScheduleStore, KeyStore, VersionStore, ConcurrencyStore, Protocol):
 
     async def workflow_versions(self) -> list[WorkflowVersion]:
         """Return every registered workflow version, oldest first."""
+
+    async def check_storage(self) -> None:
+        """Open a write transaction and end it, writing nothing: raises
+        ``StoreUnavailableError`` when the database cannot be reached or locked
+        for writing now (the health probe)."""

@@ -23,6 +23,7 @@ from stepd.server.domain import (
     RunRecord,
     RunStatus,
     StepRow,
+    TraceContext,
     WaitKind,
     WaitStatus,
 )
@@ -75,7 +76,7 @@ def start(
                 runs.c.lease_id == lease_id,
             )
             .values(has_children=1)
-            .returning(runs.c.root_run_id)
+            .returning(runs.c.root_run_id, runs.c.trace_parent, runs.c.trace_state)
         )
         .mappings()
         .first()
@@ -92,6 +93,8 @@ def start(
     if existing is not None:
         return StartChildOutcome(StartChildStatus.RECORDED_BEFORE, rows.step_from_row(existing))
     new = replace(new, root_run_id=parent["root_run_id"] or parent_run_id)
+    if not new.trace and parent["trace_parent"]:  # the worker sent none: the parent's trace
+        new = replace(new, trace=TraceContext(parent["trace_parent"], parent["trace_state"] or ""))
     values = rows.new_run_values(new)
     refusal = concurrency.admit_new(conn, values)
     if refusal is not None:

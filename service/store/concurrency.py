@@ -209,11 +209,16 @@ def _waiting_count(conn: Connection, limit_name: str, key: str, before_seq: int 
 
 
 def admit_new(
-    conn: Connection, values: dict[str, Any], explicit_key: str | None = None
+    conn: Connection,
+    values: dict[str, Any],
+    explicit_key: str | None = None,
+    *,
+    refuse: bool = True,
 ) -> Refusal | None:
     """Set a new run's limit, key and admission in ``values`` (its column values,
     before the insert), under the key's lock; a Refusal (nothing set) when a
-    ``cancel_newest`` limit is reached. A workflow without a limit: nothing."""
+    ``cancel_newest`` limit is reached and ``refuse`` (else the run waits). A
+    workflow without a limit: nothing."""
     spec = limit_for(conn, values["workflow_name"])
     if spec is None:
         return None
@@ -224,7 +229,7 @@ def admit_new(
     lock_key(conn, spec.name, key)
     active, waiting = _counts(conn, spec.name, key)
     room = active < spec.limit and waiting == 0
-    if not room and spec.strategy is ConcurrencyStrategy.CANCEL_NEWEST:
+    if not room and refuse and spec.strategy is ConcurrencyStrategy.CANCEL_NEWEST:
         return Refusal(spec.name, key, spec.limit)
     values["concurrency_name"] = spec.name
     values["concurrency_key"] = key

@@ -12,6 +12,7 @@ from stepd.server.store.read_pool import ReadPool
 from stepd.server.store.sql_store import SqlStore
 from stepd.server.store.sqlite import (
     DEFAULT_READERS,
+    classify,
     create_reader_engine,
     create_writer_engine,
     parse_synchronous,
@@ -79,8 +80,8 @@ async def open_store(
         writer = create_writer_engine(path, synchronous=mode)
         reader = create_reader_engine(path, readers=readers)
         store = SqlStore(
-            GroupCommitter(writer, max_batch=max_batch),
-            ReadPool(reader, threads=readers),
+            GroupCommitter(writer, max_batch=max_batch, classify=classify),
+            ReadPool(reader, threads=readers, classify=classify),
             on_close=lock.release,
             clock=clock,
         )

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from stepd.server.store.errors import StoreClosedError
+from stepd.server.store.errors import Classify, StoreClosedError, translate
 from stepd.server.store.executor import CommitStats
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,10 @@ T = TypeVar("T")
 
 #: A write: runs statements on the writer connection inside a transaction.
 WriteOp = Callable[[Connection], T]
+
+
+def _no_store_error(_exc: BaseException) -> None:
+    return None
 
 
 @dataclass(slots=True)
@@ -56,10 +60,14 @@ class _Outcome:
 class GroupCommitter:
     """Runs all writes on one connection, many per transaction."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 500) -> None:
+    def __init__(
+        self, engine: Engine, *, max_batch: int = 500, classify: Classify | None = None
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._engine = engine
+        # Says which store error a driver's exception is (``store.errors``).
+        self._classify: Classify = classify or _no_store_error
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepd-writer")
@@ -163,7 +171,7 @@ class GroupCommitter:
             return [_Outcome(True, result) for result in self._transaction(ops)]
         except Exception as exc:
             if len(ops) == 1:
-                return [_Outcome(False, exc)]
+                return [_Outcome(False, translate(exc, self._classify))]
             log.debug("a batch of %d writes failed; retrying each alone", len(ops), exc_info=True)
         self.stats.batches_retried += 1
         outcomes = []
@@ -171,7 +179,7 @@ class GroupCommitter:
             try:
                 (result,) = self._transaction([op])
             except Exception as exc:
-                outcomes.append(_Outcome(False, exc))
+                outcomes.append(_Outcome(False, translate(exc, self._classify)))
             else:
                 outcomes.append(_Outcome(True, result))
         return outcomes

@@ -36,11 +36,14 @@ _CAUSAL_ORDER = {
     for i, t in enumerate(
         (
             HistoryType.TRIGGERED,
+            HistoryType.FORKED_FROM,
+            HistoryType.RETRIED,
             HistoryType.DISPATCHED,
             HistoryType.STEP_COMPLETED,
             HistoryType.STEP_FAILED,
             HistoryType.CHILD_STARTED,
             HistoryType.CUSTOM,
+            HistoryType.PROGRESS,
             HistoryType.SUSPENDED,
             HistoryType.SIGNAL_RECEIVED,
             HistoryType.WAIT_MET,
@@ -49,9 +52,34 @@ _CAUSAL_ORDER = {
             HistoryType.CANCELLED,
             HistoryType.COMPLETED,
             HistoryType.FAILED,
+            HistoryType.FORKED,
         )
     )
 }
+
+
+#: Failures a retry moved out of the run's row and journal into ``run_events``
+#: (``add_kept_failure``): the error's type is stored as name, its message as detail.
+_KEPT_FAILURES = frozenset({HistoryType.FAILED, HistoryType.STEP_FAILED})
+#: The detail of a failure kept in the history by a retry.
+KEPT_DETAIL = "kept in the history when the run was retried"
+
+
+def add_kept_failure(
+    conn: Connection, run_id: str, type_: HistoryType, time: int, error: ErrorDetails
+) -> None:
+    """Keep a failure that a retry takes out of the run's row or journal (a FAILED or
+    STEP_FAILED entry) as a ``run_events`` row, at the time it happened."""
+    add(
+        conn,
+        run_id,
+        type_,
+        time,
+        key=error.step_key or None,
+        name=error.type,
+        detail=error.message,
+        attempt=error.attempt or None,
+    )
 
 
 def add(conn: Connection, run_id: str, type_: HistoryType, time: int, **columns: Any) -> None:
@@ -59,15 +87,26 @@ def add(conn: Connection, run_id: str, type_: HistoryType, time: int, **columns:
     conn.execute(run_events.insert().values(run_id=run_id, time=time, type=type_.value, **columns))
 
 
-def add_custom(conn: Connection, run_id: str, key: str, name: str, payload: str, time: int) -> None:
-    """Append a custom entry once per key (a second write with the key is ignored)."""
+def add_custom(
+    conn: Connection,
+    run_id: str,
+    key: str,
+    name: str,
+    payload: str,
+    time: int,
+    kind: HistoryType = HistoryType.CUSTOM,
+) -> bool:
+    """Append a custom (or progress) entry once per key (a second write with the
+    key is ignored); True when the entry is new."""
+    if kind not in (HistoryType.CUSTOM, HistoryType.PROGRESS):
+        raise ValueError(f"not a custom entry: {kind}")
     insert = insert_for(conn.dialect.name)
-    conn.execute(
+    result = conn.execute(
         insert(run_events)
         .values(
             run_id=run_id,
             time=time,
-            type=HistoryType.CUSTOM.value,
+            type=kind.value,
             key=key,
             name=name,
             payload_json=payload,
@@ -76,9 +115,10 @@ def add_custom(conn: Connection, run_id: str, key: str, name: str, payload: str,
             index_elements=["run_id", "key"],
             # A literal, not a bound parameter: PostgreSQL must match it to the
             # partial index's predicate even in a generic (prepared) plan.
-            index_where=text(f"type = '{HistoryType.CUSTOM.value}'"),
+            index_where=text(f"type = '{kind.value}'"),
         )
     )
+    return bool(result.rowcount)
 
 
 #: The columns that hold payloads: read only for the entries a page returns.
@@ -153,6 +193,9 @@ def _events(conn: Connection, run_id: str, after: int, limit: int) -> list[_Item
         )
         if entry.type is HistoryType.HELD:  # stored as name (error type) and detail
             entry = replace(entry, error=ErrorDetails(entry.name, entry.detail), name="")
+        elif entry.type in _KEPT_FAILURES:  # moved here by a retry: the same columns
+            error = ErrorDetails(entry.name, entry.detail, "", entry.key, entry.attempt)
+            entry = replace(entry, error=error, name="", detail=KEPT_DETAIL)
         items.append(_item("run_events", row["sequence"], entry, row))
     return items
 

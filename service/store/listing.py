@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Select, literal, null, select
+from sqlalchemy import Connection, Select, func, literal, null, select
 
 from stepd.server.domain import RunFilter, RunRecord
 from stepd.server.store import rows
@@ -36,6 +36,10 @@ def _filtered(stmt: Select[Any], run_filter: RunFilter, before_seq: int | None) 
         stmt = stmt.where(runs.c.create_time >= run_filter.create_time_after)
     if run_filter.create_time_before is not None:
         stmt = stmt.where(runs.c.create_time < run_filter.create_time_before)
+    if run_filter.idempotency_key is not None:
+        stmt = stmt.where(runs.c.idempotency_key == run_filter.idempotency_key)
+    if run_filter.schedule_id is not None:
+        stmt = stmt.where(runs.c.schedule_id == run_filter.schedule_id)
     if before_seq is not None:
         stmt = stmt.where(runs.c.seq < before_seq)
     return stmt
@@ -47,7 +51,12 @@ FIRST_CHUNK = 4
 
 def _cost(row: Any, payloads: bool) -> int:
     """What a run costs in a page: its payloads when included, and its texts."""
-    texts = (row["error_message"], row["held_error_message"], row["cancel_reason"])
+    texts = (
+        row["error_message"],
+        row["held_error_message"],
+        row["cancel_reason"],
+        row["progress_json"],
+    )
     cost = RUN_BYTES + sum(len(t) for t in texts if t)
     return cost + (row["payload_size"] if payloads else 0)
 
@@ -104,3 +113,19 @@ def read_page(
         ).mappings()
     }
     return [rows.run_from_row({**row, **full.get(row["seq"], {})}) for row in taken], more
+
+
+def matching_runs(
+    conn: Connection, run_filter: RunFilter, before_seq: int | None, limit: int
+) -> list[tuple[int, str]]:
+    """Up to ``limit`` matching runs as (seq, run id), newest first, with seq <
+    ``before_seq``: the batches of a bulk action."""
+    stmt = _filtered(select(runs.c.seq, runs.c.run_id), run_filter, before_seq)
+    found = conn.execute(stmt.order_by(runs.c.seq.desc()).limit(limit))
+    return [(row.seq, row.run_id) for row in found]
+
+
+def count_matching(conn: Connection, run_filter: RunFilter) -> int:
+    """How many runs match: a bulk action's dry run."""
+    stmt = _filtered(select(func.count()).select_from(runs), run_filter, None)
+    return int(conn.execute(stmt).scalar() or 0)

@@ -37,7 +37,13 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from stepd.server.config import DEFAULT_DB_POOL_SIZE
-from stepd.server.store.errors import StoreClosedError
+from stepd.server.store.errors import (
+    StoreClosedError,
+    StoreError,
+    StoreUnavailableError,
+    StoreValueError,
+    translate,
+)
 from stepd.server.store.executor import CommitStats, ReadOp, WriteOp
 from stepd.server.store.migrations import migrate
 
@@ -54,6 +60,16 @@ WRITE_ATTEMPTS = 5
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 #: The advisory lock held while migrating ("stepd" in ASCII, as a bigint).
 MIGRATION_LOCK_KEY = 0x7374657064
+
+#: SQLSTATE classes of a database that cannot be used now: connection exception,
+#: insufficient resources (disk full, out of memory, too many connections),
+#: operator intervention (shutdown, terminated), system error; and the states
+#: of a database that was dropped or takes no connections.
+UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58"})
+UNAVAILABLE_SQLSTATES = frozenset({"3D000", "55000", "55006"})
+#: ... and of a value it refuses: data exception, integrity constraint violation,
+#: program limit exceeded (e.g. an index row too large).
+VALUE_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 
 _SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 #: libpq's sslmode values, which asyncpg accepts as ``ssl``.
@@ -147,6 +163,25 @@ def sqlstate(exc: BaseException) -> str | None:
     return code if isinstance(code, str) else None
 
 
+def classify(exc: BaseException) -> type[StoreError] | None:
+    """Which store error an exception of asyncpg (through SQLAlchemy) is."""
+    state = sqlstate(exc) or getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        if state[:2] in VALUE_SQLSTATE_CLASSES:
+            return StoreValueError
+        if state[:2] in UNAVAILABLE_SQLSTATE_CLASSES or state in UNAVAILABLE_SQLSTATES:
+            return StoreUnavailableError
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(exc, "connection_invalidated", False):
+        return StoreUnavailableError
+    if isinstance(orig, OSError | TimeoutError | ConnectionError):
+        return StoreUnavailableError
+    name = type(orig).__name__
+    if isinstance(exc, DBAPIError) and name in ("InterfaceError", "InternalClientError"):
+        return StoreUnavailableError  # e.g. the connection closed under a statement
+    return None
+
+
 class PostgresExecutor:
     """Runs the store's operations on a pool of asyncpg connections.
 
@@ -206,7 +241,13 @@ class PostgresExecutor:
         task = asyncio.create_task(work)
         self._in_flight.add(task)
         task.add_done_callback(self._finished)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except Exception as exc:
+            error = translate(exc, classify)
+            if error is exc:
+                raise
+            raise error from exc
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._in_flight.discard(task)

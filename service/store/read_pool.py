@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from stepd.server.store.errors import StoreClosedError
+from stepd.server.store.errors import Classify, StoreClosedError, translate
 
 T = TypeVar("T")
 
@@ -26,10 +26,12 @@ ReadOp = Callable[[Connection], T]
 class ReadPool:
     """Runs read operations on ``threads`` threads over ``engine``'s connections."""
 
-    def __init__(self, engine: Engine, *, threads: int) -> None:
+    def __init__(self, engine: Engine, *, threads: int, classify: Classify | None = None) -> None:
         if threads < 1:
             raise ValueError("threads must be at least 1")
         self._engine = engine
+        # Says which store error a driver's exception is (``store.errors``).
+        self._classify = classify
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepd-reader")
         self._closed = False
 
@@ -46,8 +48,14 @@ class ReadPool:
         return await loop.run_in_executor(self._threads, self._call, op)
 
     def _call(self, op: ReadOp[T]) -> T:
-        with self._engine.connect() as conn:
-            return op(conn)
+        try:
+            with self._engine.connect() as conn:
+                return op(conn)
+        except Exception as exc:
+            error = exc if self._classify is None else translate(exc, self._classify)
+            if error is exc:
+                raise
+            raise error from exc
 
     async def close(self) -> None:
         """Wait for reads in flight, then close every connection."""

@@ -6,12 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from stepd.server.domain import (
+    NO_TRACE,
     ErrorDetails,
     FailureReason,
     NewRun,
     RunRecord,
     RunStatus,
     StepRow,
+    TraceContext,
 )
 
 
@@ -68,6 +70,8 @@ def new_run_values(new: NewRun) -> dict[str, Any]:
         "dispatch_count": 0,
         "lease_id": 0,
         "detached": 1 if new.detached else None,
+        "trace_parent": new.trace.parent or None,
+        "trace_state": new.trace.state or None,
     }
 
 
@@ -108,7 +112,19 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         concurrency_name=row["concurrency_name"],
         concurrency_key=row["concurrency_key"],
         admitted=row["admitted"] != 0,
+        progress_json=row["progress_json"],
+        trace=_trace(row),
+        forked_from_run_id=row["forked_from_run_id"],
+        forked_from_step_key=row["forked_from_step_key"],
+        retry_count=row["retry_count"] or 0,
     )
+
+
+def _trace(row: Mapping[Any, Any]) -> TraceContext:
+    parent = row["trace_parent"]
+    if parent is None:
+        return NO_TRACE
+    return TraceContext(parent, row["trace_state"] or "")
 
 
 def _held_error(row: Mapping[Any, Any]) -> ErrorDetails | None:

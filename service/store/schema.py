@@ -87,6 +87,15 @@ runs = Table(
     # Migration 11: 1 once the run started a child (NULL otherwise), so a run that
     # ends looks for children to cancel only when it has some.
     Column("has_children", Integer),
+    # Migration 16: the latest progress the workflow reported (JSON).
+    Column("progress_json", Text),
+    # Migration 17: what a fork was forked from; how often the run was retried.
+    Column("forked_from_run_id", Text),
+    Column("forked_from_step_key", Text),
+    Column("retry_count", Integer),
+    # Migration 18: the W3C trace context (traceparent, tracestate) the run is in.
+    Column("trace_parent", Text),
+    Column("trace_state", Text),
     # Migration 19: the concurrency limit the run counts against and its key
     # (NULL for a workflow without a limit), and whether it was admitted (1) or
     # waits for room (0); NULL when it has no limit.
@@ -125,6 +134,13 @@ runs = Table(
         "seq",
         sqlite_where=text("concurrency_name IS NOT NULL"),
         postgresql_where=text("concurrency_name IS NOT NULL"),
+    ),
+    # Migration 17: ended runs by end time (retention).
+    Index(
+        "ix_runs_end_time",
+        "end_time",
+        sqlite_where=text("end_time IS NOT NULL"),
+        postgresql_where=text("end_time IS NOT NULL"),
     ),
     sqlite_autoincrement=True,
 )
@@ -253,6 +269,15 @@ run_events = Table(
         sqlite_where=text("type = 'custom'"),
         postgresql_where=text("type = 'custom'"),
     ),
+    # Migration 16: progress entries, once per key.
+    Index(
+        "ux_run_events_progress_key",
+        "run_id",
+        "key",
+        unique=True,
+        sqlite_where=text("type = 'progress'"),
+        postgresql_where=text("type = 'progress'"),
+    ),
     sqlite_autoincrement=True,
 )
 
@@ -292,6 +317,7 @@ hooks = Table(
     Column("status", Text, nullable=False),
     Column("execute_time", BigInteger, nullable=False),
     Column("actor", Text),  # migration 13
+    Index("ix_hooks_run_id", "run_id"),  # migration 17: deleting a run
 )
 
 # Migration 9: the events each workflow version starts a run on.
@@ -376,6 +402,25 @@ concurrency_limits = Table(
     Column("strategy", Text, nullable=False),
     Column("update_time", BigInteger, nullable=False),
     Index("ix_concurrency_limits_limit_name", "limit_name"),
+)
+
+# Migration 17: every replica's worker streams (workflows: a JSON list of
+# [name, version]), rewritten by their replica every few seconds.
+connected_workers = Table(
+    "connected_workers",
+    metadata,
+    Column("session_id", Text, primary_key=True),
+    Column("replica_id", Text, nullable=False),
+    Column("worker_id", Text, nullable=False),
+    Column("identity", Text, nullable=False),
+    Column("workflows", Text, nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("runs_held", Integer, nullable=False),
+    Column("draining", Integer, nullable=False),
+    Column("connect_time", BigInteger, nullable=False),
+    Column("last_seen", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    Index("ix_connected_workers_update_time", "update_time"),
 )
 
 #: Migration bookkeeping, created by the migration runner before migration 1.

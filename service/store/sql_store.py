@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -52,6 +52,7 @@ from stepd.server.domain import (
     HistoryType,
     HookOutcome,
     NewRun,
+    PendingWaitRow,
     PublishOutcome,
     RecordStepOutcome,
     RecordStepStatus,
@@ -81,7 +82,11 @@ from stepd.server.store.base import ConcurrencyRefusedError, RunConflictError
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import CommitStats, Committer, Reader, WriteOp
 from stepd.server.store.migrations import migrate
+from stepd.server.store.run_actions import RunActionStoreMixin
 from stepd.server.store.schema import runs, server_secrets, step_attempts, steps, workflow_versions
+from stepd.server.store.workers import WorkerStoreMixin
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from stepd.server.store.base import Store
@@ -135,6 +140,8 @@ class SqlStore(
     KeyStoreMixin,
     versions.VersionStoreMixin,
     concurrency.ConcurrencyStoreMixin,
+    RunActionStoreMixin,
+    WorkerStoreMixin,
 ):
     """A ``Store`` whose writes run on ``committer`` and reads on ``reads``.
 
@@ -215,6 +222,7 @@ class SqlStore(
         self._insert_versions = insert(workflow_versions).on_conflict_do_nothing()
         self._get_run = select(runs).where(runs.c.run_id == bindparam("p_run_id"))
         self._transitions: dict[tuple[tuple[str, ...], bool], Update] = {}
+        self._history_listener: Callable[[str], None] | None = None
 
     @property
     def committer(self) -> Committer:
@@ -240,6 +248,18 @@ class SqlStore(
     def reader_engine(self) -> Engine:
         """The engine reads go through."""
         return self._reads.engine
+
+    def on_history(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(run_id)`` after each write that may have added to a run's
+        history has committed (also when it turned out to change nothing)."""
+        self._history_listener = listener
+
+    async def _write_for(self, run_id: str | None, op: WriteOp[T]) -> T:
+        """Run a write about ``run_id`` and tell the history listener once it committed."""
+        result = await self._committer.submit(op)
+        if run_id is not None and self._history_listener is not None:
+            self._history_listener(run_id)
+        return result
 
     # -- lifecycle --------------------------------------------------------
 
@@ -286,7 +306,7 @@ class SqlStore(
             # Returned, not raised: raising would roll back the whole batch.
             return existing_run(conn) or RunConflictError(new.run_id)
 
-        outcome = await self._committer.submit(op)
+        outcome = await self._write_for(new.run_id, op)
         if isinstance(outcome, (RunConflictError, ConcurrencyRefusedError)):
             raise outcome
         return outcome
@@ -339,7 +359,7 @@ class SqlStore(
                 return ClaimedRun(run, *delta, continues_lease=continues_lease)
             return ClaimedRun(run, *waits.ordered_journal(conn, run_id))
 
-        return await self._committer.submit(op)
+        return await self._write_for(run_id, op)
 
     async def record_step(self, run_id: str, lease_id: int, step: StepRow) -> RecordStepOutcome:
         """Record a step outcome once per key (a failed attempt, ``attempt_only``, once
@@ -373,7 +393,7 @@ class SqlStore(
                 raise RuntimeError(f"step {step.step_key!r} of run {run_id!r} was not inserted")
             return RecordStepOutcome(RecordStepStatus.DUPLICATE, read_back(existing))
 
-        return await self._committer.submit(op)
+        return await self._write_for(run_id, op)
 
     async def release_run(self, run_id: str, move: StatusMove, lease_id: int) -> RunRecord | None:
         """Give a run held under ``lease_id`` back to the queue; None when the guard
@@ -456,7 +476,7 @@ class SqlStore(
                 )
             return run
 
-        return await self._committer.submit(op)
+        return await self._write_for(run_id, op)
 
     def _transition_statement(self, columns: tuple[str, ...], with_lease: bool) -> Update:
         """Build (once per shape) the guarded UPDATE ... RETURNING of ``_move``."""
@@ -498,7 +518,7 @@ class SqlStore(
         def op(conn: Connection) -> SuspendOutcome:
             return waits.suspend(conn, run_id, lease_id, wait_specs, now)
 
-        return await self._committer.submit(op)
+        return await self._write_for(run_id, op)
 
     async def fire_timer(self, run_id: str, wait_key: str) -> RunRecord | None:
         """Mark an open timer met; return the run when that woke it."""
@@ -507,7 +527,7 @@ class SqlStore(
         def op(conn: Connection) -> RunRecord | None:
             return waits.fire_timer(conn, run_id, wait_key, now)
 
-        return await self._committer.submit(op)
+        return await self._write_for(run_id, op)
 
     async def send_signal(
         self,
@@ -524,7 +544,7 @@ class SqlStore(
         def op(conn: Connection) -> SignalOutcome:
             return waits.send_signal(conn, run_id, name, payload_json, request_id, now, actor)
 
-        return await self._committer.submit(op)
+        return await self._write_for(run_id, op)
 
     async def execute_hook(
         self, run_id: str, wait_key: str, token_hash: str, payload_json: str, *, actor: str = ""
@@ -535,7 +555,7 @@ class SqlStore(
         def op(conn: Connection) -> HookOutcome:
             return waits.execute_hook(conn, run_id, wait_key, token_hash, payload_json, now, actor)
 
-        return await self._committer.submit(op)
+        return await self._write_for(run_id, op)
 
     async def server_secret(self, name: str) -> bytes:
         """A per-database secret created by the migrations (e.g. "hook_key")."""
@@ -567,12 +587,24 @@ class SqlStore(
             started = schedules.start_subscribed(conn, event_id, name, payload_json, now, current)
             return replace(outcome, started=started)
 
-        return await self._committer.submit(op)
+        outcome = await self._committer.submit(op)
+        if self._history_listener is not None:
+            for run in outcome.woken:
+                self._history_listener(run.run_id)
+        return outcome
 
     async def record_event(
-        self, run_id: str, lease_id: int, key: str, name: str, payload_json: str
+        self,
+        run_id: str,
+        lease_id: int,
+        key: str,
+        name: str,
+        payload_json: str,
+        *,
+        progress: bool = False,
     ) -> bool:
-        """Append a custom history entry once per key, under the run's lease."""
+        """Append a custom history entry once per key, under the run's lease; a
+        ``progress`` entry that is new also becomes the run's progress."""
         now = self._clock.now_ms()
 
         def op(conn: Connection) -> bool:
@@ -583,14 +615,21 @@ class SqlStore(
                     runs.c.status == _RUNNING,
                     runs.c.lease_id == lease_id,
                 )
-                .with_for_update(read=True)  # PostgreSQL: a concurrent release waits
+                # PostgreSQL: a concurrent release waits (and progress, which
+                # updates the row, takes the row's write lock at once).
+                .with_for_update(read=not progress)
             ).first()
             if holds is None:
                 return False
-            history.add_custom(conn, run_id, key, name, payload_json, now)
+            kind = HistoryType.PROGRESS if progress else HistoryType.CUSTOM
+            added = history.add_custom(conn, run_id, key, name, payload_json, now, kind)
+            if added and progress:
+                conn.execute(
+                    update(runs).where(runs.c.run_id == run_id).values(progress_json=payload_json)
+                )
             return True
 
-        return await self._committer.submit(op)
+        return await self._write_for(run_id, op)
 
     async def run_history(self, run_id: str) -> list[HistoryEntry] | None:
         """A run's whole history, oldest first; None for an unknown run."""
@@ -611,6 +650,10 @@ class SqlStore(
             return waits.abandon_open(conn, run_id)
 
         return await self._committer.submit(op)
+
+    async def pending_waits(self, run_id: str) -> list[PendingWaitRow]:
+        """The open waits of a run, oldest first."""
+        return await self._reads.run(lambda conn: waits.pending(conn, run_id))
 
     async def due_timers(self, until: int, limit: int) -> list[DueTimer]:
         """Open timers firing at or before ``until``, soonest first."""
@@ -645,7 +688,7 @@ class SqlStore(
         def op(conn: Connection) -> children.StartChildOutcome:
             return children.start(conn, parent_run_id, lease_id, child_key, new, now)
 
-        return await self._committer.submit(op)
+        return await self._write_for(parent_run_id, op)
 
     async def deliver_child(self, child: RunRecord) -> RunRecord | None:
         """Meet the parent's open wait on an ended child; return the parent if it woke."""
@@ -654,7 +697,7 @@ class SqlStore(
         def op(conn: Connection) -> RunRecord | None:
             return children.deliver(conn, child, now)
 
-        return await self._committer.submit(op)
+        return await self._write_for(child.parent_run_id, op)
 
     async def hold_run(self, run_id: str, lease_id: int, error: ErrorDetails) -> RunRecord | None:
         """Give a run back as PENDING, held for non-determinism; None without the lease."""
@@ -663,7 +706,7 @@ class SqlStore(
         def op(conn: Connection) -> RunRecord | None:
             return children.hold(conn, run_id, lease_id, error, now)
 
-        return await self._committer.submit(op)
+        return await self._write_for(run_id, op)
 
     # -- reads ------------------------------------------------------------
 
@@ -752,6 +795,14 @@ class SqlStore(
             return []
         stmt = select(runs).where(runs.c.status.in_(values)).order_by(runs.c.seq)
         return await self._reads.run(_runs_reader(stmt))
+
+    async def check_storage(self) -> None:
+        """Open a write transaction and end it, writing nothing (the health probe)."""
+
+        def op(conn: Connection) -> None:
+            conn.execute(select(1)).scalar()
+
+        await self._committer.submit(op)
 
     async def workflow_versions(self) -> list[WorkflowVersion]:
         """Return every registered workflow version, oldest first."""

@@ -24,6 +24,7 @@ Durability (``synchronous``):
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -31,11 +32,19 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from stepd.server.store.errors import StoreError, StoreUnavailableError, StoreValueError
+
 Synchronous = Literal["FULL", "NORMAL"]
 SYNCHRONOUS_MODES: tuple[Synchronous, ...] = ("FULL", "NORMAL")
 
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
 DEFAULT_READERS = 4
+
+#: SQLite's primary result codes of a database that cannot be used now: BUSY,
+#: LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+#: ... and of a value it refuses: TOOBIG, CONSTRAINT, MISMATCH, RANGE.
+VALUE_CODES = frozenset({18, 19, 20, 25})
 
 
 def parse_synchronous(value: str) -> Synchronous:
@@ -45,6 +54,24 @@ def parse_synchronous(value: str) -> Synchronous:
         choices = ", ".join(SYNCHRONOUS_MODES)
         raise ValueError(f"synchronous must be one of {choices}, not {value!r}")
     return upper
+
+
+def classify(exc: BaseException) -> type[StoreError] | None:
+    """Which store error an exception of pysqlite (through SQLAlchemy) is."""
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(orig, OverflowError):  # an integer wider than 64 bits
+        return StoreValueError
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        if code & 0xFF in UNAVAILABLE_CODES:
+            return StoreUnavailableError
+        if code & 0xFF in VALUE_CODES:
+            return StoreValueError
+    if isinstance(orig, sqlite3.IntegrityError | sqlite3.DataError):
+        return StoreValueError
+    if isinstance(orig, sqlite3.OperationalError | OSError):
+        return StoreUnavailableError
+    return None
 
 
 def _pragmas(dbapi_connection: DBAPIConnection, statements: list[str]) -> None:

@@ -19,6 +19,7 @@ from stepd.server.domain import (
     HistoryType,
     HookOutcome,
     HookStatus,
+    PendingWaitRow,
     PublishOutcome,
     RunRecord,
     RunStatus,
@@ -475,3 +476,30 @@ def _wake(conn: Connection, run_id: str, now: int) -> RunRecord | None:
         .first()
     )
     return rows.run_from_row(row) if row is not None else None
+
+
+def pending(conn: Connection, run_id: str) -> list[PendingWaitRow]:
+    """The open waits of a run, in the order they were registered."""
+    stmt = (
+        select(
+            run_waits.c.wait_key,
+            run_waits.c.kind,
+            run_waits.c.create_time,
+            run_waits.c.fire_time,
+            run_waits.c.target,
+            run_waits.c.match_json,
+        )
+        .where(run_waits.c.run_id == run_id, run_waits.c.status == _OPEN)
+        .order_by(run_waits.c.sequence)
+    )
+    return [
+        PendingWaitRow(
+            wait_key=row.wait_key,
+            kind=WaitKind(row.kind),
+            create_time=row.create_time,
+            fire_time=row.fire_time,
+            target=row.target,
+            match_json=row.match_json,
+        )
+        for row in conn.execute(stmt)
+    ]

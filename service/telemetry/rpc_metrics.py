@@ -28,6 +28,8 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
     def __init__(self, calls: Counter, seconds: Histogram) -> None:
         self._calls = calls
         self._seconds = seconds
+        # One observer per method (its labelled children made once).
+        self._observers: dict[str, _Observer] = {}
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -36,7 +38,9 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         if handler is None:
             return None
         method: str = details.method.rsplit("/", 1)[-1]
-        observe = _Observer(method, self._calls, self._seconds)
+        observe = self._observers.get(method)
+        if observe is None:
+            observe = self._observers[method] = _Observer(method, self._calls, self._seconds)
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=observe.unary(handler.unary_unary))
         if handler.stream_unary is not None:
@@ -50,7 +54,8 @@ class _Observer:
     def __init__(self, method: str, calls: Counter, seconds: Histogram) -> None:
         self._method = method
         self._calls = calls
-        self._seconds = seconds
+        self._seconds = seconds.labels(method)
+        self._by_code: dict[str, Any] = {}
 
     def unary(self, inner: Callable[[Any, Context], Awaitable[Any]]) -> Any:
         async def call(request: Any, context: Context) -> Any:
@@ -66,16 +71,17 @@ class _Observer:
         return call
 
     def stream(self, inner: Callable[[Any, Context], Any]) -> Any:
+        if not inspect.isasyncgenfunction(inner):
+            # Writes with context.write, or refuses at once (the security
+            # interceptor): keep it a coroutine, as grpc expects of such a handler.
+            return self.unary(inner)
+
         async def call(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             failed = True
             try:
-                responses = inner(request, context)
-                if inspect.isawaitable(responses):  # writes with context.write, or refuses
-                    await responses
-                else:
-                    async for response in responses:
-                        yield response
+                async for response in inner(request, context):
+                    yield response
                 failed = False
             finally:
                 self._done(context, started, failed)
@@ -83,8 +89,12 @@ class _Observer:
         return call
 
     def _done(self, context: Context, started: float, failed: bool) -> None:
-        self._seconds.labels(self._method).observe(time.perf_counter() - started)
-        self._calls.labels(self._method, _code_name(context, failed)).inc()
+        self._seconds.observe(time.perf_counter() - started)
+        code = _code_name(context, failed)
+        counter = self._by_code.get(code)
+        if counter is None:
+            counter = self._by_code[code] = self._calls.labels(self._method, code)
+        counter.inc()
 
 
 def _code_name(context: Context, failed: bool) -> str:

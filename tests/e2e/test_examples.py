@@ -144,3 +144,26 @@ def test_starting_runs_example(server: Server) -> None:
         "welcome mail sent to bob",
         "started on time: True",
     ]
+
+
+def test_operating_runs_example(server: Server) -> None:
+    """docs/operating-runs.md: retry after a fix, fork, bulk cancel, workers, delete."""
+    done = subprocess.run(
+        [sys.executable, "examples/operating_runs.py"],
+        cwd=ROOT,
+        env=os.environ | {"STEPD_ADDRESS": server.address},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "failed: card service URL is wrong (in charge)",
+        "['reservation-7', 'payment-7', 'shipment-7'] {'reserve': 1, 'charge': 2, 'ship': 1}",
+        "['reservation-7', 'payment-7', 'shipment-7'] {'reserve': 1, 'charge': 3, 'ship': 2}",
+        "forked from the order: True",
+        "would cancel 20, cancelled 20, then 0",
+        "(('examples.order', '1'),) capacity 100 holds 0",
+        "fork deleted",
+    ]

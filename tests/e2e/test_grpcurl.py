@@ -120,3 +120,18 @@ def test_signal_and_history(server: Server) -> None:
     ]
     assert events[1]["name"] == "approve"
     assert json.loads(events[1]["payload"]["json"]) == {"by": "ann"}
+
+
+def test_watch_run_streams_json_messages_and_get_run_shows_pending_state(server: Server) -> None:
+    run = call(server, "Trigger", {"workflow_name": "ops.unserved"})["run"]
+    got = call(server, "GetRun", {"run_id": run["run_id"]})
+    assert got["run"]["status"] == "RUN_STATUS_PENDING" and got["no_worker"] is True
+    call(server, "CancelRun", {"run_id": run["run_id"], "reason": "done"})
+    # The run ended: the stream sends its history and ends; grpcurl prints each
+    # message as one JSON document.
+    out = grpcurl(server, f"{WORKFLOW_SERVICE}/WatchRun", data={"run_id": run["run_id"]})
+    messages = [json.loads(part) for part in out.replace("}\n{", "}\x00{").split("\x00")]
+    events = [e for m in messages for e in m.get("events", [])]
+    assert [e["type"] for e in events] == ["RUN_EVENT_TYPE_TRIGGERED", "RUN_EVENT_TYPE_CANCELLED"]
+    assert messages[0]["run"]["status"] == "RUN_STATUS_CANCELLED"
+    assert messages[-1]["resume_token"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from stepd import Client, RunStatus
+from stepd.history import RunEvent, RunEventType
 from stepd.schedules import Schedule
 from tests.backends import PostgresDatabases, query
 from tests.e2e import replica_workflows as rw
@@ -278,3 +279,32 @@ async def test_a_thousand_runs_on_three_replicas_while_one_is_killed(
     for (run_id, name), n in again.items():
         assert n <= 1 + released.get(run_id, 0), (run_id, name, n, released.get(run_id))
     assert len(again) <= 200, f"{len(again)} step bodies ran more than once"
+
+
+async def test_a_watcher_on_one_replica_sees_entries_committed_through_another(
+    stack: Stack, pg_database: str
+) -> None:
+    # The default poll interval (2 s): a watcher on A re-reads that often, since
+    # writes committed through B do not wake it.
+    a, b = stack.start_replicas(pg_database, 2, args=POOL)
+    stack.start_worker(b, ("tests.e2e.ops_workflows",))
+    await eventually(lambda: connected_workers(b) == 1, what="the worker on B")
+    async with Client(a.address) as on_a, Client(b.address) as on_b:
+        handle = await on_b.trigger("ops.progress", {"name": "replicas"})
+        seen: list[RunEvent] = []
+
+        async def follow() -> None:
+            async for event in on_a.watch_run(handle.run_id):
+                seen.append(event)
+
+        follower = asyncio.create_task(follow())
+        await eventually(
+            lambda: any(e.type is RunEventType.SUSPENDED for e in seen),
+            within=RESULT_TIMEOUT,
+            what="the suspension, seen on A",
+        )
+        assert not follower.done()
+        await on_b.signal(handle.run_id, "go", True)
+        await asyncio.wait_for(follower, RESULT_TIMEOUT)
+    assert seen[-1].type is RunEventType.COMPLETED
+    assert [e.payload for e in seen if e.type is RunEventType.PROGRESS][-1] == "finished"

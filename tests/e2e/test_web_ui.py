@@ -164,6 +164,22 @@ async def test_runs_list_filter_open_signal_and_cancel_in_a_browser(
     info = await client.get_run(other.run_id)
     assert info.status is RunStatus.CANCELLED
 
+    # Retry the failed run from its page: it runs again (e2e.fail fails again)
+    # and its page says it was retried.
+    browser.get(f"{url}/#/runs/{failed.run_id}")
+    until(browser, lambda b: text_of(b, "#run-status").startswith("failed"), "failed")
+    assert not browser.find_elements(By.ID, "cancel")
+    browser.find_element(By.ID, "retry").click()
+    browser.find_element(By.ID, "confirm-yes").click()
+    until(
+        browser,
+        lambda b: b.find_elements(By.CSS_SELECTOR, "#history tr[data-event=retried]"),
+        "the retry in the history",
+    )
+    until(browser, lambda b: "1 time" in b.page_source, "the retry count")
+    await wait_for_status(client, failed.run_id, RunStatus.FAILED)
+    assert (await client.get_run(failed.run_id)).dispatch_count >= 2
+
     # The schedules page lists schedules with their next occasions.
     browser.get(f"{url}/#/schedules")
     until(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#schedules tr"), "schedules table")

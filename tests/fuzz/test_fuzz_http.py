@@ -116,7 +116,7 @@ def send(
     base: str, method: str, path: str, headers: dict[str, str], body: bytes
 ) -> tuple[int, bytes]:
     where = urlsplit(base)
-    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    connection = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=30)
     try:
         safe_headers = {
             k: v.encode("latin-1", "replace").decode("latin-1") for k, v in headers.items()

@@ -257,6 +257,30 @@ class FakeWorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def TriggerSchedule(self, request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
 
+    # The live run stream is tested against the real server (tests/e2e/test_run_stream.py).
+
+    async def WatchRun(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+        yield None  # pragma: no cover - an async generator, as the stub expects
+
+    async def RetryRun(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    async def ForkRun(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    async def DeleteRun(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    async def CancelRuns(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    async def RetryRuns(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    async def ListWorkers(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
 
 def settings(heartbeat: float, lease: float) -> worker_service_pb2.StreamSettings:
     """StreamSettings with the given heartbeat interval and lease timeout (seconds)."""

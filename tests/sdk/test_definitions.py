@@ -134,6 +134,10 @@ def test_the_context_annotation_is_checked_as_a_class() -> None:
         ({"version": ""}, "version must not be empty"),
         ({"version": 1.5}, "version must be a str or int"),
         ({"version": True}, "version must be a str or int"),
+        # The server's limits on a hello: the SDK never sends one past them.
+        ({"events": [f"e{i}" for i in range(33)]}, "at most 32 events"),
+        ({"events": ["e" * 201]}, "at most 200 characters"),
+        ({"execution_timeout": 3651 * 86400}, "execution_timeout is at most"),
     ],
 )
 def test_workflow_option_errors(options: dict[str, Any], message: str) -> None:
@@ -286,3 +290,19 @@ def test_a_schedule_input_that_does_not_fit_the_workflow_fails_in_the_worker() -
 
     with pytest.raises(WorkflowDefinitionError, match="schedule's input"):
         Worker("127.0.0.1:1", workflows=[typed])
+
+
+def test_a_worker_stays_within_the_server_s_hello_limits() -> None:
+    async def wf(ctx: WorkflowContext) -> None: ...
+
+    many = [workflow(name=f"limits.w{i}")(wf) for i in range(1001)]
+    with pytest.raises(WorkflowDefinitionError, match="at most 1000 workflow versions"):
+        Worker("127.0.0.1:1", workflows=many)
+    versions = [workflow(name="limits.v", version=v)(wf) for v in range(101)]
+    with pytest.raises(WorkflowDefinitionError, match="at most 100 versions"):
+        Worker("127.0.0.1:1", workflows=versions)
+    with pytest.raises(ValueError, match="concurrency must be an int from 1 to 10000"):
+        Worker("127.0.0.1:1", workflows=many[:1], concurrency=10_001)
+    with pytest.raises(ValueError, match="max_cached_runs must be an int from 0 to 100000"):
+        Worker("127.0.0.1:1", workflows=many[:1], max_cached_runs=100_001)
+    Worker("127.0.0.1:1", workflows=many[:1000], concurrency=10_000, max_cached_runs=100_000)

@@ -97,8 +97,22 @@ def test_history_module_exports_run_event_types() -> None:
         "custom",
         "held",
         "child_started",
+        "progress",
+        "retried",
+        "forked",
+        "forked_from",
         "unknown",
     ]
+
+
+def test_operations_module_exports_what_the_operator_calls_return() -> None:
+    from stepd import operations
+
+    assert sorted(operations.__all__) == ["BulkResult", "WorkerInfo"]
+    for name in operations.__all__:
+        assert inspect.getdoc(getattr(operations, name)), name
+    for method in ("retry", "fork", "delete_run", "cancel_runs", "retry_runs", "list_workers"):
+        assert inspect.getdoc(getattr(stepd.Client, method)), method
 
 
 def test_wait_timeout_error_is_a_timeout_error() -> None:

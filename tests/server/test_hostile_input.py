@@ -82,6 +82,14 @@ async def test_undecodable_bytes_are_invalid_argument_without_a_traceback(
         )
         message = await expect(call(b"\xff\xff\xff\xff"), grpc.StatusCode.INVALID_ARGUMENT)
         assert "Error" not in message and "class" not in message, message
+    watch = harness.channel.unary_stream(
+        WORKFLOW + "WatchRun", request_serializer=None, response_deserializer=None
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as watched:
+        async for _ in watch(b"\xff\xff\xff\xff"):
+            pass
+    assert watched.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "Error" not in (watched.value.details() or "")
     ended = await raw_stream(harness, b"\x0a\xff\xff")
     assert ended.code() is grpc.StatusCode.INVALID_ARGUMENT, ended.details()
     ended = await raw_stream(harness, hello("w").SerializeToString(), b"\x12\xff\xff\xff")

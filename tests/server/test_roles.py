@@ -43,6 +43,13 @@ EXPECTED: dict[str, frozenset[str]] = {
     "WorkflowService/ResumeSchedule": frozenset({"admin", "operator"}),
     "WorkflowService/DeleteSchedule": frozenset({"admin", "operator"}),
     "WorkflowService/TriggerSchedule": frozenset({"admin", "operator"}),
+    "WorkflowService/WatchRun": READERS,
+    "WorkflowService/RetryRun": frozenset({"admin", "operator"}),
+    "WorkflowService/ForkRun": frozenset({"admin", "operator"}),
+    "WorkflowService/DeleteRun": frozenset({"admin", "operator"}),
+    "WorkflowService/CancelRuns": frozenset({"admin", "operator"}),
+    "WorkflowService/RetryRuns": frozenset({"admin", "operator"}),
+    "WorkflowService/ListWorkers": READERS,
     "WorkerService/PollTask": frozenset({"admin", "worker"}),
     "AdminService/CreateApiKey": ADMIN,
     "AdminService/ListApiKeys": ADMIN,
@@ -107,6 +114,21 @@ async def call(harness: SecureHarness, path: str, method: Any, key: str | None) 
             return exc.code()
         finally:
             streaming.cancel()
+    if method.server_streaming:
+        watch = channel.unary_stream(
+            path,
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        watching: Any = watch(request_type(), metadata=metadata, timeout=10)
+        try:
+            async for _ in watching:
+                break
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        finally:
+            watching.cancel()
+        return grpc.StatusCode.OK
     unary = channel.unary_unary(
         path,
         request_serializer=request_type.SerializeToString,

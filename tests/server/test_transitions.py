@@ -7,10 +7,17 @@ from stepd.server.engine import transitions
 from stepd.server.engine.transitions import RunEvent
 
 
-def test_terminal_statuses_have_no_way_out() -> None:
+def test_terminal_statuses_have_no_way_out_but_an_operator_s_retry() -> None:
     for status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
         for event in RunEvent:
+            if event is RunEvent.RETRY and status is not RunStatus.COMPLETED:
+                continue
             assert not transitions.allowed(status, event)
+
+
+def test_only_failed_and_cancelled_runs_can_be_retried() -> None:
+    assert transitions.sources(RunEvent.RETRY) == {RunStatus.FAILED, RunStatus.CANCELLED}
+    assert transitions.target(RunEvent.RETRY) is RunStatus.PENDING
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from stepd.server.domain import RecordStepStatus, StepRow
-from stepd.server.store import SqlStore, StoreClosedError, open_store
+from stepd.server.store import SqlStore, StoreClosedError, StoreValueError, open_store
 from stepd.server.store.group_commit import GroupCommitter
 from stepd.server.store.schema import steps, workflow_versions
 from stepd.server.store.sqlite import create_writer_engine
@@ -108,7 +108,8 @@ async def test_a_failing_commit_fails_only_its_caller(store: SqlStore) -> None:
         return_exceptions=True,
     )
 
-    assert isinstance(results[-1], IntegrityError)
+    assert isinstance(results[-1], StoreValueError)  # the database refused it
+    assert isinstance(results[-1].__cause__, IntegrityError)
     assert results[:-1] == [f"ok{i}" for i in range(10)]
     assert await stored_names(store) == {f"ok{i}" for i in range(10)}
     assert await store.load_journal("missing") == []

@@ -219,7 +219,7 @@ async function runsPage() {
   field("before", "Created before", { type: "datetime-local" }),
   h("button", { class: "primary", type: "submit" }, "Filter"),
   h("label", {}, "Live", live));
-  const lookup = h("input", { id: "lookup", placeholder: "run id" });
+  const lookup = h("input", { id: "lookup", placeholder: "run id or idempotency key" });
   const lookupForm = h("form", { class: "filters", onsubmit: async (event) => {
     event.preventDefault();
     const id = lookup.value.trim();
@@ -227,7 +227,13 @@ async function runsPage() {
     try {
       await rpc("GetRun", { run_id: id });
       location.hash = `#/runs/${encodeURIComponent(id)}`;
-    } catch (e) { notice(e.message, true); }
+    } catch (e) {
+      if (e.status !== 404 && e.status !== 400) { notice(e.message, true); return; }
+      const byKey = await rpc("ListRuns", { idempotency_key: id, page_size: 1 }).catch(() => ({}));
+      const found = (byKey.runs || [])[0];
+      if (found) location.hash = `#/runs/${encodeURIComponent(found.run_id)}`;
+      else notice(`No run has the id or idempotency key ${shorten(id, 60)}.`, true);
+    }
   } }, h("label", {}, "Open a run", lookup), h("button", { type: "submit" }, "Open"));
   const body = h("tbody", { id: "runs" });
   const table = h("table", {}, h("thead", {}, h("tr", {},
@@ -307,7 +313,7 @@ function historyTable(events) {
         : shorten(e.detail || payloadText(e.payload), 200))))));
 }
 
-function runActions(run, reload) {
+function runActions(run, events, reload) {
   const status = statusName(run.status);
   const buttons = [];
   if (!TERMINAL.has(status) && may("cancel")) {
@@ -332,7 +338,48 @@ function runActions(run, reload) {
       });
     } }, "Signal"));
   }
+  if ((status === "FAILED" || status === "CANCELLED") && may("manage_runs")) {
+    buttons.push(h("button", { class: "primary", id: "retry", onclick: () => {
+      const reason = h("input", { id: "retry-reason", placeholder: "why (optional)" });
+      confirmAction(`Retry run ${run.run_id}? Its recorded steps are kept; the failed step runs again.`,
+        [h("label", {}, "Reason", reason)], async () => {
+          await rpc("RetryRun", { run_id: run.run_id, reason: reason.value });
+          notice(`Run ${run.run_id} goes on from where it stopped.`);
+          await reload();
+        });
+    } }, "Retry"));
+  }
+  const steps = [...new Set(events.filter((e) => e.type === "RUN_EVENT_TYPE_STEP_COMPLETED" && !e.attempt_only).map((e) => e.key))];
+  if (steps.length && may("manage_runs")) {
+    buttons.push(h("button", { id: "fork", onclick: () => {
+      const step = h("select", { id: "fork-step" }, steps.map((key) => h("option", { value: key }, key)));
+      confirmAction(`Fork run ${run.run_id}`, [
+        h("label", {}, "Keep the recorded steps up to and including", step),
+        h("p", { class: "muted" }, "A new run of the same workflow and input starts with those steps recorded and runs the rest."),
+      ], async () => {
+        const answer = await rpc("ForkRun", { run_id: run.run_id, step_key: step.value, request_id: randomId() });
+        location.hash = `#/runs/${encodeURIComponent(answer.run.run_id)}`;
+      });
+    } }, "Fork"));
+  }
   return h("div", { class: "actions" }, buttons);
+}
+
+function pendingWaits(answer) {
+  const waits = answer.pending_waits || [];
+  const rows = waits.map((w) => h("tr", { "data-wait": w.wait_key },
+    h("td", {}, (w.kind || "").replace(/^PENDING_WAIT_KIND_/, "").toLowerCase()),
+    h("td", { class: "mono" }, w.name || w.wait_key),
+    h("td", {}, w.fire_time ? `fires ${when(w.fire_time)}` : w.deadline ? `until ${when(w.deadline)}` : ""),
+    h("td", { class: "mono" }, w.child_run_id ? h("a", { href: `#/runs/${encodeURIComponent(w.child_run_id)}` }, w.child_run_id)
+      : w.hook_token ? shorten(w.hook_token, 40) : w.match_json || "")));
+  const parts = [];
+  if (answer.no_worker) parts.push(h("p", { class: "error", id: "no-worker" }, "No connected worker serves this workflow and version."));
+  if (rows.length) {
+    parts.push(h("table", { id: "pending-waits" }, h("thead", {}, h("tr", {}, ["Waiting for", "Name", "When", ""].map((t) => h("th", {}, t)))),
+      h("tbody", {}, rows)));
+  }
+  return parts;
 }
 
 async function runPage(runId) {
@@ -340,11 +387,12 @@ async function runPage(runId) {
   const body = h("div", {});
   show(heading, body);
   async function load() {
-    const [{ run }, events, children] = await Promise.all([
+    const [answer, events, children] = await Promise.all([
       rpc("GetRun", { run_id: runId }),
       allEvents(runId),
       rpc("ListRuns", { parent_run_id: runId, page_size: 100 }),
     ]);
+    const { run } = answer;
     const status = statusName(run.status);
     const took = run.end_time ? seconds(millis(run.end_time) - millis(run.create_time)) : "";
     const facts = h("dl", { class: "facts" },
@@ -354,6 +402,9 @@ async function runPage(runId) {
       h("dt", {}, "Created"), h("dd", {}, when(run.create_time)),
       h("dt", {}, "Ended"), h("dd", {}, run.end_time ? `${when(run.end_time)} (${took})` : "—"),
       h("dt", {}, "Dispatches"), h("dd", {}, run.dispatch_count || 0),
+      run.progress ? [h("dt", {}, "Progress"), h("dd", { id: "run-progress", class: "mono" }, shorten(payloadText(run.progress).replace(/\s+/g, " "), 200))] : [],
+      run.forked_from_run_id ? [h("dt", {}, "Forked from"), h("dd", { class: "mono" }, h("a", { href: `#/runs/${encodeURIComponent(run.forked_from_run_id)}` }, run.forked_from_run_id), ` at ${run.forked_from_step_key || ""}`)] : [],
+      run.retry_count ? [h("dt", {}, "Retried"), h("dd", {}, `${run.retry_count} time(s)`)] : [],
       run.idempotency_key ? [h("dt", {}, "Idempotency key"), h("dd", { class: "mono" }, run.idempotency_key)] : [],
       run.schedule_id ? [h("dt", {}, "Schedule"), h("dd", {}, h("a", { href: `#/schedules/${encodeURIComponent(run.schedule_id)}` }, run.schedule_id))] : [],
       run.parent_run_id ? [h("dt", {}, "Parent"), h("dd", { class: "mono" }, h("a", { href: `#/runs/${encodeURIComponent(run.parent_run_id)}` }, run.parent_run_id))] : [],
@@ -364,7 +415,8 @@ async function runPage(runId) {
       : h("pre", { id: "run-result" }, TERMINAL.has(status) ? payloadText(run.result) : "—");
     const kids = children.runs || [];
     body.replaceChildren(
-      runActions(run, load),
+      runActions(run, events, load),
+      ...pendingWaits(answer),
       h("div", { class: "row" },
         h("div", { class: "card" }, facts),
         h("div", { class: "card" }, h("h2", {}, "Input"), h("pre", { id: "run-input" }, payloadText(run.input)),
@@ -455,7 +507,7 @@ async function workersPage() {
         h("td", { class: "mono" }, w.identity || w.worker_id),
         h("td", {}, (w.workflows || []).map((f) => `${f.name}${f.version ? ` ${f.version}` : ""}`).join(", ")),
         h("td", {}, w.capacity || 0), h("td", {}, w.runs_held || 0),
-        h("td", {}, when(w.last_heartbeat_time)), h("td", { class: "mono" }, w.server_id || ""))) :
+        h("td", {}, when(w.last_heartbeat_time)), h("td", { class: "mono" }, w.replica_id || ""))) :
         [h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No workers connected."))])));
   }
   await load();

@@ -35,6 +35,9 @@ from stepd.server.store.migrations import (
     v0010_children_and_holds,
     v0011_has_children,
     v0013_keys_and_versions,
+    v0016_progress,
+    v0017_run_actions,
+    v0018_trace_context,
     v0019_concurrency,
 )
 
@@ -61,6 +64,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, v0010_children_and_holds.DESCRIPTION, v0010_children_and_holds.upgrade),
     Migration(11, v0011_has_children.DESCRIPTION, v0011_has_children.upgrade),
     Migration(13, v0013_keys_and_versions.DESCRIPTION, v0013_keys_and_versions.upgrade),
+    Migration(16, v0016_progress.DESCRIPTION, v0016_progress.upgrade),
+    Migration(17, v0017_run_actions.DESCRIPTION, v0017_run_actions.upgrade),
+    Migration(18, v0018_trace_context.DESCRIPTION, v0018_trace_context.upgrade),
     Migration(19, v0019_concurrency.DESCRIPTION, v0019_concurrency.upgrade),
 )
 

@@ -74,6 +74,14 @@ class _FailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Failure
     """The workflow's execution timeout passed."""
     FAILURE_REASON_MAX_ENTRIES_EXCEEDED: _FailureReason.ValueType  # 4
     """The run's journal reached its maximum number of entries."""
+    FAILURE_REASON_SERVER_ERROR: _FailureReason.ValueType  # 5
+    """The server could not apply the run's commands or claims several times
+    over (a fault of the server or of its database, not of the workflow).
+    """
+    FAILURE_REASON_JOURNAL_TOO_LARGE: _FailureReason.ValueType  # 6
+    """The run's journal reached the server's byte budget (the step results and
+    met waits' payloads it holds; `stepd serve --max-journal-bytes`).
+    """
 
 class FailureReason(_FailureReason, metaclass=_FailureReasonEnumTypeWrapper):
     """FailureReason says why a failed run failed."""
@@ -88,6 +96,14 @@ FAILURE_REASON_EXECUTION_TIMEOUT: FailureReason.ValueType  # 3
 """The workflow's execution timeout passed."""
 FAILURE_REASON_MAX_ENTRIES_EXCEEDED: FailureReason.ValueType  # 4
 """The run's journal reached its maximum number of entries."""
+FAILURE_REASON_SERVER_ERROR: FailureReason.ValueType  # 5
+"""The server could not apply the run's commands or claims several times
+over (a fault of the server or of its database, not of the workflow).
+"""
+FAILURE_REASON_JOURNAL_TOO_LARGE: FailureReason.ValueType  # 6
+"""The run's journal reached the server's byte budget (the step results and
+met waits' payloads it holds; `stepd serve --max-journal-bytes`).
+"""
 Global___FailureReason: _TypeAlias = FailureReason  # noqa: Y015
 
 class _RunEventType:
@@ -130,6 +146,16 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     """A worker held the run for non-determinism (error says why)."""
     RUN_EVENT_TYPE_CHILD_STARTED: _RunEventType.ValueType  # 31
     """The run started a child run (key is the call's key, detail the child's run id)."""
+    RUN_EVENT_TYPE_PROGRESS: _RunEventType.ValueType  # 32
+    """The workflow reported progress (payload is the value; Run.progress holds
+    the latest).
+    """
+    RUN_EVENT_TYPE_RETRIED: _RunEventType.ValueType  # 40
+    """The run was retried (detail: the status it left; actor_key_id: who)."""
+    RUN_EVENT_TYPE_FORKED: _RunEventType.ValueType  # 41
+    """A fork of this run was made (detail: the new run's id; key: the step)."""
+    RUN_EVENT_TYPE_FORKED_FROM: _RunEventType.ValueType  # 42
+    """This run was made by a fork (detail: the original's id; key: the step)."""
 
 class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper):
     """RunEventType is the kind of one entry of a run's history."""
@@ -168,6 +194,16 @@ RUN_EVENT_TYPE_HELD: RunEventType.ValueType  # 30
 """A worker held the run for non-determinism (error says why)."""
 RUN_EVENT_TYPE_CHILD_STARTED: RunEventType.ValueType  # 31
 """The run started a child run (key is the call's key, detail the child's run id)."""
+RUN_EVENT_TYPE_PROGRESS: RunEventType.ValueType  # 32
+"""The workflow reported progress (payload is the value; Run.progress holds
+the latest).
+"""
+RUN_EVENT_TYPE_RETRIED: RunEventType.ValueType  # 40
+"""The run was retried (detail: the status it left; actor_key_id: who)."""
+RUN_EVENT_TYPE_FORKED: RunEventType.ValueType  # 41
+"""A fork of this run was made (detail: the new run's id; key: the step)."""
+RUN_EVENT_TYPE_FORKED_FROM: RunEventType.ValueType  # 42
+"""This run was made by a fork (detail: the original's id; key: the step)."""
 Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
 
 @_typing.final
@@ -276,6 +312,11 @@ class Run(_message.Message):
     CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
     CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
     WAITING_REASON_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_RUN_ID_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_STEP_KEY_FIELD_NUMBER: _builtins.int
+    RETRY_COUNT_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id: server-assigned, or the custom id given to Trigger."""
     workflow_name: _builtins.str
@@ -308,6 +349,12 @@ class Run(_message.Message):
     """Why a pending run is not handed out, for people, e.g. "queued behind
     key K of limit L: 2 ahead". Empty when it is not waiting for admission.
     """
+    forked_from_run_id: _builtins.str
+    """For a run made by ForkRun: the run it was forked from."""
+    forked_from_step_key: _builtins.str
+    """For a run made by ForkRun: the step of the original it was forked from."""
+    retry_count: _builtins.int
+    """How many times RetryRun resumed the run."""
     @_builtins.property
     def input(self) -> Global___Payload:
         """The input it was triggered with."""
@@ -363,6 +410,19 @@ class Run(_message.Message):
         worker whose code has not refused it; cleared when one takes it.
         """
 
+    @_builtins.property
+    def progress(self) -> Global___Payload:
+        """The latest value the workflow reported with ctx.set_progress (any JSON
+        value); empty until it reports one.
+        """
+
+    @_builtins.property
+    def trace_context(self) -> Global___TraceContext:
+        """The W3C trace context the run belongs to (docs/observability.md, "Traces"):
+        the one given at Trigger, the parent run's for a child; empty for a run
+        started by an event or a schedule without one (its worker starts a trace).
+        """
+
     def __init__(
         self,
         *,
@@ -393,14 +453,47 @@ class Run(_message.Message):
         concurrency_limit: _builtins.str = ...,
         concurrency_key: _builtins.str = ...,
         waiting_reason: _builtins.str = ...,
+        progress: Global___Payload | None = ...,
+        forked_from_run_id: _builtins.str = ...,
+        forked_from_step_key: _builtins.str = ...,
+        retry_count: _builtins.int = ...,
+        trace_context: Global___TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "held_error", b"held_error", "input", b"input", "result", b"result", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "held_error", b"held_error", "input", b"input", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "concurrency_key", b"concurrency_key", "concurrency_limit", b"concurrency_limit", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "result", b"result", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "update_time", b"update_time", "waiting_reason", b"waiting_reason", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "concurrency_key", b"concurrency_key", "concurrency_limit", b"concurrency_limit", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "forked_from_run_id", b"forked_from_run_id", "forked_from_step_key", b"forked_from_step_key", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "progress", b"progress", "result", b"result", "retry_count", b"retry_count", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "trace_context", b"trace_context", "update_time", b"update_time", "waiting_reason", b"waiting_reason", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class TraceContext(_message.Message):
+    """TraceContext is a W3C Trace Context (https://www.w3.org/TR/trace-context/):
+    the trace a run belongs to and the span that started it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    traceparent: _builtins.str
+    """The `traceparent` header: "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>"."""
+    tracestate: _builtins.str
+    """The `tracestate` header (vendor data), at most 512 characters; may be empty."""
+    def __init__(
+        self,
+        *,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceContext: _TypeAlias = TraceContext  # noqa: Y015
 
 @_typing.final
 class StepRecord(_message.Message):

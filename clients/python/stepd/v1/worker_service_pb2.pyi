@@ -484,6 +484,7 @@ class StartChildCommand(_message.Message):
     WORKFLOW_VERSION_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     DETACHED_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     child_key: _builtins.str
     """The call's key in the parent's journal: "child:N"."""
     workflow_name: _builtins.str
@@ -498,6 +499,12 @@ class StartChildCommand(_message.Message):
     def input(self) -> _types_pb2.Payload:
         """The child's input."""
 
+    @_builtins.property
+    def trace_context(self) -> _types_pb2.TraceContext:
+        """The parent's trace context where it started the child: the child's spans
+        are in that trace. Unset: the child has the parent run's trace context.
+        """
+
     def __init__(
         self,
         *,
@@ -506,10 +513,11 @@ class StartChildCommand(_message.Message):
         workflow_version: _builtins.str = ...,
         input: _types_pb2.Payload | None = ...,
         detached: _builtins.bool = ...,
+        trace_context: _types_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_key", b"child_key", "detached", b"detached", "input", b"input", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_key", b"child_key", "detached", b"detached", "input", b"input", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -590,10 +598,15 @@ class RecordEventCommand(_message.Message):
     ENTRY_KEY_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
     entry_key: _builtins.str
     """The entry's key in the run, assigned like step keys."""
     name: _builtins.str
     """A short name for the entry, e.g. "progress" or "log"."""
+    progress: _builtins.bool
+    """True: the entry is the run's progress (a PROGRESS history entry whose
+    payload becomes Run.progress when the entry is new).
+    """
     @_builtins.property
     def payload(self) -> _types_pb2.Payload:
         """The entry's content."""
@@ -604,10 +617,11 @@ class RecordEventCommand(_message.Message):
         entry_key: _builtins.str = ...,
         name: _builtins.str = ...,
         payload: _types_pb2.Payload | None = ...,
+        progress: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_key", b"entry_key", "name", b"name", "payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_key", b"entry_key", "name", b"name", "payload", b"payload", "progress", b"progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -969,6 +983,12 @@ class StreamSettings(_message.Message):
 
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     LEASE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    max_message_bytes: _builtins.int
+    """The most bytes of one message the worker may send after its hello; a
+    larger one ends the stream with RESOURCE_EXHAUSTED. 0 (older servers):
+    only gRPC's own limit.
+    """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """Send a message (a heartbeat when there is nothing else) at least this
@@ -986,10 +1006,11 @@ class StreamSettings(_message.Message):
         *,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         lease_timeout: _duration_pb2.Duration | None = ...,
+        max_message_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout", "max_message_bytes", b"max_message_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1013,6 +1034,8 @@ class RunTask(_message.Message):
     ROOT_RUN_ID_FIELD_NUMBER: _builtins.int
     HOOK_SECRET_FIELD_NUMBER: _builtins.int
     CONTINUES_LEASE_FIELD_NUMBER: _builtins.int
+    JOURNAL_PARTS_REMAINING_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     lease_id: _builtins.int
@@ -1039,6 +1062,14 @@ class RunTask(_message.Message):
     that no longer has that execution must not guess: it answers release_run
     and the server hands the run out again with the full journal.
     """
+    journal_parts_remaining: _builtins.int
+    """0: this message carries the whole task. Otherwise the task is too large
+    for one stream message and this many more RunTask messages follow for the
+    same run_id and lease_id, each in a PollTaskResponse of its own and with
+    no other task between them. They set only run_id, lease_id, journal (the
+    next entries, in order) and journal_parts_remaining (one less each time);
+    the worker joins the journal before it starts the run.
+    """
     @_builtins.property
     def input(self) -> _types_pb2.Payload:
         """The run's input."""
@@ -1050,6 +1081,12 @@ class RunTask(_message.Message):
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """The run's deadline, if any."""
+
+    @_builtins.property
+    def trace_context(self) -> _types_pb2.TraceContext:
+        """The trace the run belongs to (Run.trace_context); empty when none: the
+        worker's run span then starts a trace.
+        """
 
     def __init__(
         self,
@@ -1066,10 +1103,12 @@ class RunTask(_message.Message):
         root_run_id: _builtins.str = ...,
         hook_secret: _builtins.bytes = ...,
         continues_lease: _builtins.int = ...,
+        journal_parts_remaining: _builtins.int = ...,
+        trace_context: _types_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["continues_lease", b"continues_lease", "deadline", b"deadline", "dispatch_count", b"dispatch_count", "hook_secret", b"hook_secret", "input", b"input", "journal", b"journal", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continues_lease", b"continues_lease", "deadline", b"deadline", "dispatch_count", b"dispatch_count", "hook_secret", b"hook_secret", "input", b"input", "journal", b"journal", "journal_parts_remaining", b"journal_parts_remaining", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from stepd.v1 import schedules_pb2 as _schedules_pb2
 from stepd.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
@@ -21,6 +22,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PendingWaitKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PendingWaitKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PendingWaitKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PENDING_WAIT_KIND_UNSPECIFIED: _PendingWaitKind.ValueType  # 0
+    """Not set."""
+    PENDING_WAIT_KIND_TIMER: _PendingWaitKind.ValueType  # 1
+    """A durable timer (a sleep, or a retry's backoff)."""
+    PENDING_WAIT_KIND_SIGNAL: _PendingWaitKind.ValueType  # 2
+    """The next signal of a name."""
+    PENDING_WAIT_KIND_EVENT: _PendingWaitKind.ValueType  # 3
+    """An event of a name whose payload matches."""
+    PENDING_WAIT_KIND_HOOK: _PendingWaitKind.ValueType  # 4
+    """The execution of a hook."""
+    PENDING_WAIT_KIND_CHILD: _PendingWaitKind.ValueType  # 5
+    """The end of a child run."""
+
+class PendingWaitKind(_PendingWaitKind, metaclass=_PendingWaitKindEnumTypeWrapper):
+    """PendingWaitKind is what one pending wait waits for."""
+
+PENDING_WAIT_KIND_UNSPECIFIED: PendingWaitKind.ValueType  # 0
+"""Not set."""
+PENDING_WAIT_KIND_TIMER: PendingWaitKind.ValueType  # 1
+"""A durable timer (a sleep, or a retry's backoff)."""
+PENDING_WAIT_KIND_SIGNAL: PendingWaitKind.ValueType  # 2
+"""The next signal of a name."""
+PENDING_WAIT_KIND_EVENT: PendingWaitKind.ValueType  # 3
+"""An event of a name whose payload matches."""
+PENDING_WAIT_KIND_HOOK: PendingWaitKind.ValueType  # 4
+"""The execution of a hook."""
+PENDING_WAIT_KIND_CHILD: PendingWaitKind.ValueType  # 5
+"""The end of a child run."""
+Global___PendingWaitKind: _TypeAlias = PendingWaitKind  # noqa: Y015
 
 @_typing.final
 class TriggerRequest(_message.Message):
@@ -36,6 +73,7 @@ class TriggerRequest(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """The workflow to run. Required."""
     workflow_version: _builtins.str
@@ -66,6 +104,14 @@ class TriggerRequest(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Do not start the run before this time."""
 
+    @_builtins.property
+    def trace_context(self) -> _types_pb2.TraceContext:
+        """The caller's trace context, stored with the run and handed to its worker,
+        whose spans join that trace. Unset: the `traceparent` / `tracestate`
+        metadata of the call, if any. A malformed traceparent here is
+        INVALID_ARGUMENT (in metadata it is ignored).
+        """
+
     def __init__(
         self,
         *,
@@ -77,10 +123,11 @@ class TriggerRequest(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         concurrency_key: _builtins.str = ...,
+        trace_context: _types_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "start_time", b"start_time", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "input", b"input", "run_id", b"run_id", "start_time", b"start_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "input", b"input", "run_id", b"run_id", "start_time", b"start_time", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -155,22 +202,103 @@ class GetRunResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
+    PENDING_WAITS_FIELD_NUMBER: _builtins.int
+    NO_WORKER_FIELD_NUMBER: _builtins.int
+    no_worker: _builtins.bool
+    """True for a pending run that no worker connected to this server serves
+    (its workflow, and its version when the run is pinned to one): it waits
+    until one connects.
+    """
     @_builtins.property
     def run(self) -> _types_pb2.Run:
         """The run."""
+
+    @_builtins.property
+    def pending_waits(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingWait]:
+        """What a suspended run waits for (it wakes when any one is met); empty for
+        a run in another status. A wait's timeout is its deadline, not a wait of
+        its own.
+        """
 
     def __init__(
         self,
         *,
         run: _types_pb2.Run | None = ...,
+        pending_waits: _abc.Iterable[Global___PendingWait] | None = ...,
+        no_worker: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["no_worker", b"no_worker", "pending_waits", b"pending_waits", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
+
+@_typing.final
+class PendingWait(_message.Message):
+    """PendingWait is one thing a suspended run waits for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAIT_KEY_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    FIRE_TIME_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MATCH_JSON_FIELD_NUMBER: _builtins.int
+    HOOK_TOKEN_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_ID_FIELD_NUMBER: _builtins.int
+    wait_key: _builtins.str
+    """The wait's key in the run's journal (e.g. "sleep:1", "signal:2")."""
+    kind: Global___PendingWaitKind.ValueType
+    """What it waits for."""
+    name: _builtins.str
+    """For a signal or event wait: the signal's or event's name."""
+    match_json: _builtins.str
+    """For an event wait: the JSON object of payload fields that must be equal
+    (empty matches every event of the name).
+    """
+    hook_token: _builtins.str
+    """For a hook wait: the hook's token, when the caller may execute hooks
+    (its key's role has the execute_hook right, or the server runs without
+    keys); empty otherwise.
+    """
+    child_run_id: _builtins.str
+    """For a child wait: the child's run id."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """When the wait began."""
+
+    @_builtins.property
+    def fire_time(self) -> _timestamp_pb2.Timestamp:
+        """For a timer: when it fires."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the wait times out, if it has a timeout."""
+
+    def __init__(
+        self,
+        *,
+        wait_key: _builtins.str = ...,
+        kind: Global___PendingWaitKind.ValueType = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        fire_time: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        name: _builtins.str = ...,
+        match_json: _builtins.str = ...,
+        hook_token: _builtins.str = ...,
+        child_run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "fire_time", b"fire_time", "since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_run_id", b"child_run_id", "deadline", b"deadline", "fire_time", b"fire_time", "hook_token", b"hook_token", "kind", b"kind", "match_json", b"match_json", "name", b"name", "since", b"since", "wait_key", b"wait_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingWait: _TypeAlias = PendingWait  # noqa: Y015
 
 @_typing.final
 class ListRunsRequest(_message.Message):
@@ -186,6 +314,8 @@ class ListRunsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     INCLUDE_PAYLOADS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """Only runs of this workflow."""
     parent_run_id: _builtins.str
@@ -201,6 +331,10 @@ class ListRunsRequest(_message.Message):
     (3 MiB; at least one run per page), so a page may hold fewer than
     page_size runs while next_page_token is set.
     """
+    idempotency_key: _builtins.str
+    """Only the run started with this idempotency key."""
+    schedule_id: _builtins.str
+    """Only runs this schedule started."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.RunStatus.ValueType]:
         """Only runs in one of these statuses."""
@@ -224,10 +358,12 @@ class ListRunsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         include_payloads: _builtins.bool = ...,
+        idempotency_key: _builtins.str = ...,
+        schedule_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "include_payloads", b"include_payloads", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "statuses", b"statuses", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "idempotency_key", b"idempotency_key", "include_payloads", b"include_payloads", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "schedule_id", b"schedule_id", "statuses", b"statuses", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -981,3 +1117,226 @@ class TriggerScheduleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TriggerScheduleResponse: _TypeAlias = TriggerScheduleResponse  # noqa: Y015
+
+@_typing.final
+class WatchRunRequest(_message.Message):
+    """WatchRunRequest names the run to watch and where to start."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run's id. Required."""
+    page_token: _builtins.str
+    """Where to start: the resume_token of an earlier WatchRunResponse, or a
+    ListRunEvents next_page_token, of this run. Empty: from the first entry.
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunRequest: _TypeAlias = WatchRunRequest  # noqa: Y015
+
+@_typing.final
+class WatchRunResponse(_message.Message):
+    """WatchRunResponse carries history entries as they are committed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Pass as WatchRunRequest.page_token to resume after these entries."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RunEvent]:
+        """New entries, oldest first (positions continue those of ListRunEvents);
+        empty in a keepalive.
+        """
+
+    @_builtins.property
+    def run(self) -> _types_pb2.Run:
+        """The run as it stands (without input and result), in the first response
+        and whenever its status or progress changed; unset otherwise.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_types_pb2.RunEvent] | None = ...,
+        run: _types_pb2.Run | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "resume_token", b"resume_token", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunResponse: _TypeAlias = WatchRunResponse  # noqa: Y015
+
+@_typing.final
+class CancelRunsRequest(_message.Message):
+    """CancelRunsRequest selects runs to cancel, one batch per call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, for each run's record."""
+    dry_run: _builtins.bool
+    """Count the runs that would be cancelled; change nothing."""
+    batch_size: _builtins.int
+    """The most runs to act on in this call (default 500, at most 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous call, with the same filter."""
+    @_builtins.property
+    def filter(self) -> Global___ListRunsRequest:
+        """The runs to act on, selected as ListRuns selects them (its page_size,
+        page_token and include_payloads are ignored). Only unfinished runs among
+        them are cancelled.
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: Global___ListRunsRequest | None = ...,
+        reason: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+        batch_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "dry_run", b"dry_run", "filter", b"filter", "page_token", b"page_token", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunsRequest: _TypeAlias = CancelRunsRequest  # noqa: Y015
+
+@_typing.final
+class CancelRunsResponse(_message.Message):
+    """CancelRunsResponse says what one batch did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    matched: _builtins.int
+    """With dry_run: how many runs would be cancelled. Otherwise how many runs
+    this batch looked at.
+    """
+    changed: _builtins.int
+    """How many runs this call cancelled."""
+    skipped: _builtins.int
+    """Runs that ended meanwhile or were cancelled already: nothing was done."""
+    next_page_token: _builtins.str
+    """Pass as page_token for the next batch; empty when done (always with dry_run)."""
+    def __init__(
+        self,
+        *,
+        matched: _builtins.int = ...,
+        changed: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "matched", b"matched", "next_page_token", b"next_page_token", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunsResponse: _TypeAlias = CancelRunsResponse  # noqa: Y015
+
+@_typing.final
+class RetryRunsRequest(_message.Message):
+    """RetryRunsRequest selects runs to retry, one batch per call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    """Count the runs that would be retried; change nothing."""
+    batch_size: _builtins.int
+    """The most runs to act on in this call (default 500, at most 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous call, with the same filter."""
+    reason: _builtins.str
+    """Why, for each run's history."""
+    @_builtins.property
+    def filter(self) -> Global___ListRunsRequest:
+        """The runs to act on, selected as ListRuns selects them (its page fields are
+        ignored). Only failed and cancelled runs among them are retried.
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: Global___ListRunsRequest | None = ...,
+        dry_run: _builtins.bool = ...,
+        batch_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "dry_run", b"dry_run", "filter", b"filter", "page_token", b"page_token", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryRunsRequest: _TypeAlias = RetryRunsRequest  # noqa: Y015
+
+@_typing.final
+class RetryRunsResponse(_message.Message):
+    """RetryRunsResponse says what one batch did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    matched: _builtins.int
+    """With dry_run: how many runs would be retried. Otherwise how many runs
+    this batch looked at.
+    """
+    changed: _builtins.int
+    """How many runs this call retried."""
+    skipped: _builtins.int
+    """Runs that moved meanwhile, or whose deadline has passed: nothing was done."""
+    next_page_token: _builtins.str
+    """Pass as page_token for the next batch; empty when done (always with dry_run)."""
+    def __init__(
+        self,
+        *,
+        matched: _builtins.int = ...,
+        changed: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "matched", b"matched", "next_page_token", b"next_page_token", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryRunsResponse: _TypeAlias = RetryRunsResponse  # noqa: Y015

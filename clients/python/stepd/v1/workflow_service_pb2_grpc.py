@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from stepd.v1 import operations_pb2 as stepd_dot_v1_dot_operations__pb2
 from stepd.v1 import workflow_service_pb2 as stepd_dot_v1_dot_workflow__service__pb2
 
 GRPC_GENERATED_VERSION = '1.76.0'
@@ -115,6 +116,41 @@ class WorkflowServiceStub(object):
                 '/stepd.v1.WorkflowService/TriggerSchedule',
                 request_serializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleRequest.SerializeToString,
                 response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleResponse.FromString,
+                _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/stepd.v1.WorkflowService/WatchRun',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.WatchRunResponse.FromString,
+                _registered_method=True)
+        self.RetryRun = channel.unary_unary(
+                '/stepd.v1.WorkflowService/RetryRun',
+                request_serializer=stepd_dot_v1_dot_operations__pb2.RetryRunRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_operations__pb2.RetryRunResponse.FromString,
+                _registered_method=True)
+        self.ForkRun = channel.unary_unary(
+                '/stepd.v1.WorkflowService/ForkRun',
+                request_serializer=stepd_dot_v1_dot_operations__pb2.ForkRunRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_operations__pb2.ForkRunResponse.FromString,
+                _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/stepd.v1.WorkflowService/DeleteRun',
+                request_serializer=stepd_dot_v1_dot_operations__pb2.DeleteRunRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_operations__pb2.DeleteRunResponse.FromString,
+                _registered_method=True)
+        self.CancelRuns = channel.unary_unary(
+                '/stepd.v1.WorkflowService/CancelRuns',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.CancelRunsRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.CancelRunsResponse.FromString,
+                _registered_method=True)
+        self.RetryRuns = channel.unary_unary(
+                '/stepd.v1.WorkflowService/RetryRuns',
+                request_serializer=stepd_dot_v1_dot_workflow__service__pb2.RetryRunsRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_workflow__service__pb2.RetryRunsResponse.FromString,
+                _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/stepd.v1.WorkflowService/ListWorkers',
+                request_serializer=stepd_dot_v1_dot_operations__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_operations__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
 
 
@@ -240,6 +276,64 @@ class WorkflowServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRun(self, request, context):
+        """WatchRun streams a run's history: the entries from a position on, then
+        every new entry as it is committed, until the run ends (the stream then
+        ends OK) or the caller stops. The server sends an empty response after
+        30 s without news (a keepalive) and ends the stream OK after 30 minutes;
+        the caller resumes with the last resume_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryRun(self, request, context):
+        """RetryRun resumes a failed or cancelled run where it stopped: its recorded
+        steps are kept and replayed, the step that failed it runs again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkRun(self, request, context):
+        """ForkRun starts a new run of a run's workflow and input whose journal is
+        the original's up to and including one step: it runs the later steps only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRun(self, request, context):
+        """DeleteRun deletes a finished run with its journal, waits and history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRuns(self, request, context):
+        """CancelRuns cancels, one bounded batch per call, the unfinished runs a
+        ListRuns filter selects (or only counts them, with dry_run). Call again
+        with next_page_token until it is empty; safe to interrupt and repeat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryRuns(self, request, context):
+        """RetryRuns retries, one bounded batch per call, the failed and cancelled
+        runs a ListRuns filter selects (or only counts them, with dry_run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkers(self, request, context):
+        """ListWorkers lists the workers connected to the server (every replica's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -322,6 +416,41 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.TriggerSchedule,
                     request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleRequest.FromString,
                     response_serializer=stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleResponse.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.WatchRunRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.WatchRunResponse.SerializeToString,
+            ),
+            'RetryRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryRun,
+                    request_deserializer=stepd_dot_v1_dot_operations__pb2.RetryRunRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_operations__pb2.RetryRunResponse.SerializeToString,
+            ),
+            'ForkRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkRun,
+                    request_deserializer=stepd_dot_v1_dot_operations__pb2.ForkRunRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_operations__pb2.ForkRunResponse.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=stepd_dot_v1_dot_operations__pb2.DeleteRunRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_operations__pb2.DeleteRunResponse.SerializeToString,
+            ),
+            'CancelRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRuns,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.CancelRunsRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.CancelRunsResponse.SerializeToString,
+            ),
+            'RetryRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryRuns,
+                    request_deserializer=stepd_dot_v1_dot_workflow__service__pb2.RetryRunsRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_workflow__service__pb2.RetryRunsResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=stepd_dot_v1_dot_operations__pb2.ListWorkersRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_operations__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -758,6 +887,195 @@ class WorkflowService(object):
             '/stepd.v1.WorkflowService/TriggerSchedule',
             stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleRequest.SerializeToString,
             stepd_dot_v1_dot_workflow__service__pb2.TriggerScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/WatchRun',
+            stepd_dot_v1_dot_workflow__service__pb2.WatchRunRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.WatchRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/RetryRun',
+            stepd_dot_v1_dot_operations__pb2.RetryRunRequest.SerializeToString,
+            stepd_dot_v1_dot_operations__pb2.RetryRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/ForkRun',
+            stepd_dot_v1_dot_operations__pb2.ForkRunRequest.SerializeToString,
+            stepd_dot_v1_dot_operations__pb2.ForkRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/DeleteRun',
+            stepd_dot_v1_dot_operations__pb2.DeleteRunRequest.SerializeToString,
+            stepd_dot_v1_dot_operations__pb2.DeleteRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/CancelRuns',
+            stepd_dot_v1_dot_workflow__service__pb2.CancelRunsRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.CancelRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/RetryRuns',
+            stepd_dot_v1_dot_workflow__service__pb2.RetryRunsRequest.SerializeToString,
+            stepd_dot_v1_dot_workflow__service__pb2.RetryRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/ListWorkers',
+            stepd_dot_v1_dot_operations__pb2.ListWorkersRequest.SerializeToString,
+            stepd_dot_v1_dot_operations__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

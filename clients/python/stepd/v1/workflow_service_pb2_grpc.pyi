@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from stepd.v1 import operations_pb2 as _operations_pb2
 from stepd.v1 import workflow_service_pb2 as _workflow_service_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -76,6 +77,34 @@ class WorkflowServiceStub:
     """TriggerSchedule starts a run of a schedule now, as an extra occasion
     (the overlap policy applies).
     """
+    WatchRun: _grpc.UnaryStreamMultiCallable[_workflow_service_pb2.WatchRunRequest, _workflow_service_pb2.WatchRunResponse]
+    """WatchRun streams a run's history: the entries from a position on, then
+    every new entry as it is committed, until the run ends (the stream then
+    ends OK) or the caller stops. The server sends an empty response after
+    30 s without news (a keepalive) and ends the stream OK after 30 minutes;
+    the caller resumes with the last resume_token.
+    """
+    RetryRun: _grpc.UnaryUnaryMultiCallable[_operations_pb2.RetryRunRequest, _operations_pb2.RetryRunResponse]
+    """RetryRun resumes a failed or cancelled run where it stopped: its recorded
+    steps are kept and replayed, the step that failed it runs again.
+    """
+    ForkRun: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ForkRunRequest, _operations_pb2.ForkRunResponse]
+    """ForkRun starts a new run of a run's workflow and input whose journal is
+    the original's up to and including one step: it runs the later steps only.
+    """
+    DeleteRun: _grpc.UnaryUnaryMultiCallable[_operations_pb2.DeleteRunRequest, _operations_pb2.DeleteRunResponse]
+    """DeleteRun deletes a finished run with its journal, waits and history."""
+    CancelRuns: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.CancelRunsRequest, _workflow_service_pb2.CancelRunsResponse]
+    """CancelRuns cancels, one bounded batch per call, the unfinished runs a
+    ListRuns filter selects (or only counts them, with dry_run). Call again
+    with next_page_token until it is empty; safe to interrupt and repeat.
+    """
+    RetryRuns: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.RetryRunsRequest, _workflow_service_pb2.RetryRunsResponse]
+    """RetryRuns retries, one bounded batch per call, the failed and cancelled
+    runs a ListRuns filter selects (or only counts them, with dry_run).
+    """
+    ListWorkers: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListWorkersRequest, _operations_pb2.ListWorkersResponse]
+    """ListWorkers lists the workers connected to the server (every replica's)."""
 
 @_typing.type_check_only
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
@@ -125,6 +154,34 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """TriggerSchedule starts a run of a schedule now, as an extra occasion
     (the overlap policy applies).
     """
+    WatchRun: _aio.UnaryStreamMultiCallable[_workflow_service_pb2.WatchRunRequest, _workflow_service_pb2.WatchRunResponse]  # type: ignore[assignment]
+    """WatchRun streams a run's history: the entries from a position on, then
+    every new entry as it is committed, until the run ends (the stream then
+    ends OK) or the caller stops. The server sends an empty response after
+    30 s without news (a keepalive) and ends the stream OK after 30 minutes;
+    the caller resumes with the last resume_token.
+    """
+    RetryRun: _aio.UnaryUnaryMultiCallable[_operations_pb2.RetryRunRequest, _operations_pb2.RetryRunResponse]  # type: ignore[assignment]
+    """RetryRun resumes a failed or cancelled run where it stopped: its recorded
+    steps are kept and replayed, the step that failed it runs again.
+    """
+    ForkRun: _aio.UnaryUnaryMultiCallable[_operations_pb2.ForkRunRequest, _operations_pb2.ForkRunResponse]  # type: ignore[assignment]
+    """ForkRun starts a new run of a run's workflow and input whose journal is
+    the original's up to and including one step: it runs the later steps only.
+    """
+    DeleteRun: _aio.UnaryUnaryMultiCallable[_operations_pb2.DeleteRunRequest, _operations_pb2.DeleteRunResponse]  # type: ignore[assignment]
+    """DeleteRun deletes a finished run with its journal, waits and history."""
+    CancelRuns: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.CancelRunsRequest, _workflow_service_pb2.CancelRunsResponse]  # type: ignore[assignment]
+    """CancelRuns cancels, one bounded batch per call, the unfinished runs a
+    ListRuns filter selects (or only counts them, with dry_run). Call again
+    with next_page_token until it is empty; safe to interrupt and repeat.
+    """
+    RetryRuns: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.RetryRunsRequest, _workflow_service_pb2.RetryRunsResponse]  # type: ignore[assignment]
+    """RetryRuns retries, one bounded batch per call, the failed and cancelled
+    runs a ListRuns filter selects (or only counts them, with dry_run).
+    """
+    ListWorkers: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListWorkersRequest, _operations_pb2.ListWorkersResponse]  # type: ignore[assignment]
+    """ListWorkers lists the workers connected to the server (every replica's)."""
 
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     """WorkflowService is the client-facing API: start, inspect, list, cancel and
@@ -267,5 +324,75 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         """TriggerSchedule starts a run of a schedule now, as an extra occasion
         (the overlap policy applies).
         """
+
+    @_abc_1.abstractmethod
+    def WatchRun(
+        self,
+        request: _workflow_service_pb2.WatchRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_workflow_service_pb2.WatchRunResponse], _abc.AsyncIterator[_workflow_service_pb2.WatchRunResponse]]:
+        """WatchRun streams a run's history: the entries from a position on, then
+        every new entry as it is committed, until the run ends (the stream then
+        ends OK) or the caller stops. The server sends an empty response after
+        30 s without news (a keepalive) and ends the stream OK after 30 minutes;
+        the caller resumes with the last resume_token.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryRun(
+        self,
+        request: _operations_pb2.RetryRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.RetryRunResponse, _abc.Awaitable[_operations_pb2.RetryRunResponse]]:
+        """RetryRun resumes a failed or cancelled run where it stopped: its recorded
+        steps are kept and replayed, the step that failed it runs again.
+        """
+
+    @_abc_1.abstractmethod
+    def ForkRun(
+        self,
+        request: _operations_pb2.ForkRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.ForkRunResponse, _abc.Awaitable[_operations_pb2.ForkRunResponse]]:
+        """ForkRun starts a new run of a run's workflow and input whose journal is
+        the original's up to and including one step: it runs the later steps only.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteRun(
+        self,
+        request: _operations_pb2.DeleteRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.DeleteRunResponse, _abc.Awaitable[_operations_pb2.DeleteRunResponse]]:
+        """DeleteRun deletes a finished run with its journal, waits and history."""
+
+    @_abc_1.abstractmethod
+    def CancelRuns(
+        self,
+        request: _workflow_service_pb2.CancelRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.CancelRunsResponse, _abc.Awaitable[_workflow_service_pb2.CancelRunsResponse]]:
+        """CancelRuns cancels, one bounded batch per call, the unfinished runs a
+        ListRuns filter selects (or only counts them, with dry_run). Call again
+        with next_page_token until it is empty; safe to interrupt and repeat.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryRuns(
+        self,
+        request: _workflow_service_pb2.RetryRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.RetryRunsResponse, _abc.Awaitable[_workflow_service_pb2.RetryRunsResponse]]:
+        """RetryRuns retries, one bounded batch per call, the failed and cancelled
+        runs a ListRuns filter selects (or only counts them, with dry_run).
+        """
+
+    @_abc_1.abstractmethod
+    def ListWorkers(
+        self,
+        request: _operations_pb2.ListWorkersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.ListWorkersResponse, _abc.Awaitable[_operations_pb2.ListWorkersResponse]]:
+        """ListWorkers lists the workers connected to the server (every replica's)."""
 
 def add_WorkflowServiceServicer_to_server(servicer: WorkflowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stepd/v1/types.proto.
  */
 export const file_stepd_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChRzdGVwZC92MS90eXBlcy5wcm90bxIIc3RlcGQudjEiNwoHUGF5bG9hZBIMCgRqc29uGAEgASgJEhAKCGVuY29kaW5nGAIgASgJEgwKBGRhdGEYAyABKAwiYAoJRXJyb3JJbmZvEgwKBHR5cGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIRCgl0cmFjZWJhY2sYAyABKAkSEAoIc3RlcF9rZXkYBCABKAkSDwoHYXR0ZW1wdBgFIAEoDSKoBwoDUnVuEg4KBnJ1bl9pZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAkSIwoGc3RhdHVzGAQgASgOMhMuc3RlcGQudjEuUnVuU3RhdHVzEiAKBWlucHV0GAUgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIhCgZyZXN1bHQYBiABKAsyES5zdGVwZC52MS5QYXlsb2FkEiIKBWVycm9yGAcgASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvEi8KDmZhaWx1cmVfcmVhc29uGAggASgOMhcuc3RlcGQudjEuRmFpbHVyZVJlYXNvbhIVCg1wYXJlbnRfcnVuX2lkGAkgASgJEhMKC3Jvb3RfcnVuX2lkGAogASgJEhcKD2lkZW1wb3RlbmN5X2tleRgLIAEoCRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5kaXNwYXRjaF9jb3VudBgQIAEoDRIVCg1jYW5jZWxfcmVhc29uGBEgASgJEi8KC3VwZGF0ZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2ChJleGVjdXRpb25fZGVhZGxpbmUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjgKFHNjaGVkdWxlZF9zdGFydF90aW1lGB4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzY2hlZHVsZV9pZBgfIAEoCRIxCg1zY2hlZHVsZV90aW1lGCAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgpoZWxkX2Vycm9yGCggASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvEhAKCGRldGFjaGVkGCkgASgIEhkKEWNvbmN1cnJlbmN5X2xpbWl0GEYgASgJEhcKD2NvbmN1cnJlbmN5X2tleRhHIAEoCRIWCg53YWl0aW5nX3JlYXNvbhhIIAEoCSL5AQoKU3RlcFJlY29yZBIQCghzdGVwX2tleRgBIAEoCRIjCgZyZXN1bHQYAiABKAsyES5zdGVwZC52MS5QYXlsb2FkSAASJAoFZXJyb3IYAyABKAsyEy5zdGVwZC52MS5FcnJvckluZm9IABIPCgdhdHRlbXB0GAQgASgNEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxhdHRlbXB0X29ubHkYByABKAhCCQoHb3V0Y29tZSJ1CgxKb3VybmFsRW50cnkSEAoIc2VxdWVuY2UYASABKAQSJAoEc3RlcBgCIAEoCzIULnN0ZXBkLnYxLlN0ZXBSZWNvcmRIABIkCgR3YWl0GAMgASgLMhQuc3RlcGQudjEuV2FpdFJlc3VsdEgAQgcKBWVudHJ5IoMBCgpXYWl0UmVzdWx0EhAKCHdhaXRfa2V5GAEgASgJEiwKCG1ldF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIiCgdwYXlsb2FkGAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIRCgl0aW1lZF9vdXQYBCABKAgihAMKCFJ1bkV2ZW50EhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKBHR5cGUYAyABKA4yFi5zdGVwZC52MS5SdW5FdmVudFR5cGUSCwoDa2V5GAQgASgJEgwKBG5hbWUYBSABKAkSIgoHcGF5bG9hZBgGIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSIgoFZXJyb3IYByABKAsyEy5zdGVwZC52MS5FcnJvckluZm8SDwoHYXR0ZW1wdBgIIAEoDRIOCgZkZXRhaWwYCSABKAkSFAoMYWN0b3Jfa2V5X2lkGAogASgJEhQKDGF0dGVtcHRfb25seRgLIAEoCBIzCg9zdGVwX3N0YXJ0X3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDXN0ZXBfZW5kX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKrwBCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhYKElJVTl9TVEFUVVNfUlVOTklORxACEhgKFFJVTl9TVEFUVVNfU1VTUEVOREVEEAMSGAoUUlVOX1NUQVRVU19DT01QTEVURUQQBBIVChFSVU5fU1RBVFVTX0ZBSUxFRBAFEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAYqxwEKDUZhaWx1cmVSZWFzb24SHgoaRkFJTFVSRV9SRUFTT05fVU5TUEVDSUZJRUQQABIhCh1GQUlMVVJFX1JFQVNPTl9XT1JLRkxPV19FUlJPUhABEiQKIEZBSUxVUkVfUkVBU09OX0RFQURMSU5FX0VYQ0VFREVEEAISJAogRkFJTFVSRV9SRUFTT05fRVhFQ1VUSU9OX1RJTUVPVVQQAxInCiNGQUlMVVJFX1JFQVNPTl9NQVhfRU5UUklFU19FWENFRURFRBAEKtcDCgxSdW5FdmVudFR5cGUSHgoaUlVOX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIcChhSVU5fRVZFTlRfVFlQRV9UUklHR0VSRUQQARIdChlSVU5fRVZFTlRfVFlQRV9ESVNQQVRDSEVEEAISIQodUlVOX0VWRU5UX1RZUEVfU1RFUF9DT01QTEVURUQQAxIeChpSVU5fRVZFTlRfVFlQRV9TVEVQX0ZBSUxFRBAEEhwKGFJVTl9FVkVOVF9UWVBFX1NVU1BFTkRFRBAFEhsKF1JVTl9FVkVOVF9UWVBFX1dBSVRfTUVUEAYSIgoeUlVOX0VWRU5UX1RZUEVfU0lHTkFMX1JFQ0VJVkVEEAcSGwoXUlVOX0VWRU5UX1RZUEVfUkVMRUFTRUQQCBIcChhSVU5fRVZFTlRfVFlQRV9DT01QTEVURUQQCRIZChVSVU5fRVZFTlRfVFlQRV9GQUlMRUQQChIcChhSVU5fRVZFTlRfVFlQRV9DQU5DRUxMRUQQCxIZChVSVU5fRVZFTlRfVFlQRV9DVVNUT00QDBIXChNSVU5fRVZFTlRfVFlQRV9IRUxEEB4SIAocUlVOX0VWRU5UX1RZUEVfQ0hJTERfU1RBUlRFRBAfYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChRzdGVwZC92MS90eXBlcy5wcm90bxIIc3RlcGQudjEiNwoHUGF5bG9hZBIMCgRqc29uGAEgASgJEhAKCGVuY29kaW5nGAIgASgJEgwKBGRhdGEYAyABKAwiYAoJRXJyb3JJbmZvEgwKBHR5cGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIRCgl0cmFjZWJhY2sYAyABKAkSEAoIc3RlcF9rZXkYBCABKAkSDwoHYXR0ZW1wdBgFIAEoDSLLCAoDUnVuEg4KBnJ1bl9pZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAkSIwoGc3RhdHVzGAQgASgOMhMuc3RlcGQudjEuUnVuU3RhdHVzEiAKBWlucHV0GAUgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIhCgZyZXN1bHQYBiABKAsyES5zdGVwZC52MS5QYXlsb2FkEiIKBWVycm9yGAcgASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvEi8KDmZhaWx1cmVfcmVhc29uGAggASgOMhcuc3RlcGQudjEuRmFpbHVyZVJlYXNvbhIVCg1wYXJlbnRfcnVuX2lkGAkgASgJEhMKC3Jvb3RfcnVuX2lkGAogASgJEhcKD2lkZW1wb3RlbmN5X2tleRgLIAEoCRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5kaXNwYXRjaF9jb3VudBgQIAEoDRIVCg1jYW5jZWxfcmVhc29uGBEgASgJEi8KC3VwZGF0ZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2ChJleGVjdXRpb25fZGVhZGxpbmUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjgKFHNjaGVkdWxlZF9zdGFydF90aW1lGB4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzY2hlZHVsZV9pZBgfIAEoCRIxCg1zY2hlZHVsZV90aW1lGCAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgpoZWxkX2Vycm9yGCggASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvEhAKCGRldGFjaGVkGCkgASgIEhkKEWNvbmN1cnJlbmN5X2xpbWl0GEYgASgJEhcKD2NvbmN1cnJlbmN5X2tleRhHIAEoCRIWCg53YWl0aW5nX3JlYXNvbhhIIAEoCRIjCghwcm9ncmVzcxgqIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSGgoSZm9ya2VkX2Zyb21fcnVuX2lkGDIgASgJEhwKFGZvcmtlZF9mcm9tX3N0ZXBfa2V5GDMgASgJEhMKC3JldHJ5X2NvdW50GDQgASgNEi0KDXRyYWNlX2NvbnRleHQYPCABKAsyFi5zdGVwZC52MS5UcmFjZUNvbnRleHQiNwoMVHJhY2VDb250ZXh0EhMKC3RyYWNlcGFyZW50GAEgASgJEhIKCnRyYWNlc3RhdGUYAiABKAki+QEKClN0ZXBSZWNvcmQSEAoIc3RlcF9rZXkYASABKAkSIwoGcmVzdWx0GAIgASgLMhEuc3RlcGQudjEuUGF5bG9hZEgAEiQKBWVycm9yGAMgASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvSAASDwoHYXR0ZW1wdBgEIAEoDRIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMYXR0ZW1wdF9vbmx5GAcgASgIQgkKB291dGNvbWUidQoMSm91cm5hbEVudHJ5EhAKCHNlcXVlbmNlGAEgASgEEiQKBHN0ZXAYAiABKAsyFC5zdGVwZC52MS5TdGVwUmVjb3JkSAASJAoEd2FpdBgDIAEoCzIULnN0ZXBkLnYxLldhaXRSZXN1bHRIAEIHCgVlbnRyeSKDAQoKV2FpdFJlc3VsdBIQCgh3YWl0X2tleRgBIAEoCRIsCghtZXRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoHcGF5bG9hZBgDIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEQoJdGltZWRfb3V0GAQgASgIIoQDCghSdW5FdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIkCgR0eXBlGAMgASgOMhYuc3RlcGQudjEuUnVuRXZlbnRUeXBlEgsKA2tleRgEIAEoCRIMCgRuYW1lGAUgASgJEiIKB3BheWxvYWQYBiABKAsyES5zdGVwZC52MS5QYXlsb2FkEiIKBWVycm9yGAcgASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvEg8KB2F0dGVtcHQYCCABKA0SDgoGZGV0YWlsGAkgASgJEhQKDGFjdG9yX2tleV9pZBgKIAEoCRIUCgxhdHRlbXB0X29ubHkYCyABKAgSMwoPc3RlcF9zdGFydF90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1zdGVwX2VuZF90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCq8AQoJUnVuU3RhdHVzEhoKFlJVTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJSVU5fU1RBVFVTX1BFTkRJTkcQARIWChJSVU5fU1RBVFVTX1JVTk5JTkcQAhIYChRSVU5fU1RBVFVTX1NVU1BFTkRFRBADEhgKFFJVTl9TVEFUVVNfQ09NUExFVEVEEAQSFQoRUlVOX1NUQVRVU19GQUlMRUQQBRIYChRSVU5fU1RBVFVTX0NBTkNFTExFRBAGKo4CCg1GYWlsdXJlUmVhc29uEh4KGkZBSUxVUkVfUkVBU09OX1VOU1BFQ0lGSUVEEAASIQodRkFJTFVSRV9SRUFTT05fV09SS0ZMT1dfRVJST1IQARIkCiBGQUlMVVJFX1JFQVNPTl9ERUFETElORV9FWENFRURFRBACEiQKIEZBSUxVUkVfUkVBU09OX0VYRUNVVElPTl9USU1FT1VUEAMSJwojRkFJTFVSRV9SRUFTT05fTUFYX0VOVFJJRVNfRVhDRUVERUQQBBIfChtGQUlMVVJFX1JFQVNPTl9TRVJWRVJfRVJST1IQBRIkCiBGQUlMVVJFX1JFQVNPTl9KT1VSTkFMX1RPT19MQVJHRRAGKssECgxSdW5FdmVudFR5cGUSHgoaUlVOX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIcChhSVU5fRVZFTlRfVFlQRV9UUklHR0VSRUQQARIdChlSVU5fRVZFTlRfVFlQRV9ESVNQQVRDSEVEEAISIQodUlVOX0VWRU5UX1RZUEVfU1RFUF9DT01QTEVURUQQAxIeChpSVU5fRVZFTlRfVFlQRV9TVEVQX0ZBSUxFRBAEEhwKGFJVTl9FVkVOVF9UWVBFX1NVU1BFTkRFRBAFEhsKF1JVTl9FVkVOVF9UWVBFX1dBSVRfTUVUEAYSIgoeUlVOX0VWRU5UX1RZUEVfU0lHTkFMX1JFQ0VJVkVEEAcSGwoXUlVOX0VWRU5UX1RZUEVfUkVMRUFTRUQQCBIcChhSVU5fRVZFTlRfVFlQRV9DT01QTEVURUQQCRIZChVSVU5fRVZFTlRfVFlQRV9GQUlMRUQQChIcChhSVU5fRVZFTlRfVFlQRV9DQU5DRUxMRUQQCxIZChVSVU5fRVZFTlRfVFlQRV9DVVNUT00QDBIXChNSVU5fRVZFTlRfVFlQRV9IRUxEEB4SIAocUlVOX0VWRU5UX1RZUEVfQ0hJTERfU1RBUlRFRBAfEhsKF1JVTl9FVkVOVF9UWVBFX1BST0dSRVNTECASGgoWUlVOX0VWRU5UX1RZUEVfUkVUUklFRBAoEhkKFVJVTl9FVkVOVF9UWVBFX0ZPUktFRBApEh4KGlJVTl9FVkVOVF9UWVBFX0ZPUktFRF9GUk9NECpiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Payload is one value crossing the wire: a workflow input or result, a step
@@ -300,6 +300,44 @@ export type Run = Message<"stepd.v1.Run"> & {
    * @generated from field: string waiting_reason = 72;
    */
   waitingReason: string;
+
+  /**
+   * The latest value the workflow reported with ctx.set_progress (any JSON
+   * value); empty until it reports one.
+   *
+   * @generated from field: stepd.v1.Payload progress = 42;
+   */
+  progress?: Payload | undefined;
+
+  /**
+   * For a run made by ForkRun: the run it was forked from.
+   *
+   * @generated from field: string forked_from_run_id = 50;
+   */
+  forkedFromRunId: string;
+
+  /**
+   * For a run made by ForkRun: the step of the original it was forked from.
+   *
+   * @generated from field: string forked_from_step_key = 51;
+   */
+  forkedFromStepKey: string;
+
+  /**
+   * How many times RetryRun resumed the run.
+   *
+   * @generated from field: uint32 retry_count = 52;
+   */
+  retryCount: number;
+
+  /**
+   * The W3C trace context the run belongs to (docs/observability.md, "Traces"):
+   * the one given at Trigger, the parent run's for a child; empty for a run
+   * started by an event or a schedule without one (its worker starts a trace).
+   *
+   * @generated from field: stepd.v1.TraceContext trace_context = 60;
+   */
+  traceContext?: TraceContext | undefined;
 };
 
 /**
@@ -308,6 +346,35 @@ export type Run = Message<"stepd.v1.Run"> & {
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
   messageDesc(file_stepd_v1_types, 2);
+
+/**
+ * TraceContext is a W3C Trace Context (https://www.w3.org/TR/trace-context/):
+ * the trace a run belongs to and the span that started it.
+ *
+ * @generated from message stepd.v1.TraceContext
+ */
+export type TraceContext = Message<"stepd.v1.TraceContext"> & {
+  /**
+   * The `traceparent` header: "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>".
+   *
+   * @generated from field: string traceparent = 1;
+   */
+  traceparent: string;
+
+  /**
+   * The `tracestate` header (vendor data), at most 512 characters; may be empty.
+   *
+   * @generated from field: string tracestate = 2;
+   */
+  tracestate: string;
+};
+
+/**
+ * Describes the message stepd.v1.TraceContext.
+ * Use `create(TraceContextSchema)` to create a new message.
+ */
+export const TraceContextSchema: GenMessage<TraceContext> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_types, 3);
 
 /**
  * StepRecord is the stored outcome of one step attempt.
@@ -383,7 +450,7 @@ export type StepRecord = Message<"stepd.v1.StepRecord"> & {
  * Use `create(StepRecordSchema)` to create a new message.
  */
 export const StepRecordSchema: GenMessage<StepRecord> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_types, 3);
+  messageDesc(file_stepd_v1_types, 4);
 
 /**
  * JournalEntry is one entry of a run's journal, replayed by the worker.
@@ -427,7 +494,7 @@ export type JournalEntry = Message<"stepd.v1.JournalEntry"> & {
  * Use `create(JournalEntrySchema)` to create a new message.
  */
 export const JournalEntrySchema: GenMessage<JournalEntry> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_types, 4);
+  messageDesc(file_stepd_v1_types, 5);
 
 /**
  * WaitResult records that one wait of a suspended run was met.
@@ -469,7 +536,7 @@ export type WaitResult = Message<"stepd.v1.WaitResult"> & {
  * Use `create(WaitResultSchema)` to create a new message.
  */
 export const WaitResultSchema: GenMessage<WaitResult> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_types, 5);
+  messageDesc(file_stepd_v1_types, 6);
 
 /**
  * RunEvent is one entry of a run's history.
@@ -579,7 +646,7 @@ export type RunEvent = Message<"stepd.v1.RunEvent"> & {
  * Use `create(RunEventSchema)` to create a new message.
  */
 export const RunEventSchema: GenMessage<RunEvent> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_types, 6);
+  messageDesc(file_stepd_v1_types, 7);
 
 /**
  * RunStatus is where a run stands in its life cycle.
@@ -683,6 +750,22 @@ export enum FailureReason {
    * @generated from enum value: FAILURE_REASON_MAX_ENTRIES_EXCEEDED = 4;
    */
   MAX_ENTRIES_EXCEEDED = 4,
+
+  /**
+   * The server could not apply the run's commands or claims several times
+   * over (a fault of the server or of its database, not of the workflow).
+   *
+   * @generated from enum value: FAILURE_REASON_SERVER_ERROR = 5;
+   */
+  SERVER_ERROR = 5,
+
+  /**
+   * The run's journal reached the server's byte budget (the step results and
+   * met waits' payloads it holds; `stepd serve --max-journal-bytes`).
+   *
+   * @generated from enum value: FAILURE_REASON_JOURNAL_TOO_LARGE = 6;
+   */
+  JOURNAL_TOO_LARGE = 6,
 }
 
 /**
@@ -803,6 +886,35 @@ export enum RunEventType {
    * @generated from enum value: RUN_EVENT_TYPE_CHILD_STARTED = 31;
    */
   CHILD_STARTED = 31,
+
+  /**
+   * The workflow reported progress (payload is the value; Run.progress holds
+   * the latest).
+   *
+   * @generated from enum value: RUN_EVENT_TYPE_PROGRESS = 32;
+   */
+  PROGRESS = 32,
+
+  /**
+   * The run was retried (detail: the status it left; actor_key_id: who).
+   *
+   * @generated from enum value: RUN_EVENT_TYPE_RETRIED = 40;
+   */
+  RETRIED = 40,
+
+  /**
+   * A fork of this run was made (detail: the new run's id; key: the step).
+   *
+   * @generated from enum value: RUN_EVENT_TYPE_FORKED = 41;
+   */
+  FORKED = 41,
+
+  /**
+   * This run was made by a fork (detail: the original's id; key: the step).
+   *
+   * @generated from enum value: RUN_EVENT_TYPE_FORKED_FROM = 42;
+   */
+  FORKED_FROM = 42,
 }
 
 /**

@@ -2,13 +2,15 @@
 // @generated from file stepd/v1/workflow_service.proto (package stepd.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { DeleteRunRequestSchema, DeleteRunResponseSchema, ForkRunRequestSchema, ForkRunResponseSchema, ListWorkersRequestSchema, ListWorkersResponseSchema, RetryRunRequestSchema, RetryRunResponseSchema } from "./operations_pb.js";
+import { file_stepd_v1_operations } from "./operations_pb.js";
 import type { Schedule, ScheduleSpec } from "./schedules_pb.js";
 import { file_stepd_v1_schedules } from "./schedules_pb.js";
-import type { Payload, Run, RunEvent, RunStatus } from "./types_pb.js";
+import type { Payload, Run, RunEvent, RunStatus, TraceContext } from "./types_pb.js";
 import { file_stepd_v1_types } from "./types_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -16,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stepd/v1/workflow_service.proto.
  */
 export const file_stepd_v1_workflow_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9zdGVwZC92MS93b3JrZmxvd19zZXJ2aWNlLnByb3RvEghzdGVwZC52MSKDAgoOVHJpZ2dlclJlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAIgASgJEiAKBWlucHV0GAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIOCgZydW5faWQYBCABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9jb25jdXJyZW5jeV9rZXkYHiABKAkiRgoPVHJpZ2dlclJlc3BvbnNlEhoKA3J1bhgBIAEoCzINLnN0ZXBkLnYxLlJ1bhIXCg9hbHJlYWR5X2V4aXN0ZWQYAiABKAgiXgoNR2V0UnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSDAoEd2FpdBgCIAEoCBIvCgx3YWl0X3RpbWVvdXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iLAoOR2V0UnVuUmVzcG9uc2USGgoDcnVuGAEgASgLMg0uc3RlcGQudjEuUnVuIpYCCg9MaXN0UnVuc1JlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIlCghzdGF0dXNlcxgCIAMoDjITLnN0ZXBkLnYxLlJ1blN0YXR1cxIVCg1wYXJlbnRfcnVuX2lkGAMgASgJEjUKEWNyZWF0ZV90aW1lX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2ChJjcmVhdGVfdGltZV9iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgGIAEoBRISCgpwYWdlX3Rva2VuGAcgASgJEhgKEGluY2x1ZGVfcGF5bG9hZHMYCCABKAgiSAoQTGlzdFJ1bnNSZXNwb25zZRIbCgRydW5zGAEgAygLMg0uc3RlcGQudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIyChBDYW5jZWxSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiSgoRQ2FuY2VsUnVuUmVzcG9uc2USGgoDcnVuGAEgASgLMg0uc3RlcGQudjEuUnVuEhkKEWFscmVhZHlfY2FuY2VsbGVkGAIgASgIImUKDVNpZ25hbFJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSIgoHcGF5bG9hZBgDIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEgoKcmVxdWVzdF9pZBgEIAEoCSIgCg5TaWduYWxSZXNwb25zZRIOCgZydW5faWQYASABKAkiRwoSRXhlY3V0ZUhvb2tSZXF1ZXN0Eg0KBXRva2VuGAEgASgJEiIKB3BheWxvYWQYAiABKAsyES5zdGVwZC52MS5QYXlsb2FkIiUKE0V4ZWN1dGVIb29rUmVzcG9uc2USDgoGcnVuX2lkGAEgASgJIhYKFEdldFNlcnZlckluZm9SZXF1ZXN0IlwKFUdldFNlcnZlckluZm9SZXNwb25zZRIWCg5zZXJ2ZXJfdmVyc2lvbhgBIAEoCRIZChFtYXhfcGF5bG9hZF9ieXRlcxgCIAEoDRIQCghmZWF0dXJlcxgDIAMoCSJNChRMaXN0UnVuRXZlbnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVAoVTGlzdFJ1bkV2ZW50c1Jlc3BvbnNlEiIKBmV2ZW50cxgBIAMoCzISLnN0ZXBkLnYxLlJ1bkV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJZChNQdWJsaXNoRXZlbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSIgoHcGF5bG9hZBgCIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEAoIZXZlbnRfaWQYAyABKAkicwoUUHVibGlzaEV2ZW50UmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSGQoRYWxyZWFkeV9wdWJsaXNoZWQYAiABKAgSFQoNd29rZW5fcnVuX2lkcxgDIAMoCRIXCg9zdGFydGVkX3J1bl9pZHMYBCADKAkikwEKFUNyZWF0ZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAkSJAoEc3BlYxgEIAEoCzIWLnN0ZXBkLnYxLlNjaGVkdWxlU3BlYxIOCgZwYXVzZWQYBSABKAgiVwoWQ3JlYXRlU2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlEhcKD2FscmVhZHlfZXhpc3RlZBgCIAEoCCI+ChJHZXRTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSEwoLcmVjZW50X3J1bnMYAiABKAUiOwoTR2V0U2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlIlQKFExpc3RTY2hlZHVsZXNSZXF1ZXN0EhUKDXdvcmtmbG93X25hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEiUKCXNjaGVkdWxlcxgBIAMoCzISLnN0ZXBkLnYxLlNjaGVkdWxlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIrChRQYXVzZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSI9ChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5zdGVwZC52MS5TY2hlZHVsZSIsChVSZXN1bWVTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiPgoWUmVzdW1lU2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLnN0ZXBkLnYxLlNjaGVkdWxlIiwKFURlbGV0ZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSItChZEZWxldGVTY2hlZHVsZVJlc3BvbnNlEhMKC3NjaGVkdWxlX2lkGAEgASgJIkEKFlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSJGChdUcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4SDwoHc2tpcHBlZBgCIAEoCDLaCQoPV29ya2Zsb3dTZXJ2aWNlEj4KB1RyaWdnZXISGC5zdGVwZC52MS5UcmlnZ2VyUmVxdWVzdBoZLnN0ZXBkLnYxLlRyaWdnZXJSZXNwb25zZRI7CgZHZXRSdW4SFy5zdGVwZC52MS5HZXRSdW5SZXF1ZXN0Ghguc3RlcGQudjEuR2V0UnVuUmVzcG9uc2USQQoITGlzdFJ1bnMSGS5zdGVwZC52MS5MaXN0UnVuc1JlcXVlc3QaGi5zdGVwZC52MS5MaXN0UnVuc1Jlc3BvbnNlEkQKCUNhbmNlbFJ1bhIaLnN0ZXBkLnYxLkNhbmNlbFJ1blJlcXVlc3QaGy5zdGVwZC52MS5DYW5jZWxSdW5SZXNwb25zZRI7CgZTaWduYWwSFy5zdGVwZC52MS5TaWduYWxSZXF1ZXN0Ghguc3RlcGQudjEuU2lnbmFsUmVzcG9uc2USSgoLRXhlY3V0ZUhvb2sSHC5zdGVwZC52MS5FeGVjdXRlSG9va1JlcXVlc3QaHS5zdGVwZC52MS5FeGVjdXRlSG9va1Jlc3BvbnNlEk0KDFB1Ymxpc2hFdmVudBIdLnN0ZXBkLnYxLlB1Ymxpc2hFdmVudFJlcXVlc3QaHi5zdGVwZC52MS5QdWJsaXNoRXZlbnRSZXNwb25zZRJQCg1MaXN0UnVuRXZlbnRzEh4uc3RlcGQudjEuTGlzdFJ1bkV2ZW50c1JlcXVlc3QaHy5zdGVwZC52MS5MaXN0UnVuRXZlbnRzUmVzcG9uc2USUAoNR2V0U2VydmVySW5mbxIeLnN0ZXBkLnYxLkdldFNlcnZlckluZm9SZXF1ZXN0Gh8uc3RlcGQudjEuR2V0U2VydmVySW5mb1Jlc3BvbnNlElMKDkNyZWF0ZVNjaGVkdWxlEh8uc3RlcGQudjEuQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0GiAuc3RlcGQudjEuQ3JlYXRlU2NoZWR1bGVSZXNwb25zZRJKCgtHZXRTY2hlZHVsZRIcLnN0ZXBkLnYxLkdldFNjaGVkdWxlUmVxdWVzdBodLnN0ZXBkLnYxLkdldFNjaGVkdWxlUmVzcG9uc2USUAoNTGlzdFNjaGVkdWxlcxIeLnN0ZXBkLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0Gh8uc3RlcGQudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlElAKDVBhdXNlU2NoZWR1bGUSHi5zdGVwZC52MS5QYXVzZVNjaGVkdWxlUmVxdWVzdBofLnN0ZXBkLnYxLlBhdXNlU2NoZWR1bGVSZXNwb25zZRJTCg5SZXN1bWVTY2hlZHVsZRIfLnN0ZXBkLnYxLlJlc3VtZVNjaGVkdWxlUmVxdWVzdBogLnN0ZXBkLnYxLlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USUwoORGVsZXRlU2NoZWR1bGUSHy5zdGVwZC52MS5EZWxldGVTY2hlZHVsZVJlcXVlc3QaIC5zdGVwZC52MS5EZWxldGVTY2hlZHVsZVJlc3BvbnNlElYKD1RyaWdnZXJTY2hlZHVsZRIgLnN0ZXBkLnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaIS5zdGVwZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_schedules, file_stepd_v1_types]);
+  fileDesc("Ch9zdGVwZC92MS93b3JrZmxvd19zZXJ2aWNlLnByb3RvEghzdGVwZC52MSKyAgoOVHJpZ2dlclJlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAIgASgJEiAKBWlucHV0GAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIOCgZydW5faWQYBCABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9jb25jdXJyZW5jeV9rZXkYHiABKAkSLQoNdHJhY2VfY29udGV4dBgUIAEoCzIWLnN0ZXBkLnYxLlRyYWNlQ29udGV4dCJGCg9UcmlnZ2VyUmVzcG9uc2USGgoDcnVuGAEgASgLMg0uc3RlcGQudjEuUnVuEhcKD2FscmVhZHlfZXhpc3RlZBgCIAEoCCJeCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIMCgR3YWl0GAIgASgIEi8KDHdhaXRfdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJtCg5HZXRSdW5SZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4SLAoNcGVuZGluZ193YWl0cxgCIAMoCzIVLnN0ZXBkLnYxLlBlbmRpbmdXYWl0EhEKCW5vX3dvcmtlchgDIAEoCCKcAgoLUGVuZGluZ1dhaXQSEAoId2FpdF9rZXkYASABKAkSJwoEa2luZBgCIAEoDjIZLnN0ZXBkLnYxLlBlbmRpbmdXYWl0S2luZBIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJZmlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghkZWFkbGluZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEbmFtZRgGIAEoCRISCgptYXRjaF9qc29uGAcgASgJEhIKCmhvb2tfdG9rZW4YCCABKAkSFAoMY2hpbGRfcnVuX2lkGAkgASgJIsQCCg9MaXN0UnVuc1JlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIlCghzdGF0dXNlcxgCIAMoDjITLnN0ZXBkLnYxLlJ1blN0YXR1cxIVCg1wYXJlbnRfcnVuX2lkGAMgASgJEjUKEWNyZWF0ZV90aW1lX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2ChJjcmVhdGVfdGltZV9iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgGIAEoBRISCgpwYWdlX3Rva2VuGAcgASgJEhgKEGluY2x1ZGVfcGF5bG9hZHMYCCABKAgSFwoPaWRlbXBvdGVuY3lfa2V5GAkgASgJEhMKC3NjaGVkdWxlX2lkGAogASgJIkgKEExpc3RSdW5zUmVzcG9uc2USGwoEcnVucxgBIAMoCzINLnN0ZXBkLnYxLlJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMgoQQ2FuY2VsUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGcmVhc29uGAIgASgJIkoKEUNhbmNlbFJ1blJlc3BvbnNlEhoKA3J1bhgBIAEoCzINLnN0ZXBkLnYxLlJ1bhIZChFhbHJlYWR5X2NhbmNlbGxlZBgCIAEoCCJlCg1TaWduYWxSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEiIKB3BheWxvYWQYAyABKAsyES5zdGVwZC52MS5QYXlsb2FkEhIKCnJlcXVlc3RfaWQYBCABKAkiIAoOU2lnbmFsUmVzcG9uc2USDgoGcnVuX2lkGAEgASgJIkcKEkV4ZWN1dGVIb29rUmVxdWVzdBINCgV0b2tlbhgBIAEoCRIiCgdwYXlsb2FkGAIgASgLMhEuc3RlcGQudjEuUGF5bG9hZCIlChNFeGVjdXRlSG9va1Jlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCSIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCJcChVHZXRTZXJ2ZXJJbmZvUmVzcG9uc2USFgoOc2VydmVyX3ZlcnNpb24YASABKAkSGQoRbWF4X3BheWxvYWRfYnl0ZXMYAiABKA0SEAoIZmVhdHVyZXMYAyADKAkiTQoUTGlzdFJ1bkV2ZW50c1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlQKFUxpc3RSdW5FdmVudHNSZXNwb25zZRIiCgZldmVudHMYASADKAsyEi5zdGVwZC52MS5SdW5FdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWQoTUHVibGlzaEV2ZW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEiIKB3BheWxvYWQYAiABKAsyES5zdGVwZC52MS5QYXlsb2FkEhAKCGV2ZW50X2lkGAMgASgJInMKFFB1Ymxpc2hFdmVudFJlc3BvbnNlEhAKCGV2ZW50X2lkGAEgASgJEhkKEWFscmVhZHlfcHVibGlzaGVkGAIgASgIEhUKDXdva2VuX3J1bl9pZHMYAyADKAkSFwoPc3RhcnRlZF9ydW5faWRzGAQgAygJIpMBChVDcmVhdGVTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSFQoNd29ya2Zsb3dfbmFtZRgCIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAMgASgJEiQKBHNwZWMYBCABKAsyFi5zdGVwZC52MS5TY2hlZHVsZVNwZWMSDgoGcGF1c2VkGAUgASgIIlcKFkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5zdGVwZC52MS5TY2hlZHVsZRIXCg9hbHJlYWR5X2V4aXN0ZWQYAiABKAgiPgoSR2V0U2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEhMKC3JlY2VudF9ydW5zGAIgASgFIjsKE0dldFNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5zdGVwZC52MS5TY2hlZHVsZSJUChRMaXN0U2NoZWR1bGVzUmVxdWVzdBIVCg13b3JrZmxvd19uYW1lGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlcKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIlCglzY2hlZHVsZXMYASADKAsyEi5zdGVwZC52MS5TY2hlZHVsZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKwoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiPQoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuc3RlcGQudjEuU2NoZWR1bGUiLAoVUmVzdW1lU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJIj4KFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5zdGVwZC52MS5TY2hlZHVsZSIsChVEZWxldGVTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiLQoWRGVsZXRlU2NoZWR1bGVSZXNwb25zZRITCgtzY2hlZHVsZV9pZBgBIAEoCSJBChZUcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiRgoXVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USGgoDcnVuGAEgASgLMg0uc3RlcGQudjEuUnVuEg8KB3NraXBwZWQYAiABKAgiNQoPV2F0Y2hSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRISCgpwYWdlX3Rva2VuGAIgASgJImgKEFdhdGNoUnVuUmVzcG9uc2USIgoGZXZlbnRzGAEgAygLMhIuc3RlcGQudjEuUnVuRXZlbnQSGgoDcnVuGAIgASgLMg0uc3RlcGQudjEuUnVuEhQKDHJlc3VtZV90b2tlbhgDIAEoCSKHAQoRQ2FuY2VsUnVuc1JlcXVlc3QSKQoGZmlsdGVyGAEgASgLMhkuc3RlcGQudjEuTGlzdFJ1bnNSZXF1ZXN0Eg4KBnJlYXNvbhgCIAEoCRIPCgdkcnlfcnVuGAMgASgIEhIKCmJhdGNoX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJgChJDYW5jZWxSdW5zUmVzcG9uc2USDwoHbWF0Y2hlZBgBIAEoDRIPCgdjaGFuZ2VkGAIgASgNEg8KB3NraXBwZWQYAyABKA0SFwoPbmV4dF9wYWdlX3Rva2VuGAQgASgJIoYBChBSZXRyeVJ1bnNSZXF1ZXN0EikKBmZpbHRlchgBIAEoCzIZLnN0ZXBkLnYxLkxpc3RSdW5zUmVxdWVzdBIPCgdkcnlfcnVuGAIgASgIEhIKCmJhdGNoX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCRIOCgZyZWFzb24YBSABKAkiXwoRUmV0cnlSdW5zUmVzcG9uc2USDwoHbWF0Y2hlZBgBIAEoDRIPCgdjaGFuZ2VkGAIgASgNEg8KB3NraXBwZWQYAyABKA0SFwoPbmV4dF9wYWdlX3Rva2VuGAQgASgJKsUBCg9QZW5kaW5nV2FpdEtpbmQSIQodUEVORElOR19XQUlUX0tJTkRfVU5TUEVDSUZJRUQQABIbChdQRU5ESU5HX1dBSVRfS0lORF9USU1FUhABEhwKGFBFTkRJTkdfV0FJVF9LSU5EX1NJR05BTBACEhsKF1BFTkRJTkdfV0FJVF9LSU5EX0VWRU5UEAMSGgoWUEVORElOR19XQUlUX0tJTkRfSE9PSxAEEhsKF1BFTkRJTkdfV0FJVF9LSU5EX0NISUxEEAUyww0KD1dvcmtmbG93U2VydmljZRI+CgdUcmlnZ2VyEhguc3RlcGQudjEuVHJpZ2dlclJlcXVlc3QaGS5zdGVwZC52MS5UcmlnZ2VyUmVzcG9uc2USOwoGR2V0UnVuEhcuc3RlcGQudjEuR2V0UnVuUmVxdWVzdBoYLnN0ZXBkLnYxLkdldFJ1blJlc3BvbnNlEkEKCExpc3RSdW5zEhkuc3RlcGQudjEuTGlzdFJ1bnNSZXF1ZXN0Ghouc3RlcGQudjEuTGlzdFJ1bnNSZXNwb25zZRJECglDYW5jZWxSdW4SGi5zdGVwZC52MS5DYW5jZWxSdW5SZXF1ZXN0Ghsuc3RlcGQudjEuQ2FuY2VsUnVuUmVzcG9uc2USOwoGU2lnbmFsEhcuc3RlcGQudjEuU2lnbmFsUmVxdWVzdBoYLnN0ZXBkLnYxLlNpZ25hbFJlc3BvbnNlEkoKC0V4ZWN1dGVIb29rEhwuc3RlcGQudjEuRXhlY3V0ZUhvb2tSZXF1ZXN0Gh0uc3RlcGQudjEuRXhlY3V0ZUhvb2tSZXNwb25zZRJNCgxQdWJsaXNoRXZlbnQSHS5zdGVwZC52MS5QdWJsaXNoRXZlbnRSZXF1ZXN0Gh4uc3RlcGQudjEuUHVibGlzaEV2ZW50UmVzcG9uc2USUAoNTGlzdFJ1bkV2ZW50cxIeLnN0ZXBkLnYxLkxpc3RSdW5FdmVudHNSZXF1ZXN0Gh8uc3RlcGQudjEuTGlzdFJ1bkV2ZW50c1Jlc3BvbnNlElAKDUdldFNlcnZlckluZm8SHi5zdGVwZC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBofLnN0ZXBkLnYxLkdldFNlcnZlckluZm9SZXNwb25zZRJTCg5DcmVhdGVTY2hlZHVsZRIfLnN0ZXBkLnYxLkNyZWF0ZVNjaGVkdWxlUmVxdWVzdBogLnN0ZXBkLnYxLkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USSgoLR2V0U2NoZWR1bGUSHC5zdGVwZC52MS5HZXRTY2hlZHVsZVJlcXVlc3QaHS5zdGVwZC52MS5HZXRTY2hlZHVsZVJlc3BvbnNlElAKDUxpc3RTY2hlZHVsZXMSHi5zdGVwZC52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBofLnN0ZXBkLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJQCg1QYXVzZVNjaGVkdWxlEh4uc3RlcGQudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaHy5zdGVwZC52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USUwoOUmVzdW1lU2NoZWR1bGUSHy5zdGVwZC52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaIC5zdGVwZC52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlElMKDkRlbGV0ZVNjaGVkdWxlEh8uc3RlcGQudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0GiAuc3RlcGQudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZRJWCg9UcmlnZ2VyU2NoZWR1bGUSIC5zdGVwZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0GiEuc3RlcGQudjEuVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USQwoIV2F0Y2hSdW4SGS5zdGVwZC52MS5XYXRjaFJ1blJlcXVlc3QaGi5zdGVwZC52MS5XYXRjaFJ1blJlc3BvbnNlMAESQQoIUmV0cnlSdW4SGS5zdGVwZC52MS5SZXRyeVJ1blJlcXVlc3QaGi5zdGVwZC52MS5SZXRyeVJ1blJlc3BvbnNlEj4KB0ZvcmtSdW4SGC5zdGVwZC52MS5Gb3JrUnVuUmVxdWVzdBoZLnN0ZXBkLnYxLkZvcmtSdW5SZXNwb25zZRJECglEZWxldGVSdW4SGi5zdGVwZC52MS5EZWxldGVSdW5SZXF1ZXN0Ghsuc3RlcGQudjEuRGVsZXRlUnVuUmVzcG9uc2USRwoKQ2FuY2VsUnVucxIbLnN0ZXBkLnYxLkNhbmNlbFJ1bnNSZXF1ZXN0Ghwuc3RlcGQudjEuQ2FuY2VsUnVuc1Jlc3BvbnNlEkQKCVJldHJ5UnVucxIaLnN0ZXBkLnYxLlJldHJ5UnVuc1JlcXVlc3QaGy5zdGVwZC52MS5SZXRyeVJ1bnNSZXNwb25zZRJKCgtMaXN0V29ya2VycxIcLnN0ZXBkLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBodLnN0ZXBkLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_operations, file_stepd_v1_schedules, file_stepd_v1_types]);
 
 /**
  * TriggerRequest starts a run.
@@ -84,6 +86,16 @@ export type TriggerRequest = Message<"stepd.v1.TriggerRequest"> & {
    * @generated from field: string concurrency_key = 30;
    */
   concurrencyKey: string;
+
+  /**
+   * The caller's trace context, stored with the run and handed to its worker,
+   * whose spans join that trace. Unset: the `traceparent` / `tracestate`
+   * metadata of the call, if any. A malformed traceparent here is
+   * INVALID_ARGUMENT (in metadata it is ignored).
+   *
+   * @generated from field: stepd.v1.TraceContext trace_context = 20;
+   */
+  traceContext?: TraceContext | undefined;
 };
 
 /**
@@ -169,6 +181,24 @@ export type GetRunResponse = Message<"stepd.v1.GetRunResponse"> & {
    * @generated from field: stepd.v1.Run run = 1;
    */
   run?: Run | undefined;
+
+  /**
+   * What a suspended run waits for (it wakes when any one is met); empty for
+   * a run in another status. A wait's timeout is its deadline, not a wait of
+   * its own.
+   *
+   * @generated from field: repeated stepd.v1.PendingWait pending_waits = 2;
+   */
+  pendingWaits: PendingWait[];
+
+  /**
+   * True for a pending run that no worker connected to this server serves
+   * (its workflow, and its version when the run is pinned to one): it waits
+   * until one connects.
+   *
+   * @generated from field: bool no_worker = 3;
+   */
+  noWorker: boolean;
 };
 
 /**
@@ -177,6 +207,86 @@ export type GetRunResponse = Message<"stepd.v1.GetRunResponse"> & {
  */
 export const GetRunResponseSchema: GenMessage<GetRunResponse> = /*@__PURE__*/
   messageDesc(file_stepd_v1_workflow_service, 3);
+
+/**
+ * PendingWait is one thing a suspended run waits for.
+ *
+ * @generated from message stepd.v1.PendingWait
+ */
+export type PendingWait = Message<"stepd.v1.PendingWait"> & {
+  /**
+   * The wait's key in the run's journal (e.g. "sleep:1", "signal:2").
+   *
+   * @generated from field: string wait_key = 1;
+   */
+  waitKey: string;
+
+  /**
+   * What it waits for.
+   *
+   * @generated from field: stepd.v1.PendingWaitKind kind = 2;
+   */
+  kind: PendingWaitKind;
+
+  /**
+   * When the wait began.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 3;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * For a timer: when it fires.
+   *
+   * @generated from field: google.protobuf.Timestamp fire_time = 4;
+   */
+  fireTime?: Timestamp | undefined;
+
+  /**
+   * When the wait times out, if it has a timeout.
+   *
+   * @generated from field: google.protobuf.Timestamp deadline = 5;
+   */
+  deadline?: Timestamp | undefined;
+
+  /**
+   * For a signal or event wait: the signal's or event's name.
+   *
+   * @generated from field: string name = 6;
+   */
+  name: string;
+
+  /**
+   * For an event wait: the JSON object of payload fields that must be equal
+   * (empty matches every event of the name).
+   *
+   * @generated from field: string match_json = 7;
+   */
+  matchJson: string;
+
+  /**
+   * For a hook wait: the hook's token, when the caller may execute hooks
+   * (its key's role has the execute_hook right, or the server runs without
+   * keys); empty otherwise.
+   *
+   * @generated from field: string hook_token = 8;
+   */
+  hookToken: string;
+
+  /**
+   * For a child wait: the child's run id.
+   *
+   * @generated from field: string child_run_id = 9;
+   */
+  childRunId: string;
+};
+
+/**
+ * Describes the message stepd.v1.PendingWait.
+ * Use `create(PendingWaitSchema)` to create a new message.
+ */
+export const PendingWaitSchema: GenMessage<PendingWait> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 4);
 
 /**
  * ListRunsRequest filters and pages through runs.
@@ -243,6 +353,20 @@ export type ListRunsRequest = Message<"stepd.v1.ListRunsRequest"> & {
    * @generated from field: bool include_payloads = 8;
    */
   includePayloads: boolean;
+
+  /**
+   * Only the run started with this idempotency key.
+   *
+   * @generated from field: string idempotency_key = 9;
+   */
+  idempotencyKey: string;
+
+  /**
+   * Only runs this schedule started.
+   *
+   * @generated from field: string schedule_id = 10;
+   */
+  scheduleId: string;
 };
 
 /**
@@ -250,7 +374,7 @@ export type ListRunsRequest = Message<"stepd.v1.ListRunsRequest"> & {
  * Use `create(ListRunsRequestSchema)` to create a new message.
  */
 export const ListRunsRequestSchema: GenMessage<ListRunsRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 4);
+  messageDesc(file_stepd_v1_workflow_service, 5);
 
 /**
  * ListRunsResponse is one page of runs.
@@ -278,7 +402,7 @@ export type ListRunsResponse = Message<"stepd.v1.ListRunsResponse"> & {
  * Use `create(ListRunsResponseSchema)` to create a new message.
  */
 export const ListRunsResponseSchema: GenMessage<ListRunsResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 5);
+  messageDesc(file_stepd_v1_workflow_service, 6);
 
 /**
  * CancelRunRequest names a run to cancel.
@@ -306,7 +430,7 @@ export type CancelRunRequest = Message<"stepd.v1.CancelRunRequest"> & {
  * Use `create(CancelRunRequestSchema)` to create a new message.
  */
 export const CancelRunRequestSchema: GenMessage<CancelRunRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 6);
+  messageDesc(file_stepd_v1_workflow_service, 7);
 
 /**
  * CancelRunResponse carries the cancelled run.
@@ -334,7 +458,7 @@ export type CancelRunResponse = Message<"stepd.v1.CancelRunResponse"> & {
  * Use `create(CancelRunResponseSchema)` to create a new message.
  */
 export const CancelRunResponseSchema: GenMessage<CancelRunResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 7);
+  messageDesc(file_stepd_v1_workflow_service, 8);
 
 /**
  * SignalRequest delivers a signal to one run.
@@ -376,7 +500,7 @@ export type SignalRequest = Message<"stepd.v1.SignalRequest"> & {
  * Use `create(SignalRequestSchema)` to create a new message.
  */
 export const SignalRequestSchema: GenMessage<SignalRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 8);
+  messageDesc(file_stepd_v1_workflow_service, 9);
 
 /**
  * SignalResponse acknowledges a stored signal.
@@ -397,7 +521,7 @@ export type SignalResponse = Message<"stepd.v1.SignalResponse"> & {
  * Use `create(SignalResponseSchema)` to create a new message.
  */
 export const SignalResponseSchema: GenMessage<SignalResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 9);
+  messageDesc(file_stepd_v1_workflow_service, 10);
 
 /**
  * ExecuteHookRequest resumes a run waiting on a hook.
@@ -425,7 +549,7 @@ export type ExecuteHookRequest = Message<"stepd.v1.ExecuteHookRequest"> & {
  * Use `create(ExecuteHookRequestSchema)` to create a new message.
  */
 export const ExecuteHookRequestSchema: GenMessage<ExecuteHookRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 10);
+  messageDesc(file_stepd_v1_workflow_service, 11);
 
 /**
  * ExecuteHookResponse names the resumed run.
@@ -446,7 +570,7 @@ export type ExecuteHookResponse = Message<"stepd.v1.ExecuteHookResponse"> & {
  * Use `create(ExecuteHookResponseSchema)` to create a new message.
  */
 export const ExecuteHookResponseSchema: GenMessage<ExecuteHookResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 11);
+  messageDesc(file_stepd_v1_workflow_service, 12);
 
 /**
  * GetServerInfoRequest asks for the server's version and limits.
@@ -461,7 +585,7 @@ export type GetServerInfoRequest = Message<"stepd.v1.GetServerInfoRequest"> & {
  * Use `create(GetServerInfoRequestSchema)` to create a new message.
  */
 export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 12);
+  messageDesc(file_stepd_v1_workflow_service, 13);
 
 /**
  * GetServerInfoResponse describes the server.
@@ -496,7 +620,7 @@ export type GetServerInfoResponse = Message<"stepd.v1.GetServerInfoResponse"> & 
  * Use `create(GetServerInfoResponseSchema)` to create a new message.
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 13);
+  messageDesc(file_stepd_v1_workflow_service, 14);
 
 /**
  * ListRunEventsRequest pages through one run's history.
@@ -533,7 +657,7 @@ export type ListRunEventsRequest = Message<"stepd.v1.ListRunEventsRequest"> & {
  * Use `create(ListRunEventsRequestSchema)` to create a new message.
  */
 export const ListRunEventsRequestSchema: GenMessage<ListRunEventsRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 14);
+  messageDesc(file_stepd_v1_workflow_service, 15);
 
 /**
  * ListRunEventsResponse is one page of a run's history, oldest first.
@@ -561,7 +685,7 @@ export type ListRunEventsResponse = Message<"stepd.v1.ListRunEventsResponse"> & 
  * Use `create(ListRunEventsResponseSchema)` to create a new message.
  */
 export const ListRunEventsResponseSchema: GenMessage<ListRunEventsResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 15);
+  messageDesc(file_stepd_v1_workflow_service, 16);
 
 /**
  * PublishEventRequest publishes one event.
@@ -596,7 +720,7 @@ export type PublishEventRequest = Message<"stepd.v1.PublishEventRequest"> & {
  * Use `create(PublishEventRequestSchema)` to create a new message.
  */
 export const PublishEventRequestSchema: GenMessage<PublishEventRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 16);
+  messageDesc(file_stepd_v1_workflow_service, 17);
 
 /**
  * PublishEventResponse says what the event did.
@@ -639,7 +763,7 @@ export type PublishEventResponse = Message<"stepd.v1.PublishEventResponse"> & {
  * Use `create(PublishEventResponseSchema)` to create a new message.
  */
 export const PublishEventResponseSchema: GenMessage<PublishEventResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 17);
+  messageDesc(file_stepd_v1_workflow_service, 18);
 
 /**
  * CreateScheduleRequest creates a schedule.
@@ -691,7 +815,7 @@ export type CreateScheduleRequest = Message<"stepd.v1.CreateScheduleRequest"> & 
  * Use `create(CreateScheduleRequestSchema)` to create a new message.
  */
 export const CreateScheduleRequestSchema: GenMessage<CreateScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 18);
+  messageDesc(file_stepd_v1_workflow_service, 19);
 
 /**
  * CreateScheduleResponse carries the created (or existing) schedule.
@@ -719,7 +843,7 @@ export type CreateScheduleResponse = Message<"stepd.v1.CreateScheduleResponse"> 
  * Use `create(CreateScheduleResponseSchema)` to create a new message.
  */
 export const CreateScheduleResponseSchema: GenMessage<CreateScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 19);
+  messageDesc(file_stepd_v1_workflow_service, 20);
 
 /**
  * GetScheduleRequest names a schedule.
@@ -747,7 +871,7 @@ export type GetScheduleRequest = Message<"stepd.v1.GetScheduleRequest"> & {
  * Use `create(GetScheduleRequestSchema)` to create a new message.
  */
 export const GetScheduleRequestSchema: GenMessage<GetScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 20);
+  messageDesc(file_stepd_v1_workflow_service, 21);
 
 /**
  * GetScheduleResponse carries the schedule.
@@ -768,7 +892,7 @@ export type GetScheduleResponse = Message<"stepd.v1.GetScheduleResponse"> & {
  * Use `create(GetScheduleResponseSchema)` to create a new message.
  */
 export const GetScheduleResponseSchema: GenMessage<GetScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 21);
+  messageDesc(file_stepd_v1_workflow_service, 22);
 
 /**
  * ListSchedulesRequest filters and pages through schedules.
@@ -803,7 +927,7 @@ export type ListSchedulesRequest = Message<"stepd.v1.ListSchedulesRequest"> & {
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 22);
+  messageDesc(file_stepd_v1_workflow_service, 23);
 
 /**
  * ListSchedulesResponse is one page of schedules, by id.
@@ -831,7 +955,7 @@ export type ListSchedulesResponse = Message<"stepd.v1.ListSchedulesResponse"> & 
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 23);
+  messageDesc(file_stepd_v1_workflow_service, 24);
 
 /**
  * PauseScheduleRequest names a schedule to pause.
@@ -852,7 +976,7 @@ export type PauseScheduleRequest = Message<"stepd.v1.PauseScheduleRequest"> & {
  * Use `create(PauseScheduleRequestSchema)` to create a new message.
  */
 export const PauseScheduleRequestSchema: GenMessage<PauseScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 24);
+  messageDesc(file_stepd_v1_workflow_service, 25);
 
 /**
  * PauseScheduleResponse carries the paused schedule.
@@ -873,7 +997,7 @@ export type PauseScheduleResponse = Message<"stepd.v1.PauseScheduleResponse"> & 
  * Use `create(PauseScheduleResponseSchema)` to create a new message.
  */
 export const PauseScheduleResponseSchema: GenMessage<PauseScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 25);
+  messageDesc(file_stepd_v1_workflow_service, 26);
 
 /**
  * ResumeScheduleRequest names a schedule to resume.
@@ -894,7 +1018,7 @@ export type ResumeScheduleRequest = Message<"stepd.v1.ResumeScheduleRequest"> & 
  * Use `create(ResumeScheduleRequestSchema)` to create a new message.
  */
 export const ResumeScheduleRequestSchema: GenMessage<ResumeScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 26);
+  messageDesc(file_stepd_v1_workflow_service, 27);
 
 /**
  * ResumeScheduleResponse carries the resumed schedule.
@@ -915,7 +1039,7 @@ export type ResumeScheduleResponse = Message<"stepd.v1.ResumeScheduleResponse"> 
  * Use `create(ResumeScheduleResponseSchema)` to create a new message.
  */
 export const ResumeScheduleResponseSchema: GenMessage<ResumeScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 27);
+  messageDesc(file_stepd_v1_workflow_service, 28);
 
 /**
  * DeleteScheduleRequest names a schedule to delete.
@@ -936,7 +1060,7 @@ export type DeleteScheduleRequest = Message<"stepd.v1.DeleteScheduleRequest"> & 
  * Use `create(DeleteScheduleRequestSchema)` to create a new message.
  */
 export const DeleteScheduleRequestSchema: GenMessage<DeleteScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 28);
+  messageDesc(file_stepd_v1_workflow_service, 29);
 
 /**
  * DeleteScheduleResponse confirms the deletion.
@@ -957,7 +1081,7 @@ export type DeleteScheduleResponse = Message<"stepd.v1.DeleteScheduleResponse"> 
  * Use `create(DeleteScheduleResponseSchema)` to create a new message.
  */
 export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 29);
+  messageDesc(file_stepd_v1_workflow_service, 30);
 
 /**
  * TriggerScheduleRequest starts a run of a schedule now.
@@ -986,7 +1110,7 @@ export type TriggerScheduleRequest = Message<"stepd.v1.TriggerScheduleRequest"> 
  * Use `create(TriggerScheduleRequestSchema)` to create a new message.
  */
 export const TriggerScheduleRequestSchema: GenMessage<TriggerScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 30);
+  messageDesc(file_stepd_v1_workflow_service, 31);
 
 /**
  * TriggerScheduleResponse says what the trigger started.
@@ -1016,7 +1140,315 @@ export type TriggerScheduleResponse = Message<"stepd.v1.TriggerScheduleResponse"
  * Use `create(TriggerScheduleResponseSchema)` to create a new message.
  */
 export const TriggerScheduleResponseSchema: GenMessage<TriggerScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_workflow_service, 31);
+  messageDesc(file_stepd_v1_workflow_service, 32);
+
+/**
+ * WatchRunRequest names the run to watch and where to start.
+ *
+ * @generated from message stepd.v1.WatchRunRequest
+ */
+export type WatchRunRequest = Message<"stepd.v1.WatchRunRequest"> & {
+  /**
+   * The run's id. Required.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Where to start: the resume_token of an earlier WatchRunResponse, or a
+   * ListRunEvents next_page_token, of this run. Empty: from the first entry.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.WatchRunRequest.
+ * Use `create(WatchRunRequestSchema)` to create a new message.
+ */
+export const WatchRunRequestSchema: GenMessage<WatchRunRequest> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 33);
+
+/**
+ * WatchRunResponse carries history entries as they are committed.
+ *
+ * @generated from message stepd.v1.WatchRunResponse
+ */
+export type WatchRunResponse = Message<"stepd.v1.WatchRunResponse"> & {
+  /**
+   * New entries, oldest first (positions continue those of ListRunEvents);
+   * empty in a keepalive.
+   *
+   * @generated from field: repeated stepd.v1.RunEvent events = 1;
+   */
+  events: RunEvent[];
+
+  /**
+   * The run as it stands (without input and result), in the first response
+   * and whenever its status or progress changed; unset otherwise.
+   *
+   * @generated from field: stepd.v1.Run run = 2;
+   */
+  run?: Run | undefined;
+
+  /**
+   * Pass as WatchRunRequest.page_token to resume after these entries.
+   *
+   * @generated from field: string resume_token = 3;
+   */
+  resumeToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.WatchRunResponse.
+ * Use `create(WatchRunResponseSchema)` to create a new message.
+ */
+export const WatchRunResponseSchema: GenMessage<WatchRunResponse> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 34);
+
+/**
+ * CancelRunsRequest selects runs to cancel, one batch per call.
+ *
+ * @generated from message stepd.v1.CancelRunsRequest
+ */
+export type CancelRunsRequest = Message<"stepd.v1.CancelRunsRequest"> & {
+  /**
+   * The runs to act on, selected as ListRuns selects them (its page_size,
+   * page_token and include_payloads are ignored). Only unfinished runs among
+   * them are cancelled.
+   *
+   * @generated from field: stepd.v1.ListRunsRequest filter = 1;
+   */
+  filter?: ListRunsRequest | undefined;
+
+  /**
+   * Why, for each run's record.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * Count the runs that would be cancelled; change nothing.
+   *
+   * @generated from field: bool dry_run = 3;
+   */
+  dryRun: boolean;
+
+  /**
+   * The most runs to act on in this call (default 500, at most 1000).
+   *
+   * @generated from field: int32 batch_size = 4;
+   */
+  batchSize: number;
+
+  /**
+   * The next_page_token of the previous call, with the same filter.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.CancelRunsRequest.
+ * Use `create(CancelRunsRequestSchema)` to create a new message.
+ */
+export const CancelRunsRequestSchema: GenMessage<CancelRunsRequest> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 35);
+
+/**
+ * CancelRunsResponse says what one batch did.
+ *
+ * @generated from message stepd.v1.CancelRunsResponse
+ */
+export type CancelRunsResponse = Message<"stepd.v1.CancelRunsResponse"> & {
+  /**
+   * With dry_run: how many runs would be cancelled. Otherwise how many runs
+   * this batch looked at.
+   *
+   * @generated from field: uint32 matched = 1;
+   */
+  matched: number;
+
+  /**
+   * How many runs this call cancelled.
+   *
+   * @generated from field: uint32 changed = 2;
+   */
+  changed: number;
+
+  /**
+   * Runs that ended meanwhile or were cancelled already: nothing was done.
+   *
+   * @generated from field: uint32 skipped = 3;
+   */
+  skipped: number;
+
+  /**
+   * Pass as page_token for the next batch; empty when done (always with dry_run).
+   *
+   * @generated from field: string next_page_token = 4;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.CancelRunsResponse.
+ * Use `create(CancelRunsResponseSchema)` to create a new message.
+ */
+export const CancelRunsResponseSchema: GenMessage<CancelRunsResponse> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 36);
+
+/**
+ * RetryRunsRequest selects runs to retry, one batch per call.
+ *
+ * @generated from message stepd.v1.RetryRunsRequest
+ */
+export type RetryRunsRequest = Message<"stepd.v1.RetryRunsRequest"> & {
+  /**
+   * The runs to act on, selected as ListRuns selects them (its page fields are
+   * ignored). Only failed and cancelled runs among them are retried.
+   *
+   * @generated from field: stepd.v1.ListRunsRequest filter = 1;
+   */
+  filter?: ListRunsRequest | undefined;
+
+  /**
+   * Count the runs that would be retried; change nothing.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * The most runs to act on in this call (default 500, at most 1000).
+   *
+   * @generated from field: int32 batch_size = 3;
+   */
+  batchSize: number;
+
+  /**
+   * The next_page_token of the previous call, with the same filter.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+
+  /**
+   * Why, for each run's history.
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message stepd.v1.RetryRunsRequest.
+ * Use `create(RetryRunsRequestSchema)` to create a new message.
+ */
+export const RetryRunsRequestSchema: GenMessage<RetryRunsRequest> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 37);
+
+/**
+ * RetryRunsResponse says what one batch did.
+ *
+ * @generated from message stepd.v1.RetryRunsResponse
+ */
+export type RetryRunsResponse = Message<"stepd.v1.RetryRunsResponse"> & {
+  /**
+   * With dry_run: how many runs would be retried. Otherwise how many runs
+   * this batch looked at.
+   *
+   * @generated from field: uint32 matched = 1;
+   */
+  matched: number;
+
+  /**
+   * How many runs this call retried.
+   *
+   * @generated from field: uint32 changed = 2;
+   */
+  changed: number;
+
+  /**
+   * Runs that moved meanwhile, or whose deadline has passed: nothing was done.
+   *
+   * @generated from field: uint32 skipped = 3;
+   */
+  skipped: number;
+
+  /**
+   * Pass as page_token for the next batch; empty when done (always with dry_run).
+   *
+   * @generated from field: string next_page_token = 4;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.RetryRunsResponse.
+ * Use `create(RetryRunsResponseSchema)` to create a new message.
+ */
+export const RetryRunsResponseSchema: GenMessage<RetryRunsResponse> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_workflow_service, 38);
+
+/**
+ * PendingWaitKind is what one pending wait waits for.
+ *
+ * @generated from enum stepd.v1.PendingWaitKind
+ */
+export enum PendingWaitKind {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A durable timer (a sleep, or a retry's backoff).
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_TIMER = 1;
+   */
+  TIMER = 1,
+
+  /**
+   * The next signal of a name.
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_SIGNAL = 2;
+   */
+  SIGNAL = 2,
+
+  /**
+   * An event of a name whose payload matches.
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_EVENT = 3;
+   */
+  EVENT = 3,
+
+  /**
+   * The execution of a hook.
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_HOOK = 4;
+   */
+  HOOK = 4,
+
+  /**
+   * The end of a child run.
+   *
+   * @generated from enum value: PENDING_WAIT_KIND_CHILD = 5;
+   */
+  CHILD = 5,
+}
+
+/**
+ * Describes the enum stepd.v1.PendingWaitKind.
+ */
+export const PendingWaitKindSchema: GenEnum<PendingWaitKind> = /*@__PURE__*/
+  enumDesc(file_stepd_v1_workflow_service, 0);
 
 /**
  * WorkflowService is the client-facing API: start, inspect, list, cancel and
@@ -1189,6 +1621,85 @@ export const WorkflowService: GenService<{
     methodKind: "unary";
     input: typeof TriggerScheduleRequestSchema;
     output: typeof TriggerScheduleResponseSchema;
+  },
+  /**
+   * WatchRun streams a run's history: the entries from a position on, then
+   * every new entry as it is committed, until the run ends (the stream then
+   * ends OK) or the caller stops. The server sends an empty response after
+   * 30 s without news (a keepalive) and ends the stream OK after 30 minutes;
+   * the caller resumes with the last resume_token.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.WatchRun
+   */
+  watchRun: {
+    methodKind: "server_streaming";
+    input: typeof WatchRunRequestSchema;
+    output: typeof WatchRunResponseSchema;
+  },
+  /**
+   * RetryRun resumes a failed or cancelled run where it stopped: its recorded
+   * steps are kept and replayed, the step that failed it runs again.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.RetryRun
+   */
+  retryRun: {
+    methodKind: "unary";
+    input: typeof RetryRunRequestSchema;
+    output: typeof RetryRunResponseSchema;
+  },
+  /**
+   * ForkRun starts a new run of a run's workflow and input whose journal is
+   * the original's up to and including one step: it runs the later steps only.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.ForkRun
+   */
+  forkRun: {
+    methodKind: "unary";
+    input: typeof ForkRunRequestSchema;
+    output: typeof ForkRunResponseSchema;
+  },
+  /**
+   * DeleteRun deletes a finished run with its journal, waits and history.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.DeleteRun
+   */
+  deleteRun: {
+    methodKind: "unary";
+    input: typeof DeleteRunRequestSchema;
+    output: typeof DeleteRunResponseSchema;
+  },
+  /**
+   * CancelRuns cancels, one bounded batch per call, the unfinished runs a
+   * ListRuns filter selects (or only counts them, with dry_run). Call again
+   * with next_page_token until it is empty; safe to interrupt and repeat.
+   *
+   * @generated from rpc stepd.v1.WorkflowService.CancelRuns
+   */
+  cancelRuns: {
+    methodKind: "unary";
+    input: typeof CancelRunsRequestSchema;
+    output: typeof CancelRunsResponseSchema;
+  },
+  /**
+   * RetryRuns retries, one bounded batch per call, the failed and cancelled
+   * runs a ListRuns filter selects (or only counts them, with dry_run).
+   *
+   * @generated from rpc stepd.v1.WorkflowService.RetryRuns
+   */
+  retryRuns: {
+    methodKind: "unary";
+    input: typeof RetryRunsRequestSchema;
+    output: typeof RetryRunsResponseSchema;
+  },
+  /**
+   * ListWorkers lists the workers connected to the server (every replica's).
+   *
+   * @generated from rpc stepd.v1.WorkflowService.ListWorkers
+   */
+  listWorkers: {
+    methodKind: "unary";
+    input: typeof ListWorkersRequestSchema;
+    output: typeof ListWorkersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_stepd_v1_workflow_service, 0);
