@@ -13,6 +13,10 @@ separate processes, then measures
 * W2, latency: ``--latency-runs`` runs of a 1-step workflow one after the
   other; p50/p99 of trigger -> result in milliseconds.
 
+``--concurrency-keys N`` runs W1 on a workflow with a concurrency limit of 1
+per key (``Concurrency(key="customer", limit=1)``), the runs spread over N
+keys in turn (issue 17 measures it with 1,000 keys against W1 without).
+
 ``--security on`` runs the server with TLS, API keys and a hook secret (the
 certificates and keys are made for the run; the client and the worker use
 them); ``both`` runs each repetition without, then with them, and reports
@@ -45,7 +49,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` impor
 
 from bench.expired import left as expired_left  # noqa: E402
 from bench.expired import seed as seed_expired  # noqa: E402
-from bench.workflows import one_step, three_steps  # noqa: E402
+from bench.workflows import one_step, three_steps, three_steps_limited  # noqa: E402
 from stepd import Client  # noqa: E402
 from tests.e2e.harness import ManagedProcess, Stack, console_script  # noqa: E402
 
@@ -92,15 +96,23 @@ def percentile(values: list[float], pct: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
-async def throughput(clients: Sequence[Client], runs: int, in_flight: int) -> dict[str, Any]:
+async def throughput(
+    clients: Sequence[Client], runs: int, in_flight: int, keys: int = 0
+) -> dict[str, Any]:
     """W1: trigger ``runs`` 3-step runs concurrently (through the clients in turn:
-    one per server replica); time until the last result."""
+    one per server replica); time until the last result. With ``keys``, the
+    workflow has a concurrency limit of 1 per key and run i has key i % keys."""
     limit = asyncio.Semaphore(in_flight)
     failures: list[str] = []
 
     async def one(index: int) -> None:
         async with limit:
-            handle = await clients[index % len(clients)].trigger(three_steps, index)
+            client = clients[index % len(clients)]
+            if keys:
+                job = {"value": index, "customer": index % keys}
+                handle = await client.trigger(three_steps_limited, job)
+            else:
+                handle = await client.trigger(three_steps, index)
         result = await handle.result()
         if result != 2 * index + 1:
             failures.append(f"run {handle.run_id}: expected {2 * index + 1}, got {result!r}")
@@ -114,6 +126,7 @@ async def throughput(clients: Sequence[Client], runs: int, in_flight: int) -> di
         "steps": runs * STEPS_PER_RUN,
         "in_flight": in_flight,
         "seconds": round(elapsed, 3),
+        "concurrency_keys": keys,
         "runs_per_s": round(runs / elapsed, 1),
         "steps_per_s": round(runs * STEPS_PER_RUN / elapsed, 1),
         "failures": len(failures),
@@ -152,7 +165,8 @@ async def measure(
         await asyncio.gather(*(client.execute(one_step, i) for i in range(args.warmup)))
         with CpuMeter(processes) as w1_cpu:
             w1 = await asyncio.wait_for(
-                throughput([client], args.runs, args.in_flight), args.timeout
+                throughput([client], args.runs, args.in_flight, args.concurrency_keys),
+                args.timeout,
             )
         w1["cpu_seconds"] = w1_cpu.used
         w2 = await asyncio.wait_for(latency(client, args.latency_runs), args.timeout)
@@ -259,6 +273,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per workload")
     parser.add_argument("--worker-concurrency", type=int, help="worker --concurrency")
     parser.add_argument(
+        "--concurrency-keys",
+        type=int,
+        default=0,
+        help="W1 under a concurrency limit of 1 per key, over this many keys (0: no limit)",
+    )
+    parser.add_argument(
         "--server-arg", action="append", default=[], help="extra `stepd serve` argument"
     )
     parser.add_argument(
@@ -313,6 +333,7 @@ def main() -> int:
             "warmup": args.warmup,
             "repeat": args.repeat,
             "worker_concurrency": args.worker_concurrency or "default",
+            "concurrency_keys": args.concurrency_keys,
             "server_args": args.server_arg,
             "security": args.security,
         },

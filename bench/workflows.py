@@ -4,7 +4,9 @@ The steps do no I/O, so the numbers measure stepd itself: dispatch, the
 worker stream, recording each step durably, and completing the run.
 """
 
-from stepd import WorkflowContext, step, workflow
+from typing import Any
+
+from stepd import Concurrency, WorkflowContext, step, workflow
 
 
 @step
@@ -26,6 +28,15 @@ async def store(value: int) -> int:
 async def three_steps(ctx: WorkflowContext, value: int) -> int:
     """W1: three sequential steps; returns 2 * value + 1."""
     return await store(await transform(await fetch(value)))
+
+
+@workflow(
+    name="bench.three_steps_limited",
+    concurrency=Concurrency(key="customer", limit=1),
+)
+async def three_steps_limited(ctx: WorkflowContext, job: dict[str, Any]) -> int:
+    """W1 under a concurrency limit of 1 per ``job["customer"]``; returns 2 * value + 1."""
+    return await store(await transform(await fetch(job["value"])))
 
 
 @step

@@ -46,6 +46,9 @@ class ServerConfig:
     # PostgreSQL replicas: how often a replica whose workers have room polls for
     # ready runs it was not notified of, in milliseconds.
     replica_poll_ms: int = 2_000
+    # How often every key with runs waiting under a concurrency limit is checked
+    # for room (besides when a run of the key ends), in milliseconds.
+    concurrency_sweep_ms: int = 2_000
     # Finished runs are deleted this long after they ended, in milliseconds
     # (0: kept forever). See docs/operations.md, "Retention".
     retention_ms: int = 0

@@ -77,6 +77,26 @@ class ErrorDetails:
     attempt: int = 0
 
 
+class ConcurrencyStrategy(enum.StrEnum):
+    """What a new run does when its key is at the limit, stored as its name."""
+
+    QUEUE = "queue"
+    CANCEL_IN_PROGRESS = "cancel_in_progress"
+    CANCEL_NEWEST = "cancel_newest"
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencySpec:
+    """A workflow's concurrency limit: at most ``limit`` active runs per key, the
+    key read at ``key_path`` in the run's input; ``name`` is shared by workflows
+    that share the limit."""
+
+    name: str
+    key_path: str
+    limit: int
+    strategy: ConcurrencyStrategy = ConcurrencyStrategy.QUEUE
+
+
 @dataclass(frozen=True, slots=True)
 class TraceContext:
     """A W3C trace context: the ``traceparent`` and ``tracestate`` headers
@@ -109,6 +129,8 @@ class NewRun:
     schedule_id: str | None = None
     schedule_time: int | None = None
     detached: bool = False
+    # An explicit concurrency key (Trigger's), instead of the one the input gives.
+    concurrency_key: str | None = None
     # The W3C trace context the run is in ("" when none).
     trace: TraceContext = NO_TRACE
 
@@ -150,6 +172,11 @@ class RunRecord:
     detached: bool = False
     # The run started at least one child.
     has_children: bool = False
+    # The concurrency limit and key the run counts against (None: no limit), and
+    # False while it waits for room under that limit (never handed out then).
+    concurrency_name: str | None = None
+    concurrency_key: str | None = None
+    admitted: bool = True
     # The latest progress the workflow reported (JSON), if any.
     progress_json: str | None = None
     # The W3C trace context the run is in.

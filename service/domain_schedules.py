@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from stepd.server.domain import RunRecord, RunStatus
+from stepd.server.domain import ConcurrencySpec, RunRecord, RunStatus
 
 
 class OverlapPolicy(enum.StrEnum):
@@ -81,6 +81,7 @@ class WorkflowDeclaration:
     version: str
     event_triggers: tuple[str, ...] = ()
     schedule: ScheduleSpec | None = None
+    concurrency: ConcurrencySpec | None = None
 
 
 class CreateScheduleStatus(enum.Enum):

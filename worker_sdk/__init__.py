@@ -5,7 +5,8 @@ and ``Step`` objects), serve them with ``Worker``, and start and inspect runs wi
 ``Client`` (``RunHandle``, ``RunInfo``, ``RunStatus``, ``PublishedEvent``).
 Workflow code gets a ``WorkflowContext``; ``ctx.start_child`` returns a
 ``ChildHandle``, ``ctx.create_hook`` a ``Hook``. ``RetryPolicy`` says how a failing
-step is retried. Errors are in ``stepd.errors``.
+step is retried; ``Concurrency`` bounds a workflow's active runs per key. Errors are
+in ``stepd.errors``.
 
 The server is ``stepd.server`` (``pip install 'stepd[server]'``); this package
 never imports it, nor SQLAlchemy.
@@ -15,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from stepd._children import ChildHandle
 from stepd._client import Client, PublishedEvent, RunHandle
+from stepd._concurrency import Concurrency
 from stepd._context import WorkflowContext
 from stepd._definitions import Step, Workflow, step, workflow
 from stepd._hooks import Hook
@@ -31,6 +33,7 @@ except PackageNotFoundError:  # pragma: no cover - a checkout without an install
 __all__ = [
     "ChildHandle",
     "Client",
+    "Concurrency",
     "Hook",
     "NotFoundError",
     "PublishedEvent",

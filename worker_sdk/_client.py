@@ -192,6 +192,7 @@ class Client:
         version: str | int | None = None,
         deadline: datetime | None = None,
         start_at: datetime | None = None,
+        concurrency_key: str | None = None,
     ) -> RunHandle[R]: ...
     @overload
     async def trigger(
@@ -204,6 +205,7 @@ class Client:
         version: str | int | None = None,
         deadline: datetime | None = None,
         start_at: datetime | None = None,
+        concurrency_key: str | None = None,
     ) -> RunHandle[R]: ...
     @overload
     async def trigger(
@@ -216,6 +218,7 @@ class Client:
         version: str | int | None = None,
         deadline: datetime | None = None,
         start_at: datetime | None = None,
+        concurrency_key: str | None = None,
     ) -> RunHandle[Any]: ...
     async def trigger(
         self,
@@ -227,6 +230,7 @@ class Client:
         version: str | int | None = None,
         deadline: datetime | None = None,
         start_at: datetime | None = None,
+        concurrency_key: str | None = None,
     ) -> RunHandle[Any]:
         """Start a run of a workflow (a ``@workflow`` object or a name) with an input.
 
@@ -238,6 +242,9 @@ class Client:
         reason ``deadline_exceeded`` if it has not finished.
         ``start_at`` (an aware datetime; naive means UTC) delays the start: the run
         stays pending, holding no worker, until then (also across server restarts).
+        ``concurrency_key`` sets the run's key under its workflow's ``Concurrency``
+        limit instead of the one read from the input; a refusal by a
+        ``cancel_newest`` limit raises ``StepdError``.
         """
         return await self._start(
             workflow,
@@ -247,6 +254,7 @@ class Client:
             version=version,
             deadline=deadline,
             start_at=start_at,
+            concurrency_key=concurrency_key,
         )
 
     @overload
@@ -737,6 +745,7 @@ class Client:
         version: str | int | None,
         deadline: datetime | None,
         start_at: datetime | None,
+        concurrency_key: str | None = None,
     ) -> RunHandle[Any]:
         """``trigger`` (and ``execute``) for a workflow of any type."""
         if isinstance(workflow, Workflow):
@@ -757,6 +766,7 @@ class Client:
             input=types_pb2.Payload(json=input_json),
             run_id=run_id or "",
             idempotency_key=idempotency_key or "",
+            concurrency_key=concurrency_key or "",
         )
         if deadline is not None:
             if deadline.tzinfo is None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol
 
 from pydantic import TypeAdapter
 
+from stepd._concurrency import Concurrency, check_concurrency
 from stepd._policy import Duration, RetryPolicy, optional_duration, retry_policy
 from stepd._policy import max_entries as _max_entries
 from stepd._serde import adapter_for
@@ -315,6 +316,7 @@ class Workflow(Generic[P, R]):
         step_timeout: Duration | None = None,
         execution_timeout: Duration | None = None,
         max_entries: int | None = None,
+        concurrency: Concurrency | None = None,
     ) -> None:
         if isinstance(fn, (Workflow, Step)):
             raise WorkflowDefinitionError(f"{fn!r} is already decorated")
@@ -347,6 +349,8 @@ class Workflow(Generic[P, R]):
         """Seconds a run may take from its start before the server fails it."""
         self.max_entries = _max_entries(max_entries, what)
         """The most journal entries a run may record (None: the server's default)."""
+        self.concurrency = check_concurrency(concurrency, what)
+        """The limit on active runs per key (None: no limit)."""
         self.fn = fn
         """The decorated function."""
         self.input_param, self.input_optional = _check_workflow_signature(fn, workflow_name)
@@ -537,6 +541,7 @@ class _WorkflowDecorator:
         for option in ("step_timeout", "execution_timeout"):
             optional_duration(options[option], f"{what}: {option}")
         _max_entries(options["max_entries"], what)
+        check_concurrency(options["concurrency"], what)
 
     def __call__(
         self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
@@ -564,6 +569,7 @@ def workflow(
     step_timeout: Duration | None = None,
     execution_timeout: Duration | None = None,
     max_entries: int | None = None,
+    concurrency: Concurrency | None = None,
 ) -> _WorkflowDecorator: ...
 def workflow(
     fn: Callable[..., Any] | None = None,
@@ -577,6 +583,7 @@ def workflow(
     step_timeout: Duration | None = None,
     execution_timeout: Duration | None = None,
     max_entries: int | None = None,
+    concurrency: Concurrency | None = None,
 ) -> Any:
     """Define a workflow: bare ``@workflow`` or ``@workflow(name=..., version=2, ...)``.
 
@@ -592,12 +599,16 @@ def workflow(
     ``stepd.schedules.Schedule`` with a time zone, input and policies)
     starts runs on a cron schedule. A worker serving the workflow's newest
     version registers both with the server.
+
+    ``concurrency=Concurrency(key="customer.id", limit=1)`` bounds the active
+    runs per key, a value read from each run's input (see ``Concurrency``).
     """
     options: dict[str, Any] = {
         "retry": retry,
         "step_timeout": step_timeout,
         "execution_timeout": execution_timeout,
         "max_entries": max_entries,
+        "concurrency": concurrency,
     }
     if fn is None:
         return _WorkflowDecorator(name, version, events, schedule, options)

@@ -82,6 +82,8 @@ def run_info(run: types_pb2.Run) -> RunInfo:
         idempotency_key=run.idempotency_key or None,
         detached=run.detached,
         held_error=run.held_error.message if run.HasField("held_error") else None,
+        concurrency_key=run.concurrency_key if run.concurrency_limit else None,
+        waiting_reason=run.waiting_reason,
         forked_from_run_id=run.forked_from_run_id or None,
         forked_from_step_key=run.forked_from_step_key or None,
         retry_count=run.retry_count,

@@ -75,6 +75,11 @@ class RunInfo:
     """For a child run: True when it outlives its parent."""
     held_error: str | None = None
     """Set while the run is held for non-determinism: why a worker's code refused it."""
+    concurrency_key: str | None = None
+    """The run's key under its workflow's ``Concurrency`` limit (None: no limit)."""
+    waiting_reason: str = ""
+    """Why a pending run is not started yet, e.g. "queued behind key 'c1' of limit
+    'charge': 2 ahead" (``Client.get_run``; empty when nothing holds it back)."""
     progress: Any = None
     """The latest value the workflow reported with ``ctx.set_progress`` (None until then)."""
     idempotency_key: str | None = None

@@ -125,6 +125,8 @@ def _registration(workflow: Workflow[Any, Any]) -> worker_service_pb2.WorkflowRe
         event_triggers=workflow.events,
         max_entries=workflow.max_entries or 0,
     )
+    if workflow.concurrency is not None:
+        registration.concurrency.CopyFrom(workflow.concurrency.to_proto(workflow.name))
     if workflow.execution_timeout is not None:
         registration.execution_timeout.FromNanoseconds(int(workflow.execution_timeout * 1e9))
     schedule = workflow.schedule

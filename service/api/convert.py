@@ -222,6 +222,8 @@ def run_to_proto(run: RunRecord) -> types_pb2.Run:
         schedule_id=run.schedule_id or "",
         schedule_time=timestamp(run.schedule_time),
         detached=run.detached,
+        concurrency_limit=run.concurrency_name or "",
+        concurrency_key=run.concurrency_key or "",
         forked_from_run_id=run.forked_from_run_id or "",
         forked_from_step_key=run.forked_from_step_key or "",
         retry_count=run.retry_count,

@@ -6,6 +6,7 @@ import base64
 import hashlib
 
 from stepd.server.api.convert import STATUS_TO_PROTO, payload_in, timestamp
+from stepd.server.domain import ConcurrencySpec, ConcurrencyStrategy
 from stepd.server.domain_schedules import (
     CatchupPolicy,
     OverlapPolicy,
@@ -122,9 +123,39 @@ def declarations_from_hello(hello: worker_service_pb2.WorkerHello) -> list[Workf
                 if w.HasField("schedule")
                 else None
             ),
+            concurrency=(
+                concurrency_from_proto(w.concurrency, w.name) if w.HasField("concurrency") else None
+            ),
         )
         for i, w in enumerate(hello.workflows)
     ]
+
+
+_STRATEGIES = {
+    worker_service_pb2.CONCURRENCY_STRATEGY_UNSPECIFIED: ConcurrencyStrategy.QUEUE,
+    worker_service_pb2.CONCURRENCY_STRATEGY_QUEUE: ConcurrencyStrategy.QUEUE,
+    worker_service_pb2.CONCURRENCY_STRATEGY_CANCEL_IN_PROGRESS: (
+        ConcurrencyStrategy.CANCEL_IN_PROGRESS
+    ),
+    worker_service_pb2.CONCURRENCY_STRATEGY_CANCEL_NEWEST: ConcurrencyStrategy.CANCEL_NEWEST,
+}
+
+
+def concurrency_from_proto(
+    limit: worker_service_pb2.ConcurrencyLimit, workflow_name: str
+) -> ConcurrencySpec:
+    """A workflow's declared concurrency limit (its name defaults to the workflow's)."""
+    strategy = _STRATEGIES.get(limit.strategy)
+    if strategy is None:
+        raise InvalidArgument(
+            f"hello: workflow {workflow_name!r}: concurrency.strategy {limit.strategy} is unknown"
+        )
+    return ConcurrencySpec(
+        name=limit.name or workflow_name,
+        key_path=limit.key_path,
+        limit=limit.limit,
+        strategy=strategy,
+    )
 
 
 def _fingerprint(workflow_name: str) -> str:

@@ -119,6 +119,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         check_name("workflow_name", request.workflow_name, required=True)
         check_name("workflow_version", request.workflow_version)
         check_name("idempotency_key", request.idempotency_key)
+        check_name("concurrency_key", request.concurrency_key)
         payload = payload_in(request.input, "input")
         if request.HasField("trace_context"):
             trace = trace_context.from_message(request.trace_context, "trace_context")
@@ -136,6 +137,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                 idempotency_key=request.idempotency_key,
                 deadline=optional_ms(request, "deadline", "deadline"),
                 start_time_not_before=optional_ms(request, "start_time", "start_time"),
+                concurrency_key=request.concurrency_key or None,
                 trace=trace,
             )
         )
@@ -152,7 +154,9 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         details = await self._engine.describe_run(
             request.run_id, wait=request.wait, wait_seconds=timeout, hook_tokens=_may_see_hooks()
         )
-        return details_to_proto(details)
+        response = details_to_proto(details)
+        response.run.waiting_reason = await self._engine.waiting_reason(details.run)
+        return response
 
     @maps_errors
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:

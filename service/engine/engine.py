@@ -44,6 +44,7 @@ from stepd.server.domain_schedules import WorkflowDeclaration
 from stepd.server.engine import hook_tokens
 from stepd.server.engine.children import ChildRuns
 from stepd.server.engine.commands import Command
+from stepd.server.engine.concurrency import ConcurrencyControl
 from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.errors import (
     AlreadyExists,
@@ -83,7 +84,7 @@ from stepd.server.engine.waiters import RunWaiters
 from stepd.server.engine.watch import RunWatchers, WatchLimits, WatchUpdate, watch
 from stepd.server.engine.worker_commands import WorkerCommands
 from stepd.server.engine.workers import WorkerDirectory
-from stepd.server.store.base import RunConflictError, Store
+from stepd.server.store.base import ConcurrencyRefusedError, RunConflictError, Store
 from stepd.server.store.errors import StoreUnavailableError
 from stepd.server.store.notify import channel_for
 from stepd.server.store.schedules import RESERVED_KEY_PREFIX
@@ -108,6 +109,7 @@ class TriggerParams:
     idempotency_key: str = ""
     deadline: int | None = None
     start_time_not_before: int | None = None
+    concurrency_key: str | None = None
     # The caller's W3C trace context, stored with the run.
     trace: TraceContext = NO_TRACE
 
@@ -145,6 +147,13 @@ class Engine:
         )
         self.lifecycle = RunLifecycle(
             store, self.ledger, self.dispatcher, self.sticky, self.timers, self.starts, clock=clock
+        )
+        self.concurrency = ConcurrencyControl(
+            store,
+            self.lifecycle.make_ready,
+            self.lifecycle.cancel,
+            sweep_seconds=config.concurrency_sweep_ms / 1000,
+            clock=clock,
         )
         self.policy = RunPolicy(
             store,
@@ -215,6 +224,8 @@ class Engine:
         self.lifecycle.on_end(self.children.on_terminal)
         self.lifecycle.on_end(self.replicas.ended)
         self.lifecycle.on_end(self.waiters.answer)
+        self.lifecycle.on_end(self.concurrency.run_ended)
+        self.lifecycle.on_waiting(self.concurrency.run_waiting)
         self.lifecycle.on_end(lambda run: self.faults.forget(run.run_id))
         self._handed_out_listeners: list[RunListener] = []
         self._lease_monitor: asyncio.Task[None] | None = None
@@ -252,6 +263,7 @@ class Engine:
         self.timers.start()
         self.starts.start()
         self.schedules.start()
+        self.concurrency.start()
         self.retention.start()
         self.workers.start()
 
@@ -292,6 +304,7 @@ class Engine:
         await self.timers.close()
         await self.starts.close()
         await self.schedules.close()
+        await self.concurrency.close()
         await self.children.close()
         for session in self.dispatcher.sessions:
             session.close(Unavailable("the server is shutting down; reconnect"))
@@ -317,6 +330,8 @@ class Engine:
                 f"idempotency_key must not start with {RESERVED_KEY_PREFIX!r} "
                 "(reserved for runs started by events and schedules)"
             )
+        if params.concurrency_key is not None and len(params.concurrency_key) > MAX_ID_LENGTH:
+            raise InvalidArgument(f"concurrency_key is longer than {MAX_ID_LENGTH} characters")
         input_json = check_json_payload(
             "input", params.input_json, params.input_encoding, self.config.max_payload_bytes
         )
@@ -338,10 +353,13 @@ class Engine:
             root_run_id=run_id,
             deadline=params.deadline,
             start_time_not_before=params.start_time_not_before,
+            concurrency_key=params.concurrency_key,
             trace=params.trace,
         )
         try:
             outcome = await self.store.create_run(new)
+        except ConcurrencyRefusedError as refused:
+            raise FailedPrecondition(f"workflow {name!r} not started: {refused}") from None
         except RunConflictError:
             raise AlreadyExists(
                 f"run_id {shown(run_id)} already exists; pick another id, or send the "
@@ -366,6 +384,11 @@ class Engine:
         if timeout <= 0:
             return await self._existing(run_id)
         return await self.waiters.wait(run_id, lambda: self._existing(run_id), timeout)
+
+    async def waiting_reason(self, run: RunRecord) -> str:
+        """Why a pending run is not handed out yet ("" when nothing holds it back
+        but a free worker)."""
+        return await self.concurrency.waiting_reason(run)
 
     async def describe_run(
         self,
@@ -568,6 +591,7 @@ class Engine:
             if not name or not version:
                 raise InvalidArgument("hello.workflows entries need a name and a version")
         self.schedules.check(declarations)
+        await self.concurrency.declare(declarations)
         await asyncio.sleep(0)  # a large hello: let the event loop have a turn
         new_pairs = [p for p in pairs if not self.registry.knows(*p)]
         self._check_room(new_pairs)

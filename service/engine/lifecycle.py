@@ -73,6 +73,7 @@ class RunLifecycle:
         self._starts = starts
         self._ready_listeners: list[RunListener] = []
         self._end_listeners: list[RunListener] = []
+        self._waiting_listeners: list[RunListener] = []
 
     def on_ready(self, listener: RunListener) -> None:
         """Tell ``listener`` of every run queued here for any worker, after its commit."""
@@ -83,13 +84,23 @@ class RunLifecycle:
         (listeners are told in the order they subscribed)."""
         self._end_listeners.append(listener)
 
+    def on_waiting(self, listener: RunListener) -> None:
+        """Tell ``listener`` of every run made ready that waits for room under its
+        concurrency limit (it is not queued; admitting it makes it ready again)."""
+        self._waiting_listeners.append(listener)
+
     # -- ready -----------------------------------------------------------------
 
     def make_ready(self, run: RunRecord, *, announce: bool = True) -> None:
         """Hand a PENDING run (just committed as such) to dispatch: to the timers
         when it may not start yet, to the worker that keeps it live when that one
         has room, else to the ready queues, and then to the ``on_ready``
-        listeners unless ``announce`` is False."""
+        listeners unless ``announce`` is False. A run waiting for room under its
+        concurrency limit is not queued: the ``on_waiting`` listeners hear of it."""
+        if not run.admitted:
+            for listener in self._waiting_listeners:
+                listener(run)
+            return
         not_before = run.start_time_not_before
         if not_before is not None and not_before > self._clock.now_ms():
             # Held in memory only when due within the timers' horizon.

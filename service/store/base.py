@@ -16,6 +16,7 @@ from typing import Protocol
 
 from stepd.server.domain import (
     ClaimedRun,
+    ConcurrencySpec,
     CreateRunOutcome,
     DueTimer,
     ErrorDetails,
@@ -48,6 +49,7 @@ from stepd.server.domain_schedules import (
     ScheduleSpec,
 )
 from stepd.server.store.children import StartChildOutcome
+from stepd.server.store.concurrency import KeyCheck
 from stepd.server.store.executor import CommitStats
 from stepd.server.store.run_actions import (
     DeadlineChange,
@@ -63,6 +65,30 @@ class RunConflictError(Exception):
     def __init__(self, run_id: str) -> None:
         super().__init__(run_id)
         self.run_id = run_id
+
+
+class ConcurrencyRefusedError(Exception):
+    """A new run was refused: its key is at a ``cancel_newest`` concurrency limit."""
+
+
+class ConcurrencyStore(Protocol):
+    """Concurrency limits per key (``stepd.server.store.concurrency``)."""
+
+    async def declare_concurrency(
+        self, specs: Mapping[str, ConcurrencySpec | None], now: int
+    ) -> str | None:
+        """Store workflows' limits (None: none any more); an error message, and
+        nothing stored, when one limit name would get two settings."""
+
+    async def check_concurrency_key(self, limit_name: str, key: str, now: int) -> KeyCheck:
+        """Admit the oldest runs waiting at a key that has room; name the runs a
+        newer one cancels (``cancel_in_progress``)."""
+
+    async def concurrency_waiting_keys(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` (limit name, key) pairs with runs waiting for room."""
+
+    async def concurrency_queue_position(self, run: RunRecord) -> tuple[int, int, int]:
+        """For a waiting run: runs waiting ahead of it, active runs, the limit."""
 
 
 class ScheduleStore(Protocol):
@@ -222,7 +248,7 @@ class RunActionStore(Protocol):
         """Every replica's connected workers refreshed at or after ``since``."""
 
 
-class Store(ScheduleStore, KeyStore, VersionStore, RunActionStore, Protocol):
+class Store(ScheduleStore, KeyStore, VersionStore, RunActionStore, ConcurrencyStore, Protocol):
     """Durable state of runs, journals and the workflow registry."""
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, and_, select, update
@@ -26,9 +27,11 @@ from stepd.server.domain import (
     WaitKind,
     WaitStatus,
 )
-from stepd.server.store import child_outcome, history, rows, waits
+from stepd.server.store import child_outcome, concurrency, history, rows, waits
 from stepd.server.store.dialects import insert_for, lock_run
 from stepd.server.store.schema import run_waits, runs, steps
+
+log = logging.getLogger("stepd.store.children")
 
 _TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
 
@@ -92,14 +95,15 @@ def start(
     new = replace(new, root_run_id=parent["root_run_id"] or parent_run_id)
     if not new.trace and parent["trace_parent"]:  # the worker sent none: the parent's trace
         new = replace(new, trace=TraceContext(parent["trace_parent"], parent["trace_state"] or ""))
+    values = rows.new_run_values(new)
+    refusal = concurrency.admit_new(conn, values)
+    if refusal is not None:
+        # Created already cancelled, so that the parent learns why.
+        values = concurrency.refused_values(values, refusal, now)
+        log.info("child %s of run %s not started: %s", new.run_id, parent_run_id, refusal.message())
     insert = insert_for(conn.dialect.name)
     inserted = (
-        conn.execute(
-            insert(runs)
-            .values(rows.new_run_values(new))
-            .on_conflict_do_nothing()
-            .returning(*runs.c)
-        )
+        conn.execute(insert(runs).values(values).on_conflict_do_nothing().returning(*runs.c))
         .mappings()
         .first()
     )

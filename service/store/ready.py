@@ -38,6 +38,7 @@ def ready_runs(
         select(runs)
         .where(
             runs.c.status == RunStatus.PENDING.value,
+            or_(runs.c.admitted.is_(None), runs.c.admitted == 1),
             or_(runs.c.start_time_not_before.is_(None), runs.c.start_time_not_before <= now),
             or_(*matches),
         )

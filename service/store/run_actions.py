@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, case, delete, func, select, update
 
 from stepd.server.clock import Clock
 from stepd.server.domain import (
@@ -35,7 +35,7 @@ from stepd.server.domain import (
     StatusMove,
     WaitStatus,
 )
-from stepd.server.store import history, listing, rows
+from stepd.server.store import concurrency, history, listing, rows
 from stepd.server.store.dialects import insert_for, lock_run
 from stepd.server.store.executor import Committer, Reader
 from stepd.server.store.schema import (
@@ -127,6 +127,9 @@ def retry(
                 execution_deadline=None,
                 expire_time=new_deadline,
                 retry_count=func.coalesce(runs.c.retry_count, 0) + 1,
+                # A limited run retried waits for room at its key again (the
+                # engine's key check admits it); an unlimited one stays NULL.
+                admitted=case((runs.c.concurrency_name.is_not(None), 0), else_=None),
                 update_time=now,
             )
             .returning(*runs.c)
@@ -238,6 +241,9 @@ def fork(
         "dispatch_count": last_lease,
         "lease_id": last_lease,
     }
+    # Under a concurrency limit a fork is admitted like any new run; an
+    # operator's fork is never refused: at a cancel_newest limit it waits.
+    concurrency.admit_new(conn, values, refuse=False)
     insert = insert_for(conn.dialect.name)
     inserted = (
         conn.execute(insert(runs).values(values).on_conflict_do_nothing().returning(*runs.c))

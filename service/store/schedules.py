@@ -9,6 +9,7 @@ one per (schedule, occasion), however often either is handled.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,9 +28,11 @@ from stepd.server.domain_schedules import (
     ScheduleRunRow,
     ScheduleSpec,
 )
-from stepd.server.store import rows, versions
+from stepd.server.store import concurrency, rows, versions
 from stepd.server.store.dialects import byte_length, insert_for
 from stepd.server.store.schema import runs, schedules, workflow_triggers
+
+log = logging.getLogger("stepd.store.schedules")
 
 if TYPE_CHECKING:
     from stepd.server.clock import Clock
@@ -116,8 +119,8 @@ def start_subscribed(
             idempotency_key=event_key(event_id, name),
             root_run_id=run_id,
         )
-        run, created = _insert_run(conn, new)
-        if created:
+        run, created = _insert_run(conn, new, f"event {event_name!r} ({event_id})")
+        if run is not None and created:
             started.append(run)
     return started
 
@@ -399,33 +402,43 @@ def _start(
         schedule_id=schedule.schedule_id,
         schedule_time=schedule_time,
     )
-    run, created = _insert_run(conn, new)
+    run, created = _insert_run(conn, new, f"schedule {schedule.schedule_id!r}")
+    if run is None:
+        _update(conn, schedule.schedule_id, {"last_time": schedule_time})
+        return FireOutcome(FireStatus.SKIPPED)
     _update(conn, schedule.schedule_id, {"last_time": schedule_time, "last_run_id": run.run_id})
     return FireOutcome(FireStatus.STARTED, run, created)
 
 
-def _insert_run(conn: Connection, new: NewRun) -> tuple[RunRecord, bool]:
+def _insert_run(conn: Connection, new: NewRun, started_by: str) -> tuple[RunRecord | None, bool]:
     """Insert a run unless its idempotency key has one; return the key's run and
-    whether it was created."""
-    insert = insert_for(conn.dialect.name)
-    row = (
-        conn.execute(
-            insert(runs)
-            .on_conflict_do_nothing()
-            .values(rows.new_run_values(new))
-            .returning(*runs.c)
+    whether it was created. None when a ``cancel_newest`` concurrency limit
+    refused it (logged once, with ``started_by``: what would have started it)."""
+    values = rows.new_run_values(new)
+    refusal = concurrency.admit_new(conn, values)
+    row = None
+    if refusal is None:
+        insert = insert_for(conn.dialect.name)
+        row = (
+            conn.execute(insert(runs).on_conflict_do_nothing().values(values).returning(*runs.c))
+            .mappings()
+            .first()
         )
-        .mappings()
-        .first()
-    )
     if row is not None:
         return rows.run_from_row(row), True
     existing = (
         conn.execute(select(runs).where(runs.c.idempotency_key == new.idempotency_key))
         .mappings()
-        .one()
+        .first()
     )
-    return rows.run_from_row(existing), False
+    if existing is not None:
+        return rows.run_from_row(existing), False
+    if refusal is not None:
+        log.warning(
+            "%s did not start a run of %s: %s", started_by, new.workflow_name, refusal.message()
+        )
+        return None, False
+    raise RuntimeError(f"run {new.run_id!r} was neither inserted nor found")
 
 
 def _update(conn: Connection, schedule_id: str, values: dict[str, Any]) -> ScheduleRecord | None:

@@ -96,6 +96,12 @@ runs = Table(
     # Migration 18: the W3C trace context (traceparent, tracestate) the run is in.
     Column("trace_parent", Text),
     Column("trace_state", Text),
+    # Migration 19: the concurrency limit the run counts against and its key
+    # (NULL for a workflow without a limit), and whether it was admitted (1) or
+    # waits for room (0); NULL when it has no limit.
+    Column("concurrency_name", Text),
+    Column("concurrency_key", Text),
+    Column("admitted", Integer),
     UniqueConstraint("run_id"),
     Index("ix_runs_status_seq", "status", "seq"),
     Index("ix_runs_workflow_name_seq", "workflow_name", "seq"),
@@ -119,6 +125,16 @@ runs = Table(
     # Migration 9: a schedule's recent runs, and delayed starts coming due.
     Index("ix_runs_schedule_id_seq", "schedule_id", "seq"),
     Index("ix_runs_status_start_time_not_before", "status", "start_time_not_before"),
+    # Migration 19: a key's active and waiting runs, in order (limited runs only).
+    Index(
+        "ix_runs_concurrency",
+        "concurrency_name",
+        "concurrency_key",
+        "admitted",
+        "seq",
+        sqlite_where=text("concurrency_name IS NOT NULL"),
+        postgresql_where=text("concurrency_name IS NOT NULL"),
+    ),
     # Migration 17: ended runs by end time (retention).
     Index(
         "ix_runs_end_time",
@@ -372,6 +388,20 @@ workflow_pins = Table(
     Column("workflow_name", Text, primary_key=True),
     Column("version", Text, nullable=False),
     Column("pin_time", BigInteger, nullable=False),
+)
+
+# Migration 19: the concurrency limit each workflow declared (its worker's
+# hello); several workflows share a limit by its name.
+concurrency_limits = Table(
+    "concurrency_limits",
+    metadata,
+    Column("workflow_name", Text, primary_key=True),
+    Column("limit_name", Text, nullable=False),
+    Column("key_path", Text, nullable=False),
+    Column("max_active", Integer, nullable=False),
+    Column("strategy", Text, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    Index("ix_concurrency_limits_limit_name", "limit_name"),
 )
 
 # Migration 17: every replica's worker streams (workflows: a JSON list of

@@ -66,9 +66,19 @@ from stepd.server.domain import (
     WaitSpec,
     WorkflowVersion,
 )
-from stepd.server.store import children, history, listing, ready, rows, schedules, versions, waits
+from stepd.server.store import (
+    children,
+    concurrency,
+    history,
+    listing,
+    ready,
+    rows,
+    schedules,
+    versions,
+    waits,
+)
 from stepd.server.store.api_keys import KeyStoreMixin
-from stepd.server.store.base import RunConflictError
+from stepd.server.store.base import ConcurrencyRefusedError, RunConflictError
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import CommitStats, Committer, Reader, WriteOp
 from stepd.server.store.migrations import migrate
@@ -129,6 +139,7 @@ class SqlStore(
     schedules.ScheduleStoreMixin,
     KeyStoreMixin,
     versions.VersionStoreMixin,
+    concurrency.ConcurrencyStoreMixin,
     RunActionStoreMixin,
     WorkerStoreMixin,
 ):
@@ -168,6 +179,8 @@ class SqlStore(
             .where(
                 unclaimed,
                 runs.c.status == _PENDING,
+                # A run waiting for room under its concurrency limit is never handed out.
+                or_(runs.c.admitted.is_(None), runs.c.admitted == 1),
                 # A delayed start is never handed out early.
                 or_(
                     runs.c.start_time_not_before.is_(None),
@@ -271,23 +284,30 @@ class SqlStore(
 
     async def create_run(self, new: NewRun) -> CreateRunOutcome:
         """Insert a PENDING run, or return the run that already has its idempotency key."""
-        values = rows.new_run_values(new)
 
-        def op(conn: Connection) -> CreateRunOutcome | RunConflictError:
+        def existing_run(conn: Connection) -> CreateRunOutcome | None:
+            if new.idempotency_key is None:
+                return None
+            existing = _first(
+                conn, select(runs).where(runs.c.idempotency_key == new.idempotency_key)
+            )
+            if existing is None:
+                return None
+            return CreateRunOutcome(rows.run_from_row(existing), created=False)
+
+        def op(conn: Connection) -> CreateRunOutcome | RunConflictError | ConcurrencyRefusedError:
+            values = rows.new_run_values(new)
+            refusal = concurrency.admit_new(conn, values, new.concurrency_key)
+            if refusal is not None:
+                return existing_run(conn) or ConcurrencyRefusedError(refusal.message())
             inserted = conn.execute(self._insert_run, values).mappings().first()
             if inserted is not None:
                 return CreateRunOutcome(rows.run_from_row(inserted), created=True)
-            if new.idempotency_key is not None:
-                existing = _first(
-                    conn, select(runs).where(runs.c.idempotency_key == new.idempotency_key)
-                )
-                if existing is not None:
-                    return CreateRunOutcome(rows.run_from_row(existing), created=False)
             # Returned, not raised: raising would roll back the whole batch.
-            return RunConflictError(new.run_id)
+            return existing_run(conn) or RunConflictError(new.run_id)
 
         outcome = await self._write_for(new.run_id, op)
-        if isinstance(outcome, RunConflictError):
+        if isinstance(outcome, (RunConflictError, ConcurrencyRefusedError)):
             raise outcome
         return outcome
 

@@ -16,6 +16,7 @@ PINNED = [
     "ChildHandle",
     "Worker",
     "Client",
+    "Concurrency",
     "Hook",
     "RetryPolicy",
     "RunHandle",

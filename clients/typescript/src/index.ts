@@ -64,6 +64,8 @@ export interface RunInfo {
   parentRunId: string;
   createTime: Date | undefined;
   endTime: Date | undefined;
+  /** Why a pending run is not started yet (its concurrency key is at the limit); "" otherwise. */
+  waitingReason: string;
 }
 
 /** One entry of a run's history, oldest first. */
@@ -98,6 +100,8 @@ export interface TriggerOptions {
   version?: string;
   deadline?: Date;
   startTime?: Date;
+  /** The run's key under its workflow's concurrency limit, instead of the one read from the input. */
+  concurrencyKey?: string;
 }
 
 function toPayload(value: unknown): MessageInitShape<typeof PayloadSchema> {
@@ -122,6 +126,7 @@ function runInfo(run: Run | undefined): RunInfo {
     parentRunId: run.parentRunId,
     createTime: run.createTime ? timestampDate(run.createTime) : undefined,
     endTime: run.endTime ? timestampDate(run.endTime) : undefined,
+    waitingReason: run.waitingReason,
   };
 }
 
@@ -161,6 +166,7 @@ export class StepdClient {
       workflowVersion: options.version ?? "",
       deadline: options.deadline ? timestampFromDate(options.deadline) : undefined,
       startTime: options.startTime ? timestampFromDate(options.startTime) : undefined,
+      concurrencyKey: options.concurrencyKey ?? "",
     });
     return runInfo(answer.run);
   }

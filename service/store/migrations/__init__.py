@@ -38,6 +38,7 @@ from stepd.server.store.migrations import (
     v0016_progress,
     v0017_run_actions,
     v0018_trace_context,
+    v0019_concurrency,
 )
 
 
@@ -66,6 +67,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(16, v0016_progress.DESCRIPTION, v0016_progress.upgrade),
     Migration(17, v0017_run_actions.DESCRIPTION, v0017_run_actions.upgrade),
     Migration(18, v0018_trace_context.DESCRIPTION, v0018_trace_context.upgrade),
+    Migration(19, v0019_concurrency.DESCRIPTION, v0019_concurrency.upgrade),
 )
 
 #: The schema version this code expects.

@@ -309,6 +309,9 @@ class Run(_message.Message):
     SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     HELD_ERROR_FIELD_NUMBER: _builtins.int
     DETACHED_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
+    WAITING_REASON_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     FORKED_FROM_RUN_ID_FIELD_NUMBER: _builtins.int
     FORKED_FROM_STEP_KEY_FIELD_NUMBER: _builtins.int
@@ -338,6 +341,14 @@ class Run(_message.Message):
     """The schedule that started the run, if one did."""
     detached: _builtins.bool
     """For a child run: true when it outlives its parent (not cancelled with it)."""
+    concurrency_limit: _builtins.str
+    """The concurrency limit the run counts against, if its workflow has one."""
+    concurrency_key: _builtins.str
+    """The run's key under that limit."""
+    waiting_reason: _builtins.str
+    """Why a pending run is not handed out, for people, e.g. "queued behind
+    key K of limit L: 2 ahead". Empty when it is not waiting for admission.
+    """
     forked_from_run_id: _builtins.str
     """For a run made by ForkRun: the run it was forked from."""
     forked_from_step_key: _builtins.str
@@ -439,6 +450,9 @@ class Run(_message.Message):
         schedule_time: _timestamp_pb2.Timestamp | None = ...,
         held_error: Global___ErrorInfo | None = ...,
         detached: _builtins.bool = ...,
+        concurrency_limit: _builtins.str = ...,
+        concurrency_key: _builtins.str = ...,
+        waiting_reason: _builtins.str = ...,
         progress: Global___Payload | None = ...,
         forked_from_run_id: _builtins.str = ...,
         forked_from_step_key: _builtins.str = ...,
@@ -447,7 +461,7 @@ class Run(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "held_error", b"held_error", "input", b"input", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "forked_from_run_id", b"forked_from_run_id", "forked_from_step_key", b"forked_from_step_key", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "progress", b"progress", "result", b"result", "retry_count", b"retry_count", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "trace_context", b"trace_context", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "concurrency_key", b"concurrency_key", "concurrency_limit", b"concurrency_limit", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "forked_from_run_id", b"forked_from_run_id", "forked_from_step_key", b"forked_from_step_key", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "progress", b"progress", "result", b"result", "retry_count", b"retry_count", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "trace_context", b"trace_context", "update_time", b"update_time", "waiting_reason", b"waiting_reason", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,6 +23,46 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ConcurrencyStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConcurrencyStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConcurrencyStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONCURRENCY_STRATEGY_UNSPECIFIED: _ConcurrencyStrategy.ValueType  # 0
+    """Not set: the same as CONCURRENCY_STRATEGY_QUEUE."""
+    CONCURRENCY_STRATEGY_QUEUE: _ConcurrencyStrategy.ValueType  # 1
+    """The new run waits (PENDING, not handed out) until the key has room, in
+    the order the runs were created.
+    """
+    CONCURRENCY_STRATEGY_CANCEL_IN_PROGRESS: _ConcurrencyStrategy.ValueType  # 2
+    """The new run cancels the key's active runs (and any older waiting ones)
+    and runs once they ended.
+    """
+    CONCURRENCY_STRATEGY_CANCEL_NEWEST: _ConcurrencyStrategy.ValueType  # 3
+    """The new run is refused: Trigger answers FAILED_PRECONDITION; a run an
+    event, a schedule or a parent would start is not created.
+    """
+
+class ConcurrencyStrategy(_ConcurrencyStrategy, metaclass=_ConcurrencyStrategyEnumTypeWrapper):
+    """ConcurrencyStrategy says what happens to a new run whose key is at its limit."""
+
+CONCURRENCY_STRATEGY_UNSPECIFIED: ConcurrencyStrategy.ValueType  # 0
+"""Not set: the same as CONCURRENCY_STRATEGY_QUEUE."""
+CONCURRENCY_STRATEGY_QUEUE: ConcurrencyStrategy.ValueType  # 1
+"""The new run waits (PENDING, not handed out) until the key has room, in
+the order the runs were created.
+"""
+CONCURRENCY_STRATEGY_CANCEL_IN_PROGRESS: ConcurrencyStrategy.ValueType  # 2
+"""The new run cancels the key's active runs (and any older waiting ones)
+and runs once they ended.
+"""
+CONCURRENCY_STRATEGY_CANCEL_NEWEST: ConcurrencyStrategy.ValueType  # 3
+"""The new run is refused: Trigger answers FAILED_PRECONDITION; a run an
+event, a schedule or a parent would start is not created.
+"""
+Global___ConcurrencyStrategy: _TypeAlias = ConcurrencyStrategy  # noqa: Y015
+
 class _CommandStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -171,6 +211,7 @@ class WorkflowRegistration(_message.Message):
     MAX_ENTRIES_FIELD_NUMBER: _builtins.int
     EVENT_TRIGGERS_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The workflow's name."""
     version: _builtins.str
@@ -199,6 +240,12 @@ class WorkflowRegistration(_message.Message):
         it (id: the workflow's name) when the newest version registers.
         """
 
+    @_builtins.property
+    def concurrency(self) -> Global___ConcurrencyLimit:
+        """A limit on how many runs with the same key may be active at once
+        (concurrency per key). Unset: no limit.
+        """
+
     def __init__(
         self,
         *,
@@ -208,14 +255,55 @@ class WorkflowRegistration(_message.Message):
         max_entries: _builtins.int = ...,
         event_triggers: _abc.Iterable[_builtins.str] | None = ...,
         schedule: _schedules_pb2.ScheduleSpec | None = ...,
+        concurrency: Global___ConcurrencyLimit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "schedule", b"schedule"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "execution_timeout", b"execution_timeout", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_triggers", b"event_triggers", "execution_timeout", b"execution_timeout", "max_entries", b"max_entries", "name", b"name", "schedule", b"schedule", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "event_triggers", b"event_triggers", "execution_timeout", b"execution_timeout", "max_entries", b"max_entries", "name", b"name", "schedule", b"schedule", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkflowRegistration: _TypeAlias = WorkflowRegistration  # noqa: Y015
+
+@_typing.final
+class ConcurrencyLimit(_message.Message):
+    """ConcurrencyLimit bounds the active runs (admitted and not ended) that share
+    a key. Several workflows share one limit by declaring the same name.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_PATH_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The limit's name; empty means the workflow's name. Workflows declaring
+    the same name share the limit and must declare the same max and strategy.
+    """
+    key_path: _builtins.str
+    """A dotted path into the run's JSON input (object keys, integer list
+    indexes) whose value is the key; a missing path gives the key "null".
+    """
+    limit: _builtins.int
+    """The most active runs per key; at least 1."""
+    strategy: Global___ConcurrencyStrategy.ValueType
+    """What a new run does when its key is at the limit."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        key_path: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        strategy: Global___ConcurrencyStrategy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_path", b"key_path", "limit", b"limit", "name", b"name", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConcurrencyLimit: _TypeAlias = ConcurrencyLimit  # noqa: Y015
 
 @_typing.final
 class WorkerHeartbeat(_message.Message):

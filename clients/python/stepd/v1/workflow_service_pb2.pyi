@@ -72,6 +72,7 @@ class TriggerRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """The workflow to run. Required."""
@@ -86,6 +87,10 @@ class TriggerRequest(_message.Message):
     idempotency_key: _builtins.str
     """An idempotency key: a second Trigger with the same key returns the run
     the first one created instead of starting another.
+    """
+    concurrency_key: _builtins.str
+    """The run's concurrency key, overriding the one the workflow's concurrency
+    limit computes from the input. Ignored for a workflow without a limit.
     """
     @_builtins.property
     def input(self) -> _types_pb2.Payload:
@@ -117,11 +122,12 @@ class TriggerRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
+        concurrency_key: _builtins.str = ...,
         trace_context: _types_pb2.TraceContext | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "start_time", b"start_time", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "idempotency_key", b"idempotency_key", "input", b"input", "run_id", b"run_id", "start_time", b"start_time", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "input", b"input", "run_id", b"run_id", "start_time", b"start_time", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stepd/v1/worker_service.proto.
  */
 export const file_stepd_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zdGVwZC92MS93b3JrZXJfc2VydmljZS5wcm90bxIIc3RlcGQudjEizgEKD1BvbGxUYXNrUmVxdWVzdBImCgVoZWxsbxgBIAEoCzIVLnN0ZXBkLnYxLldvcmtlckhlbGxvSAASMAoIY29tbWFuZHMYAiABKAsyHC5zdGVwZC52MS5Xb3JrZXJDb21tYW5kQmF0Y2hIABIuCgloZWFydGJlYXQYAyABKAsyGS5zdGVwZC52MS5Xb3JrZXJIZWFydGJlYXRIABImCgVkcmFpbhgEIAEoCzIVLnN0ZXBkLnYxLldvcmtlckRyYWluSABCCQoHbWVzc2FnZSKlAQoLV29ya2VySGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEjEKCXdvcmtmbG93cxgDIAMoCzIeLnN0ZXBkLnYxLldvcmtmbG93UmVnaXN0cmF0aW9uEhAKCGNhcGFjaXR5GAQgASgNEhMKC3Nka192ZXJzaW9uGAUgASgJEhcKD21heF9jYWNoZWRfcnVucxgeIAEoDSLCAQoUV29ya2Zsb3dSZWdpc3RyYXRpb24SDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEjQKEWV4ZWN1dGlvbl90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC21heF9lbnRyaWVzGAQgASgNEhYKDmV2ZW50X3RyaWdnZXJzGAogAygJEigKCHNjaGVkdWxlGAsgASgLMhYuc3RlcGQudjEuU2NoZWR1bGVTcGVjIkAKD1dvcmtlckhlYXJ0YmVhdBItCglzZW5kX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIh0KC1dvcmtlckRyYWluEg4KBnJlYXNvbhgBIAEoCSI/ChJXb3JrZXJDb21tYW5kQmF0Y2gSKQoIY29tbWFuZHMYASADKAsyFy5zdGVwZC52MS5Xb3JrZXJDb21tYW5kIpoECg1Xb3JrZXJDb21tYW5kEhIKCmNvbW1hbmRfaWQYASABKAQSDgoGcnVuX2lkGAIgASgJEhAKCGxlYXNlX2lkGAMgASgEEjIKC3JlY29yZF9zdGVwGAQgASgLMhsuc3RlcGQudjEuUmVjb3JkU3RlcENvbW1hbmRIABIyCgtzdXNwZW5kX3J1bhgFIAEoCzIbLnN0ZXBkLnYxLlN1c3BlbmRSdW5Db21tYW5kSAASNAoMY29tcGxldGVfcnVuGAYgASgLMhwuc3RlcGQudjEuQ29tcGxldGVSdW5Db21tYW5kSAASLAoIZmFpbF9ydW4YByABKAsyGC5zdGVwZC52MS5GYWlsUnVuQ29tbWFuZEgAEjIKC3JlbGVhc2VfcnVuGAggASgLMhsuc3RlcGQudjEuUmVsZWFzZVJ1bkNvbW1hbmRIABI0CgxyZWNvcmRfZXZlbnQYCSABKAsyHC5zdGVwZC52MS5SZWNvcmRFdmVudENvbW1hbmRIABIwCgpzdGFydF9zdGVwGAogASgLMhouc3RlcGQudjEuU3RhcnRTdGVwQ29tbWFuZEgAEjIKC3N0YXJ0X2NoaWxkGBQgASgLMhsuc3RlcGQudjEuU3RhcnRDaGlsZENvbW1hbmRIABIsCghob2xkX3J1bhgVIAEoCzIYLnN0ZXBkLnYxLkhvbGRSdW5Db21tYW5kSABCCQoHY29tbWFuZCK6AQoRU3RhcnRDaGlsZENvbW1hbmQSEQoJY2hpbGRfa2V5GAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoCRIgCgVpbnB1dBgEIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEAoIZGV0YWNoZWQYBSABKAgSLQoNdHJhY2VfY29udGV4dBgUIAEoCzIWLnN0ZXBkLnYxLlRyYWNlQ29udGV4dCI0Cg5Ib2xkUnVuQ29tbWFuZBIiCgVlcnJvchgBIAEoCzITLnN0ZXBkLnYxLkVycm9ySW5mbyJhChBTdGFydFN0ZXBDb21tYW5kEhAKCHN0ZXBfa2V5GAEgASgJEg8KB2F0dGVtcHQYAiABKA0SKgoHdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJrChJSZWNvcmRFdmVudENvbW1hbmQSEQoJZW50cnlfa2V5GAEgASgJEgwKBG5hbWUYAiABKAkSIgoHcGF5bG9hZBgDIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEAoIcHJvZ3Jlc3MYBCABKAgiNwoRUmVjb3JkU3RlcENvbW1hbmQSIgoEc3RlcBgBIAEoCzIULnN0ZXBkLnYxLlN0ZXBSZWNvcmQiOwoRU3VzcGVuZFJ1bkNvbW1hbmQSJgoFd2FpdHMYASADKAsyFy5zdGVwZC52MS5XYWl0Q29uZGl0aW9uIuwBCg1XYWl0Q29uZGl0aW9uEhAKCHdhaXRfa2V5GAEgASgJEiQKBXRpbWVyGAIgASgLMhMuc3RlcGQudjEuVGltZXJXYWl0SAASJgoGc2lnbmFsGAMgASgLMhQuc3RlcGQudjEuU2lnbmFsV2FpdEgAEiQKBWV2ZW50GAQgASgLMhMuc3RlcGQudjEuRXZlbnRXYWl0SAASIgoEaG9vaxgFIAEoCzISLnN0ZXBkLnYxLkhvb2tXYWl0SAASJAoFY2hpbGQYFCABKAsyEy5zdGVwZC52MS5DaGlsZFdhaXRIAEILCgljb25kaXRpb24iGwoJQ2hpbGRXYWl0Eg4KBnJ1bl9pZBgBIAEoCSIKCghIb29rV2FpdCJYCglFdmVudFdhaXQSDAoEbmFtZRgBIAEoCRISCgptYXRjaF9qc29uGAIgASgJEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIaCgpTaWduYWxXYWl0EgwKBG5hbWUYASABKAkiOgoJVGltZXJXYWl0Ei0KCWZpcmVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoSQ29tcGxldGVSdW5Db21tYW5kEiEKBnJlc3VsdBgBIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQiNAoORmFpbFJ1bkNvbW1hbmQSIgoFZXJyb3IYASABKAsyEy5zdGVwZC52MS5FcnJvckluZm8iIwoRUmVsZWFzZVJ1bkNvbW1hbmQSDgoGcmVhc29uGAEgASgJIrwBChBQb2xsVGFza1Jlc3BvbnNlEiAKBXRhc2tzGAEgAygLMhEuc3RlcGQudjEuUnVuVGFzaxIoCgdyZXN1bHRzGAIgAygLMhcuc3RlcGQudjEuQ29tbWFuZFJlc3VsdBIwCg1jYW5jZWxsYXRpb25zGAMgAygLMhkuc3RlcGQudjEuUnVuQ2FuY2VsbGF0aW9uEioKCHNldHRpbmdzGAQgASgLMhguc3RlcGQudjEuU3RyZWFtU2V0dGluZ3MilAEKDlN0cmVhbVNldHRpbmdzEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIwCg1sZWFzZV90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhkKEW1heF9tZXNzYWdlX2J5dGVzGAMgASgNIpcDCgdSdW5UYXNrEg4KBnJ1bl9pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoBBIVCg13b3JrZmxvd19uYW1lGAMgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YBCABKAkSIAoFaW5wdXQYBSABKAsyES5zdGVwZC52MS5QYXlsb2FkEicKB2pvdXJuYWwYBiADKAsyFi5zdGVwZC52MS5Kb3VybmFsRW50cnkSLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmRpc3BhdGNoX2NvdW50GAggASgNEhUKDXBhcmVudF9ydW5faWQYCSABKAkSEwoLcm9vdF9ydW5faWQYCiABKAkSEwoLaG9va19zZWNyZXQYCyABKAwSFwoPY29udGludWVzX2xlYXNlGB4gASgEEh8KF2pvdXJuYWxfcGFydHNfcmVtYWluaW5nGB8gASgNEi0KDXRyYWNlX2NvbnRleHQYKCABKAsyFi5zdGVwZC52MS5UcmFjZUNvbnRleHQiigEKDUNvbW1hbmRSZXN1bHQSEgoKY29tbWFuZF9pZBgBIAEoBBInCgZzdGF0dXMYAiABKA4yFy5zdGVwZC52MS5Db21tYW5kU3RhdHVzEg8KB21lc3NhZ2UYAyABKAkSKwoNcmVjb3JkZWRfc3RlcBgEIAEoCzIULnN0ZXBkLnYxLlN0ZXBSZWNvcmQiQwoPUnVuQ2FuY2VsbGF0aW9uEg4KBnJ1bl9pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoBBIOCgZyZWFzb24YAyABKAkqwgEKDUNvbW1hbmRTdGF0dXMSHgoaQ09NTUFORF9TVEFUVVNfVU5TUEVDSUZJRUQQABIVChFDT01NQU5EX1NUQVRVU19PSxABEhwKGENPTU1BTkRfU1RBVFVTX0RVUExJQ0FURRACEh0KGUNPTU1BTkRfU1RBVFVTX0xFQVNFX0xPU1QQAxIaChZDT01NQU5EX1NUQVRVU19JTlZBTElEEAQSIQodQ09NTUFORF9TVEFUVVNfSU5URVJOQUxfRVJST1IQBTJWCg1Xb3JrZXJTZXJ2aWNlEkUKCFBvbGxUYXNrEhkuc3RlcGQudjEuUG9sbFRhc2tSZXF1ZXN0Ghouc3RlcGQudjEuUG9sbFRhc2tSZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_schedules, file_stepd_v1_types]);
+  fileDesc("Ch1zdGVwZC92MS93b3JrZXJfc2VydmljZS5wcm90bxIIc3RlcGQudjEizgEKD1BvbGxUYXNrUmVxdWVzdBImCgVoZWxsbxgBIAEoCzIVLnN0ZXBkLnYxLldvcmtlckhlbGxvSAASMAoIY29tbWFuZHMYAiABKAsyHC5zdGVwZC52MS5Xb3JrZXJDb21tYW5kQmF0Y2hIABIuCgloZWFydGJlYXQYAyABKAsyGS5zdGVwZC52MS5Xb3JrZXJIZWFydGJlYXRIABImCgVkcmFpbhgEIAEoCzIVLnN0ZXBkLnYxLldvcmtlckRyYWluSABCCQoHbWVzc2FnZSKlAQoLV29ya2VySGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEjEKCXdvcmtmbG93cxgDIAMoCzIeLnN0ZXBkLnYxLldvcmtmbG93UmVnaXN0cmF0aW9uEhAKCGNhcGFjaXR5GAQgASgNEhMKC3Nka192ZXJzaW9uGAUgASgJEhcKD21heF9jYWNoZWRfcnVucxgeIAEoDSLzAQoUV29ya2Zsb3dSZWdpc3RyYXRpb24SDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEjQKEWV4ZWN1dGlvbl90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC21heF9lbnRyaWVzGAQgASgNEhYKDmV2ZW50X3RyaWdnZXJzGAogAygJEigKCHNjaGVkdWxlGAsgASgLMhYuc3RlcGQudjEuU2NoZWR1bGVTcGVjEi8KC2NvbmN1cnJlbmN5GAwgASgLMhouc3RlcGQudjEuQ29uY3VycmVuY3lMaW1pdCJyChBDb25jdXJyZW5jeUxpbWl0EgwKBG5hbWUYASABKAkSEAoIa2V5X3BhdGgYAiABKAkSDQoFbGltaXQYAyABKA0SLwoIc3RyYXRlZ3kYBCABKA4yHS5zdGVwZC52MS5Db25jdXJyZW5jeVN0cmF0ZWd5IkAKD1dvcmtlckhlYXJ0YmVhdBItCglzZW5kX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIh0KC1dvcmtlckRyYWluEg4KBnJlYXNvbhgBIAEoCSI/ChJXb3JrZXJDb21tYW5kQmF0Y2gSKQoIY29tbWFuZHMYASADKAsyFy5zdGVwZC52MS5Xb3JrZXJDb21tYW5kIpoECg1Xb3JrZXJDb21tYW5kEhIKCmNvbW1hbmRfaWQYASABKAQSDgoGcnVuX2lkGAIgASgJEhAKCGxlYXNlX2lkGAMgASgEEjIKC3JlY29yZF9zdGVwGAQgASgLMhsuc3RlcGQudjEuUmVjb3JkU3RlcENvbW1hbmRIABIyCgtzdXNwZW5kX3J1bhgFIAEoCzIbLnN0ZXBkLnYxLlN1c3BlbmRSdW5Db21tYW5kSAASNAoMY29tcGxldGVfcnVuGAYgASgLMhwuc3RlcGQudjEuQ29tcGxldGVSdW5Db21tYW5kSAASLAoIZmFpbF9ydW4YByABKAsyGC5zdGVwZC52MS5GYWlsUnVuQ29tbWFuZEgAEjIKC3JlbGVhc2VfcnVuGAggASgLMhsuc3RlcGQudjEuUmVsZWFzZVJ1bkNvbW1hbmRIABI0CgxyZWNvcmRfZXZlbnQYCSABKAsyHC5zdGVwZC52MS5SZWNvcmRFdmVudENvbW1hbmRIABIwCgpzdGFydF9zdGVwGAogASgLMhouc3RlcGQudjEuU3RhcnRTdGVwQ29tbWFuZEgAEjIKC3N0YXJ0X2NoaWxkGBQgASgLMhsuc3RlcGQudjEuU3RhcnRDaGlsZENvbW1hbmRIABIsCghob2xkX3J1bhgVIAEoCzIYLnN0ZXBkLnYxLkhvbGRSdW5Db21tYW5kSABCCQoHY29tbWFuZCK6AQoRU3RhcnRDaGlsZENvbW1hbmQSEQoJY2hpbGRfa2V5GAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoCRIgCgVpbnB1dBgEIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEAoIZGV0YWNoZWQYBSABKAgSLQoNdHJhY2VfY29udGV4dBgUIAEoCzIWLnN0ZXBkLnYxLlRyYWNlQ29udGV4dCI0Cg5Ib2xkUnVuQ29tbWFuZBIiCgVlcnJvchgBIAEoCzITLnN0ZXBkLnYxLkVycm9ySW5mbyJhChBTdGFydFN0ZXBDb21tYW5kEhAKCHN0ZXBfa2V5GAEgASgJEg8KB2F0dGVtcHQYAiABKA0SKgoHdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJrChJSZWNvcmRFdmVudENvbW1hbmQSEQoJZW50cnlfa2V5GAEgASgJEgwKBG5hbWUYAiABKAkSIgoHcGF5bG9hZBgDIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEAoIcHJvZ3Jlc3MYBCABKAgiNwoRUmVjb3JkU3RlcENvbW1hbmQSIgoEc3RlcBgBIAEoCzIULnN0ZXBkLnYxLlN0ZXBSZWNvcmQiOwoRU3VzcGVuZFJ1bkNvbW1hbmQSJgoFd2FpdHMYASADKAsyFy5zdGVwZC52MS5XYWl0Q29uZGl0aW9uIuwBCg1XYWl0Q29uZGl0aW9uEhAKCHdhaXRfa2V5GAEgASgJEiQKBXRpbWVyGAIgASgLMhMuc3RlcGQudjEuVGltZXJXYWl0SAASJgoGc2lnbmFsGAMgASgLMhQuc3RlcGQudjEuU2lnbmFsV2FpdEgAEiQKBWV2ZW50GAQgASgLMhMuc3RlcGQudjEuRXZlbnRXYWl0SAASIgoEaG9vaxgFIAEoCzISLnN0ZXBkLnYxLkhvb2tXYWl0SAASJAoFY2hpbGQYFCABKAsyEy5zdGVwZC52MS5DaGlsZFdhaXRIAEILCgljb25kaXRpb24iGwoJQ2hpbGRXYWl0Eg4KBnJ1bl9pZBgBIAEoCSIKCghIb29rV2FpdCJYCglFdmVudFdhaXQSDAoEbmFtZRgBIAEoCRISCgptYXRjaF9qc29uGAIgASgJEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIaCgpTaWduYWxXYWl0EgwKBG5hbWUYASABKAkiOgoJVGltZXJXYWl0Ei0KCWZpcmVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoSQ29tcGxldGVSdW5Db21tYW5kEiEKBnJlc3VsdBgBIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQiNAoORmFpbFJ1bkNvbW1hbmQSIgoFZXJyb3IYASABKAsyEy5zdGVwZC52MS5FcnJvckluZm8iIwoRUmVsZWFzZVJ1bkNvbW1hbmQSDgoGcmVhc29uGAEgASgJIrwBChBQb2xsVGFza1Jlc3BvbnNlEiAKBXRhc2tzGAEgAygLMhEuc3RlcGQudjEuUnVuVGFzaxIoCgdyZXN1bHRzGAIgAygLMhcuc3RlcGQudjEuQ29tbWFuZFJlc3VsdBIwCg1jYW5jZWxsYXRpb25zGAMgAygLMhkuc3RlcGQudjEuUnVuQ2FuY2VsbGF0aW9uEioKCHNldHRpbmdzGAQgASgLMhguc3RlcGQudjEuU3RyZWFtU2V0dGluZ3MilAEKDlN0cmVhbVNldHRpbmdzEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIwCg1sZWFzZV90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhkKEW1heF9tZXNzYWdlX2J5dGVzGAMgASgNIpcDCgdSdW5UYXNrEg4KBnJ1bl9pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoBBIVCg13b3JrZmxvd19uYW1lGAMgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YBCABKAkSIAoFaW5wdXQYBSABKAsyES5zdGVwZC52MS5QYXlsb2FkEicKB2pvdXJuYWwYBiADKAsyFi5zdGVwZC52MS5Kb3VybmFsRW50cnkSLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmRpc3BhdGNoX2NvdW50GAggASgNEhUKDXBhcmVudF9ydW5faWQYCSABKAkSEwoLcm9vdF9ydW5faWQYCiABKAkSEwoLaG9va19zZWNyZXQYCyABKAwSFwoPY29udGludWVzX2xlYXNlGB4gASgEEh8KF2pvdXJuYWxfcGFydHNfcmVtYWluaW5nGB8gASgNEi0KDXRyYWNlX2NvbnRleHQYKCABKAsyFi5zdGVwZC52MS5UcmFjZUNvbnRleHQiigEKDUNvbW1hbmRSZXN1bHQSEgoKY29tbWFuZF9pZBgBIAEoBBInCgZzdGF0dXMYAiABKA4yFy5zdGVwZC52MS5Db21tYW5kU3RhdHVzEg8KB21lc3NhZ2UYAyABKAkSKwoNcmVjb3JkZWRfc3RlcBgEIAEoCzIULnN0ZXBkLnYxLlN0ZXBSZWNvcmQiQwoPUnVuQ2FuY2VsbGF0aW9uEg4KBnJ1bl9pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoBBIOCgZyZWFzb24YAyABKAkqsAEKE0NvbmN1cnJlbmN5U3RyYXRlZ3kSJAogQ09OQ1VSUkVOQ1lfU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIeChpDT05DVVJSRU5DWV9TVFJBVEVHWV9RVUVVRRABEisKJ0NPTkNVUlJFTkNZX1NUUkFURUdZX0NBTkNFTF9JTl9QUk9HUkVTUxACEiYKIkNPTkNVUlJFTkNZX1NUUkFURUdZX0NBTkNFTF9ORVdFU1QQAyrCAQoNQ29tbWFuZFN0YXR1cxIeChpDT01NQU5EX1NUQVRVU19VTlNQRUNJRklFRBAAEhUKEUNPTU1BTkRfU1RBVFVTX09LEAESHAoYQ09NTUFORF9TVEFUVVNfRFVQTElDQVRFEAISHQoZQ09NTUFORF9TVEFUVVNfTEVBU0VfTE9TVBADEhoKFkNPTU1BTkRfU1RBVFVTX0lOVkFMSUQQBBIhCh1DT01NQU5EX1NUQVRVU19JTlRFUk5BTF9FUlJPUhAFMlYKDVdvcmtlclNlcnZpY2USRQoIUG9sbFRhc2sSGS5zdGVwZC52MS5Qb2xsVGFza1JlcXVlc3QaGi5zdGVwZC52MS5Qb2xsVGFza1Jlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_schedules, file_stepd_v1_types]);
 
 /**
  * PollTaskRequest is one message from a worker.
@@ -183,6 +183,14 @@ export type WorkflowRegistration = Message<"stepd.v1.WorkflowRegistration"> & {
    * @generated from field: stepd.v1.ScheduleSpec schedule = 11;
    */
   schedule?: ScheduleSpec | undefined;
+
+  /**
+   * A limit on how many runs with the same key may be active at once
+   * (concurrency per key). Unset: no limit.
+   *
+   * @generated from field: stepd.v1.ConcurrencyLimit concurrency = 12;
+   */
+  concurrency?: ConcurrencyLimit | undefined;
 };
 
 /**
@@ -191,6 +199,51 @@ export type WorkflowRegistration = Message<"stepd.v1.WorkflowRegistration"> & {
  */
 export const WorkflowRegistrationSchema: GenMessage<WorkflowRegistration> = /*@__PURE__*/
   messageDesc(file_stepd_v1_worker_service, 2);
+
+/**
+ * ConcurrencyLimit bounds the active runs (admitted and not ended) that share
+ * a key. Several workflows share one limit by declaring the same name.
+ *
+ * @generated from message stepd.v1.ConcurrencyLimit
+ */
+export type ConcurrencyLimit = Message<"stepd.v1.ConcurrencyLimit"> & {
+  /**
+   * The limit's name; empty means the workflow's name. Workflows declaring
+   * the same name share the limit and must declare the same max and strategy.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * A dotted path into the run's JSON input (object keys, integer list
+   * indexes) whose value is the key; a missing path gives the key "null".
+   *
+   * @generated from field: string key_path = 2;
+   */
+  keyPath: string;
+
+  /**
+   * The most active runs per key; at least 1.
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+
+  /**
+   * What a new run does when its key is at the limit.
+   *
+   * @generated from field: stepd.v1.ConcurrencyStrategy strategy = 4;
+   */
+  strategy: ConcurrencyStrategy;
+};
+
+/**
+ * Describes the message stepd.v1.ConcurrencyLimit.
+ * Use `create(ConcurrencyLimitSchema)` to create a new message.
+ */
+export const ConcurrencyLimitSchema: GenMessage<ConcurrencyLimit> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_worker_service, 3);
 
 /**
  * WorkerHeartbeat keeps a worker's leases alive.
@@ -211,7 +264,7 @@ export type WorkerHeartbeat = Message<"stepd.v1.WorkerHeartbeat"> & {
  * Use `create(WorkerHeartbeatSchema)` to create a new message.
  */
 export const WorkerHeartbeatSchema: GenMessage<WorkerHeartbeat> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 3);
+  messageDesc(file_stepd_v1_worker_service, 4);
 
 /**
  * WorkerDrain asks the server to stop sending tasks to this stream. The
@@ -233,7 +286,7 @@ export type WorkerDrain = Message<"stepd.v1.WorkerDrain"> & {
  * Use `create(WorkerDrainSchema)` to create a new message.
  */
 export const WorkerDrainSchema: GenMessage<WorkerDrain> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 4);
+  messageDesc(file_stepd_v1_worker_service, 5);
 
 /**
  * WorkerCommandBatch is several commands sent together.
@@ -254,7 +307,7 @@ export type WorkerCommandBatch = Message<"stepd.v1.WorkerCommandBatch"> & {
  * Use `create(WorkerCommandBatchSchema)` to create a new message.
  */
 export const WorkerCommandBatchSchema: GenMessage<WorkerCommandBatch> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 5);
+  messageDesc(file_stepd_v1_worker_service, 6);
 
 /**
  * WorkerCommand is one change a worker asks the server to record for a run.
@@ -370,7 +423,7 @@ export type WorkerCommand = Message<"stepd.v1.WorkerCommand"> & {
  * Use `create(WorkerCommandSchema)` to create a new message.
  */
 export const WorkerCommandSchema: GenMessage<WorkerCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 6);
+  messageDesc(file_stepd_v1_worker_service, 7);
 
 /**
  * StartChildCommand starts a child run of the command's run. In one
@@ -433,7 +486,7 @@ export type StartChildCommand = Message<"stepd.v1.StartChildCommand"> & {
  * Use `create(StartChildCommandSchema)` to create a new message.
  */
 export const StartChildCommandSchema: GenMessage<StartChildCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 7);
+  messageDesc(file_stepd_v1_worker_service, 8);
 
 /**
  * HoldRunCommand gives a run back to the server as held for non-determinism:
@@ -456,7 +509,7 @@ export type HoldRunCommand = Message<"stepd.v1.HoldRunCommand"> & {
  * Use `create(HoldRunCommandSchema)` to create a new message.
  */
 export const HoldRunCommandSchema: GenMessage<HoldRunCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 8);
+  messageDesc(file_stepd_v1_worker_service, 9);
 
 /**
  * StartStepCommand announces that a step attempt with a timeout started. If
@@ -495,7 +548,7 @@ export type StartStepCommand = Message<"stepd.v1.StartStepCommand"> & {
  * Use `create(StartStepCommandSchema)` to create a new message.
  */
 export const StartStepCommandSchema: GenMessage<StartStepCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 9);
+  messageDesc(file_stepd_v1_worker_service, 10);
 
 /**
  * RecordEventCommand appends a custom entry to the run's history, once per
@@ -539,7 +592,7 @@ export type RecordEventCommand = Message<"stepd.v1.RecordEventCommand"> & {
  * Use `create(RecordEventCommandSchema)` to create a new message.
  */
 export const RecordEventCommandSchema: GenMessage<RecordEventCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 10);
+  messageDesc(file_stepd_v1_worker_service, 11);
 
 /**
  * RecordStepCommand records a step's outcome.
@@ -560,7 +613,7 @@ export type RecordStepCommand = Message<"stepd.v1.RecordStepCommand"> & {
  * Use `create(RecordStepCommandSchema)` to create a new message.
  */
 export const RecordStepCommandSchema: GenMessage<RecordStepCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 11);
+  messageDesc(file_stepd_v1_worker_service, 12);
 
 /**
  * SuspendRunCommand releases a run that waits for the server.
@@ -581,7 +634,7 @@ export type SuspendRunCommand = Message<"stepd.v1.SuspendRunCommand"> & {
  * Use `create(SuspendRunCommandSchema)` to create a new message.
  */
 export const SuspendRunCommandSchema: GenMessage<SuspendRunCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 12);
+  messageDesc(file_stepd_v1_worker_service, 13);
 
 /**
  * WaitCondition is one thing a suspended run waits for.
@@ -649,7 +702,7 @@ export type WaitCondition = Message<"stepd.v1.WaitCondition"> & {
  * Use `create(WaitConditionSchema)` to create a new message.
  */
 export const WaitConditionSchema: GenMessage<WaitCondition> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 13);
+  messageDesc(file_stepd_v1_worker_service, 14);
 
 /**
  * ChildWait waits until a child run reaches a terminal status. The
@@ -673,7 +726,7 @@ export type ChildWait = Message<"stepd.v1.ChildWait"> & {
  * Use `create(ChildWaitSchema)` to create a new message.
  */
 export const ChildWaitSchema: GenMessage<ChildWait> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 14);
+  messageDesc(file_stepd_v1_worker_service, 15);
 
 /**
  * HookWait waits until the hook named by the wait key is executed
@@ -690,7 +743,7 @@ export type HookWait = Message<"stepd.v1.HookWait"> & {
  * Use `create(HookWaitSchema)` to create a new message.
  */
 export const HookWaitSchema: GenMessage<HookWait> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 15);
+  messageDesc(file_stepd_v1_worker_service, 16);
 
 /**
  * EventWait waits for the first event of a name published at or after
@@ -728,7 +781,7 @@ export type EventWait = Message<"stepd.v1.EventWait"> & {
  * Use `create(EventWaitSchema)` to create a new message.
  */
 export const EventWaitSchema: GenMessage<EventWait> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 16);
+  messageDesc(file_stepd_v1_worker_service, 17);
 
 /**
  * SignalWait waits for the oldest signal of a name that no earlier wait of
@@ -750,7 +803,7 @@ export type SignalWait = Message<"stepd.v1.SignalWait"> & {
  * Use `create(SignalWaitSchema)` to create a new message.
  */
 export const SignalWaitSchema: GenMessage<SignalWait> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 17);
+  messageDesc(file_stepd_v1_worker_service, 18);
 
 /**
  * TimerWait waits until a time.
@@ -771,7 +824,7 @@ export type TimerWait = Message<"stepd.v1.TimerWait"> & {
  * Use `create(TimerWaitSchema)` to create a new message.
  */
 export const TimerWaitSchema: GenMessage<TimerWait> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 18);
+  messageDesc(file_stepd_v1_worker_service, 19);
 
 /**
  * CompleteRunCommand finishes a run with a result.
@@ -792,7 +845,7 @@ export type CompleteRunCommand = Message<"stepd.v1.CompleteRunCommand"> & {
  * Use `create(CompleteRunCommandSchema)` to create a new message.
  */
 export const CompleteRunCommandSchema: GenMessage<CompleteRunCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 19);
+  messageDesc(file_stepd_v1_worker_service, 20);
 
 /**
  * FailRunCommand finishes a run with an error.
@@ -813,7 +866,7 @@ export type FailRunCommand = Message<"stepd.v1.FailRunCommand"> & {
  * Use `create(FailRunCommandSchema)` to create a new message.
  */
 export const FailRunCommandSchema: GenMessage<FailRunCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 20);
+  messageDesc(file_stepd_v1_worker_service, 21);
 
 /**
  * ReleaseRunCommand gives a run back to the queue.
@@ -834,7 +887,7 @@ export type ReleaseRunCommand = Message<"stepd.v1.ReleaseRunCommand"> & {
  * Use `create(ReleaseRunCommandSchema)` to create a new message.
  */
 export const ReleaseRunCommandSchema: GenMessage<ReleaseRunCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 21);
+  messageDesc(file_stepd_v1_worker_service, 22);
 
 /**
  * PollTaskResponse is one message from the server to a worker.
@@ -877,7 +930,7 @@ export type PollTaskResponse = Message<"stepd.v1.PollTaskResponse"> & {
  * Use `create(PollTaskResponseSchema)` to create a new message.
  */
 export const PollTaskResponseSchema: GenMessage<PollTaskResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 22);
+  messageDesc(file_stepd_v1_worker_service, 23);
 
 /**
  * StreamSettings tells a worker the lease rules of its stream.
@@ -916,7 +969,7 @@ export type StreamSettings = Message<"stepd.v1.StreamSettings"> & {
  * Use `create(StreamSettingsSchema)` to create a new message.
  */
 export const StreamSettingsSchema: GenMessage<StreamSettings> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 23);
+  messageDesc(file_stepd_v1_worker_service, 24);
 
 /**
  * RunTask hands a run to a worker under a lease.
@@ -1040,7 +1093,7 @@ export type RunTask = Message<"stepd.v1.RunTask"> & {
  * Use `create(RunTaskSchema)` to create a new message.
  */
 export const RunTaskSchema: GenMessage<RunTask> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 24);
+  messageDesc(file_stepd_v1_worker_service, 25);
 
 /**
  * CommandResult answers one WorkerCommand.
@@ -1083,7 +1136,7 @@ export type CommandResult = Message<"stepd.v1.CommandResult"> & {
  * Use `create(CommandResultSchema)` to create a new message.
  */
 export const CommandResultSchema: GenMessage<CommandResult> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 25);
+  messageDesc(file_stepd_v1_worker_service, 26);
 
 /**
  * RunCancellation tells a worker to stop executing a run.
@@ -1118,7 +1171,51 @@ export type RunCancellation = Message<"stepd.v1.RunCancellation"> & {
  * Use `create(RunCancellationSchema)` to create a new message.
  */
 export const RunCancellationSchema: GenMessage<RunCancellation> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 26);
+  messageDesc(file_stepd_v1_worker_service, 27);
+
+/**
+ * ConcurrencyStrategy says what happens to a new run whose key is at its limit.
+ *
+ * @generated from enum stepd.v1.ConcurrencyStrategy
+ */
+export enum ConcurrencyStrategy {
+  /**
+   * Not set: the same as CONCURRENCY_STRATEGY_QUEUE.
+   *
+   * @generated from enum value: CONCURRENCY_STRATEGY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The new run waits (PENDING, not handed out) until the key has room, in
+   * the order the runs were created.
+   *
+   * @generated from enum value: CONCURRENCY_STRATEGY_QUEUE = 1;
+   */
+  QUEUE = 1,
+
+  /**
+   * The new run cancels the key's active runs (and any older waiting ones)
+   * and runs once they ended.
+   *
+   * @generated from enum value: CONCURRENCY_STRATEGY_CANCEL_IN_PROGRESS = 2;
+   */
+  CANCEL_IN_PROGRESS = 2,
+
+  /**
+   * The new run is refused: Trigger answers FAILED_PRECONDITION; a run an
+   * event, a schedule or a parent would start is not created.
+   *
+   * @generated from enum value: CONCURRENCY_STRATEGY_CANCEL_NEWEST = 3;
+   */
+  CANCEL_NEWEST = 3,
+}
+
+/**
+ * Describes the enum stepd.v1.ConcurrencyStrategy.
+ */
+export const ConcurrencyStrategySchema: GenEnum<ConcurrencyStrategy> = /*@__PURE__*/
+  enumDesc(file_stepd_v1_worker_service, 0);
 
 /**
  * CommandStatus is the outcome of one worker command.
@@ -1175,7 +1272,7 @@ export enum CommandStatus {
  * Describes the enum stepd.v1.CommandStatus.
  */
 export const CommandStatusSchema: GenEnum<CommandStatus> = /*@__PURE__*/
-  enumDesc(file_stepd_v1_worker_service, 0);
+  enumDesc(file_stepd_v1_worker_service, 1);
 
 /**
  * WorkerService is the worker-facing API.
