@@ -190,15 +190,19 @@ async def test_delete_run_deletes_a_finished_run_and_refuses_an_unfinished_one(
     assert (await client.get_run(pending.run_id)).status is RunStatus.PENDING
 
 
-BULK_RUNS = 10_000
+#: Runs in the bulk test: 10,000 on SQLite (the issue's figure); 3,000 on
+#: PostgreSQL, whose statements are the same and which takes three times as
+#: long per run, to keep the suite's run time in bounds.
+BULK_RUNS = {"sqlite": 10_000, "postgres": 3_000}
 
 
 # 10,000 triggers, then 10,000 cancels and 10,000 retries: minutes on a busy
-# two-core machine with PostgreSQL.
+# two-core machine.
 @pytest.mark.timeout(900)
 async def test_bulk_cancel_of_10000_runs_by_filter_completes_and_a_second_run_changes_nothing(
-    server: Server, client: Client, workflow_stub
+    server: Server, client: Client, workflow_stub, backend: str
 ) -> None:
+    runs = BULK_RUNS[backend]
     name = "e2e.bulk_nobody_serves_this"
     other = await client.trigger("e2e.other_nobody_serves_this", None)
     gate = asyncio.Semaphore(64)
@@ -207,10 +211,10 @@ async def test_bulk_cancel_of_10000_runs_by_filter_completes_and_a_second_run_ch
         async with gate:
             await workflow_stub.Trigger(api.TriggerRequest(workflow_name=name))
 
-    await asyncio.gather(*(trigger(i) for i in range(BULK_RUNS)))
+    await asyncio.gather(*(trigger(i) for i in range(runs)))
 
     counted = await client.cancel_runs(workflow=name, dry_run=True)
-    assert counted == BulkResult(BULK_RUNS)
+    assert counted == BulkResult(runs)
 
     # Interrupted after one batch of 1,000 ...
     first = await workflow_stub.CancelRuns(
@@ -223,8 +227,8 @@ async def test_bulk_cancel_of_10000_runs_by_filter_completes_and_a_second_run_ch
     # ... and started again from the top: only what is left changes, with progress.
     progress: list[BulkResult] = []
     done = await client.cancel_runs(workflow=name, reason="bulk", on_batch=progress.append)
-    assert done.changed == BULK_RUNS - 1000
-    assert len(progress) >= (BULK_RUNS - 1000) // 500
+    assert done.changed == runs - 1000
+    assert len(progress) >= (runs - 1000) // 500
     assert [p.changed for p in progress] == sorted(p.changed for p in progress)
 
     again = await client.cancel_runs(workflow=name)
@@ -239,9 +243,9 @@ async def test_bulk_cancel_of_10000_runs_by_filter_completes_and_a_second_run_ch
     assert (await client.get_run(other.run_id)).status is RunStatus.PENDING
 
     # Bulk retry takes them back to pending, by the same filter.
-    assert (await client.retry_runs(workflow=name, dry_run=True)).matched == BULK_RUNS
+    assert (await client.retry_runs(workflow=name, dry_run=True)).matched == runs
     retried = await client.retry_runs(workflow=name, batch_size=1000)
-    assert retried.changed == BULK_RUNS
+    assert retried.changed == runs
     assert (await client.retry_runs(workflow=name)).changed == 0
 
 
