@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from stepd import Client, RunStatus
 from stepd.errors import NotFoundError
 from stepd.server.http.event_signatures import sign
 from tests.e2e import workflows as wf
-from tests.e2e.harness import Server, Stack
+from tests.e2e.harness import ROOT, Server, Stack
 from tests.e2e.test_hooks import token_of
 from tests.e2e.test_security import admin_key, stepd
 from tests.e2e.test_signals import RESULT_TIMEOUT, wait_for_status
@@ -169,3 +172,47 @@ def test_http_follows_the_loopback_rule_and_can_be_turned_off(stack: Stack, tmp_
     quiet = stack.start_server(database, args=["--http-address", "off"])
     quiet.process.stop()
     assert "stepd http on" not in quiet.process.log_text()
+
+
+def curl_recipes() -> list[str]:
+    """The ``sh`` blocks of docs/observability.md that call the HTTP listener with curl."""
+    text = (ROOT / "docs" / "observability.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL)
+    return [block for block in blocks if "curl " in block and "50052" in block]
+
+
+async def test_the_curl_recipes_in_the_docs_work(
+    stack: Stack, database: str, tmp_path: Path, marks: Path, tag: str
+) -> None:
+    secrets = tmp_path / "event-secrets"
+    secrets.write_text(f"order.* {EVENT_SECRET}\n")
+    server = stack.start_server(database, args=["--event-secrets-file", str(secrets)])
+    stack.start_worker(server)
+    async with Client(server.address) as client:
+        approval = await client.trigger(wf.approval, wf.Approval(tag=tag))
+        token = await token_of(marks, tag)
+        await wait_for_status(client, approval.run_id, RunStatus.SUSPENDED)
+        recipes = curl_recipes()
+        assert len(recipes) >= 5
+        env = {
+            "PATH": os.environ["PATH"],
+            "TOKEN": token,
+            "SECRET": EVENT_SECRET,
+            "STEPD_API_KEY": "stepd_unused_on_an_open_server",
+        }
+        for recipe in recipes:
+            script = recipe.replace("http://127.0.0.1:50052", server.http_url)
+            done = await asyncio.to_thread(
+                subprocess.run,
+                ["bash", "-euo", "pipefail", "-c", script],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, (recipe, done.stderr)
+            answer = json.loads(done.stdout.strip().splitlines()[-1])
+            assert "error" not in answer, (recipe, answer)
+        result = await asyncio.wait_for(approval.result(), RESULT_TIMEOUT)
+        assert result["decision"] == {"approved": True}
