@@ -21,6 +21,7 @@ from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.domain import WorkerInfo
 from stepd.server.engine.sessions import WorkerSession
 from stepd.server.store.base import Store
+from stepd.server.store.errors import StoreUnavailableError
 
 log = logging.getLogger("stepd.workers")
 
@@ -110,6 +111,8 @@ class WorkerDirectory:
         while True:
             try:
                 await self.publish()
+            except StoreUnavailableError as exc:
+                log.warning("publishing the connected workers: storage unavailable (%s)", exc)
             except Exception:
                 log.exception("publishing the connected workers failed")
             await asyncio.sleep(PUBLISH_SECONDS)
