@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -403,7 +404,12 @@ class Engine:
         ``hook_tokens``) and whether a worker here serves it."""
         run = await self.get_run(run_id, wait=wait, wait_seconds=wait_seconds)
         token = self.hook_token if hook_tokens else None
-        return await run_details(self.store, run, self.registry.serves, token)
+        details = await run_details(self.store, run, self.registry.serves, token)
+        if details.no_worker and await self.workers.served_elsewhere(
+            run.workflow_name, run.workflow_version
+        ):
+            details = dataclasses.replace(details, no_worker=False)
+        return details
 
     def hook_token(self, run_id: str, wait_key: str) -> str:
         """The token of a run's hook (the one its worker derives)."""
