@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import shutil
@@ -81,6 +82,30 @@ def return_large_blocks() -> None:
         return
     m_mmap_threshold = -3  # from malloc.h
     libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+
+
+#: Allocations (minus frees) between collections of the youngest generation;
+#: Python's default is 700. See ``tune_garbage_collection``.
+GC_YOUNG_THRESHOLD = 25_000
+
+
+def tune_garbage_collection() -> None:
+    """Make the cyclic garbage collector cheaper for a server that has started.
+
+    Serving a run allocates thousands of short-lived objects (protobuf
+    messages, SQLAlchemy rows and contexts, asyncio handles), so with Python's
+    default thresholds the collector ran about every 700 allocations and took
+    a fifth of the server's time under load (py-spy --native: gc_collect_main).
+    Here the objects made while starting (modules, tables, compiled
+    statements) are moved out of the collector's sight (``gc.freeze``), and
+    the youngest generation is collected every ``GC_YOUNG_THRESHOLD``
+    allocations: a few MB more held between collections, for about 0.2 ms less
+    CPU per run. Reference counting still frees almost everything at once.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, max(middle, 20), max(old, 20))
 
 
 @dataclass
