@@ -10,6 +10,7 @@ children. Imported only when tracing is on (``stepd serve --otel``).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import grpc
@@ -23,6 +24,8 @@ from stepd.server.telemetry.rpc_context import Context, Metadata
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _CODES = {status.value[0]: status for status in grpc.StatusCode}
+_NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 _TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 #: Codes that are the caller's doing (OpenTelemetry's rule for server spans).
 _NOT_SERVER_ERRORS = frozenset(
@@ -49,8 +52,13 @@ class RpcSpans:
         # Per method: the span's name and attributes, made once.
         self._methods: dict[str, tuple[str, dict[str, str]]] = {}
 
-    def span(self, method: str, metadata: Metadata, context: Context) -> _CallSpan:
-        """The call's span, current while the handler runs."""
+    def span(
+        self, method: str, metadata: Metadata, context: Context
+    ) -> _CallSpan | contextlib.nullcontext[None]:
+        """The call's span, current while the handler runs (none while no tracer
+        provider is installed: the caller's context then passes to the run)."""
+        if isinstance(trace.get_tracer_provider(), _NO_PROVIDER):
+            return _NO_SPAN
         known = self._methods.get(method)
         if known is None:
             service, _, name = method.lstrip("/").rpartition("/")
