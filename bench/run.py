@@ -10,7 +10,7 @@ separate processes, then measures
 * W1, throughput: ``--runs`` runs of a 3-step workflow, triggered concurrently
   (at most ``--in-flight`` Trigger calls at once, each result awaited as soon
   as its run exists); runs/s and steps/s from the first trigger to the last
-  result;
+  result, the CPU seconds of each process, and the server's peak memory;
 * W2, latency: ``--latency-runs`` runs of a 1-step workflow one after the
   other; p50/p99 of trigger -> result in milliseconds;
 * W3, a long run: one run of ``--w3-steps`` (1,000) sequential steps; seconds
@@ -111,6 +111,18 @@ class CpuMeter:
         self.used = {name: round(end[name] - self._start[name], 3) for name in end}
 
     used: dict[str, float]
+
+
+def peak_memory_mib(pid: int) -> float:
+    """A process's peak resident set size so far (Linux VmHWM) in MiB, 0.0 when unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def percentile(values: list[float], pct: int) -> float:
@@ -241,6 +253,7 @@ async def measure(
                     args.timeout,
                 )
             w1["cpu_seconds"] = w1_cpu.used
+            w1["server_peak_memory_mib"] = peak_memory_mib(processes["server"].pid)
             result["w1"] = w1
         if "w2" in chosen:
             result["w2"] = await asyncio.wait_for(latency(client, args.latency_runs), args.timeout)

@@ -25,6 +25,7 @@ def test_bench_runs_all_five_workloads_and_reports_json(tmp_path: Path) -> None:
     (rep,) = report["repetitions"]
     assert rep["w1"]["runs"] == 60 and rep["w1"]["steps"] == 180
     assert rep["w1"]["runs_per_s"] > 0 and rep["w2"]["runs"] == 10
+    assert rep["w1"]["server_peak_memory_mib"] > 0
     assert rep["w3"]["steps"] == 30 and rep["w3"]["seconds"] > 0
     assert 0 <= rep["w3"]["first_100_steps_s"] <= rep["w3"]["seconds"]
     assert rep["w4"]["runs"] == 20 and rep["w4"]["sleep_seconds"] == 0.3
