@@ -1,6 +1,7 @@
 """Benchmark stepd: one command, JSON out.
 
-``python bench/run.py [--runs 2000] [--repeat 3] [--security off|on|both]``
+``python bench/run.py [--runs 2000] [--repeat 3] [--workloads w1,...,w5]
+[--database URL] [--security off|on|both]``
 
 Each repetition starts a fresh server (new SQLite file, default durability:
 WAL with synchronous=FULL) and one worker serving ``bench.workflows``, both as
@@ -9,9 +10,22 @@ separate processes, then measures
 * W1, throughput: ``--runs`` runs of a 3-step workflow, triggered concurrently
   (at most ``--in-flight`` Trigger calls at once, each result awaited as soon
   as its run exists); runs/s and steps/s from the first trigger to the last
-  result;
+  result, the CPU seconds of each process, and the server's peak memory;
 * W2, latency: ``--latency-runs`` runs of a 1-step workflow one after the
-  other; p50/p99 of trigger -> result in milliseconds.
+  other; p50/p99 of trigger -> result in milliseconds;
+* W3, a long run: one run of ``--w3-steps`` (1,000) sequential steps; seconds
+  from trigger to result, and the time its first and its last 100 steps took
+  (a cost that grows with the journal makes the last slower);
+* W4, timers in a burst: ``--w4-runs`` (1,000) runs triggered at once, each
+  sleeping ``--w4-seconds`` (2) durably between two steps; wake-up lateness
+  p50/p99 in milliseconds (when the workflow ran again after the sleep minus
+  when it asked to wake, by the worker's clock);
+* W5, fan-out: one run of ``--w5-steps`` (500) steps at once
+  (``asyncio.gather``); seconds from trigger to result.
+
+``--workloads`` picks some of them (default: all five, in that order).
+``--database postgresql://...`` runs them on PostgreSQL (the same database for
+every repetition) instead of a fresh SQLite file.
 
 ``--concurrency-keys N`` runs W1 on a workflow with a concurrency limit of 1
 per key (``Concurrency(key="customer", limit=1)``), the runs spread over N
@@ -38,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,11 +63,19 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` impor
 
 from bench.expired import left as expired_left  # noqa: E402
 from bench.expired import seed as seed_expired  # noqa: E402
-from bench.workflows import one_step, three_steps, three_steps_limited  # noqa: E402
+from bench.workflows import (  # noqa: E402
+    clocked_steps,
+    one_step,
+    parallel_steps,
+    sleeper,
+    three_steps,
+    three_steps_limited,
+)
 from stepd import Client  # noqa: E402
 from tests.e2e.harness import ManagedProcess, Stack, console_script  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "latest.json"
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
 TARGETS = {"w1_runs_per_s": 200.0, "w2_p50_ms": 10.0}
 STEPS_PER_RUN = 3
 
@@ -89,6 +111,18 @@ class CpuMeter:
         self.used = {name: round(end[name] - self._start[name], 3) for name in end}
 
     used: dict[str, float]
+
+
+def peak_memory_mib(pid: int) -> float:
+    """A process's peak resident set size so far (Linux VmHWM) in MiB, 0.0 when unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def percentile(values: list[float], pct: int) -> float:
@@ -153,27 +187,87 @@ async def latency(client: Client, runs: int) -> dict[str, Any]:
     }
 
 
+async def long_run(client: Client, steps: int) -> dict[str, Any]:
+    """W3: one run of ``steps`` sequential steps."""
+    started = time.perf_counter()
+    clocks = await client.execute(clocked_steps, steps)
+    elapsed = time.perf_counter() - started
+    if len(clocks) != steps:
+        raise RuntimeError(f"clocked_steps({steps}) returned {len(clocks)} clocks")
+    window = min(100, steps - 1)
+    return {
+        "steps": steps,
+        "seconds": round(elapsed, 3),
+        "first_100_steps_s": round(clocks[window] - clocks[0], 3),
+        "last_100_steps_s": round(clocks[-1] - clocks[-1 - window], 3),
+    }
+
+
+async def timer_burst(client: Client, runs: int, seconds: float, in_flight: int) -> dict[str, Any]:
+    """W4: ``runs`` runs started at once, each sleeping ``seconds``; how late they woke."""
+    limit = asyncio.Semaphore(in_flight)
+
+    async def one() -> float:
+        async with limit:
+            handle = await client.trigger(sleeper, seconds)
+        return float(await handle.result())
+
+    started = time.perf_counter()
+    late_ms = [late * 1000 for late in await asyncio.gather(*(one() for _ in range(runs)))]
+    return {
+        "runs": runs,
+        "sleep_seconds": seconds,
+        "seconds": round(time.perf_counter() - started, 3),
+        "lateness_p50_ms": round(percentile(late_ms, 50), 2),
+        "lateness_p99_ms": round(percentile(late_ms, 99), 2),
+        "lateness_max_ms": round(max(late_ms), 2),
+    }
+
+
+async def fan_out(client: Client, steps: int) -> dict[str, Any]:
+    """W5: one run of ``steps`` parallel steps."""
+    started = time.perf_counter()
+    total = await client.execute(parallel_steps, steps)
+    elapsed = time.perf_counter() - started
+    if total != steps * (steps - 1) // 2:
+        raise RuntimeError(f"parallel_steps({steps}) returned {total!r}")
+    return {"steps": steps, "seconds": round(elapsed, 3)}
+
+
 async def measure(
     address: str,
     processes: dict[str, ManagedProcess],
     args: Any,
     client_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Warm up, then W1 and W2 against one server."""
+    """Warm up, then the chosen workloads against one server."""
+    chosen = args.workloads
+    result: dict[str, Any] = {}
     async with Client(address, **(client_options or {})) as client:
         await asyncio.gather(*(client.execute(three_steps, i) for i in range(args.warmup)))
         await asyncio.gather(*(client.execute(one_step, i) for i in range(args.warmup)))
-        with CpuMeter(processes) as w1_cpu:
-            w1 = await asyncio.wait_for(
-                throughput([client], args.runs, args.in_flight, args.concurrency_keys),
-                args.timeout,
-            )
-        w1["cpu_seconds"] = w1_cpu.used
-        w2 = await asyncio.wait_for(latency(client, args.latency_runs), args.timeout)
-    return {"w1": w1, "w2": w2}
+        if "w1" in chosen:
+            with CpuMeter(processes) as w1_cpu:
+                w1 = await asyncio.wait_for(
+                    throughput([client], args.runs, args.in_flight, args.concurrency_keys),
+                    args.timeout,
+                )
+            w1["cpu_seconds"] = w1_cpu.used
+            w1["server_peak_memory_mib"] = peak_memory_mib(processes["server"].pid)
+            result["w1"] = w1
+        if "w2" in chosen:
+            result["w2"] = await asyncio.wait_for(latency(client, args.latency_runs), args.timeout)
+        if "w3" in chosen:
+            result["w3"] = await asyncio.wait_for(long_run(client, args.w3_steps), args.timeout)
+        if "w4" in chosen:
+            burst = timer_burst(client, args.w4_runs, args.w4_seconds, args.in_flight)
+            result["w4"] = await asyncio.wait_for(burst, args.timeout)
+        if "w5" in chosen:
+            result["w5"] = await asyncio.wait_for(fan_out(client, args.w5_steps), args.timeout)
+    return result
 
 
-def make_key(database: Path, role: str, *more: str) -> str:
+def make_key(database: Path | str, role: str, *more: str) -> str:
     """An API key made on the database before the server starts."""
     argv = [*console_script("stepd", "stepd.server.cli"), "keys", "create", "--role", role]
     argv += ["--name", f"bench-{role}", *more, "--database", str(database)]
@@ -181,7 +275,9 @@ def make_key(database: Path, role: str, *more: str) -> str:
     return done.stdout.strip()
 
 
-def secure_setup(workdir: Path, database: Path) -> tuple[list[str], list[str], dict[str, Any]]:
+def secure_setup(
+    workdir: Path, database: Path | str
+) -> tuple[list[str], list[str], dict[str, Any]]:
     """TLS, keys and a hook secret: (server args, worker args, client options)."""
     from tests.certs import make_certificates
 
@@ -201,7 +297,8 @@ def repetition(number: int, args: Any, *, secure: bool = False) -> dict[str, Any
     workdir = Path(tempfile.mkdtemp(prefix=f"stepd-bench-{number}-"))
     stack = Stack(workdir)
     keep_logs = True
-    database = workdir / "bench.db"
+    sqlite_file = workdir / "bench.db"
+    database: Path | str = args.database or sqlite_file
     server_args: list[str] = list(args.server_arg)
     worker_args: list[str] = []
     client_options: dict[str, Any] = {}
@@ -209,7 +306,7 @@ def repetition(number: int, args: Any, *, secure: bool = False) -> dict[str, Any
         more_server, worker_args, client_options = secure_setup(workdir, database)
         server_args += more_server
     if args.expired_runs:
-        seed_expired(database, args.expired_runs, int(time.time() * 1000))
+        seed_expired(sqlite_file, args.expired_runs, int(time.time() * 1000))
     try:
         server = stack.start_server(database, args=server_args)
         worker = stack.start_worker(
@@ -219,8 +316,8 @@ def repetition(number: int, args: Any, *, secure: bool = False) -> dict[str, Any
         result = asyncio.run(measure(server.address, processes, args, client_options))
         result["security"] = "on" if secure else "off"
         if args.expired_runs:
-            result["expired_runs_left"] = expired_left(database, int(time.time() * 1000))
-        keep_logs = result["w1"]["failures"] > 0
+            result["expired_runs_left"] = expired_left(sqlite_file, int(time.time() * 1000))
+        keep_logs = result.get("w1", {}).get("failures", 0) > 0
         return result
     finally:
         codes = stack.close()
@@ -235,18 +332,45 @@ def repetition(number: int, args: Any, *, secure: bool = False) -> dict[str, Any
             print(f"warning: processes did not exit cleanly: {unclean}", file=sys.stderr)
 
 
-def median_of(reps: list[dict[str, Any]], pick: Callable[[dict[str, Any]], float]) -> float:
-    return round(statistics.median(pick(rep) for rep in reps), 2)
+#: The medians reported, by workload: (name, workload, field).
+MEDIANS = (
+    ("w1_runs_per_s", "w1", "runs_per_s"),
+    ("w1_steps_per_s", "w1", "steps_per_s"),
+    ("w2_p50_ms", "w2", "p50_ms"),
+    ("w2_p99_ms", "w2", "p99_ms"),
+    ("w3_seconds", "w3", "seconds"),
+    ("w3_first_100_steps_s", "w3", "first_100_steps_s"),
+    ("w3_last_100_steps_s", "w3", "last_100_steps_s"),
+    ("w4_lateness_p50_ms", "w4", "lateness_p50_ms"),
+    ("w4_lateness_p99_ms", "w4", "lateness_p99_ms"),
+    ("w5_seconds", "w5", "seconds"),
+)
 
 
 def medians(reps: list[dict[str, Any]]) -> dict[str, float]:
-    """The medians over repetitions of W1 and W2."""
-    return {
-        "w1_runs_per_s": median_of(reps, lambda r: r["w1"]["runs_per_s"]),
-        "w1_steps_per_s": median_of(reps, lambda r: r["w1"]["steps_per_s"]),
-        "w2_p50_ms": median_of(reps, lambda r: r["w2"]["p50_ms"]),
-        "w2_p99_ms": median_of(reps, lambda r: r["w2"]["p99_ms"]),
-    }
+    """The medians over repetitions of each measured workload's figures."""
+    found: dict[str, float] = {}
+    for name, workload, field in MEDIANS:
+        if reps and workload in reps[0]:
+            found[name] = round(statistics.median(rep[workload][field] for rep in reps), 2)
+    return found
+
+
+def summary(rep: dict[str, Any]) -> str:
+    """One line of a repetition's figures."""
+    parts = []
+    if "w1" in rep:
+        parts.append(f"W1 {rep['w1']['runs_per_s']} runs/s")
+    if "w2" in rep:
+        parts.append(f"W2 p50 {rep['w2']['p50_ms']} ms, p99 {rep['w2']['p99_ms']} ms")
+    if "w3" in rep:
+        parts.append(f"W3 {rep['w3']['seconds']} s")
+    if "w4" in rep:
+        w4 = rep["w4"]
+        parts.append(f"W4 late p50 {w4['lateness_p50_ms']} ms, p99 {w4['lateness_p99_ms']} ms")
+    if "w5" in rep:
+        parts.append(f"W5 {rep['w5']['seconds']} s")
+    return "; ".join(parts)
 
 
 def git_commit() -> str:
@@ -269,6 +393,21 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--in-flight", type=int, default=200, help="W1 concurrent triggers")
     parser.add_argument("--latency-runs", type=int, default=200, help="W2 runs (default 200)")
+    parser.add_argument("--w3-steps", type=int, default=1000, help="W3 steps (default 1000)")
+    parser.add_argument("--w4-runs", type=int, default=1000, help="W4 runs (default 1000)")
+    parser.add_argument(
+        "--w4-seconds", type=float, default=2.0, help="W4 sleep per run (default 2)"
+    )
+    parser.add_argument("--w5-steps", type=int, default=500, help="W5 steps (default 500)")
+    parser.add_argument(
+        "--workloads",
+        type=lambda text: [w.strip().lower() for w in text.split(",") if w.strip()],
+        default=list(WORKLOADS),
+        help="comma-separated, of w1,w2,w3,w4,w5 (default: all)",
+    )
+    parser.add_argument(
+        "--database", help="postgresql://... URL (default: a fresh SQLite file per repetition)"
+    )
     parser.add_argument("--warmup", type=int, default=20, help="untimed runs first")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per workload")
     parser.add_argument("--worker-concurrency", type=int, help="worker --concurrency")
@@ -298,6 +437,11 @@ def main() -> int:
         help="seed the database with this many runs that ended 30 days ago (retention)",
     )
     args = parser.parse_args()
+    unknown = sorted(set(args.workloads) - set(WORKLOADS))
+    if unknown or not args.workloads:
+        parser.error(f"--workloads: choose from {','.join(WORKLOADS)} (got {unknown or 'none'})")
+    if args.database and args.expired_runs:
+        parser.error("--expired-runs seeds a SQLite file: leave out --database")
 
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.security]
     reps: list[dict[str, Any]] = []
@@ -306,19 +450,18 @@ def main() -> int:
         for secure in modes:
             rep = repetition(number, args, secure=secure)
             print(
-                f"repetition {number}{' (security on)' if secure else ''}: "
-                f"W1 {rep['w1']['runs_per_s']} runs/s, "
-                f"W2 p50 {rep['w2']['p50_ms']} ms, p99 {rep['w2']['p99_ms']} ms",
+                f"repetition {number}{' (security on)' if secure else ''}: {summary(rep)}",
                 file=sys.stderr,
             )
             (secure_reps if secure and args.security == "both" else reps).append(rep)
 
     median = medians(reps)
-    met = {
-        "w1_runs_per_s": median["w1_runs_per_s"] >= TARGETS["w1_runs_per_s"],
-        "w2_p50_ms": median["w2_p50_ms"] <= TARGETS["w2_p50_ms"],
-    }
-    failures = sum(rep["w1"]["failures"] for rep in (*reps, *secure_reps))
+    met = {}
+    if "w1_runs_per_s" in median:
+        met["w1_runs_per_s"] = median["w1_runs_per_s"] >= TARGETS["w1_runs_per_s"]
+    if "w2_p50_ms" in median:
+        met["w2_p50_ms"] = median["w2_p50_ms"] <= TARGETS["w2_p50_ms"]
+    failures = sum(rep.get("w1", {}).get("failures", 0) for rep in (*reps, *secure_reps))
     report = {
         "benchmark": "stepd",
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -330,6 +473,12 @@ def main() -> int:
             "steps_per_run": STEPS_PER_RUN,
             "in_flight": args.in_flight,
             "latency_runs": args.latency_runs,
+            "workloads": args.workloads,
+            "w3_steps": args.w3_steps,
+            "w4_runs": args.w4_runs,
+            "w4_seconds": args.w4_seconds,
+            "w5_steps": args.w5_steps,
+            "database": "postgresql" if args.database else "sqlite",
             "warmup": args.warmup,
             "repeat": args.repeat,
             "worker_concurrency": args.worker_concurrency or "default",
@@ -347,9 +496,10 @@ def main() -> int:
         secure_median = medians(secure_reps)
         report["repetitions_secure"] = secure_reps
         report["median_secure"] = secure_median
-        report["w1_secure_ratio"] = round(
-            secure_median["w1_runs_per_s"] / median["w1_runs_per_s"], 3
-        )
+        if "w1_runs_per_s" in median:
+            report["w1_secure_ratio"] = round(
+                secure_median["w1_runs_per_s"] / median["w1_runs_per_s"], 3
+            )
     text = json.dumps(report, indent=2)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

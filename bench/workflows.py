@@ -4,6 +4,7 @@ The steps do no I/O, so the numbers measure stepd itself: dispatch, the
 worker stream, recording each step durably, and completing the run.
 """
 
+import asyncio
 from typing import Any
 
 from stepd import Concurrency, WorkflowContext, step, workflow
@@ -84,3 +85,24 @@ async def step_sleep_loop(ctx: WorkflowContext, count: int) -> int:
         total += await echo(i)
         await ctx.sleep(0.01)
     return total
+
+
+@step
+async def clock() -> float:
+    """The worker's wall clock when the step ran (recorded, so a replay returns it)."""
+    import time
+
+    return time.time()
+
+
+@workflow(name="bench.clocked_steps")
+async def clocked_steps(ctx: WorkflowContext, count: int) -> list[float]:
+    """W3: ``count`` sequential steps; returns the wall clock at each (so the time
+    the first and the last 100 steps took can be compared)."""
+    return [await clock() for _ in range(count)]
+
+
+@workflow(name="bench.parallel_steps")
+async def parallel_steps(ctx: WorkflowContext, count: int) -> int:
+    """W5: ``count`` steps at once (``asyncio.gather``); returns their sum."""
+    return sum(await asyncio.gather(*(echo(i) for i in range(count))))

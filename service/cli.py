@@ -346,7 +346,7 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict
 
 async def serve(config: ServerConfig) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully."""
-    from stepd.server.server import create_server
+    from stepd.server.server import create_server, tune_garbage_collection
     from stepd.server.stopping import stop_within
     from stepd.server.store.postgres import display_url
 
@@ -355,6 +355,7 @@ async def serve(config: ServerConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     running = await create_server(config)
+    tune_garbage_collection()
     host = config.address.rsplit(":", 1)[0]
     database = display_url(config.database)
     print(f"stepd serving on {host}:{running.port} (database {database})", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import shutil
@@ -15,10 +16,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from stepd.server.api.admin_servicer import AdminServicer
 from stepd.server.api.handlers import add_service
+from stepd.server.api.rpc_wrapping import WrappingServer, compose
 from stepd.server.api.wire_scan import poll_request_check
 from stepd.server.api.worker_servicer import WorkerServicer
 from stepd.server.api.workflow_servicer import WorkflowServicer
@@ -37,7 +39,7 @@ from stepd.server.http.probes import Probes, ReadinessCheck
 from stepd.server.http.web_ui import WebUi
 from stepd.server.http.webhooks import Webhooks
 from stepd.server.security import exposure
-from stepd.server.security.auth_interceptor import AuthInterceptor
+from stepd.server.security.auth_interceptor import Authorization
 from stepd.server.security.key_admin import KeyAdmin
 from stepd.server.security.keyring import KeyRing
 from stepd.server.security.tls import TlsFiles, http_ssl_context, server_credentials
@@ -46,8 +48,8 @@ from stepd.server.store import open_store
 from stepd.server.store.base import Store
 from stepd.server.store.postgres import display_url
 from stepd.server.telemetry.metrics import ServerMetrics
-from stepd.server.telemetry.rpc_context import RpcContextInterceptor, Spans
-from stepd.server.telemetry.rpc_metrics import RpcMetricsInterceptor
+from stepd.server.telemetry.rpc_context import RpcContext, Spans
+from stepd.server.telemetry.rpc_metrics import RpcMetrics
 from stepd.v1 import admin_service_pb2, worker_service_pb2, workflow_service_pb2
 
 log = logging.getLogger("stepd.server")
@@ -80,6 +82,30 @@ def return_large_blocks() -> None:
         return
     m_mmap_threshold = -3  # from malloc.h
     libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+
+
+#: Allocations (minus frees) between collections of the youngest generation;
+#: Python's default is 700. See ``tune_garbage_collection``.
+GC_YOUNG_THRESHOLD = 25_000
+
+
+def tune_garbage_collection() -> None:
+    """Make the cyclic garbage collector cheaper for a server that has started.
+
+    Serving a run allocates thousands of short-lived objects (protobuf
+    messages, SQLAlchemy rows and contexts, asyncio handles), so with Python's
+    default thresholds the collector ran about every 700 allocations and took
+    a fifth of the server's time under load (py-spy --native: gc_collect_main).
+    Here the objects made while starting (modules, tables, compiled
+    statements) are moved out of the collector's sight (``gc.freeze``), and
+    the youngest generation is collected every ``GC_YOUNG_THRESHOLD``
+    allocations: a few MB more held between collections, for about 0.2 ms less
+    CPU per run. Reference counting still frees almost everything at once.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, max(middle, 20), max(old, 20))
 
 
 @dataclass
@@ -151,11 +177,6 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     metrics = ServerMetrics(engine)
     engine.observe(metrics)
     server = grpc.aio.server(
-        interceptors=[
-            RpcMetricsInterceptor(metrics.rpcs, metrics.rpc_seconds),
-            RpcContextInterceptor(spans),
-            AuthInterceptor(ring),
-        ],
         options=[
             ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
             ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
@@ -173,27 +194,41 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
             ("grpc.so_reuseport", 0),
         ],
     )
+    # Every method's handler is wrapped once, as it is registered: counted and
+    # timed (outermost, so refused calls count too), in its context and span,
+    # behind the API-key checks. No interceptor runs per call.
+    wrapping = WrappingServer(
+        server,
+        compose(
+            RpcMetrics(metrics.rpcs, metrics.rpc_seconds).wrap,
+            RpcContext(spans).wrap,
+            Authorization(ring).wrap,
+        ),
+    )
     # Requests are decoded without raising: bytes that are not the request
     # message get INVALID_ARGUMENT from the servicer (api/handlers.py).
-    add_service(server, WorkflowServicer(engine, current_trace), WORKFLOW_SERVICE)
+    add_service(wrapping, WorkflowServicer(engine, current_trace), WORKFLOW_SERVICE)
     add_service(
-        server,
+        wrapping,
         WorkerServicer(engine),
         WORKER_SERVICE,
         {"PollTask": poll_request_check(worker_message_bytes(config.max_payload_bytes))},
     )
-    add_service(server, AdminServicer(KeyAdmin(store, ring), versions), ADMIN_SERVICE)
+    add_service(wrapping, AdminServicer(KeyAdmin(store, ring), versions), ADMIN_SERVICE)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # no stubs for aio
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, wrapping)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (
-            *SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
+    # (enable_server_reflection picks the asyncio servicer only for a grpc.aio.Server.)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]  # exported at run time
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
         ),
-        server,
+        wrapping,
     )
     # Bind before recovering runs: a server that cannot listen touches nothing.
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from contextlib import AbstractContextManager
 from functools import cache
-from typing import Any, cast
+from typing import Any
 
 from stepd.v1 import types_pb2, worker_service_pb2
 
@@ -31,16 +31,17 @@ def _otel() -> Any:
     """The OpenTelemetry API's pieces, or None when it is not installed (imported
     once, at the first span)."""
     try:
-        from opentelemetry import trace
+        from opentelemetry import context, trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     except ImportError:
         return None
-    return _Otel(trace, TraceContextTextMapPropagator())
+    return _Otel(trace, context, TraceContextTextMapPropagator())
 
 
 class _Otel:
-    def __init__(self, trace: Any, propagator: Any) -> None:
+    def __init__(self, trace: Any, context: Any, propagator: Any) -> None:
         self.trace = trace
+        self.context = context
         self.propagator = propagator
         self._no_provider = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
         self._provider: Any = None
@@ -93,17 +94,15 @@ def run_span(task: worker_service_pb2.RunTask) -> AbstractContextManager[Any]:
     }
     if task.parent_run_id:
         attributes["stepd.parent_run_id"] = task.parent_run_id
-    return cast(
-        AbstractContextManager[Any],
-        tracer.start_as_current_span(
-            f"run {task.workflow_name}",
-            context=parent,
-            kind=otel.trace.SpanKind.CONSUMER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ),
+    span = tracer.start_span(
+        f"run {task.workflow_name}",
+        context=parent,
+        kind=otel.trace.SpanKind.CONSUMER,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
     )
+    return _Current(otel, span)
 
 
 def step_span(
@@ -114,21 +113,42 @@ def step_span(
     tracer = _tracer()
     if tracer is None:
         return _NO_SPAN
-    return cast(
-        AbstractContextManager[Any],
-        tracer.start_as_current_span(
-            f"step {key}",
-            attributes={
-                "stepd.run_id": run_id,
-                "stepd.workflow": workflow,
-                "stepd.workflow_version": version,
-                "stepd.step_key": key,
-                "stepd.attempt": attempt,
-            },
-            record_exception=False,
-            set_status_on_exception=False,
-        ),
+    span = tracer.start_span(
+        f"step {key}",
+        attributes={
+            "stepd.run_id": run_id,
+            "stepd.workflow": workflow,
+            "stepd.workflow_version": version,
+            "stepd.step_key": key,
+            "stepd.attempt": attempt,
+        },
+        record_exception=False,
+        set_status_on_exception=False,
     )
+    return _Current(_otel(), span)
+
+
+class _Current(AbstractContextManager[Any]):
+    """Makes ``span`` current for the block and ends it after (what the API's
+    ``start_as_current_span`` does, without its generator-based wrapper)."""
+
+    __slots__ = ("_otel", "_span", "_token")
+
+    def __init__(self, otel: Any, span: Any) -> None:
+        self._otel = otel
+        self._span = span
+        self._token: Any = None
+
+    def __enter__(self) -> Any:
+        otel = self._otel
+        self._token = otel.context.attach(otel.trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._span.end()
+        finally:
+            self._otel.context.detach(self._token)
 
 
 def failed(span: Any, error: BaseException) -> None:

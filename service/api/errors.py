@@ -70,10 +70,15 @@ class Undecodable:
 def decoder(
     message_class: type[Message],
     precheck: Callable[[bytes], errors.EngineError | None] | None = None,
+    *,
+    refuse_nul: bool = False,
 ) -> Callable[[bytes], Message | Undecodable]:
     """A request deserializer that never raises: bytes that do not decode become
     ``Undecodable`` (grpc would answer UNKNOWN and log a traceback). ``precheck``
-    may refuse the bytes before they are decoded (a message too costly to decode)."""
+    may refuse the bytes before they are decoded (a message too costly to decode).
+    With ``refuse_nul``, a request with a NUL in a string is refused
+    (``strings.py``); its strings are looked at only when its bytes hold a zero
+    byte (a NUL character is one; most requests have none)."""
     type_name = message_class.DESCRIPTOR.full_name
     parse = message_class.FromString
 
@@ -83,9 +88,15 @@ def decoder(
             if refused is not None:
                 return Undecodable(type_name, refused)
         try:
-            return parse(raw)
+            message = parse(raw)
         except (DecodeError, ValueError, RuntimeError):
             return Undecodable(type_name)
+        if refuse_nul and b"\x00" in raw:
+            try:
+                check_strings(message)
+            except errors.InvalidArgument as exc:
+                return Undecodable(type_name, exc)
+        return message
 
     return decode
 
@@ -136,8 +147,9 @@ def server_fault(rpc: str, request: object) -> tuple[grpc.StatusCode, str]:
 
 
 def maps_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Answer a unary RPC: undecodable bytes and engine errors become their
-    status codes, anything else INTERNAL (the server log has the details)."""
+    """Answer a unary RPC: undecodable bytes (and strings with a NUL, refused by
+    the ``decoder``) and engine errors become their status codes, anything else
+    INTERNAL (the server log has the details)."""
     rpc = handler.__name__
 
     @functools.wraps(handler)
@@ -147,8 +159,6 @@ def maps_errors(handler: Handler[Request, Response]) -> Handler[Request, Respons
         try:
             if isinstance(request, Undecodable):
                 raise request.error()
-            if isinstance(request, Message):
-                check_strings(request)
             return await handler(self, request, context)
         except errors.EngineError as exc:
             code, message = client_status(exc, rpc)

@@ -17,24 +17,30 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from stepd.server.api.errors import decoder
+from stepd.server.api.rpc_wrapping import WrappingServer
 from stepd.server.engine.errors import EngineError
 
 
 def add_service(
-    server: grpc.aio.Server,
+    server: WrappingServer,
     servicer: Any,
     service: ServiceDescriptor,
     prechecks: Mapping[str, Callable[[bytes], EngineError | None]] | None = None,
 ) -> None:
-    """Serve every method of ``service`` with the same-named method of ``servicer``;
-    ``prechecks`` (by method name) may refuse a request's bytes before decoding."""
+    """Serve every method of ``service`` with the same-named method of ``servicer``
+    (wrapped as ``server`` wraps handlers); ``prechecks`` (by method name) may
+    refuse a request's bytes before decoding."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
+        precheck = (prechecks or {}).get(method.name)
+        # A unary request with a NUL in a string is refused (api/strings.py); a
+        # worker's stream messages are checked where they are used.
+        unary = not method.client_streaming
         options: dict[str, Any] = {
-            "request_deserializer": decoder(request_class, (prechecks or {}).get(method.name)),
+            "request_deserializer": decoder(request_class, precheck, refuse_nul=unary),
             "response_serializer": response_class.SerializeToString,
         }
         if method.client_streaming and method.server_streaming:
@@ -48,5 +54,5 @@ def add_service(
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
-    # Registered handlers skip the generic lookup per call (grpc >= 1.62; no stubs yet).
-    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
+    # Registered handlers skip the generic lookup per call (grpc >= 1.62).
+    server.add_registered_method_handlers(service.full_name, handlers)

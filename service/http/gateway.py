@@ -3,7 +3,7 @@ request message as JSON calls that RPC and answers its response as JSON.
 
 The call goes to this server's own gRPC services over a private Unix socket
 (a directory only the server's user can enter), so it passes the same
-interceptors as any gRPC call: the same keys and roles decide, the same
+checks as any gRPC call: the same keys and roles decide, the same
 validation answers, the same audit log records. The caller's API key comes
 from ``Authorization: Bearer`` or from the UI's session cookie; a request
 authenticated by the cookie must also carry the ``Stepd-UI`` header, which a

@@ -1,5 +1,7 @@
-"""The one interceptor that decides who may call what.
+"""The one place that decides who may call what.
 
+``Authorization.wrap`` wraps each method's handler once, where it is
+registered (``api/rpc_wrapping.py``); the wrapper reads the call's metadata.
 For every call: a method in ``roles.OPEN_METHODS`` (health) passes; any other
 needs ``authorization: Bearer <API key>`` metadata naming a usable key
 (else ``UNAUTHENTICATED``) whose role has the right ``roles.METHOD_RIGHTS``
@@ -20,11 +22,12 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 
+from stepd.server.api.rpc_wrapping import Handler, behaviour, with_behaviour
 from stepd.server.security import audit
 from stepd.server.security.keyring import AuthenticationError, KeyRing
 from stepd.server.security.roles import (
@@ -38,9 +41,6 @@ from stepd.server.security.roles import (
 log = logging.getLogger("stepd.security")
 
 Context = grpc.aio.ServicerContext[Any, Any]
-#: A grpc method handler (a named tuple; grpc's type stubs describe only the sync kind).
-Handler = Any
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 
 _PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "stepd_principal", default=None
@@ -59,46 +59,43 @@ def current_key_id() -> str:
     return principal.key_id if principal is not None else ""
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # stubs: no params
+class Authorization:
     """Authenticates and authorizes every call (see the module docstring)."""
 
     def __init__(self, ring: KeyRing | None) -> None:
         self._ring = ring
 
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> Handler:
-        handler = await continuation(details)
-        if handler is None:  # no such method: grpc answers UNIMPLEMENTED
-            return None
-        method: str = details.method
-        if self._ring is None:
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """``handler``, behind the checks ``method`` needs (a ``Wrap``)."""
+        ring = self._ring
+        if ring is None:
             return _audited(handler, None, method) if method in audit.AUDITED else handler
         if method in OPEN_METHODS:
             return handler
         right = METHOD_RIGHTS.get(method)
         if right is None:
-            return _refuse(
-                handler, grpc.StatusCode.PERMISSION_DENIED, f"{method} is not open to API keys"
-            )
-        key = _bearer(details.invocation_metadata)
-        if key is None:
-            return _refuse(
-                handler,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this server needs an API key: send the metadata 'authorization: Bearer <key>'",
-            )
-        try:
-            principal = await self._ring.authenticate(key)
-        except AuthenticationError as exc:
-            return _refuse(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        if right not in principal.rights:
-            return _refuse(handler, grpc.StatusCode.PERMISSION_DENIED, _lacks(principal, right))
+            message = f"{method} is not open to API keys"
+            return _refuse(handler, lambda: (grpc.StatusCode.PERMISSION_DENIED, message))
+
+        async def principal_of(context: Context) -> Principal:
+            """The caller's principal; aborts the call when it may not make it."""
+            key = _bearer(context.invocation_metadata())
+            if key is None:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "this server needs an API key: send the metadata 'authorization: Bearer <key>'",
+                )
+            try:
+                principal = await ring.authenticate(key)
+            except AuthenticationError as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            if right not in principal.rights:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, _lacks(principal, right))
+            return principal
+
         if method == WORKER_STREAM:
-            return _worker_stream(handler, principal, self._ring)
-        if method in audit.AUDITED:
-            return _audited(handler, principal, method)
-        return _as(handler, principal)
+            return _worker_stream(handler, principal_of, ring)
+        return _as(handler, principal_of, method if method in audit.AUDITED else None)
 
 
 def _lacks(principal: Principal, right: Right) -> str:
@@ -108,7 +105,7 @@ def _lacks(principal: Principal, right: Right) -> str:
     )
 
 
-def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     for name, value in metadata or ():
         if name == "authorization" and isinstance(value, str):
             if value[: len(_BEARER)].lower() == _BEARER:
@@ -117,30 +114,39 @@ def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
     return None
 
 
-def _refuse(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
-    """A handler of the same kind that answers ``code`` at once."""
+def _refuse(handler: Handler, status: Callable[[], tuple[grpc.StatusCode, str]]) -> Handler:
+    """A handler of the same kind that answers ``status()`` at once."""
+    kind, _ = behaviour(handler)
 
     async def refuse(request: Any, context: Context) -> None:
-        await context.abort(code, message)
+        await context.abort(*status())
 
-    return _replace(handler, refuse)
+    return with_behaviour(handler, kind, refuse)
 
 
-def _as(handler: Handler, principal: Principal) -> Handler:
-    """The handler, run with ``principal`` as the current principal."""
+PrincipalOf = Callable[[Context], Awaitable[Principal]]
+
+
+def _as(handler: Handler, principal_of: PrincipalOf, audited: str | None) -> Handler:
+    """The handler, run with the caller's principal as the current principal
+    (and, for an ``audited`` method, writing the audit log when it succeeds)."""
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
         async def unary(request: Any, context: Context) -> Any:
+            principal = await principal_of(context)
             _PRINCIPAL.set(principal)
-            return await inner(request, context)
+            response = await inner(request, context)
+            if audited is not None:
+                audit.record(audited, principal.key_id, request, response)
+            return response
 
         return handler._replace(unary_unary=unary)
     if handler.unary_stream is not None:
         watched = handler.unary_stream
 
         async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            _PRINCIPAL.set(principal)
+            _PRINCIPAL.set(await principal_of(context))
             async for response in _responses(watched(request, context)):
                 yield response
 
@@ -149,7 +155,7 @@ def _as(handler: Handler, principal: Principal) -> Handler:
         streamed = handler.stream_stream
 
         async def stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-            _PRINCIPAL.set(principal)
+            _PRINCIPAL.set(await principal_of(context))
             async for response in _responses(streamed(requests, context)):
                 yield response
 
@@ -171,12 +177,13 @@ def _audited(handler: Handler, principal: Principal | None, method: str) -> Hand
     return handler._replace(unary_unary=unary)
 
 
-def _worker_stream(handler: Handler, principal: Principal, ring: KeyRing) -> Handler:
+def _worker_stream(handler: Handler, principal_of: PrincipalOf, ring: KeyRing) -> Handler:
     """PollTask, for a key that may serve: the hello may name only the key's
     workflows, and revoking the key ends the stream."""
     inner = handler.stream_stream
 
     async def stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        principal = await principal_of(context)
         _PRINCIPAL.set(principal)
 
         async def check_hello(request: Any) -> None:
@@ -214,10 +221,3 @@ async def _responses(result: Any) -> AsyncIterator[Any]:
             yield response
     else:
         await result
-
-
-def _replace(handler: Handler, behavior: Callable[..., Any]) -> Handler:
-    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-        if getattr(handler, kind) is not None:
-            return handler._replace(**{kind: behavior})
-    raise TypeError("a method handler without a behavior")

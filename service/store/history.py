@@ -82,9 +82,21 @@ def add_kept_failure(
     )
 
 
+#: The optional columns of an entry, bound as NULL when not given: every entry
+#: is inserted by the one statement below, compiled once (building an insert
+#: with ``values()`` per entry cost more than executing it).
+_OPTIONAL = ("key", "name", "payload_json", "attempt", "detail", "actor")
+_INSERT_ENTRY = run_events.insert()
+
+
 def add(conn: Connection, run_id: str, type_: HistoryType, time: int, **columns: Any) -> None:
-    """Append one entry (key, name, payload_json, attempt, detail) to a run's history."""
-    conn.execute(run_events.insert().values(run_id=run_id, time=time, type=type_.value, **columns))
+    """Append one entry (key, name, payload_json, attempt, detail, actor) to a run's history."""
+    unknown = columns.keys() - set(_OPTIONAL)
+    if unknown:
+        raise TypeError(f"run_events has no column {sorted(unknown)[0]!r}")
+    params = {name: columns.get(name) for name in _OPTIONAL}
+    params.update(run_id=run_id, time=time, type=type_.value)
+    conn.execute(_INSERT_ENTRY, params)
 
 
 def add_custom(

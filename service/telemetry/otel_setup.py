@@ -26,8 +26,9 @@ class OtelMissing(ImportError):
 
 
 def configure(default_service_name: str) -> Callable[[], None]:
-    """Install a tracer provider that exports spans as the environment says;
-    return the function that flushes and shuts it down."""
+    """Install a tracer provider that exports spans as the environment says
+    (none when no exporter is named); return the function that flushes and
+    shuts it down."""
     try:
         from opentelemetry import trace
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -37,9 +38,14 @@ def configure(default_service_name: str) -> Callable[[], None]:
         raise OtelMissing(
             f"--otel needs OpenTelemetry: pip install 'stepd[otel]' ({exc})"
         ) from None
+    exporters = _exporters()
+    if not exporters:
+        # OTEL_TRACES_EXPORTER=none: spans would go nowhere, so none are made
+        # (without a provider, the API's spans are no-ops and stepd skips them).
+        return lambda: None
     given = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: default_service_name}
     provider = TracerProvider(resource=Resource.create(given))
-    for exporter in _exporters():
+    for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider.shutdown

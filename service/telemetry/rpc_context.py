@@ -1,24 +1,23 @@
 """Which RPC is being served, for the log (``current_rpc``), and its span.
 
-``RpcContextInterceptor`` wraps every method: it sets ``current_rpc`` for the
-call (the JSON log's ``rpc`` field) and, when tracing is on (``tracing.py``),
-runs the call in a span.
+``RpcContext.wrap`` wraps every method's handler once (``api/rpc_wrapping.py``):
+it sets ``current_rpc`` for each call (the JSON log's ``rpc`` field) and,
+when tracing is on (``tracing.py``), runs a unary call in a span.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 import grpc
 
+from stepd.server.api.rpc_wrapping import Handler
+
 Context = grpc.aio.ServicerContext[Any, Any]
-#: A grpc method handler (a named tuple; grpc's type stubs describe only the sync kind).
-Handler = Any
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
-Metadata = Sequence[tuple[str, str | bytes]] | None
+Metadata = Iterable[tuple[str, str | bytes]] | None
 
 _RPC: contextvars.ContextVar[str] = contextvars.ContextVar("stepd_rpc", default="")
 
@@ -38,31 +37,30 @@ class Spans(Protocol):
         ...
 
 
-class RpcContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # stubs: no params
+class RpcContext:
     """Sets ``current_rpc`` for each call and opens its span (with ``spans``)."""
 
     def __init__(self, spans: Spans | None) -> None:
         self._spans = spans
 
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> Handler:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        full: str = details.method
-        name = full.rsplit("/", 1)[-1]
-        metadata = details.invocation_metadata
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """``handler``, run with ``current_rpc`` set and in its span (a ``Wrap``)."""
+        name = method.rsplit("/", 1)[-1]
         spans = self._spans
         if handler.unary_unary is not None:
             inner = handler.unary_unary
+            if spans is None:
 
-            async def unary(request: Any, context: Context) -> Any:
-                _RPC.set(name)
-                if spans is None:
+                async def unary(request: Any, context: Context) -> Any:
+                    _RPC.set(name)
                     return await inner(request, context)
-                with spans.span(full, metadata, context):
-                    return await inner(request, context)
+
+            else:
+
+                async def unary(request: Any, context: Context) -> Any:
+                    _RPC.set(name)
+                    with spans.span(method, context.invocation_metadata(), context):
+                        return await inner(request, context)
 
             return handler._replace(unary_unary=unary)
         if handler.stream_stream is not None:

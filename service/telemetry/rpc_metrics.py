@@ -1,9 +1,9 @@
 """Counts every RPC by method and status code, and times it.
 
-The outermost server interceptor, so that calls refused by the security
-interceptor are counted too. Only methods the server serves are counted (an
-unknown method gets UNIMPLEMENTED from grpc before any handler), so the
-``method`` label cannot be grown by callers.
+The outermost wrap of every method's handler (``api/rpc_wrapping.py``), so
+that calls refused by the API-key checks are counted too. Only methods the
+server serves are counted (an unknown method gets UNIMPLEMENTED from grpc
+before any handler), so the ``method`` label cannot be grown by callers.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
+from stepd.server.api.rpc_wrapping import Handler, behaviour, with_behaviour
+
 Context = grpc.aio.ServicerContext[Any, Any]
-#: A grpc method handler (a named tuple; grpc's type stubs describe only the sync kind).
-Handler = Any
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+_CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
 
 
-class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # stubs: no params
+class RpcMetrics:
     """Counts calls in ``calls`` (labels method, code) and times them in ``seconds``."""
 
     def __init__(self, calls: Counter, seconds: Histogram) -> None:
@@ -31,23 +31,16 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         # One observer per method (its labelled children made once).
         self._observers: dict[str, _Observer] = {}
 
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> Handler:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        method: str = details.method.rsplit("/", 1)[-1]
-        observe = self._observers.get(method)
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """``handler``, counted and timed (a ``Wrap``)."""
+        name = method.rsplit("/", 1)[-1]
+        observe = self._observers.get(name)
         if observe is None:
-            observe = self._observers[method] = _Observer(method, self._calls, self._seconds)
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=observe.unary(handler.unary_unary))
-        if handler.stream_unary is not None:
-            return handler._replace(stream_unary=observe.unary(handler.stream_unary))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=observe.stream(handler.unary_stream))
-        return handler._replace(stream_stream=observe.stream(handler.stream_stream))
+            observe = self._observers[name] = _Observer(name, self._calls, self._seconds)
+        kind, inner = behaviour(handler)
+        if kind in ("unary_unary", "stream_unary"):
+            return with_behaviour(handler, kind, observe.unary(inner))
+        return with_behaviour(handler, kind, observe.stream(inner))
 
 
 class _Observer:
@@ -72,8 +65,8 @@ class _Observer:
 
     def stream(self, inner: Callable[[Any, Context], Any]) -> Any:
         if not inspect.isasyncgenfunction(inner):
-            # Writes with context.write, or refuses at once (the security
-            # interceptor): keep it a coroutine, as grpc expects of such a handler.
+            # Writes with context.write, or refuses at once (the API-key
+            # checks): keep it a coroutine, as grpc expects of such a handler.
             return self.unary(inner)
 
         async def call(request: Any, context: Context) -> AsyncIterator[Any]:
@@ -103,10 +96,8 @@ def _code_name(context: Context, failed: bool) -> str:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code.name
-    if isinstance(code, int):
-        for status in grpc.StatusCode:
-            if status.value[0] == code:
-                return status.name
+    if isinstance(code, int) and code in _CODE_NAMES:
+        return _CODE_NAMES[code]
     if failed:
         return "CANCELLED" if context.cancelled() else "UNKNOWN"
     return "OK"

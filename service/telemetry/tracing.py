@@ -11,10 +11,10 @@ children. Imported only when tracing is on (``stepd serve --otel``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -23,6 +23,10 @@ from stepd.server.domain import NO_TRACE, TraceContext
 from stepd.server.telemetry.rpc_context import Context, Metadata
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_CODES = {status.value[0]: status for status in grpc.StatusCode}
+_NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 #: Codes that are the caller's doing (OpenTelemetry's rule for server spans).
 _NOT_SERVER_ERRORS = frozenset(
     {
@@ -45,35 +49,66 @@ class RpcSpans:
 
     def __init__(self) -> None:
         self._tracer = trace.get_tracer("stepd.server")
+        # Per method: the span's name and attributes, made once.
+        self._methods: dict[str, tuple[str, dict[str, str]]] = {}
 
-    @contextlib.contextmanager
-    def span(self, method: str, metadata: Metadata, context: Context) -> Iterator[Any]:
-        """The call's span, current while the handler runs."""
-        carrier = {
-            name: value
-            for name, value in metadata or ()
-            if name in ("traceparent", "tracestate") and isinstance(value, str)
-        }
-        service, _, name = method.lstrip("/").rpartition("/")
-        with self._tracer.start_as_current_span(
-            f"{service}/{name}",
-            context=_PROPAGATOR.extract(carrier) if carrier else None,
+    def span(
+        self, method: str, metadata: Metadata, context: Context
+    ) -> _CallSpan | contextlib.nullcontext[None]:
+        """The call's span, current while the handler runs (none while no tracer
+        provider is installed: the caller's context then passes to the run)."""
+        if isinstance(trace.get_tracer_provider(), _NO_PROVIDER):
+            return _NO_SPAN
+        known = self._methods.get(method)
+        if known is None:
+            service, _, name = method.lstrip("/").rpartition("/")
+            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+            known = self._methods[method] = (f"{service}/{name}", attributes)
+        parent = None
+        carrier: dict[str, str] | None = None
+        for key, value in metadata or ():
+            if key in _TRACE_HEADERS and isinstance(value, str):
+                if carrier is None:
+                    carrier = {}
+                carrier[key] = value
+        if carrier is not None:
+            parent = _PROPAGATOR.extract(carrier)
+        span = self._tracer.start_span(
+            known[0],
+            context=parent,
             kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            attributes=known[1],
             record_exception=False,
             set_status_on_exception=False,
-        ) as span:
-            failed = False
-            try:
-                yield span
-            except BaseException:
-                failed = True
-                raise
-            finally:
-                code = _code(context, failed)
-                span.set_attribute("rpc.grpc.status_code", code.value[0])
-                if code not in _NOT_SERVER_ERRORS:
-                    span.set_status(Status(StatusCode.ERROR, code.name))
+        )
+        return _CallSpan(span, context)
+
+
+class _CallSpan:
+    """Makes a call's span current while the handler runs, then ends it with
+    the call's status code."""
+
+    __slots__ = ("_context", "_span", "_token")
+
+    def __init__(self, span: Any, context: Context) -> None:
+        self._span = span
+        self._context = context
+        self._token: object = None
+
+    def __enter__(self) -> Any:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        span = self._span
+        try:
+            code = _code(self._context, exc_type is not None)
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code not in _NOT_SERVER_ERRORS:
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            span.end()
+        finally:
+            otel_context.detach(self._token)  # type: ignore[arg-type]  # attach's token
 
 
 def current_trace() -> TraceContext:
@@ -92,8 +127,6 @@ def _code(context: Context, failed: bool) -> grpc.StatusCode:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code
-    if isinstance(code, int):
-        for status in grpc.StatusCode:
-            if status.value[0] == code:
-                return status
+    if isinstance(code, int) and code in _CODES:
+        return _CODES[code]
     return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK

@@ -11,11 +11,12 @@ from tests.backends import SKIP_POSTGRES, postgres_url
 from tests.e2e.harness import ROOT
 
 
-def test_bench_runs_and_reports_json(tmp_path: Path) -> None:
+def test_bench_runs_all_five_workloads_and_reports_json(tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--runs", "60", "--repeat", "1"]
     argv += ["--latency-runs", "10", "--warmup", "2", "--in-flight", "20", "--output", str(output)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    argv += ["--w3-steps", "30", "--w4-runs", "20", "--w4-seconds", "0.3", "--w5-steps", "25"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
 
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -24,8 +25,43 @@ def test_bench_runs_and_reports_json(tmp_path: Path) -> None:
     (rep,) = report["repetitions"]
     assert rep["w1"]["runs"] == 60 and rep["w1"]["steps"] == 180
     assert rep["w1"]["runs_per_s"] > 0 and rep["w2"]["runs"] == 10
-    assert set(report["median"]) == {"w1_runs_per_s", "w1_steps_per_s", "w2_p50_ms", "w2_p99_ms"}
+    assert rep["w1"]["server_peak_memory_mib"] > 0
+    assert rep["w3"]["steps"] == 30 and rep["w3"]["seconds"] > 0
+    assert 0 <= rep["w3"]["first_100_steps_s"] <= rep["w3"]["seconds"]
+    assert rep["w4"]["runs"] == 20 and rep["w4"]["sleep_seconds"] == 0.3
+    # Lateness is how long after its wake-up time a run went on: never before it.
+    assert 0 <= rep["w4"]["lateness_p50_ms"] <= rep["w4"]["lateness_p99_ms"]
+    assert rep["w4"]["seconds"] >= 0.3
+    assert rep["w5"]["steps"] == 25 and rep["w5"]["seconds"] > 0
+    assert set(report["median"]) == {
+        "w1_runs_per_s",
+        "w1_steps_per_s",
+        "w2_p50_ms",
+        "w2_p99_ms",
+        "w3_seconds",
+        "w3_first_100_steps_s",
+        "w3_last_100_steps_s",
+        "w4_lateness_p50_ms",
+        "w4_lateness_p99_ms",
+        "w5_seconds",
+    }
     assert 0 < report["median"]["w2_p50_ms"] <= report["median"]["w2_p99_ms"]
+
+
+def test_bench_runs_the_workloads_chosen(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--repeat", "1", "--warmup", "1"]
+    argv += ["--workloads", "w5,w3", "--w3-steps", "5", "--w5-steps", "5"]
+    argv += ["--output", str(output)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr
+    (rep,) = json.loads(done.stdout)["repetitions"]
+    assert {"w3", "w5"} <= set(rep) and not {"w1", "w2", "w4"} & set(rep)
+
+    bad = [sys.executable, str(ROOT / "bench" / "run.py"), "--workloads", "w1,w9"]
+    refused = subprocess.run(bad, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "w9" in refused.stderr
 
 
 def test_replicas_bench_runs_and_reports_json(tmp_path: Path) -> None:
@@ -56,6 +92,7 @@ def test_bench_measures_with_and_without_tls_and_keys(tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--runs", "40", "--repeat", "1"]
     argv += ["--latency-runs", "5", "--warmup", "2", "--in-flight", "20", "--security", "both"]
+    argv += ["--workloads", "w1,w2"]
     argv += ["--output", str(output)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
 
