@@ -121,7 +121,7 @@ def _refuse(handler: Handler, status: Callable[[], tuple[grpc.StatusCode, str]])
     async def refuse(request: Any, context: Context) -> None:
         await context.abort(*status())
 
-    return with_behaviour(handler, kind, refuse)
+    return with_behaviour(handler, kind, refuse)._replace(request_deserializer=None)
 
 
 PrincipalOf = Callable[[Context], Awaitable[Principal]]
@@ -130,27 +130,31 @@ PrincipalOf = Callable[[Context], Awaitable[Principal]]
 def _as(handler: Handler, principal_of: PrincipalOf, audited: str | None) -> Handler:
     """The handler, run with the caller's principal as the current principal
     (and, for an ``audited`` method, writing the audit log when it succeeds)."""
+    # A unary request is decoded only once its caller is known to be allowed:
+    # grpc hands over the bytes, and the key is checked before they are parsed.
+    decode: Callable[[bytes], Any] = handler.request_deserializer or _as_is
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
-        async def unary(request: Any, context: Context) -> Any:
+        async def unary(raw: bytes, context: Context) -> Any:
             principal = await principal_of(context)
             _PRINCIPAL.set(principal)
+            request = decode(raw)
             response = await inner(request, context)
             if audited is not None:
                 audit.record(audited, principal.key_id, request, response)
             return response
 
-        return handler._replace(unary_unary=unary)
+        return handler._replace(unary_unary=unary, request_deserializer=None)
     if handler.unary_stream is not None:
         watched = handler.unary_stream
 
-        async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
             _PRINCIPAL.set(await principal_of(context))
-            async for response in _responses(watched(request, context)):
+            async for response in _responses(watched(decode(raw), context)):
                 yield response
 
-        return handler._replace(unary_stream=unary_stream)
+        return handler._replace(unary_stream=unary_stream, request_deserializer=None)
     if handler.stream_stream is not None:
         streamed = handler.stream_stream
 
@@ -161,6 +165,10 @@ def _as(handler: Handler, principal_of: PrincipalOf, audited: str | None) -> Han
 
         return handler._replace(stream_stream=stream)
     raise TypeError("stepd serves unary, server-streaming and bidirectional methods only")
+
+
+def _as_is(raw: bytes) -> bytes:
+    return raw
 
 
 def _audited(handler: Handler, principal: Principal | None, method: str) -> Handler:
