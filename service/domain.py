@@ -133,6 +133,8 @@ class NewRun:
     concurrency_key: str | None = None
     # The W3C trace context the run is in ("" when none).
     trace: TraceContext = NO_TRACE
+    # An explicit priority (Trigger's); None: the workflow's default.
+    priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,8 @@ class RunRecord:
     forked_from_step_key: str | None = None
     # How many times RetryRun resumed it.
     retry_count: int = 0
+    # Among ready runs, a higher priority is handed out first.
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)

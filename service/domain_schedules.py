@@ -82,6 +82,8 @@ class WorkflowDeclaration:
     event_triggers: tuple[str, ...] = ()
     schedule: ScheduleSpec | None = None
     concurrency: ConcurrencySpec | None = None
+    # The priority of runs whose trigger sets none.
+    priority: int = 0
 
 
 class CreateScheduleStatus(enum.Enum):

@@ -193,6 +193,7 @@ class Client:
         deadline: datetime | None = None,
         start_at: datetime | None = None,
         concurrency_key: str | None = None,
+        priority: int | None = None,
     ) -> RunHandle[R]: ...
     @overload
     async def trigger(
@@ -206,6 +207,7 @@ class Client:
         deadline: datetime | None = None,
         start_at: datetime | None = None,
         concurrency_key: str | None = None,
+        priority: int | None = None,
     ) -> RunHandle[R]: ...
     @overload
     async def trigger(
@@ -219,6 +221,7 @@ class Client:
         deadline: datetime | None = None,
         start_at: datetime | None = None,
         concurrency_key: str | None = None,
+        priority: int | None = None,
     ) -> RunHandle[Any]: ...
     async def trigger(
         self,
@@ -231,6 +234,7 @@ class Client:
         deadline: datetime | None = None,
         start_at: datetime | None = None,
         concurrency_key: str | None = None,
+        priority: int | None = None,
     ) -> RunHandle[Any]:
         """Start a run of a workflow (a ``@workflow`` object or a name) with an input.
 
@@ -245,6 +249,8 @@ class Client:
         ``concurrency_key`` sets the run's key under its workflow's ``Concurrency``
         limit instead of the one read from the input; a refusal by a
         ``cancel_newest`` limit raises ``StepdError``.
+        ``priority`` (-1000 to 1000) overrides the workflow's default priority:
+        among ready runs a higher one is handed out first.
         """
         return await self._start(
             workflow,
@@ -255,6 +261,7 @@ class Client:
             deadline=deadline,
             start_at=start_at,
             concurrency_key=concurrency_key,
+            priority=priority,
         )
 
     @overload
@@ -746,6 +753,7 @@ class Client:
         deadline: datetime | None,
         start_at: datetime | None,
         concurrency_key: str | None = None,
+        priority: int | None = None,
     ) -> RunHandle[Any]:
         """``trigger`` (and ``execute``) for a workflow of any type."""
         if isinstance(workflow, Workflow):
@@ -768,6 +776,8 @@ class Client:
             idempotency_key=idempotency_key or "",
             concurrency_key=concurrency_key or "",
         )
+        if priority is not None:
+            request.priority = priority
         if deadline is not None:
             if deadline.tzinfo is None:
                 raise ValueError("deadline must be timezone-aware (e.g. datetime.now(UTC) + ...)")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol
 from pydantic import TypeAdapter
 
 from stepd._concurrency import Concurrency, check_concurrency
+from stepd._flow import check_priority
 from stepd._policy import Duration, RetryPolicy, optional_duration, retry_policy
 from stepd._policy import max_entries as _max_entries
 from stepd._serde import adapter_for
@@ -317,6 +318,7 @@ class Workflow(Generic[P, R]):
         execution_timeout: Duration | None = None,
         max_entries: int | None = None,
         concurrency: Concurrency | None = None,
+        priority: int = 0,
     ) -> None:
         if isinstance(fn, (Workflow, Step)):
             raise WorkflowDefinitionError(f"{fn!r} is already decorated")
@@ -351,6 +353,8 @@ class Workflow(Generic[P, R]):
         """The most journal entries a run may record (None: the server's default)."""
         self.concurrency = check_concurrency(concurrency, what)
         """The limit on active runs per key (None: no limit)."""
+        self.priority = check_priority(priority, what)
+        """The priority of runs whose trigger sets none (higher: handed out first)."""
         self.fn = fn
         """The decorated function."""
         self.input_param, self.input_optional = _check_workflow_signature(fn, workflow_name)
@@ -542,6 +546,7 @@ class _WorkflowDecorator:
             optional_duration(options[option], f"{what}: {option}")
         _max_entries(options["max_entries"], what)
         check_concurrency(options["concurrency"], what)
+        check_priority(options["priority"], what)
 
     def __call__(
         self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
@@ -570,6 +575,7 @@ def workflow(
     execution_timeout: Duration | None = None,
     max_entries: int | None = None,
     concurrency: Concurrency | None = None,
+    priority: int = 0,
 ) -> _WorkflowDecorator: ...
 def workflow(
     fn: Callable[..., Any] | None = None,
@@ -584,6 +590,7 @@ def workflow(
     execution_timeout: Duration | None = None,
     max_entries: int | None = None,
     concurrency: Concurrency | None = None,
+    priority: int = 0,
 ) -> Any:
     """Define a workflow: bare ``@workflow`` or ``@workflow(name=..., version=2, ...)``.
 
@@ -602,6 +609,8 @@ def workflow(
 
     ``concurrency=Concurrency(key="customer.id", limit=1)`` bounds the active
     runs per key, a value read from each run's input (see ``Concurrency``).
+    ``priority`` (-1000 to 1000, default 0) is the priority of runs whose
+    trigger sets none: among ready runs a higher one is handed out first.
     """
     options: dict[str, Any] = {
         "retry": retry,
@@ -609,6 +618,7 @@ def workflow(
         "execution_timeout": execution_timeout,
         "max_entries": max_entries,
         "concurrency": concurrency,
+        "priority": priority,
     }
     if fn is None:
         return _WorkflowDecorator(name, version, events, schedule, options)

@@ -127,6 +127,7 @@ def _registration(workflow: Workflow[Any, Any]) -> worker_service_pb2.WorkflowRe
     )
     if workflow.concurrency is not None:
         registration.concurrency.CopyFrom(workflow.concurrency.to_proto(workflow.name))
+    registration.priority = workflow.priority
     if workflow.execution_timeout is not None:
         registration.execution_timeout.FromNanoseconds(int(workflow.execution_timeout * 1e9))
     schedule = workflow.schedule

@@ -126,6 +126,7 @@ def declarations_from_hello(hello: worker_service_pb2.WorkerHello) -> list[Workf
             concurrency=(
                 concurrency_from_proto(w.concurrency, w.name) if w.HasField("concurrency") else None
             ),
+            priority=w.priority,
         )
         for i, w in enumerate(hello.workflows)
     ]

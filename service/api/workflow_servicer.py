@@ -138,6 +138,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                 deadline=optional_ms(request, "deadline", "deadline"),
                 start_time_not_before=optional_ms(request, "start_time", "start_time"),
                 concurrency_key=request.concurrency_key or None,
+                priority=request.priority if request.HasField("priority") else None,
                 trace=trace,
             )
         )

@@ -56,11 +56,13 @@ from stepd.server.engine.errors import (
     Unavailable,
 )
 from stepd.server.engine.faults import FaultPolicy, RunFaults
+from stepd.server.engine.flow_settings import FlowDeclarations
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle, RunListener
 from stepd.server.engine.observer import EngineObserver
 from stepd.server.engine.pauses import LoopPauses
 from stepd.server.engine.payloads import check_json_payload
+from stepd.server.engine.priorities import check_priority
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
 from stepd.server.engine.retention import Retention
@@ -112,6 +114,8 @@ class TriggerParams:
     concurrency_key: str | None = None
     # The caller's W3C trace context, stored with the run.
     trace: TraceContext = NO_TRACE
+    # The run's priority (None: the workflow's default).
+    priority: int | None = None
 
 
 class Engine:
@@ -155,6 +159,7 @@ class Engine:
             sweep_seconds=config.concurrency_sweep_ms / 1000,
             clock=clock,
         )
+        self.flow = FlowDeclarations(store, clock=clock)
         self.policy = RunPolicy(
             store,
             self.run_limits,
@@ -332,6 +337,8 @@ class Engine:
             )
         if params.concurrency_key is not None and len(params.concurrency_key) > MAX_ID_LENGTH:
             raise InvalidArgument(f"concurrency_key is longer than {MAX_ID_LENGTH} characters")
+        if params.priority is not None:
+            check_priority(params.priority, "priority")
         input_json = check_json_payload(
             "input", params.input_json, params.input_encoding, self.config.max_payload_bytes
         )
@@ -355,6 +362,7 @@ class Engine:
             start_time_not_before=params.start_time_not_before,
             concurrency_key=params.concurrency_key,
             trace=params.trace,
+            priority=params.priority,
         )
         try:
             outcome = await self.store.create_run(new)
@@ -591,6 +599,7 @@ class Engine:
             if not name or not version:
                 raise InvalidArgument("hello.workflows entries need a name and a version")
         self.schedules.check(declarations)
+        await self.flow.declare(declarations)
         await self.concurrency.declare(declarations)
         await asyncio.sleep(0)  # a large hello: let the event loop have a turn
         new_pairs = [p for p in pairs if not self.registry.knows(*p)]

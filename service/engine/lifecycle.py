@@ -115,7 +115,14 @@ class RunLifecycle:
                 return
             self._sticky.drop(run.run_id, "its worker has no room; the run continues elsewhere")
         resumed = run.dispatch_count > 0
-        self._dispatcher.push(run.workflow_name, run.workflow_version, run.run_id, resumed=resumed)
+        self._dispatcher.push(
+            run.workflow_name,
+            run.workflow_version,
+            run.run_id,
+            resumed=resumed,
+            priority=run.priority,
+            fair_key=run.concurrency_key,
+        )
         if announce:
             for listener in self._ready_listeners:
                 listener(run)
@@ -128,7 +135,14 @@ class RunLifecycle:
         if run is None:
             return False
         if delay > 0:
-            self._dispatcher.push_later(delay, run.workflow_name, run.workflow_version, run_id)
+            self._dispatcher.push_later(
+                delay,
+                run.workflow_name,
+                run.workflow_version,
+                run_id,
+                priority=run.priority,
+                fair_key=run.concurrency_key,
+            )
         else:
             self.make_ready(run)
         return True

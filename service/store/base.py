@@ -40,6 +40,7 @@ from stepd.server.domain import (
     WorkerInfo,
     WorkflowVersion,
 )
+from stepd.server.domain_flow import FlowSettings
 from stepd.server.domain_keys import ApiKeyRecord, PinStatus, RetireStatus
 from stepd.server.domain_schedules import (
     CreateScheduleStatus,
@@ -69,6 +70,13 @@ class RunConflictError(Exception):
 
 class ConcurrencyRefusedError(Exception):
     """A new run was refused: its key is at a ``cancel_newest`` concurrency limit."""
+
+
+class FlowStore(Protocol):
+    """Flow-control settings per workflow (``stepd.server.store.flow``)."""
+
+    async def declare_flow(self, specs: Mapping[str, FlowSettings], now: int) -> None:
+        """Store workflows' flow-control settings (empty: none any more)."""
 
 
 class ConcurrencyStore(Protocol):
@@ -248,7 +256,9 @@ class RunActionStore(Protocol):
         """Every replica's connected workers refreshed at or after ``since``."""
 
 
-class Store(ScheduleStore, KeyStore, VersionStore, RunActionStore, ConcurrencyStore, Protocol):
+class Store(
+    ScheduleStore, KeyStore, VersionStore, RunActionStore, ConcurrencyStore, FlowStore, Protocol
+):
     """Durable state of runs, journals and the workflow registry."""
 
     @property

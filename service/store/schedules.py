@@ -28,7 +28,7 @@ from stepd.server.domain_schedules import (
     ScheduleRunRow,
     ScheduleSpec,
 )
-from stepd.server.store import concurrency, rows, versions
+from stepd.server.store import concurrency, flow, rows, versions
 from stepd.server.store.dialects import byte_length, insert_for
 from stepd.server.store.schema import runs, schedules, workflow_triggers
 
@@ -415,6 +415,7 @@ def _insert_run(conn: Connection, new: NewRun, started_by: str) -> tuple[RunReco
     whether it was created. None when a ``cancel_newest`` concurrency limit
     refused it (logged once, with ``started_by``: what would have started it)."""
     values = rows.new_run_values(new)
+    flow.apply_new(conn, values)
     refusal = concurrency.admit_new(conn, values)
     row = None
     if refusal is None:

@@ -102,6 +102,8 @@ runs = Table(
     Column("concurrency_name", Text),
     Column("concurrency_key", Text),
     Column("admitted", Integer),
+    # Migration 20: among ready runs a higher priority goes first (NULL: 0).
+    Column("priority", Integer),
     UniqueConstraint("run_id"),
     Index("ix_runs_status_seq", "status", "seq"),
     Index("ix_runs_workflow_name_seq", "workflow_name", "seq"),
@@ -402,6 +404,16 @@ concurrency_limits = Table(
     Column("strategy", Text, nullable=False),
     Column("update_time", BigInteger, nullable=False),
     Index("ix_concurrency_limits_limit_name", "limit_name"),
+)
+
+# Migration 20: the flow-control settings each workflow declared (its worker's
+# hello) as a JSON object: default priority, start rate limit, debounce.
+workflow_flow = Table(
+    "workflow_flow",
+    metadata,
+    Column("workflow_name", Text, primary_key=True),
+    Column("settings_json", Text, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
 )
 
 # Migration 17: every replica's worker streams (workflows: a JSON list of

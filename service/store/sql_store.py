@@ -69,6 +69,7 @@ from stepd.server.domain import (
 from stepd.server.store import (
     children,
     concurrency,
+    flow,
     history,
     listing,
     ready,
@@ -140,6 +141,7 @@ class SqlStore(
     KeyStoreMixin,
     versions.VersionStoreMixin,
     concurrency.ConcurrencyStoreMixin,
+    flow.FlowStoreMixin,
     RunActionStoreMixin,
     WorkerStoreMixin,
 ):
@@ -297,6 +299,7 @@ class SqlStore(
 
         def op(conn: Connection) -> CreateRunOutcome | RunConflictError | ConcurrencyRefusedError:
             values = rows.new_run_values(new)
+            flow.apply_new(conn, values, new.priority)
             refusal = concurrency.admit_new(conn, values, new.concurrency_key)
             if refusal is not None:
                 return existing_run(conn) or ConcurrencyRefusedError(refusal.message())

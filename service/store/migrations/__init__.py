@@ -39,6 +39,7 @@ from stepd.server.store.migrations import (
     v0017_run_actions,
     v0018_trace_context,
     v0019_concurrency,
+    v0020_priorities,
 )
 
 
@@ -68,6 +69,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(17, v0017_run_actions.DESCRIPTION, v0017_run_actions.upgrade),
     Migration(18, v0018_trace_context.DESCRIPTION, v0018_trace_context.upgrade),
     Migration(19, v0019_concurrency.DESCRIPTION, v0019_concurrency.upgrade),
+    Migration(20, v0020_priorities.DESCRIPTION, v0020_priorities.upgrade),
 )
 
 #: The schema version this code expects.

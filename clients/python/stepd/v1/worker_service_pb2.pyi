@@ -212,6 +212,7 @@ class WorkflowRegistration(_message.Message):
     EVENT_TRIGGERS_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
     CONCURRENCY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The workflow's name."""
     version: _builtins.str
@@ -220,6 +221,10 @@ class WorkflowRegistration(_message.Message):
     """The most journal entries (steps, failed attempts, met waits) a run of this
     version may record; past it the run fails with
     FAILURE_REASON_MAX_ENTRIES_EXCEEDED. 0: the server's default.
+    """
+    priority: _builtins.int
+    """The priority of the workflow's runs when their trigger sets none (see
+    TriggerRequest.priority); from -1000 to 1000. The newest hello counts.
     """
     @_builtins.property
     def execution_timeout(self) -> _duration_pb2.Duration:
@@ -256,10 +261,11 @@ class WorkflowRegistration(_message.Message):
         event_triggers: _abc.Iterable[_builtins.str] | None = ...,
         schedule: _schedules_pb2.ScheduleSpec | None = ...,
         concurrency: Global___ConcurrencyLimit | None = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "execution_timeout", b"execution_timeout", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "event_triggers", b"event_triggers", "execution_timeout", b"execution_timeout", "max_entries", b"max_entries", "name", b"name", "schedule", b"schedule", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "event_triggers", b"event_triggers", "execution_timeout", b"execution_timeout", "max_entries", b"max_entries", "name", b"name", "priority", b"priority", "schedule", b"schedule", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,65 @@
+"""Flow-control settings per workflow (``workflow_flow``), applied to new runs.
+
+Every place that inserts a run calls ``apply_new`` in the insert's
+transaction, next to the concurrency admission: one primary-key read of the
+workflow's settings (a table holding only workflows that declared some),
+then the run's priority is the trigger's or the workflow's default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, select
+
+from stepd.server.domain_flow import FlowSettings
+from stepd.server.store.dialects import insert_for
+from stepd.server.store.executor import Committer
+from stepd.server.store.schema import workflow_flow
+
+_SETTINGS_FOR = select(workflow_flow.c.settings_json).where(
+    workflow_flow.c.workflow_name == bindparam("p_workflow")
+)
+
+
+def settings_for(conn: Connection, workflow_name: str) -> FlowSettings | None:
+    """The settings ``workflow_name`` declared, if any."""
+    text = conn.execute(_SETTINGS_FOR, {"p_workflow": workflow_name}).scalar()
+    return FlowSettings.from_json(text) if text is not None else None
+
+
+def apply_new(
+    conn: Connection, values: dict[str, Any], priority: int | None = None
+) -> FlowSettings | None:
+    """Set a new run's priority in ``values`` (its column values, before the
+    insert): ``priority`` when given, else the workflow's default. Return the
+    workflow's settings (None: it declared none)."""
+    settings = settings_for(conn, values["workflow_name"])
+    if priority is None:
+        priority = settings.priority if settings is not None else 0
+    values["priority"] = priority or None
+    return settings
+
+
+def declare(conn: Connection, specs: Mapping[str, FlowSettings], now: int) -> None:
+    """Store each workflow's settings (empty ones: the row is removed)."""
+    t = workflow_flow
+    conn.execute(delete(t).where(t.c.workflow_name.in_(sorted(specs))))
+    rows = [
+        {"workflow_name": name, "settings_json": spec.to_json(), "update_time": now}
+        for name, spec in sorted(specs.items())
+        if not spec.empty
+    ]
+    if rows:
+        conn.execute(insert_for(conn.dialect.name)(t), rows)
+
+
+class FlowStoreMixin:
+    """The ``Store`` methods for flow-control settings, for ``SqlStore``."""
+
+    _committer: Committer
+
+    async def declare_flow(self, specs: Mapping[str, FlowSettings], now: int) -> None:
+        """Store workflows' flow-control settings (empty: none any more)."""
+        await self._committer.submit(lambda conn: declare(conn, specs, now))
