@@ -190,6 +190,9 @@ class RunRecord:
     retry_count: int = 0
     # Among ready runs, a higher priority is handed out first.
     priority: int = 0
+    # The start rate limit and key the run took its turn under (None: none).
+    rate_limit: str | None = None
+    rate_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """Flow-control settings a workflow declares besides its concurrency limit:
-its default priority (and, in later sections, its start rate and debounce).
+its default priority and its start rate limit (and debounce).
 
 Stored per workflow as one JSON object (``workflow_flow.settings_json``);
 ``FlowSettings.to_json`` / ``from_json`` are the only places that know its
@@ -15,6 +15,21 @@ from typing import Any
 #: Priorities run from MIN_PRIORITY to MAX_PRIORITY; 0 is the default.
 MIN_PRIORITY = -1000
 MAX_PRIORITY = 1000
+#: The most turns per period a rate limit allows.
+MAX_RATE_LIMIT = 10_000
+#: The longest period of a rate limit, in milliseconds (7 days).
+MAX_RATE_PERIOD_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RateSpec:
+    """At most ``limit`` turns per ``period_ms`` per key; the key of a run is
+    read at ``key_path`` in its input. Shared by name."""
+
+    name: str
+    key_path: str
+    limit: int
+    period_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +38,8 @@ class FlowSettings:
 
     # The priority of a run whose trigger sets none.
     priority: int = 0
+    # How often runs may start (None: no limit).
+    start_rate: RateSpec | None = None
 
     @property
     def empty(self) -> bool:
@@ -34,10 +51,17 @@ class FlowSettings:
         document: dict[str, Any] = {}
         if self.priority:
             document["priority"] = self.priority
+        if self.start_rate is not None:
+            rate = self.start_rate
+            document["start_rate"] = [rate.name, rate.key_path, rate.limit, rate.period_ms]
         return json.dumps(document, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> FlowSettings:
         """The settings stored as ``text`` (unknown fields are ignored)."""
         document = json.loads(text)
-        return cls(priority=int(document.get("priority", 0)))
+        rate = document.get("start_rate")
+        return cls(
+            priority=int(document.get("priority", 0)),
+            start_rate=RateSpec(rate[0], rate[1], int(rate[2]), int(rate[3])) if rate else None,
+        )

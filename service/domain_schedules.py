@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass
 
 from stepd.server.domain import ConcurrencySpec, RunRecord, RunStatus
+from stepd.server.domain_flow import RateSpec
 
 
 class OverlapPolicy(enum.StrEnum):
@@ -84,6 +85,8 @@ class WorkflowDeclaration:
     concurrency: ConcurrencySpec | None = None
     # The priority of runs whose trigger sets none.
     priority: int = 0
+    # How often runs may start (None: no limit).
+    start_rate: RateSpec | None = None
 
 
 class CreateScheduleStatus(enum.Enum):

@@ -5,7 +5,8 @@ and ``Step`` objects), serve them with ``Worker``, and start and inspect runs wi
 ``Client`` (``RunHandle``, ``RunInfo``, ``RunStatus``, ``PublishedEvent``).
 Workflow code gets a ``WorkflowContext``; ``ctx.start_child`` returns a
 ``ChildHandle``, ``ctx.create_hook`` a ``Hook``. ``RetryPolicy`` says how a failing
-step is retried; ``Concurrency`` bounds a workflow's active runs per key. Errors are
+step is retried; ``Concurrency`` bounds a workflow's active runs per key, ``Rate``
+how often runs start or steps run. Errors are
 in ``stepd.errors``.
 
 The server is ``stepd.server`` (``pip install 'stepd[server]'``); this package
@@ -19,6 +20,7 @@ from stepd._client import Client, PublishedEvent, RunHandle
 from stepd._concurrency import Concurrency
 from stepd._context import WorkflowContext
 from stepd._definitions import Step, Workflow, step, workflow
+from stepd._flow import Rate
 from stepd._hooks import Hook
 from stepd._policy import RetryPolicy
 from stepd._runs import RunInfo, RunStatus
@@ -37,6 +39,7 @@ __all__ = [
     "Hook",
     "NotFoundError",
     "PublishedEvent",
+    "Rate",
     "RetryPolicy",
     "RunCancelledError",
     "RunFailedError",

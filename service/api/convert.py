@@ -24,6 +24,7 @@ from stepd.server.domain import (
     WorkflowLimits,
 )
 from stepd.server.engine.commands import (
+    AcquireRate,
     Action,
     Command,
     CommandStatus,
@@ -413,6 +414,18 @@ def _action_from_proto(msg: worker_service_pb2.WorkerCommand) -> Action | None:
             start.step_key,
             count(start.attempt, "start_step.attempt") or 1,
             duration_ms(start.timeout, "start_step.timeout"),
+        )
+    if kind == "acquire_rate":
+        rate = msg.acquire_rate
+        check_name("acquire_rate.name", rate.name, required=True)
+        check_name("acquire_rate.key", rate.key)
+        check_name("acquire_rate.step_key", rate.step_key)
+        return AcquireRate(
+            rate.name,
+            rate.key,
+            rate.limit,
+            duration_ms(rate.period, "acquire_rate.period"),
+            rate.step_key,
         )
     if kind == "start_child":
         child = msg.start_child

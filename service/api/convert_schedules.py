@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from stepd.server.api.convert import STATUS_TO_PROTO, payload_in, timestamp
+from stepd.server.api.convert import STATUS_TO_PROTO, duration_ms, payload_in, timestamp
 from stepd.server.domain import ConcurrencySpec, ConcurrencyStrategy
+from stepd.server.domain_flow import RateSpec
 from stepd.server.domain_schedules import (
     CatchupPolicy,
     OverlapPolicy,
@@ -127,6 +128,16 @@ def declarations_from_hello(hello: worker_service_pb2.WorkerHello) -> list[Workf
                 concurrency_from_proto(w.concurrency, w.name) if w.HasField("concurrency") else None
             ),
             priority=w.priority,
+            start_rate=(
+                RateSpec(
+                    w.start_rate.name or w.name,
+                    w.start_rate.key_path,
+                    w.start_rate.limit,
+                    duration_ms(w.start_rate.period, f"hello.workflows[{i}].start_rate.period"),
+                )
+                if w.HasField("start_rate")
+                else None
+            ),
         )
         for i, w in enumerate(hello.workflows)
     ]

@@ -63,6 +63,7 @@ from stepd.server.engine.observer import EngineObserver
 from stepd.server.engine.pauses import LoopPauses
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.priorities import check_priority
+from stepd.server.engine.rate_limits import RateLimits
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
 from stepd.server.engine.retention import Retention
@@ -160,6 +161,7 @@ class Engine:
             clock=clock,
         )
         self.flow = FlowDeclarations(store, clock=clock)
+        self.rates = RateLimits(store, clock=clock)
         self.policy = RunPolicy(
             store,
             self.run_limits,
@@ -211,6 +213,7 @@ class Engine:
             self.sticky,
             self.timers,
             self.faults,
+            rates=self.rates,
         )
         # Operator actions on whole runs; retention; the list of workers.
         self.actions = RunActions(
@@ -269,6 +272,7 @@ class Engine:
         self.starts.start()
         self.schedules.start()
         self.concurrency.start()
+        self.rates.start()
         self.retention.start()
         self.workers.start()
 
@@ -310,6 +314,7 @@ class Engine:
         await self.starts.close()
         await self.schedules.close()
         await self.concurrency.close()
+        await self.rates.close()
         await self.children.close()
         for session in self.dispatcher.sessions:
             session.close(Unavailable("the server is shutting down; reconnect"))
@@ -396,7 +401,7 @@ class Engine:
     async def waiting_reason(self, run: RunRecord) -> str:
         """Why a pending run is not handed out yet ("" when nothing holds it back
         but a free worker)."""
-        return await self.concurrency.waiting_reason(run)
+        return self.rates.waiting_reason(run) or await self.concurrency.waiting_reason(run)
 
     async def describe_run(
         self,

@@ -11,6 +11,7 @@ from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.domain_flow import FlowSettings
 from stepd.server.domain_schedules import WorkflowDeclaration
 from stepd.server.engine.priorities import check_priority
+from stepd.server.engine.rate_limits import check_start_rate
 from stepd.server.store.base import Store
 
 
@@ -28,7 +29,10 @@ class FlowDeclarations:
         for declaration in declarations:
             where = f"hello: workflow {declaration.name!r}"
             priority = check_priority(declaration.priority, f"{where}: priority")
-            specs[declaration.name] = FlowSettings(priority=priority)
+            rate = declaration.start_rate
+            if rate is not None:
+                check_start_rate(rate, f"{where}: start_rate")
+            specs[declaration.name] = FlowSettings(priority=priority, start_rate=rate)
         return specs
 
     async def declare(self, declarations: Sequence[WorkflowDeclaration]) -> None:

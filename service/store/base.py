@@ -78,6 +78,15 @@ class FlowStore(Protocol):
     async def declare_flow(self, specs: Mapping[str, FlowSettings], now: int) -> None:
         """Store workflows' flow-control settings (empty: none any more)."""
 
+    async def reserve_rate(
+        self, name: str, key: str, limit: int, period_ms: int, not_before: int
+    ) -> int:
+        """Take the earliest turn under a rate limit at or after ``not_before``;
+        return when it begins (epoch ms)."""
+
+    async def forget_rate_turns(self, now: int) -> int:
+        """Delete rate-limit keys whose next turn would begin by ``now``."""
+
 
 class ConcurrencyStore(Protocol):
     """Concurrency limits per key (``stepd.server.store.concurrency``)."""

@@ -3,7 +3,10 @@
 Every place that inserts a run calls ``apply_new`` in the insert's
 transaction, next to the concurrency admission: one primary-key read of the
 workflow's settings (a table holding only workflows that declared some),
-then the run's priority is the trigger's or the workflow's default.
+then the run's priority is the trigger's or the workflow's default, and a
+workflow with a start rate limit takes the run's turn under it
+(``rate_limits.reserve``): a turn in the future becomes the run's start time,
+so it waits as a delayed start does (durably, on every replica).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, select
 
-from stepd.server.domain_flow import FlowSettings
+from stepd.server.domain_flow import FlowSettings, RateSpec
+from stepd.server.store import rate_limits
+from stepd.server.store.concurrency import key_from_input
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import Committer
 from stepd.server.store.schema import workflow_flow
@@ -39,7 +44,19 @@ def apply_new(
     if priority is None:
         priority = settings.priority if settings is not None else 0
     values["priority"] = priority or None
+    if settings is not None and settings.start_rate is not None:
+        _take_start_turn(conn, values, settings.start_rate)
     return settings
+
+
+def _take_start_turn(conn: Connection, values: dict[str, Any], rate: RateSpec) -> None:
+    key = key_from_input(values["input_json"], rate.key_path)
+    not_before = max(values["create_time"], values["start_time_not_before"] or 0)
+    turn = rate_limits.reserve(conn, rate.name, key, rate.limit, rate.period_ms, not_before)
+    values["rate_limit"] = rate.name
+    values["rate_key"] = key
+    if turn > values["create_time"]:
+        values["start_time_not_before"] = turn
 
 
 def declare(conn: Connection, specs: Mapping[str, FlowSettings], now: int) -> None:

@@ -114,6 +114,8 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         concurrency_key=row["concurrency_key"],
         admitted=row["admitted"] != 0,
         priority=row["priority"] or 0,
+        rate_limit=row["rate_limit"],
+        rate_key=row["rate_key"],
         progress_json=row["progress_json"],
         trace=_trace(row),
         forked_from_run_id=row["forked_from_run_id"],

@@ -104,6 +104,9 @@ runs = Table(
     Column("admitted", Integer),
     # Migration 20: among ready runs a higher priority goes first (NULL: 0).
     Column("priority", Integer),
+    # Migration 21: the start rate limit and key the run took its turn under.
+    Column("rate_limit", Text),
+    Column("rate_key", Text),
     UniqueConstraint("run_id"),
     Index("ix_runs_status_seq", "status", "seq"),
     Index("ix_runs_workflow_name_seq", "workflow_name", "seq"),
@@ -414,6 +417,18 @@ workflow_flow = Table(
     Column("workflow_name", Text, primary_key=True),
     Column("settings_json", Text, nullable=False),
     Column("update_time", BigInteger, nullable=False),
+)
+
+# Migration 21: per rate limit and key, when the latest turn begins and the
+# spacing between turns (the period over the limit, rounded up).
+rate_turns = Table(
+    "rate_turns",
+    metadata,
+    Column("limit_name", Text, nullable=False),
+    Column("limit_key", Text, nullable=False),
+    Column("last_turn", BigInteger, nullable=False),
+    Column("spacing_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("limit_name", "limit_key"),
 )
 
 # Migration 17: every replica's worker streams (workflows: a JSON list of

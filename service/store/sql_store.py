@@ -72,6 +72,7 @@ from stepd.server.store import (
     flow,
     history,
     listing,
+    rate_limits,
     ready,
     rows,
     schedules,
@@ -142,6 +143,7 @@ class SqlStore(
     versions.VersionStoreMixin,
     concurrency.ConcurrencyStoreMixin,
     flow.FlowStoreMixin,
+    rate_limits.RateStoreMixin,
     RunActionStoreMixin,
     WorkerStoreMixin,
 ):

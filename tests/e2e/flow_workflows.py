@@ -8,10 +8,11 @@ whose input has ``block`` waits for ``<tag>.release``.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
-from stepd import WorkflowContext, step, workflow
+from stepd import Rate, WorkflowContext, step, workflow
 from tests.e2e.workflows import mark, wait_until_released
 
 
@@ -33,4 +34,23 @@ async def ordered(ctx: WorkflowContext, job: dict[str, Any]) -> str:
 @workflow(name="urgent", priority=5)
 async def urgent(ctx: WorkflowContext, job: dict[str, Any]) -> str:
     """Like ``ordered``, with a default priority of 5."""
+    return await note_start(ctx.run_id, job)
+
+
+@step(rate=Rate(10, per=1.0, key="api", name="api"))
+async def call_api(run_id: str, tag: str) -> int:
+    """At most 10 calls per second across all workers: marks when it started."""
+    mark(tag, f"{os.getpid()} {run_id} {time.time_ns()}")
+    return os.getpid()
+
+
+@workflow(name="rated_steps")
+async def rated_steps(ctx: WorkflowContext, tag: str) -> int:
+    """One rate-limited step."""
+    return await call_api(ctx.run_id, tag)
+
+
+@workflow(name="rated_starts", start_rate=Rate(5, per="1s", key="customer"))
+async def rated_starts(ctx: WorkflowContext, job: dict[str, Any]) -> str:
+    """At most 5 runs per customer start per second."""
     return await note_start(ctx.run_id, job)

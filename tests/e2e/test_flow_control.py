@@ -82,3 +82,69 @@ async def test_a_priority_out_of_range_is_invalid(stack: Stack, server: Server) 
     async with Client(server.address) as client:
         with pytest.raises(InvalidArgumentError, match="priority must be from -1000 to 1000"):
             await client.trigger("ordered", {"tag": "x"}, priority=1001)
+
+
+def starts(marks: Path, tag: str) -> list[tuple[int, str, str]]:
+    """(time ns, worker pid, run id) of each marked start, by time."""
+    lines = [line.split(" ") for line in read_marks(marks, tag)]
+    return sorted((int(at), pid, run_id) for pid, run_id, at in lines)
+
+
+def most_in_any_window(times: list[int], window_ns: int) -> int:
+    """The most of ``times`` (sorted) in any half-open span of ``window_ns``."""
+    most, first = 0, 0
+    for last, at in enumerate(times):
+        while at - times[first] >= window_ns:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+async def test_a_step_rate_limit_holds_across_two_workers(
+    stack: Stack, server: Server, marks: Path
+) -> None:
+    start_worker(stack, server, concurrency=40)
+    start_worker(stack, server, concurrency=40)
+    async with Client(server.address) as client:
+        handles = [await client.trigger("rated_steps", "r") for _ in range(70)]
+        pids = {await handle.result(timeout=RESULT_TIMEOUT) for handle in handles}
+    assert len(pids) == 2, "both workers ran steps"
+    times = [at for at, _, _ in starts(marks, "r")]
+    assert len(times) == 70
+    # 10 per second: over the first 5 seconds 50 (within 10%), and no 1-second
+    # span holds more than 10 (within 10%).
+    in_five = sum(1 for at in times if at - times[0] < 5_000_000_000)
+    assert 45 <= in_five <= 55, in_five
+    assert most_in_any_window(times, 1_000_000_000) <= 11
+    # Turns are spread evenly, 100 ms apart: 70 of them take about 7 seconds.
+    assert times[-1] - times[0] >= 6_500_000_000
+
+
+async def test_a_start_rate_limit_delays_runs_of_its_key_only(
+    stack: Stack, server: Server, marks: Path
+) -> None:
+    start_worker(stack, server, concurrency=50)
+    async with Client(server.address) as client:
+        key_a = [
+            await client.trigger("rated_starts", {"tag": "s", "label": "a", "customer": "a"})
+            for _ in range(12)
+        ]
+        key_b = [
+            await client.trigger("rated_starts", {"tag": "s", "label": "b", "customer": "b"})
+            for _ in range(3)
+        ]
+        info = await client.get_run(key_a[-1].run_id)
+        assert info.waiting_reason.startswith("rate-limited by limit 'rated_starts' key 'a' until ")
+        for handle in [*key_a, *key_b]:
+            await handle.result(timeout=RESULT_TIMEOUT)
+        assert (await client.get_run(key_a[-1].run_id)).waiting_reason == ""
+    started = {"a": [], "b": []}  # type: dict[str, list[int]]
+    for line in read_marks(marks, "s"):
+        label, _, at = line.split(" ")
+        started[label].append(int(at))
+    a, b = sorted(started["a"]), sorted(started["b"])
+    # Key "a": 12 runs at 5 per second take turns 200 ms apart.
+    assert a[-1] - a[0] >= 2_000_000_000
+    assert most_in_any_window(a, 900_000_000) <= 5
+    # Key "b" has its own turns: its 3 runs started at once.
+    assert b[-1] - b[0] < 1_000_000_000

@@ -23,6 +23,7 @@ PINNED = [
     "RunInfo",
     "RunStatus",
     "PublishedEvent",
+    "Rate",
     "StepdError",
     "RunFailedError",
     "RunCancelledError",

@@ -40,6 +40,7 @@ from stepd.server.store.migrations import (
     v0018_trace_context,
     v0019_concurrency,
     v0020_priorities,
+    v0021_rate_limits,
 )
 
 
@@ -70,6 +71,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(18, v0018_trace_context.DESCRIPTION, v0018_trace_context.upgrade),
     Migration(19, v0019_concurrency.DESCRIPTION, v0019_concurrency.upgrade),
     Migration(20, v0020_priorities.DESCRIPTION, v0020_priorities.upgrade),
+    Migration(21, v0021_rate_limits.DESCRIPTION, v0021_rate_limits.upgrade),
 )
 
 #: The schema version this code expects.
