@@ -135,6 +135,8 @@ class NewRun:
     trace: TraceContext = NO_TRACE
     # An explicit priority (Trigger's); None: the workflow's default.
     priority: int | None = None
+    # An explicit debounce key (Trigger's), instead of the one the input gives.
+    debounce_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,8 @@ class RunRecord:
     # The start rate limit and key the run took its turn under (None: none).
     rate_limit: str | None = None
     rate_key: str | None = None
+    # The debounce key of a run of a workflow with debounce (None: none).
+    debounce_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +220,8 @@ class CreateRunOutcome:
 
     run: RunRecord
     created: bool
+    # The trigger was folded into its key's pending debounced run (``run``).
+    debounced: bool = False
 
 
 class RecordStepStatus(enum.Enum):

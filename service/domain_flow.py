@@ -1,5 +1,5 @@
 """Flow-control settings a workflow declares besides its concurrency limit:
-its default priority and its start rate limit (and debounce).
+its default priority, its start rate limit and its debounce.
 
 Stored per workflow as one JSON object (``workflow_flow.settings_json``);
 ``FlowSettings.to_json`` / ``from_json`` are the only places that know its
@@ -33,6 +33,24 @@ class RateSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class DebounceSpec:
+    """Triggers with the same key (read at ``key_path``) fold into one run that
+    starts ``period_ms`` after the last of them, but at most ``max_wait_ms``
+    (None: no bound) after the first."""
+
+    key_path: str
+    period_ms: int
+    max_wait_ms: int | None = None
+
+    def start_time(self, now: int, first: int) -> int:
+        """When a run first triggered at ``first`` starts after a trigger at ``now``."""
+        start = now + self.period_ms
+        if self.max_wait_ms is not None:
+            start = min(start, first + self.max_wait_ms)
+        return start
+
+
+@dataclass(frozen=True, slots=True)
 class FlowSettings:
     """What a workflow declares for flow control (the defaults: nothing)."""
 
@@ -40,6 +58,8 @@ class FlowSettings:
     priority: int = 0
     # How often runs may start (None: no limit).
     start_rate: RateSpec | None = None
+    # Triggers of one key fold into one run (None: no debounce).
+    debounce: DebounceSpec | None = None
 
     @property
     def empty(self) -> bool:
@@ -54,6 +74,9 @@ class FlowSettings:
         if self.start_rate is not None:
             rate = self.start_rate
             document["start_rate"] = [rate.name, rate.key_path, rate.limit, rate.period_ms]
+        if self.debounce is not None:
+            debounce = self.debounce
+            document["debounce"] = [debounce.key_path, debounce.period_ms, debounce.max_wait_ms]
         return json.dumps(document, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -61,7 +84,9 @@ class FlowSettings:
         """The settings stored as ``text`` (unknown fields are ignored)."""
         document = json.loads(text)
         rate = document.get("start_rate")
+        debounce = document.get("debounce")
         return cls(
             priority=int(document.get("priority", 0)),
             start_rate=RateSpec(rate[0], rate[1], int(rate[2]), int(rate[3])) if rate else None,
+            debounce=DebounceSpec(debounce[0], int(debounce[1]), debounce[2]) if debounce else None,
         )

@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 
 from stepd.server.domain import ConcurrencySpec, RunRecord, RunStatus
-from stepd.server.domain_flow import RateSpec
+from stepd.server.domain_flow import DebounceSpec, RateSpec
 
 
 class OverlapPolicy(enum.StrEnum):
@@ -87,6 +87,8 @@ class WorkflowDeclaration:
     priority: int = 0
     # How often runs may start (None: no limit).
     start_rate: RateSpec | None = None
+    # Triggers of one key fold into one run (None: no debounce).
+    debounce: DebounceSpec | None = None
 
 
 class CreateScheduleStatus(enum.Enum):

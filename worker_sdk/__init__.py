@@ -6,7 +6,7 @@ and ``Step`` objects), serve them with ``Worker``, and start and inspect runs wi
 Workflow code gets a ``WorkflowContext``; ``ctx.start_child`` returns a
 ``ChildHandle``, ``ctx.create_hook`` a ``Hook``. ``RetryPolicy`` says how a failing
 step is retried; ``Concurrency`` bounds a workflow's active runs per key, ``Rate``
-how often runs start or steps run. Errors are
+how often runs start or steps run, ``Debounce`` folds triggers. Errors are
 in ``stepd.errors``.
 
 The server is ``stepd.server`` (``pip install 'stepd[server]'``); this package
@@ -20,7 +20,7 @@ from stepd._client import Client, PublishedEvent, RunHandle
 from stepd._concurrency import Concurrency
 from stepd._context import WorkflowContext
 from stepd._definitions import Step, Workflow, step, workflow
-from stepd._flow import Rate
+from stepd._flow import Debounce, Rate
 from stepd._hooks import Hook
 from stepd._policy import RetryPolicy
 from stepd._runs import RunInfo, RunStatus
@@ -36,6 +36,7 @@ __all__ = [
     "ChildHandle",
     "Client",
     "Concurrency",
+    "Debounce",
     "Hook",
     "NotFoundError",
     "PublishedEvent",

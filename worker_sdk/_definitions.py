@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol
 from pydantic import TypeAdapter
 
 from stepd._concurrency import Concurrency, check_concurrency
-from stepd._flow import Rate, check_priority, check_rate
+from stepd._flow import Debounce, Rate, check_debounce, check_priority, check_rate
 from stepd._policy import Duration, RetryPolicy, optional_duration, retry_policy
 from stepd._policy import max_entries as _max_entries
 from stepd._serde import adapter_for
@@ -323,6 +323,7 @@ class Workflow(Generic[P, R]):
         concurrency: Concurrency | None = None,
         priority: int = 0,
         start_rate: Rate | None = None,
+        debounce: Debounce | None = None,
     ) -> None:
         if isinstance(fn, (Workflow, Step)):
             raise WorkflowDefinitionError(f"{fn!r} is already decorated")
@@ -361,6 +362,10 @@ class Workflow(Generic[P, R]):
         """The priority of runs whose trigger sets none (higher: handed out first)."""
         self.start_rate = check_rate(start_rate, what, key_path=True)
         """The limit on how often runs start (None: none)."""
+        self.debounce = check_debounce(debounce, what)
+        """How triggers of one key fold into one run (None: they do not)."""
+        if self.debounce is not None and self.start_rate is not None:
+            raise WorkflowDefinitionError(f"{what}: debounce and start_rate cannot be combined")
         self.fn = fn
         """The decorated function."""
         self.input_param, self.input_optional = _check_workflow_signature(fn, workflow_name)
@@ -563,6 +568,7 @@ class _WorkflowDecorator:
         check_concurrency(options["concurrency"], what)
         check_priority(options["priority"], what)
         check_rate(options["start_rate"], what, key_path=True)
+        check_debounce(options["debounce"], what)
 
     def __call__(
         self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
@@ -593,6 +599,7 @@ def workflow(
     concurrency: Concurrency | None = None,
     priority: int = 0,
     start_rate: Rate | None = None,
+    debounce: Debounce | None = None,
 ) -> _WorkflowDecorator: ...
 def workflow(
     fn: Callable[..., Any] | None = None,
@@ -609,6 +616,7 @@ def workflow(
     concurrency: Concurrency | None = None,
     priority: int = 0,
     start_rate: Rate | None = None,
+    debounce: Debounce | None = None,
 ) -> Any:
     """Define a workflow: bare ``@workflow`` or ``@workflow(name=..., version=2, ...)``.
 
@@ -631,6 +639,9 @@ def workflow(
     trigger sets none: among ready runs a higher one is handed out first.
     ``start_rate=Rate(10, per="1s", key="customer.id")`` bounds how often runs
     start per key; runs over it wait (pending) for their turn.
+    ``debounce=Debounce(period="5s", key="customer.id", max_wait="1m")`` folds
+    triggers of one key into one run that starts once the key was quiet for
+    the period, with the latest input.
     """
     options: dict[str, Any] = {
         "retry": retry,
@@ -640,6 +651,7 @@ def workflow(
         "concurrency": concurrency,
         "priority": priority,
         "start_rate": start_rate,
+        "debounce": debounce,
     }
     if fn is None:
         return _WorkflowDecorator(name, version, events, schedule, options)

@@ -1,4 +1,4 @@
-"""Flow-control options besides ``Concurrency``: priorities and ``Rate``."""
+"""Flow-control options besides ``Concurrency``: priorities, ``Rate`` and ``Debounce``."""
 
 from __future__ import annotations
 
@@ -111,4 +111,57 @@ def check_rate(value: object, what: str, *, key_path: bool) -> Rate | None:
     if not isinstance(value, Rate):
         raise WorkflowDefinitionError(f"{what}: a rate must be a stepd.Rate")
     value.check(what, key_path=key_path)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Debounce:
+    """Triggers with the same key within ``period`` fold into one run, which
+    starts once ``period`` passed without a new trigger, with the latest
+    trigger's input; ``max_wait`` (None: no bound) bounds how long a busy key
+    can postpone it after its first trigger.
+
+    ``key`` is a dotted path into the trigger's JSON input (as
+    ``Concurrency.key``; "" gives every trigger one key);
+    ``Client.trigger(..., debounce_key=...)`` sets a trigger's key explicitly.
+    """
+
+    period: Duration
+    key: str = ""
+    max_wait: Duration | None = None
+
+    def check(self, what: str) -> None:
+        """Raise WorkflowDefinitionError naming ``what`` when a setting is wrong."""
+        period = parse_duration(self.period, f"{what}: debounce period")
+        if not 0 < period <= MAX_RATE_PERIOD:
+            raise WorkflowDefinitionError(f"{what}: debounce period must be from 1 ms to 7 days")
+        if self.max_wait is not None:
+            max_wait = parse_duration(self.max_wait, f"{what}: debounce max_wait")
+            if not period <= max_wait <= MAX_RATE_PERIOD:
+                raise WorkflowDefinitionError(
+                    f"{what}: debounce max_wait must be from the period to 7 days"
+                )
+        if not isinstance(self.key, str):
+            raise WorkflowDefinitionError(f"{what}: debounce key must be a str path")
+
+    def to_proto(self) -> worker_service_pb2.Debounce:
+        """The debounce as the worker's hello declares it."""
+        debounce = worker_service_pb2.Debounce(key_path=self.key)
+        debounce.period.FromMilliseconds(_ms(self.period))
+        if self.max_wait is not None:
+            debounce.max_wait.FromMilliseconds(_ms(self.max_wait))
+        return debounce
+
+
+def _ms(value: Duration) -> int:
+    return max(1, math.ceil(parse_duration(value) * 1000))
+
+
+def check_debounce(value: object, what: str) -> Debounce | None:
+    """A workflow's ``debounce=`` option, checked."""
+    if value is None:
+        return None
+    if not isinstance(value, Debounce):
+        raise WorkflowDefinitionError(f"{what}: debounce must be a stepd.Debounce")
+    value.check(what)
     return value

@@ -78,6 +78,8 @@ class RunInfo:
     concurrency_key: str | None = None
     priority: int = 0
     """The run's priority (higher: handed out first)."""
+    debounce_key: str | None = None
+    """The run's key under its workflow's ``Debounce`` (None: no debounce)."""
     """The run's key under its workflow's ``Concurrency`` limit (None: no limit)."""
     waiting_reason: str = ""
     """Why a pending run is not started yet, e.g. "queued behind key 'c1' of limit

@@ -226,6 +226,7 @@ def run_to_proto(run: RunRecord) -> types_pb2.Run:
         concurrency_limit=run.concurrency_name or "",
         concurrency_key=run.concurrency_key or "",
         priority=run.priority,
+        debounce_key=run.debounce_key or "",
         forked_from_run_id=run.forked_from_run_id or "",
         forked_from_step_key=run.forked_from_step_key or "",
         retry_count=run.retry_count,

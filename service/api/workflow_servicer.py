@@ -120,6 +120,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         check_name("workflow_version", request.workflow_version)
         check_name("idempotency_key", request.idempotency_key)
         check_name("concurrency_key", request.concurrency_key)
+        check_name("debounce_key", request.debounce_key)
         payload = payload_in(request.input, "input")
         if request.HasField("trace_context"):
             trace = trace_context.from_message(request.trace_context, "trace_context")
@@ -127,7 +128,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             trace = self._current_trace() or trace_context.from_metadata(
                 context.invocation_metadata()
             )
-        run, existed = await self._engine.trigger(
+        triggered = await self._engine.trigger(
             TriggerParams(
                 workflow_name=request.workflow_name,
                 workflow_version=request.workflow_version,
@@ -139,10 +140,15 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                 start_time_not_before=optional_ms(request, "start_time", "start_time"),
                 concurrency_key=request.concurrency_key or None,
                 priority=request.priority if request.HasField("priority") else None,
+                debounce_key=request.debounce_key or None,
                 trace=trace,
             )
         )
-        return pb.TriggerResponse(run=run_to_proto(run), already_existed=existed)
+        return pb.TriggerResponse(
+            run=run_to_proto(triggered.run),
+            already_existed=triggered.already_existed,
+            debounced=triggered.debounced,
+        )
 
     @maps_errors
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:

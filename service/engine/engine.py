@@ -45,6 +45,7 @@ from stepd.server.engine import hook_tokens
 from stepd.server.engine.children import ChildRuns
 from stepd.server.engine.commands import Command
 from stepd.server.engine.concurrency import ConcurrencyControl
+from stepd.server.engine.debounce import debounce_reason
 from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.errors import (
     AlreadyExists,
@@ -117,6 +118,18 @@ class TriggerParams:
     trace: TraceContext = NO_TRACE
     # The run's priority (None: the workflow's default).
     priority: int | None = None
+    # The trigger's debounce key (None: the one the input gives).
+    debounce_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Triggered:
+    """What a trigger did: the run, whether its idempotency key named it already,
+    and whether the trigger was folded into it (debounce)."""
+
+    run: RunRecord
+    already_existed: bool
+    debounced: bool = False
 
 
 class Engine:
@@ -323,9 +336,9 @@ class Engine:
 
     # -- client API ------------------------------------------------------------
 
-    async def trigger(self, params: TriggerParams) -> tuple[RunRecord, bool]:
-        """Create a run (or find the idempotency key's run); return it and
-        whether it already existed."""
+    async def trigger(self, params: TriggerParams) -> Triggered:
+        """Create a run (or find the idempotency key's run, or fold the trigger
+        into its debounce key's pending run)."""
         name = params.workflow_name.strip()
         if not name:
             raise InvalidArgument("workflow_name is required")
@@ -344,6 +357,8 @@ class Engine:
             raise InvalidArgument(f"concurrency_key is longer than {MAX_ID_LENGTH} characters")
         if params.priority is not None:
             check_priority(params.priority, "priority")
+        if params.debounce_key is not None and len(params.debounce_key) > MAX_ID_LENGTH:
+            raise InvalidArgument(f"debounce_key is longer than {MAX_ID_LENGTH} characters")
         input_json = check_json_payload(
             "input", params.input_json, params.input_encoding, self.config.max_payload_bytes
         )
@@ -368,6 +383,7 @@ class Engine:
             concurrency_key=params.concurrency_key,
             trace=params.trace,
             priority=params.priority,
+            debounce_key=params.debounce_key,
         )
         try:
             outcome = await self.store.create_run(new)
@@ -381,7 +397,8 @@ class Engine:
         if outcome.created:
             self.lifecycle.make_ready(outcome.run)
             self.policy.schedule_expiry(outcome.run)
-        return outcome.run, not outcome.created
+        existed = not outcome.created and not outcome.debounced
+        return Triggered(outcome.run, existed, outcome.debounced)
 
     async def get_run(
         self, run_id: str, *, wait: bool = False, wait_seconds: float | None = None
@@ -401,7 +418,8 @@ class Engine:
     async def waiting_reason(self, run: RunRecord) -> str:
         """Why a pending run is not handed out yet ("" when nothing holds it back
         but a free worker)."""
-        return self.rates.waiting_reason(run) or await self.concurrency.waiting_reason(run)
+        held = self.rates.waiting_reason(run) or debounce_reason(run, self.clock.now_ms())
+        return held or await self.concurrency.waiting_reason(run)
 
     async def describe_run(
         self,

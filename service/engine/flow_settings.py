@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.domain_flow import FlowSettings
 from stepd.server.domain_schedules import WorkflowDeclaration
+from stepd.server.engine.debounce import check_debounce
+from stepd.server.engine.errors import InvalidArgument
 from stepd.server.engine.priorities import check_priority
 from stepd.server.engine.rate_limits import check_start_rate
 from stepd.server.store.base import Store
@@ -32,7 +34,14 @@ class FlowDeclarations:
             rate = declaration.start_rate
             if rate is not None:
                 check_start_rate(rate, f"{where}: start_rate")
-            specs[declaration.name] = FlowSettings(priority=priority, start_rate=rate)
+            debounce = declaration.debounce
+            if debounce is not None:
+                check_debounce(debounce, f"{where}: debounce")
+                if rate is not None:
+                    raise InvalidArgument(f"{where}: declares both debounce and start_rate")
+            specs[declaration.name] = FlowSettings(
+                priority=priority, start_rate=rate, debounce=debounce
+            )
         return specs
 
     async def declare(self, declarations: Sequence[WorkflowDeclaration]) -> None:

@@ -116,6 +116,7 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         priority=row["priority"] or 0,
         rate_limit=row["rate_limit"],
         rate_key=row["rate_key"],
+        debounce_key=row["debounce_key"],
         progress_json=row["progress_json"],
         trace=_trace(row),
         forked_from_run_id=row["forked_from_run_id"],

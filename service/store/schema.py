@@ -107,6 +107,8 @@ runs = Table(
     # Migration 21: the start rate limit and key the run took its turn under.
     Column("rate_limit", Text),
     Column("rate_key", Text),
+    # Migration 22: the debounce key of a run of a workflow with debounce.
+    Column("debounce_key", Text),
     UniqueConstraint("run_id"),
     Index("ix_runs_status_seq", "status", "seq"),
     Index("ix_runs_workflow_name_seq", "workflow_name", "seq"),
@@ -139,6 +141,14 @@ runs = Table(
         "seq",
         sqlite_where=text("concurrency_name IS NOT NULL"),
         postgresql_where=text("concurrency_name IS NOT NULL"),
+    ),
+    # Migration 22: a key's pending debounced run (debounced runs only).
+    Index(
+        "ix_runs_workflow_name_debounce_key",
+        "workflow_name",
+        "debounce_key",
+        sqlite_where=text("debounce_key IS NOT NULL"),
+        postgresql_where=text("debounce_key IS NOT NULL"),
     ),
     # Migration 17: ended runs by end time (retention).
     Index(

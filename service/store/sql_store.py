@@ -69,6 +69,7 @@ from stepd.server.domain import (
 from stepd.server.store import (
     children,
     concurrency,
+    debounce,
     flow,
     history,
     listing,
@@ -301,7 +302,14 @@ class SqlStore(
 
         def op(conn: Connection) -> CreateRunOutcome | RunConflictError | ConcurrencyRefusedError:
             values = rows.new_run_values(new)
-            flow.apply_new(conn, values, new.priority)
+            settings = flow.apply_new(conn, values, new.priority)
+            if settings is not None and settings.debounce is not None:
+                found = existing_run(conn)  # the idempotency key's run wins
+                if found is not None:
+                    return found
+                folded = debounce.fold(conn, values, settings.debounce, new.debounce_key)
+                if folded is not None:
+                    return CreateRunOutcome(folded, created=False, debounced=True)
             refusal = concurrency.admit_new(conn, values, new.concurrency_key)
             if refusal is not None:
                 return existing_run(conn) or ConcurrencyRefusedError(refusal.message())

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from stepd import Rate, WorkflowContext, step, workflow
+from stepd import Debounce, Rate, WorkflowContext, step, workflow
 from tests.e2e.workflows import mark, wait_until_released
 
 
@@ -54,3 +54,17 @@ async def rated_steps(ctx: WorkflowContext, tag: str) -> int:
 async def rated_starts(ctx: WorkflowContext, job: dict[str, Any]) -> str:
     """At most 5 runs per customer start per second."""
     return await note_start(ctx.run_id, job)
+
+
+@workflow(name="debounced", debounce=Debounce(period=0.5, key="customer"))
+async def debounced(ctx: WorkflowContext, job: dict[str, Any]) -> int:
+    """Triggers of one customer within half a second fold into one run."""
+    await note_start(ctx.run_id, job)
+    return int(job["n"])
+
+
+@workflow(name="debounced_max_wait", debounce=Debounce(period=0.5, key="customer", max_wait=1.5))
+async def debounced_max_wait(ctx: WorkflowContext, job: dict[str, Any]) -> int:
+    """As ``debounced``, but a run starts at most 1.5 seconds after its first trigger."""
+    await note_start(ctx.run_id, job)
+    return int(job["n"])

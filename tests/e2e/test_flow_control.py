@@ -6,6 +6,7 @@ what GetRun says about a waiting run, and restarts.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -148,3 +149,66 @@ async def test_a_start_rate_limit_delays_runs_of_its_key_only(
     assert most_in_any_window(a, 900_000_000) <= 5
     # Key "b" has its own turns: its 3 runs started at once.
     assert b[-1] - b[0] < 1_000_000_000
+
+
+async def test_twenty_triggers_within_a_second_debounce_into_one_run_with_the_last_input(
+    stack: Stack, server: Server, marks: Path
+) -> None:
+    start_worker(stack, server)
+    async with Client(server.address) as client:
+        handles = []
+        for n in range(20):
+            job = {"tag": "d", "label": f"n{n}", "customer": "c1", "n": n}
+            handles.append(await client.trigger("debounced", job))
+            await asyncio.sleep(0.04)
+        last_trigger = time.time_ns()
+        other = await client.trigger("debounced", {"tag": "d", "customer": "c2", "n": 100})
+        assert {h.run_id for h in handles} == {handles[0].run_id}
+        assert [h.debounced for h in handles] == [False] + [True] * 19
+        info = await client.get_run(handles[0].run_id)
+        assert info.debounce_key == "c1"
+        assert info.waiting_reason.startswith("debounced (key 'c1') until ")
+        assert await handles[0].result(timeout=RESULT_TIMEOUT) == 19  # the last input
+        assert await other.result(timeout=RESULT_TIMEOUT) == 100  # another key: its own run
+        # An idempotency key names the run it created: sent again, it changes nothing.
+        keyed = await client.trigger(
+            "debounced", {"tag": "d", "customer": "c3", "n": 1}, idempotency_key="k1"
+        )
+        again = await client.trigger(
+            "debounced", {"tag": "d", "customer": "c3", "n": 2}, idempotency_key="k1"
+        )
+        assert again.run_id == keyed.run_id and again.already_existed and not again.debounced
+        assert await keyed.result(timeout=RESULT_TIMEOUT) == 1
+        runs = [run async for run in client.list_runs(workflow="debounced")]
+    assert len(runs) == 3
+    lines = [line.split(" ") for line in read_marks(marks, "d")]
+    c1 = [int(at) for label, _, at in lines if label.startswith("n")]
+    assert len(c1) == 1, "one run for the 20 triggers"
+    assert c1[0] - last_trigger >= 450_000_000, "it started a period after the last trigger"
+
+
+async def test_max_wait_bounds_the_postponement_under_a_steady_stream(
+    stack: Stack, server: Server, marks: Path
+) -> None:
+    start_worker(stack, server)
+    first_trigger: dict[str, int] = {}
+    async with Client(server.address) as client:
+        handles = []
+        for n in range(40):  # one trigger every 0.1 s for 4 s: the key never goes quiet
+            job = {"tag": "m", "label": f"n{n}", "customer": "c1", "n": n}
+            sent = time.time_ns()
+            handle = await client.trigger("debounced_max_wait", job)
+            first_trigger.setdefault(handle.run_id, sent)
+            handles.append(handle)
+            await asyncio.sleep(0.1)
+        results = {h.run_id: await h.result(timeout=RESULT_TIMEOUT) for h in handles}
+    started = {
+        run_id: int(at) for _, run_id, at in (line.split(" ") for line in read_marks(marks, "m"))
+    }
+    assert set(started) == set(results)
+    # Each run started at most max_wait (1.5 s) after its first trigger (plus slack),
+    # so the 4-second stream started several runs, the last with the last input.
+    for run_id, at in started.items():
+        assert at - first_trigger[run_id] <= 2_100_000_000, (run_id, at - first_trigger[run_id])
+    assert 2 <= len(started) <= 4
+    assert results[handles[-1].run_id] == 39

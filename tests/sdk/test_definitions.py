@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stepd import Client, Rate, Step, Worker, Workflow, WorkflowContext, step, workflow
+from stepd import Client, Debounce, Rate, Step, Worker, Workflow, WorkflowContext, step, workflow
 from stepd.errors import StepdError, WorkflowDefinitionError
 
 
@@ -317,6 +317,12 @@ def test_a_worker_stays_within_the_server_s_hello_limits() -> None:
         ({"start_rate": Rate(0)}, "rate limit must be an int from 1 to 10000"),
         ({"start_rate": Rate(1, per=0)}, "rate per must be|must be longer"),
         ({"start_rate": Rate(1, key=lambda job: "k")}, "a start rate's key must be a str path"),
+        ({"debounce": Debounce(period=0)}, "debounce period must be from 1 ms to 7 days"),
+        ({"debounce": Debounce(period=5, max_wait=1)}, "max_wait must be from the period"),
+        (
+            {"debounce": Debounce(period=1), "start_rate": Rate(1)},
+            "debounce and start_rate cannot be combined",
+        ),
     ],
 )
 def test_flow_options_are_checked_when_applied(options: dict[str, Any], message: str) -> None:

@@ -17,6 +17,7 @@ PINNED = [
     "Worker",
     "Client",
     "Concurrency",
+    "Debounce",
     "Hook",
     "RetryPolicy",
     "RunHandle",

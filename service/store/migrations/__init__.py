@@ -41,6 +41,7 @@ from stepd.server.store.migrations import (
     v0019_concurrency,
     v0020_priorities,
     v0021_rate_limits,
+    v0022_debounce,
 )
 
 
@@ -72,6 +73,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(19, v0019_concurrency.DESCRIPTION, v0019_concurrency.upgrade),
     Migration(20, v0020_priorities.DESCRIPTION, v0020_priorities.upgrade),
     Migration(21, v0021_rate_limits.DESCRIPTION, v0021_rate_limits.upgrade),
+    Migration(22, v0022_debounce.DESCRIPTION, v0022_debounce.upgrade),
 )
 
 #: The schema version this code expects.

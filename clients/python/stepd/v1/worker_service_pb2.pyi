@@ -214,6 +214,7 @@ class WorkflowRegistration(_message.Message):
     CONCURRENCY_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     START_RATE_FIELD_NUMBER: _builtins.int
+    DEBOUNCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The workflow's name."""
     version: _builtins.str
@@ -258,6 +259,12 @@ class WorkflowRegistration(_message.Message):
         stays pending until its turn (see RateLimit). Unset: no limit.
         """
 
+    @_builtins.property
+    def debounce(self) -> Global___Debounce:
+        """Triggers of this workflow with the same key within a period fold into
+        one run (see Debounce). Unset: every trigger starts a run.
+        """
+
     def __init__(
         self,
         *,
@@ -270,14 +277,60 @@ class WorkflowRegistration(_message.Message):
         concurrency: Global___ConcurrencyLimit | None = ...,
         priority: _builtins.int = ...,
         start_rate: Global___RateLimit | None = ...,
+        debounce: Global___Debounce | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "execution_timeout", b"execution_timeout", "schedule", b"schedule", "start_rate", b"start_rate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "debounce", b"debounce", "execution_timeout", b"execution_timeout", "schedule", b"schedule", "start_rate", b"start_rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "event_triggers", b"event_triggers", "execution_timeout", b"execution_timeout", "max_entries", b"max_entries", "name", b"name", "priority", b"priority", "schedule", b"schedule", "start_rate", b"start_rate", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "debounce", b"debounce", "event_triggers", b"event_triggers", "execution_timeout", b"execution_timeout", "max_entries", b"max_entries", "name", b"name", "priority", b"priority", "schedule", b"schedule", "start_rate", b"start_rate", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkflowRegistration: _TypeAlias = WorkflowRegistration  # noqa: Y015
+
+@_typing.final
+class Debounce(_message.Message):
+    """Debounce folds triggers: a trigger whose key has a pending debounced run
+    that has not started yet does not create a run; it replaces that run's
+    input with its own and moves its start to `period` after itself, but never
+    past `max_wait` after the run's first trigger. A declaration with debounce
+    may not also have a start_rate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_PATH_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
+    key_path: _builtins.str
+    """A dotted path into the trigger's JSON input (as ConcurrencyLimit.key_path)
+    whose value is the key; empty: one key for every trigger.
+    """
+    @_builtins.property
+    def period(self) -> _duration_pb2.Duration:
+        """How long a key must see no new trigger before its run starts; from 1 ms
+        to 7 days.
+        """
+
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration:
+        """The longest a run may be postponed after its first trigger; unset: no
+        bound. At least `period`, at most 7 days.
+        """
+
+    def __init__(
+        self,
+        *,
+        key_path: _builtins.str = ...,
+        period: _duration_pb2.Duration | None = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_wait", b"max_wait", "period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_path", b"key_path", "max_wait", b"max_wait", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Debounce: _TypeAlias = Debounce  # noqa: Y015
 
 @_typing.final
 class RateLimit(_message.Message):
