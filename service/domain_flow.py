@@ -8,6 +8,7 @@ shape. A workflow that declares nothing has no row.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -90,3 +91,25 @@ class FlowSettings:
             start_rate=RateSpec(rate[0], rate[1], int(rate[2]), int(rate[3])) if rate else None,
             debounce=DebounceSpec(debounce[0], int(debounce[1]), debounce[2]) if debounce else None,
         )
+
+
+class FlowLimitKind(enum.StrEnum):
+    """What a flow-control limit bounds."""
+
+    CONCURRENCY = "concurrency"
+    START_RATE = "start_rate"
+    STEP_RATE = "step_rate"
+    DEBOUNCE = "debounce"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimitState:
+    """One flow-control limit and what waits under it, for operators."""
+
+    kind: FlowLimitKind
+    name: str
+    workflows: tuple[str, ...]
+    setting: str
+    active_runs: int = 0
+    waiting: int = 0
+    keys_waiting: int = 0

@@ -19,6 +19,8 @@ from stepd.server.api.convert import (
 )
 from stepd.server.api.convert_operations import (
     deadline_change,
+    flow_limit_to_proto,
+    page_of_flow_limits,
     page_of_workers,
     worker_to_proto,
 )
@@ -440,4 +442,16 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         )
         return ops.ListWorkersResponse(
             workers=[worker_to_proto(w) for w in workers], next_page_token=after
+        )
+
+    @maps_errors
+    async def ListFlowLimits(
+        self, request: ops.ListFlowLimitsRequest, context: Context
+    ) -> ops.ListFlowLimitsResponse:
+        check_text("page_token", request.page_token)
+        limits, after = page_of_flow_limits(
+            await self._engine.flow_limits(), request.page_size, request.page_token
+        )
+        return ops.ListFlowLimitsResponse(
+            limits=[flow_limit_to_proto(limit) for limit in limits], next_page_token=after
         )

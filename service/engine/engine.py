@@ -40,6 +40,7 @@ from stepd.server.domain import (
     WorkflowLimits,
     run_fields,
 )
+from stepd.server.domain_flow import FlowLimitState
 from stepd.server.domain_schedules import WorkflowDeclaration
 from stepd.server.engine import hook_tokens
 from stepd.server.engine.children import ChildRuns
@@ -97,6 +98,8 @@ log = logging.getLogger("stepd.engine")
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+#: Most flow-control limits ListFlowLimits and /metrics show.
+MAX_FLOW_LIMITS = 1000
 #: Most runs with an expired lease re-queued by one sweep.
 EXPIRY_SWEEP_LIMIT = 500
 
@@ -420,6 +423,11 @@ class Engine:
         but a free worker)."""
         held = self.rates.waiting_reason(run) or debounce_reason(run, self.clock.now_ms())
         return held or await self.concurrency.waiting_reason(run)
+
+    async def flow_limits(self) -> list[FlowLimitState]:
+        """Every flow-control limit the workers declared and what waits under it
+        (read from the store: every replica's runs)."""
+        return await self.store.flow_overview(self.clock.now_ms(), MAX_FLOW_LIMITS)
 
     async def describe_run(
         self,

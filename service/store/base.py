@@ -40,7 +40,7 @@ from stepd.server.domain import (
     WorkerInfo,
     WorkflowVersion,
 )
-from stepd.server.domain_flow import FlowSettings
+from stepd.server.domain_flow import FlowLimitState, FlowSettings
 from stepd.server.domain_keys import ApiKeyRecord, PinStatus, RetireStatus
 from stepd.server.domain_schedules import (
     CreateScheduleStatus,
@@ -86,6 +86,9 @@ class FlowStore(Protocol):
 
     async def forget_rate_turns(self, now: int) -> int:
         """Delete rate-limit keys whose next turn would begin by ``now``."""
+
+    async def flow_overview(self, now: int, limit: int) -> list[FlowLimitState]:
+        """Every flow-control limit and what waits under it (at most ``limit``)."""
 
 
 class ConcurrencyStore(Protocol):

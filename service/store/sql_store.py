@@ -84,6 +84,7 @@ from stepd.server.store.api_keys import KeyStoreMixin
 from stepd.server.store.base import ConcurrencyRefusedError, RunConflictError
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import CommitStats, Committer, Reader, WriteOp
+from stepd.server.store.flow_overview import FlowOverviewMixin
 from stepd.server.store.migrations import migrate
 from stepd.server.store.run_actions import RunActionStoreMixin
 from stepd.server.store.schema import runs, server_secrets, step_attempts, steps, workflow_versions
@@ -145,6 +146,7 @@ class SqlStore(
     concurrency.ConcurrencyStoreMixin,
     flow.FlowStoreMixin,
     rate_limits.RateStoreMixin,
+    FlowOverviewMixin,
     RunActionStoreMixin,
     WorkerStoreMixin,
 ):

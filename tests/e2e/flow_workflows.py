@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from stepd import Debounce, Rate, WorkflowContext, step, workflow
+from stepd import Concurrency, Debounce, Rate, WorkflowContext, step, workflow
 from tests.e2e.workflows import mark, wait_until_released
 
 
@@ -68,3 +68,21 @@ async def debounced_max_wait(ctx: WorkflowContext, job: dict[str, Any]) -> int:
     """As ``debounced``, but a run starts at most 1.5 seconds after its first trigger."""
     await note_start(ctx.run_id, job)
     return int(job["n"])
+
+
+@workflow(name="hourly", start_rate=Rate(1, per="1h", key="customer"))
+async def hourly(ctx: WorkflowContext, job: dict[str, Any]) -> str:
+    """One run per customer per hour."""
+    return await note_start(ctx.run_id, job)
+
+
+@workflow(name="quiet_hour", debounce=Debounce(period="1h", key="customer"))
+async def quiet_hour(ctx: WorkflowContext, job: dict[str, Any]) -> str:
+    """Starts once a customer was quiet for an hour."""
+    return await note_start(ctx.run_id, job)
+
+
+@workflow(name="one_at_a_time", concurrency=Concurrency(key="customer", limit=1))
+async def one_at_a_time(ctx: WorkflowContext, job: dict[str, Any]) -> str:
+    """One active run per customer."""
+    return await note_start(ctx.run_id, job)

@@ -7,6 +7,7 @@ what GetRun says about a waiting run, and restarts.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,8 @@ import pytest
 from stepd import Client
 from stepd.errors import InvalidArgumentError
 from tests.e2e.harness import ManagedProcess, Server, Stack, eventually, read_marks, release
+from tests.e2e.test_http import fetch, samples
+from tests.e2e.test_ops_cli import ok, stepd
 
 MODULES = ("tests.e2e.flow_workflows",)
 LATER = datetime.now(UTC) + timedelta(days=1)
@@ -212,3 +215,59 @@ async def test_max_wait_bounds_the_postponement_under_a_steady_stream(
         assert at - first_trigger[run_id] <= 2_100_000_000, (run_id, at - first_trigger[run_id])
     assert 2 <= len(started) <= 4
     assert results[handles[-1].run_id] == 39
+
+
+async def test_metrics_and_the_command_line_show_limits_and_queues(
+    stack: Stack, server: Server, marks: Path
+) -> None:
+    start_worker(stack, server)
+    async with Client(server.address) as client:
+        for _ in range(3):  # the first starts now, two wait an hour for their turn
+            await client.trigger("hourly", {"tag": "q", "customer": "a"})
+        for n in range(4):  # one pending run, folded four times
+            await client.trigger("quiet_hour", {"tag": "q", "customer": "a", "n": n})
+        blocker = await client.trigger(
+            "one_at_a_time", {"tag": "q", "customer": "a", "block": True}
+        )
+        await eventually(lambda: blocker.run_id in read_marks(marks, "q")[-1], what="blocker")
+        for _ in range(2):
+            await client.trigger("one_at_a_time", {"tag": "q", "customer": "a"})
+        # A step rate limit is known once used.
+        assert await (await client.trigger("rated_steps", "q2")).result(timeout=RESULT_TIMEOUT)
+        status, text = await fetch("GET", f"{server.http_url}/metrics")
+        assert status == 200
+        found = samples(text)
+        assert found[("stepd_flow_waiting", (("kind", "start_rate"), ("limit", "hourly")))] == 2
+        assert found[("stepd_flow_waiting", (("kind", "debounce"), ("limit", "quiet_hour")))] == 1
+        concurrency = (("kind", "concurrency"), ("limit", "one_at_a_time"))
+        assert found[("stepd_flow_waiting", concurrency)] == 2
+        assert found[("stepd_flow_keys_waiting", concurrency)] == 1
+        assert found[("stepd_concurrency_active_runs", (("limit", "one_at_a_time"),))] == 1
+        listed = json.loads(ok(stepd(server, "limits", "list", "--json")))
+        by_name = {limit["name"]: limit for limit in listed}
+        assert by_name["hourly"] == {
+            "kind": "start_rate",
+            "name": "hourly",
+            "workflows": ["hourly"],
+            "setting": "1 per 1h",
+            "waiting": 2,
+            "keys_waiting": 1,
+        }
+        assert by_name["one_at_a_time"]["setting"] == "1 active per key, queue"
+        assert by_name["one_at_a_time"]["active_runs"] == 1
+        assert by_name["quiet_hour"]["setting"] == "period 1h"
+        assert by_name["api"]["kind"] == "step_rate"
+        assert by_name["api"]["setting"] == "1 per 100ms per key"
+        table = ok(stepd(server, "limits", "list"))
+        assert table.splitlines()[0].split() == [
+            "KIND",
+            "NAME",
+            "WORKFLOWS",
+            "SETTING",
+            "ACTIVE",
+            "WAITING",
+            "KEYS",
+            "WAITING",
+        ]
+        release(marks, "q")
+        await blocker.result(timeout=RESULT_TIMEOUT)
