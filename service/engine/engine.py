@@ -177,7 +177,7 @@ class Engine:
             clock=clock,
         )
         self.flow = FlowDeclarations(store, clock=clock)
-        self.rates = RateLimits(store, clock=clock)
+        self.rates = RateLimits(store, self.lifecycle.make_ready, clock=clock)
         self.policy = RunPolicy(
             store,
             self.run_limits,
@@ -250,6 +250,9 @@ class Engine:
         self.lifecycle.on_end(self.waiters.answer)
         self.lifecycle.on_end(self.concurrency.run_ended)
         self.lifecycle.on_waiting(self.concurrency.run_waiting)
+        self.lifecycle.gate_late_starts(self.rates.late_start)
+        self.lifecycle.on_end(self.rates.forget)
+        self.replicas.gate_late_starts(self.rates.late_start)
         self.lifecycle.on_end(lambda run: self.faults.forget(run.run_id))
         self._handed_out_listeners: list[RunListener] = []
         self._lease_monitor: asyncio.Task[None] | None = None
@@ -815,6 +818,9 @@ class Engine:
         self, session: WorkerSession, run_id: str, served: tuple[str, str], pin_version: str
     ) -> None:
         """Claim a ready run for a session and send it the task."""
+        if self.rates.released and not await self.rates.may_start(run_id):
+            self.ledger.give_up_claim(session, run_id)  # it waits for its new start turn
+            return
         limits = session.limits.get(served)
         parked = self.sticky.take_for(session, run_id)
         failure: Exception | None = None

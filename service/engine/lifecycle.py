@@ -74,6 +74,7 @@ class RunLifecycle:
         self._ready_listeners: list[RunListener] = []
         self._end_listeners: list[RunListener] = []
         self._waiting_listeners: list[RunListener] = []
+        self._late_gate: Callable[[RunRecord], bool] | None = None
 
     def on_ready(self, listener: RunListener) -> None:
         """Tell ``listener`` of every run queued here for any worker, after its commit."""
@@ -88,6 +89,11 @@ class RunLifecycle:
         """Tell ``listener`` of every run made ready that waits for room under its
         concurrency limit (it is not queued; admitting it makes it ready again)."""
         self._waiting_listeners.append(listener)
+
+    def gate_late_starts(self, gate: Callable[[RunRecord], bool]) -> None:
+        """Let ``gate`` take over a run with a start rate limit that is made ready
+        (True: it did; the gate makes it ready again when its turn comes)."""
+        self._late_gate = gate
 
     # -- ready -----------------------------------------------------------------
 
@@ -105,6 +111,8 @@ class RunLifecycle:
         if not_before is not None and not_before > self._clock.now_ms():
             # Held in memory only when due within the timers' horizon.
             self._starts.schedule(DueTimer(run.run_id, "start", not_before))
+            return
+        if run.rate_limit is not None and self._late_gate is not None and self._late_gate(run):
             return
         parked = self._sticky.get(run.run_id)
         if parked is not None:

@@ -90,6 +90,12 @@ class ReplicaLink:
         self._poller: asyncio.Task[None] | None = None
         self._poll_now = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._late_gate: Callable[[RunRecord], bool] | None = None
+
+    def gate_late_starts(self, gate: Callable[[RunRecord], bool]) -> None:
+        """Let ``gate`` take over a polled run with a start rate limit (True: it
+        did), as the lifecycle does for runs made ready here."""
+        self._late_gate = gate
 
     @property
     def replica_id(self) -> str:
@@ -219,6 +225,8 @@ class ReplicaLink:
         found = await self._store.ready_runs(served, slots)
         for run in found:
             name, version = run.workflow_name, run.workflow_version
+            if run.rate_limit is not None and self._late_gate is not None and self._late_gate(run):
+                continue
             if run.held_error is not None:  # only to workers that have not refused it
                 dispatcher.hold(name, version, run.run_id, refused_by="")
             else:

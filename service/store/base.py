@@ -87,6 +87,9 @@ class FlowStore(Protocol):
     async def forget_rate_turns(self, now: int) -> int:
         """Delete rate-limit keys whose next turn would begin by ``now``."""
 
+    async def retake_start_turn(self, run_id: str, now: int) -> RunRecord | None:
+        """A run released late takes a new start turn from ``now``; the run."""
+
     async def flow_overview(self, now: int, limit: int) -> list[FlowLimitState]:
         """Every flow-control limit and what waits under it (at most ``limit``)."""
 

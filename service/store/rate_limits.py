@@ -9,16 +9,31 @@ key's row (``rate_turns``): the new turn is the later of ``not_before`` and
 the key's last turn plus the spacing. The row lock of that upsert orders
 concurrent turns of a key, across PostgreSQL replicas too; SQLite has one
 writer. A key's row matters only until its next turn is in the past: the
-sweep (``forget_turns``) deletes such rows.
+sweep (``forget_turns``) deletes such rows. A run whose start turn passed
+long before it could be released (the server was down) takes a new turn
+(``retake_start_turn``), so a backlog does not start all at once.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, bindparam, delete, func
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 
+from stepd.server.domain import RunRecord, RunStatus
+from stepd.server.domain_flow import FlowSettings
+from stepd.server.store import rows
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import Committer
-from stepd.server.store.schema import rate_turns
+from stepd.server.store.schema import rate_turns, runs, workflow_flow
+
+
+def flow_settings_for(conn: Connection, workflow_name: str) -> FlowSettings | None:
+    """The flow-control settings ``workflow_name`` declared, if any."""
+    stmt = select(workflow_flow.c.settings_json).where(
+        workflow_flow.c.workflow_name == workflow_name
+    )
+    text = conn.execute(stmt).scalar()
+    return FlowSettings.from_json(text) if text is not None else None
+
 
 _t = rate_turns
 
@@ -57,6 +72,34 @@ def forget_turns(conn: Connection, now: int) -> int:
     return int(conn.execute(_FORGET, {"p_now": now}).rowcount or 0)
 
 
+def retake_start_turn(conn: Connection, run_id: str, now: int) -> RunRecord | None:
+    """A run released late (its start turn long past: the server was down, say)
+    takes a new turn from ``now`` under its workflow's start rate limit, which
+    becomes its start time; the run, or None when it is not a pending run that
+    never started."""
+    row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
+    if row is None or row["status"] != RunStatus.PENDING.value or row["dispatch_count"]:
+        return None
+    run = rows.run_from_row(row)
+    settings = flow_settings_for(conn, run.workflow_name)
+    rate = settings.start_rate if settings is not None else None
+    if rate is None or run.rate_key is None:  # the limit is gone: start now
+        turn = now
+    else:
+        turn = reserve(conn, rate.name, run.rate_key, rate.limit, rate.period_ms, now)
+    updated = (
+        conn.execute(
+            update(runs)
+            .where(runs.c.run_id == run_id, runs.c.status == RunStatus.PENDING.value)
+            .values(start_time_not_before=turn, update_time=now)
+            .returning(*runs.c)
+        )
+        .mappings()
+        .first()
+    )
+    return rows.run_from_row(updated) if updated is not None else None
+
+
 class RateStoreMixin:
     """The ``Store`` methods for rate limits, for ``SqlStore``."""
 
@@ -70,6 +113,10 @@ class RateStoreMixin:
         return await self._committer.submit(
             lambda conn: reserve(conn, name, key, limit, period_ms, not_before)
         )
+
+    async def retake_start_turn(self, run_id: str, now: int) -> RunRecord | None:
+        """A run released late takes a new start turn from ``now``; the run."""
+        return await self._committer.submit(lambda conn: retake_start_turn(conn, run_id, now))
 
     async def forget_rate_turns(self, now: int) -> int:
         """Delete rate-limit keys whose next turn would begin by ``now``."""

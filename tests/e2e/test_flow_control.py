@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 
 from stepd import Client
 from stepd.errors import InvalidArgumentError
+from tests.backends import PostgresDatabases
 from tests.e2e.harness import ManagedProcess, Server, Stack, eventually, read_marks, release
 from tests.e2e.test_http import fetch, samples
 from tests.e2e.test_ops_cli import ok, stepd
@@ -229,7 +231,10 @@ async def test_metrics_and_the_command_line_show_limits_and_queues(
         blocker = await client.trigger(
             "one_at_a_time", {"tag": "q", "customer": "a", "block": True}
         )
-        await eventually(lambda: blocker.run_id in read_marks(marks, "q")[-1], what="blocker")
+        await eventually(
+            lambda: any(blocker.run_id in line for line in read_marks(marks, "q")),
+            what="blocker started",
+        )
         for _ in range(2):
             await client.trigger("one_at_a_time", {"tag": "q", "customer": "a"})
         # A step rate limit is known once used.
@@ -271,3 +276,88 @@ async def test_metrics_and_the_command_line_show_limits_and_queues(
         ]
         release(marks, "q")
         await blocker.result(timeout=RESULT_TIMEOUT)
+
+
+async def test_a_restart_loses_and_duplicates_no_queued_limited_or_debounced_run(
+    stack: Stack, server: Server, marks: Path
+) -> None:
+    # Declare the settings, then stop the worker: every run waits with none connected.
+    assert start_worker(stack, server).stop() == 0
+    async with Client(server.address) as client:
+        prioritized = [
+            await client.trigger("ordered", {"tag": "rp", "label": label}, priority=priority)
+            for label, priority in (("low", -1), ("normal", 0), ("high", 9), ("higher", 10))
+        ]
+        rated = [
+            await client.trigger("rated_starts", {"tag": "rr", "label": "r", "customer": "r"})
+            for _ in range(8)
+        ]
+        folded = [
+            await client.trigger("debounced", {"tag": "rd", "customer": "d", "n": n})
+            for n in range(5)
+        ]
+    assert {h.run_id for h in folded} == {folded[0].run_id}
+    assert server.process.kill() != 0  # a crash, with the runs pending
+    again = stack.start_server(server.database)
+    start_worker(stack, again, concurrency=20)
+    async with Client(again.address) as client:
+        for handle, priority in zip(prioritized, (-1, 0, 9, 10), strict=True):
+            assert (await client.get_run(handle.run_id)).priority == priority
+        for handle in [*prioritized, *rated]:
+            await client.get_handle(handle.run_id).result(timeout=RESULT_TIMEOUT)
+        assert await client.get_handle(folded[0].run_id).result(timeout=RESULT_TIMEOUT) == 4
+        for workflow, count in (("ordered", 4), ("rated_starts", 8), ("debounced", 1)):
+            listed = [info async for info in client.list_runs(workflow=workflow)]
+            assert len(listed) == count, workflow
+    # Each run started once. The rated ones' turns passed while the server was
+    # down: they took new turns rather than starting at once (a run released up
+    # to 50 ms before a worker took it starts that much late: one more in a
+    # second at most).
+    assert sorted(labels_in_order(marks, "rp")) == ["high", "higher", "low", "normal"]
+    rated_starts = sorted(int(line.split(" ")[2]) for line in read_marks(marks, "rr"))
+    assert len(rated_starts) == 8
+    spread = [(at - rated_starts[0]) // 1_000_000 for at in rated_starts]
+    assert most_in_any_window(rated_starts, 1_000_000_000) <= 6, spread
+    assert spread[-1] >= 1000, spread
+    assert len(read_marks(marks, "rd")) == 1
+
+
+@pytest.fixture
+def pg_database(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database (skipped without one)."""
+    url = postgres_databases.create()
+    try:
+        yield url
+    finally:
+        postgres_databases.drop(url)
+
+
+async def test_two_replicas_enforce_one_rate_limit_and_one_debounce(
+    stack: Stack, pg_database: str, marks: Path
+) -> None:
+    servers = stack.start_replicas(pg_database, 2, args=("--db-pool-size", "8"))
+    for replica in servers:
+        start_worker(stack, replica, concurrency=30)
+    clients = [Client(replica.address) for replica in servers]
+    try:
+        # Steps of one rate limit, on workers of both replicas: 10 per second in all.
+        handles = [await clients[i % 2].trigger("rated_steps", "pr") for i in range(40)]
+        pids = set()
+        for i, handle in enumerate(handles):
+            pids.add(await clients[i % 2].get_handle(handle.run_id).result(timeout=RESULT_TIMEOUT))
+        # Triggers of one debounce key through both replicas fold into one run.
+        folded = []
+        for n in range(10):
+            job = {"tag": "pd", "customer": "x", "n": n}
+            folded.append(await clients[n % 2].trigger("debounced", job))
+        assert {h.run_id for h in folded} == {folded[0].run_id}
+        assert await clients[0].get_handle(folded[0].run_id).result(timeout=RESULT_TIMEOUT) == 9
+    finally:
+        for client in clients:
+            await client.close()
+    assert len(pids) == 2, "workers of both replicas ran steps"
+    times = [at for at, _, _ in starts(marks, "pr")]
+    assert len(times) == 40
+    assert most_in_any_window(times, 1_000_000_000) <= 11
+    assert times[-1] - times[0] >= 3_500_000_000
+    assert len(read_marks(marks, "pd")) == 1
