@@ -2,8 +2,13 @@
 # It listens on 0.0.0.0, so it refuses to start without API keys, TLS and a hook
 # secret (docs/security.md#docker), or STEPD_INSECURE=1. Make the first admin key
 # on the volume, then start it with the certificates and the secret mounted:
-#   docker run --rm -v stepd-data:/data stepd #     stepd keys create --role admin --name ops --database /data/stepd.db
-#   docker run -p 50051:50051 -v stepd-data:/data -v /etc/stepd:/etc/stepd:ro #     -e STEPD_TLS_CERT=/etc/stepd/server.pem -e STEPD_TLS_KEY=/etc/stepd/server.key #     -e STEPD_HOOK_SECRET_FILE=/etc/stepd/hook-secret #     -e STEPD_TLS_CA=/etc/stepd/ca.pem stepd
+#   docker run --rm -v stepd-data:/data stepd \
+#     stepd keys create --role admin --name ops --database /data/stepd.db
+#   docker run -p 50051:50051 -p 50052:50052 -v stepd-data:/data \
+#     -v /etc/stepd:/etc/stepd:ro \
+#     -e STEPD_TLS_CERT=/etc/stepd/server.pem -e STEPD_TLS_KEY=/etc/stepd/server.key \
+#     -e STEPD_HOOK_SECRET_FILE=/etc/stepd/hook-secret \
+#     -e STEPD_TLS_CA=/etc/stepd/ca.pem stepd
 # (STEPD_TLS_CA lets the HEALTHCHECK trust the server's certificate.) Clients pass
 # their key as `authorization: Bearer <key>` (Client(api_key=...), --api-key).
 # Every setting comes from a STEPD_* variable (`-e STEPD_DATABASE=postgresql://...`
@@ -22,7 +27,8 @@ COPY pyproject.toml README.md LICENSE ./
 COPY clients ./clients
 COPY service ./service
 COPY worker_sdk ./worker_sdk
-RUN pip install ".[server]" \
+# With the OpenTelemetry extra, so `-e STEPD_OTEL=1` (docs/observability.md) works.
+RUN pip install ".[server,otel]" \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin stepd \
     && mkdir -p /data \
     && chown stepd:stepd /data

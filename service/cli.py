@@ -347,6 +347,7 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict
 async def serve(config: ServerConfig) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully."""
     from stepd.server.server import create_server
+    from stepd.server.stopping import stop_within
     from stepd.server.store.postgres import display_url
 
     stop = asyncio.Event()
@@ -361,7 +362,7 @@ async def serve(config: ServerConfig) -> None:
         print(f"stepd http on {running.http.url}", flush=True)
     await stop.wait()
     logging.getLogger("stepd.server").info("stopping")
-    await running.stop(config.shutdown_grace_seconds)
+    await stop_within(running.stop(config.shutdown_grace_seconds), config.shutdown_grace_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:

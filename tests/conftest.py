@@ -80,6 +80,7 @@ def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> It
     try:
         yield url
     finally:
+        _stop_processes_of(request)  # a server must not see its database dropped
         databases.drop(url)
 
 
@@ -94,7 +95,16 @@ def empty_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest)
     try:
         yield url
     finally:
+        _stop_processes_of(request)
         databases.drop(url)
+
+
+def _stop_processes_of(request: pytest.FixtureRequest) -> None:
+    """Stop the test's processes now (the ``stack`` fixture still checks how
+    they exited): pytest may tear the database down before the stack."""
+    stack = request.node.stash.get(STACK_KEY, None)
+    if stack is not None:
+        stack.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -120,12 +120,13 @@ def timestamp_ms(ts: Timestamp, field: str, *, round_up: bool = False) -> int:
     return seconds * 1000 + (nanos + step) // 1_000_000
 
 
-def optional_ms(message: Message, name: str, field: str) -> int | None:
-    """The Timestamp field ``name`` of ``message`` in epoch milliseconds; None when unset."""
+def optional_ms(message: Message, name: str, field: str, *, round_up: bool = False) -> int | None:
+    """The Timestamp field ``name`` of ``message`` in epoch milliseconds (a partial
+    one rounded up with ``round_up``); None when unset."""
     if not message.HasField(name):
         return None
     value: Timestamp = getattr(message, name)
-    return timestamp_ms(value, field)
+    return timestamp_ms(value, field, round_up=round_up)
 
 
 def duration_seconds(duration: Duration, field: str) -> float:

@@ -19,7 +19,7 @@ MAX_WORKER_PAGE = 1000
 
 def deadline_change(request: ops.RetryRunRequest) -> DeadlineChange:
     """What a RetryRunRequest does to the run's deadline."""
-    new = optional_ms(request, "deadline", "deadline")
+    new = optional_ms(request, "deadline", "deadline", round_up=True)
     if request.clear_deadline and new is not None:
         raise InvalidArgument("give either deadline or clear_deadline, not both")
     if request.clear_deadline:

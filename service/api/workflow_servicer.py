@@ -138,8 +138,10 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                 input_encoding=payload.encoding,
                 run_id=request.run_id,
                 idempotency_key=request.idempotency_key,
-                deadline=optional_ms(request, "deadline", "deadline"),
-                start_time_not_before=optional_ms(request, "start_time", "start_time"),
+                deadline=optional_ms(request, "deadline", "deadline", round_up=True),
+                start_time_not_before=optional_ms(
+                    request, "start_time", "start_time", round_up=True
+                ),
                 concurrency_key=request.concurrency_key or None,
                 priority=request.priority if request.HasField("priority") else None,
                 debounce_key=request.debounce_key or None,
@@ -379,7 +381,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                 new_run_id=request.new_run_id,
                 workflow_version=request.workflow_version,
                 request_id=request.request_id,
-                deadline=optional_ms(request, "deadline", "deadline"),
+                deadline=optional_ms(request, "deadline", "deadline", round_up=True),
             ),
             actor=current_key_id(),
         )

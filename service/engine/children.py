@@ -36,6 +36,7 @@ from stepd.server.engine.sessions import WorkerSession
 from stepd.server.engine.validation import MAX_ID_LENGTH, shown
 from stepd.server.store.base import Store
 from stepd.server.store.children import StartChildStatus
+from stepd.server.store.errors import StoreUnavailableError
 
 log = logging.getLogger("stepd.engine")
 
@@ -191,6 +192,14 @@ class ChildRuns:
                 await self._cancel_children(
                     run.run_id, f"parent run {run.run_id} {run.status.value}"
                 )
+        except StoreUnavailableError as exc:
+            log.warning(
+                "follow-up of the end of run %s: storage unavailable (%s); the next start "
+                "redoes it",
+                run.run_id,
+                exc,
+                extra=run_fields(run.run_id, run.workflow_name),
+            )
         except Exception:
             log.exception(
                 "follow-up of the end of run %s failed; the next start redoes it",

@@ -28,6 +28,7 @@ from stepd.server.domain_schedules import WorkflowDeclaration
 from stepd.server.engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from stepd.server.engine.validation import check_name
 from stepd.server.store.base import Store
+from stepd.server.store.errors import StoreUnavailableError
 
 log = logging.getLogger("stepd.engine.concurrency")
 
@@ -143,6 +144,8 @@ class ConcurrencyControl:
                     for name_key, outcome in zip(batch, outcomes, strict=True):
                         if isinstance(outcome, Exception):
                             log.error("checking concurrency key %r failed: %s", name_key, outcome)
+            except StoreUnavailableError as exc:
+                log.warning("checking concurrency keys: storage unavailable (%s)", exc)
             except Exception:
                 log.exception("checking concurrency keys failed")
             self._wake.clear()

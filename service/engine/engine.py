@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -62,7 +63,7 @@ from stepd.server.engine.flow_settings import FlowDeclarations
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle, RunListener
 from stepd.server.engine.observer import EngineObserver
-from stepd.server.engine.pauses import LoopPauses
+from stepd.server.engine.pauses import PauseSensor
 from stepd.server.engine.payloads import check_json_payload
 from stepd.server.engine.priorities import check_priority
 from stepd.server.engine.rate_limits import RateLimits
@@ -256,6 +257,7 @@ class Engine:
         self.lifecycle.on_end(lambda run: self.faults.forget(run.run_id))
         self._handed_out_listeners: list[RunListener] = []
         self._lease_monitor: asyncio.Task[None] | None = None
+        self._pauses: PauseSensor | None = None
         self._closing = False
         # The keys hook tokens are derived from: the first mints, all verify.
         self._hook_keys: tuple[bytes, ...] = ()
@@ -444,7 +446,12 @@ class Engine:
         ``hook_tokens``) and whether a worker here serves it."""
         run = await self.get_run(run_id, wait=wait, wait_seconds=wait_seconds)
         token = self.hook_token if hook_tokens else None
-        return await run_details(self.store, run, self.registry.serves, token)
+        details = await run_details(self.store, run, self.registry.serves, token)
+        if details.no_worker and await self.workers.served_elsewhere(
+            run.workflow_name, run.workflow_version
+        ):
+            details = dataclasses.replace(details, no_worker=False)
+        return details
 
     def hook_token(self, run_id: str, wait_key: str) -> str:
         """The token of a run's hook (the one its worker derives)."""
@@ -741,24 +748,32 @@ class Engine:
 
     async def _watch_leases(self) -> None:
         period = min(1.0, self.config.lease_timeout_ms / 4000)
-        pauses = LoopPauses(period)
+        self._pauses = PauseSensor(period)
+        self._pauses.start()
         storage_down = False
-        while True:
-            pauses.sleeping()
-            await asyncio.sleep(period)
-            paused = pauses.woke()
+        try:
+            while True:
+                await asyncio.sleep(period)
+                try:
+                    await self._check_leases()
+                except StoreUnavailableError as exc:
+                    if not storage_down:  # one line per outage
+                        log.warning("lease check: storage unavailable (%s)", exc)
+                    storage_down = True
+                except Exception:
+                    log.exception("lease check failed")
+                else:
+                    storage_down = False
+        finally:
+            await self._pauses.close()
+
+    def _excuse_any_pause(self) -> None:
+        """Excuse the time the server did not run since the last look (the lease
+        check looks before each decision: a pause may fall into any of its awaits)."""
+        if self._pauses is not None:
+            paused = self._pauses.collect()
             if paused:
                 self._excuse_pause(paused)
-            try:
-                await self._check_leases()
-            except StoreUnavailableError as exc:
-                if not storage_down:  # one line per outage
-                    log.warning("lease check: storage unavailable (%s)", exc)
-                storage_down = True
-            except Exception:
-                log.exception("lease check failed")
-            else:
-                storage_down = False
 
     def _excuse_pause(self, seconds: float) -> None:
         """The server did not run for ``seconds``: its workers' silence and their
@@ -781,6 +796,7 @@ class Engine:
         timeout = self.config.lease_timeout_ms / 1000
         heartbeat = self.config.heartbeat_interval_ms / 1000
         for session in self.dispatcher.sessions:
+            self._excuse_any_pause()
             if session.silent_for() > timeout:
                 await self.expire_worker(session)
                 continue
@@ -790,9 +806,13 @@ class Engine:
                 if held:
                     expires = self.clock.now_ms() + self.config.lease_timeout_ms
                     await self.store.extend_leases(session.lease_owner, held, expires)
+        self._excuse_any_pause()
         for attempt in self.run_limits.overdue(self.clock.now_ms()):
             await self.policy.end_overdue_attempt(attempt)
-        for run in await self.store.expired_leases(self.clock.now_ms(), EXPIRY_SWEEP_LIMIT):
+        self._excuse_any_pause()
+        expired = await self.store.expired_leases(self.clock.now_ms(), EXPIRY_SWEEP_LIMIT)
+        self._excuse_any_pause()
+        for run in expired:
             holder = self.ledger.holder(run.run_id)
             if holder is not None and not holder.closed:
                 continue

@@ -115,6 +115,9 @@ class FaultPolicy:
             ended = await self._lifecycle.expire(
                 run_id, error, FailureReason.SERVER_ERROR, "a server error"
             )
+        except StoreUnavailableError as exc:
+            log.warning("failing run %s for a server error: storage unavailable (%s)", run_id, exc)
+            return False
         except Exception:
             log.exception("failing run %s for a server error failed", run_id)
             return False

@@ -21,6 +21,7 @@ import time
 
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.store.base import Store
+from stepd.server.store.errors import StoreUnavailableError
 
 log = logging.getLogger("stepd.retention")
 
@@ -84,6 +85,9 @@ class Retention:
             started = time.monotonic()
             try:
                 deleted = await self.sweep_once()
+            except StoreUnavailableError as exc:
+                log.warning("deleting expired runs: storage unavailable (%s)", exc)
+                deleted = 0
             except Exception:
                 log.exception("deleting expired runs failed; trying again later")
                 deleted = 0

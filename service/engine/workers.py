@@ -21,6 +21,7 @@ from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.domain import WorkerInfo
 from stepd.server.engine.sessions import WorkerSession
 from stepd.server.store.base import Store
+from stepd.server.store.errors import StoreUnavailableError
 
 log = logging.getLogger("stepd.workers")
 
@@ -99,6 +100,19 @@ class WorkerDirectory:
         found.update((w.session_id, w) for w in mine)
         return [found[key] for key in sorted(found)]
 
+    async def served_elsewhere(self, name: str, version: str) -> bool:
+        """Whether a worker of another replica serves ``name`` at ``version`` (any
+        version when ``version`` is empty), as last published (every 2 s)."""
+        if not self._replicated:
+            return False
+        others = await self._store.workers_since(self._clock.now_ms() - STALE_AFTER_MS)
+        return any(
+            served == name and (not version or served_version == version)
+            for worker in others
+            if worker.replica_id != self._replica_id and not worker.draining
+            for served, served_version in worker.workflows
+        )
+
     async def publish(self) -> None:
         """Write this replica's workers to the store."""
         await self._store.save_workers(self._replica_id, self.local(), self._stale_before())
@@ -110,6 +124,8 @@ class WorkerDirectory:
         while True:
             try:
                 await self.publish()
+            except StoreUnavailableError as exc:
+                log.warning("publishing the connected workers: storage unavailable (%s)", exc)
             except Exception:
                 log.exception("publishing the connected workers failed")
             await asyncio.sleep(PUBLISH_SECONDS)

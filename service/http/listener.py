@@ -23,6 +23,9 @@ log = logging.getLogger("stepd.http")
 
 #: Room for the JSON body's framing above the payload limit (a larger body gets 413).
 BODY_SLACK = 64 * 1024
+#: Seconds requests in flight may take to finish when the server stops (aiohttp
+#: waits 60 s by default; the whole server stop is bounded, see stopping.py).
+STOP_TIMEOUT_SECONDS = 2.0
 
 
 class RouteGroup(Protocol):
@@ -48,7 +51,12 @@ class HttpListener:
         self._app = web.Application(client_max_size=max_body_bytes + BODY_SLACK)
         for group in routes:
             group.add_routes(self._app)
-        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self._app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=STOP_TIMEOUT_SECONDS,
+        )
         self.port = 0
 
     @property
@@ -67,7 +75,8 @@ class HttpListener:
         await web.SockSite(self._runner, sock, ssl_context=self._tls).start()
 
     async def stop(self) -> None:
-        """Stop serving and close open connections."""
+        """Stop serving and close open connections (requests in flight get
+        ``STOP_TIMEOUT_SECONDS``)."""
         await self._runner.cleanup()
 
 

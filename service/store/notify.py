@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from stepd.server.store.errors import StoreUnavailableError
 from stepd.server.store.postgres import is_postgres_url
 
 log = logging.getLogger("stepd.notify")
@@ -92,8 +93,11 @@ class NotifyChannel:
             self._on_reconnect()
 
     async def _connect(self) -> None:
-        self._conn = await asyncpg.connect(self._dsn)
-        await self._conn.add_listener(CHANNEL, self._deliver)
+        try:
+            self._conn = await asyncpg.connect(self._dsn)
+            await self._conn.add_listener(CHANNEL, self._deliver)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailableError(str(exc) or type(exc).__name__) from exc
 
     def _deliver(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         if self._on_message is not None and not self._closed:

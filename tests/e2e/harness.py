@@ -209,6 +209,8 @@ class Stack:
         self.workdir = workdir
         self.marks_dir = marks_dir
         self.processes: list[ManagedProcess] = []
+        # Exit codes of the processes close() stopped, kept across calls.
+        self._exit_codes: dict[str, int] = {}
         self._count = 0
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -284,10 +286,11 @@ class Stack:
     def close(self) -> dict[str, int]:
         """Stop every live process (workers first).
 
-        Returns the exit codes of the processes that were still running, by
-        ``name-pid``: 0 for each one that stopped cleanly on SIGTERM.
+        Returns the exit codes of the processes that were still running (at
+        this call or an earlier one), by ``name-pid``: 0 for each one that
+        stopped cleanly on SIGTERM.
         """
-        codes: dict[str, int] = {}
+        codes = self._exit_codes
         ordered = [p for p in self.processes if p.name != "server"] + [
             p for p in self.processes if p.name == "server"
         ]
@@ -296,7 +299,7 @@ class Stack:
             code = process.stop()
             if running:
                 codes[f"{process.name}-{process.pid}"] = code
-        return codes
+        return dict(codes)
 
 
 def replicas_target(servers: Sequence[Server]) -> str:

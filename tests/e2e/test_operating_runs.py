@@ -15,10 +15,11 @@ from stepd.errors import FailedPreconditionError, NotFoundError
 from stepd.history import RunEventType
 from stepd.operations import BulkResult
 from stepd.v1 import operations_pb2 as ops
-from stepd.v1 import types_pb2
+from stepd.v1 import types_pb2, workflow_service_pb2_grpc
 from stepd.v1 import workflow_service_pb2 as api
 from tests.e2e import operating_workflows as ow
-from tests.e2e.harness import Server, Stack, read_marks
+from tests.e2e import workflows as wf
+from tests.e2e.harness import Server, Stack, read_marks, release
 from tests.e2e.workflows import Job
 
 MODULES = ("tests.e2e.operating_workflows",)
@@ -311,6 +312,38 @@ async def test_list_workers_lists_every_replica_s_workers(
             await asyncio.sleep(0.1)
         assert len(workers) == 2, workers
         assert len({w.replica_id for w in workers}) == 2
+
+
+async def test_a_pending_run_served_by_another_replica_s_worker_has_a_worker(
+    stack: Stack, backend: str, database: str, marks: Path, tag: str
+) -> None:
+    if backend != "postgres":
+        pytest.skip("replicas share PostgreSQL")
+    first, second = stack.start_replicas(database, 2)
+    stack.start_worker(second, ("tests.e2e.workflows",), concurrency=1)
+    async with Client(first.address) as client:
+        busy = await client.trigger(wf.crash_resume, Job(tag=tag))
+        await wait_status(client, busy.run_id, RunStatus.RUNNING)
+        queued = await client.trigger(wf.crash_resume, Job(tag=f"{tag}-2"))
+        nobody = await client.trigger("e2e.nobody_serves_this", None)
+        # Asked on the replica the worker is not connected to.
+        async with grpc.aio.insecure_channel(first.address) as channel:
+            stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+
+            async def no_worker(run_id: str) -> bool:
+                answer = await stub.GetRun(api.GetRunRequest(run_id=run_id))
+                return bool(answer.no_worker)
+
+            for _ in range(100):  # until the other replica has published its worker (2 s)
+                if not await no_worker(queued.run_id):
+                    break
+                await asyncio.sleep(0.1)
+            assert not await no_worker(queued.run_id)
+            assert (await client.get_run(queued.run_id)).status is RunStatus.PENDING
+            assert await no_worker(nobody.run_id)
+        release(marks, tag)
+        release(marks, f"{tag}-2")
+        await client.get_handle(queued.run_id).result(timeout=WAIT)
 
 
 async def test_retention_deletes_only_finished_runs_older_than_the_period(

@@ -27,7 +27,7 @@ def _missing() -> str | None:
     return None
 
 
-def test_the_typescript_client_starts_signals_and_reads_a_run(
+def test_the_typescript_client_starts_signals_traces_and_reads_a_run(
     server: Server, worker: ManagedProcess, tmp_path: os.PathLike[str]
 ) -> None:
     missing = _missing()
@@ -58,4 +58,4 @@ def test_the_typescript_client_starts_signals_and_reads_a_run(
     )
     report = run.stdout + run.stderr
     assert run.returncode == 0, report
-    assert "# pass 2" in report and "# fail 0" in report and "# skipped 0" in report, report
+    assert "# pass 3" in report and "# fail 0" in report and "# skipped 0" in report, report

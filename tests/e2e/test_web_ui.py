@@ -8,6 +8,7 @@ main pages into docs/images/ (the README shows one).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,10 @@ from tests.e2e.test_signals import wait_for_status
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+#: Where the test saves its screenshots: docs/images (the README's pictures) only
+#: when STEPD_UI_SCREENSHOTS=1 asks for new ones, so a test run leaves the tree clean.
 SCREENSHOTS = ROOT / "docs" / "images"
+SAVE_SCREENSHOTS = os.environ.get("STEPD_UI_SCREENSHOTS") == "1"
 WAIT_SECONDS = 20
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -35,7 +39,10 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):  # pragma: no 
         allow_module_level=True,
     )
 
-from selenium.common.exceptions import NoSuchElementException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -63,8 +70,25 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 
 def until(browser: WebDriver, check: Callable[[WebDriver], Any], what: str) -> Any:
-    """Wait until ``check`` gives something true (the page updates by itself)."""
-    return WebDriverWait(browser, WAIT_SECONDS, poll_frequency=0.1).until(check, message=what)
+    """Wait until ``check`` gives something true (the page updates by itself, so
+    an element found a moment ago may have been replaced: ``check`` runs again)."""
+    wait = WebDriverWait(
+        browser,
+        WAIT_SECONDS,
+        poll_frequency=0.1,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )
+    return wait.until(check, message=what)
+
+
+def click(browser: WebDriver, by: str, value: str) -> None:
+    """Click the element, finding it again if the page replaced it meanwhile."""
+
+    def clicked(b: WebDriver) -> bool:
+        b.find_element(by, value).click()
+        return True
+
+    until(browser, clicked, f"click {value}")
 
 
 def text_of(browser: WebDriver, css: str) -> str:
@@ -75,8 +99,10 @@ def text_of(browser: WebDriver, css: str) -> str:
 
 
 def shot(browser: WebDriver, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    if SAVE_SCREENSHOTS:
+        browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    else:
+        assert browser.get_screenshot_as_png().startswith(b"\x89PNG")
 
 
 @pytest.mark.sqlite_only
@@ -100,8 +126,8 @@ async def test_runs_list_filter_open_signal_and_cancel_in_a_browser(
     )
     shot(browser, "ui-runs")
     # Filter by status: only the failed run.
-    browser.find_element(By.CSS_SELECTOR, "select[name=status] option[value=FAILED]").click()
-    browser.find_element(By.CSS_SELECTOR, "#run-filters button[type=submit]").click()
+    click(browser, By.CSS_SELECTOR, "select[name=status] option[value=FAILED]")
+    click(browser, By.CSS_SELECTOR, "#run-filters button[type=submit]")
     until(
         browser,
         lambda b: (
@@ -135,15 +161,15 @@ async def test_runs_list_filter_open_signal_and_cancel_in_a_browser(
         lambda b: b.find_elements(By.CSS_SELECTOR, f"a[href='#/runs/{waiting.run_id}']"),
         "link",
     )
-    browser.find_element(By.CSS_SELECTOR, f"a[href='#/runs/{waiting.run_id}']").click()
+    click(browser, By.CSS_SELECTOR, f"a[href='#/runs/{waiting.run_id}']")
     until(browser, lambda b: text_of(b, "#run-status") == "suspended", "suspended")
     assert "e2e.await_signal" in browser.page_source
-    browser.find_element(By.ID, "signal").click()
+    click(browser, By.ID, "signal")
     browser.find_element(By.ID, "signal-name").send_keys("go")
     data = browser.find_element(By.ID, "signal-data")
     data.clear()
     data.send_keys('{"approved": true}')
-    browser.find_element(By.ID, "confirm-yes").click()
+    click(browser, By.ID, "confirm-yes")
     until(browser, lambda b: text_of(b, "#run-status") == "completed", "completed after the signal")
     until(browser, lambda b: '"approved": true' in text_of(b, "#run-result"), "the result")
     assert browser.find_elements(By.CSS_SELECTOR, "#history tr[data-event=signal_received]")
@@ -157,9 +183,9 @@ async def test_runs_list_filter_open_signal_and_cancel_in_a_browser(
     await wait_for_status(client, other.run_id, RunStatus.SUSPENDED)
     browser.get(f"{url}/#/runs/{other.run_id}")
     until(browser, lambda b: text_of(b, "#run-status") == "suspended", "suspended")
-    browser.find_element(By.ID, "cancel").click()
+    click(browser, By.ID, "cancel")
     browser.find_element(By.ID, "cancel-reason").send_keys("not needed")
-    browser.find_element(By.ID, "confirm-yes").click()
+    click(browser, By.ID, "confirm-yes")
     until(browser, lambda b: text_of(b, "#run-status") == "cancelled", "cancelled")
     info = await client.get_run(other.run_id)
     assert info.status is RunStatus.CANCELLED
@@ -169,8 +195,8 @@ async def test_runs_list_filter_open_signal_and_cancel_in_a_browser(
     browser.get(f"{url}/#/runs/{failed.run_id}")
     until(browser, lambda b: text_of(b, "#run-status").startswith("failed"), "failed")
     assert not browser.find_elements(By.ID, "cancel")
-    browser.find_element(By.ID, "retry").click()
-    browser.find_element(By.ID, "confirm-yes").click()
+    click(browser, By.ID, "retry")
+    click(browser, By.ID, "confirm-yes")
     until(
         browser,
         lambda b: b.find_elements(By.CSS_SELECTOR, "#history tr[data-event=retried]"),
@@ -205,12 +231,12 @@ async def test_a_readers_key_sees_no_buttons_and_cannot_act(
         browser.get(f"{url}/#/runs/{run.run_id}")
         until(browser, lambda b: b.find_elements(By.ID, "api-key"), "the sign-in form")
         browser.find_element(By.ID, "api-key").send_keys("stepd_nope_nope")
-        browser.find_element(By.ID, "sign-in").click()
+        click(browser, By.ID, "sign-in")
         until(browser, lambda b: "API key" in text_of(b, ".signin .error"), "refused")
         key_box = browser.find_element(By.ID, "api-key")
         key_box.clear()
         key_box.send_keys(reader)
-        browser.find_element(By.ID, "sign-in").click()
+        click(browser, By.ID, "sign-in")
         until(browser, lambda b: text_of(b, "#run-status") == "suspended", "the run page")
         assert "viewer (reader)" in text_of(browser, "#who")
         assert not browser.find_elements(By.ID, "cancel")

@@ -4,7 +4,7 @@ UI's files and session) with generated and malformed methods, paths, headers
 and bodies gets a documented client status (never a 5xx), a short answer,
 and the server stays ready; ordinary runs complete afterwards.
 
-Bounded by wall-clock time (``STEPD_FUZZ_SECONDS``, about 30 s per backend).
+Bounded by wall-clock time (half of ``STEPD_FUZZ_SECONDS``: about 15 s per backend).
 """
 
 from __future__ import annotations

@@ -39,6 +39,19 @@ def test_the_server_is_loaded_only_when_the_test_environment_is_used() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_starting_the_server_loads_neither_the_sdk_nor_pydantic() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, stepd.server.cli, stepd.server.server\n"
+        "sdk = [m for m in sys.modules if m.startswith('stepd._') or m.startswith('pydantic')]\n"
+        "assert not sdk, sdk\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_the_server_never_imports_the_sdk() -> None:
     for module in all_modules().values():
         if module.name.startswith("stepd.server"):

@@ -66,6 +66,8 @@ export interface RunInfo {
   endTime: Date | undefined;
   /** Why a pending run is not started yet (its concurrency key is at the limit); "" otherwise. */
   waitingReason: string;
+  /** The `traceparent` of the trace the run belongs to; "" when none. */
+  traceparent: string;
 }
 
 /** One entry of a run's history, oldest first. */
@@ -102,6 +104,12 @@ export interface TriggerOptions {
   startTime?: Date;
   /** The run's key under its workflow's concurrency limit, instead of the one read from the input. */
   concurrencyKey?: string;
+  /**
+   * The W3C trace the run joins: the caller's `traceparent` (and optional
+   * `tracestate`) header, e.g. from an OpenTelemetry context's propagator.
+   */
+  traceparent?: string;
+  tracestate?: string;
 }
 
 function toPayload(value: unknown): MessageInitShape<typeof PayloadSchema> {
@@ -127,6 +135,7 @@ function runInfo(run: Run | undefined): RunInfo {
     createTime: run.createTime ? timestampDate(run.createTime) : undefined,
     endTime: run.endTime ? timestampDate(run.endTime) : undefined,
     waitingReason: run.waitingReason,
+    traceparent: run.traceContext?.traceparent ?? "",
   };
 }
 
@@ -167,6 +176,9 @@ export class StepdClient {
       deadline: options.deadline ? timestampFromDate(options.deadline) : undefined,
       startTime: options.startTime ? timestampFromDate(options.startTime) : undefined,
       concurrencyKey: options.concurrencyKey ?? "",
+      traceContext: options.traceparent
+        ? { traceparent: options.traceparent, tracestate: options.tracestate ?? "" }
+        : undefined,
     });
     return runInfo(answer.run);
   }

@@ -516,7 +516,21 @@ async function workersPage() {
 
 // -- routing -------------------------------------------------------------------
 
+// One page is drawn at a time: a route asked for while one is drawn runs after
+// it, so a slow page can neither overwrite a newer one nor leave its refresh on.
+let routing = false;
+let routeAgain = false;
 async function route() {
+  if (routing) { routeAgain = true; return; }
+  routing = true;
+  try {
+    do { routeAgain = false; await drawPage(); } while (routeAgain);
+  } finally {
+    routing = false;
+  }
+}
+
+async function drawPage() {
   stopRefresh();
   notice("");
   const path = location.hash.replace(/^#/, "").split("?")[0] || "/runs";

@@ -226,9 +226,10 @@ class GetRunResponse(_message.Message):
     PENDING_WAITS_FIELD_NUMBER: _builtins.int
     NO_WORKER_FIELD_NUMBER: _builtins.int
     no_worker: _builtins.bool
-    """True for a pending run that no worker connected to this server serves
-    (its workflow, and its version when the run is pinned to one): it waits
-    until one connects.
+    """True for a pending run that no connected worker serves (its workflow, and
+    its version when the run is pinned to one): it waits until one connects.
+    With replicas, workers of the other replicas count as they last
+    published themselves (every 2 s).
     """
     @_builtins.property
     def run(self) -> _types_pb2.Run:

@@ -49,6 +49,20 @@ test("a run started from TypeScript is signalled, completes, and shows its histo
 
   const listed = await stepd.listRuns({ workflow: "e2e.await_signal", statuses: ["completed"] });
   assert.ok(listed.runs.some((run) => run.runId === started.runId));
+  assert.equal(done.traceparent, "");
+});
+
+test("a run started from TypeScript joins the caller's trace", { skip }, async () => {
+  const stepd = new StepdClient(`http://${address}`);
+  const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  const started = await stepd.trigger("e2e.square", 3, { traceparent, tracestate: "vendor=1" });
+  assert.equal(started.traceparent, traceparent);
+  assert.equal(await stepd.result(started.runId, 30_000), 9);
+  await assert.rejects(stepd.trigger("e2e.square", 3, { traceparent: "not a traceparent" }), (error: unknown) => {
+    assert.ok(error instanceof ConnectError, String(error));
+    assert.equal(error.code, Code.InvalidArgument);
+    return true;
+  });
 });
 
 test("a failed run and the server's errors reach TypeScript as typed errors", { skip }, async () => {

@@ -217,9 +217,10 @@ export type GetRunResponse = Message<"stepd.v1.GetRunResponse"> & {
   pendingWaits: PendingWait[];
 
   /**
-   * True for a pending run that no worker connected to this server serves
-   * (its workflow, and its version when the run is pinned to one): it waits
-   * until one connects.
+   * True for a pending run that no connected worker serves (its workflow, and
+   * its version when the run is pinned to one): it waits until one connects.
+   * With replicas, workers of the other replicas count as they last
+   * published themselves (every 2 s).
    *
    * @generated from field: bool no_worker = 3;
    */
