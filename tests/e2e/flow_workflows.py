@@ -86,3 +86,14 @@ async def quiet_hour(ctx: WorkflowContext, job: dict[str, Any]) -> str:
 async def one_at_a_time(ctx: WorkflowContext, job: dict[str, Any]) -> str:
     """One active run per customer."""
     return await note_start(ctx.run_id, job)
+
+
+@workflow(
+    name="debounced_events",
+    events=["profile.changed"],
+    debounce=Debounce(period=0.5, key="customer"),
+)
+async def debounced_events(ctx: WorkflowContext, job: dict[str, Any]) -> int:
+    """Started by events; the events of one customer within half a second fold."""
+    await note_start(ctx.run_id, job)
+    return int(job["n"])

@@ -361,3 +361,20 @@ async def test_two_replicas_enforce_one_rate_limit_and_one_debounce(
     assert most_in_any_window(times, 1_000_000_000) <= 11
     assert times[-1] - times[0] >= 3_500_000_000
     assert len(read_marks(marks, "pd")) == 1
+
+
+async def test_events_of_one_key_debounce_into_one_run(
+    stack: Stack, server: Server, marks: Path
+) -> None:
+    start_worker(stack, server)
+    async with Client(server.address) as client:
+        for n in range(5):
+            await client.publish_event("profile.changed", {"tag": "e", "customer": "c1", "n": n})
+        await client.publish_event("profile.changed", {"tag": "e", "customer": "c2", "n": 50})
+        await eventually(lambda: len(read_marks(marks, "e")) == 2, what="two runs started")
+        runs = [run async for run in client.list_runs(workflow="debounced_events")]
+        assert len(runs) == 2
+        results = sorted(
+            [await client.get_handle(r.run_id).result(timeout=RESULT_TIMEOUT) for r in runs]
+        )
+    assert results == [4, 50]  # the last event of each key
