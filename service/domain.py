@@ -133,6 +133,10 @@ class NewRun:
     concurrency_key: str | None = None
     # The W3C trace context the run is in ("" when none).
     trace: TraceContext = NO_TRACE
+    # An explicit priority (Trigger's); None: the workflow's default.
+    priority: int | None = None
+    # An explicit debounce key (Trigger's), instead of the one the input gives.
+    debounce_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +190,13 @@ class RunRecord:
     forked_from_step_key: str | None = None
     # How many times RetryRun resumed it.
     retry_count: int = 0
+    # Among ready runs, a higher priority is handed out first.
+    priority: int = 0
+    # The start rate limit and key the run took its turn under (None: none).
+    rate_limit: str | None = None
+    rate_key: str | None = None
+    # The debounce key of a run of a workflow with debounce (None: none).
+    debounce_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +220,8 @@ class CreateRunOutcome:
 
     run: RunRecord
     created: bool
+    # The trigger was folded into its key's pending debounced run (``run``).
+    debounced: bool = False
 
 
 class RecordStepStatus(enum.Enum):

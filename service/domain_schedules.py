@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass
 
 from stepd.server.domain import ConcurrencySpec, RunRecord, RunStatus
+from stepd.server.domain_flow import DebounceSpec, RateSpec
 
 
 class OverlapPolicy(enum.StrEnum):
@@ -82,6 +83,12 @@ class WorkflowDeclaration:
     event_triggers: tuple[str, ...] = ()
     schedule: ScheduleSpec | None = None
     concurrency: ConcurrencySpec | None = None
+    # The priority of runs whose trigger sets none.
+    priority: int = 0
+    # How often runs may start (None: no limit).
+    start_rate: RateSpec | None = None
+    # Triggers of one key fold into one run (None: no debounce).
+    debounce: DebounceSpec | None = None
 
 
 class CreateScheduleStatus(enum.Enum):

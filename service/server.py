@@ -256,7 +256,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
             config.http_address,
             [
                 Probes(_readiness(store, stopping, storage)),
-                MetricsRoute(access, metrics.exposition),
+                MetricsRoute(access, metrics.exposition, refresh=metrics.refresh),
                 Webhooks(engine, access, event_secrets),
                 WebUi(access, secure_cookie=tls is not None),
                 gateway,

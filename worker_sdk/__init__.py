@@ -5,7 +5,8 @@ and ``Step`` objects), serve them with ``Worker``, and start and inspect runs wi
 ``Client`` (``RunHandle``, ``RunInfo``, ``RunStatus``, ``PublishedEvent``).
 Workflow code gets a ``WorkflowContext``; ``ctx.start_child`` returns a
 ``ChildHandle``, ``ctx.create_hook`` a ``Hook``. ``RetryPolicy`` says how a failing
-step is retried; ``Concurrency`` bounds a workflow's active runs per key. Errors are
+step is retried; ``Concurrency`` bounds a workflow's active runs per key, ``Rate``
+how often runs start or steps run, ``Debounce`` folds triggers. Errors are
 in ``stepd.errors``.
 
 The server is ``stepd.server`` (``pip install 'stepd[server]'``); this package
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from stepd._concurrency import Concurrency
     from stepd._context import WorkflowContext
     from stepd._definitions import Step, Workflow, step, workflow
+    from stepd._flow import Debounce, Rate
     from stepd._hooks import Hook
     from stepd._policy import RetryPolicy
     from stepd._runs import RunInfo, RunStatus
@@ -38,6 +40,8 @@ _HOME = {
     "PublishedEvent": "stepd._client",
     "RunHandle": "stepd._client",
     "Concurrency": "stepd._concurrency",
+    "Debounce": "stepd._flow",
+    "Rate": "stepd._flow",
     "WorkflowContext": "stepd._context",
     "Step": "stepd._definitions",
     "Workflow": "stepd._definitions",
@@ -83,9 +87,11 @@ __all__ = [
     "ChildHandle",
     "Client",
     "Concurrency",
+    "Debounce",
     "Hook",
     "NotFoundError",
     "PublishedEvent",
+    "Rate",
     "RetryPolicy",
     "RunCancelledError",
     "RunFailedError",

@@ -53,7 +53,7 @@ class RunHandle(Generic[R]):
     Made by ``Client.trigger``, ``Client.get_handle`` and ``Client.trigger_schedule``.
     """
 
-    __slots__ = ("_adapter", "_calls", "already_existed", "run_id")
+    __slots__ = ("_adapter", "_calls", "already_existed", "debounced", "run_id")
 
     def __init__(
         self,
@@ -61,6 +61,7 @@ class RunHandle(Generic[R]):
         run_id: str,
         *,
         already_existed: bool = False,
+        debounced: bool = False,
         result_adapter: TypeAdapter[Any] = ANY_ADAPTER,
     ) -> None:
         self._calls = calls
@@ -69,6 +70,9 @@ class RunHandle(Generic[R]):
         """The run's id."""
         self.already_existed = already_existed
         """True when the idempotency key named a run that existed before the trigger."""
+        self.debounced = debounced
+        """True when the trigger was folded into its key's pending debounced run (this
+        run, whose input is now the trigger's)."""
 
     async def result(self, timeout: float | None = None) -> R:  # noqa: ASYNC109
         """Wait until the run finishes and return its result.
@@ -193,6 +197,8 @@ class Client:
         deadline: datetime | None = None,
         start_at: datetime | None = None,
         concurrency_key: str | None = None,
+        priority: int | None = None,
+        debounce_key: str | None = None,
     ) -> RunHandle[R]: ...
     @overload
     async def trigger(
@@ -206,6 +212,8 @@ class Client:
         deadline: datetime | None = None,
         start_at: datetime | None = None,
         concurrency_key: str | None = None,
+        priority: int | None = None,
+        debounce_key: str | None = None,
     ) -> RunHandle[R]: ...
     @overload
     async def trigger(
@@ -219,6 +227,8 @@ class Client:
         deadline: datetime | None = None,
         start_at: datetime | None = None,
         concurrency_key: str | None = None,
+        priority: int | None = None,
+        debounce_key: str | None = None,
     ) -> RunHandle[Any]: ...
     async def trigger(
         self,
@@ -231,6 +241,8 @@ class Client:
         deadline: datetime | None = None,
         start_at: datetime | None = None,
         concurrency_key: str | None = None,
+        priority: int | None = None,
+        debounce_key: str | None = None,
     ) -> RunHandle[Any]:
         """Start a run of a workflow (a ``@workflow`` object or a name) with an input.
 
@@ -245,6 +257,11 @@ class Client:
         ``concurrency_key`` sets the run's key under its workflow's ``Concurrency``
         limit instead of the one read from the input; a refusal by a
         ``cancel_newest`` limit raises ``StepdError``.
+        ``priority`` (-1000 to 1000) overrides the workflow's default priority:
+        among ready runs a higher one is handed out first.
+        ``debounce_key`` sets the trigger's key under its workflow's ``Debounce``
+        instead of the one read from the input; a trigger folded into its key's
+        pending run returns that run's handle with ``debounced`` True.
         """
         return await self._start(
             workflow,
@@ -255,6 +272,8 @@ class Client:
             deadline=deadline,
             start_at=start_at,
             concurrency_key=concurrency_key,
+            priority=priority,
+            debounce_key=debounce_key,
         )
 
     @overload
@@ -746,6 +765,8 @@ class Client:
         deadline: datetime | None,
         start_at: datetime | None,
         concurrency_key: str | None = None,
+        priority: int | None = None,
+        debounce_key: str | None = None,
     ) -> RunHandle[Any]:
         """``trigger`` (and ``execute``) for a workflow of any type."""
         if isinstance(workflow, Workflow):
@@ -767,7 +788,10 @@ class Client:
             run_id=run_id or "",
             idempotency_key=idempotency_key or "",
             concurrency_key=concurrency_key or "",
+            debounce_key=debounce_key or "",
         )
+        if priority is not None:
+            request.priority = priority
         if deadline is not None:
             if deadline.tzinfo is None:
                 raise ValueError("deadline must be timezone-aware (e.g. datetime.now(UTC) + ...)")
@@ -781,6 +805,7 @@ class Client:
             self._calls,
             response.run.run_id,
             already_existed=response.already_existed,
+            debounced=response.debounced,
             result_adapter=adapter,
         )
 

@@ -55,6 +55,18 @@ def start_step(key: str, attempt: int, timeout_s: float) -> Command:
     return command
 
 
+def acquire_rate(name: str, key: str, limit: int, period_ms: int, step_key: str) -> Command:
+    """``acquire_rate``: take a turn under a rate limit before a step attempt."""
+    command = Command()
+    rate = command.acquire_rate
+    rate.name = name
+    rate.key = key
+    rate.limit = limit
+    rate.period.FromMilliseconds(period_ms)
+    rate.step_key = step_key
+    return command
+
+
 def start_child(
     key: str,
     workflow_name: str,

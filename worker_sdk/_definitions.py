@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol
 from pydantic import TypeAdapter
 
 from stepd._concurrency import Concurrency, check_concurrency
+from stepd._flow import Debounce, Rate, check_debounce, check_priority, check_rate
 from stepd._policy import Duration, RetryPolicy, optional_duration, retry_policy
 from stepd._policy import max_entries as _max_entries
 from stepd._serde import adapter_for
@@ -210,6 +211,7 @@ class Step(Generic[P, R]):
         *,
         retry: RetryPolicy | int | None = None,
         timeout: Duration | None = None,
+        rate: Rate | None = None,
     ) -> None:
         if isinstance(fn, Workflow):
             raise WorkflowDefinitionError(f"{fn.name!r} is a workflow; it cannot be a step")
@@ -239,6 +241,8 @@ class Step(Generic[P, R]):
         self.timeout = optional_duration(timeout, f"step {step_name!r}: timeout")
         """Seconds an attempt may run before it is cancelled and counted as failed;
         None takes the workflow's default step timeout (if any)."""
+        self.rate = check_rate(rate, f"step {step_name!r}", key_path=False)
+        """The rate limit each attempt takes a turn under (None: none)."""
         self.fn: Callable[P, Any] = fn
         """The decorated function."""
         self.is_async = _is_async_callable(fn)
@@ -317,6 +321,9 @@ class Workflow(Generic[P, R]):
         execution_timeout: Duration | None = None,
         max_entries: int | None = None,
         concurrency: Concurrency | None = None,
+        priority: int = 0,
+        start_rate: Rate | None = None,
+        debounce: Debounce | None = None,
     ) -> None:
         if isinstance(fn, (Workflow, Step)):
             raise WorkflowDefinitionError(f"{fn!r} is already decorated")
@@ -351,6 +358,14 @@ class Workflow(Generic[P, R]):
         """The most journal entries a run may record (None: the server's default)."""
         self.concurrency = check_concurrency(concurrency, what)
         """The limit on active runs per key (None: no limit)."""
+        self.priority = check_priority(priority, what)
+        """The priority of runs whose trigger sets none (higher: handed out first)."""
+        self.start_rate = check_rate(start_rate, what, key_path=True)
+        """The limit on how often runs start (None: none)."""
+        self.debounce = check_debounce(debounce, what)
+        """How triggers of one key fold into one run (None: they do not)."""
+        if self.debounce is not None and self.start_rate is not None:
+            raise WorkflowDefinitionError(f"{what}: debounce and start_rate cannot be combined")
         self.fn = fn
         """The decorated function."""
         self.input_param, self.input_optional = _check_workflow_signature(fn, workflow_name)
@@ -472,19 +487,24 @@ class StepDecorator:
     it decorates (checked at once)."""
 
     def __init__(
-        self, name: str | None, retry: RetryPolicy | int | None, timeout: Duration | None
+        self,
+        name: str | None,
+        retry: RetryPolicy | int | None,
+        timeout: Duration | None,
+        rate: Rate | None = None,
     ) -> None:
         self._name = name
         self._retry = retry_policy(retry, "step")
         self._timeout = timeout
         optional_duration(timeout, "step: timeout")
+        self._rate = check_rate(rate, "step", key_path=False)
 
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Step[P, R]: ...
     @overload
     def __call__(self, fn: Callable[P, R], /) -> Step[P, R]: ...
     def __call__(self, fn: Callable[..., Any], /) -> Step[Any, Any]:
-        return Step(fn, name=self._name, retry=self._retry, timeout=self._timeout)
+        return Step(fn, name=self._name, retry=self._retry, timeout=self._timeout, rate=self._rate)
 
 
 @overload
@@ -497,6 +517,7 @@ def step(
     name: str | None = None,
     retry: RetryPolicy | int | None = None,
     timeout: Duration | None = None,
+    rate: Rate | None = None,
 ) -> StepDecorator: ...
 def step(
     fn: Callable[..., Any] | None = None,
@@ -505,6 +526,7 @@ def step(
     name: str | None = None,
     retry: RetryPolicy | int | None = None,
     timeout: Duration | None = None,
+    rate: Rate | None = None,
 ) -> Any:
     """Make a function a durable step: bare ``@step`` or ``@step(name="charge", ...)``.
 
@@ -512,11 +534,13 @@ def step(
     Inside a workflow each call is recorded; its result must be JSON-serializable
     as its return annotation says. Outside a workflow the function just runs.
     ``retry`` (a ``RetryPolicy``, or a number of attempts) and ``timeout`` (a
-    duration per attempt) override the workflow's defaults.
+    duration per attempt) override the workflow's defaults. ``rate`` (a
+    ``Rate``) makes each attempt wait for its turn under a rate limit the
+    server enforces across all workers.
     """
     if fn is None:
-        return StepDecorator(name, retry, timeout)
-    return Step(fn, name=name, retry=retry, timeout=timeout)
+        return StepDecorator(name, retry, timeout, rate)
+    return Step(fn, name=name, retry=retry, timeout=timeout, rate=rate)
 
 
 class _WorkflowDecorator:
@@ -542,6 +566,9 @@ class _WorkflowDecorator:
             optional_duration(options[option], f"{what}: {option}")
         _max_entries(options["max_entries"], what)
         check_concurrency(options["concurrency"], what)
+        check_priority(options["priority"], what)
+        check_rate(options["start_rate"], what, key_path=True)
+        check_debounce(options["debounce"], what)
 
     def __call__(
         self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
@@ -570,6 +597,9 @@ def workflow(
     execution_timeout: Duration | None = None,
     max_entries: int | None = None,
     concurrency: Concurrency | None = None,
+    priority: int = 0,
+    start_rate: Rate | None = None,
+    debounce: Debounce | None = None,
 ) -> _WorkflowDecorator: ...
 def workflow(
     fn: Callable[..., Any] | None = None,
@@ -584,6 +614,9 @@ def workflow(
     execution_timeout: Duration | None = None,
     max_entries: int | None = None,
     concurrency: Concurrency | None = None,
+    priority: int = 0,
+    start_rate: Rate | None = None,
+    debounce: Debounce | None = None,
 ) -> Any:
     """Define a workflow: bare ``@workflow`` or ``@workflow(name=..., version=2, ...)``.
 
@@ -602,6 +635,13 @@ def workflow(
 
     ``concurrency=Concurrency(key="customer.id", limit=1)`` bounds the active
     runs per key, a value read from each run's input (see ``Concurrency``).
+    ``priority`` (-1000 to 1000, default 0) is the priority of runs whose
+    trigger sets none: among ready runs a higher one is handed out first.
+    ``start_rate=Rate(10, per="1s", key="customer.id")`` bounds how often runs
+    start per key; runs over it wait (pending) for their turn.
+    ``debounce=Debounce(period="5s", key="customer.id", max_wait="1m")`` folds
+    triggers of one key into one run that starts once the key was quiet for
+    the period, with the latest input.
     """
     options: dict[str, Any] = {
         "retry": retry,
@@ -609,6 +649,9 @@ def workflow(
         "execution_timeout": execution_timeout,
         "max_entries": max_entries,
         "concurrency": concurrency,
+        "priority": priority,
+        "start_rate": start_rate,
+        "debounce": debounce,
     }
     if fn is None:
         return _WorkflowDecorator(name, version, events, schedule, options)

@@ -83,6 +83,8 @@ def run_info(run: types_pb2.Run) -> RunInfo:
         detached=run.detached,
         held_error=run.held_error.message if run.HasField("held_error") else None,
         concurrency_key=run.concurrency_key if run.concurrency_limit else None,
+        priority=run.priority,
+        debounce_key=run.debounce_key or None,
         waiting_reason=run.waiting_reason,
         forked_from_run_id=run.forked_from_run_id or None,
         forked_from_step_key=run.forked_from_step_key or None,

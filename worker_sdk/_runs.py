@@ -76,6 +76,10 @@ class RunInfo:
     held_error: str | None = None
     """Set while the run is held for non-determinism: why a worker's code refused it."""
     concurrency_key: str | None = None
+    priority: int = 0
+    """The run's priority (higher: handed out first)."""
+    debounce_key: str | None = None
+    """The run's key under its workflow's ``Debounce`` (None: no debounce)."""
     """The run's key under its workflow's ``Concurrency`` limit (None: no limit)."""
     waiting_reason: str = ""
     """Why a pending run is not started yet, e.g. "queued behind key 'c1' of limit

@@ -201,6 +201,8 @@ class StepCalls:
     ) -> tuple[types_pb2.StepRecord, str, Exception | None]:
         """Run the step body once (cancelled after ``step_timeout`` seconds, if set); return
         its StepRecord, result JSON and error."""
+        if step.rate is not None:
+            await self._take_turn(step, key, args, kwargs)
         clock = self._runtime.time_ns
         start = clock()
         result_json = ""
@@ -251,6 +253,22 @@ class StepCalls:
             raise StepTimeoutError(
                 f"step {key} did not finish within its timeout of {step_timeout:g} s"
             ) from None
+
+    async def _take_turn(
+        self, step: Step[Any, Any], key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Take the attempt's turn under the step's rate limit (``acquire_rate``) and
+        wait until it begins: the server hands out the turns, so the limit holds
+        across workers."""
+        rate = step.rate
+        assert rate is not None
+        command = commands.acquire_rate(
+            rate.name or step.name, rate.key_for(args, kwargs), rate.limit, rate.period_ms, key
+        )
+        result = await self._run.submit(command)
+        delay = result.start_after.ToNanoseconds() / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _announce_start(self, key: str, attempt: int, seconds: float) -> None:
         """Send ``start_step`` and wait for its answer, so the server knows of the

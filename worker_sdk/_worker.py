@@ -127,6 +127,11 @@ def _registration(workflow: Workflow[Any, Any]) -> worker_service_pb2.WorkflowRe
     )
     if workflow.concurrency is not None:
         registration.concurrency.CopyFrom(workflow.concurrency.to_proto(workflow.name))
+    registration.priority = workflow.priority
+    if workflow.start_rate is not None:
+        registration.start_rate.CopyFrom(workflow.start_rate.to_proto(workflow.name))
+    if workflow.debounce is not None:
+        registration.debounce.CopyFrom(workflow.debounce.to_proto())
     if workflow.execution_timeout is not None:
         registration.execution_timeout.FromNanoseconds(int(workflow.execution_timeout * 1e9))
     schedule = workflow.schedule

@@ -24,6 +24,7 @@ from stepd.server.domain import (
     WorkflowLimits,
 )
 from stepd.server.engine.commands import (
+    AcquireRate,
     Action,
     Command,
     CommandStatus,
@@ -225,6 +226,8 @@ def run_to_proto(run: RunRecord) -> types_pb2.Run:
         detached=run.detached,
         concurrency_limit=run.concurrency_name or "",
         concurrency_key=run.concurrency_key or "",
+        priority=run.priority,
+        debounce_key=run.debounce_key or "",
         forked_from_run_id=run.forked_from_run_id or "",
         forked_from_step_key=run.forked_from_step_key or "",
         retry_count=run.retry_count,
@@ -413,6 +416,18 @@ def _action_from_proto(msg: worker_service_pb2.WorkerCommand) -> Action | None:
             start.step_key,
             count(start.attempt, "start_step.attempt") or 1,
             duration_ms(start.timeout, "start_step.timeout"),
+        )
+    if kind == "acquire_rate":
+        rate = msg.acquire_rate
+        check_name("acquire_rate.name", rate.name, required=True)
+        check_name("acquire_rate.key", rate.key)
+        check_name("acquire_rate.step_key", rate.step_key)
+        return AcquireRate(
+            rate.name,
+            rate.key,
+            rate.limit,
+            duration_ms(rate.period, "acquire_rate.period"),
+            rate.step_key,
         )
     if kind == "start_child":
         child = msg.start_child

@@ -1,4 +1,5 @@
-"""Conversions for the operator calls: retry's deadline, workers and their pages."""
+"""Conversions for the operator calls: retry's deadline, workers and flow-control
+limits and their pages."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 
 from stepd.server.api.convert import optional_ms, timestamp
 from stepd.server.domain import WorkerInfo
+from stepd.server.domain_flow import FlowLimitKind, FlowLimitState
 from stepd.server.engine.errors import InvalidArgument
 from stepd.server.store.run_actions import DeadlineChange
 from stepd.v1 import operations_pb2 as ops
@@ -63,4 +65,47 @@ def page_of_workers(
     page = remaining[:size]
     more = len(remaining) > size
     token = base64.urlsafe_b64encode(page[-1].session_id.encode()).decode() if more else ""
+    return page, token
+
+
+_FLOW_KINDS = {
+    FlowLimitKind.CONCURRENCY: ops.FLOW_LIMIT_KIND_CONCURRENCY,
+    FlowLimitKind.START_RATE: ops.FLOW_LIMIT_KIND_START_RATE,
+    FlowLimitKind.STEP_RATE: ops.FLOW_LIMIT_KIND_STEP_RATE,
+    FlowLimitKind.DEBOUNCE: ops.FLOW_LIMIT_KIND_DEBOUNCE,
+}
+
+
+def flow_limit_to_proto(state: FlowLimitState) -> ops.FlowLimit:
+    """A flow-control limit and its queue to a FlowLimit message."""
+    return ops.FlowLimit(
+        kind=_FLOW_KINDS[state.kind],
+        name=state.name,
+        workflows=state.workflows,
+        setting=state.setting,
+        active_runs=state.active_runs,
+        waiting=state.waiting,
+        keys_waiting=state.keys_waiting,
+    )
+
+
+def page_of_flow_limits(
+    limits: list[FlowLimitState], page_size: int, page_token: str
+) -> tuple[list[FlowLimitState], str]:
+    """One page of limits (in the order given) after the token's position, and the
+    token of the next page ("" on the last)."""
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative")
+    size = min(page_size or DEFAULT_WORKER_PAGE, MAX_WORKER_PAGE)
+    start = 0
+    if page_token:
+        try:
+            start = int(base64.urlsafe_b64decode(page_token.encode()).decode())
+        except ValueError:
+            raise InvalidArgument(
+                "page_token is malformed; pass a next_page_token unchanged"
+            ) from None
+    page = limits[start : start + size]
+    more = len(limits) > start + size
+    token = base64.urlsafe_b64encode(str(start + size).encode()).decode() if more else ""
     return page, token

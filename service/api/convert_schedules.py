@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from stepd.server.api.convert import STATUS_TO_PROTO, payload_in, timestamp
+from stepd.server.api.convert import STATUS_TO_PROTO, duration_ms, payload_in, timestamp
 from stepd.server.domain import ConcurrencySpec, ConcurrencyStrategy
+from stepd.server.domain_flow import DebounceSpec, RateSpec
 from stepd.server.domain_schedules import (
     CatchupPolicy,
     OverlapPolicy,
@@ -126,9 +127,35 @@ def declarations_from_hello(hello: worker_service_pb2.WorkerHello) -> list[Workf
             concurrency=(
                 concurrency_from_proto(w.concurrency, w.name) if w.HasField("concurrency") else None
             ),
+            priority=w.priority,
+            start_rate=(
+                RateSpec(
+                    w.start_rate.name or w.name,
+                    w.start_rate.key_path,
+                    w.start_rate.limit,
+                    duration_ms(w.start_rate.period, f"hello.workflows[{i}].start_rate.period"),
+                )
+                if w.HasField("start_rate")
+                else None
+            ),
+            debounce=debounce_from_proto(w.debounce, i) if w.HasField("debounce") else None,
         )
         for i, w in enumerate(hello.workflows)
     ]
+
+
+def debounce_from_proto(debounce: worker_service_pb2.Debounce, index: int) -> DebounceSpec:
+    """A workflow's declared debounce (checked further by the engine)."""
+    where = f"hello.workflows[{index}].debounce"
+    return DebounceSpec(
+        debounce.key_path,
+        duration_ms(debounce.period, f"{where}.period"),
+        (
+            duration_ms(debounce.max_wait, f"{where}.max_wait")
+            if debounce.HasField("max_wait")
+            else None
+        ),
+    )
 
 
 _STRATEGIES = {

@@ -45,6 +45,8 @@ def responses(
             )
             if item.recorded_step is not None:
                 result.recorded_step.CopyFrom(step_to_proto(item.recorded_step))
+            if item.start_after_ms:
+                result.start_after.FromMilliseconds(item.start_after_ms)
             piece = result.ByteSize() + _FRAMING
             if size + piece > max_bytes:
                 flush()

@@ -19,6 +19,8 @@ from stepd.server.api.convert import (
 )
 from stepd.server.api.convert_operations import (
     deadline_change,
+    flow_limit_to_proto,
+    page_of_flow_limits,
     page_of_workers,
     worker_to_proto,
 )
@@ -120,6 +122,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         check_name("workflow_version", request.workflow_version)
         check_name("idempotency_key", request.idempotency_key)
         check_name("concurrency_key", request.concurrency_key)
+        check_name("debounce_key", request.debounce_key)
         payload = payload_in(request.input, "input")
         if request.HasField("trace_context"):
             trace = trace_context.from_message(request.trace_context, "trace_context")
@@ -127,7 +130,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             trace = self._current_trace() or trace_context.from_metadata(
                 context.invocation_metadata()
             )
-        run, existed = await self._engine.trigger(
+        triggered = await self._engine.trigger(
             TriggerParams(
                 workflow_name=request.workflow_name,
                 workflow_version=request.workflow_version,
@@ -140,10 +143,16 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                     request, "start_time", "start_time", round_up=True
                 ),
                 concurrency_key=request.concurrency_key or None,
+                priority=request.priority if request.HasField("priority") else None,
+                debounce_key=request.debounce_key or None,
                 trace=trace,
             )
         )
-        return pb.TriggerResponse(run=run_to_proto(run), already_existed=existed)
+        return pb.TriggerResponse(
+            run=run_to_proto(triggered.run),
+            already_existed=triggered.already_existed,
+            debounced=triggered.debounced,
+        )
 
     @maps_errors
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
@@ -435,4 +444,16 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         )
         return ops.ListWorkersResponse(
             workers=[worker_to_proto(w) for w in workers], next_page_token=after
+        )
+
+    @maps_errors
+    async def ListFlowLimits(
+        self, request: ops.ListFlowLimitsRequest, context: Context
+    ) -> ops.ListFlowLimitsResponse:
+        check_text("page_token", request.page_token)
+        limits, after = page_of_flow_limits(
+            await self._engine.flow_limits(), request.page_size, request.page_token
+        )
+        return ops.ListFlowLimitsResponse(
+            limits=[flow_limit_to_proto(limit) for limit in limits], next_page_token=after
         )

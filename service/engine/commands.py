@@ -72,6 +72,17 @@ class StartStep:
 
 
 @dataclass(frozen=True, slots=True)
+class AcquireRate:
+    """Take a turn under a rate limit before a step attempt (``rate_limits.py``)."""
+
+    name: str
+    key: str
+    limit: int
+    period_ms: int
+    step_key: str
+
+
+@dataclass(frozen=True, slots=True)
 class StartChild:
     """Start a child run once per ``child_key`` and record its journal entry."""
 
@@ -110,6 +121,7 @@ Action = (
     | SuspendRun
     | RecordEvent
     | StartStep
+    | AcquireRate
     | StartChild
     | HoldRun
     | Malformed
@@ -144,3 +156,5 @@ class CommandResult:
     status: CommandStatus
     message: str = ""
     recorded_step: StepRow | None = None
+    # For acquire_rate: start the attempt after this many milliseconds.
+    start_after_ms: int = 0

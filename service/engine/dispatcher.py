@@ -9,6 +9,8 @@ two queues, or was cancelled meanwhile, is still handed out at most once.
 Nothing here polls the database: a dispatch pass runs when a run becomes
 ready or a worker gets room. (Replicas on PostgreSQL also queue runs made
 ready on other replicas, and poll for them when idle: ``replicas.py``.)
+Runs with a priority or a concurrency key wait in ranked queues instead
+(``priorities.py``); while none is queued the pass never looks at them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sized
 from typing import Any
 
+from stepd.server.engine.priorities import RankedQueue
 from stepd.server.engine.sessions import WorkerSession
 
 log = logging.getLogger("stepd.dispatch")
@@ -40,6 +43,9 @@ class Dispatcher:
         # Runs that already started (woken from a wait, or re-queued) go first:
         # a run that waited should resume promptly, not behind every new run.
         self._resumed: dict[QueueKey, deque[str]] = {}
+        # Runs with a priority other than 0, or a fairness (concurrency) key.
+        self._ranked: dict[QueueKey, RankedQueue] = {}
+        self._plain_turn = False  # at priority 0: plain queues and ranked ones alternate
         # Runs held for non-determinism, per queue, and the workers that refused
         # each (held it): a held run goes only to a worker that has not.
         self._held: dict[QueueKey, dict[str, None]] = {}
@@ -53,14 +59,40 @@ class Dispatcher:
 
     # -- ready runs --------------------------------------------------------
 
-    def push(self, workflow_name: str, version: str, run_id: str, *, resumed: bool = False) -> None:
+    def push(
+        self,
+        workflow_name: str,
+        version: str,
+        run_id: str,
+        *,
+        resumed: bool = False,
+        priority: int = 0,
+        fair_key: str | None = None,
+    ) -> None:
         """Make a run ready for workers serving (workflow_name, version); a
-        ``resumed`` run is handed out before runs that have not started."""
+        ``resumed`` run is handed out before runs that have not started. A run
+        with a ``priority`` or a ``fair_key`` (its concurrency key) is ranked."""
+        if priority or fair_key is not None:
+            ranked = self._ranked.get((workflow_name, version))
+            if ranked is None:
+                ranked = self._ranked[(workflow_name, version)] = RankedQueue()
+            ranked.push(run_id, priority, fair_key or "", resumed=resumed)
+            self.kick()
+            return
         lanes = self._resumed if resumed else self._queues
         lanes.setdefault((workflow_name, version), deque()).append(run_id)
         self.kick()
 
-    def push_later(self, delay: float, workflow_name: str, version: str, run_id: str) -> None:
+    def push_later(
+        self,
+        delay: float,
+        workflow_name: str,
+        version: str,
+        run_id: str,
+        *,
+        priority: int = 0,
+        fair_key: str | None = None,
+    ) -> None:
         """Make a run ready as a resumed one after ``delay`` seconds (a run put
         back after a fault of the server backs off)."""
         handle: asyncio.TimerHandle | None = None
@@ -68,7 +100,9 @@ class Dispatcher:
         def due() -> None:
             if handle is not None:
                 self._later.discard(handle)
-            self.push(workflow_name, version, run_id, resumed=True)
+            self.push(
+                workflow_name, version, run_id, resumed=True, priority=priority, fair_key=fair_key
+            )
 
         handle = asyncio.get_running_loop().call_later(delay, due)
         self._later.add(handle)
@@ -102,7 +136,8 @@ class Dispatcher:
         """How many runs wait in the ready queues or for their delay after a fault
         (stale entries included)."""
         queued = sum(len(q) for lanes in (self._queues, self._resumed) for q in lanes.values())
-        return queued + len(self._later)
+        ranked = sum(len(q) for q in self._ranked.values())
+        return queued + ranked + len(self._later)
 
     def serves(self, key: QueueKey) -> bool:
         """Whether a connected worker draws from the queue ``key``."""
@@ -113,7 +148,8 @@ class Dispatcher:
         there (a run just queued included): it is handed out here at once."""
         room = sum(s.free_slots for s in self._sessions if key in s.queue_key_set)
         queued = sum(len(lanes.get(key, ())) for lanes in (self._queues, self._resumed))
-        return room >= queued
+        ranked = self._ranked.get(key)
+        return room >= queued + (len(ranked) if ranked is not None else 0)
 
     def idle_demand(self) -> tuple[list[QueueKey], int]:
         """The queues of workers that have room and nothing queued for them, and
@@ -122,7 +158,7 @@ class Dispatcher:
         slots = 0
         for session in self._sessions:
             free = session.free_slots
-            lanes = (self._queues, self._resumed, self._held)
+            lanes = (self._queues, self._resumed, self._held, self._ranked)
             if free <= 0 or any(not session.queue_key_set.isdisjoint(lane) for lane in lanes):
                 continue
             keys.update(session.queue_keys)
@@ -178,6 +214,61 @@ class Dispatcher:
         if session.continuations:
             run_id, key = session.continuations.popleft()
             return run_id, key, ""
+        if self._ranked:  # runs with a priority or a fairness key are ready
+            top = self._ranked_top(session)
+            if top is not None and (top > 0 or (top == 0 and not self._take_plain_turn())):
+                popped = self._pop_ranked(session)
+                if popped is not None:
+                    return popped
+        popped = self._pop_plain(session)
+        if popped is not None:
+            return popped
+        if self._ranked:
+            popped = self._pop_ranked(session)
+            if popped is not None:
+                return popped
+        return self._pop_held(session)
+
+    def _take_plain_turn(self) -> bool:
+        """At priority 0: whether the plain queues go this time (they alternate
+        with the ranked ones)."""
+        self._plain_turn = not self._plain_turn
+        return self._plain_turn
+
+    def _ranked_top(self, session: WorkerSession) -> int | None:
+        """The highest priority ready in the ranked queues ``session`` draws from."""
+        tops = [self._ranked[key].top() for key in _drawn_from(self._ranked, session)]
+        return max((top for top in tops if top is not None), default=None)
+
+    def _pop_ranked(self, session: WorkerSession) -> tuple[str, QueueKey, str] | None:
+        """Take the next run of the highest priority from the ranked queues
+        ``session`` draws from (queues tied at it are visited in turn)."""
+        while True:
+            keys = _drawn_from(self._ranked, session)
+            candidates = []
+            for key in keys:
+                name, version = key
+                pin = session.newest_version(name) if version == "" else ""
+                if version == "" and not pin:
+                    continue  # it serves only retired versions of the workflow
+                top = self._ranked[key].top()
+                if top is not None:
+                    candidates.append((top, key, pin))
+            if not candidates:
+                return None
+            best = max(top for top, _, _ in candidates)
+            tied = [(key, pin) for top, key, pin in candidates if top == best]
+            key, pin = tied[session.next_queue % len(tied)]
+            session.next_queue += 1
+            ranked = self._ranked[key]
+            run_id = ranked.pop(session.held)
+            if not ranked:
+                del self._ranked[key]
+            if run_id is not None:
+                name, version = key
+                return run_id, (name, version or pin), pin
+
+    def _pop_plain(self, session: WorkerSession) -> tuple[str, QueueKey, str] | None:
         for lanes in (self._resumed, self._queues):
             keys = _drawn_from(lanes, session)
             for offset in range(len(keys)):
@@ -196,6 +287,9 @@ class Dispatcher:
                         session.next_queue = index + 1
                         return run_id, (name, version or pin), pin
                 del lanes[key]
+        return None
+
+    def _pop_held(self, session: WorkerSession) -> tuple[str, QueueKey, str] | None:
         for key in _drawn_from(self._held, session):
             held = self._held[key]
             for run_id in held:

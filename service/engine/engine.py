@@ -41,11 +41,13 @@ from stepd.server.domain import (
     WorkflowLimits,
     run_fields,
 )
+from stepd.server.domain_flow import FlowLimitState
 from stepd.server.domain_schedules import WorkflowDeclaration
 from stepd.server.engine import hook_tokens
 from stepd.server.engine.children import ChildRuns
 from stepd.server.engine.commands import Command
 from stepd.server.engine.concurrency import ConcurrencyControl
+from stepd.server.engine.debounce import debounce_reason
 from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.errors import (
     AlreadyExists,
@@ -57,11 +59,14 @@ from stepd.server.engine.errors import (
     Unavailable,
 )
 from stepd.server.engine.faults import FaultPolicy, RunFaults
+from stepd.server.engine.flow_settings import FlowDeclarations
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle, RunListener
 from stepd.server.engine.observer import EngineObserver
 from stepd.server.engine.pauses import PauseSensor
 from stepd.server.engine.payloads import check_json_payload
+from stepd.server.engine.priorities import check_priority
+from stepd.server.engine.rate_limits import RateLimits
 from stepd.server.engine.registry import WorkflowRegistry
 from stepd.server.engine.replicas import REPLICA_TIMER_HORIZON_MS, ReplicaLink
 from stepd.server.engine.retention import Retention
@@ -94,6 +99,8 @@ log = logging.getLogger("stepd.engine")
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+#: Most flow-control limits ListFlowLimits and /metrics show.
+MAX_FLOW_LIMITS = 1000
 #: Most runs with an expired lease re-queued by one sweep.
 EXPIRY_SWEEP_LIMIT = 500
 
@@ -113,6 +120,20 @@ class TriggerParams:
     concurrency_key: str | None = None
     # The caller's W3C trace context, stored with the run.
     trace: TraceContext = NO_TRACE
+    # The run's priority (None: the workflow's default).
+    priority: int | None = None
+    # The trigger's debounce key (None: the one the input gives).
+    debounce_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Triggered:
+    """What a trigger did: the run, whether its idempotency key named it already,
+    and whether the trigger was folded into it (debounce)."""
+
+    run: RunRecord
+    already_existed: bool
+    debounced: bool = False
 
 
 class Engine:
@@ -156,6 +177,8 @@ class Engine:
             sweep_seconds=config.concurrency_sweep_ms / 1000,
             clock=clock,
         )
+        self.flow = FlowDeclarations(store, clock=clock)
+        self.rates = RateLimits(store, self.lifecycle.make_ready, clock=clock)
         self.policy = RunPolicy(
             store,
             self.run_limits,
@@ -207,6 +230,7 @@ class Engine:
             self.sticky,
             self.timers,
             self.faults,
+            rates=self.rates,
         )
         # Operator actions on whole runs; retention; the list of workers.
         self.actions = RunActions(
@@ -227,6 +251,9 @@ class Engine:
         self.lifecycle.on_end(self.waiters.answer)
         self.lifecycle.on_end(self.concurrency.run_ended)
         self.lifecycle.on_waiting(self.concurrency.run_waiting)
+        self.lifecycle.gate_late_starts(self.rates.late_start)
+        self.lifecycle.on_end(self.rates.forget)
+        self.replicas.gate_late_starts(self.rates.late_start)
         self.lifecycle.on_end(lambda run: self.faults.forget(run.run_id))
         self._handed_out_listeners: list[RunListener] = []
         self._lease_monitor: asyncio.Task[None] | None = None
@@ -266,6 +293,7 @@ class Engine:
         self.starts.start()
         self.schedules.start()
         self.concurrency.start()
+        self.rates.start()
         self.retention.start()
         self.workers.start()
 
@@ -307,6 +335,7 @@ class Engine:
         await self.starts.close()
         await self.schedules.close()
         await self.concurrency.close()
+        await self.rates.close()
         await self.children.close()
         for session in self.dispatcher.sessions:
             session.close(Unavailable("the server is shutting down; reconnect"))
@@ -315,9 +344,9 @@ class Engine:
 
     # -- client API ------------------------------------------------------------
 
-    async def trigger(self, params: TriggerParams) -> tuple[RunRecord, bool]:
-        """Create a run (or find the idempotency key's run); return it and
-        whether it already existed."""
+    async def trigger(self, params: TriggerParams) -> Triggered:
+        """Create a run (or find the idempotency key's run, or fold the trigger
+        into its debounce key's pending run)."""
         name = params.workflow_name.strip()
         if not name:
             raise InvalidArgument("workflow_name is required")
@@ -334,6 +363,10 @@ class Engine:
             )
         if params.concurrency_key is not None and len(params.concurrency_key) > MAX_ID_LENGTH:
             raise InvalidArgument(f"concurrency_key is longer than {MAX_ID_LENGTH} characters")
+        if params.priority is not None:
+            check_priority(params.priority, "priority")
+        if params.debounce_key is not None and len(params.debounce_key) > MAX_ID_LENGTH:
+            raise InvalidArgument(f"debounce_key is longer than {MAX_ID_LENGTH} characters")
         input_json = check_json_payload(
             "input", params.input_json, params.input_encoding, self.config.max_payload_bytes
         )
@@ -357,6 +390,8 @@ class Engine:
             start_time_not_before=params.start_time_not_before,
             concurrency_key=params.concurrency_key,
             trace=params.trace,
+            priority=params.priority,
+            debounce_key=params.debounce_key,
         )
         try:
             outcome = await self.store.create_run(new)
@@ -370,7 +405,8 @@ class Engine:
         if outcome.created:
             self.lifecycle.make_ready(outcome.run)
             self.policy.schedule_expiry(outcome.run)
-        return outcome.run, not outcome.created
+        existed = not outcome.created and not outcome.debounced
+        return Triggered(outcome.run, existed, outcome.debounced)
 
     async def get_run(
         self, run_id: str, *, wait: bool = False, wait_seconds: float | None = None
@@ -390,7 +426,13 @@ class Engine:
     async def waiting_reason(self, run: RunRecord) -> str:
         """Why a pending run is not handed out yet ("" when nothing holds it back
         but a free worker)."""
-        return await self.concurrency.waiting_reason(run)
+        held = self.rates.waiting_reason(run) or debounce_reason(run, self.clock.now_ms())
+        return held or await self.concurrency.waiting_reason(run)
+
+    async def flow_limits(self) -> list[FlowLimitState]:
+        """Every flow-control limit the workers declared and what waits under it
+        (read from the store: every replica's runs)."""
+        return await self.store.flow_overview(self.clock.now_ms(), MAX_FLOW_LIMITS)
 
     async def describe_run(
         self,
@@ -598,6 +640,7 @@ class Engine:
             if not name or not version:
                 raise InvalidArgument("hello.workflows entries need a name and a version")
         self.schedules.check(declarations)
+        await self.flow.declare(declarations)
         await self.concurrency.declare(declarations)
         await asyncio.sleep(0)  # a large hello: let the event loop have a turn
         new_pairs = [p for p in pairs if not self.registry.knows(*p)]
@@ -795,6 +838,9 @@ class Engine:
         self, session: WorkerSession, run_id: str, served: tuple[str, str], pin_version: str
     ) -> None:
         """Claim a ready run for a session and send it the task."""
+        if self.rates.released and not await self.rates.may_start(run_id):
+            self.ledger.give_up_claim(session, run_id)  # it waits for its new start turn
+            return
         limits = session.limits.get(served)
         parked = self.sticky.take_for(session, run_id)
         failure: Exception | None = None

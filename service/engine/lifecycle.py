@@ -74,6 +74,7 @@ class RunLifecycle:
         self._ready_listeners: list[RunListener] = []
         self._end_listeners: list[RunListener] = []
         self._waiting_listeners: list[RunListener] = []
+        self._late_gate: Callable[[RunRecord], bool] | None = None
 
     def on_ready(self, listener: RunListener) -> None:
         """Tell ``listener`` of every run queued here for any worker, after its commit."""
@@ -88,6 +89,11 @@ class RunLifecycle:
         """Tell ``listener`` of every run made ready that waits for room under its
         concurrency limit (it is not queued; admitting it makes it ready again)."""
         self._waiting_listeners.append(listener)
+
+    def gate_late_starts(self, gate: Callable[[RunRecord], bool]) -> None:
+        """Let ``gate`` take over a run with a start rate limit that is made ready
+        (True: it did; the gate makes it ready again when its turn comes)."""
+        self._late_gate = gate
 
     # -- ready -----------------------------------------------------------------
 
@@ -106,6 +112,8 @@ class RunLifecycle:
             # Held in memory only when due within the timers' horizon.
             self._starts.schedule(DueTimer(run.run_id, "start", not_before))
             return
+        if run.rate_limit is not None and self._late_gate is not None and self._late_gate(run):
+            return
         parked = self._sticky.get(run.run_id)
         if parked is not None:
             if parked.session.has_room_for_continuation():
@@ -115,7 +123,14 @@ class RunLifecycle:
                 return
             self._sticky.drop(run.run_id, "its worker has no room; the run continues elsewhere")
         resumed = run.dispatch_count > 0
-        self._dispatcher.push(run.workflow_name, run.workflow_version, run.run_id, resumed=resumed)
+        self._dispatcher.push(
+            run.workflow_name,
+            run.workflow_version,
+            run.run_id,
+            resumed=resumed,
+            priority=run.priority,
+            fair_key=run.concurrency_key,
+        )
         if announce:
             for listener in self._ready_listeners:
                 listener(run)
@@ -128,7 +143,14 @@ class RunLifecycle:
         if run is None:
             return False
         if delay > 0:
-            self._dispatcher.push_later(delay, run.workflow_name, run.workflow_version, run_id)
+            self._dispatcher.push_later(
+                delay,
+                run.workflow_name,
+                run.workflow_version,
+                run_id,
+                priority=run.priority,
+                fair_key=run.concurrency_key,
+            )
         else:
             self.make_ready(run)
         return True

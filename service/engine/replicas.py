@@ -90,6 +90,12 @@ class ReplicaLink:
         self._poller: asyncio.Task[None] | None = None
         self._poll_now = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._late_gate: Callable[[RunRecord], bool] | None = None
+
+    def gate_late_starts(self, gate: Callable[[RunRecord], bool]) -> None:
+        """Let ``gate`` take over a polled run with a start rate limit (True: it
+        did), as the lifecycle does for runs made ready here."""
+        self._late_gate = gate
 
     @property
     def replica_id(self) -> str:
@@ -128,7 +134,10 @@ class ReplicaLink:
         key = (run.workflow_name, run.workflow_version)
         if self._channel is not None and not self._dispatcher.can_take_now(key):
             resumed = 1 if run.dispatch_count > 0 else 0
-            self._send(["r", run.workflow_name, run.workflow_version, run.run_id, resumed])
+            item = ["r", run.workflow_name, run.workflow_version, run.run_id, resumed]
+            if run.priority or run.concurrency_key is not None:
+                item += [run.priority, run.concurrency_key]
+            self._send(item)
 
     def ended(self, run: RunRecord) -> None:
         """A run ended here (after its commit)."""
@@ -160,9 +169,17 @@ class ReplicaLink:
         dispatcher = self._dispatcher
         for item in message.get("items", ()):
             if item[0] == "r":
-                _, name, version, run_id, resumed = item
+                _, name, version, run_id, resumed, *ranked = item
+                priority, fair_key = ranked if len(ranked) == 2 else (0, None)
                 if dispatcher.serves((name, version)):
-                    dispatcher.push(name, version, run_id, resumed=bool(resumed))
+                    dispatcher.push(
+                        name,
+                        version,
+                        run_id,
+                        resumed=bool(resumed),
+                        priority=priority,
+                        fair_key=fair_key,
+                    )
             elif item[0] == "e":
                 self._spawn(self._ended_elsewhere(item[1]))
 
@@ -208,10 +225,19 @@ class ReplicaLink:
         found = await self._store.ready_runs(served, slots)
         for run in found:
             name, version = run.workflow_name, run.workflow_version
+            if run.rate_limit is not None and self._late_gate is not None and self._late_gate(run):
+                continue
             if run.held_error is not None:  # only to workers that have not refused it
                 dispatcher.hold(name, version, run.run_id, refused_by="")
             else:
-                dispatcher.push(name, version, run.run_id, resumed=run.dispatch_count > 0)
+                dispatcher.push(
+                    name,
+                    version,
+                    run.run_id,
+                    resumed=run.dispatch_count > 0,
+                    priority=run.priority,
+                    fair_key=run.concurrency_key,
+                )
         return len(found)
 
     async def check_waited(self) -> None:

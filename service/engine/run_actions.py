@@ -145,6 +145,7 @@ class RunActions:
             idempotency_key=key,
             root_run_id=new_id,
             deadline=params.deadline,
+            priority=source.priority,  # a fork keeps its source's priority
         )
         outcome = await self._store.fork_run(params.run_id, params.step_key, new, actor=actor)
         if outcome.status is ForkStatus.NOT_FOUND:

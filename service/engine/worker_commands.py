@@ -32,6 +32,7 @@ from stepd.server.domain import (
 )
 from stepd.server.engine.children import ChildRuns
 from stepd.server.engine.commands import (
+    AcquireRate,
     Command,
     CommandResult,
     CommandStatus,
@@ -51,6 +52,7 @@ from stepd.server.engine.faults import FaultPolicy, describe
 from stepd.server.engine.ledger import LeaseLedger
 from stepd.server.engine.lifecycle import RunLifecycle
 from stepd.server.engine.payloads import check_json_payload
+from stepd.server.engine.rate_limits import RateLimits
 from stepd.server.engine.run_limits import RunLimits, step_bytes
 from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.sessions import WorkerSession
@@ -81,8 +83,11 @@ class WorkerCommands:
         sticky: StickyRuns,
         timers: TimerSchedule,
         faults: FaultPolicy,
+        *,
+        rates: RateLimits,
     ) -> None:
         self._store = store
+        self._rates = rates
         self._faults = faults
         self._max_payload = config.max_payload_bytes
         self._ledger = ledger
@@ -199,6 +204,8 @@ class WorkerCommands:
                 return await self._apply_record_event(session, command, action)
             case StartStep():
                 return self._apply_start_step(command, action)
+            case AcquireRate():
+                return await self._rates.acquire(command.command_id, command.run_id, action)
             case StartChild():
                 return await self._apply_start_child(session, command, action)
             case HoldRun():

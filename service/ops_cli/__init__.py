@@ -1,4 +1,4 @@
-"""``stepd runs | schedules | events | hooks | workers ...``: operate a server over gRPC.
+"""``stepd runs | schedules | events | hooks | workers | limits ...``: operate a server over gRPC.
 
 Noun-verb commands with the connection settings of ``stepd health`` and
 ``stepd keys`` (``--address``, ``--api-key``, TLS; see
@@ -17,6 +17,7 @@ from stepd.server.ops_cli import (
     command,
     events,
     hooks,
+    limits,
     run_actions,
     runs,
     schedules,
@@ -30,9 +31,10 @@ NOUNS = {
     "events": "publish events",
     "hooks": "execute hooks",
     "workers": "list connected workers",
+    "limits": "list flow-control limits and their queues",
 }
 #: The modules whose VERBS make the commands.
-MODULES = (runs, run_actions, schedules, events, hooks, workers)
+MODULES = (runs, run_actions, schedules, events, hooks, workers, limits)
 
 
 def add_parsers(commands: Any, default_address: str) -> None:

@@ -86,6 +86,7 @@ METHOD_RIGHTS: dict[str, Right] = {
     _WORKFLOW + "CancelRuns": Right.CANCEL,
     _WORKFLOW + "RetryRuns": Right.MANAGE_RUNS,
     _WORKFLOW + "ListWorkers": Right.READ,
+    _WORKFLOW + "ListFlowLimits": Right.READ,
     "/stepd.v1.WorkerService/PollTask": Right.SERVE,
     _ADMIN + "CreateApiKey": Right.MANAGE_KEYS,
     _ADMIN + "ListApiKeys": Right.MANAGE_KEYS,

@@ -40,6 +40,7 @@ from stepd.server.domain import (
     WorkerInfo,
     WorkflowVersion,
 )
+from stepd.server.domain_flow import FlowLimitState, FlowSettings
 from stepd.server.domain_keys import ApiKeyRecord, PinStatus, RetireStatus
 from stepd.server.domain_schedules import (
     CreateScheduleStatus,
@@ -69,6 +70,28 @@ class RunConflictError(Exception):
 
 class ConcurrencyRefusedError(Exception):
     """A new run was refused: its key is at a ``cancel_newest`` concurrency limit."""
+
+
+class FlowStore(Protocol):
+    """Flow-control settings per workflow (``stepd.server.store.flow``)."""
+
+    async def declare_flow(self, specs: Mapping[str, FlowSettings], now: int) -> None:
+        """Store workflows' flow-control settings (empty: none any more)."""
+
+    async def reserve_rate(
+        self, name: str, key: str, limit: int, period_ms: int, not_before: int
+    ) -> int:
+        """Take the earliest turn under a rate limit at or after ``not_before``;
+        return when it begins (epoch ms)."""
+
+    async def forget_rate_turns(self, now: int) -> int:
+        """Delete rate-limit keys whose next turn would begin by ``now``."""
+
+    async def retake_start_turn(self, run_id: str, now: int) -> RunRecord | None:
+        """A run released late takes a new start turn from ``now``; the run."""
+
+    async def flow_overview(self, now: int, limit: int) -> list[FlowLimitState]:
+        """Every flow-control limit and what waits under it (at most ``limit``)."""
 
 
 class ConcurrencyStore(Protocol):
@@ -248,7 +271,9 @@ class RunActionStore(Protocol):
         """Every replica's connected workers refreshed at or after ``since``."""
 
 
-class Store(ScheduleStore, KeyStore, VersionStore, RunActionStore, ConcurrencyStore, Protocol):
+class Store(
+    ScheduleStore, KeyStore, VersionStore, RunActionStore, ConcurrencyStore, FlowStore, Protocol
+):
     """Durable state of runs, journals and the workflow registry."""
 
     @property

@@ -27,7 +27,7 @@ from stepd.server.domain import (
     WaitKind,
     WaitStatus,
 )
-from stepd.server.store import child_outcome, concurrency, history, rows, waits
+from stepd.server.store import child_outcome, concurrency, flow, history, rows, waits
 from stepd.server.store.dialects import insert_for, lock_run
 from stepd.server.store.schema import run_waits, runs, steps
 
@@ -96,6 +96,7 @@ def start(
     if not new.trace and parent["trace_parent"]:  # the worker sent none: the parent's trace
         new = replace(new, trace=TraceContext(parent["trace_parent"], parent["trace_state"] or ""))
     values = rows.new_run_values(new)
+    flow.apply_new(conn, values)
     refusal = concurrency.admit_new(conn, values)
     if refusal is not None:
         # Created already cancelled, so that the parent learns why.

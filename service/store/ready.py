@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from stepd.server.domain import TERMINAL_STATUSES, RunRecord, RunStatus
 from stepd.server.store import rows
@@ -24,7 +24,8 @@ def ready_runs(
     conn: Connection, served: Sequence[tuple[str, str]], limit: int, now: int
 ) -> list[RunRecord]:
     """Up to ``limit`` PENDING runs due to start by ``now`` whose (workflow, version)
-    is in ``served`` (version "" matches a run of any version), oldest first;
+    is in ``served`` (version "" matches a run of any version), highest priority
+    first, then oldest;
     rows another transaction has locked are skipped."""
     if not served or limit <= 0:
         return []
@@ -42,7 +43,7 @@ def ready_runs(
             or_(runs.c.start_time_not_before.is_(None), runs.c.start_time_not_before <= now),
             or_(*matches),
         )
-        .order_by(runs.c.seq)
+        .order_by(func.coalesce(runs.c.priority, 0).desc(), runs.c.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )

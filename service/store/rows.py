@@ -72,6 +72,7 @@ def new_run_values(new: NewRun) -> dict[str, Any]:
         "detached": 1 if new.detached else None,
         "trace_parent": new.trace.parent or None,
         "trace_state": new.trace.state or None,
+        "priority": new.priority or None,
     }
 
 
@@ -112,6 +113,10 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         concurrency_name=row["concurrency_name"],
         concurrency_key=row["concurrency_key"],
         admitted=row["admitted"] != 0,
+        priority=row["priority"] or 0,
+        rate_limit=row["rate_limit"],
+        rate_key=row["rate_key"],
+        debounce_key=row["debounce_key"],
         progress_json=row["progress_json"],
         trace=_trace(row),
         forked_from_run_id=row["forked_from_run_id"],

@@ -35,7 +35,7 @@ from stepd.server.domain import (
     StatusMove,
     WaitStatus,
 )
-from stepd.server.store import concurrency, history, listing, rows
+from stepd.server.store import concurrency, flow, history, listing, rows
 from stepd.server.store.dialects import insert_for, lock_run
 from stepd.server.store.executor import Committer, Reader
 from stepd.server.store.schema import (
@@ -243,6 +243,7 @@ def fork(
     }
     # Under a concurrency limit a fork is admitted like any new run; an
     # operator's fork is never refused: at a cancel_newest limit it waits.
+    flow.apply_new(conn, values, new.priority)
     concurrency.admit_new(conn, values, refuse=False)
     insert = insert_for(conn.dialect.name)
     inserted = (

@@ -28,7 +28,7 @@ from stepd.server.domain_schedules import (
     ScheduleRunRow,
     ScheduleSpec,
 )
-from stepd.server.store import concurrency, rows, versions
+from stepd.server.store import concurrency, debounce, flow, rows, versions
 from stepd.server.store.dialects import byte_length, insert_for
 from stepd.server.store.schema import runs, schedules, workflow_triggers
 
@@ -329,7 +329,9 @@ def trigger(conn: Connection, schedule_id: str, request_id: str, now: int) -> Fi
     return _start(conn, schedule, key, now, now)
 
 
-def _run_with_key(conn: Connection, key: str) -> RunRecord | None:
+def _run_with_key(conn: Connection, key: str | None) -> RunRecord | None:
+    if key is None:
+        return None
     row = conn.execute(select(runs).where(runs.c.idempotency_key == key)).mappings().first()
     return None if row is None else rows.run_from_row(row)
 
@@ -415,6 +417,14 @@ def _insert_run(conn: Connection, new: NewRun, started_by: str) -> tuple[RunReco
     whether it was created. None when a ``cancel_newest`` concurrency limit
     refused it (logged once, with ``started_by``: what would have started it)."""
     values = rows.new_run_values(new)
+    settings = flow.apply_new(conn, values)
+    if settings is not None and settings.debounce is not None:
+        found = _run_with_key(conn, new.idempotency_key)
+        if found is not None:
+            return found, False
+        folded = debounce.fold(conn, values, settings.debounce, None)
+        if folded is not None:
+            return folded, False
     refusal = concurrency.admit_new(conn, values)
     row = None
     if refusal is None:
@@ -426,13 +436,9 @@ def _insert_run(conn: Connection, new: NewRun, started_by: str) -> tuple[RunReco
         )
     if row is not None:
         return rows.run_from_row(row), True
-    existing = (
-        conn.execute(select(runs).where(runs.c.idempotency_key == new.idempotency_key))
-        .mappings()
-        .first()
-    )
+    existing = _run_with_key(conn, new.idempotency_key)
     if existing is not None:
-        return rows.run_from_row(existing), False
+        return existing, False
     if refusal is not None:
         log.warning(
             "%s did not start a run of %s: %s", started_by, new.workflow_name, refusal.message()

@@ -102,6 +102,13 @@ runs = Table(
     Column("concurrency_name", Text),
     Column("concurrency_key", Text),
     Column("admitted", Integer),
+    # Migration 20: among ready runs a higher priority goes first (NULL: 0).
+    Column("priority", Integer),
+    # Migration 21: the start rate limit and key the run took its turn under.
+    Column("rate_limit", Text),
+    Column("rate_key", Text),
+    # Migration 22: the debounce key of a run of a workflow with debounce.
+    Column("debounce_key", Text),
     UniqueConstraint("run_id"),
     Index("ix_runs_status_seq", "status", "seq"),
     Index("ix_runs_workflow_name_seq", "workflow_name", "seq"),
@@ -134,6 +141,14 @@ runs = Table(
         "seq",
         sqlite_where=text("concurrency_name IS NOT NULL"),
         postgresql_where=text("concurrency_name IS NOT NULL"),
+    ),
+    # Migration 22: a key's pending debounced run (debounced runs only).
+    Index(
+        "ix_runs_workflow_name_debounce_key",
+        "workflow_name",
+        "debounce_key",
+        sqlite_where=text("debounce_key IS NOT NULL"),
+        postgresql_where=text("debounce_key IS NOT NULL"),
     ),
     # Migration 17: ended runs by end time (retention).
     Index(
@@ -402,6 +417,28 @@ concurrency_limits = Table(
     Column("strategy", Text, nullable=False),
     Column("update_time", BigInteger, nullable=False),
     Index("ix_concurrency_limits_limit_name", "limit_name"),
+)
+
+# Migration 20: the flow-control settings each workflow declared (its worker's
+# hello) as a JSON object: default priority, start rate limit, debounce.
+workflow_flow = Table(
+    "workflow_flow",
+    metadata,
+    Column("workflow_name", Text, primary_key=True),
+    Column("settings_json", Text, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+)
+
+# Migration 21: per rate limit and key, when the latest turn begins and the
+# spacing between turns (the period over the limit, rounded up).
+rate_turns = Table(
+    "rate_turns",
+    metadata,
+    Column("limit_name", Text, nullable=False),
+    Column("limit_key", Text, nullable=False),
+    Column("last_turn", BigInteger, nullable=False),
+    Column("spacing_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("limit_name", "limit_key"),
 )
 
 # Migration 17: every replica's worker streams (workflows: a JSON list of

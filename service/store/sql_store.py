@@ -69,8 +69,11 @@ from stepd.server.domain import (
 from stepd.server.store import (
     children,
     concurrency,
+    debounce,
+    flow,
     history,
     listing,
+    rate_limits,
     ready,
     rows,
     schedules,
@@ -81,6 +84,7 @@ from stepd.server.store.api_keys import KeyStoreMixin
 from stepd.server.store.base import ConcurrencyRefusedError, RunConflictError
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import CommitStats, Committer, Reader, WriteOp
+from stepd.server.store.flow_overview import FlowOverviewMixin
 from stepd.server.store.migrations import migrate
 from stepd.server.store.run_actions import RunActionStoreMixin
 from stepd.server.store.schema import runs, server_secrets, step_attempts, steps, workflow_versions
@@ -140,6 +144,9 @@ class SqlStore(
     KeyStoreMixin,
     versions.VersionStoreMixin,
     concurrency.ConcurrencyStoreMixin,
+    flow.FlowStoreMixin,
+    rate_limits.RateStoreMixin,
+    FlowOverviewMixin,
     RunActionStoreMixin,
     WorkerStoreMixin,
 ):
@@ -297,6 +304,14 @@ class SqlStore(
 
         def op(conn: Connection) -> CreateRunOutcome | RunConflictError | ConcurrencyRefusedError:
             values = rows.new_run_values(new)
+            settings = flow.apply_new(conn, values, new.priority)
+            if settings is not None and settings.debounce is not None:
+                found = existing_run(conn)  # the idempotency key's run wins
+                if found is not None:
+                    return found
+                folded = debounce.fold(conn, values, settings.debounce, new.debounce_key)
+                if folded is not None:
+                    return CreateRunOutcome(folded, created=False, debounced=True)
             refusal = concurrency.admit_new(conn, values, new.concurrency_key)
             if refusal is not None:
                 return existing_run(conn) or ConcurrencyRefusedError(refusal.message())

@@ -3,8 +3,10 @@
 Counters and histograms are updated as the engine reports runs and steps
 (``ServerMetrics`` is an ``EngineObserver``); gauges (ready runs, workers,
 timers, the store's commits) are read when Prometheus scrapes, so the hot path
-pays for none of them. Each server has its own registry, so several servers
-in one process (tests) do not share numbers.
+pays for none of them. The flow-control gauges (what waits under each limit)
+are read from the store before a scrape (``refresh``), at most once a second.
+Each server has its own registry, so several servers in one process (tests)
+do not share numbers.
 
 Workflow names become label values; past ``MAX_WORKFLOW_LABELS`` distinct
 names the rest are counted under ``"other"`` so that a caller triggering
@@ -13,6 +15,7 @@ made-up workflows cannot grow the metrics without bound.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,8 +32,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from stepd.server.domain import RunRecord, RunStatus, StepRow
+from stepd.server.domain_flow import FlowLimitKind, FlowLimitState
 from stepd.server.engine.engine import Engine
 
+log = logging.getLogger("stepd.metrics")
+
+#: Flow-control gauges are read from the store at most this often (seconds).
+FLOW_REFRESH_SECONDS = 1.0
 #: The most distinct workflow label values; later names count as "other".
 MAX_WORKFLOW_LABELS = 500
 OTHER = "other"
@@ -114,10 +122,24 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.registry.register(_EngineGauges(engine, self._ready_since))
+        self._engine = engine
+        self._flow = _FlowGauges()
+        self.registry.register(self._flow)
 
     def exposition(self) -> bytes:
         """Every metric in Prometheus' text format."""
         return generate_latest(self.registry)
+
+    async def refresh(self) -> None:
+        """Read the flow-control limits and their queues from the store (at most
+        once per FLOW_REFRESH_SECONDS; a failed read keeps the last numbers)."""
+        if time.monotonic() - self._flow.read_at < FLOW_REFRESH_SECONDS:
+            return
+        self._flow.read_at = time.monotonic()
+        try:
+            self._flow.limits = await self._engine.flow_limits()
+        except Exception as exc:
+            log.warning("reading flow-control limits for /metrics failed: %s", exc)
 
     # -- EngineObserver --------------------------------------------------------
 
@@ -172,6 +194,41 @@ class ServerMetrics:
             return OTHER
         self._workflows.add(workflow)
         return workflow
+
+
+class _FlowGauges(Collector):
+    """The flow-control limits and their queues, as last read from the store."""
+
+    def __init__(self) -> None:
+        self.limits: list[FlowLimitState] = []
+        self.read_at = -FLOW_REFRESH_SECONDS
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            "stepd_flow_waiting",
+            "What waits under each flow-control limit: runs waiting for room "
+            "(concurrency), for their turn (start_rate) or for their key to go quiet "
+            "(debounce); turns taken and not begun (step_rate).",
+            labels=["kind", "limit"],
+        )
+        keys = GaugeMetricFamily(
+            "stepd_flow_keys_waiting",
+            "How many keys of each flow-control limit have something waiting.",
+            labels=["kind", "limit"],
+        )
+        active = GaugeMetricFamily(
+            "stepd_concurrency_active_runs",
+            "Runs counted against each concurrency limit (admitted, not ended).",
+            labels=["limit"],
+        )
+        for state in self.limits:
+            waiting.add_metric([state.kind.value, state.name], state.waiting)
+            keys.add_metric([state.kind.value, state.name], state.keys_waiting)
+            if state.kind is FlowLimitKind.CONCURRENCY:
+                active.add_metric([state.name], state.active_runs)
+        yield waiting
+        yield keys
+        yield active
 
 
 class _EngineGauges(Collector):

@@ -281,6 +281,9 @@ class FakeWorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def ListWorkers(self, request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
 
+    async def ListFlowLimits(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
 
 def settings(heartbeat: float, lease: float) -> worker_service_pb2.StreamSettings:
     """StreamSettings with the given heartbeat interval and lease timeout (seconds)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stepd import Client, Step, Worker, Workflow, WorkflowContext, step, workflow
+from stepd import Client, Debounce, Rate, Step, Worker, Workflow, WorkflowContext, step, workflow
 from stepd.errors import StepdError, WorkflowDefinitionError
 
 
@@ -306,3 +306,40 @@ def test_a_worker_stays_within_the_server_s_hello_limits() -> None:
     with pytest.raises(ValueError, match="max_cached_runs must be an int from 0 to 100000"):
         Worker("127.0.0.1:1", workflows=many[:1], max_cached_runs=100_001)
     Worker("127.0.0.1:1", workflows=many[:1000], concurrency=10_000, max_cached_runs=100_000)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"priority": 1001}, "priority must be an int from -1000 to 1000"),
+        ({"priority": True}, "priority must be an int"),
+        ({"start_rate": 10}, "a rate must be a stepd.Rate"),
+        ({"start_rate": Rate(0)}, "rate limit must be an int from 1 to 10000"),
+        ({"start_rate": Rate(1, per=0)}, "rate per must be|must be longer"),
+        ({"start_rate": Rate(1, key=lambda job: "k")}, "a start rate's key must be a str path"),
+        ({"debounce": Debounce(period=0)}, "debounce period must be from 1 ms to 7 days"),
+        ({"debounce": Debounce(period=5, max_wait=1)}, "max_wait must be from the period"),
+        (
+            {"debounce": Debounce(period=1), "start_rate": Rate(1)},
+            "debounce and start_rate cannot be combined",
+        ),
+    ],
+)
+def test_flow_options_are_checked_when_applied(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(WorkflowDefinitionError, match=message):
+
+        @workflow(name="flow_bad", **options)
+        async def flow_bad(ctx: WorkflowContext) -> None:
+            return None
+
+
+def test_a_step_rate_takes_a_fixed_key_or_a_function_of_the_arguments() -> None:
+    @step(rate=Rate(2, per="1m", key=lambda customer, amount: customer))
+    async def charge_customer(customer: str, amount: int) -> int:
+        return amount
+
+    assert charge_customer.rate is not None
+    assert charge_customer.rate.key_for(("c1", 5), {}) == "c1"
+    assert charge_customer.rate.period_ms == 60_000
+    with pytest.raises(WorkflowDefinitionError, match="rate limit must be"):
+        step(rate=Rate(20_000))

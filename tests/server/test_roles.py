@@ -50,6 +50,7 @@ EXPECTED: dict[str, frozenset[str]] = {
     "WorkflowService/CancelRuns": frozenset({"admin", "operator"}),
     "WorkflowService/RetryRuns": frozenset({"admin", "operator"}),
     "WorkflowService/ListWorkers": READERS,
+    "WorkflowService/ListFlowLimits": READERS,
     "WorkerService/PollTask": frozenset({"admin", "worker"}),
     "AdminService/CreateApiKey": ADMIN,
     "AdminService/ListApiKeys": ADMIN,

@@ -211,6 +211,8 @@ def _describe(command: worker_service_pb2.WorkerCommand, kind: str) -> str:
         return f"starts child {child.child_key} ({child.workflow_name})"
     if kind == "start_step":
         return f"calls step {command.start_step.step_key}"
+    if kind == "acquire_rate":
+        return f"calls step {command.acquire_rate.step_key}"
     if kind == "record_step":
         key = command.record_step.step.step_key
         what = "records" if key.startswith(_VALUE_PREFIXES) else "records step"

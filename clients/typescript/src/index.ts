@@ -64,8 +64,15 @@ export interface RunInfo {
   parentRunId: string;
   createTime: Date | undefined;
   endTime: Date | undefined;
-  /** Why a pending run is not started yet (its concurrency key is at the limit); "" otherwise. */
+  /**
+   * Why a pending run is not started yet (queued under its concurrency limit,
+   * rate-limited or debounced until a time); "" otherwise.
+   */
   waitingReason: string;
+  /** The run's priority (higher: handed to a worker first). */
+  priority: number;
+  /** The run's debounce key; "" for a workflow without debounce. */
+  debounceKey: string;
   /** The `traceparent` of the trace the run belongs to; "" when none. */
   traceparent: string;
 }
@@ -104,6 +111,10 @@ export interface TriggerOptions {
   startTime?: Date;
   /** The run's key under its workflow's concurrency limit, instead of the one read from the input. */
   concurrencyKey?: string;
+  /** The run's priority (-1000 to 1000), instead of its workflow's default. */
+  priority?: number;
+  /** The trigger's debounce key, instead of the one read from the input. */
+  debounceKey?: string;
   /**
    * The W3C trace the run joins: the caller's `traceparent` (and optional
    * `tracestate`) header, e.g. from an OpenTelemetry context's propagator.
@@ -135,6 +146,8 @@ function runInfo(run: Run | undefined): RunInfo {
     createTime: run.createTime ? timestampDate(run.createTime) : undefined,
     endTime: run.endTime ? timestampDate(run.endTime) : undefined,
     waitingReason: run.waitingReason,
+    priority: run.priority,
+    debounceKey: run.debounceKey,
     traceparent: run.traceContext?.traceparent ?? "",
   };
 }
@@ -176,6 +189,8 @@ export class StepdClient {
       deadline: options.deadline ? timestampFromDate(options.deadline) : undefined,
       startTime: options.startTime ? timestampFromDate(options.startTime) : undefined,
       concurrencyKey: options.concurrencyKey ?? "",
+      priority: options.priority,
+      debounceKey: options.debounceKey ?? "",
       traceContext: options.traceparent
         ? { traceparent: options.traceparent, tracestate: options.tracestate ?? "" }
         : undefined,

@@ -39,6 +39,9 @@ from stepd.server.store.migrations import (
     v0017_run_actions,
     v0018_trace_context,
     v0019_concurrency,
+    v0020_priorities,
+    v0021_rate_limits,
+    v0022_debounce,
 )
 
 
@@ -68,6 +71,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(17, v0017_run_actions.DESCRIPTION, v0017_run_actions.upgrade),
     Migration(18, v0018_trace_context.DESCRIPTION, v0018_trace_context.upgrade),
     Migration(19, v0019_concurrency.DESCRIPTION, v0019_concurrency.upgrade),
+    Migration(20, v0020_priorities.DESCRIPTION, v0020_priorities.upgrade),
+    Migration(21, v0021_rate_limits.DESCRIPTION, v0021_rate_limits.upgrade),
+    Migration(22, v0022_debounce.DESCRIPTION, v0022_debounce.upgrade),
 )
 
 #: The schema version this code expects.

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from stepd.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _FlowLimitKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FlowLimitKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FlowLimitKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FLOW_LIMIT_KIND_UNSPECIFIED: _FlowLimitKind.ValueType  # 0
+    """Not set."""
+    FLOW_LIMIT_KIND_CONCURRENCY: _FlowLimitKind.ValueType  # 1
+    """Active runs per key (ConcurrencyLimit)."""
+    FLOW_LIMIT_KIND_START_RATE: _FlowLimitKind.ValueType  # 2
+    """Run starts per key (WorkflowRegistration.start_rate)."""
+    FLOW_LIMIT_KIND_STEP_RATE: _FlowLimitKind.ValueType  # 3
+    """Step attempts per key (acquire_rate)."""
+    FLOW_LIMIT_KIND_DEBOUNCE: _FlowLimitKind.ValueType  # 4
+    """Triggers folded per key (WorkflowRegistration.debounce); the name is the
+    workflow's.
+    """
+
+class FlowLimitKind(_FlowLimitKind, metaclass=_FlowLimitKindEnumTypeWrapper):
+    """FlowLimitKind says what a flow-control limit bounds."""
+
+FLOW_LIMIT_KIND_UNSPECIFIED: FlowLimitKind.ValueType  # 0
+"""Not set."""
+FLOW_LIMIT_KIND_CONCURRENCY: FlowLimitKind.ValueType  # 1
+"""Active runs per key (ConcurrencyLimit)."""
+FLOW_LIMIT_KIND_START_RATE: FlowLimitKind.ValueType  # 2
+"""Run starts per key (WorkflowRegistration.start_rate)."""
+FLOW_LIMIT_KIND_STEP_RATE: FlowLimitKind.ValueType  # 3
+"""Step attempts per key (acquire_rate)."""
+FLOW_LIMIT_KIND_DEBOUNCE: FlowLimitKind.ValueType  # 4
+"""Triggers folded per key (WorkflowRegistration.debounce); the name is the
+workflow's.
+"""
+Global___FlowLimitKind: _TypeAlias = FlowLimitKind  # noqa: Y015
 
 @_typing.final
 class RetryRunRequest(_message.Message):
@@ -351,3 +388,108 @@ class WorkflowRef(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkflowRef: _TypeAlias = WorkflowRef  # noqa: Y015
+
+@_typing.final
+class ListFlowLimitsRequest(_message.Message):
+    """ListFlowLimitsRequest pages through the flow-control limits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The most limits to return (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFlowLimitsRequest: _TypeAlias = ListFlowLimitsRequest  # noqa: Y015
+
+@_typing.final
+class ListFlowLimitsResponse(_message.Message):
+    """ListFlowLimitsResponse is one page of flow-control limits, by kind and name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___FlowLimit]:
+        """The limits."""
+
+    def __init__(
+        self,
+        *,
+        limits: _abc.Iterable[Global___FlowLimit] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFlowLimitsResponse: _TypeAlias = ListFlowLimitsResponse  # noqa: Y015
+
+@_typing.final
+class FlowLimit(_message.Message):
+    """FlowLimit is one flow-control limit and its queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    WORKFLOWS_FIELD_NUMBER: _builtins.int
+    SETTING_FIELD_NUMBER: _builtins.int
+    ACTIVE_RUNS_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    KEYS_WAITING_FIELD_NUMBER: _builtins.int
+    kind: Global___FlowLimitKind.ValueType
+    """What it bounds."""
+    name: _builtins.str
+    """The limit's name (for debounce: the workflow's name)."""
+    setting: _builtins.str
+    """The setting, for people, e.g. "1 active per key, queue" or "10 per 1s"."""
+    active_runs: _builtins.int
+    """Concurrency: runs admitted and not ended."""
+    waiting: _builtins.int
+    """What waits: runs waiting for room (concurrency), for their turn (start
+    rate) or for their key to go quiet (debounce); turns taken and not begun
+    yet (step rate).
+    """
+    keys_waiting: _builtins.int
+    """How many keys have something waiting."""
+    @_builtins.property
+    def workflows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The workflows that declare it (none for a step rate limit)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___FlowLimitKind.ValueType = ...,
+        name: _builtins.str = ...,
+        workflows: _abc.Iterable[_builtins.str] | None = ...,
+        setting: _builtins.str = ...,
+        active_runs: _builtins.int = ...,
+        waiting: _builtins.int = ...,
+        keys_waiting: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_runs", b"active_runs", "keys_waiting", b"keys_waiting", "kind", b"kind", "name", b"name", "setting", b"setting", "waiting", b"waiting", "workflows", b"workflows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlowLimit: _TypeAlias = FlowLimit  # noqa: Y015

@@ -312,6 +312,8 @@ class Run(_message.Message):
     CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
     CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
     WAITING_REASON_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    DEBOUNCE_KEY_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     FORKED_FROM_RUN_ID_FIELD_NUMBER: _builtins.int
     FORKED_FROM_STEP_KEY_FIELD_NUMBER: _builtins.int
@@ -349,6 +351,10 @@ class Run(_message.Message):
     """Why a pending run is not handed out, for people, e.g. "queued behind
     key K of limit L: 2 ahead". Empty when it is not waiting for admission.
     """
+    priority: _builtins.int
+    """The run's priority (higher is handed out first; 0 is the default)."""
+    debounce_key: _builtins.str
+    """For a workflow with debounce: the run's debounce key."""
     forked_from_run_id: _builtins.str
     """For a run made by ForkRun: the run it was forked from."""
     forked_from_step_key: _builtins.str
@@ -453,6 +459,8 @@ class Run(_message.Message):
         concurrency_limit: _builtins.str = ...,
         concurrency_key: _builtins.str = ...,
         waiting_reason: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        debounce_key: _builtins.str = ...,
         progress: Global___Payload | None = ...,
         forked_from_run_id: _builtins.str = ...,
         forked_from_step_key: _builtins.str = ...,
@@ -461,7 +469,7 @@ class Run(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "held_error", b"held_error", "input", b"input", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "concurrency_key", b"concurrency_key", "concurrency_limit", b"concurrency_limit", "create_time", b"create_time", "deadline", b"deadline", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "forked_from_run_id", b"forked_from_run_id", "forked_from_step_key", b"forked_from_step_key", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "progress", b"progress", "result", b"result", "retry_count", b"retry_count", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "trace_context", b"trace_context", "update_time", b"update_time", "waiting_reason", b"waiting_reason", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "concurrency_key", b"concurrency_key", "concurrency_limit", b"concurrency_limit", "create_time", b"create_time", "deadline", b"deadline", "debounce_key", b"debounce_key", "detached", b"detached", "dispatch_count", b"dispatch_count", "end_time", b"end_time", "error", b"error", "execution_deadline", b"execution_deadline", "failure_reason", b"failure_reason", "forked_from_run_id", b"forked_from_run_id", "forked_from_step_key", b"forked_from_step_key", "held_error", b"held_error", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "priority", b"priority", "progress", b"progress", "result", b"result", "retry_count", b"retry_count", "root_run_id", b"root_run_id", "run_id", b"run_id", "schedule_id", b"schedule_id", "schedule_time", b"schedule_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "status", b"status", "trace_context", b"trace_context", "update_time", b"update_time", "waiting_reason", b"waiting_reason", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

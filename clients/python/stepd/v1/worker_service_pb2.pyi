@@ -212,6 +212,9 @@ class WorkflowRegistration(_message.Message):
     EVENT_TRIGGERS_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
     CONCURRENCY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    START_RATE_FIELD_NUMBER: _builtins.int
+    DEBOUNCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The workflow's name."""
     version: _builtins.str
@@ -220,6 +223,10 @@ class WorkflowRegistration(_message.Message):
     """The most journal entries (steps, failed attempts, met waits) a run of this
     version may record; past it the run fails with
     FAILURE_REASON_MAX_ENTRIES_EXCEEDED. 0: the server's default.
+    """
+    priority: _builtins.int
+    """The priority of the workflow's runs when their trigger sets none (see
+    TriggerRequest.priority); from -1000 to 1000. The newest hello counts.
     """
     @_builtins.property
     def execution_timeout(self) -> _duration_pb2.Duration:
@@ -246,6 +253,18 @@ class WorkflowRegistration(_message.Message):
         (concurrency per key). Unset: no limit.
         """
 
+    @_builtins.property
+    def start_rate(self) -> Global___RateLimit:
+        """A limit on how often runs of this workflow start: a new run over it
+        stays pending until its turn (see RateLimit). Unset: no limit.
+        """
+
+    @_builtins.property
+    def debounce(self) -> Global___Debounce:
+        """Triggers of this workflow with the same key within a period fold into
+        one run (see Debounce). Unset: every trigger starts a run.
+        """
+
     def __init__(
         self,
         *,
@@ -256,14 +275,104 @@ class WorkflowRegistration(_message.Message):
         event_triggers: _abc.Iterable[_builtins.str] | None = ...,
         schedule: _schedules_pb2.ScheduleSpec | None = ...,
         concurrency: Global___ConcurrencyLimit | None = ...,
+        priority: _builtins.int = ...,
+        start_rate: Global___RateLimit | None = ...,
+        debounce: Global___Debounce | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "execution_timeout", b"execution_timeout", "schedule", b"schedule"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "debounce", b"debounce", "execution_timeout", b"execution_timeout", "schedule", b"schedule", "start_rate", b"start_rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "event_triggers", b"event_triggers", "execution_timeout", b"execution_timeout", "max_entries", b"max_entries", "name", b"name", "schedule", b"schedule", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "debounce", b"debounce", "event_triggers", b"event_triggers", "execution_timeout", b"execution_timeout", "max_entries", b"max_entries", "name", b"name", "priority", b"priority", "schedule", b"schedule", "start_rate", b"start_rate", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkflowRegistration: _TypeAlias = WorkflowRegistration  # noqa: Y015
+
+@_typing.final
+class Debounce(_message.Message):
+    """Debounce folds triggers: a trigger whose key has a pending debounced run
+    that has not started yet does not create a run; it replaces that run's
+    input with its own and moves its start to `period` after itself, but never
+    past `max_wait` after the run's first trigger. A declaration with debounce
+    may not also have a start_rate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_PATH_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
+    key_path: _builtins.str
+    """A dotted path into the trigger's JSON input (as ConcurrencyLimit.key_path)
+    whose value is the key; empty: one key for every trigger.
+    """
+    @_builtins.property
+    def period(self) -> _duration_pb2.Duration:
+        """How long a key must see no new trigger before its run starts; from 1 ms
+        to 7 days.
+        """
+
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration:
+        """The longest a run may be postponed after its first trigger; unset: no
+        bound. At least `period`, at most 7 days.
+        """
+
+    def __init__(
+        self,
+        *,
+        key_path: _builtins.str = ...,
+        period: _duration_pb2.Duration | None = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_wait", b"max_wait", "period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_path", b"key_path", "max_wait", b"max_wait", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Debounce: _TypeAlias = Debounce  # noqa: Y015
+
+@_typing.final
+class RateLimit(_message.Message):
+    """RateLimit allows at most `limit` turns per `period` per key, across all
+    workers and server replicas: in no span of `period` do more than `limit`
+    turns of one key begin. Work over the limit waits for its turn; it is never
+    dropped. Steps and workflows that name the same limit share its turns.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_PATH_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The limit's name; empty means the workflow's name."""
+    key_path: _builtins.str
+    """A dotted path into the run's JSON input (as ConcurrencyLimit.key_path)
+    whose value is the key; empty: one key for every run.
+    """
+    limit: _builtins.int
+    """The most turns per period and key; from 1 to 10000."""
+    @_builtins.property
+    def period(self) -> _duration_pb2.Duration:
+        """The period; from 1 ms to 7 days."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        key_path: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        period: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_path", b"key_path", "limit", b"limit", "name", b"name", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateLimit: _TypeAlias = RateLimit  # noqa: Y015
 
 @_typing.final
 class ConcurrencyLimit(_message.Message):
@@ -395,6 +504,7 @@ class WorkerCommand(_message.Message):
     START_STEP_FIELD_NUMBER: _builtins.int
     START_CHILD_FIELD_NUMBER: _builtins.int
     HOLD_RUN_FIELD_NUMBER: _builtins.int
+    ACQUIRE_RATE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.int
     """Chosen by the worker, unique on its stream; echoed in the CommandResult."""
     run_id: _builtins.str
@@ -441,6 +551,10 @@ class WorkerCommand(_message.Message):
         produced. Its last command on this lease.
         """
 
+    @_builtins.property
+    def acquire_rate(self) -> Global___AcquireRateCommand:
+        """Take a turn under a rate limit before a step attempt starts."""
+
     def __init__(
         self,
         *,
@@ -456,16 +570,63 @@ class WorkerCommand(_message.Message):
         start_step: Global___StartStepCommand | None = ...,
         start_child: Global___StartChildCommand | None = ...,
         hold_run: Global___HoldRunCommand | None = ...,
+        acquire_rate: Global___AcquireRateCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "complete_run", b"complete_run", "fail_run", b"fail_run", "hold_run", b"hold_run", "record_event", b"record_event", "record_step", b"record_step", "release_run", b"release_run", "start_child", b"start_child", "start_step", b"start_step", "suspend_run", b"suspend_run"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acquire_rate", b"acquire_rate", "command", b"command", "complete_run", b"complete_run", "fail_run", b"fail_run", "hold_run", b"hold_run", "record_event", b"record_event", "record_step", b"record_step", "release_run", b"release_run", "start_child", b"start_child", "start_step", b"start_step", "suspend_run", b"suspend_run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_id", b"command_id", "complete_run", b"complete_run", "fail_run", b"fail_run", "hold_run", b"hold_run", "lease_id", b"lease_id", "record_event", b"record_event", "record_step", b"record_step", "release_run", b"release_run", "run_id", b"run_id", "start_child", b"start_child", "start_step", b"start_step", "suspend_run", b"suspend_run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquire_rate", b"acquire_rate", "command", b"command", "command_id", b"command_id", "complete_run", b"complete_run", "fail_run", b"fail_run", "hold_run", b"hold_run", "lease_id", b"lease_id", "record_event", b"record_event", "record_step", b"record_step", "release_run", b"release_run", "run_id", b"run_id", "start_child", b"start_child", "start_step", b"start_step", "suspend_run", b"suspend_run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["record_step", "suspend_run", "complete_run", "fail_run", "release_run", "record_event", "start_step", "start_child", "hold_run"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["record_step", "suspend_run", "complete_run", "fail_run", "release_run", "record_event", "start_step", "start_child", "hold_run", "acquire_rate"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___WorkerCommand: _TypeAlias = WorkerCommand  # noqa: Y015
+
+@_typing.final
+class AcquireRateCommand(_message.Message):
+    """AcquireRateCommand takes a turn under a rate limit (see RateLimit) for a
+    step attempt about to start. The server reserves the earliest turn the
+    limit allows, in the store (so the limit holds across workers and
+    replicas), and answers OK with CommandResult.start_after: the worker starts
+    the attempt once that delay passed. Every command takes a turn (each
+    attempt of a retried step too); a turn not used is not given back.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    STEP_KEY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The limit's name (shared by the steps and workflows that name it)."""
+    key: _builtins.str
+    """The key within the limit."""
+    limit: _builtins.int
+    """The most turns per period and key; from 1 to 10000."""
+    step_key: _builtins.str
+    """The step the turn is for (for the log)."""
+    @_builtins.property
+    def period(self) -> _duration_pb2.Duration:
+        """The period; from 1 ms to 7 days."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        key: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        period: _duration_pb2.Duration | None = ...,
+        step_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "limit", b"limit", "name", b"name", "period", b"period", "step_key", b"step_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcquireRateCommand: _TypeAlias = AcquireRateCommand  # noqa: Y015
 
 @_typing.final
 class StartChildCommand(_message.Message):
@@ -1124,6 +1285,7 @@ class CommandResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     RECORDED_STEP_FIELD_NUMBER: _builtins.int
+    START_AFTER_FIELD_NUMBER: _builtins.int
     command_id: _builtins.int
     """The command's id."""
     status: Global___CommandStatus.ValueType
@@ -1136,6 +1298,10 @@ class CommandResult(_message.Message):
         (OK or DUPLICATE): the child's entry, {"run_id": CHILD_RUN_ID}.
         """
 
+    @_builtins.property
+    def start_after(self) -> _duration_pb2.Duration:
+        """For acquire_rate: start the step attempt after this delay (zero: now)."""
+
     def __init__(
         self,
         *,
@@ -1143,10 +1309,11 @@ class CommandResult(_message.Message):
         status: Global___CommandStatus.ValueType = ...,
         message: _builtins.str = ...,
         recorded_step: _types_pb2.StepRecord | None = ...,
+        start_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_step", b"recorded_step"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_step", b"recorded_step", "start_after", b"start_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "message", b"message", "recorded_step", b"recorded_step", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "message", b"message", "recorded_step", b"recorded_step", "start_after", b"start_after", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -73,6 +73,8 @@ class TriggerRequest(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    DEBOUNCE_KEY_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """The workflow to run. Required."""
@@ -91,6 +93,15 @@ class TriggerRequest(_message.Message):
     concurrency_key: _builtins.str
     """The run's concurrency key, overriding the one the workflow's concurrency
     limit computes from the input. Ignored for a workflow without a limit.
+    """
+    priority: _builtins.int
+    """The run's priority: among ready runs, a higher priority is handed to a
+    worker first. Unset: the workflow's default (WorkflowRegistration.priority;
+    0 when none was declared). From -1000 to 1000.
+    """
+    debounce_key: _builtins.str
+    """The trigger's debounce key, overriding the one the workflow's Debounce
+    reads from the input. Ignored for a workflow without debounce.
     """
     @_builtins.property
     def input(self) -> _types_pb2.Payload:
@@ -123,13 +134,17 @@ class TriggerRequest(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         concurrency_key: _builtins.str = ...,
+        priority: _builtins.int | None = ...,
+        debounce_key: _builtins.str = ...,
         trace_context: _types_pb2.TraceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "start_time", b"start_time", "trace_context", b"trace_context"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "deadline", b"deadline", "input", b"input", "priority", b"priority", "start_time", b"start_time", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "input", b"input", "run_id", b"run_id", "start_time", b"start_time", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "concurrency_key", b"concurrency_key", "deadline", b"deadline", "debounce_key", b"debounce_key", "idempotency_key", b"idempotency_key", "input", b"input", "priority", b"priority", "run_id", b"run_id", "start_time", b"start_time", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
 
 Global___TriggerRequest: _TypeAlias = TriggerRequest  # noqa: Y015
 
@@ -141,8 +156,13 @@ class TriggerResponse(_message.Message):
 
     RUN_FIELD_NUMBER: _builtins.int
     ALREADY_EXISTED_FIELD_NUMBER: _builtins.int
+    DEBOUNCED_FIELD_NUMBER: _builtins.int
     already_existed: _builtins.bool
     """True when the idempotency key named a run that already existed."""
+    debounced: _builtins.bool
+    """True when the trigger was folded into its key's pending debounced run
+    (the run returned, whose input is now this trigger's; see Debounce).
+    """
     @_builtins.property
     def run(self) -> _types_pb2.Run:
         """The run."""
@@ -152,10 +172,11 @@ class TriggerResponse(_message.Message):
         *,
         run: _types_pb2.Run | None = ...,
         already_existed: _builtins.bool = ...,
+        debounced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_existed", b"already_existed", "run", b"run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_existed", b"already_existed", "debounced", b"debounced", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

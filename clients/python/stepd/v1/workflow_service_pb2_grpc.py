@@ -152,6 +152,11 @@ class WorkflowServiceStub(object):
                 request_serializer=stepd_dot_v1_dot_operations__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=stepd_dot_v1_dot_operations__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.ListFlowLimits = channel.unary_unary(
+                '/stepd.v1.WorkflowService/ListFlowLimits',
+                request_serializer=stepd_dot_v1_dot_operations__pb2.ListFlowLimitsRequest.SerializeToString,
+                response_deserializer=stepd_dot_v1_dot_operations__pb2.ListFlowLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer(object):
@@ -334,6 +339,15 @@ class WorkflowServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFlowLimits(self, request, context):
+        """ListFlowLimits lists the flow-control limits the workers declared
+        (concurrency, start and step rate limits, debounce) with what waits
+        under each, read from the database (every replica's runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -451,6 +465,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=stepd_dot_v1_dot_operations__pb2.ListWorkersRequest.FromString,
                     response_serializer=stepd_dot_v1_dot_operations__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'ListFlowLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFlowLimits,
+                    request_deserializer=stepd_dot_v1_dot_operations__pb2.ListFlowLimitsRequest.FromString,
+                    response_serializer=stepd_dot_v1_dot_operations__pb2.ListFlowLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1076,6 +1095,33 @@ class WorkflowService(object):
             '/stepd.v1.WorkflowService/ListWorkers',
             stepd_dot_v1_dot_operations__pb2.ListWorkersRequest.SerializeToString,
             stepd_dot_v1_dot_operations__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFlowLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepd.v1.WorkflowService/ListFlowLimits',
+            stepd_dot_v1_dot_operations__pb2.ListFlowLimitsRequest.SerializeToString,
+            stepd_dot_v1_dot_operations__pb2.ListFlowLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -105,6 +105,11 @@ class WorkflowServiceStub:
     """
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListWorkersRequest, _operations_pb2.ListWorkersResponse]
     """ListWorkers lists the workers connected to the server (every replica's)."""
+    ListFlowLimits: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListFlowLimitsRequest, _operations_pb2.ListFlowLimitsResponse]
+    """ListFlowLimits lists the flow-control limits the workers declared
+    (concurrency, start and step rate limits, debounce) with what waits
+    under each, read from the database (every replica's runs).
+    """
 
 @_typing.type_check_only
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
@@ -182,6 +187,11 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """
     ListWorkers: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListWorkersRequest, _operations_pb2.ListWorkersResponse]  # type: ignore[assignment]
     """ListWorkers lists the workers connected to the server (every replica's)."""
+    ListFlowLimits: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListFlowLimitsRequest, _operations_pb2.ListFlowLimitsResponse]  # type: ignore[assignment]
+    """ListFlowLimits lists the flow-control limits the workers declared
+    (concurrency, start and step rate limits, debounce) with what waits
+    under each, read from the database (every replica's runs).
+    """
 
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     """WorkflowService is the client-facing API: start, inspect, list, cancel and
@@ -394,5 +404,16 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.ListWorkersResponse, _abc.Awaitable[_operations_pb2.ListWorkersResponse]]:
         """ListWorkers lists the workers connected to the server (every replica's)."""
+
+    @_abc_1.abstractmethod
+    def ListFlowLimits(
+        self,
+        request: _operations_pb2.ListFlowLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.ListFlowLimitsResponse, _abc.Awaitable[_operations_pb2.ListFlowLimitsResponse]]:
+        """ListFlowLimits lists the flow-control limits the workers declared
+        (concurrency, start and step rate limits, debounce) with what waits
+        under each, read from the database (every replica's runs).
+        """
 
 def add_WorkflowServiceServicer_to_server(servicer: WorkflowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

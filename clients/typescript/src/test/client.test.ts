@@ -65,6 +65,19 @@ test("a run started from TypeScript joins the caller's trace", { skip }, async (
   });
 });
 
+test("a run started from TypeScript can have a priority", { skip }, async () => {
+  const stepd = new StepdClient(`http://${address}`);
+  const started = await stepd.trigger("e2e.square", 4, { priority: 7 });
+  assert.equal(started.priority, 7);
+  assert.equal(started.debounceKey, "");
+  assert.equal(await stepd.result(started.runId, 30_000), 16);
+  await assert.rejects(stepd.trigger("e2e.square", 4, { priority: 5000 }), (error: unknown) => {
+    assert.ok(error instanceof ConnectError, String(error));
+    assert.equal(error.code, Code.InvalidArgument);
+    return true;
+  });
+});
+
 test("a failed run and the server's errors reach TypeScript as typed errors", { skip }, async () => {
   const stepd = new StepdClient(`http://${address}`);
   const tag = randomUUID().slice(0, 12);

@@ -2,8 +2,8 @@
 // @generated from file stepd/v1/operations.proto (package stepd.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Run } from "./types_pb.js";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stepd/v1/operations.proto.
  */
 export const file_stepd_v1_operations: GenFile = /*@__PURE__*/
-  fileDesc("ChlzdGVwZC92MS9vcGVyYXRpb25zLnByb3RvEghzdGVwZC52MSJ3Cg9SZXRyeVJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEiwKCGRlYWRsaW5lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5jbGVhcl9kZWFkbGluZRgDIAEoCBIOCgZyZWFzb24YBCABKAkiLgoQUmV0cnlSdW5SZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4iogEKDkZvcmtSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIQCghzdGVwX2tleRgCIAEoCRISCgpuZXdfcnVuX2lkGAMgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YBCABKAkSEgoKcmVxdWVzdF9pZBgFIAEoCRIsCghkZWFkbGluZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRgoPRm9ya1J1blJlc3BvbnNlEhoKA3J1bhgBIAEoCzINLnN0ZXBkLnYxLlJ1bhIXCg9hbHJlYWR5X2V4aXN0ZWQYAiABKAgiIgoQRGVsZXRlUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkiIwoRRGVsZXRlUnVuUmVzcG9uc2USDgoGcnVuX2lkGAEgASgJIjsKEkxpc3RXb3JrZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJVChNMaXN0V29ya2Vyc1Jlc3BvbnNlEiUKB3dvcmtlcnMYASADKAsyFC5zdGVwZC52MS5Xb3JrZXJJbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKlAgoKV29ya2VySW5mbxISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIQCghpZGVudGl0eRgDIAEoCRIoCgl3b3JrZmxvd3MYBCADKAsyFS5zdGVwZC52MS5Xb3JrZmxvd1JlZhIQCghjYXBhY2l0eRgFIAEoDRIRCglydW5zX2hlbGQYBiABKA0SNwoTbGFzdF9oZWFydGJlYXRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMY29ubmVjdF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXBsaWNhX2lkGAkgASgJEhAKCGRyYWluaW5nGAogASgIIiwKC1dvcmtmbG93UmVmEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCWIGcHJvdG8z", [file_google_protobuf_timestamp, file_stepd_v1_types]);
+  fileDesc("ChlzdGVwZC92MS9vcGVyYXRpb25zLnByb3RvEghzdGVwZC52MSJ3Cg9SZXRyeVJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEiwKCGRlYWRsaW5lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5jbGVhcl9kZWFkbGluZRgDIAEoCBIOCgZyZWFzb24YBCABKAkiLgoQUmV0cnlSdW5SZXNwb25zZRIaCgNydW4YASABKAsyDS5zdGVwZC52MS5SdW4iogEKDkZvcmtSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIQCghzdGVwX2tleRgCIAEoCRISCgpuZXdfcnVuX2lkGAMgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YBCABKAkSEgoKcmVxdWVzdF9pZBgFIAEoCRIsCghkZWFkbGluZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRgoPRm9ya1J1blJlc3BvbnNlEhoKA3J1bhgBIAEoCzINLnN0ZXBkLnYxLlJ1bhIXCg9hbHJlYWR5X2V4aXN0ZWQYAiABKAgiIgoQRGVsZXRlUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkiIwoRRGVsZXRlUnVuUmVzcG9uc2USDgoGcnVuX2lkGAEgASgJIjsKEkxpc3RXb3JrZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJVChNMaXN0V29ya2Vyc1Jlc3BvbnNlEiUKB3dvcmtlcnMYASADKAsyFC5zdGVwZC52MS5Xb3JrZXJJbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKlAgoKV29ya2VySW5mbxISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIQCghpZGVudGl0eRgDIAEoCRIoCgl3b3JrZmxvd3MYBCADKAsyFS5zdGVwZC52MS5Xb3JrZmxvd1JlZhIQCghjYXBhY2l0eRgFIAEoDRIRCglydW5zX2hlbGQYBiABKA0SNwoTbGFzdF9oZWFydGJlYXRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMY29ubmVjdF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXBsaWNhX2lkGAkgASgJEhAKCGRyYWluaW5nGAogASgIIiwKC1dvcmtmbG93UmVmEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCSI+ChVMaXN0Rmxvd0xpbWl0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiVgoWTGlzdEZsb3dMaW1pdHNSZXNwb25zZRIjCgZsaW1pdHMYASADKAsyEy5zdGVwZC52MS5GbG93TGltaXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIqABCglGbG93TGltaXQSJQoEa2luZBgBIAEoDjIXLnN0ZXBkLnYxLkZsb3dMaW1pdEtpbmQSDAoEbmFtZRgCIAEoCRIRCgl3b3JrZmxvd3MYAyADKAkSDwoHc2V0dGluZxgEIAEoCRITCgthY3RpdmVfcnVucxgFIAEoDRIPCgd3YWl0aW5nGAYgASgNEhQKDGtleXNfd2FpdGluZxgHIAEoDSquAQoNRmxvd0xpbWl0S2luZBIfChtGTE9XX0xJTUlUX0tJTkRfVU5TUEVDSUZJRUQQABIfChtGTE9XX0xJTUlUX0tJTkRfQ09OQ1VSUkVOQ1kQARIeChpGTE9XX0xJTUlUX0tJTkRfU1RBUlRfUkFURRACEh0KGUZMT1dfTElNSVRfS0lORF9TVEVQX1JBVEUQAxIcChhGTE9XX0xJTUlUX0tJTkRfREVCT1VOQ0UQBGIGcHJvdG8z", [file_google_protobuf_timestamp, file_stepd_v1_types]);
 
 /**
  * RetryRunRequest names a failed or cancelled run to resume.
@@ -377,4 +377,174 @@ export type WorkflowRef = Message<"stepd.v1.WorkflowRef"> & {
  */
 export const WorkflowRefSchema: GenMessage<WorkflowRef> = /*@__PURE__*/
   messageDesc(file_stepd_v1_operations, 9);
+
+/**
+ * ListFlowLimitsRequest pages through the flow-control limits.
+ *
+ * @generated from message stepd.v1.ListFlowLimitsRequest
+ */
+export type ListFlowLimitsRequest = Message<"stepd.v1.ListFlowLimitsRequest"> & {
+  /**
+   * The most limits to return (default 100, at most 1000).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.ListFlowLimitsRequest.
+ * Use `create(ListFlowLimitsRequestSchema)` to create a new message.
+ */
+export const ListFlowLimitsRequestSchema: GenMessage<ListFlowLimitsRequest> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_operations, 10);
+
+/**
+ * ListFlowLimitsResponse is one page of flow-control limits, by kind and name.
+ *
+ * @generated from message stepd.v1.ListFlowLimitsResponse
+ */
+export type ListFlowLimitsResponse = Message<"stepd.v1.ListFlowLimitsResponse"> & {
+  /**
+   * The limits.
+   *
+   * @generated from field: repeated stepd.v1.FlowLimit limits = 1;
+   */
+  limits: FlowLimit[];
+
+  /**
+   * Pass as page_token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message stepd.v1.ListFlowLimitsResponse.
+ * Use `create(ListFlowLimitsResponseSchema)` to create a new message.
+ */
+export const ListFlowLimitsResponseSchema: GenMessage<ListFlowLimitsResponse> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_operations, 11);
+
+/**
+ * FlowLimit is one flow-control limit and its queue.
+ *
+ * @generated from message stepd.v1.FlowLimit
+ */
+export type FlowLimit = Message<"stepd.v1.FlowLimit"> & {
+  /**
+   * What it bounds.
+   *
+   * @generated from field: stepd.v1.FlowLimitKind kind = 1;
+   */
+  kind: FlowLimitKind;
+
+  /**
+   * The limit's name (for debounce: the workflow's name).
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The workflows that declare it (none for a step rate limit).
+   *
+   * @generated from field: repeated string workflows = 3;
+   */
+  workflows: string[];
+
+  /**
+   * The setting, for people, e.g. "1 active per key, queue" or "10 per 1s".
+   *
+   * @generated from field: string setting = 4;
+   */
+  setting: string;
+
+  /**
+   * Concurrency: runs admitted and not ended.
+   *
+   * @generated from field: uint32 active_runs = 5;
+   */
+  activeRuns: number;
+
+  /**
+   * What waits: runs waiting for room (concurrency), for their turn (start
+   * rate) or for their key to go quiet (debounce); turns taken and not begun
+   * yet (step rate).
+   *
+   * @generated from field: uint32 waiting = 6;
+   */
+  waiting: number;
+
+  /**
+   * How many keys have something waiting.
+   *
+   * @generated from field: uint32 keys_waiting = 7;
+   */
+  keysWaiting: number;
+};
+
+/**
+ * Describes the message stepd.v1.FlowLimit.
+ * Use `create(FlowLimitSchema)` to create a new message.
+ */
+export const FlowLimitSchema: GenMessage<FlowLimit> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_operations, 12);
+
+/**
+ * FlowLimitKind says what a flow-control limit bounds.
+ *
+ * @generated from enum stepd.v1.FlowLimitKind
+ */
+export enum FlowLimitKind {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: FLOW_LIMIT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Active runs per key (ConcurrencyLimit).
+   *
+   * @generated from enum value: FLOW_LIMIT_KIND_CONCURRENCY = 1;
+   */
+  CONCURRENCY = 1,
+
+  /**
+   * Run starts per key (WorkflowRegistration.start_rate).
+   *
+   * @generated from enum value: FLOW_LIMIT_KIND_START_RATE = 2;
+   */
+  START_RATE = 2,
+
+  /**
+   * Step attempts per key (acquire_rate).
+   *
+   * @generated from enum value: FLOW_LIMIT_KIND_STEP_RATE = 3;
+   */
+  STEP_RATE = 3,
+
+  /**
+   * Triggers folded per key (WorkflowRegistration.debounce); the name is the
+   * workflow's.
+   *
+   * @generated from enum value: FLOW_LIMIT_KIND_DEBOUNCE = 4;
+   */
+  DEBOUNCE = 4,
+}
+
+/**
+ * Describes the enum stepd.v1.FlowLimitKind.
+ */
+export const FlowLimitKindSchema: GenEnum<FlowLimitKind> = /*@__PURE__*/
+  enumDesc(file_stepd_v1_operations, 0);
 

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stepd/v1/worker_service.proto.
  */
 export const file_stepd_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zdGVwZC92MS93b3JrZXJfc2VydmljZS5wcm90bxIIc3RlcGQudjEizgEKD1BvbGxUYXNrUmVxdWVzdBImCgVoZWxsbxgBIAEoCzIVLnN0ZXBkLnYxLldvcmtlckhlbGxvSAASMAoIY29tbWFuZHMYAiABKAsyHC5zdGVwZC52MS5Xb3JrZXJDb21tYW5kQmF0Y2hIABIuCgloZWFydGJlYXQYAyABKAsyGS5zdGVwZC52MS5Xb3JrZXJIZWFydGJlYXRIABImCgVkcmFpbhgEIAEoCzIVLnN0ZXBkLnYxLldvcmtlckRyYWluSABCCQoHbWVzc2FnZSKlAQoLV29ya2VySGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEjEKCXdvcmtmbG93cxgDIAMoCzIeLnN0ZXBkLnYxLldvcmtmbG93UmVnaXN0cmF0aW9uEhAKCGNhcGFjaXR5GAQgASgNEhMKC3Nka192ZXJzaW9uGAUgASgJEhcKD21heF9jYWNoZWRfcnVucxgeIAEoDSLzAQoUV29ya2Zsb3dSZWdpc3RyYXRpb24SDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEjQKEWV4ZWN1dGlvbl90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC21heF9lbnRyaWVzGAQgASgNEhYKDmV2ZW50X3RyaWdnZXJzGAogAygJEigKCHNjaGVkdWxlGAsgASgLMhYuc3RlcGQudjEuU2NoZWR1bGVTcGVjEi8KC2NvbmN1cnJlbmN5GAwgASgLMhouc3RlcGQudjEuQ29uY3VycmVuY3lMaW1pdCJyChBDb25jdXJyZW5jeUxpbWl0EgwKBG5hbWUYASABKAkSEAoIa2V5X3BhdGgYAiABKAkSDQoFbGltaXQYAyABKA0SLwoIc3RyYXRlZ3kYBCABKA4yHS5zdGVwZC52MS5Db25jdXJyZW5jeVN0cmF0ZWd5IkAKD1dvcmtlckhlYXJ0YmVhdBItCglzZW5kX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIh0KC1dvcmtlckRyYWluEg4KBnJlYXNvbhgBIAEoCSI/ChJXb3JrZXJDb21tYW5kQmF0Y2gSKQoIY29tbWFuZHMYASADKAsyFy5zdGVwZC52MS5Xb3JrZXJDb21tYW5kIpoECg1Xb3JrZXJDb21tYW5kEhIKCmNvbW1hbmRfaWQYASABKAQSDgoGcnVuX2lkGAIgASgJEhAKCGxlYXNlX2lkGAMgASgEEjIKC3JlY29yZF9zdGVwGAQgASgLMhsuc3RlcGQudjEuUmVjb3JkU3RlcENvbW1hbmRIABIyCgtzdXNwZW5kX3J1bhgFIAEoCzIbLnN0ZXBkLnYxLlN1c3BlbmRSdW5Db21tYW5kSAASNAoMY29tcGxldGVfcnVuGAYgASgLMhwuc3RlcGQudjEuQ29tcGxldGVSdW5Db21tYW5kSAASLAoIZmFpbF9ydW4YByABKAsyGC5zdGVwZC52MS5GYWlsUnVuQ29tbWFuZEgAEjIKC3JlbGVhc2VfcnVuGAggASgLMhsuc3RlcGQudjEuUmVsZWFzZVJ1bkNvbW1hbmRIABI0CgxyZWNvcmRfZXZlbnQYCSABKAsyHC5zdGVwZC52MS5SZWNvcmRFdmVudENvbW1hbmRIABIwCgpzdGFydF9zdGVwGAogASgLMhouc3RlcGQudjEuU3RhcnRTdGVwQ29tbWFuZEgAEjIKC3N0YXJ0X2NoaWxkGBQgASgLMhsuc3RlcGQudjEuU3RhcnRDaGlsZENvbW1hbmRIABIsCghob2xkX3J1bhgVIAEoCzIYLnN0ZXBkLnYxLkhvbGRSdW5Db21tYW5kSABCCQoHY29tbWFuZCK6AQoRU3RhcnRDaGlsZENvbW1hbmQSEQoJY2hpbGRfa2V5GAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoCRIgCgVpbnB1dBgEIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEAoIZGV0YWNoZWQYBSABKAgSLQoNdHJhY2VfY29udGV4dBgUIAEoCzIWLnN0ZXBkLnYxLlRyYWNlQ29udGV4dCI0Cg5Ib2xkUnVuQ29tbWFuZBIiCgVlcnJvchgBIAEoCzITLnN0ZXBkLnYxLkVycm9ySW5mbyJhChBTdGFydFN0ZXBDb21tYW5kEhAKCHN0ZXBfa2V5GAEgASgJEg8KB2F0dGVtcHQYAiABKA0SKgoHdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJrChJSZWNvcmRFdmVudENvbW1hbmQSEQoJZW50cnlfa2V5GAEgASgJEgwKBG5hbWUYAiABKAkSIgoHcGF5bG9hZBgDIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSEAoIcHJvZ3Jlc3MYBCABKAgiNwoRUmVjb3JkU3RlcENvbW1hbmQSIgoEc3RlcBgBIAEoCzIULnN0ZXBkLnYxLlN0ZXBSZWNvcmQiOwoRU3VzcGVuZFJ1bkNvbW1hbmQSJgoFd2FpdHMYASADKAsyFy5zdGVwZC52MS5XYWl0Q29uZGl0aW9uIuwBCg1XYWl0Q29uZGl0aW9uEhAKCHdhaXRfa2V5GAEgASgJEiQKBXRpbWVyGAIgASgLMhMuc3RlcGQudjEuVGltZXJXYWl0SAASJgoGc2lnbmFsGAMgASgLMhQuc3RlcGQudjEuU2lnbmFsV2FpdEgAEiQKBWV2ZW50GAQgASgLMhMuc3RlcGQudjEuRXZlbnRXYWl0SAASIgoEaG9vaxgFIAEoCzISLnN0ZXBkLnYxLkhvb2tXYWl0SAASJAoFY2hpbGQYFCABKAsyEy5zdGVwZC52MS5DaGlsZFdhaXRIAEILCgljb25kaXRpb24iGwoJQ2hpbGRXYWl0Eg4KBnJ1bl9pZBgBIAEoCSIKCghIb29rV2FpdCJYCglFdmVudFdhaXQSDAoEbmFtZRgBIAEoCRISCgptYXRjaF9qc29uGAIgASgJEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIaCgpTaWduYWxXYWl0EgwKBG5hbWUYASABKAkiOgoJVGltZXJXYWl0Ei0KCWZpcmVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoSQ29tcGxldGVSdW5Db21tYW5kEiEKBnJlc3VsdBgBIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQiNAoORmFpbFJ1bkNvbW1hbmQSIgoFZXJyb3IYASABKAsyEy5zdGVwZC52MS5FcnJvckluZm8iIwoRUmVsZWFzZVJ1bkNvbW1hbmQSDgoGcmVhc29uGAEgASgJIrwBChBQb2xsVGFza1Jlc3BvbnNlEiAKBXRhc2tzGAEgAygLMhEuc3RlcGQudjEuUnVuVGFzaxIoCgdyZXN1bHRzGAIgAygLMhcuc3RlcGQudjEuQ29tbWFuZFJlc3VsdBIwCg1jYW5jZWxsYXRpb25zGAMgAygLMhkuc3RlcGQudjEuUnVuQ2FuY2VsbGF0aW9uEioKCHNldHRpbmdzGAQgASgLMhguc3RlcGQudjEuU3RyZWFtU2V0dGluZ3MilAEKDlN0cmVhbVNldHRpbmdzEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIwCg1sZWFzZV90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhkKEW1heF9tZXNzYWdlX2J5dGVzGAMgASgNIpcDCgdSdW5UYXNrEg4KBnJ1bl9pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoBBIVCg13b3JrZmxvd19uYW1lGAMgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YBCABKAkSIAoFaW5wdXQYBSABKAsyES5zdGVwZC52MS5QYXlsb2FkEicKB2pvdXJuYWwYBiADKAsyFi5zdGVwZC52MS5Kb3VybmFsRW50cnkSLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmRpc3BhdGNoX2NvdW50GAggASgNEhUKDXBhcmVudF9ydW5faWQYCSABKAkSEwoLcm9vdF9ydW5faWQYCiABKAkSEwoLaG9va19zZWNyZXQYCyABKAwSFwoPY29udGludWVzX2xlYXNlGB4gASgEEh8KF2pvdXJuYWxfcGFydHNfcmVtYWluaW5nGB8gASgNEi0KDXRyYWNlX2NvbnRleHQYKCABKAsyFi5zdGVwZC52MS5UcmFjZUNvbnRleHQiigEKDUNvbW1hbmRSZXN1bHQSEgoKY29tbWFuZF9pZBgBIAEoBBInCgZzdGF0dXMYAiABKA4yFy5zdGVwZC52MS5Db21tYW5kU3RhdHVzEg8KB21lc3NhZ2UYAyABKAkSKwoNcmVjb3JkZWRfc3RlcBgEIAEoCzIULnN0ZXBkLnYxLlN0ZXBSZWNvcmQiQwoPUnVuQ2FuY2VsbGF0aW9uEg4KBnJ1bl9pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoBBIOCgZyZWFzb24YAyABKAkqsAEKE0NvbmN1cnJlbmN5U3RyYXRlZ3kSJAogQ09OQ1VSUkVOQ1lfU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIeChpDT05DVVJSRU5DWV9TVFJBVEVHWV9RVUVVRRABEisKJ0NPTkNVUlJFTkNZX1NUUkFURUdZX0NBTkNFTF9JTl9QUk9HUkVTUxACEiYKIkNPTkNVUlJFTkNZX1NUUkFURUdZX0NBTkNFTF9ORVdFU1QQAyrCAQoNQ29tbWFuZFN0YXR1cxIeChpDT01NQU5EX1NUQVRVU19VTlNQRUNJRklFRBAAEhUKEUNPTU1BTkRfU1RBVFVTX09LEAESHAoYQ09NTUFORF9TVEFUVVNfRFVQTElDQVRFEAISHQoZQ09NTUFORF9TVEFUVVNfTEVBU0VfTE9TVBADEhoKFkNPTU1BTkRfU1RBVFVTX0lOVkFMSUQQBBIhCh1DT01NQU5EX1NUQVRVU19JTlRFUk5BTF9FUlJPUhAFMlYKDVdvcmtlclNlcnZpY2USRQoIUG9sbFRhc2sSGS5zdGVwZC52MS5Qb2xsVGFza1JlcXVlc3QaGi5zdGVwZC52MS5Qb2xsVGFza1Jlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_schedules, file_stepd_v1_types]);
+  fileDesc("Ch1zdGVwZC92MS93b3JrZXJfc2VydmljZS5wcm90bxIIc3RlcGQudjEizgEKD1BvbGxUYXNrUmVxdWVzdBImCgVoZWxsbxgBIAEoCzIVLnN0ZXBkLnYxLldvcmtlckhlbGxvSAASMAoIY29tbWFuZHMYAiABKAsyHC5zdGVwZC52MS5Xb3JrZXJDb21tYW5kQmF0Y2hIABIuCgloZWFydGJlYXQYAyABKAsyGS5zdGVwZC52MS5Xb3JrZXJIZWFydGJlYXRIABImCgVkcmFpbhgEIAEoCzIVLnN0ZXBkLnYxLldvcmtlckRyYWluSABCCQoHbWVzc2FnZSKlAQoLV29ya2VySGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEjEKCXdvcmtmbG93cxgDIAMoCzIeLnN0ZXBkLnYxLldvcmtmbG93UmVnaXN0cmF0aW9uEhAKCGNhcGFjaXR5GAQgASgNEhMKC3Nka192ZXJzaW9uGAUgASgJEhcKD21heF9jYWNoZWRfcnVucxgeIAEoDSLUAgoUV29ya2Zsb3dSZWdpc3RyYXRpb24SDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEjQKEWV4ZWN1dGlvbl90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC21heF9lbnRyaWVzGAQgASgNEhYKDmV2ZW50X3RyaWdnZXJzGAogAygJEigKCHNjaGVkdWxlGAsgASgLMhYuc3RlcGQudjEuU2NoZWR1bGVTcGVjEi8KC2NvbmN1cnJlbmN5GAwgASgLMhouc3RlcGQudjEuQ29uY3VycmVuY3lMaW1pdBIQCghwcmlvcml0eRgNIAEoBRInCgpzdGFydF9yYXRlGA4gASgLMhMuc3RlcGQudjEuUmF0ZUxpbWl0EiQKCGRlYm91bmNlGA8gASgLMhIuc3RlcGQudjEuRGVib3VuY2UidAoIRGVib3VuY2USEAoIa2V5X3BhdGgYASABKAkSKQoGcGVyaW9kGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEisKCG1heF93YWl0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uImUKCVJhdGVMaW1pdBIMCgRuYW1lGAEgASgJEhAKCGtleV9wYXRoGAIgASgJEg0KBWxpbWl0GAMgASgNEikKBnBlcmlvZBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJyChBDb25jdXJyZW5jeUxpbWl0EgwKBG5hbWUYASABKAkSEAoIa2V5X3BhdGgYAiABKAkSDQoFbGltaXQYAyABKA0SLwoIc3RyYXRlZ3kYBCABKA4yHS5zdGVwZC52MS5Db25jdXJyZW5jeVN0cmF0ZWd5IkAKD1dvcmtlckhlYXJ0YmVhdBItCglzZW5kX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIh0KC1dvcmtlckRyYWluEg4KBnJlYXNvbhgBIAEoCSI/ChJXb3JrZXJDb21tYW5kQmF0Y2gSKQoIY29tbWFuZHMYASADKAsyFy5zdGVwZC52MS5Xb3JrZXJDb21tYW5kItAECg1Xb3JrZXJDb21tYW5kEhIKCmNvbW1hbmRfaWQYASABKAQSDgoGcnVuX2lkGAIgASgJEhAKCGxlYXNlX2lkGAMgASgEEjIKC3JlY29yZF9zdGVwGAQgASgLMhsuc3RlcGQudjEuUmVjb3JkU3RlcENvbW1hbmRIABIyCgtzdXNwZW5kX3J1bhgFIAEoCzIbLnN0ZXBkLnYxLlN1c3BlbmRSdW5Db21tYW5kSAASNAoMY29tcGxldGVfcnVuGAYgASgLMhwuc3RlcGQudjEuQ29tcGxldGVSdW5Db21tYW5kSAASLAoIZmFpbF9ydW4YByABKAsyGC5zdGVwZC52MS5GYWlsUnVuQ29tbWFuZEgAEjIKC3JlbGVhc2VfcnVuGAggASgLMhsuc3RlcGQudjEuUmVsZWFzZVJ1bkNvbW1hbmRIABI0CgxyZWNvcmRfZXZlbnQYCSABKAsyHC5zdGVwZC52MS5SZWNvcmRFdmVudENvbW1hbmRIABIwCgpzdGFydF9zdGVwGAogASgLMhouc3RlcGQudjEuU3RhcnRTdGVwQ29tbWFuZEgAEjIKC3N0YXJ0X2NoaWxkGBQgASgLMhsuc3RlcGQudjEuU3RhcnRDaGlsZENvbW1hbmRIABIsCghob2xkX3J1bhgVIAEoCzIYLnN0ZXBkLnYxLkhvbGRSdW5Db21tYW5kSAASNAoMYWNxdWlyZV9yYXRlGBYgASgLMhwuc3RlcGQudjEuQWNxdWlyZVJhdGVDb21tYW5kSABCCQoHY29tbWFuZCJ7ChJBY3F1aXJlUmF0ZUNvbW1hbmQSDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSDQoFbGltaXQYAyABKA0SKQoGcGVyaW9kGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHN0ZXBfa2V5GAUgASgJIroBChFTdGFydENoaWxkQ29tbWFuZBIRCgljaGlsZF9rZXkYASABKAkSFQoNd29ya2Zsb3dfbmFtZRgCIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAMgASgJEiAKBWlucHV0GAQgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIQCghkZXRhY2hlZBgFIAEoCBItCg10cmFjZV9jb250ZXh0GBQgASgLMhYuc3RlcGQudjEuVHJhY2VDb250ZXh0IjQKDkhvbGRSdW5Db21tYW5kEiIKBWVycm9yGAEgASgLMhMuc3RlcGQudjEuRXJyb3JJbmZvImEKEFN0YXJ0U3RlcENvbW1hbmQSEAoIc3RlcF9rZXkYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIqCgd0aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uImsKElJlY29yZEV2ZW50Q29tbWFuZBIRCgllbnRyeV9rZXkYASABKAkSDAoEbmFtZRgCIAEoCRIiCgdwYXlsb2FkGAMgASgLMhEuc3RlcGQudjEuUGF5bG9hZBIQCghwcm9ncmVzcxgEIAEoCCI3ChFSZWNvcmRTdGVwQ29tbWFuZBIiCgRzdGVwGAEgASgLMhQuc3RlcGQudjEuU3RlcFJlY29yZCI7ChFTdXNwZW5kUnVuQ29tbWFuZBImCgV3YWl0cxgBIAMoCzIXLnN0ZXBkLnYxLldhaXRDb25kaXRpb24i7AEKDVdhaXRDb25kaXRpb24SEAoId2FpdF9rZXkYASABKAkSJAoFdGltZXIYAiABKAsyEy5zdGVwZC52MS5UaW1lcldhaXRIABImCgZzaWduYWwYAyABKAsyFC5zdGVwZC52MS5TaWduYWxXYWl0SAASJAoFZXZlbnQYBCABKAsyEy5zdGVwZC52MS5FdmVudFdhaXRIABIiCgRob29rGAUgASgLMhIuc3RlcGQudjEuSG9va1dhaXRIABIkCgVjaGlsZBgUIAEoCzITLnN0ZXBkLnYxLkNoaWxkV2FpdEgAQgsKCWNvbmRpdGlvbiIbCglDaGlsZFdhaXQSDgoGcnVuX2lkGAEgASgJIgoKCEhvb2tXYWl0IlgKCUV2ZW50V2FpdBIMCgRuYW1lGAEgASgJEhIKCm1hdGNoX2pzb24YAiABKAkSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhoKClNpZ25hbFdhaXQSDAoEbmFtZRgBIAEoCSI6CglUaW1lcldhaXQSLQoJZmlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI3ChJDb21wbGV0ZVJ1bkNvbW1hbmQSIQoGcmVzdWx0GAEgASgLMhEuc3RlcGQudjEuUGF5bG9hZCI0Cg5GYWlsUnVuQ29tbWFuZBIiCgVlcnJvchgBIAEoCzITLnN0ZXBkLnYxLkVycm9ySW5mbyIjChFSZWxlYXNlUnVuQ29tbWFuZBIOCgZyZWFzb24YASABKAkivAEKEFBvbGxUYXNrUmVzcG9uc2USIAoFdGFza3MYASADKAsyES5zdGVwZC52MS5SdW5UYXNrEigKB3Jlc3VsdHMYAiADKAsyFy5zdGVwZC52MS5Db21tYW5kUmVzdWx0EjAKDWNhbmNlbGxhdGlvbnMYAyADKAsyGS5zdGVwZC52MS5SdW5DYW5jZWxsYXRpb24SKgoIc2V0dGluZ3MYBCABKAsyGC5zdGVwZC52MS5TdHJlYW1TZXR0aW5ncyKUAQoOU3RyZWFtU2V0dGluZ3MSNQoSaGVhcnRiZWF0X2ludGVydmFsGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKDWxlYXNlX3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGQoRbWF4X21lc3NhZ2VfYnl0ZXMYAyABKA0ilwMKB1J1blRhc2sSDgoGcnVuX2lkGAEgASgJEhAKCGxlYXNlX2lkGAIgASgEEhUKDXdvcmtmbG93X25hbWUYAyABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgEIAEoCRIgCgVpbnB1dBgFIAEoCzIRLnN0ZXBkLnYxLlBheWxvYWQSJwoHam91cm5hbBgGIAMoCzIWLnN0ZXBkLnYxLkpvdXJuYWxFbnRyeRIsCghkZWFkbGluZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOZGlzcGF0Y2hfY291bnQYCCABKA0SFQoNcGFyZW50X3J1bl9pZBgJIAEoCRITCgtyb290X3J1bl9pZBgKIAEoCRITCgtob29rX3NlY3JldBgLIAEoDBIXCg9jb250aW51ZXNfbGVhc2UYHiABKAQSHwoXam91cm5hbF9wYXJ0c19yZW1haW5pbmcYHyABKA0SLQoNdHJhY2VfY29udGV4dBgoIAEoCzIWLnN0ZXBkLnYxLlRyYWNlQ29udGV4dCK6AQoNQ29tbWFuZFJlc3VsdBISCgpjb21tYW5kX2lkGAEgASgEEicKBnN0YXR1cxgCIAEoDjIXLnN0ZXBkLnYxLkNvbW1hbmRTdGF0dXMSDwoHbWVzc2FnZRgDIAEoCRIrCg1yZWNvcmRlZF9zdGVwGAQgASgLMhQuc3RlcGQudjEuU3RlcFJlY29yZBIuCgtzdGFydF9hZnRlchgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJDCg9SdW5DYW5jZWxsYXRpb24SDgoGcnVuX2lkGAEgASgJEhAKCGxlYXNlX2lkGAIgASgEEg4KBnJlYXNvbhgDIAEoCSqwAQoTQ29uY3VycmVuY3lTdHJhdGVneRIkCiBDT05DVVJSRU5DWV9TVFJBVEVHWV9VTlNQRUNJRklFRBAAEh4KGkNPTkNVUlJFTkNZX1NUUkFURUdZX1FVRVVFEAESKwonQ09OQ1VSUkVOQ1lfU1RSQVRFR1lfQ0FOQ0VMX0lOX1BST0dSRVNTEAISJgoiQ09OQ1VSUkVOQ1lfU1RSQVRFR1lfQ0FOQ0VMX05FV0VTVBADKsIBCg1Db21tYW5kU3RhdHVzEh4KGkNPTU1BTkRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFQoRQ09NTUFORF9TVEFUVVNfT0sQARIcChhDT01NQU5EX1NUQVRVU19EVVBMSUNBVEUQAhIdChlDT01NQU5EX1NUQVRVU19MRUFTRV9MT1NUEAMSGgoWQ09NTUFORF9TVEFUVVNfSU5WQUxJRBAEEiEKHUNPTU1BTkRfU1RBVFVTX0lOVEVSTkFMX0VSUk9SEAUyVgoNV29ya2VyU2VydmljZRJFCghQb2xsVGFzaxIZLnN0ZXBkLnYxLlBvbGxUYXNrUmVxdWVzdBoaLnN0ZXBkLnYxLlBvbGxUYXNrUmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_stepd_v1_schedules, file_stepd_v1_types]);
 
 /**
  * PollTaskRequest is one message from a worker.
@@ -191,6 +191,30 @@ export type WorkflowRegistration = Message<"stepd.v1.WorkflowRegistration"> & {
    * @generated from field: stepd.v1.ConcurrencyLimit concurrency = 12;
    */
   concurrency?: ConcurrencyLimit | undefined;
+
+  /**
+   * The priority of the workflow's runs when their trigger sets none (see
+   * TriggerRequest.priority); from -1000 to 1000. The newest hello counts.
+   *
+   * @generated from field: int32 priority = 13;
+   */
+  priority: number;
+
+  /**
+   * A limit on how often runs of this workflow start: a new run over it
+   * stays pending until its turn (see RateLimit). Unset: no limit.
+   *
+   * @generated from field: stepd.v1.RateLimit start_rate = 14;
+   */
+  startRate?: RateLimit | undefined;
+
+  /**
+   * Triggers of this workflow with the same key within a period fold into
+   * one run (see Debounce). Unset: every trigger starts a run.
+   *
+   * @generated from field: stepd.v1.Debounce debounce = 15;
+   */
+  debounce?: Debounce | undefined;
 };
 
 /**
@@ -199,6 +223,94 @@ export type WorkflowRegistration = Message<"stepd.v1.WorkflowRegistration"> & {
  */
 export const WorkflowRegistrationSchema: GenMessage<WorkflowRegistration> = /*@__PURE__*/
   messageDesc(file_stepd_v1_worker_service, 2);
+
+/**
+ * Debounce folds triggers: a trigger whose key has a pending debounced run
+ * that has not started yet does not create a run; it replaces that run's
+ * input with its own and moves its start to `period` after itself, but never
+ * past `max_wait` after the run's first trigger. A declaration with debounce
+ * may not also have a start_rate.
+ *
+ * @generated from message stepd.v1.Debounce
+ */
+export type Debounce = Message<"stepd.v1.Debounce"> & {
+  /**
+   * A dotted path into the trigger's JSON input (as ConcurrencyLimit.key_path)
+   * whose value is the key; empty: one key for every trigger.
+   *
+   * @generated from field: string key_path = 1;
+   */
+  keyPath: string;
+
+  /**
+   * How long a key must see no new trigger before its run starts; from 1 ms
+   * to 7 days.
+   *
+   * @generated from field: google.protobuf.Duration period = 2;
+   */
+  period?: Duration | undefined;
+
+  /**
+   * The longest a run may be postponed after its first trigger; unset: no
+   * bound. At least `period`, at most 7 days.
+   *
+   * @generated from field: google.protobuf.Duration max_wait = 3;
+   */
+  maxWait?: Duration | undefined;
+};
+
+/**
+ * Describes the message stepd.v1.Debounce.
+ * Use `create(DebounceSchema)` to create a new message.
+ */
+export const DebounceSchema: GenMessage<Debounce> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_worker_service, 3);
+
+/**
+ * RateLimit allows at most `limit` turns per `period` per key, across all
+ * workers and server replicas: in no span of `period` do more than `limit`
+ * turns of one key begin. Work over the limit waits for its turn; it is never
+ * dropped. Steps and workflows that name the same limit share its turns.
+ *
+ * @generated from message stepd.v1.RateLimit
+ */
+export type RateLimit = Message<"stepd.v1.RateLimit"> & {
+  /**
+   * The limit's name; empty means the workflow's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * A dotted path into the run's JSON input (as ConcurrencyLimit.key_path)
+   * whose value is the key; empty: one key for every run.
+   *
+   * @generated from field: string key_path = 2;
+   */
+  keyPath: string;
+
+  /**
+   * The most turns per period and key; from 1 to 10000.
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+
+  /**
+   * The period; from 1 ms to 7 days.
+   *
+   * @generated from field: google.protobuf.Duration period = 4;
+   */
+  period?: Duration | undefined;
+};
+
+/**
+ * Describes the message stepd.v1.RateLimit.
+ * Use `create(RateLimitSchema)` to create a new message.
+ */
+export const RateLimitSchema: GenMessage<RateLimit> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_worker_service, 4);
 
 /**
  * ConcurrencyLimit bounds the active runs (admitted and not ended) that share
@@ -243,7 +355,7 @@ export type ConcurrencyLimit = Message<"stepd.v1.ConcurrencyLimit"> & {
  * Use `create(ConcurrencyLimitSchema)` to create a new message.
  */
 export const ConcurrencyLimitSchema: GenMessage<ConcurrencyLimit> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 3);
+  messageDesc(file_stepd_v1_worker_service, 5);
 
 /**
  * WorkerHeartbeat keeps a worker's leases alive.
@@ -264,7 +376,7 @@ export type WorkerHeartbeat = Message<"stepd.v1.WorkerHeartbeat"> & {
  * Use `create(WorkerHeartbeatSchema)` to create a new message.
  */
 export const WorkerHeartbeatSchema: GenMessage<WorkerHeartbeat> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 4);
+  messageDesc(file_stepd_v1_worker_service, 6);
 
 /**
  * WorkerDrain asks the server to stop sending tasks to this stream. The
@@ -286,7 +398,7 @@ export type WorkerDrain = Message<"stepd.v1.WorkerDrain"> & {
  * Use `create(WorkerDrainSchema)` to create a new message.
  */
 export const WorkerDrainSchema: GenMessage<WorkerDrain> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 5);
+  messageDesc(file_stepd_v1_worker_service, 7);
 
 /**
  * WorkerCommandBatch is several commands sent together.
@@ -307,7 +419,7 @@ export type WorkerCommandBatch = Message<"stepd.v1.WorkerCommandBatch"> & {
  * Use `create(WorkerCommandBatchSchema)` to create a new message.
  */
 export const WorkerCommandBatchSchema: GenMessage<WorkerCommandBatch> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 6);
+  messageDesc(file_stepd_v1_worker_service, 8);
 
 /**
  * WorkerCommand is one change a worker asks the server to record for a run.
@@ -415,6 +527,14 @@ export type WorkerCommand = Message<"stepd.v1.WorkerCommand"> & {
      */
     value: HoldRunCommand;
     case: "holdRun";
+  } | {
+    /**
+     * Take a turn under a rate limit before a step attempt starts.
+     *
+     * @generated from field: stepd.v1.AcquireRateCommand acquire_rate = 22;
+     */
+    value: AcquireRateCommand;
+    case: "acquireRate";
   } | { case: undefined; value?: undefined };
 };
 
@@ -423,7 +543,61 @@ export type WorkerCommand = Message<"stepd.v1.WorkerCommand"> & {
  * Use `create(WorkerCommandSchema)` to create a new message.
  */
 export const WorkerCommandSchema: GenMessage<WorkerCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 7);
+  messageDesc(file_stepd_v1_worker_service, 9);
+
+/**
+ * AcquireRateCommand takes a turn under a rate limit (see RateLimit) for a
+ * step attempt about to start. The server reserves the earliest turn the
+ * limit allows, in the store (so the limit holds across workers and
+ * replicas), and answers OK with CommandResult.start_after: the worker starts
+ * the attempt once that delay passed. Every command takes a turn (each
+ * attempt of a retried step too); a turn not used is not given back.
+ *
+ * @generated from message stepd.v1.AcquireRateCommand
+ */
+export type AcquireRateCommand = Message<"stepd.v1.AcquireRateCommand"> & {
+  /**
+   * The limit's name (shared by the steps and workflows that name it).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The key within the limit.
+   *
+   * @generated from field: string key = 2;
+   */
+  key: string;
+
+  /**
+   * The most turns per period and key; from 1 to 10000.
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+
+  /**
+   * The period; from 1 ms to 7 days.
+   *
+   * @generated from field: google.protobuf.Duration period = 4;
+   */
+  period?: Duration | undefined;
+
+  /**
+   * The step the turn is for (for the log).
+   *
+   * @generated from field: string step_key = 5;
+   */
+  stepKey: string;
+};
+
+/**
+ * Describes the message stepd.v1.AcquireRateCommand.
+ * Use `create(AcquireRateCommandSchema)` to create a new message.
+ */
+export const AcquireRateCommandSchema: GenMessage<AcquireRateCommand> = /*@__PURE__*/
+  messageDesc(file_stepd_v1_worker_service, 10);
 
 /**
  * StartChildCommand starts a child run of the command's run. In one
@@ -486,7 +660,7 @@ export type StartChildCommand = Message<"stepd.v1.StartChildCommand"> & {
  * Use `create(StartChildCommandSchema)` to create a new message.
  */
 export const StartChildCommandSchema: GenMessage<StartChildCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 8);
+  messageDesc(file_stepd_v1_worker_service, 11);
 
 /**
  * HoldRunCommand gives a run back to the server as held for non-determinism:
@@ -509,7 +683,7 @@ export type HoldRunCommand = Message<"stepd.v1.HoldRunCommand"> & {
  * Use `create(HoldRunCommandSchema)` to create a new message.
  */
 export const HoldRunCommandSchema: GenMessage<HoldRunCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 9);
+  messageDesc(file_stepd_v1_worker_service, 12);
 
 /**
  * StartStepCommand announces that a step attempt with a timeout started. If
@@ -548,7 +722,7 @@ export type StartStepCommand = Message<"stepd.v1.StartStepCommand"> & {
  * Use `create(StartStepCommandSchema)` to create a new message.
  */
 export const StartStepCommandSchema: GenMessage<StartStepCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 10);
+  messageDesc(file_stepd_v1_worker_service, 13);
 
 /**
  * RecordEventCommand appends a custom entry to the run's history, once per
@@ -592,7 +766,7 @@ export type RecordEventCommand = Message<"stepd.v1.RecordEventCommand"> & {
  * Use `create(RecordEventCommandSchema)` to create a new message.
  */
 export const RecordEventCommandSchema: GenMessage<RecordEventCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 11);
+  messageDesc(file_stepd_v1_worker_service, 14);
 
 /**
  * RecordStepCommand records a step's outcome.
@@ -613,7 +787,7 @@ export type RecordStepCommand = Message<"stepd.v1.RecordStepCommand"> & {
  * Use `create(RecordStepCommandSchema)` to create a new message.
  */
 export const RecordStepCommandSchema: GenMessage<RecordStepCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 12);
+  messageDesc(file_stepd_v1_worker_service, 15);
 
 /**
  * SuspendRunCommand releases a run that waits for the server.
@@ -634,7 +808,7 @@ export type SuspendRunCommand = Message<"stepd.v1.SuspendRunCommand"> & {
  * Use `create(SuspendRunCommandSchema)` to create a new message.
  */
 export const SuspendRunCommandSchema: GenMessage<SuspendRunCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 13);
+  messageDesc(file_stepd_v1_worker_service, 16);
 
 /**
  * WaitCondition is one thing a suspended run waits for.
@@ -702,7 +876,7 @@ export type WaitCondition = Message<"stepd.v1.WaitCondition"> & {
  * Use `create(WaitConditionSchema)` to create a new message.
  */
 export const WaitConditionSchema: GenMessage<WaitCondition> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 14);
+  messageDesc(file_stepd_v1_worker_service, 17);
 
 /**
  * ChildWait waits until a child run reaches a terminal status. The
@@ -726,7 +900,7 @@ export type ChildWait = Message<"stepd.v1.ChildWait"> & {
  * Use `create(ChildWaitSchema)` to create a new message.
  */
 export const ChildWaitSchema: GenMessage<ChildWait> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 15);
+  messageDesc(file_stepd_v1_worker_service, 18);
 
 /**
  * HookWait waits until the hook named by the wait key is executed
@@ -743,7 +917,7 @@ export type HookWait = Message<"stepd.v1.HookWait"> & {
  * Use `create(HookWaitSchema)` to create a new message.
  */
 export const HookWaitSchema: GenMessage<HookWait> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 16);
+  messageDesc(file_stepd_v1_worker_service, 19);
 
 /**
  * EventWait waits for the first event of a name published at or after
@@ -781,7 +955,7 @@ export type EventWait = Message<"stepd.v1.EventWait"> & {
  * Use `create(EventWaitSchema)` to create a new message.
  */
 export const EventWaitSchema: GenMessage<EventWait> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 17);
+  messageDesc(file_stepd_v1_worker_service, 20);
 
 /**
  * SignalWait waits for the oldest signal of a name that no earlier wait of
@@ -803,7 +977,7 @@ export type SignalWait = Message<"stepd.v1.SignalWait"> & {
  * Use `create(SignalWaitSchema)` to create a new message.
  */
 export const SignalWaitSchema: GenMessage<SignalWait> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 18);
+  messageDesc(file_stepd_v1_worker_service, 21);
 
 /**
  * TimerWait waits until a time.
@@ -824,7 +998,7 @@ export type TimerWait = Message<"stepd.v1.TimerWait"> & {
  * Use `create(TimerWaitSchema)` to create a new message.
  */
 export const TimerWaitSchema: GenMessage<TimerWait> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 19);
+  messageDesc(file_stepd_v1_worker_service, 22);
 
 /**
  * CompleteRunCommand finishes a run with a result.
@@ -845,7 +1019,7 @@ export type CompleteRunCommand = Message<"stepd.v1.CompleteRunCommand"> & {
  * Use `create(CompleteRunCommandSchema)` to create a new message.
  */
 export const CompleteRunCommandSchema: GenMessage<CompleteRunCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 20);
+  messageDesc(file_stepd_v1_worker_service, 23);
 
 /**
  * FailRunCommand finishes a run with an error.
@@ -866,7 +1040,7 @@ export type FailRunCommand = Message<"stepd.v1.FailRunCommand"> & {
  * Use `create(FailRunCommandSchema)` to create a new message.
  */
 export const FailRunCommandSchema: GenMessage<FailRunCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 21);
+  messageDesc(file_stepd_v1_worker_service, 24);
 
 /**
  * ReleaseRunCommand gives a run back to the queue.
@@ -887,7 +1061,7 @@ export type ReleaseRunCommand = Message<"stepd.v1.ReleaseRunCommand"> & {
  * Use `create(ReleaseRunCommandSchema)` to create a new message.
  */
 export const ReleaseRunCommandSchema: GenMessage<ReleaseRunCommand> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 22);
+  messageDesc(file_stepd_v1_worker_service, 25);
 
 /**
  * PollTaskResponse is one message from the server to a worker.
@@ -930,7 +1104,7 @@ export type PollTaskResponse = Message<"stepd.v1.PollTaskResponse"> & {
  * Use `create(PollTaskResponseSchema)` to create a new message.
  */
 export const PollTaskResponseSchema: GenMessage<PollTaskResponse> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 23);
+  messageDesc(file_stepd_v1_worker_service, 26);
 
 /**
  * StreamSettings tells a worker the lease rules of its stream.
@@ -969,7 +1143,7 @@ export type StreamSettings = Message<"stepd.v1.StreamSettings"> & {
  * Use `create(StreamSettingsSchema)` to create a new message.
  */
 export const StreamSettingsSchema: GenMessage<StreamSettings> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 24);
+  messageDesc(file_stepd_v1_worker_service, 27);
 
 /**
  * RunTask hands a run to a worker under a lease.
@@ -1093,7 +1267,7 @@ export type RunTask = Message<"stepd.v1.RunTask"> & {
  * Use `create(RunTaskSchema)` to create a new message.
  */
 export const RunTaskSchema: GenMessage<RunTask> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 25);
+  messageDesc(file_stepd_v1_worker_service, 28);
 
 /**
  * CommandResult answers one WorkerCommand.
@@ -1129,6 +1303,13 @@ export type CommandResult = Message<"stepd.v1.CommandResult"> & {
    * @generated from field: stepd.v1.StepRecord recorded_step = 4;
    */
   recordedStep?: StepRecord | undefined;
+
+  /**
+   * For acquire_rate: start the step attempt after this delay (zero: now).
+   *
+   * @generated from field: google.protobuf.Duration start_after = 5;
+   */
+  startAfter?: Duration | undefined;
 };
 
 /**
@@ -1136,7 +1317,7 @@ export type CommandResult = Message<"stepd.v1.CommandResult"> & {
  * Use `create(CommandResultSchema)` to create a new message.
  */
 export const CommandResultSchema: GenMessage<CommandResult> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 26);
+  messageDesc(file_stepd_v1_worker_service, 29);
 
 /**
  * RunCancellation tells a worker to stop executing a run.
@@ -1171,7 +1352,7 @@ export type RunCancellation = Message<"stepd.v1.RunCancellation"> & {
  * Use `create(RunCancellationSchema)` to create a new message.
  */
 export const RunCancellationSchema: GenMessage<RunCancellation> = /*@__PURE__*/
-  messageDesc(file_stepd_v1_worker_service, 27);
+  messageDesc(file_stepd_v1_worker_service, 30);
 
 /**
  * ConcurrencyStrategy says what happens to a new run whose key is at its limit.
