@@ -56,6 +56,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         # Runs put back after a fault, each waiting for its delay (``push_later``).
         self._later: set[asyncio.TimerHandle] = set()
+        # The priority and concurrency key of ranked runs waiting here to be handed
+        # out, for putting them back ranked (``unstick``, ``push_later``).
+        self._ranks: dict[str, tuple[int, str | None]] = {}
 
     # -- ready runs --------------------------------------------------------
 
@@ -73,6 +76,7 @@ class Dispatcher:
         ``resumed`` run is handed out before runs that have not started. A run
         with a ``priority`` or a ``fair_key`` (its concurrency key) is ranked."""
         if priority or fair_key is not None:
+            self._ranks[run_id] = (priority, fair_key)
             ranked = self._ranked.get((workflow_name, version))
             if ranked is None:
                 ranked = self._ranked[(workflow_name, version)] = RankedQueue()
@@ -94,7 +98,10 @@ class Dispatcher:
         fair_key: str | None = None,
     ) -> None:
         """Make a run ready as a resumed one after ``delay`` seconds (a run put
-        back after a fault of the server backs off)."""
+        back after a fault of the server backs off); without a ``priority`` or
+        ``fair_key``, it keeps the ones it was last made ready with."""
+        if not priority and fair_key is None:
+            priority, fair_key = self._ranks.get(run_id, (0, None))
         handle: asyncio.TimerHandle | None = None
 
         def due() -> None:
@@ -108,10 +115,20 @@ class Dispatcher:
         self._later.add(handle)
 
     def push_to(
-        self, session: WorkerSession, workflow_name: str, version: str, run_id: str
+        self,
+        session: WorkerSession,
+        workflow_name: str,
+        version: str,
+        run_id: str,
+        *,
+        priority: int = 0,
+        fair_key: str | None = None,
     ) -> None:
         """Offer a woken run to one session first (it keeps the run's execution live);
-        the caller checked that the session has room for it."""
+        the caller checked that the session has room for it. The ``priority`` and
+        ``fair_key`` are kept for when the session cannot take it after all."""
+        if priority or fair_key is not None:
+            self._ranks[run_id] = (priority, fair_key)
         session.continuations.append((run_id, (workflow_name, version)))
         self.kick()
 
@@ -119,7 +136,8 @@ class Dispatcher:
         """The session can no longer take the runs offered to it: queue them for all."""
         while session.continuations:
             run_id, (name, version) = session.continuations.popleft()
-            self.push(name, version, run_id, resumed=True)
+            priority, fair_key = self._ranks.get(run_id, (0, None))
+            self.push(name, version, run_id, resumed=True, priority=priority, fair_key=fair_key)
 
     def hold(self, workflow_name: str, version: str, run_id: str, refused_by: str) -> None:
         """Make a held run ready for the workers serving its version, except the
@@ -128,9 +146,15 @@ class Dispatcher:
         self._held.setdefault((workflow_name, version), {})[run_id] = None
         self.kick()
 
+    def handed_out(self, run_id: str) -> None:
+        """A run was claimed for a worker: its rank is not needed any more (it is
+        made ready again with its stored priority)."""
+        self._ranks.pop(run_id, None)
+
     def forget(self, run_id: str) -> None:
-        """A run ended: drop what is known of the workers that refused it."""
+        """A run ended: drop what is known of the workers that refused it, and its rank."""
         self._refused.pop(run_id, None)
+        self._ranks.pop(run_id, None)
 
     def ready_count(self) -> int:
         """How many runs wait in the ready queues or for their delay after a fault

@@ -874,6 +874,7 @@ class Engine:
             await self.lifecycle.requeue(run_id, lease_id)
             return
         self.ledger.hold(session, run_id, lease_id)
+        self.dispatcher.handed_out(run_id)
         self.run_limits.hold(
             run_id,
             known + len(claimed.journal) + len(claimed.waits),

@@ -118,7 +118,12 @@ class RunLifecycle:
         if parked is not None:
             if parked.session.has_room_for_continuation():
                 self._dispatcher.push_to(
-                    parked.session, run.workflow_name, run.workflow_version, run.run_id
+                    parked.session,
+                    run.workflow_name,
+                    run.workflow_version,
+                    run.run_id,
+                    priority=run.priority,
+                    fair_key=run.concurrency_key,
                 )
                 return
             self._sticky.drop(run.run_id, "its worker has no room; the run continues elsewhere")

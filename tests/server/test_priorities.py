@@ -49,3 +49,42 @@ def test_priorities_outside_the_range_are_invalid(value: int) -> None:
     with pytest.raises(InvalidArgument, match="priority must be from -1000 to 1000"):
         check_priority(value, "priority")
     assert check_priority(1000, "priority") == 1000
+
+
+async def test_runs_put_back_after_a_failed_claim_or_from_a_lost_worker_keep_their_priority() -> (
+    None
+):
+    import asyncio
+
+    from stepd.server.engine.dispatcher import Dispatcher
+    from stepd.server.engine.sessions import WorkerSession
+
+    claimed: list[str] = []
+    fail_once = {"urgent"}
+
+    async def claim(session: WorkerSession, run_id: str, served: object, pin: str) -> None:
+        if run_id in fail_once:  # the claim fails in the server: back after a delay
+            fail_once.discard(run_id)
+            dispatcher.push_later(0.005, "w", "v1", run_id)
+            await asyncio.sleep(0.05)  # the slot stays taken until it is back
+        else:
+            claimed.append(run_id)
+        session.held.pop(run_id, None)  # done with at once: the slot is free again
+        dispatcher.kick()
+
+    dispatcher = Dispatcher(claim)
+    queue = ("w", "v1")
+    gone = WorkerSession("gone", "gone", frozenset({queue}), capacity=1)
+    dispatcher.push_to(gone, *queue, "woken", priority=7, fair_key="k")
+    dispatcher.unstick(gone)  # that worker can no longer take it
+    dispatcher.push(*queue, "urgent", priority=9)
+    for n in range(3):
+        dispatcher.push(*queue, f"five{n}", priority=5)
+    worker = WorkerSession("w1", "w1", frozenset({queue}), capacity=1)
+    dispatcher.add_session(worker)  # "urgent" goes first and fails once
+    for _ in range(200):
+        if len(claimed) == 5:
+            break
+        await asyncio.sleep(0.01)
+    # Ranked as before: not behind the priority-5 runs.
+    assert claimed == ["urgent", "woken", "five0", "five1", "five2"]
