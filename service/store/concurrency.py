@@ -31,6 +31,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    text,
     update,
 )
 
@@ -120,14 +121,13 @@ def _is_index(part: str) -> bool:
 _LIMIT_FOR = select(concurrency_limits).where(
     concurrency_limits.c.workflow_name == bindparam("p_workflow")
 )
-_ACTIVE_AND_WAITING = (
-    select(runs.c.admitted, func.count())
-    .where(
-        runs.c.concurrency_name == bindparam("p_name"),
-        runs.c.concurrency_key == bindparam("p_key"),
-        runs.c.status.in_(_UNFINISHED),
-    )
-    .group_by(runs.c.admitted)
+# Plain SQL with the unfinished statuses written in: an IN list of bound values
+# is expanded at every execution, and this runs for every insert under a limit.
+_ACTIVE_AND_WAITING = text(
+    "SELECT admitted, count(*) FROM runs"
+    " WHERE concurrency_name = :p_name AND concurrency_key = :p_key"
+    " AND status IN (" + ", ".join(f"'{status}'" for status in _UNFINISHED) + ")"
+    " GROUP BY admitted"
 )
 _LIMIT_NAMED = (
     select(concurrency_limits)
@@ -254,13 +254,15 @@ def check_key(conn: Connection, limit_name: str, key: str, now: int) -> KeyCheck
     """Under the key's lock: for ``cancel_in_progress``, name the runs the newest
     waiting ones cancel; admit the oldest waiting runs the key has room for."""
     params = {"p_name": limit_name, "p_key": key}
-    if conn.execute(_WAITING, params).first() is None:
-        return KeyCheck()  # nothing waits: no lock needed
-    lock_key(conn, limit_name, key)
-    spec = limit_named(conn, limit_name)
     waiting = [(row.run_id, row.seq) for row in conn.execute(_WAITING, params)]
     if not waiting:
-        return KeyCheck()
+        return KeyCheck()  # nothing waits: no lock needed
+    if conn.dialect.name != "sqlite":  # read again under the lock (SQLite has one writer)
+        lock_key(conn, limit_name, key)
+        waiting = [(row.run_id, row.seq) for row in conn.execute(_WAITING, params)]
+        if not waiting:
+            return KeyCheck()
+    spec = limit_named(conn, limit_name)
     # A limit no workflow declares any more admits what waits under it.
     limit = spec.limit if spec is not None else len(waiting)
     to_cancel: list[str] = []
