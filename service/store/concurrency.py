@@ -42,7 +42,7 @@ from stepd.server.domain import (
     RunRecord,
     RunStatus,
 )
-from stepd.server.store import rows
+from stepd.server.store import declared, rows
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import Committer, Reader
 from stepd.server.store.schema import concurrency_limits, runs
@@ -219,7 +219,8 @@ def admit_new(
     before the insert), under the key's lock; a Refusal (nothing set) when a
     ``cancel_newest`` limit is reached and ``refuse`` (else the run waits). A
     workflow without a limit: nothing."""
-    spec = limit_for(conn, values["workflow_name"])
+    name = values["workflow_name"]
+    spec = declared.remember(conn, "concurrency", name, lambda: limit_for(conn, name))
     if spec is None:
         return None
     if explicit_key is not None:
@@ -327,6 +328,7 @@ def queue_position(conn: Connection, run: RunRecord) -> tuple[int, int, int]:
 def declare(conn: Connection, specs: Mapping[str, ConcurrencySpec | None], now: int) -> str | None:
     """Store each workflow's limit (None: the workflow has none any more); an
     error message, and nothing stored, when a limit name would get two settings."""
+    declared.forget(conn)
     t = concurrency_limits
     named = {name: spec for name, spec in specs.items() if spec is not None}
     others = [

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, select
 
 from stepd.server.domain_flow import FlowSettings, RateSpec
-from stepd.server.store import rate_limits
+from stepd.server.store import declared, rate_limits
 from stepd.server.store.concurrency import key_from_input
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import Committer
@@ -40,7 +40,8 @@ def apply_new(
     """Set a new run's priority in ``values`` (its column values, before the
     insert): ``priority`` when given, else the workflow's default. Return the
     workflow's settings (None: it declared none)."""
-    settings = settings_for(conn, values["workflow_name"])
+    name = values["workflow_name"]
+    settings = declared.remember(conn, "flow", name, lambda: settings_for(conn, name))
     if priority is None:
         priority = settings.priority if settings is not None else 0
     values["priority"] = priority or None
@@ -61,6 +62,7 @@ def _take_start_turn(conn: Connection, values: dict[str, Any], rate: RateSpec) -
 
 def declare(conn: Connection, specs: Mapping[str, FlowSettings], now: int) -> None:
     """Store each workflow's settings (empty ones: the row is removed)."""
+    declared.forget(conn)
     t = workflow_flow
     conn.execute(delete(t).where(t.c.workflow_name.in_(sorted(specs))))
     rows = [

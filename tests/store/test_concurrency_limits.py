@@ -116,3 +116,20 @@ async def test_one_limit_name_with_two_settings_is_refused(store: SqlStore) -> N
     # A workflow without a limit any more frees the name.
     assert await store.declare_concurrency({"a": None}, now_ms()) is None
     assert await store.declare_concurrency({"b": specs["b"]}, now_ms()) is None
+
+
+async def test_a_changed_declaration_applies_to_the_next_insert(store: SqlStore) -> None:
+    from stepd.server.domain_flow import FlowSettings
+
+    # Read once without declarations (SQLite's writer remembers what it read) ...
+    first = await store.create_run(new_run("before", input_json='{"customer": "c"}'))
+    assert first.run.concurrency_name is None and first.run.priority in (None, 0)
+    # ... then each declaration is seen by the very next insert.
+    assert await store.declare_concurrency(limited(1), now_ms()) is None
+    await store.declare_flow({"orders": FlowSettings(priority=7)}, now_ms())
+    second = await store.create_run(new_run("limited", input_json='{"customer": "c"}'))
+    assert second.run.concurrency_name == "orders" and second.run.priority == 7
+    assert await store.declare_concurrency({"orders": None}, now_ms()) is None
+    await store.declare_flow({"orders": FlowSettings()}, now_ms())
+    third = await store.create_run(new_run("free", input_json='{"customer": "c"}'))
+    assert third.run.concurrency_name is None and third.run.priority in (None, 0)
