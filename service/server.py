@@ -10,7 +10,8 @@ import os
 import shutil
 import ssl
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,23 +131,29 @@ class RunningServer:
     storage: StorageHealth | None = None
 
     async def stop(self, grace: float) -> None:
-        """Refuse new calls, let calls in flight finish for ``grace`` seconds, close."""
+        """Refuse new calls, let calls in flight finish for ``grace`` seconds, close.
+        A part that takes longer than a second is logged by name."""
         if self.stopping is not None:
             self.stopping.set()
-        if self.storage is not None:
-            await self.storage.close()
-        await self.health.enter_graceful_shutdown()
-        if self.http is not None:
-            await self.http.stop()
-        if self.gateway is not None:
-            await self.gateway.close()
-        if self.keys is not None:
-            await self.keys.close()
-        if self.versions is not None:
-            await self.versions.close()
-        await self.engine.close()
-        await self.server.stop(grace)
-        await self.engine.store.close()
+        parts: list[tuple[str, Callable[[], Awaitable[Any]] | None]] = [
+            ("the storage probe", self.storage.close if self.storage else None),
+            ("health", self.health.enter_graceful_shutdown),
+            ("the HTTP listener", self.http.stop if self.http else None),
+            ("the RPC gateway", self.gateway.close if self.gateway else None),
+            ("the API keys", self.keys.close if self.keys else None),
+            ("the versions", self.versions.close if self.versions else None),
+            ("the engine", self.engine.close),
+            ("the gRPC server", lambda: self.server.stop(grace)),
+            ("the store", self.engine.store.close),
+        ]
+        for name, part in parts:
+            if part is None:
+                continue
+            started = time.monotonic()
+            await part()
+            took = time.monotonic() - started
+            if took > 1.0:
+                log.warning("stopping: %s took %.1f s", name, took)
         if self.private_dir is not None:
             shutil.rmtree(self.private_dir, ignore_errors=True)
 

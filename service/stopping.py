@@ -53,7 +53,16 @@ def _exit(status: int) -> None:
 
 
 def _task_stacks() -> str:
+    """Where each task waits: its coroutine's innermost frames (never raises)."""
     out = io.StringIO()
     for task in asyncio.all_tasks():
-        task.print_stack(limit=6, file=out)
+        try:
+            frames = task.get_stack(limit=6)
+            where = " <- ".join(
+                f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})"
+                for frame in reversed(frames)
+            )
+            out.write(f"  {task.get_name()}: {where or task.get_coro()!r}\n")
+        except Exception as exc:  # a frame of a C extension, say
+            out.write(f"  {task.get_name()}: ({type(exc).__name__})\n")
     return out.getvalue()
