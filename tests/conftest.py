@@ -85,6 +85,20 @@ def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> It
 
 
 @pytest.fixture
+def pg_database(
+    postgres_databases: PostgresDatabases, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database whatever the backend (replica
+    tests; skipped without PostgreSQL)."""
+    url = postgres_databases.create()
+    try:
+        yield url
+    finally:
+        _stop_processes_of(request)
+        postgres_databases.drop(url)
+
+
+@pytest.fixture
 def empty_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database without any schema: a SQLite path or a PostgreSQL URL."""
     if backend == "sqlite":

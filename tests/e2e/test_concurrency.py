@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import pytest
 
 from stepd import Client, RunStatus
 from stepd.errors import FailedPreconditionError
-from tests.backends import PostgresDatabases
 from tests.e2e.harness import ManagedProcess, Server, Stack, eventually, read_marks, release
 
 MODULES = ("tests.e2e.concurrency_workflows",)
@@ -226,16 +224,6 @@ async def test_two_workflows_giving_one_limit_two_settings_are_refused(
     worker = stack.start_worker(server, ("tests.e2e.concurrency_conflict",), wait=False)
     found = worker.wait_for_line(re.compile(r"workflows 'conflict_a' and 'conflict_b' .*"))
     assert "limit 'shared' with different settings" in found.group(0)
-
-
-@pytest.fixture
-def pg_database(postgres_databases: PostgresDatabases) -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database (skipped without one)."""
-    url = postgres_databases.create()
-    try:
-        yield url
-    finally:
-        postgres_databases.drop(url)
 
 
 async def test_two_replicas_enforce_one_global_limit(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ import pytest
 
 from stepd import Client
 from stepd.errors import InvalidArgumentError
-from tests.backends import PostgresDatabases
 from tests.e2e.harness import ManagedProcess, Server, Stack, eventually, read_marks, release
 from tests.e2e.test_http import fetch, samples
 from tests.e2e.test_ops_cli import ok, stepd
@@ -320,16 +318,6 @@ async def test_a_restart_loses_and_duplicates_no_queued_limited_or_debounced_run
     assert most_in_any_window(rated_starts, 1_000_000_000) <= 6, spread
     assert spread[-1] >= 1000, spread
     assert len(read_marks(marks, "rd")) == 1
-
-
-@pytest.fixture
-def pg_database(postgres_databases: PostgresDatabases) -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database (skipped without one)."""
-    url = postgres_databases.create()
-    try:
-        yield url
-    finally:
-        postgres_databases.drop(url)
 
 
 async def test_two_replicas_enforce_one_rate_limit_and_one_debounce(

@@ -12,15 +12,12 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from stepd import Client, RunStatus
 from stepd.history import RunEvent, RunEventType
 from stepd.schedules import Schedule
-from tests.backends import PostgresDatabases, query
+from tests.backends import query
 from tests.e2e import replica_workflows as rw
 from tests.e2e.harness import Server, Stack, eventually, replicas_target
 
@@ -30,16 +27,6 @@ POOL = ("--db-pool-size", "8")
 #: A fallback poll far longer than any wait below: what arrives sooner came by NOTIFY.
 NO_POLL = ("--replica-poll-interval", "30")
 RESULT_TIMEOUT = 60.0
-
-
-@pytest.fixture
-def pg_database(postgres_databases: PostgresDatabases) -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database (skipped without one)."""
-    url = postgres_databases.create()
-    try:
-        yield url
-    finally:
-        postgres_databases.drop(url)
 
 
 def bodies(marks: Path) -> Counter[tuple[str, str]]:
