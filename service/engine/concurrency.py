@@ -3,15 +3,17 @@
 The store admits a new run in the transaction that inserts it
 (``stepd.server.store.concurrency``); a run it did not admit stays PENDING
 and the lifecycle does not queue it but tells this helper (``run_waiting``).
-When a limited run ends (``run_ended``, an ``on_end`` listener), or a run
-waits, the helper checks its key in one store write: the oldest waiting runs
-the key has room for are admitted and made ready, and under
-``cancel_in_progress`` the runs a newer one replaces are cancelled (their end
-admits it). A run that ends is followed by a check only when its key is known to have
-waiting runs (seen here, or by the last sweep), so unlimited keys cost
-nothing more. A sweep every ``sweep_seconds`` (and at start) checks every key
-with waiting runs: it covers a crash between an end and the admission, and
-runs that waited or ended on another replica.
+The write that ends a limited run (it completes, fails or is cancelled)
+checks its key in the same transaction (the store's ``on_key_checked``
+listener, ``key_checked`` here): the oldest waiting runs the key has room for
+are admitted and made ready, and under ``cancel_in_progress`` the runs a newer
+one replaces are cancelled (their end admits it). A run that waits for
+another reason than its insert (a retry, a debounced trigger folded into it)
+is followed by a check in a store write of its own (``run_waiting``), as is a
+run ended by another write whose key is known to have waiting runs
+(``run_ended``). A sweep every ``sweep_seconds`` (and at start) checks every
+key with waiting runs: it covers runs that waited or ended on another
+replica, and keys left with room by a write that does not check them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from stepd.server.domain_schedules import WorkflowDeclaration
 from stepd.server.engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from stepd.server.engine.validation import check_name
 from stepd.server.store.base import Store
+from stepd.server.store.concurrency import KeyCheck
 from stepd.server.store.errors import StoreUnavailableError
 
 log = logging.getLogger("stepd.engine.concurrency")
@@ -70,6 +73,7 @@ class ConcurrencyControl:
         self._waiting: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._cancelling: set[asyncio.Task[None]] = set()
 
     # -- declarations ----------------------------------------------------------
 
@@ -96,12 +100,15 @@ class ConcurrencyControl:
     # -- admission -------------------------------------------------------------
 
     def run_waiting(self, run: RunRecord) -> None:
-        """A run waits for room at its key: check the key soon."""
+        """A run waits for room at its key: check the key soon, unless the run is
+        as its insert left it (the insert found no room under the key's lock, and
+        the write that ends one of the key's runs admits it)."""
         if run.concurrency_name is None or run.concurrency_key is None:
             return
         name_key = (run.concurrency_name, run.concurrency_key)
         self._waiting.add(name_key)
-        self._check_soon(name_key)
+        if run.update_time != run.create_time or run.dispatch_count or run.retry_count:
+            self._check_soon(name_key)
 
     def run_ended(self, run: RunRecord) -> None:
         """A run ended here: when runs are known to wait at its key, check it
@@ -122,6 +129,8 @@ class ConcurrencyControl:
 
     async def close(self) -> None:
         """Stop checking keys."""
+        for task in list(self._cancelling):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -158,17 +167,38 @@ class ConcurrencyControl:
     async def _check(self, name_key: tuple[str, str]) -> None:
         name, key = name_key
         outcome = await self._store.check_concurrency_key(name, key, self._clock.now_ms())
+        self._settle(name_key, outcome)
+        await self._cancel_replaced(name_key, outcome.to_cancel)
+
+    def key_checked(self, name: str, key: str, outcome: KeyCheck) -> None:
+        """The store checked a key in the write that ended one of its runs (its
+        ``on_key_checked`` listener): queue what it admitted, cancel what it replaced."""
+        name_key = (name, key)
+        self._settle(name_key, outcome)
+        if outcome.to_cancel:
+            task = asyncio.create_task(self._cancel_replaced(name_key, outcome.to_cancel))
+            self._cancelling.add(task)
+            task.add_done_callback(self._cancelling.discard)
+
+    def _settle(self, name_key: tuple[str, str], outcome: KeyCheck) -> None:
         if not outcome.waiting:
             self._waiting.discard(name_key)
         for run in outcome.admitted:
             self._make_ready(run)
+
+    async def _cancel_replaced(self, name_key: tuple[str, str], run_ids: Sequence[str]) -> None:
+        name, key = name_key
         reason = (
             f"replaced by a newer run of key {key!r} "
             f"(concurrency limit {name!r}, strategy cancel_in_progress)"
         )
-        for run_id in outcome.to_cancel:
-            with contextlib.suppress(FailedPrecondition, NotFound):  # it ended meanwhile
+        for run_id in run_ids:
+            try:
                 await self._cancel(run_id, reason)
+            except (FailedPrecondition, NotFound):  # it ended meanwhile
+                pass
+            except Exception as exc:
+                log.error("cancelling run %s replaced at key %r failed: %s", run_id, name_key, exc)
 
     # -- what GetRun says --------------------------------------------------------
 

@@ -250,6 +250,7 @@ class Engine:
         self.lifecycle.on_end(self.replicas.ended)
         self.lifecycle.on_end(self.waiters.answer)
         self.lifecycle.on_end(self.concurrency.run_ended)
+        store.on_key_checked(self.concurrency.key_checked)
         self.lifecycle.on_waiting(self.concurrency.run_waiting)
         self.lifecycle.gate_late_starts(self.rates.late_start)
         self.lifecycle.on_end(self.rates.forget)

@@ -110,6 +110,11 @@ class ConcurrencyStore(Protocol):
     async def concurrency_waiting_keys(self, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` (limit name, key) pairs with runs waiting for room."""
 
+    def on_key_checked(self, listener: Callable[[str, str, KeyCheck], None]) -> None:
+        """Call ``listener(limit_name, key, check)`` after a write that ended a run
+        under a concurrency limit has committed: the write also checked the run's
+        key (``check_concurrency_key``) in its transaction."""
+
     async def concurrency_queue_position(self, run: RunRecord) -> tuple[int, int, int]:
         """For a waiting run: runs waiting ahead of it, active runs, the limit."""
 

@@ -36,7 +36,6 @@ from sqlalchemy import (
 )
 
 from stepd.server.domain import (
-    TERMINAL_STATUSES,
     ConcurrencySpec,
     ConcurrencyStrategy,
     RunRecord,
@@ -45,7 +44,7 @@ from stepd.server.domain import (
 from stepd.server.store import declared, rows
 from stepd.server.store.dialects import insert_for
 from stepd.server.store.executor import Committer, Reader
-from stepd.server.store.schema import concurrency_limits, runs
+from stepd.server.store.schema import PENDING_ONLY, UNFINISHED, concurrency_limits, runs
 
 log = logging.getLogger("stepd.store.concurrency")
 
@@ -55,7 +54,10 @@ MAX_KEY_CHARS = 256
 #: Most waiting runs one ``check_key`` admits or cancels.
 CHECK_BATCH = 500
 
-_UNFINISHED = sorted(s.value for s in RunStatus if s not in TERMINAL_STATUSES)
+# The partial index over open limited runs serves a query only when the query
+# repeats its condition word for word (a bound parameter does not match it).
+_OPEN = text(UNFINISHED)
+_PENDING = text(PENDING_ONLY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +128,7 @@ _LIMIT_FOR = select(concurrency_limits).where(
 _ACTIVE_AND_WAITING = text(
     "SELECT admitted, count(*) FROM runs"
     " WHERE concurrency_name = :p_name AND concurrency_key = :p_key"
-    " AND status IN (" + ", ".join(f"'{status}'" for status in _UNFINISHED) + ")"
+    f" AND {UNFINISHED}"
     " GROUP BY admitted"
 )
 _LIMIT_NAMED = (
@@ -141,10 +143,35 @@ _WAITING = (
         runs.c.concurrency_name == bindparam("p_name"),
         runs.c.concurrency_key == bindparam("p_key"),
         runs.c.admitted == 0,
-        runs.c.status == RunStatus.PENDING.value,
+        _OPEN,
+        _PENDING,
     )
     .order_by(runs.c.seq)
     .limit(CHECK_BATCH)
+)
+_ACTIVE_RUNS = (
+    select(runs.c.run_id)
+    .where(
+        runs.c.concurrency_name == bindparam("p_name"),
+        runs.c.concurrency_key == bindparam("p_key"),
+        runs.c.admitted == 1,
+        _OPEN,
+    )
+    .order_by(runs.c.seq)
+)
+# One waiting run admitted (the common case: a limit of 1, or one run ended),
+# and several: built once, so a check compiles nothing.
+_ADMIT_ONE = (
+    update(runs)
+    .where(runs.c.run_id == bindparam("p_id"), runs.c.admitted == 0)
+    .values(admitted=1, update_time=bindparam("p_now"))
+    .returning(*runs.c)
+)
+_ADMIT_MANY = (
+    update(runs)
+    .where(runs.c.run_id.in_(bindparam("p_ids", expanding=True)), runs.c.admitted == 0)
+    .values(admitted=1, update_time=bindparam("p_now"))
+    .returning(*runs.c)
 )
 
 
@@ -184,9 +211,7 @@ def _of_key(limit_name: str, key: str) -> Any:
 
 def active_count(conn: Connection, limit_name: str, key: str) -> int:
     """How many runs of the key are admitted and not ended."""
-    stmt = select(func.count()).where(
-        _of_key(limit_name, key), runs.c.admitted == 1, runs.c.status.in_(_UNFINISHED)
-    )
+    stmt = select(func.count()).where(_of_key(limit_name, key), runs.c.admitted == 1, _OPEN)
     return int(conn.execute(stmt).scalar_one())
 
 
@@ -201,7 +226,8 @@ def _waiting_count(conn: Connection, limit_name: str, key: str, before_seq: int 
     stmt = select(func.count()).where(
         _of_key(limit_name, key),
         runs.c.admitted == 0,
-        runs.c.status == RunStatus.PENDING.value,
+        _OPEN,
+        _PENDING,
     )
     if before_seq is not None:
         stmt = stmt.where(runs.c.seq < before_seq)
@@ -255,15 +281,16 @@ def check_key(conn: Connection, limit_name: str, key: str, now: int) -> KeyCheck
     """Under the key's lock: for ``cancel_in_progress``, name the runs the newest
     waiting ones cancel; admit the oldest waiting runs the key has room for."""
     params = {"p_name": limit_name, "p_key": key}
+    # PostgreSQL: read under the key's lock, so a run inserted (and found no room)
+    # while this transaction ended one is seen here, or saw the end. SQLite has
+    # one writer.
+    lock_key(conn, limit_name, key)
     waiting = [(row.run_id, row.seq) for row in conn.execute(_WAITING, params)]
     if not waiting:
-        return KeyCheck()  # nothing waits: no lock needed
-    if conn.dialect.name != "sqlite":  # read again under the lock (SQLite has one writer)
-        lock_key(conn, limit_name, key)
-        waiting = [(row.run_id, row.seq) for row in conn.execute(_WAITING, params)]
-        if not waiting:
-            return KeyCheck()
-    spec = limit_named(conn, limit_name)
+        return KeyCheck()
+    spec = declared.remember(
+        conn, "concurrency limit", limit_name, lambda: limit_named(conn, limit_name)
+    )
     # A limit no workflow declares any more admits what waits under it.
     limit = spec.limit if spec is not None else len(waiting)
     to_cancel: list[str] = []
@@ -271,32 +298,18 @@ def check_key(conn: Connection, limit_name: str, key: str, now: int) -> KeyCheck
         keep = waiting[-limit:]
         to_cancel = [run_id for run_id, _ in waiting[: len(waiting) - len(keep)]]
         waiting = keep
-        active = [
-            row.run_id
-            for row in conn.execute(
-                select(runs.c.run_id)
-                .where(
-                    _of_key(limit_name, key),
-                    runs.c.admitted == 1,
-                    runs.c.status.in_(_UNFINISHED),
-                )
-                .order_by(runs.c.seq)
-            )
-        ]
+        active = [row.run_id for row in conn.execute(_ACTIVE_RUNS, params)]
         excess = len(active) + len(waiting) - limit
         to_cancel.extend(active[: max(excess, 0)])
     room = limit - _counts(conn, limit_name, key)[0]
     chosen = [run_id for run_id, _ in waiting[: max(room, 0)]]
     admitted: list[RunRecord] = []
-    if chosen:
-        stmt = (
-            update(runs)
-            .where(runs.c.run_id.in_(chosen), runs.c.admitted == 0)
-            .values(admitted=1, update_time=now)
-            .returning(*runs.c)
-        )
-        admitted = [rows.run_from_row(row) for row in conn.execute(stmt).mappings()]
-        admitted.sort(key=lambda run: run.seq)
+    if len(chosen) == 1:
+        found = conn.execute(_ADMIT_ONE, {"p_id": chosen[0], "p_now": now}).mappings()
+        admitted = [rows.run_from_row(row) for row in found]
+    elif chosen:
+        found = conn.execute(_ADMIT_MANY, {"p_ids": chosen, "p_now": now}).mappings()
+        admitted = sorted((rows.run_from_row(row) for row in found), key=lambda run: run.seq)
     still_waiting = len(waiting) > len(admitted) or len(to_cancel) > 0
     return KeyCheck(tuple(admitted), tuple(to_cancel), still_waiting)
 
@@ -308,7 +321,8 @@ def waiting_keys(conn: Connection, limit: int) -> list[tuple[str, str]]:
         .where(
             runs.c.concurrency_name.is_not(None),
             runs.c.admitted == 0,
-            runs.c.status == RunStatus.PENDING.value,
+            _OPEN,
+            _PENDING,
         )
         .distinct()
         .limit(limit)

@@ -19,21 +19,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, text, update
 
 from stepd.server.domain import RunRecord, RunStatus
 from stepd.server.domain_flow import DebounceSpec
 from stepd.server.store import rows
 from stepd.server.store.concurrency import bounded_key, key_from_input, lock_key
-from stepd.server.store.schema import runs
+from stepd.server.store.schema import PENDING_ONLY, runs
 
 _PENDING = (
     select(runs.c.run_id, runs.c.create_time)
     .where(
         runs.c.workflow_name == bindparam("p_workflow"),
         runs.c.debounce_key == bindparam("p_key"),
-        runs.c.status == RunStatus.PENDING.value,
-        runs.c.start_time_not_before > bindparam("p_now"),
+        text(PENDING_ONLY),  # as the partial index says it, word for word
+        # "+ 0": SQLite would otherwise scan every delayed pending run through
+        # the (status, start time) index instead of this key's few.
+        runs.c.start_time_not_before + 0 > bindparam("p_now"),
     )
     .order_by(runs.c.seq.desc())
     .limit(1)

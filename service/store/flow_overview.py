@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, case, func, select, text
 
-from stepd.server.domain import TERMINAL_STATUSES, RunStatus
+from stepd.server.domain import RunStatus
 from stepd.server.domain_flow import FlowLimitKind, FlowLimitState, FlowSettings
 from stepd.server.store.executor import Reader
-from stepd.server.store.schema import concurrency_limits, rate_turns, runs, workflow_flow
+from stepd.server.store.schema import (
+    UNFINISHED,
+    concurrency_limits,
+    rate_turns,
+    runs,
+    workflow_flow,
+)
 
-_UNFINISHED = sorted(s.value for s in RunStatus if s not in TERMINAL_STATUSES)
 _PENDING = RunStatus.PENDING.value
 
 
@@ -46,7 +51,7 @@ def _concurrency(conn: Connection) -> list[FlowLimitState]:
             func.count(),
             func.count(func.distinct(runs.c.concurrency_key)),
         )
-        .where(runs.c.concurrency_name.is_not(None), runs.c.status.in_(_UNFINISHED))
+        .where(runs.c.concurrency_name.is_not(None), text(UNFINISHED))
         .group_by(runs.c.concurrency_name, runs.c.admitted)
     )
     for name, admitted, count, keys in conn.execute(stmt):
@@ -83,12 +88,12 @@ def _held_runs(conn: Connection, column: str, key: str, now: int) -> dict[str, t
 def _declared(conn: Connection, now: int) -> tuple[list[FlowLimitState], set[str]]:
     rates: dict[str, tuple[list[str], str]] = {}
     debounced: list[tuple[str, str]] = []
-    for name, text in conn.execute(
+    for name, settings_json in conn.execute(
         select(workflow_flow.c.workflow_name, workflow_flow.c.settings_json).order_by(
             workflow_flow.c.workflow_name
         )
     ):
-        settings = FlowSettings.from_json(text)
+        settings = FlowSettings.from_json(settings_json)
         if settings.start_rate is not None:
             rate = settings.start_rate
             workflows, _ = rates.setdefault(

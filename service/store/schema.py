@@ -40,6 +40,8 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 #: The statuses a run can still leave (partial indexes cover only these).
 UNFINISHED = "status IN ('pending', 'running', 'suspended')"
+#: A pending run, as partial indexes write it (a query repeats it word for word).
+PENDING_ONLY = "status = 'pending'"
 
 runs = Table(
     "runs",
@@ -132,23 +134,25 @@ runs = Table(
     # Migration 9: a schedule's recent runs, and delayed starts coming due.
     Index("ix_runs_schedule_id_seq", "schedule_id", "seq"),
     Index("ix_runs_status_start_time_not_before", "status", "start_time_not_before"),
-    # Migration 19: a key's active and waiting runs, in order (limited runs only).
+    # Migrations 19 and 23: a key's active and waiting runs, in order (open
+    # limited runs only).
     Index(
         "ix_runs_concurrency",
         "concurrency_name",
         "concurrency_key",
         "admitted",
         "seq",
-        sqlite_where=text("concurrency_name IS NOT NULL"),
-        postgresql_where=text("concurrency_name IS NOT NULL"),
+        sqlite_where=text(f"concurrency_name IS NOT NULL AND {UNFINISHED}"),
+        postgresql_where=text(f"concurrency_name IS NOT NULL AND {UNFINISHED}"),
     ),
-    # Migration 22: a key's pending debounced run (debounced runs only).
+    # Migrations 22 and 23: a key's newest pending debounced run.
     Index(
         "ix_runs_workflow_name_debounce_key",
         "workflow_name",
         "debounce_key",
-        sqlite_where=text("debounce_key IS NOT NULL"),
-        postgresql_where=text("debounce_key IS NOT NULL"),
+        "seq",
+        sqlite_where=text(f"debounce_key IS NOT NULL AND {PENDING_ONLY}"),
+        postgresql_where=text(f"debounce_key IS NOT NULL AND {PENDING_ONLY}"),
     ),
     # Migration 17: ended runs by end time (retention).
     Index(

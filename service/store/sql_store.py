@@ -230,6 +230,7 @@ class SqlStore(
         self._get_run = select(runs).where(runs.c.run_id == bindparam("p_run_id"))
         self._transitions: dict[tuple[tuple[str, ...], bool], Update] = {}
         self._history_listener: Callable[[str], None] | None = None
+        self._key_listener: Callable[[str, str, concurrency.KeyCheck], None] | None = None
 
     @property
     def committer(self) -> Committer:
@@ -260,6 +261,11 @@ class SqlStore(
         """Call ``listener(run_id)`` after each write that may have added to a run's
         history has committed (also when it turned out to change nothing)."""
         self._history_listener = listener
+
+    def on_key_checked(self, listener: Callable[[str, str, concurrency.KeyCheck], None]) -> None:
+        """Call ``listener(limit_name, key, check)`` after a run under a concurrency
+        limit ended: its key was checked in the same transaction."""
+        self._key_listener = listener
 
     async def _write_for(self, run_id: str | None, op: WriteOp[T]) -> T:
         """Run a write about ``run_id`` and tell the history listener once it committed."""
@@ -473,11 +479,20 @@ class SqlStore(
         params = {f"v_{name}": value for name, value in columns.items()}
         params.update(p_run_id=run_id, p_sources=sources, p_lease_id=lease_id)
 
+        # A run that ends under a concurrency limit admits what waits at its key
+        # in the same transaction (no write of its own, no wait for it).
+        checked: list[concurrency.KeyCheck] = []
+
         def op(conn: Connection) -> RunRecord | None:
+            checked.clear()  # a batch retried one write at a time runs it again
             row = conn.execute(stmt, params).mappings().first()
             if row is None:
                 return None
             run = rows.run_from_row(row)
+            if target.is_terminal and run.concurrency_name and run.concurrency_key is not None:
+                checked.append(
+                    concurrency.check_key(conn, run.concurrency_name, run.concurrency_key, now)
+                )
             if target is RunStatus.PENDING:
                 history.add(conn, run_id, HistoryType.RELEASED, now)
             elif target is RunStatus.CANCELLED:
@@ -491,7 +506,11 @@ class SqlStore(
                 )
             return run
 
-        return await self._write_for(run_id, op)
+        moved = await self._write_for(run_id, op)
+        if moved is not None and checked and self._key_listener is not None:
+            name, key = moved.concurrency_name or "", moved.concurrency_key or ""
+            self._key_listener(name, key, checked[0])
+        return moved
 
     def _transition_statement(self, columns: tuple[str, ...], with_lease: bool) -> Update:
         """Build (once per shape) the guarded UPDATE ... RETURNING of ``_move``."""

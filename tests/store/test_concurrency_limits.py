@@ -13,7 +13,7 @@ from stepd.server.domain import ConcurrencySpec, ConcurrencyStrategy, RunStatus,
 from stepd.server.engine.transitions import RunEvent, move
 from stepd.server.store import SqlStore
 from stepd.server.store.base import ConcurrencyRefusedError
-from stepd.server.store.concurrency import MAX_KEY_CHARS, key_from_input
+from stepd.server.store.concurrency import MAX_KEY_CHARS, KeyCheck, key_from_input
 
 from .conftest import new_run
 
@@ -63,11 +63,18 @@ async def test_concurrent_creates_admit_no_more_than_the_limit(store: SqlStore) 
     # Nothing to admit while both slots are taken.
     check = await store.check_concurrency_key("orders", "c", now_ms())
     assert check.admitted == () and check.to_cancel == ()
-    # One ends: the oldest waiting run is admitted, and only that one.
+    # One ends: the write that ends it admits the oldest waiting run, and only
+    # that one, and tells the listener after the commit.
+    checks: list[tuple[str, str, KeyCheck]] = []
+    store.on_key_checked(lambda name, key, check: checks.append((name, key, check)))
     first = sorted(admitted)[0]
     await store.cancel_run(first, move(RunEvent.CANCEL), "done")
+    assert [(name, key) for name, key, _ in checks] == [("orders", "c")]
+    assert [run.run_id for run in checks[0][2].admitted] == [waiting[0].run_id]
+    assert checks[0][2].waiting
+    # Nothing more to admit: both slots are taken again.
     check = await store.check_concurrency_key("orders", "c", now_ms())
-    assert [run.run_id for run in check.admitted] == [waiting[0].run_id]
+    assert check.admitted == ()
     claimed = await store.claim_run(waiting[0].run_id, "w", now_ms() + 60_000)
     assert claimed is not None and claimed.run.status is RunStatus.RUNNING
 

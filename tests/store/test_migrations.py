@@ -44,11 +44,29 @@ def where_text(clause: Any) -> str:
     """
     if clause is None:
         return ""
-    where = re.sub(r"::\w+", "", str(clause)).strip()
-    while where.startswith("(") and where.endswith(")"):
-        where = where[1:-1].strip()
-    # PostgreSQL reflects "x IN ('a', 'b')" as "x = ANY (ARRAY['a', 'b'])".
-    return re.sub(r"(\w+) = ANY \(ARRAY\[(.*?)\]\)", r"\1 IN (\2)", where)
+    where = _unwrapped(re.sub(r"::\w+", "", str(clause)))
+    # PostgreSQL reflects "x IN ('a', 'b')" as "x = ANY (ARRAY['a', 'b'])", and
+    # parenthesises each term of an AND.
+    where = re.sub(r"(\w+) = ANY \(ARRAY\[(.*?)\]\)", r"\1 IN (\2)", where)
+    return " AND ".join(_unwrapped(term) for term in where.split(" AND "))
+
+
+def _unwrapped(term: str) -> str:
+    """``term`` without the parentheses wrapped around all of it."""
+    term = term.strip()
+    while term.startswith("(") and _closing(term) == len(term) - 1:
+        term = term[1:-1].strip()
+    return term
+
+
+def _closing(text: str) -> int:
+    """Where the parenthesis opened at ``text[0]`` closes (-1: never)."""
+    depth = 0
+    for index, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return index
+    return -1
 
 
 def describe(conn: Connection) -> dict[str, Any]:

@@ -12,7 +12,15 @@ import pytest
 from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import OperationalError
 
-from stepd.server.domain import RecordStepStatus, RunFilter, RunStatus, StepRow
+from stepd.server.domain import (
+    ConcurrencySpec,
+    RecordStepStatus,
+    RunFilter,
+    RunStatus,
+    StepRow,
+    now_ms,
+)
+from stepd.server.domain_flow import DebounceSpec, FlowSettings
 from stepd.server.engine.transitions import RunEvent, move
 from stepd.server.store import SqlStore, open_store
 
@@ -216,3 +224,57 @@ async def test_filtered_lists_use_indexes(store: SqlStore, db_path: Path) -> Non
 
     assert len(statements) == 6
     assert full_scans(db_path, statements) == []
+
+
+def plan_lines(db_path: Path, statements: list[tuple[str, Any]], word: str) -> list[str]:
+    """The EXPLAIN QUERY PLAN lines of the statements whose WHERE clause holds ``word``."""
+    db = sqlite3.connect(db_path)
+    try:
+        return [
+            f"{row[-1]}  <-  {sql}"
+            for sql, params in statements
+            if word in sql.partition("WHERE")[2].partition("RETURNING")[0]
+            and sql.lstrip().upper().startswith(("SELECT", "UPDATE"))
+            for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+        ]
+    finally:
+        db.close()
+
+
+async def test_flow_control_reads_only_a_keys_open_runs(store: SqlStore, db_path: Path) -> None:
+    """A concurrency key's count and a debounce key's lookup go through partial
+    indexes of open runs, so a key's ended runs (however many) are never read."""
+    limit = ConcurrencySpec(name="per-customer", key_path="customer", limit=1)
+    assert await store.declare_concurrency({"orders": limit}, now_ms()) is None
+    later = FlowSettings(debounce=DebounceSpec(key_path="user", period_ms=60_000))
+    await store.declare_flow({"search": later}, now_ms())
+    for i in range(30):  # a key's history: ended runs the queries must not read
+        run = await store.create_run(new_run(f"old{i}", input_json='{"customer": "c"}'))
+        claimed = await store.claim_run(run.run.run_id, "w", 5)
+        assert claimed is not None
+        await store.complete_run(run.run.run_id, move(RunEvent.COMPLETE), claimed.run.lease_id, "1")
+    statements: list[tuple[str, Any]] = []
+
+    def capture(*args: Any) -> None:
+        statements.append((args[2], args[3]))
+
+    event.listen(store.writer_engine, "before_cursor_execute", capture)
+    try:
+        await store.create_run(new_run("now1", input_json='{"customer": "c"}'))
+        await store.create_run(new_run("now2", input_json='{"customer": "c"}'))  # waits
+        await store.check_concurrency_key("per-customer", "c", now_ms())
+        for i in range(2):  # the second folds into the first
+            await store.create_run(
+                new_run(f"s{i}", workflow_name="search", input_json='{"user": "u"}')
+            )
+    finally:
+        event.remove(store.writer_engine, "before_cursor_execute", capture)
+
+    concurrency = plan_lines(db_path, statements, "concurrency_key")
+    debounce = plan_lines(db_path, statements, "debounce_key")
+    assert concurrency and debounce
+    for line in concurrency:
+        assert "INDEX ix_runs_concurrency " in line or line.startswith("USE TEMP"), line
+    for line in debounce:
+        assert "INDEX ix_runs_workflow_name_debounce_key " in line, line
+    assert not [line for line in concurrency + debounce if "TEMP B-TREE FOR ORDER BY" in line]

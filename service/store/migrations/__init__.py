@@ -42,6 +42,7 @@ from stepd.server.store.migrations import (
     v0020_priorities,
     v0021_rate_limits,
     v0022_debounce,
+    v0023_open_run_indexes,
 )
 
 
@@ -74,6 +75,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(20, v0020_priorities.DESCRIPTION, v0020_priorities.upgrade),
     Migration(21, v0021_rate_limits.DESCRIPTION, v0021_rate_limits.upgrade),
     Migration(22, v0022_debounce.DESCRIPTION, v0022_debounce.upgrade),
+    Migration(23, v0023_open_run_indexes.DESCRIPTION, v0023_open_run_indexes.upgrade),
 )
 
 #: The schema version this code expects.
