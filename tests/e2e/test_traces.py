@@ -176,6 +176,7 @@ async def test_a_child_runs_in_its_parents_trace_and_errors_are_recorded(
         lambda spans: (
             ended(parent_id, "completed")(spans)
             and ended(failing.run.run_id, "failed")(spans)
+            and trigger_span_arrived(spans, failing.run.run_id)
             and any(
                 s.name == "run e2e.trace.child" and s.attributes.get("stepd.outcome") == "completed"
                 for s in spans
@@ -206,6 +207,12 @@ async def test_a_child_runs_in_its_parents_trace_and_errors_are_recorded(
     # A trigger without a trace context starts its trace at the server's span.
     (server_span,) = [s for s in spans if s.name == TRIGGER_SPAN and s.trace_id == run.trace_id]
     assert run.parent_span_id == server_span.span_id and server_span.parent_span_id == ""
+
+
+def trigger_span_arrived(spans: list[Any], run_id: str) -> bool:
+    """The server's Trigger span of the run's trace is among ``spans``."""
+    traces = {s.trace_id for s in of_run(spans, run_id)}
+    return any(s.name == TRIGGER_SPAN and s.trace_id in traces for s in spans)
 
 
 async def test_no_step_span_twice_when_a_killed_workers_run_is_replayed(
@@ -239,3 +246,35 @@ async def test_no_step_span_twice_when_a_killed_workers_run_is_replayed(
     # first ran once and was replayed; block's first attempt died with its worker.
     assert names(steps) == Counter({"step first": 1, "step block": 1})
     assert len({s.trace_id for s in mine}) == 1
+
+
+async def test_head_sampling_keeps_a_trace_whole_or_drops_it_whole(
+    receiver: OtlpReceiver, stack: Stack, database: str
+) -> None:
+    """docs/observability.md's sampling settings: the server decides at a trace's
+    root and the worker follows the run's stored context."""
+    sampling = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
+    server = stack.start_server(
+        database, args=["--otel"], env={**exporting_to(receiver, "test-server"), **sampling}
+    )
+    stack.start_worker(
+        server,
+        ["tests.e2e.trace_workflows"],
+        args=["--otel"],
+        env={**exporting_to(receiver, "test-worker"), **sampling},
+    )
+    caller = SpanContext(
+        int(CALLER_TRACE, 16), int(CALLER_SPAN, 16), True, TraceFlags(TraceFlags.SAMPLED)
+    )
+    async with Client(server.address) as client:
+        dropped = await client.trigger(tw.child, 1)  # a new trace: sampled at ratio 0
+        await dropped.result()
+        with trace.use_span(NonRecordingSpan(caller)):  # a caller's sampled trace
+            kept = await client.trigger(tw.child, 2)
+        await kept.result()
+    await receiver.wait_for(ended(kept.run_id, "completed"))
+    await asyncio.sleep(1)  # anything else exported would have come by now
+    spans = receiver.received()
+    assert of_run(spans, dropped.run_id) == []
+    assert names(of_run(spans, kept.run_id))["step first"] == 1
+    assert {s.trace_id for s in spans} == {CALLER_TRACE}
