@@ -160,16 +160,17 @@ _ACTIVE_RUNS = (
     .order_by(runs.c.seq)
 )
 # One waiting run admitted (the common case: a limit of 1, or one run ended),
-# and several: built once, so a check compiles nothing.
+# and several: built once, so a check compiles nothing. A run cancelled since
+# it was read as waiting is left alone.
 _ADMIT_ONE = (
     update(runs)
-    .where(runs.c.run_id == bindparam("p_id"), runs.c.admitted == 0)
+    .where(runs.c.run_id == bindparam("p_id"), runs.c.admitted == 0, _PENDING)
     .values(admitted=1, update_time=bindparam("p_now"))
     .returning(*runs.c)
 )
 _ADMIT_MANY = (
     update(runs)
-    .where(runs.c.run_id.in_(bindparam("p_ids", expanding=True)), runs.c.admitted == 0)
+    .where(runs.c.run_id.in_(bindparam("p_ids", expanding=True)), runs.c.admitted == 0, _PENDING)
     .values(admitted=1, update_time=bindparam("p_now"))
     .returning(*runs.c)
 )

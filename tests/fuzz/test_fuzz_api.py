@@ -118,6 +118,30 @@ def call_unary(channel: grpc.Channel, method: Any, request: Any) -> None:
         check_code(error.code(), method.name, error.details())
 
 
+#: How long a server stream (WatchRun) is read before the test ends it.
+STREAM_SECONDS = 3
+
+
+def call_server_stream(channel: grpc.Channel, method: Any, request: Any) -> None:
+    """Call a server-streaming RPC (WatchRun) and check its code. A stream still
+    open at the test's deadline must have answered first (a live run's watch
+    sends its state at once); one that sent nothing is a hung stream."""
+    path = f"/{WORKFLOW_SERVICE.full_name}/{method.name}"
+    response_class = message_factory.GetMessageClass(method.output_type)
+    serializer = None if isinstance(request, bytes) else type(request).SerializeToString
+    rpc = channel.unary_stream(
+        path, request_serializer=serializer, response_deserializer=response_class.FromString
+    )
+    received = 0
+    try:
+        for _ in rpc(request, timeout=STREAM_SECONDS):
+            received += 1
+    except grpc.RpcError as error:
+        if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED and received:
+            return  # a live stream that had answered, ended by the test
+        check_code(error.code(), method.name, error.details())
+
+
 def bounded_wait(request: Any) -> None:
     """GetRun(wait=true) may block up to the server's cap by design: keep it short."""
     if isinstance(request, wf.GetRunRequest) and request.wait:
@@ -212,7 +236,8 @@ def fuzz_client_rpcs(channel: grpc.Channel, seconds: float) -> int:
             request = data.draw(messages(method.input_type))
             bounded_wait(request)
         try:
-            call_unary(channel, method, request)
+            call = call_server_stream if method.server_streaming else call_unary
+            call(channel, method, request)
         except AssertionError as error:
             budget.failed(error, (method.name, request))
 
