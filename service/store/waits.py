@@ -11,7 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from sqlalchemy import Connection, RowMapping, func, select, text, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Insert,
+    RowMapping,
+    Update,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
 
 from stepd.server.domain import (
     RUN_EXPIRY_KEY,
@@ -39,6 +50,113 @@ from stepd.server.store.schema import UNFINISHED, hooks, run_waits, runs, step_a
 
 _OPEN, _MET, _ABANDONED = WaitStatus.OPEN.value, WaitStatus.MET.value, WaitStatus.ABANDONED.value
 
+# The statements of suspending, firing and waking, built once with bound
+# parameters: building one per call (expressions, cache key) cost more than
+# running it.
+_RUN: BindParameter[str] = bindparam("p_run_id")
+_KEYS: BindParameter[list[str]] = bindparam("p_keys", expanding=True)
+_MINE = run_waits.c.run_id == _RUN
+_ABANDON_OTHER_KEYS = (
+    update(run_waits)
+    .where(_MINE, run_waits.c.status == _OPEN, run_waits.c.wait_key.not_in(_KEYS))
+    .values(status=_ABANDONED)
+)
+_REOPEN_KEYS = (
+    update(run_waits)
+    .where(_MINE, run_waits.c.wait_key.in_(_KEYS), run_waits.c.status == _ABANDONED)
+    .values(status=_OPEN)
+)
+_MET_AMONG_KEYS = (
+    select(func.count())
+    .select_from(run_waits)
+    .where(_MINE, run_waits.c.wait_key.in_(_KEYS), run_waits.c.status == _MET)
+)
+_OPEN_TIMERS = select(run_waits.c.wait_key, run_waits.c.fire_time).where(
+    _MINE, run_waits.c.status == _OPEN, run_waits.c.kind == WaitKind.TIMER.value
+)
+_MEET = (
+    update(run_waits)
+    .where(_MINE, run_waits.c.wait_key == bindparam("p_key"), run_waits.c.status == _OPEN)
+    .values(
+        status=_MET,
+        met_time=bindparam("p_now"),
+        payload_json=bindparam("p_payload"),
+        met_lease_id=select(runs.c.lease_id).where(runs.c.run_id == _RUN).scalar_subquery(),
+    )
+)
+_ABANDON_OPEN = (
+    update(run_waits).where(_MINE, run_waits.c.status == _OPEN).values(status=_ABANDONED)
+)
+_ABANDON_OPEN_BUT = (
+    update(run_waits)
+    .where(_MINE, run_waits.c.status == _OPEN, run_waits.c.wait_key != bindparam("p_keep"))
+    .values(status=_ABANDONED)
+)
+_WAKE = (
+    update(runs)
+    .where(runs.c.run_id == _RUN, runs.c.status == RunStatus.SUSPENDED.value)
+    .values(status=RunStatus.PENDING.value, update_time=bindparam("p_now"))
+    .returning(*runs.c)
+)
+# ordered_journal's reads: the whole journal, or what came after a lease.
+_AFTER: BindParameter[int] = bindparam("p_after_lease")
+_STEPS = select(steps).where(steps.c.run_id == _RUN).order_by(steps.c.sequence)
+_STEPS_AFTER = (
+    select(steps)
+    .where(steps.c.run_id == _RUN, steps.c.lease_id > _AFTER)
+    .order_by(steps.c.sequence)
+)
+_ATTEMPTS = (
+    select(step_attempts).where(step_attempts.c.run_id == _RUN).order_by(step_attempts.c.sequence)
+)
+_ATTEMPTS_AFTER = (
+    select(step_attempts)
+    .where(step_attempts.c.run_id == _RUN, step_attempts.c.lease_id > _AFTER)
+    .order_by(step_attempts.c.sequence)
+)
+_MET_WAITS = (
+    select(run_waits).where(_MINE, run_waits.c.status == _MET).order_by(run_waits.c.sequence)
+)
+_MET_WAITS_AFTER = (
+    select(run_waits)
+    .where(_MINE, run_waits.c.status == _MET, run_waits.c.met_lease_id >= _AFTER)
+    .order_by(run_waits.c.sequence)
+)
+# By the names of the extra columns a move out of RUNNING sets.
+_LEAVE_RUNNING: dict[tuple[str, ...], Update] = {}
+# By dialect name.
+_INSERT_WAITS: dict[str, Insert] = {}
+
+
+def _leave_running_statement(names: tuple[str, ...]) -> Update:
+    stmt = _LEAVE_RUNNING.get(names)
+    if stmt is None:
+        stmt = _LEAVE_RUNNING[names] = (
+            update(runs)
+            .where(
+                runs.c.run_id == _RUN,
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.lease_id == bindparam("p_lease_id"),
+            )
+            .values(
+                status=bindparam("p_status"),
+                update_time=bindparam("p_now"),
+                lease_owner=None,
+                lease_expires_at=None,
+                **{name: bindparam(f"v_{name}") for name in names},
+            )
+            .returning(*runs.c)
+        )
+    return stmt
+
+
+def _insert_waits(conn: Connection) -> Insert:
+    name = conn.dialect.name
+    stmt = _INSERT_WAITS.get(name)
+    if stmt is None:
+        stmt = _INSERT_WAITS[name] = insert_for(name)(run_waits).on_conflict_do_nothing()
+    return stmt
+
 
 def leave_running(
     conn: Connection,
@@ -50,26 +168,10 @@ def leave_running(
 ) -> RowMapping | None:
     """Move a RUNNING run under ``lease_id`` to ``status``, giving up the lease (and
     setting ``values``); its new row, or None when the lease is gone."""
-    return (
-        conn.execute(
-            update(runs)
-            .where(
-                runs.c.run_id == run_id,
-                runs.c.status == RunStatus.RUNNING.value,
-                runs.c.lease_id == lease_id,
-            )
-            .values(
-                status=status.value,
-                update_time=now,
-                lease_owner=None,
-                lease_expires_at=None,
-                **values,
-            )
-            .returning(*runs.c)
-        )
-        .mappings()
-        .first()
-    )
+    stmt = _leave_running_statement(tuple(sorted(values)))
+    params = {f"v_{name}": value for name, value in values.items()}
+    params.update(p_run_id=run_id, p_lease_id=lease_id, p_status=status.value, p_now=now)
+    return conn.execute(stmt, params).mappings().first()
 
 
 def suspend(
@@ -87,14 +189,10 @@ def suspend(
         return SuspendOutcome(SuspendStatus.LEASE_LOST)
     keys = [w.wait_key for w in waits]
     mine = (run_waits.c.run_id == run_id,)
+    of_keys = {"p_run_id": run_id, "p_keys": keys}
+    conn.execute(_ABANDON_OTHER_KEYS, of_keys)
     conn.execute(
-        update(run_waits)
-        .where(*mine, run_waits.c.status == _OPEN, run_waits.c.wait_key.not_in(keys))
-        .values(status=_ABANDONED)
-    )
-    insert = insert_for(conn.dialect.name)
-    conn.execute(
-        insert(run_waits).on_conflict_do_nothing(),
+        _insert_waits(conn),
         [
             {
                 "run_id": run_id,
@@ -112,16 +210,8 @@ def suspend(
         ],
     )
     history.add(conn, run_id, HistoryType.SUSPENDED, now, detail=", ".join(keys))
-    conn.execute(
-        update(run_waits)
-        .where(*mine, run_waits.c.wait_key.in_(keys), run_waits.c.status == _ABANDONED)
-        .values(status=_OPEN)
-    )
-    already_met = conn.execute(
-        select(func.count())
-        .select_from(run_waits)
-        .where(*mine, run_waits.c.wait_key.in_(keys), run_waits.c.status == _MET)
-    ).scalar()
+    conn.execute(_REOPEN_KEYS, of_keys)
+    already_met = conn.execute(_MET_AMONG_KEYS, of_keys).scalar()
     if already_met:
         _abandon_others(conn, run_id, None)
         woken = _wake(conn, run_id, now)
@@ -168,13 +258,7 @@ def suspend(
                 return SuspendOutcome(SuspendStatus.WOKEN, woken)
     timers = [
         DueTimer(run_id, t.wait_key, t.fire_time)
-        for t in conn.execute(
-            select(run_waits.c.wait_key, run_waits.c.fire_time).where(
-                *mine,
-                run_waits.c.status == _OPEN,
-                run_waits.c.kind == WaitKind.TIMER.value,
-            )
-        )
+        for t in conn.execute(_OPEN_TIMERS, {"p_run_id": run_id})
     ]
     return SuspendOutcome(SuspendStatus.SUSPENDED, rows.run_from_row(row), timers)
 
@@ -203,20 +287,8 @@ def meet(
     Returns the woken run; None when the wait was not open or the run was
     not suspended.
     """
-    met = conn.execute(
-        update(run_waits)
-        .where(
-            run_waits.c.run_id == run_id,
-            run_waits.c.wait_key == wait_key,
-            run_waits.c.status == _OPEN,
-        )
-        .values(
-            status=_MET,
-            met_time=now,
-            payload_json=payload_json,
-            met_lease_id=select(runs.c.lease_id).where(runs.c.run_id == run_id).scalar_subquery(),
-        )
-    ).rowcount
+    params = {"p_run_id": run_id, "p_key": wait_key, "p_now": now, "p_payload": payload_json}
+    met = conn.execute(_MEET, params).rowcount
     if not met:
         return None
     _abandon_others(conn, run_id, wait_key)
@@ -376,10 +448,10 @@ def open_signal_wait(conn: Connection, run_id: str, name: str) -> str | None:
 
 
 def _abandon_others(conn: Connection, run_id: str, keep: str | None) -> None:
-    stmt = update(run_waits).where(run_waits.c.run_id == run_id, run_waits.c.status == _OPEN)
-    if keep is not None:
-        stmt = stmt.where(run_waits.c.wait_key != keep)
-    conn.execute(stmt.values(status=_ABANDONED))
+    if keep is None:
+        conn.execute(_ABANDON_OPEN, {"p_run_id": run_id})
+    else:
+        conn.execute(_ABANDON_OPEN_BUT, {"p_run_id": run_id, "p_keep": keep})
 
 
 def due_timers(conn: Connection, until: int, limit: int) -> list[DueTimer]:
@@ -417,24 +489,23 @@ def ordered_journal(
     run under ``after_lease`` has not seen. The statements then read only
     those rows (by lease), not the whole journal.
     """
-    step_query = select(steps).where(steps.c.run_id == run_id)
-    attempt_query = select(step_attempts).where(step_attempts.c.run_id == run_id)
-    wait_query = select(run_waits).where(run_waits.c.run_id == run_id, run_waits.c.status == _MET)
-    if after_lease:
-        step_query = step_query.where(steps.c.lease_id > after_lease)
-        attempt_query = attempt_query.where(step_attempts.c.lease_id > after_lease)
-        wait_query = wait_query.where(run_waits.c.met_lease_id >= after_lease)
-    step_rows = conn.execute(step_query.order_by(steps.c.sequence)).mappings()
+    params = {"p_run_id": run_id, "p_after_lease": after_lease}
+    step_query, attempt_query, wait_query = (
+        (_STEPS_AFTER, _ATTEMPTS_AFTER, _MET_WAITS_AFTER)
+        if after_lease
+        else (_STEPS, _ATTEMPTS, _MET_WAITS)
+    )
+    step_rows = conn.execute(step_query, params).mappings()
     keyed: list[tuple[tuple[int, int, int, int], StepRow | WaitRow]] = [
         ((row["lease_id"] or 0, 0, 0, row["sequence"]), rows.step_from_row(row))
         for row in step_rows
     ]
-    attempt_rows = conn.execute(attempt_query.order_by(step_attempts.c.sequence)).mappings()
+    attempt_rows = conn.execute(attempt_query, params).mappings()
     keyed.extend(
         ((row["lease_id"] or 0, 0, row["record_time"], row["sequence"]), rows.attempt_from_row(row))
         for row in attempt_rows
     )
-    for row in conn.execute(wait_query.order_by(run_waits.c.sequence)).mappings():
+    for row in conn.execute(wait_query, params).mappings():
         wait = WaitRow(
             wait_key=row["wait_key"],
             met_time=row["met_time"],
@@ -455,26 +526,11 @@ def ordered_journal(
 
 def abandon_open(conn: Connection, run_id: str) -> int:
     """Abandon every open wait of a run (it finished); return how many."""
-    return int(
-        conn.execute(
-            update(run_waits)
-            .where(run_waits.c.run_id == run_id, run_waits.c.status == _OPEN)
-            .values(status=_ABANDONED)
-        ).rowcount
-    )
+    return int(conn.execute(_ABANDON_OPEN, {"p_run_id": run_id}).rowcount)
 
 
 def _wake(conn: Connection, run_id: str, now: int) -> RunRecord | None:
-    row = (
-        conn.execute(
-            update(runs)
-            .where(runs.c.run_id == run_id, runs.c.status == RunStatus.SUSPENDED.value)
-            .values(status=RunStatus.PENDING.value, update_time=now)
-            .returning(*runs.c)
-        )
-        .mappings()
-        .first()
-    )
+    row = conn.execute(_WAKE, {"p_run_id": run_id, "p_now": now}).mappings().first()
     return rows.run_from_row(row) if row is not None else None
 
 
