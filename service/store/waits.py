@@ -191,7 +191,7 @@ def suspend(
     mine = (run_waits.c.run_id == run_id,)
     of_keys = {"p_run_id": run_id, "p_keys": keys}
     conn.execute(_ABANDON_OTHER_KEYS, of_keys)
-    conn.execute(
+    inserted = conn.execute(
         _insert_waits(conn),
         [
             {
@@ -208,14 +208,18 @@ def suspend(
             }
             for w in waits
         ],
-    )
+    ).rowcount
     history.add(conn, run_id, HistoryType.SUSPENDED, now, detail=", ".join(keys))
-    conn.execute(_REOPEN_KEYS, of_keys)
-    already_met = conn.execute(_MET_AMONG_KEYS, of_keys).scalar()
-    if already_met:
-        _abandon_others(conn, run_id, None)
-        woken = _wake(conn, run_id, now)
-        return SuspendOutcome(SuspendStatus.WOKEN, woken)
+    # Every key new (the usual first suspension at a wait): none of them was
+    # abandoned or met before. Otherwise (a replay, a driver that does not
+    # count rows) look.
+    fresh = inserted == len(waits)
+    if not fresh:
+        conn.execute(_REOPEN_KEYS, of_keys)
+        if conn.execute(_MET_AMONG_KEYS, of_keys).scalar():
+            _abandon_others(conn, run_id, None)
+            woken = _wake(conn, run_id, now)
+            return SuspendOutcome(SuspendStatus.WOKEN, woken)
     for wait in waits:
         if wait.kind is WaitKind.SIGNAL and wait.target is not None:
             signal = signals.oldest_unconsumed(conn, run_id, wait.target)
@@ -256,10 +260,17 @@ def suspend(
             if event is not None:
                 woken = meet(conn, run_id, wait.wait_key, now, event.payload_json, event.actor)
                 return SuspendOutcome(SuspendStatus.WOKEN, woken)
-    timers = [
-        DueTimer(run_id, t.wait_key, t.fire_time)
-        for t in conn.execute(_OPEN_TIMERS, {"p_run_id": run_id})
-    ]
+    if fresh:  # the open timers are this suspension's, as given
+        timers = [
+            DueTimer(run_id, w.wait_key, w.fire_time)
+            for w in waits
+            if w.kind is WaitKind.TIMER and w.fire_time is not None
+        ]
+    else:
+        timers = [
+            DueTimer(run_id, t.wait_key, t.fire_time)
+            for t in conn.execute(_OPEN_TIMERS, {"p_run_id": run_id})
+        ]
     return SuspendOutcome(SuspendStatus.SUSPENDED, rows.run_from_row(row), timers)
 
 
