@@ -159,16 +159,9 @@ _ACTIVE_RUNS = (
     )
     .order_by(runs.c.seq)
 )
-# One waiting run admitted (the common case: a limit of 1, or one run ended),
-# and several: built once, so a check compiles nothing. A run cancelled since
-# it was read as waiting is left alone.
-_ADMIT_ONE = (
-    update(runs)
-    .where(runs.c.run_id == bindparam("p_id"), runs.c.admitted == 0, _PENDING)
-    .values(admitted=1, update_time=bindparam("p_now"))
-    .returning(*runs.c)
-)
-_ADMIT_MANY = (
+# Built once, so a check compiles nothing. A run cancelled since it was read
+# as waiting is left alone.
+_ADMIT = (
     update(runs)
     .where(runs.c.run_id.in_(bindparam("p_ids", expanding=True)), runs.c.admitted == 0, _PENDING)
     .values(admitted=1, update_time=bindparam("p_now"))
@@ -305,11 +298,8 @@ def check_key(conn: Connection, limit_name: str, key: str, now: int) -> KeyCheck
     room = limit - _counts(conn, limit_name, key)[0]
     chosen = [run_id for run_id, _ in waiting[: max(room, 0)]]
     admitted: list[RunRecord] = []
-    if len(chosen) == 1:
-        found = conn.execute(_ADMIT_ONE, {"p_id": chosen[0], "p_now": now}).mappings()
-        admitted = [rows.run_from_row(row) for row in found]
-    elif chosen:
-        found = conn.execute(_ADMIT_MANY, {"p_ids": chosen, "p_now": now}).mappings()
+    if chosen:
+        found = conn.execute(_ADMIT, {"p_ids": chosen, "p_now": now}).mappings()
         admitted = sorted((rows.run_from_row(row) for row in found), key=lambda run: run.seq)
     still_waiting = len(waiting) > len(admitted) or len(to_cancel) > 0
     return KeyCheck(tuple(admitted), tuple(to_cancel), still_waiting)
