@@ -36,6 +36,15 @@ certificates and keys are made for the run; the client and the worker use
 them); ``both`` runs each repetition without, then with them, and reports
 both medians and their ratio (the cost of security, measured in one sitting).
 
+``--telemetry on`` runs the server with ``--otel`` and its HTTP listener
+(metrics, health, webhooks; on by default) and the worker with ``--otel``, both
+exporting every span to an OTLP/HTTP receiver in a process of its own
+(``bench/otlp_sink.py``; the spans it counted are reported); ``off`` runs the
+server with ``--http-address off`` and no tracing; ``both`` runs each
+repetition both ways, in turns (off first in odd repetitions, on first in
+even ones), and reports both medians, the ratio of the W1 medians and each
+repetition's on/off ratio (the cost of seeing runs, measured in one sitting).
+
 Prints JSON (every repetition and the medians) and writes it to
 ``bench/results/latest.json`` (or ``--output``). Exits 1 when a run failed, or
 when a target was missed with ``--check-targets``.
@@ -46,13 +55,16 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -292,8 +304,53 @@ def secure_setup(
     return server_args, worker_args, {"api_key": client_key, "ca_file": certs.ca}
 
 
-def repetition(number: int, args: Any, *, secure: bool = False) -> dict[str, Any]:
-    """Start a fresh server and worker, measure, stop them."""
+SINK_READY = re.compile(r"^listening on (\d+)$")
+
+
+class OtlpSink:
+    """``bench/otlp_sink.py`` running beside the bench: where traced processes send spans."""
+
+    def __init__(self, process: ManagedProcess, port: int) -> None:
+        self.process = process
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    def spans(self) -> int:
+        """How many spans it has received so far."""
+        with urllib.request.urlopen(f"{self.endpoint}/spans", timeout=10) as answer:
+            return int(answer.read())
+
+    def environment(self, service: str) -> dict[str, str]:
+        """The environment of a process that exports its spans here."""
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_SERVICE_NAME": service,
+        }
+
+
+@contextmanager
+def otlp_sink(workdir: Path) -> Iterator[OtlpSink]:
+    """Start the span receiver; stop it when the block ends."""
+    argv = [sys.executable, str(ROOT / "bench" / "otlp_sink.py")]
+    process = ManagedProcess("otlp-sink", argv, workdir / "otlp-sink.log")
+    try:
+        ready = process.wait_for_line(SINK_READY)
+        yield OtlpSink(process, int(ready[1]))
+    finally:
+        process.stop()
+
+
+def repetition(
+    number: int,
+    args: Any,
+    *,
+    secure: bool = False,
+    telemetry: str = "default",
+    sink: OtlpSink | None = None,
+) -> dict[str, Any]:
+    """Start a fresh server and worker, measure, stop them. ``telemetry`` is
+    "default" (the server's defaults), "off" (no HTTP listener, no tracing) or
+    "on" (HTTP listener, and every span sent to ``sink``)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"stepd-bench-{number}-"))
     stack = Stack(workdir)
     keep_logs = True
@@ -305,16 +362,33 @@ def repetition(number: int, args: Any, *, secure: bool = False) -> dict[str, Any
     if secure:
         more_server, worker_args, client_options = secure_setup(workdir, database)
         server_args += more_server
+    server_env: dict[str, str] = {}
+    worker_env: dict[str, str] = {}
+    if telemetry == "off":
+        server_args += ["--http-address", "off"]
+    elif telemetry == "on":
+        if sink is None:
+            raise ValueError("telemetry on needs the span receiver")
+        server_args.append("--otel")
+        worker_args.append("--otel")
+        server_env, worker_env = sink.environment("bench-server"), sink.environment("bench-worker")
     if args.expired_runs:
         seed_expired(sqlite_file, args.expired_runs, int(time.time() * 1000))
+    spans_before = sink.spans() if sink is not None and telemetry == "on" else 0
+    result: dict[str, Any] = {}
     try:
-        server = stack.start_server(database, args=server_args)
+        server = stack.start_server(database, args=server_args, env=server_env)
         worker = stack.start_worker(
-            server, ["bench.workflows"], concurrency=args.worker_concurrency, args=worker_args
+            server,
+            ["bench.workflows"],
+            concurrency=args.worker_concurrency,
+            args=worker_args,
+            env=worker_env,
         )
         processes = {"server": server.process, "worker": worker}
         result = asyncio.run(measure(server.address, processes, args, client_options))
         result["security"] = "on" if secure else "off"
+        result["telemetry"] = telemetry
         if args.expired_runs:
             result["expired_runs_left"] = expired_left(sqlite_file, int(time.time() * 1000))
         keep_logs = result.get("w1", {}).get("failures", 0) > 0
@@ -330,6 +404,9 @@ def repetition(number: int, args: Any, *, secure: bool = False) -> dict[str, Any
         unclean = {name: code for name, code in codes.items() if code != 0}
         if unclean:
             print(f"warning: processes did not exit cleanly: {unclean}", file=sys.stderr)
+        if sink is not None and telemetry == "on":
+            # Read after the processes stopped: they send what they still held as they exit.
+            result["spans_exported"] = sink.spans() - spans_before
 
 
 #: The medians reported, by workload: (name, workload, field).
@@ -371,6 +448,36 @@ def summary(rep: dict[str, Any]) -> str:
     if "w5" in rep:
         parts.append(f"W5 {rep['w5']['seconds']} s")
     return "; ".join(parts)
+
+
+def run_repetitions(
+    args: Any, sink: OtlpSink | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every repetition: (the plain ones, the ones with security or telemetry on
+    when ``both`` compares them)."""
+    reps: list[dict[str, Any]] = []
+    other_reps: list[dict[str, Any]] = []
+    for number in range(1, args.repeat + 1):
+        variants: list[tuple[bool, str]]
+        if args.security == "both":
+            variants = [(False, args.telemetry), (True, args.telemetry)]
+        elif args.telemetry == "both":
+            # In turns, so that a machine getting slower or faster favours neither.
+            variants = [(False, "off"), (False, "on")][:: 1 if number % 2 else -1]
+        else:
+            variants = [(args.security == "on", args.telemetry)]
+        for secure, telemetry in variants:
+            rep = repetition(number, args, secure=secure, telemetry=telemetry, sink=sink)
+            notes = [note for note, on in (("security on", secure),) if on]
+            if telemetry != "default":
+                notes.append(f"telemetry {telemetry}")
+            label = f" ({', '.join(notes)})" if notes else ""
+            print(f"repetition {number}{label}: {summary(rep)}", file=sys.stderr)
+            compared = (secure and args.security == "both") or (
+                telemetry == "on" and args.telemetry == "both"
+            )
+            (other_reps if compared else reps).append(rep)
+    return reps, other_reps
 
 
 def git_commit() -> str:
@@ -433,6 +540,13 @@ def main() -> int:
         help="TLS, API keys and a hook secret: off, on, or both (each repetition twice)",
     )
     parser.add_argument(
+        "--telemetry",
+        choices=["default", "off", "on", "both"],
+        default="default",
+        help="HTTP listener, metrics and OpenTelemetry spans: the server's defaults, off, "
+        "on (every span exported), or both (each repetition twice)",
+    )
+    parser.add_argument(
         "--check-targets", action="store_true", help="exit 1 when a target is missed"
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON too")
@@ -449,17 +563,17 @@ def main() -> int:
     if args.database and args.expired_runs:
         parser.error("--expired-runs seeds a SQLite file: leave out --database")
 
-    modes = {"off": [False], "on": [True], "both": [False, True]}[args.security]
-    reps: list[dict[str, Any]] = []
-    secure_reps: list[dict[str, Any]] = []
-    for number in range(1, args.repeat + 1):
-        for secure in modes:
-            rep = repetition(number, args, secure=secure)
-            print(
-                f"repetition {number}{' (security on)' if secure else ''}: {summary(rep)}",
-                file=sys.stderr,
-            )
-            (secure_reps if secure and args.security == "both" else reps).append(rep)
+    if args.security == "both" and args.telemetry == "both":
+        parser.error("--security both and --telemetry both: compare one thing at a time")
+    with ExitStack() as cleanup:
+        sink = None
+        if args.telemetry in ("on", "both"):
+            sink_dir = Path(tempfile.mkdtemp(prefix="stepd-bench-sink-"))
+            cleanup.callback(shutil.rmtree, sink_dir, ignore_errors=True)
+            sink = cleanup.enter_context(otlp_sink(sink_dir))
+        reps, other_reps = run_repetitions(args, sink)
+    secure_reps = other_reps if args.security == "both" else []
+    telemetry_reps = other_reps if args.telemetry == "both" else []
 
     median = medians(reps)
     met = {}
@@ -467,7 +581,7 @@ def main() -> int:
         met["w1_runs_per_s"] = median["w1_runs_per_s"] >= TARGETS["w1_runs_per_s"]
     if "w2_p50_ms" in median:
         met["w2_p50_ms"] = median["w2_p50_ms"] <= TARGETS["w2_p50_ms"]
-    failures = sum(rep.get("w1", {}).get("failures", 0) for rep in (*reps, *secure_reps))
+    failures = sum(rep.get("w1", {}).get("failures", 0) for rep in (*reps, *other_reps))
     report = {
         "benchmark": "stepd",
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -491,6 +605,7 @@ def main() -> int:
             "concurrency_keys": args.concurrency_keys,
             "server_args": args.server_arg,
             "security": args.security,
+            "telemetry": args.telemetry,
         },
         "repetitions": reps,
         "median": median,
@@ -506,6 +621,18 @@ def main() -> int:
             report["w1_secure_ratio"] = round(
                 secure_median["w1_runs_per_s"] / median["w1_runs_per_s"], 3
             )
+    if telemetry_reps:
+        telemetry_median = medians(telemetry_reps)
+        report["repetitions_telemetry"] = telemetry_reps
+        report["median_telemetry"] = telemetry_median
+        if "w1_runs_per_s" in median:
+            report["w1_telemetry_ratio"] = round(
+                telemetry_median["w1_runs_per_s"] / median["w1_runs_per_s"], 3
+            )
+            report["w1_telemetry_ratios"] = [
+                round(on["w1"]["runs_per_s"] / off["w1"]["runs_per_s"], 3)
+                for off, on in zip(reps, telemetry_reps, strict=True)
+            ]
     text = json.dumps(report, indent=2)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

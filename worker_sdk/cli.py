@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import importlib.util
 import logging
@@ -104,12 +105,36 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         max_cached_runs=args.max_cached_runs,
     )
+    _tune_garbage_collection()
     try:
         asyncio.run(_serve(worker))
     except (UnauthenticatedError, PermissionDeniedError) as exc:
         print(f"stepd-worker: {exc.code}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+#: Allocations (minus frees) between collections of the youngest generation in
+#: ``stepd-worker`` (Python's default is 700; the server uses the same figure).
+GC_YOUNG_THRESHOLD = 25_000
+
+
+def _tune_garbage_collection() -> None:
+    """Make the cyclic garbage collector cheaper for a worker that has started.
+
+    Each task allocates many short-lived objects (protobuf messages, coroutines,
+    futures, and with ``--otel`` the spans), so with Python's default threshold
+    the collector ran every 700 allocations, each time walking the objects the
+    imports made. Those are moved out of its sight (``gc.freeze``) and the
+    youngest generation is collected every ``GC_YOUNG_THRESHOLD`` allocations:
+    W1 measured about a fifth less worker CPU per run. Only the command does
+    this; a ``Worker`` in an application's own process leaves its collector as
+    the application set it.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, max(middle, 20), max(old, 20))
 
 
 def _parser() -> argparse.ArgumentParser:

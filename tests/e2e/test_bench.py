@@ -105,3 +105,37 @@ def test_bench_measures_with_and_without_tls_and_keys(tmp_path: Path) -> None:
     assert report["w1_secure_ratio"] == round(
         report["median_secure"]["w1_runs_per_s"] / report["median"]["w1_runs_per_s"], 3
     )
+
+
+def test_bench_measures_with_and_without_telemetry(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--runs", "40", "--repeat", "2"]
+    argv += ["--warmup", "2", "--in-flight", "20", "--telemetry", "both", "--workloads", "w1"]
+    argv += ["--output", str(output)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["failures"] == 0 and report["config"]["telemetry"] == "both"
+    plain, traced = report["repetitions"], report["repetitions_telemetry"]
+    assert [rep["telemetry"] for rep in plain + traced] == ["off", "off", "on", "on"]
+    # Taken in turns: off first, then on first.
+    order = [line.split(":")[0] for line in done.stderr.splitlines() if "telemetry" in line]
+    assert order == [
+        "repetition 1 (telemetry off)",
+        "repetition 1 (telemetry on)",
+        "repetition 2 (telemetry on)",
+        "repetition 2 (telemetry off)",
+    ]
+    # Every span reached the receiver: Trigger, GetRun, the run and three steps per
+    # run, and the warm-up's (two 3-step runs and two 1-step runs).
+    assert [rep["spans_exported"] for rep in traced] == [40 * 6 + 2 * 6 + 2 * 4] * 2
+    assert "spans_exported" not in plain[0]
+    ratios = [
+        round(on["w1"]["runs_per_s"] / off["w1"]["runs_per_s"], 3)
+        for off, on in zip(plain, traced, strict=True)
+    ]
+    assert report["w1_telemetry_ratios"] == ratios
+    assert report["w1_telemetry_ratio"] == round(
+        report["median_telemetry"]["w1_runs_per_s"] / report["median"]["w1_runs_per_s"], 3
+    )

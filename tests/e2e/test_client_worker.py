@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from stepd import Client, RunFailedError, RunStatus, Worker, WorkflowContext, step, workflow
-from tests.e2e.harness import Server
+from stepd.cli import GC_YOUNG_THRESHOLD
+from tests.e2e.harness import ManagedProcess, Server
+from tests.e2e.workflows import collector, collector_settings
 
 RESULT_TIMEOUT = 30.0
 
@@ -30,6 +33,11 @@ async def doubled(ctx: WorkflowContext, x: int) -> int:
 async def napper(ctx: WorkflowContext, seconds: float) -> str:
     await ctx.sleep(seconds)
     return "rested"
+
+
+@workflow(name="e2e.in_process.collector")
+async def in_process_collector(ctx: WorkflowContext) -> list[int]:
+    return await collector_settings()
 
 
 @asynccontextmanager
@@ -109,3 +117,18 @@ async def test_execute_gives_up_waiting_after_its_timeout(server: Server) -> Non
     async with Client(server.address) as client:
         with pytest.raises(TimeoutError):  # no worker serves it: it stays pending
             await client.execute(doubled, 1, timeout=0.5)
+
+
+async def test_the_worker_command_tunes_its_collector_but_an_application_s_worker_does_not(
+    server: Server, worker: ManagedProcess
+) -> None:
+    async with Client(server.address) as client:
+        threshold, frozen = await client.execute(collector, timeout=RESULT_TIMEOUT)
+        assert threshold == GC_YOUNG_THRESHOLD and frozen > 0  # stepd-worker's process
+
+        ours = gc.get_threshold()
+        worker_here = Worker(client, workflows=[in_process_collector], shutdown_grace=1)
+        async with serving(worker_here):
+            settings = await client.execute(in_process_collector, timeout=RESULT_TIMEOUT)
+        assert settings[0] == ours[0] != GC_YOUNG_THRESHOLD
+        assert gc.get_threshold() == ours

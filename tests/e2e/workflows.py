@@ -7,6 +7,7 @@ directory.
 """
 
 import asyncio
+import gc
 import os
 import time
 from pathlib import Path
@@ -600,3 +601,15 @@ async def approval(ctx: WorkflowContext, job: Approval) -> dict[str, Any]:
     except WaitTimeoutError as timeout:
         return {"timed_out": timeout.wait_key}
     return {"decision": decision, "token": hook.token}
+
+
+@step
+async def collector_settings() -> list[int]:
+    """This process's garbage collector: [young-generation threshold, objects frozen]."""
+    return [gc.get_threshold()[0], gc.get_freeze_count()]
+
+
+@workflow(name="e2e.collector")
+async def collector(ctx: WorkflowContext) -> list[int]:
+    """How the worker process that runs it set up its garbage collector."""
+    return await collector_settings()
