@@ -12,9 +12,9 @@ class RunWaiters:
     """The callers waiting for runs to end, answered when a run ends (``answer``)."""
 
     def __init__(self) -> None:
-        self._waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[RunRecord | None]]] = {}
         # Those past their first read: the run had not ended then.
-        self._waiting: set[asyncio.Future[RunRecord]] = set()
+        self._waiting: set[asyncio.Future[RunRecord | None]] = set()
 
     async def wait(
         self, run_id: str, read: Callable[[], Awaitable[RunRecord]], seconds: float
@@ -22,19 +22,25 @@ class RunWaiters:
         """The run, once it reached a terminal status or ``seconds`` passed
         (then as it stands). ``read`` reads it from the store; the caller waits
         before the first read, so an end that commits meanwhile is not missed."""
-        waiter: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[RunRecord | None] = loop.create_future()
         waiters = self._waiters.setdefault(run_id, [])
         waiters.append(waiter)
+        expiry: asyncio.TimerHandle | None = None
         try:
             run = await read()
             if run.status.is_terminal:
                 return run
+            # Held by thousands of callers at once: keep no more per caller than
+            # needed (not the record read, nor wait_for's task and futures).
+            del run
             self._waiting.add(waiter)
-            try:
-                return await asyncio.wait_for(waiter, seconds)
-            except TimeoutError:
-                return await read()
+            expiry = loop.call_later(seconds, _expire, waiter)
+            ended = await waiter
+            return ended if ended is not None else await read()
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self._waiting.discard(waiter)
             waiters.remove(waiter)
             if not waiters:
@@ -67,3 +73,9 @@ class RunWaiters:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.cancel()
+
+
+def _expire(waiter: asyncio.Future[RunRecord | None]) -> None:
+    """A wait's time is up: its caller reads the run as it stands."""
+    if not waiter.done():
+        waiter.set_result(None)
