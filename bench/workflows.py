@@ -5,6 +5,7 @@ worker stream, recording each step durably, and completing the run.
 """
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 from stepd import Concurrency, WorkflowContext, step, workflow
@@ -61,11 +62,16 @@ async def stamp() -> float:
 
 @workflow(name="bench.sleeper")
 async def sleeper(ctx: WorkflowContext, seconds: float) -> float:
-    """Sleep durably; return how late the run resumed, in seconds."""
-    start = await stamp()
-    await ctx.sleep(seconds)
+    """Sleep durably until ``seconds`` after a recorded start; return how late the
+    run went on after that time, in seconds (by the worker's clock).
+
+    The wake-up time is fixed by the recorded start, not by when the sleep is
+    called: in a burst, the start's step waits its turn to be recorded, and that
+    wait is not lateness of the wake-up."""
+    wake_at = await stamp() + seconds
+    await ctx.sleep_until(datetime.fromtimestamp(wake_at, UTC))
     woke = await stamp()
-    return woke - start - seconds
+    return woke - wake_at
 
 
 @workflow(name="bench.long_steps")
