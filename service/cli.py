@@ -35,6 +35,8 @@ SERVER_EXTRA_MISSING = (
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The longest --timer-lead: a run handed out early holds a worker slot meanwhile.
+MAX_TIMER_LEAD_SECONDS = 5.0
 
 
 def _positive_float(text: str) -> float:
@@ -44,6 +46,16 @@ def _positive_float(text: str) -> float:
         raise ValueError("is not a number of seconds") from None
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _lead_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("is not a number of seconds") from None
+    if not 0 <= value <= MAX_TIMER_LEAD_SECONDS:
+        raise ValueError(f"must be from 0 to {MAX_TIMER_LEAD_SECONDS:g} seconds")
     return value
 
 
@@ -193,6 +205,14 @@ SERVE_SETTINGS = (
         "2",
         _positive_float,
         "PostgreSQL: seconds between polls for ready runs a replica was not notified of",
+    ),
+    Setting(
+        "--timer-lead",
+        "STEPD_TIMER_LEAD",
+        "0.1",
+        _lead_seconds,
+        "seconds before its time a sleep that is its run's only wait is met, so the "
+        "run is on a worker when the time comes (0: at its time; at most 5)",
     ),
     Setting(
         "--retention",
@@ -395,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         max_journal_entries=settings["max_journal_entries"],
         max_journal_bytes=settings["max_journal_bytes"],
         replica_poll_ms=int(settings["replica_poll_interval"] * 1000),
+        timer_lead_ms=round(settings["timer_lead"] * 1000),
         retention_ms=settings["retention"],
         auth=settings["auth"],
         tls_cert_file=settings["tls_cert"],

@@ -50,6 +50,11 @@ class Clock(Protocol):
         """How far ahead the engine holds timers in memory (``default``: its own)."""
         ...
 
+    def lead_ms(self, default: int) -> int:
+        """How long before their time sleeps may be handed to workers (``default``:
+        the configured lead; see ``engine/timers.py``)."""
+        ...
+
 
 class SystemClock:
     """The system clock, and the event loop's timers."""
@@ -69,6 +74,10 @@ class SystemClock:
 
     def horizon_ms(self, default: int) -> int:
         """The engine's own horizon."""
+        return default
+
+    def lead_ms(self, default: int) -> int:
+        """The configured lead."""
         return default
 
 
@@ -153,6 +162,11 @@ class SkippingClock:
     def horizon_ms(self, default: int) -> int:
         """Hold every timer in memory, so that the next one is always known."""
         return HOLD_ALL_MS
+
+    def lead_ms(self, default: int) -> int:
+        """None: time moves only when nothing else can, so every timer fires at its
+        time and a worker never waits out a remainder."""
+        return 0
 
     def next_due(self) -> int | None:
         """The time of the next timer armed through this clock, if any."""

@@ -299,6 +299,17 @@ RUN_EXPIRY_KEY = ""
 """The ``DueTimer.wait_key`` of a run's expiry (its deadline or execution timeout);
 wait keys are never empty."""
 
+SLEEP_KEY_PREFIXES = ("sleep:", "retry:")
+"""How the worker SDK names the waits that are plain sleeps: ``ctx.sleep`` and
+``ctx.sleep_until`` (``sleep:N``) and a step's retry backoff (``retry:KEY:N``).
+Only these may be met a little early (``engine/timers.py``): a wait's timeout
+(``signal:N:timeout`` and the like) never is."""
+
+
+def is_sleep_key(wait_key: str) -> bool:
+    """Whether ``wait_key`` names a plain sleep (``SLEEP_KEY_PREFIXES``)."""
+    return wait_key.startswith(SLEEP_KEY_PREFIXES)
+
 
 @dataclass(frozen=True, slots=True)
 class DueTimer:

@@ -60,7 +60,8 @@ class RunControl(Protocol):
         ...
 
     def in_flight(self) -> AbstractContextManager[None]:
-        """Count the current task as a step body (or its record) in flight."""
+        """Count the current task as a step body (or its record, or a sleep waiting
+        out the rest of its time) in flight."""
         ...
 
     async def submit(

@@ -6,11 +6,17 @@ quiescent: just as the server met them, one per suspension. New work (a step or 
 child the journal does not hold) waits at the *gate* while the journal still holds
 records no call took: the code that wrote them may still call them (another branch
 of a gather), or the code changed, which the quiescence check then finds.
+
+A sleep the server met a little before its time (its ``met_time`` is later than the
+task's ``sent_time``) keeps a *not before*: the local monotonic time it may go on,
+``met_time - sent_time`` after the task arrived, so neither clock's offset can make
+it early.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -24,25 +30,40 @@ def _met_time_ns(wait: types_pb2.WaitResult) -> int:
 class Journal:
     """The entries of a run's journal that no call took yet, and the gate of new work."""
 
-    __slots__ = ("_attempts", "_gate", "_met", "_met_order", "_on_taken", "_records", "gated")
+    __slots__ = (
+        "_attempts",
+        "_gate",
+        "_met",
+        "_met_order",
+        "_not_before",
+        "_on_taken",
+        "_records",
+        "gated",
+    )
 
     def __init__(
-        self, entries: Iterable[types_pb2.JournalEntry], on_taken: Callable[[], None]
+        self,
+        entries: Iterable[types_pb2.JournalEntry],
+        on_taken: Callable[[], None],
+        sent_time_ns: int = 0,
     ) -> None:
-        """``on_taken`` is called when a call took the last record (the gate opens)."""
+        """``on_taken`` is called when a call took the last record (the gate opens);
+        ``sent_time_ns`` is the task's ``sent_time`` (0: not given)."""
         self._records: dict[str, types_pb2.StepRecord] = {}  # recorded steps and values, by key
         # Failed attempts that are not a step's outcome (retried), by step key, in order.
         self._attempts: dict[str, list[types_pb2.StepRecord]] = {}
         self._met: dict[str, types_pb2.WaitResult] = {}  # met waits not delivered, by key
         self._met_order: deque[str] = deque()  # their keys in the order they were met
+        self._not_before: dict[str, float] = {}  # waits met early: when they may go on
         self._gate: asyncio.Future[None] | None = None
         self._on_taken = on_taken
         self.gated: list[str] = []
         """Keys of the new steps and children waiting at the gate."""
-        self.add(entries)
+        self.add(entries, sent_time_ns)
 
-    def add(self, entries: Iterable[types_pb2.JournalEntry]) -> None:
-        """Take journal entries in: recorded steps, failed attempts, met waits."""
+    def add(self, entries: Iterable[types_pb2.JournalEntry], sent_time_ns: int = 0) -> None:
+        """Take journal entries in: recorded steps, failed attempts, met waits (of a
+        task the server sent at ``sent_time_ns``, 0: not said)."""
         met: list[types_pb2.WaitResult] = []
         for entry in entries:
             kind = entry.WhichOneof("entry")
@@ -57,6 +78,12 @@ class Journal:
             attempts.sort(key=lambda record: record.attempt)
         met.sort(key=_met_time_ns)  # stable
         self._met_order.extend(wait.wait_key for wait in met)
+        if sent_time_ns:
+            arrived = time.monotonic()
+            for wait in met:
+                ahead_ns = _met_time_ns(wait) - sent_time_ns
+                if ahead_ns > 0:
+                    self._not_before[wait.wait_key] = arrived + ahead_ns / 1e9
 
     # -- records: steps, values, children, failed attempts ----------------------
 
@@ -113,6 +140,11 @@ class Journal:
         """Take the next met wait (there must be one)."""
         key = self._met_order.popleft()
         return key, self._met.pop(key)
+
+    def not_before(self, key: str) -> float | None:
+        """For a wait the server met before its time: the ``time.monotonic()`` from
+        which the code may go on past it (taken: asked once); None otherwise."""
+        return self._not_before.pop(key, None)
 
     # -- the gate ---------------------------------------------------------------------
 

@@ -91,6 +91,11 @@ def _being_cancelled() -> bool:
     return task is None or task.cancelling() > 0
 
 
+def _sent_time_ns(task: worker_service_pb2.RunTask) -> int:
+    """When the server sent ``task``, by its clock (0: it did not say)."""
+    return task.sent_time.ToNanoseconds() if task.HasField("sent_time") else 0
+
+
 class RunExecutor:
     """Executes one run task: the workflow function, replaying its journal."""
 
@@ -146,7 +151,7 @@ class RunExecutor:
         self._step_tasks: set[asyncio.Task[Any]] = set()  # tasks in a step body or its record
         self._parked: asyncio.Future[None] | None = None  # new work held back (park())
         # The state the parts share, and the parts.
-        self._journal = journal = Journal(task.journal, self._records_taken)
+        self._journal = journal = Journal(task.journal, self._records_taken, _sent_time_ns(task))
         self._keys = keys = Keys()
         self._acks = acks = Acks()
         self._waits = waits = Waits()
@@ -406,9 +411,9 @@ class RunExecutor:
 
     @contextlib.contextmanager
     def in_flight(self) -> Iterator[None]:
-        """Track the current task as a step body (or its record) in flight until the
-        block ends: abandon() cancels it, drain() waits for it, and the run is not
-        quiescent meanwhile."""
+        """Track the current task as a step body (or its record, or a sleep met early
+        waiting out the rest of its time) in flight until the block ends: abandon()
+        cancels it, drain() waits for it, and the run is not quiescent meanwhile."""
         task = asyncio.current_task()
         assert task is not None
         step_tasks = self._step_tasks
@@ -534,7 +539,7 @@ class RunExecutor:
         ):
             return False
         self.lease_id = task.lease_id
-        self._journal.add(task.journal)
+        self._journal.add(task.journal, _sent_time_ns(task))
         self._phase = Phase.RUNNING
         self._settler.check()
         return True

@@ -303,8 +303,9 @@ def history_to_proto(sequence: int, entry: HistoryEntry) -> types_pb2.RunEvent:
     return msg
 
 
-def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
-    """A claimed run to the RunTask a worker executes."""
+def task_to_proto(claimed: ClaimedRun, sent_ms: int = 0) -> worker_service_pb2.RunTask:
+    """A claimed run to the RunTask a worker executes, sent at ``sent_ms`` by the
+    server's clock (0: not said)."""
     run = claimed.run
     return worker_service_pb2.RunTask(
         run_id=run.run_id,
@@ -332,6 +333,7 @@ def task_to_proto(claimed: ClaimedRun) -> worker_service_pb2.RunTask:
         hook_secret=claimed.hook_secret,
         continues_lease=claimed.continues_lease,
         trace_context=trace_context.to_message(run.trace),
+        sent_time=timestamp(sent_ms or None),
     )
 
 

@@ -23,9 +23,10 @@ _FRAMING = 16
 
 
 def responses(
-    batch: list[Outgoing], max_bytes: int = MAX_RESPONSE_BYTES
+    batch: list[Outgoing], max_bytes: int = MAX_RESPONSE_BYTES, *, now_ms: int = 0
 ) -> list[pb.PollTaskResponse]:
-    """Everything queued for a worker, in order, as messages of at most ``max_bytes``."""
+    """Everything queued for a worker, in order, as messages of at most ``max_bytes``;
+    tasks say they were sent at ``now_ms`` (the server's clock; 0: not said)."""
     out: list[pb.PollTaskResponse] = []
     current = pb.PollTaskResponse()
     size = 0
@@ -62,7 +63,7 @@ def responses(
             current.cancellations.append(cancellation)
             size += piece
         else:
-            task = task_to_proto(item)
+            task = task_to_proto(item, now_ms)
             piece = task.ByteSize() + _FRAMING
             if piece <= max_bytes:
                 if size + piece > max_bytes:

@@ -82,7 +82,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         try:
             yield pb.PollTaskResponse(settings=self._settings())
             while (batch := await session.next_batch()) is not None:
-                for response in responses(batch):
+                for response in responses(batch, now_ms=self._engine.clock.now_ms()):
                     yield response
         except Exception:
             code, message = server_fault(RPC, None)

@@ -39,6 +39,7 @@ from stepd.server.domain import (
     SignalStatus,
     TraceContext,
     WorkflowLimits,
+    is_sleep_key,
     run_fields,
 )
 from stepd.server.domain_flow import FlowLimitState
@@ -77,7 +78,7 @@ from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.schedules import Scheduler
 from stepd.server.engine.sessions import Cancellation, WorkerSession
 from stepd.server.engine.sticky import StickyRuns
-from stepd.server.engine.timers import TimerSchedule
+from stepd.server.engine.timers import EarlyFiring, TimerSchedule
 from stepd.server.engine.validation import (
     MAX_ID_LENGTH,
     MAX_PAGE_BYTES,
@@ -158,7 +159,10 @@ class Engine:
         channel = channel_for(config.database)
         # Replicas load timers a shorter way ahead: those a dead replica held fire soon.
         horizon = REPLICA_TIMER_HORIZON_MS if channel is not None else 60_000
-        self.timers = TimerSchedule(store, self._fire_timer, horizon, clock=clock)
+        early = EarlyFiring(
+            clock.lead_ms(config.timer_lead_ms), self._fire_timer_early, is_sleep_key
+        )
+        self.timers = TimerSchedule(store, self._fire_timer, horizon, clock=clock, early=early)
         # Delayed starts: pending runs whose start time is still ahead.
         self.starts = TimerSchedule(
             store,
@@ -834,6 +838,12 @@ class Engine:
         woken = await self.store.fire_timer(run_id, wait_key)
         if woken is not None:
             self.lifecycle.make_ready(woken)
+
+    async def _fire_timer_early(self, run_id: str, wait_key: str) -> bool:
+        met, woken = await self.store.fire_timer_early(run_id, wait_key)
+        if woken is not None:
+            self.lifecycle.make_ready(woken)
+        return met
 
     async def _claim_for(
         self, session: WorkerSession, run_id: str, served: tuple[str, str], pin_version: str

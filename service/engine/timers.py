@@ -6,6 +6,16 @@ the store and are loaded by a refill every half horizon (at most every
 ``REFILL_EVERY_MAX`` seconds). So a timer fires within milliseconds of its
 time, the process holds only the near future in memory, and nothing scans all
 runs. The clock may widen the horizon: a skipping clock has every timer held.
+
+Early firing (``EarlyFiring``): a run's sleep, fired at its time, still has to
+be written met, claimed, sent to a worker and replayed there before the code
+goes on, and in a burst of wake-ups each of those waits its turn. So a timer
+that qualifies (a sleep or a retry's backoff, never a wait's timeout) is also
+tried ``lead_ms`` before its time: the store meets it then only when it is its
+run's only open wait (nothing could still win a race with it), recording its
+fire time as the time it was met, and the worker waits out the rest by its own
+clock before the workflow goes on. When the early try meets nothing, the timer
+fires at its time as any other.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from stepd.server.clock import SYSTEM_CLOCK, Clock, TimerHandle
@@ -28,6 +39,19 @@ LoadFn = Callable[[int, int], Coroutine[Any, Any, list[DueTimer]]]
 REFILL_LIMIT = 10_000
 #: The longest pause between two refills, in seconds.
 REFILL_EVERY_MAX = 30.0
+#: Meets a timer before its time when nothing else could still end its wait;
+#: True when it did (``Store.fire_timer_early``).
+EarlyFireFn = Callable[[str, str], Coroutine[Any, Any, bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyFiring:
+    """Which timers are tried early, how early, and how (see the module docstring)."""
+
+    lead_ms: int
+    fire: EarlyFireFn
+    applies: Callable[[str], bool]
+    """Whether a wait key names a timer that may be met early."""
 
 
 class TimerSchedule:
@@ -46,12 +70,15 @@ class TimerSchedule:
         *,
         load: LoadFn | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        early: EarlyFiring | None = None,
     ) -> None:
         self._load: LoadFn = store.due_timers if load is None else load
         self._fire = fire
         self._clock = clock
         self._horizon_ms = clock.horizon_ms(horizon_ms)
         self._handles: dict[tuple[str, str], TimerHandle] = {}
+        self._early = early if early is not None and early.lead_ms > 0 else None
+        self._early_handles: dict[tuple[str, str], TimerHandle] = {}
         self._keys_by_run: dict[str, set[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._refiller: asyncio.Task[None] | None = None
@@ -65,9 +92,10 @@ class TimerSchedule:
         if self._refiller is not None:
             self._refiller.cancel()
             await asyncio.gather(self._refiller, return_exceptions=True)
-        for handle in self._handles.values():
+        for handle in [*self._handles.values(), *self._early_handles.values()]:
             handle.cancel()
         self._handles.clear()
+        self._early_handles.clear()
         self._keys_by_run.clear()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -81,13 +109,19 @@ class TimerSchedule:
             return  # a later refill loads it
         self._handles[key] = clock.call_at(timer.fire_time, self._due, key)
         self._keys_by_run.setdefault(timer.run_id, set()).add(timer.wait_key)
+        early = self._early
+        if early is not None and early.applies(timer.wait_key):
+            try_at = timer.fire_time - early.lead_ms
+            if try_at > clock.now_ms():
+                self._early_handles[key] = clock.call_at(try_at, self._due_early, key)
 
     def forget_run(self, run_id: str) -> None:
         """Drop the in-memory timers of a run that finished."""
         for wait_key in self._keys_by_run.pop(run_id, ()):
-            handle = self._handles.pop((run_id, wait_key), None)
-            if handle is not None:
-                handle.cancel()
+            for handles in (self._handles, self._early_handles):
+                handle = handles.pop((run_id, wait_key), None)
+                if handle is not None:
+                    handle.cancel()
 
     def scheduled_count(self) -> int:
         """How many timers are held in memory."""
@@ -99,15 +133,48 @@ class TimerSchedule:
         return bool(self._tasks)
 
     def _due(self, key: tuple[str, str]) -> None:
-        self._handles.pop(key, None)
+        self._drop(key)
+        self._start(self._fire_safely(*key))
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        """Forget a timer held here (it fired, or was met early)."""
+        for handles in (self._handles, self._early_handles):
+            handle = handles.pop(key, None)
+            if handle is not None:
+                handle.cancel()
         keys = self._keys_by_run.get(key[0])
         if keys is not None:
             keys.discard(key[1])
             if not keys:
                 del self._keys_by_run[key[0]]
-        task = asyncio.create_task(self._fire_safely(*key))
+
+    def _start(self, firing: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(firing)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _due_early(self, key: tuple[str, str]) -> None:
+        self._early_handles.pop(key, None)
+        if key in self._handles:  # still waiting for its time
+            self._start(self._fire_early_safely(*key))
+
+    async def _fire_early_safely(self, run_id: str, wait_key: str) -> None:
+        assert self._early is not None  # only armed with it
+        try:
+            met = await self._early.fire(run_id, wait_key)
+        except StoreUnavailableError as exc:
+            log.warning("timer %s of run %s: storage unavailable (%s)", wait_key, run_id, exc)
+            return
+        except Exception:
+            log.exception(
+                "timer %s of run %s failed to fire early; it fires at its time",
+                wait_key,
+                run_id,
+                extra=run_fields(run_id),
+            )
+            return
+        if met:
+            self._drop((run_id, wait_key))
 
     async def _fire_safely(self, run_id: str, wait_key: str) -> None:
         try:

@@ -398,6 +398,11 @@ class Store(
         """Mark an open timer wait met and, if its run is SUSPENDED, move it to
         PENDING; return the woken run, else None."""
 
+    async def fire_timer_early(self, run_id: str, wait_key: str) -> tuple[bool, RunRecord | None]:
+        """Meet an open timer wait before its time, recording its fire time as the
+        time it was met, only when it is its run's only open wait; wake its run if
+        SUSPENDED. Returns (whether it was met, the woken run or None)."""
+
     async def send_signal(
         self,
         run_id: str,

@@ -563,6 +563,16 @@ class SqlStore(
 
         return await self._write_for(run_id, op)
 
+    async def fire_timer_early(self, run_id: str, wait_key: str) -> tuple[bool, RunRecord | None]:
+        """Meet an open timer before its time when it is its run's only open wait
+        (met at its fire time): (whether it was met, the run when that woke it)."""
+        now = self._clock.now_ms()
+
+        def op(conn: Connection) -> tuple[bool, RunRecord | None]:
+            return waits.fire_timer_early(conn, run_id, wait_key, now)
+
+        return await self._write_for(run_id, op)
+
     async def send_signal(
         self,
         run_id: str,

@@ -79,10 +79,13 @@ _MEET = (
     .where(_MINE, run_waits.c.wait_key == bindparam("p_key"), run_waits.c.status == _OPEN)
     .values(
         status=_MET,
-        met_time=bindparam("p_now"),
+        met_time=bindparam("p_met"),
         payload_json=bindparam("p_payload"),
         met_lease_id=select(runs.c.lease_id).where(runs.c.run_id == _RUN).scalar_subquery(),
     )
+)
+_OPEN_TIMES = select(run_waits.c.wait_key, run_waits.c.fire_time).where(
+    _MINE, run_waits.c.status == _OPEN
 )
 _ABANDON_OPEN = (
     update(run_waits).where(_MINE, run_waits.c.status == _OPEN).values(status=_ABANDONED)
@@ -284,6 +287,23 @@ def fire_timer(conn: Connection, run_id: str, wait_key: str, now: int) -> RunRec
     return meet(conn, run_id, wait_key, now, None)
 
 
+def fire_timer_early(
+    conn: Connection, run_id: str, wait_key: str, now: int
+) -> tuple[bool, RunRecord | None]:
+    """Meet an open timer before its time, as met at its fire time, when it is its
+    run's only open wait (nothing could still end the wait before it): (whether
+    it was met, the run when that woke it)."""
+    lock_run(conn, run_id)
+    open_waits = conn.execute(_OPEN_TIMES, {"p_run_id": run_id}).all()
+    if len(open_waits) != 1 or open_waits[0].wait_key != wait_key:
+        return False, None
+    fire_time = open_waits[0].fire_time
+    if fire_time is None:
+        return False, None
+    woken = meet(conn, run_id, wait_key, now, None, met_time=max(fire_time, now))
+    return True, woken
+
+
 def meet(
     conn: Connection,
     run_id: str,
@@ -291,14 +311,22 @@ def meet(
     now: int,
     payload_json: str | None,
     actor: str | None = None,
+    *,
+    met_time: int | None = None,
 ) -> RunRecord | None:
     """Mark an open wait met (with what it delivered), abandon the run's other
-    open waits (first of wins), and wake the run if it is suspended.
+    open waits (first of wins), and wake the run if it is suspended. The wait
+    is met ``now`` unless ``met_time`` says when (a timer met early: its time).
 
     Returns the woken run; None when the wait was not open or the run was
     not suspended.
     """
-    params = {"p_run_id": run_id, "p_key": wait_key, "p_now": now, "p_payload": payload_json}
+    params = {
+        "p_run_id": run_id,
+        "p_key": wait_key,
+        "p_met": now if met_time is None else met_time,
+        "p_payload": payload_json,
+    }
     met = conn.execute(_MEET, params).rowcount
     if not met:
         return None

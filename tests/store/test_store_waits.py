@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from unittest.mock import ANY
+
 from stepd.server.domain import RunStatus, SignalStatus, SuspendStatus, WaitKind, WaitSpec
 from stepd.server.engine.transitions import RunEvent, move
 from stepd.server.store import SqlStore
@@ -30,6 +33,27 @@ async def test_suspend_fire_and_journal(store: SqlStore) -> None:
     assert claimed is not None
     assert [w.wait_key for w in claimed.waits] == ["sleep"]
     assert claimed.waits[0].met_time > 0
+
+
+async def test_a_timer_met_early_is_met_at_its_time_and_only_when_alone(store: SqlStore) -> None:
+    later = int(time.time() * 1000) + 60_000
+    lease = await running(store, "r1")
+    await store.suspend_run("r1", lease, [timer("sleep:1", later), timer("sleep:2", later)])
+    # Two open waits: the other could still come first, so neither is met early.
+    assert await store.fire_timer_early("r1", "sleep:1") == (False, None)
+    await store.fire_timer("r1", "sleep:2")  # met now: the run wakes
+    claimed = await store.claim_run("r1", "w", 60_000)
+    assert claimed is not None
+    await store.suspend_run("r1", claimed.run.lease_id, [timer("sleep:1", later)])
+
+    met, woken = await store.fire_timer_early("r1", "sleep:1")
+    assert met and woken is not None and woken.status is RunStatus.PENDING
+    assert await store.fire_timer_early("r1", "sleep:1") == (False, None)  # once
+    assert await store.fire_timer("r1", "sleep:1") is None
+    again = await store.claim_run("r1", "w", 60_000)
+    assert again is not None
+    # Met at its time, which is still ahead: the worker waits until then.
+    assert [(w.wait_key, w.met_time) for w in again.waits] == [("sleep:2", ANY), ("sleep:1", later)]
 
 
 async def test_a_wait_keeps_its_first_fire_time(store: SqlStore) -> None:

@@ -617,7 +617,11 @@ class WaitResult(_message.Message):
     """True when the wait ended because its timeout passed."""
     @_builtins.property
     def met_time(self) -> _timestamp_pb2.Timestamp:
-        """When the wait was met."""
+        """When the wait was met. A sleep the server met a little before its time
+        (see RunTask.sent_time) carries its time here, which is then later than
+        the task's sent_time: the workflow goes on only once that much time has
+        passed since the task arrived.
+        """
 
     @_builtins.property
     def payload(self) -> Global___Payload:

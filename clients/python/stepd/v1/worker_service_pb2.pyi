@@ -1197,6 +1197,7 @@ class RunTask(_message.Message):
     CONTINUES_LEASE_FIELD_NUMBER: _builtins.int
     JOURNAL_PARTS_REMAINING_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    SENT_TIME_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     lease_id: _builtins.int
@@ -1249,6 +1250,15 @@ class RunTask(_message.Message):
         worker's run span then starts a trace.
         """
 
+    @_builtins.property
+    def sent_time(self) -> _timestamp_pb2.Timestamp:
+        """The server's clock when it sent this task. A met wait whose met_time is
+        later (a sleep met early, so that the run is on its worker in time) is
+        delivered to the workflow met_time - sent_time after the task arrived, by
+        the worker's own clock: never before its time, whatever the two clocks
+        say. Empty from servers that never meet a wait early.
+        """
+
     def __init__(
         self,
         *,
@@ -1266,10 +1276,11 @@ class RunTask(_message.Message):
         continues_lease: _builtins.int = ...,
         journal_parts_remaining: _builtins.int = ...,
         trace_context: _types_pb2.TraceContext | None = ...,
+        sent_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "trace_context", b"trace_context"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "sent_time", b"sent_time", "trace_context", b"trace_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["continues_lease", b"continues_lease", "deadline", b"deadline", "dispatch_count", b"dispatch_count", "hook_secret", b"hook_secret", "input", b"input", "journal", b"journal", "journal_parts_remaining", b"journal_parts_remaining", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continues_lease", b"continues_lease", "deadline", b"deadline", "dispatch_count", b"dispatch_count", "hook_secret", b"hook_secret", "input", b"input", "journal", b"journal", "journal_parts_remaining", b"journal_parts_remaining", "lease_id", b"lease_id", "parent_run_id", b"parent_run_id", "root_run_id", b"root_run_id", "run_id", b"run_id", "sent_time", b"sent_time", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

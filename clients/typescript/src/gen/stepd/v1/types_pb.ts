@@ -524,7 +524,10 @@ export type WaitResult = Message<"stepd.v1.WaitResult"> & {
   waitKey: string;
 
   /**
-   * When the wait was met.
+   * When the wait was met. A sleep the server met a little before its time
+   * (see RunTask.sent_time) carries its time here, which is then later than
+   * the task's sent_time: the workflow goes on only once that much time has
+   * passed since the task arrived.
    *
    * @generated from field: google.protobuf.Timestamp met_time = 2;
    */
