@@ -79,6 +79,9 @@ class TimerSchedule:
         self._handles: dict[tuple[str, str], TimerHandle] = {}
         self._early = early if early is not None and early.lead_ms > 0 else None
         self._early_handles: dict[tuple[str, str], TimerHandle] = {}
+        # Early tries under way: a timer that falls due meanwhile waits for its
+        # try's answer instead of writing a second time (a busy store answers late).
+        self._early_tries: dict[tuple[str, str], asyncio.Task[bool]] = {}
         self._keys_by_run: dict[str, set[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._refiller: asyncio.Task[None] | None = None
@@ -134,7 +137,17 @@ class TimerSchedule:
 
     def _due(self, key: tuple[str, str]) -> None:
         self._drop(key)
-        self._start(self._fire_safely(*key))
+        early_try = self._early_tries.get(key)
+        if early_try is None:
+            self._start(self._fire_safely(*key))
+        else:
+            self._start(self._fire_unless_met(early_try, *key))
+
+    async def _fire_unless_met(
+        self, early_try: asyncio.Task[bool], run_id: str, wait_key: str
+    ) -> None:
+        if not await early_try:
+            await self._fire_safely(run_id, wait_key)
 
     def _drop(self, key: tuple[str, str]) -> None:
         """Forget a timer held here (it fired, or was met early)."""
@@ -148,23 +161,26 @@ class TimerSchedule:
             if not keys:
                 del self._keys_by_run[key[0]]
 
-    def _start(self, firing: Coroutine[Any, Any, None]) -> None:
+    def _start(self, firing: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(firing)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _due_early(self, key: tuple[str, str]) -> None:
         self._early_handles.pop(key, None)
         if key in self._handles:  # still waiting for its time
-            self._start(self._fire_early_safely(*key))
+            self._early_tries[key] = self._start(self._fire_early_safely(*key))
 
-    async def _fire_early_safely(self, run_id: str, wait_key: str) -> None:
+    async def _fire_early_safely(self, run_id: str, wait_key: str) -> bool:
+        """Try to meet the timer early; whether it was (errors are logged)."""
         assert self._early is not None  # only armed with it
+        key = (run_id, wait_key)
         try:
             met = await self._early.fire(run_id, wait_key)
         except StoreUnavailableError as exc:
             log.warning("timer %s of run %s: storage unavailable (%s)", wait_key, run_id, exc)
-            return
+            return False
         except Exception:
             log.exception(
                 "timer %s of run %s failed to fire early; it fires at its time",
@@ -172,9 +188,12 @@ class TimerSchedule:
                 run_id,
                 extra=run_fields(run_id),
             )
-            return
+            return False
+        finally:
+            self._early_tries.pop(key, None)
         if met:
-            self._drop((run_id, wait_key))
+            self._drop(key)
+        return met
 
     async def _fire_safely(self, run_id: str, wait_key: str) -> None:
         try:
