@@ -209,7 +209,7 @@ SERVE_SETTINGS = (
     Setting(
         "--timer-lead",
         "STEPD_TIMER_LEAD",
-        "0.1",
+        "0.25",
         _lead_seconds,
         "seconds before its time a sleep that is its run's only wait is met, so the "
         "run is on a worker when the time comes (0: at its time; at most 5)",

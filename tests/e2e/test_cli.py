@@ -119,6 +119,8 @@ def test_one_server_per_database_file_and_per_port(tmp_path: Path) -> None:
         ([], {"STEPD_LEASE_TIMEOUT": "abc"}, "STEPD_LEASE_TIMEOUT='abc' is not a number"),
         ([], {"STEPD_DB_POOL_SIZE": "x"}, "STEPD_DB_POOL_SIZE='x' is not a whole number"),
         (["--log-level", "loud"], {}, "--log-level='loud' must be one of DEBUG"),
+        (["--timer-lead", "6"], {}, "--timer-lead='6' must be from 0 to 5 seconds"),
+        ([], {"STEPD_TIMER_LEAD": "nan"}, "STEPD_TIMER_LEAD='nan' must be from 0 to 5 seconds"),
         (["--db", "3"], {}, "unrecognized arguments: --db 3"),
         (
             ["--database", "postgresql://u@h/db?sslmode=maybe"],
