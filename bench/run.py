@@ -450,6 +450,18 @@ def summary(rep: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def add_compared(report: dict[str, Any], name: str, reps: list[dict[str, Any]]) -> None:
+    """Add the repetitions of a ``both`` comparison, their medians and the ratio of
+    their W1 median to the plain one's."""
+    compared_median = medians(reps)
+    report[f"repetitions_{name}"] = reps
+    report[f"median_{name}"] = compared_median
+    plain = report["median"]
+    if "w1_runs_per_s" in plain:
+        ratio = compared_median["w1_runs_per_s"] / plain["w1_runs_per_s"]
+        report[f"w1_{name}_ratio"] = round(ratio, 3)
+
+
 def run_repetitions(
     args: Any, sink: OtlpSink | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -614,21 +626,10 @@ def main() -> int:
         "failures": failures,
     }
     if secure_reps:
-        secure_median = medians(secure_reps)
-        report["repetitions_secure"] = secure_reps
-        report["median_secure"] = secure_median
-        if "w1_runs_per_s" in median:
-            report["w1_secure_ratio"] = round(
-                secure_median["w1_runs_per_s"] / median["w1_runs_per_s"], 3
-            )
+        add_compared(report, "secure", secure_reps)
     if telemetry_reps:
-        telemetry_median = medians(telemetry_reps)
-        report["repetitions_telemetry"] = telemetry_reps
-        report["median_telemetry"] = telemetry_median
+        add_compared(report, "telemetry", telemetry_reps)
         if "w1_runs_per_s" in median:
-            report["w1_telemetry_ratio"] = round(
-                telemetry_median["w1_runs_per_s"] / median["w1_runs_per_s"], 3
-            )
             report["w1_telemetry_ratios"] = [
                 round(on["w1"]["runs_per_s"] / off["w1"]["runs_per_s"], 3)
                 for off, on in zip(reps, telemetry_reps, strict=True)

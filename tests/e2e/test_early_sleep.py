@@ -4,7 +4,6 @@ than the sleep's time, and a sleep that another wait could still beat is met at
 its time, never early."""
 
 import asyncio
-import time
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,6 +12,7 @@ from stepd import Client, RunStatus
 from stepd.history import RunEventType
 from tests.e2e import workflows as wf
 from tests.e2e.harness import ManagedProcess, Server, Stack
+from tests.e2e.test_sleep import wait_for_status
 
 RESULT_TIMEOUT = 30
 # Long, so that "early" and "at its time" are far apart on a loaded machine.
@@ -40,13 +40,6 @@ async def event_times(client: Client, run_id: str) -> dict[RunEventType, list[da
         assert event.time is not None
         times.setdefault(event.type, []).append(event.time)
     return times
-
-
-async def wait_for_status(client: Client, run_id: str, status: RunStatus) -> None:
-    deadline = time.monotonic() + RESULT_TIMEOUT
-    while (info := await client.get_run(run_id)).status is not status:
-        assert time.monotonic() < deadline, f"run {run_id} never {status}: {info}"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_sleep_met_early_goes_on_at_its_time(
