@@ -11,7 +11,6 @@ receiver in the bench's own process would take the client's CPU).
 from __future__ import annotations
 
 import gzip
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -66,4 +65,4 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(serve())
+    serve()
