@@ -1,0 +1,175 @@
+"""PostgreSQL group commit: writes share transactions, failures stay with their
+caller, and a batch that waits for a lock gives way (skipped without PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from stepd.server.store import SqlStore, StoreClosedError, open_store
+from stepd.server.store.dialects import lock_run
+from stepd.server.store.postgres import (
+    BATCH_LOCK_TIMEOUT_MS,
+    WRITE_LANES,
+    PostgresExecutor,
+    async_url,
+)
+from stepd.server.store.schema import runs, workflow_versions
+
+from .conftest import new_run
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+async def pg_store(pg_database: str) -> AsyncIterator[SqlStore]:
+    opened = await open_store(pg_database)
+    yield opened
+    await opened.close()
+
+
+def executor(store: SqlStore) -> PostgresExecutor:
+    assert isinstance(store.committer, PostgresExecutor)
+    return store.committer
+
+
+def add_version(name: str, *, fail: bool = False) -> Callable[[Connection], str]:
+    def op(conn: Connection) -> str:
+        conn.execute(insert(workflow_versions).values(name=name, version="v", first_seen=1))
+        if fail:
+            raise Boom(name)
+        return name
+
+    return op
+
+
+def hold_lane(seconds: float) -> Callable[[Connection], None]:
+    """A write that keeps its transaction (its lane) busy for a while."""
+
+    def op(conn: Connection) -> None:
+        conn.execute(select(func.pg_sleep(seconds)))
+
+    return op
+
+
+def rename_run(run_id: str, name: str) -> Callable[[Connection], str]:
+    """A write that takes the run's row lock first, as the store's writes do."""
+
+    def op(conn: Connection) -> str:
+        lock_run(conn, run_id)
+        conn.execute(update(runs).where(runs.c.run_id == run_id).values(workflow_name=name))
+        return name
+
+    return op
+
+
+async def stored_names(store: SqlStore) -> set[str]:
+    return {v.name for v in await store.workflow_versions()}
+
+
+async def test_concurrent_writes_share_transactions(pg_store: SqlStore) -> None:
+    stats = executor(pg_store).stats
+    commits_before, ops_before = stats.commits, stats.ops
+
+    created = await asyncio.gather(*(pg_store.create_run(new_run(f"r{i}")) for i in range(100)))
+
+    assert all(c.created for c in created)
+    assert stats.ops - ops_before == 100
+    assert stats.commits - commits_before <= 20, stats.commits - commits_before
+    assert stats.largest_batch > 1
+    assert all([await pg_store.get_run(f"r{i}") for i in range(100)])
+
+
+async def test_a_failing_write_fails_only_its_caller(pg_store: SqlStore) -> None:
+    committer = executor(pg_store)
+    # Keep every lane busy so that the writes below queue up and share a batch.
+    lanes = [asyncio.create_task(committer.submit(hold_lane(0.3))) for _ in range(WRITE_LANES)]
+    await asyncio.sleep(0.05)
+    ops = [add_version(f"ok{i}") for i in range(20)]
+    ops.insert(7, add_version("bad", fail=True))
+
+    results = await asyncio.gather(*(committer.submit(op) for op in ops), return_exceptions=True)
+    await asyncio.gather(*lanes)
+
+    assert committer.stats.largest_batch >= len(ops)  # they really shared a batch
+    assert committer.stats.batches_retried == 1
+    assert isinstance(results[7], Boom)
+    assert [r for i, r in enumerate(results) if i != 7] == [f"ok{i}" for i in range(20)]
+    assert await stored_names(pg_store) == {f"ok{i}" for i in range(20)}
+
+
+async def test_a_batch_waiting_for_a_lock_gives_way(pg_store: SqlStore, pg_database: str) -> None:
+    """A batch that would wait for a lock rolls back after the lock timeout and
+    runs its writes one by one: the writes that need no lock are not held up
+    by the one that does (nor by a deadlock between batches)."""
+    await pg_store.create_run(new_run("locked"))
+    committer = executor(pg_store)
+    other = create_async_engine(async_url(pg_database))
+    try:
+        async with other.connect() as holder:
+            await holder.execute(text("BEGIN"))
+            await holder.execute(
+                text("SELECT run_id FROM runs WHERE run_id = :id FOR UPDATE").bindparams(
+                    id="locked"
+                )
+            )
+            lanes = [
+                asyncio.create_task(committer.submit(hold_lane(0.2))) for _ in range(WRITE_LANES)
+            ]
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            blocked = asyncio.create_task(committer.submit(rename_run("locked", "renamed")))
+            free = [asyncio.create_task(committer.submit(add_version(f"f{i}"))) for i in range(5)]
+
+            await asyncio.wait_for(asyncio.gather(*free), timeout=5)
+            waited = time.monotonic() - started
+            assert not blocked.done()  # still waiting for the lock, alone now
+            await holder.execute(text("COMMIT"))
+        assert await asyncio.wait_for(blocked, timeout=5) == "renamed"
+        await asyncio.gather(*lanes)
+    finally:
+        await other.dispose()
+
+    assert committer.stats.batches_retried == 1
+    assert waited < 0.2 + BATCH_LOCK_TIMEOUT_MS / 1000 + 1.0
+    run = await pg_store.get_run("locked")
+    assert run is not None and run.workflow_name == "renamed"
+    assert await stored_names(pg_store) == {f"f{i}" for i in range(5)}
+
+
+async def test_close_finishes_queued_writes(pg_database: str) -> None:
+    store = await open_store(pg_database)
+    tasks = [asyncio.create_task(store.create_run(new_run(f"r{i}"))) for i in range(50)]
+    await asyncio.sleep(0)  # let every task queue its write
+
+    await store.close()
+
+    assert all(t.done() and t.result().created for t in tasks)
+    with pytest.raises(StoreClosedError):
+        await store.create_run(new_run("late"))
+    reopened = await open_store(pg_database)
+    try:
+        assert all([await reopened.get_run(f"r{i}") for i in range(50)])
+    finally:
+        await reopened.close()
+
+
+async def test_a_cancelled_caller_does_not_stop_the_lanes(pg_store: SqlStore) -> None:
+    committer = executor(pg_store)
+    lanes = [asyncio.create_task(committer.submit(hold_lane(0.2))) for _ in range(WRITE_LANES)]
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(committer.submit(add_version("gone")))
+    await asyncio.sleep(0)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    await asyncio.gather(*lanes)
+    await committer.submit(add_version("kept"))
+    assert await stored_names(pg_store) == {"kept"}  # a write still queued is dropped
