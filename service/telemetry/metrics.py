@@ -275,6 +275,12 @@ class _EngineGauges(Collector):
             "Writes the store committed; writes / commits is the mean group-commit batch.",
             value=stats.ops,
         )
+        yield CounterMetricFamily(
+            "stepd_store_batches_retried",
+            "Batches rolled back and run again one write per transaction (a write in "
+            "them failed; on PostgreSQL also a lock not granted within 100 ms).",
+            value=stats.batches_retried,
+        )
         yield GaugeMetricFamily(
             "stepd_store_largest_batch",
             "The most writes one transaction has carried since the server started.",

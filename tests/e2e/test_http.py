@@ -80,6 +80,7 @@ async def test_probes_and_metrics_follow_real_runs(
     assert seen[("stepd_worker_free_slots", ())] >= 1
     assert seen[("stepd_ready_runs", ())] == 0
     assert seen[("stepd_store_writes_total", ())] >= seen[("stepd_store_commits_total", ())] > 0
+    assert seen[("stepd_store_batches_retried_total", ())] == 0
 
 
 async def test_a_hook_executes_from_a_webhook_once(
