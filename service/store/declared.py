@@ -8,12 +8,16 @@ connection, so a value read there stays true until a declaration on that
 same connection changes it: ``remember`` keeps it in the connection's
 ``info`` and ``forget`` drops it, at the start of every declaration (a
 declaration rolled back with its batch runs again alone, and forgets again).
-On PostgreSQL another replica may declare at any time, so nothing is kept.
+On PostgreSQL another replica may declare at any time, so values are kept
+only for one transaction that carries a batch of writes (``for_batch``): the
+batch's writes run concurrently with any declaration elsewhere, so reading
+the declarations once for all of them is as good as reading them per write.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from sqlalchemy import Connection
@@ -30,9 +34,13 @@ def remember(conn: Connection, kind: str, workflow_name: str, read: Callable[[],
     """``read()``'s value for ``workflow_name``, remembered on SQLite's writer connection.
 
     Call it only from writes (their connection is the writer)."""
-    if conn.dialect.name != "sqlite":
-        return read()
-    kept: dict[tuple[str, str], object] = conn.info.setdefault(_INFO_KEY, {})
+    kept: dict[tuple[str, str], object] | None
+    if conn.dialect.name == "sqlite":
+        kept = conn.info.setdefault(_INFO_KEY, {})
+    else:
+        kept = conn.info.get(_INFO_KEY)
+        if kept is None:  # not inside a batch
+            return read()
     key = (kind, workflow_name)
     if key in kept:
         return kept[key]  # type: ignore[return-value]
@@ -41,6 +49,17 @@ def remember(conn: Connection, kind: str, workflow_name: str, read: Callable[[],
         kept.clear()
     kept[key] = value
     return value
+
+
+@contextmanager
+def for_batch(conn: Connection) -> Iterator[None]:
+    """Remember declarations on ``conn`` (PostgreSQL) until the block ends: wrap
+    the writes of one transaction with it."""
+    conn.info[_INFO_KEY] = {}
+    try:
+        yield
+    finally:
+        forget(conn)
 
 
 def forget(conn: Connection) -> None:

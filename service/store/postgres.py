@@ -42,6 +42,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from stepd.server.config import DEFAULT_DB_POOL_SIZE
+from stepd.server.store import declared
 from stepd.server.store.errors import (
     StoreClosedError,
     StoreError,
@@ -309,4 +310,5 @@ class PostgresExecutor:
 
 def _run_batch(conn: Connection, ops: list[WriteOp[Any]]) -> list[Any]:
     conn.exec_driver_sql(f"SET LOCAL lock_timeout = {BATCH_LOCK_TIMEOUT_MS}")
-    return [op(conn) for op in ops]
+    with declared.for_batch(conn):
+        return [op(conn) for op in ops]

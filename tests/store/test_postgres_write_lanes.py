@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy import Connection, event, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from stepd.server.store import SqlStore, StoreClosedError, open_store
@@ -173,3 +173,35 @@ async def test_a_cancelled_caller_does_not_stop_the_lanes(pg_store: SqlStore) ->
     await asyncio.gather(*lanes)
     await committer.submit(add_version("kept"))
     assert await stored_names(pg_store) == {"kept"}  # a write still queued is dropped
+
+
+async def test_a_batch_reads_what_workflows_declared_once(pg_store: SqlStore) -> None:
+    """Runs inserted in one batch share one read of their workflow's flow settings
+    and concurrency limit; writes outside a batch read them each time."""
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    def declaration_reads() -> int:
+        return sum("FROM workflow_flow" in s or "FROM concurrency_limits" in s for s in statements)
+
+    engine = executor(pg_store).engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        committer = executor(pg_store)
+        lanes = [asyncio.create_task(committer.submit(hold_lane(0.2))) for _ in range(WRITE_LANES)]
+        await asyncio.sleep(0.05)
+        await asyncio.gather(*(pg_store.create_run(new_run(f"b{i}")) for i in range(10)))
+        await asyncio.gather(*lanes)
+        in_batch = declaration_reads()
+        statements.clear()
+        await pg_store.create_run(new_run("alone1"))
+        await pg_store.create_run(new_run("alone2"))
+        alone = declaration_reads()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+    assert committer.stats.largest_batch >= 10
+    assert 1 <= in_batch <= 2, in_batch  # each kind once for the batch
+    assert alone == 2 * in_batch  # each write of its own reads them again
