@@ -283,7 +283,7 @@ class Store(
 
     @property
     def ordered_writes(self) -> bool:
-        """True when writes submitted together commit in the order submitted."""
+        """True when writes about one run commit in the order submitted."""
         ...
 
     @property

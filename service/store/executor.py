@@ -56,7 +56,8 @@ class Committer(Protocol):
 
     @property
     def ordered(self) -> bool:
-        """True when writes submitted together commit in the order submitted."""
+        """True when writes about one run (submitted with its id as ``key``) run
+        and commit in the order submitted."""
         ...
 
     @property
@@ -67,8 +68,9 @@ class Committer(Protocol):
     async def start(self) -> None:
         """Get ready to take writes."""
 
-    async def submit(self, op: WriteOp[T]) -> T:
-        """Run ``op`` in a transaction and return its result once committed."""
+    async def submit(self, op: WriteOp[T], key: str | None = None) -> T:
+        """Run ``op`` in a transaction and return its result once committed;
+        ``key`` names the run it writes about, if one."""
         ...
 
     async def close(self) -> None:

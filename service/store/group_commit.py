@@ -98,8 +98,9 @@ class GroupCommitter:
             raise RuntimeError("the group committer was already started")
         self._task = asyncio.create_task(self._run(), name="stepd-group-commit")
 
-    async def submit(self, op: WriteOp[T]) -> T:
-        """Queue a write and return its result once its transaction has committed."""
+    async def submit(self, op: WriteOp[T], key: str | None = None) -> T:
+        """Queue a write and return its result once its transaction has committed
+        (``key`` changes nothing: every write runs in the order submitted)."""
         if self._closing or self._task is None or self._task.done():
             raise StoreClosedError("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()

@@ -225,21 +225,21 @@ class PostgresExecutor:
 
     @property
     def ordered(self) -> bool:
-        """Never: each write is its own transaction on a pooled connection."""
-        return False
+        """Per run: writes about one run run in order (``write_lanes``)."""
+        return True
 
     async def start(self) -> None:
         """Nothing to start: connections open on first use."""
         if self._closing:
             raise RuntimeError("the executor was closed")
 
-    async def submit(self, op: WriteOp[T]) -> T:
+    async def submit(self, op: WriteOp[T], key: str | None = None) -> T:
         """Run ``op`` in a transaction (shared with the writes queued beside it);
-        return its result once committed."""
+        return its result once committed. Writes with one ``key`` run in order."""
         if self._closing:
             raise StoreClosedError("the store is closed")
         try:
-            return await self._lanes.submit(op)
+            return await self._lanes.submit(op, key)
         except Exception as exc:
             error = translate(exc, classify)
             if error is exc:

@@ -239,7 +239,7 @@ class SqlStore(
 
     @property
     def ordered_writes(self) -> bool:
-        """True when writes submitted together commit in the order submitted."""
+        """True when writes about one run commit in the order submitted."""
         return self._committer.ordered
 
     @property
@@ -269,7 +269,7 @@ class SqlStore(
 
     async def _write_for(self, run_id: str | None, op: WriteOp[T]) -> T:
         """Run a write about ``run_id`` and tell the history listener once it committed."""
-        result = await self._committer.submit(op)
+        result = await self._committer.submit(op, run_id)
         if run_id is not None and self._history_listener is not None:
             self._history_listener(run_id)
         return result

@@ -14,6 +14,13 @@ through ``run_one``, in a transaction of its own, so only a caller whose own
 write fails gets the exception. Writes therefore must only touch the database:
 they may run twice.
 
+A write may name a *key* (the store passes the run it is about). Writes with
+one key run in the order submitted: a batch takes a write only when no write
+with its key is running in another lane or waiting ahead of it, and a failed
+batch runs a key's writes one after another. So lanes never race on one run:
+its step records keep their order (their sequence numbers are assigned as
+they run), and they never wait for each other's locks.
+
 A caller that gives up (its task is cancelled) before its batch starts is
 dropped from the queue; once started, its write runs to the end.
 """
@@ -44,6 +51,7 @@ RunOne = Callable[[WriteOp[Any]], Awaitable[Any]]
 class _Pending:
     op: WriteOp[Any]
     future: asyncio.Future[Any]
+    key: str | None
 
 
 class WriteLanes:
@@ -67,14 +75,16 @@ class WriteLanes:
         self._free = lanes
         self._queue: deque[_Pending] = deque()
         self._running: set[asyncio.Task[None]] = set()
+        self._busy: dict[str, int] = {}  # keys of the writes in running batches
         self._closing = False
 
-    async def submit(self, op: WriteOp[T]) -> T:
-        """Queue ``op``; return its result once its transaction has committed."""
+    async def submit(self, op: WriteOp[T], key: str | None = None) -> T:
+        """Queue ``op``; return its result once its transaction has committed.
+        Writes with the same ``key`` run in the order submitted."""
         if self._closing:
             raise StoreClosedError("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(op, future))
+        self._queue.append(_Pending(op, future, key))
         self._start_lanes()
         return await future
 
@@ -86,17 +96,36 @@ class WriteLanes:
 
     def _start_lanes(self) -> None:
         while self._free and self._queue:
-            batch: list[_Pending] = []
-            while self._queue and len(batch) < self._max_batch:
-                pending = self._queue.popleft()
-                if not pending.future.done():  # skip callers that gave up
-                    batch.append(pending)
+            batch = self._take_batch()
             if not batch:
                 return
+            for pending in batch:
+                if pending.key is not None:
+                    self._busy[pending.key] = self._busy.get(pending.key, 0) + 1
             self._free -= 1
             task = asyncio.create_task(self._lane(batch), name="stepd-write-batch")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _take_batch(self) -> list[_Pending]:
+        """The queued writes that may run now, in order; the others stay queued."""
+        batch: list[_Pending] = []
+        kept: deque[_Pending] = deque()
+        held: set[str] = set()  # keys with a write kept back in this pass
+        while self._queue and len(batch) < self._max_batch:
+            pending = self._queue.popleft()
+            if pending.future.done():  # skip callers that gave up
+                continue
+            key = pending.key
+            if key is not None and (key in held or key in self._busy):
+                held.add(key)
+                kept.append(pending)
+            else:
+                batch.append(pending)
+        if kept:
+            kept.extend(self._queue)
+            self._queue = kept
+        return batch
 
     async def _lane(self, batch: list[_Pending]) -> None:
         self._stats.batches += 1
@@ -113,15 +142,24 @@ class WriteLanes:
                     "a batch of %d writes failed; running each alone", len(ops), exc_info=True
                 )
                 self._stats.batches_retried += 1
-                await asyncio.gather(*(self._deliver_one(pending) for pending in batch))
+                await asyncio.gather(*(self._deliver_in_order(g) for g in _by_key(batch)))
                 return
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
         finally:
+            for pending in batch:
+                if pending.key is not None:
+                    self._busy[pending.key] -= 1
+                    if not self._busy[pending.key]:
+                        del self._busy[pending.key]
             self._free += 1
             # Writes that queued while this lane was busy go next, as one batch.
             self._start_lanes()
+
+    async def _deliver_in_order(self, writes: list[_Pending]) -> None:
+        for pending in writes:
+            await self._deliver_one(pending)
 
     async def _deliver_one(self, pending: _Pending) -> None:
         try:
@@ -132,3 +170,13 @@ class WriteLanes:
         else:
             if not pending.future.done():
                 pending.future.set_result(result)
+
+
+def _by_key(batch: list[_Pending]) -> list[list[_Pending]]:
+    """The batch's writes grouped by key, in order (a write without one alone)."""
+    groups: dict[object, list[_Pending]] = {}
+    for pending in batch:
+        groups.setdefault(pending.key if pending.key is not None else id(pending), []).append(
+            pending
+        )
+    return list(groups.values())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from itertools import pairwise
 
 import pytest
 from sqlalchemy import Connection, event, func, insert, select, text, update
@@ -205,3 +206,46 @@ async def test_a_batch_reads_what_workflows_declared_once(pg_store: SqlStore) ->
     assert committer.stats.largest_batch >= 10
     assert 1 <= in_batch <= 2, in_batch  # each kind once for the batch
     assert alone == 2 * in_batch  # each write of its own reads them again
+
+
+async def test_writes_about_one_run_run_in_order_never_side_by_side(pg_store: SqlStore) -> None:
+    """Both lanes are used, yet the writes of one key never overlap and keep
+    their order (a failed batch runs them one after another too)."""
+    committer = executor(pg_store)
+    events: list[tuple[str, str, int]] = []
+
+    def step(key: str, index: int, *, fail: bool = False) -> Callable[[Connection], int]:
+        def op(conn: Connection) -> int:
+            events.append(("start", key, index))
+            conn.execute(select(func.pg_sleep(0.02)))
+            events.append(("end", key, index))
+            if fail:
+                raise Boom(key)
+            return index
+
+        return op
+
+    calls = []
+    for index in range(6):
+        for key in ("a", "b"):
+            calls.append(committer.submit(step(key, index, fail=(key, index) == ("b", 3)), key))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert isinstance(results[7], Boom)
+    assert committer.stats.batches_retried >= 1
+    for key in ("a", "b"):
+        mine = [(kind, index) for kind, k, index in events if k == key]
+        # each write ends before the next of its key starts (a batch rolled back
+        # and run again adds its writes again, still in order)
+        for (kind, index), (next_kind, next_index) in pairwise(mine):
+            if kind == "start":
+                assert (next_kind, next_index) == ("end", index), mine
+            else:
+                assert next_kind == "start" and next_index <= index + 1, mine
+        assert [index for kind, index in mine if kind == "end"][-1] == 5
+    overlapping = any(  # the two keys did share the lanes side by side
+        kind == "start" and k != events[i - 1][1] and events[i - 1][0] == "start"
+        for i, (kind, k, _) in enumerate(events)
+        if i
+    )
+    assert overlapping
