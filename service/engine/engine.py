@@ -211,6 +211,7 @@ class Engine:
             self.waiters,
             ended_elsewhere=self.run_ended_elsewhere,
             recover=self.children.recover,
+            held_here=self.lifecycle.held_for_later,
         )
         self.schedules = Scheduler(
             store,
@@ -337,6 +338,7 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lease_monitor
         await self.timers.close()
+        self.lifecycle.close()
         await self.starts.close()
         await self.schedules.close()
         await self.concurrency.close()
@@ -839,10 +841,10 @@ class Engine:
         if woken is not None:
             self.lifecycle.make_ready(woken)
 
-    async def _fire_timer_early(self, run_id: str, wait_key: str) -> bool:
+    async def _fire_timer_early(self, run_id: str, wait_key: str, hand_out_at: int) -> bool:
         met, woken = await self.store.fire_timer_early(run_id, wait_key)
         if woken is not None:
-            self.lifecycle.make_ready(woken)
+            self.lifecycle.make_ready_at(woken, hand_out_at)
         return met
 
     async def _claim_for(
