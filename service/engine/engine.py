@@ -211,7 +211,6 @@ class Engine:
             self.waiters,
             ended_elsewhere=self.run_ended_elsewhere,
             recover=self.children.recover,
-            held_here=self.lifecycle.held_for_later,
         )
         self.schedules = Scheduler(
             store,
@@ -338,7 +337,6 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lease_monitor
         await self.timers.close()
-        self.lifecycle.close()
         await self.starts.close()
         await self.schedules.close()
         await self.concurrency.close()
@@ -841,10 +839,10 @@ class Engine:
         if woken is not None:
             self.lifecycle.make_ready(woken)
 
-    async def _fire_timer_early(self, run_id: str, wait_key: str, hand_out_at: int) -> bool:
+    async def _fire_timer_early(self, run_id: str, wait_key: str) -> bool:
         met, woken = await self.store.fire_timer_early(run_id, wait_key)
         if woken is not None:
-            self.lifecycle.make_ready_at(woken, hand_out_at)
+            self.lifecycle.make_ready(woken)
         return met
 
     async def _claim_for(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stepd.server.clock import SYSTEM_CLOCK, Clock, TimerHandle
+from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.domain import DueTimer, ErrorDetails, FailureReason, RunRecord, RunStatus
 from stepd.server.engine import transitions
 from stepd.server.engine.dispatcher import Dispatcher
@@ -75,8 +75,6 @@ class RunLifecycle:
         self._end_listeners: list[RunListener] = []
         self._waiting_listeners: list[RunListener] = []
         self._late_gate: Callable[[RunRecord], bool] | None = None
-        # Runs to hand out at a set time (met early: ``make_ready_at``).
-        self._later: dict[str, TimerHandle] = {}
 
     def on_ready(self, listener: RunListener) -> None:
         """Tell ``listener`` of every run queued here for any worker, after its commit."""
@@ -98,32 +96,6 @@ class RunLifecycle:
         self._late_gate = gate
 
     # -- ready -----------------------------------------------------------------
-
-    def make_ready_at(self, run: RunRecord, when_ms: int) -> None:
-        """``make_ready`` at ``when_ms`` by the clock (at once when it has come);
-        the run is PENDING in the store meanwhile, as after any wake-up."""
-        if when_ms <= self._clock.now_ms():
-            self.make_ready(run)
-            return
-        previous = self._later.pop(run.run_id, None)
-        if previous is not None:
-            previous.cancel()
-        self._later[run.run_id] = self._clock.call_at(when_ms, self._ready_now, run)
-
-    def held_for_later(self, run_id: str) -> bool:
-        """Whether ``make_ready_at`` holds the run for its time."""
-        return run_id in self._later
-
-    def _ready_now(self, run: RunRecord) -> None:
-        self._later.pop(run.run_id, None)
-        self.make_ready(run)
-
-    def close(self) -> None:
-        """Drop the runs waiting for their time to be handed out (they are
-        PENDING in the store: the next start hands them out)."""
-        for handle in self._later.values():
-            handle.cancel()
-        self._later.clear()
 
     def make_ready(self, run: RunRecord, *, announce: bool = True) -> None:
         """Hand a PENDING run (just committed as such) to dispatch: to the timers

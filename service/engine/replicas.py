@@ -63,9 +63,7 @@ class ReplicaLink:
     Subscribe ``ready`` and ``ended`` to the lifecycle. Runs the others made
     ready go to the ``dispatcher``; ends they report to ``ended_elsewhere``;
     ``waiters`` are the ``GetRun(wait=true)`` callers the poll checks for;
-    ``recover`` is the sweep for follow-ups of dead replicas; ``held_here``
-    says whether a ready run is held here to be handed out at a set time (a
-    poll leaves it alone).
+    ``recover`` is the sweep for follow-ups of dead replicas.
     """
 
     def __init__(
@@ -78,10 +76,8 @@ class ReplicaLink:
         *,
         ended_elsewhere: EndedElsewhere,
         recover: RecoverFollowUps,
-        held_here: Callable[[str], bool],
     ) -> None:
         self._channel = channel
-        self._held_here = held_here
         self._store = store
         self._dispatcher = dispatcher
         self._waiters = waiters
@@ -229,8 +225,6 @@ class ReplicaLink:
         found = await self._store.ready_runs(served, slots)
         for run in found:
             name, version = run.workflow_name, run.workflow_version
-            if self._held_here(run.run_id):  # handed out here at its time
-                continue
             if run.rate_limit is not None and self._late_gate is not None and self._late_gate(run):
                 continue
             if run.held_error is not None:  # only to workers that have not refused it

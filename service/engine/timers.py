@@ -39,17 +39,9 @@ LoadFn = Callable[[int, int], Coroutine[Any, Any, list[DueTimer]]]
 REFILL_LIMIT = 10_000
 #: The longest pause between two refills, in seconds.
 REFILL_EVERY_MAX = 30.0
-#: Meets a timer (run id, wait key) before its time when nothing else could
-#: still end its wait, and hands the run out from the given time on (ms); True
-#: when it met it (``Store.fire_timer_early``).
-EarlyFireFn = Callable[[str, str, int], Coroutine[Any, Any, bool]]
-#: How long before its timer's time a run met early is handed to a worker,
-#: which holds it until that time. Meeting the timer takes the whole lead (a
-#: write that waits its turn in a burst); handing out takes a claim, a message
-#: and a replay. A run held on a worker fills one of its slots, so holding
-#: every run the whole lead filled the slots in a burst (W4 with 100 slots:
-#: p99 35-103 ms; with 400 slots 5-7 ms).
-HAND_OUT_AHEAD_MS = 75
+#: Meets a timer before its time when nothing else could still end its wait;
+#: True when it did (``Store.fire_timer_early``).
+EarlyFireFn = Callable[[str, str], Coroutine[Any, Any, bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +52,6 @@ class EarlyFiring:
     fire: EarlyFireFn
     applies: Callable[[str], bool]
     """Whether a wait key names a timer that may be met early."""
-    hand_out_ahead_ms: int = HAND_OUT_AHEAD_MS
 
 
 class TimerSchedule:
@@ -125,9 +116,7 @@ class TimerSchedule:
         if early is not None and early.applies(timer.wait_key):
             try_at = timer.fire_time - early.lead_ms
             if try_at > clock.now_ms():
-                self._early_handles[key] = clock.call_at(
-                    try_at, self._due_early, key, timer.fire_time
-                )
+                self._early_handles[key] = clock.call_at(try_at, self._due_early, key)
 
     def forget_run(self, run_id: str) -> None:
         """Drop the in-memory timers of a run that finished."""
@@ -178,18 +167,17 @@ class TimerSchedule:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _due_early(self, key: tuple[str, str], fire_time: int) -> None:
+    def _due_early(self, key: tuple[str, str]) -> None:
         self._early_handles.pop(key, None)
         if key in self._handles:  # still waiting for its time
-            self._early_tries[key] = self._start(self._fire_early_safely(*key, fire_time))
+            self._early_tries[key] = self._start(self._fire_early_safely(*key))
 
-    async def _fire_early_safely(self, run_id: str, wait_key: str, fire_time: int) -> bool:
+    async def _fire_early_safely(self, run_id: str, wait_key: str) -> bool:
         """Try to meet the timer early; whether it was (errors are logged)."""
-        early = self._early
-        assert early is not None  # only armed with it
+        assert self._early is not None  # only armed with it
         key = (run_id, wait_key)
         try:
-            met = await early.fire(run_id, wait_key, fire_time - early.hand_out_ahead_ms)
+            met = await self._early.fire(run_id, wait_key)
         except StoreUnavailableError as exc:
             log.warning("timer %s of run %s: storage unavailable (%s)", wait_key, run_id, exc)
             return False
