@@ -11,7 +11,7 @@ from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from stepd.server.domain import RecordStepStatus, StepRow
-from stepd.server.store import SqlStore, StoreClosedError, StoreValueError, open_store
+from stepd.server.store import SqlStore, StoreValueError
 from stepd.server.store.group_commit import GroupCommitter
 from stepd.server.store.schema import steps, workflow_versions
 from stepd.server.store.sqlite import create_writer_engine
@@ -173,26 +173,6 @@ async def test_batches_are_capped(tmp_path: Path) -> None:
     finally:
         await committer.close()
         engine.dispose()
-
-
-async def test_close_drains_queued_writes(db_path: Path) -> None:
-    store = await open_store(str(db_path))
-    tasks = [asyncio.create_task(store.create_run(new_run(f"r{i}"))) for i in range(100)]
-    await asyncio.sleep(0)  # let every task queue its write
-
-    await store.close()
-
-    assert all(t.done() and t.result().created for t in tasks)
-    with pytest.raises(StoreClosedError):
-        await store.create_run(new_run("late"))
-    with pytest.raises(StoreClosedError):
-        await store.get_run("r1")
-    await store.close()  # closing twice is harmless
-    reopened = await open_store(str(db_path))
-    try:
-        assert all([await reopened.get_run(f"r{i}") for i in range(100)])
-    finally:
-        await reopened.close()
 
 
 async def test_a_cancelled_caller_does_not_break_the_writer(store: SqlStore) -> None:

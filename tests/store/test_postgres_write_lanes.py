@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Connection, event, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from stepd.server.store import SqlStore, StoreClosedError, open_store
+from stepd.server.store import SqlStore, open_store
 from stepd.server.store.dialects import lock_run
 from stepd.server.store.postgres import (
     BATCH_LOCK_TIMEOUT_MS,
@@ -143,23 +143,6 @@ async def test_a_batch_waiting_for_a_lock_gives_way(pg_store: SqlStore, pg_datab
     run = await pg_store.get_run("locked")
     assert run is not None and run.workflow_name == "renamed"
     assert await stored_names(pg_store) == {f"f{i}" for i in range(5)}
-
-
-async def test_close_finishes_queued_writes(pg_database: str) -> None:
-    store = await open_store(pg_database)
-    tasks = [asyncio.create_task(store.create_run(new_run(f"r{i}"))) for i in range(50)]
-    await asyncio.sleep(0)  # let every task queue its write
-
-    await store.close()
-
-    assert all(t.done() and t.result().created for t in tasks)
-    with pytest.raises(StoreClosedError):
-        await store.create_run(new_run("late"))
-    reopened = await open_store(pg_database)
-    try:
-        assert all([await reopened.get_run(f"r{i}") for i in range(50)])
-    finally:
-        await reopened.close()
 
 
 async def test_a_cancelled_caller_does_not_stop_the_lanes(pg_store: SqlStore) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from stepd.server.domain import RunFilter, RunStatus, WaitKind, WaitSpec
 from stepd.server.engine.transitions import RunEvent, move
-from stepd.server.store import RunConflictError, SqlStore
+from stepd.server.store import RunConflictError, SqlStore, StoreClosedError, open_store
 
 from .conftest import new_run
 
@@ -185,3 +185,24 @@ async def test_a_run_that_starts_a_child_is_marked_as_having_children(store: Sql
     assert ended is not None and ended.has_children
     assert not (await store.get_run("lonely")).has_children  # type: ignore[union-attr]
     assert not (await store.get_run("parent/child:1")).has_children  # type: ignore[union-attr]
+
+
+async def test_close_drains_queued_writes(database: str) -> None:
+    """Closing finishes every queued write (both backends' group commit)."""
+    store = await open_store(database)
+    tasks = [asyncio.create_task(store.create_run(new_run(f"r{i}"))) for i in range(100)]
+    await asyncio.sleep(0)  # let every task queue its write
+
+    await store.close()
+
+    assert all(t.done() and t.result().created for t in tasks)
+    with pytest.raises(StoreClosedError):
+        await store.create_run(new_run("late"))
+    with pytest.raises(StoreClosedError):
+        await store.get_run("r1")
+    await store.close()  # closing twice is harmless
+    reopened = await open_store(database)
+    try:
+        assert all([await reopened.get_run(f"r{i}") for i in range(100)])
+    finally:
+        await reopened.close()
