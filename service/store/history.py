@@ -147,7 +147,7 @@ _ENTRY_BYTES = 100
 class _Item:
     """One history entry met by the merge, its payloads not read yet."""
 
-    sort_key: tuple[int, int, int]
+    sort_key: tuple[int, int, bool, int]
     source: str  # a table name, or "run" for the entries read from the run's row
     sequence: int
     entry: HistoryEntry
@@ -183,7 +183,11 @@ def _item(source: str, sequence: int, entry: HistoryEntry, row: Any) -> _Item:
     size += sum(row[f"{n}_size"] for n in _PAYLOADS[source])
     if entry.error is not None:
         size += len(entry.error.message) + len(entry.error.type)
-    return _Item((entry.time, _CAUSAL_ORDER[entry.type], sequence), source, sequence, entry, size)
+    # Entries of one millisecond go in causal order; among those of one kind, a
+    # step's failed attempts (their own table, numbered apart) before outcomes,
+    # then each table's own order.
+    order = (entry.time, _CAUSAL_ORDER[entry.type], not entry.attempt_only, sequence)
+    return _Item(order, source, sequence, entry, size)
 
 
 def _events(conn: Connection, run_id: str, after: int, limit: int) -> list[_Item]:
@@ -282,7 +286,7 @@ def _from_run(conn: Connection, run_id: str, cursor: HistoryCursor) -> list[_Ite
     items = []
     if not cursor.triggered:
         entry = HistoryEntry(row["create_time"], HistoryType.TRIGGERED)
-        items.append(_Item((entry.time, 0, 0), "run", 0, entry, _ENTRY_BYTES))
+        items.append(_Item((entry.time, 0, True, 0), "run", 0, entry, _ENTRY_BYTES))
     status = RunStatus(row["status"])
     if (
         not cursor.ended
@@ -297,7 +301,7 @@ def _from_run(conn: Connection, run_id: str, cursor: HistoryCursor) -> list[_Ite
             error=error,
         )
         size = _ENTRY_BYTES + row["result_size"] + row["traceback_size"]
-        items.append(_Item((entry.time, _CAUSAL_ORDER[entry.type], 0), "run", 1, entry, size))
+        items.append(_Item((entry.time, _CAUSAL_ORDER[entry.type], True, 0), "run", 1, entry, size))
     return items
 
 

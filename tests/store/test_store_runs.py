@@ -6,7 +6,16 @@ import asyncio
 
 import pytest
 
-from stepd.server.domain import RunFilter, RunStatus, WaitKind, WaitSpec
+from stepd.server.clock import SkippingClock
+from stepd.server.domain import (
+    ErrorDetails,
+    HistoryType,
+    RunFilter,
+    RunStatus,
+    StepRow,
+    WaitKind,
+    WaitSpec,
+)
 from stepd.server.engine.transitions import RunEvent, move
 from stepd.server.store import RunConflictError, SqlStore, StoreClosedError, open_store
 
@@ -206,3 +215,36 @@ async def test_close_drains_queued_writes(database: str) -> None:
         assert all([await reopened.get_run(f"r{i}") for i in range(100)])
     finally:
         await reopened.close()
+
+
+class StillClock(SkippingClock):
+    """A clock that stands still: every write falls in the same millisecond."""
+
+    def now_ms(self) -> int:
+        return 1_800_000_000_000
+
+
+async def test_a_steps_failed_attempts_come_before_its_outcome_in_one_millisecond(
+    database: str,
+) -> None:
+    """Failed attempts and outcomes are kept in tables of their own; written in
+    the same millisecond, the history still shows them in the order written."""
+    store = await open_store(database, clock=StillClock())
+    try:
+        await store.create_run(new_run("r1"))
+        claimed = await store.claim_run("r1", "worker-1", 60_000)
+        assert claimed is not None
+        lease = claimed.run.lease_id
+        for attempt, attempt_only in ((1, True), (2, True), (2, False)):
+            error = ErrorDetails(
+                "builtins.ValueError", f"no {attempt}", step_key="charge", attempt=attempt
+            )
+            step = StepRow("charge", attempt, error=error, attempt_only=attempt_only)
+            await store.record_step("r1", lease, step)
+        history = await store.run_history("r1")
+    finally:
+        await store.close()
+
+    assert history is not None
+    failed = [(e.attempt, e.attempt_only) for e in history if e.type is HistoryType.STEP_FAILED]
+    assert failed == [(1, True), (2, True), (2, False)]
