@@ -14,13 +14,13 @@ acknowledged only after its commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from grpc_health.v1 import health_pb2
 
+from stepd.server.cancelling import cancel_and_wait
 from stepd.server.store.base import Store
 from stepd.server.store.errors import StoreUnavailableError
 
@@ -71,9 +71,7 @@ class StorageHealth:
     async def close(self) -> None:
         """Stop probing (before the server reports its shutdown)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _probe_forever(self) -> None:

@@ -19,11 +19,11 @@ replica, and keys left with room by a write that does not check them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from stepd.server.cancelling import cancel_and_wait
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.domain import RunRecord, RunStatus
 from stepd.server.domain_schedules import WorkflowDeclaration
@@ -132,9 +132,7 @@ class ConcurrencyControl:
         for task in list(self._cancelling):
             task.cancel()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         sweep = True

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from stepd.server.cancelling import cancel_and_wait
 from stepd.server.domain import RunRecord
 from stepd.server.engine.dispatcher import Dispatcher
 from stepd.server.engine.waiters import RunWaiters
@@ -119,8 +120,8 @@ class ReplicaLink:
         if self._channel is None:
             return
         if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(self._poller)
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
