@@ -429,18 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         from sqlalchemy.exc import DBAPIError
 
         from stepd.server.store import DatabaseInUseError, SchemaVersionError, StoreError
-        from stepd.server.telemetry import json_logs, otel_setup
+        from stepd.server.telemetry import json_logs
     except ImportError as exc:  # a base install: the SDK and this command only
         print(f"stepd: {SERVER_EXTRA_MISSING.format(exc)}", file=sys.stderr)
         return 1
     json_logs.configure(settings["log_level"], settings["log_format"])
-    shutdown_tracing: Callable[[], None] = lambda: None  # noqa: E731
-    if config.otel:
-        try:
-            shutdown_tracing = otel_setup.configure("stepd")
-        except (ImportError, ValueError) as exc:
-            print(f"stepd: {exc}", file=sys.stderr)
-            return 1
     try:
         asyncio.run(serve(config))
     except (OSError, ValueError, SchemaVersionError, DatabaseInUseError) as exc:
@@ -452,8 +445,6 @@ def main(argv: list[str] | None = None) -> int:
     except DBAPIError as exc:
         print(f"stepd: cannot open the database: {exc.orig}", file=sys.stderr)
         return 1
-    finally:
-        shutdown_tracing()  # sends the spans still batched
     return 0
 
 

@@ -51,6 +51,7 @@ from stepd.server.store.postgres import display_url
 from stepd.server.telemetry.metrics import ServerMetrics
 from stepd.server.telemetry.rpc_context import RpcContext, Spans
 from stepd.server.telemetry.rpc_metrics import RpcMetrics
+from stepd.server.telemetry.span_relay import SpanRelay
 from stepd.v1 import admin_service_pb2, worker_service_pb2, workflow_service_pb2
 
 log = logging.getLogger("stepd.server")
@@ -62,6 +63,8 @@ SERVICE_NAMES = (WORKFLOW_SERVICE.full_name, WORKER_SERVICE.full_name, ADMIN_SER
 # gRPC's own message limit sits above the payload limit, so that an oversized
 # payload gets stepd's RESOURCE_EXHAUSTED message rather than a transport error.
 GRPC_MESSAGE_LIMIT = 64 * 1024 * 1024
+#: The service name of the server's spans when ``OTEL_SERVICE_NAME`` is unset.
+SPAN_SERVICE_NAME = "stepd"
 
 
 #: Blocks of this size and more get their own memory mapping (glibc's default).
@@ -129,6 +132,8 @@ class RunningServer:
     private_dir: str | None = None
     # Keeps the health service NOT_SERVING while storage is unavailable.
     storage: StorageHealth | None = None
+    # The span export process, with --otel.
+    spans: SpanRelay | None = None
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for ``grace`` seconds, close.
@@ -144,6 +149,7 @@ class RunningServer:
             ("the versions", self.versions.close if self.versions else None),
             ("the engine", self.engine.close),
             ("the gRPC server", lambda: self.server.stop(grace)),
+            ("the span export", self.spans.close if self.spans else None),
             ("the store", self.engine.store.close),
         ]
         for name, part in parts:
@@ -170,7 +176,7 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     exposure.check(config)
     credentials = _tls_credentials(config)
     event_secrets = read_event_secrets(config.event_secrets_file)
-    spans, current_trace = _tracing(config)
+    spans, current_trace, relay = _tracing(config)
     return_large_blocks()
     store = await open_store(
         config.database,
@@ -282,6 +288,8 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     if ring is not None:
         await ring.start()
     _log_security(config, ring, credentials is not None)
+    if relay is not None:
+        await relay.start()
     await server.start()
     storage.start()
     if http is not None:
@@ -299,19 +307,35 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
         gateway,
         private_dir,
         storage,
+        relay,
     )
 
 
-def _tracing(config: ServerConfig) -> tuple[Spans | None, Callable[[], TraceContext]]:
-    """The RPC spans and the current span's context, when tracing is on (the
-    OpenTelemetry API is imported only then)."""
+def _tracing(
+    config: ServerConfig,
+) -> tuple[Spans | None, Callable[[], TraceContext], SpanRelay | None]:
+    """The RPC spans, the current span's context and the span export process,
+    when tracing is on (OpenTelemetry is imported only then). With
+    ``OTEL_TRACES_EXPORTER=none`` no span is made: the caller's context passes
+    to the run."""
     if not config.otel:
-        return None, lambda: NO_TRACE
+        return None, lambda: NO_TRACE, None
+    from stepd.server.telemetry import otel_setup
+
     try:
         from stepd.server.telemetry import tracing
+
+        exporting = otel_setup.exporters()
+    except otel_setup.OtelMissing as exc:
+        raise ValueError(str(exc)) from None
     except ImportError as exc:
         raise ValueError(f"--otel needs OpenTelemetry: pip install 'stepd[otel]' ({exc})") from None
-    return tracing.RpcSpans(), tracing.current_trace
+    if not exporting:
+        return None, lambda: NO_TRACE, None
+    for exporter in exporting:  # made to check the settings; the child makes its own
+        exporter.shutdown()
+    relay = SpanRelay(SPAN_SERVICE_NAME)
+    return tracing.RpcSpans(relay), tracing.current_trace, relay
 
 
 def _readiness(store: Store, stopping: asyncio.Event, storage: StorageHealth) -> ReadinessCheck:

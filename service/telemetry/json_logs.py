@@ -20,6 +20,9 @@ from stepd.server.telemetry.rpc_context import current_rpc
 #: The fields a log call may give with ``extra=``.
 RUN_FIELDS = ("run_id", "workflow", "lease")
 
+#: What ``configure`` was last given: (level, format).
+_configured = ("INFO", "text")
+
 
 class JsonFormatter(logging.Formatter):
     """Formats a record as one line of JSON (see the module docstring)."""
@@ -49,9 +52,16 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str, log_format: str) -> None:
     """Log to stderr at ``level``, as text or JSON lines."""
+    global _configured
+    _configured = (level, log_format)
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+
+
+def settings() -> tuple[str, str]:
+    """The level and format ``configure`` set (for a helper process to log alike)."""
+    return _configured

@@ -1,8 +1,9 @@
 """Sends OpenTelemetry spans where the standard environment variables say.
 
-Used by ``stepd serve --otel`` (the worker's ``stepd-worker --otel`` has its
-own copy: the SDK and the server share no code). Needs the ``stepd[otel]``
-extra; ``OtelMissing`` says so when it is absent.
+Used by ``stepd serve --otel``: the server checks the settings as it starts, and
+its span export process (``span_export.py``) exports with them. The worker's
+``stepd-worker --otel`` has its own copy: the SDK and the server share no code.
+Needs the ``stepd[otel]`` extra; ``OtelMissing`` says so when it is absent.
 
 Read from the environment (https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/):
 ``OTEL_TRACES_EXPORTER`` (``otlp``, the default; ``console``; ``none``; a
@@ -17,7 +18,6 @@ program's); ``OTEL_BSP_*`` tune the batching.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 
@@ -25,30 +25,32 @@ class OtelMissing(ImportError):
     """The OpenTelemetry SDK is not installed."""
 
 
-def configure(default_service_name: str) -> Callable[[], None]:
-    """Install a tracer provider that exports spans as the environment says
-    (none when no exporter is named); return the function that flushes and
-    shuts it down."""
+def exporters() -> list[Any]:
+    """The span exporters the environment names (none for ``none``); raises
+    ``OtelMissing`` without the SDK or the exporter's package, ValueError for
+    an exporter or protocol it does not know."""
     try:
-        from opentelemetry import trace
-        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        import opentelemetry.sdk.trace  # noqa: F401
     except ImportError as exc:
         raise OtelMissing(
             f"--otel needs OpenTelemetry: pip install 'stepd[otel]' ({exc})"
         ) from None
-    exporters = _exporters()
-    if not exporters:
-        # OTEL_TRACES_EXPORTER=none: spans would go nowhere, so none are made
-        # (without a provider, the API's spans are no-ops and stepd skips them).
-        return lambda: None
+    return _exporters()
+
+
+def tracer_provider(default_service_name: str, exporting: list[Any], **options: Any) -> Any:
+    """A tracer provider that batches its spans to each of ``exporting``, for a
+    process named by ``OTEL_SERVICE_NAME`` or else ``default_service_name``;
+    ``options`` go to the SDK's ``TracerProvider`` (sampler, id_generator)."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     given = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: default_service_name}
-    provider = TracerProvider(resource=Resource.create(given))
-    for exporter in exporters:
+    provider = TracerProvider(resource=Resource.create(given), **options)
+    for exporter in exporting:
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    return provider.shutdown
+    return provider
 
 
 def _exporters() -> list[Any]:

@@ -29,6 +29,10 @@ class Span:
     attributes: dict[str, Any] = field(hash=False)
     status_code: int  # 0 unset, 1 ok, 2 error
     events: tuple[str, ...]
+    trace_state: str = ""
+    start_ns: int = 0
+    end_ns: int = 0
+    kind: int = 0  # 2 server
 
 
 def _value(any_value: Any) -> Any:
@@ -98,6 +102,10 @@ class OtlpReceiver:
                             attributes={a.key: _value(a.value) for a in span.attributes},
                             status_code=span.status.code,
                             events=tuple(event.name for event in span.events),
+                            trace_state=span.trace_state,
+                            start_ns=span.start_time_unix_nano,
+                            end_ns=span.end_time_unix_nano,
+                            kind=span.kind,
                         )
                     )
         with self._lock:

@@ -115,7 +115,11 @@ async def test_a_run_joins_the_callers_trace_with_one_span_per_executed_step(
             stored = await WorkflowServiceStub(channel).GetRun(
                 pb.GetRunRequest(run_id=handle.run_id)
             )
-    spans = await receiver.wait_for(ended(handle.run_id, "completed"))
+    spans = await receiver.wait_for(
+        lambda spans: (
+            ended(handle.run_id, "completed")(spans) and trigger_span_arrived(spans, handle.run_id)
+        )
+    )
     server_span = next(s for s in spans if s.name == TRIGGER_SPAN and s.trace_id == CALLER_TRACE)
     assert server_span.service == "test-server"
     assert server_span.parent_span_id == CALLER_SPAN

@@ -18,7 +18,8 @@ import pytest
 from tests.structure.imports import ROOT
 
 # Building, installing and resolving talk to the package index: minutes on a busy machine.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# One worker runs them all: two builds of one checkout at once share its build/ directory.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("wheel")]
 
 SDK_IMPORT_CHECK = """
 import sys
