@@ -27,6 +27,10 @@ separate processes, then measures
 ``--database postgresql://...`` runs them on PostgreSQL (the same database for
 every repetition) instead of a fresh SQLite file.
 
+``--w1-call execute`` runs W1 as ``--in-flight`` callers that each start a run and
+wait for its result in one call (``Client.execute``: ``Trigger`` with ``wait``)
+instead of Trigger calls with every result awaited beside them.
+
 ``--concurrency-keys N`` runs W1 on a workflow with a concurrency limit of 1
 per key (``Concurrency(key="customer", limit=1)``), the runs spread over N
 keys in turn (issue 17 measures it with 1,000 keys against W1 without).
@@ -143,17 +147,25 @@ def percentile(values: list[float], pct: int) -> float:
 
 
 async def throughput(
-    clients: Sequence[Client], runs: int, in_flight: int, keys: int = 0
+    clients: Sequence[Client], runs: int, in_flight: int, keys: int = 0, call: str = "trigger"
 ) -> dict[str, Any]:
     """W1: trigger ``runs`` 3-step runs concurrently (through the clients in turn:
     one per server replica); time until the last result. With ``keys``, the
-    workflow has a concurrency limit of 1 per key and run i has key i % keys."""
+    workflow has a concurrency limit of 1 per key and run i has key i % keys.
+    ``call`` "execute": ``in_flight`` callers each start a run and wait for its
+    result in one call (``Client.execute``), instead of ``in_flight`` Trigger
+    calls at once with every result awaited beside them."""
     limit = asyncio.Semaphore(in_flight)
     failures: list[str] = []
 
     async def one(index: int) -> None:
         async with limit:
             client = clients[index % len(clients)]
+            if call == "execute":
+                result = await client.execute(three_steps, index)
+                if result != 2 * index + 1:
+                    failures.append(f"run {index}: expected {2 * index + 1}, got {result!r}")
+                return
             if keys:
                 job = {"value": index, "customer": index % keys}
                 handle = await client.trigger(three_steps_limited, job)
@@ -261,7 +273,9 @@ async def measure(
         if "w1" in chosen:
             with CpuMeter(processes) as w1_cpu:
                 w1 = await asyncio.wait_for(
-                    throughput([client], args.runs, args.in_flight, args.concurrency_keys),
+                    throughput(
+                        [client], args.runs, args.in_flight, args.concurrency_keys, args.w1_call
+                    ),
                     args.timeout,
                 )
             w1["cpu_seconds"] = w1_cpu.used
@@ -511,6 +525,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2000, help="W1 runs (default 2000)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument(
+        "--w1-call",
+        choices=("trigger", "execute"),
+        default="trigger",
+        help="W1's calls: trigger (the default: --in-flight Trigger calls at once, each "
+        "result awaited beside them) or execute (--in-flight callers, each starting a run "
+        "and waiting for its result in one call)",
+    )
+    parser.add_argument(
         "--in-flight",
         type=int,
         default=64,
@@ -575,6 +597,8 @@ def main() -> int:
     if args.database and args.expired_runs:
         parser.error("--expired-runs seeds a SQLite file: leave out --database")
 
+    if args.w1_call == "execute" and args.concurrency_keys:
+        parser.error("--w1-call execute runs the plain workflow: leave out --concurrency-keys")
     if args.security == "both" and args.telemetry == "both":
         parser.error("--security both and --telemetry both: compare one thing at a time")
     with ExitStack() as cleanup:
@@ -615,6 +639,7 @@ def main() -> int:
             "repeat": args.repeat,
             "worker_concurrency": args.worker_concurrency or "default",
             "concurrency_keys": args.concurrency_keys,
+            "w1_call": args.w1_call,
             "server_args": args.server_arg,
             "security": args.security,
             "telemetry": args.telemetry,

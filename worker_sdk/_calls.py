@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -26,6 +26,10 @@ Resp = TypeVar("Resp")
 _WAIT_SLICE = 30.0  # seconds per GetRun(wait=True) call
 _RPC_MARGIN = 10.0  # the RPC deadline beyond the server-side wait
 _RETRY_MAX = 2.0
+#: The header a waiting Trigger sends once its run is stored.
+RUN_ID_HEADER = "stepd-run-id"
+#: Codes of a call that broke on the way (the server may have stored the run).
+_BROKEN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _TERMINAL = frozenset(
     {types_pb2.RUN_STATUS_COMPLETED, types_pb2.RUN_STATUS_FAILED, types_pb2.RUN_STATUS_CANCELLED}
 )
@@ -104,6 +108,41 @@ class WorkflowCalls:
             if run.status in _TERMINAL:
                 return run
 
+    async def trigger_and_wait(
+        self,
+        request: workflow_service_pb2.TriggerRequest,
+        timeout: float | None,  # noqa: ASYNC109
+        metadata: tuple[tuple[str, str], ...],
+    ) -> types_pb2.Run:
+        """``Trigger`` with ``wait``: the finished run; TimeoutError after ``timeout``
+        seconds. Past the server's cap on one wait, or when the call breaks after the
+        server said the run is stored (its ``stepd-run-id`` header), this waits on as
+        ``wait_for_end`` does. A call that breaks before raises, as ``Trigger`` does."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        wait = _WAIT_SLICE if timeout is None else min(_WAIT_SLICE, timeout)
+        request.wait = True
+        request.wait_timeout.CopyFrom(_duration(wait))
+        call = self.stub().Trigger(
+            request, timeout=wait + _RPC_MARGIN, metadata=self.settings.metadata + metadata
+        )
+        stored: str | None = None
+        run: types_pb2.Run | None = None
+        try:
+            stored = _header(await call.initial_metadata(), RUN_ID_HEADER)
+            run = (await call).run
+        except grpc.aio.AioRpcError as exc:
+            if stored is None or exc.code() not in _BROKEN:
+                raise sdk_error(exc) from exc
+        if run is not None and run.status in _TERMINAL:
+            return run
+        run_id = run.run_id if run is not None else stored
+        assert run_id is not None  # one of the two is set here
+        remaining = None if timeout is None else timeout - (loop.time() - started)
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError(f"run {run_id} did not finish within {timeout} s")
+        return await self.wait_for_end(run_id, remaining)
+
     async def cancel(self, run_id: str, reason: str) -> RunInfo:
         """Cancel a run; return it (now cancelled)."""
         request = workflow_service_pb2.CancelRunRequest(run_id=run_id, reason=reason)
@@ -161,6 +200,14 @@ class WorkflowCalls:
             rpc_timeout = wait + _RPC_MARGIN
         response = await self.call(self.stub().GetRun, request, rpc_timeout=rpc_timeout)
         return response.run
+
+
+def _header(metadata: Any, name: str) -> str | None:
+    """The value of header ``name`` in a call's initial metadata (None: absent)."""
+    for key, value in metadata or ():
+        if key == name and isinstance(value, str):
+            return value
+    return None
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -83,12 +83,7 @@ class RunHandle(Generic[R]):
         Waiting happens on the server (``GetRun`` with ``wait``); while the
         server is unreachable the call is retried.
         """
-        run = await self._calls.wait_for_end(self.run_id, timeout)
-        if run.status == types_pb2.RUN_STATUS_COMPLETED:
-            return loads(payload_text(run.result), self._adapter)  # type: ignore[no-any-return]
-        if run.status == types_pb2.RUN_STATUS_FAILED:
-            raise RunFailedError(run_info(run))
-        raise RunCancelledError(run_info(run))
+        return _outcome(await self._calls.wait_for_end(self.run_id, timeout), self._adapter)  # type: ignore[no-any-return]
 
     async def info(self) -> RunInfo:
         """Fetch the run as it stands now."""
@@ -327,14 +322,15 @@ class Client:
         start_at: datetime | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Any:
-        """Trigger a run and wait for its result (``trigger`` then ``handle.result``).
+        """Trigger a run and wait for its result (as ``trigger`` then ``handle.result``,
+        in one call: ``Trigger`` with ``wait``).
 
         Takes the options of ``trigger`` (``run_id``, ``idempotency_key``, ``version``,
         ``deadline``, ``start_at``) and ``timeout``: the seconds to wait for the
         result before raising ``TimeoutError`` (the run goes on). Raises
         ``RunFailedError`` or ``RunCancelledError`` when the run does not complete.
         """
-        handle = await self._start(
+        request, adapter = self._trigger_request(
             workflow,
             input,
             run_id=run_id,
@@ -343,7 +339,8 @@ class Client:
             deadline=deadline,
             start_at=start_at,
         )
-        return await handle.result(timeout=timeout)
+        run = await self._calls.trigger_and_wait(request, timeout, _trace_metadata())
+        return _outcome(run, adapter)
 
     @overload
     def get_handle(self, run_id: str) -> RunHandle[Any]: ...
@@ -768,7 +765,46 @@ class Client:
         priority: int | None = None,
         debounce_key: str | None = None,
     ) -> RunHandle[Any]:
-        """``trigger`` (and ``execute``) for a workflow of any type."""
+        """``trigger`` for a workflow of any type."""
+        request, adapter = self._trigger_request(
+            workflow,
+            input,
+            run_id=run_id,
+            idempotency_key=idempotency_key,
+            version=version,
+            deadline=deadline,
+            start_at=start_at,
+            concurrency_key=concurrency_key,
+            priority=priority,
+            debounce_key=debounce_key,
+        )
+        response = await self._calls.call(
+            self._calls.stub().Trigger, request, metadata=_trace_metadata()
+        )
+        return RunHandle(
+            self._calls,
+            response.run.run_id,
+            already_existed=response.already_existed,
+            debounced=response.debounced,
+            result_adapter=adapter,
+        )
+
+    def _trigger_request(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        input: Any,
+        *,
+        run_id: str | None,
+        idempotency_key: str | None,
+        version: str | int | None,
+        deadline: datetime | None,
+        start_at: datetime | None,
+        concurrency_key: str | None = None,
+        priority: int | None = None,
+        debounce_key: str | None = None,
+    ) -> tuple[workflow_service_pb2.TriggerRequest, Any]:
+        """The TriggerRequest of ``trigger`` and ``execute``, and the adapter of
+        the workflow's result."""
         if isinstance(workflow, Workflow):
             name = workflow.name
             pinned = workflow.version if version is None else str(version)
@@ -798,16 +834,17 @@ class Client:
             request.deadline.CopyFrom(to_timestamp(deadline))
         if start_at is not None:
             request.start_time.CopyFrom(to_timestamp(start_at))
-        response = await self._calls.call(
-            self._calls.stub().Trigger, request, metadata=_trace_metadata()
-        )
-        return RunHandle(
-            self._calls,
-            response.run.run_id,
-            already_existed=response.already_existed,
-            debounced=response.debounced,
-            result_adapter=adapter,
-        )
+        return request, adapter
+
+
+def _outcome(run: types_pb2.Run, adapter: TypeAdapter[Any]) -> Any:
+    """A finished run's result, validated by ``adapter``; RunFailedError or
+    RunCancelledError when it did not complete."""
+    if run.status == types_pb2.RUN_STATUS_COMPLETED:
+        return loads(payload_text(run.result), adapter)
+    if run.status == types_pb2.RUN_STATUS_FAILED:
+        raise RunFailedError(run_info(run))
+    raise RunCancelledError(run_info(run))
 
 
 def _trace_metadata() -> tuple[tuple[str, str], ...]:

@@ -45,10 +45,14 @@ from stepd.v1 import workflow_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+#: The header (initial metadata) a waiting Trigger sends once its run is stored.
+RUN_ID_HEADER = "stepd-run-id"
+
 FEATURES = (
     "json-payloads",
     "command-batches",
     "get-run-wait",
+    "trigger-wait",
     "timers",
     "signals",
     "events",
@@ -124,6 +128,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         check_name("concurrency_key", request.concurrency_key)
         check_name("debounce_key", request.debounce_key)
         payload = payload_in(request.input, "input")
+        wait_seconds = _wait_seconds(request)  # checked before anything is stored
         if request.HasField("trace_context"):
             trace = trace_context.from_message(request.trace_context, "trace_context")
         else:
@@ -148,8 +153,14 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                 trace=trace,
             )
         )
+        run = triggered.run
+        if request.wait:
+            # The run is stored: say so (and which) before the wait, so that a
+            # caller whose call breaks while waiting knows to look for it.
+            await context.send_initial_metadata(((RUN_ID_HEADER, run.run_id),))
+            run = await self._engine.get_run(run.run_id, wait=True, wait_seconds=wait_seconds)
         return pb.TriggerResponse(
-            run=run_to_proto(triggered.run),
+            run=run_to_proto(run),
             already_existed=triggered.already_existed,
             debounced=triggered.debounced,
         )
@@ -157,13 +168,11 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     @maps_errors
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         check_name("run_id", request.run_id, required=True)
-        timeout = None
-        if request.HasField("wait_timeout"):
-            timeout = duration_seconds(request.wait_timeout, "wait_timeout")
-            if timeout < 0:
-                raise InvalidArgument("wait_timeout must not be negative")
         details = await self._engine.describe_run(
-            request.run_id, wait=request.wait, wait_seconds=timeout, hook_tokens=_may_see_hooks()
+            request.run_id,
+            wait=request.wait,
+            wait_seconds=_wait_seconds(request),
+            hook_tokens=_may_see_hooks(),
         )
         response = details_to_proto(details)
         response.run.waiting_reason = await self._engine.waiting_reason(details.run)
@@ -457,3 +466,13 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         return ops.ListFlowLimitsResponse(
             limits=[flow_limit_to_proto(limit) for limit in limits], next_page_token=after
         )
+
+
+def _wait_seconds(request: pb.TriggerRequest | pb.GetRunRequest) -> float | None:
+    """A request's ``wait_timeout`` in seconds (None: unset, the server's cap)."""
+    if not request.HasField("wait_timeout"):
+        return None
+    seconds = duration_seconds(request.wait_timeout, "wait_timeout")
+    if seconds < 0:
+        raise InvalidArgument("wait_timeout must not be negative")
+    return seconds

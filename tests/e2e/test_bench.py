@@ -128,8 +128,9 @@ def test_bench_measures_with_and_without_telemetry(tmp_path: Path) -> None:
         "repetition 2 (telemetry off)",
     ]
     # Every span reached the receiver: Trigger, GetRun, the run and three steps per
-    # run, and the warm-up's (two 3-step runs and two 1-step runs).
-    assert [rep["spans_exported"] for rep in traced] == [40 * 6 + 2 * 6 + 2 * 4] * 2
+    # run, and the warm-up's (two 3-step runs and two 1-step runs, each started and
+    # awaited in one Trigger call by Client.execute).
+    assert [rep["spans_exported"] for rep in traced] == [40 * 6 + 2 * 5 + 2 * 3] * 2
     assert "spans_exported" not in plain[0]
     ratios = [
         round(on["w1"]["runs_per_s"] / off["w1"]["runs_per_s"], 3)
@@ -139,3 +140,17 @@ def test_bench_measures_with_and_without_telemetry(tmp_path: Path) -> None:
     assert report["w1_telemetry_ratio"] == round(
         report["median_telemetry"]["w1_runs_per_s"] / report["median"]["w1_runs_per_s"], 3
     )
+
+
+def test_bench_runs_w1_with_execute_calls(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--repeat", "1", "--warmup", "1"]
+    argv += ["--workloads", "w1", "--runs", "20", "--w1-call", "execute"]
+    argv += ["--output", str(output)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["config"]["w1_call"] == "execute"
+    (rep,) = report["repetitions"]
+    assert rep["w1"]["runs"] == 20 and rep["w1"]["failures"] == 0

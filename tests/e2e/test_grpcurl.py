@@ -71,12 +71,18 @@ def test_trigger_get_list_and_cancel_runs(server: Server, worker: ManagedProcess
     plain = call(server, "GetRun", {"run_id": run_id})
     assert plain["run"]["status"] == "RUN_STATUS_COMPLETED"
 
+    # Start and wait in one call.
+    request = {"workflow_name": "e2e.square", "input": {"json": "5"}, "wait": True}
+    at_once = call(server, "Trigger", {**request, "wait_timeout": "30s"})
+    assert at_once["run"]["status"] == "RUN_STATUS_COMPLETED"
+    assert json.loads(at_once["run"]["result"]["json"]) == 25
+
     listed = call(
         server,
         "ListRuns",
         {"workflow_name": "e2e.square", "statuses": ["RUN_STATUS_COMPLETED"], "page_size": 10},
     )
-    assert [run["run_id"] for run in listed["runs"]] == [run_id]
+    assert [run["run_id"] for run in listed["runs"]][1:] == [run_id]
 
     assert worker.stop() == 0
     waiting = call(server, "Trigger", {"workflow_name": "e2e.square", "input": {"json": "7"}})

@@ -6,6 +6,7 @@ fresh virtualenv, then looks at it the way a new user would.
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
 import venv
@@ -18,8 +19,7 @@ import pytest
 from tests.structure.imports import ROOT
 
 # Building, installing and resolving talk to the package index: minutes on a busy machine.
-# One worker runs them all: two builds of one checkout at once share its build/ directory.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("wheel")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SDK_IMPORT_CHECK = """
 import sys
@@ -41,11 +41,15 @@ print("ok")
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
-        check=True,
-        timeout=300,
-    )
+    # Test workers build one at a time: builds of one checkout share its build/ directory.
+    (ROOT / "build").mkdir(exist_ok=True)
+    with (ROOT / "build" / "wheel.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+            check=True,
+            timeout=300,
+        )
     (built,) = out.glob("stepd-*.whl")
     return built
 

@@ -76,6 +76,8 @@ class TriggerRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     DEBOUNCE_KEY_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    WAIT_TIMEOUT_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """The workflow to run. Required."""
     workflow_version: _builtins.str
@@ -103,6 +105,16 @@ class TriggerRequest(_message.Message):
     """The trigger's debounce key, overriding the one the workflow's Debounce
     reads from the input. Ignored for a workflow without debounce.
     """
+    wait: _builtins.bool
+    """Answer only once the run reaches a terminal status (or wait_timeout
+    passes), as GetRun's `wait` does: the response's run is then the finished
+    run, with its result or error. One call instead of Trigger then GetRun.
+    Once the run is stored, before the wait, the server sends the header
+    (initial metadata) `stepd-run-id` with the run's id: a caller whose call
+    breaks after it knows the run exists and can wait with GetRun. Without
+    the header the run may or may not be stored, as with any Trigger that
+    fails: an idempotency key makes a second Trigger safe.
+    """
     @_builtins.property
     def input(self) -> _types_pb2.Payload:
         """The workflow's input; an empty payload means JSON null."""
@@ -123,6 +135,13 @@ class TriggerRequest(_message.Message):
         INVALID_ARGUMENT (in metadata it is ignored).
         """
 
+    @_builtins.property
+    def wait_timeout(self) -> _duration_pb2.Duration:
+        """How long to wait at most when `wait` is set; the server caps it
+        at 60 s, as GetRun's wait. The run is returned as it stands when the
+        time is up. A negative value is INVALID_ARGUMENT, and no run is started.
+        """
+
     def __init__(
         self,
         *,
@@ -137,10 +156,12 @@ class TriggerRequest(_message.Message):
         priority: _builtins.int | None = ...,
         debounce_key: _builtins.str = ...,
         trace_context: _types_pb2.TraceContext | None = ...,
+        wait: _builtins.bool = ...,
+        wait_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "deadline", b"deadline", "input", b"input", "priority", b"priority", "start_time", b"start_time", "trace_context", b"trace_context"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "deadline", b"deadline", "input", b"input", "priority", b"priority", "start_time", b"start_time", "trace_context", b"trace_context", "wait_timeout", b"wait_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "concurrency_key", b"concurrency_key", "deadline", b"deadline", "debounce_key", b"debounce_key", "idempotency_key", b"idempotency_key", "input", b"input", "priority", b"priority", "run_id", b"run_id", "start_time", b"start_time", "trace_context", b"trace_context", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "concurrency_key", b"concurrency_key", "deadline", b"deadline", "debounce_key", b"debounce_key", "idempotency_key", b"idempotency_key", "input", b"input", "priority", b"priority", "run_id", b"run_id", "start_time", b"start_time", "trace_context", b"trace_context", "wait", b"wait", "wait_timeout", b"wait_timeout", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
