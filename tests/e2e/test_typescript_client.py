@@ -58,4 +58,4 @@ def test_the_typescript_client_starts_signals_traces_and_reads_a_run(
     )
     report = run.stdout + run.stderr
     assert run.returncode == 0, report
-    assert "# pass 4" in report and "# fail 0" in report and "# skipped 0" in report, report
+    assert "# pass 5" in report and "# fail 0" in report and "# skipped 0" in report, report

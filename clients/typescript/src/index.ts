@@ -10,12 +10,13 @@
  *     const result = await stepd.result(run.runId);
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { DurationSchema, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import {
   ListRunsRequestSchema,
+  TriggerRequestSchema,
   WorkflowService,
 } from "./gen/stepd/v1/workflow_service_pb.js";
 import {
@@ -153,6 +154,14 @@ function runInfo(run: Run | undefined): RunInfo {
 }
 
 const TERMINAL: ReadonlySet<RunStatus> = new Set(["completed", "failed", "cancelled"]);
+/** The header a waiting Trigger sends once its run is stored. */
+const RUN_ID_HEADER = "stepd-run-id";
+/** Codes of a call that broke on the way (the server may have stored the run). */
+const BROKEN: ReadonlySet<Code> = new Set([Code.Unavailable, Code.DeadlineExceeded]);
+
+function duration(ms: number): MessageInitShape<typeof DurationSchema> {
+  return { seconds: BigInt(Math.floor(ms / 1000)), nanos: Math.floor(ms % 1000) * 1_000_000 };
+}
 /** The server answers a waiting GetRun after at most this long; result() asks again. */
 const WAIT_SLICE_MS = 30_000;
 
@@ -180,7 +189,16 @@ export class StepdClient {
 
   /** Start a run of `workflow` with `input` (any JSON value). */
   async trigger(workflow: string, input?: unknown, options: TriggerOptions = {}): Promise<RunInfo> {
-    const answer = await this.service.trigger({
+    const answer = await this.service.trigger(this.triggerRequest(workflow, input, options));
+    return runInfo(answer.run);
+  }
+
+  private triggerRequest(
+    workflow: string,
+    input: unknown,
+    options: TriggerOptions,
+  ): MessageInitShape<typeof TriggerRequestSchema> {
+    return {
       workflowName: workflow,
       input: toPayload(input),
       runId: options.runId ?? "",
@@ -194,8 +212,41 @@ export class StepdClient {
       traceContext: options.traceparent
         ? { traceparent: options.traceparent, tracestate: options.tracestate ?? "" }
         : undefined,
-    });
-    return runInfo(answer.run);
+    };
+  }
+
+  /**
+   * Start a run and wait for its result in one call (Trigger with `wait`);
+   * throws RunEndedError if it did not complete. Past one wait (at most 30 s)
+   * it waits on with `result`; so it does when the call breaks after the
+   * server said the run is stored (its `stepd-run-id` header).
+   */
+  async execute(
+    workflow: string,
+    input?: unknown,
+    options: TriggerOptions = {},
+    timeoutMs = 60_000,
+  ): Promise<unknown> {
+    const until = Date.now() + timeoutMs;
+    const waitMs = Math.max(1, Math.min(timeoutMs, WAIT_SLICE_MS));
+    let stored = "";
+    let run: RunInfo;
+    try {
+      const request = create(TriggerRequestSchema, this.triggerRequest(workflow, input, options));
+      request.wait = true;
+      request.waitTimeout = create(DurationSchema, duration(waitMs));
+      const answer = await this.service.trigger(request, {
+        onHeader: (headers) => (stored = headers.get(RUN_ID_HEADER) ?? ""),
+      });
+      run = runInfo(answer.run);
+    } catch (error) {
+      const broken = error instanceof ConnectError && BROKEN.has(error.code);
+      if (!stored || !broken) throw error;
+      return this.result(stored, Math.max(1, until - Date.now()));
+    }
+    if (!TERMINAL.has(run.status)) return this.result(run.runId, Math.max(1, until - Date.now()));
+    if (run.status !== "completed") throw new RunEndedError(run);
+    return run.result;
   }
 
   /** The run now; with `waitMs`, wait up to that long for it to end first. */
@@ -204,9 +255,7 @@ export class StepdClient {
     const answer = await this.service.getRun({
       runId,
       wait,
-      waitTimeout: wait
-        ? { seconds: BigInt(Math.floor(waitMs / 1000)), nanos: (waitMs % 1000) * 1_000_000 }
-        : undefined,
+      waitTimeout: wait ? duration(waitMs) : undefined,
     });
     return runInfo(answer.run);
   }

@@ -65,6 +65,14 @@ test("a run started from TypeScript joins the caller's trace", { skip }, async (
   });
 });
 
+test("execute starts a run and answers with its result in one call", { skip }, async () => {
+  const stepd = new StepdClient(`http://${address}`);
+  const runId = `ts-execute-${randomUUID().slice(0, 12)}`;
+  assert.equal(await stepd.execute("e2e.square", 12, { runId }, 30_000), 144);
+  assert.equal((await stepd.getRun(runId)).status, "completed");
+  await assert.rejects(stepd.execute("e2e.fail", { tag: randomUUID().slice(0, 12) }), RunEndedError);
+});
+
 test("a run started from TypeScript can have a priority", { skip }, async () => {
   const stepd = new StepdClient(`http://${address}`);
   const started = await stepd.trigger("e2e.square", 4, { priority: 7 });
