@@ -258,7 +258,7 @@ class Client:
         instead of the one read from the input; a trigger folded into its key's
         pending run returns that run's handle with ``debounced`` True.
         """
-        return await self._start(
+        request, adapter = self._trigger_request(
             workflow,
             input,
             run_id=run_id,
@@ -269,6 +269,16 @@ class Client:
             concurrency_key=concurrency_key,
             priority=priority,
             debounce_key=debounce_key,
+        )
+        response = await self._calls.call(
+            self._calls.stub().Trigger, request, metadata=_trace_metadata()
+        )
+        return RunHandle(
+            self._calls,
+            response.run.run_id,
+            already_existed=response.already_existed,
+            debounced=response.debounced,
+            result_adapter=adapter,
         )
 
     @overload
@@ -750,44 +760,6 @@ class Client:
         return RunHandle(self._calls, response.run.run_id)
 
     # -- internals -----------------------------------------------------------
-
-    async def _start(
-        self,
-        workflow: Workflow[Any, Any] | str,
-        input: Any,
-        *,
-        run_id: str | None,
-        idempotency_key: str | None,
-        version: str | int | None,
-        deadline: datetime | None,
-        start_at: datetime | None,
-        concurrency_key: str | None = None,
-        priority: int | None = None,
-        debounce_key: str | None = None,
-    ) -> RunHandle[Any]:
-        """``trigger`` for a workflow of any type."""
-        request, adapter = self._trigger_request(
-            workflow,
-            input,
-            run_id=run_id,
-            idempotency_key=idempotency_key,
-            version=version,
-            deadline=deadline,
-            start_at=start_at,
-            concurrency_key=concurrency_key,
-            priority=priority,
-            debounce_key=debounce_key,
-        )
-        response = await self._calls.call(
-            self._calls.stub().Trigger, request, metadata=_trace_metadata()
-        )
-        return RunHandle(
-            self._calls,
-            response.run.run_id,
-            already_existed=response.already_existed,
-            debounced=response.debounced,
-            result_adapter=adapter,
-        )
 
     def _trigger_request(
         self,
