@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,22 @@ def record(
     start = time.time_ns()
     trace_id = CALLER_TRACE if parent else span_id << 64 | span_id
     return SpanRecord(method, trace_id, span_id, parent, 1, state, start, start + 1_500_000, code)
+
+
+def ignores_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGTERM (its SigIgn mask, Linux)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(ignored.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
+async def ignoring_sigterm(pid: int) -> None:
+    """Wait until process ``pid`` ignores SIGTERM (it does once it has started)."""
+    for _ in range(600):
+        if ignores_sigterm(pid):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the span export process never ignored SIGTERM")
 
 
 async def test_spans_arrive_with_the_servers_ids_times_and_status(
@@ -107,7 +124,7 @@ async def test_the_process_ignores_sigterm_and_ends_with_its_input(
     relay = SpanRelay("stepd")
     await relay.start()
     assert relay.pid is not None
-    await asyncio.sleep(1)  # its handlers are set once it has imported the SDK
+    await ignoring_sigterm(relay.pid)
     os.kill(relay.pid, signal.SIGTERM)  # as a service manager stopping the whole group
     relay.add(record(GET_RUN, 7))
 
