@@ -143,8 +143,9 @@ def call_server_stream(channel: grpc.Channel, method: Any, request: Any) -> None
 
 
 def bounded_wait(request: Any) -> None:
-    """GetRun(wait=true) may block up to the server's cap by design: keep it short."""
-    if isinstance(request, wf.GetRunRequest) and request.wait:
+    """GetRun and Trigger with wait=true may block up to the server's cap by
+    design: keep it short."""
+    if isinstance(request, wf.GetRunRequest | wf.TriggerRequest) and request.wait:
         timeout = request.wait_timeout
         valid = -315_576_000_000 <= timeout.seconds <= 315_576_000_000 and abs(timeout.nanos) < 1e9
         if not request.HasField("wait_timeout") or (valid and timeout.seconds >= 1):
