@@ -84,17 +84,21 @@ COMMAND_STATUS_TO_PROTO = {
 
 
 def timestamp(ms: int | None) -> Timestamp | None:
-    """Epoch milliseconds to a Timestamp (None stays None)."""
+    """Epoch milliseconds to a Timestamp (None stays None). A time outside the
+    years a Timestamp holds (a wait of millennia from now) shows as the nearest
+    one it holds, so that a stored time never makes a run unreadable."""
     if ms is None:
         return None
     ts = Timestamp()
-    ts.FromMilliseconds(ms)
+    ts.FromMilliseconds(min(max(ms, MIN_TIMESTAMP_MS), MAX_TIMESTAMP_MS))
     return ts
 
 
 #: The range of a Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 MIN_TIMESTAMP_SECONDS = -62_135_596_800
 MAX_TIMESTAMP_SECONDS = 253_402_300_799
+MIN_TIMESTAMP_MS = MIN_TIMESTAMP_SECONDS * 1000
+MAX_TIMESTAMP_MS = MAX_TIMESTAMP_SECONDS * 1000 + 999
 #: The range of a Duration: about ±10,000 years.
 MAX_DURATION_SECONDS = 315_576_000_000
 _NANOS = 1_000_000_000
@@ -117,7 +121,9 @@ def timestamp_ms(ts: Timestamp, field: str, *, round_up: bool = False) -> int:
             "(-62135596800 to 253402300799) and nanos between 0 and 999999999"
         )
     step = 999_999 if round_up else 0
-    return seconds * 1000 + (nanos + step) // 1_000_000
+    # The last nanoseconds of year 9999 round up past the last millisecond a
+    # Timestamp can show again: keep that one.
+    return min(seconds * 1000 + (nanos + step) // 1_000_000, MAX_TIMESTAMP_MS)
 
 
 def optional_ms(message: Message, name: str, field: str, *, round_up: bool = False) -> int | None:

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from stepd.server.api.convert import MAX_TIMESTAMP_MS, timestamp
 from stepd.v1 import schedules_pb2, types_pb2, worker_service_pb2
 from stepd.v1 import workflow_service_pb2 as wf
 from tests.server.conftest import Harness
@@ -264,6 +265,32 @@ async def test_a_long_time_zone_is_invalid_argument(harness: Harness) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "time_zone",
         )
+
+
+async def test_the_last_nanosecond_of_year_9999_is_stored_and_shown_again(
+    harness: Harness,
+) -> None:
+    # Rounded up to the millisecond it would pass the last time a Timestamp holds,
+    # and every later listing of the run would fail.
+    last = wf.TriggerRequest(workflow_name="nobody-serves-this")
+    for field in (last.start_time, last.deadline):
+        field.seconds, field.nanos = 253_402_300_799, 999_999_999
+    run = (await harness.client.Trigger(last, timeout=10)).run
+    assert run.scheduled_start_time.seconds == 253_402_300_799
+    assert run.scheduled_start_time.nanos == 999_000_000
+    assert run.deadline.seconds == 253_402_300_799
+    listed = await harness.client.ListRuns(wf.ListRunsRequest(), timeout=10)
+    assert run.run_id in [listed_run.run_id for listed_run in listed.runs]
+    got = await harness.client.GetRun(wf.GetRunRequest(run_id=run.run_id), timeout=10)
+    assert got.run.scheduled_start_time == run.scheduled_start_time
+
+
+def test_a_stored_time_past_year_9999_shows_as_the_last_one_a_timestamp_holds() -> None:
+    # E.g. a wake-up time millennia ahead: the run stays readable.
+    shown = timestamp(MAX_TIMESTAMP_MS + 10**12)
+    assert shown is not None and (shown.seconds, shown.nanos) == (253_402_300_799, 999_000_000)
+    first = timestamp(-(10**18))
+    assert first is not None and first.seconds == -62_135_596_800
 
 
 @pytest.mark.parametrize("nanos", [0, 500], ids=["zero", "sub-millisecond"])
