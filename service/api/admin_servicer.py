@@ -16,8 +16,8 @@ from stepd.server.api.convert_admin import (
 )
 from stepd.server.api.errors import maps_errors
 from stepd.server.engine.versions import VersionAdmin
-from stepd.server.security.auth_interceptor import current_key_id
 from stepd.server.security.key_admin import KeyAdmin
+from stepd.server.security.principal import current_key_id
 from stepd.v1 import admin_service_pb2 as pb
 from stepd.v1 import admin_service_pb2_grpc
 

@@ -37,7 +37,7 @@ from stepd.server.engine.engine import Engine, TriggerParams
 from stepd.server.engine.errors import EngineError, InvalidArgument
 from stepd.server.engine.run_actions import BulkAction, ForkParams
 from stepd.server.engine.validation import check_name, check_text
-from stepd.server.security.auth_interceptor import current_key_id, current_principal
+from stepd.server.security.principal import current_key_id, current_principal
 from stepd.server.security.roles import Right
 from stepd.v1 import operations_pb2 as ops
 from stepd.v1 import workflow_service_pb2 as pb

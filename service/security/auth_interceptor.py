@@ -20,7 +20,6 @@ unchecked and only the audit log is written.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -30,6 +29,7 @@ import grpc
 from stepd.server.api.rpc_wrapping import Handler, behaviour, with_behaviour
 from stepd.server.security import audit
 from stepd.server.security.keyring import AuthenticationError, KeyRing
+from stepd.server.security.principal import set_principal
 from stepd.server.security.roles import (
     METHOD_RIGHTS,
     OPEN_METHODS,
@@ -42,21 +42,7 @@ log = logging.getLogger("stepd.security")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
-    "stepd_principal", default=None
-)
 _BEARER = "bearer "
-
-
-def current_principal() -> Principal | None:
-    """Who makes the call being handled (None on a server without keys)."""
-    return _PRINCIPAL.get()
-
-
-def current_key_id() -> str:
-    """The API key id of the call being handled, "" on a server without keys."""
-    principal = _PRINCIPAL.get()
-    return principal.key_id if principal is not None else ""
 
 
 class Authorization:
@@ -138,7 +124,7 @@ def _as(handler: Handler, principal_of: PrincipalOf, audited: str | None) -> Han
 
         async def unary(raw: bytes, context: Context) -> Any:
             principal = await principal_of(context)
-            _PRINCIPAL.set(principal)
+            set_principal(principal)
             request = decode(raw)
             response = await inner(request, context)
             if audited is not None:
@@ -150,7 +136,7 @@ def _as(handler: Handler, principal_of: PrincipalOf, audited: str | None) -> Han
         watched = handler.unary_stream
 
         async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-            _PRINCIPAL.set(await principal_of(context))
+            set_principal(await principal_of(context))
             async for response in _responses(watched(decode(raw), context)):
                 yield response
 
@@ -159,7 +145,7 @@ def _as(handler: Handler, principal_of: PrincipalOf, audited: str | None) -> Han
         streamed = handler.stream_stream
 
         async def stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-            _PRINCIPAL.set(await principal_of(context))
+            set_principal(await principal_of(context))
             async for response in _responses(streamed(requests, context)):
                 yield response
 
@@ -177,7 +163,7 @@ def _audited(handler: Handler, principal: Principal | None, method: str) -> Hand
     key_id = principal.key_id if principal is not None else ""
 
     async def unary(request: Any, context: Context) -> Any:
-        _PRINCIPAL.set(principal)
+        set_principal(principal)
         response = await inner(request, context)
         audit.record(method, key_id, request, response)
         return response
@@ -192,7 +178,7 @@ def _worker_stream(handler: Handler, principal_of: PrincipalOf, ring: KeyRing) -
 
     async def stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         principal = await principal_of(context)
-        _PRINCIPAL.set(principal)
+        set_principal(principal)
 
         async def check_hello(request: Any) -> None:
             if request.WhichOneof("message") != "hello":

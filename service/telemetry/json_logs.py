@@ -14,7 +14,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from stepd.server.security.auth_interceptor import current_key_id
+from stepd.server.security.principal import current_key_id
 from stepd.server.telemetry.rpc_context import current_rpc
 
 #: The fields a log call may give with ``extra=``.

@@ -32,7 +32,7 @@ FLUSH_SPANS = 512
 #: Bytes written but not yet read by the child past which spans are dropped.
 MAX_BACKLOG_BYTES = 16 * 1024 * 1024
 #: Seconds ``close`` waits for the child to send what it holds and exit.
-CLOSE_SECONDS = 2.0
+CLOSE_SECONDS = 3.0
 #: The child's module.
 EXPORT_MODULE = "stepd.server.telemetry.span_export"
 
