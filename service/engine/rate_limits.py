@@ -77,6 +77,9 @@ class RateLimits:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._retaking: dict[str, asyncio.Task[None]] = {}
+        # Runs being made ready right after taking a new turn: the turn stands,
+        # even when the event loop was slow enough for it to look late already.
+        self._turn_retaken: set[str] = set()
         # Runs with a start rate limit released to the ready queues: when (ms).
         self.released: dict[str, int] = {}
 
@@ -91,7 +94,7 @@ class RateLimits:
         if run.dispatch_count:
             return False
         now = self._clock.now_ms()
-        if now - not_before <= LATE_START_MS:
+        if now - not_before <= LATE_START_MS or run.run_id in self._turn_retaken:
             self.released[run.run_id] = now
             return False
         if run.run_id not in self._retaking:
@@ -134,7 +137,11 @@ class RateLimits:
                     run_id,
                     (run.start_time_not_before or 0) - self._clock.now_ms(),
                 )
-                self._make_ready(run)
+                self._turn_retaken.add(run_id)
+                try:
+                    self._make_ready(run)
+                finally:
+                    self._turn_retaken.discard(run_id)
             return
 
     def start(self) -> None:
