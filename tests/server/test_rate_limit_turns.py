@@ -31,7 +31,7 @@ async def test_a_run_released_late_is_made_ready_with_its_new_turn_even_on_a_slo
     database: str,
 ) -> None:
     clock = SlowLoopClock()
-    assert 100 > LATE_START_MS
+    assert LATE_START_MS < 100
     store = await open_store(database, clock=clock)
     ready: list[str] = []
 
