@@ -27,6 +27,7 @@ from stepd.server.domain import (
 )
 from stepd.server.store import rows
 from stepd.server.store.dialects import byte_length, insert_for
+from stepd.server.store.direct import Direct
 from stepd.server.store.schema import run_events, runs, step_attempts, steps
 
 #: At equal times (the clock has millisecond steps), entries sort in the order
@@ -86,7 +87,7 @@ def add_kept_failure(
 #: is inserted by the one statement below, compiled once (building an insert
 #: with ``values()`` per entry cost more than executing it).
 _OPTIONAL = ("key", "name", "payload_json", "attempt", "detail", "actor")
-_INSERT_ENTRY = run_events.insert()
+_INSERT_ENTRY = Direct(run_events.insert())
 
 
 def add(conn: Connection, run_id: str, type_: HistoryType, time: int, **columns: Any) -> None:
@@ -96,7 +97,7 @@ def add(conn: Connection, run_id: str, type_: HistoryType, time: int, **columns:
         raise TypeError(f"run_events has no column {sorted(unknown)[0]!r}")
     params = {name: columns.get(name) for name in _OPTIONAL}
     params.update(run_id=run_id, time=time, type=type_.value)
-    conn.execute(_INSERT_ENTRY, params)
+    _INSERT_ENTRY.execute(conn, params)
 
 
 def add_custom(

@@ -37,7 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.sql import Select, Update
+from sqlalchemy.sql import Select
 
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.domain import (
@@ -83,6 +83,7 @@ from stepd.server.store import (
 from stepd.server.store.api_keys import KeyStoreMixin
 from stepd.server.store.base import ConcurrencyRefusedError, RunConflictError
 from stepd.server.store.dialects import insert_for
+from stepd.server.store.direct import Direct
 from stepd.server.store.executor import CommitStats, Committer, Reader, WriteOp
 from stepd.server.store.flow_overview import FlowOverviewMixin
 from stepd.server.store.migrations import migrate
@@ -175,13 +176,13 @@ class SqlStore(
         self._opened = False
         insert = insert_for(committer.engine.dialect.name)
 
-        self._insert_run = insert(runs).on_conflict_do_nothing().returning(*runs.c)
+        self._insert_run = Direct(insert(runs).on_conflict_do_nothing().returning(*runs.c))
         # The claim of one known run waits for a transaction holding its row (a
         # replica claiming it too, a signal, a late step record) and then
         # re-checks the guard: skipping a locked row here would drop a run that
         # is ready. Finding ready runs (``ready.ready_runs``) skips locked rows.
         unclaimed = runs.c.run_id == bindparam("p_run_id")
-        self._claim = (
+        self._claim = Direct(
             update(runs)
             .where(
                 unclaimed,
@@ -224,11 +225,11 @@ class SqlStore(
             )
             .returning(*runs.c)
         )
-        self._insert_step = _leased_insert(insert, steps, _STEP_PARAMS)
-        self._insert_attempt = _leased_insert(insert, step_attempts, _ATTEMPT_PARAMS)
+        self._insert_step = Direct(_leased_insert(insert, steps, _STEP_PARAMS))
+        self._insert_attempt = Direct(_leased_insert(insert, step_attempts, _ATTEMPT_PARAMS))
         self._insert_versions = insert(workflow_versions).on_conflict_do_nothing()
-        self._get_run = select(runs).where(runs.c.run_id == bindparam("p_run_id"))
-        self._transitions: dict[tuple[tuple[str, ...], bool], Update] = {}
+        self._get_run = Direct(select(runs).where(runs.c.run_id == bindparam("p_run_id")))
+        self._transitions: dict[tuple[tuple[str, ...], int, bool], Direct] = {}
         self._history_listener: Callable[[str], None] | None = None
         self._key_listener: Callable[[str, str, concurrency.KeyCheck], None] | None = None
 
@@ -321,7 +322,7 @@ class SqlStore(
             refusal = concurrency.admit_new(conn, values, new.concurrency_key)
             if refusal is not None:
                 return existing_run(conn) or ConcurrencyRefusedError(refusal.message())
-            inserted = conn.execute(self._insert_run, values).mappings().first()
+            inserted = self._insert_run.first(conn, values)
             if inserted is not None:
                 return CreateRunOutcome(rows.run_from_row(inserted), created=True)
             # Returned, not raised: raising would roll back the whole batch.
@@ -360,7 +361,7 @@ class SqlStore(
         }
 
         def op(conn: Connection) -> ClaimedRun | None:
-            row = conn.execute(self._claim, params).mappings().first()
+            row = self._claim.first(conn, params)
             if row is None:
                 return None
             run = rows.run_from_row(row)
@@ -397,7 +398,7 @@ class SqlStore(
         params["p_lease_id"] = lease_id
 
         def op(conn: Connection) -> RecordStepOutcome:
-            inserted = conn.execute(statement, params).first()
+            inserted = statement.first(conn, params)
             if inserted is not None:
                 return RecordStepOutcome(RecordStepStatus.RECORDED)
             # Nothing inserted: the lease is gone, or the key was recorded before.
@@ -475,9 +476,12 @@ class SqlStore(
         columns = {**values, "status": target.value, "update_time": now}
         if target.is_terminal:
             columns["end_time"] = now
-        stmt = self._transition_statement(tuple(sorted(columns)), lease_id is not None)
+        stmt = self._transition_statement(
+            tuple(sorted(columns)), len(sources), lease_id is not None
+        )
         params = {f"v_{name}": value for name, value in columns.items()}
-        params.update(p_run_id=run_id, p_sources=sources, p_lease_id=lease_id)
+        params.update({f"p_source_{i}": source for i, source in enumerate(sources)})
+        params.update(p_run_id=run_id, p_lease_id=lease_id)
 
         # A run that ends under a concurrency limit admits what waits at its key
         # in the same transaction (no write of its own, no wait for it).
@@ -485,7 +489,7 @@ class SqlStore(
 
         def op(conn: Connection) -> RunRecord | None:
             checked.clear()  # a batch retried one write at a time runs it again
-            row = conn.execute(stmt, params).mappings().first()
+            row = stmt.first(conn, params)
             if row is None:
                 return None
             run = rows.run_from_row(row)
@@ -512,21 +516,24 @@ class SqlStore(
             self._key_listener(name, key, checked[0])
         return moved
 
-    def _transition_statement(self, columns: tuple[str, ...], with_lease: bool) -> Update:
-        """Build (once per shape) the guarded UPDATE ... RETURNING of ``_move``."""
-        key = (columns, with_lease)
-        stmt = self._transitions.get(key)
-        if stmt is None:
+    def _transition_statement(
+        self, columns: tuple[str, ...], sources: int, with_lease: bool
+    ) -> Direct:
+        """Build (once per shape) the guarded UPDATE ... RETURNING of ``_move``: the
+        source statuses are bound one by one (``p_source_N``), not as a list
+        expanded at run time, so it compiles once."""
+        key = (columns, sources, with_lease)
+        direct = self._transitions.get(key)
+        if direct is None:
             stmt = update(runs).where(
                 runs.c.run_id == bindparam("p_run_id"),
-                runs.c.status.in_(bindparam("p_sources", expanding=True)),
+                runs.c.status.in_([bindparam(f"p_source_{i}") for i in range(sources)]),
             )
             if with_lease:
                 stmt = stmt.where(runs.c.lease_id == bindparam("p_lease_id"))
             stmt = stmt.values({name: bindparam(f"v_{name}") for name in columns})
-            stmt = stmt.returning(*runs.c)
-            self._transitions[key] = stmt
-        return stmt
+            direct = self._transitions[key] = Direct(stmt.returning(*runs.c))
+        return direct
 
     async def register_workflows(self, versions: Iterable[tuple[str, str]]) -> None:
         """Remember (name, version) pairs; pairs already known keep their first_seen."""
@@ -788,7 +795,7 @@ class SqlStore(
         params = {"p_run_id": run_id}
 
         def read(conn: Connection) -> RunRecord | None:
-            row = conn.execute(self._get_run, params).mappings().first()
+            row = self._get_run.first(conn, params)
             return rows.run_from_row(row) if row is not None else None
 
         return await self._reads.run(read)

@@ -1,0 +1,134 @@
+"""Direct: hot statements on SQLite's driver, the same rows as SQLAlchemy's way."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import BigInteger, Column, Engine, MetaData, Table, Text, bindparam, event, select
+from sqlalchemy.types import TypeDecorator
+
+from stepd.server.engine.transitions import RunEvent, move
+from stepd.server.store import open_store
+from stepd.server.store.direct import Direct
+from stepd.server.store.sqlite import create_writer_engine
+
+from .conftest import new_run
+
+
+class Upper(TypeDecorator[str]):
+    """A type that converts what it binds (so a statement using it goes the usual way)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return value.upper() if value is not None else None
+
+
+metadata = MetaData()
+things = Table(
+    "things",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("loud", Upper),
+)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[tuple[Engine, list[str]]]:
+    """The store's SQLite writer engine, with every statement the driver runs traced."""
+    engine = create_writer_engine(tmp_path / "direct.db")
+    traced: list[str] = []
+
+    @event.listens_for(engine, "connect")
+    def _trace(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        dbapi_connection.set_trace_callback(traced.append)
+
+    metadata.create_all(engine)
+    yield engine, traced
+    engine.dispose()
+
+
+INSERT = Direct(things.insert().returning(things.c.id, things.c.name))
+BY_ID = Direct(select(things).where(things.c.id == bindparam("p_id"), things.c.state == "new"))
+
+
+def test_a_statement_runs_on_the_driver_and_reads_back_by_name(
+    engine: tuple[Engine, list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    writer, traced = engine
+    writer.echo = True  # SQLAlchemy logs each statement it runs itself
+    with caplog.at_level(logging.INFO, "sqlalchemy.engine"), writer.begin() as conn:
+        row = INSERT.first(conn, {"id": 7, "name": "seven", "state": "new"})
+        assert row == {"id": 7, "name": "seven"}
+        found = BY_ID.first(conn, {"p_id": 7})
+        # The value fixed in the statement ("new") is bound too.
+        assert found == {"id": 7, "name": "seven", "state": "new", "loud": None}
+        assert BY_ID.first(conn, {"p_id": 8}) is None
+    assert [line.split()[0] for line in traced[-4:]] == ["INSERT", "SELECT", "SELECT", "COMMIT"]
+    logged = [record.getMessage() for record in caplog.records]
+    assert "BEGIN IMMEDIATE" in logged  # SQLAlchemy began the transaction ...
+    assert not [m for m in logged if m.startswith(("INSERT", "SELECT"))]  # ... not the rest
+    with writer.connect() as conn:
+        assert conn.execute(select(things.c.name)).scalars().all() == ["seven"]
+
+
+def test_a_rollback_undoes_what_ran_on_the_driver(engine: tuple[Engine, list[str]]) -> None:
+    writer, _ = engine
+    with writer.connect() as conn:
+        transaction = conn.begin()
+        INSERT.execute(conn, {"id": 1, "name": "one", "state": "new"})
+        transaction.rollback()
+        assert conn.execute(select(things)).all() == []
+
+
+def test_listeners_and_converting_types_go_the_usual_way(engine: tuple[Engine, list[str]]) -> None:
+    writer, _ = engine
+    seen: list[str] = []
+
+    def capture(*args: Any) -> None:
+        seen.append(args[2])
+
+    loud = Direct(things.insert())
+    with writer.begin() as conn:
+        loud.execute(conn, {"id": 2, "name": "two", "state": "new", "loud": "quiet"})
+        event.listen(writer, "before_cursor_execute", capture)
+        try:
+            assert BY_ID.first(conn, {"p_id": 2}) == {
+                "id": 2,
+                "name": "two",
+                "state": "new",
+                "loud": "QUIET",  # the type's conversion ran
+            }
+        finally:
+            event.remove(writer, "before_cursor_execute", capture)
+    assert len(seen) == 1 and seen[0].startswith("SELECT")
+
+
+async def test_one_statement_serves_a_sqlite_and_a_postgresql_store(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """The store's statements are shared by every store in a process: SQLite's
+    plan is never used on PostgreSQL."""
+    for database in (str(tmp_path / "first.db"), pg_database, str(tmp_path / "again.db")):
+        store = await open_store(database)
+        try:
+            await store.create_run(new_run("r1"))
+            claimed = await store.claim_run("r1", "w", 60_000)  # adds a history entry
+            assert claimed is not None
+            ended = await store.complete_run(
+                "r1", move(RunEvent.COMPLETE), claimed.run.lease_id, "1"
+            )
+            assert ended is not None and ended.result_json == "1"
+            assert [entry.type for entry in await store.run_history("r1") or []][
+                -1
+            ].value == "completed"
+        finally:
+            await store.close()
