@@ -426,7 +426,12 @@ class Engine:
         timeout = limit if wait_seconds is None else min(wait_seconds, limit)
         if timeout <= 0:
             return await self._existing(run_id)
-        return await self.waiters.wait(run_id, lambda: self._existing(run_id), timeout)
+        # A run a worker of this server holds ends here (answering the waiters as
+        # the lease is let go), unless replicas share the database: no first read.
+        held = not self.replicas.replicated and self.ledger.holder(run_id) is not None
+        return await self.waiters.wait(
+            run_id, lambda: self._existing(run_id), timeout, unfinished=held
+        )
 
     async def waiting_reason(self, run: RunRecord) -> str:
         """Why a pending run is not handed out yet ("" when nothing holds it back

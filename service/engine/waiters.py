@@ -17,23 +17,32 @@ class RunWaiters:
         self._waiting: set[asyncio.Future[RunRecord | None]] = set()
 
     async def wait(
-        self, run_id: str, read: Callable[[], Awaitable[RunRecord]], seconds: float
+        self,
+        run_id: str,
+        read: Callable[[], Awaitable[RunRecord]],
+        seconds: float,
+        *,
+        unfinished: bool = False,
     ) -> RunRecord:
         """The run, once it reached a terminal status or ``seconds`` passed
         (then as it stands). ``read`` reads it from the store; the caller waits
-        before the first read, so an end that commits meanwhile is not missed."""
+        before the first read, so an end that commits meanwhile is not missed.
+        ``unfinished``: the caller knows that the run's end, whenever it commits,
+        will be answered here after this call (a worker of this server holds it),
+        so there is no first read."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[RunRecord | None] = loop.create_future()
         waiters = self._waiters.setdefault(run_id, [])
         waiters.append(waiter)
         expiry: asyncio.TimerHandle | None = None
         try:
-            run = await read()
-            if run.status.is_terminal:
-                return run
-            # Held by thousands of callers at once: keep no more per caller than
-            # needed (not the record read, nor wait_for's task and futures).
-            del run
+            if not unfinished:
+                run = await read()
+                if run.status.is_terminal:
+                    return run
+                # Held by thousands of callers at once: keep no more per caller than
+                # needed (not the record read, nor wait_for's task and futures).
+                del run
             self._waiting.add(waiter)
             expiry = loop.call_later(seconds, _expire, waiter)
             ended = await waiter
