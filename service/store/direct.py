@@ -108,7 +108,9 @@ def _compile(statement: Statement, dialect: Dialect, names: tuple[str, ...]) -> 
     sources: list[_Source] = []
     for name in order:
         bind = binds[name]
-        if bind.expanding or bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
+        if bind.expanding or bind.literal_execute:  # rendered per call (IN lists, LIMIT)
+            return _USUAL
+        if bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
             return _USUAL
         if name in names:
             sources.append((name, True, None))

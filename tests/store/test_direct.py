@@ -9,7 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import BigInteger, Column, Engine, MetaData, Table, Text, bindparam, event, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    bindparam,
+    event,
+    select,
+)
 from sqlalchemy.types import TypeDecorator
 
 from stepd.server.engine.transitions import RunEvent, move
@@ -132,3 +143,20 @@ async def test_one_statement_serves_a_sqlite_and_a_postgresql_store(
             ].value == "completed"
         finally:
             await store.close()
+
+
+def test_values_rendered_into_the_sql_per_call_go_the_usual_way(
+    engine: tuple[Engine, list[str]],
+) -> None:
+    writer, _ = engine
+    limited = Direct(
+        select(things.c.id)
+        .order_by(things.c.id)
+        .limit(bindparam("p_n", type_=Integer, literal_execute=True))
+    )
+    listed = Direct(select(things.c.id).where(things.c.id.in_(bindparam("p_ids", expanding=True))))
+    with writer.begin() as conn:
+        for i in (1, 2, 3):
+            INSERT.execute(conn, {"id": i, "name": str(i), "state": "new"})
+        assert limited.first(conn, {"p_n": 2}) == {"id": 1}
+        assert listed.first(conn, {"p_ids": [3, 2]}) == {"id": 2}
