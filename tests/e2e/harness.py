@@ -236,7 +236,7 @@ class Stack:
         """Start ``stepd serve`` (on a free port by default) and wait until it listens."""
         database = str(database or self.workdir / "stepd.db")
         args = list(args)
-        if not address.endswith(":0") and "--http-address" not in args:
+        if not address.endswith(":0") and not any(a.startswith("--http-address") for a in args):
             # "auto" would listen on the gRPC port + 1, which another test's
             # server may hold by now: a restart at a fixed address takes any free one.
             args += ["--http-address", f"{address.rsplit(':', 1)[0]}:0"]
