@@ -35,7 +35,7 @@ SERVER_EXTRA_MISSING = (
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-#: The longest --timer-lead: a run handed out early holds a worker slot meanwhile.
+#: The longest --timer-lead: a run handed out early is held by its worker meanwhile.
 MAX_TIMER_LEAD_SECONDS = 5.0
 
 
@@ -209,7 +209,7 @@ SERVE_SETTINGS = (
     Setting(
         "--timer-lead",
         "STEPD_TIMER_LEAD",
-        "0.25",
+        "1",
         _lead_seconds,
         "seconds before its time a sleep that is its run's only wait is met, so the "
         "run is on a worker when the time comes (0: at its time; at most 5)",

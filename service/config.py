@@ -49,7 +49,7 @@ class ServerConfig:
     # How long before its time a sleep (or a retry's backoff) that is its run's
     # only wait is met, so the run is on its worker when the time comes; the
     # worker goes on at the time itself (docs/workflows.md, "Durable sleep").
-    timer_lead_ms: int = 250
+    timer_lead_ms: int = 1_000
     # How often every key with runs waiting under a concurrency limit is checked
     # for room (besides when a run of the key ends), in milliseconds.
     concurrency_sweep_ms: int = 2_000

@@ -32,6 +32,11 @@ class CommandChannel(Protocol):
         its CommandResult. Raises RunAbandoned when the channel is closed."""
         ...
 
+    async def wait_for_room(self, run_id: str) -> None:
+        """Return once ``run_id`` may go on past a sleep met early (at once unless
+        the run waited it out without a slot and the worker's slots are full)."""
+        ...
+
 
 class RunControl(Protocol):
     """What the parts of a run's execution ask of the run (``RunExecutor``)."""
@@ -57,6 +62,10 @@ class RunControl(Protocol):
     async def park(self) -> NoReturn:
         """Hold a new step or child that must not start (``phase.holds_new_work``)
         until the run is released or its suspension is answered; then raise."""
+        ...
+
+    async def wait_for_room(self) -> None:
+        """Return once the run may go on past a sleep met early (``CommandChannel``)."""
         ...
 
     def in_flight(self) -> AbstractContextManager[None]:

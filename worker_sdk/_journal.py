@@ -141,6 +141,11 @@ class Journal:
         key = self._met_order.popleft()
         return key, self._met.pop(key)
 
+    @property
+    def waits_out_early(self) -> bool:
+        """True while a wait met early was not taken yet (see ``not_before``)."""
+        return bool(self._not_before)
+
     def not_before(self, key: str) -> float | None:
         """For a wait the server met before its time: the ``time.monotonic()`` from
         which the code may go on past it (taken: asked once); None otherwise."""

@@ -409,6 +409,15 @@ class RunExecutor:
         self.check_live()
         raise RunAbandoned
 
+    @property
+    def waits_out_early(self) -> bool:
+        """Whether the run holds a sleep met early that it has not waited out yet."""
+        return self._journal.waits_out_early
+
+    async def wait_for_room(self) -> None:
+        """Return once the run may go on past a sleep met early (see ``_early_runs``)."""
+        await self._channel.wait_for_room(self.run_id)
+
     @contextlib.contextmanager
     def in_flight(self) -> Iterator[None]:
         """Track the current task as a step body (or its record, or a sleep met early

@@ -258,6 +258,7 @@ class WaitCalls:
         # the time itself. Meanwhile the run counts as busy (not quiescent).
         with self._run.in_flight():
             await asyncio.sleep(max(not_before - time.monotonic(), 0.0))
+            await self._run.wait_for_room()  # a slot of the worker's, if it waited without
         self._run.check_live()
 
     async def _signal(

@@ -42,6 +42,7 @@ from stepd import _runtime
 from stepd._client import Client
 from stepd._control import RunAbandoned
 from stepd._definitions import Workflow
+from stepd._early_runs import EarlyRuns
 from stepd._json_logs import run_fields
 from stepd._phase import RunOutcome
 from stepd._replay import RELEASE_REASON, RunExecutor
@@ -66,6 +67,11 @@ MAX_CACHED_RUNS = 256
 """Default number of suspended runs a worker keeps live to continue without replay."""
 CONTINUATION_MISSED = "continuation of a run not kept live here; send the full journal"
 """The ``release_run`` reason of a continuation the worker cannot continue."""
+EARLY_CAPACITY = 1000
+"""How many runs handed out before a sleep's time (met early) the worker waits out
+beside its ``concurrency`` (``WorkerHello.early_capacity``, ``_early_runs.py``). Each
+is a coroutine parked at its sleep, so a burst of sleeps ending together does not
+fill the slots with runs that only wait."""
 # The server's limits on a hello (docs/operations.md#limits).
 MAX_CONCURRENCY = 10_000
 MAX_CACHED_RUNS_LIMIT = 100_000
@@ -425,6 +431,7 @@ class Worker:
         hello.capacity = self._concurrency
         hello.sdk_version = SDK_VERSION
         hello.max_cached_runs = self._max_cached_runs
+        hello.early_capacity = EARLY_CAPACITY
         hello.workflows.extend(registrations)
         return request
 
@@ -512,6 +519,8 @@ class _Session:
         self._outbox: list[worker_service_pb2.WorkerCommand] = []
         self._pending: dict[int, asyncio.Future[worker_service_pb2.CommandResult]] = {}
         self._runs: dict[str, _HeldRun] = {}
+        # Of those, the runs that wait out a sleep met early, and their turns.
+        self._early = EarlyRuns(serving.hello.hello.capacity, self._runs.__len__)
         self._cache: RunCache[_HeldRun] = RunCache(serving.max_cached_runs)  # parked runs
         self._wake = asyncio.Event()
         self._next_id = 1
@@ -651,6 +660,10 @@ class _Session:
         self._outbox.append(command)
         self._wake.set()
         return future
+
+    async def wait_for_room(self, run_id: str) -> None:
+        """Return once ``run_id``, which waited out a sleep met early, may go on."""
+        await self._early.go_on(run_id)
 
     # -- the stream ----------------------------------------------------------
 
@@ -822,6 +835,7 @@ class _Session:
         previous = self._runs.pop(task.run_id, None)
         if previous is not None:  # a new lease on a run we still hold: the old one is void
             previous.abandon()
+            self._early.left(task.run_id)
         cached = self._cache.pop(task.run_id)
         if cached is not None:  # handed out afresh: the parked execution is void
             cached.executor.evict()
@@ -829,6 +843,8 @@ class _Session:
         executor = RunExecutor(workflow, task, self, on_park, self._serving.runtime)
         run_task = self._loop.create_task(self._drive(executor))
         self._runs[task.run_id] = _HeldRun(executor, run_task)
+        if executor.waits_out_early:
+            self._early.arrived(task.run_id)
         run_tasks = self._serving.run_tasks
         run_tasks.add(run_task)
         run_task.add_done_callback(run_tasks.discard)
@@ -839,12 +855,15 @@ class _Session:
         cached = self._cache.pop(task.run_id)
         if cached is not None and cached.executor.resume(task):
             self._runs[task.run_id] = cached
+            if cached.executor.waits_out_early:
+                self._early.arrived(task.run_id)
             return
         if cached is not None:
             cached.executor.evict()
         previous = self._runs.pop(task.run_id, None)
         if previous is not None:
             previous.abandon()
+            self._early.left(task.run_id)
         logger.info(
             "run %s: no live execution to continue; asking for a replay",
             task.run_id,
@@ -859,6 +878,7 @@ class _Session:
         if held is None or held.executor is not executor or self._draining or self._closed:
             return False
         del self._runs[executor.run_id]
+        self._early.left(executor.run_id)
         for evicted in self._cache.put(executor.run_id, held):
             evicted.executor.evict()
         return True
@@ -885,6 +905,7 @@ class _Session:
             held = self._runs.get(executor.run_id)
             if held is not None and held.executor is executor:
                 del self._runs[executor.run_id]
+                self._early.left(executor.run_id)
             cached = self._cache.get(executor.run_id)
             if cached is not None and cached.executor is executor:
                 self._cache.pop(executor.run_id)
@@ -905,6 +926,7 @@ class _Session:
         if held is None or held.executor.lease_id != cancellation.lease_id:
             return
         del self._runs[cancellation.run_id]
+        self._early.left(cancellation.run_id)
         held.abandon()
         logger.info(
             "run %s: stopped by the server: %s",
@@ -927,9 +949,12 @@ class _Session:
         """Abandon every held run (nothing more is sent) and drop the stream."""
         self._closed = True
         self._evict_all()
+        held_ids = list(self._runs)
         for held in self._runs.values():
             held.abandon()
         self._runs.clear()
+        for run_id in held_ids:
+            self._early.left(run_id)
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()

@@ -499,6 +499,8 @@ def check_hello(hello: worker_service_pb2.WorkerHello) -> None:
         raise InvalidArgument(f"hello.capacity must lie between 1 and {MAX_CAPACITY}")
     if hello.max_cached_runs > MAX_CACHED_RUNS:
         raise InvalidArgument(f"hello.max_cached_runs is at most {MAX_CACHED_RUNS}")
+    if hello.early_capacity > MAX_CAPACITY:
+        raise InvalidArgument(f"hello.early_capacity is at most {MAX_CAPACITY}")
     if len(hello.workflows) > MAX_HELLO_WORKFLOWS:
         raise ResourceExhausted(
             f"a hello registers at most {MAX_HELLO_WORKFLOWS} workflow versions; "

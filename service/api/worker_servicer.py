@@ -122,6 +122,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             declarations,
             limits=workflow_limits(hello),
             max_cached_runs=hello.max_cached_runs,
+            early_capacity=hello.early_capacity,
         )
 
     async def _abort(self, context: Context, exc: EngineError) -> None:

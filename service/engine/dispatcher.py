@@ -227,7 +227,7 @@ class Dispatcher:
                 if popped is None:
                     break
                 run_id, served, pin_version = popped
-                session.held[run_id] = 0
+                session.reserve(run_id)
                 task = asyncio.create_task(self._claim(session, run_id, served, pin_version))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

@@ -29,6 +29,7 @@ from stepd.server.config import ServerConfig
 from stepd.server.domain import (
     NO_TRACE,
     RUN_EXPIRY_KEY,
+    ClaimedRun,
     HistoryCursor,
     HistoryEntry,
     HookStatus,
@@ -634,6 +635,7 @@ class Engine:
         *,
         limits: Mapping[tuple[str, str], WorkflowLimits] | None = None,
         max_cached_runs: int = 0,
+        early_capacity: int = 0,
     ) -> WorkerSession:
         """Register a worker's stream and start handing it runs; store what its
         workflows declare (event triggers, schedules)."""
@@ -672,6 +674,7 @@ class Engine:
             limits,
             max_cached_runs,
             pinnable=self.registry.pinnable,
+            early_capacity=early_capacity,
             connect_time=self.clock.now_ms(),
         )
         self.dispatcher.add_session(session)
@@ -891,6 +894,10 @@ class Engine:
             return
         self.ledger.hold(session, run_id, lease_id)
         self.dispatcher.handed_out(run_id)
+        if session.early_capacity:
+            ahead_ms = _met_ahead_ms(claimed, self.clock.now_ms())
+            if ahead_ms > 0 and session.wait_out(run_id, ahead_ms / 1000):
+                self.dispatcher.kick()  # its slot is free until the sleep's time
         self.run_limits.hold(
             run_id,
             known + len(claimed.journal) + len(claimed.waits),
@@ -927,3 +934,10 @@ class Engine:
         if run is None:
             raise NotFound(f"run {shown(run_id)} not found")
         return run
+
+
+def _met_ahead_ms(claimed: ClaimedRun, now_ms: int) -> int:
+    """How long before its time the latest wait of a claimed run was met (0: none
+    was met early)."""
+    latest = max((wait.met_time for wait in claimed.waits), default=0)
+    return max(latest - now_ms, 0)

@@ -43,13 +43,13 @@ class LeaseLedger:
 
     def give_up_claim(self, session: WorkerSession, run_id: str) -> None:
         """A claim for ``session`` took nothing (or came too late): free its slot."""
-        session.held.pop(run_id, None)
+        session.drop(run_id)
         self._slot_freed()
 
     def let_go(self, session: WorkerSession, run_id: str) -> None:
         """``session`` no longer holds ``run_id`` (ended, suspended, given back)."""
         self._released(run_id)
-        if session.held.pop(run_id, None) is not None:
+        if session.drop(run_id) is not None:
             self._slot_freed()
         if self._holders.get(run_id) is session:
             del self._holders[run_id]
@@ -72,7 +72,7 @@ class LeaseLedger:
         session = self._holders.pop(run_id, None)
         self._released(run_id)
         if session is not None:
-            lease_id = session.held.pop(run_id, 0)
+            lease_id = session.drop(run_id) or 0
             session.send(Cancellation(run_id, lease_id, reason))
             self._slot_freed()
 
@@ -80,7 +80,7 @@ class LeaseLedger:
         """``session`` ended: let go of everything it held; return the (run, lease)
         pairs it held under a lease (claims in flight give up on their own)."""
         held = [(run_id, lease) for run_id, lease in session.held.items() if lease]
-        session.held.clear()
+        session.drop_all()
         for run_id, _ in held:
             self._released(run_id)
             if self._holders.get(run_id) is session:

@@ -14,6 +14,11 @@ from stepd.server.domain import ClaimedRun, WorkflowLimits
 from stepd.server.engine.commands import CommandResult
 from stepd.server.engine.errors import EngineError
 
+#: How long a worker's slot stays taken, in seconds, until runs handed out say
+#: (``WorkerSession.slot_time``), and the weight of each new one in the average.
+_FIRST_SLOT_TIME = 0.05
+_SLOT_TIME_WEIGHT = 0.05
+
 
 @dataclass(frozen=True, slots=True)
 class Cancellation:
@@ -31,9 +36,11 @@ class WorkerSession:
     """One PollTask stream: what the worker serves, holds, and is sent next.
 
     ``held`` maps each run handed to (or being claimed for) this worker to its
-    lease id (0 while the claim is in flight); its size never exceeds
-    ``capacity``. Outgoing items are queued and drained in batches, so one
-    stream message carries everything that became ready meanwhile.
+    lease id (0 while the claim is in flight). It counts against ``capacity``,
+    except for up to ``early_capacity`` runs handed out with a sleep met early
+    (``wait_out``), each until the sleep's time. Outgoing items are queued and
+    drained in batches, so one stream message carries everything that became
+    ready meanwhile.
     """
 
     def __init__(
@@ -46,6 +53,7 @@ class WorkerSession:
         max_cached_runs: int = 0,
         pinnable: Callable[[str, str], bool] | None = None,
         connect_time: int = 0,
+        early_capacity: int = 0,
     ) -> None:
         self.worker_id = worker_id
         # This stream's own id (a worker id may reconnect), and when it connected
@@ -81,6 +89,16 @@ class WorkerSession:
         # (run_id, (workflow name, version)).
         self.continuations: deque[tuple[str, tuple[str, str]]] = deque()
         self.held: dict[str, int] = {}
+        # How many held runs may wait out a sleep met early beside the capacity;
+        # those that do, and when (monotonic) they begin to count against it.
+        self.early_capacity = early_capacity
+        self._waiting_out: dict[str, float] = {}
+        self._next_due = math.inf
+        # When each other held run took its slot, and how long a slot stays taken
+        # (a moving average, seconds): a run met early takes its slot back twice
+        # that long before its time, so that one is free for it then.
+        self._taken_at: dict[str, float] = {}
+        self.slot_time = _FIRST_SLOT_TIME
         self.closed = False
         # Why the server ended the stream, when it did (None: the worker ended it).
         self.end_error: EngineError | None = None
@@ -110,7 +128,63 @@ class WorkerSession:
         """How many more runs this worker can take now."""
         if self.closed or self.draining or self.suspect:
             return 0
-        return self.capacity - len(self.held)
+        waiting_out = self._waiting_out
+        if waiting_out and time.monotonic() >= self._next_due:
+            self._count_due()
+        return self.capacity - len(self.held) + len(waiting_out)
+
+    @property
+    def waiting_out(self) -> int:
+        """How many held runs wait out a sleep met early and count against no slot."""
+        if self._waiting_out and time.monotonic() >= self._next_due:
+            self._count_due()
+        return len(self._waiting_out)
+
+    def reserve(self, run_id: str) -> None:
+        """Take a slot for ``run_id``, about to be claimed for this worker."""
+        self.held[run_id] = 0
+        self._taken_at[run_id] = time.monotonic()
+
+    def wait_out(self, run_id: str, seconds: float) -> bool:
+        """Let held run ``run_id``, handed out with a sleep met ``seconds`` before its
+        time, count against the early capacity instead of a slot until shortly
+        before then (twice ``slot_time``: a slot taken meanwhile by another run is
+        likely free again by the time). The worker waits the sleep out without
+        running the run's code. False when it does not: no room beside the
+        capacity, too little time, or the run is not held."""
+        waiting_out = self._waiting_out
+        free_for = seconds - 2 * self.slot_time
+        if free_for <= 0 or run_id not in self.held or len(waiting_out) >= self.early_capacity:
+            return False
+        self._taken_at.pop(run_id, None)
+        due = time.monotonic() + free_for
+        waiting_out[run_id] = due
+        self._next_due = min(self._next_due, due)
+        return True
+
+    def _count_due(self) -> None:
+        """Runs whose sleep's time came count against the capacity from now on."""
+        now = time.monotonic()
+        waiting_out = self._waiting_out
+        for run_id in [run_id for run_id, due in waiting_out.items() if due <= now]:
+            del waiting_out[run_id]
+        self._next_due = min(waiting_out.values(), default=math.inf)
+
+    def drop(self, run_id: str) -> int | None:
+        """Stop holding ``run_id``: its lease id (0: a claim in flight), None when it
+        was not held."""
+        self._waiting_out.pop(run_id, None)
+        taken_at = self._taken_at.pop(run_id, None)
+        if taken_at is not None:
+            self.slot_time += (time.monotonic() - taken_at - self.slot_time) * _SLOT_TIME_WEIGHT
+        return self.held.pop(run_id, None)
+
+    def drop_all(self) -> None:
+        """Stop holding every run."""
+        self._waiting_out.clear()
+        self._next_due = math.inf
+        self._taken_at.clear()
+        self.held.clear()
 
     def has_room_for_continuation(self) -> bool:
         """Whether one more woken run can go to this worker at its next dispatch pass."""

@@ -38,7 +38,8 @@ MAX_HELLO_WORKFLOWS = 1000
 MAX_HELLO_VERSIONS = 100
 #: The most event triggers one workflow registration declares.
 MAX_EVENT_TRIGGERS = 32
-#: The largest capacity (runs held at once) and max_cached_runs a hello declares.
+#: The largest capacity (runs held at once), early_capacity and max_cached_runs a
+#: hello declares.
 MAX_CAPACITY = 10_000
 MAX_CACHED_RUNS = 100_000
 #: The longest execution timeout a workflow registration declares (10 years).

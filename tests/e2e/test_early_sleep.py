@@ -1,17 +1,20 @@
 """Sleeps met before their time (``stepd serve --timer-lead``), with a real server
 and worker: the run is handed out early, the workflow still goes on no earlier
 than the sleep's time, and a sleep that another wait could still beat is met at
-its time, never early."""
+its time, never early. While a run waits out such a sleep it takes no worker slot,
+yet past it the worker runs no more than its concurrency's worth of runs at once."""
 
 import asyncio
+import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from stepd import Client, RunStatus
 from stepd.history import RunEventType
 from tests.e2e import workflows as wf
-from tests.e2e.harness import ManagedProcess, Server, Stack
+from tests.e2e.harness import ManagedProcess, Server, Stack, eventually, read_marks, release
 from tests.e2e.test_sleep import wait_for_status
 
 RESULT_TIMEOUT = 30
@@ -91,3 +94,54 @@ async def test_a_sleep_beside_another_wait_is_met_at_its_time(
     assert first_met - first_suspension >= timedelta(seconds=SLEEP - MS)
     assert second_met - first_suspension < timedelta(seconds=3 * SLEEP - LEAD / 2)
     assert second_met > second_suspension
+
+
+@pytest.fixture
+def one_slot_worker(stack: Stack, early_server: Server) -> ManagedProcess:
+    return stack.start_worker(early_server, concurrency=1)
+
+
+async def wait_for_early_hand_out(client: Client, run_id: str) -> None:
+    """Wait until the run, suspended at its sleep, is running again: handed out early."""
+    await wait_for_status(client, run_id, RunStatus.SUSPENDED)
+    await wait_for_status(client, run_id, RunStatus.RUNNING)
+
+
+async def test_a_run_waiting_out_an_early_sleep_leaves_its_slot_to_others(
+    early_server: Server, one_slot_worker: ManagedProcess, tag: str
+) -> None:
+    async with Client(early_server.address) as client:
+        napping = await client.trigger(wf.nap, wf.Nap(tag=tag, seconds=SLEEP))
+        await wait_for_early_hand_out(client, napping.run_id)
+        # The worker's one slot is free while the nap waits out its sleep: another
+        # run starts and ends meanwhile, not once the nap is over.
+        other = await client.execute(wf.echo, "meanwhile")
+        other_ended = time.time()
+        result = await asyncio.wait_for(napping.result(), RESULT_TIMEOUT)
+
+    assert other == "meanwhile"
+    assert other_ended < result["after"]
+    assert result["slept"] >= SLEEP - MS
+
+
+async def test_past_an_early_sleep_a_run_waits_for_a_free_slot(
+    early_server: Server, one_slot_worker: ManagedProcess, marks: Path, tag: str
+) -> None:
+    napper, holder = f"{tag}-nap", f"{tag}-hold"
+    async with Client(early_server.address) as client:
+        napping = await client.trigger(wf.nap, wf.Nap(tag=napper, seconds=SLEEP))
+        await wait_for_early_hand_out(client, napping.run_id)
+        # While the nap waits out its sleep, the one slot goes to a run whose step
+        # blocks until released.
+        holding = await client.trigger(wf.crash_resume, wf.Job(tag=holder))
+        await eventually(lambda: "hold:start" in read_marks(marks, holder))
+        # Well past the nap's time, its code has not gone on: the slot is taken.
+        await asyncio.sleep(SLEEP)
+        assert read_marks(marks, napper) == ["before"]
+        released = time.time()
+        release(marks, holder)
+        await asyncio.wait_for(holding.result(), RESULT_TIMEOUT)
+        result = await asyncio.wait_for(napping.result(), RESULT_TIMEOUT)
+
+    assert result["after"] >= released
+    assert read_marks(marks, napper) == ["before", "after"]

@@ -48,6 +48,9 @@ class FakeChannel:
     def resolve(self, command_id: int, result: worker_service_pb2.CommandResult) -> None:
         self.waiting.pop(command_id).set_result(result)
 
+    async def wait_for_room(self, run_id: str) -> None:
+        """No slots here: a run goes on at once."""
+
     # -- views ---------------------------------------------------------------
 
     def kinds(self) -> list[str]:

@@ -180,6 +180,9 @@ class _ReplayChannel:
             self._note(kind, _describe(command, kind))
         return answer
 
+    async def wait_for_room(self, run_id: str) -> None:
+        """A replay holds no worker slot: it goes on at once."""
+
     def new_step(
         self, step: Step[Any, Any], key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Coroutine[Any, Any, Any]:

@@ -163,6 +163,7 @@ class WorkerHello(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     SDK_VERSION_FIELD_NUMBER: _builtins.int
     MAX_CACHED_RUNS_FIELD_NUMBER: _builtins.int
+    EARLY_CAPACITY_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """A unique id for this worker process."""
     identity: _builtins.str
@@ -177,6 +178,14 @@ class WorkerHello(_message.Message):
     SDKs): none; the server then never sends this worker a continuation (see
     RunTask.continues_lease and docs/protocol.md).
     """
+    early_capacity: _builtins.int
+    """How many runs the worker takes beyond `capacity` while each waits out a
+    sleep the server met early (a met wait whose `met_time` is later than the
+    task's `sent_time`): such a run counts against `capacity` only from its
+    `met_time`, and the worker runs its code past the sleep only when it has
+    fewer than `capacity` runs going on. 0 (the default, and older SDKs): a
+    run met early counts from its hand-out, like any other. At most 10,000.
+    """
     @_builtins.property
     def workflows(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowRegistration]:
         """The workflows and versions this worker serves."""
@@ -190,10 +199,11 @@ class WorkerHello(_message.Message):
         capacity: _builtins.int = ...,
         sdk_version: _builtins.str = ...,
         max_cached_runs: _builtins.int = ...,
+        early_capacity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "identity", b"identity", "max_cached_runs", b"max_cached_runs", "sdk_version", b"sdk_version", "worker_id", b"worker_id", "workflows", b"workflows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "early_capacity", b"early_capacity", "identity", b"identity", "max_cached_runs", b"max_cached_runs", "sdk_version", b"sdk_version", "worker_id", b"worker_id", "workflows", b"workflows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
