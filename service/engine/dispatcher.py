@@ -170,7 +170,7 @@ class Dispatcher:
     def can_take_now(self, key: QueueKey) -> bool:
         """Whether the workers drawing from ``key`` have room for everything queued
         there (a run just queued included): it is handed out here at once."""
-        room = sum(s.free_slots for s in self._sessions if key in s.queue_key_set)
+        room = sum(s.room_for_new for s in self._sessions if key in s.queue_key_set)
         queued = sum(len(lanes.get(key, ())) for lanes in (self._queues, self._resumed))
         ranked = self._ranked.get(key)
         return room >= queued + (len(ranked) if ranked is not None else 0)
@@ -181,7 +181,7 @@ class Dispatcher:
         keys: set[QueueKey] = set()
         slots = 0
         for session in self._sessions:
-            free = session.free_slots
+            free = session.room_for_new
             lanes = (self._queues, self._resumed, self._held, self._ranked)
             if free <= 0 or any(not session.queue_key_set.isdisjoint(lane) for lane in lanes):
                 continue
@@ -223,7 +223,7 @@ class Dispatcher:
         ordered = self._sessions[start:] + self._sessions[:start]
         for session in ordered:
             while session.free_slots > 0:
-                popped = self._pop_for(session)
+                popped = self._pop_for(session, new_ok=session.room_for_new > 0)
                 if popped is None:
                     break
                 run_id, served, pin_version = popped
@@ -232,12 +232,18 @@ class Dispatcher:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    def _pop_for(self, session: WorkerSession) -> tuple[str, QueueKey, str] | None:
+    def _pop_for(
+        self, session: WorkerSession, *, new_ok: bool = True
+    ) -> tuple[str, QueueKey, str] | None:
         """Take the next ready run for ``session``, visiting its queues in turn;
-        return it with the version to pin it to when it has none."""
+        return it with the version to pin it to when it has none. Unless ``new_ok``
+        (the worker's free slots are kept for runs met early whose time is near),
+        only a run that already started: a continuation, or a resumed plain run."""
         if session.continuations:
             run_id, key = session.continuations.popleft()
             return run_id, key, ""
+        if not new_ok:
+            return self._pop_plain(session, (self._resumed,))
         if self._ranked:  # runs with a priority or a fairness key are ready
             top = self._ranked_top(session)
             if top is not None and (top > 0 or (top == 0 and not self._take_plain_turn())):
@@ -292,8 +298,10 @@ class Dispatcher:
                 name, version = key
                 return run_id, (name, version or pin), pin
 
-    def _pop_plain(self, session: WorkerSession) -> tuple[str, QueueKey, str] | None:
-        for lanes in (self._resumed, self._queues):
+    def _pop_plain(
+        self, session: WorkerSession, lane_kinds: tuple[dict[QueueKey, deque[str]], ...] = ()
+    ) -> tuple[str, QueueKey, str] | None:
+        for lanes in lane_kinds or (self._resumed, self._queues):
             keys = _drawn_from(lanes, session)
             for offset in range(len(keys)):
                 index = (session.next_queue + offset) % len(keys)

@@ -90,13 +90,13 @@ class WorkerSession:
         self.continuations: deque[tuple[str, tuple[str, str]]] = deque()
         self.held: dict[str, int] = {}
         # How many held runs may wait out a sleep met early beside the capacity;
-        # those that do, and when (monotonic) they begin to count against it.
+        # those that do count against no slot until their sleep's time, and leave
+        # their slot to new runs only until shortly before (``wait_out``).
         self.early_capacity = early_capacity
-        self._waiting_out: dict[str, float] = {}
-        self._next_due = math.inf
+        self._until_due = _Until()
+        self._until_reserved = _Until()
         # When each other held run took its slot, and how long a slot stays taken
-        # (a moving average, seconds): a run met early takes its slot back twice
-        # that long before its time, so that one is free for it then.
+        # (a moving average, seconds).
         self._taken_at: dict[str, float] = {}
         self.slot_time = _FIRST_SLOT_TIME
         self.closed = False
@@ -125,20 +125,24 @@ class WorkerSession:
 
     @property
     def free_slots(self) -> int:
-        """How many more runs this worker can take now."""
+        """How many more runs that already started (woken, put back) this worker can
+        take now."""
         if self.closed or self.draining or self.suspect:
             return 0
-        waiting_out = self._waiting_out
-        if waiting_out and time.monotonic() >= self._next_due:
-            self._count_due()
-        return self.capacity - len(self.held) + len(waiting_out)
+        return self.capacity - len(self.held) + self._until_due.count()
+
+    @property
+    def room_for_new(self) -> int:
+        """How many more runs of any kind this worker can take now: the free slots
+        but those kept for runs met early whose time is near."""
+        if self.closed or self.draining or self.suspect:
+            return 0
+        return self.capacity - len(self.held) + self._until_reserved.count()
 
     @property
     def waiting_out(self) -> int:
         """How many held runs wait out a sleep met early and count against no slot."""
-        if self._waiting_out and time.monotonic() >= self._next_due:
-            self._count_due()
-        return len(self._waiting_out)
+        return self._until_due.count()
 
     def reserve(self, run_id: str) -> None:
         """Take a slot for ``run_id``, about to be claimed for this worker."""
@@ -147,33 +151,27 @@ class WorkerSession:
 
     def wait_out(self, run_id: str, seconds: float) -> bool:
         """Let held run ``run_id``, handed out with a sleep met ``seconds`` before its
-        time, count against the early capacity instead of a slot until shortly
-        before then (twice ``slot_time``: a slot taken meanwhile by another run is
-        likely free again by the time). The worker waits the sleep out without
-        running the run's code. False when it does not: no room beside the
-        capacity, too little time, or the run is not held."""
-        waiting_out = self._waiting_out
-        free_for = seconds - 2 * self.slot_time
-        if free_for <= 0 or run_id not in self.held or len(waiting_out) >= self.early_capacity:
+        time, count against the early capacity instead of a slot until then: the
+        worker waits the sleep out without running the run's code. New runs may
+        have its slot only until twice ``slot_time`` before then, so that one is
+        likely free again by the time. False when it does not: no room beside the
+        capacity, or the run is not held."""
+        until_due = self._until_due
+        if run_id not in self.held or until_due.count() >= self.early_capacity:
             return False
         self._taken_at.pop(run_id, None)
-        due = time.monotonic() + free_for
-        waiting_out[run_id] = due
-        self._next_due = min(self._next_due, due)
-        return True
-
-    def _count_due(self) -> None:
-        """Runs whose sleep's time came count against the capacity from now on."""
         now = time.monotonic()
-        waiting_out = self._waiting_out
-        for run_id in [run_id for run_id, due in waiting_out.items() if due <= now]:
-            del waiting_out[run_id]
-        self._next_due = min(waiting_out.values(), default=math.inf)
+        until_due.add(run_id, now + seconds)
+        reserve_at = now + seconds - 2 * self.slot_time
+        if reserve_at > now:
+            self._until_reserved.add(run_id, reserve_at)
+        return True
 
     def drop(self, run_id: str) -> int | None:
         """Stop holding ``run_id``: its lease id (0: a claim in flight), None when it
         was not held."""
-        self._waiting_out.pop(run_id, None)
+        self._until_due.discard(run_id)
+        self._until_reserved.discard(run_id)
         taken_at = self._taken_at.pop(run_id, None)
         if taken_at is not None:
             self.slot_time += (time.monotonic() - taken_at - self.slot_time) * _SLOT_TIME_WEIGHT
@@ -181,8 +179,8 @@ class WorkerSession:
 
     def drop_all(self) -> None:
         """Stop holding every run."""
-        self._waiting_out.clear()
-        self._next_due = math.inf
+        self._until_due.clear()
+        self._until_reserved.clear()
         self._taken_at.clear()
         self.held.clear()
 
@@ -244,6 +242,40 @@ class WorkerSession:
             self.end_error = error
         self.closed = True
         self._wakeup.set()
+
+
+class _Until:
+    """Runs that count as not holding a slot, each until a monotonic time."""
+
+    __slots__ = ("_next", "_until")
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._next = math.inf  # the earliest of those times
+
+    def count(self) -> int:
+        """How many there are now (those whose time came are dropped)."""
+        until = self._until
+        if until and time.monotonic() >= self._next:
+            now = time.monotonic()
+            for run_id in [run_id for run_id, end in until.items() if end <= now]:
+                del until[run_id]
+            self._next = min(until.values(), default=math.inf)
+        return len(until)
+
+    def add(self, run_id: str, end: float) -> None:
+        """``run_id`` counts until ``end``."""
+        self._until[run_id] = end
+        self._next = min(self._next, end)
+
+    def discard(self, run_id: str) -> None:
+        """``run_id`` no longer counts."""
+        self._until.pop(run_id, None)
+
+    def clear(self) -> None:
+        """None counts any more."""
+        self._until.clear()
+        self._next = math.inf
 
 
 def _version_order(version: str) -> tuple[int, int, str]:
