@@ -894,7 +894,7 @@ class Engine:
             return
         self.ledger.hold(session, run_id, lease_id)
         self.dispatcher.handed_out(run_id)
-        if session.early_capacity:
+        if claimed.waits and session.early_capacity:
             ahead_ms = _met_ahead_ms(claimed, self.clock.now_ms())
             if ahead_ms > 0 and session.wait_out(run_id, ahead_ms / 1000):
                 self.dispatcher.kick()  # its slot is free until the sleep's time

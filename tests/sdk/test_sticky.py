@@ -81,6 +81,7 @@ async def test_a_continuation_resumes_the_parked_run_under_its_new_lease(
     worker, task = await start(address)
     stream = await fake.wait_streams(1)
     assert stream.hello.max_cached_runs == worker.max_cached_runs > 0
+    assert stream.hello.early_capacity == 1000  # runs met early wait without a slot
     stream.push(tasks=[first_task("r1")])
     await suspended(stream, "r1")
     await until(lambda: worker._session is not None and "r1" in worker._session._cache)

@@ -183,6 +183,7 @@ async def test_a_batch_at_the_limit_is_answered(harness: Harness) -> None:
         (hello(capacity=10_001), grpc.StatusCode.INVALID_ARGUMENT, ("capacity",)),
         (hello(capacity=0), grpc.StatusCode.INVALID_ARGUMENT, ("capacity",)),
         (hello(max_cached_runs=2**31), grpc.StatusCode.INVALID_ARGUMENT, ("max_cached_runs",)),
+        (hello(early_capacity=10_001), grpc.StatusCode.INVALID_ARGUMENT, ("early_capacity",)),
         (
             hello(
                 registrations=[
@@ -207,6 +208,7 @@ async def test_a_batch_at_the_limit_is_answered(harness: Harness) -> None:
         "capacity-high",
         "capacity-zero",
         "cached-runs",
+        "early-capacity",
         "execution-timeout",
         "identity",
         "worker-id",
