@@ -48,21 +48,35 @@ class EarlyRuns:
         early and the session's slots are full, or other runs wait for one."""
         if run_id not in self._waiting:
             return
+        self._admit()
         if not self._turns and self.going_on < self._capacity:
             self._waiting.discard(run_id)
             return
         turn = asyncio.get_running_loop().create_future()
         self._turns.append((run_id, turn))
-        await turn  # cancelled with the run: left() then forgets it
+        try:
+            await turn
+        finally:
+            # Cancelled (the run is given up, or its code stopped waiting): it no
+            # longer waits for a turn, and any code of it that goes on counts.
+            self._waiting.discard(run_id)
 
     def left(self, run_id: str) -> None:
         """``run_id`` is no longer held here (ended, parked or given up): a slot may
         be free for the next run waiting for one."""
         self._waiting.discard(run_id)
+        self._admit()
+
+    def _admit(self) -> None:
+        """Give turns, oldest first, while slots are free; drop turns given up."""
         turns = self._turns
-        while turns and self.going_on < self._capacity:
-            waiting_id, turn = turns.popleft()
+        while turns:
+            waiting_id, turn = turns[0]
             if turn.done() or waiting_id not in self._waiting:
+                turns.popleft()
                 continue
+            if self.going_on >= self._capacity:
+                return
+            turns.popleft()
             self._waiting.discard(waiting_id)
             turn.set_result(None)

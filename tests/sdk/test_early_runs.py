@@ -48,16 +48,16 @@ async def test_early_runs_go_on_in_the_order_they_asked() -> None:
 
     tasks = [asyncio.ensure_future(go(run_id)) for run_id in ("b", "a", "c")]
     await asyncio.sleep(0.01)
-    tasks[2].cancel()  # "c" was given up while it waited
+    tasks[2].cancel()  # "c" was given up while it waited: the session lets it go
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[2]
+    held.discard("c")
+    runs.left("c")
     for done in ("busy", "b", "a"):
         held.discard(done)
         runs.left(done)
         await asyncio.sleep(0.01)
     assert order == ["b", "a"]
-    with pytest.raises(asyncio.CancelledError):
-        await tasks[2]
-    held.discard("c")
-    runs.left("c")
     assert runs.going_on == 0
 
 
@@ -67,3 +67,21 @@ async def test_an_early_run_with_a_free_slot_goes_on_at_once() -> None:
     runs.arrived("early")
     await asyncio.wait_for(runs.go_on("early"), 1)
     assert runs.going_on == 2
+
+
+async def test_a_run_that_stops_waiting_for_its_turn_counts_and_leaves_no_turn_behind() -> None:
+    runs, held = early_runs(2)
+    held.update({"busy-1", "busy-2", "gives-up", "next"})
+    runs.arrived("gives-up")
+    runs.arrived("next")
+    giving_up = asyncio.ensure_future(runs.go_on("gives-up"))
+    await asyncio.sleep(0.01)
+    giving_up.cancel()  # e.g. its code stopped waiting for the sleep
+    with pytest.raises(asyncio.CancelledError):
+        await giving_up
+    assert not runs.waits("gives-up") and runs.going_on == 3
+    for busy in ("busy-1", "busy-2"):
+        held.discard(busy)
+        runs.left(busy)
+    # A slot is free: the turn given up does not keep the next run waiting.
+    await asyncio.wait_for(runs.go_on("next"), 1)
