@@ -26,7 +26,8 @@ from sqlalchemy.types import TypeDecorator
 from stepd.server.engine.transitions import RunEvent, move
 from stepd.server.store import open_store
 from stepd.server.store.direct import Direct
-from stepd.server.store.sqlite import create_writer_engine
+from stepd.server.store.errors import StoreUnavailableError, translate
+from stepd.server.store.sqlite import classify, create_writer_engine
 
 from .conftest import new_run
 
@@ -83,10 +84,16 @@ def test_a_statement_runs_on_the_driver_and_reads_back_by_name(
         # The value fixed in the statement ("new") is bound too.
         assert found == {"id": 7, "name": "seven", "state": "new", "loud": None}
         assert BY_ID.first(conn, {"p_id": 8}) is None
-    assert [line.split()[0] for line in traced[-4:]] == ["INSERT", "SELECT", "SELECT", "COMMIT"]
+    assert [line.split()[0] for line in traced[-5:]] == [
+        "BEGIN",
+        "INSERT",
+        "SELECT",
+        "SELECT",
+        "COMMIT",
+    ]
+    # SQLAlchemy ran none of them itself, not even the writer's BEGIN IMMEDIATE.
     logged = [record.getMessage() for record in caplog.records]
-    assert "BEGIN IMMEDIATE" in logged  # SQLAlchemy began the transaction ...
-    assert not [m for m in logged if m.startswith(("INSERT", "SELECT"))]  # ... not the rest
+    assert not [m for m in logged if m.startswith(("BEGIN IMMEDIATE", "INSERT", "SELECT"))]
     with writer.connect() as conn:
         assert conn.execute(select(things.c.name)).scalars().all() == ["seven"]
 
@@ -121,6 +128,43 @@ def test_listeners_and_converting_types_go_the_usual_way(engine: tuple[Engine, l
         finally:
             event.remove(writer, "before_cursor_execute", capture)
     assert len(seen) == 1 and seen[0].startswith("SELECT")
+
+
+def test_a_listener_sees_the_writers_begin_too(engine: tuple[Engine, list[str]]) -> None:
+    writer, traced = engine
+    seen: list[str] = []
+
+    def capture(*args: Any) -> None:
+        seen.append(args[2])
+
+    event.listen(writer, "before_cursor_execute", capture)
+    try:
+        with writer.begin() as conn:
+            INSERT.execute(conn, {"id": 3, "name": "three", "state": "new"})
+    finally:
+        event.remove(writer, "before_cursor_execute", capture)
+    assert [statement.split()[0] for statement in seen] == ["BEGIN", "INSERT"]
+    assert traced[-3].startswith("BEGIN IMMEDIATE")
+
+
+def test_a_begin_refused_on_the_driver_fails_as_unavailable(
+    engine: tuple[Engine, list[str]], tmp_path: Path
+) -> None:
+    writer, _ = engine
+    with writer.connect() as conn:
+        conn.exec_driver_sql("PRAGMA busy_timeout = 0")
+        conn.commit()
+    locker = sqlite3.connect(tmp_path / "direct.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with writer.connect() as conn, pytest.raises(sqlite3.OperationalError) as refused:
+            conn.begin()
+        assert classify(refused.value) is StoreUnavailableError
+        assert str(translate(refused.value, classify)) == "database is locked"
+    finally:
+        locker.close()
+    with writer.begin() as conn:  # the writer's connection still works afterwards
+        INSERT.execute(conn, {"id": 4, "name": "four", "state": "new"})
 
 
 async def test_one_statement_serves_a_sqlite_and_a_postgresql_store(
