@@ -256,8 +256,7 @@ class _Until:
     def count(self) -> int:
         """How many there are now (those whose time came are dropped)."""
         until = self._until
-        if until and time.monotonic() >= self._next:
-            now = time.monotonic()
+        if until and (now := time.monotonic()) >= self._next:
             for run_id in [run_id for run_id, end in until.items() if end <= now]:
                 del until[run_id]
             self._next = min(until.values(), default=math.inf)
