@@ -222,6 +222,18 @@ class CreateRunOutcome:
     created: bool
     # The trigger was folded into its key's pending debounced run (``run``).
     debounced: bool = False
+    # The new run, claimed in the same transaction (``create_run``'s ``claim``).
+    claimed: ClaimedRun | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """A worker to hand a new run to as it is created: what ``claim_run`` takes."""
+
+    owner: str
+    lease_expires_at: int
+    version: str = ""
+    execution_timeout_ms: int | None = None
 
 
 class RecordStepStatus(enum.Enum):

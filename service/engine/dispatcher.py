@@ -163,6 +163,32 @@ class Dispatcher:
         ranked = sum(len(q) for q in self._ranked.values())
         return queued + ranked + len(self._later)
 
+    def reserve_at_once(
+        self, workflow_name: str, version: str, run_id: str
+    ) -> tuple[WorkerSession, QueueKey, str] | None:
+        """A slot for a run about to be created, when it could go to a worker at
+        once: nothing is queued for its workflow and version here and a session
+        drawing from them has room for a new run. The slot is reserved for
+        ``run_id`` (let it go with the ledger's ``give_up_claim`` unless the run is
+        claimed); returned with the session, the key it serves the run as and the
+        version to pin it to (as ``_pop_for`` returns them). None: queue it."""
+        key = (workflow_name, version)
+        lanes = (self._queues, self._resumed, self._ranked, self._held)
+        if not self._sessions or any(key in lane for lane in lanes):
+            return None
+        start = next(self._rotation) % len(self._sessions)
+        for session in self._sessions[start:] + self._sessions[:start]:
+            if key not in session.queue_key_set or session.continuations:
+                continue
+            if session.room_for_new <= 0:
+                continue
+            pin = session.newest_version(workflow_name) if version == "" else ""
+            if version == "" and not pin:
+                continue  # it serves only retired versions of the workflow
+            session.reserve(run_id)
+            return session, (workflow_name, version or pin), pin
+        return None
+
     def serves(self, key: QueueKey) -> bool:
         """Whether a connected worker draws from the queue ``key``."""
         return any(key in session.queue_key_set for session in self._sessions)

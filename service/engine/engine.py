@@ -30,6 +30,8 @@ from stepd.server.domain import (
     NO_TRACE,
     RUN_EXPIRY_KEY,
     ClaimedRun,
+    ClaimRequest,
+    CreateRunOutcome,
     HistoryCursor,
     HistoryEntry,
     HookStatus,
@@ -262,6 +264,8 @@ class Engine:
         self.replicas.gate_late_starts(self.rates.late_start)
         self.lifecycle.on_end(lambda run: self.faults.forget(run.run_id))
         self._handed_out_listeners: list[RunListener] = []
+        # Observers of runs made ready, told of a run claimed as it was created.
+        self._ready_listeners: list[RunListener] = []
         self._lease_monitor: asyncio.Task[None] | None = None
         self._pauses: PauseSensor | None = None
         self._closing = False
@@ -271,6 +275,7 @@ class Engine:
     def observe(self, observer: EngineObserver) -> None:
         """Tell ``observer`` of runs made ready, handed out and ended, and of steps."""
         self.lifecycle.on_ready(observer.run_ready)
+        self._ready_listeners.append(observer.run_ready)
         self.lifecycle.on_end(observer.run_ended)
         self._handed_out_listeners.append(observer.run_handed_out)
         self.commands.on_step(observer.step_recorded)
@@ -399,20 +404,69 @@ class Engine:
             priority=params.priority,
             debounce_key=params.debounce_key,
         )
+        # The caller may go away (a cancelled call) once the run is being stored:
+        # the run is handed out or queued all the same.
+        storing = asyncio.ensure_future(self._store_new(new, plain=_starts_plain(params)))
         try:
-            outcome = await self.store.create_run(new)
-        except ConcurrencyRefusedError as refused:
-            raise FailedPrecondition(f"workflow {name!r} not started: {refused}") from None
-        except RunConflictError:
-            raise AlreadyExists(
-                f"run_id {shown(run_id)} already exists; pick another id, or send the "
-                "idempotency key that created it to get that run back"
-            ) from None
+            outcome = await asyncio.shield(storing)
+        except asyncio.CancelledError:
+            storing.add_done_callback(_outcome_unheard)
+            raise
+        existed = not outcome.created and not outcome.debounced
+        return Triggered(outcome.run, existed, outcome.debounced)
+
+    async def _store_new(self, new: NewRun, *, plain: bool) -> CreateRunOutcome:
+        """Store a new run and hand it out or queue it. A ``plain`` run that a
+        worker has room for now is claimed as it is created: one transaction, and
+        no pass through the ready queues."""
+        run_id = new.run_id
+        slot = None
+        if plain:
+            slot = self.dispatcher.reserve_at_once(new.workflow_name, new.workflow_version, run_id)
+        try:
+            outcome = await self._create(new, slot)
+        except BaseException:
+            if slot is not None:
+                self.ledger.give_up_claim(slot[0], run_id)
+            raise
+        if outcome.claimed is not None and slot is not None:
+            session, served, _ = slot
+            for listener in self._ready_listeners:
+                listener(outcome.run)
+            await self._hand_out(session, outcome.claimed, session.limits.get(served))
+            return outcome
+        if slot is not None:
+            self.ledger.give_up_claim(slot[0], run_id)
         if outcome.created:
             self.lifecycle.make_ready(outcome.run)
             self.policy.schedule_expiry(outcome.run)
-        existed = not outcome.created and not outcome.debounced
-        return Triggered(outcome.run, existed, outcome.debounced)
+        return outcome
+
+    async def _create(
+        self, new: NewRun, slot: tuple[WorkerSession, tuple[str, str], str] | None
+    ) -> CreateRunOutcome:
+        """Store a new run; with a ``slot``, claim it for that session too when it
+        may start at once."""
+        claim: ClaimRequest | None = None
+        if slot is not None:
+            session, served, pin_version = slot
+            limits = session.limits.get(served)
+            claim = ClaimRequest(
+                session.lease_owner,
+                self.clock.now_ms() + self.config.lease_timeout_ms,
+                pin_version,
+                limits.execution_timeout_ms if limits is not None else None,
+            )
+        try:
+            return await self.store.create_run(new, claim)
+        except ConcurrencyRefusedError as refused:
+            name = new.workflow_name
+            raise FailedPrecondition(f"workflow {name!r} not started: {refused}") from None
+        except RunConflictError:
+            raise AlreadyExists(
+                f"run_id {shown(new.run_id)} already exists; pick another id, or send the "
+                "idempotency key that created it to get that run back"
+            ) from None
 
     async def get_run(
         self, run_id: str, *, wait: bool = False, wait_seconds: float | None = None
@@ -887,6 +941,26 @@ class Engine:
                 queue = (served[0], "" if pin_version else served[1])
                 await self.faults.claim_failed(run_id, queue, failure)
             return
+        await self._hand_out(
+            session,
+            claimed,
+            limits,
+            known,
+            parked.size if parked is not None and known else 0,
+        )
+
+    async def _hand_out(
+        self,
+        session: WorkerSession,
+        claimed: ClaimedRun,
+        limits: WorkflowLimits | None,
+        known: int = 0,
+        known_size: int = 0,
+    ) -> None:
+        """Send a run claimed for ``session`` (under its reserved slot) to it; a
+        continuation names the ``known`` entries (of ``known_size`` bytes) the
+        worker has."""
+        run_id = claimed.run.run_id
         lease_id = claimed.run.lease_id
         if session.closed:
             self.ledger.give_up_claim(session, run_id)
@@ -902,7 +976,7 @@ class Engine:
             run_id,
             known + len(claimed.journal) + len(claimed.waits),
             limits.max_entries if limits is not None else None,
-            (parked.size if parked is not None and known else 0) + journal_bytes(claimed),
+            known_size + journal_bytes(claimed),
         )
         self.policy.schedule_expiry(claimed.run)
         hook_secret = hook_tokens.run_secret(self._hook_keys[0], run_id)
@@ -941,3 +1015,22 @@ def _met_ahead_ms(claimed: ClaimedRun, now_ms: int) -> int:
     was met early)."""
     latest = max((wait.met_time for wait in claimed.waits), default=0)
     return max(latest - now_ms, 0)
+
+
+def _starts_plain(params: TriggerParams) -> bool:
+    """Whether a trigger asks for nothing that would hold its run in the ready
+    queues or rank it there (a start time, a concurrency key, a priority, a
+    debounce key)."""
+    return not (
+        params.start_time_not_before is not None
+        or params.concurrency_key is not None
+        or params.priority
+        or params.debounce_key is not None
+    )
+
+
+def _outcome_unheard(storing: asyncio.Future[CreateRunOutcome]) -> None:
+    """Take the outcome of storing a run whose caller went away (an error it
+    would have heard is not logged as never retrieved)."""
+    if not storing.cancelled():
+        storing.exception()

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from stepd.server.domain import (
     ClaimedRun,
+    ClaimRequest,
     ConcurrencySpec,
     CreateRunOutcome,
     DueTimer,
@@ -299,12 +300,17 @@ class Store(
 
     # -- writes -----------------------------------------------------------
 
-    async def create_run(self, new: NewRun) -> CreateRunOutcome:
+    async def create_run(self, new: NewRun, claim: ClaimRequest | None = None) -> CreateRunOutcome:
         """Insert a PENDING run.
 
         With an idempotency key that already names a run, return that run
         with ``created=False``. A run_id that already exists without the
         same idempotency key raises RunConflictError.
+
+        With ``claim``, a new run that may start at once (admitted, no start
+        time ahead, no start rate limit, no priority or concurrency key: nothing
+        would queue it) is also claimed for that worker, as ``claim_run`` would,
+        in the same transaction: ``claimed`` holds it.
         """
 
     async def claim_run(

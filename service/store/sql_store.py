@@ -42,6 +42,7 @@ from sqlalchemy.sql import Select
 from stepd.server.clock import SYSTEM_CLOCK, Clock
 from stepd.server.domain import (
     ClaimedRun,
+    ClaimRequest,
     CreateRunOutcome,
     DueTimer,
     ErrorDetails,
@@ -296,8 +297,10 @@ class SqlStore(
 
     # -- writes -----------------------------------------------------------
 
-    async def create_run(self, new: NewRun) -> CreateRunOutcome:
-        """Insert a PENDING run, or return the run that already has its idempotency key."""
+    async def create_run(self, new: NewRun, claim: ClaimRequest | None = None) -> CreateRunOutcome:
+        """Insert a PENDING run, or return the run that already has its idempotency
+        key; with ``claim``, claim a new run that may start at once in the same
+        transaction."""
 
         def existing_run(conn: Connection) -> CreateRunOutcome | None:
             if new.idempotency_key is None:
@@ -324,7 +327,18 @@ class SqlStore(
                 return existing_run(conn) or ConcurrencyRefusedError(refusal.message())
             inserted = self._insert_run.first(conn, values)
             if inserted is not None:
-                return CreateRunOutcome(rows.run_from_row(inserted), created=True)
+                run = rows.run_from_row(inserted)
+                if claim is None or not _starts_at_once(run):
+                    return CreateRunOutcome(run, created=True)
+                claimed = self._claim_in(
+                    conn,
+                    run.run_id,
+                    claim.owner,
+                    claim.lease_expires_at,
+                    claim.version,
+                    claim.execution_timeout_ms,
+                )
+                return CreateRunOutcome(claimed.run if claimed else run, True, claimed=claimed)
             # Returned, not raised: raising would roll back the whole batch.
             return existing_run(conn) or RunConflictError(new.run_id)
 
@@ -348,6 +362,33 @@ class SqlStore(
         The first claim starts the run: ``execution_timeout_ms`` (if any) sets its
         execution deadline, and its expiry becomes the earlier of that and the
         deadline."""
+
+        def op(conn: Connection) -> ClaimedRun | None:
+            return self._claim_in(
+                conn,
+                run_id,
+                owner,
+                lease_expires_at,
+                version,
+                execution_timeout_ms,
+                continues_lease,
+                known_entries,
+            )
+
+        return await self._write_for(run_id, op)
+
+    def _claim_in(
+        self,
+        conn: Connection,
+        run_id: str,
+        owner: str,
+        lease_expires_at: int,
+        version: str,
+        execution_timeout_ms: int | None,
+        continues_lease: int = 0,
+        known_entries: int = 0,
+    ) -> ClaimedRun | None:
+        """``claim_run``'s statements, in the caller's transaction."""
         now = self._clock.now_ms()
         params = {
             "p_execution_deadline": (
@@ -359,29 +400,25 @@ class SqlStore(
             "p_expires": lease_expires_at,
             "p_now": now,
         }
-
-        def op(conn: Connection) -> ClaimedRun | None:
-            row = self._claim.first(conn, params)
-            if row is None:
-                return None
-            run = rows.run_from_row(row)
-            continuation = continues_lease > 0 and run.lease_id == continues_lease + 1
-            history.add(
-                conn,
-                run_id,
-                HistoryType.DISPATCHED,
-                now,
-                attempt=run.lease_id,
-                detail=f"{owner} (continuation)" if continuation else owner,
-            )
-            if run.dispatch_count == 1:  # first dispatch: no journal yet
-                return ClaimedRun(run)
-            if continuation:  # only what the worker has not seen
-                delta = waits.ordered_journal(conn, run_id, continues_lease, known_entries)
-                return ClaimedRun(run, *delta, continues_lease=continues_lease)
-            return ClaimedRun(run, *waits.ordered_journal(conn, run_id))
-
-        return await self._write_for(run_id, op)
+        row = self._claim.first(conn, params)
+        if row is None:
+            return None
+        run = rows.run_from_row(row)
+        continuation = continues_lease > 0 and run.lease_id == continues_lease + 1
+        history.add(
+            conn,
+            run_id,
+            HistoryType.DISPATCHED,
+            now,
+            attempt=run.lease_id,
+            detail=f"{owner} (continuation)" if continuation else owner,
+        )
+        if run.dispatch_count == 1:  # first dispatch: no journal yet
+            return ClaimedRun(run)
+        if continuation:  # only what the worker has not seen
+            delta = waits.ordered_journal(conn, run_id, continues_lease, known_entries)
+            return ClaimedRun(run, *delta, continues_lease=continues_lease)
+        return ClaimedRun(run, *waits.ordered_journal(conn, run_id))
 
     async def record_step(self, run_id: str, lease_id: int, step: StepRow) -> RecordStepOutcome:
         """Record a step outcome once per key (a failed attempt, ``attempt_only``, once
@@ -907,3 +944,16 @@ if TYPE_CHECKING:
 
     def _implements_store(store: SqlStore) -> Store:
         return store
+
+
+def _starts_at_once(run: RunRecord) -> bool:
+    """Whether a new run may go to a worker as it is created: nothing would hold
+    it in the ready queues (a start time, a start rate limit, room under a
+    concurrency limit) or rank it there (a priority, a fairness key)."""
+    return (
+        run.admitted
+        and run.start_time_not_before is None
+        and run.rate_limit is None
+        and not run.priority
+        and run.concurrency_key is None
+    )
