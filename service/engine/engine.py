@@ -90,7 +90,7 @@ from stepd.server.engine.validation import (
     check_id,
     shown,
 )
-from stepd.server.engine.waiters import RunWaiters
+from stepd.server.engine.waiters import RunWaiters, UnendedRuns
 from stepd.server.engine.watch import RunWatchers, WatchLimits, WatchUpdate, watch
 from stepd.server.engine.worker_commands import WorkerCommands
 from stepd.server.engine.workers import WorkerDirectory
@@ -105,6 +105,9 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 #: Most flow-control limits ListFlowLimits and /metrics show.
 MAX_FLOW_LIMITS = 1000
+#: Most runs created here that are remembered as not ended (``get_run`` waits
+#: for their end without reading them first); older ones are read.
+UNENDED_RUNS_KEPT = 65_536
 #: Most runs with an expired lease re-queued by one sweep.
 EXPIRY_SWEEP_LIMIT = 500
 
@@ -256,6 +259,9 @@ class Engine:
         self.lifecycle.on_end(self.children.on_terminal)
         self.lifecycle.on_end(self.replicas.ended)
         self.lifecycle.on_end(self.waiters.answer)
+        # Runs created here and not ended: their end is answered here (no replica).
+        self._unended = UnendedRuns(UNENDED_RUNS_KEPT)
+        self.lifecycle.on_end(self._unended.ended)
         self.lifecycle.on_end(self.concurrency.run_ended)
         store.on_key_checked(self.concurrency.key_checked)
         self.lifecycle.on_waiting(self.concurrency.run_waiting)
@@ -406,7 +412,9 @@ class Engine:
         )
         # The caller may go away (a cancelled call) once the run is being stored:
         # the run is handed out or queued all the same.
-        storing = asyncio.ensure_future(self._store_new(new, plain=_starts_plain(params)))
+        storing = asyncio.ensure_future(
+            self._store_new(new, plain=_starts_plain(params), fresh_id=not params.run_id)
+        )
         try:
             outcome = await asyncio.shield(storing)
         except asyncio.CancelledError:
@@ -415,10 +423,11 @@ class Engine:
         existed = not outcome.created and not outcome.debounced
         return Triggered(outcome.run, existed, outcome.debounced)
 
-    async def _store_new(self, new: NewRun, *, plain: bool) -> CreateRunOutcome:
+    async def _store_new(self, new: NewRun, *, plain: bool, fresh_id: bool) -> CreateRunOutcome:
         """Store a new run and hand it out or queue it. A ``plain`` run that a
         worker has room for now is claimed as it is created: one transaction, and
-        no pass through the ready queues."""
+        no pass through the ready queues. A run whose id this server made
+        (``fresh_id``: no one else knew it before) is remembered as unended."""
         run_id = new.run_id
         slot = None
         if plain:
@@ -431,6 +440,8 @@ class Engine:
             raise
         if outcome.claimed is not None and slot is not None:
             session, served, _ = slot
+            if fresh_id:
+                self._created(outcome.run)
             for listener in self._ready_listeners:
                 listener(outcome.run)
             await self._hand_out(session, outcome.claimed, session.limits.get(served))
@@ -438,9 +449,18 @@ class Engine:
         if slot is not None:
             self.ledger.give_up_claim(slot[0], run_id)
         if outcome.created:
+            if fresh_id:
+                self._created(outcome.run)
             self.lifecycle.make_ready(outcome.run)
             self.policy.schedule_expiry(outcome.run)
         return outcome
+
+    def _created(self, run: RunRecord) -> None:
+        """Remember a run just created here, unless replicas share the database
+        (one of them may end it). Called before anything can have ended it: its
+        id was not known outside this call, and no worker has it yet."""
+        if not self.replicas.replicated and not run.status.is_terminal:
+            self._unended.add(run.run_id)
 
     async def _create(
         self, new: NewRun, slot: tuple[WorkerSession, tuple[str, str], str] | None
@@ -481,11 +501,14 @@ class Engine:
         timeout = limit if wait_seconds is None else min(wait_seconds, limit)
         if timeout <= 0:
             return await self._existing(run_id)
-        # A run a worker of this server holds ends here (answering the waiters as
-        # the lease is let go), unless replicas share the database: no first read.
-        held = not self.replicas.replicated and self.ledger.holder(run_id) is not None
+        # A run a worker of this server holds, or one created here that has not
+        # ended, ends here (answering the waiters as it does), unless replicas
+        # share the database: no first read.
+        unfinished = not self.replicas.replicated and (
+            self.ledger.holder(run_id) is not None or run_id in self._unended
+        )
         return await self.waiters.wait(
-            run_id, lambda: self._existing(run_id), timeout, unfinished=held
+            run_id, lambda: self._existing(run_id), timeout, unfinished=unfinished
         )
 
     async def waiting_reason(self, run: RunRecord) -> str:

@@ -84,6 +84,33 @@ class RunWaiters:
                     waiter.cancel()
 
 
+class UnendedRuns:
+    """The runs created here lately that have not ended yet, at most ``limit`` of
+    them (the oldest are forgotten first): on a server that shares its database
+    with no replica, such a run's end can only be heard here."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._runs: dict[str, None] = {}  # in the order they were created
+
+    def add(self, run_id: str) -> None:
+        """``run_id`` was created here."""
+        runs = self._runs
+        runs[run_id] = None
+        if len(runs) > self._limit:
+            del runs[next(iter(runs))]
+
+    def ended(self, run: RunRecord) -> None:
+        """``run`` ended here."""
+        self._runs.pop(run.run_id, None)
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._runs
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
 def _expire(waiter: asyncio.Future[RunRecord | None]) -> None:
     """A wait's time is up: its caller reads the run as it stands."""
     if not waiter.done():

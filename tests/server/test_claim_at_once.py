@@ -134,3 +134,36 @@ async def test_a_run_without_a_version_is_pinned_to_the_newest_served() -> None:
     dispatcher.add_session(worker)
 
     assert dispatcher.reserve_at_once("orders", "", "r1") == (worker, ("orders", "3"), "3")
+
+
+async def test_a_wait_for_a_queued_run_is_answered_at_its_end(harness: Harness) -> None:
+    """A run created here and queued (held by no worker) is waited for without a
+    first read; its end, and a cancellation, still answer the caller, and a run
+    that ended before the wait began is answered at once."""
+    worker = harness.worker("orders", capacity=1)
+    await worker.settings
+    first = await trigger(harness, "orders")
+    held = await worker.next_task()
+    queued = await trigger(harness, "orders")
+    cancelled = await trigger(harness, "orders")
+    assert queued.status == PENDING and cancelled.status == PENDING
+
+    waits = [
+        asyncio.create_task(asyncio.wait_for(harness.get(run.run_id, wait=True), 10))
+        for run in (first, queued, cancelled)
+    ]
+    await asyncio.sleep(0.1)
+    await harness.client.CancelRun(wf.CancelRunRequest(run_id=cancelled.run_id, reason="test"))
+    await worker.complete(held, "1")
+    await worker.complete(await worker.next_task(), "2")
+    ended = await asyncio.gather(*waits)
+
+    assert [run.status for run in ended] == [
+        types_pb2.RUN_STATUS_COMPLETED,
+        types_pb2.RUN_STATUS_COMPLETED,
+        types_pb2.RUN_STATUS_CANCELLED,
+    ]
+    # Waited for again once ended: answered from the store at once (a 5 s wait
+    # that saw it as unended would run out first).
+    again = await asyncio.wait_for(harness.get(queued.run_id, wait=True), 3)
+    assert again.status == types_pb2.RUN_STATUS_COMPLETED

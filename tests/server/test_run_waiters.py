@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 
 from stepd.server.domain import RunRecord, RunStatus
-from stepd.server.engine.waiters import RunWaiters
+from stepd.server.engine.waiters import RunWaiters, UnendedRuns
 
 RUNNING = RunRecord(
     run_id="r1",
@@ -67,3 +67,14 @@ async def test_a_wait_that_runs_out_reads_the_run_as_it_stands() -> None:
     assert read.count == 1
     assert await waiters.wait("r1", read, 0.05) == RUNNING  # read first, then at the end
     assert read.count == 3
+
+
+def test_unended_runs_are_forgotten_when_they_end_or_the_oldest_past_the_limit() -> None:
+    unended = UnendedRuns(limit=2)
+    for run_id in ("r1", "r2", "r3"):
+        unended.add(run_id)
+    assert "r1" not in unended and "r2" in unended and "r3" in unended
+    unended.ended(dataclasses.replace(DONE, run_id="r2"))
+    assert "r2" not in unended and len(unended) == 1
+    unended.ended(DONE)  # one it had forgotten: nothing happens
+    assert list(filter(unended.__contains__, ("r1", "r2", "r3"))) == ["r3"]
