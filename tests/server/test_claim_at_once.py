@@ -12,7 +12,8 @@ from stepd.server.engine.engine import TriggerParams
 from stepd.server.engine.sessions import WorkerSession
 from stepd.v1 import types_pb2
 from stepd.v1 import workflow_service_pb2 as wf
-from tests.server.conftest import Harness
+from stepd.v1.worker_service_pb2 import RunTask
+from tests.server.conftest import Harness, RawWorker
 
 RUNNING = types_pb2.RUN_STATUS_RUNNING
 PENDING = types_pb2.RUN_STATUS_PENDING
@@ -29,6 +30,14 @@ async def history_types(harness: Harness, run_id: str) -> list[str]:
     history = await harness.running.engine.store.run_history(run_id)
     assert history is not None
     return [entry.type.value for entry in history]
+
+
+async def busy_worker(harness: Harness) -> tuple[RawWorker, types_pb2.Run, RunTask]:
+    """A worker with one slot, taken by a run triggered first (and its task)."""
+    worker = harness.worker("orders", capacity=1)
+    await worker.settings
+    first = await trigger(harness, "orders")
+    return worker, first, await worker.next_task()
 
 
 async def test_a_run_a_worker_has_room_for_is_running_when_trigger_answers(
@@ -48,10 +57,7 @@ async def test_a_run_a_worker_has_room_for_is_running_when_trigger_answers(
 
 
 async def test_without_room_a_run_is_queued_and_handed_out_in_its_turn(harness: Harness) -> None:
-    worker = harness.worker("orders", capacity=1)
-    await worker.settings
-    first = await trigger(harness, "orders")
-    held = await worker.next_task()
+    worker, first, held = await busy_worker(harness)
 
     second = await trigger(harness, "orders")
     third = await trigger(harness, "orders")
@@ -140,10 +146,7 @@ async def test_a_wait_for_a_queued_run_is_answered_at_its_end(harness: Harness) 
     """A run created here and queued (held by no worker) is waited for without a
     first read; its end, and a cancellation, still answer the caller, and a run
     that ended before the wait began is answered at once."""
-    worker = harness.worker("orders", capacity=1)
-    await worker.settings
-    first = await trigger(harness, "orders")
-    held = await worker.next_task()
+    worker, first, held = await busy_worker(harness)
     queued = await trigger(harness, "orders")
     cancelled = await trigger(harness, "orders")
     assert queued.status == PENDING and cancelled.status == PENDING
