@@ -275,6 +275,8 @@ class Engine:
         self._lease_monitor: asyncio.Task[None] | None = None
         self._pauses: PauseSensor | None = None
         self._closing = False
+        # Runs being stored whose Trigger caller went away.
+        self._unheard: set[asyncio.Future[CreateRunOutcome]] = set()
         # The keys hook tokens are derived from: the first mints, all verify.
         self._hook_keys: tuple[bytes, ...] = ()
 
@@ -418,6 +420,8 @@ class Engine:
         try:
             outcome = await asyncio.shield(storing)
         except asyncio.CancelledError:
+            self._unheard.add(storing)  # kept until done: the loop holds tasks weakly
+            storing.add_done_callback(self._unheard.discard)
             storing.add_done_callback(_outcome_unheard)
             raise
         existed = not outcome.created and not outcome.debounced
