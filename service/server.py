@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from stepd.server.api.admin_servicer import AdminServicer
+from stepd.server.api.finished_calls import FinishedCalls
 from stepd.server.api.handlers import add_service
 from stepd.server.api.rpc_wrapping import WrappingServer, compose
 from stepd.server.api.wire_scan import poll_request_check
@@ -209,13 +210,15 @@ async def create_server(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) ->
     )
     # Every method's handler is wrapped once, as it is registered: counted and
     # timed (outermost, so refused calls count too), in its context and span,
-    # behind the API-key checks. No interceptor runs per call.
+    # behind the API-key checks; a call that changes state finishes once
+    # started. No interceptor runs per call.
     wrapping = WrappingServer(
         server,
         compose(
             RpcMetrics(metrics.rpcs, metrics.rpc_seconds).wrap,
             RpcContext(spans).wrap,
             Authorization(ring).wrap,
+            FinishedCalls().wrap,
         ),
     )
     # Requests are decoded without raising: bytes that are not the request
