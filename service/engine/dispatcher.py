@@ -182,9 +182,9 @@ class Dispatcher:
                 continue
             if session.room_for_new <= 0:
                 continue
-            pin = session.newest_version(workflow_name) if version == "" else ""
-            if version == "" and not pin:
-                continue  # it serves only retired versions of the workflow
+            pin = _pin(session, workflow_name, version)
+            if pin is None:
+                continue
             session.reserve(run_id)
             return session, (workflow_name, version or pin), pin
         return None
@@ -304,9 +304,9 @@ class Dispatcher:
             candidates = []
             for key in keys:
                 name, version = key
-                pin = session.newest_version(name) if version == "" else ""
-                if version == "" and not pin:
-                    continue  # it serves only retired versions of the workflow
+                pin = _pin(session, name, version)
+                if pin is None:
+                    continue
                 top = self._ranked[key].top()
                 if top is not None:
                     candidates.append((top, key, pin))
@@ -334,9 +334,9 @@ class Dispatcher:
                 key = keys[index]
                 queue = lanes[key]
                 name, version = key
-                pin = session.newest_version(name) if version == "" else ""
-                if version == "" and not pin:
-                    continue  # it serves only retired versions of the workflow
+                pin = _pin(session, name, version)
+                if pin is None:
+                    continue
                 while queue:
                     run_id = queue.popleft()
                     if run_id not in session.held:
@@ -377,3 +377,12 @@ def _drawn_from(lanes: Mapping[QueueKey, Sized], session: WorkerSession) -> list
         return [key for key in keys if key in lanes]
     served = session.queue_key_set
     return sorted(key for key in lanes if key in served)
+
+
+def _pin(session: WorkerSession, name: str, version: str) -> str | None:
+    """The version ``session`` pins a run of ``name`` stored as ``version`` to: ""
+    when the run has a version, else the newest the session serves; None when it
+    serves only retired versions of the workflow."""
+    if version:
+        return ""
+    return session.newest_version(name) or None
