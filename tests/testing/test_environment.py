@@ -30,9 +30,11 @@ async def test_a_week_long_sleep_and_a_48_hour_timeout_take_milliseconds() -> No
     assert wall < 2, f"took {wall:.2f} s of wall time"  # a bound, not a benchmark
 
 
-async def test_a_signal_sent_at_hour_one_beats_the_timeout() -> None:
+@pytest.mark.parametrize("warm_up_seconds", [0, 0.3])
+async def test_a_signal_sent_at_hour_one_beats_the_timeout(warm_up_seconds: float) -> None:
     async with WorkflowEnvironment([wf.week_then_signal]) as env:
-        handle = await env.client.trigger(wf.week_then_signal)
+        handle = await env.client.trigger(wf.week_then_signal, warm_up_seconds)
+        # The sleep's week and hour start once the run has reached its first wait.
         await env.sleep(timedelta(days=7, hours=1))
         assert (await handle.info()).status == "suspended"  # waiting for the signal
         await env.signal(handle, "decision", "approved")

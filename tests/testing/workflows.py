@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -24,9 +25,20 @@ async def notify(recipient: str, message: str) -> str:
     return f"sent to {recipient}: {message}"
 
 
+@step
+async def warm_up(seconds: float) -> None:
+    """Real time a run spends before its clock reading (the environment's clock
+    runs at real pace while a step runs)."""
+    await asyncio.sleep(seconds)
+
+
 @workflow
-async def week_then_signal(ctx: WorkflowContext) -> dict[str, Any]:
+async def week_then_signal(
+    ctx: WorkflowContext, warm_up_seconds: float | None = None
+) -> dict[str, Any]:
     """A 7-day sleep, then at most 48 hours for a signal."""
+    if warm_up_seconds:
+        await warm_up(warm_up_seconds)
     started = ctx.now()
     await ctx.sleep(timedelta(days=7))
     slept = ctx.now()

@@ -88,7 +88,7 @@ class WorkflowEnvironment:
         self._clock = SkippingClock(start_ms)
         self._mocks = Mocks()
         # env.sleep() calls: the time each ends, and the future that wakes it.
-        self._sleepers: list[tuple[int, asyncio.Future[None]]] = []
+        self._sleepers: list[_Sleeper] = []
         self._directory: tempfile.TemporaryDirectory[str] | None = None
         self._server: RunningServer | None = None
         self._client: Client | None = None
@@ -192,10 +192,12 @@ class WorkflowEnvironment:
     async def sleep(self, duration: float | timedelta) -> None:
         """Let ``duration`` (seconds, or a timedelta) pass on the environment's clock.
 
-        With time skipping, the clock jumps ahead whenever the environment is
-        settled, timer by timer, up to the end of the sleep; it returns once that
-        time has come and every run has done what it could until then. Without,
-        it sleeps for real.
+        With time skipping, the sleep first lets the environment settle (what
+        the test started runs until it waits), then the clock jumps ahead timer
+        by timer up to ``duration`` after that moment; it returns once that
+        time has come and every run has done what it could until then. So a run
+        triggered just before ``env.sleep(timedelta(hours=1))`` has reached its
+        first wait when the hour starts. Without skipping, it sleeps for real.
         """
         seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
@@ -203,12 +205,10 @@ class WorkflowEnvironment:
         if not self._time_skipping:
             await asyncio.sleep(seconds)
             return
-        target = self._clock.now_ms() + math.ceil(seconds * 1000)
-        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        sleeper = (target, woken)
+        sleeper = _Sleeper(math.ceil(seconds * 1000), asyncio.get_running_loop().create_future())
         self._sleepers.append(sleeper)
         try:
-            await woken  # the skipping task wakes it (_skip_forever)
+            await sleeper.woken  # the skipping task wakes it (_skip_forever)
         finally:
             self._sleepers.remove(sleeper)
 
@@ -299,11 +299,13 @@ class WorkflowEnvironment:
             if not self._settled():
                 continue
             now = clock.now_ms()
-            for target, woken in sleepers:
-                if target <= now and not woken.done():
-                    woken.set_result(None)
+            for sleeper in sleepers:
+                if sleeper.target is None:
+                    sleeper.target = now + sleeper.duration_ms  # its clock starts settled
+                if sleeper.target <= now and not sleeper.woken.done():
+                    sleeper.woken.set_result(None)
             # Up to the next due timer, and no further than the next sleep's end.
-            ends = [t for t, _ in sleepers if t > now]
+            ends = [s.target for s in sleepers if s.target is not None and s.target > now]
             if not ends and not engine.waiters.waiting:
                 continue
             due = clock.next_due()
@@ -311,6 +313,18 @@ class WorkflowEnvironment:
                 ends.append(due)
             if ends:
                 clock.advance_to(min(ends))
+
+
+class _Sleeper:
+    """An ``env.sleep`` in progress: its length, its end on the environment's clock
+    (set when the environment first settles after the call) and its wake-up."""
+
+    __slots__ = ("duration_ms", "target", "woken")
+
+    def __init__(self, duration_ms: int, woken: asyncio.Future[None]) -> None:
+        self.duration_ms = duration_ms
+        self.target: int | None = None
+        self.woken = woken
 
 
 class _TemplateDatabase:
