@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -59,6 +60,27 @@ def console_script(name: str, module: str) -> list[str]:
 _DIE_WITH_PARENT = (
     "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); os.execvp(sys.argv[1], sys.argv[1:])"
 )
+
+
+def rest_of_output(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """Wait for ``process`` to end and return the rest of its stdout and stderr (text
+    pipes; "" for one not piped).
+
+    Use it instead of ``communicate(timeout=...)`` once a line has been read: with a
+    timeout, ``communicate`` reads the pipes' descriptors directly, so what an earlier
+    ``readline()`` buffered past its line is lost. Raises ``TimeoutExpired`` (the
+    caller kills the process, which ends the reads). Closes the pipes it read.
+    """
+    with ThreadPoolExecutor(2) as pool:
+        reads = [
+            pool.submit(pipe.read) if pipe else None for pipe in (process.stdout, process.stderr)
+        ]
+        process.wait(timeout)
+        out, err = (read.result(timeout) if read else "" for read in reads)
+    for pipe in (process.stdout, process.stderr):
+        if pipe:
+            pipe.close()
+    return out, err
 
 
 def _launcher() -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ROOT, SERVER_READY, console_script
+from tests.e2e.harness import ROOT, SERVER_READY, console_script, rest_of_output
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -36,7 +36,7 @@ def test_serve_takes_env_settings_prints_one_line_and_stops_on_signal(
         assert database.exists()
 
         server.send_signal(signum)
-        rest, _ = server.communicate(timeout=15)
+        rest, _ = rest_of_output(server, timeout=15)
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)

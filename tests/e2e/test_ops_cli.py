@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.certs import Certificates, make_certificates
-from tests.e2e.harness import ROOT, Server, Stack, console_script
+from tests.e2e.harness import ROOT, Server, Stack, console_script, rest_of_output
 from tests.e2e.test_security import admin_key, create_key, start_secure_server, tls_args
 
 CLI_DOC = ROOT / "docs" / "cli.md"
@@ -182,7 +182,7 @@ def test_follow_prints_entries_as_they_are_committed_and_stops_when_the_run_ends
             lines.append(line.rstrip("\n"))
         assert follower.poll() is None
         ok(stepd(server, "runs", "signal", run_id, "go", "--data", '{"ok": true}'))
-        rest, errors = follower.communicate(timeout=TIMEOUT)
+        rest, errors = rest_of_output(follower, timeout=TIMEOUT)
     finally:
         if follower.poll() is None:
             follower.kill()
