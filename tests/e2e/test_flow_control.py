@@ -125,10 +125,12 @@ async def test_a_step_rate_limit_holds_across_two_workers(
     times = [at for at, _, _ in starts(marks, "r")]
     assert len(times) == 70
     # 10 per second: over the first 5 seconds 50 (within 10%), and no 1-second
-    # span holds more than 10 (within 10%).
+    # span holds more than 10, give or take two: these are the workers' own
+    # marks, and a step that starts 100 ms late on a loaded machine (the suite
+    # runs two processes per core) lets one more fall into a second.
     in_five = sum(1 for at in times if at - times[0] < 5_000_000_000)
     assert 45 <= in_five <= 55, in_five
-    assert most_in_any_window(times, 1_000_000_000) <= 11
+    assert most_in_any_window(times, 1_000_000_000) <= 12
     # Turns are spread evenly, 100 ms apart: 70 of them take about 7 seconds.
     assert times[-1] - times[0] >= 6_500_000_000
 
@@ -151,11 +153,10 @@ async def test_a_start_rate_limit_delays_runs_of_its_key_only(
         for handle in [*key_a, *key_b]:
             await handle.result(timeout=RESULT_TIMEOUT)
         assert (await client.get_run(key_a[-1].run_id)).waiting_reason == ""
-    started = {"a": [], "b": []}  # type: dict[str, list[int]]
-    for line in read_marks(marks, "s"):
-        label, _, at = line.split(" ")
-        started[label].append(int(at))
-    a, b = sorted(started["a"]), sorted(started["b"])
+        # When the server started them (a worker may run one a little late).
+        a = sorted([await dispatched_at(client, handle.run_id) for handle in key_a])
+        b = sorted([await dispatched_at(client, handle.run_id) for handle in key_b])
+    assert len(read_marks(marks, "s")) == 15
     # Key "a": 12 runs at 5 per second take turns 200 ms apart.
     assert a[-1] - a[0] >= 2_000_000_000
     assert most_in_any_window(a, 900_000_000) <= 5
@@ -356,7 +357,7 @@ async def test_two_replicas_enforce_one_rate_limit_and_one_debounce(
     assert len(pids) == 2, "workers of both replicas ran steps"
     times = [at for at, _, _ in starts(marks, "pr")]
     assert len(times) == 40
-    assert most_in_any_window(times, 1_000_000_000) <= 11
+    assert most_in_any_window(times, 1_000_000_000) <= 12  # the workers' marks, as above
     assert times[-1] - times[0] >= 3_500_000_000
     assert len(read_marks(marks, "pd")) == 1
 
