@@ -1,18 +1,27 @@
-"""The hot path's statements, run straight on SQLite's driver.
+"""The hot path's statements, run straight on the database driver.
 
 SQLAlchemy's way to run a statement (the compiled-cache lookup, the parameters
-built per call, the result objects) cost 11 to 14 µs per statement on the
-development machine; the driver's own ``execute`` about 2 µs. A run's insert,
-claim, step records and end, its history entries and ``get_run`` run several
-times per run, so on SQLite a ``Direct`` compiles its statement once per set
-of parameter names and hands the SQL and a tuple of values to the pysqlite
-connection itself, inside the transaction SQLAlchemy began.
+built per call, the execution context and the result objects) cost 11 to 14
+µs per statement on the development machine; the driver's own ``execute``
+about 2 µs. A run's insert, claim, step records and end, its history entries
+and ``get_run`` run several times per run, so a ``Direct`` compiles its
+statement once per dialect and set of parameter names and hands the SQL and a
+tuple of values to the DB-API connection itself, inside the transaction
+SQLAlchemy began:
 
-It goes the usual way whenever that is not the same thing: on PostgreSQL, for
-a statement whose types convert values (bind or result processors) or expand
-a list at run time, and while anything listens to the engine's
-``before_cursor_execute`` (a test capturing statements, an instrumentation),
-so listeners still see every statement.
+* SQLite: the pysqlite connection; its errors reach the group committer as
+  they do through SQLAlchemy's ``exec_driver_sql``.
+* PostgreSQL: a cursor of SQLAlchemy's asyncpg adapter, which starts the
+  transaction, prepares and caches the statement and translates asyncpg's
+  errors as it does for SQLAlchemy; a Direct wraps those errors in
+  SQLAlchemy's ``DBAPIError`` (and invalidates a connection that was lost), so
+  callers see what SQLAlchemy would have raised.
+
+It goes the usual way whenever that is not the same thing: for a statement
+whose types convert values (bind or result processors) or expand a list at
+run time, and while anything listens to the engine's ``before_cursor_execute``
+(a test capturing statements, an instrumentation), so listeners still see
+every statement.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Delete, Insert, Select, Update
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 
 #: The statements a Direct runs.
 Statement = Select[Any] | Insert | Update | Delete
@@ -48,25 +58,33 @@ class _Plan:
 #: No plan: the statement goes through SQLAlchemy.
 _USUAL = None
 
+#: The drivers a Direct runs statements on, by dialect name.
+_DRIVERS = {"sqlite": "pysqlite", "postgresql": "asyncpg"}
+
 
 class Direct:
-    """A Core statement that runs on SQLite's driver when nothing is lost by it
-    (one ``Direct`` may serve stores on both databases: plans are SQLite's only)."""
+    """A Core statement that runs on the DB-API connection when nothing is lost by
+    it (one ``Direct`` may serve stores on both databases: a plan per dialect)."""
 
     __slots__ = ("_plans", "statement")
 
     def __init__(self, statement: Statement) -> None:
         self.statement = statement
-        self._plans: dict[tuple[str, ...], _Plan | None] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], _Plan | None] = {}
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Mapping[Any, Any] | None:
         """The first row of the result, by column name (None when there is none)."""
         plan = self._plan(conn, params)
         if plan is None:
             return conn.execute(self.statement, params).mappings().first()
-        cursor = conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
-            plan.sql, plan.values(params)
-        )
+        values = plan.values(params)
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        if conn.dialect.name == "sqlite":
+            cursor = raw.execute(plan.sql, values)
+        else:
+            cursor = raw.cursor()
+            _run(conn, cursor, plan.sql, values)
         try:
             found = cursor.fetchall()  # to the end: the statement is done with
             if not found:
@@ -84,19 +102,49 @@ class Direct:
         if plan is None:
             conn.execute(self.statement, params)
             return
-        conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
-            plan.sql, plan.values(params)
-        ).close()
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        if conn.dialect.name == "sqlite":
+            raw.execute(plan.sql, plan.values(params)).close()
+            return
+        cursor = raw.cursor()
+        try:
+            _run(conn, cursor, plan.sql, plan.values(params))
+        finally:
+            cursor.close()
 
     def _plan(self, conn: Connection, params: Mapping[str, Any]) -> _Plan | None:
-        if conn.dialect.name != "sqlite" or conn.dispatch.before_cursor_execute:
-            return _USUAL  # another database, or someone watches statements
-        names = tuple(params)
+        dialect = conn.dialect
+        if _DRIVERS.get(dialect.name) != dialect.driver or conn.dispatch.before_cursor_execute:
+            return _USUAL  # another driver, or someone watches statements
+        key = (dialect.name, tuple(params))
         try:
-            return self._plans[names]
+            return self._plans[key]
         except KeyError:
-            plan = self._plans[names] = _compile(self.statement, conn.dialect, names)
+            plan = self._plans[key] = _compile(self.statement, dialect, key[1])
             return plan
+
+
+def _run(conn: Connection, cursor: Any, sql: str, values: tuple[Any, ...]) -> None:
+    """Execute on a DB-API cursor of ``conn``, raising what SQLAlchemy would: the
+    driver's error wrapped in ``DBAPIError``, the connection invalidated when the
+    error says it is lost."""
+    dialect = conn.dialect
+    try:
+        cursor.execute(sql, values)
+    except dialect.loaded_dbapi.Error as exc:
+        lost = dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+        error = DBAPIError.instance(
+            sql,
+            values,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=lost,
+            dialect=dialect,
+        )
+        if lost:
+            conn.invalidate(exc)
+        raise error from exc
 
 
 def _compile(statement: Statement, dialect: Dialect, names: tuple[str, ...]) -> _Plan | None:

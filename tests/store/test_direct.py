@@ -1,10 +1,11 @@
-"""Direct: hot statements on SQLite's driver, the same rows as SQLAlchemy's way."""
+"""Direct: hot statements on the driver (SQLite's, and asyncpg through SQLAlchemy's
+adapter), the same rows and errors as SQLAlchemy's way."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,20 @@ from sqlalchemy import (
     Text,
     bindparam,
     event,
+    func,
     select,
 )
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import TypeDecorator
 
 from stepd.server.engine.transitions import RunEvent, move
 from stepd.server.store import open_store
 from stepd.server.store.direct import Direct
 from stepd.server.store.errors import StoreUnavailableError, translate
+from stepd.server.store.postgres import classify as pg_classify
+from stepd.server.store.postgres import create_engine as create_pg_engine
+from stepd.server.store.postgres import sqlstate as pg_sqlstate
 from stepd.server.store.sqlite import classify, create_writer_engine
 
 from .conftest import new_run
@@ -204,3 +211,75 @@ def test_values_rendered_into_the_sql_per_call_go_the_usual_way(
             INSERT.execute(conn, {"id": i, "name": str(i), "state": "new"})
         assert limited.first(conn, {"p_n": 2}) == {"id": 1}
         assert listed.first(conn, {"p_ids": [3, 2]}) == {"id": 2}
+
+
+# -- PostgreSQL: statements on the asyncpg adapter's cursor ------------------------
+
+
+@pytest.fixture
+async def pg_engine(pg_database: str) -> AsyncIterator[AsyncEngine]:
+    """The store's engine on a fresh PostgreSQL database, with the ``things`` table."""
+    engine = create_pg_engine(pg_database)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+async def test_on_postgresql_a_statement_skips_sqlalchemys_execution(
+    pg_engine: AsyncEngine,
+) -> None:
+    seen: list[str] = []
+
+    def note(conn: Any, clause: Any, *_: Any) -> None:
+        seen.append(str(clause).split()[0])
+
+    event.listen(pg_engine.sync_engine, "before_execute", note)
+    async with pg_engine.begin() as conn:
+        row = await conn.run_sync(INSERT.first, {"id": 1, "name": "one", "state": "new"})
+        assert row == {"id": 1, "name": "one"}
+        assert seen == []  # ran on the driver: SQLAlchemy's execution never saw it
+        found = await conn.run_sync(BY_ID.first, {"p_id": 1})
+        assert found is not None and found["name"] == "one" and found["loud"] is None
+        await conn.execute(things.update().values(state="old"))
+        assert seen == ["UPDATE"]  # the listener does see SQLAlchemy's own statements
+        assert await conn.run_sync(BY_ID.first, {"p_id": 1}) is None
+
+
+async def test_on_postgresql_a_first_statement_runs_inside_the_transaction(
+    pg_engine: AsyncEngine,
+) -> None:
+    async with pg_engine.connect() as conn:
+        await conn.begin()
+        await conn.run_sync(INSERT.execute, {"id": 2, "name": "two", "state": "new"})
+        await conn.rollback()
+    async with pg_engine.connect() as conn:
+        assert await conn.run_sync(BY_ID.first, {"p_id": 2}) is None
+
+
+async def test_on_postgresql_an_error_is_what_sqlalchemy_raises(pg_engine: AsyncEngine) -> None:
+    async with pg_engine.begin() as conn:
+        await conn.run_sync(INSERT.execute, {"id": 3, "name": "three", "state": "new"})
+    with pytest.raises(IntegrityError) as raised:
+        async with pg_engine.begin() as conn:
+            await conn.run_sync(INSERT.execute, {"id": 3, "name": "again", "state": "new"})
+    assert pg_sqlstate(raised.value) == "23505"  # unique_violation, read as the store reads it
+    async with pg_engine.connect() as conn:  # the pool's connection still works
+        found = await conn.run_sync(BY_ID.first, {"p_id": 3})
+        assert found is not None and found["name"] == "three"
+
+
+async def test_on_postgresql_a_lost_connection_is_invalidated_and_unavailable(
+    pg_engine: AsyncEngine,
+) -> None:
+    async with pg_engine.connect() as conn:
+        pid = (await conn.execute(select(func.pg_backend_pid()))).scalar_one()
+        await conn.commit()
+        async with pg_engine.connect() as other:
+            await other.execute(select(func.pg_terminate_backend(pid)))
+        with pytest.raises(DBAPIError) as raised:
+            await conn.run_sync(BY_ID.first, {"p_id": 1})
+        assert raised.value.connection_invalidated
+        assert isinstance(translate(raised.value, pg_classify), StoreUnavailableError)
+    async with pg_engine.connect() as conn:  # the pool opened a new one
+        assert await conn.run_sync(BY_ID.first, {"p_id": 1}) is None
