@@ -460,10 +460,9 @@ class Engine:
         return outcome
 
     def _created(self, run: RunRecord) -> None:
-        """Remember a run just created here, unless replicas share the database
-        (one of them may end it). Called before anything can have ended it: its
-        id was not known outside this call, and no worker has it yet."""
-        if not self.replicas.replicated and not run.status.is_terminal:
+        """Remember a run just created here. Called before anything can have ended
+        it: its id was not known outside this call, and no worker has it yet."""
+        if not run.status.is_terminal:
             self._unended.add(run.run_id)
 
     async def _create(
@@ -505,11 +504,12 @@ class Engine:
         timeout = limit if wait_seconds is None else min(wait_seconds, limit)
         if timeout <= 0:
             return await self._existing(run_id)
-        # A run a worker of this server holds, or one created here that has not
-        # ended, ends here (answering the waiters as it does), unless replicas
-        # share the database: no first read.
-        unfinished = not self.replicas.replicated and (
-            self.ledger.holder(run_id) is not None or run_id in self._unended
+        # No first read for a run created here that has not ended: its end is
+        # heard here, from this server or, with replicas, from the one that
+        # ended it (``run_ended_elsewhere``). Without replicas, a run a worker of
+        # this server holds can end only here too.
+        unfinished = run_id in self._unended or (
+            not self.replicas.replicated and self.ledger.holder(run_id) is not None
         )
         return await self.waiters.wait(
             run_id, lambda: self._existing(run_id), timeout, unfinished=unfinished
@@ -1020,6 +1020,7 @@ class Engine:
     async def run_ended_elsewhere(self, run_id: str) -> None:
         """Another replica ended a run: answer the callers waiting for it here,
         and stop a worker of this replica that still holds it."""
+        self._unended.forget(run_id)  # a wait that begins now reads it first
         self.watchers.touched(run_id)
         if not self.waiters.waits_for(run_id) and self.ledger.holder(run_id) is None:
             return

@@ -86,8 +86,8 @@ class RunWaiters:
 
 class UnendedRuns:
     """The runs created here lately that have not ended yet, at most ``limit`` of
-    them (the oldest are forgotten first): on a server that shares its database
-    with no replica, such a run's end can only be heard here."""
+    them (the oldest are forgotten first): such a run's end is heard here, when
+    it ends here or when another replica that ended it says so."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -103,6 +103,10 @@ class UnendedRuns:
     def ended(self, run: RunRecord) -> None:
         """``run`` ended here."""
         self._runs.pop(run.run_id, None)
+
+    def forget(self, run_id: str) -> None:
+        """``run_id`` ended elsewhere (or may have)."""
+        self._runs.pop(run_id, None)
 
     def __contains__(self, run_id: object) -> bool:
         return run_id in self._runs

@@ -14,7 +14,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from stepd import Client, RunStatus
+from stepd.errors import RunCancelledError
 from stepd.history import RunEvent, RunEventType
 from stepd.schedules import Schedule
 from tests.backends import query
@@ -92,6 +95,29 @@ async def test_cancel_through_one_replica_stops_the_worker_of_another(
     # B heard of the end by NOTIFY and told its worker, which stopped the run.
     stopped = f"run {handle.run_id}: stopped by the server"
     await eventually(lambda: stopped in worker.log_text(), within=5, what="the worker stopping")
+
+
+async def test_a_run_created_on_one_replica_and_ended_through_another_answers_its_waits(
+    stack: Stack, pg_database: str
+) -> None:
+    """A replica waits for a run it created without reading it first; the end
+    heard from another replica, before or after the wait began, answers it."""
+    a, b = stack.start_replicas(pg_database, 2, args=(*POOL, *NO_POLL))
+    async with Client(a.address) as on_a, Client(b.address) as on_b:
+        # No worker anywhere: both runs stay queued until cancelled through B.
+        before, after = [await on_a.trigger(rw.leaf, value) for value in (1, 2)]
+        await on_b.cancel(before.run_id, reason="ended before the wait")
+        await asyncio.sleep(1)  # A hears of it by NOTIFY meanwhile
+        started = time.monotonic()
+        with pytest.raises(RunCancelledError):
+            await on_a.get_handle(before.run_id).result(timeout=5)
+        waiting = asyncio.create_task(on_a.get_handle(after.run_id).result(timeout=5))
+        await asyncio.sleep(0.5)  # the second wait has begun on A
+        await on_b.cancel(after.run_id, reason="ended during the wait")
+        with pytest.raises(RunCancelledError):
+            await waiting
+        elapsed = time.monotonic() - started
+        assert elapsed < 5, f"took {elapsed:.1f} s: not NOTIFY (the poll is 30 s)"
 
 
 async def test_a_timer_fires_once_with_two_replicas(

@@ -69,7 +69,7 @@ async def test_a_wait_that_runs_out_reads_the_run_as_it_stands() -> None:
     assert read.count == 3
 
 
-def test_unended_runs_are_forgotten_when_they_end_or_the_oldest_past_the_limit() -> None:
+def test_unended_runs_are_forgotten_when_they_end_here_or_elsewhere_or_past_the_limit() -> None:
     unended = UnendedRuns(limit=2)
     for run_id in ("r1", "r2", "r3"):
         unended.add(run_id)
@@ -78,3 +78,6 @@ def test_unended_runs_are_forgotten_when_they_end_or_the_oldest_past_the_limit()
     assert "r2" not in unended and len(unended) == 1
     unended.ended(DONE)  # one it had forgotten: nothing happens
     assert list(filter(unended.__contains__, ("r1", "r2", "r3"))) == ["r3"]
+    unended.forget("r3")  # ended on another replica
+    unended.forget("r9")  # never known: nothing happens
+    assert len(unended) == 0
