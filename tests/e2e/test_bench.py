@@ -1,5 +1,6 @@
 """The benchmark command works end to end (a tiny run, not a measurement)."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends import SKIP_POSTGRES, postgres_url
+from tests.backends import SKIP_POSTGRES, postgres_url, query
 from tests.e2e.harness import ROOT
 
 
@@ -62,6 +63,35 @@ def test_bench_runs_the_workloads_chosen(tmp_path: Path) -> None:
     bad = [sys.executable, str(ROOT / "bench" / "run.py"), "--workloads", "w1,w9"]
     refused = subprocess.run(bad, capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == 2 and "w9" in refused.stderr
+
+
+def test_bench_gives_each_repetition_a_fresh_postgresql_database(tmp_path: Path) -> None:
+    url = postgres_url()
+    if url is None:
+        pytest.skip(SKIP_POSTGRES)
+    output = tmp_path / "bench.json"
+    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--database", url, "--fresh-database"]
+    argv += ["--workloads", "w1,w3", "--runs", "30", "--w3-steps", "5", "--repeat", "2"]
+    argv += ["--warmup", "1", "--in-flight", "10", "--output", str(output)]
+    bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = bench.communicate(timeout=180)
+
+    assert bench.returncode == 0, err
+    report = json.loads(out)
+    assert report["config"]["fresh_database"] is True and report["failures"] == 0
+    assert [rep["w1"]["runs"] for rep in report["repetitions"]] == [30, 30]
+    # Each repetition's database was dropped after it (and the template at the end).
+    left = asyncio.run(
+        query(
+            url,
+            f"SELECT datname FROM pg_database WHERE datname LIKE 'stepd\\_test\\_{bench.pid}\\_%'",
+        )
+    )
+    assert left == []
+
+    alone = [sys.executable, str(ROOT / "bench" / "run.py"), "--fresh-database"]
+    refused = subprocess.run(alone, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "--database" in refused.stderr
 
 
 def test_replicas_bench_runs_and_reports_json(tmp_path: Path) -> None:
