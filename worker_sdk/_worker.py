@@ -327,7 +327,8 @@ class Worker:
         await self.stop()
 
     async def wait_ready(self) -> None:
-        """Wait until the first stream is open (the hello has been sent)."""
+        """Wait until the server has registered the first stream (its first answer
+        arrived): from then on the server lists this worker and may hand it runs."""
         await self._serving.ready.wait()
 
     async def run(self) -> None:
@@ -476,7 +477,7 @@ class _Serving:
     hello: worker_service_pb2.PollTaskRequest
     workflows: Mapping[tuple[str, str], Workflow[Any, Any]]
     max_cached_runs: int
-    ready: asyncio.Event  # set once the first stream is open
+    ready: asyncio.Event  # set once the server registered the first stream
     stop: _Stop
     run_tasks: set[asyncio.Task[None]]  # every run's task: run() lets them unwind
     runtime: _runtime.Runtime  # the runs' clock and bodies (stepd.testing gives its own)
@@ -559,7 +560,6 @@ class _Session:
             self._last_write = self._loop.time()
             serving = self._serving
             logger.info("worker %s connected to %s", serving.identity, serving.address)
-            serving.ready.set()
             self._reader = asyncio.create_task(self._read_loop())
             tasks.update(
                 (
@@ -676,6 +676,10 @@ class _Session:
         message = await read()
         if isinstance(message, response_type) and message.HasField("settings"):
             self._apply_settings(message.settings)  # sent in the first response
+        if isinstance(message, response_type):
+            # The server answers once it has registered the stream: from now on
+            # it lists this worker and may hand it runs.
+            self._serving.ready.set()
         while isinstance(message, response_type):  # anything else is EOF: the stream ended
             for result in message.results:
                 future = pending.pop(result.command_id, None)

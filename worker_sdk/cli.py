@@ -5,8 +5,8 @@
 
 Imports each module (the current directory is on ``sys.path``; a ``.py`` path
 works too), serves every ``@workflow`` found as a module attribute, prints
-``stepd worker ready (<n> workflows, server <address>)`` once the first stream
-is open, and runs until SIGINT or SIGTERM. ``STEPD_SERVER``,
+``stepd worker ready (<n> workflows, server <address>)`` once the server has
+registered the first stream, and runs until SIGINT or SIGTERM. ``STEPD_SERVER``,
 ``STEPD_WORKER_CONCURRENCY`` and ``STEPD_WORKER_SHUTDOWN_GRACE`` set the
 defaults of the options. A server that needs keys and TLS takes ``--api-key``
 (``STEPD_API_KEY``, a worker key naming the workflows), ``--tls-ca``

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from stepd import Client, RunStatus
+from stepd import Client, RunStatus, Worker
 from stepd.errors import FailedPreconditionError, NotFoundError
 from stepd.history import RunEventType
 from stepd.operations import BulkResult
@@ -288,6 +288,24 @@ async def test_list_workers_shows_identity_workflows_capacity_and_runs_held(
     assert mine.identity and mine.worker_id and mine.replica_id
     assert mine.last_heartbeat is not None and mine.connect_time is not None
     assert all(w.runs_held == 0 and not w.draining for w in workers)
+
+
+async def test_a_worker_is_listed_as_soon_as_it_is_ready(server: Server, client: Client) -> None:
+    """Ready means registered: the server answered the stream once it had added
+    the worker, so a list made right after shows it."""
+    for attempt in range(3):
+        worker = Worker(server.address, [ow.step_then_signal], identity=f"ready-{attempt}")
+        serving = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.wait_ready(), 30)
+            assert [w.identity for w in await client.list_workers()] == [f"ready-{attempt}"]
+        finally:
+            await worker.stop()
+            await serving
+        for _ in range(50):  # the server forgets the stream once it closed
+            if not await client.list_workers():
+                break
+            await asyncio.sleep(0.1)
 
 
 async def test_list_workers_lists_every_replica_s_workers(

@@ -81,7 +81,9 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         self.answer: Answer = lambda _: worker_service_pb2.CommandResult(
             status=worker_service_pb2.COMMAND_STATUS_OK
         )
-        self.settings: worker_service_pb2.StreamSettings | None = None
+        # Sent first on every stream, as the real server does once it registered
+        # the worker (an empty one: the worker's defaults).
+        self.settings = worker_service_pb2.StreamSettings()
 
     async def PollTask(
         self,
@@ -91,8 +93,7 @@ class FakeWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         stream = FakeStream()
         reader = asyncio.create_task(self._read(stream, request_iterator))
         try:
-            if self.settings is not None:
-                yield worker_service_pb2.PollTaskResponse(settings=self.settings)
+            yield worker_service_pb2.PollTaskResponse(settings=self.settings)
             while True:
                 response = await stream.outbox.get()
                 if response is None:
