@@ -19,6 +19,7 @@ import asyncio
 from typing import Any
 
 from stepd.server.api.rpc_wrapping import Handler
+from stepd.server.unheard import Unheard
 
 _WORKFLOW = "/stepd.v1.WorkflowService/"
 _ADMIN = "/stepd.v1.AdminService/"
@@ -54,7 +55,7 @@ class FinishedCalls:
     whose caller went away until they are done."""
 
     def __init__(self) -> None:
-        self._unheard: set[asyncio.Future[Any]] = set()
+        self._unheard = Unheard()
 
     @property
     def unheard(self) -> int:
@@ -66,23 +67,11 @@ class FinishedCalls:
         if method not in FINISHED_METHODS or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
+        unheard = self._unheard
 
         async def finished(request: Any, context: Any) -> Any:
             # The task starts in a copy of this context: the caller's principal
             # and span go with it.
-            call = asyncio.ensure_future(inner(request, context))
-            try:
-                return await asyncio.shield(call)
-            except asyncio.CancelledError:
-                if not call.done():
-                    self._unheard.add(call)  # the loop holds tasks weakly
-                    call.add_done_callback(self._settled)
-                raise
+            return await unheard.finish(asyncio.ensure_future(inner(request, context)))
 
         return handler._replace(unary_unary=finished)
-
-    def _settled(self, call: asyncio.Future[Any]) -> None:
-        """A call whose caller went away is done: what it raised is heard here."""
-        self._unheard.discard(call)
-        if not call.cancelled():
-            call.exception()

@@ -98,6 +98,7 @@ from stepd.server.store.base import ConcurrencyRefusedError, RunConflictError, S
 from stepd.server.store.errors import StoreUnavailableError
 from stepd.server.store.notify import channel_for
 from stepd.server.store.schedules import RESERVED_KEY_PREFIX
+from stepd.server.unheard import Unheard
 
 log = logging.getLogger("stepd.engine")
 
@@ -276,7 +277,7 @@ class Engine:
         self._pauses: PauseSensor | None = None
         self._closing = False
         # Runs being stored whose Trigger caller went away.
-        self._unheard: set[asyncio.Future[CreateRunOutcome]] = set()
+        self._unheard = Unheard()
         # The keys hook tokens are derived from: the first mints, all verify.
         self._hook_keys: tuple[bytes, ...] = ()
 
@@ -417,13 +418,7 @@ class Engine:
         storing = asyncio.ensure_future(
             self._store_new(new, plain=_starts_plain(params), fresh_id=not params.run_id)
         )
-        try:
-            outcome = await asyncio.shield(storing)
-        except asyncio.CancelledError:
-            self._unheard.add(storing)  # kept until done: the loop holds tasks weakly
-            storing.add_done_callback(self._unheard.discard)
-            storing.add_done_callback(_outcome_unheard)
-            raise
+        outcome = await self._unheard.finish(storing)
         existed = not outcome.created and not outcome.debounced
         return Triggered(outcome.run, existed, outcome.debounced)
 
@@ -1055,10 +1050,3 @@ def _starts_plain(params: TriggerParams) -> bool:
         or params.priority
         or params.debounce_key is not None
     )
-
-
-def _outcome_unheard(storing: asyncio.Future[CreateRunOutcome]) -> None:
-    """Take the outcome of storing a run whose caller went away (an error it
-    would have heard is not logged as never retrieved)."""
-    if not storing.cancelled():
-        storing.exception()

@@ -77,14 +77,7 @@ class Direct:
         plan = self._plan(conn, params)
         if plan is None:
             return conn.execute(self.statement, params).mappings().first()
-        values = plan.values(params)
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
-        if conn.dialect.name == "sqlite":
-            cursor = raw.execute(plan.sql, values)
-        else:
-            cursor = raw.cursor()
-            _run(conn, cursor, plan.sql, values)
+        cursor = _executed(conn, plan.sql, plan.values(params))
         try:
             found = cursor.fetchall()  # to the end: the statement is done with
             if not found:
@@ -102,16 +95,7 @@ class Direct:
         if plan is None:
             conn.execute(self.statement, params)
             return
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
-        if conn.dialect.name == "sqlite":
-            raw.execute(plan.sql, plan.values(params)).close()
-            return
-        cursor = raw.cursor()
-        try:
-            _run(conn, cursor, plan.sql, plan.values(params))
-        finally:
-            cursor.close()
+        _executed(conn, plan.sql, plan.values(params)).close()
 
     def _plan(self, conn: Connection, params: Mapping[str, Any]) -> _Plan | None:
         dialect = conn.dialect
@@ -125,15 +109,21 @@ class Direct:
             return plan
 
 
-def _run(conn: Connection, cursor: Any, sql: str, values: tuple[Any, ...]) -> None:
-    """Execute on a DB-API cursor of ``conn``, raising what SQLAlchemy would: the
-    driver's error wrapped in ``DBAPIError``, the connection invalidated when the
-    error says it is lost."""
+def _executed(conn: Connection, sql: str, values: tuple[Any, ...]) -> Any:
+    """A DB-API cursor of ``conn`` that ran ``sql``. On PostgreSQL a failure raises
+    what SQLAlchemy would: the driver's error wrapped in ``DBAPIError``, the
+    connection invalidated when the error says it is lost."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
     dialect = conn.dialect
+    if dialect.name == "sqlite":
+        return raw.execute(sql, values)
+    cursor = raw.cursor()
     try:
         cursor.execute(sql, values)
     except dialect.loaded_dbapi.Error as exc:
-        lost = dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+        lost = dialect.is_disconnect(exc, raw, cursor)
+        cursor.close()
         error = DBAPIError.instance(
             sql,
             values,
@@ -145,6 +135,7 @@ def _run(conn: Connection, cursor: Any, sql: str, values: tuple[Any, ...]) -> No
         if lost:
             conn.invalidate(exc)
         raise error from exc
+    return cursor
 
 
 def _compile(statement: Statement, dialect: Dialect, names: tuple[str, ...]) -> _Plan | None:

@@ -87,7 +87,7 @@ class WorkflowEnvironment:
         self._time_skipping = time_skipping
         self._clock = SkippingClock(start_ms)
         self._mocks = Mocks()
-        # env.sleep() calls: the time each ends, and the future that wakes it.
+        # env.sleep() calls in progress: each one's length, end and wake-up.
         self._sleepers: list[_Sleeper] = []
         self._directory: tempfile.TemporaryDirectory[str] | None = None
         self._server: RunningServer | None = None
