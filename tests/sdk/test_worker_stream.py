@@ -371,6 +371,9 @@ async def stoppable(
     worker = Worker(address, [two_steps, blocking, triple], shutdown_grace=10)
     task = asyncio.create_task(worker.run())
     stream = await fake.wait_streams(1)
+    # Stopped before the server's first answer, a worker only drops its stream
+    # (nothing can be held yet); these tests stop a registered one.
+    await asyncio.wait_for(worker.wait_ready(), 5)
     yield fake, worker, stream
     gate.set()
     await worker.stop(0)
