@@ -342,7 +342,7 @@ class Dispatcher:
                     if run_id not in session.held:
                         if not queue:
                             del lanes[key]
-                        session.next_queue = index + 1
+                        session.next_queue = _next_workflow(keys, index)
                         return run_id, (name, version or pin), pin
                 del lanes[key]
         return None
@@ -367,6 +367,18 @@ class Dispatcher:
         self._later.clear()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _next_workflow(keys: list[QueueKey], index: int) -> int:
+    """Where the turn goes after ``keys[index]``: the next queue of another
+    workflow (the keys are sorted, so a workflow's versions are adjacent). A
+    workflow with runs in several versions, or both stored without a version
+    and pinned, takes one turn, not one per version."""
+    name = keys[index][0]
+    index += 1
+    while index < len(keys) and keys[index][0] == name:
+        index += 1
+    return index
 
 
 def _drawn_from(lanes: Mapping[QueueKey, Sized], session: WorkerSession) -> list[QueueKey]:

@@ -225,6 +225,7 @@ async def test_hello_must_come_first(harness: Harness) -> None:
 
 async def test_one_workflows_backlog_does_not_starve_another(harness: Harness) -> None:
     worker = harness.worker("busy", "rare", capacity=1)
+    await asyncio.wait_for(worker.settings, 5)  # registered: the runs get its version
     for _ in range(20):
         await harness.trigger("busy")
     rare_id = await harness.trigger("rare")
@@ -235,6 +236,26 @@ async def test_one_workflows_backlog_does_not_starve_another(harness: Harness) -
         await worker.complete(task, "null")
     assert "rare" in handed, handed
     assert rare_id
+
+
+async def test_a_workflow_with_runs_in_two_versions_takes_one_turn(harness: Harness) -> None:
+    # Runs triggered before any worker declared the workflow are stored without
+    # a version; later ones get the declared version: two queues of one workflow.
+    for _ in range(5):
+        await harness.trigger("busy")
+    worker = harness.worker("busy", "rare", capacity=1)
+    first = await worker.next_task()
+    for _ in range(5):
+        await harness.trigger("busy")
+    for _ in range(3):
+        await harness.trigger("rare")
+    await worker.complete(first, "null")
+    handed = []
+    for _ in range(6):
+        task = await worker.next_task()
+        handed.append(task.workflow_name)
+        await worker.complete(task, "null")
+    assert handed.count("rare") == 3, handed  # every other turn, not every third
 
 
 def _step(key: str, value: str) -> dict[str, object]:
