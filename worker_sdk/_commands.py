@@ -129,6 +129,15 @@ def complete_run(result_json: str) -> Command:
     return command
 
 
+def if_steps_recorded(command: Command) -> None:
+    """Mark a run's end (``complete_run`` or ``fail_run``) as valid only if the step
+    outcomes sent before it were recorded as sent."""
+    if command.HasField("complete_run"):
+        command.complete_run.if_steps_recorded = True
+    else:
+        command.fail_run.if_steps_recorded = True
+
+
 def fail_run(error: types_pb2.ErrorInfo) -> Command:
     """``fail_run`` with the workflow's error."""
     command = Command()

@@ -37,6 +37,12 @@ class CommandChannel(Protocol):
         the run waited it out without a slot and the worker's slots are full)."""
         ...
 
+    @property
+    def ordered_commands(self) -> bool:
+        """True when the server applies each run's commands in the order sent, also
+        across messages (``StreamSettings.ordered_commands``)."""
+        ...
+
 
 class RunControl(Protocol):
     """What the parts of a run's execution ask of the run (``RunExecutor``)."""
@@ -84,6 +90,23 @@ class RunControl(Protocol):
         self, command: worker_service_pb2.WorkerCommand
     ) -> worker_service_pb2.CommandResult:
         """``submit`` once every recorded value sent before is acknowledged."""
+        ...
+
+    @property
+    def goes_on_from_outcomes(self) -> bool:
+        """True when a step's outcome may be sent without waiting for its answer
+        (``send_outcome``): the server applies the run's commands in order."""
+        ...
+
+    async def send_outcome(self, command: worker_service_pb2.WorkerCommand) -> None:
+        """Send a step's outcome record, once every recorded value sent before is
+        acknowledged, without waiting for its answer: the workflow goes on, and
+        whatever the run sends next but its end waits for the answer."""
+        ...
+
+    async def outcomes_answered(self) -> None:
+        """Wait until every step outcome sent with ``send_outcome`` is answered
+        (before a new step body starts)."""
         ...
 
     def send(

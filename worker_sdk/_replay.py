@@ -53,7 +53,7 @@ from pydantic import TypeAdapter
 from stepd import _commands as commands
 from stepd import _json_logs as json_logs
 from stepd import _tracing as tracing
-from stepd._acks import Acks
+from stepd._acks import Acks, all_answered
 from stepd._child_calls import ChildCalls
 from stepd._children import ChildHandle
 from stepd._context import WorkflowContext
@@ -314,7 +314,11 @@ class RunExecutor:
                 command = commands.complete_run(result_json)
                 outcome = RunOutcome.COMPLETED
             self._phase = Phase.FINISHING
-            await self.submit(command)
+            if self._acks.steps:
+                # Right behind step outcomes not answered yet: the server applies it
+                # after them, and only if it recorded them.
+                commands.if_steps_recorded(command)
+            await self._submit_now(command)
             return outcome
         except CommandRejected as exc:
             logger.error("run %s: abandoned: %s", self.run_id, exc)
@@ -439,8 +443,16 @@ class RunExecutor:
     async def submit(
         self, command: worker_service_pb2.WorkerCommand
     ) -> worker_service_pb2.CommandResult:
-        """Send ``command`` and return its answer (OK or DUPLICATE); any other answer
-        gives the run up and raises (LeaseLost, CommandRejected)."""
+        """Send ``command`` once the step outcomes sent before are answered, and return
+        its answer (OK or DUPLICATE); any other answer gives the run up and raises
+        (LeaseLost, CommandRejected)."""
+        if self._acks.steps:
+            await self.outcomes_answered()
+        return await self._submit_now(command)
+
+    async def _submit_now(
+        self, command: worker_service_pb2.WorkerCommand
+    ) -> worker_service_pb2.CommandResult:
         if self._phase.gone:
             raise RunAbandoned
         command.run_id = self.run_id
@@ -463,6 +475,58 @@ class RunExecutor:
         """``submit`` once every recorded value sent before is acknowledged."""
         await self._values.acknowledged()
         return await self.submit(command)
+
+    @property
+    def goes_on_from_outcomes(self) -> bool:
+        """True when a step's outcome may be sent without waiting for its answer: the
+        server applies the run's commands in the order sent, and refuses an end sent
+        behind an outcome it did not record."""
+        return self._channel.ordered_commands
+
+    async def send_outcome(self, command: worker_service_pb2.WorkerCommand) -> None:
+        """Send a step's outcome record without waiting for its answer (once every
+        recorded value sent before is acknowledged); the answer is checked when it
+        comes, and whatever the run sends next, but its end, waits for it."""
+        await self._values.acknowledged()
+        answer = self.send(command)
+        if answer is None:  # the channel is closed: the run is lost to this worker
+            raise RunAbandoned
+        self._acks.steps.add(answer)
+        answer.add_done_callback(self._outcome_answered)
+
+    async def outcomes_answered(self) -> None:
+        """Wait until every step outcome sent without waiting is answered."""
+        await all_answered(self._acks.steps)
+        self.check_live()
+
+    def _outcome_answered(self, answer: asyncio.Future[worker_service_pb2.CommandResult]) -> None:
+        self._acks.steps.discard(answer)
+        self._settler.touch()
+        if answer.cancelled() or self._phase.gone:
+            return
+        result = answer.result()
+        status = result.status
+        if status == commands.OK:
+            self._settler.check()
+            return
+        if status == commands.DUPLICATE:
+            # Another outcome of the step was recorded first, and the workflow went on
+            # from its own. An end already sent is refused for it (the server releases
+            # the run); otherwise give the run back: the next execution replays the
+            # recorded outcome.
+            if self._phase is not Phase.FINISHING and not self.release(
+                "a step's outcome was recorded before; replaying it"
+            ):
+                self.abandon()
+            return
+        if status != commands.LEASE_LOST:
+            logger.error(
+                "run %s: abandoned: the server answered %s to a step's outcome: %s",
+                self.run_id,
+                commands.status_name(status),
+                result.message,
+            )
+        self.abandon()
 
     def send(
         self, command: worker_service_pb2.WorkerCommand

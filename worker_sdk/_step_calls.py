@@ -6,6 +6,11 @@ retry backoffs, as they happened); any other step waits at the journal's gate, r
 here and its outcome is recorded (``record_step``) before the workflow moves past
 it. A failed attempt the retry policy retries is recorded as an attempt, and the
 next one starts after a durable backoff (``retry:KEY:N``).
+
+On a server that applies a run's commands in order, a step's outcome is sent
+without waiting for its answer and the workflow goes on from it; what the run
+sends next waits for the answer (a new step body too), except the run's end,
+which goes right behind it and is refused if the outcome was not recorded.
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ class StepCalls:
                 await self._waits.retry_wait(key, record, policy)
             attempt = last.attempt + 1
         while True:
+            await run.outcomes_answered()  # a step body starts only after those before
             if run.phase.holds_new_work:
                 await run.park()
             run.check_live()
@@ -133,6 +139,14 @@ class StepCalls:
                 )
                 retry = error is not None and policy.retries(error, attempt)
                 record.attempt_only = retry
+                if not retry and run.goes_on_from_outcomes:
+                    # The server applies what the run sends next after this record:
+                    # go on now; anything sent next but the run's end waits for
+                    # the answer, and the end is refused if it is not OK.
+                    await run.send_outcome(commands.record_step(record))
+                    if error is not None:
+                        raise self._step_error(error, key, attempt, policy, record.error)
+                    return loads(result_json, step.result_adapter)
                 result = await run.submit_in_order(commands.record_step(record))
             if result.status == commands.DUPLICATE:
                 if not result.recorded_step.attempt_only:  # an outcome stands: it wins

@@ -537,6 +537,7 @@ class _Session:
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
         self.connected = False
+        self._ordered_commands = False  # until the server's StreamSettings say so
         self.lease_timeout: float | None = None
         """The server's lease timeout in seconds, once its StreamSettings arrived."""
 
@@ -665,6 +666,11 @@ class _Session:
         """Return once ``run_id``, which waited out a sleep met early, may go on."""
         await self._early.go_on(run_id)
 
+    @property
+    def ordered_commands(self) -> bool:
+        """True when the server said it applies each run's commands in the order sent."""
+        return self._ordered_commands
+
     # -- the stream ----------------------------------------------------------
 
     async def _read_loop(self) -> None:
@@ -709,6 +715,7 @@ class _Session:
         self._heartbeat_interval = max(interval, _MIN_HEARTBEAT)
         if settings.max_message_bytes:
             self._max_command_bytes = max(settings.max_message_bytes - _FRAMING, _FRAMING)
+        self._ordered_commands = settings.ordered_commands
         self._retime.set()
         logger.debug(
             "stream settings: heartbeat every %.3g s, lease timeout %s s",

@@ -397,9 +397,13 @@ def _action_from_proto(msg: worker_service_pb2.WorkerCommand) -> Action | None:
             ),
         )
     if kind == "complete_run":
-        return CompleteRun(payload_in(msg.complete_run.result, "complete_run.result"))
+        complete = msg.complete_run
+        return CompleteRun(
+            payload_in(complete.result, "complete_run.result"), complete.if_steps_recorded
+        )
     if kind == "fail_run":
-        return FailRun(error_from_proto(msg.fail_run.error, "fail_run.error"))
+        fail = msg.fail_run
+        return FailRun(error_from_proto(fail.error, "fail_run.error"), fail.if_steps_recorded)
     if kind == "release_run":
         check_text("release_run.reason", msg.release_run.reason)
         return ReleaseRun(msg.release_run.reason)

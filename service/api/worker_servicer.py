@@ -167,6 +167,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         settings.heartbeat_interval.FromMilliseconds(self._engine.config.heartbeat_interval_ms)
         settings.lease_timeout.FromMilliseconds(self._engine.config.lease_timeout_ms)
         settings.max_message_bytes = worker_message_bytes(self._engine.config.max_payload_bytes)
+        settings.ordered_commands = True  # WorkerCommands.apply_batch
         return settings
 
 

@@ -26,16 +26,19 @@ class RecordStep:
 
 @dataclass(frozen=True, slots=True)
 class CompleteRun:
-    """Finish the run with a result."""
+    """Finish the run with a result; with ``if_steps_recorded``, only when no step
+    record sent before it under its lease was answered DUPLICATE."""
 
     result: PayloadIn
+    if_steps_recorded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class FailRun:
-    """Finish the run with an error."""
+    """Finish the run with an error (``if_steps_recorded`` as for ``CompleteRun``)."""
 
     error: ErrorDetails
+    if_steps_recorded: bool = False
 
 
 @dataclass(frozen=True, slots=True)

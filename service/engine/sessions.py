@@ -89,6 +89,12 @@ class WorkerSession:
         # (run_id, (workflow name, version)).
         self.continuations: deque[tuple[str, tuple[str, str]]] = deque()
         self.held: dict[str, int] = {}
+        # The held runs (and their lease) with a step record answered DUPLICATE:
+        # an end sent with ``if_steps_recorded`` is refused for them.
+        self.duplicate_records: dict[str, int] = {}
+        # Each run's commands being applied, by run: the next ones wait for them
+        # (a run's commands apply in the order sent, across messages too).
+        self.applying: dict[str, asyncio.Future[None]] = {}
         # How many held runs may wait out a sleep met early beside the capacity;
         # those that do count against no slot until their sleep's time, and leave
         # their slot to new runs only until shortly before (``wait_out``).
@@ -175,6 +181,7 @@ class WorkerSession:
         taken_at = self._taken_at.pop(run_id, None)
         if taken_at is not None:
             self.slot_time += (time.monotonic() - taken_at - self.slot_time) * _SLOT_TIME_WEIGHT
+        self.duplicate_records.pop(run_id, None)
         return self.held.pop(run_id, None)
 
     def drop_all(self) -> None:
@@ -182,6 +189,7 @@ class WorkerSession:
         self._until_due.clear()
         self._until_reserved.clear()
         self._taken_at.clear()
+        self.duplicate_records.clear()
         self.held.clear()
 
     def has_room_for_continuation(self) -> bool:

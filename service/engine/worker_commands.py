@@ -10,7 +10,12 @@ A batch's runs are applied side by side, each run's commands in the order
 sent: consecutive step records of one run together when the store commits
 writes in the order submitted (SQLite's group commit: they share a commit),
 else one by one (PostgreSQL), so the run's journal and history keep the
-worker's order; any other command only after everything sent before it.
+worker's order; any other command only after everything sent before it. A
+run's commands wait for those of the run from earlier batches (the session's
+``applying``), so the order holds across messages too: a worker may send a
+run's end right behind step records it has no answer for yet. Such an end
+(``if_steps_recorded``) is refused, and the run released to be replayed from
+its journal, when one of those records was answered DUPLICATE.
 """
 
 from __future__ import annotations
@@ -107,18 +112,32 @@ class WorkerCommands:
 
     async def apply_batch(self, session: WorkerSession, commands: Sequence[Command]) -> None:
         """Apply a batch and send each result to the worker: runs side by side,
-        each run's commands in the order sent."""
+        each run's commands in the order sent, after those of the run that
+        earlier batches sent."""
         by_run: dict[str, list[Command]] = {}
         for command in commands:
             by_run.setdefault(command.run_id, []).append(command)
-        if len(by_run) == 1:
-            await self._apply_in_order(session, commands)
-            return
-        runs = list(by_run.values())
-        for start in range(0, len(runs), _SIDE_BY_SIDE):
-            await asyncio.gather(
-                *(self._apply_in_order(session, c) for c in runs[start : start + _SIDE_BY_SIDE])
-            )
+        # Each run takes its turn now, before anything is awaited: batches begin
+        # in the order they arrived, so a later one's commands wait for these.
+        turns = [_Turn(session, run_id, run_commands) for run_id, run_commands in by_run.items()]
+        try:
+            if len(turns) == 1:
+                await self._apply_turn(session, turns[0])
+                return
+            for start in range(0, len(turns), _SIDE_BY_SIDE):
+                await asyncio.gather(
+                    *(self._apply_turn(session, t) for t in turns[start : start + _SIDE_BY_SIDE])
+                )
+        finally:
+            for turn in turns:  # also those a failure or a cancellation left unapplied
+                turn.end()
+
+    async def _apply_turn(self, session: WorkerSession, turn: _Turn) -> None:
+        try:
+            await turn.wait_for_previous()
+            await self._apply_in_order(session, turn.commands)
+        finally:
+            turn.end()
 
     async def _apply_in_order(self, session: WorkerSession, commands: Sequence[Command]) -> None:
         """Apply one run's commands: consecutive step records together (they
@@ -244,6 +263,7 @@ class WorkerCommands:
             return self._ledger.lease_lost(cid, run_id, session)
         self._limits.attempt_ended(run_id, step.step_key)
         if outcome.status is RecordStepStatus.DUPLICATE:
+            session.duplicate_records[run_id] = lease_id
             return CommandResult(cid, CommandStatus.DUPLICATE, "", outcome.existing)
         self._limits.added(run_id, size=size)
         for listener in self._step_listeners:
@@ -276,14 +296,36 @@ class WorkerCommands:
         result_json = check_json_payload(
             "complete_run.result", action.result.json, action.result.encoding, self._max_payload
         )
+        if action.if_steps_recorded and self._went_on_without_a_record(session, command):
+            return await self._replay_elsewhere(session, command)
         run = await self._lifecycle.complete(session, command.run_id, command.lease_id, result_json)
         return self._answer(session, command, run)
 
     async def _apply_fail_run(
         self, session: WorkerSession, command: Command, action: FailRun
     ) -> CommandResult:
+        if action.if_steps_recorded and self._went_on_without_a_record(session, command):
+            return await self._replay_elsewhere(session, command)
         run = await self._lifecycle.fail(session, command.run_id, command.lease_id, action.error)
         return self._answer(session, command, run)
+
+    @staticmethod
+    def _went_on_without_a_record(session: WorkerSession, command: Command) -> bool:
+        """Whether a step record of the run, under this lease, was answered DUPLICATE:
+        the workflow may have gone on with an outcome that is not the stored one."""
+        return session.duplicate_records.get(command.run_id) == command.lease_id
+
+    async def _replay_elsewhere(self, session: WorkerSession, command: Command) -> CommandResult:
+        """Refuse an end that relied on a step outcome the store does not hold:
+        release the run (a worker replays it from its journal) and answer LEASE_LOST."""
+        if await self._lifecycle.release(session, command.run_id, command.lease_id) is None:
+            return self._ledger.lease_lost(command.command_id, command.run_id, session)
+        return CommandResult(
+            command.command_id,
+            CommandStatus.LEASE_LOST,
+            f"run {command.run_id}: a step record it went on from was answered DUPLICATE; "
+            "the run was released to be replayed from its journal",
+        )
 
     async def _apply_release_run(self, session: WorkerSession, command: Command) -> CommandResult:
         run = await self._lifecycle.release(session, command.run_id, command.lease_id)
@@ -350,3 +392,36 @@ class WorkerCommands:
                 reason,
                 extra=run_fields(command.run_id, lease=command.lease_id),
             )
+
+
+class _Turn:
+    """One run's commands of a batch, and their place in the run's order: they
+    wait for the run's commands that earlier batches sent (``previous``)."""
+
+    __slots__ = ("_done", "_previous", "_session", "commands", "run_id")
+
+    def __init__(self, session: WorkerSession, run_id: str, commands: list[Command]) -> None:
+        self._session = session
+        self.run_id = run_id
+        self.commands = commands
+        applying = session.applying
+        self._previous = applying.get(run_id)
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        applying[run_id] = self._done
+
+    async def wait_for_previous(self) -> None:
+        """Return once the run's commands of earlier batches are applied."""
+        previous = self._previous
+        if previous is not None and not previous.done():
+            await asyncio.wait((previous,))  # not cancelled with this task: others wait too
+        self._previous = None
+
+    def end(self) -> None:
+        """These commands are applied (or never will be): let the next ones go."""
+        done = self._done
+        if done.done():
+            return
+        done.set_result(None)
+        applying = self._session.applying
+        if applying.get(self.run_id) is done:
+            del applying[self.run_id]

@@ -24,7 +24,10 @@ class FakeChannel:
     leaves the command unanswered until ``resolve`` is called.
     """
 
-    def __init__(self, respond: Responder | None = None) -> None:
+    def __init__(self, respond: Responder | None = None, *, ordered: bool = False) -> None:
+        # As a server's StreamSettings.ordered_commands: True lets a run go on from
+        # a step's outcome before its answer.
+        self.ordered_commands = ordered
         self.commands: list[worker_service_pb2.WorkerCommand] = []
         self.respond: Responder = respond or (lambda _: ok())
         self.waiting: dict[int, asyncio.Future[worker_service_pb2.CommandResult]] = {}

@@ -91,6 +91,14 @@ class RawWorker:
         self, task: worker_service_pb2.RunTask, *commands: dict[str, Any]
     ) -> list[worker_service_pb2.CommandResult]:
         """Send several commands for ``task`` in one stream message; await their results."""
+        futures = await self.queue_batch(task, *commands)
+        return list(await asyncio.wait_for(asyncio.gather(*futures), 5))
+
+    async def queue_batch(
+        self, task: worker_service_pb2.RunTask, *commands: dict[str, Any]
+    ) -> list[asyncio.Future[worker_service_pb2.CommandResult]]:
+        """Send several commands for ``task`` in one stream message; return the
+        futures of their results without waiting for them."""
         futures = []
         messages = []
         for command in commands:
@@ -107,7 +115,7 @@ class RawWorker:
             )
         batch = worker_service_pb2.WorkerCommandBatch(commands=messages)
         await self._queue.put(worker_service_pb2.PollTaskRequest(commands=batch))
-        return list(await asyncio.wait_for(asyncio.gather(*futures), 5))
+        return futures
 
     async def record(
         self, task: worker_service_pb2.RunTask, key: str, result_json: str

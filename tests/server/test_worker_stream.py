@@ -282,6 +282,52 @@ async def test_one_runs_commands_apply_in_the_order_sent(harness: Harness) -> No
     assert list(again.journal) == []  # the late record was refused
 
 
+async def test_the_server_says_it_applies_a_runs_commands_in_order(harness: Harness) -> None:
+    worker = harness.worker("w")
+    settings = await asyncio.wait_for(worker.settings, 5)
+    assert settings.ordered_commands
+
+
+async def test_a_runs_commands_apply_in_the_order_sent_across_messages(harness: Harness) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    # Many records in one message (applied a slice at a time), the end in the next,
+    # sent without waiting: the end must not overtake them.
+    records = [_step(f"s{i}", str(i)) for i in range(100)]
+    first = await worker.queue_batch(task, *records)
+    end = worker_service_pb2.CompleteRunCommand(if_steps_recorded=True)
+    second = await worker.queue_batch(task, {"complete_run": end})
+    results = await asyncio.wait_for(asyncio.gather(*first, *second), 10)
+    assert [r.status for r in results] == [OK] * 101
+    assert (await harness.get(run_id)).status == types_pb2.RUN_STATUS_COMPLETED
+    rows = await harness.query(f"SELECT COUNT(*) FROM steps WHERE run_id = '{run_id}'")
+    assert rows == [(100,)]
+
+
+async def test_an_end_behind_a_duplicate_record_is_refused_and_the_run_replayed(
+    harness: Harness,
+) -> None:
+    worker = harness.worker("w")
+    run_id = await harness.trigger("w")
+    task = await worker.next_task()
+    assert [r.status for r in await worker.send_batch(task, _step("a", "1"))] == [OK]
+    # The worker went on from its own outcome of "a" without waiting for the answer.
+    end = worker_service_pb2.CompleteRunCommand(
+        result=types_pb2.Payload(json='"from 2"'), if_steps_recorded=True
+    )
+    results = await worker.send_batch(task, _step("a", "2"), {"complete_run": end})
+    assert [r.status for r in results] == [DUPLICATE, LEASE_LOST]
+    assert "replayed" in results[1].message
+    again = await worker.next_task()  # released at once: handed out anew
+    assert (again.run_id, again.lease_id) == (run_id, task.lease_id + 1)
+    assert [(e.step.step_key, e.step.result.json) for e in again.journal] == [("a", "1")]
+    plain = worker_service_pb2.CompleteRunCommand(result=types_pb2.Payload(json='"from 1"'))
+    assert (await worker.send(again, complete_run=plain)).status == OK
+    run = await harness.get(run_id)
+    assert (run.status, run.result.json) == (types_pb2.RUN_STATUS_COMPLETED, '"from 1"')
+
+
 async def test_thousands_of_concurrent_waits_are_all_served(harness: Harness) -> None:
     # grpc-core's default cancels calls beyond 3,000 waiting for a handler.
     run_ids = [await harness.trigger("nobody-serves-this") for _ in range(40)]

@@ -183,6 +183,11 @@ class _ReplayChannel:
     async def wait_for_room(self, run_id: str) -> None:
         """A replay holds no worker slot: it goes on at once."""
 
+    @property
+    def ordered_commands(self) -> bool:
+        """A replay waits for every answer, as against an older server."""
+        return False
+
     def new_step(
         self, step: Step[Any, Any], key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Coroutine[Any, Any, Any]:

@@ -1039,6 +1039,15 @@ class CompleteRunCommand(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULT_FIELD_NUMBER: _builtins.int
+    IF_STEPS_RECORDED_FIELD_NUMBER: _builtins.int
+    if_steps_recorded: _builtins.bool
+    """Sent right behind step records whose answers the worker did not wait
+    for: apply it only if none of the run's step records sent before it
+    under this lease was answered DUPLICATE (the stored outcome differs from
+    the one the workflow went on with). Otherwise the server releases the
+    run, which is replayed from its journal, and answers LEASE_LOST. Only
+    for servers whose StreamSettings say ordered_commands.
+    """
     @_builtins.property
     def result(self) -> _types_pb2.Payload:
         """The workflow's return value."""
@@ -1047,10 +1056,11 @@ class CompleteRunCommand(_message.Message):
         self,
         *,
         result: _types_pb2.Payload | None = ...,
+        if_steps_recorded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["if_steps_recorded", b"if_steps_recorded", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1063,6 +1073,9 @@ class FailRunCommand(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ERROR_FIELD_NUMBER: _builtins.int
+    IF_STEPS_RECORDED_FIELD_NUMBER: _builtins.int
+    if_steps_recorded: _builtins.bool
+    """As CompleteRunCommand.if_steps_recorded."""
     @_builtins.property
     def error(self) -> _types_pb2.ErrorInfo:
         """The error the workflow raised."""
@@ -1071,10 +1084,11 @@ class FailRunCommand(_message.Message):
         self,
         *,
         error: _types_pb2.ErrorInfo | None = ...,
+        if_steps_recorded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "if_steps_recorded", b"if_steps_recorded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1155,10 +1169,18 @@ class StreamSettings(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     LEASE_TIMEOUT_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    ORDERED_COMMANDS_FIELD_NUMBER: _builtins.int
     max_message_bytes: _builtins.int
     """The most bytes of one message the worker may send after its hello; a
     larger one ends the stream with RESOURCE_EXHAUSTED. 0 (older servers):
     only gRPC's own limit.
+    """
+    ordered_commands: _builtins.bool
+    """True: each run's commands are applied in the order sent, also across
+    messages (a command waits for those of its run sent before it), and the
+    run's end honours if_steps_recorded. A worker may then send a run's end
+    without waiting for the answers to the step records before it. False
+    (older servers): only within one message.
     """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
@@ -1178,10 +1200,11 @@ class StreamSettings(_message.Message):
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         lease_timeout: _duration_pb2.Duration | None = ...,
         max_message_bytes: _builtins.int = ...,
+        ordered_commands: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout", "max_message_bytes", b"max_message_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_timeout", b"lease_timeout", "max_message_bytes", b"max_message_bytes", "ordered_commands", b"ordered_commands"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
