@@ -94,8 +94,9 @@ class RunControl(Protocol):
 
     @property
     def goes_on_from_outcomes(self) -> bool:
-        """True when a step's outcome may be sent without waiting for its answer
-        (``send_outcome``): the server applies the run's commands in order."""
+        """True when the step being executed may send its outcome without waiting
+        for its answer (``send_outcome``): the server applies the run's commands in
+        order, and the step runs in the workflow function's own task."""
         ...
 
     async def send_outcome(self, command: worker_service_pb2.WorkerCommand) -> None:

@@ -478,10 +478,13 @@ class RunExecutor:
 
     @property
     def goes_on_from_outcomes(self) -> bool:
-        """True when a step's outcome may be sent without waiting for its answer: the
-        server applies the run's commands in the order sent, and refuses an end sent
-        behind an outcome it did not record."""
-        return self._channel.ordered_commands
+        """True when the step being executed may send its outcome without waiting for
+        the answer: the server applies the run's commands in the order sent (and
+        refuses an end sent behind an outcome it did not record), and the step was
+        called from the workflow function's own task. A step in a branch of its own
+        (``asyncio.gather`` runs each in a task) waits for its answer, or the steps
+        its siblings start after it would wait for that answer too."""
+        return self._channel.ordered_commands and asyncio.current_task() is self._task
 
     async def send_outcome(self, command: worker_service_pb2.WorkerCommand) -> None:
         """Send a step's outcome record without waiting for its answer (once every

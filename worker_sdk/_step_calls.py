@@ -7,8 +7,9 @@ here and its outcome is recorded (``record_step``) before the workflow moves pas
 it. A failed attempt the retry policy retries is recorded as an attempt, and the
 next one starts after a durable backoff (``retry:KEY:N``).
 
-On a server that applies a run's commands in order, a step's outcome is sent
-without waiting for its answer and the workflow goes on from it; what the run
+On a server that applies a run's commands in order, the outcome of a step the
+workflow function awaits in its own task is sent without waiting for its answer
+and the workflow goes on from it; what the run
 sends next waits for the answer (a new step body too), except the run's end,
 which goes right behind it and is refused if the outcome was not recorded.
 """

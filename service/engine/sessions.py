@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from stepd.server.domain import ClaimedRun, WorkflowLimits
+from stepd.server.engine.command_order import RunOrder
 from stepd.server.engine.commands import CommandResult
 from stepd.server.engine.errors import EngineError
 
@@ -92,9 +93,9 @@ class WorkerSession:
         # The held runs (and their lease) with a step record answered DUPLICATE:
         # an end sent with ``if_steps_recorded`` is refused for them.
         self.duplicate_records: dict[str, int] = {}
-        # Each run's commands being applied, by run: the next ones wait for them
-        # (a run's commands apply in the order sent, across messages too).
-        self.applying: dict[str, asyncio.Future[None]] = {}
+        # What of each run is being applied, by run: the order its commands
+        # apply in, across messages too (``command_order.py``).
+        self.applying: dict[str, RunOrder] = {}
         # How many held runs may wait out a sleep met early beside the capacity;
         # those that do count against no slot until their sleep's time, and leave
         # their slot to new runs only until shortly before (``wait_out``).

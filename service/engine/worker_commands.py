@@ -11,9 +11,10 @@ sent: consecutive step records of one run together when the store commits
 writes in the order submitted (SQLite's group commit: they share a commit),
 else one by one (PostgreSQL), so the run's journal and history keep the
 worker's order; any other command only after everything sent before it. A
-run's commands wait for those of the run from earlier batches (the session's
-``applying``), so the order holds across messages too: a worker may send a
-run's end right behind step records it has no answer for yet. Such an end
+run's commands other than step records wait for those of the run from earlier
+batches, and later ones wait for them (``command_order.py``), so the order
+holds across messages too: a worker may send a run's end right behind step
+records it has no answer for yet. Such an end
 (``if_steps_recorded``) is refused, and the run released to be replayed from
 its journal, when one of those records was answered DUPLICATE.
 """
@@ -36,6 +37,7 @@ from stepd.server.domain import (
     run_fields,
 )
 from stepd.server.engine.children import ChildRuns
+from stepd.server.engine.command_order import Turn
 from stepd.server.engine.commands import (
     AcquireRate,
     Command,
@@ -119,23 +121,28 @@ class WorkerCommands:
             by_run.setdefault(command.run_id, []).append(command)
         # Each run takes its turn now, before anything is awaited: batches begin
         # in the order they arrived, so a later one's commands wait for these.
-        turns = [_Turn(session, run_id, run_commands) for run_id, run_commands in by_run.items()]
+        turns = [
+            (run_commands, Turn(session.applying, run_id, _records_only(run_commands)))
+            for run_id, run_commands in by_run.items()
+        ]
         try:
             if len(turns) == 1:
-                await self._apply_turn(session, turns[0])
+                await self._apply_turn(session, *turns[0])
                 return
             for start in range(0, len(turns), _SIDE_BY_SIDE):
                 await asyncio.gather(
-                    *(self._apply_turn(session, t) for t in turns[start : start + _SIDE_BY_SIDE])
+                    *(self._apply_turn(session, *t) for t in turns[start : start + _SIDE_BY_SIDE])
                 )
         finally:
-            for turn in turns:  # also those a failure or a cancellation left unapplied
+            for _, turn in turns:  # also those a failure or a cancellation left unapplied
                 turn.end()
 
-    async def _apply_turn(self, session: WorkerSession, turn: _Turn) -> None:
+    async def _apply_turn(
+        self, session: WorkerSession, commands: list[Command], turn: Turn
+    ) -> None:
         try:
-            await turn.wait_for_previous()
-            await self._apply_in_order(session, turn.commands)
+            await turn.wait()
+            await self._apply_in_order(session, commands)
         finally:
             turn.end()
 
@@ -394,34 +401,5 @@ class WorkerCommands:
             )
 
 
-class _Turn:
-    """One run's commands of a batch, and their place in the run's order: they
-    wait for the run's commands that earlier batches sent (``previous``)."""
-
-    __slots__ = ("_done", "_previous", "_session", "commands", "run_id")
-
-    def __init__(self, session: WorkerSession, run_id: str, commands: list[Command]) -> None:
-        self._session = session
-        self.run_id = run_id
-        self.commands = commands
-        applying = session.applying
-        self._previous = applying.get(run_id)
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        applying[run_id] = self._done
-
-    async def wait_for_previous(self) -> None:
-        """Return once the run's commands of earlier batches are applied."""
-        previous = self._previous
-        if previous is not None and not previous.done():
-            await asyncio.wait((previous,))  # not cancelled with this task: others wait too
-        self._previous = None
-
-    def end(self) -> None:
-        """These commands are applied (or never will be): let the next ones go."""
-        done = self._done
-        if done.done():
-            return
-        done.set_result(None)
-        applying = self._session.applying
-        if applying.get(self.run_id) is done:
-            del applying[self.run_id]
+def _records_only(commands: list[Command]) -> bool:
+    return all(isinstance(command.action, RecordStep) for command in commands)

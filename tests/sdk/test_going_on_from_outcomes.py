@@ -137,3 +137,22 @@ async def test_a_duplicate_outcome_behind_the_end_leaves_the_end_to_the_server()
     channel.resolve(2, worker_service_pb2.CommandResult(status=LEASE_LOST, message="released"))
     assert await asyncio.wait_for(execution, 5) is RunOutcome.ABANDONED
     assert channel.kinds() == ["record_step", "fail_run"]  # no release of its own
+
+
+@workflow(name="going_on.pair")
+async def pair(ctx: WorkflowContext) -> str:
+    first, second = await asyncio.gather(note("a"), note("b"))
+    return first + second
+
+
+async def test_steps_side_by_side_wait_for_their_answers_and_not_for_each_other() -> None:
+    channel = FakeChannel(holding_records, ordered=True)
+    execution = start(pair, channel)
+    await until(lambda: channel.kinds() == ["record_step", "record_step"])
+    assert sorted(calls) == ["a", "b"]  # neither body waited for the other's answer
+    await asyncio.sleep(0.05)
+    assert channel.kinds() == ["record_step", "record_step"]  # nothing went on yet
+    channel.resolve(1, ok())
+    channel.resolve(2, ok())
+    assert await asyncio.wait_for(execution, 5) is RunOutcome.COMPLETED
+    assert not channel.final().complete_run.if_steps_recorded
