@@ -14,9 +14,9 @@ worker's order; any other command only after everything sent before it. A
 run's commands other than step records wait for those of the run from earlier
 batches, and later ones wait for them (``command_order.py``), so the order
 holds across messages too: a worker may send a run's end right behind step
-records it has no answer for yet. Such an end
-(``if_steps_recorded``) is refused, and the run released to be replayed from
-its journal, when one of those records was answered DUPLICATE.
+records it has no answer for yet. Such an end (``if_steps_recorded``) is
+refused, and the run released to be replayed from its journal, when one of
+those records was answered DUPLICATE.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from stepd.server.engine.run_policy import RunPolicy
 from stepd.server.engine.sessions import WorkerSession
 from stepd.server.engine.sticky import StickyRuns
 from stepd.server.engine.timers import TimerSchedule
-from stepd.server.engine.validation import check_waits
+from stepd.server.engine.validation import check_waits, shown
 from stepd.server.store.base import Store
 
 log = logging.getLogger("stepd.engine")
@@ -330,7 +330,7 @@ class WorkerCommands:
         return CommandResult(
             command.command_id,
             CommandStatus.LEASE_LOST,
-            f"run {command.run_id}: a step record it went on from was answered DUPLICATE; "
+            f"run {shown(command.run_id)}: a step record it went on from was answered DUPLICATE; "
             "the run was released to be replayed from its journal",
         )
 
